@@ -1,0 +1,130 @@
+{{/*
+Chart name, cut to 63 characters (the DNS label limit).
+*/}}
+{{- define "cache-layer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, cut to 63 characters. When the release name already contains the
+chart name it is used alone.
+*/}}
+{{- define "cache-layer.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, as used by the helm.sh/chart label.
+*/}}
+{{- define "cache-layer.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "cache-layer.labels" -}}
+helm.sh/chart: {{ include "cache-layer.chart" . }}
+{{ include "cache-layer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: cache-layer
+{{- end }}
+
+{{/*
+Selector labels: stable for the life of a release (a Deployment's selector is immutable).
+*/}}
+{{- define "cache-layer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cache-layer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount to use.
+*/}}
+{{- define "cache-layer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "cache-layer.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Container image reference.
+*/}}
+{{- define "cache-layer.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+Name of the redis subchart's resources (Service, Secret): the subchart's own fullname rule
+(charts/redis/templates/_helpers.tpl), computed from the parent's view of its values.
+*/}}
+{{- define "cache-layer.redis.fullname" -}}
+{{- if .Values.redis.fullnameOverride }}
+{{- .Values.redis.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "redis" .Values.redis.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret and key holding the bundled Redis's password.
+*/}}
+{{- define "cache-layer.redis.secretName" -}}
+{{- .Values.redis.auth.existingSecret | default (include "cache-layer.redis.fullname" .) }}
+{{- end }}
+{{- define "cache-layer.redis.secretKey" -}}
+{{- if .Values.redis.auth.existingSecret }}
+{{- .Values.redis.auth.existingSecretPasswordKey | default "redis-password" }}
+{{- else }}
+{{- "redis-password" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The chart-managed Secret's keys, as a dict (empty when nothing is to be created): ADMIN_TOKEN
+and ORIGIN_AUTHORIZATION unless secrets.existingSecret names a Secret of yours; REDIS_URL and
+REDIS_PASSWORD of an external Redis unless externalRedis.existingSecret does.
+*/}}
+{{- define "cache-layer.secretData" -}}
+{{- $data := dict }}
+{{- if not .Values.secrets.existingSecret }}
+{{- with .Values.secrets.adminToken }}{{ $_ := set $data "ADMIN_TOKEN" . }}{{ end }}
+{{- with .Values.secrets.originAuthorization }}{{ $_ := set $data "ORIGIN_AUTHORIZATION" . }}{{ end }}
+{{- end }}
+{{- if and (not .Values.redis.enabled) (not .Values.externalRedis.existingSecret) }}
+{{- with .Values.externalRedis.url }}{{ $_ := set $data "REDIS_URL" . }}{{ end }}
+{{- with .Values.externalRedis.password }}{{ $_ := set $data "REDIS_PASSWORD" . }}{{ end }}
+{{- end }}
+{{- toYaml $data }}
+{{- end }}
+
+{{/*
+Settings checks that the schema cannot express; rendering fails with a message.
+*/}}
+{{- define "cache-layer.validate" -}}
+{{- $delay := int .Values.shutdown.delaySeconds }}
+{{- $drain := int .Values.shutdown.drainSeconds }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add $delay $drain) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed shutdown.delaySeconds + shutdown.drainSeconds (%d + %d), or Kubernetes kills pods mid-drain" (int .Values.terminationGracePeriodSeconds) $delay $drain) }}
+{{- end }}
+{{- if and .Values.redis.enabled (or .Values.externalRedis.url .Values.externalRedis.existingSecret) }}
+{{- fail "externalRedis is set while redis.enabled=true: set redis.enabled=false to use an external Redis" }}
+{{- end }}
+{{- end }}

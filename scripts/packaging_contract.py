@@ -1,0 +1,674 @@
+#!/usr/bin/env python3
+"""Static contract of the packaging: Dockerfile, docker-compose.yml, deploy/, grafana/ and the
+Helm chart must agree with each other and with Cargo.toml, without building or starting anything.
+
+Run:  python3 scripts/packaging_contract.py [--helm PATH]
+Prints PASS/FAIL per check and exits non-zero when any check fails. The helpers at the top
+(Dockerfile parsing, chart rendering, env extraction) are shared with test_packaging_live.py.
+Needs PyYAML; helm (for the chart checks) is looked up as --helm, $HELM, .tools/ or PATH;
+promtool (PromQL syntax of the dashboard) is optional.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "cache-layer"
+CI_SCENARIOS = ["default", "external-redis", "all-features"]
+DASHBOARD = ROOT / "grafana" / "dashboards" / "cache-layer.json"
+CHART_DASHBOARD = CHART / "dashboards" / "cache-layer.json"
+DATASOURCE_UID = "PBFA97CFB590B2093"
+SERVICE = "cache-layer"  # compose service name, binary name, chart name
+SEED_QUERIES = [
+    "cache_hits_total",
+    "cache_misses_total",
+    "histogram_quantile(0.95, sum(rate(request_latency_seconds_bucket[5m])) by (le))",
+]
+# Every environment variable the service reads (README's configuration table). Keep in step
+# as settings are added: a name the packaging sets that is not here is reported as a typo.
+KNOWN_ENV = {
+    "LISTEN_ADDR", "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD",
+    "REDIS_CLUSTER", "REDIS_KEY_PREFIX", "REDIS_CONNECT_TIMEOUT_MS", "REDIS_RESPONSE_TIMEOUT_MS",
+    "CACHE_TTL_SECS", "REDIS_TTL", "CACHE_STALE_SECS", "CACHE_NEGATIVE_TTL_SECS",
+    "CACHE_TTL_JITTER_PERCENT", "MEMORY_CACHE_ENABLED", "MEMORY_CACHE_MAX_BYTES", "ORIGIN_URL",
+    "ORIGIN_LATENCY_MS", "ORIGIN_TIMEOUT_MS", "ORIGIN_MAX_CONCURRENCY", "ORIGIN_MAX_BODY_BYTES",
+    "ORIGIN_AUTHORIZATION", "ORIGIN_BREAKER_FAILURES", "ORIGIN_BREAKER_COOLDOWN_SECS",
+    "FLEET_LOCK_TTL_MS", "FLEET_LOCK_WAIT_MS", "ADMIN_TOKEN", "MAX_KEY_BYTES",
+    "REQUEST_TIMEOUT_SECS", "SHUTDOWN_DELAY_SECS", "SHUTDOWN_DRAIN_SECS", "LOG_FORMAT", "RUST_LOG",
+}
+# Set by the chart for the environment itself (downward API), not read by the service.
+HELPER_ENV = {"POD_NAME", "POD_NAMESPACE"}
+# Values given to fieldRef env vars when a rendered Deployment's env is resolved outside a cluster.
+FIELD_REF_VALUES = {
+    "metadata.name": "cache-layer-packaging-test",
+    "metadata.namespace": "default",
+    "spec.nodeName": "packaging-test-node",
+    "status.podIP": "127.0.0.1",
+    "status.hostIP": "127.0.0.1",
+    "spec.serviceAccountName": "default",
+}
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_instructions(path: Path = ROOT / "Dockerfile") -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> list[dict]:
+    """One dict per stage: image, name, instructions."""
+    stages: list[dict] = []
+    for word, rest in dockerfile_instructions(path):
+        if word == "FROM":
+            parts = [p for p in rest.split() if not p.startswith("--")]
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append({"image": parts[0], "name": name, "instructions": []})
+        elif stages:
+            stages[-1]["instructions"].append((word, rest))
+    return stages
+
+
+def parse_env_instruction(rest: str) -> dict[str, str]:
+    """ENV k=v k2="v 2" (or the legacy ENV k v)."""
+    tokens = shlex.split(rest)
+    if tokens and "=" not in tokens[0]:
+        return {tokens[0]: " ".join(tokens[1:])}
+    return dict(t.split("=", 1) for t in tokens)
+
+
+def image_env() -> dict[str, str]:
+    """The environment the runtime image sets (base of every container's environment)."""
+    env: dict[str, str] = {}
+    for word, rest in dockerfile_stages()[-1]["instructions"]:
+        if word == "ENV":
+            env.update(parse_env_instruction(rest))
+    return env
+
+
+def exec_form(rest: str) -> list[str]:
+    rest = rest.strip()
+    if rest.startswith("["):
+        return json.loads(rest)
+    return ["/bin/sh", "-c", rest]
+
+
+def dockerignore_excludes(rel: str) -> bool:
+    """Whether .dockerignore keeps rel (a path relative to the context) out of the context."""
+    path = ROOT / ".dockerignore"
+    if not path.exists():
+        return False
+    excluded = False
+    parts = rel.strip("/").split("/")
+    for raw in path.read_text().splitlines():
+        pat = raw.strip()
+        if not pat or pat.startswith("#"):
+            continue
+        neg = pat.startswith("!")
+        pat = pat.lstrip("!").strip("/")
+        # A pattern matching a parent directory matches everything below it.
+        for i in range(1, len(parts) + 1):
+            if fnmatch.fnmatchcase("/".join(parts[:i]), pat):
+                excluded = not neg
+                break
+    return excluded
+
+
+def cargo_bins() -> dict[str, str]:
+    """[[bin]] name -> path, from Cargo.toml."""
+    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    bins = {b["name"]: b.get("path", f"src/bin/{b['name']}.rs") for b in manifest.get("bin", [])}
+    if not bins:
+        bins[manifest["package"]["name"]] = "src/main.rs"
+    return bins
+
+
+# --------------------------------------------------------------------------- helm
+
+
+def find_helm(explicit: str | None = None) -> str | None:
+    for cand in (explicit, os.environ.get("HELM"), str(ROOT / ".tools" / "helm" / "helm"),
+                 str(ROOT / ".tools" / "layer" / "helm" / "helm"), shutil.which("helm")):
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def render_chart(helm: str, scenario: str | None = None, release: str = "t",
+                 extra_args: tuple[str, ...] = ()) -> list[dict]:
+    """helm template of the chart (defaults, or ci/<scenario>-values.yaml) as a list of docs."""
+    cmd = [helm, "template", release, str(CHART), "--namespace", "default", *extra_args]
+    if scenario and scenario != "defaults":
+        cmd += ["-f", str(CHART / "ci" / f"{scenario}-values.yaml")]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def find_doc(docs: list[dict], kind: str, name: str | None = None) -> dict | None:
+    for d in docs:
+        if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name):
+            return d
+    return None
+
+
+def app_deployment(docs: list[dict]) -> dict:
+    for d in docs:
+        if d.get("kind") == "Deployment" and \
+                d["metadata"]["labels"].get("app.kubernetes.io/name") == SERVICE:
+            return d
+    raise AssertionError("no cache-layer Deployment in the rendered chart")
+
+
+def app_container(deploy: dict) -> dict:
+    for c in deploy["spec"]["template"]["spec"]["containers"]:
+        if c["name"] == SERVICE:
+            return c
+    raise AssertionError("no container named cache-layer in the Deployment")
+
+
+def resolve_port(container: dict, port) -> int:
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise AssertionError(f"named port {port!r} not declared by the container")
+
+
+def _secret_value(docs: list[dict], name: str, key: str) -> str | None:
+    secret = find_doc(docs, "Secret", name)
+    if secret is None:
+        return None
+    if key in secret.get("data", {}):
+        return base64.b64decode(secret["data"][key]).decode()
+    return secret.get("stringData", {}).get(key)
+
+
+def _configmap_value(docs: list[dict], name: str, key: str) -> str | None:
+    cm = find_doc(docs, "ConfigMap", name)
+    return None if cm is None else cm.get("data", {}).get(key)
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes $(VAR) expansion: defined variables expand, $$ escapes, others stay literal."""
+    def sub(m: re.Match) -> str:
+        if m.group(0).startswith("$$"):
+            return m.group(0)[1:]
+        return env.get(m.group(1), m.group(0))
+    return re.sub(r"\$\$\([A-Za-z_][A-Za-z0-9_]*\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, value)
+
+
+def deployment_env(docs: list[dict], base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the rendered Deployment gives the cache-layer container: image ENV, then
+    envFrom (ConfigMaps/Secrets resolved from the rendered docs), then env. A reference to a
+    ConfigMap/Secret (or key) that the chart does not render fails unless it is optional."""
+    container = app_container(app_deployment(docs))
+    env = dict(base if base is not None else image_env())
+    for src in container.get("envFrom", []):
+        prefix = src.get("prefix", "")
+        if "configMapRef" in src:
+            ref = src["configMapRef"]
+            obj = find_doc(docs, "ConfigMap", ref["name"])
+            data = None if obj is None else dict(obj.get("data", {}))
+        else:
+            ref = src["secretRef"]
+            obj = find_doc(docs, "Secret", ref["name"])
+            data = None if obj is None else {
+                k: base64.b64decode(v).decode() for k, v in obj.get("data", {}).items()}
+            if obj is not None:
+                data.update(obj.get("stringData", {}))
+        if data is None:
+            if ref.get("optional"):
+                continue
+            raise AssertionError(f"envFrom names {ref['name']!r}, which the chart does not render")
+        env.update({prefix + k: v for k, v in data.items()})
+    for var in container.get("env", []):
+        name = var["name"]
+        if "value" in var:
+            env[name] = _expand(str(var["value"]), env)
+            continue
+        src = var.get("valueFrom", {})
+        value = None
+        if "fieldRef" in src:
+            value = FIELD_REF_VALUES[src["fieldRef"]["fieldPath"]]
+        elif "secretKeyRef" in src or "configMapKeyRef" in src:
+            kind = "secretKeyRef" if "secretKeyRef" in src else "configMapKeyRef"
+            ref = src[kind]
+            lookup = _secret_value if kind == "secretKeyRef" else _configmap_value
+            value = lookup(docs, ref["name"], ref["key"])
+            if value is None:
+                if ref.get("optional"):
+                    continue
+                raise AssertionError(
+                    f"env {name} refers to {ref['name']}/{ref['key']}, which the chart does not render")
+        elif "resourceFieldRef" in src:
+            continue
+        env[name] = value
+    return env
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def load_compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _interpolate(value: str) -> str:
+    """Compose ${VAR}, ${VAR:-default}, ${VAR-default} and $$ interpolation (host env ignored,
+    so the test sees the file's defaults)."""
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        body = m.group(1) or m.group(2)
+        for sep in (":-", "-"):
+            if sep in body:
+                return body.split(sep, 1)[1]
+        return ""
+    return re.sub(r"\$\$|\$\{([^}]+)\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
+
+
+def compose_env(service: str = SERVICE, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment compose gives a service: image ENV, env_file, then environment."""
+    svc = load_compose()["services"][service]
+    env = dict(base if base is not None else image_env())
+    env_files = svc.get("env_file", [])
+    for f in [env_files] if isinstance(env_files, str) else env_files:
+        for line in (ROOT / (f if isinstance(f, str) else f["path"])).read_text().splitlines():
+            if line.strip() and not line.startswith("#") and "=" in line:
+                k, v = line.split("=", 1)
+                env[k.strip()] = v.strip()
+    raw = svc.get("environment", {})
+    items = raw.items() if isinstance(raw, dict) else (
+        (e.split("=", 1) + [None])[:2] for e in raw)
+    for k, v in items:
+        if v is not None:
+            env[k] = _interpolate(str(v))
+    return env
+
+
+def listen_port(env: dict[str, str]) -> int:
+    return int(env.get("LISTEN_ADDR", "0.0.0.0:5000").rsplit(":", 1)[1])
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def dashboard_exprs(path: Path = DASHBOARD) -> list[tuple[str, str]]:
+    """(panel title, expr) for every PromQL target, nested rows included."""
+    def walk(panels):
+        for p in panels:
+            for t in p.get("targets", []):
+                if t.get("expr"):
+                    yield p.get("title", "?"), t["expr"]
+            yield from walk(p.get("panels", []))
+    return list(walk(json.loads(path.read_text())["panels"]))
+
+
+def substitute_macros(expr: str, variables: dict[str, str] | None = None) -> str:
+    """Grafana macros and dashboard variables replaced by values Prometheus accepts."""
+    subs = {"$__rate_interval": "1m", "$__interval_ms": "15000", "$__interval": "15s",
+            "$__range_s": "300", "$__range_ms": "300000", "$__range": "5m"}
+    subs.update({f"${k}": v for k, v in (variables or {}).items()})
+    for k in sorted(subs, key=len, reverse=True):
+        expr = expr.replace("${" + k[1:] + "}", subs[k]).replace(k, subs[k])
+    leftover = re.findall(r"\$\{?\w+", expr)
+    if leftover:
+        raise AssertionError(f"unsubstituted variables {leftover} in {expr}")
+    return expr
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def run(self, name: str, fn, *args) -> None:
+        try:
+            detail = fn(*args)
+        except Exception as e:  # noqa: BLE001 - every failure is reported, then the next check runs
+            self.failed.append(name)
+            print(f"FAIL  {name}: {e}")
+        else:
+            print(f"PASS  {name}" + (f" ({detail})" if detail else ""))
+
+
+def check_dockerfile() -> str:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "expected a multi-stage build"
+    for s in stages:
+        image = s["image"]
+        assert ":" in image.split("/")[-1] and not image.endswith(":latest"), \
+            f"base image {image} is not pinned to a tag"
+    releases = set()
+    for s in stages:
+        tag = s["image"].rsplit(":", 1)[1]
+        if "bookworm" in tag or "debian12" in s["image"]:
+            releases.add("bookworm")
+        elif "bullseye" in tag or "debian11" in s["image"]:
+            releases.add("bullseye")
+        else:
+            releases.add(f"unknown({s['image']})")
+    assert len(releases) == 1, f"build and runtime on different Debian releases: {releases}"
+    runtime = dict((w, r) for w, r in stages[-1]["instructions"])
+    user = runtime.get("USER", "")
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"runtime USER {user!r} is not a numeric non-root uid"
+    assert "HEALTHCHECK" in runtime and "healthcheck" in runtime["HEALTHCHECK"], \
+        "no HEALTHCHECK using the binary's healthcheck subcommand"
+    return f"{len(stages)} stages on {releases.pop()}, USER {user}"
+
+
+def dockerfile_exposed() -> set[int]:
+    ports = set()
+    for word, rest in dockerfile_stages()[-1]["instructions"]:
+        if word == "EXPOSE":
+            ports |= {int(p.split("/")[0]) for p in rest.split()}
+    return ports
+
+
+def check_dockerfile_binary() -> str:
+    bins = cargo_bins()
+    stages = dockerfile_stages()
+    copied = None
+    for word, rest in stages[-1]["instructions"]:
+        if word == "COPY" and "--from=" in rest:
+            args = [a for a in rest.split() if not a.startswith("--")]
+            m = re.search(r"target/release/([^/\s]+)$", args[0])
+            if m:
+                copied = (m.group(1), args[1])
+    assert copied, "the runtime stage copies no target/release/<binary>"
+    name, dest = copied
+    assert name in bins, f"Dockerfile copies target/release/{name}; Cargo.toml's [[bin]] names are {sorted(bins)}"
+    built = " ".join(r for s in stages[:-1] for w, r in s["instructions"] if w == "RUN")
+    assert re.search(rf"cargo build[^&;]*--release[^&;]*--bin {re.escape(name)}\b", built), \
+        f"no `cargo build --release --bin {name}` in the build stage"
+    dest_bin = dest if not dest.endswith("/") else dest + name
+    runtime = dict(stages[-1]["instructions"])
+    entry = exec_form(runtime.get("ENTRYPOINT", "[]"))
+    health = exec_form(runtime["HEALTHCHECK"].split(" CMD ", 1)[1])
+    assert entry[:1] == [dest_bin], f"ENTRYPOINT {entry} does not run {dest_bin}"
+    assert health == [dest_bin, "healthcheck"], f"HEALTHCHECK {health} is not [{dest_bin}, healthcheck]"
+    return f"target/release/{name} -> {dest_bin}"
+
+
+def check_dockerfile_copies() -> str:
+    seen = []
+    for stage in dockerfile_stages():
+        for word, rest in stage["instructions"]:
+            if word not in ("COPY", "ADD") or "--from=" in rest:
+                continue
+            args = [a for a in (json.loads(rest) if rest.startswith("[") else rest.split())
+                    if not a.startswith("--")]
+            for src in args[:-1]:
+                assert (ROOT / src).exists(), f"{word} {src}: no such path in the repository"
+                assert not dockerignore_excludes(src), f"{word} {src}: excluded by .dockerignore"
+                seen.append(src)
+    # Target paths of the manifest that live under a copied directory must exist too.
+    for name, path in cargo_bins().items():
+        if any(path.startswith(s.rstrip("/") + "/") for s in seen):
+            assert (ROOT / path).exists(), f"[[bin]] {name} at {path} is missing"
+    return ", ".join(seen)
+
+
+def check_compose() -> str:
+    compose = load_compose()
+    services = compose["services"]
+    text = (ROOT / "docker-compose.yml").read_text().splitlines()
+    for name, svc in services.items():
+        if "image" in svc:
+            image = svc["image"]
+            assert ":" in image.split("/")[-1] and not image.endswith(":latest"), \
+                f"service {name}: image {image} not pinned"
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert isinstance(cond, dict) and cond.get("condition"), f"{name}: depends_on {dep} has no condition"
+            if cond["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} healthy, which has no healthcheck"
+    port_lines = [line for line in text if re.match(r"\s*-\s*\"?\d+:\d+", line)]
+    uncommented = [line.strip() for line in port_lines if "#" not in line]
+    assert not uncommented, f"port lines without a comment: {uncommented}"
+    app = services[SERVICE]
+    assert app.get("build"), "cache-layer is not built from the Dockerfile"
+    health = app["healthcheck"]["test"]
+    assert health[0] == "CMD" and health[-1] == "healthcheck", f"healthcheck {health} is not the binary's"
+    env = compose_env()
+    for var in ("REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        host = urlsplit(env[var]).hostname
+        assert host in services, f"{var}={env[var]} names {host}, not a compose service"
+    assert env.get("OTEL_EXPORTER_OTLP_PROTOCOL") == "grpc" and env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4317")
+    return f"{len(services)} services, {len(port_lines)} commented port lines"
+
+
+def check_prometheus_config() -> str:
+    cfg = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    job = jobs[SERVICE]
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    port = listen_port(compose_env())
+    assert targets == [f"{SERVICE}:{port}"], f"scrape targets {targets} != {SERVICE}:{port}"
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job.get("scrape_interval") == "5s", "cache-layer is to be scraped every 5s"
+    return f"{targets[0]} every {job['scrape_interval']}"
+
+
+def check_ports(helm: str | None) -> str:
+    exposed = dockerfile_exposed()
+    assert len(exposed) == 1, f"EXPOSE {exposed}: expected exactly one port"
+    port = exposed.pop()
+    assert port == listen_port(image_env()), "Dockerfile ENV LISTEN_ADDR and EXPOSE disagree"
+    svc = load_compose()["services"][SERVICE]
+    compose_ports = {int(str(p).split(":")[-1].split("/")[0]) for p in svc["ports"]}
+    assert compose_ports == {port}, f"compose container ports {compose_ports} != EXPOSE {port}"
+    assert listen_port(compose_env()) == port, "compose LISTEN_ADDR port != EXPOSE"
+    if helm is None:
+        raise AssertionError("helm not found: chart ports unchecked")
+    for scenario in ["defaults", *CI_SCENARIOS]:
+        docs = render_chart(helm, scenario)
+        deploy = app_deployment(docs)
+        c = app_container(deploy)
+        cports = [int(p["containerPort"]) for p in c["ports"]]
+        assert cports == [port], f"{scenario}: containerPort {cports} != {port}"
+        service = next(d for d in docs if d["kind"] == "Service"
+                       and d["metadata"]["labels"].get("app.kubernetes.io/name") == SERVICE)
+        for sp in service["spec"]["ports"]:
+            assert resolve_port(c, sp["targetPort"]) == port, f"{scenario}: Service targetPort != {port}"
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            get = c[probe]["httpGet"]
+            assert resolve_port(c, get["port"]) == port, f"{scenario}: {probe} port != {port}"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        env = deployment_env(docs)
+        assert listen_port(env) == port, f"{scenario}: LISTEN_ADDR {env.get('LISTEN_ADDR')} != :{port}"
+        monitor = find_doc(docs, "ServiceMonitor")
+        if monitor:
+            assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    return f"all agree on {port}"
+
+
+def check_chart_deployment(helm: str | None) -> str:
+    assert helm, "helm not found"
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    deps = {d["name"]: d for d in chart.get("dependencies", [])}
+    assert deps["redis"]["condition"] == "redis.enabled"
+    assert deps["redis"]["repository"] == "file://charts/redis"
+    assert (CHART / "charts" / "redis" / "Chart.yaml").exists()
+    for scenario in ["defaults", *CI_SCENARIOS]:
+        docs = render_chart(helm, scenario)
+        deploy = app_deployment(docs)
+        pod = deploy["spec"]["template"]
+        c = app_container(deploy)
+        psc, sc = pod["spec"].get("securityContext", {}), c.get("securityContext", {})
+        assert psc.get("runAsNonRoot") and psc.get("runAsUser") == 65532, f"{scenario}: pod not non-root 65532"
+        assert sc.get("readOnlyRootFilesystem") is True, f"{scenario}: root filesystem writable"
+        assert sc.get("allowPrivilegeEscalation") is False
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{scenario}: capabilities not dropped"
+        assert "checksum/config" in pod["metadata"].get("annotations", {}), f"{scenario}: no checksum/config"
+        assert c["image"].endswith(":" + str(chart["appVersion"])), f"{scenario}: image tag != appVersion"
+        assert c.get("resources", {}).get("requests"), f"{scenario}: no resource requests"
+        env = deployment_env(docs)
+        delay, drain = int(env.get("SHUTDOWN_DELAY_SECS", 0)), int(env.get("SHUTDOWN_DRAIN_SECS", 20))
+        grace = pod["spec"]["terminationGracePeriodSeconds"]
+        assert grace > delay + drain, f"{scenario}: grace {grace} <= delay {delay} + drain {drain}"
+        unknown = set(env) - KNOWN_ENV - HELPER_ENV - {k for k in env if k.startswith("OTEL_")}
+        assert not unknown, f"{scenario}: env vars the service does not read: {sorted(unknown)}"
+        redis_on = find_doc(docs, "Deployment", "t-redis") is not None
+        if redis_on:
+            assert env.get("REDIS_HOST") == "t-redis" and env.get("REDIS_PASSWORD"), \
+                f"{scenario}: bundled Redis not wired (REDIS_HOST/REDIS_PASSWORD)"
+            rc = find_doc(docs, "Deployment", "t-redis")["spec"]["template"]["spec"]["containers"][0]
+            args = rc["args"]
+            assert "allkeys-lru" in args and "--maxmemory" in args, "redis: no maxmemory/LRU"
+            assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
+            assert ":" in rc["image"] and not rc["image"].endswith(":latest")
+        else:
+            assert "REDIS_URL" in env or scenario == "defaults", f"{scenario}: no Redis configured"
+        ingress = find_doc(docs, "Ingress")
+        if ingress:
+            paths = {p["path"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+            assert paths == {"/items/"}, f"{scenario}: Ingress paths {paths} (only /items/ allowed)"
+        test_pod = next(d for d in docs if d["kind"] == "Pod"
+                        and d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test")
+        script = " ".join(test_pod["spec"]["containers"][0]["command"])
+        assert '"source":"cache"' in script, "helm test does not check \"source\":\"cache\""
+        assert not test_pod["spec"]["containers"][0]["image"].endswith(":latest")
+    return "defaults + " + ", ".join(CI_SCENARIOS)
+
+
+def check_chart_off_by_default(helm: str | None) -> str:
+    assert helm, "helm not found"
+    kinds = {d["kind"] for d in render_chart(helm, "defaults")}
+    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
+                 "NetworkPolicy", "Ingress", "HTTPRoute"):
+        assert kind not in kinds, f"{kind} rendered by default"
+    all_docs = render_chart(helm, "all-features")
+    all_kinds = {d["kind"] for d in all_docs}
+    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
+                 "NetworkPolicy", "Ingress"):
+        assert kind in all_kinds, f"{kind} missing from the all-features scenario"
+    dash = [d for d in all_docs if d["kind"] == "ConfigMap"
+            and d["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert dash, "no ConfigMap labelled grafana_dashboard: \"1\" in all-features"
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in deployment_env(all_docs), "all-features sets no OTLP endpoint"
+    shipped = json.loads(next(iter(dash[0]["data"].values())))
+    assert shipped["uid"] == "cache-layer"
+    return "optional kinds off by default, all on in all-features"
+
+
+def check_dashboard() -> str:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] == "cache-layer", f"dashboard uid {dash['uid']!r}"
+    assert CHART_DASHBOARD.read_bytes() == DASHBOARD.read_bytes(), \
+        f"{CHART_DASHBOARD.relative_to(ROOT)} differs from {DASHBOARD.relative_to(ROOT)}: copy it again"
+
+    def uids(node):
+        if isinstance(node, dict):
+            ds = node.get("datasource")
+            if isinstance(ds, dict) and ds.get("type") == "prometheus":
+                yield ds.get("uid")
+            for v in node.values():
+                yield from uids(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from uids(v)
+    found = set(uids(dash))
+    assert found == {DATASOURCE_UID}, f"datasource uids {found} != {{{DATASOURCE_UID}}}"
+    exprs = [e for _, e in dashboard_exprs()]
+    for seed in SEED_QUERIES:
+        assert seed in exprs, f"seed query missing: {seed}"
+    for d in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
+        json.loads(d.read_text())
+    ds = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text())
+    prom = [d for d in ds["datasources"] if d["type"] == "prometheus"]
+    assert prom and prom[0]["uid"] == DATASOURCE_UID and prom[0]["name"] == "Prometheus" \
+        and prom[0].get("isDefault"), "provisioned Prometheus datasource is not uid PBFA97CFB590B2093, default"
+    compose = load_compose()["services"]["grafana"]
+    home = compose["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["volumes"]}
+    mount_dir = str(Path(home).parent)
+    assert mount_dir in mounts and (ROOT / mounts[mount_dir] / Path(home).name).resolve() == DASHBOARD, \
+        f"Grafana home dashboard {home} is not grafana/dashboards/cache-layer.json"
+    return f"{len(exprs)} expressions, chart copy identical"
+
+
+def check_promql_syntax() -> str:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found"
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:expr_{i}", "expr": substitute_macros(e, {"job": ".+"})}
+        for i, (_, e) in enumerate(dashboard_exprs())]}]}
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump(rules, f)
+    try:
+        r = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    assert r.returncode == 0, (r.stdout + r.stderr).strip()
+    return f"{len(rules['groups'][0]['rules'])} expressions parse"
+
+
+def check_compose_env_names() -> str:
+    env = compose_env()
+    unknown = set(env) - KNOWN_ENV - {k for k in env if k.startswith("OTEL_")}
+    assert not unknown, f"compose sets env vars the service does not read: {sorted(unknown)}"
+    return f"{len(env)} variables"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--helm", help="helm binary (default: $HELM, .tools/, PATH)")
+    args = ap.parse_args()
+    helm = find_helm(args.helm)
+    c = Checks()
+    c.run("contract: Dockerfile stages, pinned bases, same Debian, numeric non-root USER", check_dockerfile)
+    c.run("contract: Dockerfile binary is a Cargo [[bin]] built at target/release/<name>", check_dockerfile_binary)
+    c.run("contract: every path the Dockerfile copies exists and is in the build context", check_dockerfile_copies)
+    c.run("contract: ports agree (EXPOSE, compose, LISTEN_ADDR, containerPort, Service, probes)", check_ports, helm)
+    c.run("contract: compose services, pinned images, healthchecks, depends_on, port comments", check_compose)
+    c.run("contract: compose env names are the service's settings", check_compose_env_names)
+    c.run("contract: deploy/prometheus.yml scrapes the compose service", check_prometheus_config)
+    c.run("contract: chart Deployment security, probes, grace period, Redis wiring, helm test", check_chart_deployment, helm)
+    c.run("contract: chart optional features off by default, on in all-features", check_chart_off_by_default, helm)
+    c.run("contract: dashboard JSON, uid, datasource uid, seed queries, chart copy", check_dashboard)
+    c.run("contract: dashboard PromQL parses (promtool check rules)", check_promql_syntax)
+    if c.failed:
+        print(f"contract: {len(c.failed)} check(s) failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

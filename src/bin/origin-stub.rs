@@ -1,0 +1,173 @@
+//! `origin-stub`: a real HTTP origin for tests, benchmarks and trying the service by hand.
+//!
+//! It answers every path with `{"path": "<request target>"}` (JSON, or plain text), after a
+//! configurable delay, or fails as told, and counts what it served at `GET /_stub/stats`.
+//!
+//! Environment: `STUB_LISTEN_ADDR` (127.0.0.1:8080), `STUB_LATENCY_MS` (0), `STUB_MODE`
+//! (`ok`, `status:<code>`, `hang`, `big`), `STUB_CONTENT_TYPE` (`json` or `text`).
+//! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/reset`.
+//! A path containing `missing` always gets a 404.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+/// What the stub does with each data request.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct Behaviour {
+    mode: String,
+    latency_ms: u64,
+    content_type: String,
+}
+
+/// One data request as received.
+#[derive(Clone, Debug, Serialize)]
+struct Seen {
+    /// The request target exactly as it arrived (path and query, still percent-encoded).
+    target: String,
+    traceparent: Option<String>,
+    authorization: Option<String>,
+}
+
+#[derive(Default, Serialize)]
+struct Stats {
+    /// Data requests answered (whatever the answer).
+    served: u64,
+    /// The most recent requests (up to 10,000).
+    requests: Vec<Seen>,
+}
+
+struct Stub {
+    behaviour: Mutex<Behaviour>,
+    stats: Mutex<Stats>,
+}
+
+#[derive(Deserialize)]
+struct ConfigQuery {
+    mode: Option<String>,
+    latency_ms: Option<u64>,
+    content_type: Option<String>,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+#[tokio::main]
+async fn main() {
+    let addr = env_or("STUB_LISTEN_ADDR", "127.0.0.1:8080");
+    let behaviour = Behaviour {
+        mode: env_or("STUB_MODE", "ok"),
+        latency_ms: env_or("STUB_LATENCY_MS", "0")
+            .parse()
+            .expect("STUB_LATENCY_MS: a whole number"),
+        content_type: env_or("STUB_CONTENT_TYPE", "json"),
+    };
+    let stub = Arc::new(Stub {
+        behaviour: Mutex::new(behaviour),
+        stats: Mutex::default(),
+    });
+    let app = Router::new()
+        .route("/_stub/stats", get(stats))
+        .route("/_stub/config", post(configure))
+        .route("/_stub/reset", post(reset))
+        .fallback(serve)
+        .with_state(stub);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .expect("bind STUB_LISTEN_ADDR");
+    eprintln!(
+        "origin-stub listening on {}",
+        listener.local_addr().expect("bound")
+    );
+    axum::serve(listener, app).await.expect("serve");
+}
+
+async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let (parts, _body) = request.into_parts();
+    let header_of = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let seen = Seen {
+        target: target.clone(),
+        traceparent: header_of("traceparent"),
+        authorization: header_of("authorization"),
+    };
+    drop(parts);
+    let behaviour = stub.behaviour.lock().unwrap().clone();
+    {
+        let mut stats = stub.stats.lock().unwrap();
+        stats.served += 1;
+        if stats.requests.len() < 10_000 {
+            stats.requests.push(seen);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    if target.contains("missing") {
+        return (StatusCode::NOT_FOUND, "no such item").into_response();
+    }
+    let mode = behaviour.mode.as_str();
+    if let Some(code) = mode.strip_prefix("status:") {
+        let status = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, "the stub was told to fail").into_response();
+    }
+    if mode == "hang" {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let body = if mode == "big" {
+        serde_json::json!({ "path": target, "padding": "x".repeat(2 * 1024 * 1024) }).to_string()
+    } else {
+        serde_json::json!({ "path": target }).to_string()
+    };
+    let content_type = if behaviour.content_type == "text" {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn stats(State(stub): State<Arc<Stub>>) -> Response {
+    axum::Json(&*stub.stats.lock().unwrap()).into_response()
+}
+
+async fn configure(State(stub): State<Arc<Stub>>, Query(q): Query<ConfigQuery>) -> Response {
+    let mut b = stub.behaviour.lock().unwrap();
+    if let Some(m) = q.mode {
+        b.mode = m;
+    }
+    if let Some(l) = q.latency_ms {
+        b.latency_ms = l;
+    }
+    if let Some(c) = q.content_type {
+        b.content_type = c;
+    }
+    axum::Json(b.clone()).into_response()
+}
+
+async fn reset(State(stub): State<Arc<Stub>>) -> Response {
+    *stub.stats.lock().unwrap() = Stats::default();
+    StatusCode::NO_CONTENT.into_response()
+}

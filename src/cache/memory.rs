@@ -1,0 +1,152 @@
+//! The in-process tier: a byte-bounded map (moka) whose entries leave when no longer servable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+
+use super::entry::{Entry, now_ms};
+use super::tier::{Tier, TierError, TierName};
+use crate::telemetry::Metrics;
+
+/// The in-process tier, bounded by bytes of keys, values and per-entry overhead.
+#[derive(Clone)]
+pub struct MemoryTier {
+    /// Keys to entries; moka keeps the byte bound and removes entries past their stale window.
+    map: Cache<Arc<str>, Arc<Entry>>,
+}
+
+/// Tells moka how long each entry may stay: until it is no longer servable.
+struct UntilUnservable;
+
+impl moka::Expiry<Arc<str>, Arc<Entry>> for UntilUnservable {
+    fn expire_after_create(&self, _k: &Arc<str>, e: &Arc<Entry>, _at: Instant) -> Option<Duration> {
+        Some(Duration::from_millis(e.stale_until_ms.saturating_sub(now_ms())))
+    }
+
+    fn expire_after_update(
+        &self,
+        _k: &Arc<str>,
+        e: &Arc<Entry>,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(e.stale_until_ms.saturating_sub(now_ms())))
+    }
+}
+
+impl MemoryTier {
+    /// A tier holding at most `max_bytes`; evictions are counted in `metrics`.
+    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        let map = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &Arc<str>, e: &Arc<Entry>| e.weight(k))
+            .expire_after(UntilUnservable)
+            .eviction_listener(move |_k, _e, cause| match cause {
+                RemovalCause::Size => metrics.evicted("size"),
+                RemovalCause::Expired => metrics.evicted("expired"),
+                RemovalCause::Explicit | RemovalCause::Replaced => {}
+            })
+            .build();
+        MemoryTier { map }
+    }
+
+    /// Bytes held (keys, values and overhead), once pending bookkeeping has run.
+    pub fn bytes(&self) -> u64 {
+        self.map.weighted_size()
+    }
+
+    /// Entries held.
+    pub fn entries(&self) -> u64 {
+        self.map.entry_count()
+    }
+
+    /// Runs moka's pending bookkeeping (evictions, expiries), so `bytes` is exact.
+    pub fn settle(&self) {
+        self.map.run_pending_tasks();
+    }
+
+    /// Drops every entry (after a gap in the invalidation feed).
+    pub fn clear(&self) {
+        self.map.invalidate_all();
+    }
+
+    /// The entry for `key`, without the `async` wrapper (the hit path).
+    pub fn lookup(&self, key: &str) -> Option<Arc<Entry>> {
+        self.map.get(key)
+    }
+}
+
+impl Tier for MemoryTier {
+    fn name(&self) -> TierName {
+        TierName::Memory
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
+        Ok(self.lookup(key))
+    }
+
+    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
+        self.map.insert(Arc::from(key), entry);
+        // Evict now rather than at moka's next maintenance, so the byte bound holds at all times.
+        self.map.run_pending_tasks();
+        Ok(())
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), TierError> {
+        self.map.invalidate(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::Lifetimes;
+
+    fn life() -> Lifetimes {
+        Lifetimes {
+            ttl: Duration::from_secs(60),
+            stale: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            jitter_percent: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn byte_bound_holds_under_a_flood_of_unique_keys() {
+        let tier = MemoryTier::new(64 * 1024, Arc::new(Metrics::detached()));
+        for i in 0..5_000 {
+            let key = format!("key-{i}");
+            let e = Entry::value(&key, br#""some value of moderate length""#, now_ms(), &life());
+            tier.put(&key, Arc::new(e)).await.unwrap();
+            assert!(
+                tier.bytes() <= 64 * 1024,
+                "bytes {} over bound at {i}",
+                tier.bytes()
+            );
+        }
+        tier.settle();
+        assert!(
+            tier.entries() > 100,
+            "the tier keeps what fits: {}",
+            tier.entries()
+        );
+    }
+
+    #[tokio::test]
+    async fn get_put_remove_and_soft_purge() {
+        let tier = MemoryTier::new(1 << 20, Arc::new(Metrics::detached()));
+        let now = now_ms();
+        tier.put("k", Arc::new(Entry::value("k", b"1", now, &life())))
+            .await
+            .unwrap();
+        assert!(tier.get("k").await.unwrap().is_some());
+        tier.mark_stale("k", now).await.unwrap();
+        let e = tier.get("k").await.unwrap().unwrap();
+        assert!(matches!(e.freshness(now), crate::cache::Freshness::Stale { .. }));
+        tier.remove("k").await.unwrap();
+        assert_eq!(tier.get("k").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,450 @@
+//! The read-through cache: tiers in order, then one origin fetch per key (per process, and with
+//! Redis per fleet), staleness, and purges that reach every replica.
+
+mod coalesce;
+mod entry;
+mod memory;
+mod redis;
+mod tier;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tracing::{Instrument, Span};
+
+pub use coalesce::{Abandoned, Coalescer, Role};
+pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, Lifetimes, now_ms};
+pub use memory::MemoryTier;
+pub use redis::{RedisSetupError, RedisTier};
+pub use tier::{AnyTier, Tier, TierError, TierName};
+
+use crate::origin::{BreakerState, Fetched, GuardedOrigin, OriginError};
+use crate::telemetry::{self, Metrics, TRACE_TARGET};
+
+/// Why a stale entry was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// Served at once while a background fetch refreshes it.
+    WhileRevalidate,
+    /// Served because the origin is failing (its circuit is open).
+    IfError,
+}
+
+impl StaleReason {
+    /// The name in `Cache-Status`, metrics and spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReason::WhileRevalidate => "stale-while-revalidate",
+            StaleReason::IfError => "stale-if-error",
+        }
+    }
+}
+
+/// How an answer was produced; decides `source`, `Cache-Status` and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// A fresh entry from a tier.
+    Hit {
+        /// The tier that held it.
+        tier: TierName,
+        /// Whole seconds of freshness left.
+        ttl_secs: u64,
+    },
+    /// A stale entry.
+    Stale {
+        /// Why it was served.
+        reason: StaleReason,
+        /// Whole seconds past freshness.
+        over_secs: u64,
+    },
+    /// A remembered origin 404.
+    NegativeHit,
+    /// Fetched from the origin for this request (`collapsed`: by another request or replica).
+    Fetched {
+        /// This request waited on a fetch another request (or replica) made.
+        collapsed: bool,
+    },
+}
+
+impl AnswerKind {
+    /// The span attribute `cache.outcome`: hit, stale, miss or coalesced.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            AnswerKind::Hit { .. } | AnswerKind::NegativeHit => "hit",
+            AnswerKind::Stale { .. } => "stale",
+            AnswerKind::Fetched { collapsed: false } => "miss",
+            AnswerKind::Fetched { collapsed: true } => "coalesced",
+        }
+    }
+}
+
+/// What the cache answered for a key.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The entry (a value, or a remembered 404 when `entry.negative`).
+    pub entry: Arc<Entry>,
+    /// How it was produced.
+    pub kind: AnswerKind,
+    /// When (ms since the epoch), for `Age`.
+    pub now_ms: u64,
+}
+
+/// Why no answer could be given.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    /// The origin failed and nothing servable was cached.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The fetch task ended without a result.
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+}
+
+/// The result of one fetch, shared by everyone who waited on it.
+#[derive(Debug, Clone)]
+struct Fetch {
+    entry: Arc<Entry>,
+    /// Another replica fetched it (fleet-wide coalescing).
+    by_fleet: bool,
+}
+
+/// Fleet-wide coalescing settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetLock {
+    /// Lifetime of the Redis lock key, so a dead fetcher's lock goes away.
+    pub ttl: Duration,
+    /// How long to wait for another replica's fetch before fetching here.
+    pub wait: Duration,
+}
+
+/// The read-through cache. Cheap to clone.
+#[derive(Clone)]
+pub struct ReadThrough {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Tiers in lookup order: memory, then Redis (either may be absent).
+    tiers: Vec<AnyTier>,
+    /// The Redis tier again, for locks and invalidation messages.
+    redis: Option<RedisTier>,
+    /// The memory tier again, for invalidations from other replicas.
+    memory: Option<MemoryTier>,
+    /// The origin behind its guard.
+    origin: GuardedOrigin,
+    /// Fetches in flight in this process.
+    inflight: Coalescer<Arc<str>, Result<Fetch, CacheError>>,
+    /// Entry lifetimes.
+    life: Lifetimes,
+    /// Fleet lock settings (with Redis).
+    fleet: FleetLock,
+    /// This process's name on the invalidation channel, so it skips its own messages.
+    instance: String,
+    /// Counters.
+    metrics: Arc<Metrics>,
+}
+
+impl ReadThrough {
+    /// A cache over `memory` and `redis` (either optional) in front of `origin`.
+    pub fn new(
+        memory: Option<MemoryTier>,
+        redis: Option<RedisTier>,
+        origin: GuardedOrigin,
+        life: Lifetimes,
+        fleet: FleetLock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut tiers = Vec::new();
+        if let Some(m) = &memory {
+            tiers.push(AnyTier::Memory(m.clone()));
+        }
+        if let Some(r) = &redis {
+            tiers.push(AnyTier::Redis(r.clone()));
+        }
+        let instance = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        ReadThrough {
+            inner: Arc::new(Inner {
+                tiers,
+                redis,
+                memory,
+                origin,
+                inflight: Coalescer::default(),
+                life,
+                fleet,
+                instance,
+                metrics,
+            }),
+        }
+    }
+
+    /// The Redis tier, if configured.
+    pub fn redis(&self) -> Option<&RedisTier> {
+        self.inner.redis.as_ref()
+    }
+
+    /// The memory tier, if configured.
+    pub fn memory(&self) -> Option<&MemoryTier> {
+        self.inner.memory.as_ref()
+    }
+
+    /// The origin circuit's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.origin.breaker_state()
+    }
+
+    /// The answer for `key`: the hit path, top to bottom.
+    pub async fn get(&self, key: &str) -> Result<Answer, CacheError> {
+        let inner = &*self.inner;
+        let now = now_ms();
+        let mut stale: Option<(Arc<Entry>, TierName)> = None;
+        for (i, tier) in inner.tiers.iter().enumerate() {
+            let span = tracing::info_span!(target: TRACE_TARGET, "cache.lookup",
+                cache.tier = tier.name().as_str(), cache.outcome = tracing::field::Empty);
+            // Errors are counted by the tier itself; the request goes on without it.
+            let found = tier.get(key).instrument(span.clone()).await.ok().flatten();
+            let Some(entry) = found else {
+                span.record("cache.outcome", "miss");
+                continue;
+            };
+            match entry.freshness(now) {
+                Freshness::Fresh { ttl_secs } => {
+                    span.record("cache.outcome", "hit");
+                    if i > 0 {
+                        // A Redis hit fills the tiers in front of it.
+                        for front in &inner.tiers[..i] {
+                            let _ = front.put(key, entry.clone()).await;
+                        }
+                    }
+                    let kind = if entry.negative {
+                        inner.metrics.hit("negative");
+                        AnswerKind::NegativeHit
+                    } else {
+                        inner.metrics.hit(tier.name().as_str());
+                        AnswerKind::Hit {
+                            tier: tier.name(),
+                            ttl_secs,
+                        }
+                    };
+                    return Ok(Answer {
+                        entry,
+                        kind,
+                        now_ms: now,
+                    });
+                }
+                Freshness::Stale { .. } => {
+                    span.record("cache.outcome", "stale");
+                    // A later tier may hold a fresher copy (another replica refreshed it).
+                    stale.get_or_insert((entry, tier.name()));
+                }
+                Freshness::Expired => {
+                    span.record("cache.outcome", "miss");
+                }
+            }
+        }
+
+        if let Some((entry, tier)) = stale {
+            let reason = if inner.origin.breaker_state() == BreakerState::Open {
+                StaleReason::IfError
+            } else {
+                // Refresh in the background: one fetch per key, however many stale hits.
+                let _ = self.start_fetch(key);
+                StaleReason::WhileRevalidate
+            };
+            inner.metrics.hit(tier.as_str());
+            inner.metrics.stale(reason.as_str());
+            let over_secs = now.saturating_sub(entry.fresh_until_ms) / 1000;
+            return Ok(Answer {
+                entry,
+                kind: AnswerKind::Stale { reason, over_secs },
+                now_ms: now,
+            });
+        }
+
+        let (role, waiter) = self.start_fetch(key);
+        let fetch = waiter.wait().await??;
+        let collapsed = role == Role::Follower || fetch.by_fleet;
+        let scope = match (role, fetch.by_fleet) {
+            (Role::Follower, _) => Some("process"),
+            (Role::Leader, true) => Some("fleet"),
+            (Role::Leader, false) => None,
+        };
+        inner.metrics.miss(scope);
+        Ok(Answer {
+            entry: fetch.entry,
+            kind: AnswerKind::Fetched { collapsed },
+            now_ms: now_ms(),
+        })
+    }
+
+    /// Joins or starts the fetch of `key`; the fetch span is a child of the current span.
+    fn start_fetch(&self, key: &str) -> (Role, coalesce::Waiter<Result<Fetch, CacheError>>) {
+        let key: Arc<str> = Arc::from(key);
+        let parent = Span::current();
+        self.inner.inflight.join_or_start(&key, || {
+            let inner = self.inner.clone();
+            let key = key.clone();
+            let span = tracing::info_span!(target: TRACE_TARGET, parent: &parent, "origin.fetch",
+                otel.kind = "client", origin.outcome = tracing::field::Empty);
+            async move { inner.fetch(&key).await }.instrument(span)
+        })
+    }
+
+    /// Purges `key` from every tier here and, through Redis, on every replica. `soft` marks it
+    /// stale instead, so the next request is served at once and refreshes it.
+    pub async fn purge(&self, key: &str, soft: bool) {
+        let inner = &*self.inner;
+        let now = now_ms();
+        for tier in &inner.tiers {
+            let _ = if soft {
+                tier.mark_stale(key, now).await
+            } else {
+                tier.remove(key).await
+            };
+        }
+        let mode = if soft { "soft" } else { "hard" };
+        inner.metrics.invalidated(mode, "local");
+        if let Some(redis) = &inner.redis {
+            let message = format!("{mode}\n{}\n{key}", inner.instance);
+            if redis.publish(&message).await.is_err() {
+                tracing::warn!(
+                    "purge could not be published; other replicas keep their copy until it expires"
+                );
+            }
+        }
+    }
+
+    /// Applies a purge published by another replica to the memory tier.
+    async fn apply_invalidation(&self, message: &str) {
+        let mut parts = message.splitn(3, '\n');
+        let (Some(mode), Some(instance), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        let (Some(memory), false) = (&self.inner.memory, instance == self.inner.instance) else {
+            return;
+        };
+        let mode = match mode {
+            "soft" => {
+                let _ = memory.mark_stale(key, now_ms()).await;
+                "soft"
+            }
+            _ => {
+                let _ = memory.remove(key).await;
+                "hard"
+            }
+        };
+        self.inner.metrics.invalidated(mode, "remote");
+    }
+
+    /// Listens on the invalidation channel for as long as the process lives, reconnecting when
+    /// the subscription drops. After a gap the memory tier is cleared: purges published while
+    /// this replica was not listening must not leave it serving purged values.
+    pub fn spawn_invalidation_listener(&self) {
+        let (Some(redis), true) = (self.inner.redis.clone(), self.inner.memory.is_some()) else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                match redis.subscribe().await {
+                    Ok(pubsub) => {
+                        if !first && let Some(memory) = &me.inner.memory {
+                            memory.clear();
+                        }
+                        first = false;
+                        tracing::info!("listening for purges from other replicas");
+                        let mut messages = pubsub.into_on_message();
+                        while let Some(msg) = messages.next().await {
+                            if let Ok(text) = msg.get_payload::<String>() {
+                                me.apply_invalidation(&text).await;
+                            }
+                        }
+                        tracing::warn!("purge subscription lost; reconnecting");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        });
+    }
+}
+
+impl Inner {
+    /// The fetch task: with Redis, take the fleet lock or wait for the replica that holds it;
+    /// then fetch from the origin and store in every tier.
+    async fn fetch(self: Arc<Self>, key: &str) -> Result<Fetch, CacheError> {
+        let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) else {
+            return self.fetch_from_origin(key).await;
+        };
+        let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
+        match redis.try_lock(key, &token, self.fleet.ttl).await {
+            Ok(true) => {
+                let result = self.fetch_from_origin(key).await;
+                let _ = redis.unlock(key, &token).await;
+                result
+            }
+            Ok(false) => match self.wait_for_fleet(redis, key).await {
+                Some(entry) => {
+                    if let Some(memory) = &self.memory {
+                        let _ = memory.put(key, entry.clone()).await;
+                    }
+                    Ok(Fetch {
+                        entry,
+                        by_fleet: true,
+                    })
+                }
+                None => self.fetch_from_origin(key).await,
+            },
+            // Redis failing: fetch here rather than fail.
+            Err(_) => self.fetch_from_origin(key).await,
+        }
+    }
+
+    /// Polls Redis for the value another replica is fetching; `None` when the wait runs out or
+    /// the lock went away without a value (that replica's fetch failed).
+    async fn wait_for_fleet(&self, redis: &RedisTier, key: &str) -> Option<Arc<Entry>> {
+        let deadline = tokio::time::Instant::now() + self.fleet.wait;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Ok(Some(entry)) = redis.get(key).await
+                && matches!(entry.freshness(now_ms()), Freshness::Fresh { .. })
+            {
+                return Some(entry);
+            }
+            if !redis.is_locked(key).await.unwrap_or(false) {
+                // Released: the value may have landed just before the lock went.
+                return redis
+                    .get(key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|e| matches!(e.freshness(now_ms()), Freshness::Fresh { .. }));
+            }
+        }
+        None
+    }
+
+    async fn fetch_from_origin(&self, key: &str) -> Result<Fetch, CacheError> {
+        let span = Span::current();
+        let result = self.origin.fetch(key, telemetry::traceparent(&span)).await;
+        let now = now_ms();
+        let entry = match result {
+            Ok(Fetched::Value(value)) => Arc::new(Entry::value(key, &value, now, &self.life)),
+            Ok(Fetched::NotFound) => Arc::new(Entry::not_found(now, &self.life)),
+            Err(e) => {
+                span.record("origin.outcome", e.outcome());
+                return Err(e.into());
+            }
+        };
+        span.record("origin.outcome", if entry.negative { "not_found" } else { "ok" });
+        if !(entry.negative && self.life.negative_ttl.is_zero()) {
+            for tier in &self.tiers {
+                let _ = tier.put(key, entry.clone()).await;
+            }
+        }
+        Ok(Fetch {
+            entry,
+            by_fleet: false,
+        })
+    }
+}

@@ -1,0 +1,347 @@
+//! The shared tier in Redis (one server or a Redis Cluster): entries, fleet-wide fetch locks and
+//! the invalidation channel. Redis being down or slow never blocks a request: every command has a
+//! deadline, and a Redis known to be down is skipped until a background ping finds it again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisFuture, Value};
+use tokio::sync::OnceCell;
+
+use super::entry::{Entry, now_ms};
+use super::tier::{Tier, TierError, TierName};
+use crate::config::RedisConfig;
+use crate::telemetry::Metrics;
+
+/// Bumped when the stored format changes, so old and new releases can share one Redis.
+const FORMAT_VERSION: &str = "v1";
+
+/// The Redis tier; cheap to clone (all state is shared).
+#[derive(Clone)]
+pub struct RedisTier {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The connection, or the cell a cluster connection lands in once made.
+    conn: Connection,
+    /// `{REDIS_KEY_PREFIX}:v1:`.
+    key_prefix: String,
+    /// `{REDIS_KEY_PREFIX}:invalidate`.
+    channel: String,
+    /// Deadline of one command.
+    response_timeout: Duration,
+    /// Deadline of one connection attempt.
+    connect_timeout: Duration,
+    /// Whether Redis answered the last ping / command; while false, requests skip Redis.
+    up: AtomicBool,
+    /// Where pub/sub connections are opened (the first URL; in a cluster, any node will do:
+    /// classic PUBLISH reaches every node's subscribers).
+    pubsub_info: ConnectionInfo,
+    /// Redis error counters.
+    metrics: Arc<Metrics>,
+}
+
+// One value per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster {
+        client: ClusterClient,
+        cell: OnceCell<ClusterConnection>,
+    },
+}
+
+/// A connection handle of either kind, so commands are written once.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Why the Redis tier could not be set up (only a malformed URL; an absent Redis is fine).
+#[derive(Debug, thiserror::Error)]
+#[error("REDIS_URL: {0}")]
+pub struct RedisSetupError(String);
+
+fn with_password(url: &str, password: Option<&str>) -> Result<ConnectionInfo, RedisSetupError> {
+    let info = url
+        .into_connection_info()
+        .map_err(|e| RedisSetupError(e.to_string()))?;
+    Ok(match password {
+        Some(pw) if info.redis_settings().password().is_none() => {
+            let settings = info.redis_settings().clone().set_password(pw);
+            info.set_redis_settings(settings)
+        }
+        _ => info,
+    })
+}
+
+impl RedisTier {
+    /// Prepares the tier without connecting; call [`RedisTier::start`] to connect in the background.
+    pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
+        let infos = config
+            .urls
+            .iter()
+            .map(|u| with_password(u, config.password.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let conn = if config.cluster {
+            let client = ClusterClient::builder(infos.clone())
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.response_timeout)
+                .build()
+                .map_err(|e| RedisSetupError(e.to_string()))?;
+            Connection::Cluster {
+                client,
+                cell: OnceCell::new(),
+            }
+        } else {
+            let client = Client::open(infos[0].clone()).map_err(|e| RedisSetupError(e.to_string()))?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.response_timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(500));
+            let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+                .map_err(|e| RedisSetupError(e.to_string()))?;
+            Connection::Single(manager)
+        };
+        Ok(RedisTier {
+            shared: Arc::new(Shared {
+                conn,
+                key_prefix: format!("{}:{FORMAT_VERSION}:", config.key_prefix),
+                channel: format!("{}:invalidate", config.key_prefix),
+                response_timeout: config.response_timeout,
+                connect_timeout: config.connect_timeout,
+                up: AtomicBool::new(false),
+                pubsub_info: infos[0].clone(),
+                metrics,
+            }),
+        })
+    }
+
+    /// Pings Redis once (bounded by the connect and response timeouts), then keeps pinging in
+    /// the background so a Redis that went away is found again without a restart.
+    pub async fn start(&self) {
+        self.ping().await;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let pause = if me.is_up() { 1000 } else { 250 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                me.ping().await;
+            }
+        });
+    }
+
+    async fn ping(&self) {
+        let s = &self.shared;
+        let budget = s.connect_timeout + s.response_timeout;
+        let ok = match tokio::time::timeout(budget, self.connection()).await {
+            Ok(Some(mut conn)) => {
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut conn);
+                matches!(tokio::time::timeout(s.response_timeout, ping).await, Ok(Ok(_)))
+            }
+            _ => false,
+        };
+        let was = s.up.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!("redis is reachable");
+            } else {
+                tracing::warn!("redis is unreachable; serving from memory and origin");
+            }
+        }
+    }
+
+    /// Whether Redis answered lately; `/health` reports it.
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    async fn connection(&self) -> Option<Conn> {
+        match &self.shared.conn {
+            Connection::Single(m) => Some(Conn::Single(m.clone())),
+            Connection::Cluster { client, cell } => {
+                let conn = cell
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await
+                    .ok()?;
+                Some(Conn::Cluster(conn.clone()))
+            }
+        }
+    }
+
+    /// Runs `cmd` within the response timeout; failures are counted under `op` and mark Redis down.
+    async fn run<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, TierError> {
+        if !self.is_up() {
+            return Err(TierError::Unavailable);
+        }
+        let s = &self.shared;
+        let mut conn = match &s.conn {
+            Connection::Single(m) => Conn::Single(m.clone()),
+            Connection::Cluster { cell, .. } => {
+                Conn::Cluster(cell.get().ok_or(TierError::Unavailable)?.clone())
+            }
+        };
+        let result = tokio::time::timeout(s.response_timeout, cmd.query_async::<T>(&mut conn)).await;
+        let error = match result {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                s.up.store(false, Ordering::Relaxed);
+                TierError::Failed(e.to_string())
+            }
+            Ok(Err(e)) => TierError::Failed(e.to_string()),
+            Err(_) => {
+                s.up.store(false, Ordering::Relaxed);
+                TierError::Timeout
+            }
+        };
+        s.metrics.redis_error(op);
+        tracing::debug!(op, %error, "redis command failed");
+        Err(error)
+    }
+
+    fn entry_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.shared.key_prefix.len() + 2 + key.len());
+        k.push_str(&self.shared.key_prefix);
+        k.push_str("k:");
+        k.push_str(key);
+        k
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}l:{key}", self.shared.key_prefix)
+    }
+
+    /// Publishes `message` on the invalidation channel.
+    pub async fn publish(&self, message: &str) -> Result<(), TierError> {
+        let cmd = redis::cmd("PUBLISH")
+            .arg(&self.shared.channel)
+            .arg(message)
+            .to_owned();
+        self.run::<i64>("publish", &cmd).await.map(drop)
+    }
+
+    /// Takes the fleet-wide fetch lock for `key` if nobody holds it; `true` when taken.
+    pub async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, TierError> {
+        let cmd = redis::cmd("SET")
+            .arg(self.lock_key(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .to_owned();
+        self.run::<Option<String>>("lock", &cmd)
+            .await
+            .map(|r| r.is_some())
+    }
+
+    /// Whether anybody holds the fetch lock for `key`.
+    pub async fn is_locked(&self, key: &str) -> Result<bool, TierError> {
+        let cmd = redis::cmd("EXISTS").arg(self.lock_key(key)).to_owned();
+        self.run::<i64>("lock", &cmd).await.map(|n| n > 0)
+    }
+
+    /// Releases the fetch lock for `key` if `token` still holds it.
+    pub async fn unlock(&self, key: &str, token: &str) -> Result<(), TierError> {
+        const SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+        let cmd = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(self.lock_key(key))
+            .arg(token)
+            .to_owned();
+        self.run::<i64>("lock", &cmd).await.map(drop)
+    }
+
+    /// Opens a pub/sub connection subscribed to the invalidation channel.
+    pub async fn subscribe(&self) -> Result<redis::aio::PubSub, TierError> {
+        let s = &self.shared;
+        let open = async {
+            let client = Client::open(s.pubsub_info.clone())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&s.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(s.connect_timeout + s.response_timeout, open).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => {
+                s.metrics.redis_error("subscribe");
+                Err(TierError::Failed(e.to_string()))
+            }
+            Err(_) => {
+                s.metrics.redis_error("subscribe");
+                Err(TierError::Timeout)
+            }
+        }
+    }
+}
+
+impl Tier for RedisTier {
+    fn name(&self) -> TierName {
+        TierName::Redis
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
+        let cmd = redis::cmd("GET").arg(self.entry_key(key)).to_owned();
+        let bytes: Option<Vec<u8>> = self.run("get", &cmd).await?;
+        Ok(bytes
+            .and_then(|b| Entry::decode(key, &b))
+            .filter(|e| e.stale_until_ms > now_ms())
+            .map(Arc::new))
+    }
+
+    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
+        let keep_ms = entry.stale_until_ms.saturating_sub(now_ms());
+        if keep_ms == 0 {
+            return Ok(());
+        }
+        let cmd = redis::cmd("SET")
+            .arg(self.entry_key(key))
+            .arg(entry.encode())
+            .arg("PX")
+            .arg(keep_ms)
+            .to_owned();
+        self.run::<()>("set", &cmd).await
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), TierError> {
+        let cmd = redis::cmd("DEL").arg(self.entry_key(key)).to_owned();
+        self.run::<i64>("del", &cmd).await.map(drop)
+    }
+}

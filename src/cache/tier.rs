@@ -1,0 +1,107 @@
+//! The seam every cache tier sits behind, and the closed set of tiers the service has.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::entry::Entry;
+use super::memory::MemoryTier;
+use super::redis::RedisTier;
+
+/// Which tier; the same strings name it in metrics, spans, `Cache-Status` and `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TierName {
+    /// The in-process tier.
+    Memory,
+    /// The shared Redis tier.
+    Redis,
+}
+
+impl TierName {
+    /// The name as it appears outside the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierName::Memory => "memory",
+            TierName::Redis => "redis",
+        }
+    }
+}
+
+/// Why a tier could not answer; the request goes on without it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TierError {
+    /// The tier is known to be down; it was not asked.
+    #[error("tier unavailable")]
+    Unavailable,
+    /// The tier did not answer within its deadline.
+    #[error("tier timed out")]
+    Timeout,
+    /// The tier answered with an error.
+    #[error("tier error: {0}")]
+    Failed(String),
+}
+
+/// A place entries are kept. Methods take `&self`: each tier keeps its own concurrency inside.
+pub trait Tier: Send + Sync {
+    /// Which tier this is.
+    fn name(&self) -> TierName;
+    /// The entry for `key`, if the tier holds one that is not yet past its stale window.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Arc<Entry>>, TierError>> + Send;
+    /// Stores `entry` for `key`, for as long as it is servable.
+    fn put(&self, key: &str, entry: Arc<Entry>) -> impl Future<Output = Result<(), TierError>> + Send;
+    /// Forgets `key`.
+    fn remove(&self, key: &str) -> impl Future<Output = Result<(), TierError>> + Send;
+    /// Ends the freshness of `key`'s entry, keeping it servable stale (a soft purge).
+    fn mark_stale(&self, key: &str, now_ms: u64) -> impl Future<Output = Result<(), TierError>> + Send {
+        async move {
+            if let Some(e) = self.get(key).await? {
+                self.put(key, Arc::new(e.marked_stale(now_ms))).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One of the service's tiers: an enum rather than `dyn Tier`, so a lookup costs no boxed future.
+pub enum AnyTier {
+    /// The in-process tier.
+    Memory(MemoryTier),
+    /// The shared Redis tier.
+    Redis(RedisTier),
+}
+
+impl Tier for AnyTier {
+    fn name(&self) -> TierName {
+        match self {
+            AnyTier::Memory(t) => t.name(),
+            AnyTier::Redis(t) => t.name(),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
+        match self {
+            AnyTier::Memory(t) => t.get(key).await,
+            AnyTier::Redis(t) => t.get(key).await,
+        }
+    }
+
+    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
+        match self {
+            AnyTier::Memory(t) => t.put(key, entry).await,
+            AnyTier::Redis(t) => t.put(key, entry).await,
+        }
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), TierError> {
+        match self {
+            AnyTier::Memory(t) => t.remove(key).await,
+            AnyTier::Redis(t) => t.remove(key).await,
+        }
+    }
+
+    async fn mark_stale(&self, key: &str, now_ms: u64) -> Result<(), TierError> {
+        match self {
+            AnyTier::Memory(t) => t.mark_stale(key, now_ms).await,
+            AnyTier::Redis(t) => t.mark_stale(key, now_ms).await,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `AppError`: the one place failures become HTTP responses (status, JSON body, headers).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::cache::CacheError;
+use crate::origin::OriginError;
+
+/// Every way a request can fail, as the client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The key is empty, too long, not UTF-8, has control characters or is a dot segment.
+    #[error("{0}")]
+    BadKey(String),
+    /// A malformed request other than the key (e.g. a bad query parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The origin says the key does not exist (or no such endpoint).
+    #[error("{0}")]
+    NotFound(String),
+    /// The endpoint exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The origin failed.
+    #[error("{0}")]
+    OriginError(String),
+    /// The origin did not answer in time.
+    #[error("{0}")]
+    OriginTimeout(String),
+    /// The origin is not being called (circuit open, or too many fetches in flight).
+    #[error("{message}")]
+    OriginUnavailable {
+        /// What happened.
+        message: String,
+        /// Whole seconds until a retry may succeed (`Retry-After`).
+        retry_after_secs: u64,
+    },
+    /// A purge without credentials.
+    #[error("a bearer token is required")]
+    Unauthorized,
+    /// A purge with the wrong token, or purging is off.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A bug: a panic or a broken invariant.
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl AppError {
+    /// The `error` code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::BadKey(_) => "bad_key",
+            AppError::BadRequest(_) => "bad_request",
+            AppError::NotFound(_) => "not_found",
+            AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::OriginError(_) => "origin_error",
+            AppError::OriginTimeout(_) => "origin_timeout",
+            AppError::OriginUnavailable { .. } => "origin_unavailable",
+            AppError::Unauthorized => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadKey(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::OriginError(_) => StatusCode::BAD_GATEWAY,
+            AppError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            AppError::OriginUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The origin's 404, as answered for a key.
+    pub fn key_not_found() -> Self {
+        AppError::NotFound("the origin has no value for this key".to_owned())
+    }
+}
+
+impl From<CacheError> for AppError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Origin(OriginError::Timeout(_)) => AppError::OriginTimeout(e.to_string()),
+            CacheError::Origin(OriginError::CircuitOpen { retry_after }) => AppError::OriginUnavailable {
+                message: e.to_string(),
+                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            },
+            CacheError::Origin(OriginError::Saturated) => AppError::OriginUnavailable {
+                message: e.to_string(),
+                retry_after_secs: 1,
+            },
+            CacheError::Origin(_) => AppError::OriginError(e.to_string()),
+            CacheError::Abandoned(_) => {
+                AppError::Internal("the origin fetch ended without a result".to_owned())
+            }
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let status = self.status();
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            AppError::OriginUnavailable { retry_after_secs, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            AppError::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"cache-layer\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}

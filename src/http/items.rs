@@ -1,0 +1,198 @@
+//! `GET /items/{key}` (the read-through) and `DELETE /items/{key}` (the purge).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use super::AppState;
+use crate::cache::{Answer, AnswerKind};
+use crate::error::AppError;
+use crate::telemetry::{self, Route, TRACE_TARGET};
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const CACHE_STATUS: &str = "cache-status";
+
+/// `GET /items/{key}`: the seed's JSON contract, `Cache-Status` and `Age`.
+pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(target: TRACE_TARGET, "GET /items/{key}",
+        otel.kind = "server",
+        http.request.method = "GET",
+        http.route = "/items/{key}",
+        http.response.status_code = tracing::field::Empty,
+        cache.outcome = tracing::field::Empty);
+    telemetry::continue_trace(&span, request.headers());
+    let response = async {
+        let key = key_of(request, state.max_key_bytes).await?;
+        let answer = tokio::time::timeout(state.request_timeout, state.cache.get(&key))
+            .await
+            .map_err(|_| {
+                AppError::OriginTimeout("the request took longer than REQUEST_TIMEOUT_SECS".to_owned())
+            })??;
+        tracing::Span::current().record("cache.outcome", answer.kind.outcome());
+        Ok::<_, AppError>(render(&state, answer))
+    }
+    .instrument(span.clone())
+    .await
+    .unwrap_or_else(IntoResponse::into_response);
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    state.metrics.request(Route::Items, status, started.elapsed());
+    response
+}
+
+/// The response for an answer: a value (`source` cache or origin) or a remembered 404.
+fn render(state: &AppState, answer: Answer) -> Response {
+    let cache_status = state.headers.cache_status(answer.kind);
+    let age = state.headers.age(answer.entry.age_secs(answer.now_ms));
+    let mut response = if answer.entry.negative {
+        AppError::key_not_found().into_response()
+    } else {
+        let body = match answer.kind {
+            AnswerKind::Fetched { .. } => answer.entry.origin_body(),
+            _ => answer.entry.cache_body(),
+        };
+        let mut r = Response::new(Body::from(body));
+        r.headers_mut().insert(header::CONTENT_TYPE, JSON);
+        r
+    };
+    let headers = response.headers_mut();
+    headers.insert(CACHE_STATUS, cache_status);
+    headers.insert(header::AGE, age);
+    response
+}
+
+/// The key from the path, percent-decoded and checked.
+async fn key_of(request: Request, max_key_bytes: usize) -> Result<String, AppError> {
+    let (mut parts, _) = request.into_parts();
+    let Path(key) = Path::<String>::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|_| AppError::BadKey("the key must be percent-encoded UTF-8".to_owned()))?;
+    check_key(&key, max_key_bytes)?;
+    Ok(key)
+}
+
+/// Keys are 1..=`max` bytes of UTF-8 without control characters, and not a dot segment (which
+/// no URL can carry to an HTTP origin unchanged).
+pub fn check_key(key: &str, max: usize) -> Result<(), AppError> {
+    if key.is_empty() {
+        return Err(AppError::BadKey("the key is empty".to_owned()));
+    }
+    if key.len() > max {
+        return Err(AppError::BadKey(format!("the key is longer than {max} bytes")));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(AppError::BadKey("the key contains control characters".to_owned()));
+    }
+    if key == "." || key == ".." {
+        return Err(AppError::BadKey("the key cannot be a dot segment".to_owned()));
+    }
+    Ok(())
+}
+
+/// `/items/` and `/items`: a request without a key.
+pub async fn empty_key(State(state): State<Arc<AppState>>) -> Response {
+    let response = AppError::BadKey("the key is empty".to_owned()).into_response();
+    state
+        .metrics
+        .request(Route::Items, response.status().as_u16(), Default::default());
+    response
+}
+
+/// `DELETE /items/{key}`: purge everywhere; `?soft=true` marks stale instead.
+pub async fn delete_item(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let response = purge(&state, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics
+        .request(Route::Items, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
+    authorize(
+        state.admin_token.as_deref(),
+        request.headers().get(header::AUTHORIZATION),
+    )?;
+    let soft = soft_param(request.uri().query())?;
+    let key = key_of(request, state.max_key_bytes).await?;
+    state.cache.purge(&key, soft).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Purging is off without `ADMIN_TOKEN`; otherwise the bearer token must match, compared in
+/// constant time.
+fn authorize(token: Option<&str>, given: Option<&HeaderValue>) -> Result<(), AppError> {
+    let Some(token) = token else {
+        return Err(AppError::Forbidden(
+            "purging is off: ADMIN_TOKEN is not set".to_owned(),
+        ));
+    };
+    let given = given.ok_or(AppError::Unauthorized)?;
+    let bearer = given.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
+    if bool::from(bearer.ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(
+            "the bearer token is not the admin token".to_owned(),
+        ))
+    }
+}
+
+fn soft_param(query: Option<&str>) -> Result<bool, AppError> {
+    let mut soft = false;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if name == "soft" {
+            soft = match value.as_ref() {
+                "true" | "1" | "" => true,
+                "false" | "0" => false,
+                _ => return Err(AppError::BadRequest("soft must be true or false".to_owned())),
+            };
+        }
+    }
+    Ok(soft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(check_key("foo", 8).is_ok());
+        assert!(check_key("é/?&", 8).is_ok());
+        assert!(check_key("", 8).is_err());
+        assert!(check_key("123456789", 8).is_err());
+        assert!(check_key("a\nb", 8).is_err());
+        assert!(check_key("..", 8).is_err());
+    }
+
+    #[test]
+    fn purge_authorization_follows_the_contract() {
+        let bearer = HeaderValue::from_static("Bearer s3cret");
+        let wrong = HeaderValue::from_static("Bearer nope");
+        assert!(matches!(
+            authorize(None, Some(&bearer)),
+            Err(AppError::Forbidden(_))
+        ));
+        assert!(matches!(
+            authorize(Some("s3cret"), None),
+            Err(AppError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorize(Some("s3cret"), Some(&wrong)),
+            Err(AppError::Forbidden(_))
+        ));
+        assert!(authorize(Some("s3cret"), Some(&bearer)).is_ok());
+        assert!(soft_param(Some("soft=true")).unwrap());
+        assert!(soft_param(Some("soft=maybe")).is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! The HTTP surface: the router, its shared state and the handlers.
+
+mod headers;
+mod items;
+mod ops;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::cache::ReadThrough;
+use crate::error::AppError;
+use crate::telemetry::Metrics;
+
+pub use headers::HeaderTables;
+
+/// What every handler shares; built once by [`crate::Application::build`].
+pub struct AppState {
+    /// The cache.
+    pub cache: ReadThrough,
+    /// Instruments.
+    pub metrics: Arc<Metrics>,
+    /// What `/metrics` encodes.
+    pub registry: prometheus::Registry,
+    /// Bearer token for purges; `None` = purging off.
+    pub admin_token: Option<String>,
+    /// Longest key accepted.
+    pub max_key_bytes: usize,
+    /// Deadline of a `/items` request that has to wait on the origin.
+    pub request_timeout: Duration,
+    /// Precomputed `Age` and `Cache-Status` values, so a hit formats nothing.
+    pub headers: HeaderTables,
+    /// False once shutdown has begun: `/readyz` fails so load balancers stop sending.
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    /// Marks the service as shutting down.
+    pub fn begin_shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The router: every endpoint, a JSON 404/405 for everything else, and no panic reaching a client.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/items/{key}", get(items::get_item).delete(items::delete_item))
+        .route("/items/", get(items::empty_key).delete(items::empty_key))
+        .route("/items", get(items::empty_key).delete(items::empty_key))
+        .route("/health", get(ops::health))
+        .route("/livez", get(ops::livez))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(CatchPanicLayer::custom(|_| {
+            AppError::Internal("a handler panicked".to_owned()).into_response()
+        }))
+        .with_state(state)
+}

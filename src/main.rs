@@ -1,0 +1,85 @@
+//! The `cache-layer` binary: `cache-layer` serves; `cache-layer healthcheck` probes a running one.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cache_layer::{Application, Config, shutdown_signal, telemetry};
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck();
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let telemetry = match telemetry::init(config.log_json) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let result = match Application::build(config, &telemetry).await {
+            Ok(app) => app
+                .run_until_stopped(shutdown_signal())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Asks the local service's `/livez` (for container health checks: the image has no curl).
+fn healthcheck() -> ExitCode {
+    let addr = std::env::var("LISTEN_ADDR")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "0.0.0.0:5000".to_owned());
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        eprintln!("healthcheck: LISTEN_ADDR={addr:?} is not an address and port");
+        return ExitCode::FAILURE;
+    };
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let probe = || -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::new(ip, addr.port()), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /livez HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(&head[9..12] == b"200")
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! An HTTP origin reached through a URL template; the key can never leave its place in the URL.
+
+use bytes::{Bytes, BytesMut};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+
+use super::{Fetched, Origin, OriginError};
+
+/// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) is percent-encoded.
+const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Fetches `GET <template with {key} replaced>` from an HTTP API.
+pub struct HttpOrigin {
+    /// The template split at each `{key}`.
+    parts: Vec<String>,
+    /// Sent as `Authorization` when set (`ORIGIN_AUTHORIZATION`).
+    authorization: Option<HeaderValue>,
+    /// Shared connection pool.
+    client: reqwest::Client,
+    /// Larger bodies are refused.
+    max_body_bytes: usize,
+}
+
+impl HttpOrigin {
+    /// An origin for `template` (which holds `{key}` at least once).
+    pub fn new(template: &str, authorization: Option<&str>, max_body_bytes: usize) -> Result<Self, String> {
+        let authorization = authorization
+            .map(|a| {
+                let mut v = HeaderValue::from_str(a)
+                    .map_err(|_| "ORIGIN_AUTHORIZATION is not a valid header value")?;
+                v.set_sensitive(true);
+                Ok::<_, String>(v)
+            })
+            .transpose()?;
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("cache-layer/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(HttpOrigin {
+            parts: template.split("{key}").map(str::to_owned).collect(),
+            authorization,
+            client,
+            max_body_bytes,
+        })
+    }
+
+    /// The URL for `key`: the key percent-encoded wherever `{key}` stands.
+    pub fn url_for(&self, key: &str) -> String {
+        let encoded = utf8_percent_encode(key, KEY_ENCODE).to_string();
+        self.parts.join(&encoded)
+    }
+}
+
+impl Origin for HttpOrigin {
+    async fn fetch(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
+        let mut request = self.client.get(self.url_for(key));
+        if let Some(auth) = &self.authorization {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        if let Some(tp) = traceparent {
+            request = request.header("traceparent", tp);
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| OriginError::Transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {}
+            404 | 410 => return Ok(Fetched::NotFound),
+            other => return Err(OriginError::Status(other)),
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > self.max_body_bytes)
+        {
+            return Err(OriginError::TooLarge(self.max_body_bytes));
+        }
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_media_type);
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| OriginError::Transport(e.to_string()))?
+        {
+            if body.len() + chunk.len() > self.max_body_bytes {
+                return Err(OriginError::TooLarge(self.max_body_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched::Value(value_json(&body, is_json)?))
+    }
+}
+
+/// `application/json` and `…+json`, parameters ignored.
+fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The value as JSON: the body itself when it is JSON, else the body as a JSON string.
+fn value_json(body: &[u8], is_json: bool) -> Result<Bytes, OriginError> {
+    if is_json {
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_slice(body).map_err(|_| OriginError::BadJson)?;
+        Ok(Bytes::copy_from_slice(raw.get().as_bytes()))
+    } else {
+        let text = String::from_utf8_lossy(body);
+        Ok(Bytes::from(
+            serde_json::to_vec(&text).expect("a string serialises"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_leave_their_place_in_the_url() {
+        let o = HttpOrigin::new("http://o/items/{key}?v=1&k={key}", None, 10).unwrap();
+        assert_eq!(
+            o.url_for("../admin"),
+            "http://o/items/..%2Fadmin?v=1&k=..%2Fadmin"
+        );
+        assert_eq!(o.url_for("x?y=1"), "http://o/items/x%3Fy%3D1?v=1&k=x%3Fy%3D1");
+        assert_eq!(o.url_for("a&b=c"), "http://o/items/a%26b%3Dc?v=1&k=a%26b%3Dc");
+        assert_eq!(o.url_for("%2F"), "http://o/items/%252F?v=1&k=%252F");
+        assert_eq!(o.url_for("é ~"), "http://o/items/%C3%A9%20~?v=1&k=%C3%A9%20~");
+    }
+
+    #[test]
+    fn json_bodies_stay_json_and_others_become_strings() {
+        assert!(is_json_media_type("application/json; charset=utf-8"));
+        assert!(is_json_media_type("application/problem+json"));
+        assert!(!is_json_media_type("text/plain"));
+        assert_eq!(&value_json(b" {\"a\":1} ", true).unwrap()[..], b"{\"a\":1}");
+        assert_eq!(&value_json(b"hi \"x\"", false).unwrap()[..], br#""hi \"x\"""#);
+        assert_eq!(value_json(b"{", true), Err(OriginError::BadJson));
+    }
+}

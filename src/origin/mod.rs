@@ -1,0 +1,93 @@
+//! Where values come from on a miss: the `Origin` seam, its two implementations, and the guard
+//! (concurrency limit, deadline, circuit breaker) every fetch passes through.
+
+mod breaker;
+mod guard;
+mod http;
+mod simulated;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use breaker::{Breaker, BreakerState};
+pub use guard::GuardedOrigin;
+pub use http::HttpOrigin;
+pub use simulated::SimulatedOrigin;
+
+/// What the origin said about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// The value, as JSON.
+    Value(Bytes),
+    /// The origin answered 404 or 410.
+    NotFound,
+}
+
+/// Why a fetch produced no answer; none of these is cached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    /// The origin answered with a status other than 2xx, 404 or 410.
+    #[error("the origin answered {0}")]
+    Status(u16),
+    /// The origin could not be reached or broke off.
+    #[error("the origin could not be reached: {0}")]
+    Transport(String),
+    /// The body was larger than `ORIGIN_MAX_BODY_BYTES`.
+    #[error("the origin's body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The origin said its body was JSON, and it was not.
+    #[error("the origin's JSON body does not parse")]
+    BadJson,
+    /// No answer within `ORIGIN_TIMEOUT_MS`.
+    #[error("the origin did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The circuit is open: the origin is not being called for `retry_after`.
+    #[error("the origin is failing; its circuit is open")]
+    CircuitOpen {
+        /// Until the circuit lets a probe through.
+        retry_after: Duration,
+    },
+    /// `ORIGIN_MAX_CONCURRENCY` fetches are already in flight.
+    #[error("too many origin requests are in flight")]
+    Saturated,
+}
+
+impl OriginError {
+    /// The `origin_requests_total` outcome this error counts as.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            OriginError::Timeout(_) => "timeout",
+            OriginError::CircuitOpen { .. } | OriginError::Saturated => "rejected",
+            _ => "error",
+        }
+    }
+}
+
+/// A source of values. `fetch` is called at most once per key at a time per process.
+pub trait Origin: Send + Sync + 'static {
+    /// Fetches `key`'s value; `traceparent` is the W3C header of the fetch span, when traced.
+    fn fetch(
+        &self,
+        key: &str,
+        traceparent: Option<String>,
+    ) -> impl Future<Output = Result<Fetched, OriginError>> + Send;
+}
+
+/// The configured origin: an enum rather than `dyn Origin`, the set being closed.
+pub enum AnyOrigin {
+    /// `"value_for_{key}"` after `ORIGIN_LATENCY_MS`.
+    Simulated(SimulatedOrigin),
+    /// An HTTP API.
+    Http(HttpOrigin),
+}
+
+impl Origin for AnyOrigin {
+    async fn fetch(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
+        match self {
+            AnyOrigin::Simulated(o) => o.fetch(key, traceparent).await,
+            AnyOrigin::Http(o) => o.fetch(key, traceparent).await,
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Logs, traces and metrics, set up once: structured logs to stdout, metrics through
+//! OpenTelemetry to Prometheus (pull) and optionally OTLP (push), traces through
+//! tracing-opentelemetry to OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+
+mod metrics;
+
+use std::collections::HashMap;
+
+use opentelemetry::global;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+pub use metrics::{
+    COALESCE_SCOPES, EVICTION_CAUSES, HIT_TIERS, INVALIDATION_MODES, INVALIDATION_SOURCES, LATENCY_BUCKETS,
+    Metrics, ORIGIN_OUTCOMES, REDIS_OPERATIONS, Route, STALE_REASONS, STATUS_CLASSES, observe_gauge,
+};
+
+/// The target of the request, tier and origin spans. Only the OpenTelemetry layer listens to it,
+/// so without an OTLP endpoint those spans are disabled at their call site and cost nothing.
+pub const TRACE_TARGET: &str = "cache_layer::trace";
+
+/// An OpenTelemetry setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A variable holds a value we cannot use.
+    #[error("invalid configuration: {var}={value:?}: expected {expected}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What would be accepted.
+        expected: &'static str,
+    },
+    /// An exporter could not be built.
+    #[error("OpenTelemetry set-up failed: {0}")]
+    Setup(String),
+}
+
+/// The running telemetry: keep it for the life of the process and call `shutdown` at the end.
+pub struct Telemetry {
+    /// What `/metrics` encodes.
+    pub registry: prometheus::Registry,
+    /// The instruments.
+    pub metrics: std::sync::Arc<Metrics>,
+    meter_provider: SdkMeterProvider,
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporters.
+    pub fn shutdown(&self) {
+        if let Some(tp) = &self.tracer_provider {
+            let _ = tp.shutdown();
+        }
+        let _ = self.meter_provider.shutdown();
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Which OTLP transport `OTEL_EXPORTER_OTLP_PROTOCOL` (or its per-signal variant) asks for.
+fn protocol(signal_var: &'static str) -> Result<Protocol, TelemetryError> {
+    let (var, value) = match env(signal_var) {
+        Some(v) => (signal_var, v),
+        None => (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            env("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_default(),
+        ),
+    };
+    match value.as_str() {
+        "" | "http/protobuf" => Ok(Protocol::HttpBinary),
+        "grpc" => Ok(Protocol::Grpc),
+        _ => Err(TelemetryError::Invalid {
+            var,
+            value,
+            expected: "grpc or http/protobuf",
+        }),
+    }
+}
+
+/// Whether a signal is pushed: an endpoint is set and `OTEL_<SIGNAL>_EXPORTER` is not `none`.
+fn pushes(exporter_var: &str, endpoint_var: &str) -> bool {
+    let endpoint = env("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .or_else(|| env(endpoint_var))
+        .is_some();
+    endpoint && env(exporter_var).is_none_or(|v| v != "none")
+}
+
+fn resource() -> Resource {
+    let named = env("OTEL_SERVICE_NAME").is_some()
+        || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
+    let builder = Resource::builder();
+    if named {
+        builder.build()
+    } else {
+        builder.with_service_name("cache-layer").build()
+    }
+}
+
+/// Sets up logging (`RUST_LOG`, `LOG_FORMAT`), metrics and, when configured, OTLP push.
+pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let resource = resource();
+
+    let tracer_provider = if pushes("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        let exporter = match protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")? {
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+            other => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(other)
+                .build(),
+        }
+        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
+        Some(
+            SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .with_batch_exporter(exporter)
+                .build(),
+        )
+    } else {
+        None
+    };
+
+    let registry = prometheus::Registry::new();
+    let prometheus_reader = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .build()
+        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
+    let mut meters = SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(prometheus_reader);
+    if pushes("OTEL_METRICS_EXPORTER", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+        let exporter = match protocol("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")? {
+            Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder().with_tonic().build(),
+            other => opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(other)
+                .build(),
+        }
+        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
+        meters = meters.with_reader(PeriodicReader::builder(exporter).build());
+    }
+    let meter_provider = meters.build();
+    let metrics = std::sync::Arc::new(Metrics::new(meter_provider.meter("cache-layer")));
+
+    // Logs: RUST_LOG decides, our span-only target is left to the OpenTelemetry layer.
+    let not_trace_spans = filter_fn(|m| !(m.is_span() && m.target() == TRACE_TARGET));
+    let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let fmt = tracing_subscriber::fmt::layer().with_target(true).with_ansi(ansi);
+    let fmt = if log_json {
+        fmt.json()
+            .flatten_event(true)
+            .with_filter(log_filter().and(not_trace_spans))
+            .boxed()
+    } else {
+        fmt.with_filter(log_filter().and(not_trace_spans)).boxed()
+    };
+    let otel = tracer_provider.as_ref().map(|tp| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tp.tracer("cache-layer"))
+            .with_filter(filter_fn(|m| m.target() == TRACE_TARGET))
+    });
+    Registry::default()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
+
+    Ok(Telemetry {
+        registry,
+        metrics,
+        meter_provider,
+        tracer_provider,
+    })
+}
+
+/// The W3C `traceparent` of `span`, when it is traced.
+pub fn traceparent(span: &Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Continues the caller's trace: sets `span`'s parent from an incoming `traceparent`.
+pub fn continue_trace(span: &Span, headers: &http::HeaderMap) {
+    if span.is_disabled() || !headers.contains_key("traceparent") {
+        return;
+    }
+    let cx = global::get_text_map_propagator(|p| p.extract(&opentelemetry_http::HeaderExtractor(headers)));
+    let _ = span.set_parent(cx);
+}
