@@ -159,7 +159,7 @@ def cargo_bins() -> dict[str, str]:
 
 def find_helm(explicit: str | None = None) -> str | None:
     for cand in (explicit, os.environ.get("HELM"), str(ROOT / ".tools" / "helm" / "helm"),
-                 str(ROOT / ".tools" / "layer" / "helm" / "helm"), shutil.which("helm")):
+                 shutil.which("helm")):
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return cand
     return None
@@ -437,7 +437,12 @@ def check_dockerfile_copies() -> str:
                 assert (ROOT / src).exists(), f"{word} {src}: no such path in the repository"
                 assert not dockerignore_excludes(src), f"{word} {src}: excluded by .dockerignore"
                 seen.append(src)
-    # Target paths of the manifest that live under a copied directory must exist too.
+    # The dependency layer stubs the target paths the manifest declares: so every target
+    # must declare its path, and those under a copied directory must exist.
+    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    for section in ("bin", "test", "bench", "example"):
+        for target in manifest.get(section, []):
+            assert "path" in target, f"[[{section}]] {target.get('name')} declares no path: the Dockerfile cannot stub it"
     for name, path in cargo_bins().items():
         if any(path.startswith(s.rstrip("/") + "/") for s in seen):
             assert (ROOT / path).exists(), f"[[bin]] {name} at {path} is missing"
@@ -464,7 +469,9 @@ def check_compose() -> str:
     app = services[SERVICE]
     assert app.get("build"), "cache-layer is not built from the Dockerfile"
     health = app["healthcheck"]["test"]
-    assert health[0] == "CMD" and health[-1] == "healthcheck", f"healthcheck {health} is not the binary's"
+    entry = exec_form(dict(dockerfile_stages()[-1]["instructions"]).get("ENTRYPOINT", "[]"))
+    assert health == ["CMD", *entry[:1], "healthcheck"], \
+        f"healthcheck {health} is not [CMD, {entry[:1]}, healthcheck] (the image's binary)"
     env = compose_env()
     for var in ("REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         host = urlsplit(env[var]).hostname
@@ -588,6 +595,23 @@ def check_chart_off_by_default(helm: str | None) -> str:
     return "optional kinds off by default, all on in all-features"
 
 
+def check_values_comments() -> str:
+    """Every top-level block of the charts' values.yaml sits under a comment (a run of
+    one-line keys may share one)."""
+    checked = 0
+    for path in (CHART / "values.yaml", CHART / "charts" / "redis" / "values.yaml"):
+        prev = ""
+        for line in path.read_text().splitlines():
+            if re.match(r"[A-Za-z]", line):
+                grouped = re.match(r"[A-Za-z]\w*: \S", prev) and re.match(r"[A-Za-z]\w*: \S", line)
+                assert prev.startswith("#") or grouped, \
+                    f"{path.relative_to(ROOT)}: block {line.split(':')[0]!r} has no comment above it"
+                checked += 1
+            if line.strip():
+                prev = line
+    return f"{checked} blocks"
+
+
 def check_dashboard() -> str:
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] == "cache-layer", f"dashboard uid {dash['uid']!r}"
@@ -662,6 +686,7 @@ def main() -> int:
     c.run("contract: deploy/prometheus.yml scrapes the compose service", check_prometheus_config)
     c.run("contract: chart Deployment security, probes, grace period, Redis wiring, helm test", check_chart_deployment, helm)
     c.run("contract: chart optional features off by default, on in all-features", check_chart_off_by_default, helm)
+    c.run("contract: every values.yaml block has a comment", check_values_comments)
     c.run("contract: dashboard JSON, uid, datasource uid, seed queries, chart copy", check_dashboard)
     c.run("contract: dashboard PromQL parses (promtool check rules)", check_promql_syntax)
     if c.failed:

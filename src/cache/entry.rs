@@ -88,7 +88,8 @@ impl Entry {
     /// An entry for a value fetched now. `value` must be valid JSON.
     pub fn value(key: &str, value: &[u8], now_ms: u64, life: &Lifetimes) -> Self {
         let fresh_until_ms = now_ms + life.fresh_ms();
-        let stale_until_ms = now_ms + (life.ttl + life.stale).as_millis() as u64;
+        // The stale window is exactly CACHE_STALE_SECS, jitter or not.
+        let stale_until_ms = fresh_until_ms + life.stale.as_millis() as u64;
         Self::with_times(key, value, now_ms, fresh_until_ms, stale_until_ms)
     }
 
@@ -267,7 +268,7 @@ mod tests {
             let e = Entry::value("k", b"1", 0, &life(10));
             assert!(e.fresh_until_ms <= 60_000 && e.fresh_until_ms >= 54_000);
             seen_shorter |= e.fresh_until_ms < 60_000;
-            assert_eq!(e.stale_until_ms, 360_000);
+            assert_eq!(e.stale_until_ms, e.fresh_until_ms + 300_000);
         }
         assert!(seen_shorter);
     }

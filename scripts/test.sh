@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of the project. Installs what the tests need when it is missing:
+# redis-server and prometheus (Debian packages), the packaging tools (scripts/check-packaging.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Unit and integration tests (real redis-server, origin stub, Prometheus, OTLP receiver).
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast
+else
+  cargo test --no-fail-fast
+fi
+
+# Packaging: Dockerfile, compose file, Helm chart, dashboard (static checks, then the live run).
+if [[ -x scripts/check-packaging.sh ]]; then
+  scripts/check-packaging.sh
+fi

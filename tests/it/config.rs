@@ -1,0 +1,87 @@
+//! Start-up configuration, through the real binary.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Service, client, free_port, service_command};
+
+/// Runs the binary with `env` and returns (exit code, stderr) once it exits.
+fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = service_command(env);
+    if !env.iter().any(|(k, _)| *k == "LISTEN_ADDR") {
+        cmd.env("LISTEN_ADDR", &listen);
+    }
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (status.code(), String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the service did not stop on a bad setting: {env:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_values_stop_start_up_with_one_line_naming_variable_value_and_expectation() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("CACHE_TTL_SECS", "abc", "whole number of seconds"),
+        ("LISTEN_ADDR", "nope", "address and port"),
+        ("REDIS_URL", "http://x", "redis://"),
+        ("ORIGIN_URL", "http://origin/items", "{key}"),
+        ("MEMORY_CACHE_MAX_BYTES", "0", "at least 1"),
+        ("MEMORY_CACHE_ENABLED", "maybe", "true or false"),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "carrier-pigeon",
+            "grpc or http/protobuf",
+        ),
+    ];
+    for (var, value, expected) in cases {
+        let mut env = vec![(*var, *value)];
+        if var.starts_with("OTEL") {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"));
+        }
+        let (code, stderr) = run_to_exit(&env);
+        assert!(code.is_some_and(|c| c != 0), "{var}={value}: exit {code:?}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{var}={value}: one line expected, got {stderr:?}");
+        assert!(
+            lines[0].contains(var) && lines[0].contains(value) && lines[0].contains(expected),
+            "{}",
+            lines[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn empty_variables_count_as_unset() {
+    let s = Service::start(&[
+        ("CACHE_TTL_SECS", ""),
+        ("REDIS_URL", ""),
+        ("ORIGIN_URL", ""),
+        ("ORIGIN_LATENCY_MS", "1"),
+    ])
+    .await;
+    let r = client().get(s.item_url("foo")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let status = r.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert_eq!(status, "cache-layer; fwd=miss; stored");
+    let r = client().get(s.item_url("foo")).send().await.unwrap();
+    // The default TTL of 60 s applies, less at most 10 % jitter.
+    let hit = r.headers()["cache-status"].to_str().unwrap();
+    let ttl: u64 = hit
+        .strip_prefix("cache-layer; hit; ttl=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((53..=59).contains(&ttl), "{hit}");
+}

@@ -1,0 +1,383 @@
+//! Real processes on free loopback ports: the service binary, the origin stub, `redis-server`,
+//! `prometheus`. Every process is killed when its handle drops. Waits poll against generous
+//! deadlines; nothing here asserts a duration.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous: the machine has two cores and runs other tests at the same time.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client without connection reuse surprises (fresh pool per test).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// The service binary, running.
+pub struct Service {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+}
+
+/// The variables a test does not set are removed, so the developer's environment cannot leak in.
+const SERVICE_VARS: &[&str] = &[
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_DB",
+    "REDIS_PASSWORD",
+    "REDIS_CLUSTER",
+    "REDIS_TTL",
+    "REDIS_KEY_PREFIX",
+    "CACHE_TTL_SECS",
+    "CACHE_STALE_SECS",
+    "ORIGIN_URL",
+    "ADMIN_TOKEN",
+    "MEMORY_CACHE_ENABLED",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "LOG_FORMAT",
+];
+
+/// A `Command` for the service binary with a clean slate of our variables.
+pub fn service_command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cache-layer"));
+    for var in SERVICE_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Service {
+    /// Starts the service with `env` (plus a free `LISTEN_ADDR`) and waits for `/livez`.
+    pub async fn start(env: &[(&str, &str)]) -> Service {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = service_command(env);
+        cmd.env("LISTEN_ADDR", &listen)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn cache-layer");
+        let s = Service {
+            child,
+            base: format!("http://{listen}"),
+            port,
+        };
+        let c = client();
+        let url = s.url("/livez");
+        eventually("the service to answer /livez", || {
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                c.get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            }
+        })
+        .await;
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn item_url(&self, key: &str) -> String {
+        self.url(&format!("/items/{key}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `cache_hits_total{tier="memory"`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, series).unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    /// Waits until `/health` reports Redis up.
+    pub async fn wait_redis_up(&self) {
+        let c = client();
+        let url = self.url("/health");
+        eventually("redis to be up in /health", || {
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                let v: Value = c.get(&url).send().await.ok()?.json().await.ok()?;
+                (v["tiers"]["redis"] == "ok").then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Sums every sample whose line starts with `series` (labels are matched as a prefix, so
+/// `cache_hits_total{tier="memory"` ignores the `otel_scope_name` label that follows).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(series) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with(',') || rest.starts_with('{') || series.ends_with('}'))
+        {
+            continue;
+        }
+        let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// The origin stub binary, running.
+pub struct Origin {
+    child: Child,
+    pub base: String,
+}
+
+impl Origin {
+    /// Starts the stub with `STUB_*` settings and waits until it answers.
+    pub async fn start(env: &[(&str, &str)]) -> Origin {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_origin-stub"));
+        cmd.env("STUB_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = Origin {
+            child: cmd.spawn().expect("spawn origin-stub"),
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let url = format!("{}/_stub/stats", o.base);
+        let c = client();
+        eventually("the origin stub to answer", || {
+            let (c, url) = (c.clone(), url.clone());
+            async move { c.get(&url).send().await.ok().map(|_| ()) }
+        })
+        .await;
+        o
+    }
+
+    /// `ORIGIN_URL` for the service.
+    pub fn template(&self) -> String {
+        format!("{}/items/{{key}}", self.base)
+    }
+
+    pub async fn stats(&self) -> Value {
+        client()
+            .get(format!("{}/_stub/stats", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Data requests the stub has answered.
+    pub async fn served(&self) -> u64 {
+        self.stats().await["served"].as_u64().unwrap()
+    }
+
+    /// Changes how the stub answers (`mode`: ok, status:500, hang, big).
+    pub async fn set(&self, mode: &str, latency_ms: u64) {
+        let url = format!("{}/_stub/config?mode={mode}&latency_ms={latency_ms}", self.base);
+        assert!(client().post(url).send().await.unwrap().status().is_success());
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A real `redis-server` on a free loopback port, never 6379, with nothing saved to disk.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts `redis-server` with extra arguments (e.g. `--requirepass`, `--cluster-enabled`).
+    pub async fn start_with(extra: &[&str]) -> Redis {
+        let port = loop {
+            let p = free_port();
+            // Cluster nodes also bind port + 10000.
+            if p != 6379 && p < 55_000 {
+                break p;
+            }
+        };
+        let mut r = Redis {
+            child: None,
+            port,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", self._dir.path().to_str().unwrap()])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        eventually("redis-server to accept connections", || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        })
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (all data gone, as with a crash of a non-persistent Redis).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// Freezes the process: it accepts connections (the kernel does) but never answers.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().unwrap().id(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.as_ref().unwrap().id(), "CONT");
+    }
+
+    /// Runs `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            signal(c.id(), "CONT");
+        }
+        self.stop();
+    }
+}
+
+/// Sends `GET <target>` exactly as written (no client-side URL normalisation, which would turn
+/// `/items/%2E%2E` into `/`), returning the status and body.
+pub async fn raw_get(port: u16, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

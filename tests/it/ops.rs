@@ -1,0 +1,105 @@
+//! Operations: health, probes, graceful shutdown, structured logs, the healthcheck subcommand.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Origin, Service, client, eventually, free_port, service_command};
+
+#[tokio::test]
+async fn health_and_probes_answer_json() {
+    let s = Service::start(&[]).await;
+    let c = client();
+    let health: Value = c
+        .get(s.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        json!({"status": "ok", "tiers": {"memory": "ok", "redis": "disabled"}, "origin": {"circuit": "closed"}})
+    );
+    assert_eq!(c.get(s.url("/livez")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(s.url("/readyz")).send().await.unwrap().status(), 200);
+    let r = c.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
+}
+
+#[tokio::test]
+async fn sigterm_fails_readyz_then_drains_the_request_in_flight_and_exits_0() {
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    let template = origin.template();
+    let mut s = Service::start(&[("ORIGIN_URL", &template), ("SHUTDOWN_DELAY_SECS", "1")]).await;
+    let c = client();
+    let slow = {
+        let (c, url) = (c.clone(), s.item_url("slow"));
+        tokio::spawn(async move { c.get(url).send().await.unwrap() })
+    };
+    eventually("the slow fetch to reach the origin", || async {
+        (origin.served().await == 1).then_some(())
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    let readyz = s.url("/readyz");
+    eventually("/readyz to fail", || {
+        let (c, url) = (c.clone(), readyz.clone());
+        async move {
+            c.get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 503)
+                .map(|_| ())
+        }
+    })
+    .await;
+    let r = slow.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["source"], "origin");
+    let status = eventually("the process to exit", || {
+        let status = s.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let port = free_port();
+    let mut child = service_command(&[("LOG_FORMAT", "json"), ("RUST_LOG", "info")])
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["level"], "INFO");
+    assert!(v["message"].is_string());
+}
+
+#[tokio::test]
+async fn the_healthcheck_subcommand_reports_the_local_service() {
+    let s = Service::start(&[]).await;
+    let run = |addr: String| {
+        Command::new(env!("CARGO_BIN_EXE_cache-layer"))
+            .arg("healthcheck")
+            .env("LISTEN_ADDR", addr)
+            .status()
+            .unwrap()
+    };
+    assert!(run(format!("0.0.0.0:{}", s.port)).success());
+    assert!(!run(format!("127.0.0.1:{}", free_port())).success());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
