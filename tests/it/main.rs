@@ -5,3 +5,4 @@ mod harness;
 mod items;
 mod ops;
 mod origin;
+mod redis;

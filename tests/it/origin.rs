@@ -94,7 +94,6 @@ async fn origin_failures_map_to_502_and_504_and_are_not_cached() {
             for _ in 0..2 {
                 let r = c.get(&url).send().await.unwrap();
                 assert_eq!(r.status(), code, "{mode}");
-                assert!(!r.headers().contains_key("cache-status") || r.headers()["cache-status"] != "");
                 assert_eq!(r.json::<Value>().await.unwrap()["error"], error, "{mode}");
             }
         }

@@ -1,0 +1,262 @@
+//! The Redis tier against a real `redis-server`: sharing, auth, the seed's variables, outages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Origin, Redis, Service, client, eventually};
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_value_fetched_through_one_process_is_a_redis_hit_for_another() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    let (url, template) = (redis.url(), origin.template());
+    let env = [("REDIS_URL", url.as_str()), ("ORIGIN_URL", template.as_str())];
+    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
+    a.wait_redis_up().await;
+    b.wait_redis_up().await;
+    let c = client();
+    let r = c.get(a.item_url("shared")).send().await.unwrap();
+    assert_eq!(cache_status(&r), "cache-layer; fwd=miss; stored");
+    let r = c.get(b.item_url("shared")).send().await.unwrap();
+    let status = cache_status(&r);
+    assert!(
+        status.starts_with("cache-layer; hit; ttl=") && status.ends_with("; detail=redis"),
+        "{status}"
+    );
+    assert_eq!(r.json::<Value>().await.unwrap()["source"], "cache");
+    // The Redis hit filled b's memory tier.
+    let r = c.get(b.item_url("shared")).send().await.unwrap();
+    assert!(cache_status(&r).ends_with("; detail=memory"));
+    assert_eq!(origin.served().await, 1);
+    assert_eq!(b.metric("cache_hits_total{tier=\"redis\"").await, 1.0);
+    // Stored under the prefix and format version, kept for TTL + stale window.
+    let ttl_ms: i64 = redis.cli(&["PTTL", "cache-layer:v1:k:shared"]).parse().unwrap();
+    assert!(ttl_ms > 300_000 && ttl_ms <= 360_000, "PTTL {ttl_ms}");
+}
+
+#[tokio::test]
+async fn memory_tier_off_gives_a_redis_only_service() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let s = Service::start(&[
+        ("REDIS_URL", &url),
+        ("MEMORY_CACHE_ENABLED", "false"),
+        ("ORIGIN_LATENCY_MS", "1"),
+    ])
+    .await;
+    s.wait_redis_up().await;
+    let c = client();
+    c.get(s.item_url("k")).send().await.unwrap();
+    for _ in 0..3 {
+        let r = c.get(s.item_url("k")).send().await.unwrap();
+        assert!(
+            cache_status(&r).ends_with("; detail=redis"),
+            "{}",
+            cache_status(&r)
+        );
+    }
+    let health: Value = c
+        .get(s.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["tiers"]["memory"], "disabled");
+    assert_eq!(health["tiers"]["redis"], "ok");
+}
+
+#[tokio::test]
+async fn password_auth_and_the_seeds_redis_variables_work() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret"]).await;
+    let with_password = format!("redis://:s3cret@127.0.0.1:{}", redis.port);
+    let s = Service::start(&[("REDIS_URL", &with_password), ("ORIGIN_LATENCY_MS", "1")]).await;
+    s.wait_redis_up().await;
+    client().get(s.item_url("a")).send().await.unwrap();
+    assert_eq!(
+        redis.cli(&[
+            "-a",
+            "s3cret",
+            "--no-auth-warning",
+            "EXISTS",
+            "cache-layer:v1:k:a"
+        ]),
+        "1"
+    );
+
+    // The seed's REDIS_HOST / REDIS_PORT / REDIS_DB, with the password from REDIS_PASSWORD.
+    let port = redis.port.to_string();
+    let seed = Service::start(&[
+        ("REDIS_HOST", "127.0.0.1"),
+        ("REDIS_PORT", &port),
+        ("REDIS_DB", "3"),
+        ("REDIS_PASSWORD", "s3cret"),
+        ("ORIGIN_LATENCY_MS", "1"),
+    ])
+    .await;
+    seed.wait_redis_up().await;
+    client().get(seed.item_url("b")).send().await.unwrap();
+    assert_eq!(
+        redis.cli(&[
+            "-a",
+            "s3cret",
+            "--no-auth-warning",
+            "-n",
+            "3",
+            "EXISTS",
+            "cache-layer:v1:k:b"
+        ]),
+        "1"
+    );
+
+    // A wrong password degrades the service; it still answers.
+    let wrong = format!("redis://:nope@127.0.0.1:{}", redis.port);
+    let bad = Service::start(&[("REDIS_URL", &wrong), ("ORIGIN_LATENCY_MS", "1")]).await;
+    let r = client().get(bad.item_url("c")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let health: Value = client()
+        .get(bad.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["tiers"]["redis"], "down");
+}
+
+#[tokio::test]
+async fn redis_down_at_start_degrades_and_is_used_once_it_appears() {
+    let mut redis = Redis::start().await;
+    redis.stop();
+    let url = redis.url();
+    let s = Service::start(&[("REDIS_URL", &url), ("ORIGIN_LATENCY_MS", "1")]).await;
+    let c = client();
+    let health: Value = c
+        .get(s.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["tiers"]["redis"], "down");
+    for i in 0..5 {
+        assert_eq!(
+            c.get(s.item_url(&format!("k{i}"))).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(c.get(s.url("/readyz")).send().await.unwrap().status(), 200);
+    redis.restart().await;
+    s.wait_redis_up().await;
+    c.get(s.item_url("after")).send().await.unwrap();
+    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:after"]), "1");
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_under_traffic_causes_no_5xx() {
+    let mut redis = Redis::start().await;
+    let url = redis.url();
+    let s = Arc::new(Service::start(&[("REDIS_URL", &url), ("ORIGIN_LATENCY_MS", "2")]).await);
+    s.wait_redis_up().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (s, stop, ok, errors) = (s.clone(), stop.clone(), ok.clone(), errors.clone());
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                // A mix of repeated keys (hits) and new keys (misses that write to Redis).
+                let key = if i % 3 == 0 {
+                    format!("new-{w}-{i}")
+                } else {
+                    format!("hot-{}", i % 10)
+                };
+                match c.get(s.item_url(&key)).send().await {
+                    Ok(r) if r.status().is_server_error() => errors.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+                i += 1;
+            }
+        }));
+    }
+    let served_before = |n: u64| {
+        let ok = ok.clone();
+        async move { (ok.load(Ordering::Relaxed) > n).then_some(()) }
+    };
+    eventually("traffic before the kill", || served_before(200)).await;
+    redis.stop();
+    let mark = ok.load(Ordering::Relaxed);
+    eventually("traffic while redis is down", || served_before(mark + 200)).await;
+    redis.restart().await;
+    s.wait_redis_up().await;
+    let mark = ok.load(Ordering::Relaxed);
+    eventually("traffic after the restart", || served_before(mark + 200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "5xx or failed requests while Redis was down"
+    );
+    // Used again after it came back: a new key lands in Redis.
+    client().get(s.item_url("after-restart")).send().await.unwrap();
+    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:after-restart"]), "1");
+    assert!(s.metric("redis_errors_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_redis_that_accepts_but_never_answers_does_not_hang_requests() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let s = Service::start(&[
+        ("REDIS_URL", &url),
+        ("ORIGIN_LATENCY_MS", "1"),
+        ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    s.wait_redis_up().await;
+    redis.pause();
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        let r = c
+            .get(s.item_url(&format!("p{i}")))
+            .send()
+            .await
+            .expect("no request may hang on a frozen Redis");
+        assert_eq!(r.status(), 200);
+    }
+    let health: Value = c
+        .get(s.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["tiers"]["redis"], "down");
+    redis.resume();
+    s.wait_redis_up().await;
+}
