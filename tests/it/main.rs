@@ -3,6 +3,8 @@
 mod config;
 mod harness;
 mod items;
+mod observability;
 mod ops;
 mod origin;
+mod otlp;
 mod redis;

@@ -1,0 +1,250 @@
+//! Metrics through a real Prometheus, traces and metrics through a real OTLP receiver.
+
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::harness::{Origin, Service, client, eventually, free_port};
+use crate::otlp::Receiver;
+
+/// A real Prometheus scraping `target` every second.
+struct Prometheus {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cache-layer\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus must be installed (scripts/test.sh installs it)");
+        Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// The result vector of an instant query (empty when it has no data yet).
+    async fn query(&self, promql: &str) -> Option<Vec<Value>> {
+        let r = client()
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .ok()?;
+        let v: Value = r.json().await.ok()?;
+        assert_eq!(v["status"], "success", "{promql}: {v}");
+        v["data"]["result"].as_array().cloned()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_exact_counts_and_the_seed_dashboard_queries_return_data() {
+    let s = Service::start(&[("ORIGIN_LATENCY_MS", "5")]).await;
+    let c = client();
+    // 3 misses and 7 hits.
+    for key in ["a", "b", "c"] {
+        c.get(s.item_url(key)).send().await.unwrap();
+    }
+    for i in 0..7 {
+        c.get(s.item_url(["a", "b", "c"][i % 3])).send().await.unwrap();
+    }
+    let prom = Prometheus::start(&format!("127.0.0.1:{}", s.port)).await;
+    let value = |q: &'static str| {
+        let prom = &prom;
+        async move {
+            let result = prom.query(q).await?;
+            result.first()?["value"][1].as_str()?.parse::<f64>().ok()
+        }
+    };
+    let hits = eventually("Prometheus to scrape the service", || {
+        value("sum(cache_hits_total)")
+    })
+    .await;
+    assert_eq!(hits, 7.0);
+    assert_eq!(value("sum(cache_misses_total)").await, Some(3.0));
+    assert_eq!(value("sum(cache_hits_total{tier=\"memory\"})").await, Some(7.0));
+    assert_eq!(value("sum(request_latency_seconds_count)").await, Some(10.0));
+    // The seed dashboard's three queries (rate() needs two scrapes).
+    for q in ["cache_hits_total", "cache_misses_total"] {
+        assert!(!prom.query(q).await.unwrap().is_empty(), "{q}");
+    }
+    let p95 = "histogram_quantile(0.95, sum(rate(request_latency_seconds_bucket[5m])) by (le))";
+    eventually("the seed's latency panel query to return data", || async {
+        // Traffic between scrapes gives rate() something to see.
+        c.get(s.item_url("a")).send().await.ok()?;
+        let result = prom.query(p95).await?;
+        let v = result.first()?["value"][1].as_str()?.to_owned();
+        (v != "NaN").then_some(())
+    })
+    .await;
+}
+
+fn attr<'a>(span: &'a opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<&'a str> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            V::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+async fn traces_reach_the_receiver(protocol: &str) {
+    let receiver = Receiver::default();
+    let endpoint = if protocol == "grpc" {
+        receiver.start_grpc().await
+    } else {
+        receiver.start_http().await
+    };
+    let origin = Origin::start(&[]).await;
+    let template = origin.template();
+    let s = Service::start(&[
+        ("ORIGIN_URL", &template),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_SERVICE_NAME", "cache-layer-under-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+    ])
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = client()
+        .get(s.item_url("traced"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The origin received a traceparent in the same trace.
+    let stats = origin.stats().await;
+    let sent = stats["requests"][0]["traceparent"]
+        .as_str()
+        .expect("the origin got a traceparent")
+        .to_owned();
+    assert_eq!(&sent[3..35], trace_id);
+
+    let spans = eventually("the spans to arrive", || {
+        let receiver = receiver.clone();
+        async move {
+            let spans = receiver.spans();
+            let names: Vec<String> = spans.iter().map(|(_, s)| s.name.clone()).collect();
+            let wanted = ["GET /items/{key}", "cache.lookup", "origin.fetch"];
+            wanted
+                .iter()
+                .all(|w| names.iter().any(|n| n == w))
+                .then_some(spans)
+        }
+    })
+    .await;
+    let find = |name: &str| {
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == name)
+            .unwrap()
+            .clone()
+    };
+    let (server, lookup, fetch) = (
+        find("GET /items/{key}"),
+        find("cache.lookup"),
+        find("origin.fetch"),
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|(service, _)| service == "cache-layer-under-test")
+    );
+    assert_eq!(hex(&server.trace_id), trace_id);
+    assert_eq!(hex(&server.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(server.kind, 2, "server span");
+    assert_eq!(lookup.parent_span_id, server.span_id);
+    assert_eq!(fetch.parent_span_id, server.span_id);
+    assert_eq!(fetch.trace_id, server.trace_id);
+    assert_eq!(
+        &sent[36..52],
+        hex(&fetch.span_id),
+        "the origin's traceparent names the fetch span"
+    );
+    assert_eq!(attr(&server, "http.route"), Some("/items/{key}"));
+    assert_eq!(attr(&server, "cache.outcome"), Some("miss"));
+    assert_eq!(attr(&lookup, "cache.tier"), Some("memory"));
+    assert_eq!(attr(&fetch, "origin.outcome"), Some("ok"));
+
+    eventually("pushed metrics to arrive", || {
+        let receiver = receiver.clone();
+        async move {
+            receiver
+                .metric_names()
+                .iter()
+                .any(|n| n == "cache_misses")
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn spans_and_metrics_are_pushed_over_otlp_grpc() {
+    traces_reach_the_receiver("grpc").await;
+}
+
+#[tokio::test]
+async fn spans_and_metrics_are_pushed_over_otlp_http_protobuf() {
+    traces_reach_the_receiver("http/protobuf").await;
+}
+
+#[tokio::test]
+async fn an_unreachable_otlp_endpoint_never_fails_a_request() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let s = Service::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &dead),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("ORIGIN_LATENCY_MS", "1"),
+    ])
+    .await;
+    let c = client();
+    for i in 0..200 {
+        assert_eq!(
+            c.get(s.item_url(&format!("k{}", i % 20)))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+}
