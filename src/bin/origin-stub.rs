@@ -1,6 +1,7 @@
 //! `origin-stub`: a real HTTP origin for tests, benchmarks and trying the service by hand.
 //!
-//! It answers every path with `{"path": "<request target>"}` (JSON, or plain text), after a
+//! It answers every path with `{"path": "<request target>", "n": <how many requests it has
+//! served, this one included>}` (JSON, or plain text), after a
 //! configurable delay, or fails as told, and counts what it served at `GET /_stub/stats`.
 //!
 //! Environment: `STUB_LISTEN_ADDR` (127.0.0.1:8080), `STUB_LATENCY_MS` (0), `STUB_MODE`
@@ -113,13 +114,14 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
     };
     drop(parts);
     let behaviour = stub.behaviour.lock().unwrap().clone();
-    {
+    let n = {
         let mut stats = stub.stats.lock().unwrap();
         stats.served += 1;
         if stats.requests.len() < 10_000 {
             stats.requests.push(seen);
         }
-    }
+        stats.served
+    };
     tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
     if target.contains("missing") {
         return (StatusCode::NOT_FOUND, "no such item").into_response();
@@ -137,9 +139,9 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     let body = if mode == "big" {
-        serde_json::json!({ "path": target, "padding": "x".repeat(2 * 1024 * 1024) }).to_string()
+        serde_json::json!({ "path": target, "n": n, "padding": "x".repeat(2 * 1024 * 1024) }).to_string()
     } else {
-        serde_json::json!({ "path": target }).to_string()
+        serde_json::json!({ "path": target, "n": n }).to_string()
     };
     let content_type = if behaviour.content_type == "text" {
         "text/plain; charset=utf-8"

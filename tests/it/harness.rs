@@ -381,3 +381,59 @@ pub async fn raw_get(port: u16, target: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A real Redis Cluster: three `redis-server --cluster-enabled yes` joined by
+/// `redis-cli --cluster create`, no replicas.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                Redis::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).await,
+            );
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        let first = &cluster.nodes[0];
+        eventually("the cluster to be ok", || async {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                .then_some(())
+        })
+        .await;
+        let _ = first;
+        cluster
+    }
+
+    /// `REDIS_URL` for the service: every node, comma-separated.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(Redis::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs `redis-cli -c` (follows redirects) against the first node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &self.nodes[0].port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}

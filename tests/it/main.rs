@@ -8,3 +8,4 @@ mod ops;
 mod origin;
 mod otlp;
 mod redis;
+mod resilience;

@@ -1,0 +1,479 @@
+//! Stale serving, the circuit breaker, purges across replicas, fleet-wide coalescing, Redis
+//! Cluster, a key fuzz and a flood of unique keys.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::Barrier;
+
+use crate::harness::{Origin, Redis, RedisCluster, Service, client, eventually, raw_get};
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// GET `key` from `s`: (status, Cache-Status, body).
+async fn get(s: &Service, key: &str) -> (u16, String, Value) {
+    let r = client().get(s.item_url(key)).send().await.unwrap();
+    let (code, status) = (r.status().as_u16(), cache_status(&r));
+    (code, status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until `key` is answered stale by `s`; returns that answer.
+async fn wait_stale(s: &Service, key: &str, reason: &str) -> (u16, String, Value) {
+    eventually("the entry to go stale", || async {
+        let answer = get(s, key).await;
+        answer.1.ends_with(&format!("detail={reason}")).then_some(answer)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_stale_hit_is_answered_at_once_and_refreshed_once_in_the_background() {
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
+    let template = origin.template();
+    let s = Service::start(&[
+        ("ORIGIN_URL", &template),
+        ("CACHE_TTL_SECS", "1"),
+        ("CACHE_STALE_SECS", "60"),
+        ("CACHE_TTL_JITTER_PERCENT", "0"),
+    ])
+    .await;
+    assert_eq!(get(&s, "k").await.2["value"]["n"], 1);
+    let (code, _, body) = wait_stale(&s, "k", "stale-while-revalidate").await;
+    assert_eq!(code, 200);
+    assert_eq!(body["source"], "cache");
+    assert_eq!(body["value"]["n"], 1);
+    // Fifty more stale hits while the refresh is in flight: still one refresh.
+    let barrier = Arc::new(Barrier::new(50));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, url, barrier) = (client(), s.item_url("k"), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                c.get(url).send().await.unwrap().json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap()["source"], "cache");
+    }
+    let fresh = eventually("the refreshed value", || async {
+        let (_, status, body) = get(&s, "k").await;
+        status.ends_with("detail=memory").then_some(body)
+    })
+    .await;
+    assert_eq!(fresh["value"]["n"], 2);
+    assert_eq!(origin.served().await, 2);
+    assert!(
+        s.metric("cache_stale_total{reason=\"stale-while-revalidate\"")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_failing_origin_opens_the_circuit_stale_is_served_and_the_circuit_closes_again() {
+    let origin = Origin::start(&[]).await;
+    let template = origin.template();
+    let s = Service::start(&[
+        ("ORIGIN_URL", &template),
+        ("CACHE_TTL_SECS", "1"),
+        ("CACHE_STALE_SECS", "120"),
+        ("CACHE_TTL_JITTER_PERCENT", "0"),
+        ("ORIGIN_BREAKER_FAILURES", "2"),
+        ("ORIGIN_BREAKER_COOLDOWN_SECS", "2"),
+    ])
+    .await;
+    assert_eq!(get(&s, "k").await.0, 200);
+    origin.set("status:500", 0).await;
+    // Stale answers keep coming while background refreshes fail, until the circuit opens.
+    let (code, status, body) = wait_stale(&s, "k", "stale-if-error").await;
+    assert_eq!((code, body["value"]["n"].as_u64()), (200, Some(1)));
+    assert!(status.starts_with("cache-layer; hit; ttl=-") || status.starts_with("cache-layer; hit; ttl=0"));
+    assert_eq!(s.metric("origin_breaker_state").await, 1.0);
+    let health: Value = client()
+        .get(s.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (health["status"].as_str(), health["origin"]["circuit"].as_str()),
+        (Some("degraded"), Some("open"))
+    );
+    // Nothing stale for a cold key: fail fast with 503 and Retry-After, no origin call.
+    let served = origin.served().await;
+    let r = client().get(s.item_url("cold")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry));
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "origin_unavailable");
+    assert_eq!(origin.served().await, served);
+    assert!(s.metric("origin_requests_total{outcome=\"rejected\"").await >= 1.0);
+    assert!(s.metric("cache_stale_total{reason=\"stale-if-error\"").await >= 1.0);
+    // The origin recovers: after the cool-down one probe goes through and closes the circuit.
+    origin.set("ok", 0).await;
+    eventually("the circuit to close and the value to refresh", || async {
+        let (_, status, body) = get(&s, "k").await;
+        (status.ends_with("detail=memory") && body["value"]["n"].as_u64() > Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(s.metric("origin_breaker_state").await, 0.0);
+}
+
+#[tokio::test]
+async fn an_origin_timeout_serves_stale_instead_of_504() {
+    let origin = Origin::start(&[]).await;
+    let template = origin.template();
+    let s = Service::start(&[
+        ("ORIGIN_URL", &template),
+        ("ORIGIN_TIMEOUT_MS", "200"),
+        ("CACHE_TTL_SECS", "1"),
+        ("CACHE_TTL_JITTER_PERCENT", "0"),
+        ("ORIGIN_BREAKER_FAILURES", "1"),
+    ])
+    .await;
+    assert_eq!(get(&s, "k").await.0, 200);
+    origin.set("hang", 0).await;
+    let (code, _, body) = wait_stale(&s, "k", "stale-if-error").await;
+    assert_eq!((code, body["value"]["n"].as_u64()), (200, Some(1)));
+    assert!(s.metric("origin_requests_total{outcome=\"timeout\"").await >= 1.0);
+}
+
+#[tokio::test]
+async fn purge_on_one_replica_evicts_on_the_other_and_needs_the_admin_token() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    let (url, template) = (redis.url(), origin.template());
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("ORIGIN_URL", template.as_str()),
+        ("ADMIN_TOKEN", "t0ken"),
+    ];
+    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
+    a.wait_redis_up().await;
+    b.wait_redis_up().await;
+    assert_eq!(get(&a, "k").await.2["value"]["n"], 1);
+    assert!(get(&b, "k").await.1.ends_with("detail=redis"));
+    assert!(get(&b, "k").await.1.ends_with("detail=memory"));
+
+    let c = client();
+    let r = c.delete(a.item_url("k")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"cache-layer\"");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unauthorized");
+    let r = c
+        .delete(a.item_url("k"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "forbidden");
+    assert_eq!(get(&b, "k").await.2["value"]["n"], 1);
+
+    let purged_at = Instant::now();
+    let r = c
+        .delete(a.item_url("k"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    eventually("replica b to drop the purged value", || async {
+        (b.metric("cache_invalidations_total{mode=\"hard\",source=\"remote\"")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    println!(
+        "purge propagation to the other replica: {:?}",
+        purged_at.elapsed()
+    );
+    let (_, status, body) = get(&b, "k").await;
+    assert_eq!(status, "cache-layer; fwd=miss; stored");
+    assert_eq!(body["value"]["n"], 2);
+    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:k"]), "1");
+    // Purging a key nobody holds is fine too.
+    assert_eq!(
+        c.delete(a.item_url("never"))
+            .bearer_auth("t0ken")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+}
+
+#[tokio::test]
+async fn purging_is_off_without_an_admin_token() {
+    let s = Service::start(&[("ORIGIN_LATENCY_MS", "1")]).await;
+    let r = client()
+        .delete(s.item_url("k"))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "forbidden");
+}
+
+#[tokio::test]
+async fn a_soft_purge_serves_the_old_value_once_and_refreshes_in_the_background() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    let (url, template) = (redis.url(), origin.template());
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("ORIGIN_URL", template.as_str()),
+        ("ADMIN_TOKEN", "t0ken"),
+    ];
+    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
+    a.wait_redis_up().await;
+    b.wait_redis_up().await;
+    get(&a, "k").await;
+    get(&b, "k").await;
+    let r = client()
+        .delete(a.item_url("k") + "?soft=true")
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    eventually("b to mark its copy stale", || async {
+        (b.metric("cache_invalidations_total{mode=\"soft\",source=\"remote\"")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    let (code, status, body) = get(&b, "k").await;
+    assert_eq!(code, 200);
+    assert!(status.ends_with("detail=stale-while-revalidate"), "{status}");
+    assert_eq!(body["value"]["n"], 1);
+    let fresh = eventually("the background refresh", || async {
+        let (_, status, body) = get(&b, "k").await;
+        status.ends_with("detail=memory").then_some(body)
+    })
+    .await;
+    assert_eq!(fresh["value"]["n"], 2);
+}
+
+#[tokio::test]
+async fn three_replicas_sharing_redis_fetch_a_cold_key_from_the_origin_once() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "500")]).await;
+    let (url, template) = (redis.url(), origin.template());
+    let env = [("REDIS_URL", url.as_str()), ("ORIGIN_URL", template.as_str())];
+    let replicas = [
+        Service::start(&env).await,
+        Service::start(&env).await,
+        Service::start(&env).await,
+    ];
+    for r in &replicas {
+        r.wait_redis_up().await;
+    }
+    let barrier = Arc::new(Barrier::new(300));
+    let mut tasks = Vec::new();
+    for r in &replicas {
+        for _ in 0..100 {
+            let (c, url, barrier) = (client(), r.item_url("cold"), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let r = c.get(url).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }));
+        }
+    }
+    for t in tasks {
+        let (code, body) = t.await.unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(body["value"]["n"], 1);
+    }
+    assert_eq!(origin.served().await, 1);
+    let mut fleet = 0.0;
+    for r in &replicas {
+        fleet += r.metric("cache_coalesced_total{scope=\"fleet\"").await;
+    }
+    assert_eq!(
+        fleet, 2.0,
+        "the two replicas that did not fetch waited on the fleet lock"
+    );
+}
+
+#[tokio::test]
+async fn redis_cluster_carries_the_tier_purges_and_the_fleet_lock() {
+    let cluster = RedisCluster::start().await;
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
+    let (urls, template) = (cluster.urls(), origin.template());
+    let env = [
+        ("REDIS_URL", urls.as_str()),
+        ("REDIS_CLUSTER", "true"),
+        ("ORIGIN_URL", template.as_str()),
+        ("ADMIN_TOKEN", "t0ken"),
+    ];
+    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
+    a.wait_redis_up().await;
+    b.wait_redis_up().await;
+    // Keys on every shard: each is fetched once and is a Redis hit for the other replica.
+    for i in 0..6 {
+        let key = format!("key-{i}");
+        assert_eq!(get(&a, &key).await.1, "cache-layer; fwd=miss; stored");
+        assert!(get(&b, &key).await.1.ends_with("detail=redis"));
+    }
+    assert_eq!(cluster.cli(&["EXISTS", "cache-layer:v1:k:key-0"]), "1");
+    // Purge through a, seen by b.
+    let r = client()
+        .delete(a.item_url("key-0"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    eventually("b to drop key-0", || async {
+        (b.metric("cache_invalidations_total{mode=\"hard\",source=\"remote\"")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(get(&b, "key-0").await.1, "cache-layer; fwd=miss; stored");
+    // Fleet lock: both replicas at once, one origin fetch.
+    let served = origin.served().await;
+    let barrier = Arc::new(Barrier::new(100));
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                a.item_url("cold")
+            } else {
+                b.item_url("cold")
+            };
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client().get(url).send().await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(origin.served().await, served + 1);
+}
+
+#[tokio::test]
+async fn a_fuzz_of_thousands_of_keys_gets_only_200_400_or_404() {
+    let s = Service::start(&[("ORIGIN_LATENCY_MS", "0"), ("MAX_KEY_BYTES", "256")]).await;
+    let pieces = [
+        "a",
+        "é",
+        "日本",
+        "🦀",
+        "%2F",
+        "%252F",
+        "%2E%2E",
+        ".",
+        "..",
+        "%00",
+        "%0A",
+        "%7F",
+        "%C3%28",
+        "%FF",
+        "%",
+        "%zz",
+        "+",
+        "?",
+        "#",
+        "&x=1",
+        ";",
+        "~",
+        "%20",
+        "\\",
+        "'",
+        "\"",
+        "<",
+        "{key}",
+        "%E2%80%AE",
+        "%EF%BF%BF",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for i in 0..3000 {
+        let len = if i % 100 == 0 {
+            200
+        } else {
+            1 + (next() % 6) as usize
+        };
+        let key: String = (0..len)
+            .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+            .collect();
+        // Raw requests: exactly these bytes reach the server. Characters a request line cannot
+        // carry are percent-encoded first.
+        let target: String = key
+            .chars()
+            .map(|ch| match ch {
+                ' ' | '"' | '<' | '>' | '\\' | '{' | '}' | '#' | '?' => format!("%{:02X}", ch as u32),
+                c if !c.is_ascii() => c.to_string().bytes().map(|b| format!("%{b:02X}")).collect(),
+                c => c.to_string(),
+            })
+            .collect();
+        let (status, body) = raw_get(s.port, &format!("/items/{target}")).await;
+        assert!(matches!(status, 200 | 400 | 404), "{target}: {status} {body}");
+        assert!(
+            serde_json::from_str::<Value>(&body).is_ok(),
+            "{target}: non-JSON body {body}"
+        );
+        *counts.entry(status).or_insert(0) += 1;
+    }
+    println!("fuzz statuses: {counts:?}");
+    assert!(counts.get(&200).copied().unwrap_or(0) > 100 && counts.get(&400).copied().unwrap_or(0) > 100);
+    assert_eq!(client().get(s.url("/livez")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_flood_of_unique_keys_keeps_the_memory_tier_within_its_byte_bound() {
+    let bound = 256 * 1024;
+    let bound_s = bound.to_string();
+    let s = Service::start(&[("ORIGIN_LATENCY_MS", "0"), ("MEMORY_CACHE_MAX_BYTES", &bound_s)]).await;
+    let c = client();
+    let mut max_seen = 0.0f64;
+    for i in 0..5000 {
+        let r = c
+            .get(s.item_url(&format!("flood-key-{i}-{}", "x".repeat(i % 64))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        if i % 500 == 499 {
+            max_seen = max_seen.max(s.metric("memory_cache_bytes").await);
+        }
+    }
+    let bytes = s.metric("memory_cache_bytes").await;
+    assert!(
+        bytes <= bound as f64 && max_seen <= bound as f64,
+        "bytes {bytes}, max seen {max_seen}, bound {bound}"
+    );
+    assert!(bytes > (bound / 2) as f64, "the tier is used: {bytes}");
+    assert!(s.metric("cache_evictions_total{cause=\"size\"").await > 0.0);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or("VmRSS: ?");
+    println!("after 5000 unique keys with MEMORY_CACHE_MAX_BYTES={bound}: {rss}");
+}
