@@ -193,7 +193,16 @@ impl RawEnv {
         let origin = match self.origin_url {
             Some(url) => OriginConfig::Http {
                 url_template: origin_template(url)?,
-                authorization: self.origin_authorization,
+                authorization: match self.origin_authorization {
+                    Some(a) if a.bytes().any(|b| b.is_ascii_control() && b != b'\t') => {
+                        return Err(invalid(
+                            "ORIGIN_AUTHORIZATION",
+                            "<redacted>",
+                            "a header value without control characters",
+                        ));
+                    }
+                    a => a,
+                },
             },
             None => OriginConfig::Simulated {
                 latency: millis("ORIGIN_LATENCY_MS", self.origin_latency_ms, 200, 0)?,

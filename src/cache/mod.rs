@@ -232,12 +232,12 @@ impl ReadThrough {
                         now_ms: now,
                     });
                 }
-                Freshness::Stale { .. } => {
+                Freshness::Stale { .. } if !entry.negative => {
                     span.record("cache.outcome", "stale");
                     // A later tier may hold a fresher copy (another replica refreshed it).
                     stale.get_or_insert((entry, tier.name()));
                 }
-                Freshness::Expired => {
+                Freshness::Stale { .. } | Freshness::Expired => {
                     span.record("cache.outcome", "miss");
                 }
             }
@@ -337,22 +337,20 @@ impl ReadThrough {
     }
 
     /// Listens on the invalidation channel for as long as the process lives, reconnecting when
-    /// the subscription drops. After a gap the memory tier is cleared: purges published while
-    /// this replica was not listening must not leave it serving purged values.
+    /// the subscription drops. Each (re)subscription clears the memory tier: purges published
+    /// while this replica was not listening must not leave it serving purged values.
     pub fn spawn_invalidation_listener(&self) {
         let (Some(redis), true) = (self.inner.redis.clone(), self.inner.memory.is_some()) else {
             return;
         };
         let me = self.clone();
         tokio::spawn(async move {
-            let mut first = true;
             loop {
                 match redis.subscribe().await {
                     Ok(pubsub) => {
-                        if !first && let Some(memory) = &me.inner.memory {
+                        if let Some(memory) = &me.inner.memory {
                             memory.clear();
                         }
-                        first = false;
                         tracing::info!("listening for purges from other replicas");
                         let mut messages = pubsub.into_on_message();
                         while let Some(msg) = messages.next().await {
@@ -379,6 +377,19 @@ impl Inner {
         let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
         match redis.try_lock(key, &token, self.fleet.ttl).await {
             Ok(true) => {
+                // Another replica may have stored it between our miss and our lock.
+                if let Ok(Some(entry)) = redis.get(key).await
+                    && matches!(entry.freshness(now_ms()), Freshness::Fresh { .. })
+                {
+                    let _ = redis.unlock(key, &token).await;
+                    if let Some(memory) = &self.memory {
+                        let _ = memory.put(key, entry.clone()).await;
+                    }
+                    return Ok(Fetch {
+                        entry,
+                        by_fleet: true,
+                    });
+                }
                 let result = self.fetch_from_origin(key).await;
                 let _ = redis.unlock(key, &token).await;
                 result

@@ -39,6 +39,8 @@ struct Shared {
     connect_timeout: Duration,
     /// Whether Redis answered the last ping / command; while false, requests skip Redis.
     up: AtomicBool,
+    /// Whether a ping has run yet (the first failure is logged).
+    pinged: AtomicBool,
     /// Where pub/sub connections are opened (the first URL; in a cluster, any node will do:
     /// classic PUBLISH reaches every node's subscribers).
     pubsub_info: ConnectionInfo,
@@ -147,6 +149,7 @@ impl RedisTier {
                 response_timeout: config.response_timeout,
                 connect_timeout: config.connect_timeout,
                 up: AtomicBool::new(false),
+                pinged: AtomicBool::new(false),
                 pubsub_info: infos[0].clone(),
                 metrics,
             }),
@@ -170,21 +173,28 @@ impl RedisTier {
     async fn ping(&self) {
         let s = &self.shared;
         let budget = s.connect_timeout + s.response_timeout;
-        let ok = match tokio::time::timeout(budget, self.connection()).await {
+        let outcome = match tokio::time::timeout(budget, self.connection()).await {
             Ok(Some(mut conn)) => {
                 let cmd = redis::cmd("PING");
                 let ping = cmd.query_async::<String>(&mut conn);
-                matches!(tokio::time::timeout(s.response_timeout, ping).await, Ok(Ok(_)))
+                match tokio::time::timeout(s.response_timeout, ping).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer to PING within REDIS_RESPONSE_TIMEOUT_MS".to_owned()),
+                }
             }
-            _ => false,
+            Ok(None) => Err("cannot connect".to_owned()),
+            Err(_) => Err("no connection within REDIS_CONNECT_TIMEOUT_MS".to_owned()),
         };
-        let was = s.up.swap(ok, Ordering::Relaxed);
-        if was != ok {
-            if ok {
-                tracing::info!("redis is reachable");
-            } else {
-                tracing::warn!("redis is unreachable; serving from memory and origin");
+        let was = s.up.swap(outcome.is_ok(), Ordering::Relaxed);
+        // Log changes only, and the first failure, so an outage is one line, not one per ping.
+        let first = !s.pinged.swap(true, Ordering::Relaxed);
+        match outcome {
+            Ok(()) if !was => tracing::info!("redis is reachable"),
+            Err(why) if was || first => {
+                tracing::warn!(%why, "redis is unreachable; serving from memory and origin")
             }
+            _ => {}
         }
     }
 
@@ -222,18 +232,29 @@ impl RedisTier {
         let error = match result {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                s.up.store(false, Ordering::Relaxed);
+                self.mark_down(op, &e.to_string());
                 TierError::Failed(e.to_string())
             }
             Ok(Err(e)) => TierError::Failed(e.to_string()),
             Err(_) => {
-                s.up.store(false, Ordering::Relaxed);
+                self.mark_down(op, "no answer within REDIS_RESPONSE_TIMEOUT_MS");
                 TierError::Timeout
             }
         };
         s.metrics.redis_error(op);
         tracing::debug!(op, %error, "redis command failed");
         Err(error)
+    }
+
+    /// Skips Redis until the background ping finds it again.
+    fn mark_down(&self, op: &'static str, why: &str) {
+        if self.shared.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                op,
+                why,
+                "redis failed; serving from memory and origin until it answers again"
+            );
+        }
     }
 
     fn entry_key(&self, key: &str) -> String {

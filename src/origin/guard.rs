@@ -1,9 +1,11 @@
 //! Every origin fetch passes here: the concurrency limit, the circuit breaker, the deadline, and
 //! the origin metrics.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
 use super::{AnyOrigin, Breaker, BreakerState, Fetched, Origin, OriginError};
@@ -65,8 +67,12 @@ impl GuardedOrigin {
             return Err(OriginError::CircuitOpen { retry_after });
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.origin.fetch(key, traceparent)).await {
-            Ok(result) => result,
+        // A panicking origin must still report to the breaker, or a half-open circuit would
+        // wait for its probe forever.
+        let fetch = AssertUnwindSafe(self.origin.fetch(key, traceparent)).catch_unwind();
+        let result = match tokio::time::timeout(self.timeout, fetch).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_panic)) => Err(OriginError::Transport("the origin client panicked".to_owned())),
             Err(_) => Err(OriginError::Timeout(self.timeout)),
         };
         self.breaker.record(result.is_ok(), Instant::now());

@@ -200,11 +200,6 @@ impl Metrics {
         }
     }
 
-    /// A fleet-wide coalesced wait (another replica fetched).
-    pub fn fleet_coalesced(&self) {
-        self.coalesced.add(1, &[KeyValue::new("scope", "fleet")]);
-    }
-
     /// A stale answer, by reason.
     pub fn stale(&self, reason: &'static str) {
         self.stale.add(1, &[KeyValue::new("reason", reason)]);

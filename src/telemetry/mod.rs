@@ -176,11 +176,13 @@ pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
             .with_tracer(tp.tracer("cache-layer"))
             .with_filter(filter_fn(|m| m.target() == TRACE_TARGET))
     });
-    Registry::default()
-        .with(fmt)
-        .with(otel)
-        .try_init()
-        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
+    // Not `.with(Option<layer>)`: a `None` layer reports interest in every call site, which
+    // would make the registry build every request span even with no exporter.
+    let installed = match otel {
+        Some(otel) => Registry::default().with(fmt).with(otel).try_init(),
+        None => Registry::default().with(fmt).try_init(),
+    };
+    installed.map_err(|e| TelemetryError::Setup(e.to_string()))?;
 
     Ok(Telemetry {
         registry,

@@ -161,7 +161,7 @@ async fn two_hundred_concurrent_misses_share_one_origin_fetch() {
         assert_eq!(code, 200);
         assert_eq!(
             body,
-            json!({"key": "cold", "value": {"path": "/items/cold"}, "source": "origin"})
+            json!({"key": "cold", "value": {"path": "/items/cold", "n": 1}, "source": "origin"})
         );
         stored += usize::from(status == "cache-layer; fwd=miss; stored");
         assert!(status == "cache-layer; fwd=miss; stored" || status == "cache-layer; fwd=miss; collapsed");

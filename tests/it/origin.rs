@@ -46,7 +46,7 @@ async fn json_bodies_are_parsed_and_other_bodies_become_strings() {
         .json()
         .await
         .unwrap();
-    assert_eq!(body["value"], json!(r#"{"path":"/items/t","n":1}"#));
+    assert_eq!(body["value"], json!(r#"{"n":1,"path":"/items/t"}"#));
 }
 
 #[tokio::test]

@@ -183,7 +183,7 @@ async fn redis_killed_and_restarted_under_traffic_causes_no_5xx() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) && i < 20_000 {
                 // A mix of repeated keys (hits) and new keys (misses that write to Redis).
-                let key = if i % 3 == 0 {
+                let key = if i.is_multiple_of(3) {
                     format!("new-{w}-{i}")
                 } else {
                     format!("hot-{}", i % 10)
