@@ -43,6 +43,12 @@ pub enum AppError {
     /// A purge with the wrong token, or purging is off.
     #[error("{0}")]
     Forbidden(String),
+    /// A purge was applied on this replica but could not reach Redis (and so the other
+    /// replicas): Redis is down. Retrying is safe.
+    #[error(
+        "purged on this replica only: Redis is unreachable, so Redis and the other replicas still hold the key; retry"
+    )]
+    PurgeIncomplete,
     /// A bug: a panic or a broken invariant.
     #[error("{0}")]
     Internal(String),
@@ -67,6 +73,7 @@ impl AppError {
             AppError::OriginUnavailable { .. } => "origin_unavailable",
             AppError::Unauthorized => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
+            AppError::PurgeIncomplete => "purge_incomplete",
             AppError::Internal(_) => "internal",
         }
     }
@@ -79,7 +86,7 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::OriginError(_) => StatusCode::BAD_GATEWAY,
             AppError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            AppError::OriginUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::OriginUnavailable { .. } | AppError::PurgeIncomplete => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -127,6 +134,9 @@ impl IntoResponse for AppError {
         match &self {
             AppError::OriginUnavailable { retry_after_secs, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            AppError::PurgeIncomplete => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             AppError::Unauthorized => {
                 headers.insert(

@@ -291,27 +291,31 @@ impl ReadThrough {
     }
 
     /// Purges `key` from every tier here and, through Redis, on every replica. `soft` marks it
-    /// stale instead, so the next request is served at once and refreshes it.
-    pub async fn purge(&self, key: &str, soft: bool) {
+    /// stale instead, so the next request is served at once and refreshes it. An error means the
+    /// purge was applied here but did not reach Redis or the other replicas (Redis is down):
+    /// the caller should retry.
+    pub async fn purge(&self, key: &str, soft: bool) -> Result<(), TierError> {
         let inner = &*self.inner;
         let now = now_ms();
+        let mut reached_all = Ok(());
         for tier in &inner.tiers {
-            let _ = if soft {
+            let done = if soft {
                 tier.mark_stale(key, now).await
             } else {
                 tier.remove(key).await
             };
+            reached_all = reached_all.and(done);
         }
         let mode = if soft { "soft" } else { "hard" };
         inner.metrics.invalidated(mode, "local");
         if let Some(redis) = &inner.redis {
             let message = format!("{mode}\n{}\n{key}", inner.instance);
-            if redis.publish(&message).await.is_err() {
-                tracing::warn!(
-                    "purge could not be published; other replicas keep their copy until it expires"
-                );
-            }
+            reached_all = reached_all.and(redis.publish(&message).await);
         }
+        if let Err(e) = &reached_all {
+            tracing::warn!(error = %e, "purge applied here only: Redis and the other replicas still hold the key");
+        }
+        reached_all
     }
 
     /// Applies a purge published by another replica to the memory tier.

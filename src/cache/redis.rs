@@ -3,7 +3,7 @@
 //! deadline, and a Redis known to be down is skipped until a background ping finds it again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -41,9 +41,12 @@ struct Shared {
     up: AtomicBool,
     /// Whether a ping has run yet (the first failure is logged).
     pinged: AtomicBool,
-    /// Where pub/sub connections are opened (the first URL; in a cluster, any node will do:
-    /// classic PUBLISH reaches every node's subscribers).
-    pubsub_info: ConnectionInfo,
+    /// Where pub/sub connections are opened: every URL, tried in turn (in a cluster any node
+    /// will do: classic PUBLISH reaches every node's subscribers), so losing one node does not
+    /// stop purges from arriving.
+    pubsub_infos: Vec<ConnectionInfo>,
+    /// The next of `pubsub_infos` to try.
+    next_pubsub: AtomicUsize,
     /// Redis error counters.
     metrics: Arc<Metrics>,
 }
@@ -150,7 +153,8 @@ impl RedisTier {
                 connect_timeout: config.connect_timeout,
                 up: AtomicBool::new(false),
                 pinged: AtomicBool::new(false),
-                pubsub_info: infos[0].clone(),
+                pubsub_infos: infos.clone(),
+                next_pubsub: AtomicUsize::new(0),
                 metrics,
             }),
         })
@@ -313,8 +317,10 @@ impl RedisTier {
     /// Opens a pub/sub connection subscribed to the invalidation channel.
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub, TierError> {
         let s = &self.shared;
+        let next = s.next_pubsub.fetch_add(1, Ordering::Relaxed);
+        let info = &s.pubsub_infos[next % s.pubsub_infos.len()];
         let open = async {
-            let client = Client::open(s.pubsub_info.clone())?;
+            let client = Client::open(info.clone())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&s.channel).await?;
             Ok::<_, redis::RedisError>(pubsub)

@@ -124,7 +124,11 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
     )?;
     let soft = soft_param(request.uri().query())?;
     let key = key_of(request, state.max_key_bytes).await?;
-    state.cache.purge(&key, soft).await;
+    state
+        .cache
+        .purge(&key, soft)
+        .await
+        .map_err(|_| AppError::PurgeIncomplete)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

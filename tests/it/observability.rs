@@ -227,6 +227,39 @@ async fn spans_and_metrics_are_pushed_over_otlp_http_protobuf() {
 }
 
 #[tokio::test]
+async fn otel_traces_exporter_none_switches_traces_off_and_keeps_metrics() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start_grpc().await;
+    let s = Service::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ("ORIGIN_LATENCY_MS", "1"),
+    ])
+    .await;
+    client().get(s.item_url("k")).send().await.unwrap();
+    eventually("pushed metrics to arrive", || {
+        let receiver = receiver.clone();
+        async move {
+            receiver
+                .metric_names()
+                .iter()
+                .any(|n| n == "cache_misses")
+                .then_some(())
+        }
+    })
+    .await;
+    // Metrics arrived after the request; batched spans would have gone out by now too.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        receiver.spans().is_empty(),
+        "no span may be pushed with OTEL_TRACES_EXPORTER=none"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_otlp_endpoint_never_fails_a_request() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let s = Service::start(&[

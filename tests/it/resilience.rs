@@ -477,3 +477,32 @@ async fn a_flood_of_unique_keys_keeps_the_memory_tier_within_its_byte_bound() {
         .unwrap_or("VmRSS: ?");
     println!("after 5000 unique keys with MEMORY_CACHE_MAX_BYTES={bound}: {rss}");
 }
+
+#[tokio::test]
+async fn a_purge_that_cannot_reach_redis_says_so_with_503_and_still_purges_here() {
+    let mut redis = Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    let (url, template) = (redis.url(), origin.template());
+    let s = Service::start(&[
+        ("REDIS_URL", &url),
+        ("ORIGIN_URL", &template),
+        ("ADMIN_TOKEN", "t0ken"),
+    ])
+    .await;
+    s.wait_redis_up().await;
+    get(&s, "k").await;
+    redis.stop();
+    let r = client()
+        .delete(s.item_url("k"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "purge_incomplete");
+    // This replica dropped its copy all the same.
+    let (code, status, body) = get(&s, "k").await;
+    assert_eq!((code, status.as_str()), (200, "cache-layer; fwd=miss; stored"));
+    assert_eq!(body["value"]["n"], 2);
+}
