@@ -266,6 +266,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     args: Vec<String>,
+    /// Serves TLS only (a self-signed certificate made with `openssl`).
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -287,17 +289,65 @@ impl Redis {
             child: None,
             port,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            tls: false,
             _dir: tempfile::tempdir().unwrap(),
         };
         r.spawn().await;
         r
     }
 
+    /// A server that speaks TLS only, with a fresh self-signed certificate.
+    pub async fn start_tls() -> Redis {
+        let mut r = Self::start_with(&[]).await;
+        r.stop();
+        let dir = r._dir.path();
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl must be installed");
+        assert!(made.success());
+        r.tls = true;
+        r.spawn().await;
+        r
+    }
+
     async fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let dir = self._dir.path().to_str().unwrap().to_owned();
+        let (plain, tls) = if self.tls {
+            let tls = vec![
+                "--tls-port".to_owned(),
+                port.clone(),
+                "--tls-cert-file".to_owned(),
+                format!("{dir}/cert.pem"),
+                "--tls-key-file".to_owned(),
+                format!("{dir}/key.pem"),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ];
+            ("0".to_owned(), tls)
+        } else {
+            (port, Vec::new())
+        };
         let child = Command::new("redis-server")
             .args([
                 "--port",
-                &self.port.to_string(),
+                &plain,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -305,7 +355,8 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
-            .args(["--dir", self._dir.path().to_str().unwrap()])
+            .args(["--dir", &dir])
+            .args(&tls)
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -320,7 +371,12 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.tls {
+            // The certificate is self-signed: skip verification (test only).
+            format!("rediss://127.0.0.1:{}/#insecure", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
     }
 
     /// Kills the server (all data gone, as with a crash of a non-persistent Redis).
@@ -347,7 +403,9 @@ impl Redis {
 
     /// Runs `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> String {
+        let tls: &[&str] = if self.tls { &["--tls", "--insecure"] } else { &[] };
         let out = Command::new("redis-cli")
+            .args(tls)
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()

@@ -260,6 +260,41 @@ async fn otel_traces_exporter_none_switches_traces_off_and_keeps_metrics() {
 }
 
 #[tokio::test]
+async fn spans_still_queued_at_sigterm_are_flushed_before_exit() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start_grpc().await;
+    let mut s = Service::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        // Nothing would leave before ten minutes but for the flush on shutdown.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+        ("ORIGIN_LATENCY_MS", "1"),
+    ])
+    .await;
+    assert_eq!(client().get(s.item_url("k")).send().await.unwrap().status(), 200);
+    Command::new("kill")
+        .args(["-TERM", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    let status = eventually("the process to exit", || {
+        let status = s.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+    let names: Vec<String> = receiver.spans().into_iter().map(|(_, span)| span.name).collect();
+    assert!(
+        names.iter().any(|n| n == "GET /items/{key}"),
+        "flushed spans: {names:?}"
+    );
+    assert!(
+        receiver.metric_names().iter().any(|n| n == "cache_hits"),
+        "metrics are flushed too"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_otlp_endpoint_never_fails_a_request() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let s = Service::start(&[

@@ -260,3 +260,13 @@ async fn a_redis_that_accepts_but_never_answers_does_not_hang_requests() {
     redis.resume();
     s.wait_redis_up().await;
 }
+
+#[tokio::test]
+async fn rediss_urls_speak_tls() {
+    let redis = Redis::start_tls().await;
+    let url = redis.url();
+    let s = Service::start(&[("REDIS_URL", &url), ("ORIGIN_LATENCY_MS", "1")]).await;
+    s.wait_redis_up().await;
+    client().get(s.item_url("over-tls")).send().await.unwrap();
+    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:over-tls"]), "1");
+}
