@@ -158,6 +158,41 @@ impl Service {
         metric_value(&text, series).unwrap_or_else(|| panic!("no series {series} in /metrics"))
     }
 
+    /// `GET path` as JSON.
+    pub async fn json(&self, path: &str) -> Value {
+        client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /items/{key}`: status, `Cache-Status` (empty when absent) and the JSON body
+    /// (`Null` when the body is not JSON).
+    pub async fn get(&self, key: &str) -> (u16, String, Value) {
+        let r = client().get(self.item_url(key)).send().await.unwrap();
+        let (code, status) = (r.status().as_u16(), cache_status(&r));
+        (code, status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits for the process to exit (after a signal the test sent).
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        eventually("the process to exit", || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        signal(self.pid(), "TERM");
+    }
+
     /// Waits until `/health` reports Redis up.
     pub async fn wait_redis_up(&self) {
         let c = client();
@@ -171,6 +206,14 @@ impl Service {
         })
         .await;
     }
+}
+
+/// The `Cache-Status` header, empty when absent.
+pub fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
 }
 
 /// Sums every sample whose line starts with `series` (labels are matched as a prefix, so
@@ -225,6 +268,14 @@ impl Origin {
         })
         .await;
         o
+    }
+
+    /// Starts the service with this stub as its origin, plus `env`.
+    pub async fn service(&self, env: &[(&str, &str)]) -> Service {
+        let template = self.template();
+        let mut all = vec![("ORIGIN_URL", template.as_str())];
+        all.extend_from_slice(env);
+        Service::start(&all).await
     }
 
     /// `ORIGIN_URL` for the service.

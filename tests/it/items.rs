@@ -113,13 +113,9 @@ async fn keys_are_percent_decoded_and_bad_keys_get_400_bad_key_json() {
 #[tokio::test]
 async fn redis_ttl_is_honoured_as_an_alias_of_cache_ttl_secs() {
     let origin = Origin::start(&[]).await;
-    let template = origin.template();
-    let s = Service::start(&[
-        ("ORIGIN_URL", &template),
-        ("REDIS_TTL", "1"),
-        ("CACHE_STALE_SECS", "0"),
-    ])
-    .await;
+    let s = origin
+        .service(&[("REDIS_TTL", "1"), ("CACHE_STALE_SECS", "0")])
+        .await;
     let c = client();
     c.get(s.item_url("k")).send().await.unwrap();
     let r = c.get(s.item_url("k")).send().await.unwrap();
@@ -141,8 +137,7 @@ async fn redis_ttl_is_honoured_as_an_alias_of_cache_ttl_secs() {
 #[tokio::test]
 async fn two_hundred_concurrent_misses_share_one_origin_fetch() {
     let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
-    let template = origin.template();
-    let s = Service::start(&[("ORIGIN_URL", &template)]).await;
+    let s = origin.service(&[]).await;
     let c = client();
     let barrier = Arc::new(Barrier::new(200));
     let mut tasks = Vec::new();
@@ -175,8 +170,7 @@ async fn two_hundred_concurrent_misses_share_one_origin_fetch() {
 #[tokio::test]
 async fn a_failed_fetch_is_not_cached_and_does_not_wedge_the_key() {
     let origin = Origin::start(&[("STUB_MODE", "status:500")]).await;
-    let template = origin.template();
-    let s = Service::start(&[("ORIGIN_URL", &template)]).await;
+    let s = origin.service(&[]).await;
     let c = client();
     let r = c.get(s.item_url("k")).send().await.unwrap();
     assert_eq!(r.status(), 502);

@@ -126,16 +126,15 @@ async fn traces_reach_the_receiver(protocol: &str) {
         receiver.start_http().await
     };
     let origin = Origin::start(&[]).await;
-    let template = origin.template();
-    let s = Service::start(&[
-        ("ORIGIN_URL", &template),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
-        ("OTEL_SERVICE_NAME", "cache-layer-under-test"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
-    ])
-    .await;
+    let s = origin
+        .service(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_SERVICE_NAME", "cache-layer-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ])
+        .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = client()
         .get(s.item_url("traced"))
@@ -273,15 +272,8 @@ async fn spans_still_queued_at_sigterm_are_flushed_before_exit() {
     ])
     .await;
     assert_eq!(client().get(s.item_url("k")).send().await.unwrap().status(), 200);
-    Command::new("kill")
-        .args(["-TERM", &s.pid().to_string()])
-        .status()
-        .unwrap();
-    let status = eventually("the process to exit", || {
-        let status = s.child.try_wait().unwrap();
-        async move { status }
-    })
-    .await;
+    s.terminate();
+    let status = s.wait_exit().await;
     assert_eq!(status.code(), Some(0));
     let names: Vec<String> = receiver.spans().into_iter().map(|(_, span)| span.name).collect();
     assert!(

@@ -12,14 +12,7 @@ use crate::harness::{Origin, Service, client, eventually, free_port, service_com
 async fn health_and_probes_answer_json() {
     let s = Service::start(&[]).await;
     let c = client();
-    let health: Value = c
-        .get(s.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = s.json("/health").await;
     assert_eq!(
         health,
         json!({"status": "ok", "tiers": {"memory": "ok", "redis": "disabled"}, "origin": {"circuit": "closed"}})
@@ -44,10 +37,7 @@ async fn sigterm_fails_readyz_then_drains_the_request_in_flight_and_exits_0() {
         (origin.served().await == 1).then_some(())
     })
     .await;
-    Command::new("kill")
-        .args(["-TERM", &s.pid().to_string()])
-        .status()
-        .unwrap();
+    s.terminate();
     let readyz = s.url("/readyz");
     eventually("/readyz to fail", || {
         let (c, url) = (c.clone(), readyz.clone());
@@ -64,11 +54,7 @@ async fn sigterm_fails_readyz_then_drains_the_request_in_flight_and_exits_0() {
     let r = slow.await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["source"], "origin");
-    let status = eventually("the process to exit", || {
-        let status = s.child.try_wait().unwrap();
-        async move { status }
-    })
-    .await;
+    let status = s.wait_exit().await;
     assert_eq!(status.code(), Some(0));
 }
 

@@ -36,8 +36,7 @@ async fn keys_cannot_change_the_path_or_query_the_origin_receives() {
 #[tokio::test]
 async fn json_bodies_are_parsed_and_other_bodies_become_strings() {
     let origin = Origin::start(&[("STUB_CONTENT_TYPE", "text")]).await;
-    let template = origin.template();
-    let s = Service::start(&[("ORIGIN_URL", &template)]).await;
+    let s = origin.service(&[]).await;
     let body: Value = client()
         .get(s.item_url("t"))
         .send()
@@ -52,8 +51,7 @@ async fn json_bodies_are_parsed_and_other_bodies_become_strings() {
 #[tokio::test]
 async fn origin_404_is_our_404_and_is_remembered_for_the_negative_ttl() {
     let origin = Origin::start(&[]).await;
-    let template = origin.template();
-    let s = Service::start(&[("ORIGIN_URL", &template), ("CACHE_NEGATIVE_TTL_SECS", "1")]).await;
+    let s = origin.service(&[("CACHE_NEGATIVE_TTL_SECS", "1")]).await;
     let c = client();
     let r = c.get(s.item_url("missing-1")).send().await.unwrap();
     assert_eq!(r.status(), 404);
@@ -78,14 +76,13 @@ async fn origin_404_is_our_404_and_is_remembered_for_the_negative_ttl() {
 #[tokio::test]
 async fn origin_failures_map_to_502_and_504_and_are_not_cached() {
     let origin = Origin::start(&[("STUB_MODE", "status:503")]).await;
-    let template = origin.template();
-    let s = Service::start(&[
-        ("ORIGIN_URL", &template),
-        ("ORIGIN_TIMEOUT_MS", "300"),
-        ("ORIGIN_MAX_BODY_BYTES", "1000"),
-        ("ORIGIN_BREAKER_FAILURES", "100"),
-    ])
-    .await;
+    let s = origin
+        .service(&[
+            ("ORIGIN_TIMEOUT_MS", "300"),
+            ("ORIGIN_MAX_BODY_BYTES", "1000"),
+            ("ORIGIN_BREAKER_FAILURES", "100"),
+        ])
+        .await;
     let c = client();
     let check = |mode: &'static str, code: u16, error: &'static str| {
         let (c, url, origin) = (c.clone(), s.item_url(mode), &origin);
@@ -111,12 +108,9 @@ async fn origin_failures_map_to_502_and_504_and_are_not_cached() {
 #[tokio::test]
 async fn the_origin_sees_the_configured_authorization() {
     let origin = Origin::start(&[]).await;
-    let template = origin.template();
-    let s = Service::start(&[
-        ("ORIGIN_URL", &template),
-        ("ORIGIN_AUTHORIZATION", "Bearer origin-secret"),
-    ])
-    .await;
+    let s = origin
+        .service(&[("ORIGIN_AUTHORIZATION", "Bearer origin-secret")])
+        .await;
     assert_eq!(client().get(s.item_url("a")).send().await.unwrap().status(), 200);
     let stats = origin.stats().await;
     assert_eq!(stats["requests"][0]["authorization"], "Bearer origin-secret");
@@ -125,8 +119,7 @@ async fn the_origin_sees_the_configured_authorization() {
 #[tokio::test]
 async fn origin_concurrency_is_bounded_and_the_excess_gets_503_with_retry_after() {
     let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
-    let template = origin.template();
-    let s = Service::start(&[("ORIGIN_URL", &template), ("ORIGIN_MAX_CONCURRENCY", "2")]).await;
+    let s = origin.service(&[("ORIGIN_MAX_CONCURRENCY", "2")]).await;
     let c = client();
     let first: Vec<_> = (0..2)
         .map(|i| {

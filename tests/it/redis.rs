@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Origin, Redis, Service, client, eventually};
-
-fn cache_status(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("cache-status")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
+use crate::harness::{Origin, Redis, Service, cache_status, client, eventually};
 
 #[tokio::test]
 async fn a_value_fetched_through_one_process_is_a_redis_hit_for_another() {
@@ -65,14 +58,7 @@ async fn memory_tier_off_gives_a_redis_only_service() {
             cache_status(&r)
         );
     }
-    let health: Value = c
-        .get(s.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = s.json("/health").await;
     assert_eq!(health["tiers"]["memory"], "disabled");
     assert_eq!(health["tiers"]["redis"], "ok");
 }
@@ -125,14 +111,7 @@ async fn password_auth_and_the_seeds_redis_variables_work() {
     let bad = Service::start(&[("REDIS_URL", &wrong), ("ORIGIN_LATENCY_MS", "1")]).await;
     let r = client().get(bad.item_url("c")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let health: Value = client()
-        .get(bad.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = bad.json("/health").await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["tiers"]["redis"], "down");
 }
@@ -144,14 +123,7 @@ async fn redis_down_at_start_degrades_and_is_used_once_it_appears() {
     let url = redis.url();
     let s = Service::start(&[("REDIS_URL", &url), ("ORIGIN_LATENCY_MS", "1")]).await;
     let c = client();
-    let health: Value = c
-        .get(s.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = s.json("/health").await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["tiers"]["redis"], "down");
     for i in 0..5 {
@@ -248,14 +220,7 @@ async fn a_redis_that_accepts_but_never_answers_does_not_hang_requests() {
             .expect("no request may hang on a frozen Redis");
         assert_eq!(r.status(), 200);
     }
-    let health: Value = c
-        .get(s.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = s.json("/health").await;
     assert_eq!(health["tiers"]["redis"], "down");
     redis.resume();
     s.wait_redis_up().await;

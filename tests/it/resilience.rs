@@ -9,24 +9,10 @@ use tokio::sync::Barrier;
 
 use crate::harness::{Origin, Redis, RedisCluster, Service, client, eventually, raw_get};
 
-fn cache_status(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("cache-status")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
-
-/// GET `key` from `s`: (status, Cache-Status, body).
-async fn get(s: &Service, key: &str) -> (u16, String, Value) {
-    let r = client().get(s.item_url(key)).send().await.unwrap();
-    let (code, status) = (r.status().as_u16(), cache_status(&r));
-    (code, status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// Waits until `key` is answered stale by `s`; returns that answer.
 async fn wait_stale(s: &Service, key: &str, reason: &str) -> (u16, String, Value) {
     eventually("the entry to go stale", || async {
-        let answer = get(s, key).await;
+        let answer = s.get(key).await;
         answer.1.ends_with(&format!("detail={reason}")).then_some(answer)
     })
     .await
@@ -35,15 +21,14 @@ async fn wait_stale(s: &Service, key: &str, reason: &str) -> (u16, String, Value
 #[tokio::test]
 async fn a_stale_hit_is_answered_at_once_and_refreshed_once_in_the_background() {
     let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
-    let template = origin.template();
-    let s = Service::start(&[
-        ("ORIGIN_URL", &template),
-        ("CACHE_TTL_SECS", "1"),
-        ("CACHE_STALE_SECS", "60"),
-        ("CACHE_TTL_JITTER_PERCENT", "0"),
-    ])
-    .await;
-    assert_eq!(get(&s, "k").await.2["value"]["n"], 1);
+    let s = origin
+        .service(&[
+            ("CACHE_TTL_SECS", "1"),
+            ("CACHE_STALE_SECS", "60"),
+            ("CACHE_TTL_JITTER_PERCENT", "0"),
+        ])
+        .await;
+    assert_eq!(s.get("k").await.2["value"]["n"], 1);
     let (code, _, body) = wait_stale(&s, "k", "stale-while-revalidate").await;
     assert_eq!(code, 200);
     assert_eq!(body["source"], "cache");
@@ -63,7 +48,7 @@ async fn a_stale_hit_is_answered_at_once_and_refreshed_once_in_the_background() 
         assert_eq!(t.await.unwrap()["source"], "cache");
     }
     let fresh = eventually("the refreshed value", || async {
-        let (_, status, body) = get(&s, "k").await;
+        let (_, status, body) = s.get("k").await;
         status.ends_with("detail=memory").then_some(body)
     })
     .await;
@@ -79,31 +64,23 @@ async fn a_stale_hit_is_answered_at_once_and_refreshed_once_in_the_background() 
 #[tokio::test]
 async fn a_failing_origin_opens_the_circuit_stale_is_served_and_the_circuit_closes_again() {
     let origin = Origin::start(&[]).await;
-    let template = origin.template();
-    let s = Service::start(&[
-        ("ORIGIN_URL", &template),
-        ("CACHE_TTL_SECS", "1"),
-        ("CACHE_STALE_SECS", "120"),
-        ("CACHE_TTL_JITTER_PERCENT", "0"),
-        ("ORIGIN_BREAKER_FAILURES", "2"),
-        ("ORIGIN_BREAKER_COOLDOWN_SECS", "2"),
-    ])
-    .await;
-    assert_eq!(get(&s, "k").await.0, 200);
+    let s = origin
+        .service(&[
+            ("CACHE_TTL_SECS", "1"),
+            ("CACHE_STALE_SECS", "120"),
+            ("CACHE_TTL_JITTER_PERCENT", "0"),
+            ("ORIGIN_BREAKER_FAILURES", "2"),
+            ("ORIGIN_BREAKER_COOLDOWN_SECS", "2"),
+        ])
+        .await;
+    assert_eq!(s.get("k").await.0, 200);
     origin.set("status:500", 0).await;
     // Stale answers keep coming while background refreshes fail, until the circuit opens.
     let (code, status, body) = wait_stale(&s, "k", "stale-if-error").await;
     assert_eq!((code, body["value"]["n"].as_u64()), (200, Some(1)));
     assert!(status.starts_with("cache-layer; hit; ttl=-") || status.starts_with("cache-layer; hit; ttl=0"));
     assert_eq!(s.metric("origin_breaker_state").await, 1.0);
-    let health: Value = client()
-        .get(s.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = s.json("/health").await;
     assert_eq!(
         (health["status"].as_str(), health["origin"]["circuit"].as_str()),
         (Some("degraded"), Some("open"))
@@ -121,7 +98,7 @@ async fn a_failing_origin_opens_the_circuit_stale_is_served_and_the_circuit_clos
     // The origin recovers: after the cool-down one probe goes through and closes the circuit.
     origin.set("ok", 0).await;
     eventually("the circuit to close and the value to refresh", || async {
-        let (_, status, body) = get(&s, "k").await;
+        let (_, status, body) = s.get("k").await;
         (status.ends_with("detail=memory") && body["value"]["n"].as_u64() > Some(1)).then_some(())
     })
     .await;
@@ -131,16 +108,15 @@ async fn a_failing_origin_opens_the_circuit_stale_is_served_and_the_circuit_clos
 #[tokio::test]
 async fn an_origin_timeout_serves_stale_instead_of_504() {
     let origin = Origin::start(&[]).await;
-    let template = origin.template();
-    let s = Service::start(&[
-        ("ORIGIN_URL", &template),
-        ("ORIGIN_TIMEOUT_MS", "200"),
-        ("CACHE_TTL_SECS", "1"),
-        ("CACHE_TTL_JITTER_PERCENT", "0"),
-        ("ORIGIN_BREAKER_FAILURES", "1"),
-    ])
-    .await;
-    assert_eq!(get(&s, "k").await.0, 200);
+    let s = origin
+        .service(&[
+            ("ORIGIN_TIMEOUT_MS", "200"),
+            ("CACHE_TTL_SECS", "1"),
+            ("CACHE_TTL_JITTER_PERCENT", "0"),
+            ("ORIGIN_BREAKER_FAILURES", "1"),
+        ])
+        .await;
+    assert_eq!(s.get("k").await.0, 200);
     origin.set("hang", 0).await;
     let (code, _, body) = wait_stale(&s, "k", "stale-if-error").await;
     assert_eq!((code, body["value"]["n"].as_u64()), (200, Some(1)));
@@ -160,9 +136,9 @@ async fn purge_on_one_replica_evicts_on_the_other_and_needs_the_admin_token() {
     let (a, b) = (Service::start(&env).await, Service::start(&env).await);
     a.wait_redis_up().await;
     b.wait_redis_up().await;
-    assert_eq!(get(&a, "k").await.2["value"]["n"], 1);
-    assert!(get(&b, "k").await.1.ends_with("detail=redis"));
-    assert!(get(&b, "k").await.1.ends_with("detail=memory"));
+    assert_eq!(a.get("k").await.2["value"]["n"], 1);
+    assert!(b.get("k").await.1.ends_with("detail=redis"));
+    assert!(b.get("k").await.1.ends_with("detail=memory"));
 
     let c = client();
     let r = c.delete(a.item_url("k")).send().await.unwrap();
@@ -177,7 +153,7 @@ async fn purge_on_one_replica_evicts_on_the_other_and_needs_the_admin_token() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "forbidden");
-    assert_eq!(get(&b, "k").await.2["value"]["n"], 1);
+    assert_eq!(b.get("k").await.2["value"]["n"], 1);
 
     let purged_at = Instant::now();
     let r = c
@@ -198,7 +174,7 @@ async fn purge_on_one_replica_evicts_on_the_other_and_needs_the_admin_token() {
         "purge propagation to the other replica: {:?}",
         purged_at.elapsed()
     );
-    let (_, status, body) = get(&b, "k").await;
+    let (_, status, body) = b.get("k").await;
     assert_eq!(status, "cache-layer; fwd=miss; stored");
     assert_eq!(body["value"]["n"], 2);
     assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:k"]), "1");
@@ -240,8 +216,8 @@ async fn a_soft_purge_serves_the_old_value_once_and_refreshes_in_the_background(
     let (a, b) = (Service::start(&env).await, Service::start(&env).await);
     a.wait_redis_up().await;
     b.wait_redis_up().await;
-    get(&a, "k").await;
-    get(&b, "k").await;
+    a.get("k").await;
+    b.get("k").await;
     let r = client()
         .delete(a.item_url("k") + "?soft=true")
         .bearer_auth("t0ken")
@@ -256,12 +232,12 @@ async fn a_soft_purge_serves_the_old_value_once_and_refreshes_in_the_background(
             .then_some(())
     })
     .await;
-    let (code, status, body) = get(&b, "k").await;
+    let (code, status, body) = b.get("k").await;
     assert_eq!(code, 200);
     assert!(status.ends_with("detail=stale-while-revalidate"), "{status}");
     assert_eq!(body["value"]["n"], 1);
     let fresh = eventually("the background refresh", || async {
-        let (_, status, body) = get(&b, "k").await;
+        let (_, status, body) = b.get("k").await;
         status.ends_with("detail=memory").then_some(body)
     })
     .await;
@@ -327,8 +303,8 @@ async fn redis_cluster_carries_the_tier_purges_and_the_fleet_lock() {
     // Keys on every shard: each is fetched once and is a Redis hit for the other replica.
     for i in 0..6 {
         let key = format!("key-{i}");
-        assert_eq!(get(&a, &key).await.1, "cache-layer; fwd=miss; stored");
-        assert!(get(&b, &key).await.1.ends_with("detail=redis"));
+        assert_eq!(a.get(&key).await.1, "cache-layer; fwd=miss; stored");
+        assert!(b.get(&key).await.1.ends_with("detail=redis"));
     }
     assert_eq!(cluster.cli(&["EXISTS", "cache-layer:v1:k:key-0"]), "1");
     // Purge through a, seen by b.
@@ -346,7 +322,7 @@ async fn redis_cluster_carries_the_tier_purges_and_the_fleet_lock() {
             .then_some(())
     })
     .await;
-    assert_eq!(get(&b, "key-0").await.1, "cache-layer; fwd=miss; stored");
+    assert_eq!(b.get("key-0").await.1, "cache-layer; fwd=miss; stored");
     // Fleet lock: both replicas at once, one origin fetch.
     let served = origin.served().await;
     let barrier = Arc::new(Barrier::new(100));
@@ -490,7 +466,7 @@ async fn a_purge_that_cannot_reach_redis_says_so_with_503_and_still_purges_here(
     ])
     .await;
     s.wait_redis_up().await;
-    get(&s, "k").await;
+    s.get("k").await;
     redis.stop();
     let r = client()
         .delete(s.item_url("k"))
@@ -502,7 +478,7 @@ async fn a_purge_that_cannot_reach_redis_says_so_with_503_and_still_purges_here(
     assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "purge_incomplete");
     // This replica dropped its copy all the same.
-    let (code, status, body) = get(&s, "k").await;
+    let (code, status, body) = s.get("k").await;
     assert_eq!((code, status.as_str()), (200, "cache-layer; fwd=miss; stored"));
     assert_eq!(body["value"]["n"], 2);
 }
