@@ -178,6 +178,14 @@ impl Service {
         (code, status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Polls `key` until an answer is fetched from the origin again (its entry lapsed).
+    pub async fn wait_refetched(&self, key: &str) {
+        eventually("the entry to lapse and be fetched again", || async {
+            (self.get(key).await.1 == "cache-layer; fwd=miss; stored").then_some(())
+        })
+        .await;
+    }
+
     /// Waits for the process to exit (after a signal the test sent).
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let child = &mut self.child;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
-use crate::harness::{Origin, Service, client, eventually, raw_get};
+use crate::harness::{Origin, Service, client, raw_get};
 
 #[tokio::test]
 async fn first_request_fetches_and_second_is_a_memory_hit_with_the_seed_contract() {
@@ -123,14 +123,7 @@ async fn redis_ttl_is_honoured_as_an_alias_of_cache_ttl_secs() {
         r.headers()["cache-status"],
         "cache-layer; hit; ttl=0; detail=memory"
     );
-    eventually("the 1 s TTL to lapse", || {
-        let (c, url) = (c.clone(), s.item_url("k"));
-        async move {
-            let r = c.get(url).send().await.ok()?;
-            (r.headers()["cache-status"] == "cache-layer; fwd=miss; stored").then_some(())
-        }
-    })
-    .await;
+    s.wait_refetched("k").await;
     assert_eq!(origin.served().await, 2);
 }
 

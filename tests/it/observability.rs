@@ -198,17 +198,7 @@ async fn traces_reach_the_receiver(protocol: &str) {
     assert_eq!(attr(&lookup, "cache.tier"), Some("memory"));
     assert_eq!(attr(&fetch, "origin.outcome"), Some("ok"));
 
-    eventually("pushed metrics to arrive", || {
-        let receiver = receiver.clone();
-        async move {
-            receiver
-                .metric_names()
-                .iter()
-                .any(|n| n == "cache_misses")
-                .then_some(())
-        }
-    })
-    .await;
+    receiver.wait_metric("cache_misses").await;
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -239,17 +229,7 @@ async fn otel_traces_exporter_none_switches_traces_off_and_keeps_metrics() {
     ])
     .await;
     client().get(s.item_url("k")).send().await.unwrap();
-    eventually("pushed metrics to arrive", || {
-        let receiver = receiver.clone();
-        async move {
-            receiver
-                .metric_names()
-                .iter()
-                .any(|n| n == "cache_misses")
-                .then_some(())
-        }
-    })
-    .await;
+    receiver.wait_metric("cache_misses").await;
     // Metrics arrived after the request; batched spans would have gone out by now too.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(

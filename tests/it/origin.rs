@@ -62,14 +62,7 @@ async fn origin_404_is_our_404_and_is_remembered_for_the_negative_ttl() {
     assert_eq!(r.headers()["cache-status"], "cache-layer; hit; detail=negative");
     assert_eq!(origin.served().await, 1);
     assert_eq!(s.metric("cache_hits_total{tier=\"negative\"").await, 1.0);
-    eventually("the negative entry to lapse", || {
-        let (c, url) = (c.clone(), s.item_url("missing-1"));
-        async move {
-            let r = c.get(url).send().await.ok()?;
-            (r.headers()["cache-status"] == "cache-layer; fwd=miss; stored").then_some(())
-        }
-    })
-    .await;
+    s.wait_refetched("missing-1").await;
     assert_eq!(origin.served().await, 2);
 }
 

@@ -74,6 +74,14 @@ impl Receiver {
         self.got.lock().unwrap().metric_names.clone()
     }
 
+    /// Waits until a pushed metric named `name` has arrived.
+    pub async fn wait_metric(&self, name: &str) {
+        crate::harness::eventually("pushed metrics to arrive", || async {
+            self.metric_names().iter().any(|n| n == name).then_some(())
+        })
+        .await;
+    }
+
     /// Starts a gRPC receiver; returns its endpoint.
     pub async fn start_grpc(&self) -> String {
         let port = free_port();
