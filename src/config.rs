@@ -190,6 +190,20 @@ impl RawEnv {
             64 * 1024 * 1024,
             1..=u64::MAX,
         )?;
+        let origin_latency = millis("ORIGIN_LATENCY_MS", self.origin_latency_ms.clone(), 200, 0)?;
+        let origin_timeout = millis("ORIGIN_TIMEOUT_MS", self.origin_timeout_ms.clone(), 2000, 1)?;
+        if let Some(r) = &redis
+            && r.lock_ttl < origin_timeout
+        {
+            return Err(invalid(
+                "FLEET_LOCK_TTL_MS",
+                &r.lock_ttl.as_millis().to_string(),
+                &format!(
+                    "at least ORIGIN_TIMEOUT_MS ({} ms), so the lock outlives the fetch it guards",
+                    origin_timeout.as_millis()
+                ),
+            ));
+        }
         let origin = match self.origin_url {
             Some(url) => OriginConfig::Http {
                 url_template: origin_template(url)?,
@@ -205,7 +219,7 @@ impl RawEnv {
                 },
             },
             None => OriginConfig::Simulated {
-                latency: millis("ORIGIN_LATENCY_MS", self.origin_latency_ms, 200, 0)?,
+                latency: origin_latency,
             },
         };
         let log_json = match self.log_format.as_deref() {
@@ -223,7 +237,7 @@ impl RawEnv {
             memory_enabled,
             memory_max_bytes,
             origin,
-            origin_timeout: millis("ORIGIN_TIMEOUT_MS", self.origin_timeout_ms, 2000, 1)?,
+            origin_timeout,
             origin_max_concurrency: bounded(
                 "ORIGIN_MAX_CONCURRENCY",
                 self.origin_max_concurrency,
@@ -450,6 +464,18 @@ mod tests {
             "MEMORY_CACHE_MAX_BYTES"
         );
         assert_eq!(config(&[("LOG_FORMAT", "xml")]).unwrap_err().var, "LOG_FORMAT");
+        assert_eq!(
+            config(&[("ORIGIN_URL", "http://o/{key}"), ("ORIGIN_LATENCY_MS", "x")])
+                .unwrap_err()
+                .var,
+            "ORIGIN_LATENCY_MS"
+        );
+        let short_lock = [
+            ("REDIS_URL", "redis://r"),
+            ("FLEET_LOCK_TTL_MS", "100"),
+            ("ORIGIN_TIMEOUT_MS", "500"),
+        ];
+        assert_eq!(config(&short_lock).unwrap_err().var, "FLEET_LOCK_TTL_MS");
     }
 
     #[test]

@@ -109,6 +109,26 @@ struct Fetch {
     by_fleet: bool,
 }
 
+/// How a wait on another replica's fetch ended.
+enum FleetWait {
+    /// Its value arrived in Redis.
+    Value(Arc<Entry>),
+    /// It released the lock without storing a value.
+    Released,
+    /// `FLEET_LOCK_WAIT_MS` ran out.
+    TimedOut,
+}
+
+/// `key`'s entry in Redis, if it is fresh.
+async fn fresh_in(redis: &RedisTier, key: &str) -> Option<Arc<Entry>> {
+    redis
+        .get(key)
+        .await
+        .ok()
+        .flatten()
+        .filter(|e| matches!(e.freshness(now_ms()), Freshness::Fresh { .. }))
+}
+
 /// Fleet-wide coalescing settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FleetLock {
@@ -379,64 +399,63 @@ impl Inner {
             return self.fetch_from_origin(key).await;
         };
         let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
-        match redis.try_lock(key, &token, self.fleet.ttl).await {
-            Ok(true) => {
-                // Another replica may have stored it between our miss and our lock.
-                if let Ok(Some(entry)) = redis.get(key).await
-                    && matches!(entry.freshness(now_ms()), Freshness::Fresh { .. })
-                {
+        let deadline = tokio::time::Instant::now() + self.fleet.wait;
+        while tokio::time::Instant::now() < deadline {
+            match redis.try_lock(key, &token, self.fleet.ttl).await {
+                Ok(true) => {
+                    // Another replica may have stored it between our miss and our lock.
+                    let result = match fresh_in(redis, key).await {
+                        Some(entry) => Ok(self.keep_fleet_value(key, entry).await),
+                        None => self.fetch_from_origin(key).await,
+                    };
                     let _ = redis.unlock(key, &token).await;
-                    if let Some(memory) = &self.memory {
-                        let _ = memory.put(key, entry.clone()).await;
-                    }
-                    return Ok(Fetch {
-                        entry,
-                        by_fleet: true,
-                    });
+                    return result;
                 }
-                let result = self.fetch_from_origin(key).await;
-                let _ = redis.unlock(key, &token).await;
-                result
+                Ok(false) => match self.wait_for_fleet(redis, key, deadline).await {
+                    FleetWait::Value(entry) => return Ok(self.keep_fleet_value(key, entry).await),
+                    // The holder let go without a value (its fetch failed): compete again, so
+                    // a failure does not turn every waiting replica loose on the origin.
+                    FleetWait::Released => continue,
+                    FleetWait::TimedOut => break,
+                },
+                // Redis failing: fetch here rather than fail.
+                Err(_) => break,
             }
-            Ok(false) => match self.wait_for_fleet(redis, key).await {
-                Some(entry) => {
-                    if let Some(memory) = &self.memory {
-                        let _ = memory.put(key, entry.clone()).await;
-                    }
-                    Ok(Fetch {
-                        entry,
-                        by_fleet: true,
-                    })
-                }
-                None => self.fetch_from_origin(key).await,
-            },
-            // Redis failing: fetch here rather than fail.
-            Err(_) => self.fetch_from_origin(key).await,
+        }
+        self.fetch_from_origin(key).await
+    }
+
+    /// A value another replica fetched: kept in the memory tier too.
+    async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>) -> Fetch {
+        if let Some(memory) = &self.memory {
+            let _ = memory.put(key, entry.clone()).await;
+        }
+        Fetch {
+            entry,
+            by_fleet: true,
         }
     }
 
-    /// Polls Redis for the value another replica is fetching; `None` when the wait runs out or
-    /// the lock went away without a value (that replica's fetch failed).
-    async fn wait_for_fleet(&self, redis: &RedisTier, key: &str) -> Option<Arc<Entry>> {
-        let deadline = tokio::time::Instant::now() + self.fleet.wait;
+    /// Polls Redis while another replica holds the fetch lock for `key`.
+    async fn wait_for_fleet(
+        &self,
+        redis: &RedisTier,
+        key: &str,
+        deadline: tokio::time::Instant,
+    ) -> FleetWait {
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            if let Ok(Some(entry)) = redis.get(key).await
-                && matches!(entry.freshness(now_ms()), Freshness::Fresh { .. })
-            {
-                return Some(entry);
+            if let Some(entry) = fresh_in(redis, key).await {
+                return FleetWait::Value(entry);
             }
             if !redis.is_locked(key).await.unwrap_or(false) {
                 // Released: the value may have landed just before the lock went.
-                return redis
-                    .get(key)
+                return fresh_in(redis, key)
                     .await
-                    .ok()
-                    .flatten()
-                    .filter(|e| matches!(e.freshness(now_ms()), Freshness::Fresh { .. }));
+                    .map_or(FleetWait::Released, FleetWait::Value);
             }
         }
-        None
+        FleetWait::TimedOut
     }
 
     async fn fetch_from_origin(&self, key: &str) -> Result<Fetch, CacheError> {

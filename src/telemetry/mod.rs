@@ -160,7 +160,15 @@ pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
 
     // Logs: RUST_LOG decides, our span-only target is left to the OpenTelemetry layer.
     let not_trace_spans = filter_fn(|m| !(m.is_span() && m.target() == TRACE_TARGET));
-    let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = match env("RUST_LOG") {
+        None => EnvFilter::new("info"),
+        Some(v) => EnvFilter::try_new(&v).map_err(|_| TelemetryError::Invalid {
+            var: "RUST_LOG",
+            value: v,
+            expected: "a tracing filter such as info or cache_layer=debug,warn",
+        })?,
+    };
+    let log_filter = || log_filter.clone();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let fmt = tracing_subscriber::fmt::layer().with_target(true).with_ansi(ansi);
     let fmt = if log_json {
