@@ -20,10 +20,12 @@ async fn wait_stale(s: &Service, key: &str, reason: &str) -> (u16, String, Value
 
 #[tokio::test]
 async fn a_stale_hit_is_answered_at_once_and_refreshed_once_in_the_background() {
-    let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
+    // A slow refresh (1 s) and a TTL (3 s) longer than the rest of the test takes, so the refreshed
+    // value cannot go stale again before the test reads it.
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1000")]).await;
     let s = origin
         .service(&[
-            ("CACHE_TTL_SECS", "1"),
+            ("CACHE_TTL_SECS", "3"),
             ("CACHE_STALE_SECS", "60"),
             ("CACHE_TTL_JITTER_PERCENT", "0"),
         ])
