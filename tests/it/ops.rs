@@ -25,9 +25,15 @@ async fn health_and_probes_answer_json() {
 
 #[tokio::test]
 async fn sigterm_fails_readyz_then_drains_the_request_in_flight_and_exits_0() {
-    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    // Generous windows: the test must see /readyz fail during the delay, on a loaded machine.
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "4000")]).await;
     let template = origin.template();
-    let mut s = Service::start(&[("ORIGIN_URL", &template), ("SHUTDOWN_DELAY_SECS", "1")]).await;
+    let mut s = Service::start(&[
+        ("ORIGIN_URL", &template),
+        ("ORIGIN_TIMEOUT_MS", "10000"),
+        ("SHUTDOWN_DELAY_SECS", "3"),
+    ])
+    .await;
     let c = client();
     let slow = {
         let (c, url) = (c.clone(), s.item_url("slow"));

@@ -111,8 +111,10 @@ async fn the_origin_sees_the_configured_authorization() {
 
 #[tokio::test]
 async fn origin_concurrency_is_bounded_and_the_excess_gets_503_with_retry_after() {
-    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
-    let s = origin.service(&[("ORIGIN_MAX_CONCURRENCY", "2")]).await;
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "3000")]).await;
+    let s = origin
+        .service(&[("ORIGIN_MAX_CONCURRENCY", "2"), ("ORIGIN_TIMEOUT_MS", "10000")])
+        .await;
     let c = client();
     let first: Vec<_> = (0..2)
         .map(|i| {
