@@ -88,6 +88,7 @@ pub struct Metrics {
     evictions: Counter<u64>,
     invalidations: Counter<u64>,
     http_requests: Counter<u64>,
+    spans_dropped: Counter<u64>,
     /// Kept so observable instruments added later share the scope.
     meter: Meter,
 }
@@ -136,6 +137,10 @@ impl Metrics {
                 "Purges applied to this replica, by mode and source.",
             ),
             http_requests: counter("http_requests", "HTTP requests, by route and status class."),
+            spans_dropped: counter(
+                "otel_spans_dropped",
+                "Spans dropped because the OTLP export queue was full (OTEL_BSP_MAX_QUEUE_SIZE).",
+            ),
             meter,
         };
         m.register_at_zero();
@@ -156,6 +161,7 @@ impl Metrics {
         };
         one(&self.hits, "tier", HIT_TIERS);
         self.misses.add(0, &[]);
+        self.spans_dropped.add(0, &[]);
         one(&self.stale, "reason", STALE_REASONS);
         one(&self.coalesced, "scope", COALESCE_SCOPES);
         one(&self.origin_requests, "outcome", ORIGIN_OUTCOMES);
@@ -185,6 +191,11 @@ impl Metrics {
     /// The meter the instruments live on (for observable gauges registered by their owners).
     pub fn meter(&self) -> &Meter {
         &self.meter
+    }
+
+    /// The counter the span export queue adds its drops to.
+    pub fn spans_dropped(&self) -> Counter<u64> {
+        self.spans_dropped.clone()
     }
 
     /// A hit in `tier` (`memory`, `redis` or `negative`).

@@ -3,6 +3,7 @@
 //! tracing-opentelemetry to OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 mod metrics;
+mod span_queue;
 
 use std::collections::HashMap;
 
@@ -14,7 +15,8 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter as _};
+use span_queue::{QueueProcessor, QueueSettings};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
@@ -101,6 +103,29 @@ fn pushes(exporter_var: &str, endpoint_var: &str) -> bool {
     endpoint && env(exporter_var).is_none_or(|v| v != "none")
 }
 
+/// The span queue's sizes from the standard `OTEL_BSP_*` variables.
+fn queue_settings() -> Result<QueueSettings, TelemetryError> {
+    let number = |var: &'static str, default: u64| match env(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(TelemetryError::Invalid {
+                var,
+                value: v,
+                expected: "a whole number above 0",
+            }),
+    };
+    let max_queue = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize;
+    Ok(QueueSettings {
+        max_queue,
+        max_batch: (number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize).min(max_queue),
+        delay: std::time::Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
+    })
+}
+
 fn resource() -> Resource {
     let named = env("OTEL_SERVICE_NAME").is_some()
         || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
@@ -117,32 +142,13 @@ pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = resource();
 
-    let tracer_provider = if pushes("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-        let exporter = match protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")? {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
-            other => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(other)
-                .build(),
-        }
-        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
-        Some(
-            SdkTracerProvider::builder()
-                .with_resource(resource.clone())
-                .with_batch_exporter(exporter)
-                .build(),
-        )
-    } else {
-        None
-    };
-
     let registry = prometheus::Registry::new();
     let prometheus_reader = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
         .build()
         .map_err(|e| TelemetryError::Setup(e.to_string()))?;
     let mut meters = SdkMeterProvider::builder()
-        .with_resource(resource)
+        .with_resource(resource.clone())
         .with_reader(prometheus_reader);
     if pushes("OTEL_METRICS_EXPORTER", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
         let exporter = match protocol("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")? {
@@ -157,6 +163,27 @@ pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
     }
     let meter_provider = meters.build();
     let metrics = std::sync::Arc::new(Metrics::new(meter_provider.meter("cache-layer")));
+
+    let tracer_provider = if pushes("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        let mut exporter = match protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")? {
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+            other => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(other)
+                .build(),
+        }
+        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
+        exporter.set_resource(&resource);
+        let queue = QueueProcessor::start(exporter, queue_settings()?, metrics.spans_dropped());
+        Some(
+            SdkTracerProvider::builder()
+                .with_resource(resource)
+                .with_span_processor(queue)
+                .build(),
+        )
+    } else {
+        None
+    };
 
     // Logs: RUST_LOG decides, our span-only target is left to the OpenTelemetry layer.
     let not_trace_spans = filter_fn(|m| !(m.is_span() && m.target() == TRACE_TARGET));

@@ -267,6 +267,43 @@ async fn spans_still_queued_at_sigterm_are_flushed_before_exit() {
 }
 
 #[tokio::test]
+async fn a_collector_that_never_answers_fills_the_span_queue_and_drops_are_counted() {
+    // Accepts connections and never answers: every export hangs until its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let s = Service::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+        ("OTEL_METRICS_EXPORTER", "none"),
+        ("ORIGIN_LATENCY_MS", "1"),
+    ])
+    .await;
+    let c = client();
+    for i in 0..100 {
+        assert_eq!(
+            c.get(s.item_url(&format!("k{}", i % 5)))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    // Each request makes two or three spans; the queue holds four and the exporter is stuck.
+    assert!(s.metric("otel_spans_dropped_total").await >= 100.0);
+    held.abort();
+}
+
+#[tokio::test]
 async fn an_unreachable_otlp_endpoint_never_fails_a_request() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let s = Service::start(&[
