@@ -11,17 +11,22 @@
 #   memory+otlp  cache-layer, memory tier hit, every request traced and pushed over OTLP/HTTP
 #   redis        cache-layer with MEMORY_CACHE_ENABLED=false: every hit is a Redis GET
 #   seed         the seed's design (FastAPI + redis-py, one uvicorn worker), bench/seed_app.py
+#   nginx        nginx proxy_cache (bench/peers/nginx.conf, one worker) in front of the origin stub
+#   varnish      Varnish (malloc storage, default VCL) in front of the origin stub
 # Under load: wrk -t1 -c32; one at a time: wrk -t1 -c1. Medians of the rounds are printed as a
 # Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-5}"
-SCENARIOS="${SCENARIOS:-ceiling memory memory+otlp redis seed}"
+SCENARIOS="${SCENARIOS:-ceiling memory memory+otlp redis seed nginx varnish}"
 
-for tool in wrk redis-server taskset; do
+for tool in wrk redis-server taskset nginx varnishd; do
   if ! command -v "$tool" >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server util-linux
+    # policy-rc.d keeps the packages from starting their system services (port 80, 6081).
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server util-linux nginx-light varnish
+    rm -f /usr/sbin/policy-rc.d
   fi
 done
 cargo build --release --bins -q
@@ -50,24 +55,40 @@ start() { # name, then env assignments; prints the base URL
   local name=$1; shift
   local port; port=$(free_port)
   case "$name" in
-    ceiling) env LISTEN_ADDR=127.0.0.1:$port TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/bench-ceiling & ;;
+    ceiling) env LISTEN_ADDR=127.0.0.1:"$port" TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/bench-ceiling & ;;
+    nginx)
+      local dir; dir=$(mktemp -d); mkdir -p "$dir"/{body,proxy,fastcgi,uwsgi,scgi,cache}
+      sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@UPSTREAM@|$SINK_PORT|g" bench/peers/nginx.conf >"$dir/nginx.conf"
+      taskset -c 0 nginx -c "$dir/nginx.conf" -p "$dir" & ;;
+    varnish)
+      local dir; dir=$(mktemp -d)
+      taskset -c 0 varnishd -F -j none -n "$dir" -a "127.0.0.1:$port" -b "127.0.0.1:$SINK_PORT" \
+        -s malloc,64m -p default_ttl=120 >/dev/null 2>&1 & ;;
     seed) (cd bench && env REDIS_PORT="$REDIS_PORT" ORIGIN_LATENCY_MS=200 taskset -c 0 "../$VENV/bin/uvicorn" seed_app:app \
             --host 127.0.0.1 --port "$port" --log-level warning) & ;;
-    *) env "$@" LISTEN_ADDR=127.0.0.1:$port TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 target/release/cache-layer & ;;
+    *) env "$@" LISTEN_ADDR=127.0.0.1:"$port" TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 target/release/cache-layer & ;;
   esac
   PIDS+=($!)
   URL[$name]="http://127.0.0.1:$port/items/foo"
   wait_http "${URL[$name]}"
   curl -fs "${URL[$name]}" >/dev/null  # the key is cached from here on
+  # Make sure what is measured is a hit: each server says so in its own header.
+  local head; head=$(curl -fsi "${URL[$name]}" | tr -d '\r')
+  case "$name" in
+    nginx) grep -q '^Cache-Status: HIT' <<<"$head" ;;
+    varnish) grep -Eq '^X-Varnish: [0-9]+ [0-9]+' <<<"$head" ;;
+    memory*|redis) grep -Eq '^cache-status: cache-layer; hit' <<<"$head" ;;
+    *) true ;;
+  esac || { echo "$name: the warmed key is not a cache hit" >&2; echo "$head" >&2; exit 1; }
 }
 
 for s in $SCENARIOS; do
   case "$s" in
-    ceiling|seed) start "$s" ;;
+    ceiling|seed|nginx|varnish) start "$s" ;;
     memory) start memory ORIGIN_LATENCY_MS=1 ;;
-    memory+otlp) start memory+otlp ORIGIN_LATENCY_MS=1 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$SINK_PORT \
+    memory+otlp) start memory+otlp ORIGIN_LATENCY_MS=1 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:"$SINK_PORT" \
                    OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_METRICS_EXPORTER=none ;;
-    redis) start redis ORIGIN_LATENCY_MS=1 MEMORY_CACHE_ENABLED=false REDIS_URL=redis://127.0.0.1:$REDIS_PORT ;;
+    redis) start redis ORIGIN_LATENCY_MS=1 MEMORY_CACHE_ENABLED=false REDIS_URL=redis://127.0.0.1:"$REDIS_PORT" ;;
   esac
 done
 
