@@ -4,14 +4,36 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+/// One fetch in flight: where its result will be published, and whether a purge has overtaken
+/// it since it started.
+struct InFlight<T> {
+    result: watch::Receiver<Option<T>>,
+    superseded: Superseded,
+}
+
+type Map<K, T> = Arc<Mutex<HashMap<K, InFlight<T>>>>;
+
 /// Fetches in flight, by key. The map lock is held only to look up or insert, never across an
-/// `await`, and only on misses.
+/// `await`, and only on misses and purges.
 pub struct Coalescer<K, T> {
-    inflight: Arc<Mutex<HashMap<K, watch::Receiver<Option<T>>>>>,
+    inflight: Map<K, T>,
+}
+
+/// Set when a purge of the key arrives while its fetch is in flight: the fetch may carry the
+/// purged value, so it answers its waiters but must not be stored.
+#[derive(Clone, Debug, Default)]
+pub struct Superseded(Arc<AtomicBool>);
+
+impl Superseded {
+    /// Whether a purge overtook the fetch.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// How a caller took part in a fetch.
@@ -31,7 +53,7 @@ pub struct Abandoned;
 /// Removes the key from the map when the fetch task ends, however it ends, so a failed or
 /// panicked fetch never wedges its key.
 struct Done<K: Hash + Eq, T> {
-    inflight: Arc<Mutex<HashMap<K, watch::Receiver<Option<T>>>>>,
+    inflight: Map<K, T>,
     key: Option<K>,
 }
 
@@ -71,24 +93,43 @@ where
             .contains_key(key)
     }
 
+    /// Marks the fetch in flight for `key`, if any, as overtaken by a purge.
+    pub fn supersede<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(f) = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+            f.superseded.0.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Joins the fetch in flight for `key`, or starts `fetch` as a task. The task runs to its
     /// end even if every waiter goes away, so its result is still stored for the next request.
-    pub fn join_or_start<F>(&self, key: &K, fetch: impl FnOnce() -> F) -> (Role, Waiter<T>)
+    /// `fetch` gets the flag a purge sets if it overtakes the fetch.
+    pub fn join_or_start<F>(&self, key: &K, fetch: impl FnOnce(Superseded) -> F) -> (Role, Waiter<T>)
     where
         F: Future<Output = T> + Send + 'static,
     {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rx) = map.get(key) {
-            return (Role::Follower, Waiter(rx.clone()));
+        if let Some(f) = map.get(key) {
+            return (Role::Follower, Waiter(f.result.clone()));
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(key.clone(), rx.clone());
+        let superseded = Superseded::default();
+        map.insert(
+            key.clone(),
+            InFlight {
+                result: rx.clone(),
+                superseded: superseded.clone(),
+            },
+        );
         drop(map);
         let done = Done {
             inflight: self.inflight.clone(),
             key: Some(key.clone()),
         };
-        let fut = fetch();
+        let fut = fetch(superseded);
         tokio::spawn(async move {
             let value = fut.await;
             // Leave the map before publishing, so a request arriving after the result starts
@@ -127,7 +168,7 @@ mod tests {
             let (c, calls, barrier) = (c.clone(), calls.clone(), barrier.clone());
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
-                let (_, w) = c.join_or_start(&"k".to_owned(), || async move {
+                let (_, w) = c.join_or_start(&"k".to_owned(), |_| async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     7
@@ -145,10 +186,26 @@ mod tests {
     #[tokio::test]
     async fn a_panicked_fetch_does_not_wedge_its_key() {
         let c: Coalescer<String, u32> = Coalescer::default();
-        let (_, w) = c.join_or_start(&"k".to_owned(), || async { panic!("boom") });
+        let (_, w) = c.join_or_start(&"k".to_owned(), |_| async { panic!("boom") });
         assert_eq!(w.wait().await, Err(Abandoned));
-        let (role, w) = c.join_or_start(&"k".to_owned(), || async { 1 });
+        let (role, w) = c.join_or_start(&"k".to_owned(), |_| async { 1 });
         assert_eq!(role, Role::Leader);
         assert_eq!(w.wait().await, Ok(1));
+    }
+
+    #[tokio::test]
+    async fn a_purge_marks_only_the_fetch_in_flight_as_superseded() {
+        let c: Coalescer<String, bool> = Coalescer::default();
+        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+        let (_, w) = c.join_or_start(&"k".to_owned(), |superseded| async move {
+            let _ = gate_rx.await;
+            superseded.is_set()
+        });
+        c.supersede("k");
+        c.supersede("other");
+        gate_tx.send(()).unwrap();
+        assert_eq!(w.wait().await, Ok(true));
+        let (_, w) = c.join_or_start(&"k".to_owned(), |superseded| async move { superseded.is_set() });
+        assert_eq!(w.wait().await, Ok(false));
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tracing::{Instrument, Span};
 
-pub use coalesce::{Abandoned, Coalescer, Role};
+pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, Lifetimes, now_ms};
 pub use memory::MemoryTier;
 pub use redis::{RedisSetupError, RedisTier};
@@ -301,12 +301,12 @@ impl ReadThrough {
     fn start_fetch(&self, key: &str) -> (Role, coalesce::Waiter<Result<Fetch, CacheError>>) {
         let key: Arc<str> = Arc::from(key);
         let parent = Span::current();
-        self.inner.inflight.join_or_start(&key, || {
+        self.inner.inflight.join_or_start(&key, |superseded| {
             let inner = self.inner.clone();
             let key = key.clone();
             let span = tracing::info_span!(target: TRACE_TARGET, parent: &parent, "origin.fetch",
                 otel.kind = "client", origin.outcome = tracing::field::Empty);
-            async move { inner.fetch(&key).await }.instrument(span)
+            async move { inner.fetch(&key, &superseded).await }.instrument(span)
         })
     }
 
@@ -316,6 +316,8 @@ impl ReadThrough {
     /// the caller should retry.
     pub async fn purge(&self, key: &str, soft: bool) -> Result<(), TierError> {
         let inner = &*self.inner;
+        // First, so a fetch that finishes while the tiers are purged does not store its value.
+        inner.inflight.supersede(key);
         let now = now_ms();
         let mut reached_all = Ok(());
         for tier in &inner.tiers {
@@ -347,6 +349,7 @@ impl ReadThrough {
         let (Some(memory), false) = (&self.inner.memory, instance == self.inner.instance) else {
             return;
         };
+        self.inner.inflight.supersede(key);
         let mode = match mode {
             "soft" => {
                 let _ = memory.mark_stale(key, now_ms()).await;
@@ -394,9 +397,9 @@ impl ReadThrough {
 impl Inner {
     /// The fetch task: with Redis, take the fleet lock or wait for the replica that holds it;
     /// then fetch from the origin and store in every tier.
-    async fn fetch(self: Arc<Self>, key: &str) -> Result<Fetch, CacheError> {
+    async fn fetch(self: Arc<Self>, key: &str, superseded: &Superseded) -> Result<Fetch, CacheError> {
         let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) else {
-            return self.fetch_from_origin(key).await;
+            return self.fetch_from_origin(key, superseded).await;
         };
         let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
         let deadline = tokio::time::Instant::now() + self.fleet.wait;
@@ -405,14 +408,16 @@ impl Inner {
                 Ok(true) => {
                     // Another replica may have stored it between our miss and our lock.
                     let result = match fresh_in(redis, key).await {
-                        Some(entry) => Ok(self.keep_fleet_value(key, entry).await),
-                        None => self.fetch_from_origin(key).await,
+                        Some(entry) => Ok(self.keep_fleet_value(key, entry, superseded).await),
+                        None => self.fetch_from_origin(key, superseded).await,
                     };
                     let _ = redis.unlock(key, &token).await;
                     return result;
                 }
                 Ok(false) => match self.wait_for_fleet(redis, key, deadline).await {
-                    FleetWait::Value(entry) => return Ok(self.keep_fleet_value(key, entry).await),
+                    FleetWait::Value(entry) => {
+                        return Ok(self.keep_fleet_value(key, entry, superseded).await);
+                    }
                     // The holder let go without a value (its fetch failed): compete again, so
                     // a failure does not turn every waiting replica loose on the origin.
                     FleetWait::Released => continue,
@@ -422,12 +427,12 @@ impl Inner {
                 Err(_) => break,
             }
         }
-        self.fetch_from_origin(key).await
+        self.fetch_from_origin(key, superseded).await
     }
 
     /// A value another replica fetched: kept in the memory tier too.
-    async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>) -> Fetch {
-        if let Some(memory) = &self.memory {
+    async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>, superseded: &Superseded) -> Fetch {
+        if let Some(memory) = self.memory.as_ref().filter(|_| !superseded.is_set()) {
             let _ = memory.put(key, entry.clone()).await;
         }
         Fetch {
@@ -458,7 +463,9 @@ impl Inner {
         FleetWait::TimedOut
     }
 
-    async fn fetch_from_origin(&self, key: &str) -> Result<Fetch, CacheError> {
+    /// Fetches from the origin and stores the entry in every tier, unless a purge overtook the
+    /// fetch (then the entry only answers the requests that were waiting for it).
+    async fn fetch_from_origin(&self, key: &str, superseded: &Superseded) -> Result<Fetch, CacheError> {
         let span = Span::current();
         let result = self.origin.fetch(key, telemetry::traceparent(&span)).await;
         let now = now_ms();
@@ -471,7 +478,8 @@ impl Inner {
             }
         };
         span.record("origin.outcome", if entry.negative { "not_found" } else { "ok" });
-        if !(entry.negative && self.life.negative_ttl.is_zero()) {
+        let remembered = !(entry.negative && self.life.negative_ttl.is_zero());
+        if remembered && !superseded.is_set() {
             for tier in &self.tiers {
                 let _ = tier.put(key, entry.clone()).await;
             }

@@ -485,3 +485,30 @@ async fn a_purge_that_cannot_reach_redis_says_so_with_503_and_still_purges_here(
     assert_eq!((code, status.as_str()), (200, "cache-layer; fwd=miss; stored"));
     assert_eq!(body["value"]["n"], 2);
 }
+
+#[tokio::test]
+async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_cache() {
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    let s = origin.service(&[("ADMIN_TOKEN", "t0ken")]).await;
+    let in_flight = {
+        let (c, url) = (client(), s.item_url("k"));
+        tokio::spawn(async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    eventually("the fetch to reach the origin", || async {
+        (origin.served().await == 1).then_some(())
+    })
+    .await;
+    let r = client()
+        .delete(s.item_url("k"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // The request that was waiting gets its answer...
+    assert_eq!(in_flight.await.unwrap()["value"]["n"], 1);
+    // ...but the value fetched before the purge was not stored.
+    let (_, status, body) = s.get("k").await;
+    assert_eq!(status, "cache-layer; fwd=miss; stored");
+    assert_eq!(body["value"]["n"], 2);
+}
