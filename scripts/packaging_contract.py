@@ -41,16 +41,17 @@ SEED_QUERIES = [
 ]
 # Every environment variable the service reads (README's configuration table). Keep in step
 # as settings are added: a name the packaging sets that is not here is reported as a typo.
-KNOWN_ENV = {
-    "LISTEN_ADDR", "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD",
-    "REDIS_CLUSTER", "REDIS_KEY_PREFIX", "REDIS_CONNECT_TIMEOUT_MS", "REDIS_RESPONSE_TIMEOUT_MS",
-    "CACHE_TTL_SECS", "REDIS_TTL", "CACHE_STALE_SECS", "CACHE_NEGATIVE_TTL_SECS",
-    "CACHE_TTL_JITTER_PERCENT", "MEMORY_CACHE_ENABLED", "MEMORY_CACHE_MAX_BYTES", "ORIGIN_URL",
-    "ORIGIN_LATENCY_MS", "ORIGIN_TIMEOUT_MS", "ORIGIN_MAX_CONCURRENCY", "ORIGIN_MAX_BODY_BYTES",
-    "ORIGIN_AUTHORIZATION", "ORIGIN_BREAKER_FAILURES", "ORIGIN_BREAKER_COOLDOWN_SECS",
-    "FLEET_LOCK_TTL_MS", "FLEET_LOCK_WAIT_MS", "ADMIN_TOKEN", "MAX_KEY_BYTES",
-    "REQUEST_TIMEOUT_SECS", "SHUTDOWN_DELAY_SECS", "SHUTDOWN_DRAIN_SECS", "LOG_FORMAT", "RUST_LOG",
-}
+def _service_env_names() -> set:
+    """The variables the service reads: the fields of `RawEnv` in src/config.rs, which envy maps
+    to upper-case names, so this list can never fall behind the code."""
+    source = (ROOT / "src" / "config.rs").read_text()
+    body = source.split("struct RawEnv {", 1)[1].split("}", 1)[0]
+    names = {m.group(1).upper() for m in re.finditer(r"^\s*(\w+): Option<String>,", body, re.M)}
+    assert names, "no RawEnv fields found in src/config.rs"
+    return names | {"RUST_LOG"}
+
+
+KNOWN_ENV = _service_env_names()
 # Set by the chart for the environment itself (downward API), not read by the service.
 HELPER_ENV = {"POD_NAME", "POD_NAMESPACE"}
 # Values given to fieldRef env vars when a rendered Deployment's env is resolved outside a cluster.
@@ -671,6 +672,14 @@ def check_compose_env_names() -> str:
     return f"{len(env)} variables"
 
 
+def check_readme_env_table() -> str:
+    """The README's configuration table is the contract: every variable the code reads is in it."""
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in KNOWN_ENV if f"`{name}`" not in readme)
+    assert not missing, f"README.md does not document: {missing}"
+    return f"{len(KNOWN_ENV)} variables documented"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--helm", help="helm binary (default: $HELM, .tools/, PATH)")
@@ -689,6 +698,7 @@ def main() -> int:
     c.run("contract: every values.yaml block has a comment", check_values_comments)
     c.run("contract: dashboard JSON, uid, datasource uid, seed queries, chart copy", check_dashboard)
     c.run("contract: dashboard PromQL parses (promtool check rules)", check_promql_syntax)
+    c.run("contract: README documents every variable src/config.rs reads", check_readme_env_table)
     if c.failed:
         print(f"contract: {len(c.failed)} check(s) failed")
         return 1

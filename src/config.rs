@@ -30,6 +30,9 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// Password applied to every URL that carries none (`REDIS_PASSWORD`).
     pub password: Option<String>,
+    /// PEM of the CA that signed the servers' certificates (`REDIS_TLS_CA_FILE`), for `rediss://`
+    /// servers with a private CA; `None` trusts the public web PKI roots.
+    pub tls_ca_pem: Option<Vec<u8>>,
     /// Namespace of keys, lock keys and the invalidation channel.
     pub key_prefix: String,
     /// How long one connection attempt may take.
@@ -114,6 +117,7 @@ struct RawEnv {
     redis_port: Option<String>,
     redis_db: Option<String>,
     redis_password: Option<String>,
+    redis_tls_ca_file: Option<String>,
     redis_cluster: Option<String>,
     redis_key_prefix: Option<String>,
     redis_connect_timeout_ms: Option<String>,
@@ -299,9 +303,32 @@ fn redis_config(raw: &RawEnv) -> Result<Option<RedisConfig>, ConfigError> {
         }
         (None, None) => return Ok(None),
     };
+    let tls_ca_pem = match &raw.redis_tls_ca_file {
+        None => None,
+        Some(path) => {
+            if !urls.iter().all(|u| u.starts_with("rediss://")) {
+                return Err(invalid(
+                    "REDIS_TLS_CA_FILE",
+                    path,
+                    "to be set only with rediss:// URLs in REDIS_URL",
+                ));
+            }
+            let pem = std::fs::read(path)
+                .ok()
+                .filter(|pem| pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"));
+            Some(pem.ok_or_else(|| {
+                invalid(
+                    "REDIS_TLS_CA_FILE",
+                    path,
+                    "a readable PEM file holding a CA certificate",
+                )
+            })?)
+        }
+    };
     Ok(Some(RedisConfig {
         urls,
         cluster,
+        tls_ca_pem,
         password: raw.redis_password.clone(),
         key_prefix: raw
             .redis_key_prefix

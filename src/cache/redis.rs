@@ -47,6 +47,8 @@ struct Shared {
     pubsub_infos: Vec<ConnectionInfo>,
     /// The next of `pubsub_infos` to try.
     next_pubsub: AtomicUsize,
+    /// `REDIS_TLS_CA_FILE`'s PEM, for the pub/sub connections too.
+    tls_ca_pem: Option<Vec<u8>>,
     /// Redis error counters.
     metrics: Arc<Metrics>,
 }
@@ -114,6 +116,20 @@ fn with_password(url: &str, password: Option<&str>) -> Result<ConnectionInfo, Re
     })
 }
 
+/// A client for one server, trusting `ca_pem` for `rediss://` when given.
+fn open_client(info: &ConnectionInfo, ca_pem: Option<&[u8]>) -> redis::RedisResult<Client> {
+    match ca_pem {
+        Some(pem) => Client::build_with_tls(
+            info.clone(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => Client::open(info.clone()),
+    }
+}
+
 impl RedisTier {
     /// Prepares the tier without connecting; call [`RedisTier::start`] to connect in the background.
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
@@ -122,8 +138,16 @@ impl RedisTier {
             .iter()
             .map(|u| with_password(u, config.password.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: config.tls_ca_pem.clone(),
+        };
         let conn = if config.cluster {
-            let client = ClusterClient::builder(infos.clone())
+            let mut builder = ClusterClient::builder(infos.clone());
+            if config.tls_ca_pem.is_some() {
+                builder = builder.certs(certs());
+            }
+            let client = builder
                 .connection_timeout(config.connect_timeout)
                 .response_timeout(config.response_timeout)
                 .build()
@@ -133,7 +157,8 @@ impl RedisTier {
                 cell: OnceCell::new(),
             }
         } else {
-            let client = Client::open(infos[0].clone()).map_err(|e| RedisSetupError(e.to_string()))?;
+            let client = open_client(&infos[0], config.tls_ca_pem.as_deref())
+                .map_err(|e| RedisSetupError(e.to_string()))?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(Some(config.response_timeout))
@@ -154,6 +179,7 @@ impl RedisTier {
                 up: AtomicBool::new(false),
                 pinged: AtomicBool::new(false),
                 pubsub_infos: infos.clone(),
+                tls_ca_pem: config.tls_ca_pem.clone(),
                 next_pubsub: AtomicUsize::new(0),
                 metrics,
             }),
@@ -320,7 +346,7 @@ impl RedisTier {
         let next = s.next_pubsub.fetch_add(1, Ordering::Relaxed);
         let info = &s.pubsub_infos[next % s.pubsub_infos.len()];
         let open = async {
-            let client = Client::open(info.clone())?;
+            let client = open_client(info, s.tls_ca_pem.as_deref())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&s.channel).await?;
             Ok::<_, redis::RedisError>(pubsub)

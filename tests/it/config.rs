@@ -37,6 +37,7 @@ fn bad_values_stop_start_up_with_one_line_naming_variable_value_and_expectation(
         ("MEMORY_CACHE_MAX_BYTES", "0", "at least 1"),
         ("MEMORY_CACHE_ENABLED", "maybe", "true or false"),
         ("RUST_LOG", "cache_layer=notalevel", "tracing filter"),
+        ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem", "readable PEM file"),
         ("FLEET_LOCK_TTL_MS", "100", "at least ORIGIN_TIMEOUT_MS"),
         (
             "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -46,6 +47,9 @@ fn bad_values_stop_start_up_with_one_line_naming_variable_value_and_expectation(
     ];
     for (var, value, expected) in cases {
         let mut env = vec![(*var, *value)];
+        if *var == "REDIS_TLS_CA_FILE" {
+            env.push(("REDIS_URL", "rediss://127.0.0.1:1"));
+        }
         if *var == "FLEET_LOCK_TTL_MS" {
             env.push(("REDIS_URL", "redis://127.0.0.1:1"));
         }

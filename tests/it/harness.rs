@@ -355,34 +355,76 @@ impl Redis {
         r
     }
 
-    /// A server that speaks TLS only, with a fresh self-signed certificate.
+    /// A server that speaks TLS only, with a certificate for 127.0.0.1 signed by a fresh test CA
+    /// (`ca_file`).
     pub async fn start_tls() -> Redis {
         let mut r = Self::start_with(&[]).await;
         r.stop();
-        let dir = r._dir.path();
-        let made = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl must be installed");
-        assert!(made.success());
+        let dir = r._dir.path().to_owned();
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let openssl = |args: &[&str]| {
+            let ok = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl must be installed");
+            assert!(ok.success(), "openssl {args:?}");
+        };
+        let ca = [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=cache-layer test CA",
+        ];
+        openssl(&[&ca[..], &["-keyout", "ca.key", "-out", "ca.pem"]].concat());
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ]);
         r.tls = true;
         r.spawn().await;
         r
+    }
+
+    /// The test CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> String {
+        self._dir.path().join("ca.pem").to_str().unwrap().to_owned()
     }
 
     async fn spawn(&mut self) {

@@ -95,3 +95,32 @@ async fn the_healthcheck_subcommand_reports_the_local_service() {
     assert!(!run(format!("127.0.0.1:{}", free_port())).success());
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test]
+async fn every_metric_the_service_exposes_is_in_the_readme() {
+    let s = Service::start(&[("ORIGIN_LATENCY_MS", "1")]).await;
+    // Histograms appear with their first observation.
+    assert_eq!(s.get("k").await.0, 200);
+    let text = client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|name| *name != "target_info")
+        .collect();
+    assert!(families.len() >= 15, "{families:?}");
+    for name in families {
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "README.md's metrics table lacks `{name}`"
+        );
+    }
+}

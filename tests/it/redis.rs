@@ -235,3 +235,24 @@ async fn rediss_urls_speak_tls() {
     client().get(s.item_url("over-tls")).send().await.unwrap();
     assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:over-tls"]), "1");
 }
+
+#[tokio::test]
+async fn rediss_verifies_the_server_against_redis_tls_ca_file() {
+    let redis = Redis::start_tls().await;
+    let verified = format!("rediss://127.0.0.1:{}", redis.port);
+    let ca = redis.ca_file();
+    let s = Service::start(&[
+        ("REDIS_URL", &verified),
+        ("REDIS_TLS_CA_FILE", &ca),
+        ("ORIGIN_LATENCY_MS", "1"),
+    ])
+    .await;
+    s.wait_redis_up().await;
+    client().get(s.item_url("verified")).send().await.unwrap();
+    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:verified"]), "1");
+    // Without the CA the server's certificate is not trusted: degraded, still answering.
+    let untrusted = Service::start(&[("REDIS_URL", &verified), ("ORIGIN_LATENCY_MS", "1")]).await;
+    assert_eq!(untrusted.get("other").await.0, 200);
+    let health = untrusted.json("/health").await;
+    assert_eq!(health["tiers"]["redis"], "down");
+}
