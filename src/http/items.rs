@@ -98,10 +98,11 @@ pub fn check_key(key: &str, max: usize) -> Result<(), AppError> {
 
 /// `/items/` and `/items`: a request without a key.
 pub async fn empty_key(State(state): State<Arc<AppState>>) -> Response {
+    let started = Instant::now();
     let response = AppError::BadKey("the key is empty".to_owned()).into_response();
     state
         .metrics
-        .request(Route::Items, response.status().as_u16(), Default::default());
+        .request(Route::Items, response.status().as_u16(), started.elapsed());
     response
 }
 

@@ -86,7 +86,7 @@ pub async fn not_found(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// A known path with another method.
-pub async fn method_not_allowed(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.request(Route::Unmatched, 405, Duration::ZERO);
+pub async fn method_not_allowed(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> Response {
+    state.metrics.count_request(Route::of_path(uri.path()), 405);
     AppError::MethodNotAllowed.into_response()
 }

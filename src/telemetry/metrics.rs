@@ -62,6 +62,19 @@ impl Route {
         Route::Unmatched,
     ];
 
+    /// The route a request path belongs to (for answers given outside the route's handler, such
+    /// as a 405).
+    pub fn of_path(path: &str) -> Route {
+        match path {
+            "/health" => Route::Health,
+            "/livez" => Route::Livez,
+            "/readyz" => Route::Readyz,
+            "/metrics" => Route::Metrics,
+            p if p == "/items" || p.starts_with("/items/") => Route::Items,
+            _ => Route::Unmatched,
+        }
+    }
+
     /// The `route` label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -242,6 +255,14 @@ impl Metrics {
 
     /// One HTTP request answered with `status`; `/items` requests also feed the latency histogram.
     pub fn request(&self, route: Route, status: u16, took: Duration) {
+        self.count_request(route, status);
+        if route == Route::Items {
+            self.request_latency.record(took.as_secs_f64(), &[]);
+        }
+    }
+
+    /// One HTTP request answered outside its route's handler (a 405): counted, not timed.
+    pub fn count_request(&self, route: Route, status: u16) {
         let class = match status {
             200..=299 => "2xx",
             300..=399 => "3xx",
@@ -255,9 +276,6 @@ impl Metrics {
                 KeyValue::new("status_class", class),
             ],
         );
-        if route == Route::Items {
-            self.request_latency.record(took.as_secs_f64(), &[]);
-        }
     }
 }
 

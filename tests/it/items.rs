@@ -108,6 +108,16 @@ async fn keys_are_percent_decoded_and_bad_keys_get_400_bad_key_json() {
     let r = c.post(s.item_url("foo")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "method_not_allowed");
+    // Counted by route: eight 400s and the 405 under /items/{key}, the unknown path as unmatched;
+    // the latency histogram holds the nine answered GETs, not the 405.
+    let items_4xx = "http_requests_total{route=\"/items/{key}\",status_class=\"4xx\"";
+    assert_eq!(s.metric(items_4xx).await, 9.0);
+    assert_eq!(
+        s.metric("http_requests_total{route=\"unmatched\",status_class=\"4xx\"")
+            .await,
+        1.0
+    );
+    assert_eq!(s.metric("request_latency_seconds_count").await, 9.0);
 }
 
 #[tokio::test]
