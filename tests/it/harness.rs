@@ -36,6 +36,11 @@ where
     }
 }
 
+/// `GET url` as JSON.
+pub async fn get_json(url: &str) -> Value {
+    client().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// A client without connection reuse surprises (fresh pool per test).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -116,21 +121,22 @@ impl Service {
             base: format!("http://{listen}"),
             port,
         };
-        let c = client();
-        let url = s.url("/livez");
-        eventually("the service to answer /livez", || {
-            let (c, url) = (c.clone(), url.clone());
-            async move {
-                c.get(&url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-                    .map(|_| ())
-            }
+        s.wait_status("/livez", 200).await;
+        s
+    }
+
+    /// Polls `GET path` until it answers `status`.
+    pub async fn wait_status(&self, path: &str, status: u16) {
+        let (c, url) = (client(), self.url(path));
+        eventually(&format!("{path} to answer {status}"), || async {
+            c.get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == status)
+                .map(|_| ())
         })
         .await;
-        s
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -160,14 +166,7 @@ impl Service {
 
     /// `GET path` as JSON.
     pub async fn json(&self, path: &str) -> Value {
-        client()
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&self.url(path)).await
     }
 
     /// `GET /items/{key}`: status, `Cache-Status` (empty when absent) and the JSON body
@@ -292,14 +291,7 @@ impl Origin {
     }
 
     pub async fn stats(&self) -> Value {
-        client()
-            .get(format!("{}/_stub/stats", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("{}/_stub/stats", self.base)).await
     }
 
     /// Data requests the stub has answered.

@@ -44,19 +44,7 @@ async fn sigterm_fails_readyz_then_drains_the_request_in_flight_and_exits_0() {
     })
     .await;
     s.terminate();
-    let readyz = s.url("/readyz");
-    eventually("/readyz to fail", || {
-        let (c, url) = (c.clone(), readyz.clone());
-        async move {
-            c.get(url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 503)
-                .map(|_| ())
-        }
-    })
-    .await;
+    s.wait_status("/readyz", 503).await;
     let r = slow.await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["source"], "origin");
