@@ -151,16 +151,21 @@ impl Service {
         self.child.id()
     }
 
-    /// The value of one sample of `/metrics`, e.g. `cache_hits_total{tier="memory"`.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = client()
+    /// The `/metrics` exposition.
+    pub async fn metrics_text(&self) -> String {
+        client()
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `cache_hits_total{tier="memory"`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
         metric_value(&text, series).unwrap_or_else(|| panic!("no series {series} in /metrics"))
     }
 

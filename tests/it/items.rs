@@ -39,7 +39,6 @@ async fn first_request_fetches_and_second_is_a_memory_hit_with_the_seed_contract
 #[tokio::test]
 async fn the_seed_load_test_pattern_gives_39_hits_and_11_misses() {
     let s = Service::start(&[("ORIGIN_LATENCY_MS", "5")]).await;
-    let c = client();
     let (mut hits, mut misses) = (0, 0);
     for i in 0..50 {
         let key = if i < 35 {
@@ -47,14 +46,7 @@ async fn the_seed_load_test_pattern_gives_39_hits_and_11_misses() {
         } else {
             format!("k{}", i % 10)
         };
-        let body: Value = c
-            .get(s.item_url(&key))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = s.get(&key).await.2;
         match body["source"].as_str().unwrap() {
             "cache" => hits += 1,
             _ => misses += 1,
@@ -70,14 +62,7 @@ async fn the_seed_load_test_pattern_gives_39_hits_and_11_misses() {
 async fn keys_are_percent_decoded_and_bad_keys_get_400_bad_key_json() {
     let s = Service::start(&[("ORIGIN_LATENCY_MS", "1"), ("MAX_KEY_BYTES", "16")]).await;
     let c = client();
-    let body: Value = c
-        .get(s.item_url("a%2Fb%20%C3%A9"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = s.get("a%2Fb%20%C3%A9").await.2;
     assert_eq!(body["key"], "a/b é");
     assert_eq!(body["value"], "value_for_a/b é");
     for bad in ["", "a%0Ab", "%FF%FE", "x%00", "12345678901234567"] {

@@ -89,14 +89,7 @@ async fn every_metric_the_service_exposes_is_in_the_readme() {
     let s = Service::start(&[("ORIGIN_LATENCY_MS", "1")]).await;
     // Histograms appear with their first observation.
     assert_eq!(s.get("k").await.0, 200);
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let families: Vec<&str> = text
         .lines()
