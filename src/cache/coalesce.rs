@@ -82,6 +82,7 @@ where
     T: Clone + Send + Sync + 'static,
 {
     /// Whether a fetch for `key` is in flight.
+    #[cfg(test)]
     pub fn in_flight<Q>(&self, key: &Q) -> bool
     where
         K: std::borrow::Borrow<Q>,

@@ -71,11 +71,6 @@ impl MemoryTier {
     pub fn clear(&self) {
         self.map.invalidate_all();
     }
-
-    /// The entry for `key`, without the `async` wrapper (the hit path).
-    pub fn lookup(&self, key: &str) -> Option<Arc<Entry>> {
-        self.map.get(key)
-    }
 }
 
 impl Tier for MemoryTier {
@@ -84,7 +79,7 @@ impl Tier for MemoryTier {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
-        Ok(self.lookup(key))
+        Ok(self.map.get(key))
     }
 
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {

@@ -24,10 +24,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-pub use metrics::{
-    COALESCE_SCOPES, EVICTION_CAUSES, HIT_TIERS, INVALIDATION_MODES, INVALIDATION_SOURCES, LATENCY_BUCKETS,
-    Metrics, ORIGIN_OUTCOMES, REDIS_OPERATIONS, Route, STALE_REASONS, STATUS_CLASSES, observe_gauge,
-};
+pub use metrics::{Metrics, Route, observe_gauge};
 
 /// The target of the request, tier and origin spans. Only the OpenTelemetry layer listens to it,
 /// so without an OTLP endpoint those spans are disabled at their call site and cost nothing.
