@@ -169,27 +169,3 @@ async fn a_failed_fetch_is_not_cached_and_does_not_wedge_the_key() {
     assert_eq!(r.json::<Value>().await.unwrap()["source"], "origin");
     assert_eq!(origin.served().await, 2);
 }
-
-#[tokio::test]
-async fn the_load_test_binary_reproduces_the_seeds_summary() {
-    let s = Service::start(&[("ORIGIN_LATENCY_MS", "5")]).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_load-test"))
-        .args(["--url", &s.base])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.lines().filter(|l| l.starts_with('[')).count(), 50);
-    assert!(text.contains("[1/50] key=foo  | ORIGIN |"), "{text}");
-    assert!(text.contains("[2/50] key=foo  | CACHE  |"), "{text}");
-    for line in [
-        "Total requests:   50",
-        "Cache hits:       39",
-        "Cache misses:     11",
-        "Errors:           0",
-        "Cache-hit rate:   78.00%",
-    ] {
-        assert!(text.contains(line), "missing {line:?} in\n{text}");
-    }
-}

@@ -3,6 +3,7 @@
 mod config;
 mod harness;
 mod items;
+mod loadtest;
 mod observability;
 mod ops;
 mod origin;
