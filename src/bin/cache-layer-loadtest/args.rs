@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use http::HeaderValue;
 
 use crate::workload::{Pattern, Workload};
 
@@ -31,6 +30,10 @@ pub struct Args {
     /// Connections, each with one request in flight.
     #[arg(long, short = 'c', default_value_t = 1)]
     pub concurrency: u32,
+    /// Threads sending requests (each owns a share of the connections). Default: the cores
+    /// this process may run on.
+    #[arg(long)]
+    pub threads: Option<u32>,
     /// Target requests per second over all connections, sent on schedule whether or not
     /// earlier answers are back (open loop). Latency counts from the scheduled time, so a
     /// stall is not hidden (no coordinated omission). Without it each connection sends its
@@ -84,10 +87,12 @@ pub struct Plan {
     /// The base URL as given, without a trailing slash.
     pub url: String,
     pub addr: SocketAddr,
-    pub host: HeaderValue,
+    /// The `Host` header.
+    pub host: String,
     pub requests: Option<u64>,
     pub duration: Duration,
     pub concurrency: u32,
+    pub threads: u32,
     pub rate: Option<f64>,
     pub pattern: Pattern,
     pub workload: Workload,
@@ -125,6 +130,11 @@ impl Args {
         };
         if !(1..=10_000).contains(&self.concurrency) {
             return Err(format!("--concurrency {}: expected 1 to 10000", self.concurrency));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let threads = self.threads.unwrap_or(cores);
+        if !(1..=256).contains(&threads) {
+            return Err(format!("--threads {threads}: expected 1 to 256"));
         }
         if let Some(r) = self.rate
             && !(r > 0.0 && r <= 10_000_000.0)
@@ -180,10 +190,11 @@ impl Args {
         Ok(Plan {
             url: self.url.trim_end_matches('/').to_owned(),
             addr,
-            host: HeaderValue::try_from(authority).map_err(|e| format!("--url: {e}"))?,
+            host: authority,
             requests,
             duration,
             concurrency: self.concurrency,
+            threads,
             rate: self.rate,
             pattern: self.pattern,
             workload,

@@ -1,14 +1,13 @@
-//! One HTTP/1.1 keep-alive connection per worker, like `wrk`: no pool, no lock, reconnected
-//! after an error. Answers are classified as hit, miss or error from what the server says.
+//! One HTTP/1.1 keep-alive connection per worker, written straight to the socket like `wrk`'s:
+//! the request bytes and the read buffer are reused, responses are parsed in place with
+//! `httparse`, and nothing is shared between connections. An answer is classified as a hit, a
+//! miss or a failure from what the server says.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Where a hit was served from, as the server's headers or body say.
@@ -64,6 +63,8 @@ pub enum Failure {
     Timeout,
     /// The connection broke mid-request.
     Io,
+    /// The answer was not HTTP/1.x as this client reads it.
+    Protocol,
     /// A status other than 2xx or 404, with the `error` field of a JSON body when there is one.
     Status(u16, Option<String>),
 }
@@ -74,28 +75,65 @@ impl std::fmt::Display for Failure {
             Failure::Connect => f.write_str("connect"),
             Failure::Timeout => f.write_str("timeout"),
             Failure::Io => f.write_str("connection broken"),
+            Failure::Protocol => f.write_str("malformed response"),
             Failure::Status(code, Some(error)) => write!(f, "{code} {error}"),
             Failure::Status(code, None) => write!(f, "{code}"),
         }
     }
 }
 
+/// How the end of a body is found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Length {
+    Fixed(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// A response head, with header values as ranges of the read buffer.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    len: usize,
+    length: Length,
+    close: bool,
+    cache_status: Option<Range<usize>>,
+    x_cache: Option<Range<usize>>,
+    x_varnish: Option<Range<usize>>,
+}
+
 /// One keep-alive connection to the target.
 pub struct Conn {
     addr: SocketAddr,
-    host: HeaderValue,
+    host: String,
     timeout: Duration,
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    stream: Option<TcpStream>,
+    /// The request being sent; reused.
+    request: Vec<u8>,
+    /// What has been read of the current response; reused.
+    buf: Vec<u8>,
+    /// A chunked body, de-chunked; reused.
+    chunked: Vec<u8>,
+}
+
+/// Where the current response's body is.
+enum Body {
+    InBuf(Range<usize>),
+    Chunked,
 }
 
 impl Conn {
-    /// A connection to `addr`, opened on first use (or by [`Conn::connect`]).
-    pub fn new(addr: SocketAddr, host: HeaderValue, timeout: Duration) -> Self {
+    /// A connection to `addr` (whose `Host` is `host`), opened on first use or by
+    /// [`Conn::connect`].
+    pub fn new(addr: SocketAddr, host: String, timeout: Duration) -> Self {
         Conn {
             addr,
             host,
             timeout,
-            sender: None,
+            stream: None,
+            request: Vec::with_capacity(256),
+            buf: Vec::with_capacity(8192),
+            chunked: Vec::new(),
         }
     }
 
@@ -106,68 +144,240 @@ impl Conn {
             .map_err(|_| Failure::Timeout)?
             .map_err(|_| Failure::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Failure::Connect)?;
-        tokio::spawn(connection);
-        self.sender = Some(sender);
+        self.stream = Some(stream);
         Ok(())
     }
 
-    /// `GET path`: the status, the headers and the whole body.
-    pub async fn get(&mut self, path: &str) -> Result<(StatusCode, HeaderMap, Bytes), Failure> {
-        let result = tokio::time::timeout(self.timeout, self.exchange(path))
-            .await
-            .unwrap_or(Err(Failure::Timeout));
-        if result.is_err() {
-            // The connection may be mid-answer or closed: start afresh next time.
-            self.sender = None;
-        }
-        result
+    /// `GET path`, judged: a hit, a miss, or why it failed.
+    pub async fn get(&mut self, path: &str) -> Result<Served, Failure> {
+        let (status, head, body) = self.fetch(path).await?;
+        let header =
+            |r: &Option<Range<usize>>| r.clone().and_then(|r| std::str::from_utf8(&self.buf[r]).ok());
+        let headers = Headers {
+            cache_status: header(&head.cache_status),
+            x_cache: header(&head.x_cache),
+            x_varnish: header(&head.x_varnish),
+        };
+        judge(status, &headers, self.body(&body))
     }
 
-    async fn exchange(&mut self, path: &str) -> Result<(StatusCode, HeaderMap, Bytes), Failure> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+    /// `GET path`: the status and the body.
+    pub async fn get_body(&mut self, path: &str) -> Result<(u16, &[u8]), Failure> {
+        let (status, _, body) = self.fetch(path).await?;
+        Ok((status, self.body(&body)))
+    }
+
+    fn body(&self, body: &Body) -> &[u8] {
+        match body {
+            Body::InBuf(r) => &self.buf[r.clone()],
+            Body::Chunked => &self.chunked,
+        }
+    }
+
+    /// One exchange under the timeout. A kept-alive connection that the server closed while
+    /// idle is reopened once.
+    async fn fetch(&mut self, path: &str) -> Result<(u16, Head, Body), Failure> {
+        let timeout = self.timeout;
+        let result = tokio::time::timeout(timeout, async {
+            let reused = self.stream.is_some();
+            match self.exchange(path).await {
+                Err(Failure::Io) if reused && self.buf.is_empty() => {
+                    self.stream = None;
+                    self.exchange(path).await
+                }
+                other => other,
+            }
+        })
+        .await
+        .unwrap_or(Err(Failure::Timeout));
+        match result {
+            Ok((status, head, body)) => {
+                if head.close {
+                    self.stream = None;
+                }
+                Ok((status, head, body))
+            }
+            Err(e) => {
+                // The connection may be mid-answer: start afresh next time.
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn exchange(&mut self, path: &str) -> Result<(u16, Head, Body), Failure> {
+        if self.stream.is_none() {
             self.connect().await?;
         }
-        let sender = self.sender.as_mut().ok_or(Failure::Connect)?;
-        sender.ready().await.map_err(|_| Failure::Io)?;
-        let request = Request::get(path)
-            .header(header::HOST, self.host.clone())
-            .body(Empty::new())
-            .map_err(|_| Failure::Io)?;
-        let response = sender.send_request(request).await.map_err(|_| Failure::Io)?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|_| Failure::Io)?.to_bytes();
-        Ok((parts.status, parts.headers, body))
+        let Conn {
+            stream,
+            request,
+            buf,
+            chunked,
+            host,
+            ..
+        } = self;
+        let stream = stream.as_mut().ok_or(Failure::Connect)?;
+        request.clear();
+        request.extend_from_slice(b"GET ");
+        request.extend_from_slice(path.as_bytes());
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        request.extend_from_slice(host.as_bytes());
+        request.extend_from_slice(b"\r\nUser-Agent: cache-layer-loadtest\r\n\r\n");
+        buf.clear();
+        stream.write_all(request).await.map_err(|_| Failure::Io)?;
+        let head = loop {
+            if let Some(head) = parse_head(buf)? {
+                break head;
+            }
+            if fill(stream, buf).await? == 0 {
+                return Err(Failure::Io);
+            }
+        };
+        let body = match head.length {
+            Length::Fixed(n) => {
+                while buf.len() < head.len + n {
+                    if fill(stream, buf).await? == 0 {
+                        return Err(Failure::Io);
+                    }
+                }
+                Body::InBuf(head.len..head.len + n)
+            }
+            Length::UntilClose => {
+                while fill(stream, buf).await? > 0 {}
+                Body::InBuf(head.len..buf.len())
+            }
+            Length::Chunked => {
+                chunked.clear();
+                let mut at = head.len;
+                loop {
+                    match dechunk(&buf[at..], chunked)? {
+                        Some((_, true)) => break,
+                        Some((used, false)) => at += used,
+                        None => {
+                            if fill(stream, buf).await? == 0 {
+                                return Err(Failure::Io);
+                            }
+                        }
+                    }
+                }
+                Body::Chunked
+            }
+        };
+        let close = head.close || head.length == Length::UntilClose;
+        Ok((head.status, Head { close, ..head }, body))
     }
 }
 
+/// Reads what is there (at least one byte, or 0 at end of stream) onto the end of `buf`.
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
+    buf.reserve(8192);
+    stream.read_buf(buf).await.map_err(|_| Failure::Io)
+}
+
+/// The head, once `buf` holds all of it.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Failure::Protocol),
+    };
+    let status = response.code.ok_or(Failure::Protocol)?;
+    let at = |value: &[u8]| {
+        let start = value.as_ptr() as usize - buf.as_ptr() as usize;
+        Some(start..start + value.len())
+    };
+    let mut head = Head {
+        status,
+        len,
+        length: Length::UntilClose,
+        close: response.version == Some(0),
+        cache_status: None,
+        x_cache: None,
+        x_varnish: None,
+    };
+    for h in response.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("");
+        match h.name.to_ascii_lowercase().as_str() {
+            "content-length" if head.length != Length::Chunked => {
+                head.length = Length::Fixed(value.trim().parse().map_err(|_| Failure::Protocol)?);
+            }
+            "transfer-encoding" if value.to_ascii_lowercase().contains("chunked") => {
+                head.length = Length::Chunked;
+            }
+            "connection" => {
+                if value.eq_ignore_ascii_case("close") {
+                    head.close = true;
+                } else if value.eq_ignore_ascii_case("keep-alive") {
+                    head.close = false;
+                }
+            }
+            "cache-status" => head.cache_status = at(h.value),
+            "x-cache" => head.x_cache = at(h.value),
+            "x-varnish" => head.x_varnish = at(h.value),
+            _ => {}
+        }
+    }
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        head.length = Length::Fixed(0);
+    }
+    Ok(Some(head))
+}
+
+/// Takes one chunk off the front of `data` into `out`: `Some((bytes used, last chunk))`, or
+/// `None` when more must be read first. Trailers are not supported.
+fn dechunk(data: &[u8], out: &mut Vec<u8>) -> Result<Option<(usize, bool)>, Failure> {
+    let (line, size) = match httparse::parse_chunk_size(data) {
+        Ok(httparse::Status::Complete(found)) => found,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Failure::Protocol),
+    };
+    let size = usize::try_from(size).map_err(|_| Failure::Protocol)?;
+    let end = line + size + 2;
+    if data.len() < end {
+        return Ok(None);
+    }
+    if &data[line + size..end] != b"\r\n" {
+        return Err(Failure::Protocol);
+    }
+    out.extend_from_slice(&data[line..line + size]);
+    Ok(Some((end, size == 0)))
+}
+
+/// The response headers the classification reads.
+#[derive(Default)]
+pub struct Headers<'a> {
+    pub cache_status: Option<&'a str>,
+    pub x_cache: Option<&'a str>,
+    pub x_varnish: Option<&'a str>,
+}
+
 /// Turns an answer into a hit, a miss or a failure.
-pub fn judge(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Result<Served, Failure> {
-    if status.is_success() || status == StatusCode::NOT_FOUND {
+pub fn judge(status: u16, headers: &Headers, body: &[u8]) -> Result<Served, Failure> {
+    if (200..300).contains(&status) || status == 404 {
         return Ok(classify(headers, body));
     }
     let error = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
-    Err(Failure::Status(status.as_u16(), error))
+    Err(Failure::Status(status, error))
 }
 
 /// Reads, in order: `Cache-Status` (RFC 9211, cache-layer's and nginx's `$upstream_cache_status`),
 /// `X-Cache`, Varnish's `X-Varnish` (two ids on a hit), then the seed's JSON `source`.
-pub fn classify(headers: &HeaderMap, body: &[u8]) -> Served {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if let Some(status) = text("cache-status").and_then(cache_status) {
+pub fn classify(headers: &Headers, body: &[u8]) -> Served {
+    if let Some(status) = headers.cache_status.and_then(cache_status) {
         return status;
     }
-    if let Some(x) = text("x-cache") {
+    if let Some(x) = headers.x_cache {
         return match x.get(..3) {
             Some(s) if s.eq_ignore_ascii_case("hit") => Served::Hit(HitKind::Other),
             _ => Served::Miss,
         };
     }
-    if let Some(ids) = text("x-varnish") {
+    if let Some(ids) = headers.x_varnish {
         return if ids.split_whitespace().count() >= 2 {
             Served::Hit(HitKind::Other)
         } else {
@@ -217,11 +427,11 @@ fn cache_status(value: &str) -> Option<Served> {
 /// Origin fetches the target has made so far, from its `/metrics` (`origin_requests_total`,
 /// every outcome but `rejected`), or `None` when it exposes no such counter.
 pub async fn origin_fetches(conn: &mut Conn) -> Option<u64> {
-    let (status, _, body) = conn.get("/metrics").await.ok()?;
-    if !status.is_success() {
+    let (status, body) = conn.get_body("/metrics").await.ok()?;
+    if status != 200 {
         return None;
     }
-    let text = std::str::from_utf8(&body).ok()?;
+    let text = std::str::from_utf8(body).ok()?;
     let mut found = false;
     let mut total = 0.0;
     for line in text.lines() {
@@ -237,9 +447,14 @@ pub async fn origin_fetches(conn: &mut Conn) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn with(name: &'static str, value: &'static str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(name, HeaderValue::from_static(value));
+    fn with(name: &str, value: &'static str) -> Headers<'static> {
+        let mut h = Headers::default();
+        match name {
+            "cache-status" => h.cache_status = Some(value),
+            "x-cache" => h.x_cache = Some(value),
+            "x-varnish" => h.x_varnish = Some(value),
+            _ => unreachable!(),
+        }
         h
     }
 
@@ -281,7 +496,7 @@ mod tests {
         assert_eq!(c("x-cache", "MISS"), Served::Miss);
         assert_eq!(c("x-varnish", "32770 5"), Served::Hit(HitKind::Other));
         assert_eq!(c("x-varnish", "32770"), Served::Miss);
-        let none = HeaderMap::new();
+        let none = Headers::default();
         assert_eq!(
             classify(&none, br#"{"key":"a","value":1,"source":"cache"}"#),
             Served::Hit(HitKind::Other)
@@ -292,22 +507,45 @@ mod tests {
 
     #[test]
     fn failures_carry_the_status_and_error_code() {
-        let none = HeaderMap::new();
+        let none = Headers::default();
         let body = br#"{"error":"origin_unavailable","message":"x"}"#;
         assert_eq!(
-            judge(StatusCode::SERVICE_UNAVAILABLE, &none, body),
+            judge(503, &none, body),
             Err(Failure::Status(503, Some("origin_unavailable".into())))
         );
-        assert_eq!(
-            judge(StatusCode::BAD_GATEWAY, &none, b"oops")
-                .unwrap_err()
-                .to_string(),
-            "502"
-        );
+        assert_eq!(judge(502, &none, b"oops").unwrap_err().to_string(), "502");
         let negative = with("cache-status", "cache-layer; hit; detail=negative");
+        assert_eq!(judge(404, &negative, b""), Ok(Served::Hit(HitKind::Negative)));
+    }
+
+    #[test]
+    fn heads_are_parsed_in_place() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Status: HIT\r\n\r\n{}";
+        let head = parse_head(raw).unwrap().unwrap();
         assert_eq!(
-            judge(StatusCode::NOT_FOUND, &negative, b""),
-            Ok(Served::Hit(HitKind::Negative))
+            (head.status, head.length, head.close),
+            (200, Length::Fixed(2), false)
         );
+        assert_eq!(&raw[head.cache_status.unwrap()], b"HIT");
+        assert_eq!(&raw[head.len..], b"{}");
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+        assert_eq!(parse_head(b"SSH-2.0-x\r\n\r\n").unwrap_err(), Failure::Protocol);
+        let close = parse_head(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!((close.length, close.close), (Length::UntilClose, true));
+        let chunked = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunked.length, Length::Chunked);
+    }
+
+    #[test]
+    fn chunked_bodies_are_reassembled() {
+        let mut out = Vec::new();
+        let data = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(dechunk(data, &mut out), Ok(Some((8, false))));
+        assert_eq!(dechunk(&data[8..], &mut out), Ok(Some((7, false))));
+        assert_eq!(dechunk(&data[15..], &mut out), Ok(Some((5, true))));
+        assert_eq!(out, b"abcde");
+        assert_eq!(dechunk(b"3\r\nab", &mut out), Ok(None));
     }
 }

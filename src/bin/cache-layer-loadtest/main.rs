@@ -29,51 +29,52 @@ use crate::stats::RunFacts;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // This thread's runtime resolves the target and reads its /metrics; the load itself runs on
+    // the threads of `run::run_phases`.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cache-layer-loadtest: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        match args.plan().await {
-            Ok(plan) => load_test(plan).await,
-            Err(problem) => {
-                eprintln!("cache-layer-loadtest: {problem}");
-                ExitCode::from(2)
-            }
+    match runtime.block_on(args.plan()) {
+        Ok(plan) => load_test(&plan, &runtime),
+        Err(problem) => {
+            eprintln!("cache-layer-loadtest: {problem}");
+            ExitCode::from(2)
         }
-    })
+    }
 }
 
-async fn load_test(plan: Plan) -> ExitCode {
-    let mut conns = run::connect_all(&plan, plan.concurrency).await;
-    let mut warmup_requests = 0;
+fn load_test(plan: &Plan, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let mut phases = Vec::new();
     if let Some(duration) = plan.warmup {
-        let warmup = Phase {
+        phases.push(Phase {
             requests: None,
             duration,
             per_request: false,
             progress: plan.progress,
-        };
-        let (reused, stats, _) = run::run(&plan, warmup, conns, plan.seed ^ 0x5eed).await;
-        warmup_requests = stats.requests();
-        conns = reused;
+        });
     }
-    let mut metrics = Conn::new(plan.addr, plan.host.clone(), plan.timeout);
-    let before = client::origin_fetches(&mut metrics).await;
-    let measured = Phase {
+    let measured = phases.len();
+    phases.push(Phase {
         requests: plan.requests,
         duration: plan.duration,
         per_request: plan.per_request,
         progress: plan.progress,
-    };
-    let (_, stats, elapsed) = run::run(&plan, measured, conns, plan.seed).await;
-    let after = match before {
-        Some(_) => client::origin_fetches(&mut metrics).await,
-        None => None,
-    };
+    });
+    let mut metrics = Conn::new(plan.addr, plan.host.clone(), plan.timeout);
+    let (mut before, mut after) = (None, None);
+    let mut results = run::run_phases(plan, &phases, |at| {
+        if at == measured {
+            before = runtime.block_on(client::origin_fetches(&mut metrics));
+        } else if at == phases.len() && before.is_some() {
+            after = runtime.block_on(client::origin_fetches(&mut metrics));
+        }
+    });
+    let (stats, elapsed) = results.pop().expect("the measured phase ran");
+    let warmup_requests = results.first().map_or(0, |(w, _)| w.requests());
     let report = stats.report(RunFacts {
         url: plan.url.clone(),
         pattern: plan.pattern.as_str(),

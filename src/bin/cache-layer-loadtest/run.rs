@@ -1,8 +1,10 @@
-//! The request loop: `concurrency` workers, each with its own connection and tally, claiming
-//! request numbers from one counter until the request count or the deadline is reached.
+//! The request loop. Like `wrk`: a few OS threads, each running a single-threaded runtime that
+//! owns its share of the connections; each connection is a task with its own tally. They claim
+//! request numbers from one shared counter until the request count or the deadline is reached,
+//! and the tallies are merged when a phase ends, so the hot loop shares no lock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -11,8 +13,9 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
 use crate::args::Plan;
-use crate::client::{Conn, Served, judge};
+use crate::client::{Conn, Failure, Served};
 use crate::stats::Stats;
+use crate::workload::Workload;
 
 /// One phase of a run (the warm-up or the measured part).
 #[derive(Clone, Copy)]
@@ -27,64 +30,147 @@ pub struct Phase {
     pub progress: bool,
 }
 
-/// Runs one phase on the given connections and returns them with the merged tally and how
-/// long it took. Every connection is opened before the clock starts.
-pub async fn run(plan: &Plan, phase: Phase, conns: Vec<Conn>, seed: u64) -> (Vec<Conn>, Stats, Duration) {
-    let next = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + phase.duration;
-    let bar = phase.progress.then(|| progress_bar(phase, done.clone(), start));
-    let workers: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(n, conn)| {
-            let worker = Worker {
-                conn,
-                workload: plan.workload.clone(),
-                rng: SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(n as u64)),
-                next: next.clone(),
-                done: done.clone(),
-                stats: Stats::default(),
-            };
-            tokio::spawn(worker.work(phase, plan.rate, start, deadline))
-        })
-        .collect();
-    let mut total = Stats::default();
-    let mut conns = Vec::with_capacity(workers.len());
-    for handle in workers {
-        let (conn, stats) = handle.await.expect("a load-test worker panicked");
-        total.merge(stats);
-        conns.push(conn);
-    }
-    let elapsed = start.elapsed();
-    if let Some((bar, ticker)) = bar {
-        ticker.abort();
-        bar.finish_and_clear();
-    }
-    (conns, total, elapsed)
+/// State the threads share during a phase.
+struct Shared {
+    /// The next request number to claim.
+    next: AtomicU64,
+    /// Requests answered, for the progress bar.
+    done: AtomicU64,
+    /// When the current phase started.
+    start: Mutex<Instant>,
 }
 
-/// Opens `n` connections to the target; one that fails to open is retried on first use.
-pub async fn connect_all(plan: &Plan, n: u32) -> Vec<Conn> {
-    let mut conns = Vec::with_capacity(n as usize);
-    for _ in 0..n {
+/// Runs `phases` in order on `plan.threads` threads. Every connection is opened before the
+/// first phase starts. `hook(i)` runs on the calling thread while no request is in flight:
+/// before phase `i` starts, and with `i == phases.len()` after the last ends. Returns each
+/// phase's merged tally and how long it took.
+pub fn run_phases(plan: &Plan, phases: &[Phase], mut hook: impl FnMut(usize)) -> Vec<(Stats, Duration)> {
+    let threads = plan.threads.min(plan.concurrency) as usize;
+    let shared = Arc::new(Shared {
+        next: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        start: Mutex::new(Instant::now()),
+    });
+    let ready = Barrier::new(threads + 1);
+    let go = Barrier::new(threads + 1);
+    let (results_tx, results) = mpsc::channel::<Stats>();
+    std::thread::scope(|scope| {
+        let mut first_conn = 0;
+        for t in 0..threads {
+            let share =
+                plan.concurrency as usize / threads + usize::from(t < plan.concurrency as usize % threads);
+            let (shared, ready, go, tx) = (&shared, &ready, &go, results_tx.clone());
+            let ids = first_conn..first_conn + share;
+            first_conn += share;
+            scope.spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a single-threaded tokio runtime");
+                let mut conns = runtime.block_on(connect_all(plan, ids));
+                for (p, phase) in phases.iter().enumerate() {
+                    ready.wait();
+                    go.wait();
+                    let start = *shared.start.lock().unwrap();
+                    let (back, stats) =
+                        runtime.block_on(run_phase(plan, *phase, conns, shared, start, p as u64));
+                    conns = back;
+                    let _ = tx.send(stats);
+                }
+                ready.wait();
+            });
+        }
+        let mut done = Vec::with_capacity(phases.len());
+        for (p, phase) in phases.iter().enumerate() {
+            ready.wait();
+            hook(p);
+            shared.next.store(0, Ordering::Relaxed);
+            shared.done.store(0, Ordering::Relaxed);
+            let start = Instant::now();
+            *shared.start.lock().unwrap() = start;
+            let bar = phase.progress.then(|| progress_bar(phase));
+            go.wait();
+            let mut total = Stats::default();
+            let mut received = 0;
+            while received < threads {
+                match results.recv_timeout(Duration::from_millis(100)) {
+                    Ok(stats) => {
+                        total.merge(stats);
+                        received += 1;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if let Some(bar) = &bar {
+                    show_progress(bar, phase, &shared, start);
+                }
+            }
+            done.push((total, start.elapsed()));
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        }
+        ready.wait();
+        hook(phases.len());
+        done
+    })
+}
+
+/// Opens the connections numbered `ids`; one that fails to open is retried on first use.
+async fn connect_all(plan: &Plan, ids: std::ops::Range<usize>) -> Vec<(usize, Conn)> {
+    let mut conns = Vec::with_capacity(ids.len());
+    for id in ids {
         let mut conn = Conn::new(plan.addr, plan.host.clone(), plan.timeout);
         let _ = conn.connect().await;
-        conns.push(conn);
+        conns.push((id, conn));
     }
     conns
 }
 
+/// One thread's part of a phase: a task per connection.
+async fn run_phase(
+    plan: &Plan,
+    phase: Phase,
+    conns: Vec<(usize, Conn)>,
+    shared: &Arc<Shared>,
+    start: Instant,
+    phase_no: u64,
+) -> (Vec<(usize, Conn)>, Stats) {
+    let deadline = start + phase.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, conn) in conns {
+        let worker = Worker {
+            id,
+            conn,
+            workload: plan.workload.clone(),
+            rng: SmallRng::seed_from_u64(
+                (plan.seed ^ phase_no.wrapping_mul(0x9e37_79b9))
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(id as u64),
+            ),
+            shared: shared.clone(),
+            stats: Stats::default(),
+        };
+        tasks.spawn(worker.work(phase, plan.rate, start, deadline));
+    }
+    let mut back = Vec::new();
+    let mut total = Stats::default();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, conn, stats) = joined.expect("a load-test connection task panicked");
+        total.merge(stats);
+        back.push((id, conn));
+    }
+    (back, total)
+}
+
 /// One connection's loop.
 struct Worker {
+    /// The connection's number, which seeds its key sampler.
+    id: usize,
     conn: Conn,
-    workload: crate::workload::Workload,
+    workload: Workload,
     rng: SmallRng,
-    /// The next request number to claim, shared by all workers.
-    next: Arc<AtomicU64>,
-    /// Requests answered, for the progress bar.
-    done: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     stats: Stats,
 }
 
@@ -95,15 +181,15 @@ impl Worker {
         rate: Option<f64>,
         start: Instant,
         deadline: Instant,
-    ) -> (Conn, Stats) {
+    ) -> (usize, Conn, Stats) {
         let mut path = String::with_capacity(64);
         loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let i = self.shared.next.fetch_add(1, Ordering::Relaxed);
             if phase.requests.is_some_and(|total| i >= total) {
                 break;
             }
             // Open loop: request i is due at start + i/rate, and its latency counts from then,
-            // however late a busy connection sends it.
+            // however late a busy connection gets to send it.
             let due = match rate {
                 Some(r) => start + Duration::from_secs_f64(i as f64 / r),
                 None => Instant::now(),
@@ -111,31 +197,30 @@ impl Worker {
             if due >= deadline {
                 break;
             }
-            tokio::time::sleep_until(due).await;
-            let key_id = self.workload.path(i, &mut self.rng, &mut path);
-            let outcome = match self.conn.get(&path).await {
-                Ok((status, headers, body)) => judge(status, &headers, &body),
-                Err(failure) => Err(failure),
+            // A connection that is early waits. Its latency then counts from when the timer
+            // woke it (the timer is only 1 ms fine, and that slack is the load test's, not the
+            // server's); a connection that is late counts from when the request was due.
+            let from = if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+                Instant::now()
+            } else {
+                due
             };
-            let latency = due.elapsed();
+            let key_id = self.workload.path(i, &mut self.rng, &mut path);
+            let outcome = self.conn.get(&path).await;
+            let latency = from.elapsed();
             self.stats.record(key_id, &outcome, latency);
-            self.done.fetch_add(1, Ordering::Relaxed);
+            self.shared.done.fetch_add(1, Ordering::Relaxed);
             if phase.per_request {
                 print_line(i, phase.requests, &path, &outcome, latency);
             }
         }
-        (self.conn, self.stats)
+        (self.id, self.conn, self.stats)
     }
 }
 
 /// The seed's per-request line: `[1/50] key=foo  | ORIGIN | 202.41 ms`.
-fn print_line(
-    i: u64,
-    total: Option<u64>,
-    path: &str,
-    outcome: &Result<Served, crate::client::Failure>,
-    latency: Duration,
-) {
+fn print_line(i: u64, total: Option<u64>, path: &str, outcome: &Result<Served, Failure>, latency: Duration) {
     let label = match outcome {
         Ok(Served::Hit(_)) => "CACHE ",
         Ok(Served::Miss) => "ORIGIN",
@@ -151,36 +236,31 @@ fn print_line(
     );
 }
 
-/// A bar over the request count, or over the duration when the count is open; redrawn ten
-/// times a second from the shared counter.
-fn progress_bar(
-    phase: Phase,
-    done: Arc<AtomicU64>,
-    start: Instant,
-) -> (ProgressBar, tokio::task::JoinHandle<()>) {
-    let by_count = phase.requests;
-    let bar = match by_count {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::new(phase.duration.as_millis() as u64),
-    };
-    let template = match by_count {
-        Some(_) => "{bar:40} {pos}/{len} requests, {elapsed} {msg}".to_owned(),
-        None => format!("{{bar:40}} {{elapsed}} of {}s, {{msg}}", phase.duration.as_secs()),
+/// A bar over the request count, or over the duration when the count is open.
+fn progress_bar(phase: &Phase) -> ProgressBar {
+    let (bar, template) = match phase.requests {
+        Some(n) => (
+            ProgressBar::new(n),
+            "{bar:40} {pos}/{len} requests, {elapsed} {msg}".to_owned(),
+        ),
+        None => (
+            ProgressBar::new(phase.duration.as_millis() as u64),
+            format!("{{bar:40}} {{elapsed}} of {}s, {{msg}}", phase.duration.as_secs()),
+        ),
     };
     bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
-    let shown = bar.clone();
-    let ticker = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            let n = done.load(Ordering::Relaxed);
-            let secs = start.elapsed().as_secs_f64();
-            match by_count {
-                Some(_) => shown.set_position(n),
-                None => shown.set_position(start.elapsed().as_millis() as u64),
-            }
-            shown.set_message(format!("{n} answered, {:.0} req/s", n as f64 / secs.max(1e-3)));
-        }
+    bar
+}
+
+fn show_progress(bar: &ProgressBar, phase: &Phase, shared: &Shared, start: Instant) {
+    let n = shared.done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    bar.set_position(match phase.requests {
+        Some(_) => n,
+        None => elapsed.as_millis() as u64,
     });
-    (bar, ticker)
+    bar.set_message(format!(
+        "{n} answered, {:.0} req/s",
+        n as f64 / elapsed.as_secs_f64().max(1e-3)
+    ));
 }
