@@ -17,7 +17,7 @@ which has no origin, and the seed, which simulates its own):
 
 Sections (SECTIONS, default all four):
   hot        wrk on one cached key: -c32 (saturated) and -c1, ROUNDS interleaved rounds of
-             DURATION seconds; medians
+             DURATION seconds (each round starting with a different contender); medians
   latency    cache-layer-loadtest on one cached key at a fixed open-loop rate (RATE)
   zipf       cache-layer-loadtest, Zipf keys over a key space larger than the byte budget
              (ZIPF_KEYS, ZIPF_EXPONENT, BUDGET_BYTES); a separate warm-up run, then the measured
@@ -330,8 +330,10 @@ def section_hot(stub, contenders, redis):
     running = {name: Contender(name, stub, redis=redis) for name in contenders}
     for c in running.values():
         c.warm("foo")
+    order = list(running.items())
     for r in range(ROUNDS):
-        for name, c in running.items():
+        # Each round starts with a different contender, so none always runs first.
+        for name, c in order[r % len(order):] + order[:r % len(order)]:
             log(f"hot round {r + 1}/{ROUNDS}: {name}")
             rows[name]["load"].append(wrk(c.item("foo"), 32))
             rows[name]["single"].append(wrk(c.item("foo"), 1))

@@ -22,6 +22,9 @@ else
   cargo test --no-fail-fast
 fi
 
+# The benchmark report generator (bench/report.py: results JSON -> docs/benchmarks.md and chart).
+python3 -m unittest bench/test_report.py
+
 # Packaging: Dockerfile, compose file, Helm chart, dashboard (static checks, then the live run).
 # The live part runs the binary the tests just built with the env the chart and compose file set.
 cargo build --bins
