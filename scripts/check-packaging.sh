@@ -150,7 +150,7 @@ helm_dependencies_offline() {
   "$HELM" dependency build "$copy"
 }
 
-scenarios=(defaults default external-redis all-features)
+scenarios=(defaults default external-redis external-redis-tls all-features)
 for s in "${scenarios[@]}"; do
   run_check "helm lint --strict ($s)" helm_lint "$s"
 done

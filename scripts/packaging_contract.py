@@ -29,7 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "cache-layer"
-CI_SCENARIOS = ["default", "external-redis", "all-features"]
+CI_SCENARIOS = ["default", "external-redis", "external-redis-tls", "all-features"]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "cache-layer.json"
 CHART_DASHBOARD = CHART / "dashboards" / "cache-layer.json"
 DATASOURCE_UID = "PBFA97CFB590B2093"

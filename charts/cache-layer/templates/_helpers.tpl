@@ -116,6 +116,18 @@ REDIS_PASSWORD of an external Redis unless externalRedis.existingSecret does.
 {{- end }}
 
 {{/*
+CA bundle of an external rediss:// Redis (externalRedis.tlsCA): "true" when one is to be mounted
+(empty otherwise), and the directory it is mounted at (REDIS_TLS_CA_FILE is <dir>/<key>).
+*/}}
+{{- define "cache-layer.redisCA.enabled" -}}
+{{- $ca := .Values.externalRedis.tlsCA | default dict }}
+{{- if and (not .Values.redis.enabled) (or $ca.existingSecret $ca.existingConfigMap) }}true{{ end }}
+{{- end }}
+{{- define "cache-layer.redisCA.dir" -}}
+/etc/cache-layer/redis-ca
+{{- end }}
+
+{{/*
 Settings checks that the schema cannot express; rendering fails with a message.
 */}}
 {{- define "cache-layer.validate" -}}
@@ -124,7 +136,23 @@ Settings checks that the schema cannot express; rendering fails with a message.
 {{- if le (int .Values.terminationGracePeriodSeconds) (add $delay $drain) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed shutdown.delaySeconds + shutdown.drainSeconds (%d + %d), or Kubernetes kills pods mid-drain" (int .Values.terminationGracePeriodSeconds) $delay $drain) }}
 {{- end }}
-{{- if and .Values.redis.enabled (or .Values.externalRedis.url .Values.externalRedis.existingSecret) }}
+{{- $ca := .Values.externalRedis.tlsCA | default dict }}
+{{- if and .Values.redis.enabled (or .Values.externalRedis.url .Values.externalRedis.existingSecret $ca.existingSecret $ca.existingConfigMap) }}
 {{- fail "externalRedis is set while redis.enabled=true: set redis.enabled=false to use an external Redis" }}
+{{- end }}
+{{- if and $ca.existingSecret $ca.existingConfigMap }}
+{{- fail (printf "externalRedis.tlsCA: set existingSecret (%q) or existingConfigMap (%q), not both: the CA bundle comes from one of them" $ca.existingSecret $ca.existingConfigMap) }}
+{{- end }}
+{{- if include "cache-layer.redisCA.enabled" . }}
+{{- if not (or .Values.externalRedis.url .Values.externalRedis.existingSecret) }}
+{{- fail "externalRedis.tlsCA is set but no external Redis is: set externalRedis.url (rediss://...) or externalRedis.existingSecret" }}
+{{- end }}
+{{- if and .Values.externalRedis.url (not .Values.externalRedis.existingSecret) }}
+{{- range splitList "," .Values.externalRedis.url }}
+{{- if not (hasPrefix "rediss://" (trim .)) }}
+{{- fail (printf "externalRedis.tlsCA is set, so every externalRedis.url must be rediss:// (TLS); got %q (the service refuses REDIS_TLS_CA_FILE otherwise)" (regexReplaceAll "//[^@/]*@" (trim .) "//***@")) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}

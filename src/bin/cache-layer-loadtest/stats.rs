@@ -14,6 +14,10 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Distinct keys are counted exactly up to this many per tally; past it the count is a lower
+/// bound, so a long run over a huge key space does not grow without limit.
+const MAX_TRACKED_KEYS: usize = 200_000;
+
 /// One worker's tally (or, merged, the run's).
 pub struct Stats {
     /// Every answered request, errors included.
@@ -25,8 +29,10 @@ pub struct Stats {
     misses_count: u64,
     unlabelled: u64,
     errors: BTreeMap<Failure, u64>,
-    /// Ids of the keys asked for.
+    /// Ids of the keys asked for (up to [`MAX_TRACKED_KEYS`]).
     keys: HashSet<u64>,
+    /// More keys were asked for than `keys` holds.
+    keys_capped: bool,
 }
 
 impl Default for Stats {
@@ -40,6 +46,7 @@ impl Default for Stats {
             unlabelled: 0,
             errors: BTreeMap::new(),
             keys: HashSet::new(),
+            keys_capped: false,
         }
     }
 }
@@ -49,7 +56,11 @@ impl Stats {
     pub fn record(&mut self, key_id: u64, outcome: &Result<Served, Failure>, latency: Duration) {
         let micros = latency.as_micros().max(1) as u64;
         self.all.saturating_record(micros);
-        self.keys.insert(key_id);
+        if self.keys.len() < MAX_TRACKED_KEYS {
+            self.keys.insert(key_id);
+        } else if !self.keys.contains(&key_id) {
+            self.keys_capped = true;
+        }
         match outcome {
             Ok(Served::Hit(kind)) => {
                 self.hits.saturating_record(micros);
@@ -77,7 +88,12 @@ impl Stats {
         for (failure, n) in other.errors {
             *self.errors.entry(failure).or_default() += n;
         }
-        self.keys.extend(other.keys);
+        self.keys_capped |= other.keys_capped;
+        if self.keys.len() < MAX_TRACKED_KEYS {
+            self.keys.extend(other.keys);
+        } else {
+            self.keys_capped |= other.keys.iter().any(|k| !self.keys.contains(k));
+        }
     }
 
     /// Requests answered, errors included.
@@ -105,6 +121,7 @@ impl Stats {
             duration_s: secs,
             throughput_rps: if secs > 0.0 { requests as f64 / secs } else { 0.0 },
             distinct_keys: self.keys.len() as u64,
+            distinct_keys_exact: !self.keys_capped,
             hits,
             misses: self.misses_count,
             unlabelled: self.unlabelled,
@@ -194,6 +211,8 @@ pub struct Report {
     pub duration_s: f64,
     pub throughput_rps: f64,
     pub distinct_keys: u64,
+    /// False when counting stopped at the cap: then `distinct_keys` is a lower bound.
+    pub distinct_keys_exact: bool,
     pub hits: u64,
     pub misses: u64,
     /// Successes the server did not label as hit or miss.
@@ -219,7 +238,8 @@ impl Report {
         println!();
         println!("=== Summary ===");
         println!("Total requests:   {}", self.requests);
-        println!("Distinct keys:    {}", self.distinct_keys);
+        let at_least = if self.distinct_keys_exact { "" } else { "at least " };
+        println!("Distinct keys:    {at_least}{}", self.distinct_keys);
         println!("Cache hits:       {}", self.hits);
         println!("Cache misses:     {}", self.misses);
         println!("Errors:           {}", self.errors);
@@ -292,6 +312,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn distinct_keys_stop_being_counted_at_the_cap() {
+        let mut a = Stats::default();
+        let hit = Ok(Served::Hit(HitKind::Memory));
+        for k in 0..MAX_TRACKED_KEYS as u64 + 10 {
+            a.record(k, &hit, Duration::from_micros(5));
+        }
+        let mut b = Stats::default();
+        b.record(0, &hit, Duration::from_micros(5));
+        a.merge(b);
+        assert_eq!(a.keys.len(), MAX_TRACKED_KEYS);
+        assert!(a.keys_capped);
+    }
+
+    #[test]
     fn merged_tallies_report_rates_percentiles_and_savings() {
         let mut a = Stats::default();
         let mut b = Stats::default();
@@ -321,7 +355,7 @@ mod tests {
             origin_fetches: None,
         });
         assert_eq!((r.requests, r.hits, r.misses, r.errors), (100, 90, 9, 1));
-        assert_eq!(r.distinct_keys, 13);
+        assert_eq!((r.distinct_keys, r.distinct_keys_exact), (13, true));
         assert_eq!(r.hits_by_tier["memory"], 90);
         assert_eq!(r.errors_by_kind["503 origin_unavailable"], 1);
         assert!((r.hit_rate - 0.9).abs() < 1e-9);
