@@ -101,13 +101,15 @@ impl Application {
             .map(|r| FleetLock {
                 ttl: r.lock_ttl,
                 wait: r.lock_wait,
+                poll: r.lock_poll,
             })
             .unwrap_or(FleetLock {
                 ttl: Default::default(),
                 wait: Default::default(),
+                poll: Default::default(),
             });
         let cache = ReadThrough::new(memory, redis, origin, life, fleet, metrics.clone());
-        cache.spawn_invalidation_listener();
+        cache.spawn_redis_listener();
 
         let listener = TcpListener::bind(config.listen_addr)
             .await

@@ -43,6 +43,9 @@ pub struct RedisConfig {
     pub lock_ttl: Duration,
     /// How long a replica waits for another replica's fetch before fetching itself.
     pub lock_wait: Duration,
+    /// `FLEET_LOCK_POLL_MS`: how often a waiting replica looks in Redis when no fill message has
+    /// woken it (messages can be lost).
+    pub lock_poll: Duration,
 }
 
 /// Where values come from on a miss.
@@ -124,6 +127,7 @@ struct RawEnv {
     redis_response_timeout_ms: Option<String>,
     fleet_lock_ttl_ms: Option<String>,
     fleet_lock_wait_ms: Option<String>,
+    fleet_lock_poll_ms: Option<String>,
     cache_ttl_secs: Option<String>,
     redis_ttl: Option<String>,
     cache_stale_secs: Option<String>,
@@ -348,6 +352,7 @@ fn redis_config(raw: &RawEnv) -> Result<Option<RedisConfig>, ConfigError> {
         )?,
         lock_ttl: millis("FLEET_LOCK_TTL_MS", raw.fleet_lock_ttl_ms.clone(), 5000, 1)?,
         lock_wait: millis("FLEET_LOCK_WAIT_MS", raw.fleet_lock_wait_ms.clone(), 3000, 0)?,
+        lock_poll: millis("FLEET_LOCK_POLL_MS", raw.fleet_lock_poll_ms.clone(), 500, 1)?,
     }))
 }
 

@@ -3,6 +3,7 @@
 
 mod coalesce;
 mod entry;
+mod fleet;
 mod memory;
 mod redis;
 mod tier;
@@ -16,9 +17,10 @@ use tracing::{Instrument, Span};
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, Lifetimes, now_ms};
 pub use memory::MemoryTier;
-pub use redis::{RedisSetupError, RedisTier};
+pub use redis::{Channel, RedisSetupError, RedisTier};
 pub use tier::{AnyTier, Tier, TierError, TierName};
 
+use self::fleet::FleetWaiters;
 use crate::origin::{BreakerState, Fetched, GuardedOrigin, OriginError};
 use crate::telemetry::{self, Metrics, TRACE_TARGET};
 
@@ -136,6 +138,8 @@ pub struct FleetLock {
     pub ttl: Duration,
     /// How long to wait for another replica's fetch before fetching here.
     pub wait: Duration,
+    /// How often a waiter looks in Redis when no fill message has woken it.
+    pub poll: Duration,
 }
 
 /// The read-through cache. Cheap to clone.
@@ -159,6 +163,8 @@ struct Inner {
     life: Lifetimes,
     /// Fleet lock settings (with Redis).
     fleet: FleetLock,
+    /// The keys this process waits on another replica's fetch for.
+    fleet_waiters: Arc<FleetWaiters>,
     /// This process's name on the invalidation channel, so it skips its own messages.
     instance: String,
     /// Counters.
@@ -192,6 +198,7 @@ impl ReadThrough {
                 inflight: Coalescer::default(),
                 life,
                 fleet,
+                fleet_waiters: Arc::default(),
                 instance,
                 metrics,
             }),
@@ -363,11 +370,13 @@ impl ReadThrough {
         self.inner.metrics.invalidated(mode, "remote");
     }
 
-    /// Listens on the invalidation channel for as long as the process lives, reconnecting when
-    /// the subscription drops. Each (re)subscription clears the memory tier: purges published
-    /// while this replica was not listening must not leave it serving purged values.
-    pub fn spawn_invalidation_listener(&self) {
-        let (Some(redis), true) = (self.inner.redis.clone(), self.inner.memory.is_some()) else {
+    /// Listens on the Redis channels for as long as the process lives, reconnecting when the
+    /// subscription drops: purges from other replicas (applied to the memory tier) and fleet
+    /// locks let go (waking this process's waiter for the key). Each (re)subscription clears the
+    /// memory tier: purges published while this replica was not listening must not leave it
+    /// serving purged values.
+    pub fn spawn_redis_listener(&self) {
+        let Some(redis) = self.inner.redis.clone() else {
             return;
         };
         let me = self.clone();
@@ -378,14 +387,18 @@ impl ReadThrough {
                         if let Some(memory) = &me.inner.memory {
                             memory.clear();
                         }
-                        tracing::info!("listening for purges from other replicas");
+                        tracing::info!("listening for purges and fills from other replicas");
                         let mut messages = pubsub.into_on_message();
                         while let Some(msg) = messages.next().await {
-                            if let Ok(text) = msg.get_payload::<String>() {
-                                me.apply_invalidation(&text).await;
+                            let Ok(text) = msg.get_payload::<String>() else {
+                                continue;
+                            };
+                            match redis.channel_of(msg.get_channel_name()) {
+                                Channel::Fill => me.inner.fleet_waiters.wake(&text),
+                                Channel::Invalidate => me.apply_invalidation(&text).await,
                             }
                         }
-                        tracing::warn!("purge subscription lost; reconnecting");
+                        tracing::warn!("subscription to other replicas lost; reconnecting");
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
@@ -412,6 +425,9 @@ impl Inner {
                         None => self.fetch_from_origin(key, superseded).await,
                     };
                     let _ = redis.unlock(key, &token).await;
+                    // Wake the replicas waiting on this fetch: they read the value, or compete
+                    // for the lock again if it failed.
+                    let _ = redis.publish_fill(key).await;
                     return result;
                 }
                 Ok(false) => match self.wait_for_fleet(redis, key, deadline).await {
@@ -441,15 +457,18 @@ impl Inner {
         }
     }
 
-    /// Polls Redis while another replica holds the fetch lock for `key`.
+    /// Waits while another replica holds the fetch lock for `key`: woken by its message on the
+    /// fill channel, or looking every `FLEET_LOCK_POLL_MS` in case a message is lost.
     async fn wait_for_fleet(
         &self,
         redis: &RedisTier,
         key: &str,
         deadline: tokio::time::Instant,
     ) -> FleetWait {
+        let woken = self.fleet_waiters.register(key);
         while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            woken.wait(self.fleet.poll.min(left)).await;
             if let Some(entry) = fresh_in(redis, key).await {
                 return FleetWait::Value(entry);
             }

@@ -26,13 +26,24 @@ pub struct RedisTier {
     shared: Arc<Shared>,
 }
 
+/// The pub/sub channels replicas talk on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// Purges: `mode\ninstance\nkey`.
+    Invalidate,
+    /// A key whose fleet lock was let go.
+    Fill,
+}
+
 struct Shared {
     /// The connection, or the cell a cluster connection lands in once made.
     conn: Connection,
     /// `{REDIS_KEY_PREFIX}:v1:`.
     key_prefix: String,
-    /// `{REDIS_KEY_PREFIX}:invalidate`.
+    /// `{REDIS_KEY_PREFIX}:invalidate`: purges, for every replica's memory tier.
     channel: String,
+    /// `{REDIS_KEY_PREFIX}:filled`: keys whose fleet lock was let go (see `cache::fleet`).
+    fill_channel: String,
     /// Deadline of one command.
     response_timeout: Duration,
     /// Deadline of one connection attempt.
@@ -174,6 +185,7 @@ impl RedisTier {
                 conn,
                 key_prefix: format!("{}:{FORMAT_VERSION}:", config.key_prefix),
                 channel: format!("{}:invalidate", config.key_prefix),
+                fill_channel: format!("{}:filled", config.key_prefix),
                 response_timeout: config.response_timeout,
                 connect_timeout: config.connect_timeout,
                 up: AtomicBool::new(false),
@@ -308,6 +320,24 @@ impl RedisTier {
         self.run::<i64>("publish", &cmd).await.map(drop)
     }
 
+    /// Tells the replicas waiting on this process's fetch of `key` that the lock was let go.
+    pub async fn publish_fill(&self, key: &str) -> Result<(), TierError> {
+        let cmd = redis::cmd("PUBLISH")
+            .arg(&self.shared.fill_channel)
+            .arg(key)
+            .to_owned();
+        self.run::<i64>("publish", &cmd).await.map(drop)
+    }
+
+    /// Which channel a pub/sub message came from.
+    pub fn channel_of(&self, name: &str) -> Channel {
+        if name == self.shared.fill_channel {
+            Channel::Fill
+        } else {
+            Channel::Invalidate
+        }
+    }
+
     /// Takes the fleet-wide fetch lock for `key` if nobody holds it; `true` when taken.
     pub async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, TierError> {
         let cmd = redis::cmd("SET")
@@ -340,7 +370,7 @@ impl RedisTier {
         self.run::<i64>("lock", &cmd).await.map(drop)
     }
 
-    /// Opens a pub/sub connection subscribed to the invalidation channel.
+    /// Opens a pub/sub connection subscribed to the invalidation and fill channels.
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub, TierError> {
         let s = &self.shared;
         let next = s.next_pubsub.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +378,7 @@ impl RedisTier {
         let open = async {
             let client = open_client(info, s.tls_ca_pem.as_deref())?;
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&s.channel).await?;
+            pubsub.subscribe(&[&s.channel, &s.fill_channel]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         match tokio::time::timeout(s.connect_timeout + s.response_timeout, open).await {

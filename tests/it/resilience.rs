@@ -290,6 +290,57 @@ async fn three_replicas_sharing_redis_fetch_a_cold_key_from_the_origin_once() {
 }
 
 #[tokio::test]
+async fn a_replica_waiting_on_another_is_woken_by_a_message_not_by_polling_redis() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    let (url, template) = (redis.url(), origin.template());
+    // B would look in Redis on its own only after a minute, and gives up waiting after 10 s
+    // (then it would fetch itself): only A's message can end its wait with A's value.
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("ORIGIN_URL", template.as_str()),
+        ("FLEET_LOCK_POLL_MS", "60000"),
+        ("FLEET_LOCK_WAIT_MS", "10000"),
+    ];
+    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
+    a.wait_redis_up().await;
+    b.wait_redis_up().await;
+    // A takes the fleet lock and its origin fetch takes 1.5 s; B misses while A holds the lock.
+    let fetching = tokio::spawn({
+        let url = a.item_url("slow");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    });
+    eventually("A's fetch to reach the origin", || async {
+        (origin.served().await == 1).then_some(())
+    })
+    .await;
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let (code, _, body) = b.get("slow").await;
+    assert_eq!(fetching.await.unwrap(), 200);
+    assert_eq!((code, body["value"]["n"].as_u64()), (200, Some(1)));
+    assert_eq!(origin.served().await, 1);
+    assert_eq!(b.metric("cache_coalesced_total{scope=\"fleet\"").await, 1.0);
+    // While B waited (over a second) it did not poll: polling every 10 ms, as replicas once did,
+    // would have sent some 150 GETs and EXISTSes.
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let (gets, exists) = (calls("get"), calls("exists"));
+    assert!(
+        gets + exists <= 10,
+        "B polled Redis: {gets} GETs, {exists} EXISTS\n{stats}"
+    );
+    assert!(calls("publish") >= 1, "A announced the fill\n{stats}");
+}
+
+#[tokio::test]
 async fn redis_cluster_carries_the_tier_purges_and_the_fleet_lock() {
     let cluster = RedisCluster::start().await;
     let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
