@@ -313,19 +313,16 @@ impl RedisTier {
 
     /// Publishes `message` on the invalidation channel.
     pub async fn publish(&self, message: &str) -> Result<(), TierError> {
-        let cmd = redis::cmd("PUBLISH")
-            .arg(&self.shared.channel)
-            .arg(message)
-            .to_owned();
-        self.run::<i64>("publish", &cmd).await.map(drop)
+        self.publish_on(&self.shared.channel, message).await
     }
 
     /// Tells the replicas waiting on this process's fetch of `key` that the lock was let go.
     pub async fn publish_fill(&self, key: &str) -> Result<(), TierError> {
-        let cmd = redis::cmd("PUBLISH")
-            .arg(&self.shared.fill_channel)
-            .arg(key)
-            .to_owned();
+        self.publish_on(&self.shared.fill_channel, key).await
+    }
+
+    async fn publish_on(&self, channel: &str, message: &str) -> Result<(), TierError> {
+        let cmd = redis::cmd("PUBLISH").arg(channel).arg(message).to_owned();
         self.run::<i64>("publish", &cmd).await.map(drop)
     }
 
