@@ -119,10 +119,14 @@ impl Args {
         }
         let host = url.host_str().ok_or(format!("--url {:?}: no host", self.url))?;
         let port = url.port_or_known_default().unwrap_or(80);
-        let addr = tokio::net::lookup_host((host, port))
+        // IPv6 brackets are part of the URL's host, not of the name to resolve.
+        let name = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
             .await
-            .ok()
-            .and_then(|mut a| a.next())
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let addr = reachable(&addrs)
+            .await
             .ok_or(format!("--url {:?}: cannot resolve {host}", self.url))?;
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
@@ -208,6 +212,18 @@ impl Args {
     }
 }
 
+/// The first address that accepts a connection (`localhost` may resolve to `::1` first while
+/// the server listens on IPv4 only), else the first address, whose errors the run will report.
+async fn reachable(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    for &addr in addrs {
+        let attempt = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            return Some(addr);
+        }
+    }
+    addrs.first().copied()
+}
+
 /// `250ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
@@ -260,6 +276,17 @@ mod tests {
         assert_eq!((p.requests, p.duration), (None, Duration::from_secs(10)));
         let p = plan(&["--pattern", "zipf", "--requests", "5"]).await.unwrap();
         assert_eq!((p.requests, p.duration), (Some(5), MAX_RUN));
+    }
+
+    #[tokio::test]
+    async fn the_address_that_answers_is_chosen() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let v4 = listener.local_addr().unwrap();
+        let v6: SocketAddr = format!("[::1]:{}", v4.port()).parse().unwrap();
+        assert_eq!(reachable(&[v6, v4]).await, Some(v4));
+        drop(listener);
+        assert_eq!(reachable(&[v6, v4]).await, Some(v6), "none answers: the first");
+        assert_eq!(reachable(&[]).await, None);
     }
 
     #[tokio::test]
