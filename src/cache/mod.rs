@@ -448,12 +448,35 @@ impl Inner {
 
     /// A value another replica fetched: kept in the memory tier too.
     async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>, superseded: &Superseded) -> Fetch {
-        if let Some(memory) = self.memory.as_ref().filter(|_| !superseded.is_set()) {
-            let _ = memory.put(key, entry.clone()).await;
-        }
+        let memory = self.tiers.iter().filter(|t| t.name() == TierName::Memory);
+        self.store(key, &entry, superseded, memory).await;
         Fetch {
             entry,
             by_fleet: true,
+        }
+    }
+
+    /// Stores `entry` in `tiers`, unless a purge overtook the fetch (then the entry only answers
+    /// the requests that were waiting for it). A purge sets the flag before it removes the key,
+    /// so looking at the flag again after the writes catches a purge that came in between them,
+    /// and the writes are undone.
+    async fn store<'a>(
+        &'a self,
+        key: &str,
+        entry: &Arc<Entry>,
+        superseded: &Superseded,
+        tiers: impl Iterator<Item = &'a AnyTier> + Clone,
+    ) {
+        if superseded.is_set() {
+            return;
+        }
+        for tier in tiers.clone() {
+            let _ = tier.put(key, entry.clone()).await;
+        }
+        if superseded.is_set() {
+            for tier in tiers {
+                let _ = tier.remove(key).await;
+            }
         }
     }
 
@@ -498,10 +521,8 @@ impl Inner {
         };
         span.record("origin.outcome", if entry.negative { "not_found" } else { "ok" });
         let remembered = !(entry.negative && self.life.negative_ttl.is_zero());
-        if remembered && !superseded.is_set() {
-            for tier in &self.tiers {
-                let _ = tier.put(key, entry.clone()).await;
-            }
+        if remembered {
+            self.store(key, &entry, superseded, self.tiers.iter()).await;
         }
         Ok(Fetch {
             entry,
