@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::cache::{FleetLock, Lifetimes, MemoryTier, ReadThrough, RedisTier};
 use crate::config::{Config, OriginConfig};
 use crate::http::{AppState, HeaderTables, router};
-use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin};
+use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin, Trip};
 use crate::telemetry::{Telemetry, observe_gauge};
 
 /// Why the service could not start.
@@ -86,7 +86,14 @@ impl Application {
             origin,
             config.origin_max_concurrency,
             config.origin_timeout,
-            Breaker::new(config.breaker_failures, config.breaker_cooldown),
+            Breaker::new(
+                Trip {
+                    consecutive: config.breaker_failures,
+                    window: config.breaker_window,
+                    rate_percent: config.breaker_failure_rate,
+                },
+                config.breaker_cooldown,
+            ),
             metrics.clone(),
         );
         let life = Lifetimes {

@@ -95,6 +95,10 @@ pub struct Config {
     pub origin_max_body_bytes: usize,
     /// Consecutive origin failures that open the circuit.
     pub breaker_failures: u32,
+    /// Size of the window of recent origin fetches the failure rate is taken over.
+    pub breaker_window: u32,
+    /// Percentage of failed fetches in a full window that opens the circuit; 0 = no window.
+    pub breaker_failure_rate: u32,
     /// How long the circuit stays open before one probe is let through.
     pub breaker_cooldown: Duration,
     /// Bearer token for purges; `None` turns purging off.
@@ -142,6 +146,8 @@ struct RawEnv {
     origin_max_body_bytes: Option<String>,
     origin_authorization: Option<String>,
     origin_breaker_failures: Option<String>,
+    origin_breaker_window: Option<String>,
+    origin_breaker_failure_rate: Option<String>,
     origin_breaker_cooldown_secs: Option<String>,
     admin_token: Option<String>,
     max_key_bytes: Option<String>,
@@ -263,6 +269,13 @@ impl RawEnv {
                 self.origin_breaker_failures,
                 5,
                 1..=1_000_000,
+            )? as u32,
+            breaker_window: bounded("ORIGIN_BREAKER_WINDOW", self.origin_breaker_window, 20, 2..=64)? as u32,
+            breaker_failure_rate: bounded(
+                "ORIGIN_BREAKER_FAILURE_RATE",
+                self.origin_breaker_failure_rate,
+                50,
+                0..=100,
             )? as u32,
             breaker_cooldown: secs(
                 "ORIGIN_BREAKER_COOLDOWN_SECS",

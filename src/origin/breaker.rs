@@ -1,5 +1,8 @@
-//! The origin's circuit breaker: after N consecutive failures, stop calling it for a cool-down,
-//! then let one probe through.
+//! The origin's circuit breaker: after N consecutive failures, or when too many of the last W
+//! fetches failed, stop calling the origin for a cool-down, then let one probe through.
+//!
+//! The consecutive count catches an origin that is down; the window catches one that fails
+//! every other call, which never strings N failures together and would otherwise be hammered.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,16 +31,43 @@ impl BreakerState {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        /// Failures since the last success.
+        failures: u32,
+        /// The last `recorded` outcomes (at most the window's size), newest in bit 0; 1 = failed.
+        window: u64,
+        recorded: u32,
+    },
+    Open {
+        until: Instant,
+    },
     HalfOpen,
 }
 
-/// Consecutive-failure circuit breaker. Time is passed in, so unit tests need no clock.
+impl Inner {
+    const CLOSED: Inner = Inner::Closed {
+        failures: 0,
+        window: 0,
+        recorded: 0,
+    };
+}
+
+/// When the circuit opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trip {
+    /// Consecutive failures that open the circuit (`ORIGIN_BREAKER_FAILURES`).
+    pub consecutive: u32,
+    /// Size of the sliding window of recent fetches, 2 to 64 (`ORIGIN_BREAKER_WINDOW`).
+    pub window: u32,
+    /// Percentage of failures in a full window that opens the circuit, 1 to 100, or 0 for no
+    /// window (`ORIGIN_BREAKER_FAILURE_RATE`).
+    pub rate_percent: u32,
+}
+
+/// Circuit breaker over origin fetches. Time is passed in, so unit tests need no clock.
 #[derive(Debug)]
 pub struct Breaker {
-    /// Consecutive failures that open the circuit.
-    threshold: u32,
+    trip: Trip,
     /// How long the circuit stays open.
     cooldown: Duration,
     /// Guarded by a mutex: it is touched once per origin fetch, never on the hit path.
@@ -46,11 +76,14 @@ pub struct Breaker {
 
 impl Breaker {
     /// A closed breaker.
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+    pub fn new(trip: Trip, cooldown: Duration) -> Self {
         Breaker {
-            threshold,
+            trip: Trip {
+                window: trip.window.clamp(2, 64),
+                ..trip
+            },
             cooldown,
-            inner: Mutex::new(Inner::Closed { failures: 0 }),
+            inner: Mutex::new(Inner::CLOSED),
         }
     }
 
@@ -72,14 +105,40 @@ impl Breaker {
     /// Records how an allowed call ended.
     pub fn record(&self, success: bool, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        *inner = match (&*inner, success) {
-            (_, true) => Inner::Closed { failures: 0 },
-            (Inner::Closed { failures }, false) if failures + 1 < self.threshold => Inner::Closed {
-                failures: failures + 1,
-            },
-            (_, false) => Inner::Open {
+        let Inner::Closed {
+            failures,
+            window,
+            recorded,
+        } = *inner
+        else {
+            // The probe's outcome (or a call allowed before the circuit opened).
+            *inner = if success {
+                Inner::CLOSED
+            } else {
+                Inner::Open {
+                    until: now + self.cooldown,
+                }
+            };
+            return;
+        };
+        let size = self.trip.window;
+        let mask = if size == 64 { u64::MAX } else { (1 << size) - 1 };
+        let window = ((window << 1) | u64::from(!success)) & mask;
+        let recorded = (recorded + 1).min(size);
+        let failures = if success { 0 } else { failures + 1 };
+        let rate_tripped = self.trip.rate_percent > 0
+            && recorded == size
+            && window.count_ones() * 100 >= self.trip.rate_percent * size;
+        *inner = if failures >= self.trip.consecutive || rate_tripped {
+            Inner::Open {
                 until: now + self.cooldown,
-            },
+            }
+        } else {
+            Inner::Closed {
+                failures,
+                window,
+                recorded,
+            }
         };
     }
 
@@ -98,9 +157,71 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    fn consecutive(n: u32) -> Trip {
+        Trip {
+            consecutive: n,
+            window: 20,
+            rate_percent: 0,
+        }
+    }
+
+    #[test]
+    fn opens_when_too_many_of_the_last_fetches_failed() {
+        let b = Breaker::new(
+            Trip {
+                consecutive: 5,
+                window: 10,
+                rate_percent: 50,
+            },
+            Duration::from_secs(10),
+        );
+        let t0 = Instant::now();
+        // Every other fetch fails: never two failures in a row.
+        for i in 0..9 {
+            b.record(i % 2 == 1, t0);
+            assert_eq!(b.state(t0), BreakerState::Closed, "after {} outcomes", i + 1);
+        }
+        // The tenth fills the window: 5 of 10 failed.
+        b.record(true, t0);
+        assert_eq!(b.state(t0), BreakerState::Open);
+        // After a good probe the window starts empty again.
+        assert_eq!(b.allow(t0 + Duration::from_secs(10)), Ok(()));
+        b.record(true, t0 + Duration::from_secs(10));
+        for _ in 0..4 {
+            b.record(false, t0);
+            b.record(true, t0);
+        }
+        assert_eq!(
+            b.state(t0),
+            BreakerState::Closed,
+            "4 of 8: the window is not full"
+        );
+    }
+
+    #[test]
+    fn a_window_below_the_rate_stays_closed_and_old_failures_slide_out() {
+        let b = Breaker::new(
+            Trip {
+                consecutive: 100,
+                window: 4,
+                rate_percent: 75,
+            },
+            Duration::from_secs(10),
+        );
+        let t0 = Instant::now();
+        for ok in [false, false, true, true, false, true, false, true] {
+            b.record(ok, t0);
+            assert_eq!(b.state(t0), BreakerState::Closed);
+        }
+        // F T F F: 3 of the last 4 failed.
+        b.record(false, t0);
+        b.record(false, t0);
+        assert_eq!(b.state(t0), BreakerState::Open);
+    }
+
     #[test]
     fn opens_after_consecutive_failures_and_probes_after_the_cooldown() {
-        let b = Breaker::new(3, Duration::from_secs(10));
+        let b = Breaker::new(consecutive(3), Duration::from_secs(10));
         let t0 = Instant::now();
         b.record(false, t0);
         b.record(true, t0); // a success resets the count

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use breaker::{Breaker, BreakerState};
+pub use breaker::{Breaker, BreakerState, Trip};
 pub use guard::GuardedOrigin;
 pub use http::HttpOrigin;
 pub use simulated::SimulatedOrigin;

@@ -39,6 +39,8 @@ fn bad_values_stop_start_up_with_one_line_naming_variable_value_and_expectation(
         ("RUST_LOG", "cache_layer=notalevel", "tracing filter"),
         ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem", "readable PEM file"),
         ("FLEET_LOCK_TTL_MS", "100", "at least ORIGIN_TIMEOUT_MS"),
+        ("ORIGIN_BREAKER_WINDOW", "65", "64"),
+        ("ORIGIN_BREAKER_FAILURE_RATE", "101", "100"),
         (
             "OTEL_EXPORTER_OTLP_PROTOCOL",
             "carrier-pigeon",

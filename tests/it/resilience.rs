@@ -109,6 +109,34 @@ async fn a_failing_origin_opens_the_circuit_stale_is_served_and_the_circuit_clos
 }
 
 #[tokio::test]
+async fn an_origin_failing_every_other_fetch_opens_the_circuit_by_failure_rate() {
+    let origin = Origin::start(&[]).await;
+    let s = origin
+        .service(&[
+            ("ORIGIN_BREAKER_FAILURES", "5"),
+            ("ORIGIN_BREAKER_WINDOW", "10"),
+            ("ORIGIN_BREAKER_FAILURE_RATE", "50"),
+            ("ORIGIN_BREAKER_COOLDOWN_SECS", "60"),
+        ])
+        .await;
+    // Ten cold keys, the origin failing every other one: never two failures in a row.
+    for i in 0..10 {
+        origin.set(if i % 2 == 0 { "status:500" } else { "ok" }, 0).await;
+        let expected = if i % 2 == 0 { 502 } else { 200 };
+        assert_eq!(s.get(&format!("k{i}")).await.0, expected, "key k{i}");
+        if i < 9 {
+            assert_eq!(s.metric("origin_breaker_state").await, 0.0, "after k{i}");
+        }
+    }
+    // 5 of the last 10 fetches failed: the circuit is open, though the origin is fine now.
+    assert_eq!(s.metric("origin_breaker_state").await, 1.0);
+    let served = origin.served().await;
+    let (code, _, body) = s.get("k10").await;
+    assert_eq!((code, body["error"].as_str()), (503, Some("origin_unavailable")));
+    assert_eq!(origin.served().await, served, "no call while the circuit is open");
+}
+
+#[tokio::test]
 async fn an_origin_timeout_serves_stale_instead_of_504() {
     let origin = Origin::start(&[]).await;
     let s = origin
