@@ -157,24 +157,18 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    fn consecutive(n: u32) -> Trip {
-        Trip {
-            consecutive: n,
-            window: 20,
-            rate_percent: 0,
-        }
+    fn breaker(consecutive: u32, window: u32, rate_percent: u32) -> Breaker {
+        let trip = Trip {
+            consecutive,
+            window,
+            rate_percent,
+        };
+        Breaker::new(trip, Duration::from_secs(10))
     }
 
     #[test]
     fn opens_when_too_many_of_the_last_fetches_failed() {
-        let b = Breaker::new(
-            Trip {
-                consecutive: 5,
-                window: 10,
-                rate_percent: 50,
-            },
-            Duration::from_secs(10),
-        );
+        let b = breaker(5, 10, 50);
         let t0 = Instant::now();
         // Every other fetch fails: never two failures in a row.
         for i in 0..9 {
@@ -200,14 +194,7 @@ mod tests {
 
     #[test]
     fn a_window_below_the_rate_stays_closed_and_old_failures_slide_out() {
-        let b = Breaker::new(
-            Trip {
-                consecutive: 100,
-                window: 4,
-                rate_percent: 75,
-            },
-            Duration::from_secs(10),
-        );
+        let b = breaker(100, 4, 75);
         let t0 = Instant::now();
         for ok in [false, false, true, true, false, true, false, true] {
             b.record(ok, t0);
@@ -221,7 +208,7 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_failures_and_probes_after_the_cooldown() {
-        let b = Breaker::new(consecutive(3), Duration::from_secs(10));
+        let b = breaker(3, 20, 0);
         let t0 = Instant::now();
         b.record(false, t0);
         b.record(true, t0); // a success resets the count
