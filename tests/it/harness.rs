@@ -54,7 +54,8 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn signal(pid: u32, sig: &str) {
+/// Sends `kill -<sig>` to a process.
+pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Origin, Service};
+use crate::harness::{Origin, Service, eventually, signal};
 
 /// Runs the load test with `args`; returns its exit code, stdout and stderr.
 async fn loadtest(args: &[&str]) -> (i32, String, String) {
@@ -234,6 +234,45 @@ async fn it_only_sends_requests_to_the_url_it_is_given() {
             .all(|t| t.starts_with("/items/key-") && t.ends_with("-s1")),
         "{targets:?}"
     );
+}
+
+#[tokio::test]
+async fn ctrl_c_ends_the_run_and_still_prints_the_summary() {
+    let s = Service::start(&[]).await;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-layer-loadtest"))
+        .args([
+            "--url",
+            &s.base,
+            "--pattern",
+            "single",
+            "--duration",
+            "120s",
+            "-c",
+            "2",
+        ])
+        .arg("--no-progress")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the load test's traffic to arrive", || async {
+        (s.metric("cache_hits_total").await > 100.0).then_some(())
+    })
+    .await;
+    signal(child.id().unwrap(), "INT");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the load test to stop well before its 120 s")
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(130), "{text}{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(text.contains("=== Summary ==="), "{text}");
+    assert!(text.contains("Interrupted:      by Ctrl-C"), "{text}");
+    assert!(text.contains("Errors:           0"), "{text}");
 }
 
 #[tokio::test]

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
 }
 
 fn load_test(plan: &Plan, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    run::watch_interrupts();
     let mut phases = Vec::new();
     if let Some(duration) = plan.warmup {
         phases.push(Phase {
@@ -83,6 +84,7 @@ fn load_test(plan: &Plan, runtime: &tokio::runtime::Runtime) -> ExitCode {
         warmup_requests,
         elapsed,
         origin_fetches: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+        interrupted: run::interrupted(),
     });
     if plan.json {
         match serde_json::to_string_pretty(&report) {
@@ -92,7 +94,9 @@ fn load_test(plan: &Plan, runtime: &tokio::runtime::Runtime) -> ExitCode {
     } else {
         report.print_text();
     }
-    if report.requests > 0 && report.errors == report.requests {
+    if report.interrupted {
+        ExitCode::from(130)
+    } else if report.requests > 0 && report.errors == report.requests {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

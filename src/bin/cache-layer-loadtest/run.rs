@@ -3,7 +3,7 @@
 //! request numbers from one shared counter until the request count or the deadline is reached,
 //! and the tallies are merged when a phase ends, so the hot loop shares no lock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::Duration;
 
@@ -16,6 +16,36 @@ use crate::args::Plan;
 use crate::client::{Conn, Failure, Served};
 use crate::stats::Stats;
 use crate::workload::Workload;
+
+/// Set by Ctrl-C: workers stop claiming requests, and the run reports what it measured.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Watches for Ctrl-C (SIGINT) on a thread of its own: the first one ends the run after the
+/// requests in flight (the summary still prints), the second exits at once.
+pub fn watch_interrupts() {
+    std::thread::spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        runtime.block_on(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                INTERRUPTED.store(true, Ordering::Relaxed);
+                eprintln!(
+                    "cache-layer-loadtest: interrupted; finishing the requests in flight \
+                     (Ctrl-C again to quit at once)"
+                );
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+/// Whether Ctrl-C ended the run early.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
 
 /// One phase of a run (the warm-up or the measured part).
 #[derive(Clone, Copy)]
@@ -184,6 +214,9 @@ impl Worker {
     ) -> (usize, Conn, Stats) {
         let mut path = String::with_capacity(64);
         loop {
+            if interrupted() {
+                break;
+            }
             let i = self.shared.next.fetch_add(1, Ordering::Relaxed);
             if phase.requests.is_some_and(|total| i >= total) {
                 break;

@@ -139,6 +139,7 @@ impl Stats {
             origin_fetches,
             origin_fetches_from,
             origin_fetches_saved: (requests - errors).saturating_sub(origin_fetches),
+            interrupted: run.interrupted,
         }
     }
 }
@@ -161,6 +162,8 @@ pub struct RunFacts {
     pub elapsed: Duration,
     /// From the target's `/metrics`, when it has them.
     pub origin_fetches: Option<u64>,
+    /// Ctrl-C ended the run early.
+    pub interrupted: bool,
 }
 
 /// Latency summary in milliseconds, read from a histogram.
@@ -230,6 +233,8 @@ pub struct Report {
     pub origin_fetches_from: &'static str,
     /// Answered requests (errors excluded) that did not cost an origin fetch.
     pub origin_fetches_saved: u64,
+    /// Ctrl-C ended the run early; the figures cover what ran.
+    pub interrupted: bool,
 }
 
 impl Report {
@@ -257,6 +262,9 @@ impl Report {
             "Throughput:       {:.1} req/s over {:.2} s, {} connection(s){rate}",
             self.throughput_rps, self.duration_s, self.concurrency
         );
+        if self.interrupted {
+            println!("Interrupted:      by Ctrl-C; the figures cover the requests that ran");
+        }
         if self.warmup_requests > 0 {
             println!("Warm-up:          {} requests, not counted", self.warmup_requests);
         }
@@ -353,6 +361,7 @@ mod tests {
             warmup_requests: 0,
             elapsed: Duration::from_secs(2),
             origin_fetches: None,
+            interrupted: false,
         });
         assert_eq!((r.requests, r.hits, r.misses, r.errors), (100, 90, 9, 1));
         assert_eq!((r.distinct_keys, r.distinct_keys_exact), (13, true));
