@@ -4,9 +4,9 @@
 //! The SDK's `BatchSpanProcessor` drops silently (one log line, a total at shutdown); a full
 //! queue is exactly what an operator needs to see while it happens, so this replaces it.
 
-use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
@@ -25,26 +25,44 @@ pub struct QueueSettings {
     pub delay: Duration,
 }
 
-enum Message {
-    Span(Box<SpanData>),
-    Flush(SyncSender<OTelSdkResult>),
-    Shutdown(SyncSender<OTelSdkResult>),
+/// What the request path and the export thread share.
+#[derive(Debug)]
+struct Queue {
+    /// Ended spans waiting for export. Pushing takes the lock for a moment and does not wake the
+    /// export thread unless a batch is full, so a traced request costs no thread switch.
+    spans: Mutex<Vec<SpanData>>,
+    settings: QueueSettings,
+}
+
+impl Queue {
+    fn spans(&self) -> MutexGuard<'_, Vec<SpanData>> {
+        self.spans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Flush and shutdown requests, with where to answer.
+enum Control {
+    Flush(Sender<OTelSdkResult>),
+    Shutdown(Sender<OTelSdkResult>),
 }
 
 /// A `SpanProcessor` with a bounded queue and a drop counter.
 #[derive(Debug)]
 pub struct QueueProcessor {
-    /// The queue; `try_send` on the request path, so a full queue drops instead of waiting.
-    queue: SyncSender<Message>,
+    queue: Arc<Queue>,
+    /// Flush and shutdown requests for the export thread.
+    control: Mutex<Sender<Control>>,
+    /// The export thread, woken when a batch is full or a control request is sent.
+    thread: Thread,
     /// `otel_spans_dropped_total`.
     dropped: Counter<u64>,
     /// The export thread, joined at shutdown.
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for Message {
+impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Message")
+        f.write_str("Control")
     }
 }
 
@@ -55,24 +73,39 @@ impl QueueProcessor {
         settings: QueueSettings,
         dropped: Counter<u64>,
     ) -> Self {
-        let (queue, rx) = sync_channel(settings.max_queue);
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(Vec::with_capacity(settings.max_batch)),
+            settings,
+        });
+        let (control, requests) = channel();
         let worker = std::thread::Builder::new()
             .name("otlp-spans".to_owned())
-            .spawn(move || run(rx, exporter, settings))
+            .spawn({
+                let queue = queue.clone();
+                move || run(&queue, &requests, exporter)
+            })
             .expect("spawn the span export thread");
         QueueProcessor {
             queue,
+            control: Mutex::new(control),
+            thread: worker.thread().clone(),
             dropped,
             worker: Mutex::new(Some(worker)),
         }
     }
 
-    /// Sends a control message and waits for its answer, at most `timeout`.
-    fn control(&self, make: fn(SyncSender<OTelSdkResult>) -> Message, timeout: Duration) -> OTelSdkResult {
-        let (ack, answer) = sync_channel(1);
-        if self.queue.send(make(ack)).is_err() {
+    /// Sends a control request and waits for its answer, at most `timeout`.
+    fn control(&self, make: fn(Sender<OTelSdkResult>) -> Control, timeout: Duration) -> OTelSdkResult {
+        let (ack, answer) = channel();
+        let sent = self
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(make(ack));
+        if sent.is_err() {
             return Err(OTelSdkError::AlreadyShutdown);
         }
+        self.thread.unpark();
         answer
             .recv_timeout(timeout)
             .unwrap_or(Err(OTelSdkError::Timeout(timeout)))
@@ -86,19 +119,27 @@ impl SpanProcessor for QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(Message::Span(Box::new(span)))
-        {
+        let settings = self.queue.settings;
+        let mut spans = self.queue.spans();
+        if spans.len() >= settings.max_queue {
+            drop(spans);
             self.dropped.add(1, &[]);
+            return;
+        }
+        spans.push(span);
+        let full_batch = spans.len() == settings.max_batch;
+        drop(spans);
+        if full_batch {
+            self.thread.unpark();
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.control(Message::Flush, Duration::from_secs(30))
+        self.control(Control::Flush, Duration::from_secs(30))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let result = self.control(Message::Shutdown, timeout);
+        let result = self.control(Control::Shutdown, timeout);
         let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
         // A worker stuck in an export past the timeout is left to the process exit.
         if let (Ok(()), Some(worker)) = (&result, worker) {
@@ -108,42 +149,49 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-/// The export thread: batches by size or by `delay`, exports, answers control messages.
-fn run<E: SpanExporter>(rx: Receiver<Message>, exporter: E, settings: QueueSettings) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_batch);
+/// The export thread: sleeps until a batch is full, `delay` has passed or a control request
+/// comes, then exports what is queued in batches of at most `max_batch`.
+fn run<E: SpanExporter>(queue: &Queue, requests: &Receiver<Control>, exporter: E) {
+    let settings = queue.settings;
     let mut deadline = Instant::now() + settings.delay;
-    let export = |batch: &mut Vec<SpanData>| {
-        if !batch.is_empty() {
-            // The exporter's own timeout (OTEL_EXPORTER_OTLP_TIMEOUT) bounds this.
-            let _ = futures_executor::block_on(exporter.export(std::mem::take(batch)));
+    let export = |batch: Vec<SpanData>| {
+        // The exporter's own timeout (OTEL_EXPORTER_OTLP_TIMEOUT) bounds this.
+        let _ = futures_executor::block_on(exporter.export(batch));
+    };
+    let export_queued = || {
+        // Allocated here, not under the lock the request path takes.
+        let fresh = Vec::with_capacity(settings.max_batch);
+        let mut spans = std::mem::replace(&mut *queue.spans(), fresh);
+        while spans.len() > settings.max_batch {
+            let rest = spans.split_off(settings.max_batch);
+            export(std::mem::replace(&mut spans, rest));
+        }
+        if !spans.is_empty() {
+            export(spans);
         }
     };
     loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Message::Span(span)) => {
-                batch.push(*span);
-                if batch.len() >= settings.max_batch {
-                    export(&mut batch);
-                    deadline = Instant::now() + settings.delay;
-                }
-            }
-            Ok(Message::Flush(ack)) => {
-                export(&mut batch);
+        std::thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
+        match requests.try_recv() {
+            Ok(Control::Flush(ack)) => {
+                export_queued();
                 let _ = ack.send(exporter.force_flush());
             }
-            Ok(Message::Shutdown(ack)) => {
-                // Spans queued behind nothing: everything before this message is in `batch`.
-                export(&mut batch);
+            Ok(Control::Shutdown(ack)) => {
+                export_queued();
                 let _ = ack.send(exporter.shutdown());
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {
-                export(&mut batch);
-                deadline = Instant::now() + settings.delay;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                export(&mut batch);
+            Err(TryRecvError::Disconnected) => {
+                export_queued();
                 return;
+            }
+            Err(TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline || queue.spans().len() >= settings.max_batch {
+                    export_queued();
+                    deadline = now + settings.delay;
+                }
             }
         }
     }
