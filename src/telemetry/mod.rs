@@ -48,6 +48,9 @@ pub enum TelemetryError {
     Setup(String),
 }
 
+/// The longest the exit waits for spans and metrics to be flushed.
+pub const FLUSH_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The running telemetry: keep it for the life of the process and call `shutdown` at the end.
 pub struct Telemetry {
     /// What `/metrics` encodes.
@@ -60,11 +63,38 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Flushes and stops the exporters.
+    ///
+    /// Spans and metrics are flushed side by side, and the exit waits for them at most
+    /// [`FLUSH_BUDGET`] in all: a silent collector would otherwise hold it for the span flush
+    /// plus the metrics exporter's own timeout (10 s), past the pod's grace period.
     pub fn shutdown(&self) {
-        if let Some(tp) = &self.tracer_provider {
-            let _ = tp.shutdown();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let mut flushing = 0;
+        if let Some(tp) = self.tracer_provider.clone() {
+            let done = done.clone();
+            flushing += 1;
+            std::thread::spawn(move || {
+                let _ = tp.shutdown_with_timeout(FLUSH_BUDGET);
+                let _ = done.send(());
+            });
         }
-        let _ = self.meter_provider.shutdown();
+        let mp = self.meter_provider.clone();
+        flushing += 1;
+        std::thread::spawn(move || {
+            let _ = mp.shutdown_with_timeout(FLUSH_BUDGET);
+            let _ = done.send(());
+        });
+        let deadline = std::time::Instant::now() + FLUSH_BUDGET;
+        for _ in 0..flushing {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if finished.recv_timeout(left).is_err() {
+                tracing::warn!(
+                    budget_secs = FLUSH_BUDGET.as_secs(),
+                    "telemetry flush abandoned: the collector did not take it in time"
+                );
+                return;
+            }
+        }
     }
 }
 

@@ -267,6 +267,58 @@ async fn spans_still_queued_at_sigterm_are_flushed_before_exit() {
 }
 
 #[tokio::test]
+async fn a_collector_that_never_answers_cannot_hold_up_the_exit() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let port = crate::harness::free_port();
+    let mut child = crate::harness::service_command(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("ORIGIN_LATENCY_MS", "1"),
+        ("SHUTDOWN_DRAIN_SECS", "1"),
+    ])
+    .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let item = format!("http://127.0.0.1:{port}/items/k");
+    crate::harness::eventually("the service to answer", || async {
+        client()
+            .get(&item)
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(drop)
+    })
+    .await;
+    crate::harness::signal(child.id(), "TERM");
+    // Spans and metrics both wait on the silent collector (the metrics exporter's own timeout
+    // is 10 s); the exit gives up on them after FLUSH_BUDGET, says so, and still exits 0.
+    let (status, logs) = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut logs = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut logs).unwrap();
+        (status, logs)
+    })
+    .await
+    .unwrap();
+    held.abort();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(
+        logs.contains("telemetry flush abandoned") && logs.contains("budget_secs=5"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
 async fn a_collector_that_never_answers_fills_the_span_queue_and_drops_are_counted() {
     // Accepts connections and never answers: every export hangs until its timeout.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
