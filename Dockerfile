@@ -19,20 +19,25 @@ RUN set -eu; \
         echo 'fn main() {}' > "$target"; \
     done < /tmp/target-paths; \
     : > src/lib.rs; \
-    cargo build --release --locked --bin cache-layer; \
+    cargo build --release --locked --bin cache-layer --bin cache-layer-loadtest; \
     rm -rf src
 
 # Real sources. The stubs of targets outside src/ stay, as the manifest still names them;
 # touching the sources makes sure Cargo sees them as newer than the stub build.
 COPY src ./src
 RUN find src -name '*.rs' -exec touch {} + \
-    && cargo build --release --locked --bin cache-layer \
-    && test -x target/release/cache-layer
+    && cargo build --release --locked --bin cache-layer --bin cache-layer-loadtest \
+    && test -x target/release/cache-layer \
+    && test -x target/release/cache-layer-loadtest
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="cache-layer" \
       org.opencontainers.image.description="Read-through cache service: memory tier, Redis tier, coalesced origin fetches, OpenTelemetry" \
       org.opencontainers.image.licenses="MIT"
+# The load test too, for runs from inside a cluster:
+#   kubectl run loadtest --rm -i --restart=Never --image=<this image> --command -- \
+#     cache-layer-loadtest --url http://<service>:5000 --pattern zipf --rate 500 -c 8 --duration 30s
+COPY --from=builder /build/target/release/cache-layer-loadtest /usr/local/bin/cache-layer-loadtest
 COPY --from=builder /build/target/release/cache-layer /usr/local/bin/cache-layer
 ENV LISTEN_ADDR=0.0.0.0:5000 \
     LOG_FORMAT=json \
