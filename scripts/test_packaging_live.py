@@ -539,6 +539,7 @@ class FakeExporter:
         gauge("memory_cache_bytes", 1000 + n)
         counter("cache_evictions_total", [{"cause": c} for c in ("size", "expired")])
         counter("cache_invalidations_total", [{"mode": m, "source": s} for m in ("hard", "soft") for s in ("local", "remote")])
+        counter("otel_spans_dropped_total", [{}])
         routes = ["/items/{key}", "/health", "/livez", "/readyz", "/metrics", "unmatched"]
         counter("http_requests_total", [{"route": r, "status_class": c} for r in routes
                                         for c in ("2xx", "3xx", "4xx", "5xx")])
