@@ -266,8 +266,9 @@ async fn spans_still_queued_at_sigterm_are_flushed_before_exit() {
     );
 }
 
-#[tokio::test]
-async fn a_collector_that_never_answers_cannot_hold_up_the_exit() {
+/// An OTLP endpoint that accepts connections and never answers: every export hangs until its
+/// timeout. Abort the task to close it.
+async fn silent_collector() -> (String, tokio::task::JoinHandle<()>) {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
     let held = tokio::spawn(async move {
@@ -276,6 +277,12 @@ async fn a_collector_that_never_answers_cannot_hold_up_the_exit() {
             open.push(socket);
         }
     });
+    (endpoint, held)
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_cannot_hold_up_the_exit() {
+    let (endpoint, held) = silent_collector().await;
     let port = crate::harness::free_port();
     let mut child = crate::harness::service_command(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -320,15 +327,7 @@ async fn a_collector_that_never_answers_cannot_hold_up_the_exit() {
 
 #[tokio::test]
 async fn a_collector_that_never_answers_fills_the_span_queue_and_drops_are_counted() {
-    // Accepts connections and never answers: every export hangs until its timeout.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            open.push(socket);
-        }
-    });
+    let (endpoint, held) = silent_collector().await;
     let s = Service::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
