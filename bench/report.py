@@ -299,6 +299,14 @@ def hot_table(section):
     return table(header, rows)
 
 
+def sentence(parts, separator=", "):
+    """The parts joined into one capitalised sentence, or None when there are none."""
+    if not parts:
+        return None
+    text = separator.join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
 def latency_parameters(section):
     """One sentence with the offered rate, connections and duration of the open-loop run."""
     parts = []
@@ -308,10 +316,7 @@ def latency_parameters(section):
         parts.append(f"{fmt_int(section['connections'])} connections")
     if is_number(section.get("duration_s")):
         parts.append(f"{section['duration_s']:g} s per contender")
-    if not parts:
-        return None
-    sentence = ", ".join(parts)
-    return sentence[0].upper() + sentence[1:] + "."
+    return sentence(parts)
 
 
 def latency_table(section):
@@ -350,10 +355,7 @@ def zipf_parameters(section):
         parts.append(f"{section['warmup_s']:g} s warm-up")
     if is_number(section.get("duration_s")):
         parts.append(f"{section['duration_s']:g} s measured per contender")
-    if not parts:
-        return None
-    sentence = ", ".join(parts)
-    return sentence[0].upper() + sentence[1:] + "."
+    return sentence(parts)
 
 
 def zipf_table(section):
@@ -381,10 +383,7 @@ def stampede_parameters(section):
         parts.append(f"{fmt_int(section['requests'])} concurrent requests on one cold key")
     if is_number(section.get("origin_latency_ms")):
         parts.append(f"the origin answers after {section['origin_latency_ms']:g} ms")
-    if not parts:
-        return None
-    sentence = "; ".join(parts)
-    return sentence[0].upper() + sentence[1:] + "."
+    return sentence(parts, "; ")
 
 
 def stampede_table(section):

@@ -317,10 +317,15 @@ def wrk(url, connections):
     return result
 
 
-def loadtest(url, *args, core=CLIENT_CORE):
+def loadtest_cmd(url, *args):
+    """The load test on the client core, asked for its --json report."""
+    return ["taskset", "-c", CLIENT_CORE, f"{RELEASE}/cache-layer-loadtest", "--url", url,
+            "--json", "--no-progress", *map(str, args)]
+
+
+def loadtest(url, *args):
     """The load test's --json report."""
-    cmd = ["taskset", "-c", core, f"{RELEASE}/cache-layer-loadtest", "--url", url, "--json",
-           "--no-progress", *map(str, args)]
+    cmd = loadtest_cmd(url, *args)
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode not in (0, 1):
         raise SystemExit(f"load test failed: {' '.join(cmd)}\n{out.stderr}")
@@ -441,9 +446,8 @@ def section_stampede(stub, running, redis):
     share = STAMPEDE // 3
     counts = [share, share, STAMPEDE - 2 * share]
     procs = [subprocess.Popen(
-        ["taskset", "-c", CLIENT_CORE, f"{RELEASE}/cache-layer-loadtest", "--url", rep.base,
-         "--json", "--no-progress", "--pattern", "single", "--key", "stampede-replicas",
-         "-c", str(n), "--requests", str(n), "--threads", "1"],
+        loadtest_cmd(rep.base, "--pattern", "single", "--key", "stampede-replicas", "-c", n,
+                     "--requests", n, "--threads", 1),
         stdout=subprocess.PIPE, text=True) for rep, n in zip(replicas, counts)]
     reports = [json.loads(p.communicate()[0]) for p in procs]
     rows.append(stampede_row("replicas", reports, stub.served()))
