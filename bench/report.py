@@ -644,6 +644,9 @@ def parse_args(argv):
     parser.add_argument("--svg", help="latency chart to write (not written if the latency "
                                       "section did not run)")
     parser.add_argument("--notes", help="hand-written Markdown appended verbatim to the page")
+    parser.add_argument("--sections", nargs="*", default=[],
+                        help="Markdown written by other benchmark scripts (bench/sections/*.md), "
+                             "appended verbatim after the notes")
     return parser.parse_args(argv)
 
 
@@ -666,6 +669,14 @@ def main(argv=None):
                 notes = handle.read()
         except OSError as error:
             print(f"report.py: cannot read {args.notes}: {error}", file=sys.stderr)
+            return 1
+
+    for path in sorted(args.sections):
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                notes = (notes or "").rstrip("\n") + "\n\n" + handle.read()
+        except OSError as error:
+            print(f"report.py: cannot read {path}: {error}", file=sys.stderr)
             return 1
 
     latency = (results.get("sections") or {}).get("latency")

@@ -29,8 +29,9 @@ if [[ "${SECTIONS:-hot}" == *hot* && ! -x "$VENV/bin/uvicorn" ]]; then
   "$VENV/bin/pip" install -q fastapi==0.115.6 uvicorn==0.32.1 redis==5.2.1 prometheus-client==0.21.1
 fi
 
+shopt -s nullglob  # bench/sections/ may be empty
 RESULTS=target/bench-results.json
 python3 bench/run.py "$RESULTS"
 python3 bench/report.py "$RESULTS" --markdown docs/benchmarks.md --svg docs/bench-latency.svg \
-  --notes bench/notes.md
+  --notes bench/notes.md --sections bench/sections/*.md
 echo "docs/benchmarks.md and docs/bench-latency.svg written from $RESULTS" >&2

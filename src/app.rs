@@ -4,14 +4,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::cache::{FleetLock, Lifetimes, MemoryTier, ReadThrough, RedisTier};
-use crate::config::{Config, OriginConfig};
+use crate::config::{Config, OriginConfig, ServerLimits};
+use crate::http::server::{self, Phase, Server};
 use crate::http::{AppState, HeaderTables, router};
 use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin, Trip};
 use crate::telemetry::{Telemetry, observe_gauge};
+
+/// An `ADMIN_TOKEN` shorter than this starts with a warning: it can be guessed.
+const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,14 @@ impl Application {
     /// a Redis that is down does not stop start-up.
     pub async fn build(config: Config, telemetry: &Telemetry) -> Result<Self, StartError> {
         let metrics = telemetry.metrics.clone();
+        if let Some(token) = &config.admin_token
+            && token.len() < MIN_ADMIN_TOKEN_BYTES
+        {
+            tracing::warn!(
+                bytes = token.len(),
+                "ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_BYTES} bytes: purges are easy to guess; use e.g. `openssl rand -hex 16`"
+            );
+        }
         let memory = config
             .memory_enabled
             .then(|| MemoryTier::new(config.memory_max_bytes, metrics.clone()));
@@ -61,8 +74,12 @@ impl Application {
         }
         let redis = match &config.redis {
             Some(rc) => {
-                let tier =
-                    RedisTier::new(rc, metrics.clone()).map_err(|e| StartError::Setup(e.to_string()))?;
+                let tier = RedisTier::new(
+                    rc,
+                    crate::cache::Entry::max_encoded_len(config.origin_max_body_bytes),
+                    metrics.clone(),
+                )
+                .map_err(|e| StartError::Setup(e.to_string()))?;
                 tier.start().await;
                 Some(tier)
             }
@@ -131,6 +148,7 @@ impl Application {
             admin_token: config.admin_token.clone(),
             max_key_bytes: config.max_key_bytes,
             request_timeout: config.request_timeout,
+            body_timeout: config.server.body_timeout,
             headers: HeaderTables::new(config.ttl.as_secs()),
             ready: AtomicBool::new(true),
         });
@@ -147,7 +165,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves; then fails `/readyz`, waits `SHUTDOWN_DELAY_SECS`,
-    /// closes the listener and lets in-flight requests finish for up to `SHUTDOWN_DRAIN_SECS`.
+    /// closes the listener and the connections without a request in flight, and lets the
+    /// requests in flight finish for up to `SHUTDOWN_DRAIN_SECS`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Application {
             listener,
@@ -155,29 +174,53 @@ impl Application {
             config,
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
-            let _ = close_rx.await;
-        });
-        let mut server = tokio::spawn(async move { server.await });
-        tokio::select! {
-            result = &mut server => return result.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            () = shutdown => {}
-        }
+        let limits = connection_limits(&config);
+        let server = Arc::new(Server::default());
+        let accept = {
+            let (server, router) = (server.clone(), router(state.clone()));
+            tokio::spawn(async move { server.accept_loop(listener, router, limits).await })
+        };
+        shutdown.await;
         state.begin_shutdown();
         tracing::info!(delay = ?config.shutdown_delay, "shutting down: /readyz now fails");
         tokio::time::sleep(config.shutdown_delay).await;
-        let _ = close_tx.send(());
-        tracing::info!(drain = ?config.shutdown_drain, "listener closed; draining in-flight requests");
-        match tokio::time::timeout(config.shutdown_drain, &mut server).await {
-            Ok(result) => result.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            Err(_) => {
-                tracing::warn!("drain deadline passed; closing remaining connections");
-                server.abort();
-                Ok(())
-            }
+        server.set_phase(Phase::Draining);
+        let _ = accept.await;
+        tracing::info!(
+            drain = ?config.shutdown_drain,
+            open = server.connections(),
+            "listener closed; draining in-flight requests"
+        );
+        if tokio::time::timeout(config.shutdown_drain, server.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+            server.set_phase(Phase::Closing);
+            let _ = tokio::time::timeout(Duration::from_secs(1), server.drained()).await;
         }
+        Ok(())
     }
+}
+
+/// The server's limits, with `HTTP_MAX_CONNECTIONS` lowered to what the open-file limit allows
+/// after descriptors for the origin's connections, Redis and the process itself.
+fn connection_limits(config: &Config) -> ServerLimits {
+    let mut limits = config.server;
+    let reserve = 64 + config.origin_max_concurrency as u64 + if config.redis.is_some() { 32 } else { 0 };
+    if let Some(budget) = server::connection_budget(reserve)
+        && (budget as usize) < limits.max_connections
+    {
+        let lowered = (budget as usize).max(1);
+        tracing::warn!(
+            configured = limits.max_connections,
+            lowered,
+            reserved = reserve,
+            "HTTP_MAX_CONNECTIONS lowered to fit under the open-file limit (RLIMIT_NOFILE)"
+        );
+        limits.max_connections = lowered;
+    }
+    limits
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -48,6 +48,21 @@ pub struct RedisConfig {
     pub lock_poll: Duration,
 }
 
+/// How the HTTP server treats connections (`HTTP_*`): what a slow or idle client may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// `HTTP_HEADER_TIMEOUT_SECS`: a request head must arrive within it (from the accept, or
+    /// from its first byte on a kept-alive connection), else the connection is closed.
+    pub header_timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT_SECS`: a request body must arrive within it, else `408`.
+    pub body_timeout: Duration,
+    /// `HTTP_KEEPALIVE_TIMEOUT_SECS`: an idle kept-alive connection is closed after it.
+    pub keepalive_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: open connections at most; at the cap the oldest idle one is
+    /// closed to make room. Lowered at start-up to fit under `RLIMIT_NOFILE`.
+    pub max_connections: usize,
+}
+
 /// Where values come from on a miss.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OriginConfig {
@@ -113,6 +128,8 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// Log lines as JSON rather than text.
     pub log_json: bool,
+    /// Connection limits of the HTTP server.
+    pub server: ServerLimits,
 }
 
 /// The variables as envy reads them: all optional strings, empty ones already dropped.
@@ -155,6 +172,10 @@ struct RawEnv {
     shutdown_delay_secs: Option<String>,
     shutdown_drain_secs: Option<String>,
     log_format: Option<String>,
+    http_header_timeout_secs: Option<String>,
+    http_body_timeout_secs: Option<String>,
+    http_keepalive_timeout_secs: Option<String>,
+    http_max_connections: Option<String>,
 }
 
 impl Config {
@@ -283,12 +304,37 @@ impl RawEnv {
                 10,
                 1,
             )?,
-            admin_token: self.admin_token,
+            admin_token: match self.admin_token {
+                Some(t) if t.trim().is_empty() => {
+                    return Err(invalid(
+                        "ADMIN_TOKEN",
+                        "<whitespace>",
+                        "a token with at least one character other than whitespace (unset it to turn purging off)",
+                    ));
+                }
+                t => t,
+            },
             max_key_bytes: bounded("MAX_KEY_BYTES", self.max_key_bytes, 512, 1..=65_536)? as usize,
             request_timeout: secs("REQUEST_TIMEOUT_SECS", self.request_timeout_secs, 30, 1)?,
             shutdown_delay: secs("SHUTDOWN_DELAY_SECS", self.shutdown_delay_secs, 0, 0)?,
             shutdown_drain: secs("SHUTDOWN_DRAIN_SECS", self.shutdown_drain_secs, 20, 0)?,
             log_json,
+            server: ServerLimits {
+                header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", self.http_header_timeout_secs, 10, 1)?,
+                body_timeout: secs("HTTP_BODY_TIMEOUT_SECS", self.http_body_timeout_secs, 10, 1)?,
+                keepalive_timeout: secs(
+                    "HTTP_KEEPALIVE_TIMEOUT_SECS",
+                    self.http_keepalive_timeout_secs,
+                    60,
+                    1,
+                )?,
+                max_connections: bounded(
+                    "HTTP_MAX_CONNECTIONS",
+                    self.http_max_connections,
+                    4096,
+                    1..=1_000_000,
+                )? as usize,
+            },
         })
     }
 }
@@ -521,6 +567,20 @@ mod tests {
             ("ORIGIN_TIMEOUT_MS", "500"),
         ];
         assert_eq!(config(&short_lock).unwrap_err().var, "FLEET_LOCK_TTL_MS");
+    }
+
+    #[test]
+    fn a_whitespace_admin_token_is_refused_without_echoing_it() {
+        let e = config(&[("ADMIN_TOKEN", "  \t ")]).unwrap_err();
+        assert_eq!(e.var, "ADMIN_TOKEN");
+        assert_eq!(e.value, "<whitespace>");
+        assert_eq!(
+            config(&[("ADMIN_TOKEN", "short")])
+                .unwrap()
+                .admin_token
+                .as_deref(),
+            Some("short")
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum AppError {
         /// Whole seconds until a retry may succeed (`Retry-After`).
         retry_after_secs: u64,
     },
+    /// The request body did not arrive within `HTTP_BODY_TIMEOUT_SECS`; the connection is closed.
+    #[error("the request body did not arrive within HTTP_BODY_TIMEOUT_SECS")]
+    RequestTimeout,
     /// A purge without credentials.
     #[error("a bearer token is required")]
     Unauthorized,
@@ -74,6 +77,7 @@ impl AppError {
             AppError::Unauthorized => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
             AppError::PurgeIncomplete => "purge_incomplete",
+            AppError::RequestTimeout => "request_timeout",
             AppError::Internal(_) => "internal",
         }
     }
@@ -88,6 +92,7 @@ impl AppError {
             AppError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             AppError::OriginUnavailable { .. } | AppError::PurgeIncomplete => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -137,6 +142,9 @@ impl IntoResponse for AppError {
             }
             AppError::PurgeIncomplete => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            AppError::RequestTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             AppError::Unauthorized => {
                 headers.insert(

@@ -5,7 +5,7 @@
 //! configurable delay, or fails as told, and counts what it served at `GET /_stub/stats`.
 //!
 //! Environment: `STUB_LISTEN_ADDR` (127.0.0.1:8080), `STUB_LATENCY_MS` (0), `STUB_MODE`
-//! (`ok`, `status:<code>`, `hang`, `big`), `STUB_CONTENT_TYPE` (`json` or `text`).
+//! (`ok`, `status:<code>`, `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`), `STUB_CONTENT_TYPE` (`json` or `text`).
 //! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/reset`.
 //! A path containing `missing` always gets a 404.
 
@@ -135,10 +135,25 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (status, "the stub was told to fail").into_response();
     }
+    if let Some(rest) = mode.strip_prefix("redirect:") {
+        // `redirect:<code>:<location>`: a redirect the cache must not follow.
+        let (code, location) = rest.split_once(':').unwrap_or(("302", "/"));
+        let status = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok());
+        return (
+            status.unwrap_or(StatusCode::FOUND),
+            [(header::LOCATION, location.to_owned())],
+            "redirected",
+        )
+            .into_response();
+    }
     if mode == "hang" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
-    let body = if mode == "big" {
+    let body = if let Some(n) = mode.strip_prefix("bytes:") {
+        // `bytes:<n>`: a JSON value padded to about n bytes.
+        let n: usize = n.parse().unwrap_or(1024);
+        serde_json::json!({ "path": target, "n": n, "padding": "x".repeat(n) }).to_string()
+    } else if mode == "big" {
         serde_json::json!({ "path": target, "n": n, "padding": "x".repeat(2 * 1024 * 1024) }).to_string()
     } else {
         serde_json::json!({ "path": target, "n": n }).to_string()

@@ -36,12 +36,27 @@ impl moka::Expiry<Arc<str>, Arc<Entry>> for UntilUnservable {
     }
 }
 
+/// moka weighs in units of this many bytes. moka sizes its frequency sketch by the capacity in
+/// weight units (8 bytes per unit, rounded up to a power of two); weighed in single bytes, a
+/// 128 MiB tier would get a 1 GiB sketch that fills with use, far beyond the bound. In 128-byte
+/// units the sketch is 1/16 of the bound at most and is taken off the capacity, and entries
+/// (600 bytes and more each) still get several sketch counters apiece.
+const WEIGHT_UNIT: u64 = 128;
+
+/// Capacity in weight units after the frequency sketch's own bytes.
+fn capacity_units(max_bytes: u64) -> u64 {
+    let units = (max_bytes / WEIGHT_UNIT).max(1);
+    let sketch_bytes = 8 * units.clamp(128, 1 << 30).next_power_of_two();
+    (max_bytes.saturating_sub(sketch_bytes) / WEIGHT_UNIT).max(1)
+}
+
 impl MemoryTier {
-    /// A tier holding at most `max_bytes`; evictions are counted in `metrics`.
+    /// A tier holding at most `max_bytes` of heap (entries, keys and moka's structures,
+    /// including its frequency sketch); evictions are counted in `metrics`.
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
         let map = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|k: &Arc<str>, e: &Arc<Entry>| e.weight(k))
+            .max_capacity(capacity_units(max_bytes))
+            .weigher(|k: &Arc<str>, e: &Arc<Entry>| e.weight(k).div_ceil(WEIGHT_UNIT as u32))
             .expire_after(UntilUnservable)
             .eviction_listener(move |_k, _e, cause| match cause {
                 RemovalCause::Size => metrics.evicted("size"),
@@ -52,9 +67,10 @@ impl MemoryTier {
         MemoryTier { map }
     }
 
-    /// Bytes held (keys, values and overhead), once pending bookkeeping has run.
+    /// Bytes held by entries (their weights, rounded up to moka's 128-byte units), once pending
+    /// bookkeeping has run. The frequency sketch is not included: it is set aside at start.
     pub fn bytes(&self) -> u64 {
-        self.map.weighted_size()
+        self.map.weighted_size() * WEIGHT_UNIT
     }
 
     /// Entries held.
@@ -117,17 +133,24 @@ mod tests {
             let e = Entry::value(&key, br#""some value of moderate length""#, now_ms(), &life());
             tier.put(&key, Arc::new(e)).await.unwrap();
             assert!(
-                tier.bytes() <= 64 * 1024,
+                tier.bytes() + 8 * 512 <= 64 * 1024,
                 "bytes {} over bound at {i}",
                 tier.bytes()
             );
         }
         tier.settle();
         assert!(
-            tier.entries() > 100,
+            tier.entries() > 40,
             "the tier keeps what fits: {}",
             tier.entries()
         );
+    }
+
+    #[test]
+    fn the_sketch_is_paid_for_out_of_the_bound() {
+        // 32 MiB: 262,144 units, a sketch of 2^18 counters words (2 MiB) set aside.
+        assert_eq!(capacity_units(32 << 20), ((32 << 20) - (2 << 20)) / WEIGHT_UNIT);
+        assert_eq!(capacity_units(1), 1);
     }
 
     #[tokio::test]

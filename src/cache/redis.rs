@@ -3,7 +3,7 @@
 //! deadline, and a Redis known to be down is skipped until a background ping finds it again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -46,6 +46,9 @@ struct Shared {
     fill_channel: String,
     /// Deadline of one command.
     response_timeout: Duration,
+    /// The largest entry this service can write (from `ORIGIN_MAX_BODY_BYTES`); larger values
+    /// under an entry key are refused after reading at most one byte more than this.
+    max_entry_bytes: usize,
     /// Deadline of one connection attempt.
     connect_timeout: Duration,
     /// Whether Redis answered the last ping / command; while false, requests skip Redis.
@@ -62,6 +65,60 @@ struct Shared {
     tls_ca_pem: Option<Vec<u8>>,
     /// Redis error counters.
     metrics: Arc<Metrics>,
+    /// Writes (entry `SET`s and fleet locks) that failed while Redis answered otherwise, e.g.
+    /// at `maxmemory` with `noeviction`: reads work, nothing new is stored.
+    writes: WriteHealth,
+}
+
+/// How long a failed write keeps the tier `write_failing` when no write has succeeded since.
+const WRITE_FAILING_FOR_MS: u64 = 10_000;
+
+/// The last failed and the last successful write, and a rate-limited log of failures.
+#[derive(Default)]
+struct WriteHealth {
+    /// When a write last failed (ms since the epoch; 0 = never).
+    failed_ms: AtomicU64,
+    /// When a write last succeeded (ms since the epoch).
+    ok_ms: AtomicU64,
+    /// When the last `warn` line about failing writes was written.
+    logged_ms: AtomicU64,
+    /// Failures since that line.
+    unlogged: AtomicU64,
+}
+
+impl WriteHealth {
+    fn record(&self, ok: bool, error: Option<&TierError>) {
+        let now = now_ms();
+        if ok {
+            self.ok_ms.store(now, Ordering::Relaxed);
+            return;
+        }
+        self.failed_ms.store(now, Ordering::Relaxed);
+        let count = self.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= WRITE_FAILING_FOR_MS
+            && self
+                .logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.unlogged.fetch_sub(count, Ordering::Relaxed);
+            let why = error.map(ToString::to_string).unwrap_or_default();
+            tracing::warn!(
+                failed = count,
+                why,
+                "redis refuses writes: new entries and fleet locks are not stored (at most one line per 10 s)"
+            );
+        }
+    }
+
+    /// A write failed in the last 10 s and none has succeeded since.
+    fn failing(&self) -> bool {
+        let failed = self.failed_ms.load(Ordering::Relaxed);
+        failed != 0
+            && failed >= self.ok_ms.load(Ordering::Relaxed)
+            && now_ms().saturating_sub(failed) < WRITE_FAILING_FOR_MS
+    }
 }
 
 // One value per process: the size difference between the variants costs nothing.
@@ -143,7 +200,12 @@ fn open_client(info: &ConnectionInfo, ca_pem: Option<&[u8]>) -> redis::RedisResu
 
 impl RedisTier {
     /// Prepares the tier without connecting; call [`RedisTier::start`] to connect in the background.
-    pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
+    /// `max_entry_bytes` bounds what a read of one entry transfers (see [`Entry::max_encoded_len`]).
+    pub fn new(
+        config: &RedisConfig,
+        max_entry_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RedisSetupError> {
         let infos = config
             .urls
             .iter()
@@ -187,6 +249,7 @@ impl RedisTier {
                 channel: format!("{}:invalidate", config.key_prefix),
                 fill_channel: format!("{}:filled", config.key_prefix),
                 response_timeout: config.response_timeout,
+                max_entry_bytes,
                 connect_timeout: config.connect_timeout,
                 up: AtomicBool::new(false),
                 pinged: AtomicBool::new(false),
@@ -194,6 +257,7 @@ impl RedisTier {
                 tls_ca_pem: config.tls_ca_pem.clone(),
                 next_pubsub: AtomicUsize::new(0),
                 metrics,
+                writes: WriteHealth::default(),
             }),
         })
     }
@@ -243,6 +307,24 @@ impl RedisTier {
     /// Whether Redis answered lately; `/health` reports it.
     pub fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether Redis answers but refuses writes (a `SET` or a lock failed in the last 10 s and
+    /// none has succeeded since); `/health` reports it as `write_failing`.
+    pub fn writes_failing(&self) -> bool {
+        self.shared.writes.failing()
+    }
+
+    /// Runs a write, remembering whether it failed for [`RedisTier::writes_failing`]. Writes
+    /// skipped because Redis is down are not counted: the tier is `down` then.
+    async fn write<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, TierError> {
+        let result = self.run(op, cmd).await;
+        match &result {
+            Err(TierError::Unavailable) => {}
+            Ok(_) => self.shared.writes.record(true, None),
+            Err(e) => self.shared.writes.record(false, Some(e)),
+        }
+        result
     }
 
     async fn connection(&self) -> Option<Conn> {
@@ -344,7 +426,7 @@ impl RedisTier {
             .arg("PX")
             .arg(ttl.as_millis() as u64)
             .to_owned();
-        self.run::<Option<String>>("lock", &cmd)
+        self.write::<Option<String>>("lock", &cmd)
             .await
             .map(|r| r.is_some())
     }
@@ -398,9 +480,30 @@ impl Tier for RedisTier {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
-        let cmd = redis::cmd("GET").arg(self.entry_key(key)).to_owned();
-        let bytes: Option<Vec<u8>> = self.run("get", &cmd).await?;
-        Ok(bytes
+        // GETRANGE rather than GET: a value larger than this service could have written (put
+        // there by something else) is never transferred whole, so it cannot hold up the other
+        // commands sharing the connection. A missing key reads as empty.
+        let max = self.shared.max_entry_bytes;
+        let cmd = redis::cmd("GETRANGE")
+            .arg(self.entry_key(key))
+            .arg(0)
+            .arg(max)
+            .to_owned();
+        let bytes: Vec<u8> = self.run("get", &cmd).await?;
+        if bytes.len() > max {
+            self.shared.metrics.redis_error("get");
+            tracing::warn!(
+                limit = max,
+                "redis holds a value larger than this service can write under an entry key; removed, and replaced by the next fetch"
+            );
+            // No replica can use it: UNLINK (freed in the background, not blocking Redis) so
+            // the next read, here or elsewhere, does not pay for it again.
+            let unlink = redis::cmd("UNLINK").arg(self.entry_key(key)).to_owned();
+            let _ = self.run::<i64>("del", &unlink).await;
+            return Ok(None);
+        }
+        Ok(Some(bytes)
+            .filter(|b| !b.is_empty())
             .and_then(|b| Entry::decode(key, &b))
             .filter(|e| e.stale_until_ms > now_ms())
             .map(Arc::new))
@@ -417,7 +520,7 @@ impl Tier for RedisTier {
             .arg("PX")
             .arg(keep_ms)
             .to_owned();
-        self.run::<()>("set", &cmd).await
+        self.write::<()>("set", &cmd).await
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {

@@ -68,10 +68,34 @@ fn render(state: &AppState, answer: Answer) -> Response {
     response
 }
 
+/// A purge's body is read and discarded; more than this is refused.
+const PURGE_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads a whole request body within `timeout`: `400` when it is malformed (e.g. broken
+/// chunking) or longer than `max`, `408` when it does not arrive in time.
+async fn read_body(
+    body: Body,
+    max: usize,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, AppError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(AppError::BadRequest(format!(
+            "the request body could not be read (malformed, cut short, or over {max} bytes)"
+        ))),
+        Err(_) => Err(AppError::RequestTimeout),
+    }
+}
+
 /// The key from the path, percent-decoded and checked.
 async fn key_of(request: Request, max_key_bytes: usize) -> Result<String, AppError> {
     let (mut parts, _) = request.into_parts();
-    let Path(key) = Path::<String>::from_request_parts(&mut parts, &())
+    key_from(&mut parts, max_key_bytes).await
+}
+
+/// The key from the request's path parameters, percent-decoded and checked.
+async fn key_from(parts: &mut axum::http::request::Parts, max_key_bytes: usize) -> Result<String, AppError> {
+    let Path(key) = Path::<String>::from_request_parts(parts, &())
         .await
         .map_err(|_| AppError::BadKey("the key must be percent-encoded UTF-8".to_owned()))?;
     check_key(&key, max_key_bytes)?;
@@ -124,7 +148,11 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
         request.headers().get(header::AUTHORIZATION),
     )?;
     let soft = soft_param(request.uri().query())?;
-    let key = key_of(request, state.max_key_bytes).await?;
+    let (mut parts, body) = request.into_parts();
+    let key = key_from(&mut parts, state.max_key_bytes).await?;
+    // A purge takes no body, but one that was sent must arrive whole before anything is
+    // applied: a request cut short or malformed is refused, not half-honoured.
+    read_body(body, PURGE_MAX_BODY_BYTES, state.body_timeout).await?;
     state
         .cache
         .purge(&key, soft)
@@ -142,14 +170,27 @@ fn authorize(token: Option<&str>, given: Option<&HeaderValue>) -> Result<(), App
         ));
     };
     let given = given.ok_or(AppError::Unauthorized)?;
-    let bearer = given.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
-    if bool::from(bearer.ct_eq(token.as_bytes())) {
+    if bool::from(bearer_token(given.as_bytes()).ct_eq(token.as_bytes())) {
         Ok(())
     } else {
         Err(AppError::Forbidden(
             "the bearer token is not the admin token".to_owned(),
         ))
     }
+}
+
+/// The token of a `Bearer` credential; the scheme is case-insensitive (RFC 9110 §11.1) and
+/// separated from the token by one or more spaces. Anything else yields an empty token.
+fn bearer_token(credentials: &[u8]) -> &[u8] {
+    let Some(space) = credentials.iter().position(|&b| b == b' ') else {
+        return b"";
+    };
+    let (scheme, rest) = credentials.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return b"";
+    }
+    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    &rest[start..]
 }
 
 fn soft_param(query: Option<&str>) -> Result<bool, AppError> {
@@ -197,6 +238,14 @@ mod tests {
             Err(AppError::Forbidden(_))
         ));
         assert!(authorize(Some("s3cret"), Some(&bearer)).is_ok());
+        for scheme in ["bearer s3cret", "BEARER s3cret", "Bearer   s3cret"] {
+            let given = HeaderValue::from_static(scheme);
+            assert!(authorize(Some("s3cret"), Some(&given)).is_ok(), "{scheme}");
+        }
+        for bad in ["Basic s3cret", "Bearers3cret", "s3cret", "Bearer "] {
+            let given = HeaderValue::from_static(bad);
+            assert!(authorize(Some("s3cret"), Some(&given)).is_err(), "{bad}");
+        }
         assert!(soft_param(Some("soft=true")).unwrap());
         assert!(soft_param(Some("soft=maybe")).is_err());
     }

@@ -3,6 +3,7 @@
 mod headers;
 mod items;
 mod ops;
+pub mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,8 @@ pub struct AppState {
     pub max_key_bytes: usize,
     /// Deadline of a `/items` request that has to wait on the origin.
     pub request_timeout: Duration,
+    /// Deadline for reading a request body (`HTTP_BODY_TIMEOUT_SECS`).
+    pub body_timeout: Duration,
     /// Precomputed `Age` and `Cache-Status` values, so a hit formats nothing.
     pub headers: HeaderTables,
     /// False once shutdown has begun: `/readyz` fails so load balancers stop sending.

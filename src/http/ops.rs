@@ -25,15 +25,16 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     };
     let redis = match state.cache.redis() {
         None => "disabled",
-        Some(r) if r.is_up() => "ok",
-        Some(_) => "down",
+        Some(r) if !r.is_up() => "down",
+        Some(r) if r.writes_failing() => "write_failing",
+        Some(_) => "ok",
     };
     let circuit = match state.cache.breaker_state() {
         BreakerState::Closed => "closed",
         BreakerState::Open => "open",
         BreakerState::HalfOpen => "half-open",
     };
-    let status = if redis == "down" || circuit == "open" {
+    let status = if matches!(redis, "down" | "write_failing") || circuit == "open" {
         "degraded"
     } else {
         "ok"

@@ -79,7 +79,12 @@ impl GuardedOrigin {
         let outcome = match &result {
             Ok(Fetched::Value(_)) => "ok",
             Ok(Fetched::NotFound) => "not_found",
-            Err(e) => e.outcome(),
+            Err(e) => {
+                // Once per failed fetch, with the detail a client never sees (a redirect's
+                // `Location` is not logged either: only its status).
+                tracing::warn!(error = %e.detail(), "origin fetch failed");
+                e.outcome()
+            }
         };
         self.metrics.origin(outcome, Some(started.elapsed()));
         result

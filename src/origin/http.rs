@@ -36,8 +36,11 @@ impl HttpOrigin {
                 Ok::<_, String>(v)
             })
             .transpose()?;
+        // Never follow redirects: a read-through cache fetches exactly the URL its template
+        // names, so a 3xx cannot send it (with ORIGIN_AUTHORIZATION) to another address.
         let client = reqwest::Client::builder()
             .user_agent(concat!("cache-layer/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(HttpOrigin {
@@ -64,14 +67,12 @@ impl Origin for HttpOrigin {
         if let Some(tp) = traceparent {
             request = request.header("traceparent", tp);
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| OriginError::Transport(e.to_string()))?;
+        let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         match status {
             200..=299 => {}
             404 | 410 => return Ok(Fetched::NotFound),
+            300..=399 if status != 304 => return Err(OriginError::Redirect(status)),
             other => return Err(OriginError::Status(other)),
         }
         if response
@@ -86,11 +87,7 @@ impl Origin for HttpOrigin {
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json_media_type);
         let mut body = BytesMut::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| OriginError::Transport(e.to_string()))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > self.max_body_bytes {
                 return Err(OriginError::TooLarge(self.max_body_bytes));
             }
@@ -98,6 +95,18 @@ impl Origin for HttpOrigin {
         }
         Ok(Fetched::Value(value_json(&body, is_json)?))
     }
+}
+
+/// A transport error with its whole chain of causes, for the log.
+fn transport(e: reqwest::Error) -> OriginError {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    OriginError::Transport(detail)
 }
 
 /// `application/json` and `…+json`, parameters ignored.

@@ -28,11 +28,16 @@ pub enum Fetched {
 /// Why a fetch produced no answer; none of these is cached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OriginError {
-    /// The origin answered with a status other than 2xx, 404 or 410.
+    /// The origin answered with a status other than 2xx, 3xx, 404 or 410.
     #[error("the origin answered {0}")]
     Status(u16),
-    /// The origin could not be reached or broke off.
-    #[error("the origin could not be reached: {0}")]
+    /// The origin answered a redirect (a 3xx other than 304). It is never followed: the cache
+    /// fetches exactly the URL its template names (no SSRF through a `Location`).
+    #[error("the origin answered {0}; redirects are not followed")]
+    Redirect(u16),
+    /// The origin could not be reached or broke off. The detail (which names the URL) goes to
+    /// the log only, never to a client.
+    #[error("the origin could not be reached")]
     Transport(String),
     /// The body was larger than `ORIGIN_MAX_BODY_BYTES`.
     #[error("the origin's body is larger than {0} bytes")]
@@ -55,6 +60,15 @@ pub enum OriginError {
 }
 
 impl OriginError {
+    /// What the log says about this error: the client-facing sentence plus, for a transport
+    /// error, the client library's detail (which may name the origin's address).
+    pub fn detail(&self) -> String {
+        match self {
+            OriginError::Transport(detail) => format!("{self}: {detail}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The `origin_requests_total` outcome this error counts as.
     pub fn outcome(&self) -> &'static str {
         match self {

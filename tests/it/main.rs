@@ -1,6 +1,7 @@
 //! Integration tests: the real binaries, a real origin stub, real `redis-server` and Prometheus.
 
 mod config;
+mod hardening;
 mod harness;
 mod items;
 mod loadtest;

@@ -1,0 +1,472 @@
+//! The HTTP server loop: accepts connections, bounds how many stay open, and closes the ones
+//! that stall, so slow or idle clients cannot hold file descriptors or the shutdown.
+//!
+//! `axum::serve` gives hyper no timer and never closes a connection by itself; this loop does
+//! what nginx's `client_header_timeout`, `keepalive_timeout` and `worker_connections` do:
+//! - a connection with no request in flight must deliver a whole request head within
+//!   `HTTP_HEADER_TIMEOUT_SECS` of its first byte (of the accept, for a new connection);
+//! - one that sends nothing after an answer is closed after `HTTP_KEEPALIVE_TIMEOUT_SECS`;
+//! - at `HTTP_MAX_CONNECTIONS`, the oldest connection with no request in flight is closed to make
+//!   room, so a flood of idle connections cannot stop the service from accepting;
+//! - at shutdown, connections without a request in flight close at once; the others finish
+//!   their request and then close.
+//!
+//! Request bodies have their own deadline, applied where a handler reads one.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tower::Service;
+
+use crate::config::ServerLimits;
+
+/// `u64::MAX` in a millisecond slot: "not set".
+const NONE: u64 = u64::MAX;
+
+/// What the accept loop tells the connections, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving.
+    Serving,
+    /// Shutting down: close when no request is in flight, accept nothing new.
+    Draining,
+    /// The drain deadline passed: close now.
+    Closing,
+}
+
+/// One open connection, as the watchdog and the cap see it.
+struct Conn {
+    /// When it was accepted; the millisecond slots below count from here.
+    accepted: Instant,
+    /// Requests handed to the router and not yet answered.
+    in_flight: AtomicU32,
+    /// Requests answered so far.
+    answered: AtomicU64,
+    /// When the last answer was made (ms since `accepted`).
+    idle_since_ms: AtomicU64,
+    /// When the first byte of the next request head arrived (ms since `accepted`), or `NONE`.
+    head_since_ms: AtomicU64,
+    /// Wakes the watchdog: a head began, or the cap chose this connection.
+    wake: Notify,
+    /// Set by the cap: close at the next wake-up.
+    evicted: std::sync::atomic::AtomicBool,
+}
+
+impl Conn {
+    fn new() -> Self {
+        Conn {
+            accepted: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(NONE),
+            wake: Notify::new(),
+            evicted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn ms_now(&self) -> u64 {
+        self.accepted.elapsed().as_millis() as u64
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Called on every read: the first bytes after an answer start the header deadline.
+    fn on_read(&self) {
+        if self.head_since_ms.load(Ordering::Relaxed) == NONE && self.is_idle() {
+            self.head_since_ms.store(self.ms_now(), Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    fn begin_request(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end_request(&self) {
+        self.idle_since_ms.store(self.ms_now(), Ordering::Relaxed);
+        self.head_since_ms.store(NONE, Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the connection must be closed if nothing changes; `None` while a request is in
+    /// flight (the request's own deadline governs then).
+    fn deadline(&self, limits: &ServerLimits) -> Option<Instant> {
+        if !self.is_idle() {
+            return None;
+        }
+        let head = self.head_since_ms.load(Ordering::Relaxed);
+        let at = if self.answered.load(Ordering::Relaxed) == 0 {
+            // The first request head counts from the accept.
+            limits.header_timeout
+        } else if head != NONE {
+            Duration::from_millis(head) + limits.header_timeout
+        } else {
+            Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed)) + limits.keepalive_timeout
+        };
+        Some(self.accepted + at)
+    }
+}
+
+/// The open connections, oldest first, for the cap.
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<BTreeMap<u64, Arc<Conn>>>,
+    /// Notified whenever a connection ends (the drain waits on it).
+    closed: Notify,
+}
+
+impl Registry {
+    /// Registers a new connection, making room at the cap by evicting the oldest idle one;
+    /// `None` when every open connection has a request in flight.
+    fn admit(&self, id: u64, max: usize) -> Option<Arc<Conn>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() >= max {
+            let victim = conns.iter().find(|(_, c)| c.is_idle()).map(|(id, _)| *id)?;
+            if let Some(c) = conns.remove(&victim) {
+                c.evicted.store(true, Ordering::Release);
+                c.wake.notify_one();
+            }
+        }
+        let conn = Arc::new(Conn::new());
+        conns.insert(id, conn.clone());
+        Some(conn)
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.closed.notify_waiters();
+    }
+
+    fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The server: an accept loop over `listener` serving `router` within `limits`.
+pub struct Server {
+    registry: Arc<Registry>,
+    phase: watch::Sender<Phase>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            registry: Arc::default(),
+            phase: watch::channel(Phase::Serving).0,
+        }
+    }
+}
+
+impl Server {
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Moves every connection to `phase` (the accept loop stops at `Draining`).
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+
+    /// Resolves when no connection is open.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.registry.closed.notified();
+            if self.registry.len() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Accepts connections until the phase leaves `Serving`, then returns (the connections go
+    /// on in their own tasks until they close).
+    pub async fn accept_loop(&self, listener: TcpListener, router: Router, limits: ServerLimits) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().keep_alive(true);
+        let builder = Arc::new(builder);
+        let mut phase = self.phase.subscribe();
+        let mut next_id = 0u64;
+        let mut refused = RateLimitedLog::new("connection refused: every connection has a request in flight");
+        let mut accept_errors = RateLimitedLog::new("accept failed");
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = phase.wait_for(|p| *p != Phase::Serving) => return,
+                a = listener.accept() => a,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off briefly, keep accepting.
+                    accept_errors.note(&e.to_string());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            next_id += 1;
+            let Some(conn) = self.registry.admit(next_id, limits.max_connections) else {
+                refused.note("HTTP_MAX_CONNECTIONS reached");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve_connection(
+                next_id,
+                conn,
+                stream,
+                router.clone(),
+                builder.clone(),
+                limits,
+                self.registry.clone(),
+                self.phase.subscribe(),
+            ));
+        }
+    }
+}
+
+/// Serves one connection until it ends, stalls past its deadline, is evicted, or shutdown
+/// closes it.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    id: u64,
+    conn: Arc<Conn>,
+    stream: TcpStream,
+    router: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ServerLimits,
+    registry: Arc<Registry>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let io = TokioIo::new(Watched {
+        stream,
+        conn: conn.clone(),
+    });
+    let service = Tracked {
+        router,
+        conn: conn.clone(),
+    };
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        // While a request is in flight there is no deadline: look again after the shortest
+        // timeout, which can never be later than a deadline that starts once it is answered.
+        let wake_at = conn
+            .deadline(&limits)
+            .unwrap_or_else(|| Instant::now() + limits.header_timeout.min(limits.keepalive_timeout));
+        tokio::select! {
+            _ = connection.as_mut() => break,
+            () = tokio::time::sleep_until(wake_at.into()) => {
+                if conn.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
+                    break;
+                }
+            }
+            () = conn.wake.notified() => {
+                if conn.evicted.load(Ordering::Acquire) {
+                    if conn.is_idle() {
+                        break;
+                    }
+                    // It took a request after the cap chose it: let that one finish.
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+            changed = phase.changed() => {
+                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
+                match now {
+                    Phase::Serving => {}
+                    Phase::Closing => break,
+                    Phase::Draining if conn.is_idle() => break,
+                    Phase::Draining if !draining => {
+                        // Finish the request in flight; hyper closes the connection after it.
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    Phase::Draining => {}
+                }
+            }
+        }
+    }
+    registry.remove(id);
+}
+
+/// The router as a hyper service that tells the connection when a request is in flight.
+#[derive(Clone)]
+struct Tracked {
+    router: Router,
+    conn: Arc<Conn>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = TrackedFuture;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        self.conn.begin_request();
+        let mut router = self.router.clone();
+        TrackedFuture {
+            inner: router.call(request.map(Body::new)),
+            conn: Some(self.conn.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The router's future; marks the request answered when it completes or is dropped.
+    struct TrackedFuture {
+        #[pin]
+        inner: <Router as Service<axum::extract::Request>>::Future,
+        conn: Option<Arc<Conn>>,
+    }
+
+    impl PinnedDrop for TrackedFuture {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(conn) = this.project().conn.take() {
+                conn.end_request();
+            }
+        }
+    }
+}
+
+impl Future for TrackedFuture {
+    type Output = Result<axum::response::Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let Some(conn) = this.conn.take() {
+            conn.end_request();
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// The socket, reporting reads to its connection's watchdog.
+struct Watched {
+    stream: TcpStream,
+    conn: Arc<Conn>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.on_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A `warn` line at most every 10 s, with how many times it happened since the last one.
+struct RateLimitedLog {
+    what: &'static str,
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl RateLimitedLog {
+    fn new(what: &'static str) -> Self {
+        RateLimitedLog {
+            what,
+            last: None,
+            count: 0,
+        }
+    }
+
+    fn note(&mut self, why: &str) {
+        self.count += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(times = self.count, why, "{}", self.what);
+            self.last = Some(Instant::now());
+            self.count = 0;
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, and returns how many connections fit
+/// under it after `reserve` descriptors for everything else (Redis, the origin, logs, files).
+pub fn connection_budget(reserve: u64) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return None;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
+        }
+        Some(lim.rlim_cur.saturating_sub(reserve))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reserve;
+        None
+    }
+}

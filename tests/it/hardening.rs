@@ -1,0 +1,322 @@
+//! What an attacker or a bad day tried (issue 12): redirects, stalled and idle connections, the
+//! connection cap, oversized Redis values, error bodies, purge bodies, refused Redis writes.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{Origin, Redis, Service, cache_status, client, eventually, free_port, service_command};
+
+/// Reads until the server closes the connection (or it resets), returning what arrived.
+async fn read_until_closed(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(crate::harness::DEADLINE, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection was not closed within the deadline"),
+        }
+    }
+}
+
+async fn connect(s: &Service) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", s.port)).await.unwrap()
+}
+
+#[tokio::test]
+async fn redirects_are_never_followed() {
+    let elsewhere = Origin::start(&[]).await;
+    let origin = Origin::start(&[]).await;
+    let s = origin
+        .service(&[
+            ("ORIGIN_AUTHORIZATION", "Bearer origin-secret"),
+            ("ORIGIN_BREAKER_FAILURES", "100"),
+        ])
+        .await;
+    let c = client();
+    for code in [301, 302, 307, 308] {
+        let target = format!("{}/secret", elsewhere.base);
+        origin.set(&format!("redirect:{code}:{target}"), 0).await;
+        let key = format!("r{code}");
+        let r = c.get(s.item_url(&key)).send().await.unwrap();
+        assert_eq!(r.status(), 502, "{code}");
+        assert_eq!(cache_status(&r), "");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "origin_error");
+        let message = body["message"].as_str().unwrap();
+        assert_eq!(
+            message,
+            format!("the origin answered {code}; redirects are not followed")
+        );
+        // Not cached: asking again goes to the origin again.
+        assert_eq!(c.get(s.item_url(&key)).send().await.unwrap().status(), 502);
+    }
+    // A redirect to itself (a loop) is one request, not eleven.
+    origin
+        .set(&format!("redirect:302:{}/items/loop", origin.base), 0)
+        .await;
+    assert_eq!(c.get(s.item_url("loop")).send().await.unwrap().status(), 502);
+    assert_eq!(elsewhere.served().await, 0, "the redirect target was contacted");
+    assert_eq!(origin.served().await, 9);
+    assert_eq!(s.metric("origin_requests_total{outcome=\"error\"").await, 9.0);
+}
+
+#[tokio::test]
+async fn error_bodies_never_name_the_origin() {
+    // An origin address nobody listens on.
+    let template = format!("http://127.0.0.1:{}/private/{{key}}", free_port());
+    let s = Service::start(&[("ORIGIN_URL", &template)]).await;
+    let r = client().get(s.item_url("k")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert_eq!(
+        body,
+        r#"{"error":"origin_error","message":"the origin could not be reached"}"#
+    );
+}
+
+#[tokio::test]
+async fn a_request_head_that_does_not_arrive_in_time_closes_the_connection() {
+    let s = Service::start(&[("HTTP_HEADER_TIMEOUT_SECS", "1")]).await;
+    // Nothing at all.
+    let mut silent = connect(&s).await;
+    // Half a head, one byte at a time (slowloris).
+    let mut slow = connect(&s).await;
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for b in b"X-Slow: 1" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+        }
+        read_until_closed(&mut slow).await
+    };
+    let (a, b) = tokio::join!(read_until_closed(&mut silent), trickle);
+    assert_eq!(a, "", "no answer to a connection that sent nothing");
+    assert_eq!(b, "", "no answer to a head that never completed");
+    // The service still answers.
+    s.wait_status("/livez", 200).await;
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let s = Service::start(&[("HTTP_KEEPALIVE_TIMEOUT_SECS", "1")]).await;
+    let mut conn = connect(&s).await;
+    conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut conn).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        got.ends_with(r#"{"status":"alive"}"#),
+        "one answer, then closed: {got}"
+    );
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
+    let s = Service::start(&[("HTTP_MAX_CONNECTIONS", "20")]).await;
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let mut conn = connect(&s).await;
+        // A kept-alive client that asked once and went quiet.
+        conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+        idle.push(conn);
+    }
+    // A fresh client (the liveness probe) is answered while the flood stays connected.
+    s.wait_status("/livez", 200).await;
+    // The first of the flood were closed to make room.
+    let mut first = idle.remove(0);
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("the oldest idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn the_connection_cap_is_lowered_to_fit_the_open_file_limit() {
+    let port = free_port();
+    let mut cmd = service_command(&[("LISTEN_ADDR", &format!("127.0.0.1:{port}"))]);
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 400,
+                rlim_max: 400,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Logs go to stdout.
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut stderr = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut seen = String::new();
+        let mut buf = [0u8; 1024];
+        while !seen.contains("HTTP_MAX_CONNECTIONS lowered") {
+            match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen
+    });
+    let seen = tokio::time::timeout(crate::harness::DEADLINE, line)
+        .await
+        .expect("a log line about the lowered cap")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("HTTP_MAX_CONNECTIONS lowered"), "{seen}");
+    assert!(
+        seen.contains("lowered=272"),
+        "400 - 64 - 64 (ORIGIN_MAX_CONCURRENCY): {seen}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_is_not_held_by_a_connection_without_a_complete_request() {
+    let mut s = Service::start(&[("SHUTDOWN_DRAIN_SECS", "600")]).await;
+    let mut half = connect(&s).await;
+    half.write_all(b"GET /items/foo HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = connect(&s).await;
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let _ = idle.read(&mut buf).await.unwrap();
+    s.terminate();
+    // With a 600 s drain, only closing these connections at once lets it exit within the
+    // harness's deadline.
+    let status = s.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_purge_whose_body_cannot_be_read_is_refused_and_applies_nothing() {
+    let s = Service::start(&[
+        ("ADMIN_TOKEN", "0123456789abcdef"),
+        ("ORIGIN_LATENCY_MS", "1"),
+        ("HTTP_BODY_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    assert_eq!(s.get("k").await.0, 200);
+    // Broken chunking.
+    let mut conn = connect(&s).await;
+    let req = "DELETE /items/k HTTP/1.1\r\nHost: x\r\nAuthorization: bearer 0123456789abcdef\r\n\
+               Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nnot a chunk\r\n";
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let got = read_until_closed(&mut conn).await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains(r#""error":"bad_request""#), "{got}");
+    // A body that never finishes arriving.
+    let mut conn = connect(&s).await;
+    let req = "DELETE /items/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer 0123456789abcdef\r\n\
+               Content-Length: 100\r\n\r\nonly part";
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let got = read_until_closed(&mut conn).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains(r#""error":"request_timeout""#), "{got}");
+    // Neither purge was applied: still a memory hit.
+    assert!(s.get("k").await.1.ends_with("detail=memory"));
+    // The lower-case scheme is accepted (RFC 9110 §11.1) with a readable body.
+    let r = client()
+        .delete(s.item_url("k"))
+        .header("authorization", "bearer 0123456789abcdef")
+        .body("ignored")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(s.get("k").await.1, "cache-layer; fwd=miss; stored");
+}
+
+#[tokio::test]
+async fn an_oversized_value_in_redis_is_refused_without_reading_it_whole() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    let url = redis.url();
+    let s = origin
+        .service(&[("REDIS_URL", &url), ("ORIGIN_MAX_BODY_BYTES", "65536")])
+        .await;
+    s.wait_redis_up().await;
+    // 50 MB under an entry key, written by something else with access to Redis.
+    let big = vec![b'x'; 50_000_000];
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("SET")
+        .arg("cache-layer:v1:k:big")
+        .arg(&big)
+        .exec(&mut conn)
+        .unwrap();
+    let net_out = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = net_out(&mut conn);
+    let (code, status, body) = s.get("big").await;
+    let after = net_out(&mut conn);
+    assert_eq!((code, status.as_str()), (200, "cache-layer; fwd=miss; stored"));
+    assert_eq!(body["value"]["path"], "/items/big");
+    assert!(after - before < 1_000_000, "Redis sent {} bytes", after - before);
+    assert_eq!(s.metric("redis_errors_total{operation=\"get\"").await, 1.0);
+    assert_eq!(s.json("/health").await["tiers"]["redis"], "ok");
+    // The origin's value replaced the oversized one.
+    let len: u64 = redis::cmd("STRLEN")
+        .arg("cache-layer:v1:k:big")
+        .query(&mut conn)
+        .unwrap();
+    assert!(len < 1000, "{len}");
+}
+
+#[tokio::test]
+async fn refused_redis_writes_show_in_health_and_metrics() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let s = Service::start(&[("REDIS_URL", &url), ("ORIGIN_LATENCY_MS", "1")]).await;
+    s.wait_redis_up().await;
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        "OK"
+    );
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    assert_eq!(s.get("w1").await.0, 200);
+    let health = s.json("/health").await;
+    assert_eq!(health["tiers"]["redis"], "write_failing", "{health}");
+    assert_eq!(health["status"], "degraded");
+    assert!(s.metric("redis_errors_total{operation=\"set\"").await >= 1.0);
+    // Writes succeed again: the next successful SET clears it.
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    assert_eq!(s.get("w2").await.0, 200);
+    eventually("health to be ok again", || async {
+        (s.json("/health").await["tiers"]["redis"] == "ok").then_some(())
+    })
+    .await;
+}

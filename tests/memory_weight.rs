@@ -1,0 +1,137 @@
+//! The memory tier's byte bound is only as honest as the weight it gives each entry. This test
+//! measures what entries really cost on the heap (a counting allocator, with the C allocator's
+//! per-chunk header and rounding) and checks the weight against it, for the small entries of a
+//! unique-key flood and for large values. It counts bytes, never time.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use cache_layer::cache::{Entry, Lifetimes, MemoryTier, Tier, now_ms};
+use cache_layer::telemetry::Metrics;
+
+/// Live heap bytes as glibc's malloc lays them out: 8 bytes of header per chunk, chunks
+/// rounded up to 16 bytes, 32 at least.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+fn chunk(size: usize) -> isize {
+    ((size + 8).div_ceil(16) * 16).max(32) as isize
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(chunk(layout.size()), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(chunk(layout.size()), Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(chunk(layout.size()), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(chunk(new_size) - chunk(layout.size()), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn life() -> Lifetimes {
+    Lifetimes {
+        ttl: std::time::Duration::from_secs(600),
+        stale: std::time::Duration::from_secs(600),
+        negative_ttl: std::time::Duration::from_secs(5),
+        jitter_percent: 0,
+    }
+}
+
+/// Heap bytes per entry and weight per entry, over entries `from..to` (so fixed costs cancel).
+async fn measure(tier: &MemoryTier, from: usize, to: usize, prefix: &str, value: &[u8]) -> (f64, f64) {
+    let fill = |range: std::ops::Range<usize>| {
+        let tier = tier.clone();
+        let value = value.to_vec();
+        let prefix = prefix.to_owned();
+        async move {
+            let mut weight = 0u64;
+            for i in range {
+                // Keys and values shaped like a load test's: `key-<n>` and the value's JSON.
+                let key = format!("{prefix}-{i}");
+                let e = Entry::value(&key, &value, now_ms(), &life());
+                weight += u64::from(e.weight(&key));
+                tier.put(&key, Arc::new(e)).await.unwrap();
+            }
+            tier.settle();
+            weight
+        }
+    };
+    fill(0..from).await;
+    let before = LIVE.load(Ordering::Relaxed);
+    let weight = fill(from..to).await;
+    let after = LIVE.load(Ordering::Relaxed);
+    assert_eq!(
+        tier.entries(),
+        to as u64,
+        "nothing may be evicted while measuring"
+    );
+    let n = (to - from) as f64;
+    ((after - before) as f64 / n, weight as f64 / n)
+}
+
+fn check(what: &str, heap: f64, weight: f64) {
+    eprintln!("{what}: heap {heap:.0} B per entry, weight {weight:.0} B");
+    // Generous: the weight may over-count (the bound then holds with room to spare), but must
+    // not under-count by more than a little.
+    assert!(
+        weight >= heap * 0.95 && weight <= heap * 1.6,
+        "{what}: weight {weight:.0} B against a measured {heap:.0} B per entry"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn small_entries_weigh_what_they_cost() {
+    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
+    let (heap, weight) = measure(
+        &tier,
+        20_000,
+        60_000,
+        "key",
+        br#"{"path":"/items/key-123456","n":123456}"#,
+    )
+    .await;
+    check("small entries", heap, weight);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn large_values_weigh_what_they_cost() {
+    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
+    let value = serde_json::to_vec(&"x".repeat(500 * 1024)).unwrap();
+    let (heap, weight) = measure(&tier, 20, 220, "key", &value).await;
+    check("500 KB values", heap, weight);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn long_keys_weigh_what_they_cost() {
+    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
+    let prefix = "k".repeat(300);
+    let (heap, weight) = measure(&tier, 20_000, 40_000, &prefix, b"1").await;
+    check("300-byte keys", heap, weight);
+    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
+    let (heap, weight) = measure(&tier, 20_000, 40_000, "k", b"1").await;
+    check("tiny", heap, weight);
+    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
+    let (heap, weight) = measure(
+        &tier,
+        20_000,
+        40_000,
+        "k",
+        &serde_json::to_vec(&"v".repeat(1000)).unwrap(),
+    )
+    .await;
+    check("1000 value", heap, weight);
+}
