@@ -62,7 +62,7 @@ def service(stub, extra):
 def metric(url, name):
     text = base.http("GET", url + "/metrics")[2].decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
+               if line.startswith(name + (" " if "{" not in name else "")) or line.startswith(name + "{"))
 
 
 def flood(kind, bound):

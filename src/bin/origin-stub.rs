@@ -40,8 +40,8 @@ struct Seen {
 struct Stats {
     /// Data requests answered (whatever the answer).
     served: u64,
-    /// The most recent requests (up to 10,000).
-    requests: Vec<Seen>,
+    /// The most recent requests (up to 10,000), oldest first.
+    requests: std::collections::VecDeque<Seen>,
 }
 
 struct Stub {
@@ -117,9 +117,11 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
     let n = {
         let mut stats = stub.stats.lock().unwrap();
         stats.served += 1;
-        if stats.requests.len() < 10_000 {
-            stats.requests.push(seen);
+        // The most recent 10,000: the oldest goes first.
+        if stats.requests.len() == 10_000 {
+            stats.requests.pop_front();
         }
+        stats.requests.push_back(seen);
         stats.served
     };
     tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;

@@ -17,7 +17,7 @@ use tracing::{Instrument, Span};
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, Lifetimes, now_ms};
 pub use memory::MemoryTier;
-pub use redis::{Channel, RedisSetupError, RedisTier};
+pub use redis::{Channel, RedisHealth, RedisSetupError, RedisTier, key_slot};
 pub use tier::{AnyTier, Tier, TierError, TierName};
 
 use self::fleet::FleetWaiters;
@@ -383,22 +383,35 @@ impl ReadThrough {
         tokio::spawn(async move {
             loop {
                 match redis.subscribe().await {
-                    Ok(pubsub) => {
+                    Ok((pubsub, node)) => {
                         if let Some(memory) = &me.inner.memory {
                             memory.clear();
                         }
-                        tracing::info!("listening for purges and fills from other replicas");
+                        tracing::info!(%node, "listening for purges and fills from other replicas");
                         let mut messages = pubsub.into_on_message();
-                        while let Some(msg) = messages.next().await {
-                            let Ok(text) = msg.get_payload::<String>() else {
-                                continue;
-                            };
-                            match redis.channel_of(msg.get_channel_name()) {
-                                Channel::Fill => me.inner.fleet_waiters.wake(&text),
-                                Channel::Invalidate => me.apply_invalidation(&text).await,
+                        // A hung node keeps the socket open but delivers nothing: move when the
+                        // pings say it is down.
+                        let mut check = tokio::time::interval(Duration::from_millis(500));
+                        loop {
+                            tokio::select! {
+                                msg = messages.next() => {
+                                    let Some(msg) = msg else { break };
+                                    let Ok(text) = msg.get_payload::<String>() else {
+                                        continue;
+                                    };
+                                    match redis.channel_of(msg.get_channel_name()) {
+                                        Channel::Fill => me.inner.fleet_waiters.wake(&text),
+                                        Channel::Invalidate => me.apply_invalidation(&text).await,
+                                    }
+                                }
+                                _ = check.tick() => {
+                                    if redis.node_down(&node) {
+                                        break;
+                                    }
+                                }
                             }
                         }
-                        tracing::warn!("subscription to other replicas lost; reconnecting");
+                        tracing::warn!(%node, "subscription to other replicas lost; reconnecting");
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 }

@@ -1,16 +1,27 @@
 //! The shared tier in Redis (one server or a Redis Cluster): entries, fleet-wide fetch locks and
 //! the invalidation channel. Redis being down or slow never blocks a request: every command has a
-//! deadline, and a Redis known to be down is skipped until a background ping finds it again.
+//! deadline, and a node known to be down is skipped until a background ping finds it again.
+//!
+//! Health is kept per node (per master, in a cluster), not for the tier as a whole: a hung or
+//! dead master costs only the keys in its slots. Commands go to the node that serves the key over
+//! that node's own connection, routed by this module's slot map rather than by the `redis`
+//! crate's cluster client, whose single pipeline let one hung node hold up every other node's
+//! commands (and could wedge for good after a failover). A maintenance task (see
+//! [`RedisTier::start`]) keeps the slot map from `CLUSTER SLOTS` (at once after a `MOVED`), pings
+//! every master over a fresh connection of its own, and rebuilds a node's command connection when
+//! commands keep failing on a node that answers pings (a wedged connection), with backoff.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisFuture, Value};
-use tokio::sync::OnceCell;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    Value,
+};
+use tokio::sync::Notify;
 
 use super::entry::{Entry, now_ms};
 use super::tier::{Tier, TierError, TierName};
@@ -19,6 +30,17 @@ use crate::telemetry::Metrics;
 
 /// Bumped when the stored format changes, so old and new releases can share one Redis.
 const FORMAT_VERSION: &str = "v1";
+
+/// Slots in a Redis Cluster.
+const SLOTS: usize = 16384;
+
+/// Commands failing on a node that answers pings for this long mean its command connection is
+/// wedged: it is rebuilt.
+const WEDGED_AFTER_MS: u64 = 2_000;
+
+/// Backoff between rebuilds of a node's command connection: from this, doubling, up to `REBUILD_MAX_MS`.
+const REBUILD_MIN_MS: u64 = 500;
+const REBUILD_MAX_MS: u64 = 30_000;
 
 /// The Redis tier; cheap to clone (all state is shared).
 #[derive(Clone)]
@@ -35,39 +57,195 @@ pub enum Channel {
     Fill,
 }
 
+/// How much of Redis answers: `/health` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedisHealth {
+    /// Nodes that serve keys (the masters, in a cluster; the one server otherwise).
+    pub nodes: usize,
+    /// Of those, how many are unreachable now.
+    pub down: usize,
+}
+
+impl RedisHealth {
+    /// `ok`, `partial` (some nodes down: only their keys go without Redis) or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self.down {
+            0 if self.nodes > 0 => "ok",
+            d if d < self.nodes => "partial",
+            _ => "down",
+        }
+    }
+}
+
+/// One Redis server the tier sends commands to: its health and its own ping connection.
+struct Node {
+    /// `host:port` as the cluster names it (or as configured, for one server).
+    addr: String,
+    /// How to reach it (the seed's credentials and TLS settings, with this address).
+    info: ConnectionInfo,
+    /// Whether it answered its last ping, and no command has failed on it since.
+    up: AtomicBool,
+    /// Whether a ping has run yet (the first failure is logged).
+    pinged: AtomicBool,
+    /// When a command on its command connection first failed since the last success
+    /// (ms since the epoch; 0 = none), for the wedge check.
+    failing_since_ms: AtomicU64,
+    /// The ping connection, made again when it fails.
+    ping_conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// The command connection (it reconnects by itself; replaced when wedged).
+    cmd: RwLock<ConnectionManager>,
+    /// When the command connection may next be replaced (ms since the epoch), and the backoff.
+    rebuild_at_ms: AtomicU64,
+    rebuild_backoff_ms: AtomicU64,
+}
+
+impl Node {
+    fn new(addr: String, info: ConnectionInfo, settings: &Settings) -> redis::RedisResult<Arc<Self>> {
+        let cmd = settings.command_connection(&info)?;
+        Ok(Arc::new(Node {
+            addr,
+            info,
+            up: AtomicBool::new(false),
+            pinged: AtomicBool::new(false),
+            failing_since_ms: AtomicU64::new(0),
+            ping_conn: tokio::sync::Mutex::new(None),
+            cmd: RwLock::new(cmd),
+            rebuild_at_ms: AtomicU64::new(0),
+            rebuild_backoff_ms: AtomicU64::new(REBUILD_MIN_MS),
+        }))
+    }
+
+    fn command_connection(&self) -> ConnectionManager {
+        self.cmd.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the command connection (wedged: commands fail while pings succeed), no more
+    /// often than the backoff allows.
+    fn rebuild(&self, settings: &Settings) {
+        let now = now_ms();
+        if now < self.rebuild_at_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        let backoff = self.rebuild_backoff_ms.load(Ordering::Relaxed);
+        self.rebuild_at_ms.store(now + backoff, Ordering::Relaxed);
+        self.rebuild_backoff_ms
+            .store((backoff * 2).min(REBUILD_MAX_MS), Ordering::Relaxed);
+        match settings.command_connection(&self.info) {
+            Ok(fresh) => {
+                *self.cmd.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                self.failing_since_ms.store(0, Ordering::Relaxed);
+                tracing::warn!(node = %self.addr, "redis command connection rebuilt: commands kept failing while the node answered pings");
+            }
+            Err(e) => tracing::debug!(node = %self.addr, error = %e, "redis command connection not rebuilt"),
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// Which node serves which slot. One server serves them all.
+struct Topology {
+    nodes: Vec<Arc<Node>>,
+    /// Index into `nodes` per slot; empty for one server.
+    slots: Vec<u16>,
+}
+
+impl Topology {
+    fn node_for(&self, redis_key: &[u8]) -> &Arc<Node> {
+        if self.slots.is_empty() {
+            return &self.nodes[0];
+        }
+        &self.nodes[usize::from(self.slots[usize::from(key_slot(redis_key))])]
+    }
+
+    /// The first node that is up, for commands that any node can run (PUBLISH).
+    fn any_up(&self) -> Option<&Arc<Node>> {
+        self.nodes.iter().find(|n| n.is_up())
+    }
+
+    /// Slot owners as addresses, to tell whether a refresh changed anything.
+    fn owners(&self) -> Vec<&str> {
+        if self.slots.is_empty() {
+            return vec![self.nodes[0].addr.as_str()];
+        }
+        self.slots
+            .iter()
+            .map(|&i| self.nodes[usize::from(i)].addr.as_str())
+            .collect()
+    }
+}
+
+/// The cluster slot of a Redis key (CRC16/XMODEM of the key or its `{hash tag}`, mod 16384).
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS as u16
+}
+
 struct Shared {
-    /// The connection, or the cell a cluster connection lands in once made.
-    conn: Connection,
+    /// Node health and the slot map.
+    topology: RwLock<Arc<Topology>>,
+    /// What the topology is read from.
+    seeds: Seeds,
+    /// How connections are made.
+    settings: Settings,
+    /// Wakes the maintenance task to read the slot map now (after a `MOVED`).
+    refresh: Notify,
     /// `{REDIS_KEY_PREFIX}:v1:`.
     key_prefix: String,
     /// `{REDIS_KEY_PREFIX}:invalidate`: purges, for every replica's memory tier.
     channel: String,
     /// `{REDIS_KEY_PREFIX}:filled`: keys whose fleet lock was let go (see `cache::fleet`).
     fill_channel: String,
-    /// Deadline of one command.
-    response_timeout: Duration,
     /// The largest entry this service can write (from `ORIGIN_MAX_BODY_BYTES`); larger values
     /// under an entry key are refused after reading at most one byte more than this.
     max_entry_bytes: usize,
-    /// Deadline of one connection attempt.
-    connect_timeout: Duration,
-    /// Whether Redis answered the last ping / command; while false, requests skip Redis.
-    up: AtomicBool,
-    /// Whether a ping has run yet (the first failure is logged).
-    pinged: AtomicBool,
-    /// Where pub/sub connections are opened: every URL, tried in turn (in a cluster any node
-    /// will do: classic PUBLISH reaches every node's subscribers), so losing one node does not
-    /// stop purges from arriving.
-    pubsub_infos: Vec<ConnectionInfo>,
-    /// The next of `pubsub_infos` to try.
+    /// The next node to subscribe on.
     next_pubsub: AtomicUsize,
-    /// `REDIS_TLS_CA_FILE`'s PEM, for the pub/sub connections too.
-    tls_ca_pem: Option<Vec<u8>>,
     /// Redis error counters.
     metrics: Arc<Metrics>,
     /// Writes (entry `SET`s and fleet locks) that failed while Redis answered otherwise, e.g.
     /// at `maxmemory` with `noeviction`: reads work, nothing new is stored.
     writes: WriteHealth,
+}
+
+/// How every connection is made: timeouts and the CA.
+struct Settings {
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    tls_ca_pem: Option<Vec<u8>>,
+}
+
+impl Settings {
+    /// A command connection to one server: made lazily, reconnecting by itself with backoff.
+    fn command_connection(&self, info: &ConnectionInfo) -> redis::RedisResult<ConnectionManager> {
+        let client = open_client(info, self.tls_ca_pem.as_deref())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        ConnectionManager::new_lazy_with_config(client, config)
+    }
+}
+
+/// The configured servers: the one server, or a cluster's seed nodes.
+struct Seeds {
+    /// The configured URLs, passwords applied.
+    infos: Vec<ConnectionInfo>,
+    cluster: bool,
 }
 
 /// How long a failed write keeps the tier `write_failing` when no write has succeeded since.
@@ -121,51 +299,6 @@ impl WriteHealth {
     }
 }
 
-// One value per process: the size difference between the variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum Connection {
-    Single(ConnectionManager),
-    Cluster {
-        client: ClusterClient,
-        cell: OnceCell<ClusterConnection>,
-    },
-}
-
-/// A connection handle of either kind, so commands are written once.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
 /// Why the Redis tier could not be set up (only a malformed URL; an absent Redis is fine).
 #[derive(Debug, thiserror::Error)]
 #[error("REDIS_URL: {0}")]
@@ -198,8 +331,33 @@ fn open_client(info: &ConnectionInfo, ca_pem: Option<&[u8]>) -> redis::RedisResu
     }
 }
 
+/// `info` with its host and port replaced (credentials and TLS settings kept).
+fn info_at(seed: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
+    let addr = match seed.addr() {
+        ConnectionAddr::TcpTls {
+            insecure, tls_params, ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host.to_owned(), port),
+    };
+    seed.clone().set_addr(addr)
+}
+
+/// `host:port` of a connection address.
+fn addr_of(info: &ConnectionInfo) -> String {
+    match info.addr() {
+        ConnectionAddr::Tcp(h, p) | ConnectionAddr::TcpTls { host: h, port: p, .. } => format!("{h}:{p}"),
+        ConnectionAddr::Unix(path) => path.display().to_string(),
+        _ => "unknown".to_owned(),
+    }
+}
+
 impl RedisTier {
-    /// Prepares the tier without connecting; call [`RedisTier::start`] to connect in the background.
+    /// Prepares the tier without connecting; call [`RedisTier::start`] to connect.
     /// `max_entry_bytes` bounds what a read of one entry transfers (see [`Entry::max_encoded_len`]).
     pub fn new(
         config: &RedisConfig,
@@ -211,50 +369,33 @@ impl RedisTier {
             .iter()
             .map(|u| with_password(u, config.password.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
-        let certs = || redis::TlsCertificates {
-            client_tls: None,
-            root_cert: config.tls_ca_pem.clone(),
+        let settings = Settings {
+            connect_timeout: config.connect_timeout,
+            response_timeout: config.response_timeout,
+            tls_ca_pem: config.tls_ca_pem.clone(),
         };
-        let conn = if config.cluster {
-            let mut builder = ClusterClient::builder(infos.clone());
-            if config.tls_ca_pem.is_some() {
-                builder = builder.certs(certs());
-            }
-            let client = builder
-                .connection_timeout(config.connect_timeout)
-                .response_timeout(config.response_timeout)
-                .build()
-                .map_err(|e| RedisSetupError(e.to_string()))?;
-            Connection::Cluster {
-                client,
-                cell: OnceCell::new(),
-            }
-        } else {
-            let client = open_client(&infos[0], config.tls_ca_pem.as_deref())
-                .map_err(|e| RedisSetupError(e.to_string()))?;
-            let manager_config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.response_timeout))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_millis(500));
-            let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-                .map_err(|e| RedisSetupError(e.to_string()))?;
-            Connection::Single(manager)
-        };
+        // Until the first CLUSTER SLOTS, the seeds stand in as the nodes (all slots on the first).
+        let nodes = infos
+            .iter()
+            .map(|i| Node::new(addr_of(i), i.clone(), &settings))
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .map_err(|e| RedisSetupError(e.to_string()))?;
         Ok(RedisTier {
             shared: Arc::new(Shared {
-                conn,
+                topology: RwLock::new(Arc::new(Topology {
+                    nodes,
+                    slots: Vec::new(),
+                })),
+                seeds: Seeds {
+                    infos,
+                    cluster: config.cluster,
+                },
+                settings,
+                refresh: Notify::new(),
                 key_prefix: format!("{}:{FORMAT_VERSION}:", config.key_prefix),
                 channel: format!("{}:invalidate", config.key_prefix),
                 fill_channel: format!("{}:filled", config.key_prefix),
-                response_timeout: config.response_timeout,
                 max_entry_bytes,
-                connect_timeout: config.connect_timeout,
-                up: AtomicBool::new(false),
-                pinged: AtomicBool::new(false),
-                pubsub_infos: infos.clone(),
-                tls_ca_pem: config.tls_ca_pem.clone(),
                 next_pubsub: AtomicUsize::new(0),
                 metrics,
                 writes: WriteHealth::default(),
@@ -262,51 +403,232 @@ impl RedisTier {
         })
     }
 
-    /// Pings Redis once (bounded by the connect and response timeouts), then keeps pinging in
-    /// the background so a Redis that went away is found again without a restart.
+    /// Connects (bounded by the timeouts), then keeps the slot map and the node health current
+    /// in the background, so a Redis that went away, a failover, or a wedged connection is found
+    /// and followed without a restart. The task ends with the tier's last clone.
     pub async fn start(&self) {
-        self.ping().await;
-        let me = self.clone();
+        self.maintain().await;
+        let weak = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             loop {
-                let pause = if me.is_up() { 1000 } else { 250 };
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                me.ping().await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let tier = RedisTier { shared };
+                let pause = if tier.health().down == 0 { 1000 } else { 250 };
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    () = tier.shared.refresh.notified() => {}
+                }
+                tier.maintain().await;
             }
         });
     }
 
-    async fn ping(&self) {
+    /// One round of upkeep: the slot map (cluster), a ping of every node, and a new command
+    /// connection for a node whose commands keep failing while it answers pings.
+    async fn maintain(&self) {
         let s = &self.shared;
-        let budget = s.connect_timeout + s.response_timeout;
-        let outcome = match tokio::time::timeout(budget, self.connection()).await {
-            Ok(Some(mut conn)) => {
-                let cmd = redis::cmd("PING");
-                let ping = cmd.query_async::<String>(&mut conn);
-                match tokio::time::timeout(s.response_timeout, ping).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer to PING within REDIS_RESPONSE_TIMEOUT_MS".to_owned()),
+        if s.seeds.cluster
+            && let Some(fresh) = self.read_topology().await
+            && fresh.owners() != self.topology().owners()
+        {
+            let masters: Vec<&str> = fresh.nodes.iter().map(|n| n.addr.as_str()).collect();
+            tracing::info!(?masters, "redis cluster slot map changed; following it");
+            *s.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        }
+        let topology = self.topology();
+        let pings = topology.nodes.iter().map(|n| self.ping(n));
+        futures_util::future::join_all(pings).await;
+        let now = now_ms();
+        for node in &topology.nodes {
+            let since = node.failing_since_ms.load(Ordering::Relaxed);
+            if node.is_up() && since != 0 && now.saturating_sub(since) >= WEDGED_AFTER_MS {
+                node.rebuild(&s.settings);
+            } else if since == 0 {
+                node.rebuild_backoff_ms.store(REBUILD_MIN_MS, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The slot map from the first node that answers `CLUSTER SLOTS` (nodes up first, then the
+    /// seeds). Nodes already known keep their state.
+    async fn read_topology(&self) -> Option<Topology> {
+        let current = self.topology();
+        let mut asked: Vec<ConnectionInfo> = current
+            .nodes
+            .iter()
+            .filter(|n| n.is_up())
+            .map(|n| n.info.clone())
+            .collect();
+        asked.extend(self.shared.seeds.infos.iter().cloned());
+        asked.extend(
+            current
+                .nodes
+                .iter()
+                .filter(|n| !n.is_up())
+                .map(|n| n.info.clone()),
+        );
+        for info in asked {
+            let Some(slots) = self
+                .query_once::<Value>(&info, redis::cmd("CLUSTER").arg("SLOTS"))
+                .await
+            else {
+                continue;
+            };
+            if let Some(t) = self.topology_from(&slots, &current) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Builds a topology from a `CLUSTER SLOTS` answer.
+    fn topology_from(&self, answer: &Value, current: &Topology) -> Option<Topology> {
+        let Value::Array(ranges) = answer else {
+            return None;
+        };
+        let known: HashMap<&str, &Arc<Node>> = current.nodes.iter().map(|n| (n.addr.as_str(), n)).collect();
+        let seed = &self.shared.seeds.infos[0];
+        let mut nodes: Vec<Arc<Node>> = Vec::new();
+        let mut slots = vec![0u16; SLOTS];
+        let mut covered = 0;
+        for range in ranges {
+            let Value::Array(parts) = range else { continue };
+            let (Some(from), Some(to), Some(Value::Array(master))) = (
+                parts.first().and_then(as_int),
+                parts.get(1).and_then(as_int),
+                parts.get(2),
+            ) else {
+                continue;
+            };
+            let (Some(host), Some(port)) = (master.first().and_then(as_text), master.get(1).and_then(as_int))
+            else {
+                continue;
+            };
+            let addr = format!("{host}:{port}");
+            let index = match nodes.iter().position(|n| n.addr == addr) {
+                Some(i) => i,
+                None => {
+                    let node = match known.get(addr.as_str()) {
+                        Some(n) => Arc::clone(n),
+                        None => Node::new(
+                            addr.clone(),
+                            info_at(seed, &host, port as u16),
+                            &self.shared.settings,
+                        )
+                        .ok()?,
+                    };
+                    nodes.push(node);
+                    nodes.len() - 1
+                }
+            };
+            let range = (from.max(0) as usize).min(SLOTS)..=(to.max(0) as usize).min(SLOTS - 1);
+            for owner in slots.get_mut(range).unwrap_or_default() {
+                *owner = index as u16;
+                covered += 1;
+            }
+        }
+        (!nodes.is_empty() && covered > 0).then_some(Topology { nodes, slots })
+    }
+
+    /// Runs one command on a fresh connection to `info` within the timeouts.
+    async fn query_once<T: FromRedisValue>(&self, info: &ConnectionInfo, cmd: &Cmd) -> Option<T> {
+        let s = &self.shared;
+        let work = async {
+            let client = open_client(info, s.settings.tls_ca_pem.as_deref()).ok()?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(s.settings.connect_timeout))
+                .set_response_timeout(Some(s.settings.response_timeout));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .ok()?;
+            cmd.query_async::<T>(&mut conn).await.ok()
+        };
+        tokio::time::timeout(s.settings.connect_timeout + s.settings.response_timeout, work)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Pings `node` over its own connection (made again when it fails) and records the result.
+    async fn ping(&self, node: &Arc<Node>) {
+        let s = &self.shared;
+        let outcome = {
+            let mut slot = node.ping_conn.lock().await;
+            if slot.is_none() {
+                let connect = async {
+                    let client = open_client(&node.info, s.settings.tls_ca_pem.as_deref())?;
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(s.settings.connect_timeout))
+                        .set_response_timeout(Some(s.settings.response_timeout));
+                    client.get_multiplexed_async_connection_with_config(&config).await
+                };
+                match tokio::time::timeout(s.settings.connect_timeout + s.settings.response_timeout, connect)
+                    .await
+                {
+                    Ok(Ok(c)) => *slot = Some(c),
+                    Ok(Err(e)) => {
+                        tracing::debug!(node = %node.addr, error = %e, "redis ping connection failed")
+                    }
+                    Err(_) => {}
                 }
             }
-            Ok(None) => Err("cannot connect".to_owned()),
-            Err(_) => Err("no connection within REDIS_CONNECT_TIMEOUT_MS".to_owned()),
-        };
-        let was = s.up.swap(outcome.is_ok(), Ordering::Relaxed);
-        // Log changes only, and the first failure, so an outage is one line, not one per ping.
-        let first = !s.pinged.swap(true, Ordering::Relaxed);
-        match outcome {
-            Ok(()) if !was => tracing::info!("redis is reachable"),
-            Err(why) if was || first => {
-                tracing::warn!(%why, "redis is unreachable; serving from memory and origin")
+            match slot.as_mut() {
+                None => Err("cannot connect".to_owned()),
+                Some(conn) => {
+                    let cmd = redis::cmd("PING");
+                    match tokio::time::timeout(s.settings.response_timeout, cmd.query_async::<String>(conn))
+                        .await
+                    {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => {
+                            *slot = None;
+                            Err(e.to_string())
+                        }
+                        Err(_) => {
+                            *slot = None;
+                            Err("no answer to PING within REDIS_RESPONSE_TIMEOUT_MS".to_owned())
+                        }
+                    }
+                }
             }
+        };
+        let was = node.up.swap(outcome.is_ok(), Ordering::Relaxed);
+        // Log changes only, and the first failure, so an outage is one line per node.
+        let first = !node.pinged.swap(true, Ordering::Relaxed);
+        match outcome {
+            Ok(()) if !was => tracing::info!(node = %node.addr, "redis is reachable"),
+            Err(why) if was || first => tracing::warn!(
+                node = %node.addr,
+                %why,
+                "redis is unreachable; its keys are served from memory and origin"
+            ),
             _ => {}
         }
     }
 
-    /// Whether Redis answered lately; `/health` reports it.
+    fn topology(&self) -> Arc<Topology> {
+        self.shared
+            .topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether any node answers: fleet locks and purges are worth trying.
     pub fn is_up(&self) -> bool {
-        self.shared.up.load(Ordering::Relaxed)
+        self.topology().nodes.iter().any(|n| n.is_up())
+    }
+
+    /// Nodes, and how many are down; `/health` reports it.
+    pub fn health(&self) -> RedisHealth {
+        let t = self.topology();
+        RedisHealth {
+            nodes: t.nodes.len(),
+            down: t.nodes.iter().filter(|n| !n.is_up()).count(),
+        }
     }
 
     /// Whether Redis answers but refuses writes (a `SET` or a lock failed in the last 10 s and
@@ -316,9 +638,14 @@ impl RedisTier {
     }
 
     /// Runs a write, remembering whether it failed for [`RedisTier::writes_failing`]. Writes
-    /// skipped because Redis is down are not counted: the tier is `down` then.
-    async fn write<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, TierError> {
-        let result = self.run(op, cmd).await;
+    /// skipped because their node is down are not counted: the tier shows that already.
+    async fn write<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        key: &[u8],
+        cmd: &Cmd,
+    ) -> Result<T, TierError> {
+        let result = self.run(op, key, cmd).await;
         match &result {
             Err(TierError::Unavailable) => {}
             Ok(_) => self.shared.writes.record(true, None),
@@ -327,56 +654,80 @@ impl RedisTier {
         result
     }
 
-    async fn connection(&self) -> Option<Conn> {
-        match &self.shared.conn {
-            Connection::Single(m) => Some(Conn::Single(m.clone())),
-            Connection::Cluster { client, cell } => {
-                let conn = cell
-                    .get_or_try_init(|| client.get_async_connection())
-                    .await
-                    .ok()?;
-                Some(Conn::Cluster(conn.clone()))
-            }
-        }
-    }
-
-    /// Runs `cmd` within the response timeout; failures are counted under `op` and mark Redis down.
-    async fn run<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, TierError> {
-        if !self.is_up() {
+    /// Runs `cmd` on `redis_key`'s node within the response timeout. A node known to be down is
+    /// not asked; failures are counted under `op` and mark that node (only) down.
+    async fn run<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        redis_key: &[u8],
+        cmd: &Cmd,
+    ) -> Result<T, TierError> {
+        let node = self.topology().node_for(redis_key).clone();
+        if !node.is_up() {
             return Err(TierError::Unavailable);
         }
-        let s = &self.shared;
-        let mut conn = match &s.conn {
-            Connection::Single(m) => Conn::Single(m.clone()),
-            Connection::Cluster { cell, .. } => {
-                Conn::Cluster(cell.get().ok_or(TierError::Unavailable)?.clone())
-            }
-        };
-        let result = tokio::time::timeout(s.response_timeout, cmd.query_async::<T>(&mut conn)).await;
+        self.run_on(op, &node, cmd).await
+    }
+
+    /// Runs `cmd` on `node` over its command connection, within the response timeout.
+    async fn run_on<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        node: &Node,
+        cmd: &Cmd,
+    ) -> Result<T, TierError> {
+        let mut conn = node.command_connection();
+        let timeout = self.shared.settings.response_timeout;
+        self.finish(
+            op,
+            node,
+            tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn)).await,
+        )
+    }
+
+    /// Counts and classifies a command's outcome on `node`.
+    fn finish<T>(
+        &self,
+        op: &'static str,
+        node: &Node,
+        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, TierError> {
         let error = match result {
-            Ok(Ok(v)) => return Ok(v),
+            Ok(Ok(v)) => {
+                node.failing_since_ms.store(0, Ordering::Relaxed);
+                return Ok(v);
+            }
+            Ok(Err(e)) if e.redirect_node().is_some() => {
+                // The slot moved (a failover or a reshard): read the slot map now.
+                self.shared.refresh.notify_one();
+                TierError::Failed(e.to_string())
+            }
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                self.mark_down(op, &e.to_string());
+                self.mark_down(node, op, &e.to_string());
                 TierError::Failed(e.to_string())
             }
             Ok(Err(e)) => TierError::Failed(e.to_string()),
             Err(_) => {
-                self.mark_down(op, "no answer within REDIS_RESPONSE_TIMEOUT_MS");
+                self.mark_down(node, op, "no answer within REDIS_RESPONSE_TIMEOUT_MS");
                 TierError::Timeout
             }
         };
-        s.metrics.redis_error(op);
+        self.shared.metrics.redis_error(op);
         tracing::debug!(op, %error, "redis command failed");
         Err(error)
     }
 
-    /// Skips Redis until the background ping finds it again.
-    fn mark_down(&self, op: &'static str, why: &str) {
-        if self.shared.up.swap(false, Ordering::Relaxed) {
+    /// Skips `node` until the background ping finds it again.
+    fn mark_down(&self, node: &Node, op: &'static str, why: &str) {
+        let _ = node
+            .failing_since_ms
+            .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        if node.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(
+                node = %node.addr,
                 op,
                 why,
-                "redis failed; serving from memory and origin until it answers again"
+                "redis failed; its keys are served from memory and origin until it answers again"
             );
         }
     }
@@ -403,9 +754,15 @@ impl RedisTier {
         self.publish_on(&self.shared.fill_channel, key).await
     }
 
+    /// PUBLISH through a node that is up: in a cluster any node forwards it to every node's
+    /// subscribers, so a failed node does not stop purges.
     async fn publish_on(&self, channel: &str, message: &str) -> Result<(), TierError> {
         let cmd = redis::cmd("PUBLISH").arg(channel).arg(message).to_owned();
-        self.run::<i64>("publish", &cmd).await.map(drop)
+        let topology = self.topology();
+        let Some(node) = topology.any_up() else {
+            return Err(TierError::Unavailable);
+        };
+        self.run_on::<i64>("publish", node, &cmd).await.map(drop)
     }
 
     /// Which channel a pub/sub message came from.
@@ -419,49 +776,60 @@ impl RedisTier {
 
     /// Takes the fleet-wide fetch lock for `key` if nobody holds it; `true` when taken.
     pub async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, TierError> {
+        let lock = self.lock_key(key);
         let cmd = redis::cmd("SET")
-            .arg(self.lock_key(key))
+            .arg(&lock)
             .arg(token)
             .arg("NX")
             .arg("PX")
             .arg(ttl.as_millis() as u64)
             .to_owned();
-        self.write::<Option<String>>("lock", &cmd)
+        self.write::<Option<String>>("lock", lock.as_bytes(), &cmd)
             .await
             .map(|r| r.is_some())
     }
 
     /// Whether anybody holds the fetch lock for `key`.
     pub async fn is_locked(&self, key: &str) -> Result<bool, TierError> {
-        let cmd = redis::cmd("EXISTS").arg(self.lock_key(key)).to_owned();
-        self.run::<i64>("lock", &cmd).await.map(|n| n > 0)
+        let lock = self.lock_key(key);
+        let cmd = redis::cmd("EXISTS").arg(&lock).to_owned();
+        self.run::<i64>("lock", lock.as_bytes(), &cmd)
+            .await
+            .map(|n| n > 0)
     }
 
     /// Releases the fetch lock for `key` if `token` still holds it.
     pub async fn unlock(&self, key: &str, token: &str) -> Result<(), TierError> {
         const SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+        let lock = self.lock_key(key);
         let cmd = redis::cmd("EVAL")
             .arg(SCRIPT)
             .arg(1)
-            .arg(self.lock_key(key))
+            .arg(&lock)
             .arg(token)
             .to_owned();
-        self.run::<i64>("lock", &cmd).await.map(drop)
+        self.run::<i64>("lock", lock.as_bytes(), &cmd).await.map(drop)
     }
 
-    /// Opens a pub/sub connection subscribed to the invalidation and fill channels.
-    pub async fn subscribe(&self) -> Result<redis::aio::PubSub, TierError> {
+    /// Opens a pub/sub connection subscribed to the invalidation and fill channels, on the next
+    /// node that is up (in turn, so losing one node does not stop purges from arriving). The
+    /// node's address is returned, so the listener can move when that node goes down.
+    pub async fn subscribe(&self) -> Result<(redis::aio::PubSub, String), TierError> {
         let s = &self.shared;
-        let next = s.next_pubsub.fetch_add(1, Ordering::Relaxed);
-        let info = &s.pubsub_infos[next % s.pubsub_infos.len()];
+        let topology = self.topology();
+        let up: Vec<&Arc<Node>> = topology.nodes.iter().filter(|n| n.is_up()).collect();
+        if up.is_empty() {
+            return Err(TierError::Unavailable);
+        }
+        let node = up[s.next_pubsub.fetch_add(1, Ordering::Relaxed) % up.len()];
         let open = async {
-            let client = open_client(info, s.tls_ca_pem.as_deref())?;
+            let client = open_client(&node.info, s.settings.tls_ca_pem.as_deref())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&[&s.channel, &s.fill_channel]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        match tokio::time::timeout(s.connect_timeout + s.response_timeout, open).await {
-            Ok(Ok(p)) => Ok(p),
+        match tokio::time::timeout(s.settings.connect_timeout + s.settings.response_timeout, open).await {
+            Ok(Ok(p)) => Ok((p, node.addr.clone())),
             Ok(Err(e)) => {
                 s.metrics.redis_error("subscribe");
                 Err(TierError::Failed(e.to_string()))
@@ -471,6 +839,32 @@ impl RedisTier {
                 Err(TierError::Timeout)
             }
         }
+    }
+
+    /// Whether the node at `addr` is known and down (the listener subscribed there moves).
+    pub fn node_down(&self, addr: &str) -> bool {
+        let t = self.topology();
+        match t.nodes.iter().find(|n| n.addr == addr) {
+            Some(n) => !n.is_up(),
+            // No longer a master (a failover moved its slots): still fine to listen on, unless
+            // nothing is up at all.
+            None => !t.nodes.iter().any(|n| n.is_up()),
+        }
+    }
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
     }
 }
 
@@ -484,12 +878,9 @@ impl Tier for RedisTier {
         // there by something else) is never transferred whole, so it cannot hold up the other
         // commands sharing the connection. A missing key reads as empty.
         let max = self.shared.max_entry_bytes;
-        let cmd = redis::cmd("GETRANGE")
-            .arg(self.entry_key(key))
-            .arg(0)
-            .arg(max)
-            .to_owned();
-        let bytes: Vec<u8> = self.run("get", &cmd).await?;
+        let entry_key = self.entry_key(key);
+        let cmd = redis::cmd("GETRANGE").arg(&entry_key).arg(0).arg(max).to_owned();
+        let bytes: Vec<u8> = self.run("get", entry_key.as_bytes(), &cmd).await?;
         if bytes.len() > max {
             self.shared.metrics.redis_error("get");
             tracing::warn!(
@@ -498,8 +889,8 @@ impl Tier for RedisTier {
             );
             // No replica can use it: UNLINK (freed in the background, not blocking Redis) so
             // the next read, here or elsewhere, does not pay for it again.
-            let unlink = redis::cmd("UNLINK").arg(self.entry_key(key)).to_owned();
-            let _ = self.run::<i64>("del", &unlink).await;
+            let unlink = redis::cmd("UNLINK").arg(&entry_key).to_owned();
+            let _ = self.run::<i64>("del", entry_key.as_bytes(), &unlink).await;
             return Ok(None);
         }
         Ok(Some(bytes)
@@ -514,17 +905,19 @@ impl Tier for RedisTier {
         if keep_ms == 0 {
             return Ok(());
         }
+        let entry_key = self.entry_key(key);
         let cmd = redis::cmd("SET")
-            .arg(self.entry_key(key))
+            .arg(&entry_key)
             .arg(entry.encode())
             .arg("PX")
             .arg(keep_ms)
             .to_owned();
-        self.write::<()>("set", &cmd).await
+        self.write::<()>("set", entry_key.as_bytes(), &cmd).await
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {
-        let cmd = redis::cmd("DEL").arg(self.entry_key(key)).to_owned();
-        self.run::<i64>("del", &cmd).await.map(drop)
+        let entry_key = self.entry_key(key);
+        let cmd = redis::cmd("DEL").arg(&entry_key).to_owned();
+        self.run::<i64>("del", entry_key.as_bytes(), &cmd).await.map(drop)
     }
 }

@@ -23,27 +23,30 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     } else {
         "disabled"
     };
-    let redis = match state.cache.redis() {
-        None => "disabled",
-        Some(r) if !r.is_up() => "down",
-        Some(r) if r.writes_failing() => "write_failing",
-        Some(_) => "ok",
+    let nodes = state.cache.redis().map(|r| r.health());
+    let redis = match (state.cache.redis(), nodes) {
+        (Some(r), Some(h)) if h.as_str() == "ok" && r.writes_failing() => "write_failing",
+        (Some(_), Some(h)) => h.as_str(),
+        _ => "disabled",
     };
     let circuit = match state.cache.breaker_state() {
         BreakerState::Closed => "closed",
         BreakerState::Open => "open",
         BreakerState::HalfOpen => "half-open",
     };
-    let status = if matches!(redis, "down" | "write_failing") || circuit == "open" {
+    let status = if matches!(redis, "down" | "partial" | "write_failing") || circuit == "open" {
         "degraded"
     } else {
         "ok"
     };
-    let body = json!({
+    let mut body = json!({
         "status": status,
         "tiers": { "memory": memory, "redis": redis },
         "origin": { "circuit": circuit },
     });
+    if let Some(h) = nodes {
+        body["redis_nodes"] = json!({ "total": h.nodes, "down": h.down });
+    }
     state.metrics.request(Route::Health, 200, Duration::ZERO);
     Json(body).into_response()
 }

@@ -87,8 +87,13 @@ impl Service {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = service_command(env);
+        // IT_SERVICE_LOGS=1 shows the services' logs (info) when debugging a test.
+        let logs = std::env::var_os("IT_SERVICE_LOGS").is_some();
+        if logs {
+            cmd.env("RUST_LOG", "info");
+        }
         cmd.env("LISTEN_ADDR", &listen)
-            .stdout(Stdio::null())
+            .stdout(if logs { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::inherit());
         let child = cmd.spawn().expect("spawn cache-layer");
         let s = Service {
@@ -477,7 +482,9 @@ impl Redis {
     /// Runs `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> String {
         let tls: &[&str] = if self.tls { &["--tls", "--insecure"] } else { &[] };
-        let out = Command::new("redis-cli")
+        // Bounded: a paused server would hold redis-cli forever.
+        let out = Command::new("timeout")
+            .args(["5", "redis-cli"])
             .args(tls)
             .args(["-p", &self.port.to_string()])
             .args(args)
@@ -521,17 +528,28 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
+        Self::start_with(3, 0, "2000").await
+    }
+
+    /// Three masters, each with a replica, and a short `cluster-node-timeout` (1 s), so a
+    /// failed master's replica is promoted within a few seconds.
+    pub async fn start_with_replicas() -> RedisCluster {
+        Self::start_with(6, 1, "1000").await
+    }
+
+    async fn start_with(count: usize, replicas: usize, node_timeout: &str) -> RedisCluster {
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..count {
             nodes.push(
-                Redis::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).await,
+                Redis::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", node_timeout])
+                    .await,
             );
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap();
         assert!(
@@ -540,6 +558,18 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         let cluster = RedisCluster { nodes };
+        // A replica that never synced with its master cannot take over from it.
+        let expected = count - count / (replicas + 1);
+        eventually("every replica to be in sync with its master", || async {
+            let synced = cluster
+                .nodes
+                .iter()
+                .map(|n| n.cli(&["INFO", "replication"]))
+                .filter(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+                .count();
+            (synced == expected).then_some(())
+        })
+        .await;
         let first = &cluster.nodes[0];
         eventually("the cluster to be ok", || async {
             cluster
@@ -553,6 +583,42 @@ impl RedisCluster {
         cluster
     }
 
+    /// The masters now, as (index into `nodes`, slot ranges), from a node that answers.
+    pub fn masters(&self) -> Vec<(usize, Vec<(u16, u16)>)> {
+        let text = self
+            .nodes
+            .iter()
+            .map(|n| n.cli(&["CLUSTER", "NODES"]))
+            .find(|t| !t.is_empty())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            let Some(index) = self.nodes.iter().position(|n| n.port == port) else {
+                continue;
+            };
+            let ranges = fields[8..]
+                .iter()
+                .filter(|r| !r.starts_with('['))
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                    None => (r.parse().unwrap(), r.parse().unwrap()),
+                })
+                .collect();
+            out.push((index, ranges));
+        }
+        out
+    }
+
+    /// The node index serving `redis_key` now.
+    pub fn owner_of(&self, redis_key: &str) -> usize {
+        owner_in(&self.masters(), redis_key)
+    }
+
     /// `REDIS_URL` for the service: every node, comma-separated.
     pub fn urls(&self) -> String {
         self.nodes.iter().map(Redis::url).collect::<Vec<_>>().join(",")
@@ -560,11 +626,22 @@ impl RedisCluster {
 
     /// Runs `redis-cli -c` (follows redirects) against the first node.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let out = Command::new("timeout")
+            .args(["5", "redis-cli"])
             .args(["-c", "-p", &self.nodes[0].port.to_string()])
             .args(args)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+}
+
+/// The node index serving `redis_key` among `masters` (from [`RedisCluster::masters`]).
+pub fn owner_in(masters: &[(usize, Vec<(u16, u16)>)], redis_key: &str) -> usize {
+    let slot = cache_layer::cache::key_slot(redis_key.as_bytes());
+    masters
+        .iter()
+        .find(|(_, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+        .map(|(i, _)| *i)
+        .expect("every slot has a master")
 }
