@@ -347,27 +347,30 @@ impl ReadThrough {
         reached_all
     }
 
-    /// Applies a purge published by another replica to the memory tier.
+    /// Applies a purge published by another replica: a fetch of the key in flight here must not
+    /// store its (pre-purge) value, in any tier, and the memory tier drops or marks the entry.
+    /// The fetch is superseded whether or not this replica has a memory tier: a Redis-only
+    /// replica's fetch would otherwise write the purged value back to Redis.
     async fn apply_invalidation(&self, message: &str) {
         let mut parts = message.splitn(3, '\n');
         let (Some(mode), Some(instance), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
-        let (Some(memory), false) = (&self.inner.memory, instance == self.inner.instance) else {
+        if instance == self.inner.instance {
             return;
-        };
+        }
         self.inner.inflight.supersede(key);
-        let mode = match mode {
-            "soft" => {
-                let _ = memory.mark_stale(key, now_ms()).await;
-                "soft"
-            }
-            _ => {
-                let _ = memory.remove(key).await;
-                "hard"
-            }
-        };
-        self.inner.metrics.invalidated(mode, "remote");
+        let soft = mode == "soft";
+        if let Some(memory) = &self.inner.memory {
+            let _ = if soft {
+                memory.mark_stale(key, now_ms()).await
+            } else {
+                memory.remove(key).await
+            };
+        }
+        self.inner
+            .metrics
+            .invalidated(if soft { "soft" } else { "hard" }, "remote");
     }
 
     /// Listens on the Redis channels for as long as the process lives, reconnecting when the

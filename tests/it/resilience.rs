@@ -591,3 +591,61 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_cache() {
     assert_eq!(status, "cache-layer; fwd=miss; stored");
     assert_eq!(body["value"]["n"], 2);
 }
+
+/// A purge on replica B while replica A's fetch of the key is at the origin: A must not store
+/// the pre-purge value (in Redis, where B would serve it), with or without a memory tier.
+async fn purge_from_another_replica_stops_a_fetch_in_flight(a_memory: &str) {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    let (url, template) = (redis.url(), origin.template());
+    let env = |memory: &'static str| {
+        vec![
+            ("REDIS_URL", url.clone()),
+            ("ORIGIN_URL", template.clone()),
+            ("ADMIN_TOKEN", "0123456789abcdef".to_owned()),
+            ("MEMORY_CACHE_ENABLED", memory.to_owned()),
+        ]
+    };
+    let start = |vars: Vec<(&'static str, String)>| async move {
+        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Service::start(&borrowed).await
+    };
+    let memory: &'static str = if a_memory == "true" { "true" } else { "false" };
+    let (a, b) = (start(env(memory)).await, start(env("true")).await);
+    a.wait_redis_up().await;
+    b.wait_redis_up().await;
+    let fetch = tokio::spawn({
+        let url = a.item_url("raced");
+        async move { client().get(url).send().await.unwrap().status() }
+    });
+    // Ordered without sleeps: the DELETE goes once the origin has A's request.
+    eventually("A's fetch to reach the origin", || async {
+        (origin.served().await == 1).then_some(())
+    })
+    .await;
+    let r = client()
+        .delete(b.item_url("raced"))
+        .bearer_auth("0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        fetch.await.unwrap(),
+        200,
+        "A's request is answered with what it fetched"
+    );
+    // The purge is not lost: B does not find the pre-purge value in Redis.
+    assert_eq!(b.get("raced").await.1, "cache-layer; fwd=miss; stored");
+    assert_eq!(origin.served().await, 2);
+}
+
+#[tokio::test]
+async fn a_purge_from_another_replica_stops_a_redis_only_fetch_in_flight() {
+    purge_from_another_replica_stops_a_fetch_in_flight("false").await;
+}
+
+#[tokio::test]
+async fn a_purge_from_another_replica_stops_a_fetch_in_flight_with_a_memory_tier() {
+    purge_from_another_replica_stops_a_fetch_in_flight("true").await;
+}
