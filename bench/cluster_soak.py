@@ -37,7 +37,6 @@ import run as base  # noqa: E402
 ROOT, RELEASE = base.ROOT, base.RELEASE
 ROUNDS = int(os.getenv("ROUNDS", "25"))
 STALL_SECS = float(os.getenv("STALL_SECS", "5"))
-SECTION_FILE = os.path.join(ROOT, "bench", "sections", "cluster-soak.md")
 BEGIN, END = "<!-- cluster-soak:begin -->", "<!-- cluster-soak:end -->"
 ENTRY = "cache-layer:v1:k:"
 
@@ -284,19 +283,7 @@ def markdown(res):
 
 
 def write(res):
-    text = markdown(res)
-    os.makedirs(os.path.dirname(SECTION_FILE), exist_ok=True)
-    with open(SECTION_FILE, "w") as f:
-        f.write(text)
-    page = os.path.join(ROOT, "docs", "benchmarks.md")
-    with open(page) as f:
-        current = f.read()
-    if BEGIN in current:
-        current = current[: current.index(BEGIN)] + text + current[current.index(END) + len(END) + 1:]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    with open(page, "w") as f:
-        f.write(current)
+    base.write_section("cluster-soak", markdown(res))
 
 
 def main():

@@ -37,7 +37,6 @@ RELEASE = base.RELEASE
 SECTIONS = os.getenv("SECTIONS", "rss bigvalue").split()
 RUN_SECS = int(os.getenv("RUN_SECS", "20"))
 MIB = 1024 * 1024
-SECTION_FILE = os.path.join(ROOT, "bench", "sections", "hardening.md")
 BEGIN, END = "<!-- hardening:begin -->", "<!-- hardening:end -->"
 
 
@@ -222,19 +221,7 @@ def markdown(results):
 
 
 def write(results):
-    text = markdown(results)
-    os.makedirs(os.path.dirname(SECTION_FILE), exist_ok=True)
-    with open(SECTION_FILE, "w") as f:
-        f.write(text)
-    page = os.path.join(ROOT, "docs", "benchmarks.md")
-    with open(page) as f:
-        current = f.read()
-    if BEGIN in current:
-        current = current[: current.index(BEGIN)] + text + current[current.index(END) + len(END) + 1:]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    with open(page, "w") as f:
-        f.write(current)
+    base.write_section("hardening", markdown(results))
     with open(os.path.join(ROOT, "bench", "results-hardening.json"), "w") as f:
         json.dump(results, f, indent=1)
 

@@ -317,6 +317,27 @@ def wrk(url, connections):
     return result
 
 
+def write_section(name, text):
+    """Puts `text` (a Markdown section between `<!-- name:begin -->` and `<!-- name:end -->`)
+    into docs/benchmarks.md in place of its last version, and into bench/sections/<name>.md,
+    which report.py appends when it regenerates the page. For the benchmark scripts other than
+    this one (bench/hardening.py, bench/cluster_soak.py)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = os.path.join(ROOT, "bench", "sections", f"{name}.md")
+    os.makedirs(os.path.dirname(section), exist_ok=True)
+    with open(section, "w") as f:
+        f.write(text)
+    page = os.path.join(ROOT, "docs", "benchmarks.md")
+    with open(page) as f:
+        current = f.read()
+    if begin in current:
+        current = current[: current.index(begin)] + text + current[current.index(end) + len(end) + 1:]
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    with open(page, "w") as f:
+        f.write(current)
+
+
 def loadtest_cmd(url, *args):
     """The load test on the client core, asked for its --json report."""
     return ["taskset", "-c", CLIENT_CORE, f"{RELEASE}/cache-layer-loadtest", "--url", url,

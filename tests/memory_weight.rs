@@ -93,45 +93,30 @@ fn check(what: &str, heap: f64, weight: f64) {
     );
 }
 
+/// Heap bytes and weight per entry for `key_prefix-<n>` keys and `value`, checked.
+async fn weighs_what_it_costs(what: &str, entries: (usize, usize), key_prefix: &str, value: &[u8]) {
+    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
+    let (heap, weight) = measure(&tier, entries.0, entries.1, key_prefix, value).await;
+    check(what, heap, weight);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn small_entries_weigh_what_they_cost() {
-    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
-    let (heap, weight) = measure(
-        &tier,
-        20_000,
-        60_000,
-        "key",
-        br#"{"path":"/items/key-123456","n":123456}"#,
-    )
-    .await;
-    check("small entries", heap, weight);
+    // Shaped like the load test's keys and the origin stub's values.
+    let value = br#"{"path":"/items/key-123456","n":123456}"#;
+    weighs_what_it_costs("small entries", (20_000, 60_000), "key", value).await;
+    weighs_what_it_costs("one-byte values", (20_000, 40_000), "k", b"1").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn large_values_weigh_what_they_cost() {
-    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
     let value = serde_json::to_vec(&"x".repeat(500 * 1024)).unwrap();
-    let (heap, weight) = measure(&tier, 20, 220, "key", &value).await;
-    check("500 KB values", heap, weight);
+    weighs_what_it_costs("500 KB values", (20, 220), "key", &value).await;
+    let value = serde_json::to_vec(&"v".repeat(1000)).unwrap();
+    weighs_what_it_costs("1 KB values", (20_000, 40_000), "k", &value).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn long_keys_weigh_what_they_cost() {
-    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
-    let prefix = "k".repeat(300);
-    let (heap, weight) = measure(&tier, 20_000, 40_000, &prefix, b"1").await;
-    check("300-byte keys", heap, weight);
-    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
-    let (heap, weight) = measure(&tier, 20_000, 40_000, "k", b"1").await;
-    check("tiny", heap, weight);
-    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
-    let (heap, weight) = measure(
-        &tier,
-        20_000,
-        40_000,
-        "k",
-        &serde_json::to_vec(&"v".repeat(1000)).unwrap(),
-    )
-    .await;
-    check("1000 value", heap, weight);
+    weighs_what_it_costs("300-byte keys", (20_000, 40_000), &"k".repeat(300), b"1").await;
 }

@@ -284,6 +284,14 @@ impl Origin {
         self.stats().await["served"].as_u64().unwrap()
     }
 
+    /// Waits until the stub has received `n` data requests (orders a test without sleeps).
+    pub async fn wait_served(&self, n: u64) {
+        eventually(&format!("the origin to receive {n} request(s)"), || async {
+            (self.served().await >= n).then_some(())
+        })
+        .await;
+    }
+
     /// Changes how the stub answers (`mode`: ok, status:500, hang, big).
     pub async fn set(&self, mode: &str, latency_ms: u64) {
         let url = format!("{}/_stub/config?mode={mode}&latency_ms={latency_ms}", self.base);

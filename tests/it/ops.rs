@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Origin, Service, client, eventually, free_port, service_command};
+use crate::harness::{Origin, Service, client, free_port, service_command};
 
 #[tokio::test]
 async fn health_and_probes_answer_json() {
@@ -39,10 +39,7 @@ async fn sigterm_fails_readyz_then_drains_the_request_in_flight_and_exits_0() {
         let (c, url) = (c.clone(), s.item_url("slow"));
         tokio::spawn(async move { c.get(url).send().await.unwrap() })
     };
-    eventually("the slow fetch to reach the origin", || async {
-        (origin.served().await == 1).then_some(())
-    })
-    .await;
+    origin.wait_served(1).await;
     s.terminate();
     s.wait_status("/readyz", 503).await;
     let r = slow.await.unwrap();

@@ -338,10 +338,7 @@ async fn a_replica_waiting_on_another_is_woken_by_a_message_not_by_polling_redis
         let url = a.item_url("slow");
         async move { client().get(url).send().await.unwrap().status().as_u16() }
     });
-    eventually("A's fetch to reach the origin", || async {
-        (origin.served().await == 1).then_some(())
-    })
-    .await;
+    origin.wait_served(1).await;
     redis.cli(&["CONFIG", "RESETSTAT"]);
     let (code, _, body) = b.get("slow").await;
     assert_eq!(fetching.await.unwrap(), 200);
@@ -573,10 +570,7 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_cache() {
         let (c, url) = (client(), s.item_url("k"));
         tokio::spawn(async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
     };
-    eventually("the fetch to reach the origin", || async {
-        (origin.served().await == 1).then_some(())
-    })
-    .await;
+    origin.wait_served(1).await;
     let r = client()
         .delete(s.item_url("k"))
         .bearer_auth("t0ken")
@@ -619,10 +613,7 @@ async fn purge_from_another_replica_stops_a_fetch_in_flight(a_memory: &str) {
         async move { client().get(url).send().await.unwrap().status() }
     });
     // Ordered without sleeps: the DELETE goes once the origin has A's request.
-    eventually("A's fetch to reach the origin", || async {
-        (origin.served().await == 1).then_some(())
-    })
-    .await;
+    origin.wait_served(1).await;
     let r = client()
         .delete(b.item_url("raced"))
         .bearer_auth("0123456789abcdef")
