@@ -31,6 +31,9 @@ use crate::telemetry::Metrics;
 /// Bumped when the stored format changes, so old and new releases can share one Redis.
 const FORMAT_VERSION: &str = "v1";
 
+/// The first read of an entry takes at most this many bytes (with the value's length).
+const FIRST_READ_BYTES: usize = 64 * 1024;
+
 /// Slots in a Redis Cluster.
 const SLOTS: usize = 16384;
 
@@ -637,8 +640,9 @@ impl RedisTier {
         self.shared.writes.failing()
     }
 
-    /// Runs a write, remembering whether it failed for [`RedisTier::writes_failing`]. Writes
-    /// skipped because their node is down are not counted: the tier shows that already.
+    /// Runs a write, remembering whether Redis refused it, for [`RedisTier::writes_failing`].
+    /// Writes that did not reach Redis (a node down, a timeout, a failover) are not counted: the
+    /// node's health shows those.
     async fn write<T: FromRedisValue>(
         &self,
         op: &'static str,
@@ -647,9 +651,11 @@ impl RedisTier {
     ) -> Result<T, TierError> {
         let result = self.run(op, key, cmd).await;
         match &result {
-            Err(TierError::Unavailable) => {}
             Ok(_) => self.shared.writes.record(true, None),
-            Err(e) => self.shared.writes.record(false, Some(e)),
+            // Redis answered and said no: it is up but not storing anything.
+            Err(e @ TierError::Refused(_)) => self.shared.writes.record(false, Some(e)),
+            // Down, timed out, broke off: the node's health shows that.
+            Err(_) => {}
         }
         result
     }
@@ -667,6 +673,26 @@ impl RedisTier {
             return Err(TierError::Unavailable);
         }
         self.run_on(op, &node, cmd).await
+    }
+
+    /// Runs `pipe` on `key`'s node over its command connection, within the response timeout.
+    async fn run_pipe<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        redis_key: &[u8],
+        pipe: &redis::Pipeline,
+    ) -> Result<T, TierError> {
+        let node = self.topology().node_for(redis_key).clone();
+        if !node.is_up() {
+            return Err(TierError::Unavailable);
+        }
+        let mut conn = node.command_connection();
+        let timeout = self.shared.settings.response_timeout;
+        self.finish(
+            op,
+            &node,
+            tokio::time::timeout(timeout, pipe.query_async::<T>(&mut conn)).await,
+        )
     }
 
     /// Runs `cmd` on `node` over its command connection, within the response timeout.
@@ -706,7 +732,9 @@ impl RedisTier {
                 self.mark_down(node, op, &e.to_string());
                 TierError::Failed(e.to_string())
             }
-            Ok(Err(e)) => TierError::Failed(e.to_string()),
+            // Between owners (a failover): not the server refusing this command.
+            Ok(Err(e)) if e.is_cluster_error() => TierError::Failed(e.to_string()),
+            Ok(Err(e)) => TierError::Refused(e.to_string()),
             Err(_) => {
                 self.mark_down(node, op, "no answer within REDIS_RESPONSE_TIMEOUT_MS");
                 TierError::Timeout
@@ -874,16 +902,25 @@ impl Tier for RedisTier {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
-        // GETRANGE rather than GET: a value larger than this service could have written (put
-        // there by something else) is never transferred whole, so it cannot hold up the other
-        // commands sharing the connection. A missing key reads as empty.
+        // Never GET: a value larger than this service could have written (put there by
+        // something else) must not be transferred whole, or it holds up every other command on
+        // the node's connection. One round trip reads the first 64 KiB and the length; only a
+        // value longer than that and within the limit costs a second one for the rest.
         let max = self.shared.max_entry_bytes;
         let entry_key = self.entry_key(key);
-        let cmd = redis::cmd("GETRANGE").arg(&entry_key).arg(0).arg(max).to_owned();
-        let bytes: Vec<u8> = self.run("get", entry_key.as_bytes(), &cmd).await?;
-        if bytes.len() > max {
+        let first = redis::pipe()
+            .cmd("GETRANGE")
+            .arg(&entry_key)
+            .arg(0)
+            .arg(FIRST_READ_BYTES - 1)
+            .cmd("STRLEN")
+            .arg(&entry_key)
+            .to_owned();
+        let (mut bytes, len): (Vec<u8>, usize) = self.run_pipe("get", entry_key.as_bytes(), &first).await?;
+        if len > max {
             self.shared.metrics.redis_error("get");
             tracing::warn!(
+                bytes = len,
                 limit = max,
                 "redis holds a value larger than this service can write under an entry key; removed, and replaced by the next fetch"
             );
@@ -892,6 +929,19 @@ impl Tier for RedisTier {
             let unlink = redis::cmd("UNLINK").arg(&entry_key).to_owned();
             let _ = self.run::<i64>("del", entry_key.as_bytes(), &unlink).await;
             return Ok(None);
+        }
+        if len > bytes.len() {
+            let rest = redis::cmd("GETRANGE")
+                .arg(&entry_key)
+                .arg(bytes.len())
+                .arg(len - 1)
+                .to_owned();
+            let rest: Vec<u8> = self.run("get", entry_key.as_bytes(), &rest).await?;
+            bytes.extend_from_slice(&rest);
+            // Rewritten between the two reads: not one value; a miss.
+            if bytes.len() != len {
+                return Ok(None);
+            }
         }
         Ok(Some(bytes)
             .filter(|b| !b.is_empty())

@@ -35,9 +35,12 @@ pub enum TierError {
     /// The tier did not answer within its deadline.
     #[error("tier timed out")]
     Timeout,
-    /// The tier answered with an error.
+    /// The tier could not be reached or broke off (or, in a cluster, is between owners).
     #[error("tier error: {0}")]
     Failed(String),
+    /// The tier answered and refused the command (e.g. Redis at `maxmemory` with `noeviction`).
+    #[error("tier refused: {0}")]
+    Refused(String),
 }
 
 /// A place entries are kept. Methods take `&self`: each tier keeps its own concurrency inside.

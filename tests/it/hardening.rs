@@ -320,3 +320,22 @@ async fn refused_redis_writes_show_in_health_and_metrics() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn values_longer_than_the_first_read_still_round_trip_through_redis() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[("STUB_MODE", "bytes:200000")]).await;
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let (a, b) = (origin.service(&env).await, origin.service(&env).await);
+    a.wait_redis_up().await;
+    b.wait_redis_up().await;
+    let (code, _, fetched) = a.get("long").await;
+    assert_eq!(code, 200);
+    let (code, status, cached) = b.get("long").await;
+    assert_eq!(code, 200);
+    assert!(status.ends_with("detail=redis"), "{status}");
+    assert_eq!(cached["value"], fetched["value"]);
+    assert_eq!(cached["value"]["padding"].as_str().unwrap().len(), 200_000);
+    assert_eq!(b.metric("redis_errors_total{operation=\"get\"").await, 0.0);
+}
