@@ -34,6 +34,10 @@ use tower::Service;
 
 use crate::config::ServerLimits;
 
+/// A request head that starts this long after the last answer wakes the watchdog; one that
+/// starts sooner is caught by the watchdog's wake-up at idle + `QUIET_MS` + the header timeout.
+const QUIET_MS: u64 = 1000;
+
 /// `u64::MAX` in a millisecond slot: "not set".
 const NONE: u64 = u64::MAX;
 
@@ -87,11 +91,19 @@ impl Conn {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
-    /// Called on every read: the first bytes after an answer start the header deadline.
+    /// Called on every read: the first bytes after an answer start the header deadline. The
+    /// watchdog is woken only for a head that starts after a quiet spell (it is then sleeping
+    /// towards the keep-alive deadline); a client that asks again at once, the hot path, costs
+    /// no wake-up, and the watchdog's idle wake-up at `QUIET_MS` + the header timeout covers it.
     fn on_read(&self) {
         if self.head_since_ms.load(Ordering::Relaxed) == NONE && self.is_idle() {
-            self.head_since_ms.store(self.ms_now(), Ordering::Relaxed);
-            self.wake.notify_one();
+            let now = self.ms_now();
+            self.head_since_ms.store(now, Ordering::Relaxed);
+            if self.answered.load(Ordering::Relaxed) > 0
+                && now.saturating_sub(self.idle_since_ms.load(Ordering::Relaxed)) >= QUIET_MS
+            {
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -122,6 +134,22 @@ impl Conn {
             Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed)) + limits.keepalive_timeout
         };
         Some(self.accepted + at)
+    }
+
+    /// When the watchdog looks next: the deadline, except while idle between requests, where
+    /// it also looks at idle + `QUIET_MS` + the header timeout (a head may have started in the
+    /// quiet spell without waking it), and while a request is in flight, where it looks after
+    /// the shorter timeout (no deadline that starts when the request ends can be earlier).
+    fn wake_at(&self, limits: &ServerLimits) -> Instant {
+        let Some(deadline) = self.deadline(limits) else {
+            return Instant::now() + limits.header_timeout.min(limits.keepalive_timeout);
+        };
+        let head = self.head_since_ms.load(Ordering::Relaxed);
+        if self.answered.load(Ordering::Relaxed) == 0 || head != NONE {
+            return deadline;
+        }
+        let idle = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        deadline.min(self.accepted + idle + Duration::from_millis(QUIET_MS) + limits.header_timeout)
     }
 }
 
@@ -268,11 +296,7 @@ async fn serve_connection(
     tokio::pin!(connection);
     let mut draining = false;
     loop {
-        // While a request is in flight there is no deadline: look again after the shortest
-        // timeout, which can never be later than a deadline that starts once it is answered.
-        let wake_at = conn
-            .deadline(&limits)
-            .unwrap_or_else(|| Instant::now() + limits.header_timeout.min(limits.keepalive_timeout));
+        let wake_at = conn.wake_at(&limits);
         tokio::select! {
             // Fixed order, the connection first: no random draw on every poll of the hit path.
             biased;
