@@ -211,8 +211,8 @@ struct Shared {
     channel: String,
     /// `{REDIS_KEY_PREFIX}:filled`: keys whose fleet lock was let go (see `cache::fleet`).
     fill_channel: String,
-    /// The largest entry this service can write (from `ORIGIN_MAX_BODY_BYTES`); larger values
-    /// under an entry key are refused after reading at most one byte more than this.
+    /// The largest entry this service can write (from `ORIGIN_MAX_BODY_BYTES`); a longer value
+    /// under an entry key is refused after its first `FIRST_READ_BYTES` and its length.
     max_entry_bytes: usize,
     /// The next node to subscribe on.
     next_pubsub: AtomicUsize,
@@ -241,6 +241,26 @@ impl Settings {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         ConnectionManager::new_lazy_with_config(client, config)
+    }
+
+    /// A connection of its own to one server (pings, `CLUSTER SLOTS`), made within the connect
+    /// and response timeouts.
+    async fn direct_connection(&self, info: &ConnectionInfo) -> redis::RedisResult<MultiplexedConnection> {
+        let connect = async {
+            let client = open_client(info, self.tls_ca_pem.as_deref())?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(self.response_timeout));
+            client.get_multiplexed_async_connection_with_config(&config).await
+        };
+        tokio::time::timeout(self.connect_timeout + self.response_timeout, connect)
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no connection within REDIS_CONNECT_TIMEOUT_MS",
+                ))
+            })?
     }
 }
 
@@ -537,19 +557,12 @@ impl RedisTier {
 
     /// Runs one command on a fresh connection to `info` within the timeouts.
     async fn query_once<T: FromRedisValue>(&self, info: &ConnectionInfo, cmd: &Cmd) -> Option<T> {
-        let s = &self.shared;
+        let settings = &self.shared.settings;
         let work = async {
-            let client = open_client(info, s.settings.tls_ca_pem.as_deref()).ok()?;
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(s.settings.connect_timeout))
-                .set_response_timeout(Some(s.settings.response_timeout));
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .ok()?;
+            let mut conn = settings.direct_connection(info).await.ok()?;
             cmd.query_async::<T>(&mut conn).await.ok()
         };
-        tokio::time::timeout(s.settings.connect_timeout + s.settings.response_timeout, work)
+        tokio::time::timeout(settings.connect_timeout + settings.response_timeout, work)
             .await
             .ok()
             .flatten()
@@ -561,21 +574,9 @@ impl RedisTier {
         let outcome = {
             let mut slot = node.ping_conn.lock().await;
             if slot.is_none() {
-                let connect = async {
-                    let client = open_client(&node.info, s.settings.tls_ca_pem.as_deref())?;
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(s.settings.connect_timeout))
-                        .set_response_timeout(Some(s.settings.response_timeout));
-                    client.get_multiplexed_async_connection_with_config(&config).await
-                };
-                match tokio::time::timeout(s.settings.connect_timeout + s.settings.response_timeout, connect)
-                    .await
-                {
-                    Ok(Ok(c)) => *slot = Some(c),
-                    Ok(Err(e)) => {
-                        tracing::debug!(node = %node.addr, error = %e, "redis ping connection failed")
-                    }
-                    Err(_) => {}
+                match s.settings.direct_connection(&node.info).await {
+                    Ok(c) => *slot = Some(c),
+                    Err(e) => tracing::debug!(node = %node.addr, error = %e, "redis ping connection failed"),
                 }
             }
             match slot.as_mut() {
@@ -668,11 +669,18 @@ impl RedisTier {
         redis_key: &[u8],
         cmd: &Cmd,
     ) -> Result<T, TierError> {
-        let node = self.topology().node_for(redis_key).clone();
-        if !node.is_up() {
-            return Err(TierError::Unavailable);
-        }
+        let node = self.node_up_for(redis_key)?;
         self.run_on(op, &node, cmd).await
+    }
+
+    /// The node serving `redis_key`, unless it is known to be down (then it is not asked).
+    fn node_up_for(&self, redis_key: &[u8]) -> Result<Arc<Node>, TierError> {
+        let node = self.topology().node_for(redis_key).clone();
+        if node.is_up() {
+            Ok(node)
+        } else {
+            Err(TierError::Unavailable)
+        }
     }
 
     /// Runs `pipe` on `key`'s node over its command connection, within the response timeout.
@@ -682,10 +690,7 @@ impl RedisTier {
         redis_key: &[u8],
         pipe: &redis::Pipeline,
     ) -> Result<T, TierError> {
-        let node = self.topology().node_for(redis_key).clone();
-        if !node.is_up() {
-            return Err(TierError::Unavailable);
-        }
+        let node = self.node_up_for(redis_key)?;
         let mut conn = node.command_connection();
         let timeout = self.shared.settings.response_timeout;
         self.finish(
