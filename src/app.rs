@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::cache::{FleetLock, Lifetimes, MemoryTier, ReadThrough, RedisTier};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::cache::{AnyTier, FleetLock, Lifetimes, MemoryTier, ReadThrough, RedisTier};
 use crate::config::{Config, OriginConfig, ServerLimits};
 use crate::http::server::{self, Phase, Server};
 use crate::http::{AppState, HeaderTables, router};
 use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin, Trip};
-use crate::telemetry::{Telemetry, observe_gauge};
+use crate::telemetry::Telemetry;
 
 /// An `ADMIN_TOKEN` shorter than this starts with a warning: it can be guessed.
 const MIN_ADMIN_TOKEN_BYTES: usize = 16;
@@ -36,9 +38,14 @@ pub enum StartError {
 
 /// The service, bound and ready to run.
 pub struct Application {
+    /// Bound by `build`, so tests can bind port 0 and read the address before running.
     listener: TcpListener,
+    /// What every handler shares.
     state: Arc<AppState>,
+    /// The settings it was built from (limits and shutdown timing are read when it runs).
     config: Config,
+    /// Cancels the background tasks when the application ends, run or not.
+    tasks: DropGuard,
 }
 
 impl Application {
@@ -54,23 +61,13 @@ impl Application {
                 "ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_BYTES} bytes: purges are easy to guess; use e.g. `openssl rand -hex 16`"
             );
         }
-        let memory = config
-            .memory_enabled
-            .then(|| MemoryTier::new(config.memory_max_bytes, metrics.clone()));
-        if let Some(m) = &memory {
-            let (bytes, entries) = (m.clone(), m.clone());
-            observe_gauge(
-                metrics.meter(),
-                "memory_cache_bytes",
-                "Bytes held by the memory tier (keys, values, overhead).",
-                move || bytes.bytes(),
-            );
-            observe_gauge(
-                metrics.meter(),
-                "memory_cache_entries",
-                "Entries held by the memory tier.",
-                move || entries.entries(),
-            );
+        // Background tasks (Redis upkeep, the purge listener) end with the application.
+        let tasks = CancellationToken::new();
+        let mut tiers = Vec::new();
+        if config.memory_enabled {
+            let memory = MemoryTier::new(config.memory_max_bytes, metrics.clone());
+            metrics.watch_memory_tier(&memory);
+            tiers.push(AnyTier::Memory(memory));
         }
         let redis = match &config.redis {
             Some(rc) => {
@@ -80,7 +77,8 @@ impl Application {
                     metrics.clone(),
                 )
                 .map_err(|e| StartError::Setup(e.to_string()))?;
-                tier.start().await;
+                tier.start(tasks.clone()).await;
+                tiers.push(AnyTier::Redis(tier.clone()));
                 Some(tier)
             }
             None => None,
@@ -99,18 +97,20 @@ impl Application {
                 .map_err(StartError::Setup)?,
             ),
         };
+        let breaker = Arc::new(Breaker::new(
+            Trip {
+                consecutive: config.breaker_failures,
+                window: config.breaker_window,
+                rate_percent: config.breaker_failure_rate,
+            },
+            config.breaker_cooldown,
+        ));
+        metrics.watch_breaker(breaker.clone());
         let origin = GuardedOrigin::new(
             origin,
             config.origin_max_concurrency,
             config.origin_timeout,
-            Breaker::new(
-                Trip {
-                    consecutive: config.breaker_failures,
-                    window: config.breaker_window,
-                    rate_percent: config.breaker_failure_rate,
-                },
-                config.breaker_cooldown,
-            ),
+            breaker,
             metrics.clone(),
         );
         let life = Lifetimes {
@@ -119,21 +119,13 @@ impl Application {
             negative_ttl: config.negative_ttl,
             jitter_percent: config.ttl_jitter_percent,
         };
-        let fleet = config
-            .redis
-            .as_ref()
-            .map(|r| FleetLock {
-                ttl: r.lock_ttl,
-                wait: r.lock_wait,
-                poll: r.lock_poll,
-            })
-            .unwrap_or(FleetLock {
-                ttl: Default::default(),
-                wait: Default::default(),
-                poll: Default::default(),
-            });
-        let cache = ReadThrough::new(memory, redis, origin, life, fleet, metrics.clone());
-        cache.spawn_redis_listener();
+        let fleet = config.redis.as_ref().map(|r| FleetLock {
+            ttl: r.lock_ttl,
+            wait: r.lock_wait,
+            poll: r.lock_poll,
+        });
+        let cache = ReadThrough::new(tiers, origin, life, redis.zip(fleet), metrics.clone());
+        cache.spawn_redis_listener(tasks.clone());
 
         let listener = TcpListener::bind(config.listen_addr)
             .await
@@ -156,6 +148,7 @@ impl Application {
             listener,
             state,
             config,
+            tasks: tasks.drop_guard(),
         })
     }
 
@@ -172,7 +165,10 @@ impl Application {
             listener,
             state,
             config,
+            tasks,
         } = self;
+        // Whichever way this returns, the Redis upkeep and the listener stop with it.
+        let _tasks = tasks;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let limits = connection_limits(&config);
         let server = Arc::new(Server::default());

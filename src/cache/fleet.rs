@@ -1,23 +1,228 @@
-//! Waking the replicas that wait on another replica's fetch. The replica holding a key's fleet
-//! lock publishes the key on the fill channel when it lets go; each replica's Redis listener
-//! wakes its waiter for that key, which then reads the value (or competes for the lock again).
-//! Waiters also look on their own every `FLEET_LOCK_POLL_MS`, in case a message is lost.
+//! Fleet-wide coalescing: one origin fetch per key across every replica that shares a Redis.
+//!
+//! The replica that misses first takes the key's lock in Redis (`SET NX PX`) and fetches; the
+//! others wait for its value instead of fetching too. When the holder lets go it publishes the key
+//! on the fill channel; each replica's listener wakes its waiter for that key, which then reads
+//! the value (or competes for the lock again, when the fetch failed). Waiters also look on their
+//! own every `FLEET_LOCK_POLL_MS`, in case a message is lost, and give up after
+//! `FLEET_LOCK_WAIT_MS`, fetching themselves. Redis failing never blocks a fetch: the replica
+//! fetches on its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::entry::{Entry, Freshness, now_ms};
+use super::redis::{Channel, RedisOp, RedisTier};
+use super::tier::Tier;
+
+/// Fleet-wide coalescing settings (`FLEET_LOCK_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetLock {
+    /// Lifetime of the Redis lock key, so a dead fetcher's lock goes away.
+    pub ttl: Duration,
+    /// How long to wait for another replica's fetch before fetching here.
+    pub wait: Duration,
+    /// How often a waiter looks in Redis when no fill message has woken it.
+    pub poll: Duration,
+}
+
+/// The fleet lock protocol of one replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    /// Where the locks, the values and the fill channel are.
+    redis: RedisTier,
+    /// Lock lifetime and waiting.
+    settings: FleetLock,
+    /// The keys this process waits on another replica's fetch for.
+    waiters: Arc<FleetWaiters>,
+    /// This process's name, the stem of its lock tokens.
+    instance: Arc<str>,
+}
+
+/// What a replica about to fetch a key should do.
+pub enum Turn {
+    /// This replica holds the key's lock: fetch, then [`Held::release`].
+    Lead(Held),
+    /// Another replica fetched the key while this one waited.
+    Filled(Arc<Entry>),
+    /// No lock in time, or Redis is failing: fetch here, unguarded.
+    Alone,
+}
+
+/// How a wait on another replica's fetch ended.
+enum Wait {
+    /// Its value arrived in Redis.
+    Value(Arc<Entry>),
+    /// It released the lock without storing a value.
+    Released,
+    /// `FLEET_LOCK_WAIT_MS` ran out.
+    TimedOut,
+}
+
+impl Fleet {
+    /// The protocol over `redis` for the process named `instance`.
+    pub fn new(redis: RedisTier, settings: FleetLock, instance: Arc<str>) -> Self {
+        Fleet {
+            redis,
+            settings,
+            waiters: Arc::default(),
+            instance,
+        }
+    }
+
+    /// Takes `key`'s lock, or waits for the replica holding it, for at most `FLEET_LOCK_WAIT_MS`.
+    pub async fn take_turn(&self, key: &str) -> Turn {
+        if !self.redis.is_up() {
+            return Turn::Alone;
+        }
+        let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
+        let deadline = Instant::now() + self.settings.wait;
+        while Instant::now() < deadline {
+            match self.try_lock(key, &token).await {
+                Some(true) => {
+                    return Turn::Lead(Held {
+                        fleet: self.clone(),
+                        key: Arc::from(key),
+                        token: Some(token),
+                    });
+                }
+                Some(false) => match self.wait(key, deadline).await {
+                    Wait::Value(entry) => return Turn::Filled(entry),
+                    // The holder let go without a value (its fetch failed): compete again, so
+                    // a failure does not turn every waiting replica loose on the origin.
+                    Wait::Released => continue,
+                    Wait::TimedOut => break,
+                },
+                // Redis failing: fetch here rather than fail.
+                None => break,
+            }
+        }
+        Turn::Alone
+    }
+
+    /// `key`'s entry in Redis, if it is fresh (another replica may have stored it between this
+    /// replica's miss and its lock).
+    pub async fn fresh(&self, key: &str) -> Option<Arc<Entry>> {
+        self.redis
+            .get(key)
+            .await
+            .ok()
+            .flatten()
+            .filter(|e| matches!(e.freshness(now_ms()), Freshness::Fresh { .. }))
+    }
+
+    /// Wakes this process's waiter for `key`: the replica holding its lock let go (a message on
+    /// the fill channel).
+    pub fn wake(&self, key: &str) {
+        self.waiters.wake(key);
+    }
+
+    /// Waits while another replica holds `key`'s lock: woken by its fill message, or looking
+    /// every `FLEET_LOCK_POLL_MS` in case a message is lost.
+    async fn wait(&self, key: &str, deadline: Instant) -> Wait {
+        let woken = self.waiters.register(key);
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            woken.wait(self.settings.poll.min(left)).await;
+            if let Some(entry) = self.fresh(key).await {
+                return Wait::Value(entry);
+            }
+            if !self.is_locked(key).await.unwrap_or(false) {
+                // Released: the value may have landed just before the lock went.
+                return self.fresh(key).await.map_or(Wait::Released, Wait::Value);
+            }
+        }
+        Wait::TimedOut
+    }
+
+    /// Takes the lock for `key` if nobody holds it: `Some(true)` when taken, `None` when Redis
+    /// failed.
+    async fn try_lock(&self, key: &str, token: &str) -> Option<bool> {
+        let lock = self.redis.lock_key(key);
+        let cmd = redis::cmd("SET")
+            .arg(&lock)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.settings.ttl.as_millis() as u64)
+            .to_owned();
+        self.redis
+            .write::<Option<String>>(RedisOp::Lock, lock.as_bytes(), &cmd)
+            .await
+            .ok()
+            .map(|r| r.is_some())
+    }
+
+    /// Whether anybody holds the lock for `key`; `None` when Redis failed.
+    async fn is_locked(&self, key: &str) -> Option<bool> {
+        let lock = self.redis.lock_key(key);
+        let cmd = redis::cmd("EXISTS").arg(&lock).to_owned();
+        self.redis
+            .run::<i64>(RedisOp::Lock, lock.as_bytes(), &cmd)
+            .await
+            .ok()
+            .map(|n| n > 0)
+    }
+
+    /// Releases the lock for `key` if `token` still holds it, and wakes the replicas waiting on
+    /// it: they read the value, or compete for the lock again if the fetch failed.
+    async fn unlock(&self, key: &str, token: &str) {
+        const SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+        let lock = self.redis.lock_key(key);
+        let cmd = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(&lock)
+            .arg(token)
+            .to_owned();
+        let _ = self.redis.run::<i64>(RedisOp::Lock, lock.as_bytes(), &cmd).await;
+        let _ = self.redis.publish(Channel::Fill, key).await;
+    }
+}
+
+/// A fleet lock this replica holds. Released by [`Held::release`] once the value is stored; a
+/// lock dropped without it (the fetch task panicked or was cancelled) is released in the
+/// background, so waiting replicas do not sit out the lock's whole lifetime.
+pub struct Held {
+    fleet: Fleet,
+    key: Arc<str>,
+    /// `None` once released.
+    token: Option<String>,
+}
+
+impl Held {
+    /// Lets go of the lock and wakes the replicas waiting on it.
+    pub async fn release(mut self) {
+        if let Some(token) = self.token.take() {
+            self.fleet.unlock(&self.key, &token).await;
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let (fleet, key) = (self.fleet.clone(), self.key.clone());
+            runtime.spawn(async move { fleet.unlock(&key, &token).await });
+        }
+    }
+}
 
 /// The keys this process is waiting on another replica for.
 #[derive(Default)]
-pub struct FleetWaiters {
+struct FleetWaiters {
     waiting: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
 }
 
 impl FleetWaiters {
     /// Registers interest in `key` until the returned guard is dropped.
-    pub fn register(self: &Arc<Self>, key: &str) -> Registration {
+    fn register(self: &Arc<Self>, key: &str) -> Registration {
         let key: Arc<str> = Arc::from(key);
         let notify = self
             .lock()
@@ -32,7 +237,7 @@ impl FleetWaiters {
     }
 
     /// Wakes the waiter for `key`, if any. A wake before the waiter sleeps is kept for it.
-    pub fn wake(&self, key: &str) {
+    fn wake(&self, key: &str) {
         if let Some(notify) = self.lock().get(key) {
             notify.notify_one();
         }
@@ -44,7 +249,7 @@ impl FleetWaiters {
 }
 
 /// A waiter's interest in one key.
-pub struct Registration {
+struct Registration {
     waiters: Arc<FleetWaiters>,
     key: Arc<str>,
     notify: Arc<Notify>,
@@ -52,7 +257,7 @@ pub struct Registration {
 
 impl Registration {
     /// Returns when the key's holder has let go (a message), or after `poll`.
-    pub async fn wait(&self, poll: Duration) {
+    async fn wait(&self, poll: Duration) {
         let _ = tokio::time::timeout(poll, self.notify.notified()).await;
     }
 }

@@ -17,6 +17,28 @@ pub struct MemoryTier {
     map: Cache<Arc<str>, Arc<Entry>>,
 }
 
+/// Why the memory tier let an entry go on its own (purges and replacements are not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCause {
+    /// Room was needed for newer entries (`MEMORY_CACHE_MAX_BYTES`).
+    Size,
+    /// The entry was past its stale window.
+    Expired,
+}
+
+impl EvictionCause {
+    /// Every cause, for label sets registered at zero.
+    pub const ALL: [EvictionCause; 2] = [EvictionCause::Size, EvictionCause::Expired];
+
+    /// The `cause` label of `cache_evictions_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionCause::Size => "size",
+            EvictionCause::Expired => "expired",
+        }
+    }
+}
+
 /// Tells moka how long each entry may stay: until it is no longer servable.
 struct UntilUnservable;
 
@@ -59,8 +81,8 @@ impl MemoryTier {
             .weigher(|k: &Arc<str>, e: &Arc<Entry>| e.weight(k).div_ceil(WEIGHT_UNIT as u32))
             .expire_after(UntilUnservable)
             .eviction_listener(move |_k, _e, cause| match cause {
-                RemovalCause::Size => metrics.evicted("size"),
-                RemovalCause::Expired => metrics.evicted("expired"),
+                RemovalCause::Size => metrics.evicted(EvictionCause::Size),
+                RemovalCause::Expired => metrics.evicted(EvictionCause::Expired),
                 RemovalCause::Explicit | RemovalCause::Replaced => {}
             })
             .build();
@@ -82,16 +104,19 @@ impl MemoryTier {
     pub fn settle(&self) {
         self.map.run_pending_tasks();
     }
-
-    /// Drops every entry (after a gap in the invalidation feed).
-    pub fn clear(&self) {
-        self.map.invalidate_all();
-    }
 }
 
 impl Tier for MemoryTier {
     fn name(&self) -> TierName {
         TierName::Memory
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn clear_own(&self) {
+        self.map.invalidate_all();
     }
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {

@@ -1,9 +1,16 @@
 //! The read-through cache: tiers in order, then one origin fetch per key (per process, and with
 //! Redis per fleet), staleness, and purges that reach every replica.
+//!
+//! This file holds the read-through itself (look up, fetch, store); the parts it leans on each
+//! have a module: [`answer`] (what a lookup yields), [`fleet`] (the fleet-wide lock),
+//! [`invalidation`] (the purge message and its listener), [`coalesce`] (one fetch per key in this
+//! process), and the tiers behind the [`Tier`] seam.
 
+mod answer;
 mod coalesce;
 mod entry;
 mod fleet;
+mod invalidation;
 mod memory;
 mod redis;
 mod tier;
@@ -11,97 +18,21 @@ mod tier;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
+pub use answer::{Answer, AnswerKind, CacheError, CoalesceScope, StaleReason};
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, Lifetimes, now_ms};
-pub use memory::MemoryTier;
-pub use redis::{Channel, RedisHealth, RedisSetupError, RedisTier, key_slot};
+pub use fleet::FleetLock;
+pub use invalidation::{Invalidation, PurgeMode, PurgeSource, Target};
+pub use memory::{EvictionCause, MemoryTier};
+pub use redis::{RedisHealth, RedisOp, RedisTier, key_slot};
 pub use tier::{AnyTier, Tier, TierError, TierName};
 
-use self::fleet::FleetWaiters;
-use crate::origin::{BreakerState, Fetched, GuardedOrigin, OriginError};
+use self::fleet::{Fleet, Turn};
+use crate::origin::{AnyOrigin, BreakerState, Fetched, GuardedOrigin, Origin};
 use crate::telemetry::{self, Metrics, TRACE_TARGET};
-
-/// Why a stale entry was served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StaleReason {
-    /// Served at once while a background fetch refreshes it.
-    WhileRevalidate,
-    /// Served because the origin is failing (its circuit is open).
-    IfError,
-}
-
-impl StaleReason {
-    /// The name in `Cache-Status`, metrics and spans.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StaleReason::WhileRevalidate => "stale-while-revalidate",
-            StaleReason::IfError => "stale-if-error",
-        }
-    }
-}
-
-/// How an answer was produced; decides `source`, `Cache-Status` and the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnswerKind {
-    /// A fresh entry from a tier.
-    Hit {
-        /// The tier that held it.
-        tier: TierName,
-        /// Whole seconds of freshness left.
-        ttl_secs: u64,
-    },
-    /// A stale entry.
-    Stale {
-        /// Why it was served.
-        reason: StaleReason,
-        /// Whole seconds past freshness.
-        over_secs: u64,
-    },
-    /// A remembered origin 404.
-    NegativeHit,
-    /// Fetched from the origin for this request (`collapsed`: by another request or replica).
-    Fetched {
-        /// This request waited on a fetch another request (or replica) made.
-        collapsed: bool,
-    },
-}
-
-impl AnswerKind {
-    /// The span attribute `cache.outcome`: hit, stale, miss or coalesced.
-    pub fn outcome(self) -> &'static str {
-        match self {
-            AnswerKind::Hit { .. } | AnswerKind::NegativeHit => "hit",
-            AnswerKind::Stale { .. } => "stale",
-            AnswerKind::Fetched { collapsed: false } => "miss",
-            AnswerKind::Fetched { collapsed: true } => "coalesced",
-        }
-    }
-}
-
-/// What the cache answered for a key.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    /// The entry (a value, or a remembered 404 when `entry.negative`).
-    pub entry: Arc<Entry>,
-    /// How it was produced.
-    pub kind: AnswerKind,
-    /// When (ms since the epoch), for `Age`.
-    pub now_ms: u64,
-}
-
-/// Why no answer could be given.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CacheError {
-    /// The origin failed and nothing servable was cached.
-    #[error(transparent)]
-    Origin(#[from] OriginError),
-    /// The fetch task ended without a result.
-    #[error(transparent)]
-    Abandoned(#[from] Abandoned),
-}
 
 /// The result of one fetch, shared by everyone who waited on it.
 #[derive(Debug, Clone)]
@@ -111,108 +42,76 @@ struct Fetch {
     by_fleet: bool,
 }
 
-/// How a wait on another replica's fetch ended.
-enum FleetWait {
-    /// Its value arrived in Redis.
-    Value(Arc<Entry>),
-    /// It released the lock without storing a value.
-    Released,
-    /// `FLEET_LOCK_WAIT_MS` ran out.
-    TimedOut,
+/// A purge was applied here but did not reach Redis or the other replicas (Redis is down): the
+/// caller should retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the purge was applied here only: Redis and the other replicas still hold the key")]
+pub struct PurgeIncomplete;
+
+/// The read-through cache over an ordered list of tiers, in front of an origin. Cheap to clone.
+pub struct ReadThrough<O = AnyOrigin> {
+    inner: Arc<Inner<O>>,
 }
 
-/// `key`'s entry in Redis, if it is fresh.
-async fn fresh_in(redis: &RedisTier, key: &str) -> Option<Arc<Entry>> {
-    redis
-        .get(key)
-        .await
-        .ok()
-        .flatten()
-        .filter(|e| matches!(e.freshness(now_ms()), Freshness::Fresh { .. }))
+impl<O> Clone for ReadThrough<O> {
+    fn clone(&self) -> Self {
+        ReadThrough {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
-/// Fleet-wide coalescing settings.
-#[derive(Debug, Clone, Copy)]
-pub struct FleetLock {
-    /// Lifetime of the Redis lock key, so a dead fetcher's lock goes away.
-    pub ttl: Duration,
-    /// How long to wait for another replica's fetch before fetching here.
-    pub wait: Duration,
-    /// How often a waiter looks in Redis when no fill message has woken it.
-    pub poll: Duration,
-}
-
-/// The read-through cache. Cheap to clone.
-#[derive(Clone)]
-pub struct ReadThrough {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    /// Tiers in lookup order: memory, then Redis (either may be absent).
+struct Inner<O> {
+    /// Tiers in lookup order (memory, then Redis; either may be absent), all treated alike.
     tiers: Vec<AnyTier>,
-    /// The Redis tier again, for locks and invalidation messages.
-    redis: Option<RedisTier>,
-    /// The memory tier again, for invalidations from other replicas.
-    memory: Option<MemoryTier>,
+    /// Where purges are published for the other replicas (Redis, when configured).
+    channel: Option<RedisTier>,
+    /// Fleet-wide coalescing (with Redis).
+    fleet: Option<Fleet>,
     /// The origin behind its guard.
-    origin: GuardedOrigin,
+    origin: GuardedOrigin<O>,
     /// Fetches in flight in this process.
     inflight: Coalescer<Arc<str>, Result<Fetch, CacheError>>,
     /// Entry lifetimes.
     life: Lifetimes,
-    /// Fleet lock settings (with Redis).
-    fleet: FleetLock,
-    /// The keys this process waits on another replica's fetch for.
-    fleet_waiters: Arc<FleetWaiters>,
-    /// This process's name on the invalidation channel, so it skips its own messages.
-    instance: String,
+    /// This process's name on the Redis channels, so it skips its own purges.
+    instance: Arc<str>,
     /// Counters.
     metrics: Arc<Metrics>,
 }
 
-impl ReadThrough {
-    /// A cache over `memory` and `redis` (either optional) in front of `origin`.
+impl<O: Origin> ReadThrough<O> {
+    /// A cache over `tiers` (looked up in this order) in front of `origin`. With `redis`, purges
+    /// reach the other replicas through it, and with `fleet` settings one replica fetches a key
+    /// for the whole fleet.
     pub fn new(
-        memory: Option<MemoryTier>,
-        redis: Option<RedisTier>,
-        origin: GuardedOrigin,
+        tiers: Vec<AnyTier>,
+        origin: GuardedOrigin<O>,
         life: Lifetimes,
-        fleet: FleetLock,
+        redis: Option<(RedisTier, FleetLock)>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut tiers = Vec::new();
-        if let Some(m) = &memory {
-            tiers.push(AnyTier::Memory(m.clone()));
-        }
-        if let Some(r) = &redis {
-            tiers.push(AnyTier::Redis(r.clone()));
-        }
-        let instance = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let instance: Arc<str> = format!("{}-{:016x}", std::process::id(), rand::random::<u64>()).into();
+        let fleet = redis
+            .as_ref()
+            .map(|(r, settings)| Fleet::new(r.clone(), *settings, instance.clone()));
         ReadThrough {
             inner: Arc::new(Inner {
                 tiers,
-                redis,
-                memory,
+                channel: redis.map(|(r, _)| r),
+                fleet,
                 origin,
                 inflight: Coalescer::default(),
                 life,
-                fleet,
-                fleet_waiters: Arc::default(),
                 instance,
                 metrics,
             }),
         }
     }
 
-    /// The Redis tier, if configured.
-    pub fn redis(&self) -> Option<&RedisTier> {
-        self.inner.redis.as_ref()
-    }
-
-    /// The memory tier, if configured.
-    pub fn memory(&self) -> Option<&MemoryTier> {
-        self.inner.memory.as_ref()
+    /// The tiers, in lookup order.
+    pub fn tiers(&self) -> &[AnyTier] {
+        &self.inner.tiers
     }
 
     /// The origin circuit's state now.
@@ -220,8 +119,9 @@ impl ReadThrough {
         self.inner.origin.breaker_state()
     }
 
-    /// The answer for `key`: the hit path, top to bottom.
-    pub async fn get(&self, key: &str) -> Result<Answer, CacheError> {
+    /// The answer for `key`: the hit path, top to bottom. A miss waits on the origin for at most
+    /// `wait` (the hit path sets no timer).
+    pub async fn get(&self, key: &str, wait: Duration) -> Result<Answer, CacheError> {
         let inner = &*self.inner;
         let now = now_ms();
         let mut stale: Option<(Arc<Entry>, TierName)> = None;
@@ -237,17 +137,15 @@ impl ReadThrough {
             match entry.freshness(now) {
                 Freshness::Fresh { ttl_secs } => {
                     span.record("cache.outcome", "hit");
-                    if i > 0 {
-                        // A Redis hit fills the tiers in front of it.
-                        for front in &inner.tiers[..i] {
-                            let _ = front.put(key, entry.clone()).await;
-                        }
+                    // A hit in a later tier fills the tiers in front of it.
+                    for front in &inner.tiers[..i] {
+                        let _ = front.put(key, entry.clone()).await;
                     }
                     let kind = if entry.negative {
-                        inner.metrics.hit("negative");
+                        inner.metrics.negative_hit();
                         AnswerKind::NegativeHit
                     } else {
-                        inner.metrics.hit(tier.name().as_str());
+                        inner.metrics.hit(tier.name());
                         AnswerKind::Hit {
                             tier: tier.name(),
                             ttl_secs,
@@ -278,8 +176,8 @@ impl ReadThrough {
                 let _ = self.start_fetch(key);
                 StaleReason::WhileRevalidate
             };
-            inner.metrics.hit(tier.as_str());
-            inner.metrics.stale(reason.as_str());
+            inner.metrics.hit(tier);
+            inner.metrics.stale(reason);
             let over_secs = now.saturating_sub(entry.fresh_until_ms) / 1000;
             return Ok(Answer {
                 entry,
@@ -289,14 +187,15 @@ impl ReadThrough {
         }
 
         let (role, waiter) = self.start_fetch(key);
-        let fetch = waiter.wait().await??;
-        let collapsed = role == Role::Follower || fetch.by_fleet;
-        let scope = match (role, fetch.by_fleet) {
-            (Role::Follower, _) => Some("process"),
-            (Role::Leader, true) => Some("fleet"),
+        let fetch = tokio::time::timeout(wait, waiter.wait())
+            .await
+            .map_err(|_| CacheError::TimedOut)???;
+        let collapsed = match (role, fetch.by_fleet) {
+            (Role::Follower, _) => Some(CoalesceScope::Process),
+            (Role::Leader, true) => Some(CoalesceScope::Fleet),
             (Role::Leader, false) => None,
         };
-        inner.metrics.miss(scope);
+        inner.metrics.miss(collapsed);
         Ok(Answer {
             entry: fetch.entry,
             kind: AnswerKind::Fetched { collapsed },
@@ -317,155 +216,104 @@ impl ReadThrough {
         })
     }
 
-    /// Purges `key` from every tier here and, through Redis, on every replica. `soft` marks it
-    /// stale instead, so the next request is served at once and refreshes it. An error means the
-    /// purge was applied here but did not reach Redis or the other replicas (Redis is down):
-    /// the caller should retry.
-    pub async fn purge(&self, key: &str, soft: bool) -> Result<(), TierError> {
+    /// Purges `key` from every tier here and, through Redis, on every replica. An error means
+    /// the purge was applied here but did not reach Redis or the other replicas.
+    pub async fn purge(&self, key: &str, mode: PurgeMode) -> Result<(), PurgeIncomplete> {
         let inner = &*self.inner;
         // First, so a fetch that finishes while the tiers are purged does not store its value.
         inner.inflight.supersede(key);
-        let now = now_ms();
-        let mut reached_all = Ok(());
+        let mut reached_all = true;
         for tier in &inner.tiers {
-            let done = if soft {
-                tier.mark_stale(key, now).await
-            } else {
-                tier.remove(key).await
+            reached_all &= purge_in(tier, key, mode).await.is_ok();
+        }
+        inner.metrics.invalidated(mode, PurgeSource::Local);
+        if let Some(channel) = &inner.channel {
+            let message = Invalidation {
+                mode,
+                origin_instance: inner.instance.to_string(),
+                target: Target::Key(key.to_owned()),
             };
-            reached_all = reached_all.and(done);
+            reached_all &= channel
+                .publish(redis::Channel::Invalidate, &message.encode())
+                .await
+                .is_ok();
         }
-        let mode = if soft { "soft" } else { "hard" };
-        inner.metrics.invalidated(mode, "local");
-        if let Some(redis) = &inner.redis {
-            let message = format!("{mode}\n{}\n{key}", inner.instance);
-            reached_all = reached_all.and(redis.publish(&message).await);
+        if reached_all {
+            Ok(())
+        } else {
+            tracing::warn!("{PurgeIncomplete}");
+            Err(PurgeIncomplete)
         }
-        if let Err(e) = &reached_all {
-            tracing::warn!(error = %e, "purge applied here only: Redis and the other replicas still hold the key");
-        }
-        reached_all
     }
 
-    /// Applies a purge published by another replica: a fetch of the key in flight here must not
-    /// store its (pre-purge) value, in any tier, and the memory tier drops or marks the entry.
-    /// The fetch is superseded whether or not this replica has a memory tier: a Redis-only
-    /// replica's fetch would otherwise write the purged value back to Redis.
-    async fn apply_invalidation(&self, message: &str) {
-        let mut parts = message.splitn(3, '\n');
-        let (Some(mode), Some(instance), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return;
-        };
-        if instance == self.inner.instance {
+    /// Applies a purge another replica published: a fetch of the key in flight here must not
+    /// store its (pre-purge) value in any tier, whether or not this replica has tiers of its
+    /// own (a Redis-only replica's fetch would otherwise write the purged value back to Redis),
+    /// and this replica's own tiers drop or mark the entry. Shared tiers were purged by the
+    /// replica that took the purge.
+    pub async fn apply_remote(&self, purge: &Invalidation) {
+        let inner = &*self.inner;
+        if *purge.origin_instance == *inner.instance {
             return;
         }
-        self.inner.inflight.supersede(key);
-        let soft = mode == "soft";
-        if let Some(memory) = &self.inner.memory {
-            let _ = if soft {
-                memory.mark_stale(key, now_ms()).await
-            } else {
-                memory.remove(key).await
-            };
+        let Target::Key(key) = &purge.target;
+        inner.inflight.supersede(key.as_str());
+        for tier in inner.tiers.iter().filter(|t| !t.shared()) {
+            let _ = purge_in(tier, key, purge.mode).await;
         }
-        self.inner
-            .metrics
-            .invalidated(if soft { "soft" } else { "hard" }, "remote");
+        inner.metrics.invalidated(purge.mode, PurgeSource::Remote);
     }
 
-    /// Listens on the Redis channels for as long as the process lives, reconnecting when the
-    /// subscription drops: purges from other replicas (applied to the memory tier) and fleet
-    /// locks let go (waking this process's waiter for the key). Each (re)subscription clears the
-    /// memory tier: purges published while this replica was not listening must not leave it
-    /// serving purged values.
-    pub fn spawn_redis_listener(&self) {
-        let Some(redis) = self.inner.redis.clone() else {
-            return;
-        };
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match redis.subscribe().await {
-                    Ok((pubsub, node)) => {
-                        if let Some(memory) = &me.inner.memory {
-                            memory.clear();
-                        }
-                        tracing::info!(%node, "listening for purges and fills from other replicas");
-                        let mut messages = pubsub.into_on_message();
-                        // A hung node keeps the socket open but delivers nothing: move when the
-                        // pings say it is down.
-                        let mut check = tokio::time::interval(Duration::from_millis(500));
-                        loop {
-                            tokio::select! {
-                                msg = messages.next() => {
-                                    let Some(msg) = msg else { break };
-                                    let Ok(text) = msg.get_payload::<String>() else {
-                                        continue;
-                                    };
-                                    match redis.channel_of(msg.get_channel_name()) {
-                                        Channel::Fill => me.inner.fleet_waiters.wake(&text),
-                                        Channel::Invalidate => me.apply_invalidation(&text).await,
-                                    }
-                                }
-                                _ = check.tick() => {
-                                    if redis.node_down(&node) {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        tracing::warn!(%node, "subscription to other replicas lost; reconnecting");
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                }
-            }
-        });
+    /// Forgets what this replica's own tiers hold (after a gap in the purge feed).
+    fn clear_own_tiers(&self) {
+        for tier in &self.inner.tiers {
+            tier.clear_own();
+        }
+    }
+
+    /// Listens on Redis, until `shutdown`, for purges from other replicas and fleet locks let go.
+    pub fn spawn_redis_listener(&self, shutdown: CancellationToken) {
+        if let Some(channel) = &self.inner.channel {
+            invalidation::spawn_listener(self.clone(), channel.clone(), self.inner.fleet.clone(), shutdown);
+        }
     }
 }
 
-impl Inner {
+/// Applies `mode` to `key` in `tier`.
+async fn purge_in(tier: &AnyTier, key: &str, mode: PurgeMode) -> Result<(), TierError> {
+    match mode {
+        PurgeMode::Hard => tier.remove(key).await,
+        PurgeMode::Soft => tier.mark_stale(key, now_ms()).await,
+    }
+}
+
+impl<O: Origin> Inner<O> {
     /// The fetch task: with Redis, take the fleet lock or wait for the replica that holds it;
     /// then fetch from the origin and store in every tier.
     async fn fetch(self: Arc<Self>, key: &str, superseded: &Superseded) -> Result<Fetch, CacheError> {
-        let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) else {
+        let Some(fleet) = &self.fleet else {
             return self.fetch_from_origin(key, superseded).await;
         };
-        let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
-        let deadline = tokio::time::Instant::now() + self.fleet.wait;
-        while tokio::time::Instant::now() < deadline {
-            match redis.try_lock(key, &token, self.fleet.ttl).await {
-                Ok(true) => {
-                    // Another replica may have stored it between our miss and our lock.
-                    let result = match fresh_in(redis, key).await {
-                        Some(entry) => Ok(self.keep_fleet_value(key, entry, superseded).await),
-                        None => self.fetch_from_origin(key, superseded).await,
-                    };
-                    let _ = redis.unlock(key, &token).await;
-                    // Wake the replicas waiting on this fetch: they read the value, or compete
-                    // for the lock again if it failed.
-                    let _ = redis.publish_fill(key).await;
-                    return result;
-                }
-                Ok(false) => match self.wait_for_fleet(redis, key, deadline).await {
-                    FleetWait::Value(entry) => {
-                        return Ok(self.keep_fleet_value(key, entry, superseded).await);
-                    }
-                    // The holder let go without a value (its fetch failed): compete again, so
-                    // a failure does not turn every waiting replica loose on the origin.
-                    FleetWait::Released => continue,
-                    FleetWait::TimedOut => break,
-                },
-                // Redis failing: fetch here rather than fail.
-                Err(_) => break,
+        match fleet.take_turn(key).await {
+            Turn::Lead(held) => {
+                // Another replica may have stored it between our miss and our lock.
+                let result = match fleet.fresh(key).await {
+                    Some(entry) => Ok(self.keep_fleet_value(key, entry, superseded).await),
+                    None => self.fetch_from_origin(key, superseded).await,
+                };
+                held.release().await;
+                result
             }
+            Turn::Filled(entry) => Ok(self.keep_fleet_value(key, entry, superseded).await),
+            Turn::Alone => self.fetch_from_origin(key, superseded).await,
         }
-        self.fetch_from_origin(key, superseded).await
     }
 
-    /// A value another replica fetched: kept in the memory tier too.
+    /// A value another replica fetched (and stored in the shared tiers): kept in this replica's
+    /// own tiers too.
     async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>, superseded: &Superseded) -> Fetch {
-        let memory = self.tiers.iter().filter(|t| t.name() == TierName::Memory);
-        self.store(key, &entry, superseded, memory).await;
+        let own = self.tiers.iter().filter(|t| !t.shared());
+        self.store(key, &entry, superseded, own).await;
         Fetch {
             entry,
             by_fleet: true,
@@ -496,46 +344,15 @@ impl Inner {
         }
     }
 
-    /// Waits while another replica holds the fetch lock for `key`: woken by its message on the
-    /// fill channel, or looking every `FLEET_LOCK_POLL_MS` in case a message is lost.
-    async fn wait_for_fleet(
-        &self,
-        redis: &RedisTier,
-        key: &str,
-        deadline: tokio::time::Instant,
-    ) -> FleetWait {
-        let woken = self.fleet_waiters.register(key);
-        while tokio::time::Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            woken.wait(self.fleet.poll.min(left)).await;
-            if let Some(entry) = fresh_in(redis, key).await {
-                return FleetWait::Value(entry);
-            }
-            if !redis.is_locked(key).await.unwrap_or(false) {
-                // Released: the value may have landed just before the lock went.
-                return fresh_in(redis, key)
-                    .await
-                    .map_or(FleetWait::Released, FleetWait::Value);
-            }
-        }
-        FleetWait::TimedOut
-    }
-
     /// Fetches from the origin and stores the entry in every tier, unless a purge overtook the
     /// fetch (then the entry only answers the requests that were waiting for it).
     async fn fetch_from_origin(&self, key: &str, superseded: &Superseded) -> Result<Fetch, CacheError> {
-        let span = Span::current();
-        let result = self.origin.fetch(key, telemetry::traceparent(&span)).await;
+        let traceparent = telemetry::traceparent(&Span::current());
         let now = now_ms();
-        let entry = match result {
-            Ok(Fetched::Value(value)) => Arc::new(Entry::value(key, &value, now, &self.life)),
-            Ok(Fetched::NotFound) => Arc::new(Entry::not_found(now, &self.life)),
-            Err(e) => {
-                span.record("origin.outcome", e.outcome());
-                return Err(e.into());
-            }
+        let entry = match self.origin.fetch(key, traceparent).await? {
+            Fetched::Value(value) => Arc::new(Entry::value(key, &value, now, &self.life)),
+            Fetched::NotFound => Arc::new(Entry::not_found(now, &self.life)),
         };
-        span.record("origin.outcome", if entry.negative { "not_found" } else { "ok" });
         let remembered = !(entry.negative && self.life.negative_ttl.is_zero());
         if remembered {
             self.store(key, &entry, superseded, self.tiers.iter()).await;
@@ -544,5 +361,314 @@ impl Inner {
             entry,
             by_fleet: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The read-through over a real memory tier and an in-process origin the test gates and
+    //! counts: coalescing, stale serving, the breaker and purges racing fetches, without
+    //! spawning processes.
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use tokio::sync::{Barrier, Semaphore};
+
+    use super::*;
+    use crate::origin::{Breaker, OriginError, Trip};
+
+    /// An origin that counts its calls and answers only when the test opens its gate.
+    #[derive(Clone)]
+    struct Gated {
+        calls: Arc<AtomicUsize>,
+        gate: Arc<Semaphore>,
+        answer: Arc<Mutex<Result<Fetched, OriginError>>>,
+    }
+
+    impl Gated {
+        fn new() -> Self {
+            Gated {
+                calls: Arc::default(),
+                gate: Arc::new(Semaphore::new(0)),
+                answer: Arc::new(Mutex::new(Ok(Fetched::Value(Bytes::from_static(b"\"v1\""))))),
+            }
+        }
+
+        /// Lets every fetch through from now on.
+        fn open(&self) {
+            self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        }
+
+        fn answer_with(&self, answer: Result<Fetched, OriginError>) {
+            *self.answer.lock().unwrap() = answer;
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+
+        /// Waits until `n` fetches have reached the origin.
+        async fn reached(&self, n: usize) {
+            while self.calls() < n {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    impl Origin for Gated {
+        async fn fetch(&self, _key: &str, _traceparent: Option<String>) -> Result<Fetched, OriginError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.gate.acquire().await.expect("the gate stays open").forget();
+            self.answer.lock().unwrap().clone()
+        }
+    }
+
+    fn life(ttl: Duration) -> Lifetimes {
+        Lifetimes {
+            ttl,
+            stale: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            jitter_percent: 0,
+        }
+    }
+
+    /// A cache with a memory tier (or none) over `origin`; the breaker opens after 2 failures.
+    fn cache(origin: &Gated, memory: bool, ttl: Duration) -> ReadThrough<Gated> {
+        let metrics = Arc::new(Metrics::detached());
+        let tiers = if memory {
+            vec![AnyTier::Memory(MemoryTier::new(1 << 20, metrics.clone()))]
+        } else {
+            Vec::new()
+        };
+        let breaker = Breaker::new(
+            Trip {
+                consecutive: 2,
+                window: 20,
+                rate_percent: 0,
+            },
+            Duration::from_secs(600),
+        );
+        let guarded = GuardedOrigin::new(
+            origin.clone(),
+            64,
+            Duration::from_secs(30),
+            Arc::new(breaker),
+            metrics.clone(),
+        );
+        ReadThrough::new(tiers, guarded, life(ttl), None, metrics)
+    }
+
+    const WAIT: Duration = Duration::from_secs(30);
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_origin_fetch_and_then_hit() {
+        let origin = Gated::new();
+        let cache = cache(&origin, true, TTL);
+        let barrier = Arc::new(Barrier::new(10));
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (cache, barrier) = (cache.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    cache.get("k", WAIT).await.unwrap()
+                })
+            })
+            .collect();
+        origin.reached(1).await;
+        origin.open();
+        let mut collapsed = 0;
+        for task in tasks {
+            let answer = task.await.unwrap();
+            assert_eq!(
+                answer.entry.cache_body(),
+                Bytes::from_static(b"{\"key\":\"k\",\"value\":\"v1\",\"source\":\"cache\"}")
+            );
+            collapsed += usize::from(
+                answer.kind
+                    == AnswerKind::Fetched {
+                        collapsed: Some(CoalesceScope::Process),
+                    },
+            );
+        }
+        assert_eq!(origin.calls(), 1);
+        assert_eq!(collapsed, 9);
+        let hit = cache.get("k", WAIT).await.unwrap();
+        assert!(matches!(
+            hit.kind,
+            AnswerKind::Hit {
+                tier: TierName::Memory,
+                ..
+            }
+        ));
+        assert_eq!(origin.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stale_entry_is_served_at_once_while_one_fetch_refreshes_it() {
+        let origin = Gated::new();
+        origin.open();
+        let cache = cache(&origin, true, Duration::from_millis(20));
+        cache.get("k", WAIT).await.unwrap();
+        // Past its freshness (20 ms), inside its stale window (60 s).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        origin.answer_with(Ok(Fetched::Value(Bytes::from_static(b"\"v2\""))));
+        for _ in 0..3 {
+            let answer = cache.get("k", WAIT).await.unwrap();
+            if let AnswerKind::Stale { reason, .. } = answer.kind {
+                assert_eq!(reason, StaleReason::WhileRevalidate);
+            }
+        }
+        // One refresh, however many stale answers; then the new value.
+        origin.reached(2).await;
+        let mut value = Bytes::new();
+        while !value.ends_with(b"\"v2\",\"source\":\"cache\"}") {
+            tokio::task::yield_now().await;
+            value = cache.get("k", WAIT).await.unwrap().entry.cache_body();
+        }
+        assert_eq!(origin.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_open_circuit_serves_stale_without_calling_the_origin() {
+        let origin = Gated::new();
+        origin.open();
+        let cache = cache(&origin, true, Duration::from_millis(20));
+        cache.get("k", WAIT).await.unwrap();
+        origin.answer_with(Err(OriginError::Status(500)));
+        for key in ["a", "b"] {
+            let e = cache.get(key, WAIT).await.unwrap_err();
+            assert!(matches!(e, CacheError::Origin(OriginError::Status(500))), "{e:?}");
+        }
+        assert_eq!(cache.breaker_state(), BreakerState::Open);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let calls = origin.calls();
+        let answer = cache.get("k", WAIT).await.unwrap();
+        assert!(matches!(
+            answer.kind,
+            AnswerKind::Stale {
+                reason: StaleReason::IfError,
+                ..
+            }
+        ));
+        // A key with nothing stale is refused without a call.
+        let e = cache.get("c", WAIT).await.unwrap_err();
+        assert!(
+            matches!(e, CacheError::Origin(OriginError::CircuitOpen { .. })),
+            "{e:?}"
+        );
+        assert_eq!(origin.calls(), calls);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_is_not_cached() {
+        let origin = Gated::new();
+        origin.open();
+        origin.answer_with(Err(OriginError::Status(503)));
+        let cache = cache(&origin, true, TTL);
+        assert!(cache.get("k", WAIT).await.is_err());
+        origin.answer_with(Ok(Fetched::Value(Bytes::from_static(b"1"))));
+        let answer = cache.get("k", WAIT).await.unwrap();
+        assert_eq!(answer.kind, AnswerKind::Fetched { collapsed: None });
+        assert_eq!(origin.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_wait_longer_than_the_request_allows_times_out() {
+        let origin = Gated::new();
+        let cache = cache(&origin, true, TTL);
+        let e = cache.get("k", Duration::from_millis(10)).await.unwrap_err();
+        assert!(matches!(e, CacheError::TimedOut));
+        // The fetch goes on for the next request.
+        origin.open();
+        assert!(cache.get("k", WAIT).await.is_ok());
+        assert_eq!(origin.calls(), 1);
+    }
+
+    /// Runs a fetch of `k`, lets `purge` overtake it at the origin, then completes it: the
+    /// waiting request gets the fetched value, but no tier keeps it.
+    async fn purge_overtakes_a_fetch(purge: impl AsyncFnOnce(&ReadThrough<Gated>)) {
+        let origin = Gated::new();
+        let cache = cache(&origin, true, TTL);
+        let waiting = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get("k", WAIT).await.unwrap() }
+        });
+        origin.reached(1).await;
+        purge(&cache).await;
+        origin.open();
+        assert_eq!(
+            waiting.await.unwrap().kind,
+            AnswerKind::Fetched { collapsed: None }
+        );
+        let next = cache.get("k", WAIT).await.unwrap();
+        assert_eq!(next.kind, AnswerKind::Fetched { collapsed: None });
+        assert_eq!(origin.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_tiers() {
+        purge_overtakes_a_fetch(async |cache| cache.purge("k", PurgeMode::Hard).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn another_replicas_purge_during_a_fetch_keeps_it_out_of_the_tiers() {
+        purge_overtakes_a_fetch(async |cache| {
+            let purge = Invalidation {
+                mode: PurgeMode::Hard,
+                origin_instance: "another-replica".to_owned(),
+                target: Target::Key("k".to_owned()),
+            };
+            cache.apply_remote(&purge).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_replica_ignores_its_own_purge_messages() {
+        let origin = Gated::new();
+        origin.open();
+        let cache = cache(&origin, true, TTL);
+        cache.get("k", WAIT).await.unwrap();
+        let own = Invalidation {
+            mode: PurgeMode::Hard,
+            origin_instance: cache.inner.instance.to_string(),
+            target: Target::Key("k".to_owned()),
+        };
+        cache.apply_remote(&own).await;
+        assert!(matches!(
+            cache.get("k", WAIT).await.unwrap().kind,
+            AnswerKind::Hit { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_soft_purge_serves_stale_and_refreshes() {
+        let origin = Gated::new();
+        origin.open();
+        let cache = cache(&origin, true, TTL);
+        cache.get("k", WAIT).await.unwrap();
+        cache.purge("k", PurgeMode::Soft).await.unwrap();
+        let answer = cache.get("k", WAIT).await.unwrap();
+        assert!(matches!(
+            answer.kind,
+            AnswerKind::Stale {
+                reason: StaleReason::WhileRevalidate,
+                ..
+            }
+        ));
+        origin.reached(2).await;
+    }
+
+    #[tokio::test]
+    async fn without_tiers_every_request_fetches() {
+        let origin = Gated::new();
+        origin.open();
+        let cache = cache(&origin, false, TTL);
+        cache.get("k", WAIT).await.unwrap();
+        cache.get("k", WAIT).await.unwrap();
+        assert_eq!(origin.calls(), 2);
     }
 }

@@ -1,5 +1,6 @@
-//! The shared tier in Redis (one server or a Redis Cluster): entries, fleet-wide fetch locks and
-//! the invalidation channel. Redis being down or slow never blocks a request: every command has a
+//! The shared tier in Redis (one server or a Redis Cluster), and the commands with deadlines that
+//! the fleet lock ([`super::fleet`]) and the purge channel ([`super::invalidation`]) send through
+//! it: one set of connections and one view of node health for all three. Redis being down or slow never blocks a request: every command has a
 //! deadline, and a node known to be down is skipped until a background ping finds it again.
 //!
 //! Health is kept per node (per master, in a cluster), not for the tier as a whole: a hung or
@@ -22,6 +23,7 @@ use redis::{
     Value,
 };
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::entry::{Entry, now_ms};
 use super::tier::{Tier, TierError, TierName};
@@ -51,9 +53,50 @@ pub struct RedisTier {
     shared: Arc<Shared>,
 }
 
+/// The Redis operations whose failures `redis_errors_total` counts, by `operation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisOp {
+    /// Reading an entry.
+    Get,
+    /// Storing an entry.
+    Set,
+    /// Removing an entry.
+    Del,
+    /// Publishing a purge or a fill.
+    Publish,
+    /// Opening the pub/sub connection.
+    Subscribe,
+    /// Taking, looking at or releasing a fleet lock.
+    Lock,
+}
+
+impl RedisOp {
+    /// Every operation, for label sets registered at zero.
+    pub const ALL: [RedisOp; 6] = [
+        RedisOp::Get,
+        RedisOp::Set,
+        RedisOp::Del,
+        RedisOp::Publish,
+        RedisOp::Subscribe,
+        RedisOp::Lock,
+    ];
+
+    /// The `operation` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisOp::Get => "get",
+            RedisOp::Set => "set",
+            RedisOp::Del => "del",
+            RedisOp::Publish => "publish",
+            RedisOp::Subscribe => "subscribe",
+            RedisOp::Lock => "lock",
+        }
+    }
+}
+
 /// The pub/sub channels replicas talk on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Channel {
+pub(super) enum Channel {
     /// Purges: `mode\ninstance\nkey`.
     Invalidate,
     /// A key whose fleet lock was let go.
@@ -428,11 +471,11 @@ impl RedisTier {
 
     /// Connects (bounded by the timeouts), then keeps the slot map and the node health current
     /// in the background, so a Redis that went away, a failover, or a wedged connection is found
-    /// and followed without a restart. The task ends with the tier's last clone.
-    pub async fn start(&self) {
+    /// and followed without a restart. The task ends at `shutdown`, or with the tier's last clone.
+    pub async fn start(&self, shutdown: CancellationToken) {
         self.maintain().await;
         let weak = Arc::downgrade(&self.shared);
-        tokio::spawn(async move {
+        let upkeep = async move {
             loop {
                 let Some(shared) = weak.upgrade() else {
                     return;
@@ -445,7 +488,8 @@ impl RedisTier {
                 }
                 tier.maintain().await;
             }
-        });
+        };
+        tokio::spawn(async move { shutdown.run_until_cancelled(upkeep).await });
     }
 
     /// One round of upkeep: the slot map (cluster), a ping of every node, and a new command
@@ -644,9 +688,9 @@ impl RedisTier {
     /// Runs a write, remembering whether Redis refused it, for [`RedisTier::writes_failing`].
     /// Writes that did not reach Redis (a node down, a timeout, a failover) are not counted: the
     /// node's health shows those.
-    async fn write<T: FromRedisValue>(
+    pub(super) async fn write<T: FromRedisValue>(
         &self,
-        op: &'static str,
+        op: RedisOp,
         key: &[u8],
         cmd: &Cmd,
     ) -> Result<T, TierError> {
@@ -663,9 +707,9 @@ impl RedisTier {
 
     /// Runs `cmd` on `redis_key`'s node within the response timeout. A node known to be down is
     /// not asked; failures are counted under `op` and mark that node (only) down.
-    async fn run<T: FromRedisValue>(
+    pub(super) async fn run<T: FromRedisValue>(
         &self,
-        op: &'static str,
+        op: RedisOp,
         redis_key: &[u8],
         cmd: &Cmd,
     ) -> Result<T, TierError> {
@@ -686,7 +730,7 @@ impl RedisTier {
     /// Runs `pipe` on `key`'s node over its command connection, within the response timeout.
     async fn run_pipe<T: FromRedisValue>(
         &self,
-        op: &'static str,
+        op: RedisOp,
         redis_key: &[u8],
         pipe: &redis::Pipeline,
     ) -> Result<T, TierError> {
@@ -701,12 +745,7 @@ impl RedisTier {
     }
 
     /// Runs `cmd` on `node` over its command connection, within the response timeout.
-    async fn run_on<T: FromRedisValue>(
-        &self,
-        op: &'static str,
-        node: &Node,
-        cmd: &Cmd,
-    ) -> Result<T, TierError> {
+    async fn run_on<T: FromRedisValue>(&self, op: RedisOp, node: &Node, cmd: &Cmd) -> Result<T, TierError> {
         let mut conn = node.command_connection();
         let timeout = self.shared.settings.response_timeout;
         self.finish(
@@ -719,7 +758,7 @@ impl RedisTier {
     /// Counts and classifies a command's outcome on `node`.
     fn finish<T>(
         &self,
-        op: &'static str,
+        op: RedisOp,
         node: &Node,
         result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, TierError> {
@@ -746,19 +785,19 @@ impl RedisTier {
             }
         };
         self.shared.metrics.redis_error(op);
-        tracing::debug!(op, %error, "redis command failed");
+        tracing::debug!(op = op.as_str(), %error, "redis command failed");
         Err(error)
     }
 
     /// Skips `node` until the background ping finds it again.
-    fn mark_down(&self, node: &Node, op: &'static str, why: &str) {
+    fn mark_down(&self, node: &Node, op: RedisOp, why: &str) {
         let _ = node
             .failing_since_ms
             .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
         if node.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 node = %node.addr,
-                op,
+                op = op.as_str(),
                 why,
                 "redis failed; its keys are served from memory and origin until it answers again"
             );
@@ -773,33 +812,28 @@ impl RedisTier {
         k
     }
 
-    fn lock_key(&self, key: &str) -> String {
+    /// The Redis key of `key`'s fleet lock.
+    pub(super) fn lock_key(&self, key: &str) -> String {
         format!("{}l:{key}", self.shared.key_prefix)
     }
 
-    /// Publishes `message` on the invalidation channel.
-    pub async fn publish(&self, message: &str) -> Result<(), TierError> {
-        self.publish_on(&self.shared.channel, message).await
-    }
-
-    /// Tells the replicas waiting on this process's fetch of `key` that the lock was let go.
-    pub async fn publish_fill(&self, key: &str) -> Result<(), TierError> {
-        self.publish_on(&self.shared.fill_channel, key).await
-    }
-
-    /// PUBLISH through a node that is up: in a cluster any node forwards it to every node's
-    /// subscribers, so a failed node does not stop purges.
-    async fn publish_on(&self, channel: &str, message: &str) -> Result<(), TierError> {
-        let cmd = redis::cmd("PUBLISH").arg(channel).arg(message).to_owned();
+    /// PUBLISHes `message` on `channel` through a node that is up: in a cluster any node
+    /// forwards it to every node's subscribers, so a failed node does not stop purges.
+    pub(super) async fn publish(&self, channel: Channel, message: &str) -> Result<(), TierError> {
+        let name = match channel {
+            Channel::Invalidate => &self.shared.channel,
+            Channel::Fill => &self.shared.fill_channel,
+        };
+        let cmd = redis::cmd("PUBLISH").arg(name).arg(message).to_owned();
         let topology = self.topology();
         let Some(node) = topology.any_up() else {
             return Err(TierError::Unavailable);
         };
-        self.run_on::<i64>("publish", node, &cmd).await.map(drop)
+        self.run_on::<i64>(RedisOp::Publish, node, &cmd).await.map(drop)
     }
 
     /// Which channel a pub/sub message came from.
-    pub fn channel_of(&self, name: &str) -> Channel {
+    pub(super) fn channel_of(&self, name: &str) -> Channel {
         if name == self.shared.fill_channel {
             Channel::Fill
         } else {
@@ -807,47 +841,10 @@ impl RedisTier {
         }
     }
 
-    /// Takes the fleet-wide fetch lock for `key` if nobody holds it; `true` when taken.
-    pub async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, TierError> {
-        let lock = self.lock_key(key);
-        let cmd = redis::cmd("SET")
-            .arg(&lock)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .to_owned();
-        self.write::<Option<String>>("lock", lock.as_bytes(), &cmd)
-            .await
-            .map(|r| r.is_some())
-    }
-
-    /// Whether anybody holds the fetch lock for `key`.
-    pub async fn is_locked(&self, key: &str) -> Result<bool, TierError> {
-        let lock = self.lock_key(key);
-        let cmd = redis::cmd("EXISTS").arg(&lock).to_owned();
-        self.run::<i64>("lock", lock.as_bytes(), &cmd)
-            .await
-            .map(|n| n > 0)
-    }
-
-    /// Releases the fetch lock for `key` if `token` still holds it.
-    pub async fn unlock(&self, key: &str, token: &str) -> Result<(), TierError> {
-        const SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-        let lock = self.lock_key(key);
-        let cmd = redis::cmd("EVAL")
-            .arg(SCRIPT)
-            .arg(1)
-            .arg(&lock)
-            .arg(token)
-            .to_owned();
-        self.run::<i64>("lock", lock.as_bytes(), &cmd).await.map(drop)
-    }
-
     /// Opens a pub/sub connection subscribed to the invalidation and fill channels, on the next
     /// node that is up (in turn, so losing one node does not stop purges from arriving). The
     /// node's address is returned, so the listener can move when that node goes down.
-    pub async fn subscribe(&self) -> Result<(redis::aio::PubSub, String), TierError> {
+    pub(super) async fn subscribe(&self) -> Result<(redis::aio::PubSub, String), TierError> {
         let s = &self.shared;
         let topology = self.topology();
         let up: Vec<&Arc<Node>> = topology.nodes.iter().filter(|n| n.is_up()).collect();
@@ -864,18 +861,18 @@ impl RedisTier {
         match tokio::time::timeout(s.settings.connect_timeout + s.settings.response_timeout, open).await {
             Ok(Ok(p)) => Ok((p, node.addr.clone())),
             Ok(Err(e)) => {
-                s.metrics.redis_error("subscribe");
+                s.metrics.redis_error(RedisOp::Subscribe);
                 Err(TierError::Failed(e.to_string()))
             }
             Err(_) => {
-                s.metrics.redis_error("subscribe");
+                s.metrics.redis_error(RedisOp::Subscribe);
                 Err(TierError::Timeout)
             }
         }
     }
 
     /// Whether the node at `addr` is known and down (the listener subscribed there moves).
-    pub fn node_down(&self, addr: &str) -> bool {
+    pub(super) fn node_down(&self, addr: &str) -> bool {
         let t = self.topology();
         match t.nodes.iter().find(|n| n.addr == addr) {
             Some(n) => !n.is_up(),
@@ -906,6 +903,10 @@ impl Tier for RedisTier {
         TierName::Redis
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
         // Never GET: a value larger than this service could have written (put there by
         // something else) must not be transferred whole, or it holds up every other command on
@@ -921,9 +922,10 @@ impl Tier for RedisTier {
             .cmd("STRLEN")
             .arg(&entry_key)
             .to_owned();
-        let (mut bytes, len): (Vec<u8>, usize) = self.run_pipe("get", entry_key.as_bytes(), &first).await?;
+        let (mut bytes, len): (Vec<u8>, usize) =
+            self.run_pipe(RedisOp::Get, entry_key.as_bytes(), &first).await?;
         if len > max {
-            self.shared.metrics.redis_error("get");
+            self.shared.metrics.redis_error(RedisOp::Get);
             tracing::warn!(
                 bytes = len,
                 limit = max,
@@ -932,7 +934,7 @@ impl Tier for RedisTier {
             // No replica can use it: UNLINK (freed in the background, not blocking Redis) so
             // the next read, here or elsewhere, does not pay for it again.
             let unlink = redis::cmd("UNLINK").arg(&entry_key).to_owned();
-            let _ = self.run::<i64>("del", entry_key.as_bytes(), &unlink).await;
+            let _ = self.run::<i64>(RedisOp::Del, entry_key.as_bytes(), &unlink).await;
             return Ok(None);
         }
         if len > bytes.len() {
@@ -941,7 +943,7 @@ impl Tier for RedisTier {
                 .arg(bytes.len())
                 .arg(len - 1)
                 .to_owned();
-            let rest: Vec<u8> = self.run("get", entry_key.as_bytes(), &rest).await?;
+            let rest: Vec<u8> = self.run(RedisOp::Get, entry_key.as_bytes(), &rest).await?;
             bytes.extend_from_slice(&rest);
             // Rewritten between the two reads: not one value; a miss.
             if bytes.len() != len {
@@ -967,12 +969,14 @@ impl Tier for RedisTier {
             .arg("PX")
             .arg(keep_ms)
             .to_owned();
-        self.write::<()>("set", entry_key.as_bytes(), &cmd).await
+        self.write::<()>(RedisOp::Set, entry_key.as_bytes(), &cmd).await
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {
         let entry_key = self.entry_key(key);
         let cmd = redis::cmd("DEL").arg(&entry_key).to_owned();
-        self.run::<i64>("del", entry_key.as_bytes(), &cmd).await.map(drop)
+        self.run::<i64>(RedisOp::Del, entry_key.as_bytes(), &cmd)
+            .await
+            .map(drop)
     }
 }

@@ -17,6 +17,9 @@ pub enum TierName {
 }
 
 impl TierName {
+    /// Every tier, for label sets registered at zero.
+    pub const ALL: [TierName; 2] = [TierName::Memory, TierName::Redis];
+
     /// The name as it appears outside the code.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +50,10 @@ pub enum TierError {
 pub trait Tier: Send + Sync {
     /// Which tier this is.
     fn name(&self) -> TierName;
+    /// Whether every replica reads this same tier (Redis), rather than holding its own copy
+    /// (memory, disk). A purge reaches a shared tier once, from the replica that took it; every
+    /// replica applies it to its own tiers.
+    fn shared(&self) -> bool;
     /// The entry for `key`, if the tier holds one that is not yet past its stale window.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Arc<Entry>>, TierError>> + Send;
     /// Stores `entry` for `key`, for as long as it is servable.
@@ -62,9 +69,13 @@ pub trait Tier: Send + Sync {
             Ok(())
         }
     }
+    /// Forgets every entry this replica holds on its own, after a gap in the purge feed (purges
+    /// may have been missed). A shared tier keeps its entries: the purges were applied to it.
+    fn clear_own(&self) {}
 }
 
 /// One of the service's tiers: an enum rather than `dyn Tier`, so a lookup costs no boxed future.
+#[derive(Clone)]
 pub enum AnyTier {
     /// The in-process tier.
     Memory(MemoryTier),
@@ -72,39 +83,42 @@ pub enum AnyTier {
     Redis(RedisTier),
 }
 
+/// Calls `$call` on whichever tier `$tier` is.
+macro_rules! each {
+    ($tier:expr, $t:ident => $call:expr) => {
+        match $tier {
+            AnyTier::Memory($t) => $call,
+            AnyTier::Redis($t) => $call,
+        }
+    };
+}
+
 impl Tier for AnyTier {
     fn name(&self) -> TierName {
-        match self {
-            AnyTier::Memory(t) => t.name(),
-            AnyTier::Redis(t) => t.name(),
-        }
+        each!(self, t => t.name())
+    }
+
+    fn shared(&self) -> bool {
+        each!(self, t => t.shared())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
-        match self {
-            AnyTier::Memory(t) => t.get(key).await,
-            AnyTier::Redis(t) => t.get(key).await,
-        }
+        each!(self, t => t.get(key).await)
     }
 
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
-        match self {
-            AnyTier::Memory(t) => t.put(key, entry).await,
-            AnyTier::Redis(t) => t.put(key, entry).await,
-        }
+        each!(self, t => t.put(key, entry).await)
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {
-        match self {
-            AnyTier::Memory(t) => t.remove(key).await,
-            AnyTier::Redis(t) => t.remove(key).await,
-        }
+        each!(self, t => t.remove(key).await)
     }
 
     async fn mark_stale(&self, key: &str, now_ms: u64) -> Result<(), TierError> {
-        match self {
-            AnyTier::Memory(t) => t.mark_stale(key, now_ms).await,
-            AnyTier::Redis(t) => t.mark_stale(key, now_ms).await,
-        }
+        each!(self, t => t.mark_stale(key, now_ms).await)
+    }
+
+    fn clear_own(&self) {
+        each!(self, t => t.clear_own())
     }
 }

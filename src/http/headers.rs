@@ -53,10 +53,10 @@ impl HeaderTables {
             }
             AnswerKind::Stale { reason, over_secs } => stale_value(reason, over_secs),
             AnswerKind::NegativeHit => HeaderValue::from_static("cache-layer; hit; detail=negative"),
-            AnswerKind::Fetched { collapsed: false } => {
+            AnswerKind::Fetched { collapsed: None } => {
                 HeaderValue::from_static("cache-layer; fwd=miss; stored")
             }
-            AnswerKind::Fetched { collapsed: true } => {
+            AnswerKind::Fetched { collapsed: Some(_) } => {
                 HeaderValue::from_static("cache-layer; fwd=miss; collapsed")
             }
         }

@@ -1,49 +1,45 @@
 //! `GET /items/{key}` (the read-through) and `DELETE /items/{key}` (the purge).
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use percent_encoding::percent_decode_str;
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use super::AppState;
-use crate::cache::{Answer, AnswerKind};
+use crate::cache::{Answer, AnswerKind, PurgeMode};
 use crate::error::AppError;
-use crate::telemetry::{self, Route, TRACE_TARGET};
+use crate::telemetry::{self, TRACE_TARGET};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const CACHE_STATUS: &str = "cache-status";
 
 /// `GET /items/{key}`: the seed's JSON contract, `Cache-Status` and `Age`.
 pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let started = Instant::now();
     let span = tracing::info_span!(target: TRACE_TARGET, "GET /items/{key}",
         otel.kind = "server",
         http.request.method = "GET",
         http.route = "/items/{key}",
         http.response.status_code = tracing::field::Empty,
         cache.outcome = tracing::field::Empty);
-    telemetry::continue_trace(&span, request.headers());
+    // The body is not `Sync`: keep only the head across the awaits.
+    let (request, _body) = request.into_parts();
+    telemetry::continue_trace(&span, &request.headers);
     let response = async {
-        let key = key_of(request, state.max_key_bytes).await?;
-        let answer = tokio::time::timeout(state.request_timeout, state.cache.get(&key))
-            .await
-            .map_err(|_| {
-                AppError::OriginTimeout("the request took longer than REQUEST_TIMEOUT_SECS".to_owned())
-            })??;
+        let key = key_of(request.uri.path(), state.max_key_bytes)?;
+        let answer = state.cache.get(&key, state.request_timeout).await?;
         tracing::Span::current().record("cache.outcome", answer.kind.outcome());
         Ok::<_, AppError>(render(&state, answer))
     }
     .instrument(span.clone())
     .await
     .unwrap_or_else(IntoResponse::into_response);
-    let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
-    state.metrics.request(Route::Items, status, started.elapsed());
+    span.record("http.response.status_code", response.status().as_u16());
     response
 }
 
@@ -87,16 +83,13 @@ async fn read_body(
     }
 }
 
-/// The key from the path, percent-decoded and checked.
-async fn key_of(request: Request, max_key_bytes: usize) -> Result<String, AppError> {
-    let (mut parts, _) = request.into_parts();
-    key_from(&mut parts, max_key_bytes).await
-}
-
-/// The key from the request's path parameters, percent-decoded and checked.
-async fn key_from(parts: &mut axum::http::request::Parts, max_key_bytes: usize) -> Result<String, AppError> {
-    let Path(key) = Path::<String>::from_request_parts(parts, &())
-        .await
+/// The key of an `/items/{key}` path, percent-decoded and checked. Borrowed from the path when
+/// it has no escapes, so a hit allocates no key.
+fn key_of(path: &str, max_key_bytes: usize) -> Result<Cow<'_, str>, AppError> {
+    // The router only sends `/items/{key}` here: one segment after the prefix.
+    let raw = path.strip_prefix("/items/").unwrap_or_default();
+    let key = percent_decode_str(raw)
+        .decode_utf8()
         .map_err(|_| AppError::BadKey("the key must be percent-encoded UTF-8".to_owned()))?;
     check_key(&key, max_key_bytes)?;
     Ok(key)
@@ -121,25 +114,15 @@ pub fn check_key(key: &str, max: usize) -> Result<(), AppError> {
 }
 
 /// `/items/` and `/items`: a request without a key.
-pub async fn empty_key(State(state): State<Arc<AppState>>) -> Response {
-    let started = Instant::now();
-    let response = AppError::BadKey("the key is empty".to_owned()).into_response();
-    state
-        .metrics
-        .request(Route::Items, response.status().as_u16(), started.elapsed());
-    response
+pub async fn empty_key() -> Response {
+    AppError::BadKey("the key is empty".to_owned()).into_response()
 }
 
 /// `DELETE /items/{key}`: purge everywhere; `?soft=true` marks stale instead.
 pub async fn delete_item(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let started = Instant::now();
-    let response = purge(&state, request)
+    purge(&state, request)
         .await
-        .unwrap_or_else(IntoResponse::into_response);
-    state
-        .metrics
-        .request(Route::Items, response.status().as_u16(), started.elapsed());
-    response
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
@@ -147,15 +130,15 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
         state.admin_token.as_deref(),
         request.headers().get(header::AUTHORIZATION),
     )?;
-    let soft = soft_param(request.uri().query())?;
-    let (mut parts, body) = request.into_parts();
-    let key = key_from(&mut parts, state.max_key_bytes).await?;
+    let mode = purge_mode(request.uri().query())?;
+    let (parts, body) = request.into_parts();
+    let key = key_of(parts.uri.path(), state.max_key_bytes)?;
     // A purge takes no body, but one that was sent must arrive whole before anything is
     // applied: a request cut short or malformed is refused, not half-honoured.
     read_body(body, PURGE_MAX_BODY_BYTES, state.body_timeout).await?;
     state
         .cache
-        .purge(&key, soft)
+        .purge(&key, mode)
         .await
         .map_err(|_| AppError::PurgeIncomplete)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -193,7 +176,8 @@ fn bearer_token(credentials: &[u8]) -> &[u8] {
     &rest[start..]
 }
 
-fn soft_param(query: Option<&str>) -> Result<bool, AppError> {
+/// `?soft=true` marks stale; the default removes.
+fn purge_mode(query: Option<&str>) -> Result<PurgeMode, AppError> {
     let mut soft = false;
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if name == "soft" {
@@ -204,7 +188,7 @@ fn soft_param(query: Option<&str>) -> Result<bool, AppError> {
             };
         }
     }
-    Ok(soft)
+    Ok(if soft { PurgeMode::Soft } else { PurgeMode::Hard })
 }
 
 #[cfg(test)]
@@ -246,7 +230,8 @@ mod tests {
             let given = HeaderValue::from_static(bad);
             assert!(authorize(Some("s3cret"), Some(&given)).is_err(), "{bad}");
         }
-        assert!(soft_param(Some("soft=true")).unwrap());
-        assert!(soft_param(Some("soft=maybe")).is_err());
+        assert_eq!(purge_mode(Some("soft=true")).unwrap(), PurgeMode::Soft);
+        assert_eq!(purge_mode(None).unwrap(), PurgeMode::Hard);
+        assert!(purge_mode(Some("soft=maybe")).is_err());
     }
 }

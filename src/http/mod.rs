@@ -3,6 +3,7 @@
 mod headers;
 mod items;
 mod ops;
+mod route;
 pub mod server;
 
 use std::sync::Arc;
@@ -19,12 +20,13 @@ use crate::error::AppError;
 use crate::telemetry::Metrics;
 
 pub use headers::HeaderTables;
+pub use route::{CountLayer, Route, StatusClass};
 
 /// What every handler shares; built once by [`crate::Application::build`].
 pub struct AppState {
     /// The cache.
     pub cache: ReadThrough,
-    /// Instruments.
+    /// Instruments (requests are counted by [`CountLayer`], by route).
     pub metrics: Arc<Metrics>,
     /// What `/metrics` encodes.
     pub registry: prometheus::Registry,
@@ -49,8 +51,12 @@ impl AppState {
     }
 }
 
-/// The router: every endpoint, a JSON 404/405 for everything else, and no panic reaching a client.
+/// The router: every endpoint, a JSON 404/405 for everything else, no panic reaching a client,
+/// and every request counted by its route.
 pub fn router(state: Arc<AppState>) -> Router {
+    let count = CountLayer {
+        metrics: state.metrics.clone(),
+    };
     Router::new()
         .route("/items/{key}", get(items::get_item).delete(items::delete_item))
         .route("/items/", get(items::empty_key).delete(items::empty_key))
@@ -64,5 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             AppError::Internal("a handler panicked".to_owned()).into_response()
         }))
+        // Outside the panic catcher, so a panic is counted as the 500 the client got.
+        .layer(count)
         .with_state(state)
 }

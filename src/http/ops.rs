@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -12,48 +11,52 @@ use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 
 use super::AppState;
+use crate::cache::{AnyTier, Tier, TierName};
 use crate::error::AppError;
 use crate::origin::BreakerState;
-use crate::telemetry::Route;
 
 /// `GET /health`: the seed's check; `degraded` names the tier that is down.
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let memory = if state.cache.memory().is_some() {
-        "ok"
-    } else {
-        "disabled"
-    };
-    let nodes = state.cache.redis().map(|r| r.health());
-    let redis = match (state.cache.redis(), nodes) {
-        (Some(r), Some(h)) if h.as_str() == "ok" && r.writes_failing() => "write_failing",
-        (Some(_), Some(h)) => h.as_str(),
-        _ => "disabled",
-    };
+    let mut tiers = serde_json::Map::new();
+    for name in TierName::ALL {
+        tiers.insert(name.as_str().to_owned(), json!("disabled"));
+    }
+    let mut degraded = false;
+    let mut redis_nodes = None;
+    for tier in state.cache.tiers() {
+        let status = match tier {
+            AnyTier::Memory(_) => "ok",
+            AnyTier::Redis(r) => {
+                let h = r.health();
+                redis_nodes = Some(json!({ "total": h.nodes, "down": h.down }));
+                match h.as_str() {
+                    "ok" if r.writes_failing() => "write_failing",
+                    other => other,
+                }
+            }
+        };
+        degraded |= status != "ok";
+        tiers.insert(tier.name().as_str().to_owned(), json!(status));
+    }
     let circuit = match state.cache.breaker_state() {
         BreakerState::Closed => "closed",
         BreakerState::Open => "open",
         BreakerState::HalfOpen => "half-open",
     };
-    let status = if matches!(redis, "down" | "partial" | "write_failing") || circuit == "open" {
-        "degraded"
-    } else {
-        "ok"
-    };
+    degraded |= circuit == "open";
     let mut body = json!({
-        "status": status,
-        "tiers": { "memory": memory, "redis": redis },
+        "status": if degraded { "degraded" } else { "ok" },
+        "tiers": tiers,
         "origin": { "circuit": circuit },
     });
-    if let Some(h) = nodes {
-        body["redis_nodes"] = json!({ "total": h.nodes, "down": h.down });
+    if let Some(nodes) = redis_nodes {
+        body["redis_nodes"] = nodes;
     }
-    state.metrics.request(Route::Health, 200, Duration::ZERO);
     Json(body).into_response()
 }
 
 /// `GET /livez`: the process answers.
-pub async fn livez(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.request(Route::Livez, 200, Duration::ZERO);
+pub async fn livez() -> Response {
     Json(json!({ "status": "alive" })).into_response()
 }
 
@@ -67,15 +70,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             json!({ "status": "shutting_down" }),
         )
     };
-    state
-        .metrics
-        .request(Route::Readyz, status.as_u16(), Duration::ZERO);
     (status, Json(body)).into_response()
 }
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.request(Route::Metrics, 200, Duration::ZERO);
     let mut buffer = Vec::with_capacity(16 * 1024);
     if let Err(e) = TextEncoder::new().encode(&state.registry.gather(), &mut buffer) {
         return AppError::Internal(format!("metrics encoding failed: {e}")).into_response();
@@ -84,13 +83,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Any other path.
-pub async fn not_found(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.request(Route::Unmatched, 404, Duration::ZERO);
+pub async fn not_found() -> Response {
     AppError::NotFound("no such endpoint".to_owned()).into_response()
 }
 
 /// A known path with another method.
-pub async fn method_not_allowed(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> Response {
-    state.metrics.count_request(Route::of_path(uri.path()), 405);
+pub async fn method_not_allowed() -> Response {
     AppError::MethodNotAllowed.into_response()
 }

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
-use super::{AnyOrigin, Breaker, BreakerState, Fetched, Origin, OriginError};
+use super::{AnyOrigin, Breaker, BreakerState, Fetched, Origin, OriginError, OriginOutcome};
 use crate::telemetry::Metrics;
 
 /// The origin as the cache sees it: bounded, timed and protected.
-pub struct GuardedOrigin {
+pub struct GuardedOrigin<O = AnyOrigin> {
     /// The configured origin.
-    origin: AnyOrigin,
+    origin: O,
     /// `ORIGIN_MAX_CONCURRENCY` permits; a fetch without one is refused, not queued.
     permits: Semaphore,
     /// Deadline of each fetch.
@@ -25,23 +25,15 @@ pub struct GuardedOrigin {
     metrics: Arc<Metrics>,
 }
 
-impl GuardedOrigin {
+impl<O: Origin> GuardedOrigin<O> {
     /// Wraps `origin`.
     pub fn new(
-        origin: AnyOrigin,
+        origin: O,
         max_concurrency: usize,
         timeout: Duration,
-        breaker: Breaker,
+        breaker: Arc<Breaker>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let breaker = Arc::new(breaker);
-        let gauge_breaker = breaker.clone();
-        crate::telemetry::observe_gauge(
-            metrics.meter(),
-            "origin_breaker_state",
-            "The origin circuit: 0 closed, 1 open, 2 half-open.",
-            move || gauge_breaker.state(Instant::now()).as_gauge(),
-        );
         GuardedOrigin {
             origin,
             permits: Semaphore::new(max_concurrency),
@@ -56,14 +48,21 @@ impl GuardedOrigin {
         self.breaker.state(Instant::now())
     }
 
-    /// Fetches `key` if a permit is free and the circuit lets the call through.
+    /// Fetches `key` if a permit is free and the circuit lets the call through. The outcome is
+    /// counted and recorded on the current span (the fetch span) as `origin.outcome`.
     pub async fn fetch(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
+        let result = self.guarded(key, traceparent).await;
+        tracing::Span::current().record("origin.outcome", OriginOutcome::of(&result).as_str());
+        result
+    }
+
+    async fn guarded(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
         let Ok(_permit) = self.permits.try_acquire() else {
-            self.metrics.origin("rejected", None);
+            self.metrics.origin(OriginOutcome::Rejected, None);
             return Err(OriginError::Saturated);
         };
         if let Err(retry_after) = self.breaker.allow(Instant::now()) {
-            self.metrics.origin("rejected", None);
+            self.metrics.origin(OriginOutcome::Rejected, None);
             return Err(OriginError::CircuitOpen { retry_after });
         }
         let started = Instant::now();
@@ -76,17 +75,13 @@ impl GuardedOrigin {
             Err(_) => Err(OriginError::Timeout(self.timeout)),
         };
         self.breaker.record(result.is_ok(), Instant::now());
-        let outcome = match &result {
-            Ok(Fetched::Value(_)) => "ok",
-            Ok(Fetched::NotFound) => "not_found",
-            Err(e) => {
-                // Once per failed fetch, with the detail a client never sees (a redirect's
-                // `Location` is not logged either: only its status).
-                tracing::warn!(error = %e.detail(), "origin fetch failed");
-                e.outcome()
-            }
-        };
-        self.metrics.origin(outcome, Some(started.elapsed()));
+        if let Err(e) = &result {
+            // Once per failed fetch, with the detail a client never sees (a redirect's
+            // `Location` is not logged either: only its status).
+            tracing::warn!(error = %e.detail(), "origin fetch failed");
+        }
+        self.metrics
+            .origin(OriginOutcome::of(&result), Some(started.elapsed()));
         result
     }
 }

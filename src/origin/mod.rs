@@ -69,17 +69,66 @@ impl OriginError {
         }
     }
 
-    /// The `origin_requests_total` outcome this error counts as.
-    pub fn outcome(&self) -> &'static str {
+    /// The outcome this error counts as.
+    pub fn outcome(&self) -> OriginOutcome {
         match self {
-            OriginError::Timeout(_) => "timeout",
-            OriginError::CircuitOpen { .. } | OriginError::Saturated => "rejected",
-            _ => "error",
+            OriginError::Timeout(_) => OriginOutcome::Timeout,
+            OriginError::CircuitOpen { .. } | OriginError::Saturated => OriginOutcome::Rejected,
+            _ => OriginOutcome::Error,
         }
     }
 }
 
-/// A source of values. `fetch` is called at most once per key at a time per process.
+/// How one origin fetch ended: the `outcome` of `origin_requests_total` and the fetch span's
+/// `origin.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginOutcome {
+    /// A value.
+    Ok,
+    /// A 404 or 410.
+    NotFound,
+    /// Any other failure at the origin.
+    Error,
+    /// No answer within `ORIGIN_TIMEOUT_MS`.
+    Timeout,
+    /// Not sent: the circuit is open, or `ORIGIN_MAX_CONCURRENCY` fetches are in flight.
+    Rejected,
+}
+
+impl OriginOutcome {
+    /// Every outcome, for label sets registered at zero.
+    pub const ALL: [OriginOutcome; 5] = [
+        OriginOutcome::Ok,
+        OriginOutcome::NotFound,
+        OriginOutcome::Error,
+        OriginOutcome::Timeout,
+        OriginOutcome::Rejected,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginOutcome::Ok => "ok",
+            OriginOutcome::NotFound => "not_found",
+            OriginOutcome::Error => "error",
+            OriginOutcome::Timeout => "timeout",
+            OriginOutcome::Rejected => "rejected",
+        }
+    }
+
+    /// The outcome of a fetch's result.
+    pub fn of(result: &Result<Fetched, OriginError>) -> OriginOutcome {
+        match result {
+            Ok(Fetched::Value(_)) => OriginOutcome::Ok,
+            Ok(Fetched::NotFound) => OriginOutcome::NotFound,
+            Err(e) => e.outcome(),
+        }
+    }
+}
+
+/// A source of values. `fetch` is called at most once per key at a time per process. The seam
+/// the cache is generic over: the service plugs in [`AnyOrigin`], unit tests an origin they gate
+/// and count.
 pub trait Origin: Send + Sync + 'static {
     /// Fetches `key`'s value; `traceparent` is the W3C header of the fetch span, when traced.
     fn fetch(

@@ -1,13 +1,22 @@
-//! Every metric instrument of the service, created once at start-up.
+//! Every metric instrument of the service, created once at start-up, gauges included.
 //!
-//! Label values come from closed sets (the `as_str` of outcome enums, fixed strings), never from
-//! keys, and every combination is recorded at zero at start-up so dashboards show 0, not "no data".
+//! Label values come from closed sets (the `ALL` and `as_str` of outcome enums), never from keys.
+//! The counters are plain atomics, one per label combination, read by observable counters at each
+//! collection: a hit costs one relaxed add per counter, with no attribute lookup, and every
+//! combination reads 0 from the start, so dashboards show 0, not "no data".
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
+use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
+
+use crate::cache::{
+    CoalesceScope, EvictionCause, MemoryTier, PurgeMode, PurgeSource, RedisOp, StaleReason, TierName,
+};
+use crate::http::{Route, StatusClass};
+use crate::origin::{Breaker, OriginOutcome};
 
 /// Buckets (seconds) that resolve sub-millisecond hits as well as 200 ms origin fetches.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -15,103 +24,216 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
-/// `tier` label values of `cache_hits_total`.
-pub const HIT_TIERS: &[&str] = &["memory", "redis", "negative"];
-/// `reason` label values of `cache_stale_total`.
-pub const STALE_REASONS: &[&str] = &["stale-while-revalidate", "stale-if-error"];
-/// `scope` label values of `cache_coalesced_total`.
-pub const COALESCE_SCOPES: &[&str] = &["process", "fleet"];
-/// `outcome` label values of `origin_requests_total`.
-pub const ORIGIN_OUTCOMES: &[&str] = &["ok", "not_found", "error", "timeout", "rejected"];
-/// `operation` label values of `redis_errors_total`.
-pub const REDIS_OPERATIONS: &[&str] = &["get", "set", "del", "publish", "subscribe", "lock"];
-/// `cause` label values of `cache_evictions_total`.
-pub const EVICTION_CAUSES: &[&str] = &["size", "expired"];
-/// `mode` label values of `cache_invalidations_total`.
-pub const INVALIDATION_MODES: &[&str] = &["hard", "soft"];
-/// `source` label values of `cache_invalidations_total`.
-pub const INVALIDATION_SOURCES: &[&str] = &["local", "remote"];
-/// `status_class` label values of `http_requests_total`.
-pub const STATUS_CLASSES: &[&str] = &["2xx", "3xx", "4xx", "5xx"];
+/// The `tier` label of a remembered 404 in `cache_hits_total`.
+const NEGATIVE: &str = "negative";
 
-/// The routes `http_requests_total` knows; the label is the route template, never the raw path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// `/items/{key}`, both GET and DELETE.
-    Items,
-    /// `/health`.
-    Health,
-    /// `/livez`.
-    Livez,
-    /// `/readyz`.
-    Readyz,
-    /// `/metrics`.
-    Metrics,
-    /// Anything else.
-    Unmatched,
+/// One counter per value of a closed label set `E` (indexed by `E as usize`).
+struct Counts<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Counts<N> {
+    fn new() -> Self {
+        Counts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    fn add(&self, i: usize) {
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        self.0[i].load(Ordering::Relaxed)
+    }
 }
 
-impl Route {
-    /// Every route, for registration at zero.
-    pub const ALL: [Route; 6] = [
-        Route::Items,
-        Route::Health,
-        Route::Livez,
-        Route::Readyz,
-        Route::Metrics,
-        Route::Unmatched,
-    ];
-
-    /// The route a request path belongs to (for answers given outside the route's handler, such
-    /// as a 405).
-    pub fn of_path(path: &str) -> Route {
-        match path {
-            "/health" => Route::Health,
-            "/livez" => Route::Livez,
-            "/readyz" => Route::Readyz,
-            "/metrics" => Route::Metrics,
-            p if p == "/items" || p.starts_with("/items/") => Route::Items,
-            _ => Route::Unmatched,
-        }
-    }
-
-    /// The `route` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Route::Items => "/items/{key}",
-            Route::Health => "/health",
-            Route::Livez => "/livez",
-            Route::Readyz => "/readyz",
-            Route::Metrics => "/metrics",
-            Route::Unmatched => "unmatched",
-        }
-    }
+/// The counters' values, shared with the callbacks that report them.
+struct Counters {
+    /// `cache_hits_total` by tier ([`TierName::ALL`], then `negative`).
+    hits: Counts<{ TierName::ALL.len() + 1 }>,
+    misses: Counts<1>,
+    stale: Counts<{ StaleReason::ALL.len() }>,
+    coalesced: Counts<{ CoalesceScope::ALL.len() }>,
+    origin: Counts<{ OriginOutcome::ALL.len() }>,
+    redis_errors: Counts<{ RedisOp::ALL.len() }>,
+    evictions: Counts<{ EvictionCause::ALL.len() }>,
+    /// By mode, then source.
+    invalidations: Counts<{ PurgeMode::ALL.len() * PurgeSource::ALL.len() }>,
+    /// By route, then status class.
+    http: Counts<{ Route::ALL.len() * StatusClass::ALL.len() }>,
+    spans_dropped: Counts<1>,
 }
 
 /// The instruments; one per metric name, labels for the rest.
 pub struct Metrics {
-    hits: Counter<u64>,
-    misses: Counter<u64>,
+    counters: Arc<Counters>,
     request_latency: Histogram<f64>,
-    stale: Counter<u64>,
-    coalesced: Counter<u64>,
-    origin_requests: Counter<u64>,
     origin_latency: Histogram<f64>,
-    redis_errors: Counter<u64>,
-    evictions: Counter<u64>,
-    invalidations: Counter<u64>,
-    http_requests: Counter<u64>,
-    spans_dropped: Counter<u64>,
-    /// Kept so observable instruments added later share the scope.
+    /// Kept for the gauges registered by [`Metrics::watch_memory_tier`] and
+    /// [`Metrics::watch_breaker`].
     meter: Meter,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Registers the observable counter `name` reporting `read` for each label value in `labels`.
+fn observe<L: Copy + Send + Sync + 'static>(
+    meter: &Meter,
+    counters: &Arc<Counters>,
+    name: &'static str,
+    description: &'static str,
+    labels: Vec<(Vec<KeyValue>, L)>,
+    read: fn(&Counters, L) -> u64,
+) {
+    let counters = counters.clone();
+    // The SDK keeps the callback for the life of the provider; the handle may be dropped.
+    let _counter = meter
+        .u64_observable_counter(name)
+        .with_description(description)
+        .with_callback(move |observer| {
+            for (attributes, label) in &labels {
+                observer.observe(read(&counters, *label), attributes);
+            }
+        })
+        .build();
+}
+
+/// `(attributes, index)` for each value of a one-label set.
+fn one_label<E: Copy>(
+    key: &'static str,
+    all: &[E],
+    name: fn(E) -> &'static str,
+) -> Vec<(Vec<KeyValue>, usize)> {
+    all.iter()
+        .enumerate()
+        .map(|(i, e)| (vec![KeyValue::new(key, name(*e))], i))
+        .collect()
+}
+
 impl Metrics {
-    /// Creates every instrument on `meter` and records every label combination at zero.
+    /// Creates every instrument on `meter`.
     pub fn new(meter: Meter) -> Self {
-        let counter = |name: &'static str, description: &'static str| {
-            meter.u64_counter(name).with_description(description).build()
-        };
+        let counters = Arc::new(Counters {
+            hits: Counts::new(),
+            misses: Counts::new(),
+            stale: Counts::new(),
+            coalesced: Counts::new(),
+            origin: Counts::new(),
+            redis_errors: Counts::new(),
+            evictions: Counts::new(),
+            invalidations: Counts::new(),
+            http: Counts::new(),
+            spans_dropped: Counts::new(),
+        });
+        let m = &meter;
+        let c = &counters;
+        let mut hit_labels = one_label("tier", &TierName::ALL, TierName::as_str);
+        hit_labels.push((vec![KeyValue::new("tier", NEGATIVE)], TierName::ALL.len()));
+        observe(
+            m,
+            c,
+            "cache_hits",
+            "Answers served from the cache, by tier (negative = a remembered 404).",
+            hit_labels,
+            |c, i| c.hits.get(i),
+        );
+        observe(
+            m,
+            c,
+            "cache_misses",
+            "Answers that needed an origin fetch (own or coalesced).",
+            vec![(vec![], 0)],
+            |c, i| c.misses.get(i),
+        );
+        observe(
+            m,
+            c,
+            "cache_stale",
+            "Stale answers, by reason.",
+            one_label("reason", &StaleReason::ALL, StaleReason::as_str),
+            |c, i| c.stale.get(i),
+        );
+        observe(
+            m,
+            c,
+            "cache_coalesced",
+            "Misses that waited on another request's origin fetch, by scope.",
+            one_label("scope", &CoalesceScope::ALL, CoalesceScope::as_str),
+            |c, i| c.coalesced.get(i),
+        );
+        observe(
+            m,
+            c,
+            "origin_requests",
+            "Origin fetches, by outcome (rejected = circuit open or concurrency saturated).",
+            one_label("outcome", &OriginOutcome::ALL, OriginOutcome::as_str),
+            |c, i| c.origin.get(i),
+        );
+        observe(
+            m,
+            c,
+            "redis_errors",
+            "Redis operations that failed or timed out, by operation.",
+            one_label("operation", &RedisOp::ALL, RedisOp::as_str),
+            |c, i| c.redis_errors.get(i),
+        );
+        observe(
+            m,
+            c,
+            "cache_evictions",
+            "Memory-tier entries removed, by cause.",
+            one_label("cause", &EvictionCause::ALL, EvictionCause::as_str),
+            |c, i| c.evictions.get(i),
+        );
+        let mut purge_labels = Vec::new();
+        for mode in PurgeMode::ALL {
+            for source in PurgeSource::ALL {
+                purge_labels.push((
+                    vec![
+                        KeyValue::new("mode", mode.as_str()),
+                        KeyValue::new("source", source.as_str()),
+                    ],
+                    invalidation_index(mode, source),
+                ));
+            }
+        }
+        observe(
+            m,
+            c,
+            "cache_invalidations",
+            "Purges applied to this replica, by mode and source.",
+            purge_labels,
+            |c, i| c.invalidations.get(i),
+        );
+        let mut http_labels = Vec::new();
+        for route in Route::ALL {
+            for class in StatusClass::ALL {
+                http_labels.push((
+                    vec![
+                        KeyValue::new("route", route.as_str()),
+                        KeyValue::new("status_class", class.as_str()),
+                    ],
+                    http_index(route, class),
+                ));
+            }
+        }
+        observe(
+            m,
+            c,
+            "http_requests",
+            "HTTP requests, by route and status class.",
+            http_labels,
+            |c, i| c.http.get(i),
+        );
+        observe(
+            m,
+            c,
+            "otel_spans_dropped",
+            "Spans dropped because the OTLP export queue was full (OTEL_BSP_MAX_QUEUE_SIZE).",
+            vec![(vec![], 0)],
+            |c, i| c.spans_dropped.get(i),
+        );
         let seconds = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
@@ -120,44 +242,12 @@ impl Metrics {
                 .with_boundaries(LATENCY_BUCKETS.to_vec())
                 .build()
         };
-        let m = Metrics {
-            hits: counter(
-                "cache_hits",
-                "Answers served from the cache, by tier (negative = a remembered 404).",
-            ),
-            misses: counter(
-                "cache_misses",
-                "Answers that needed an origin fetch (own or coalesced).",
-            ),
+        Metrics {
             request_latency: seconds("request_latency", "Latency of /items requests."),
-            stale: counter("cache_stale", "Stale answers, by reason."),
-            coalesced: counter(
-                "cache_coalesced",
-                "Misses that waited on another request's origin fetch, by scope.",
-            ),
-            origin_requests: counter(
-                "origin_requests",
-                "Origin fetches, by outcome (rejected = circuit open or concurrency saturated).",
-            ),
             origin_latency: seconds("origin_request_duration", "Latency of origin fetches."),
-            redis_errors: counter(
-                "redis_errors",
-                "Redis operations that failed or timed out, by operation.",
-            ),
-            evictions: counter("cache_evictions", "Memory-tier entries removed, by cause."),
-            invalidations: counter(
-                "cache_invalidations",
-                "Purges applied to this replica, by mode and source.",
-            ),
-            http_requests: counter("http_requests", "HTTP requests, by route and status class."),
-            spans_dropped: counter(
-                "otel_spans_dropped",
-                "Spans dropped because the OTLP export queue was full (OTEL_BSP_MAX_QUEUE_SIZE).",
-            ),
+            counters,
             meter,
-        };
-        m.register_at_zero();
-        m
+        }
     }
 
     /// Instruments bound to no exporter, for unit tests.
@@ -166,131 +256,139 @@ impl Metrics {
         Self::new(provider.meter("cache-layer"))
     }
 
-    fn register_at_zero(&self) {
-        let one = |c: &Counter<u64>, key: &'static str, values: &[&'static str]| {
-            for v in values {
-                c.add(0, &[KeyValue::new(key, *v)]);
-            }
-        };
-        one(&self.hits, "tier", HIT_TIERS);
-        self.misses.add(0, &[]);
-        self.spans_dropped.add(0, &[]);
-        one(&self.stale, "reason", STALE_REASONS);
-        one(&self.coalesced, "scope", COALESCE_SCOPES);
-        one(&self.origin_requests, "outcome", ORIGIN_OUTCOMES);
-        one(&self.redis_errors, "operation", REDIS_OPERATIONS);
-        one(&self.evictions, "cause", EVICTION_CAUSES);
-        for mode in INVALIDATION_MODES {
-            for source in INVALIDATION_SOURCES {
-                self.invalidations.add(
-                    0,
-                    &[KeyValue::new("mode", *mode), KeyValue::new("source", *source)],
-                );
-            }
-        }
-        for route in Route::ALL {
-            for class in STATUS_CLASSES {
-                self.http_requests.add(
-                    0,
-                    &[
-                        KeyValue::new("route", route.as_str()),
-                        KeyValue::new("status_class", *class),
-                    ],
-                );
-            }
-        }
+    /// Reports the memory tier's size as `memory_cache_bytes` and `memory_cache_entries`.
+    pub fn watch_memory_tier(&self, tier: &MemoryTier) {
+        let (bytes, entries) = (tier.clone(), tier.clone());
+        self.gauge(
+            "memory_cache_bytes",
+            "Bytes held by the memory tier (keys, values, overhead).",
+            move || bytes.bytes(),
+        );
+        self.gauge(
+            "memory_cache_entries",
+            "Entries held by the memory tier.",
+            move || entries.entries(),
+        );
     }
 
-    /// The meter the instruments live on (for observable gauges registered by their owners).
-    pub fn meter(&self) -> &Meter {
-        &self.meter
+    /// Reports the origin circuit as `origin_breaker_state`.
+    pub fn watch_breaker(&self, breaker: Arc<Breaker>) {
+        self.gauge(
+            "origin_breaker_state",
+            "The origin circuit: 0 closed, 1 open, 2 half-open.",
+            move || breaker.state(Instant::now()).as_gauge(),
+        );
     }
 
-    /// The counter the span export queue adds its drops to.
-    pub fn spans_dropped(&self) -> Counter<u64> {
-        self.spans_dropped.clone()
+    /// Registers an observable gauge `name` read through `read` at each collection.
+    fn gauge(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        // The SDK keeps the callback for the life of the provider; the handle may be dropped.
+        let _gauge = self
+            .meter
+            .u64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |observer| observer.observe(read(), &[]))
+            .build();
     }
 
-    /// A hit in `tier` (`memory`, `redis` or `negative`).
-    pub fn hit(&self, tier: &'static str) {
-        self.hits.add(1, &[KeyValue::new("tier", tier)]);
+    /// A span the export queue had no room for.
+    pub fn span_dropped(&self) {
+        self.counters.spans_dropped.add(0);
     }
 
-    /// A miss; `coalesced_scope` when it waited on another request's fetch.
-    pub fn miss(&self, coalesced_scope: Option<&'static str>) {
-        self.misses.add(1, &[]);
-        if let Some(scope) = coalesced_scope {
-            self.coalesced.add(1, &[KeyValue::new("scope", scope)]);
+    /// A fresh or stale value served from `tier`.
+    pub fn hit(&self, tier: TierName) {
+        self.counters.hits.add(tier as usize);
+    }
+
+    /// A remembered origin 404 served.
+    pub fn negative_hit(&self) {
+        self.counters.hits.add(TierName::ALL.len());
+    }
+
+    /// A miss; `coalesced` when it waited on another request's (or replica's) fetch.
+    pub fn miss(&self, coalesced: Option<CoalesceScope>) {
+        self.counters.misses.add(0);
+        if let Some(scope) = coalesced {
+            self.counters.coalesced.add(scope as usize);
         }
     }
 
     /// A stale answer, by reason.
-    pub fn stale(&self, reason: &'static str) {
-        self.stale.add(1, &[KeyValue::new("reason", reason)]);
+    pub fn stale(&self, reason: StaleReason) {
+        self.counters.stale.add(reason as usize);
     }
 
-    /// One origin fetch and how it ended.
-    pub fn origin(&self, outcome: &'static str, took: Option<Duration>) {
-        self.origin_requests.add(1, &[KeyValue::new("outcome", outcome)]);
+    /// One origin fetch and how it ended; `took` when it reached the origin.
+    pub fn origin(&self, outcome: OriginOutcome, took: Option<Duration>) {
+        self.counters.origin.add(outcome as usize);
         if let Some(took) = took {
             self.origin_latency.record(took.as_secs_f64(), &[]);
         }
     }
 
     /// A failed Redis operation.
-    pub fn redis_error(&self, operation: &'static str) {
-        self.redis_errors.add(1, &[KeyValue::new("operation", operation)]);
+    pub fn redis_error(&self, operation: RedisOp) {
+        self.counters.redis_errors.add(operation as usize);
     }
 
     /// A memory-tier eviction.
-    pub fn evicted(&self, cause: &'static str) {
-        self.evictions.add(1, &[KeyValue::new("cause", cause)]);
+    pub fn evicted(&self, cause: EvictionCause) {
+        self.counters.evictions.add(cause as usize);
     }
 
     /// A purge applied here.
-    pub fn invalidated(&self, mode: &'static str, source: &'static str) {
-        self.invalidations
-            .add(1, &[KeyValue::new("mode", mode), KeyValue::new("source", source)]);
+    pub fn invalidated(&self, mode: PurgeMode, source: PurgeSource) {
+        self.counters.invalidations.add(invalidation_index(mode, source));
     }
 
-    /// One HTTP request answered with `status`; `/items` requests also feed the latency histogram.
-    pub fn request(&self, route: Route, status: u16, took: Duration) {
-        self.count_request(route, status);
-        if route == Route::Items {
+    /// One HTTP request answered with `status`; `/items` requests a handler answered (`took`)
+    /// also feed the latency histogram.
+    pub fn request(&self, route: Route, status: u16, took: Option<Duration>) {
+        self.counters.http.add(http_index(route, StatusClass::of(status)));
+        if route == Route::Items
+            && let Some(took) = took
+        {
             self.request_latency.record(took.as_secs_f64(), &[]);
         }
     }
-
-    /// One HTTP request answered outside its route's handler (a 405): counted, not timed.
-    pub fn count_request(&self, route: Route, status: u16) {
-        let class = match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.http_requests.add(
-            1,
-            &[
-                KeyValue::new("route", route.as_str()),
-                KeyValue::new("status_class", class),
-            ],
-        );
-    }
 }
 
-/// Registers an observable gauge `name` read through `read` at each collection.
-pub fn observe_gauge(
-    meter: &Meter,
-    name: &'static str,
-    description: &'static str,
-    read: impl Fn() -> u64 + Send + Sync + 'static,
-) {
-    let read = Arc::new(read);
-    // The SDK keeps the callback for the life of the provider; the handle may be dropped.
-    let _gauge = meter
-        .u64_observable_gauge(name)
-        .with_description(description)
-        .with_callback(move |observer| observer.observe(read(), &[]))
-        .build();
+fn invalidation_index(mode: PurgeMode, source: PurgeSource) -> usize {
+    mode as usize * PurgeSource::ALL.len() + source as usize
+}
+
+fn http_index(route: Route, class: StatusClass) -> usize {
+    route as usize * StatusClass::ALL.len() + class as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counters are indexed by `enum as usize`: each `ALL` must list its enum in
+    /// declaration order, or a label would report another label's count.
+    #[test]
+    fn every_label_set_lists_its_enum_in_declaration_order() {
+        fn in_order<E: Copy>(all: &[E], index: fn(E) -> usize) {
+            for (i, e) in all.iter().enumerate() {
+                assert_eq!(index(*e), i);
+            }
+        }
+        in_order(&TierName::ALL, |e| e as usize);
+        in_order(&StaleReason::ALL, |e| e as usize);
+        in_order(&CoalesceScope::ALL, |e| e as usize);
+        in_order(&OriginOutcome::ALL, |e| e as usize);
+        in_order(&RedisOp::ALL, |e| e as usize);
+        in_order(&EvictionCause::ALL, |e| e as usize);
+        in_order(&PurgeMode::ALL, |e| e as usize);
+        in_order(&PurgeSource::ALL, |e| e as usize);
+        in_order(&Route::ALL, |e| e as usize);
+        in_order(&StatusClass::ALL, |e| e as usize);
+    }
 }

@@ -24,7 +24,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-pub use metrics::{Metrics, Route, observe_gauge};
+pub use metrics::Metrics;
 
 /// The target of the request, tier and origin spans. Only the OpenTelemetry layer listens to it,
 /// so without an OTLP endpoint those spans are disabled at their call site and cost nothing.
@@ -170,8 +170,37 @@ fn resource() -> Resource {
 pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = resource();
-
     let registry = prometheus::Registry::new();
+    let meter_provider = meter_provider(&resource, &registry)?;
+    let metrics = std::sync::Arc::new(Metrics::new(meter_provider.meter("cache-layer")));
+    let tracer_provider = tracer_provider(resource, &metrics)?;
+    install_subscriber(log_json, tracer_provider.as_ref())?;
+    Ok(Telemetry {
+        registry,
+        metrics,
+        meter_provider,
+        tracer_provider,
+    })
+}
+
+/// An OTLP exporter of one signal (`$builder`: `MetricExporter` or `SpanExporter`) over the
+/// transport its `OTEL_EXPORTER_OTLP_*_PROTOCOL` asks for. A macro: the two builders share no
+/// trait to be generic over.
+macro_rules! otlp_exporter {
+    ($builder:path, $protocol_var:literal) => {
+        match protocol($protocol_var)? {
+            Protocol::Grpc => <$builder>::builder().with_tonic().build(),
+            other => <$builder>::builder().with_http().with_protocol(other).build(),
+        }
+        .map_err(|e| TelemetryError::Setup(e.to_string()))
+    };
+}
+
+/// Metrics: read by Prometheus from `registry`, and pushed over OTLP when configured.
+fn meter_provider(
+    resource: &Resource,
+    registry: &prometheus::Registry,
+) -> Result<SdkMeterProvider, TelemetryError> {
     let prometheus_reader = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
         .build()
@@ -180,40 +209,43 @@ pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
         .with_resource(resource.clone())
         .with_reader(prometheus_reader);
     if pushes("OTEL_METRICS_EXPORTER", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
-        let exporter = match protocol("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")? {
-            Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder().with_tonic().build(),
-            other => opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_protocol(other)
-                .build(),
-        }
-        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
+        let exporter = otlp_exporter!(
+            opentelemetry_otlp::MetricExporter,
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
+        )?;
         meters = meters.with_reader(PeriodicReader::builder(exporter).build());
     }
-    let meter_provider = meters.build();
-    let metrics = std::sync::Arc::new(Metrics::new(meter_provider.meter("cache-layer")));
+    Ok(meters.build())
+}
 
-    let tracer_provider = if pushes("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-        let mut exporter = match protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")? {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
-            other => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(other)
-                .build(),
-        }
-        .map_err(|e| TelemetryError::Setup(e.to_string()))?;
-        exporter.set_resource(&resource);
-        let queue = QueueProcessor::start(exporter, queue_settings()?, metrics.spans_dropped());
-        Some(
-            SdkTracerProvider::builder()
-                .with_resource(resource)
-                .with_span_processor(queue)
-                .build(),
-        )
-    } else {
-        None
-    };
+/// Traces pushed over OTLP through our bounded span queue, when configured.
+fn tracer_provider(
+    resource: Resource,
+    metrics: &std::sync::Arc<Metrics>,
+) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    if !pushes("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Ok(None);
+    }
+    let mut exporter = otlp_exporter!(
+        opentelemetry_otlp::SpanExporter,
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    )?;
+    exporter.set_resource(&resource);
+    let queue = QueueProcessor::start(exporter, queue_settings()?, metrics.clone());
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_span_processor(queue)
+            .build(),
+    ))
+}
 
+/// Installs the subscriber: log lines to stdout as `RUST_LOG` filters them, and our trace spans
+/// to the OpenTelemetry layer when traces are pushed.
+fn install_subscriber(
+    log_json: bool,
+    tracer_provider: Option<&SdkTracerProvider>,
+) -> Result<(), TelemetryError> {
     // Logs: RUST_LOG decides, our span-only target is left to the OpenTelemetry layer.
     let not_trace_spans = filter_fn(|m| !(m.is_span() && m.target() == TRACE_TARGET));
     let log_filter = match env("RUST_LOG") {
@@ -224,18 +256,17 @@ pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
             expected: "a tracing filter such as info or cache_layer=debug,warn",
         })?,
     };
-    let log_filter = || log_filter.clone();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let fmt = tracing_subscriber::fmt::layer().with_target(true).with_ansi(ansi);
     let fmt = if log_json {
         fmt.json()
             .flatten_event(true)
-            .with_filter(log_filter().and(not_trace_spans))
+            .with_filter(log_filter.and(not_trace_spans))
             .boxed()
     } else {
-        fmt.with_filter(log_filter().and(not_trace_spans)).boxed()
+        fmt.with_filter(log_filter.and(not_trace_spans)).boxed()
     };
-    let otel = tracer_provider.as_ref().map(|tp| {
+    let otel = tracer_provider.map(|tp| {
         tracing_opentelemetry::layer()
             .with_tracer(tp.tracer("cache-layer"))
             .with_filter(filter_fn(|m| m.target() == TRACE_TARGET))
@@ -246,14 +277,7 @@ pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
         Some(otel) => Registry::default().with(fmt).with(otel).try_init(),
         None => Registry::default().with(fmt).try_init(),
     };
-    installed.map_err(|e| TelemetryError::Setup(e.to_string()))?;
-
-    Ok(Telemetry {
-        registry,
-        metrics,
-        meter_provider,
-        tracer_provider,
-    })
+    installed.map_err(|e| TelemetryError::Setup(e.to_string()))
 }
 
 /// The W3C `traceparent` of `span`, when it is traced.

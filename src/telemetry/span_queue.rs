@@ -10,7 +10,6 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
-use opentelemetry::metrics::Counter;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 
@@ -55,7 +54,7 @@ pub struct QueueProcessor {
     /// The export thread, woken when a batch is full or a control request is sent.
     thread: Thread,
     /// `otel_spans_dropped_total`.
-    dropped: Counter<u64>,
+    dropped: Arc<super::Metrics>,
     /// The export thread, joined at shutdown.
     worker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -71,7 +70,7 @@ impl QueueProcessor {
     pub fn start<E: SpanExporter + 'static>(
         exporter: E,
         settings: QueueSettings,
-        dropped: Counter<u64>,
+        dropped: Arc<super::Metrics>,
     ) -> Self {
         let queue = Arc::new(Queue {
             spans: Mutex::new(Vec::with_capacity(settings.max_batch)),
@@ -123,7 +122,7 @@ impl SpanProcessor for QueueProcessor {
         let mut spans = self.queue.spans();
         if spans.len() >= settings.max_queue {
             drop(spans);
-            self.dropped.add(1, &[]);
+            self.dropped.span_dropped();
             return;
         }
         spans.push(span);

@@ -1,0 +1,116 @@
+//! What the cache answers for a key, and how it came by it: the outcomes that decide `source`,
+//! `Cache-Status`, span attributes and counters.
+
+use std::sync::Arc;
+
+use super::coalesce::Abandoned;
+use super::entry::Entry;
+use super::tier::TierName;
+use crate::origin::OriginError;
+
+/// Why a stale entry was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// Served at once while a background fetch refreshes it.
+    WhileRevalidate,
+    /// Served because the origin is failing (its circuit is open).
+    IfError,
+}
+
+impl StaleReason {
+    /// Every reason, for label sets registered at zero.
+    pub const ALL: [StaleReason; 2] = [StaleReason::WhileRevalidate, StaleReason::IfError];
+
+    /// The name in `Cache-Status`, metrics and spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReason::WhileRevalidate => "stale-while-revalidate",
+            StaleReason::IfError => "stale-if-error",
+        }
+    }
+}
+
+/// Whose fetch a miss waited on, when it was not its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoalesceScope {
+    /// Another request in this process.
+    Process,
+    /// Another replica, through the fleet lock.
+    Fleet,
+}
+
+impl CoalesceScope {
+    /// Every scope, for label sets registered at zero.
+    pub const ALL: [CoalesceScope; 2] = [CoalesceScope::Process, CoalesceScope::Fleet];
+
+    /// The `scope` label of `cache_coalesced_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CoalesceScope::Process => "process",
+            CoalesceScope::Fleet => "fleet",
+        }
+    }
+}
+
+/// How an answer was produced; decides `source`, `Cache-Status` and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// A fresh entry from a tier.
+    Hit {
+        /// The tier that held it.
+        tier: TierName,
+        /// Whole seconds of freshness left.
+        ttl_secs: u64,
+    },
+    /// A stale entry.
+    Stale {
+        /// Why it was served.
+        reason: StaleReason,
+        /// Whole seconds past freshness.
+        over_secs: u64,
+    },
+    /// A remembered origin 404.
+    NegativeHit,
+    /// Fetched from the origin for this request, or (`collapsed`) by another request or replica.
+    Fetched {
+        /// Whose fetch this request waited on, when not its own.
+        collapsed: Option<CoalesceScope>,
+    },
+}
+
+impl AnswerKind {
+    /// The span attribute `cache.outcome`: hit, stale, miss or coalesced.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            AnswerKind::Hit { .. } | AnswerKind::NegativeHit => "hit",
+            AnswerKind::Stale { .. } => "stale",
+            AnswerKind::Fetched { collapsed: None } => "miss",
+            AnswerKind::Fetched { collapsed: Some(_) } => "coalesced",
+        }
+    }
+}
+
+/// What the cache answered for a key.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The entry (a value, or a remembered 404 when `entry.negative`).
+    pub entry: Arc<Entry>,
+    /// How it was produced.
+    pub kind: AnswerKind,
+    /// When (ms since the epoch), for `Age`.
+    pub now_ms: u64,
+}
+
+/// Why no answer could be given.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    /// The origin failed and nothing servable was cached.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The fetch task ended without a result.
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+    /// The answer waited on an origin fetch for longer than `REQUEST_TIMEOUT_SECS`.
+    #[error("the request took longer than REQUEST_TIMEOUT_SECS")]
+    TimedOut,
+}
