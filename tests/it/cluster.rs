@@ -4,9 +4,9 @@
 
 use serde_json::Value;
 
-use crate::harness::{Origin, RedisCluster, Service, cache_status, client, eventually, owner_in};
-
-const ENTRY: &str = "cache-layer:v1:k:";
+use crate::harness::{
+    Origin, RedisCluster, Service, cache_status, client, entry_key, eventually, owner_in, services_on,
+};
 
 /// A key (among `prefix-0`, `prefix-1`, …) whose entry lives on node `owner`, or on any other
 /// master when `on_owner` is false.
@@ -14,21 +14,22 @@ fn key_on(cluster: &RedisCluster, owner: usize, on_owner: bool, prefix: &str) ->
     let masters = cluster.masters();
     (0..10_000)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|k| (owner_in(&masters, &format!("{ENTRY}{k}")) == owner) == on_owner)
+        .find(|k| (owner_in(&masters, &entry_key(k)) == owner) == on_owner)
         .unwrap()
 }
 
 /// A Redis-only replica (every request touches Redis) on the cluster.
 async fn redis_only(cluster: &RedisCluster, origin: &Origin) -> Service {
-    let urls = cluster.urls();
-    let s = origin
-        .service(&[
-            ("REDIS_URL", &urls),
+    let template = origin.template();
+    let [s] = services_on(
+        &cluster.urls(),
+        &[
+            ("ORIGIN_URL", &template),
             ("REDIS_CLUSTER", "true"),
             ("MEMORY_CACHE_ENABLED", "false"),
-        ])
-        .await;
-    s.wait_redis_up().await;
+        ],
+    )
+    .await;
     s
 }
 
@@ -138,12 +139,7 @@ async fn a_killed_master_and_a_burst_on_its_slots_do_not_wedge_the_tier() {
     })
     .await;
     // New values for those slots are stored and found again.
-    let fresh = key_on(
-        &cluster,
-        cluster.owner_of(&format!("{ENTRY}{warm}")),
-        true,
-        "after",
-    );
+    let fresh = key_on(&cluster, cluster.owner_of(&entry_key(&warm)), true, "after");
     assert_eq!(s.get(&fresh).await.1, "cache-layer; fwd=miss; stored");
     assert!(s.get(&fresh).await.1.ends_with("detail=redis"));
 }

@@ -8,7 +8,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Origin, Redis, Service, cache_status, client, eventually, free_port, service_command};
+use crate::harness::{
+    Origin, Service, cache_status, client, entry_key, eventually, free_port, service_command, with_redis,
+    with_redis_and_origin,
+};
 
 /// Reads until the server closes the connection (or it resets), returning what arrived.
 async fn read_until_closed(s: &mut TcpStream) -> String {
@@ -253,13 +256,8 @@ async fn a_purge_whose_body_cannot_be_read_is_refused_and_applies_nothing() {
 
 #[tokio::test]
 async fn an_oversized_value_in_redis_is_refused_without_reading_it_whole() {
-    let redis = Redis::start().await;
-    let origin = Origin::start(&[]).await;
+    let (redis, _origin, [s]) = with_redis_and_origin(&[], &[("ORIGIN_MAX_BODY_BYTES", "65536")]).await;
     let url = redis.url();
-    let s = origin
-        .service(&[("REDIS_URL", &url), ("ORIGIN_MAX_BODY_BYTES", "65536")])
-        .await;
-    s.wait_redis_up().await;
     // 50 MB under an entry key, written by something else with access to Redis.
     let big = vec![b'x'; 50_000_000];
     let mut conn = redis::Client::open(url.as_str())
@@ -267,7 +265,7 @@ async fn an_oversized_value_in_redis_is_refused_without_reading_it_whole() {
         .get_connection()
         .unwrap();
     redis::cmd("SET")
-        .arg("cache-layer:v1:k:big")
+        .arg(entry_key("big"))
         .arg(&big)
         .exec(&mut conn)
         .unwrap();
@@ -290,7 +288,7 @@ async fn an_oversized_value_in_redis_is_refused_without_reading_it_whole() {
     assert_eq!(s.json("/health").await["tiers"]["redis"], "ok");
     // The origin's value replaced the oversized one.
     let len: u64 = redis::cmd("STRLEN")
-        .arg("cache-layer:v1:k:big")
+        .arg(entry_key("big"))
         .query(&mut conn)
         .unwrap();
     assert!(len < 1000, "{len}");
@@ -298,10 +296,7 @@ async fn an_oversized_value_in_redis_is_refused_without_reading_it_whole() {
 
 #[tokio::test]
 async fn refused_redis_writes_show_in_health_and_metrics() {
-    let redis = Redis::start().await;
-    let url = redis.url();
-    let s = Service::start(&[("REDIS_URL", &url), ("ORIGIN_LATENCY_MS", "1")]).await;
-    s.wait_redis_up().await;
+    let (redis, [s]) = with_redis(&[("ORIGIN_LATENCY_MS", "1")]).await;
     assert_eq!(
         redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
         "OK"
@@ -323,13 +318,7 @@ async fn refused_redis_writes_show_in_health_and_metrics() {
 
 #[tokio::test]
 async fn values_longer_than_the_first_read_still_round_trip_through_redis() {
-    let redis = Redis::start().await;
-    let origin = Origin::start(&[("STUB_MODE", "bytes:200000")]).await;
-    let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
-    let (a, b) = (origin.service(&env).await, origin.service(&env).await);
-    a.wait_redis_up().await;
-    b.wait_redis_up().await;
+    let (_redis, _origin, [a, b]) = with_redis_and_origin(&[("STUB_MODE", "bytes:200000")], &[]).await;
     let (code, _, fetched) = a.get("long").await;
     assert_eq!(code, 200);
     let (code, status, cached) = b.get("long").await;

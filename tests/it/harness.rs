@@ -45,6 +45,8 @@ pub async fn get_json(url: &str) -> Value {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        // Everything is on loopback: no HTTP(S)_PROXY from the developer's environment.
+        .no_proxy()
         .build()
         .unwrap()
 }
@@ -56,7 +58,7 @@ fn kill(child: &mut Child) {
 
 /// Sends `kill -<sig>` to a process.
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
+    let _ = tool_command("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
         .status();
@@ -67,6 +69,18 @@ pub struct Service {
     pub child: Child,
     pub base: String,
     pub port: u16,
+}
+
+/// A `Command` for an installed tool (`redis-server`, `redis-cli`, `openssl`, `prometheus`) with
+/// an empty environment but `PATH` (to find it, and for `timeout` to find what it runs): nothing
+/// like `REDISCLI_AUTH` or `OPENSSL_CONF` leaks in from the developer's environment.
+pub fn tool_command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
 }
 
 /// A `Command` for the service binary with an empty environment plus `env`.
@@ -243,6 +257,8 @@ impl Origin {
     pub async fn start(env: &[(&str, &str)]) -> Origin {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_origin-stub"));
+        // Only the `STUB_*` settings given here, none from the developer's environment.
+        cmd.env_clear();
         cmd.env("STUB_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .stderr(Stdio::null());
         for (k, v) in env {
@@ -352,7 +368,7 @@ impl Redis {
         )
         .unwrap();
         let openssl = |args: &[&str]| {
-            let ok = Command::new("openssl")
+            let ok = tool_command("openssl")
                 .args(args)
                 .current_dir(&dir)
                 .stdout(Stdio::null())
@@ -430,7 +446,7 @@ impl Redis {
         } else {
             (port, Vec::new())
         };
-        let child = Command::new("redis-server")
+        let child = tool_command("redis-server")
             .args([
                 "--port",
                 &plain,
@@ -491,7 +507,7 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> String {
         let tls: &[&str] = if self.tls { &["--tls", "--insecure"] } else { &[] };
         // Bounded: a paused server would hold redis-cli forever.
-        let out = Command::new("timeout")
+        let out = tool_command("timeout")
             .args(["5", "redis-cli"])
             .args(tls)
             .args(["-p", &self.port.to_string()])
@@ -509,6 +525,53 @@ impl Drop for Redis {
         }
         self.stop();
     }
+}
+
+/// The Redis key the service stores item `key` under with the default `REDIS_KEY_PREFIX`:
+/// `{prefix}:v1:k:{key}`, as `entry_key` in src/cache/redis.rs builds it.
+pub fn entry_key(key: &str) -> String {
+    format!("cache-layer:v1:k:{key}")
+}
+
+/// Starts `N` services on the Redis at `redis_url` (`REDIS_URL`), each with `env` too (e.g.
+/// `ORIGIN_URL`, `REDIS_CLUSTER`), then waits until every one reports Redis up.
+pub async fn services_on<const N: usize>(redis_url: &str, env: &[(&str, &str)]) -> [Service; N] {
+    let mut all = vec![("REDIS_URL", redis_url)];
+    all.extend_from_slice(env);
+    let mut services = Vec::with_capacity(N);
+    for _ in 0..N {
+        services.push(Service::start(&all).await);
+    }
+    for s in &services {
+        s.wait_redis_up().await;
+    }
+    let Ok(services) = services.try_into() else {
+        unreachable!("N services were started")
+    };
+    services
+}
+
+/// A fresh `redis-server` and `N` services on it with `env` (the origin is the service's own
+/// simulated one unless `env` names one), each reporting Redis up.
+pub async fn with_redis<const N: usize>(env: &[(&str, &str)]) -> (Redis, [Service; N]) {
+    let redis = Redis::start().await;
+    let services = services_on(&redis.url(), env).await;
+    (redis, services)
+}
+
+/// A fresh `redis-server`, an origin stub with the `STUB_*` settings `stub_env`, and `N`
+/// services on both with `env`, each reporting Redis up.
+pub async fn with_redis_and_origin<const N: usize>(
+    stub_env: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> (Redis, Origin, [Service; N]) {
+    let redis = Redis::start().await;
+    let origin = Origin::start(stub_env).await;
+    let template = origin.template();
+    let mut all = vec![("ORIGIN_URL", template.as_str())];
+    all.extend_from_slice(env);
+    let services = services_on(&redis.url(), &all).await;
+    (redis, origin, services)
 }
 
 /// Sends `GET <target>` exactly as written (no client-side URL normalisation, which would turn
@@ -554,7 +617,7 @@ impl RedisCluster {
             );
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new("redis-cli")
+        let out = tool_command("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -634,7 +697,7 @@ impl RedisCluster {
 
     /// Runs `redis-cli -c` (follows redirects) against the first node.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("timeout")
+        let out = tool_command("timeout")
             .args(["5", "redis-cli"])
             .args(["-c", "-p", &self.nodes[0].port.to_string()])
             .args(args)

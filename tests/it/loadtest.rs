@@ -7,6 +7,7 @@ use crate::harness::{Origin, Service, eventually, signal};
 /// Runs the load test with `args`; returns its exit code, stdout and stderr.
 async fn loadtest(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-layer-loadtest"))
+        .env_clear()
         .args(args)
         .arg("--no-progress")
         .output()
@@ -240,6 +241,7 @@ async fn it_only_sends_requests_to_the_url_it_is_given() {
 async fn ctrl_c_ends_the_run_and_still_prints_the_summary() {
     let s = Service::start(&[]).await;
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-layer-loadtest"))
+        .env_clear()
         .args([
             "--url",
             &s.base,

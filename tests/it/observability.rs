@@ -1,10 +1,10 @@
 //! Metrics through a real Prometheus, traces and metrics through a real OTLP receiver.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{Origin, Service, client, eventually, free_port};
+use crate::harness::{Origin, Service, client, eventually, free_port, tool_command};
 use crate::otlp::Receiver;
 
 /// A real Prometheus scraping `target` every second.
@@ -26,7 +26,7 @@ impl Prometheus {
         )
         .unwrap();
         let port = free_port();
-        let child = Command::new("prometheus")
+        let child = tool_command("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",

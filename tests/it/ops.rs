@@ -1,7 +1,7 @@
 //! Operations: health, probes, graceful shutdown, structured logs, the healthcheck subcommand.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -70,9 +70,8 @@ async fn json_logs_are_one_object_per_line() {
 async fn the_healthcheck_subcommand_reports_the_local_service() {
     let s = Service::start(&[]).await;
     let run = |addr: String| {
-        Command::new(env!("CARGO_BIN_EXE_cache-layer"))
+        service_command(&[("LISTEN_ADDR", &addr)])
             .arg("healthcheck")
-            .env("LISTEN_ADDR", addr)
             .status()
             .unwrap()
     };

@@ -6,17 +6,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Origin, Redis, Service, cache_status, client, eventually};
+use crate::harness::{
+    Redis, Service, cache_status, client, entry_key, eventually, services_on, with_redis,
+    with_redis_and_origin,
+};
 
 #[tokio::test]
 async fn a_value_fetched_through_one_process_is_a_redis_hit_for_another() {
-    let redis = Redis::start().await;
-    let origin = Origin::start(&[]).await;
-    let (url, template) = (redis.url(), origin.template());
-    let env = [("REDIS_URL", url.as_str()), ("ORIGIN_URL", template.as_str())];
-    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
-    a.wait_redis_up().await;
-    b.wait_redis_up().await;
+    let (redis, origin, [a, b]) = with_redis_and_origin(&[], &[]).await;
     let c = client();
     let r = c.get(a.item_url("shared")).send().await.unwrap();
     assert_eq!(cache_status(&r), "cache-layer; fwd=miss; stored");
@@ -33,21 +30,13 @@ async fn a_value_fetched_through_one_process_is_a_redis_hit_for_another() {
     assert_eq!(origin.served().await, 1);
     assert_eq!(b.metric("cache_hits_total{tier=\"redis\"").await, 1.0);
     // Stored under the prefix and format version, kept for TTL + stale window.
-    let ttl_ms: i64 = redis.cli(&["PTTL", "cache-layer:v1:k:shared"]).parse().unwrap();
+    let ttl_ms: i64 = redis.cli(&["PTTL", &entry_key("shared")]).parse().unwrap();
     assert!(ttl_ms > 300_000 && ttl_ms <= 360_000, "PTTL {ttl_ms}");
 }
 
 #[tokio::test]
 async fn memory_tier_off_gives_a_redis_only_service() {
-    let redis = Redis::start().await;
-    let url = redis.url();
-    let s = Service::start(&[
-        ("REDIS_URL", &url),
-        ("MEMORY_CACHE_ENABLED", "false"),
-        ("ORIGIN_LATENCY_MS", "1"),
-    ])
-    .await;
-    s.wait_redis_up().await;
+    let (_redis, [s]) = with_redis(&[("MEMORY_CACHE_ENABLED", "false"), ("ORIGIN_LATENCY_MS", "1")]).await;
     let c = client();
     c.get(s.item_url("k")).send().await.unwrap();
     for _ in 0..3 {
@@ -67,17 +56,10 @@ async fn memory_tier_off_gives_a_redis_only_service() {
 async fn password_auth_and_the_seeds_redis_variables_work() {
     let redis = Redis::start_with(&["--requirepass", "s3cret"]).await;
     let with_password = format!("redis://:s3cret@127.0.0.1:{}", redis.port);
-    let s = Service::start(&[("REDIS_URL", &with_password), ("ORIGIN_LATENCY_MS", "1")]).await;
-    s.wait_redis_up().await;
+    let [s] = services_on(&with_password, &[("ORIGIN_LATENCY_MS", "1")]).await;
     client().get(s.item_url("a")).send().await.unwrap();
     assert_eq!(
-        redis.cli(&[
-            "-a",
-            "s3cret",
-            "--no-auth-warning",
-            "EXISTS",
-            "cache-layer:v1:k:a"
-        ]),
+        redis.cli(&["-a", "s3cret", "--no-auth-warning", "EXISTS", &entry_key("a")]),
         "1"
     );
 
@@ -101,7 +83,7 @@ async fn password_auth_and_the_seeds_redis_variables_work() {
             "-n",
             "3",
             "EXISTS",
-            "cache-layer:v1:k:b"
+            &entry_key("b")
         ]),
         "1"
     );
@@ -136,15 +118,13 @@ async fn redis_down_at_start_degrades_and_is_used_once_it_appears() {
     redis.restart().await;
     s.wait_redis_up().await;
     c.get(s.item_url("after")).send().await.unwrap();
-    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:after"]), "1");
+    assert_eq!(redis.cli(&["EXISTS", &entry_key("after")]), "1");
 }
 
 #[tokio::test]
 async fn redis_killed_and_restarted_under_traffic_causes_no_5xx() {
-    let mut redis = Redis::start().await;
-    let url = redis.url();
-    let s = Arc::new(Service::start(&[("REDIS_URL", &url), ("ORIGIN_LATENCY_MS", "2")]).await);
-    s.wait_redis_up().await;
+    let (mut redis, [s]) = with_redis(&[("ORIGIN_LATENCY_MS", "2")]).await;
+    let s = Arc::new(s);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut workers = Vec::new();
@@ -192,24 +172,17 @@ async fn redis_killed_and_restarted_under_traffic_causes_no_5xx() {
     );
     // Used again after it came back: a new key lands in Redis.
     client().get(s.item_url("after-restart")).send().await.unwrap();
-    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:after-restart"]), "1");
+    assert_eq!(redis.cli(&["EXISTS", &entry_key("after-restart")]), "1");
     assert!(s.metric("redis_errors_total").await >= 1.0);
 }
 
 #[tokio::test]
 async fn a_redis_that_accepts_but_never_answers_does_not_hang_requests() {
-    let redis = Redis::start().await;
-    let url = redis.url();
-    let s = Service::start(&[
-        ("REDIS_URL", &url),
-        ("ORIGIN_LATENCY_MS", "1"),
-        ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
-    ])
-    .await;
-    s.wait_redis_up().await;
+    let (redis, [s]) = with_redis(&[("ORIGIN_LATENCY_MS", "1"), ("REDIS_RESPONSE_TIMEOUT_MS", "200")]).await;
     redis.pause();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .no_proxy()
         .build()
         .unwrap();
     for i in 0..10 {
@@ -229,11 +202,9 @@ async fn a_redis_that_accepts_but_never_answers_does_not_hang_requests() {
 #[tokio::test]
 async fn rediss_urls_speak_tls() {
     let redis = Redis::start_tls().await;
-    let url = redis.url();
-    let s = Service::start(&[("REDIS_URL", &url), ("ORIGIN_LATENCY_MS", "1")]).await;
-    s.wait_redis_up().await;
+    let [s] = services_on(&redis.url(), &[("ORIGIN_LATENCY_MS", "1")]).await;
     client().get(s.item_url("over-tls")).send().await.unwrap();
-    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:over-tls"]), "1");
+    assert_eq!(redis.cli(&["EXISTS", &entry_key("over-tls")]), "1");
 }
 
 #[tokio::test]
@@ -241,15 +212,13 @@ async fn rediss_verifies_the_server_against_redis_tls_ca_file() {
     let redis = Redis::start_tls().await;
     let verified = format!("rediss://127.0.0.1:{}", redis.port);
     let ca = redis.ca_file();
-    let s = Service::start(&[
-        ("REDIS_URL", &verified),
-        ("REDIS_TLS_CA_FILE", &ca),
-        ("ORIGIN_LATENCY_MS", "1"),
-    ])
+    let [s] = services_on(
+        &verified,
+        &[("REDIS_TLS_CA_FILE", &ca), ("ORIGIN_LATENCY_MS", "1")],
+    )
     .await;
-    s.wait_redis_up().await;
     client().get(s.item_url("verified")).send().await.unwrap();
-    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:verified"]), "1");
+    assert_eq!(redis.cli(&["EXISTS", &entry_key("verified")]), "1");
     // Without the CA the server's certificate is not trusted: degraded, still answering.
     let untrusted = Service::start(&[("REDIS_URL", &verified), ("ORIGIN_LATENCY_MS", "1")]).await;
     assert_eq!(untrusted.get("other").await.0, 200);

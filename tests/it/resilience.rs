@@ -7,7 +7,9 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::Barrier;
 
-use crate::harness::{Origin, Redis, RedisCluster, Service, client, eventually, raw_get};
+use crate::harness::{
+    Origin, RedisCluster, Service, client, entry_key, eventually, raw_get, services_on, with_redis_and_origin,
+};
 
 /// Waits until `key` is answered stale by `s`; returns that answer.
 async fn wait_stale(s: &Service, key: &str, reason: &str) -> (u16, String, Value) {
@@ -156,17 +158,7 @@ async fn an_origin_timeout_serves_stale_instead_of_504() {
 
 #[tokio::test]
 async fn purge_on_one_replica_evicts_on_the_other_and_needs_the_admin_token() {
-    let redis = Redis::start().await;
-    let origin = Origin::start(&[]).await;
-    let (url, template) = (redis.url(), origin.template());
-    let env = [
-        ("REDIS_URL", url.as_str()),
-        ("ORIGIN_URL", template.as_str()),
-        ("ADMIN_TOKEN", "t0ken"),
-    ];
-    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
-    a.wait_redis_up().await;
-    b.wait_redis_up().await;
+    let (redis, _origin, [a, b]) = with_redis_and_origin(&[], &[("ADMIN_TOKEN", "t0ken")]).await;
     assert_eq!(a.get("k").await.2["value"]["n"], 1);
     assert!(b.get("k").await.1.ends_with("detail=redis"));
     assert!(b.get("k").await.1.ends_with("detail=memory"));
@@ -208,7 +200,7 @@ async fn purge_on_one_replica_evicts_on_the_other_and_needs_the_admin_token() {
     let (_, status, body) = b.get("k").await;
     assert_eq!(status, "cache-layer; fwd=miss; stored");
     assert_eq!(body["value"]["n"], 2);
-    assert_eq!(redis.cli(&["EXISTS", "cache-layer:v1:k:k"]), "1");
+    assert_eq!(redis.cli(&["EXISTS", &entry_key("k")]), "1");
     // Purging a key nobody holds is fine too.
     assert_eq!(
         c.delete(a.item_url("never"))
@@ -236,17 +228,7 @@ async fn purging_is_off_without_an_admin_token() {
 
 #[tokio::test]
 async fn a_soft_purge_serves_the_old_value_once_and_refreshes_in_the_background() {
-    let redis = Redis::start().await;
-    let origin = Origin::start(&[]).await;
-    let (url, template) = (redis.url(), origin.template());
-    let env = [
-        ("REDIS_URL", url.as_str()),
-        ("ORIGIN_URL", template.as_str()),
-        ("ADMIN_TOKEN", "t0ken"),
-    ];
-    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
-    a.wait_redis_up().await;
-    b.wait_redis_up().await;
+    let (_redis, _origin, [a, b]) = with_redis_and_origin(&[], &[("ADMIN_TOKEN", "t0ken")]).await;
     a.get("k").await;
     b.get("k").await;
     let r = client()
@@ -277,18 +259,7 @@ async fn a_soft_purge_serves_the_old_value_once_and_refreshes_in_the_background(
 
 #[tokio::test]
 async fn three_replicas_sharing_redis_fetch_a_cold_key_from_the_origin_once() {
-    let redis = Redis::start().await;
-    let origin = Origin::start(&[("STUB_LATENCY_MS", "500")]).await;
-    let (url, template) = (redis.url(), origin.template());
-    let env = [("REDIS_URL", url.as_str()), ("ORIGIN_URL", template.as_str())];
-    let replicas = [
-        Service::start(&env).await,
-        Service::start(&env).await,
-        Service::start(&env).await,
-    ];
-    for r in &replicas {
-        r.wait_redis_up().await;
-    }
+    let (_redis, origin, replicas) = with_redis_and_origin::<3>(&[("STUB_LATENCY_MS", "500")], &[]).await;
     let barrier = Arc::new(Barrier::new(300));
     let mut tasks = Vec::new();
     for r in &replicas {
@@ -319,20 +290,10 @@ async fn three_replicas_sharing_redis_fetch_a_cold_key_from_the_origin_once() {
 
 #[tokio::test]
 async fn a_replica_waiting_on_another_is_woken_by_a_message_not_by_polling_redis() {
-    let redis = Redis::start().await;
-    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
-    let (url, template) = (redis.url(), origin.template());
     // B would look in Redis on its own only after a minute, and gives up waiting after 10 s
     // (then it would fetch itself): only A's message can end its wait with A's value.
-    let env = [
-        ("REDIS_URL", url.as_str()),
-        ("ORIGIN_URL", template.as_str()),
-        ("FLEET_LOCK_POLL_MS", "60000"),
-        ("FLEET_LOCK_WAIT_MS", "10000"),
-    ];
-    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
-    a.wait_redis_up().await;
-    b.wait_redis_up().await;
+    let env = [("FLEET_LOCK_POLL_MS", "60000"), ("FLEET_LOCK_WAIT_MS", "10000")];
+    let (redis, origin, [a, b]) = with_redis_and_origin(&[("STUB_LATENCY_MS", "1500")], &env).await;
     // A takes the fleet lock and its origin fetch takes 1.5 s; B misses while A holds the lock.
     let fetching = tokio::spawn({
         let url = a.item_url("slow");
@@ -369,23 +330,20 @@ async fn a_replica_waiting_on_another_is_woken_by_a_message_not_by_polling_redis
 async fn redis_cluster_carries_the_tier_purges_and_the_fleet_lock() {
     let cluster = RedisCluster::start().await;
     let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
-    let (urls, template) = (cluster.urls(), origin.template());
+    let template = origin.template();
     let env = [
-        ("REDIS_URL", urls.as_str()),
         ("REDIS_CLUSTER", "true"),
         ("ORIGIN_URL", template.as_str()),
         ("ADMIN_TOKEN", "t0ken"),
     ];
-    let (a, b) = (Service::start(&env).await, Service::start(&env).await);
-    a.wait_redis_up().await;
-    b.wait_redis_up().await;
+    let [a, b] = services_on(&cluster.urls(), &env).await;
     // Keys on every shard: each is fetched once and is a Redis hit for the other replica.
     for i in 0..6 {
         let key = format!("key-{i}");
         assert_eq!(a.get(&key).await.1, "cache-layer; fwd=miss; stored");
         assert!(b.get(&key).await.1.ends_with("detail=redis"));
     }
-    assert_eq!(cluster.cli(&["EXISTS", "cache-layer:v1:k:key-0"]), "1");
+    assert_eq!(cluster.cli(&["EXISTS", &entry_key("key-0")]), "1");
     // Purge through a, seen by b.
     let r = client()
         .delete(a.item_url("key-0"))
@@ -535,16 +493,7 @@ async fn a_flood_of_unique_keys_keeps_the_memory_tier_within_its_byte_bound() {
 
 #[tokio::test]
 async fn a_purge_that_cannot_reach_redis_says_so_with_503_and_still_purges_here() {
-    let mut redis = Redis::start().await;
-    let origin = Origin::start(&[]).await;
-    let (url, template) = (redis.url(), origin.template());
-    let s = Service::start(&[
-        ("REDIS_URL", &url),
-        ("ORIGIN_URL", &template),
-        ("ADMIN_TOKEN", "t0ken"),
-    ])
-    .await;
-    s.wait_redis_up().await;
+    let (mut redis, _origin, [s]) = with_redis_and_origin(&[], &[("ADMIN_TOKEN", "t0ken")]).await;
     s.get("k").await;
     redis.stop();
     let r = client()
@@ -589,25 +538,20 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_cache() {
 /// A purge on replica B while replica A's fetch of the key is at the origin: A must not store
 /// the pre-purge value (in Redis, where B would serve it), with or without a memory tier.
 async fn purge_from_another_replica_stops_a_fetch_in_flight(a_memory: &str) {
-    let redis = Redis::start().await;
-    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
-    let (url, template) = (redis.url(), origin.template());
-    let env = |memory: &'static str| {
-        vec![
-            ("REDIS_URL", url.clone()),
-            ("ORIGIN_URL", template.clone()),
-            ("ADMIN_TOKEN", "0123456789abcdef".to_owned()),
-            ("MEMORY_CACHE_ENABLED", memory.to_owned()),
-        ]
-    };
-    let start = |vars: Vec<(&'static str, String)>| async move {
-        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Service::start(&borrowed).await
-    };
-    let memory: &'static str = if a_memory == "true" { "true" } else { "false" };
-    let (a, b) = (start(env(memory)).await, start(env("true")).await);
-    a.wait_redis_up().await;
-    b.wait_redis_up().await;
+    let admin = ("ADMIN_TOKEN", "0123456789abcdef");
+    let (redis, origin, [a]) = with_redis_and_origin(
+        &[("STUB_LATENCY_MS", "1500")],
+        &[admin, ("MEMORY_CACHE_ENABLED", a_memory)],
+    )
+    .await;
+    // B, on the same Redis and origin, always has a memory tier.
+    let template = origin.template();
+    let b_env = [
+        ("ORIGIN_URL", template.as_str()),
+        admin,
+        ("MEMORY_CACHE_ENABLED", "true"),
+    ];
+    let [b] = services_on(&redis.url(), &b_env).await;
     let fetch = tokio::spawn({
         let url = a.item_url("raced");
         async move { client().get(url).send().await.unwrap().status() }
