@@ -161,8 +161,6 @@ struct Inner {
     inflight: Coalescer<Arc<str>, Result<Fetch, CacheError>>,
     /// Entry lifetimes.
     life: Lifetimes,
-    /// Fleet lock settings (with Redis).
-    fleet: FleetLock,
     /// The keys this process waits on another replica's fetch for.
     fleet_waiters: Arc<FleetWaiters>,
     /// This process's name on the invalidation channel, so it skips its own messages.
@@ -178,7 +176,6 @@ impl ReadThrough {
         redis: Option<RedisTier>,
         origin: GuardedOrigin,
         life: Lifetimes,
-        fleet: FleetLock,
         metrics: Arc<Metrics>,
     ) -> Self {
         let mut tiers = Vec::new();
@@ -197,7 +194,6 @@ impl ReadThrough {
                 origin,
                 inflight: Coalescer::default(),
                 life,
-                fleet,
                 fleet_waiters: Arc::default(),
                 instance,
                 metrics,
@@ -430,10 +426,11 @@ impl Inner {
         let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) else {
             return self.fetch_from_origin(key, superseded).await;
         };
+        let fleet = redis.fleet();
         let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
-        let deadline = tokio::time::Instant::now() + self.fleet.wait;
+        let deadline = tokio::time::Instant::now() + fleet.wait;
         while tokio::time::Instant::now() < deadline {
-            match redis.try_lock(key, &token, self.fleet.ttl).await {
+            match redis.try_lock(key, &token, fleet.ttl).await {
                 Ok(true) => {
                     // Another replica may have stored it between our miss and our lock.
                     let result = match fresh_in(redis, key).await {
@@ -507,7 +504,7 @@ impl Inner {
         let woken = self.fleet_waiters.register(key);
         while tokio::time::Instant::now() < deadline {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            woken.wait(self.fleet.poll.min(left)).await;
+            woken.wait(redis.fleet().poll.min(left)).await;
             if let Some(entry) = fresh_in(redis, key).await {
                 return FleetWait::Value(entry);
             }
