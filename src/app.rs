@@ -10,11 +10,11 @@ use tokio::net::TcpListener;
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::cache::{AnyTier, FleetLock, Lifetimes, MemoryTier, ReadThrough, RedisTier};
-use crate::config::{Config, OriginConfig, ServerLimits};
+use crate::cache::{AnyTier, Entry, MemoryTier, ReadThrough, RedisTier};
+use crate::config::{Config, OriginSource, ServerLimits};
 use crate::http::server::{self, Phase, Server};
 use crate::http::{AppState, HeaderTables, router};
-use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin, Trip};
+use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin};
 use crate::telemetry::Telemetry;
 
 /// An `ADMIN_TOKEN` shorter than this starts with a warning: it can be guessed.
@@ -31,7 +31,8 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// A part could not be built from its settings.
+    /// A part could not be set up for a reason other than its settings (those are refused by
+    /// `Config`, exit 2): the HTTP client's or the Redis client's own set-up.
     #[error("{0}")]
     Setup(String),
 }
@@ -53,7 +54,7 @@ impl Application {
     /// a Redis that is down does not stop start-up.
     pub async fn build(config: Config, telemetry: &Telemetry) -> Result<Self, StartError> {
         let metrics = telemetry.metrics.clone();
-        if let Some(token) = &config.admin_token
+        if let Some(token) = &config.items.admin_token
             && token.len() < MIN_ADMIN_TOKEN_BYTES
         {
             tracing::warn!(
@@ -64,67 +65,50 @@ impl Application {
         // Background tasks (Redis upkeep, the purge listener) end with the application.
         let tasks = CancellationToken::new();
         let mut tiers = Vec::new();
-        if config.memory_enabled {
-            let memory = MemoryTier::new(config.memory_max_bytes, metrics.clone());
+        if let Some(m) = config.cache.memory {
+            let memory = MemoryTier::new(m.max_bytes, metrics.clone());
             metrics.watch_memory_tier(&memory);
             tiers.push(AnyTier::Memory(memory));
         }
+        let origin_config = &config.origin;
         let redis = match &config.redis {
             Some(rc) => {
-                let tier = RedisTier::new(
-                    rc,
-                    crate::cache::Entry::max_encoded_len(config.origin_max_body_bytes),
-                    metrics.clone(),
-                )
-                .map_err(|e| StartError::Setup(e.to_string()))?;
+                let max_entry_bytes = Entry::max_encoded_len(origin_config.max_body_bytes);
+                let tier = RedisTier::new(rc, max_entry_bytes, metrics.clone())
+                    .map_err(|e| StartError::Setup(e.to_string()))?;
                 tier.start(tasks.clone()).await;
                 tiers.push(AnyTier::Redis(tier.clone()));
                 Some(tier)
             }
             None => None,
         };
-        let origin = match &config.origin {
-            OriginConfig::Simulated { latency } => AnyOrigin::Simulated(SimulatedOrigin::new(*latency)),
-            OriginConfig::Http {
-                url_template,
+        let origin = match &origin_config.source {
+            OriginSource::Simulated { latency } => AnyOrigin::Simulated(SimulatedOrigin::new(*latency)),
+            OriginSource::Http {
+                template,
                 authorization,
             } => AnyOrigin::Http(
                 HttpOrigin::new(
-                    url_template,
-                    authorization.as_deref(),
-                    config.origin_max_body_bytes,
+                    template.clone(),
+                    authorization.clone(),
+                    origin_config.max_body_bytes,
                 )
                 .map_err(StartError::Setup)?,
             ),
         };
         let breaker = Arc::new(Breaker::new(
-            Trip {
-                consecutive: config.breaker_failures,
-                window: config.breaker_window,
-                rate_percent: config.breaker_failure_rate,
-            },
-            config.breaker_cooldown,
+            origin_config.breaker.trip,
+            origin_config.breaker.cooldown,
         ));
         metrics.watch_breaker(breaker.clone());
         let origin = GuardedOrigin::new(
             origin,
-            config.origin_max_concurrency,
-            config.origin_timeout,
+            origin_config.max_concurrency,
+            origin_config.timeout,
             breaker,
             metrics.clone(),
         );
-        let life = Lifetimes {
-            ttl: config.ttl,
-            stale: config.stale,
-            negative_ttl: config.negative_ttl,
-            jitter_percent: config.ttl_jitter_percent,
-        };
-        let fleet = config.redis.as_ref().map(|r| FleetLock {
-            ttl: r.lock_ttl,
-            wait: r.lock_wait,
-            poll: r.lock_poll,
-        });
-        let cache = ReadThrough::new(tiers, origin, life, redis.zip(fleet), metrics.clone());
+        let cache = ReadThrough::new(tiers, origin, config.cache.life, redis, metrics.clone());
         cache.spawn_redis_listener(tasks.clone());
 
         let listener = TcpListener::bind(config.listen_addr)
@@ -137,11 +121,11 @@ impl Application {
             cache,
             metrics,
             registry: telemetry.registry.clone(),
-            admin_token: config.admin_token.clone(),
-            max_key_bytes: config.max_key_bytes,
-            request_timeout: config.request_timeout,
+            admin_token: config.items.admin_token.clone(),
+            max_key_bytes: config.items.max_key_bytes,
+            request_timeout: config.items.request_timeout,
             body_timeout: config.server.body_timeout,
-            headers: HeaderTables::new(config.ttl.as_secs()),
+            headers: HeaderTables::new(config.cache.life.ttl.as_secs()),
             ready: AtomicBool::new(true),
         });
         Ok(Application {
@@ -178,16 +162,16 @@ impl Application {
         };
         shutdown.await;
         state.begin_shutdown();
-        tracing::info!(delay = ?config.shutdown_delay, "shutting down: /readyz now fails");
-        tokio::time::sleep(config.shutdown_delay).await;
+        tracing::info!(delay = ?config.shutdown.delay, "shutting down: /readyz now fails");
+        tokio::time::sleep(config.shutdown.delay).await;
         server.set_phase(Phase::Draining);
         let _ = accept.await;
         tracing::info!(
-            drain = ?config.shutdown_drain,
+            drain = ?config.shutdown.drain,
             open = server.connections(),
             "listener closed; draining in-flight requests"
         );
-        if tokio::time::timeout(config.shutdown_drain, server.drained())
+        if tokio::time::timeout(config.shutdown.drain, server.drained())
             .await
             .is_err()
         {
@@ -203,7 +187,7 @@ impl Application {
 /// after descriptors for the origin's connections, Redis and the process itself.
 fn connection_limits(config: &Config) -> ServerLimits {
     let mut limits = config.server;
-    let reserve = 64 + config.origin_max_concurrency as u64 + if config.redis.is_some() { 32 } else { 0 };
+    let reserve = 64 + config.origin.max_concurrency as u64 + if config.redis.is_some() { 32 } else { 0 };
     if let Some(budget) = server::connection_budget(reserve)
         && (budget as usize) < limits.max_connections
     {

@@ -1,15 +1,27 @@
 //! The one typed configuration, read from environment variables only.
 //!
-//! envy reads every variable as an optional string (so an empty variable can count as unset and
-//! every value can be checked with a message that names the variable, the value and what is
-//! expected); [`Config::from_vars`] then turns those strings into typed settings.
+//! Parse, don't validate: each variable is read once, here, into the type its user needs (a
+//! socket address, the Redis crate's connection info, a header value, a split URL template), so
+//! no other module parses a setting again or can fail on one, and every refusal is a
+//! [`ConfigError`] (exit status 2). Each variable is declared once, below, with its name, its
+//! default (written as the text a user would set, and as the README shows it) and its bounds;
+//! the parser and the error message both read that one declaration.
+//!
+//! envy reads the environment (as strings, so an empty variable can count as unset and every
+//! value can be refused with a message that names the variable, the value and what is expected).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use http::HeaderValue;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
-/// A setting that cannot be used: start-up stops with this message.
+use crate::cache::{FleetLock, Lifetimes};
+use crate::origin::{Trip, UrlTemplate};
+
+/// A setting that cannot be used: start-up stops with this message (exit status 2), so an
+/// operator sees the variable to fix rather than a failure further down.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid configuration: {var}={value:?}: expected {expected}")]
 pub struct ConfigError {
@@ -21,31 +33,26 @@ pub struct ConfigError {
     pub expected: String,
 }
 
-/// How the service reaches Redis, if at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// One URL, or the seed nodes of a cluster; passwords included.
-    pub urls: Vec<String>,
-    /// Treat `urls` as the seed nodes of a Redis Cluster.
-    pub cluster: bool,
-    /// Password applied to every URL that carries none (`REDIS_PASSWORD`).
-    pub password: Option<String>,
-    /// PEM of the CA that signed the servers' certificates (`REDIS_TLS_CA_FILE`), for `rediss://`
-    /// servers with a private CA; `None` trusts the public web PKI roots.
-    pub tls_ca_pem: Option<Vec<u8>>,
-    /// Namespace of keys, lock keys and the invalidation channel.
-    pub key_prefix: String,
-    /// How long one connection attempt may take.
-    pub connect_timeout: Duration,
-    /// How long one command may take before the request goes on without Redis.
-    pub response_timeout: Duration,
-    /// How long a fleet-wide fetch lock lives if its holder dies.
-    pub lock_ttl: Duration,
-    /// How long a replica waits for another replica's fetch before fetching itself.
-    pub lock_wait: Duration,
-    /// `FLEET_LOCK_POLL_MS`: how often a waiting replica looks in Redis when no fill message has
-    /// woken it (messages can be lost).
-    pub lock_poll: Duration,
+/// Every setting of the service, parsed into the types the parts are built from, so building
+/// them cannot fail on a setting.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the HTTP server listens (`LISTEN_ADDR`).
+    pub listen_addr: SocketAddr,
+    /// What a slow or idle client may hold of the HTTP server.
+    pub server: ServerLimits,
+    /// How a SIGTERM is turned into an orderly stop.
+    pub shutdown: ShutdownConfig,
+    /// The limits and the purge token of the `/items` routes.
+    pub items: ItemsConfig,
+    /// Log lines as JSON rather than text (`LOG_FORMAT=json`), for log collectors.
+    pub log_json: bool,
+    /// The cache policy and the in-process tier.
+    pub cache: CacheConfig,
+    /// The shared tier; `None` runs without Redis (and so without fleet-wide locks).
+    pub redis: Option<RedisConfig>,
+    /// Where values come from on a miss, and how the origin is protected.
+    pub origin: OriginConfig,
 }
 
 /// How the HTTP server treats connections (`HTTP_*`): what a slow or idle client may hold.
@@ -63,377 +70,443 @@ pub struct ServerLimits {
     pub max_connections: usize,
 }
 
-/// Where values come from on a miss.
+/// The two waits of a graceful stop, so a load balancer can take the replica out before its
+/// listener closes, and requests in flight can finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// `SHUTDOWN_DELAY_SECS`: how long `/readyz` fails before the listener closes.
+    pub delay: Duration,
+    /// `SHUTDOWN_DRAIN_SECS`: how long in-flight requests may take to finish.
+    pub drain: Duration,
+}
+
+/// What the `/items` handlers enforce on each request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OriginConfig {
-    /// The seed's simulated origin: `"value_for_{key}"` after a delay.
+pub struct ItemsConfig {
+    /// `ADMIN_TOKEN`: bearer token for purges; `None` turns purging off. Never only whitespace.
+    pub admin_token: Option<String>,
+    /// `MAX_KEY_BYTES`: longest key accepted, so a key cannot blow up Redis keys or URLs.
+    pub max_key_bytes: usize,
+    /// `REQUEST_TIMEOUT_SECS`: deadline of one request as a whole, fleet wait included.
+    pub request_timeout: Duration,
+}
+
+/// The cache policy and the in-process tier.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// How long entries live (`CACHE_TTL_SECS`, `CACHE_STALE_SECS`, `CACHE_NEGATIVE_TTL_SECS`,
+    /// `CACHE_TTL_JITTER_PERCENT`), ready for the cache to apply.
+    pub life: Lifetimes,
+    /// The in-process tier; `None` when `MEMORY_CACHE_ENABLED=false`.
+    pub memory: Option<MemoryConfig>,
+}
+
+/// The in-process tier's bound: it exists only when the tier does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// `MEMORY_CACHE_MAX_BYTES`: bound in bytes of keys, values and per-entry overhead.
+    pub max_bytes: u64,
+}
+
+/// How the service reaches Redis: connection info ready for the redis crate (URLs parsed,
+/// `REDIS_PASSWORD` applied, the TLS CA loaded), so setting the tier up cannot fail on it.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The one server, or the seed nodes of a cluster (never empty).
+    pub nodes: Vec<ConnectionInfo>,
+    /// `REDIS_CLUSTER`: treat `nodes` as the seed nodes of a Redis Cluster.
+    pub cluster: bool,
+    /// `REDIS_KEY_PREFIX`: namespace of keys, lock keys and the channels, so several services
+    /// can share one Redis.
+    pub key_prefix: String,
+    /// `REDIS_CONNECT_TIMEOUT_MS`: how long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// `REDIS_RESPONSE_TIMEOUT_MS`: how long one command may take before the request goes on
+    /// without Redis.
+    pub response_timeout: Duration,
+    /// `FLEET_LOCK_*`: fleet-wide coalescing, which only exists through Redis.
+    pub fleet: FleetLock,
+}
+
+/// Where values come from on a miss, and the guard every fetch passes through.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// The origin itself.
+    pub source: OriginSource,
+    /// `ORIGIN_TIMEOUT_MS`: deadline of one origin request.
+    pub timeout: Duration,
+    /// `ORIGIN_MAX_CONCURRENCY`: origin requests in flight at most, per process.
+    pub max_concurrency: usize,
+    /// `ORIGIN_MAX_BODY_BYTES`: a larger origin body is refused (it also bounds Redis reads).
+    pub max_body_bytes: usize,
+    /// When to stop calling a failing origin for a while.
+    pub breaker: BreakerConfig,
+}
+
+/// The two origins the service can sit in front of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginSource {
+    /// The seed's simulated origin (`ORIGIN_URL` unset): `"value_for_{key}"` after a delay.
     Simulated {
-        /// The delay of every fetch.
+        /// `ORIGIN_LATENCY_MS`: the delay of every fetch.
         latency: Duration,
     },
-    /// An HTTP origin reached through a URL template holding `{key}`.
+    /// An HTTP origin (`ORIGIN_URL`).
     Http {
-        /// The template, e.g. `http://api/items/{key}`.
-        url_template: String,
-        /// Value of the `Authorization` header sent with each fetch.
-        authorization: Option<String>,
+        /// The URL template, split at `{key}` once, here.
+        template: UrlTemplate,
+        /// `ORIGIN_AUTHORIZATION`, sent with each fetch; marked sensitive so it never shows in
+        /// logs or debug output.
+        authorization: Option<HeaderValue>,
     },
 }
 
-/// Every setting of the service, typed and checked.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Where the HTTP server listens.
-    pub listen_addr: SocketAddr,
-    /// The shared tier; `None` runs without Redis.
-    pub redis: Option<RedisConfig>,
-    /// How long an entry is fresh.
-    pub ttl: Duration,
-    /// How long after going stale an entry may still be served.
-    pub stale: Duration,
-    /// How long an origin 404/410 is remembered.
-    pub negative_ttl: Duration,
-    /// Up to this share of `ttl` is taken off each entry's freshness, so keys cached together do
-    /// not expire together (0..=50).
-    pub ttl_jitter_percent: u8,
-    /// Whether the in-process tier is used.
-    pub memory_enabled: bool,
-    /// Bound of the in-process tier, in bytes of keys, values and per-entry overhead.
-    pub memory_max_bytes: u64,
-    /// The origin.
-    pub origin: OriginConfig,
-    /// Deadline of one origin request.
-    pub origin_timeout: Duration,
-    /// Origin requests in flight at most, per process.
-    pub origin_max_concurrency: usize,
-    /// A larger origin body is refused.
-    pub origin_max_body_bytes: usize,
-    /// Consecutive origin failures that open the circuit.
-    pub breaker_failures: u32,
-    /// Size of the window of recent origin fetches the failure rate is taken over.
-    pub breaker_window: u32,
-    /// Percentage of failed fetches in a full window that opens the circuit; 0 = no window.
-    pub breaker_failure_rate: u32,
-    /// How long the circuit stays open before one probe is let through.
-    pub breaker_cooldown: Duration,
-    /// Bearer token for purges; `None` turns purging off.
-    pub admin_token: Option<String>,
-    /// Longest key accepted, in bytes.
-    pub max_key_bytes: usize,
-    /// Deadline of one HTTP request as a whole.
-    pub request_timeout: Duration,
-    /// On SIGTERM: how long `/readyz` fails before the listener closes.
-    pub shutdown_delay: Duration,
-    /// On SIGTERM: how long in-flight requests may take to finish.
-    pub shutdown_drain: Duration,
-    /// Log lines as JSON rather than text.
-    pub log_json: bool,
-    /// Connection limits of the HTTP server.
-    pub server: ServerLimits,
+/// The origin's circuit breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// `ORIGIN_BREAKER_FAILURES`, `ORIGIN_BREAKER_WINDOW`, `ORIGIN_BREAKER_FAILURE_RATE`.
+    pub trip: Trip,
+    /// `ORIGIN_BREAKER_COOLDOWN_SECS`: how long the circuit stays open before a probe.
+    pub cooldown: Duration,
 }
 
-/// The variables as envy reads them: all optional strings, empty ones already dropped.
-#[derive(Debug, Default, Deserialize)]
-struct RawEnv {
-    listen_addr: Option<String>,
-    redis_url: Option<String>,
-    redis_host: Option<String>,
-    redis_port: Option<String>,
-    redis_db: Option<String>,
-    redis_password: Option<String>,
-    redis_tls_ca_file: Option<String>,
-    redis_cluster: Option<String>,
-    redis_key_prefix: Option<String>,
-    redis_connect_timeout_ms: Option<String>,
-    redis_response_timeout_ms: Option<String>,
-    fleet_lock_ttl_ms: Option<String>,
-    fleet_lock_wait_ms: Option<String>,
-    fleet_lock_poll_ms: Option<String>,
-    cache_ttl_secs: Option<String>,
-    redis_ttl: Option<String>,
-    cache_stale_secs: Option<String>,
-    cache_negative_ttl_secs: Option<String>,
-    cache_ttl_jitter_percent: Option<String>,
-    memory_cache_enabled: Option<String>,
-    memory_cache_max_bytes: Option<String>,
-    origin_url: Option<String>,
-    origin_latency_ms: Option<String>,
-    origin_timeout_ms: Option<String>,
-    origin_max_concurrency: Option<String>,
-    origin_max_body_bytes: Option<String>,
-    origin_authorization: Option<String>,
-    origin_breaker_failures: Option<String>,
-    origin_breaker_window: Option<String>,
-    origin_breaker_failure_rate: Option<String>,
-    origin_breaker_cooldown_secs: Option<String>,
-    admin_token: Option<String>,
-    max_key_bytes: Option<String>,
-    request_timeout_secs: Option<String>,
-    shutdown_delay_secs: Option<String>,
-    shutdown_drain_secs: Option<String>,
-    log_format: Option<String>,
-    http_header_timeout_secs: Option<String>,
-    http_body_timeout_secs: Option<String>,
-    http_keepalive_timeout_secs: Option<String>,
-    http_max_connections: Option<String>,
+// ---------------------------------------------------------------------------------------------
+// The variables: each named once, here, with its default (the text a user would set, as the
+// README's table shows it) and its bounds. Those without a default are unset unless given.
+
+#[rustfmt::skip]
+mod vars {
+    use super::{Var, count, secs, millis, flag, text, Addr, LogFormat, Count, Secs, Millis, Flag, Text};
+
+    pub const LISTEN_ADDR: Var<Addr> = Var { name: "LISTEN_ADDR", default: "0.0.0.0:5000", kind: Addr };
+
+    pub const REDIS_URL: &str = "REDIS_URL";
+    pub const REDIS_HOST: &str = "REDIS_HOST";
+    pub const REDIS_PORT: Var<Count> = count("REDIS_PORT", "6379", 1, 65_535);
+    pub const REDIS_DB: Var<Count> = count("REDIS_DB", "0", 0, 1_000_000);
+    pub const REDIS_PASSWORD: &str = "REDIS_PASSWORD";
+    pub const REDIS_TLS_CA_FILE: &str = "REDIS_TLS_CA_FILE";
+    pub const REDIS_CLUSTER: Var<Flag> = flag("REDIS_CLUSTER", "false");
+    pub const REDIS_KEY_PREFIX: Var<Text> = text("REDIS_KEY_PREFIX", "cache-layer");
+    pub const REDIS_CONNECT_TIMEOUT_MS: Var<Millis> = millis("REDIS_CONNECT_TIMEOUT_MS", "250", 1);
+    pub const REDIS_RESPONSE_TIMEOUT_MS: Var<Millis> = millis("REDIS_RESPONSE_TIMEOUT_MS", "250", 1);
+    pub const FLEET_LOCK_TTL_MS: Var<Millis> = millis("FLEET_LOCK_TTL_MS", "5000", 1);
+    pub const FLEET_LOCK_WAIT_MS: Var<Millis> = millis("FLEET_LOCK_WAIT_MS", "3000", 0);
+    pub const FLEET_LOCK_POLL_MS: Var<Millis> = millis("FLEET_LOCK_POLL_MS", "500", 1);
+
+    pub const CACHE_TTL_SECS: Var<Secs> = secs("CACHE_TTL_SECS", "60", 1);
+    /// The seed's name for `CACHE_TTL_SECS`, read when the new name is unset.
+    pub const REDIS_TTL: Var<Secs> = Var { name: "REDIS_TTL", ..CACHE_TTL_SECS };
+    pub const CACHE_STALE_SECS: Var<Secs> = secs("CACHE_STALE_SECS", "300", 0);
+    pub const CACHE_NEGATIVE_TTL_SECS: Var<Secs> = secs("CACHE_NEGATIVE_TTL_SECS", "5", 0);
+    pub const CACHE_TTL_JITTER_PERCENT: Var<Count> = count("CACHE_TTL_JITTER_PERCENT", "10", 0, 50);
+    pub const MEMORY_CACHE_ENABLED: Var<Flag> = flag("MEMORY_CACHE_ENABLED", "true");
+    pub const MEMORY_CACHE_MAX_BYTES: Var<Count> = count("MEMORY_CACHE_MAX_BYTES", "67108864", 1, u64::MAX);
+
+    pub const ORIGIN_URL: &str = "ORIGIN_URL";
+    pub const ORIGIN_AUTHORIZATION: &str = "ORIGIN_AUTHORIZATION";
+    pub const ORIGIN_LATENCY_MS: Var<Millis> = millis("ORIGIN_LATENCY_MS", "200", 0);
+    pub const ORIGIN_TIMEOUT_MS: Var<Millis> = millis("ORIGIN_TIMEOUT_MS", "2000", 1);
+    pub const ORIGIN_MAX_CONCURRENCY: Var<Count> = count("ORIGIN_MAX_CONCURRENCY", "64", 1, 100_000);
+    pub const ORIGIN_MAX_BODY_BYTES: Var<Count> = count("ORIGIN_MAX_BODY_BYTES", "1048576", 1, 1 << 30);
+    pub const ORIGIN_BREAKER_FAILURES: Var<Count> = count("ORIGIN_BREAKER_FAILURES", "5", 1, 1_000_000);
+    pub const ORIGIN_BREAKER_WINDOW: Var<Count> = count("ORIGIN_BREAKER_WINDOW", "20", 2, 64);
+    pub const ORIGIN_BREAKER_FAILURE_RATE: Var<Count> = count("ORIGIN_BREAKER_FAILURE_RATE", "50", 0, 100);
+    pub const ORIGIN_BREAKER_COOLDOWN_SECS: Var<Secs> = secs("ORIGIN_BREAKER_COOLDOWN_SECS", "10", 1);
+
+    pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
+    pub const MAX_KEY_BYTES: Var<Count> = count("MAX_KEY_BYTES", "512", 1, 65_536);
+    pub const REQUEST_TIMEOUT_SECS: Var<Secs> = secs("REQUEST_TIMEOUT_SECS", "30", 1);
+    pub const SHUTDOWN_DELAY_SECS: Var<Secs> = secs("SHUTDOWN_DELAY_SECS", "0", 0);
+    pub const SHUTDOWN_DRAIN_SECS: Var<Secs> = secs("SHUTDOWN_DRAIN_SECS", "20", 0);
+    pub const LOG_FORMAT: Var<LogFormat> = Var { name: "LOG_FORMAT", default: "text", kind: LogFormat };
+    pub const HTTP_HEADER_TIMEOUT_SECS: Var<Secs> = secs("HTTP_HEADER_TIMEOUT_SECS", "10", 1);
+    pub const HTTP_BODY_TIMEOUT_SECS: Var<Secs> = secs("HTTP_BODY_TIMEOUT_SECS", "10", 1);
+    pub const HTTP_KEEPALIVE_TIMEOUT_SECS: Var<Secs> = secs("HTTP_KEEPALIVE_TIMEOUT_SECS", "60", 1);
+    pub const HTTP_MAX_CONNECTIONS: Var<Count> = count("HTTP_MAX_CONNECTIONS", "4096", 1, 1_000_000);
 }
+
+use vars::*;
+
+// ---------------------------------------------------------------------------------------------
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment: the service's only source of settings.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_vars(std::env::vars())
     }
 
-    /// Reads the given variables (tests pass their own); empty values count as unset.
+    /// Reads the given variables, so tests need not touch the process environment; empty values
+    /// count as unset (an orchestrator often cannot unset a variable, only empty it).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
-        // Every field is an optional string, so envy cannot fail on a value: only on a
-        // non-UTF-8 environment, which std::env::vars already refuses.
-        let raw: RawEnv = envy::from_iter(vars).unwrap_or_default();
-        raw.into_config()
+        Env::new(vars).into_config()
+    }
+
+    /// `LISTEN_ADDR` alone, read as the service reads it, for the `healthcheck` subcommand: it
+    /// probes the address the service listens on without needing the rest of the settings.
+    pub fn listen_addr_from_env() -> Result<SocketAddr, ConfigError> {
+        LISTEN_ADDR.read(&Env::new(std::env::vars()))
     }
 }
 
-impl RawEnv {
+/// The variables as envy reads them (names lowercased), empty ones already dropped.
+struct Env(HashMap<String, String>);
+
+impl Env {
+    fn new(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
+        // A map of strings takes every value, so envy cannot fail on one: only on a non-UTF-8
+        // environment, which std::env::vars already refuses.
+        Env(envy::from_iter(vars).unwrap_or_default())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    fn is_set(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
     fn into_config(self) -> Result<Config, ConfigError> {
-        let redis = redis_config(&self)?;
-        let listen_addr = parse_or(
-            "LISTEN_ADDR",
-            self.listen_addr,
-            "0.0.0.0:5000".parse().expect("default address parses"),
-            "an address and port such as 0.0.0.0:5000",
-            |s| s.parse::<SocketAddr>().ok(),
-        )?;
-        let ttl_var = if self.cache_ttl_secs.is_some() {
-            "CACHE_TTL_SECS"
+        let env = &self;
+        let redis = redis_config(env)?;
+        let listen_addr = LISTEN_ADDR.read(env)?;
+        let ttl = if env.is_set(CACHE_TTL_SECS.name) {
+            CACHE_TTL_SECS
         } else {
-            "REDIS_TTL"
+            REDIS_TTL
         };
-        let ttl = secs(ttl_var, self.cache_ttl_secs.or(self.redis_ttl), 60, 1)?;
-        let stale = secs("CACHE_STALE_SECS", self.cache_stale_secs, 300, 0)?;
-        let negative_ttl = secs("CACHE_NEGATIVE_TTL_SECS", self.cache_negative_ttl_secs, 5, 0)?;
-        let ttl_jitter_percent = bounded(
-            "CACHE_TTL_JITTER_PERCENT",
-            self.cache_ttl_jitter_percent,
-            10,
-            0..=50,
-        )? as u8;
-        let memory_enabled = boolean("MEMORY_CACHE_ENABLED", self.memory_cache_enabled, true)?;
-        let memory_max_bytes = bounded(
-            "MEMORY_CACHE_MAX_BYTES",
-            self.memory_cache_max_bytes,
-            64 * 1024 * 1024,
-            1..=u64::MAX,
-        )?;
-        let origin_latency = millis("ORIGIN_LATENCY_MS", self.origin_latency_ms.clone(), 200, 0)?;
-        let origin_timeout = millis("ORIGIN_TIMEOUT_MS", self.origin_timeout_ms.clone(), 2000, 1)?;
+        let life = Lifetimes {
+            ttl: ttl.read(env)?,
+            stale: CACHE_STALE_SECS.read(env)?,
+            negative_ttl: CACHE_NEGATIVE_TTL_SECS.read(env)?,
+            jitter_percent: CACHE_TTL_JITTER_PERCENT.read(env)? as u8,
+        };
+        let memory_enabled = MEMORY_CACHE_ENABLED.read(env)?;
+        let memory = MemoryConfig {
+            max_bytes: MEMORY_CACHE_MAX_BYTES.read(env)?,
+        };
+        let latency = ORIGIN_LATENCY_MS.read(env)?;
+        let origin_timeout = ORIGIN_TIMEOUT_MS.read(env)?;
         if let Some(r) = &redis
-            && r.lock_ttl < origin_timeout
+            && r.fleet.ttl < origin_timeout
         {
             return Err(invalid(
-                "FLEET_LOCK_TTL_MS",
-                &r.lock_ttl.as_millis().to_string(),
+                FLEET_LOCK_TTL_MS.name,
+                &r.fleet.ttl.as_millis().to_string(),
                 &format!(
-                    "at least ORIGIN_TIMEOUT_MS ({} ms), so the lock outlives the fetch it guards",
+                    "at least {} ({} ms), so the lock outlives the fetch it guards",
+                    ORIGIN_TIMEOUT_MS.name,
                     origin_timeout.as_millis()
                 ),
             ));
         }
-        let origin = match self.origin_url {
-            Some(url) => OriginConfig::Http {
-                url_template: origin_template(url)?,
-                authorization: match self.origin_authorization {
-                    Some(a) if a.bytes().any(|b| b.is_ascii_control() && b != b'\t') => {
-                        return Err(invalid(
-                            "ORIGIN_AUTHORIZATION",
-                            "<redacted>",
-                            "a header value without control characters",
-                        ));
-                    }
-                    a => a,
-                },
+        let source = match env.get(ORIGIN_URL) {
+            Some(url) => OriginSource::Http {
+                template: UrlTemplate::parse(url).ok_or_else(|| {
+                    invalid(
+                        ORIGIN_URL,
+                        url,
+                        "an http:// or https:// URL template containing {key}, e.g. http://api/items/{key}",
+                    )
+                })?,
+                authorization: authorization(env)?,
             },
-            None => OriginConfig::Simulated {
-                latency: origin_latency,
+            None => OriginSource::Simulated { latency },
+        };
+        let log_json = LOG_FORMAT.read(env)?;
+        let origin = OriginConfig {
+            source,
+            timeout: origin_timeout,
+            max_concurrency: ORIGIN_MAX_CONCURRENCY.read(env)? as usize,
+            max_body_bytes: ORIGIN_MAX_BODY_BYTES.read(env)? as usize,
+            breaker: BreakerConfig {
+                trip: Trip {
+                    consecutive: ORIGIN_BREAKER_FAILURES.read(env)? as u32,
+                    window: ORIGIN_BREAKER_WINDOW.read(env)? as u32,
+                    rate_percent: ORIGIN_BREAKER_FAILURE_RATE.read(env)? as u32,
+                },
+                cooldown: ORIGIN_BREAKER_COOLDOWN_SECS.read(env)?,
             },
         };
-        let log_json = match self.log_format.as_deref() {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => return Err(invalid("LOG_FORMAT", other, "text or json")),
+        let items = ItemsConfig {
+            admin_token: admin_token(env)?,
+            max_key_bytes: MAX_KEY_BYTES.read(env)? as usize,
+            request_timeout: REQUEST_TIMEOUT_SECS.read(env)?,
+        };
+        let shutdown = ShutdownConfig {
+            delay: SHUTDOWN_DELAY_SECS.read(env)?,
+            drain: SHUTDOWN_DRAIN_SECS.read(env)?,
+        };
+        let server = ServerLimits {
+            header_timeout: HTTP_HEADER_TIMEOUT_SECS.read(env)?,
+            body_timeout: HTTP_BODY_TIMEOUT_SECS.read(env)?,
+            keepalive_timeout: HTTP_KEEPALIVE_TIMEOUT_SECS.read(env)?,
+            max_connections: HTTP_MAX_CONNECTIONS.read(env)? as usize,
         };
         Ok(Config {
             listen_addr,
-            redis,
-            ttl,
-            stale,
-            negative_ttl,
-            ttl_jitter_percent,
-            memory_enabled,
-            memory_max_bytes,
-            origin,
-            origin_timeout,
-            origin_max_concurrency: bounded(
-                "ORIGIN_MAX_CONCURRENCY",
-                self.origin_max_concurrency,
-                64,
-                1..=100_000,
-            )? as usize,
-            origin_max_body_bytes: bounded(
-                "ORIGIN_MAX_BODY_BYTES",
-                self.origin_max_body_bytes,
-                1024 * 1024,
-                1..=(1 << 30),
-            )? as usize,
-            breaker_failures: bounded(
-                "ORIGIN_BREAKER_FAILURES",
-                self.origin_breaker_failures,
-                5,
-                1..=1_000_000,
-            )? as u32,
-            breaker_window: bounded("ORIGIN_BREAKER_WINDOW", self.origin_breaker_window, 20, 2..=64)? as u32,
-            breaker_failure_rate: bounded(
-                "ORIGIN_BREAKER_FAILURE_RATE",
-                self.origin_breaker_failure_rate,
-                50,
-                0..=100,
-            )? as u32,
-            breaker_cooldown: secs(
-                "ORIGIN_BREAKER_COOLDOWN_SECS",
-                self.origin_breaker_cooldown_secs,
-                10,
-                1,
-            )?,
-            admin_token: match self.admin_token {
-                Some(t) if t.trim().is_empty() => {
-                    return Err(invalid(
-                        "ADMIN_TOKEN",
-                        "<whitespace>",
-                        "a token with at least one character other than whitespace (unset it to turn purging off)",
-                    ));
-                }
-                t => t,
-            },
-            max_key_bytes: bounded("MAX_KEY_BYTES", self.max_key_bytes, 512, 1..=65_536)? as usize,
-            request_timeout: secs("REQUEST_TIMEOUT_SECS", self.request_timeout_secs, 30, 1)?,
-            shutdown_delay: secs("SHUTDOWN_DELAY_SECS", self.shutdown_delay_secs, 0, 0)?,
-            shutdown_drain: secs("SHUTDOWN_DRAIN_SECS", self.shutdown_drain_secs, 20, 0)?,
+            server,
+            shutdown,
+            items,
             log_json,
-            server: ServerLimits {
-                header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", self.http_header_timeout_secs, 10, 1)?,
-                body_timeout: secs("HTTP_BODY_TIMEOUT_SECS", self.http_body_timeout_secs, 10, 1)?,
-                keepalive_timeout: secs(
-                    "HTTP_KEEPALIVE_TIMEOUT_SECS",
-                    self.http_keepalive_timeout_secs,
-                    60,
-                    1,
-                )?,
-                max_connections: bounded(
-                    "HTTP_MAX_CONNECTIONS",
-                    self.http_max_connections,
-                    4096,
-                    1..=1_000_000,
-                )? as usize,
+            cache: CacheConfig {
+                life,
+                memory: memory_enabled.then_some(memory),
             },
+            redis,
+            origin,
         })
     }
 }
 
-fn redis_config(raw: &RawEnv) -> Result<Option<RedisConfig>, ConfigError> {
-    let cluster = boolean("REDIS_CLUSTER", raw.redis_cluster.clone(), false)?;
-    let urls = match (&raw.redis_url, &raw.redis_host) {
+/// `ORIGIN_AUTHORIZATION` as the header it is sent as; the value is a secret, so a refusal
+/// does not echo it.
+fn authorization(env: &Env) -> Result<Option<HeaderValue>, ConfigError> {
+    env.get(ORIGIN_AUTHORIZATION)
+        .map(|a| {
+            let mut value = HeaderValue::from_str(a).map_err(|_| {
+                invalid(
+                    ORIGIN_AUTHORIZATION,
+                    "<redacted>",
+                    "a header value without control characters",
+                )
+            })?;
+            value.set_sensitive(true);
+            Ok(value)
+        })
+        .transpose()
+}
+
+/// `ADMIN_TOKEN`, refused when it is only whitespace (a template left unfilled, which would let
+/// anybody sending an empty-looking token purge), without echoing it.
+fn admin_token(env: &Env) -> Result<Option<String>, ConfigError> {
+    match env.get(ADMIN_TOKEN) {
+        Some(t) if t.trim().is_empty() => Err(invalid(
+            ADMIN_TOKEN,
+            "<whitespace>",
+            "a token with at least one character other than whitespace (unset it to turn purging off)",
+        )),
+        t => Ok(t.map(str::to_owned)),
+    }
+}
+
+fn redis_config(env: &Env) -> Result<Option<RedisConfig>, ConfigError> {
+    let cluster = REDIS_CLUSTER.read(env)?;
+    let mut nodes = match (env.get(REDIS_URL), env.get(REDIS_HOST)) {
         (Some(url), _) => {
-            let urls: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
+            let urls: Vec<&str> = url.split(',').map(str::trim).collect();
             if urls.len() > 1 && !cluster {
                 return Err(invalid(
-                    "REDIS_URL",
+                    REDIS_URL,
                     url,
                     "one redis:// or rediss:// URL (several, comma-separated, only with REDIS_CLUSTER=true)",
                 ));
             }
-            for u in &urls {
-                check_redis_url(url, u)?;
-            }
-            urls
+            urls.into_iter()
+                .map(|one| redis_node(url, one))
+                .collect::<Result<Vec<_>, _>>()?
         }
         (None, Some(host)) => {
-            let port = bounded("REDIS_PORT", raw.redis_port.clone(), 6379, 1..=65_535)?;
-            let db = bounded("REDIS_DB", raw.redis_db.clone(), 0, 0..=1_000_000)?;
+            let port = REDIS_PORT.read(env)?;
+            let db = REDIS_DB.read(env)?;
+            let refused = || invalid(REDIS_HOST, host, "a host name or IP address");
             if host.contains(['/', '@', ' ']) {
-                return Err(invalid("REDIS_HOST", host, "a host name or IP address"));
+                return Err(refused());
             }
-            vec![format!("redis://{host}:{port}/{db}")]
+            let info = format!("redis://{host}:{port}/{db}")
+                .into_connection_info()
+                .map_err(|_| refused())?;
+            vec![info]
         }
         (None, None) => return Ok(None),
     };
-    let tls_ca_pem = match &raw.redis_tls_ca_file {
-        None => None,
-        Some(path) => {
-            if !urls.iter().all(|u| u.starts_with("rediss://")) {
-                return Err(invalid(
-                    "REDIS_TLS_CA_FILE",
-                    path,
-                    "to be set only with rediss:// URLs in REDIS_URL",
-                ));
-            }
-            let pem = std::fs::read(path)
-                .ok()
-                .filter(|pem| pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"));
-            Some(pem.ok_or_else(|| {
-                invalid(
-                    "REDIS_TLS_CA_FILE",
-                    path,
-                    "a readable PEM file holding a CA certificate",
-                )
-            })?)
-        }
-    };
+    if let Some(password) = env.get(REDIS_PASSWORD) {
+        nodes = nodes.into_iter().map(|n| with_password(n, password)).collect();
+    }
+    if let Some(path) = env.get(REDIS_TLS_CA_FILE) {
+        nodes = trusting_ca(nodes, path)?;
+    }
     Ok(Some(RedisConfig {
-        urls,
+        nodes,
         cluster,
-        tls_ca_pem,
-        password: raw.redis_password.clone(),
-        key_prefix: raw
-            .redis_key_prefix
-            .clone()
-            .unwrap_or_else(|| "cache-layer".to_owned()),
-        connect_timeout: millis(
-            "REDIS_CONNECT_TIMEOUT_MS",
-            raw.redis_connect_timeout_ms.clone(),
-            250,
-            1,
-        )?,
-        response_timeout: millis(
-            "REDIS_RESPONSE_TIMEOUT_MS",
-            raw.redis_response_timeout_ms.clone(),
-            250,
-            1,
-        )?,
-        lock_ttl: millis("FLEET_LOCK_TTL_MS", raw.fleet_lock_ttl_ms.clone(), 5000, 1)?,
-        lock_wait: millis("FLEET_LOCK_WAIT_MS", raw.fleet_lock_wait_ms.clone(), 3000, 0)?,
-        lock_poll: millis("FLEET_LOCK_POLL_MS", raw.fleet_lock_poll_ms.clone(), 500, 1)?,
+        key_prefix: REDIS_KEY_PREFIX.read(env)?,
+        connect_timeout: REDIS_CONNECT_TIMEOUT_MS.read(env)?,
+        response_timeout: REDIS_RESPONSE_TIMEOUT_MS.read(env)?,
+        fleet: FleetLock {
+            ttl: FLEET_LOCK_TTL_MS.read(env)?,
+            wait: FLEET_LOCK_WAIT_MS.read(env)?,
+            poll: FLEET_LOCK_POLL_MS.read(env)?,
+        },
     }))
 }
 
-fn check_redis_url(whole: &str, one: &str) -> Result<(), ConfigError> {
+/// One URL of `REDIS_URL` (`whole`, named in the error) as the redis crate will use it. The
+/// scheme and host are checked first, so `http://…` gets the plain message; then the redis
+/// crate's own parse, which also refuses what `url` accepts (a database that is not a number,
+/// a fragment other than `#insecure`, a wildcard address, an unknown `?protocol=`).
+fn redis_node(whole: &str, one: &str) -> Result<ConnectionInfo, ConfigError> {
     let expected = "a redis:// or rediss:// URL such as redis://:password@host:6379/0";
-    let parsed = url::Url::parse(one).map_err(|_| invalid("REDIS_URL", whole, expected))?;
+    let parsed = url::Url::parse(one).map_err(|_| invalid(REDIS_URL, whole, expected))?;
     if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("REDIS_URL", whole, expected));
+        return Err(invalid(REDIS_URL, whole, expected));
     }
-    Ok(())
+    one.into_connection_info().map_err(|e| {
+        invalid(
+            REDIS_URL,
+            whole,
+            &format!("{expected} (the Redis client refuses it: {e})"),
+        )
+    })
 }
 
-fn origin_template(url: String) -> Result<String, ConfigError> {
-    let expected = "an http:// or https:// URL template containing {key}, e.g. http://api/items/{key}";
-    if !url.contains("{key}") {
-        return Err(invalid("ORIGIN_URL", &url, expected));
+/// `REDIS_PASSWORD` for a node whose URL carries none: a password in the URL wins.
+fn with_password(info: ConnectionInfo, password: &str) -> ConnectionInfo {
+    if info.redis_settings().password().is_some() {
+        return info;
     }
-    let probe = url.replace("{key}", "k");
-    match url::Url::parse(&probe) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(url),
-        _ => Err(invalid("ORIGIN_URL", &url, expected)),
+    let settings = info.redis_settings().clone().set_password(password);
+    info.set_redis_settings(settings)
+}
+
+/// The nodes with `REDIS_TLS_CA_FILE` as their only trusted root, parsed here by the redis crate
+/// (which keeps it in each node's connection info), so a file that is not a usable CA stops
+/// start-up with the variable named.
+fn trusting_ca(nodes: Vec<ConnectionInfo>, path: &str) -> Result<Vec<ConnectionInfo>, ConfigError> {
+    if !nodes
+        .iter()
+        .all(|n| matches!(n.addr(), ConnectionAddr::TcpTls { .. }))
+    {
+        return Err(invalid(
+            REDIS_TLS_CA_FILE,
+            path,
+            "to be set only with rediss:// URLs in REDIS_URL",
+        ));
     }
+    let refused = || {
+        invalid(
+            REDIS_TLS_CA_FILE,
+            path,
+            "a readable PEM file holding a CA certificate",
+        )
+    };
+    let pem = std::fs::read(path)
+        .ok()
+        .filter(|pem| pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"))
+        .ok_or_else(refused)?;
+    nodes
+        .into_iter()
+        .map(|info| {
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            };
+            redis::Client::build_with_tls(info, certificates)
+                .map(|client| client.get_connection_info().clone())
+                .map_err(|_| refused())
+        })
+        .collect()
 }
 
 fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
@@ -444,59 +517,184 @@ fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
     }
 }
 
-fn parse_or<T>(
-    var: &'static str,
-    value: Option<String>,
-    default: T,
-    expected: &str,
-    parse: impl FnOnce(&str) -> Option<T>,
-) -> Result<T, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) => parse(v.trim()).ok_or_else(|| invalid(var, &v, expected)),
+/// One environment variable with a default: the only place its name, its default and its
+/// bounds are written.
+struct Var<K> {
+    name: &'static str,
+    /// The text an unset or empty variable stands for, parsed like a set one.
+    default: &'static str,
+    kind: K,
+}
+
+impl<K: Kind> Var<K> {
+    fn read(&self, env: &Env) -> Result<K::Value, ConfigError> {
+        let text = env.get(self.name).unwrap_or(self.default);
+        self.kind
+            .parse(text)
+            .ok_or_else(|| invalid(self.name, text, &self.kind.expected()))
     }
 }
 
-fn bounded(
-    var: &'static str,
-    value: Option<String>,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
-) -> Result<u64, ConfigError> {
-    let expected = if *range.end() == u64::MAX {
-        format!("a whole number of at least {}", range.start())
-    } else {
-        format!("a whole number from {} to {}", range.start(), range.end())
-    };
-    parse_or(var, value, default, &expected, |s| {
-        s.parse::<u64>().ok().filter(|n| range.contains(n))
-    })
+const fn count(name: &'static str, default: &'static str, min: u64, max: u64) -> Var<Count> {
+    Var {
+        name,
+        default,
+        kind: Count { min, max },
+    }
 }
 
-fn secs(var: &'static str, value: Option<String>, default: u64, min: u64) -> Result<Duration, ConfigError> {
-    let expected = format!("a whole number of seconds, at least {min}");
-    parse_or(var, value, default, &expected, |s| {
-        s.parse::<u64>().ok().filter(|n| *n >= min)
-    })
-    .map(Duration::from_secs)
+const fn secs(name: &'static str, default: &'static str, min: u64) -> Var<Secs> {
+    Var {
+        name,
+        default,
+        kind: Secs { min },
+    }
 }
 
-fn millis(var: &'static str, value: Option<String>, default: u64, min: u64) -> Result<Duration, ConfigError> {
-    let expected = format!("a whole number of milliseconds, at least {min}");
-    parse_or(var, value, default, &expected, |s| {
-        s.parse::<u64>().ok().filter(|n| *n >= min)
-    })
-    .map(Duration::from_millis)
+const fn millis(name: &'static str, default: &'static str, min: u64) -> Var<Millis> {
+    Var {
+        name,
+        default,
+        kind: Millis { min },
+    }
 }
 
-fn boolean(var: &'static str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
-    parse_or(var, value, default, "true or false", |s| {
-        match s.to_ascii_lowercase().as_str() {
+const fn flag(name: &'static str, default: &'static str) -> Var<Flag> {
+    Var {
+        name,
+        default,
+        kind: Flag,
+    }
+}
+
+const fn text(name: &'static str, default: &'static str) -> Var<Text> {
+    Var {
+        name,
+        default,
+        kind: Text,
+    }
+}
+
+/// What a variable holds: how its text is parsed, and what the message says is accepted.
+trait Kind {
+    type Value;
+    fn parse(&self, text: &str) -> Option<Self::Value>;
+    fn expected(&self) -> String;
+}
+
+/// A whole number within bounds.
+struct Count {
+    min: u64,
+    max: u64,
+}
+
+impl Kind for Count {
+    type Value = u64;
+    fn parse(&self, text: &str) -> Option<u64> {
+        text.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (self.min..=self.max).contains(n))
+    }
+    fn expected(&self) -> String {
+        if self.max == u64::MAX {
+            format!("a whole number of at least {}", self.min)
+        } else {
+            format!("a whole number from {} to {}", self.min, self.max)
+        }
+    }
+}
+
+/// Whole seconds, at least `min`.
+struct Secs {
+    min: u64,
+}
+
+impl Kind for Secs {
+    type Value = Duration;
+    fn parse(&self, text: &str) -> Option<Duration> {
+        let n = text.trim().parse::<u64>().ok().filter(|n| *n >= self.min)?;
+        Some(Duration::from_secs(n))
+    }
+    fn expected(&self) -> String {
+        format!("a whole number of seconds, at least {}", self.min)
+    }
+}
+
+/// Whole milliseconds, at least `min`.
+struct Millis {
+    min: u64,
+}
+
+impl Kind for Millis {
+    type Value = Duration;
+    fn parse(&self, text: &str) -> Option<Duration> {
+        let n = text.trim().parse::<u64>().ok().filter(|n| *n >= self.min)?;
+        Some(Duration::from_millis(n))
+    }
+    fn expected(&self) -> String {
+        format!("a whole number of milliseconds, at least {}", self.min)
+    }
+}
+
+/// `true`/`false`, `1`/`0` or `yes`/`no`, any case.
+struct Flag;
+
+impl Kind for Flag {
+    type Value = bool;
+    fn parse(&self, text: &str) -> Option<bool> {
+        match text.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => Some(true),
             "false" | "0" | "no" => Some(false),
             _ => None,
         }
-    })
+    }
+    fn expected(&self) -> String {
+        "true or false".to_owned()
+    }
+}
+
+/// An IP address and port.
+struct Addr;
+
+impl Kind for Addr {
+    type Value = SocketAddr;
+    fn parse(&self, text: &str) -> Option<SocketAddr> {
+        text.trim().parse().ok()
+    }
+    fn expected(&self) -> String {
+        "an address and port such as 0.0.0.0:5000".to_owned()
+    }
+}
+
+/// Any text, taken as it is.
+struct Text;
+
+impl Kind for Text {
+    type Value = String;
+    fn parse(&self, text: &str) -> Option<String> {
+        Some(text.to_owned())
+    }
+    fn expected(&self) -> String {
+        "any text".to_owned()
+    }
+}
+
+/// `text` or `json`; read as whether log lines are JSON.
+struct LogFormat;
+
+impl Kind for LogFormat {
+    type Value = bool;
+    fn parse(&self, text: &str) -> Option<bool> {
+        match text {
+            "text" => Some(false),
+            "json" => Some(true),
+            _ => None,
+        }
+    }
+    fn expected(&self) -> String {
+        "text or json".to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -507,33 +705,148 @@ mod tests {
         Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
+    fn redis(vars: &[(&str, &str)]) -> RedisConfig {
+        config(vars).unwrap().redis.expect("Redis is configured")
+    }
+
     #[test]
     fn defaults_run_the_seed_demo_without_redis() {
         let c = config(&[]).unwrap();
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:5000");
-        assert_eq!(c.redis, None);
-        assert_eq!(c.ttl, Duration::from_secs(60));
+        assert!(c.redis.is_none());
+        assert_eq!(c.cache.life.ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.life.jitter_percent, 10);
         assert_eq!(
-            c.origin,
-            OriginConfig::Simulated {
+            c.origin.source,
+            OriginSource::Simulated {
                 latency: Duration::from_millis(200)
             }
         );
-        assert!(c.memory_enabled);
+        assert_eq!(
+            c.cache.memory,
+            Some(MemoryConfig {
+                max_bytes: 64 * 1024 * 1024
+            })
+        );
+        assert_eq!(c.origin.max_body_bytes, 1024 * 1024);
+        assert!(!c.log_json);
+    }
+
+    /// The README's configuration table is the contract: every variable declared here is in
+    /// it, with the default declared here (so a default cannot drift from the documentation).
+    #[test]
+    fn every_variable_and_default_is_the_readmes() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let section = &readme[readme
+            .find("\n## Configuration")
+            .expect("a Configuration section")
+            + 1..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        // The row whose first cell names the variable, else the one whose meaning does (an alias).
+        let row = |name: &str| {
+            let names = |line: &&str, cell: usize| {
+                line.split('|')
+                    .nth(cell)
+                    .is_some_and(|c| c.contains(&format!("`{name}`")))
+            };
+            let rows = || section.lines().filter(|l| l.starts_with("| "));
+            rows()
+                .find(|l| names(l, 1))
+                .or_else(|| rows().find(|l| names(l, 3)))
+                .unwrap_or_else(|| panic!("{name} is not in the README's table"))
+                .to_owned()
+        };
+        let with_default = [
+            (LISTEN_ADDR.name, LISTEN_ADDR.default),
+            (REDIS_PORT.name, REDIS_PORT.default),
+            (REDIS_DB.name, REDIS_DB.default),
+            (REDIS_CLUSTER.name, REDIS_CLUSTER.default),
+            (REDIS_KEY_PREFIX.name, REDIS_KEY_PREFIX.default),
+            (REDIS_CONNECT_TIMEOUT_MS.name, REDIS_CONNECT_TIMEOUT_MS.default),
+            (REDIS_RESPONSE_TIMEOUT_MS.name, REDIS_RESPONSE_TIMEOUT_MS.default),
+            (FLEET_LOCK_TTL_MS.name, FLEET_LOCK_TTL_MS.default),
+            (FLEET_LOCK_WAIT_MS.name, FLEET_LOCK_WAIT_MS.default),
+            (FLEET_LOCK_POLL_MS.name, FLEET_LOCK_POLL_MS.default),
+            (CACHE_TTL_SECS.name, CACHE_TTL_SECS.default),
+            (REDIS_TTL.name, REDIS_TTL.default),
+            (CACHE_STALE_SECS.name, CACHE_STALE_SECS.default),
+            (CACHE_NEGATIVE_TTL_SECS.name, CACHE_NEGATIVE_TTL_SECS.default),
+            (CACHE_TTL_JITTER_PERCENT.name, CACHE_TTL_JITTER_PERCENT.default),
+            (MEMORY_CACHE_ENABLED.name, MEMORY_CACHE_ENABLED.default),
+            (MEMORY_CACHE_MAX_BYTES.name, MEMORY_CACHE_MAX_BYTES.default),
+            (ORIGIN_LATENCY_MS.name, ORIGIN_LATENCY_MS.default),
+            (ORIGIN_TIMEOUT_MS.name, ORIGIN_TIMEOUT_MS.default),
+            (ORIGIN_MAX_CONCURRENCY.name, ORIGIN_MAX_CONCURRENCY.default),
+            (ORIGIN_MAX_BODY_BYTES.name, ORIGIN_MAX_BODY_BYTES.default),
+            (ORIGIN_BREAKER_FAILURES.name, ORIGIN_BREAKER_FAILURES.default),
+            (ORIGIN_BREAKER_WINDOW.name, ORIGIN_BREAKER_WINDOW.default),
+            (
+                ORIGIN_BREAKER_FAILURE_RATE.name,
+                ORIGIN_BREAKER_FAILURE_RATE.default,
+            ),
+            (
+                ORIGIN_BREAKER_COOLDOWN_SECS.name,
+                ORIGIN_BREAKER_COOLDOWN_SECS.default,
+            ),
+            (MAX_KEY_BYTES.name, MAX_KEY_BYTES.default),
+            (REQUEST_TIMEOUT_SECS.name, REQUEST_TIMEOUT_SECS.default),
+            (SHUTDOWN_DELAY_SECS.name, SHUTDOWN_DELAY_SECS.default),
+            (SHUTDOWN_DRAIN_SECS.name, SHUTDOWN_DRAIN_SECS.default),
+            (LOG_FORMAT.name, LOG_FORMAT.default),
+            (HTTP_HEADER_TIMEOUT_SECS.name, HTTP_HEADER_TIMEOUT_SECS.default),
+            (HTTP_BODY_TIMEOUT_SECS.name, HTTP_BODY_TIMEOUT_SECS.default),
+            (
+                HTTP_KEEPALIVE_TIMEOUT_SECS.name,
+                HTTP_KEEPALIVE_TIMEOUT_SECS.default,
+            ),
+            (HTTP_MAX_CONNECTIONS.name, HTTP_MAX_CONNECTIONS.default),
+        ];
+        for (name, default) in with_default {
+            let row = row(name);
+            assert!(row.contains(&format!("`{default}`")), "{name}={default}: {row}");
+        }
+        for name in [
+            REDIS_URL,
+            REDIS_HOST,
+            REDIS_PASSWORD,
+            REDIS_TLS_CA_FILE,
+            ORIGIN_URL,
+            ORIGIN_AUTHORIZATION,
+            ADMIN_TOKEN,
+        ] {
+            assert!(row(name).contains("unset"), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_default_parses() {
+        // With Redis and an HTTP origin, so every variable is read.
+        let vars = [("REDIS_URL", "redis://r"), ("ORIGIN_URL", "http://o/{key}")];
+        let c = config(&vars).unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(r.key_prefix, "cache-layer");
+        assert_eq!(r.response_timeout, Duration::from_millis(250));
+        assert_eq!(c.origin.breaker.trip.window, 20);
+        assert_eq!(c.server.max_connections, 4096);
+        let seed = redis(&[("REDIS_HOST", "r")]);
+        assert_eq!(seed.nodes[0].addr(), &ConnectionAddr::Tcp("r".into(), 6379));
     }
 
     #[test]
     fn empty_variables_count_as_unset() {
         let c = config(&[("CACHE_TTL_SECS", ""), ("REDIS_URL", ""), ("LISTEN_ADDR", "")]).unwrap();
-        assert_eq!(c.ttl, Duration::from_secs(60));
-        assert_eq!(c.redis, None);
+        assert_eq!(c.cache.life.ttl, Duration::from_secs(60));
+        assert!(c.redis.is_none());
     }
 
     #[test]
     fn redis_ttl_is_an_alias_and_cache_ttl_secs_wins() {
-        assert_eq!(config(&[("REDIS_TTL", "7")]).unwrap().ttl, Duration::from_secs(7));
-        let both = config(&[("REDIS_TTL", "7"), ("CACHE_TTL_SECS", "9")]).unwrap();
-        assert_eq!(both.ttl, Duration::from_secs(9));
+        let ttl = |vars: &[(&str, &str)]| config(vars).unwrap().cache.life.ttl;
+        assert_eq!(ttl(&[("REDIS_TTL", "7")]), Duration::from_secs(7));
+        assert_eq!(
+            ttl(&[("REDIS_TTL", "7"), ("CACHE_TTL_SECS", "9")]),
+            Duration::from_secs(9)
+        );
         assert_eq!(config(&[("REDIS_TTL", "x")]).unwrap_err().var, "REDIS_TTL");
     }
 
@@ -543,6 +856,12 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid configuration: CACHE_TTL_SECS=\"abc\": expected a whole number of seconds, at least 1"
+        );
+        assert_eq!(
+            config(&[("ORIGIN_BREAKER_WINDOW", "65")])
+                .unwrap_err()
+                .to_string(),
+            "invalid configuration: ORIGIN_BREAKER_WINDOW=\"65\": expected a whole number from 2 to 64"
         );
         assert_eq!(config(&[("LISTEN_ADDR", "nope")]).unwrap_err().var, "LISTEN_ADDR");
         assert_eq!(config(&[("REDIS_URL", "http://x")]).unwrap_err().var, "REDIS_URL");
@@ -566,7 +885,10 @@ mod tests {
             ("FLEET_LOCK_TTL_MS", "100"),
             ("ORIGIN_TIMEOUT_MS", "500"),
         ];
-        assert_eq!(config(&short_lock).unwrap_err().var, "FLEET_LOCK_TTL_MS");
+        assert_eq!(
+            config(&short_lock).unwrap_err().to_string(),
+            "invalid configuration: FLEET_LOCK_TTL_MS=\"100\": expected at least ORIGIN_TIMEOUT_MS (500 ms), so the lock outlives the fetch it guards"
+        );
     }
 
     #[test]
@@ -574,26 +896,144 @@ mod tests {
         let e = config(&[("ADMIN_TOKEN", "  \t ")]).unwrap_err();
         assert_eq!(e.var, "ADMIN_TOKEN");
         assert_eq!(e.value, "<whitespace>");
+        let c = config(&[("ADMIN_TOKEN", "short")]).unwrap();
+        assert_eq!(c.items.admin_token.as_deref(), Some("short"));
+    }
+
+    #[test]
+    fn seed_redis_variables_build_the_connection_info() {
+        let r = redis(&[("REDIS_HOST", "redis"), ("REDIS_PORT", "6380"), ("REDIS_DB", "2")]);
+        assert_eq!(r.nodes.len(), 1);
+        assert_eq!(r.nodes[0].addr(), &ConnectionAddr::Tcp("redis".into(), 6380));
+        assert_eq!(r.nodes[0].redis_settings().db(), 2);
         assert_eq!(
-            config(&[("ADMIN_TOKEN", "short")])
-                .unwrap()
-                .admin_token
-                .as_deref(),
-            Some("short")
+            config(&[("REDIS_HOST", "0.0.0.0")]).unwrap_err().var,
+            "REDIS_HOST"
         );
     }
 
     #[test]
-    fn seed_redis_variables_build_a_url() {
-        let c = config(&[("REDIS_HOST", "redis"), ("REDIS_PORT", "6380"), ("REDIS_DB", "2")]).unwrap();
-        assert_eq!(c.redis.unwrap().urls, vec!["redis://redis:6380/2".to_owned()]);
+    fn redis_url_and_password_become_the_connection_info() {
+        let r = redis(&[("REDIS_URL", "redis://cache:6390/3"), ("REDIS_PASSWORD", "pw")]);
+        let node = &r.nodes[0];
+        assert_eq!(node.addr(), &ConnectionAddr::Tcp("cache".into(), 6390));
+        assert_eq!(node.redis_settings().db(), 3);
+        assert_eq!(node.redis_settings().password(), Some("pw"));
+        // A password in the URL wins; it is percent-decoded.
+        let r = redis(&[("REDIS_URL", "redis://:a%40b@cache"), ("REDIS_PASSWORD", "pw")]);
+        assert_eq!(r.nodes[0].redis_settings().password(), Some("a@b"));
+        let tls = redis(&[("REDIS_URL", "rediss://cache:6380/#insecure")]);
+        assert!(matches!(
+            tls.nodes[0].addr(),
+            ConnectionAddr::TcpTls { insecure: true, .. }
+        ));
+    }
+
+    /// URLs that `url` parses but the redis crate would refuse used to pass this module and
+    /// then stop `RedisTier::new` with exit 1: they are now refused here, naming `REDIS_URL`.
+    #[test]
+    fn redis_urls_the_redis_crate_refuses_are_refused_here() {
+        for url in [
+            "redis://cache:6379/not-a-db",
+            "rediss://cache:6379/#secure-please",
+            "redis://0.0.0.0:6379",
+            "redis://cache:6379/0?protocol=9",
+        ] {
+            let e = config(&[("REDIS_URL", url)]).unwrap_err();
+            assert_eq!((e.var, e.value.as_str()), ("REDIS_URL", url));
+            assert!(e.expected.starts_with("a redis:// or rediss:// URL"), "{e}");
+        }
     }
 
     #[test]
     fn several_redis_urls_need_cluster_mode() {
-        let urls = "redis://a:1,redis://b:2";
+        let urls = "redis://a:1, redis://b:2";
         assert_eq!(config(&[("REDIS_URL", urls)]).unwrap_err().var, "REDIS_URL");
-        let c = config(&[("REDIS_URL", urls), ("REDIS_CLUSTER", "true")]).unwrap();
-        assert_eq!(c.redis.unwrap().urls.len(), 2);
+        let r = redis(&[("REDIS_URL", urls), ("REDIS_CLUSTER", "true")]);
+        assert!(r.cluster);
+        assert_eq!(r.nodes[1].addr(), &ConnectionAddr::Tcp("b".into(), 2));
+    }
+
+    #[test]
+    fn a_tls_ca_needs_rediss_and_a_usable_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let bogus = dir.path().join("bogus.pem");
+        std::fs::write(
+            &bogus,
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bogus = bogus.to_str().unwrap();
+        let plain = [("REDIS_URL", "redis://r"), ("REDIS_TLS_CA_FILE", bogus)];
+        assert_eq!(config(&plain).unwrap_err().var, "REDIS_TLS_CA_FILE");
+        // A file that looks like PEM but holds no certificate the TLS stack can use used to stop
+        // RedisTier::new (exit 1); it is refused here.
+        let tls = [("REDIS_URL", "rediss://r"), ("REDIS_TLS_CA_FILE", bogus)];
+        let e = config(&tls).unwrap_err();
+        assert_eq!(e.var, "REDIS_TLS_CA_FILE");
+        assert!(e.expected.contains("readable PEM file"), "{e}");
+    }
+
+    #[test]
+    fn fleet_settings_exist_only_with_redis() {
+        let fleet = [
+            ("FLEET_LOCK_TTL_MS", "6000"),
+            ("FLEET_LOCK_WAIT_MS", "0"),
+            ("FLEET_LOCK_POLL_MS", "50"),
+        ];
+        assert!(config(&fleet).unwrap().redis.is_none());
+        let with_redis = [fleet.as_slice(), &[("REDIS_URL", "redis://r")]].concat();
+        let f = redis(&with_redis).fleet;
+        assert_eq!(
+            (f.ttl, f.wait, f.poll),
+            (
+                Duration::from_millis(6000),
+                Duration::ZERO,
+                Duration::from_millis(50)
+            )
+        );
+    }
+
+    #[test]
+    fn origin_authorization_becomes_a_sensitive_header_value() {
+        let base = [("ORIGIN_URL", "http://o/items/{key}")];
+        let Ok(Config { origin, .. }) = config(&[base[0], ("ORIGIN_AUTHORIZATION", "Bearer s3cret")]) else {
+            panic!("an authorization header value is accepted");
+        };
+        let OriginSource::Http { authorization, .. } = origin.source else {
+            panic!("ORIGIN_URL makes an HTTP origin");
+        };
+        let value = authorization.expect("ORIGIN_AUTHORIZATION is set");
+        assert_eq!(value, "Bearer s3cret");
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("s3cret"));
+        let e = config(&[base[0], ("ORIGIN_AUTHORIZATION", "Bearer a\nb")]).unwrap_err();
+        assert_eq!((e.var, e.value.as_str()), ("ORIGIN_AUTHORIZATION", "<redacted>"));
+        // Without an HTTP origin it is not used, so it is not read.
+        assert!(config(&[("ORIGIN_AUTHORIZATION", "a\nb")]).is_ok());
+    }
+
+    #[test]
+    fn the_origin_template_is_split_once_at_start_up() {
+        let c = config(&[("ORIGIN_URL", "https://o/items/{key}?v=1&k={key}")]).unwrap();
+        let OriginSource::Http { template, .. } = c.origin.source else {
+            panic!("ORIGIN_URL makes an HTTP origin");
+        };
+        assert_eq!(template.url_for("a/b"), "https://o/items/a%2Fb?v=1&k=a%2Fb");
+        for bad in ["http://o/items", "ftp://o/{key}", "{key}", "http:// /{key}"] {
+            assert_eq!(
+                config(&[("ORIGIN_URL", bad)]).unwrap_err().var,
+                "ORIGIN_URL",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_disabled_memory_tier_has_no_bound_but_a_bad_bound_is_still_refused() {
+        let c = config(&[("MEMORY_CACHE_ENABLED", "no")]).unwrap();
+        assert_eq!(c.cache.memory, None);
+        let bad = [("MEMORY_CACHE_ENABLED", "false"), ("MEMORY_CACHE_MAX_BYTES", "x")];
+        assert_eq!(config(&bad).unwrap_err().var, "MEMORY_CACHE_MAX_BYTES");
     }
 }

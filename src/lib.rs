@@ -1,7 +1,8 @@
 //! cache-layer: a read-through cache service in front of a slow origin.
 //!
 //! # Layout
-//! - [`config`]: the one typed `Config`, read from environment variables (envy), checked.
+//! - [`config`]: the one typed `Config`, read from environment variables (envy) and parsed into
+//!   the types the parts are built from, so building them cannot fail on a setting.
 //! - [`app`]: builds the parts from a `Config`, serves, shuts down gracefully.
 //! - [`http`]: the router and handlers (`/items/{key}`, `/health`, probes, `/metrics`).
 //! - [`error`]: `AppError`, the one place failures become HTTP responses.

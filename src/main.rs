@@ -53,13 +53,13 @@ fn main() -> ExitCode {
 
 /// Asks the local service's `/livez` (for container health checks: the image has no curl).
 fn healthcheck() -> ExitCode {
-    let addr = std::env::var("LISTEN_ADDR")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "0.0.0.0:5000".to_owned());
-    let Ok(addr) = addr.parse::<SocketAddr>() else {
-        eprintln!("healthcheck: LISTEN_ADDR={addr:?} is not an address and port");
-        return ExitCode::FAILURE;
+    // Exit 1, not 2, on a bad LISTEN_ADDR: container runtimes reserve 2 for health checks.
+    let addr = match Config::listen_addr_from_env() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),

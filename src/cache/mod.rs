@@ -82,23 +82,23 @@ struct Inner<O> {
 
 impl<O: Origin> ReadThrough<O> {
     /// A cache over `tiers` (looked up in this order) in front of `origin`. With `redis`, purges
-    /// reach the other replicas through it, and with `fleet` settings one replica fetches a key
-    /// for the whole fleet.
+    /// reach the other replicas through it, and one replica fetches a key for the whole fleet
+    /// (with the tier's `FLEET_LOCK_*` settings).
     pub fn new(
         tiers: Vec<AnyTier>,
         origin: GuardedOrigin<O>,
         life: Lifetimes,
-        redis: Option<(RedisTier, FleetLock)>,
+        redis: Option<RedisTier>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let instance: Arc<str> = format!("{}-{:016x}", std::process::id(), rand::random::<u64>()).into();
         let fleet = redis
             .as_ref()
-            .map(|(r, settings)| Fleet::new(r.clone(), *settings, instance.clone()));
+            .map(|r| Fleet::new(r.clone(), r.fleet(), instance.clone()));
         ReadThrough {
             inner: Arc::new(Inner {
                 tiers,
-                channel: redis.map(|(r, _)| r),
+                channel: redis,
                 fleet,
                 origin,
                 inflight: Coalescer::default(),

@@ -18,13 +18,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
-    Value,
-};
+use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::FleetLock;
 use super::entry::{Entry, now_ms};
 use super::tier::{Tier, TierError, TierName};
 use crate::config::RedisConfig;
@@ -264,19 +262,21 @@ struct Shared {
     /// Writes (entry `SET`s and fleet locks) that failed while Redis answered otherwise, e.g.
     /// at `maxmemory` with `noeviction`: reads work, nothing new is stored.
     writes: WriteHealth,
+    /// Fleet-wide coalescing settings, kept with the tier they work through.
+    fleet: FleetLock,
 }
 
-/// How every connection is made: timeouts and the CA.
+/// How every connection is made (credentials and the TLS CA travel in each node's
+/// `ConnectionInfo`).
 struct Settings {
     connect_timeout: Duration,
     response_timeout: Duration,
-    tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl Settings {
     /// A command connection to one server: made lazily, reconnecting by itself with backoff.
     fn command_connection(&self, info: &ConnectionInfo) -> redis::RedisResult<ConnectionManager> {
-        let client = open_client(info, self.tls_ca_pem.as_deref())?;
+        let client = Client::open(info.clone())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -290,7 +290,7 @@ impl Settings {
     /// and response timeouts.
     async fn direct_connection(&self, info: &ConnectionInfo) -> redis::RedisResult<MultiplexedConnection> {
         let connect = async {
-            let client = open_client(info, self.tls_ca_pem.as_deref())?;
+            let client = Client::open(info.clone())?;
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.connect_timeout))
                 .set_response_timeout(Some(self.response_timeout));
@@ -309,7 +309,7 @@ impl Settings {
 
 /// The configured servers: the one server, or a cluster's seed nodes.
 struct Seeds {
-    /// The configured URLs, passwords applied.
+    /// The configured servers, passwords and the TLS CA applied.
     infos: Vec<ConnectionInfo>,
     cluster: bool,
 }
@@ -365,37 +365,11 @@ impl WriteHealth {
     }
 }
 
-/// Why the Redis tier could not be set up (only a malformed URL; an absent Redis is fine).
+/// Why the Redis tier could not be set up: the redis crate refused to prepare a lazy connection.
+/// Not a setting (those are parsed in `config`), and not an absent Redis (that is fine).
 #[derive(Debug, thiserror::Error)]
-#[error("REDIS_URL: {0}")]
+#[error("cannot prepare the Redis connections: {0}")]
 pub struct RedisSetupError(String);
-
-fn with_password(url: &str, password: Option<&str>) -> Result<ConnectionInfo, RedisSetupError> {
-    let info = url
-        .into_connection_info()
-        .map_err(|e| RedisSetupError(e.to_string()))?;
-    Ok(match password {
-        Some(pw) if info.redis_settings().password().is_none() => {
-            let settings = info.redis_settings().clone().set_password(pw);
-            info.set_redis_settings(settings)
-        }
-        _ => info,
-    })
-}
-
-/// A client for one server, trusting `ca_pem` for `rediss://` when given.
-fn open_client(info: &ConnectionInfo, ca_pem: Option<&[u8]>) -> redis::RedisResult<Client> {
-    match ca_pem {
-        Some(pem) => Client::build_with_tls(
-            info.clone(),
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.to_vec()),
-            },
-        ),
-        None => Client::open(info.clone()),
-    }
-}
 
 /// `info` with its host and port replaced (credentials and TLS settings kept).
 fn info_at(seed: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
@@ -430,15 +404,10 @@ impl RedisTier {
         max_entry_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RedisSetupError> {
-        let infos = config
-            .urls
-            .iter()
-            .map(|u| with_password(u, config.password.as_deref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let infos = config.nodes.clone();
         let settings = Settings {
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
-            tls_ca_pem: config.tls_ca_pem.clone(),
         };
         // Until the first CLUSTER SLOTS, the seeds stand in as the nodes (all slots on the first).
         let nodes = infos
@@ -465,6 +434,7 @@ impl RedisTier {
                 next_pubsub: AtomicUsize::new(0),
                 metrics,
                 writes: WriteHealth::default(),
+                fleet: config.fleet,
             }),
         })
     }
@@ -665,6 +635,12 @@ impl RedisTier {
             .clone()
     }
 
+    /// The fleet lock settings (`FLEET_LOCK_*`): fleet-wide coalescing exists only with Redis,
+    /// so its settings come with the tier.
+    pub fn fleet(&self) -> FleetLock {
+        self.shared.fleet
+    }
+
     /// Whether any node answers: fleet locks and purges are worth trying.
     pub fn is_up(&self) -> bool {
         self.topology().nodes.iter().any(|n| n.is_up())
@@ -853,7 +829,7 @@ impl RedisTier {
         }
         let node = up[s.next_pubsub.fetch_add(1, Ordering::Relaxed) % up.len()];
         let open = async {
-            let client = open_client(&node.info, s.settings.tls_ca_pem.as_deref())?;
+            let client = Client::open(node.info.clone())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&[&s.channel, &s.fill_channel]).await?;
             Ok::<_, redis::RedisError>(pubsub)

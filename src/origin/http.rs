@@ -13,11 +13,42 @@ const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// `ORIGIN_URL` split at each `{key}` once, at start-up, so building a fetch's URL only joins
+/// strings, and the key (percent-encoded) can never leave its place in the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlTemplate {
+    /// The text around each `{key}`: at least two pieces, since the template holds one.
+    pieces: Vec<String>,
+}
+
+impl UrlTemplate {
+    /// The template, if it is an `http://` or `https://` URL with a host and at least one
+    /// `{key}`; configuration names the variable when it is not.
+    pub fn parse(template: &str) -> Option<Self> {
+        if !template.contains("{key}") {
+            return None;
+        }
+        let probe = url::Url::parse(&template.replace("{key}", "k")).ok()?;
+        if !matches!(probe.scheme(), "http" | "https") || probe.host_str().is_none() {
+            return None;
+        }
+        Some(UrlTemplate {
+            pieces: template.split("{key}").map(str::to_owned).collect(),
+        })
+    }
+
+    /// The URL for `key`: the key percent-encoded wherever `{key}` stands.
+    pub fn url_for(&self, key: &str) -> String {
+        let encoded = utf8_percent_encode(key, KEY_ENCODE).to_string();
+        self.pieces.join(&encoded)
+    }
+}
+
 /// Fetches `GET <template with {key} replaced>` from an HTTP API.
 pub struct HttpOrigin {
-    /// The template split at each `{key}`.
-    parts: Vec<String>,
-    /// Sent as `Authorization` when set (`ORIGIN_AUTHORIZATION`).
+    /// Where each key is fetched from.
+    template: UrlTemplate,
+    /// Sent as `Authorization` when set (`ORIGIN_AUTHORIZATION`), already marked sensitive.
     authorization: Option<HeaderValue>,
     /// Shared connection pool.
     client: reqwest::Client,
@@ -26,16 +57,13 @@ pub struct HttpOrigin {
 }
 
 impl HttpOrigin {
-    /// An origin for `template` (which holds `{key}` at least once).
-    pub fn new(template: &str, authorization: Option<&str>, max_body_bytes: usize) -> Result<Self, String> {
-        let authorization = authorization
-            .map(|a| {
-                let mut v = HeaderValue::from_str(a)
-                    .map_err(|_| "ORIGIN_AUTHORIZATION is not a valid header value")?;
-                v.set_sensitive(true);
-                Ok::<_, String>(v)
-            })
-            .transpose()?;
+    /// An origin for `template`. Its settings are parsed already; only the HTTP client itself
+    /// can fail to build (its TLS set-up), which is not a setting.
+    pub fn new(
+        template: UrlTemplate,
+        authorization: Option<HeaderValue>,
+        max_body_bytes: usize,
+    ) -> Result<Self, String> {
         // Never follow redirects: a read-through cache fetches exactly the URL its template
         // names, so a 3xx cannot send it (with ORIGIN_AUTHORIZATION) to another address.
         let client = reqwest::Client::builder()
@@ -44,23 +72,17 @@ impl HttpOrigin {
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(HttpOrigin {
-            parts: template.split("{key}").map(str::to_owned).collect(),
+            template,
             authorization,
             client,
             max_body_bytes,
         })
     }
-
-    /// The URL for `key`: the key percent-encoded wherever `{key}` stands.
-    pub fn url_for(&self, key: &str) -> String {
-        let encoded = utf8_percent_encode(key, KEY_ENCODE).to_string();
-        self.parts.join(&encoded)
-    }
 }
 
 impl Origin for HttpOrigin {
     async fn fetch(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
-        let mut request = self.client.get(self.url_for(key));
+        let mut request = self.client.get(self.template.url_for(key));
         if let Some(auth) = &self.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
@@ -140,7 +162,7 @@ mod tests {
 
     #[test]
     fn keys_cannot_leave_their_place_in_the_url() {
-        let o = HttpOrigin::new("http://o/items/{key}?v=1&k={key}", None, 10).unwrap();
+        let o = UrlTemplate::parse("http://o/items/{key}?v=1&k={key}").unwrap();
         assert_eq!(
             o.url_for("../admin"),
             "http://o/items/..%2Fadmin?v=1&k=..%2Fadmin"

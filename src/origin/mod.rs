@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 pub use breaker::{Breaker, BreakerState, Trip};
 pub use guard::GuardedOrigin;
-pub use http::HttpOrigin;
+pub use http::{HttpOrigin, UrlTemplate};
 pub use simulated::SimulatedOrigin;
 
 /// What the origin said about a key.
