@@ -13,7 +13,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::cache::{AnyTier, Entry, MemoryTier, ReadThrough, RedisTier};
 use crate::config::{Config, OriginSource, ServerLimits};
 use crate::http::server::{self, Phase, Server};
-use crate::http::{AppState, HeaderTables, router};
+use crate::http::{App, AppState, HeaderTables};
 use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin};
 use crate::telemetry::Telemetry;
 
@@ -157,8 +157,8 @@ impl Application {
         let limits = connection_limits(&config);
         let server = Arc::new(Server::default());
         let accept = {
-            let (server, router) = (server.clone(), router(state.clone()));
-            tokio::spawn(async move { server.accept_loop(listener, router, limits).await })
+            let (server, app) = (server.clone(), App::new(state.clone()));
+            tokio::spawn(async move { server.accept_loop(listener, app, limits).await })
         };
         shutdown.await;
         state.begin_shutdown();

@@ -123,6 +123,10 @@ impl Tier for MemoryTier {
         Ok(self.map.get(key))
     }
 
+    fn get_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        Some(self.map.get(key))
+    }
+
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
         self.map.insert(Arc::from(key), entry);
         // Evict now rather than at moka's next maintenance, so the byte bound holds at all times.

@@ -141,21 +141,7 @@ impl<O: Origin> ReadThrough<O> {
                     for front in &inner.tiers[..i] {
                         let _ = front.put(key, entry.clone()).await;
                     }
-                    let kind = if entry.negative {
-                        inner.metrics.negative_hit();
-                        AnswerKind::NegativeHit
-                    } else {
-                        inner.metrics.hit(tier.name());
-                        AnswerKind::Hit {
-                            tier: tier.name(),
-                            ttl_secs,
-                        }
-                    };
-                    return Ok(Answer {
-                        entry,
-                        kind,
-                        now_ms: now,
-                    });
+                    return Ok(self.hit(tier.name(), entry, ttl_secs, now));
                 }
                 Freshness::Stale { .. } if !entry.negative => {
                     span.record("cache.outcome", "stale");
@@ -201,6 +187,35 @@ impl<O: Origin> ReadThrough<O> {
             kind: AnswerKind::Fetched { collapsed },
             now_ms: now_ms(),
         })
+    }
+
+    /// The answer for `key` if the tier in front holds it fresh and can say so without waiting
+    /// (an in-process tier); `None` otherwise, and then [`ReadThrough::get`] answers. Counted
+    /// like the same hit through `get`.
+    pub fn answer_now(&self, key: &str) -> Option<Answer> {
+        let tier = self.inner.tiers.first()?;
+        let entry = tier.get_now(key)??;
+        let now = now_ms();
+        match entry.freshness(now) {
+            Freshness::Fresh { ttl_secs } => Some(self.hit(tier.name(), entry, ttl_secs, now)),
+            _ => None,
+        }
+    }
+
+    /// A fresh `entry` found in `tier`, counted.
+    fn hit(&self, tier: TierName, entry: Arc<Entry>, ttl_secs: u64, now: u64) -> Answer {
+        let kind = if entry.negative {
+            self.inner.metrics.negative_hit();
+            AnswerKind::NegativeHit
+        } else {
+            self.inner.metrics.hit(tier);
+            AnswerKind::Hit { tier, ttl_secs }
+        };
+        Answer {
+            entry,
+            kind,
+            now_ms: now,
+        }
     }
 
     /// Joins or starts the fetch of `key`; the fetch span is a child of the current span.

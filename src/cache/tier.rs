@@ -56,6 +56,11 @@ pub trait Tier: Send + Sync {
     fn shared(&self) -> bool;
     /// The entry for `key`, if the tier holds one that is not yet past its stale window.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Arc<Entry>>, TierError>> + Send;
+    /// The entry for `key` without waiting, when the tier can answer in place (it lives in this
+    /// process); `None` when it would have to wait (then ask [`Tier::get`]).
+    fn get_now(&self, _key: &str) -> Option<Option<Arc<Entry>>> {
+        None
+    }
     /// Stores `entry` for `key`, for as long as it is servable.
     fn put(&self, key: &str, entry: Arc<Entry>) -> impl Future<Output = Result<(), TierError>> + Send;
     /// Forgets `key`.
@@ -104,6 +109,10 @@ impl Tier for AnyTier {
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
         each!(self, t => t.get(key).await)
+    }
+
+    fn get_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        each!(self, t => t.get_now(key))
     }
 
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {

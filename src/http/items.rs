@@ -43,6 +43,25 @@ pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> R
     response
 }
 
+/// `GET /items/{key}` answered at once when the key is fresh in the tier in front (memory),
+/// without spans; `None` when the full handler must run: another method, a path the router
+/// would not route to [`get_item`], a bad key (its 400 comes from the handler), a request that
+/// is traced, or anything short of a fresh in-process hit.
+pub fn answer_now<B>(state: &AppState, request: &http::Request<B>) -> Option<Response> {
+    if request.method() != http::Method::GET || tracing::enabled!(target: TRACE_TARGET, tracing::Level::INFO)
+    {
+        return None;
+    }
+    // The router's `/items/{key}`: exactly one non-empty segment after the prefix.
+    let segment = request.uri().path().strip_prefix(ITEMS_PREFIX)?;
+    if segment.is_empty() || segment.contains('/') {
+        return None;
+    }
+    let key = key_of(request.uri().path(), state.max_key_bytes).ok()?;
+    let answer = state.cache.answer_now(&key)?;
+    Some(render(state, answer))
+}
+
 /// The response for an answer: a value (`source` cache or origin) or a remembered 404.
 fn render(state: &AppState, answer: Answer) -> Response {
     let cache_status = state.headers.cache_status(answer.kind);
@@ -63,6 +82,9 @@ fn render(state: &AppState, answer: Answer) -> Response {
     headers.insert(header::AGE, age);
     response
 }
+
+/// The path of every item, before its key.
+const ITEMS_PREFIX: &str = "/items/";
 
 /// A purge's body is read and discarded; more than this is refused.
 const PURGE_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -87,7 +109,7 @@ async fn read_body(
 /// it has no escapes, so a hit allocates no key.
 fn key_of(path: &str, max_key_bytes: usize) -> Result<Cow<'_, str>, AppError> {
     // The router only sends `/items/{key}` here: one segment after the prefix.
-    let raw = path.strip_prefix("/items/").unwrap_or_default();
+    let raw = path.strip_prefix(ITEMS_PREFIX).unwrap_or_default();
     let key = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| AppError::BadKey("the key must be percent-encoded UTF-8".to_owned()))?;

@@ -51,6 +51,43 @@ impl AppState {
     }
 }
 
+/// What the server hands each request to: the hit path when it can answer at once, else the
+/// router. Cheap to clone (one per connection).
+#[derive(Clone)]
+pub struct App {
+    /// What every handler shares.
+    state: Arc<AppState>,
+    /// Every route; see [`router`].
+    router: Router,
+}
+
+impl App {
+    /// The application over `state`.
+    pub fn new(state: Arc<AppState>) -> Self {
+        App {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    /// The answer to `request` if it can be given without waiting: a `GET /items/{key}` whose
+    /// key is fresh in memory, served without the router's per-request work (extensions,
+    /// boxed futures, layers), and counted as the router's layers would. Anything else (a miss,
+    /// a bad key, a traced request, another route) is `None`: the router answers it.
+    fn answer_now<B>(&self, request: &http::Request<B>) -> Option<axum::response::Response> {
+        let started = std::time::Instant::now();
+        // As the router's panic layer does: no panic reaches a client as a reset connection.
+        let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            items::answer_now(&self.state, request)
+        }))
+        .unwrap_or_else(|_| Some(AppError::Internal("a handler panicked".to_owned()).into_response()))?;
+        self.state
+            .metrics
+            .request(Route::Items, response.status().as_u16(), Some(started.elapsed()));
+        Some(response)
+    }
+}
+
 /// The router: every endpoint, a JSON 404/405 for everything else, no panic reaching a client,
 /// and every request counted by its route.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
+use super::App;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -227,7 +227,7 @@ impl Server {
 
     /// Accepts connections until the phase leaves `Serving`, then returns (the connections go
     /// on in their own tasks until they close).
-    pub async fn accept_loop(&self, listener: TcpListener, router: Router, limits: ServerLimits) {
+    pub async fn accept_loop(&self, listener: TcpListener, app: App, limits: ServerLimits) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().keep_alive(true);
         let builder = Arc::new(builder);
@@ -261,7 +261,7 @@ impl Server {
                 next_id,
                 conn,
                 stream,
-                router.clone(),
+                app.clone(),
                 builder.clone(),
                 limits,
                 self.registry.clone(),
@@ -278,7 +278,7 @@ async fn serve_connection(
     id: u64,
     conn: Arc<Conn>,
     stream: TcpStream,
-    router: Router,
+    app: App,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ServerLimits,
     registry: Arc<Registry>,
@@ -289,7 +289,7 @@ async fn serve_connection(
         conn: conn.clone(),
     });
     let service = Tracked {
-        router,
+        app,
         conn: conn.clone(),
     };
     let connection = builder.serve_connection(io, service);
@@ -335,10 +335,10 @@ async fn serve_connection(
     registry.remove(id);
 }
 
-/// The router as a hyper service that tells the connection when a request is in flight.
+/// The application as a hyper service that tells the connection when a request is in flight.
 #[derive(Clone)]
 struct Tracked {
-    router: Router,
+    app: App,
     conn: Arc<Conn>,
 }
 
@@ -349,8 +349,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         self.conn.begin_request();
-        let mut router = self.router.clone();
-        TrackedFuture {
+        // Answered at once (a fresh hit in memory): in flight only for this call.
+        if let Some(response) = self.app.answer_now(&request) {
+            self.conn.end_request();
+            return TrackedFuture::Ready {
+                response: Some(response),
+            };
+        }
+        let mut router = self.app.router.clone();
+        TrackedFuture::Routed {
             inner: router.call(request.map(Body::new)),
             conn: Some(self.conn.clone()),
         }
@@ -358,16 +365,25 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
 }
 
 pin_project_lite::pin_project! {
-    /// The router's future; marks the request answered when it completes or is dropped.
-    struct TrackedFuture {
-        #[pin]
-        inner: <Router as Service<axum::extract::Request>>::Future,
-        conn: Option<Arc<Conn>>,
+    /// A response: ready at once, or the router's future, which marks the request answered
+    /// when it completes or is dropped.
+    #[project = Projected]
+    enum TrackedFuture {
+        Ready {
+            response: Option<axum::response::Response>,
+        },
+        Routed {
+            #[pin]
+            inner: <axum::Router as Service<axum::extract::Request>>::Future,
+            conn: Option<Arc<Conn>>,
+        },
     }
 
     impl PinnedDrop for TrackedFuture {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(conn) = this.project().conn.take() {
+            if let Projected::Routed { conn, .. } = this.project()
+                && let Some(conn) = conn.take()
+            {
                 conn.end_request();
             }
         }
@@ -378,12 +394,18 @@ impl Future for TrackedFuture {
     type Output = Result<axum::response::Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let out = std::task::ready!(this.inner.poll(cx));
-        if let Some(conn) = this.conn.take() {
-            conn.end_request();
+        match self.project() {
+            Projected::Ready { response } => {
+                Poll::Ready(Ok(response.take().expect("a ready response is polled once")))
+            }
+            Projected::Routed { inner, conn } => {
+                let out = std::task::ready!(inner.poll(cx));
+                if let Some(conn) = conn.take() {
+                    conn.end_request();
+                }
+                Poll::Ready(out)
+            }
         }
-        Poll::Ready(out)
     }
 }
 

@@ -108,6 +108,58 @@ async fn a_request_head_that_does_not_arrive_in_time_closes_the_connection() {
     s.wait_status("/livez", 200).await;
 }
 
+/// Reads one HTTP/1.1 response (head and a `content-length` body) from `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+            if out.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        match tokio::time::timeout(crate::harness::DEADLINE, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => panic!("the connection closed mid-answer: {text:?}"),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer within the deadline: {text:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_answering_cached_hits_outlives_the_header_timeout() {
+    // Hits are answered without the router; the connection's head deadline must still be reset
+    // by each answer, or a busy connection would be closed as a slow client.
+    let s = Service::start(&[
+        ("HTTP_HEADER_TIMEOUT_SECS", "1"),
+        ("HTTP_KEEPALIVE_TIMEOUT_SECS", "2"),
+        ("ORIGIN_LATENCY_MS", "0"),
+    ])
+    .await;
+    let mut conn = connect(&s).await;
+    for i in 0..8 {
+        conn.write_all(b"GET /items/k HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_response(&mut conn).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "answer {i}: {got}");
+        if i > 0 {
+            assert!(
+                got.contains("cache-status: cache-layer; hit;"),
+                "answer {i}: {got}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // And once it falls idle, it is closed like any other (no request is left in flight).
+    assert_eq!(read_until_closed(&mut conn).await, "");
+}
+
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout() {
     let s = Service::start(&[("HTTP_KEEPALIVE_TIMEOUT_SECS", "1")]).await;
