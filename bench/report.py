@@ -281,6 +281,13 @@ def render_goals(results):
     return "\n".join(parts)
 
 
+def spread(rounds):
+    """`min–max` of the rounds' req/s, or `—` for results that did not keep them."""
+    if not rounds:
+        return "—"
+    return f"{fmt_int(rounds['min'])}–{fmt_int(rounds['max'])}"
+
+
 def hot_table(section):
     """Closed-loop throughput and latency, under load (c=32) and one request at a time."""
     rows = []
@@ -290,11 +297,13 @@ def hot_table(section):
         rows.append([
             contender(row),
             fmt_int(load.get("rps")),
+            spread(row.get("load_spread")),
             fmt_pair(load.get("p50_ms"), load.get("p99_ms")),
             fmt_int(single.get("rps")),
             fmt_pair(single.get("p50_ms"), single.get("p99_ms")),
         ])
-    header = ["contender", "req/s under load (c=32)", "p50 / p99 under load (ms)",
+    header = ["contender", "req/s under load (c=32)", "spread of the rounds (req/s)",
+              "p50 / p99 under load (ms)",
               "req/s one at a time", "p50 / p99 one at a time (ms)"]
     return table(header, rows)
 

@@ -369,8 +369,12 @@ def section_hot(stub, contenders, redis):
     def med(runs):
         return {k: statistics.median(run[k] for run in runs) for k in ("rps", "p50_ms", "p99_ms")}
 
+    def spread(runs):
+        return {"min": min(run["rps"] for run in runs), "max": max(run["rps"] for run in runs)}
+
     return running, [{"name": n, "label": LABELS[n], "load": med(v["load"]),
-                      "single": med(v["single"])} for n, v in rows.items()]
+                      "load_spread": spread(v["load"]), "single": med(v["single"])}
+                     for n, v in rows.items()]
 
 
 def section_latency(running):
@@ -603,13 +607,14 @@ def goals(sections):
     hot = {r["name"]: r for r in sections.get("hot", {}).get("rows", [])}
     if {"memory", "ceiling"} <= hot.keys():
         m, c = hot["memory"]["load"]["rps"], hot["ceiling"]["load"]["rps"]
-        out.append({"goal": "memory-tier hits ≥ 0.85× the ceiling's requests/s (c=32)",
-                    "figure": f"{m:.0f} / {c:.0f} = {m / c:.2f}×", "met": m / c >= 0.85})
-        for peer in ("nginx", "varnish"):
+        out.append({"goal": "memory-tier hits ≥ 0.95× the ceiling's requests/s (c=32, medians)",
+                    "figure": f"{m:.0f} / {c:.0f} = {m / c:.2f}×", "met": m / c >= 0.95})
+        for peer, ratio in (("nginx", 1.6), ("varnish", 1.0)):
             if peer in hot:
                 p = hot[peer]["load"]["rps"]
-                out.append({"goal": f"memory-tier hits ahead of {peer} on the same run",
-                            "figure": f"{m:.0f} vs {p:.0f} req/s = {m / p:.2f}×", "met": m > p})
+                out.append({"goal": f"memory-tier hits ≥ {ratio}× {peer} on the same run",
+                            "figure": f"{m:.0f} vs {p:.0f} req/s = {m / p:.2f}×",
+                            "met": m / p >= ratio})
     zipf = {r["name"]: r for r in sections.get("zipf", {}).get("rows", [])}
     if {"memory", "lru"} <= zipf.keys():
         m, lru = zipf["memory"]["hit_ratio"], zipf["lru"]["hit_ratio"]

@@ -100,8 +100,12 @@ class MarkdownTest(unittest.TestCase):
 
     def test_formats_of_the_hot_table(self):
         hot = "\n".join(self.sections[report.HEADINGS["hot"]])
-        self.assertIn("| bare axum (ceiling) | 120119 | 0.256 / 0.726 | 14770 | 0.063 / 0.189 |",
+        self.assertIn("| bare axum (ceiling) | 120119 | — | 0.256 / 0.726 | 14770 | 0.063 / 0.189 |",
                       hot)
+
+    def test_the_spread_of_the_rounds_is_min_to_max(self):
+        self.assertEqual(report.spread({"min": 98000.4, "max": 131516.0}), "98000–131516")
+        self.assertEqual(report.spread(None), "—")
 
     def test_zipf_hit_ratio_is_a_percentage_and_pipes_are_escaped(self):
         zipf = "\n".join(self.sections[report.HEADINGS["zipf"]])
