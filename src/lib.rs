@@ -4,12 +4,14 @@
 //! - [`config`]: the one typed `Config`, read from environment variables (envy) and parsed into
 //!   the types the parts are built from, so building them cannot fail on a setting.
 //! - [`app`]: builds the parts from a `Config`, serves, shuts down gracefully.
-//! - [`http`]: the router and handlers (`/items/{key}`, `/health`, probes, `/metrics`).
+//! - [`http`]: the accept loop, the hit path answered at once, the router and handlers
+//!   (`/items/{key}`, `/health`, probes, `/metrics`), and the layer that counts requests by route.
 //! - [`error`]: `AppError`, the one place failures become HTTP responses.
-//! - [`cache`]: `ReadThrough` (the hit path), the `Tier` trait, the memory and Redis tiers,
-//!   entries and their freshness, in-process coalescing, fleet-wide locks, purges.
-//! - [`origin`]: the `Origin` trait, the simulated and HTTP origins, and the guard every fetch
-//!   passes (concurrency limit, deadline, circuit breaker).
+//! - [`cache`]: `ReadThrough` (the read-through over an ordered list of tiers), the `Tier` trait,
+//!   the memory and Redis tiers, entries and their freshness, answers, in-process coalescing, the
+//!   fleet lock (`fleet`), the purge message and its listener (`invalidation`).
+//! - [`origin`]: the `Origin` trait (the seam the cache is generic over), the simulated and HTTP
+//!   origins, and the guard every fetch passes (concurrency limit, deadline, circuit breaker).
 //! - [`telemetry`]: logs, metrics (Prometheus pull, OTLP push) and traces, set up once.
 
 pub mod app;
