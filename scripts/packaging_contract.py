@@ -42,12 +42,12 @@ SEED_QUERIES = [
 # Every environment variable the service reads (README's configuration table). Keep in step
 # as settings are added: a name the packaging sets that is not here is reported as a typo.
 def _service_env_names() -> set:
-    """The variables the service reads: the fields of `RawEnv` in src/config.rs, which envy maps
-    to upper-case names, so this list can never fall behind the code."""
+    """The variables the service reads: the declarations of `mod vars` in src/config.rs (one
+    `pub const NAME` per variable), so this list can never fall behind the code."""
     source = (ROOT / "src" / "config.rs").read_text()
-    body = source.split("struct RawEnv {", 1)[1].split("}", 1)[0]
-    names = {m.group(1).upper() for m in re.finditer(r"^\s*(\w+): Option<String>,", body, re.M)}
-    assert names, "no RawEnv fields found in src/config.rs"
+    body = source.split("mod vars {", 1)[1].split("\n}", 1)[0]
+    names = set(re.findall(r"^\s*pub const (\w+):", body, re.M))
+    assert names, "no variables declared in src/config.rs's mod vars"
     return names | {"RUST_LOG"}
 
 

@@ -124,8 +124,9 @@ impl Application {
             admin_token: config.items.admin_token.clone(),
             max_key_bytes: config.items.max_key_bytes,
             request_timeout: config.items.request_timeout,
+            compression_min_bytes: config.items.compression_min_bytes,
             body_timeout: config.server.body_timeout,
-            headers: HeaderTables::new(config.cache.life.ttl.as_secs()),
+            headers: HeaderTables::new(),
             ready: AtomicBool::new(true),
         });
         Ok(Application {

@@ -89,6 +89,9 @@ pub struct ItemsConfig {
     pub max_key_bytes: usize,
     /// `REQUEST_TIMEOUT_SECS`: deadline of one request as a whole, fleet wait included.
     pub request_timeout: Duration,
+    /// `COMPRESSION_MIN_BYTES` when `COMPRESSION=true`: bodies at least this long are sent
+    /// compressed to clients that accept it; `None` sends everything as it is.
+    pub compression_min_bytes: Option<usize>,
 }
 
 /// The cache policy and the in-process tier.
@@ -176,7 +179,7 @@ pub struct BreakerConfig {
 
 #[rustfmt::skip]
 mod vars {
-    use super::{Var, count, secs, millis, flag, text, Addr, LogFormat, Count, Secs, Millis, Flag, Text};
+    use super::{Var, count, secs, millis, flag, text, Addr, LogFormat, Count, Secs, Millis, Flag, Text, SecsOrNone, OriginPolicy};
 
     pub const LISTEN_ADDR: Var<Addr> = Var { name: "LISTEN_ADDR", default: "0.0.0.0:5000", kind: Addr };
 
@@ -200,6 +203,9 @@ mod vars {
     pub const CACHE_STALE_SECS: Var<Secs> = secs("CACHE_STALE_SECS", "300", 0);
     pub const CACHE_NEGATIVE_TTL_SECS: Var<Secs> = secs("CACHE_NEGATIVE_TTL_SECS", "5", 0);
     pub const CACHE_TTL_JITTER_PERCENT: Var<Count> = count("CACHE_TTL_JITTER_PERCENT", "10", 0, 50);
+    pub const CACHE_TTL_MIN_SECS: Var<Secs> = secs("CACHE_TTL_MIN_SECS", "0", 0);
+    pub const CACHE_TTL_MAX_SECS: Var<SecsOrNone> = Var { name: "CACHE_TTL_MAX_SECS", default: "none", kind: SecsOrNone };
+    pub const ORIGIN_CACHE_CONTROL: Var<OriginPolicy> = Var { name: "ORIGIN_CACHE_CONTROL", default: "honor", kind: OriginPolicy };
     pub const MEMORY_CACHE_ENABLED: Var<Flag> = flag("MEMORY_CACHE_ENABLED", "true");
     pub const MEMORY_CACHE_MAX_BYTES: Var<Count> = count("MEMORY_CACHE_MAX_BYTES", "67108864", 1, u64::MAX);
 
@@ -217,6 +223,8 @@ mod vars {
     pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
     pub const MAX_KEY_BYTES: Var<Count> = count("MAX_KEY_BYTES", "512", 1, 65_536);
     pub const REQUEST_TIMEOUT_SECS: Var<Secs> = secs("REQUEST_TIMEOUT_SECS", "30", 1);
+    pub const COMPRESSION: Var<Flag> = flag("COMPRESSION", "true");
+    pub const COMPRESSION_MIN_BYTES: Var<Count> = count("COMPRESSION_MIN_BYTES", "1024", 1, 1 << 30);
     pub const SHUTDOWN_DELAY_SECS: Var<Secs> = secs("SHUTDOWN_DELAY_SECS", "0", 0);
     pub const SHUTDOWN_DRAIN_SECS: Var<Secs> = secs("SHUTDOWN_DRAIN_SECS", "20", 0);
     pub const LOG_FORMAT: Var<LogFormat> = Var { name: "LOG_FORMAT", default: "text", kind: LogFormat };
@@ -282,7 +290,19 @@ impl Env {
             stale: CACHE_STALE_SECS.read(env)?,
             negative_ttl: CACHE_NEGATIVE_TTL_SECS.read(env)?,
             jitter_percent: CACHE_TTL_JITTER_PERCENT.read(env)? as u8,
+            honor_origin: ORIGIN_CACHE_CONTROL.read(env)?,
+            ttl_min: CACHE_TTL_MIN_SECS.read(env)?,
+            ttl_max: CACHE_TTL_MAX_SECS.read(env)?,
         };
+        if let Some(max) = life.ttl_max
+            && life.ttl_min > max
+        {
+            return Err(invalid(
+                CACHE_TTL_MIN_SECS.name,
+                &life.ttl_min.as_secs().to_string(),
+                &format!("at most {} ({} s)", CACHE_TTL_MAX_SECS.name, max.as_secs()),
+            ));
+        }
         let memory_enabled = MEMORY_CACHE_ENABLED.read(env)?;
         let memory = MemoryConfig {
             max_bytes: MEMORY_CACHE_MAX_BYTES.read(env)?,
@@ -334,6 +354,9 @@ impl Env {
             admin_token: admin_token(env)?,
             max_key_bytes: MAX_KEY_BYTES.read(env)? as usize,
             request_timeout: REQUEST_TIMEOUT_SECS.read(env)?,
+            compression_min_bytes: COMPRESSION
+                .read(env)?
+                .then_some(COMPRESSION_MIN_BYTES.read(env)? as usize),
         };
         let shutdown = ShutdownConfig {
             delay: SHUTDOWN_DELAY_SECS.read(env)?,
@@ -680,6 +703,43 @@ impl Kind for Text {
     }
 }
 
+/// Whole seconds (at least 1), or `none` for no limit.
+struct SecsOrNone;
+
+impl Kind for SecsOrNone {
+    type Value = Option<Duration>;
+    fn parse(&self, text: &str) -> Option<Option<Duration>> {
+        match text.trim() {
+            "none" => Some(None),
+            n => n
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(|n| Some(Duration::from_secs(n))),
+        }
+    }
+    fn expected(&self) -> String {
+        "a whole number of seconds, at least 1, or none".to_owned()
+    }
+}
+
+/// `honor` or `ignore`: read as whether the origin's `Cache-Control` decides lifetimes.
+struct OriginPolicy;
+
+impl Kind for OriginPolicy {
+    type Value = bool;
+    fn parse(&self, text: &str) -> Option<bool> {
+        match text.trim() {
+            "honor" => Some(true),
+            "ignore" => Some(false),
+            _ => None,
+        }
+    }
+    fn expected(&self) -> String {
+        "honor or ignore".to_owned()
+    }
+}
+
 /// `text` or `json`; read as whether log lines are JSON.
 struct LogFormat;
 
@@ -772,6 +832,11 @@ mod tests {
             (CACHE_STALE_SECS.name, CACHE_STALE_SECS.default),
             (CACHE_NEGATIVE_TTL_SECS.name, CACHE_NEGATIVE_TTL_SECS.default),
             (CACHE_TTL_JITTER_PERCENT.name, CACHE_TTL_JITTER_PERCENT.default),
+            (CACHE_TTL_MIN_SECS.name, CACHE_TTL_MIN_SECS.default),
+            (CACHE_TTL_MAX_SECS.name, CACHE_TTL_MAX_SECS.default),
+            (ORIGIN_CACHE_CONTROL.name, ORIGIN_CACHE_CONTROL.default),
+            (COMPRESSION.name, COMPRESSION.default),
+            (COMPRESSION_MIN_BYTES.name, COMPRESSION_MIN_BYTES.default),
             (MEMORY_CACHE_ENABLED.name, MEMORY_CACHE_ENABLED.default),
             (MEMORY_CACHE_MAX_BYTES.name, MEMORY_CACHE_MAX_BYTES.default),
             (ORIGIN_LATENCY_MS.name, ORIGIN_LATENCY_MS.default),

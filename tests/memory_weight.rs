@@ -43,12 +43,11 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn life() -> Lifetimes {
-    Lifetimes {
-        ttl: std::time::Duration::from_secs(600),
-        stale: std::time::Duration::from_secs(600),
-        negative_ttl: std::time::Duration::from_secs(5),
-        jitter_percent: 0,
-    }
+    Lifetimes::fixed(
+        std::time::Duration::from_secs(600),
+        std::time::Duration::from_secs(600),
+        std::time::Duration::from_secs(5),
+    )
 }
 
 /// Heap bytes per entry and weight per entry, over entries `from..to` (so fixed costs cancel).

@@ -5,9 +5,16 @@
 //! configurable delay, or fails as told, and counts what it served at `GET /_stub/stats`.
 //!
 //! Environment: `STUB_LISTEN_ADDR` (127.0.0.1:8080), `STUB_LATENCY_MS` (0), `STUB_MODE`
-//! (`ok`, `status:<code>`, `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`), `STUB_CONTENT_TYPE` (`json` or `text`).
-//! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/reset`.
-//! A path containing `missing` always gets a 404.
+//! (`ok`, `fixed` (the same body every time: no `n`), `dir:<path>` (the file
+//! `<path>/<last path segment>.json`), `status:<code>`,
+//! `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`), `STUB_CONTENT_TYPE` (`json` or
+//! `text`), `STUB_HEADERS` (extra response headers, `Name: value` lines).
+//! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/headers` (a
+//! JSON list of `[name, value]` pairs: the extra headers of every answer from now on, 404s and
+//! 304s included), `POST /_stub/reset`.
+//! A path containing `missing` always gets a 404. With an `ETag` (or `Last-Modified`) among its
+//! headers, a request whose `If-None-Match` (or `If-Modified-Since`) matches gets `304` and no
+//! body; `/_stub/stats` counts conditional requests and the 304s sent.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +32,8 @@ struct Behaviour {
     mode: String,
     latency_ms: u64,
     content_type: String,
+    /// Extra headers on every answer.
+    headers: Vec<(String, String)>,
 }
 
 /// One data request as received.
@@ -34,12 +43,18 @@ struct Seen {
     target: String,
     traceparent: Option<String>,
     authorization: Option<String>,
+    if_none_match: Option<String>,
+    if_modified_since: Option<String>,
 }
 
 #[derive(Default, Serialize)]
 struct Stats {
     /// Data requests answered (whatever the answer).
     served: u64,
+    /// Of those, requests that carried `If-None-Match` or `If-Modified-Since`.
+    conditional: u64,
+    /// Of those, the ones answered `304 Not Modified`.
+    not_modified: u64,
     /// The most recent requests (up to 10,000), oldest first.
     requests: std::collections::VecDeque<Seen>,
 }
@@ -72,6 +87,11 @@ async fn main() {
             .parse()
             .expect("STUB_LATENCY_MS: a whole number"),
         content_type: env_or("STUB_CONTENT_TYPE", "json"),
+        headers: env_or("STUB_HEADERS", "")
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect(),
     };
     let stub = Arc::new(Stub {
         behaviour: Mutex::new(behaviour),
@@ -81,6 +101,7 @@ async fn main() {
         .route("/_stub/stats", get(stats))
         .route("/_stub/config", post(configure))
         .route("/_stub/reset", post(reset))
+        .route("/_stub/headers", post(set_headers))
         .fallback(serve)
         .with_state(stub);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -111,12 +132,29 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
         target: target.clone(),
         traceparent: header_of("traceparent"),
         authorization: header_of("authorization"),
+        if_none_match: header_of("if-none-match"),
+        if_modified_since: header_of("if-modified-since"),
     };
     drop(parts);
     let behaviour = stub.behaviour.lock().unwrap().clone();
+    let configured = |name: &str| {
+        behaviour
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let conditional = seen.if_none_match.is_some() || seen.if_modified_since.is_some();
+    let unchanged = match (&seen.if_none_match, &seen.if_modified_since) {
+        (Some(tags), _) => configured("etag").is_some_and(|etag| tags.split(',').any(|t| t.trim() == etag)),
+        (None, Some(since)) => configured("last-modified").is_some_and(|m| &m == since),
+        (None, None) => false,
+    };
     let n = {
         let mut stats = stub.stats.lock().unwrap();
         stats.served += 1;
+        stats.conditional += u64::from(conditional);
+        stats.not_modified += u64::from(unchanged);
         // The most recent 10,000: the oldest goes first.
         if stats.requests.len() == 10_000 {
             stats.requests.pop_front();
@@ -125,8 +163,25 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
         stats.served
     };
     tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    let mut response = answer(&behaviour, &target, n, unchanged).await;
+    for (name, value) in &behaviour.headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// The answer before the configured extra headers.
+async fn answer(behaviour: &Behaviour, target: &str, n: u64, unchanged: bool) -> Response {
     if target.contains("missing") {
         return (StatusCode::NOT_FOUND, "no such item").into_response();
+    }
+    if unchanged {
+        return StatusCode::NOT_MODIFIED.into_response();
     }
     let mode = behaviour.mode.as_str();
     if let Some(code) = mode.strip_prefix("status:") {
@@ -148,6 +203,23 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
         )
             .into_response();
     }
+    if let Some(dir) = mode.strip_prefix("dir:") {
+        // `dir:<path>`: the file `<path>/<last path segment>.json` (a fixed corpus), else 404.
+        let name = target
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .split('?')
+            .next()
+            .unwrap_or("");
+        let file = (!name.is_empty() && !name.contains(['.', '%', '\\']))
+            .then(|| std::fs::read(std::path::Path::new(dir).join(format!("{name}.json"))).ok())
+            .flatten();
+        return match file {
+            Some(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+        };
+    }
     if mode == "hang" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
@@ -155,6 +227,8 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
         // `bytes:<n>`: a JSON value padded to about n bytes.
         let n: usize = n.parse().unwrap_or(1024);
         serde_json::json!({ "path": target, "n": n, "padding": "x".repeat(n) }).to_string()
+    } else if mode == "fixed" {
+        serde_json::json!({ "path": target }).to_string()
     } else if mode == "big" {
         serde_json::json!({ "path": target, "n": n, "padding": "x".repeat(2 * 1024 * 1024) }).to_string()
     } else {
@@ -184,6 +258,14 @@ async fn configure(State(stub): State<Arc<Stub>>, Query(q): Query<ConfigQuery>) 
         b.content_type = c;
     }
     axum::Json(b.clone()).into_response()
+}
+
+async fn set_headers(
+    State(stub): State<Arc<Stub>>,
+    axum::Json(headers): axum::Json<Vec<(String, String)>>,
+) -> Response {
+    stub.behaviour.lock().unwrap().headers = headers;
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn reset(State(stub): State<Arc<Stub>>) -> Response {

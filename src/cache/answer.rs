@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::coalesce::Abandoned;
 use super::entry::Entry;
+use super::policy::Uncacheable;
 use super::tier::TierName;
 use crate::origin::OriginError;
 
@@ -52,6 +53,15 @@ impl CoalesceScope {
     }
 }
 
+/// What this cache asked the origin for, as RFC 9211's `fwd` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Nothing usable was stored (`fwd=miss`).
+    Miss,
+    /// A stored entry was stale and had to be revalidated first (`fwd=stale`).
+    Stale,
+}
+
 /// How an answer was produced; decides `source`, `Cache-Status` and the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerKind {
@@ -71,10 +81,20 @@ pub enum AnswerKind {
     },
     /// A remembered origin 404.
     NegativeHit,
+    /// A stale entry of `tier`, revalidated with the origin in the foreground and unchanged (the
+    /// origin answered `304`): served from the cache, renewed.
+    Revalidated {
+        /// The tier that held it.
+        tier: TierName,
+    },
     /// Fetched from the origin for this request, or (`collapsed`) by another request or replica.
     Fetched {
         /// Whose fetch this request waited on, when not its own.
         collapsed: Option<CoalesceScope>,
+        /// A miss, or a stale entry that the origin replaced.
+        forward: Forward,
+        /// The origin forbade storing it: it answered the requests that waited, nothing more.
+        not_stored: Option<Uncacheable>,
     },
 }
 
@@ -82,10 +102,12 @@ impl AnswerKind {
     /// The span attribute `cache.outcome`: hit, stale, miss or coalesced.
     pub fn outcome(self) -> &'static str {
         match self {
-            AnswerKind::Hit { .. } | AnswerKind::NegativeHit => "hit",
+            AnswerKind::Hit { .. } | AnswerKind::NegativeHit | AnswerKind::Revalidated { .. } => "hit",
             AnswerKind::Stale { .. } => "stale",
-            AnswerKind::Fetched { collapsed: None } => "miss",
-            AnswerKind::Fetched { collapsed: Some(_) } => "coalesced",
+            AnswerKind::Fetched { collapsed: None, .. } => "miss",
+            AnswerKind::Fetched {
+                collapsed: Some(_), ..
+            } => "coalesced",
         }
     }
 }

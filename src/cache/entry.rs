@@ -1,18 +1,25 @@
 //! A cached answer and the times that govern it: fresh until, servable stale until.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Heap bytes a memory-tier entry costs beyond its key and body: the `Entry` and its `Arc`, the
-/// key's `Arc<str>` header, and moka's own per-entry structures (its hash-table bucket, entry
-/// info, access-order and timer-wheel nodes), with the C allocator's per-chunk header and
-/// rounding. Measured, not guessed: `tests/memory_weight.rs` counts the heap bytes that 40,000
-/// inserted entries really take (584 B each beyond key and body with moka 0.12) and fails if
+use super::encoding::Coding;
+use super::policy::{Lifetimes, Times};
+use crate::origin::{MAX_VALIDATOR_BYTES, Validators};
+
+/// Heap bytes a memory-tier entry costs beyond its key, body and `ETag`: the `Entry` (times,
+/// windows, the boxes' pointers) and its `Arc`, the key's `Arc<str>` header, and moka's own
+/// per-entry structures (its hash-table bucket, entry info, access-order and timer-wheel nodes),
+/// with the C allocator's per-chunk header and rounding. Measured, not guessed:
+/// `tests/memory_weight.rs` counts the heap bytes that 40,000 inserted entries really take (659 B
+/// each beyond key, body and `ETag` with moka 0.12 and the origin's stale windows) and fails if
 /// this weight under-counts them.
-pub const ENTRY_OVERHEAD_BYTES: usize = 600;
+pub const ENTRY_OVERHEAD_BYTES: usize = 672;
 
 const CACHE_SUFFIX: &[u8] = br#","source":"cache"}"#;
 const ORIGIN_SUFFIX: &[u8] = br#","source":"origin"}"#;
@@ -35,14 +42,29 @@ pub struct Entry {
     /// Where the value's JSON sits inside `body`.
     value_start: usize,
     value_end: usize,
-    /// When the origin answered (ms since the epoch); `Age` counts from here.
+    /// When the origin generated the answer (ms since the epoch); `Age` counts from here.
     pub stored_at_ms: u64,
     /// Until when the entry is served as a plain hit.
     pub fresh_until_ms: u64,
-    /// Until when the entry may still be served stale; after that it is gone.
+    /// Until when it may be served stale while one refresh runs (`stale-while-revalidate`).
+    pub revalidate_until_ms: u64,
+    /// Until when it may be served stale when the origin fails (`stale-if-error`).
+    pub if_error_until_ms: u64,
+    /// Until when it is kept (to be served stale, or revalidated); after that it is gone.
     pub stale_until_ms: u64,
     /// The origin said 404/410: remembered so the origin is not asked again at once.
     pub negative: bool,
+    /// Never served stale; revalidated with the origin before reuse once not fresh.
+    pub must_revalidate: bool,
+    /// The origin's `ETag` and `Last-Modified`, for conditional refreshes and clients; boxed,
+    /// since most origins send neither and every entry would pay for two empty strings.
+    validators: Option<Box<Validators>>,
+    /// The weak `ETag` clients get: derived from the value, so it is the same on every replica
+    /// and tier, whichever `source` the body says. `None` for a negative entry.
+    etag: Option<HeaderValue>,
+    /// The hit body compressed in each [`Coding`], made on first use and kept (boxed: most
+    /// entries are never asked for compressed, and then cost one pointer).
+    compressed: OnceLock<Box<[OnceLock<Bytes>; Coding::ALL.len()]>>,
 }
 
 /// Where an entry stands at a given moment.
@@ -62,58 +84,22 @@ pub enum Freshness {
     Expired,
 }
 
-/// How long entries live: the cache policy, applied when an entry is made.
-#[derive(Debug, Clone, Copy)]
-pub struct Lifetimes {
-    /// Freshness of a value.
-    pub ttl: Duration,
-    /// Stale window after freshness.
-    pub stale: Duration,
-    /// Freshness of a remembered 404.
-    pub negative_ttl: Duration,
-    /// Up to this percentage of `ttl` is taken off, at random, per entry.
-    pub jitter_percent: u8,
-}
-
-impl Lifetimes {
-    /// Freshness for a new value: `ttl` shortened by a random jitter, never lengthened.
-    fn fresh_ms(&self) -> u64 {
-        let ttl = self.ttl.as_millis() as u64;
-        let max_jitter = ttl * u64::from(self.jitter_percent) / 100;
-        if max_jitter == 0 {
-            ttl
-        } else {
-            ttl - rand::random_range(0..=max_jitter)
-        }
-    }
-}
-
 impl Entry {
-    /// An entry for a value fetched now. `value` must be valid JSON.
+    /// An entry for a value fetched now, with the configured lifetimes (an origin that said
+    /// nothing). `value` must be valid JSON.
     pub fn value(key: &str, value: &[u8], now_ms: u64, life: &Lifetimes) -> Self {
-        let fresh_until_ms = now_ms + life.fresh_ms();
-        // The stale window is exactly CACHE_STALE_SECS, jitter or not.
-        let stale_until_ms = fresh_until_ms + life.stale.as_millis() as u64;
-        Self::with_times(key, value, now_ms, fresh_until_ms, stale_until_ms)
+        Self::new(key, value, life.heuristic(false, now_ms), Validators::default())
     }
 
     /// An entry remembering the origin's 404 for `negative_ttl`.
     pub fn not_found(now_ms: u64, life: &Lifetimes) -> Self {
-        let until = now_ms + life.negative_ttl.as_millis() as u64;
-        Entry {
-            body: Bytes::new(),
-            value_start: 0,
-            value_end: 0,
-            stored_at_ms: now_ms,
-            fresh_until_ms: until,
-            stale_until_ms: until,
-            negative: true,
-        }
+        Self::new_not_found(life.heuristic(true, now_ms))
     }
 
-    fn with_times(key: &str, value: &[u8], stored: u64, fresh: u64, stale: u64) -> Self {
+    /// An entry for `value` (valid JSON) with `times`, as the policy decided them.
+    pub fn new(key: &str, value: &[u8], times: Times, validators: Validators) -> Self {
         let key_json = serde_json::to_string(key).expect("a str always serialises");
-        let mut body = BytesMut::with_capacity(key_json.len() + value.len() + 40);
+        let mut body = BytesMut::with_capacity(key_json.len() + value.len() + 40 + ETAG_LEN);
         body.put_slice(b"{\"key\":");
         body.put_slice(key_json.as_bytes());
         body.put_slice(b",\"value\":");
@@ -121,20 +107,128 @@ impl Entry {
         body.put_slice(value);
         let value_end = body.len();
         body.put_slice(CACHE_SUFFIX);
-        Entry {
-            body: body.freeze(),
+        let body_end = body.len();
+        // The ETag's text shares the body's allocation: no allocation of its own.
+        body.put_slice(weak_etag(value).as_bytes());
+        let storage = body.freeze();
+        let etag =
+            HeaderValue::from_maybe_shared(storage.slice(body_end..)).expect("hex is a valid header value");
+        let mut entry = Entry {
+            body: storage.slice(..body_end),
             value_start,
             value_end,
-            stored_at_ms: stored,
-            fresh_until_ms: fresh,
-            stale_until_ms: stale.max(fresh),
+            etag: Some(etag),
             negative: false,
+            validators: validators.any().then(|| Box::new(validators)),
+            ..Self::new_not_found(times)
+        };
+        entry.stale_until_ms = times.stale_until_ms.max(times.fresh_until_ms);
+        entry
+    }
+
+    /// An entry remembering the origin's 404 with `times`.
+    pub fn new_not_found(times: Times) -> Self {
+        Entry {
+            body: Bytes::new(),
+            value_start: 0,
+            value_end: 0,
+            stored_at_ms: times.stored_at_ms,
+            fresh_until_ms: times.fresh_until_ms,
+            revalidate_until_ms: times.revalidate_until_ms,
+            if_error_until_ms: times.if_error_until_ms,
+            stale_until_ms: times.stale_until_ms,
+            negative: true,
+            must_revalidate: times.must_revalidate,
+            validators: None,
+            etag: None,
+            compressed: Default::default(),
         }
+    }
+
+    /// The same value with new times and validators: the origin answered `304 Not Modified`
+    /// to a refresh (RFC 9111 §4.3.4: the stored answer, updated by the 304's headers).
+    pub fn renewed(&self, times: Times, validators: Validators) -> Self {
+        Entry {
+            stored_at_ms: times.stored_at_ms,
+            fresh_until_ms: times.fresh_until_ms,
+            revalidate_until_ms: times.revalidate_until_ms,
+            if_error_until_ms: times.if_error_until_ms,
+            stale_until_ms: times.stale_until_ms.max(times.fresh_until_ms),
+            must_revalidate: times.must_revalidate,
+            validators: {
+                let kept = self.validators();
+                let merged = Validators {
+                    etag: validators.etag.or_else(|| kept.etag.clone()),
+                    last_modified: validators.last_modified.or_else(|| kept.last_modified.clone()),
+                };
+                merged.any().then(|| Box::new(merged))
+            },
+            compressed: self.compressed.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// The same lifetimes again from `now_ms`: a `304` that restated no freshness renews the
+    /// stored answer's own (RFC 9111 §4.3.4 keeps the stored headers the 304 does not replace).
+    pub fn times_again(&self, now_ms: u64) -> Times {
+        let from = |until: u64| now_ms + until.saturating_sub(self.stored_at_ms);
+        Times {
+            stored_at_ms: now_ms,
+            fresh_until_ms: from(self.fresh_until_ms),
+            revalidate_until_ms: from(self.revalidate_until_ms),
+            if_error_until_ms: from(self.if_error_until_ms),
+            stale_until_ms: from(self.stale_until_ms),
+            must_revalidate: self.must_revalidate,
+        }
+    }
+
+    /// The origin's validators (none when it sent neither `ETag` nor `Last-Modified`).
+    pub fn validators(&self) -> &Validators {
+        const NONE: &Validators = &Validators {
+            etag: None,
+            last_modified: None,
+        };
+        self.validators.as_deref().unwrap_or(NONE)
+    }
+
+    /// The weak `ETag` clients get (`None` for a remembered 404).
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.etag.as_ref()
+    }
+
+    /// Whether, stale at `now_ms`, it may be served while one refresh runs.
+    pub fn may_serve_while_revalidating(&self, now_ms: u64) -> bool {
+        !self.must_revalidate && !self.negative && now_ms < self.revalidate_until_ms
+    }
+
+    /// Whether, stale at `now_ms`, it may be served because the origin is failing.
+    pub fn may_serve_if_error(&self, now_ms: u64) -> bool {
+        !self.must_revalidate && !self.negative && now_ms < self.if_error_until_ms
     }
 
     /// The answer body of a hit (`"source":"cache"`), shared, not copied.
     pub fn cache_body(&self) -> Bytes {
         self.body.clone()
+    }
+
+    /// The answer body of a hit in `coding`, compressed on first use and kept with the entry;
+    /// `true` when this call made it (the memory tier should then weigh the entry again).
+    pub fn cache_body_in(&self, coding: Coding) -> (Bytes, bool) {
+        let slot = &self.compressed.get_or_init(Box::default)[coding as usize];
+        if let Some(body) = slot.get() {
+            return (body.clone(), false);
+        }
+        let mut made = false;
+        let body = slot.get_or_init(|| {
+            made = true;
+            coding.compress(&self.body)
+        });
+        (body.clone(), made)
+    }
+
+    /// The length of the hit body, uncompressed.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
     }
 
     /// The answer body for the request that fetched it (`"source":"origin"`).
@@ -179,9 +273,27 @@ impl Entry {
     }
 
     /// Heap bytes this entry costs in the memory tier, with `key`: the key's own copy, the
-    /// rendered body (which holds the key again, JSON-escaped) and the per-entry overhead.
+    /// rendered body (which holds the key again, JSON-escaped), the validators and the
+    /// per-entry overhead.
     pub fn weight(&self, key: &str) -> u32 {
-        (key.len() + self.body.len() + ENTRY_OVERHEAD_BYTES).min(u32::MAX as usize) as u32
+        // The boxes, when there are any: their structs and the allocator's chunk headers.
+        const VALIDATORS_BOX: usize = 64;
+        const COMPRESSED_BOX: usize = 96;
+        let v = self.validators();
+        let validators = self.validators.as_ref().map_or(0, |_| VALIDATORS_BOX)
+            + v.etag.as_ref().map_or(0, String::len)
+            + v.last_modified.as_ref().map_or(0, String::len);
+        let compressed = self.compressed.get().map_or(0, |slots| {
+            COMPRESSED_BOX
+                + slots
+                    .iter()
+                    .filter_map(OnceLock::get)
+                    .map(Bytes::len)
+                    .sum::<usize>()
+        });
+        let etag = self.etag.as_ref().map_or(0, HeaderValue::len);
+        (key.len() + self.body.len() + etag + validators + compressed + ENTRY_OVERHEAD_BYTES)
+            .min(u32::MAX as usize) as u32
     }
 
     /// The entry as stored in Redis (format version 1; the version is also in the key).
@@ -190,6 +302,11 @@ impl Entry {
             t: self.stored_at_ms,
             f: self.fresh_until_ms,
             s: self.stale_until_ms,
+            r: Some(self.revalidate_until_ms),
+            e: Some(self.if_error_until_ms),
+            m: self.must_revalidate,
+            et: self.validators().etag.clone(),
+            lm: self.validators().last_modified.clone(),
             n: self.negative,
             v: (!self.negative).then(|| {
                 // The value is JSON by construction, so this cannot fail.
@@ -201,29 +318,50 @@ impl Entry {
     }
 
     /// The largest encoding of an entry whose origin body was at most `max_body` bytes: a text
-    /// body becomes a JSON string, where one byte can take up to six (`\u0000`); the times and
-    /// flags add less than 128 bytes. Anything larger in Redis was not written by this service.
+    /// body becomes a JSON string, where one byte can take up to six (`\u0000`); the times,
+    /// flags and validators (each at most [`MAX_VALIDATOR_BYTES`], escaped) add less than
+    /// 256 + 12 × that. Anything larger in Redis was not written by this service.
     pub fn max_encoded_len(max_body: usize) -> usize {
-        max_body.saturating_mul(6).saturating_add(2 + 128)
+        max_body
+            .saturating_mul(6)
+            .saturating_add(2 + 256 + 12 * MAX_VALIDATOR_BYTES)
     }
 
-    /// Reads an entry stored by [`Entry::encode`]; `None` when the bytes are not one.
+    /// Reads an entry stored by [`Entry::encode`]; `None` when the bytes are not one. Entries
+    /// written before the origin could set stale windows serve stale for their whole window.
     pub fn decode(key: &str, bytes: &[u8]) -> Option<Self> {
         let s: Stored = serde_json::from_slice(bytes).ok()?;
+        let times = Times {
+            stored_at_ms: s.t,
+            fresh_until_ms: s.f,
+            revalidate_until_ms: s.r.unwrap_or(s.s),
+            if_error_until_ms: s.e.unwrap_or(s.s),
+            stale_until_ms: s.s,
+            must_revalidate: s.m,
+        };
         if s.n {
-            return Some(Entry {
-                body: Bytes::new(),
-                value_start: 0,
-                value_end: 0,
-                stored_at_ms: s.t,
-                fresh_until_ms: s.f,
-                stale_until_ms: s.s,
-                negative: true,
-            });
+            return Some(Self::new_not_found(times));
         }
-        let v = s.v?;
-        Some(Self::with_times(key, v.get().as_bytes(), s.t, s.f, s.s))
+        let validators = Validators {
+            etag: s.et,
+            last_modified: s.lm,
+        };
+        Some(Self::new(key, s.v?.get().as_bytes(), times, validators))
     }
+}
+
+/// Bytes of a weak `ETag`: `W/"` + 16 hex digits + `"`.
+const ETAG_LEN: usize = 21;
+
+/// A weak `ETag` for `value`: `W/"<FNV-1a 64 of its bytes>"`, the same in every process and
+/// release (a stable hash, not the standard library's, whose algorithm may change).
+fn weak_etag(value: &[u8]) -> HeaderValue {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in value {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    HeaderValue::try_from(format!("W/\"{hash:016x}\"")).expect("hex is a valid header value")
 }
 
 /// The Redis representation of an entry.
@@ -233,6 +371,17 @@ struct Stored {
     f: u64,
     s: u64,
     n: bool,
+    /// Added with the origin's Cache-Control: absent in older entries (then `s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    m: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    et: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lm: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     v: Option<Box<RawValue>>,
 }
@@ -241,12 +390,16 @@ struct Stored {
 mod tests {
     use super::*;
 
+    use std::time::Duration;
+
     fn life(jitter: u8) -> Lifetimes {
         Lifetimes {
-            ttl: Duration::from_secs(60),
-            stale: Duration::from_secs(300),
-            negative_ttl: Duration::from_secs(5),
             jitter_percent: jitter,
+            ..Lifetimes::fixed(
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+                Duration::from_secs(5),
+            )
         }
     }
 
@@ -292,6 +445,39 @@ mod tests {
         let n = Entry::not_found(5, &life(0));
         assert_eq!(Entry::decode("k", &n.encode()), Some(n));
         assert_eq!(Entry::decode("k", b"garbage"), None);
+        // The origin's windows and validators travel too.
+        let times = Times {
+            stored_at_ms: 1,
+            fresh_until_ms: 2,
+            revalidate_until_ms: 3,
+            if_error_until_ms: 4,
+            stale_until_ms: 5,
+            must_revalidate: true,
+        };
+        let validators = Validators {
+            etag: Some("\"abc\"".to_owned()),
+            last_modified: Some("Sun, 06 Nov 1994 08:49:37 GMT".to_owned()),
+        };
+        let e = Entry::new("k", b"[1]", times, validators);
+        assert_eq!(Entry::decode("k", &e.encode()), Some(e));
+    }
+
+    #[test]
+    fn entries_written_before_stale_windows_serve_stale_for_their_whole_window() {
+        let old = br#"{"t":1,"f":2,"s":9,"n":false,"v":"x"}"#;
+        let e = Entry::decode("k", old).unwrap();
+        assert_eq!((e.revalidate_until_ms, e.if_error_until_ms), (9, 9));
+        assert!(!e.must_revalidate);
+    }
+
+    #[test]
+    fn the_etag_is_weak_and_depends_on_the_value_only() {
+        let a = Entry::value("k1", b"{\"a\":1}", 0, &life(0));
+        let b = Entry::value("k2", b"{\"a\":1}", 99, &life(10));
+        assert_eq!(a.etag(), b.etag());
+        assert!(a.etag().unwrap().to_str().unwrap().starts_with("W/\""));
+        assert_ne!(a.etag(), Entry::value("k1", b"2", 0, &life(0)).etag());
+        assert_eq!(Entry::not_found(0, &life(0)).etag(), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! fetches on its own.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,11 @@ use tokio::time::Instant;
 use super::entry::{Entry, Freshness, now_ms};
 use super::redis::{Channel, RedisOp, RedisTier};
 use super::tier::Tier;
+
+/// Marks a fill message whose fetch may not be stored. Keys never hold control characters, so
+/// no key starts with it; a release that does not know it finds no waiter for such a "key" and
+/// its waiters fall back to polling, as for a lost message.
+const NOT_STORED: &str = "\nnot-stored\n";
 
 /// Fleet-wide coalescing settings (`FLEET_LOCK_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +65,9 @@ enum Wait {
     Value(Arc<Entry>),
     /// It released the lock without storing a value.
     Released,
+    /// Its answer may not be stored (`no-store`, `private`): nothing will ever arrive, so this
+    /// replica fetches at once instead of waiting out `FLEET_LOCK_WAIT_MS`.
+    NotStored,
     /// `FLEET_LOCK_WAIT_MS` ran out.
     TimedOut,
 }
@@ -95,7 +104,7 @@ impl Fleet {
                     // The holder let go without a value (its fetch failed): compete again, so
                     // a failure does not turn every waiting replica loose on the origin.
                     Wait::Released => continue,
-                    Wait::TimedOut => break,
+                    Wait::NotStored | Wait::TimedOut => break,
                 },
                 // Redis failing: fetch here rather than fail.
                 None => break,
@@ -115,10 +124,13 @@ impl Fleet {
             .filter(|e| matches!(e.freshness(now_ms()), Freshness::Fresh { .. }))
     }
 
-    /// Wakes this process's waiter for `key`: the replica holding its lock let go (a message on
-    /// the fill channel).
-    pub fn wake(&self, key: &str) {
-        self.waiters.wake(key);
+    /// Wakes this process's waiter for the key of a message on the fill channel: the replica
+    /// holding its lock let go (having stored a value, failed, or fetched one it may not store).
+    pub fn wake(&self, message: &str) {
+        match message.strip_prefix(NOT_STORED) {
+            Some(key) => self.waiters.wake(key, true),
+            None => self.waiters.wake(message, false),
+        }
     }
 
     /// Waits while another replica holds `key`'s lock: woken by its fill message, or looking
@@ -127,7 +139,9 @@ impl Fleet {
         let woken = self.waiters.register(key);
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            woken.wait(self.settings.poll.min(left)).await;
+            if woken.wait(self.settings.poll.min(left)).await {
+                return Wait::NotStored;
+            }
             if let Some(entry) = self.fresh(key).await {
                 return Wait::Value(entry);
             }
@@ -169,8 +183,9 @@ impl Fleet {
     }
 
     /// Releases the lock for `key` if `token` still holds it, and wakes the replicas waiting on
-    /// it: they read the value, or compete for the lock again if the fetch failed.
-    async fn unlock(&self, key: &str, token: &str) {
+    /// it: they read the value, compete for the lock again if the fetch failed, or fetch at
+    /// once if its answer may not be stored (`stored` false).
+    async fn unlock(&self, key: &str, token: &str, stored: bool) {
         const SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
         let lock = self.redis.lock_key(key);
         let cmd = redis::cmd("EVAL")
@@ -180,7 +195,12 @@ impl Fleet {
             .arg(token)
             .to_owned();
         let _ = self.redis.run::<i64>(RedisOp::Lock, lock.as_bytes(), &cmd).await;
-        let _ = self.redis.publish(Channel::Fill, key).await;
+        let message = if stored {
+            key.to_owned()
+        } else {
+            format!("{NOT_STORED}{key}")
+        };
+        let _ = self.redis.publish(Channel::Fill, &message).await;
     }
 }
 
@@ -195,10 +215,11 @@ pub struct Held {
 }
 
 impl Held {
-    /// Lets go of the lock and wakes the replicas waiting on it.
-    pub async fn release(mut self) {
+    /// Lets go of the lock and wakes the replicas waiting on it; `stored` false tells them the
+    /// answer may not be stored, so they fetch at once.
+    pub async fn release(mut self, stored: bool) {
         if let Some(token) = self.token.take() {
-            self.fleet.unlock(&self.key, &token).await;
+            self.fleet.unlock(&self.key, &token, stored).await;
         }
     }
 }
@@ -209,7 +230,7 @@ impl Drop for Held {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let (fleet, key) = (self.fleet.clone(), self.key.clone());
-            runtime.spawn(async move { fleet.unlock(&key, &token).await });
+            runtime.spawn(async move { fleet.unlock(&key, &token, true).await });
         }
     }
 }
@@ -217,33 +238,39 @@ impl Drop for Held {
 /// The keys this process is waiting on another replica for.
 #[derive(Default)]
 struct FleetWaiters {
-    waiting: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
+    waiting: Mutex<HashMap<Arc<str>, Arc<Waiter>>>,
+}
+
+/// One key's waiter: woken by the holder's message, told whether its answer may be stored.
+#[derive(Default)]
+struct Waiter {
+    notify: Notify,
+    not_stored: AtomicBool,
 }
 
 impl FleetWaiters {
     /// Registers interest in `key` until the returned guard is dropped.
     fn register(self: &Arc<Self>, key: &str) -> Registration {
         let key: Arc<str> = Arc::from(key);
-        let notify = self
-            .lock()
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Notify::new()))
-            .clone();
+        let waiter = self.lock().entry(key.clone()).or_default().clone();
         Registration {
             waiters: self.clone(),
             key,
-            notify,
+            waiter,
         }
     }
 
     /// Wakes the waiter for `key`, if any. A wake before the waiter sleeps is kept for it.
-    fn wake(&self, key: &str) {
-        if let Some(notify) = self.lock().get(key) {
-            notify.notify_one();
+    fn wake(&self, key: &str, not_stored: bool) {
+        if let Some(waiter) = self.lock().get(key) {
+            if not_stored {
+                waiter.not_stored.store(true, Ordering::Relaxed);
+            }
+            waiter.notify.notify_one();
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Notify>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Waiter>>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -252,13 +279,15 @@ impl FleetWaiters {
 struct Registration {
     waiters: Arc<FleetWaiters>,
     key: Arc<str>,
-    notify: Arc<Notify>,
+    waiter: Arc<Waiter>,
 }
 
 impl Registration {
-    /// Returns when the key's holder has let go (a message), or after `poll`.
-    async fn wait(&self, poll: Duration) {
-        let _ = tokio::time::timeout(poll, self.notify.notified()).await;
+    /// Returns when the key's holder has let go (a message), or after `poll`; `true` when the
+    /// holder said its answer may not be stored.
+    async fn wait(&self, poll: Duration) -> bool {
+        let _ = tokio::time::timeout(poll, self.waiter.notify.notified()).await;
+        self.waiter.not_stored.load(Ordering::Relaxed)
     }
 }
 
@@ -268,7 +297,7 @@ impl Drop for Registration {
         // Only this process's one fetch task per key registers, but stay safe if two did.
         if waiting
             .get(&self.key)
-            .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
+            .is_some_and(|w| Arc::ptr_eq(w, &self.waiter))
         {
             waiting.remove(&self.key);
         }
@@ -283,14 +312,22 @@ mod tests {
     async fn a_wake_ends_the_wait_at_once_and_is_kept_if_early() {
         let waiters = Arc::new(FleetWaiters::default());
         let r = waiters.register("k");
-        waiters.wake("k"); // before the waiter sleeps
+        waiters.wake("k", false); // before the waiter sleeps
         let started = tokio::time::Instant::now();
         let poll = Duration::from_millis(500);
-        r.wait(poll).await;
+        assert!(!r.wait(poll).await);
         assert_eq!(started.elapsed(), Duration::ZERO);
         // No message: the wait ends after the poll interval.
         r.wait(poll).await;
         assert_eq!(started.elapsed(), poll);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_whose_answer_may_not_be_stored_says_so() {
+        let waiters = Arc::new(FleetWaiters::default());
+        let r = waiters.register("k");
+        waiters.wake("k", true);
+        assert!(r.wait(Duration::from_millis(500)).await);
     }
 
     #[tokio::test]
@@ -298,6 +335,6 @@ mod tests {
         let waiters = Arc::new(FleetWaiters::default());
         drop(waiters.register("k"));
         assert!(waiters.lock().is_empty());
-        waiters.wake("k"); // nobody waits: nothing happens
+        waiters.wake("k", false); // nobody waits: nothing happens
     }
 }

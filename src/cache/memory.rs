@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 use super::entry::{Entry, now_ms};
@@ -127,6 +128,18 @@ impl Tier for MemoryTier {
         Some(self.map.get(key))
     }
 
+    fn reweigh(&self, key: &str, entry: &Arc<Entry>) {
+        // Put back only the very entry held now: never one a purge removed, or a newer one.
+        let _ = self
+            .map
+            .entry(Arc::from(key))
+            .and_compute_with(|held| match held {
+                Some(held) if Arc::ptr_eq(held.value(), entry) => Op::Put(entry.clone()),
+                _ => Op::Nop,
+            });
+        self.map.run_pending_tasks();
+    }
+
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
         self.map.insert(Arc::from(key), entry);
         // Evict now rather than at moka's next maintenance, so the byte bound holds at all times.
@@ -143,15 +156,14 @@ impl Tier for MemoryTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::Lifetimes;
+    use crate::cache::policy::Lifetimes;
 
     fn life() -> Lifetimes {
-        Lifetimes {
-            ttl: Duration::from_secs(60),
-            stale: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(5),
-            jitter_percent: 0,
-        }
+        Lifetimes::fixed(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        )
     }
 
     #[tokio::test]

@@ -8,30 +8,35 @@
 
 mod answer;
 mod coalesce;
+mod encoding;
 mod entry;
 mod fleet;
 mod invalidation;
 mod memory;
+mod policy;
 mod redis;
 mod tier;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
-pub use answer::{Answer, AnswerKind, CacheError, CoalesceScope, StaleReason};
+pub use answer::{Answer, AnswerKind, CacheError, CoalesceScope, Forward, StaleReason};
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
-pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, Lifetimes, now_ms};
+pub use encoding::Coding;
+pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, now_ms};
 pub use fleet::FleetLock;
 pub use invalidation::{Invalidation, PurgeMode, PurgeSource, Target};
 pub use memory::{EvictionCause, MemoryTier};
+pub use policy::{Lifetimes, Times, Uncacheable};
 pub use redis::{RedisHealth, RedisOp, RedisTier, key_slot};
 pub use tier::{AnyTier, Tier, TierError, TierName};
 
 use self::fleet::{Fleet, Turn};
-use crate::origin::{AnyOrigin, BreakerState, Fetched, GuardedOrigin, Origin};
+use crate::origin::{AnyOrigin, BreakerState, Fetched, GuardedOrigin, Origin, OriginError};
 use crate::telemetry::{self, Metrics, TRACE_TARGET};
 
 /// The result of one fetch, shared by everyone who waited on it.
@@ -40,7 +45,23 @@ struct Fetch {
     entry: Arc<Entry>,
     /// Another replica fetched it (fleet-wide coalescing).
     by_fleet: bool,
+    /// What became of it.
+    outcome: Outcome,
 }
+
+/// What a fetch did with the origin's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A new entry, stored in the tiers (unless a purge overtook it).
+    Stored,
+    /// The stored value was revalidated (`304`): renewed in the tiers, no body travelled.
+    NotModified,
+    /// The origin's answer may not be stored; it answers the requests that waited only.
+    NotStored(Uncacheable),
+}
+
+/// A stale entry found by a lookup, and the tier it was in: a refresh revalidates it.
+type Previous = Option<(Arc<Entry>, TierName)>;
 
 /// A purge was applied here but did not reach Redis or the other replicas (Redis is down): the
 /// caller should retry.
@@ -76,6 +97,8 @@ struct Inner<O> {
     life: Lifetimes,
     /// This process's name on the Redis channels, so it skips its own purges.
     instance: Arc<str>,
+    /// When each `Uncacheable` reason was last logged (ms since the epoch).
+    uncacheable_logged: [AtomicU64; Uncacheable::ALL.len()],
     /// Counters.
     metrics: Arc<Metrics>,
 }
@@ -104,6 +127,7 @@ impl<O: Origin> ReadThrough<O> {
                 inflight: Coalescer::default(),
                 life,
                 instance,
+                uncacheable_logged: Default::default(),
                 metrics,
             }),
         }
@@ -154,25 +178,50 @@ impl<O: Origin> ReadThrough<O> {
             }
         }
 
-        if let Some((entry, tier)) = stale {
-            let reason = if inner.origin.breaker_state() == BreakerState::Open {
-                StaleReason::IfError
-            } else {
-                // Refresh in the background: one fetch per key, however many stale hits.
-                let _ = self.start_fetch(key);
-                StaleReason::WhileRevalidate
-            };
-            inner.metrics.hit(tier);
-            inner.metrics.stale(reason);
-            let over_secs = now.saturating_sub(entry.fresh_until_ms) / 1000;
-            return Ok(Answer {
-                entry,
-                kind: AnswerKind::Stale { reason, over_secs },
-                now_ms: now,
-            });
+        let Some((entry, tier)) = stale else {
+            return self.fetch_and_wait(key, None, wait).await;
+        };
+        let breaker_open = inner.origin.breaker_state() == BreakerState::Open;
+        if !breaker_open && entry.may_serve_while_revalidating(now) {
+            // Refresh in the background: one fetch per key, however many stale hits.
+            let _ = self.start_fetch(key, Some((entry.clone(), tier)));
+            return Ok(self.stale(entry, tier, StaleReason::WhileRevalidate, now));
         }
+        if breaker_open && entry.may_serve_if_error(now) {
+            return Ok(self.stale(entry, tier, StaleReason::IfError, now));
+        }
+        // Revalidated in the foreground (must-revalidate, max-age=0, or past its
+        // stale-while-revalidate window): stale-if-error still covers an origin failure.
+        match self.fetch_and_wait(key, Some((entry.clone(), tier)), wait).await {
+            Err(CacheError::Origin(_)) if entry.may_serve_if_error(now_ms()) => {
+                Ok(self.stale(entry, tier, StaleReason::IfError, now_ms()))
+            }
+            answered => answered,
+        }
+    }
 
-        let (role, waiter) = self.start_fetch(key);
+    /// A stale answer from `tier`, counted.
+    fn stale(&self, entry: Arc<Entry>, tier: TierName, reason: StaleReason, now: u64) -> Answer {
+        self.inner.metrics.hit(tier);
+        self.inner.metrics.stale(reason);
+        let over_secs = now.saturating_sub(entry.fresh_until_ms) / 1000;
+        Answer {
+            entry,
+            kind: AnswerKind::Stale { reason, over_secs },
+            now_ms: now,
+        }
+    }
+
+    /// Joins or starts the fetch of `key` (a refresh of `previous`, when there is one) and waits
+    /// for it for at most `wait`.
+    async fn fetch_and_wait(
+        &self,
+        key: &str,
+        previous: Previous,
+        wait: Duration,
+    ) -> Result<Answer, CacheError> {
+        let refreshed_tier = previous.as_ref().map(|(_, tier)| *tier);
+        let (role, waiter) = self.start_fetch(key, previous);
         let fetch = tokio::time::timeout(wait, waiter.wait())
             .await
             .map_err(|_| CacheError::TimedOut)???;
@@ -181,10 +230,30 @@ impl<O: Origin> ReadThrough<O> {
             (Role::Leader, true) => Some(CoalesceScope::Fleet),
             (Role::Leader, false) => None,
         };
-        inner.metrics.miss(collapsed);
+        let kind = match (fetch.outcome, refreshed_tier) {
+            (Outcome::NotModified, Some(tier)) => {
+                self.inner.metrics.hit(tier);
+                AnswerKind::Revalidated { tier }
+            }
+            (outcome, _) => {
+                self.inner.metrics.miss(collapsed);
+                AnswerKind::Fetched {
+                    collapsed,
+                    forward: if refreshed_tier.is_some() {
+                        Forward::Stale
+                    } else {
+                        Forward::Miss
+                    },
+                    not_stored: match outcome {
+                        Outcome::NotStored(reason) => Some(reason),
+                        _ => None,
+                    },
+                }
+            }
+        };
         Ok(Answer {
             entry: fetch.entry,
-            kind: AnswerKind::Fetched { collapsed },
+            kind,
             now_ms: now_ms(),
         })
     }
@@ -199,6 +268,14 @@ impl<O: Origin> ReadThrough<O> {
         match entry.freshness(now) {
             Freshness::Fresh { ttl_secs } => Some(self.hit(tier.name(), entry, ttl_secs, now)),
             _ => None,
+        }
+    }
+
+    /// Weighs `entry` again in the tiers that hold this very entry for `key` (after a
+    /// compressed body was added to it), so the memory bound counts what it holds.
+    pub fn reweigh(&self, key: &str, entry: &Arc<Entry>) {
+        for tier in &self.inner.tiers {
+            tier.reweigh(key, entry);
         }
     }
 
@@ -218,8 +295,13 @@ impl<O: Origin> ReadThrough<O> {
         }
     }
 
-    /// Joins or starts the fetch of `key`; the fetch span is a child of the current span.
-    fn start_fetch(&self, key: &str) -> (Role, coalesce::Waiter<Result<Fetch, CacheError>>) {
+    /// Joins or starts the fetch of `key` (revalidating `previous`, when the fetch starts here);
+    /// the fetch span is a child of the current span.
+    fn start_fetch(
+        &self,
+        key: &str,
+        previous: Previous,
+    ) -> (Role, coalesce::Waiter<Result<Fetch, CacheError>>) {
         let key: Arc<str> = Arc::from(key);
         let parent = Span::current();
         self.inner.inflight.join_or_start(&key, |superseded| {
@@ -227,7 +309,8 @@ impl<O: Origin> ReadThrough<O> {
             let key = key.clone();
             let span = tracing::info_span!(target: TRACE_TARGET, parent: &parent, "origin.fetch",
                 otel.kind = "client", origin.outcome = tracing::field::Empty);
-            async move { inner.fetch(&key, &superseded).await }.instrument(span)
+            let previous = previous.map(|(entry, _)| entry);
+            async move { inner.fetch(&key, &superseded, previous).await }.instrument(span)
         })
     }
 
@@ -304,23 +387,30 @@ async fn purge_in(tier: &AnyTier, key: &str, mode: PurgeMode) -> Result<(), Tier
 
 impl<O: Origin> Inner<O> {
     /// The fetch task: with Redis, take the fleet lock or wait for the replica that holds it;
-    /// then fetch from the origin and store in every tier.
-    async fn fetch(self: Arc<Self>, key: &str, superseded: &Superseded) -> Result<Fetch, CacheError> {
+    /// then fetch from the origin (a conditional refresh of `previous` when it has validators)
+    /// and store in every tier.
+    async fn fetch(
+        self: Arc<Self>,
+        key: &str,
+        superseded: &Superseded,
+        previous: Option<Arc<Entry>>,
+    ) -> Result<Fetch, CacheError> {
         let Some(fleet) = &self.fleet else {
-            return self.fetch_from_origin(key, superseded).await;
+            return self.fetch_from_origin(key, superseded, previous).await;
         };
         match fleet.take_turn(key).await {
             Turn::Lead(held) => {
                 // Another replica may have stored it between our miss and our lock.
                 let result = match fleet.fresh(key).await {
                     Some(entry) => Ok(self.keep_fleet_value(key, entry, superseded).await),
-                    None => self.fetch_from_origin(key, superseded).await,
+                    None => self.fetch_from_origin(key, superseded, previous).await,
                 };
-                held.release().await;
+                let not_stored = matches!(&result, Ok(f) if matches!(f.outcome, Outcome::NotStored(_)));
+                held.release(!not_stored).await;
                 result
             }
             Turn::Filled(entry) => Ok(self.keep_fleet_value(key, entry, superseded).await),
-            Turn::Alone => self.fetch_from_origin(key, superseded).await,
+            Turn::Alone => self.fetch_from_origin(key, superseded, previous).await,
         }
     }
 
@@ -332,6 +422,7 @@ impl<O: Origin> Inner<O> {
         Fetch {
             entry,
             by_fleet: true,
+            outcome: Outcome::Stored,
         }
     }
 
@@ -359,23 +450,93 @@ impl<O: Origin> Inner<O> {
         }
     }
 
-    /// Fetches from the origin and stores the entry in every tier, unless a purge overtook the
-    /// fetch (then the entry only answers the requests that were waiting for it).
-    async fn fetch_from_origin(&self, key: &str, superseded: &Superseded) -> Result<Fetch, CacheError> {
+    /// Fetches from the origin (conditionally, when `previous` has validators), decides the
+    /// entry's lifetimes from the answer, and stores it in every tier, unless the origin forbids
+    /// storing it or a purge overtook the fetch (then it only answers the requests that waited).
+    async fn fetch_from_origin(
+        &self,
+        key: &str,
+        superseded: &Superseded,
+        previous: Option<Arc<Entry>>,
+    ) -> Result<Fetch, CacheError> {
         let traceparent = telemetry::traceparent(&Span::current());
+        let validators = previous.as_deref().map(Entry::validators).filter(|v| v.any());
+        let fetched = self.origin.fetch(key, traceparent, validators).await?;
         let now = now_ms();
-        let entry = match self.origin.fetch(key, traceparent).await? {
-            Fetched::Value(value) => Arc::new(Entry::value(key, &value, now, &self.life)),
-            Fetched::NotFound => Arc::new(Entry::not_found(now, &self.life)),
+        let (entry, decided) = match fetched {
+            Fetched::Value(value, headers) => {
+                let decided = self.life.decide(&headers, false, now);
+                let times = decided.unwrap_or_else(|_| self.life.heuristic(false, now));
+                (Entry::new(key, &value, times, headers.validators), decided)
+            }
+            Fetched::NotFound(headers) => {
+                let decided = self.life.decide(&headers, true, now);
+                let times = decided.unwrap_or_else(|_| self.life.heuristic(true, now));
+                (Entry::new_not_found(times), decided)
+            }
+            Fetched::NotModified(headers) => {
+                // Only a conditional refresh can be answered 304; unasked, it is an error.
+                let Some(previous) = previous else {
+                    return Err(OriginError::Status(304).into());
+                };
+                let decided = if headers.states_freshness() {
+                    self.life.decide(&headers, false, now)
+                } else {
+                    // The 304 restates nothing: the stored answer's lifetimes run again from now.
+                    Ok(previous.times_again(now))
+                };
+                let times = decided.unwrap_or_else(|_| self.life.heuristic(false, now));
+                let entry = Arc::new(previous.renewed(times, headers.validators));
+                if decided.is_ok() {
+                    self.store(key, &entry, superseded, self.tiers.iter()).await;
+                }
+                let outcome = match decided {
+                    Ok(_) => Outcome::NotModified,
+                    Err(reason) => self.not_stored(reason),
+                };
+                return Ok(Fetch {
+                    entry,
+                    by_fleet: false,
+                    outcome,
+                });
+            }
         };
-        let remembered = !(entry.negative && self.life.negative_ttl.is_zero());
-        if remembered {
-            self.store(key, &entry, superseded, self.tiers.iter()).await;
-        }
+        let entry = Arc::new(entry);
+        let outcome = match decided {
+            // CACHE_NEGATIVE_TTL_SECS=0: 404s are never remembered, whatever the origin says.
+            Ok(_) if entry.negative && self.life.negative_ttl.is_zero() => Outcome::Stored,
+            Ok(_) => {
+                self.store(key, &entry, superseded, self.tiers.iter()).await;
+                Outcome::Stored
+            }
+            Err(reason) => self.not_stored(reason),
+        };
         Ok(Fetch {
             entry,
             by_fleet: false,
+            outcome,
         })
+    }
+
+    /// Counts an answer the origin forbade storing, and says why in the log at most once a
+    /// minute per reason (an operator whose framework sends `private` by default sees why
+    /// nothing is cached, without a line per request).
+    fn not_stored(&self, reason: Uncacheable) -> Outcome {
+        self.metrics.uncacheable(reason);
+        let last = &self.uncacheable_logged[reason as usize];
+        let now = now_ms();
+        let before = last.load(Ordering::Relaxed);
+        if now.saturating_sub(before) >= 60_000
+            && last
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                reason = reason.as_str(),
+                "the origin's answer may not be stored by a shared cache; it is passed through uncached (logged at most once a minute per reason)"
+            );
+        }
+        Outcome::NotStored(reason)
     }
 }
 
@@ -392,7 +553,7 @@ mod tests {
     use tokio::sync::{Barrier, Semaphore};
 
     use super::*;
-    use crate::origin::{Breaker, OriginError, Trip};
+    use crate::origin::{Breaker, Trip};
 
     /// An origin that counts its calls and answers only when the test opens its gate.
     #[derive(Clone)]
@@ -407,7 +568,10 @@ mod tests {
             Gated {
                 calls: Arc::default(),
                 gate: Arc::new(Semaphore::new(0)),
-                answer: Arc::new(Mutex::new(Ok(Fetched::Value(Bytes::from_static(b"\"v1\""))))),
+                answer: Arc::new(Mutex::new(Ok(Fetched::Value(
+                    Bytes::from_static(b"\"v1\""),
+                    Default::default(),
+                )))),
             }
         }
 
@@ -433,7 +597,12 @@ mod tests {
     }
 
     impl Origin for Gated {
-        async fn fetch(&self, _key: &str, _traceparent: Option<String>) -> Result<Fetched, OriginError> {
+        async fn fetch(
+            &self,
+            _key: &str,
+            _traceparent: Option<String>,
+            _validators: Option<&crate::origin::Validators>,
+        ) -> Result<Fetched, OriginError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.gate.acquire().await.expect("the gate stays open").forget();
             self.answer.lock().unwrap().clone()
@@ -441,12 +610,7 @@ mod tests {
     }
 
     fn life(ttl: Duration) -> Lifetimes {
-        Lifetimes {
-            ttl,
-            stale: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(5),
-            jitter_percent: 0,
-        }
+        Lifetimes::fixed(ttl, Duration::from_secs(60), Duration::from_secs(5))
     }
 
     /// A cache with a memory tier (or none) over `origin`; the breaker opens after 2 failures.
@@ -476,6 +640,11 @@ mod tests {
     }
 
     const WAIT: Duration = Duration::from_secs(30);
+    const MISS: AnswerKind = AnswerKind::Fetched {
+        collapsed: None,
+        forward: Forward::Miss,
+        not_stored: None,
+    };
     const TTL: Duration = Duration::from_secs(60);
 
     #[tokio::test]
@@ -505,6 +674,8 @@ mod tests {
                 answer.kind
                     == AnswerKind::Fetched {
                         collapsed: Some(CoalesceScope::Process),
+                        forward: Forward::Miss,
+                        not_stored: None,
                     },
             );
         }
@@ -529,7 +700,10 @@ mod tests {
         cache.get("k", WAIT).await.unwrap();
         // Past its freshness (20 ms), inside its stale window (60 s).
         tokio::time::sleep(Duration::from_millis(50)).await;
-        origin.answer_with(Ok(Fetched::Value(Bytes::from_static(b"\"v2\""))));
+        origin.answer_with(Ok(Fetched::Value(
+            Bytes::from_static(b"\"v2\""),
+            Default::default(),
+        )));
         for _ in 0..3 {
             let answer = cache.get("k", WAIT).await.unwrap();
             if let AnswerKind::Stale { reason, .. } = answer.kind {
@@ -584,9 +758,9 @@ mod tests {
         origin.answer_with(Err(OriginError::Status(503)));
         let cache = cache(&origin, true, TTL);
         assert!(cache.get("k", WAIT).await.is_err());
-        origin.answer_with(Ok(Fetched::Value(Bytes::from_static(b"1"))));
+        origin.answer_with(Ok(Fetched::Value(Bytes::from_static(b"1"), Default::default())));
         let answer = cache.get("k", WAIT).await.unwrap();
-        assert_eq!(answer.kind, AnswerKind::Fetched { collapsed: None });
+        assert_eq!(answer.kind, MISS);
         assert_eq!(origin.calls(), 2);
     }
 
@@ -614,12 +788,9 @@ mod tests {
         origin.reached(1).await;
         purge(&cache).await;
         origin.open();
-        assert_eq!(
-            waiting.await.unwrap().kind,
-            AnswerKind::Fetched { collapsed: None }
-        );
+        assert_eq!(waiting.await.unwrap().kind, MISS);
         let next = cache.get("k", WAIT).await.unwrap();
-        assert_eq!(next.kind, AnswerKind::Fetched { collapsed: None });
+        assert_eq!(next.kind, MISS);
         assert_eq!(origin.calls(), 2);
     }
 
@@ -675,6 +846,64 @@ mod tests {
             }
         ));
         origin.reached(2).await;
+    }
+
+    fn headers(status: u16, pairs: &[(&'static str, &'static str)]) -> crate::origin::CacheHeaders {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, http::HeaderValue::from_static(value));
+        }
+        crate::origin::CacheHeaders::read(status, &h)
+    }
+
+    #[tokio::test]
+    async fn a_no_cache_entry_is_revalidated_and_a_304_renews_it_without_a_body() {
+        let origin = Gated::new();
+        origin.open();
+        let validated = [("cache-control", "no-cache"), ("etag", "\"a\"")];
+        origin.answer_with(Ok(Fetched::Value(
+            Bytes::from_static(b"\"v1\""),
+            headers(200, &validated),
+        )));
+        let cache = cache(&origin, true, TTL);
+        assert_eq!(cache.get("k", WAIT).await.unwrap().kind, MISS);
+        origin.answer_with(Ok(Fetched::NotModified(headers(304, &validated))));
+        let answer = cache.get("k", WAIT).await.unwrap();
+        assert_eq!(
+            answer.kind,
+            AnswerKind::Revalidated {
+                tier: TierName::Memory
+            }
+        );
+        assert!(
+            answer
+                .entry
+                .cache_body()
+                .ends_with(b"\"v1\",\"source\":\"cache\"}")
+        );
+        assert_eq!(origin.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_origin_forbids_storing_is_passed_through_only() {
+        let origin = Gated::new();
+        origin.open();
+        origin.answer_with(Ok(Fetched::Value(
+            Bytes::from_static(b"1"),
+            headers(200, &[("cache-control", "no-store")]),
+        )));
+        let cache = cache(&origin, true, TTL);
+        for _ in 0..2 {
+            let answer = cache.get("k", WAIT).await.unwrap();
+            assert!(matches!(
+                answer.kind,
+                AnswerKind::Fetched {
+                    not_stored: Some(Uncacheable::NoStore),
+                    ..
+                }
+            ));
+        }
+        assert_eq!(origin.calls(), 2);
     }
 
     #[tokio::test]

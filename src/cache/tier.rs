@@ -61,6 +61,9 @@ pub trait Tier: Send + Sync {
     fn get_now(&self, _key: &str) -> Option<Option<Arc<Entry>>> {
         None
     }
+    /// Weighs `entry` again if it is what the tier holds for `key` (it grew a compressed body);
+    /// a tier holding another entry (newer, or none after a purge) is left alone.
+    fn reweigh(&self, _key: &str, _entry: &Arc<Entry>) {}
     /// Stores `entry` for `key`, for as long as it is servable.
     fn put(&self, key: &str, entry: Arc<Entry>) -> impl Future<Output = Result<(), TierError>> + Send;
     /// Forgets `key`.
@@ -113,6 +116,10 @@ impl Tier for AnyTier {
 
     fn get_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
         each!(self, t => t.get_now(key))
+    }
+
+    fn reweigh(&self, key: &str, entry: &Arc<Entry>) {
+        each!(self, t => t.reweigh(key, entry))
     }
 
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {

@@ -3,7 +3,7 @@
 
 use axum::http::HeaderValue;
 
-use crate::cache::{AnswerKind, StaleReason, TierName};
+use crate::cache::{AnswerKind, Forward, StaleReason, TierName};
 
 /// Values are precomputed for ages and TTLs up to this many seconds; larger ones are formatted.
 const TABLE_SECS: u64 = 3600;
@@ -18,11 +18,16 @@ pub struct HeaderTables {
     redis_hit: Vec<HeaderValue>,
 }
 
+impl Default for HeaderTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl HeaderTables {
-    /// Tables for TTLs up to `max_ttl_secs` (bounded by an hour).
-    pub fn new(max_ttl_secs: u64) -> Self {
-        let ttl_len = max_ttl_secs.min(TABLE_SECS);
-        let hits = |tier: TierName| (0..=ttl_len).map(|n| hit_value(tier, n)).collect();
+    /// Tables for ages and TTLs up to an hour (the origin may set any TTL).
+    pub fn new() -> Self {
+        let hits = |tier: TierName| (0..=TABLE_SECS).map(|n| hit_value(tier, n)).collect();
         HeaderTables {
             age: (0..=TABLE_SECS).map(HeaderValue::from).collect(),
             memory_hit: hits(TierName::Memory),
@@ -53,11 +58,35 @@ impl HeaderTables {
             }
             AnswerKind::Stale { reason, over_secs } => stale_value(reason, over_secs),
             AnswerKind::NegativeHit => HeaderValue::from_static("cache-layer; hit; detail=negative"),
-            AnswerKind::Fetched { collapsed: None } => {
-                HeaderValue::from_static("cache-layer; fwd=miss; stored")
+            AnswerKind::Revalidated { .. } => {
+                HeaderValue::from_static("cache-layer; hit; fwd=stale; fwd-status=304")
             }
-            AnswerKind::Fetched { collapsed: Some(_) } => {
-                HeaderValue::from_static("cache-layer; fwd=miss; collapsed")
+            AnswerKind::Fetched {
+                collapsed,
+                forward,
+                not_stored: None,
+            } => match (collapsed.is_some(), forward) {
+                (false, Forward::Miss) => HeaderValue::from_static("cache-layer; fwd=miss; stored"),
+                (false, Forward::Stale) => HeaderValue::from_static("cache-layer; fwd=stale; stored"),
+                (true, Forward::Miss) => HeaderValue::from_static("cache-layer; fwd=miss; collapsed"),
+                (true, Forward::Stale) => HeaderValue::from_static("cache-layer; fwd=stale; collapsed"),
+            },
+            AnswerKind::Fetched {
+                collapsed,
+                forward,
+                not_stored: Some(reason),
+            } => {
+                // Not stored: said so, and why (RFC 9211 `detail`).
+                let fwd = match forward {
+                    Forward::Miss => "miss",
+                    Forward::Stale => "stale",
+                };
+                let collapsed = if collapsed.is_some() { "; collapsed" } else { "" };
+                HeaderValue::try_from(format!(
+                    "cache-layer; fwd={fwd}{collapsed}; detail={}",
+                    reason.as_str()
+                ))
+                .expect("ASCII header value")
             }
         }
     }
@@ -84,7 +113,7 @@ mod tests {
 
     #[test]
     fn values_match_the_contract_inside_and_outside_the_tables() {
-        let t = HeaderTables::new(60);
+        let t = HeaderTables::new();
         let hit = |tier, ttl_secs| t.cache_status(AnswerKind::Hit { tier, ttl_secs });
         assert_eq!(
             hit(TierName::Memory, 59),

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use super::AppState;
-use crate::cache::{Answer, AnswerKind, PurgeMode};
+use super::{AppState, conditional};
+use crate::cache::{Answer, AnswerKind, Coding, PurgeMode};
 use crate::error::AppError;
 use crate::telemetry::{self, TRACE_TARGET};
 
@@ -34,7 +34,7 @@ pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> R
         let key = key_of(request.uri.path(), state.max_key_bytes)?;
         let answer = state.cache.get(&key, state.request_timeout).await?;
         tracing::Span::current().record("cache.outcome", answer.kind.outcome());
-        Ok::<_, AppError>(render(&state, answer))
+        Ok::<_, AppError>(render(&state, &key, answer, &request.headers))
     }
     .instrument(span.clone())
     .await
@@ -59,23 +59,68 @@ pub fn answer_now<B>(state: &AppState, request: &http::Request<B>) -> Option<Res
     }
     let key = key_of(request.uri().path(), state.max_key_bytes).ok()?;
     let answer = state.cache.answer_now(&key)?;
-    Some(render(state, answer))
+    Some(render(state, &key, answer, request.headers()))
 }
 
 /// The response for an answer: a value (`source` cache or origin) or a remembered 404.
-fn render(state: &AppState, answer: Answer) -> Response {
+/// A value answers `200` with its weak `ETag` (and the origin's `Last-Modified`), or `304` with
+/// no body when the request's conditions say the client holds it already.
+fn render(state: &AppState, key: &str, answer: Answer, request: &HeaderMap) -> Response {
     let cache_status = state.headers.cache_status(answer.kind);
     let age = state.headers.age(answer.entry.age_secs(answer.now_ms));
-    let mut response = if answer.entry.negative {
-        AppError::key_not_found().into_response()
-    } else {
-        let body = match answer.kind {
-            AnswerKind::Fetched { .. } => answer.entry.origin_body(),
-            _ => answer.entry.cache_body(),
-        };
-        let mut r = Response::new(Body::from(body));
-        r.headers_mut().insert(header::CONTENT_TYPE, JSON);
-        r
+    let entry = &answer.entry;
+    let mut response = match entry.etag() {
+        None => AppError::key_not_found().into_response(),
+        Some(etag) => {
+            let last_modified = entry.validators().last_modified.as_deref();
+            // Bodies this long may go compressed: caches between here and the client must
+            // key on Accept-Encoding.
+            let compressible = state
+                .compression_min_bytes
+                .is_some_and(|min| entry.body_len() >= min);
+            let mut r = if conditional::not_modified(request, etag, last_modified) {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                r
+            } else {
+                let coding = compressible
+                    .then(|| {
+                        Coding::negotiate(request.get(header::ACCEPT_ENCODING).map(HeaderValue::as_bytes))
+                    })
+                    .flatten();
+                let body = match (answer.kind, coding) {
+                    (AnswerKind::Fetched { .. }, None) => entry.origin_body(),
+                    // The fetching request's body says "origin": compressed for it alone.
+                    (AnswerKind::Fetched { .. }, Some(coding)) => coding.compress(&entry.origin_body()),
+                    (_, None) => entry.cache_body(),
+                    (_, Some(coding)) => {
+                        let (body, made) = entry.cache_body_in(coding);
+                        if made {
+                            state.cache.reweigh(key, entry);
+                        }
+                        body
+                    }
+                };
+                let mut r = Response::new(Body::from(body));
+                r.headers_mut().insert(header::CONTENT_TYPE, JSON);
+                if let Some(coding) = coding {
+                    r.headers_mut().insert(
+                        header::CONTENT_ENCODING,
+                        HeaderValue::from_static(coding.as_str()),
+                    );
+                }
+                r
+            };
+            let headers = r.headers_mut();
+            if compressible {
+                headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            }
+            headers.insert(header::ETAG, etag.clone());
+            if let Some(date) = last_modified.and_then(|d| HeaderValue::from_str(d).ok()) {
+                headers.insert(header::LAST_MODIFIED, date);
+            }
+            r
+        }
     };
     let headers = response.headers_mut();
     headers.insert(CACHE_STATUS, cache_status);

@@ -1,5 +1,6 @@
 //! The HTTP surface: the router, its shared state and the handlers.
 
+mod conditional;
 mod headers;
 mod items;
 mod ops;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub max_key_bytes: usize,
     /// Deadline of a `/items` request that has to wait on the origin.
     pub request_timeout: Duration,
+    /// Bodies at least this long go compressed to clients that accept it (`None`: never).
+    pub compression_min_bytes: Option<usize>,
     /// Deadline for reading a request body (`HTTP_BODY_TIMEOUT_SECS`).
     pub body_timeout: Duration,
     /// Precomputed `Age` and `Cache-Status` values, so a hit formats nothing.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
-use super::{AnyOrigin, Breaker, BreakerState, Fetched, Origin, OriginError, OriginOutcome};
+use super::{AnyOrigin, Breaker, BreakerState, Fetched, Origin, OriginError, OriginOutcome, Validators};
 use crate::telemetry::Metrics;
 
 /// The origin as the cache sees it: bounded, timed and protected.
@@ -50,13 +50,23 @@ impl<O: Origin> GuardedOrigin<O> {
 
     /// Fetches `key` if a permit is free and the circuit lets the call through. The outcome is
     /// counted and recorded on the current span (the fetch span) as `origin.outcome`.
-    pub async fn fetch(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
-        let result = self.guarded(key, traceparent).await;
+    pub async fn fetch(
+        &self,
+        key: &str,
+        traceparent: Option<String>,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, OriginError> {
+        let result = self.guarded(key, traceparent, validators).await;
         tracing::Span::current().record("origin.outcome", OriginOutcome::of(&result).as_str());
         result
     }
 
-    async fn guarded(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
+    async fn guarded(
+        &self,
+        key: &str,
+        traceparent: Option<String>,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, OriginError> {
         let Ok(_permit) = self.permits.try_acquire() else {
             self.metrics.origin(OriginOutcome::Rejected, None);
             return Err(OriginError::Saturated);
@@ -68,7 +78,7 @@ impl<O: Origin> GuardedOrigin<O> {
         let started = Instant::now();
         // A panicking origin must still report to the breaker, or a half-open circuit would
         // wait for its probe forever.
-        let fetch = AssertUnwindSafe(self.origin.fetch(key, traceparent)).catch_unwind();
+        let fetch = AssertUnwindSafe(self.origin.fetch(key, traceparent, validators)).catch_unwind();
         let result = match tokio::time::timeout(self.timeout, fetch).await {
             Ok(Ok(result)) => result,
             Ok(Err(_panic)) => Err(OriginError::Transport("the origin client panicked".to_owned())),

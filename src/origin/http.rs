@@ -2,9 +2,9 @@
 
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 
-use super::{Fetched, Origin, OriginError};
+use super::{CacheHeaders, Fetched, Origin, OriginError, Validators};
 
 /// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) is percent-encoded.
 const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -81,8 +81,21 @@ impl HttpOrigin {
 }
 
 impl Origin for HttpOrigin {
-    async fn fetch(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
+    async fn fetch(
+        &self,
+        key: &str,
+        traceparent: Option<String>,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, OriginError> {
         let mut request = self.client.get(self.template.url_for(key));
+        if let Some(v) = validators {
+            if let Some(etag) = &v.etag {
+                request = request.header(IF_NONE_MATCH, etag.as_str());
+            }
+            if let Some(date) = &v.last_modified {
+                request = request.header(IF_MODIFIED_SINCE, date.as_str());
+            }
+        }
         if let Some(auth) = &self.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
@@ -91,9 +104,12 @@ impl Origin for HttpOrigin {
         }
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
+        let caching = CacheHeaders::read(status, response.headers());
         match status {
             200..=299 => {}
-            404 | 410 => return Ok(Fetched::NotFound),
+            404 | 410 => return Ok(Fetched::NotFound(caching)),
+            // Only an answer to a conditional request; unasked, a 304 is the origin's mistake.
+            304 if validators.is_some_and(Validators::any) => return Ok(Fetched::NotModified(caching)),
             300..=399 if status != 304 => return Err(OriginError::Redirect(status)),
             other => return Err(OriginError::Status(other)),
         }
@@ -115,7 +131,7 @@ impl Origin for HttpOrigin {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Fetched::Value(value_json(&body, is_json)?))
+        Ok(Fetched::Value(value_json(&body, is_json)?, caching))
     }
 }
 

@@ -2,6 +2,7 @@
 //! (concurrency limit, deadline, circuit breaker) every fetch passes through.
 
 mod breaker;
+mod cache_headers;
 mod guard;
 mod http;
 mod simulated;
@@ -12,17 +13,22 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use breaker::{Breaker, BreakerState, Trip};
+pub use cache_headers::{
+    CacheHeaders, Directives, MAX_VALIDATOR_BYTES, Stated, Validators, format_http_date, http_date_ms,
+};
 pub use guard::GuardedOrigin;
 pub use http::{HttpOrigin, UrlTemplate};
 pub use simulated::SimulatedOrigin;
 
-/// What the origin said about a key.
+/// What the origin said about a key, with what its headers said about caching it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
     /// The value, as JSON.
-    Value(Bytes),
+    Value(Bytes, CacheHeaders),
     /// The origin answered 404 or 410.
-    NotFound,
+    NotFound(CacheHeaders),
+    /// The origin answered `304` to a conditional refresh: the stored value still holds.
+    NotModified(CacheHeaders),
 }
 
 /// Why a fetch produced no answer; none of these is cached.
@@ -87,6 +93,8 @@ pub enum OriginOutcome {
     Ok,
     /// A 404 or 410.
     NotFound,
+    /// A `304` to a conditional refresh: the stored value holds, no body travelled.
+    NotModified,
     /// Any other failure at the origin.
     Error,
     /// No answer within `ORIGIN_TIMEOUT_MS`.
@@ -97,9 +105,10 @@ pub enum OriginOutcome {
 
 impl OriginOutcome {
     /// Every outcome, for label sets registered at zero.
-    pub const ALL: [OriginOutcome; 5] = [
+    pub const ALL: [OriginOutcome; 6] = [
         OriginOutcome::Ok,
         OriginOutcome::NotFound,
+        OriginOutcome::NotModified,
         OriginOutcome::Error,
         OriginOutcome::Timeout,
         OriginOutcome::Rejected,
@@ -110,6 +119,7 @@ impl OriginOutcome {
         match self {
             OriginOutcome::Ok => "ok",
             OriginOutcome::NotFound => "not_found",
+            OriginOutcome::NotModified => "not_modified",
             OriginOutcome::Error => "error",
             OriginOutcome::Timeout => "timeout",
             OriginOutcome::Rejected => "rejected",
@@ -119,8 +129,9 @@ impl OriginOutcome {
     /// The outcome of a fetch's result.
     pub fn of(result: &Result<Fetched, OriginError>) -> OriginOutcome {
         match result {
-            Ok(Fetched::Value(_)) => OriginOutcome::Ok,
-            Ok(Fetched::NotFound) => OriginOutcome::NotFound,
+            Ok(Fetched::Value(..)) => OriginOutcome::Ok,
+            Ok(Fetched::NotFound(_)) => OriginOutcome::NotFound,
+            Ok(Fetched::NotModified(_)) => OriginOutcome::NotModified,
             Err(e) => e.outcome(),
         }
     }
@@ -131,10 +142,13 @@ impl OriginOutcome {
 /// and count.
 pub trait Origin: Send + Sync + 'static {
     /// Fetches `key`'s value; `traceparent` is the W3C header of the fetch span, when traced.
+    /// With `validators` (a refresh of a stored value), the request is conditional and the
+    /// origin may answer [`Fetched::NotModified`].
     fn fetch(
         &self,
         key: &str,
         traceparent: Option<String>,
+        validators: Option<&Validators>,
     ) -> impl Future<Output = Result<Fetched, OriginError>> + Send;
 }
 
@@ -147,10 +161,15 @@ pub enum AnyOrigin {
 }
 
 impl Origin for AnyOrigin {
-    async fn fetch(&self, key: &str, traceparent: Option<String>) -> Result<Fetched, OriginError> {
+    async fn fetch(
+        &self,
+        key: &str,
+        traceparent: Option<String>,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, OriginError> {
         match self {
-            AnyOrigin::Simulated(o) => o.fetch(key, traceparent).await,
-            AnyOrigin::Http(o) => o.fetch(key, traceparent).await,
+            AnyOrigin::Simulated(o) => o.fetch(key, traceparent, validators).await,
+            AnyOrigin::Http(o) => o.fetch(key, traceparent, validators).await,
         }
     }
 }

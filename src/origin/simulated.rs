@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Fetched, Origin, OriginError};
+use super::{CacheHeaders, Fetched, Origin, OriginError, Validators};
 
 /// Stands in for a slow data source on a laptop, exactly as the seed's did.
 #[derive(Debug, Clone)]
@@ -21,9 +21,15 @@ impl SimulatedOrigin {
 }
 
 impl Origin for SimulatedOrigin {
-    async fn fetch(&self, key: &str, _traceparent: Option<String>) -> Result<Fetched, OriginError> {
+    async fn fetch(
+        &self,
+        key: &str,
+        _traceparent: Option<String>,
+        _validators: Option<&Validators>,
+    ) -> Result<Fetched, OriginError> {
         tokio::time::sleep(self.latency).await;
         let value = serde_json::to_vec(&format!("value_for_{key}")).expect("a string serialises");
-        Ok(Fetched::Value(Bytes::from(value)))
+        // No headers: the configured lifetimes apply, as in the seed.
+        Ok(Fetched::Value(Bytes::from(value), CacheHeaders::default()))
     }
 }

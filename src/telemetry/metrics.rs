@@ -14,6 +14,7 @@ use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
 
 use crate::cache::{
     CoalesceScope, EvictionCause, MemoryTier, PurgeMode, PurgeSource, RedisOp, StaleReason, TierName,
+    Uncacheable,
 };
 use crate::http::{Route, StatusClass};
 use crate::origin::{Breaker, OriginOutcome};
@@ -59,6 +60,7 @@ struct Counters {
     /// By route, then status class.
     http: Counts<{ Route::ALL.len() * StatusClass::ALL.len() }>,
     spans_dropped: Counts<1>,
+    uncacheable: Counts<{ Uncacheable::ALL.len() }>,
 }
 
 /// The instruments; one per metric name, labels for the rest.
@@ -125,6 +127,7 @@ impl Metrics {
             invalidations: Counts::new(),
             http: Counts::new(),
             spans_dropped: Counts::new(),
+            uncacheable: Counts::new(),
         });
         let m = &meter;
         let c = &counters;
@@ -234,6 +237,14 @@ impl Metrics {
             vec![(vec![], 0)],
             |c, i| c.spans_dropped.get(i),
         );
+        observe(
+            m,
+            c,
+            "cache_uncacheable",
+            "Origin answers not stored because the origin forbids a shared cache to (no-store, private, Vary: *, status), by reason.",
+            one_label("reason", &Uncacheable::ALL, Uncacheable::as_str),
+            |c, i| c.uncacheable.get(i),
+        );
         let seconds = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
@@ -332,6 +343,11 @@ impl Metrics {
         }
     }
 
+    /// An origin answer the origin forbade storing.
+    pub fn uncacheable(&self, reason: Uncacheable) {
+        self.counters.uncacheable.add(reason as usize);
+    }
+
     /// A failed Redis operation.
     pub fn redis_error(&self, operation: RedisOp) {
         self.counters.redis_errors.add(operation as usize);
@@ -390,5 +406,6 @@ mod tests {
         in_order(&PurgeSource::ALL, |e| e as usize);
         in_order(&Route::ALL, |e| e as usize);
         in_order(&StatusClass::ALL, |e| e as usize);
+        in_order(&Uncacheable::ALL, |e| e as usize);
     }
 }

@@ -308,6 +308,13 @@ impl Origin {
         .await;
     }
 
+    /// Sets the extra headers of every answer from now on (`Cache-Control`, `ETag`, ...).
+    pub async fn headers(&self, headers: &[(&str, &str)]) {
+        let url = format!("{}/_stub/headers", self.base);
+        let r = client().post(url).json(&headers).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
     /// Changes how the stub answers (`mode`: ok, status:500, hang, big).
     pub async fn set(&self, mode: &str, latency_ms: u64) {
         let url = format!("{}/_stub/config?mode={mode}&latency_ms={latency_ms}", self.base);

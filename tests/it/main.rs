@@ -4,6 +4,7 @@ mod cluster;
 mod config;
 mod hardening;
 mod harness;
+mod http_caching;
 mod items;
 mod loadtest;
 mod observability;

@@ -1,0 +1,249 @@
+//! What an origin's response says about caching it (RFC 9111 §5, RFC 5861), read once from its
+//! headers into plain values: the directives, `Expires`, `Date`, `Age`, and its validators.
+//! Reading never fails: a malformed header is read the way RFC 9111 asks (an invalid `Expires`
+//! or `max-age` means "already stale"), so an origin's mistake never becomes a client's error.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{AGE, CACHE_CONTROL, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY};
+
+/// Validators longer than this are not kept (an `ETag` is a short opaque string; a longer one is
+/// not worth a Redis entry's bytes), so an entry's encoding stays bounded.
+pub const MAX_VALIDATOR_BYTES: usize = 256;
+
+/// A lifetime as the origin stated it: a number of seconds, or present but unreadable (which
+/// RFC 9111 §4.2.1 asks a cache to treat as stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stated {
+    /// `directive=N`.
+    Secs(u64),
+    /// The directive (or header) is there but its value does not parse.
+    Invalid,
+}
+
+/// The `Cache-Control` directives a shared cache acts on; every header line is read, and for a
+/// directive given twice the first occurrence wins (RFC 9111 §4.2.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directives {
+    /// `no-store`: not stored anywhere.
+    pub no_store: bool,
+    /// `no-cache` (qualified or not): stored, but validated with the origin before every reuse.
+    pub no_cache: bool,
+    /// `private` (qualified or not): meant for one user; a shared cache does not store it.
+    pub private: bool,
+    /// `must-revalidate`: never served stale.
+    pub must_revalidate: bool,
+    /// `proxy-revalidate` (and implied by `s-maxage`): never served stale by a shared cache.
+    pub proxy_revalidate: bool,
+    /// `max-age`.
+    pub max_age: Option<Stated>,
+    /// `s-maxage`, which a shared cache prefers to `max-age`.
+    pub s_maxage: Option<Stated>,
+    /// `stale-while-revalidate` (RFC 5861).
+    pub stale_while_revalidate: Option<Stated>,
+    /// `stale-if-error` (RFC 5861).
+    pub stale_if_error: Option<Stated>,
+}
+
+/// The origin's validators, sent back on a refresh so an unchanged value costs no body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    /// The origin's `ETag`, verbatim (sent as `If-None-Match`).
+    pub etag: Option<String>,
+    /// The origin's `Last-Modified`, verbatim (sent as `If-Modified-Since`, shown to clients).
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    /// Whether there is anything to make a request conditional with.
+    pub fn any(&self) -> bool {
+        self.etag.is_some() || self.last_modified.is_some()
+    }
+}
+
+/// Everything caching-related an origin response said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheHeaders {
+    /// The response carried headers at all (the simulated origin sends none: the configured
+    /// lifetimes apply, exactly as before the origin could decide).
+    pub from_http: bool,
+    /// The status, for RFC 9111 §3's "heuristically cacheable" rule.
+    pub status: u16,
+    /// `Cache-Control`.
+    pub directives: Directives,
+    /// `Expires` (ms since the epoch), or invalid (already expired).
+    pub expires_ms: Option<Result<u64, ()>>,
+    /// `Date` (ms since the epoch), when it parses.
+    pub date_ms: Option<u64>,
+    /// `Age`, in seconds (0 when absent or unreadable).
+    pub age_secs: u64,
+    /// `Vary: *`: no request could ever match a stored answer.
+    pub vary_any: bool,
+    /// `ETag` and `Last-Modified`.
+    pub validators: Validators,
+}
+
+impl CacheHeaders {
+    /// Reads the caching headers of a response with `status`.
+    pub fn read(status: u16, headers: &HeaderMap) -> Self {
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        CacheHeaders {
+            from_http: true,
+            status,
+            directives: directives(headers),
+            expires_ms: headers
+                .get(EXPIRES)
+                .map(|v| v.to_str().ok().and_then(http_date_ms).ok_or(())),
+            date_ms: text(DATE).and_then(http_date_ms),
+            age_secs: text(AGE).and_then(|a| a.parse().ok()).unwrap_or(0),
+            vary_any: headers
+                .get_all(VARY)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|v| v.trim() == "*"),
+            validators: Validators {
+                etag: text(ETAG)
+                    .filter(|e| !e.is_empty() && e.len() <= MAX_VALIDATOR_BYTES)
+                    .map(str::to_owned),
+                last_modified: text(LAST_MODIFIED)
+                    .filter(|l| http_date_ms(l).is_some())
+                    .map(str::to_owned),
+            },
+        }
+    }
+}
+
+impl CacheHeaders {
+    /// Whether the answer states a freshness lifetime (`max-age`, `s-maxage`, `no-cache`,
+    /// `Expires`): a `304` that does restates it; one that does not leaves the stored one.
+    pub fn states_freshness(&self) -> bool {
+        let d = &self.directives;
+        d.max_age.is_some() || d.s_maxage.is_some() || d.no_cache || self.expires_ms.is_some()
+    }
+}
+
+/// The directives of every `Cache-Control` line; names are case-insensitive, unknown ones
+/// ignored, and the first occurrence of a directive wins.
+fn directives(headers: &HeaderMap) -> Directives {
+    let mut d = Directives::default();
+    let lines = headers.get_all(CACHE_CONTROL);
+    for part in lines
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(split_directives)
+    {
+        let (name, value) = match part.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (part.trim(), None),
+        };
+        let secs = || {
+            Some(
+                value
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(Stated::Invalid, Stated::Secs),
+            )
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "no-store" => d.no_store = true,
+            "no-cache" => d.no_cache = true,
+            "private" => d.private = true,
+            "must-revalidate" => d.must_revalidate = true,
+            "proxy-revalidate" => d.proxy_revalidate = true,
+            "max-age" if d.max_age.is_none() => d.max_age = secs(),
+            "s-maxage" if d.s_maxage.is_none() => d.s_maxage = secs(),
+            "stale-while-revalidate" if d.stale_while_revalidate.is_none() => {
+                d.stale_while_revalidate = secs();
+            }
+            "stale-if-error" if d.stale_if_error.is_none() => d.stale_if_error = secs(),
+            _ => {}
+        }
+    }
+    d
+}
+
+/// Splits a `Cache-Control` value at the commas that are not inside a quoted string
+/// (`private="Set-Cookie, X-Id"` is one directive).
+fn split_directives(value: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty())
+}
+
+/// An HTTP-date (RFC 9110 §5.6.7, all three formats) as ms since the epoch.
+pub fn http_date_ms(text: &str) -> Option<u64> {
+    let at = httpdate::parse_http_date(text.trim()).ok()?;
+    Some(at.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+/// `ms` since the epoch as an HTTP-date, for `Last-Modified` comparisons and tests.
+pub fn format_http_date(ms: u64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn read(pairs: &[(&'static str, &'static str)]) -> CacheHeaders {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        CacheHeaders::read(200, &h)
+    }
+
+    #[test]
+    fn directives_across_lines_first_occurrence_wins_and_case_is_ignored() {
+        let h = read(&[
+            ("cache-control", "Max-Age=60, s-maxage=\"30\""),
+            (
+                "cache-control",
+                "max-age=5, stale-while-revalidate=10, private=\"set-cookie, x\"",
+            ),
+        ]);
+        assert_eq!(h.directives.max_age, Some(Stated::Secs(60)));
+        assert_eq!(h.directives.s_maxage, Some(Stated::Secs(30)));
+        assert_eq!(h.directives.stale_while_revalidate, Some(Stated::Secs(10)));
+        assert!(h.directives.private);
+        assert!(!h.directives.no_store);
+    }
+
+    #[test]
+    fn malformed_values_are_read_as_stale_not_as_errors() {
+        let h = read(&[("cache-control", "max-age=soon"), ("expires", "0")]);
+        assert_eq!(h.directives.max_age, Some(Stated::Invalid));
+        assert_eq!(h.expires_ms, Some(Err(())));
+        let h = read(&[("age", "x"), ("last-modified", "yesterday"), ("etag", "\"v1\"")]);
+        assert_eq!(h.age_secs, 0);
+        assert_eq!(h.validators.last_modified, None);
+        assert_eq!(h.validators.etag.as_deref(), Some("\"v1\""));
+    }
+
+    #[test]
+    fn dates_and_vary() {
+        let h = read(&[
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("expires", "Sunday, 06-Nov-94 08:50:37 GMT"),
+            ("vary", "accept, *"),
+        ]);
+        assert_eq!(h.date_ms, Some(784_111_777_000));
+        assert_eq!(h.expires_ms, Some(Ok(784_111_837_000)));
+        assert!(h.vary_any);
+        assert_eq!(format_http_date(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+}
