@@ -531,16 +531,21 @@ class FakeExporter:
         histogram("request_latency_seconds")
         counter("cache_stale_total", [{"reason": r} for r in ("stale-while-revalidate", "stale-if-error")])
         counter("cache_coalesced_total", [{"scope": s} for s in ("process", "fleet")])
-        counter("origin_requests_total", [{"outcome": o} for o in ("ok", "not_found", "error", "timeout", "rejected")])
+        counter("origin_requests_total", [{"outcome": o} for o in ("ok", "not_found", "not_modified", "error", "timeout", "rejected")])
         histogram("origin_request_duration_seconds")
         gauge("origin_breaker_state", 0)
         counter("redis_errors_total", [{"operation": o} for o in ("get", "set", "del", "publish", "subscribe", "lock")])
         gauge("memory_cache_entries", 10 + n)
         gauge("memory_cache_bytes", 1000 + n)
         counter("cache_evictions_total", [{"cause": c} for c in ("size", "expired")])
-        counter("cache_invalidations_total", [{"mode": m, "source": s} for m in ("hard", "soft") for s in ("local", "remote")])
+        counter("cache_invalidations_total", [{"mode": m, "source": s, "scope": c} for m in ("hard", "soft")
+                                              for s in ("local", "remote") for c in ("key", "tag")])
+        counter("cache_invalidated_entries_total", [{"scope": c, "tier": t} for c in ("key", "tag")
+                                                    for t in ("memory", "redis")])
+        counter("cache_tags_ignored_total", [{}])
+        counter("cache_uncacheable_total", [{"reason": r} for r in ("no-store", "private", "vary-star", "status")])
         counter("otel_spans_dropped_total", [{}])
-        routes = ["/items/{key}", "/health", "/livez", "/readyz", "/metrics", "unmatched"]
+        routes = ["/items/{key}", "/tags/{tag}", "/health", "/livez", "/readyz", "/metrics", "unmatched"]
         counter("http_requests_total", [{"route": r, "status_class": c} for r in routes
                                         for c in ("2xx", "3xx", "4xx", "5xx")])
         return "\n".join(lines) + "\n"

@@ -87,11 +87,13 @@ impl Application {
             OriginSource::Http {
                 template,
                 authorization,
+                tags,
             } => AnyOrigin::Http(
                 HttpOrigin::new(
                     template.clone(),
                     authorization.clone(),
                     origin_config.max_body_bytes,
+                    tags.clone(),
                 )
                 .map_err(StartError::Setup)?,
             ),

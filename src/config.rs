@@ -18,7 +18,7 @@ use http::HeaderValue;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 use crate::cache::{FleetLock, Lifetimes};
-use crate::origin::{Trip, UrlTemplate};
+use crate::origin::{TagRules, Trip, UrlTemplate};
 
 /// A setting that cannot be used: start-up stops with this message (exit status 2), so an
 /// operator sees the variable to fix rather than a failure further down.
@@ -161,6 +161,8 @@ pub enum OriginSource {
         /// `ORIGIN_AUTHORIZATION`, sent with each fetch; marked sensitive so it never shows in
         /// logs or debug output.
         authorization: Option<HeaderValue>,
+        /// `ORIGIN_TAG_HEADER`, `TAGS_MAX_PER_ENTRY`, `TAG_MAX_BYTES`: how answers are tagged.
+        tags: TagRules,
     },
 }
 
@@ -211,6 +213,9 @@ mod vars {
 
     pub const ORIGIN_URL: &str = "ORIGIN_URL";
     pub const ORIGIN_AUTHORIZATION: &str = "ORIGIN_AUTHORIZATION";
+    pub const ORIGIN_TAG_HEADER: Var<Text> = text("ORIGIN_TAG_HEADER", "Surrogate-Key");
+    pub const TAGS_MAX_PER_ENTRY: Var<Count> = count("TAGS_MAX_PER_ENTRY", "32", 1, 1_000);
+    pub const TAG_MAX_BYTES: Var<Count> = count("TAG_MAX_BYTES", "128", 1, 1_024);
     pub const ORIGIN_LATENCY_MS: Var<Millis> = millis("ORIGIN_LATENCY_MS", "200", 0);
     pub const ORIGIN_TIMEOUT_MS: Var<Millis> = millis("ORIGIN_TIMEOUT_MS", "2000", 1);
     pub const ORIGIN_MAX_CONCURRENCY: Var<Count> = count("ORIGIN_MAX_CONCURRENCY", "64", 1, 100_000);
@@ -332,6 +337,7 @@ impl Env {
                     )
                 })?,
                 authorization: authorization(env)?,
+                tags: tag_rules(env)?,
             },
             None => OriginSource::Simulated { latency },
         };
@@ -386,6 +392,22 @@ impl Env {
 
 /// `ORIGIN_AUTHORIZATION` as the header it is sent as; the value is a secret, so a refusal
 /// does not echo it.
+fn tag_rules(env: &Env) -> Result<TagRules, ConfigError> {
+    let name = ORIGIN_TAG_HEADER.read(env)?;
+    let header = http::HeaderName::try_from(name.trim().to_ascii_lowercase()).map_err(|_| {
+        invalid(
+            ORIGIN_TAG_HEADER.name,
+            &name,
+            "an HTTP header name such as Surrogate-Key or Cache-Tag",
+        )
+    })?;
+    Ok(TagRules {
+        header,
+        max_per_entry: TAGS_MAX_PER_ENTRY.read(env)? as usize,
+        max_bytes: TAG_MAX_BYTES.read(env)? as usize,
+    })
+}
+
 fn authorization(env: &Env) -> Result<Option<HeaderValue>, ConfigError> {
     env.get(ORIGIN_AUTHORIZATION)
         .map(|a| {
@@ -836,6 +858,9 @@ mod tests {
             (CACHE_TTL_MAX_SECS.name, CACHE_TTL_MAX_SECS.default),
             (ORIGIN_CACHE_CONTROL.name, ORIGIN_CACHE_CONTROL.default),
             (COMPRESSION.name, COMPRESSION.default),
+            (ORIGIN_TAG_HEADER.name, ORIGIN_TAG_HEADER.default),
+            (TAGS_MAX_PER_ENTRY.name, TAGS_MAX_PER_ENTRY.default),
+            (TAG_MAX_BYTES.name, TAG_MAX_BYTES.default),
             (COMPRESSION_MIN_BYTES.name, COMPRESSION_MIN_BYTES.default),
             (MEMORY_CACHE_ENABLED.name, MEMORY_CACHE_ENABLED.default),
             (MEMORY_CACHE_MAX_BYTES.name, MEMORY_CACHE_MAX_BYTES.default),

@@ -8,7 +8,8 @@
 //! (`ok`, `fixed` (the same body every time: no `n`), `dir:<path>` (the file
 //! `<path>/<last path segment>.json`), `status:<code>`,
 //! `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`), `STUB_CONTENT_TYPE` (`json` or
-//! `text`), `STUB_HEADERS` (extra response headers, `Name: value` lines).
+//! `text`), `STUB_HEADERS` (extra response headers, `Name: value` lines; `{tags}` in a value
+//! stands for the key's own tags: a key `name~tag1~tag2` gets `tag1 tag2`).
 //! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/headers` (a
 //! JSON list of `[name, value]` pairs: the extra headers of every answer from now on, 404s and
 //! 304s included), `POST /_stub/reset`.
@@ -62,6 +63,9 @@ struct Stats {
 struct Stub {
     behaviour: Mutex<Behaviour>,
     stats: Mutex<Stats>,
+    /// Data requests being answered now, and the most there have been at once.
+    in_flight: std::sync::atomic::AtomicU64,
+    max_in_flight: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +100,8 @@ async fn main() {
     let stub = Arc::new(Stub {
         behaviour: Mutex::new(behaviour),
         stats: Mutex::default(),
+        in_flight: Default::default(),
+        max_in_flight: Default::default(),
     });
     let app = Router::new()
         .route("/_stub/stats", get(stats))
@@ -163,11 +169,25 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
         stats.served
     };
     tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    let in_flight = stub.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    stub.max_in_flight
+        .fetch_max(in_flight, std::sync::atomic::Ordering::SeqCst);
     let mut response = answer(&behaviour, &target, n, unchanged).await;
+    stub.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    // `{tags}` in a header value: the key's own tags, `key~tag1~tag2` (percent-decoded).
+    let segment = target
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    let tags = decoded.split('~').skip(1).collect::<Vec<_>>().join(" ");
     for (name, value) in &behaviour.headers {
         if let (Ok(name), Ok(value)) = (
             header::HeaderName::from_bytes(name.as_bytes()),
-            header::HeaderValue::from_str(value),
+            header::HeaderValue::from_str(&value.replace("{tags}", &tags)),
         ) {
             response.headers_mut().append(name, value);
         }
@@ -243,7 +263,12 @@ async fn answer(behaviour: &Behaviour, target: &str, n: u64, unchanged: bool) ->
 }
 
 async fn stats(State(stub): State<Arc<Stub>>) -> Response {
-    axum::Json(&*stub.stats.lock().unwrap()).into_response()
+    let mut stats = serde_json::to_value(&*stub.stats.lock().unwrap()).expect("stats serialise");
+    stats["max_in_flight"] = stub
+        .max_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .into();
+    axum::Json(stats).into_response()
 }
 
 async fn configure(State(stub): State<Arc<Stub>>, Query(q): Query<ConfigQuery>) -> Response {
@@ -270,5 +295,6 @@ async fn set_headers(
 
 async fn reset(State(stub): State<Arc<Stub>>) -> Response {
     *stub.stats.lock().unwrap() = Stats::default();
+    stub.max_in_flight.store(0, std::sync::atomic::Ordering::SeqCst);
     StatusCode::NO_CONTENT.into_response()
 }

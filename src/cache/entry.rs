@@ -62,6 +62,9 @@ pub struct Entry {
     /// The weak `ETag` clients get: derived from the value, so it is the same on every replica
     /// and tier, whichever `source` the body says. `None` for a negative entry.
     etag: Option<HeaderValue>,
+    /// The origin's tags (`ORIGIN_TAG_HEADER`), by which a purge can name many entries at once;
+    /// `None` when it sent none.
+    tags: Option<Box<[Box<str>]>>,
     /// The hit body compressed in each [`Coding`], made on first use and kept (boxed: most
     /// entries are never asked for compressed, and then cost one pointer).
     compressed: OnceLock<Box<[OnceLock<Bytes>; Coding::ALL.len()]>>,
@@ -141,6 +144,7 @@ impl Entry {
             must_revalidate: times.must_revalidate,
             validators: None,
             etag: None,
+            tags: None,
             compressed: Default::default(),
         }
     }
@@ -180,6 +184,22 @@ impl Entry {
             stale_until_ms: from(self.stale_until_ms),
             must_revalidate: self.must_revalidate,
         }
+    }
+
+    /// The same entry carrying `tags` (the origin's, already within the limits).
+    pub fn with_tags(mut self, tags: &[String]) -> Self {
+        self.tags = (!tags.is_empty()).then(|| tags.iter().map(|t| Box::from(t.as_str())).collect());
+        self
+    }
+
+    /// The origin's tags.
+    pub fn tags(&self) -> &[Box<str>] {
+        self.tags.as_deref().unwrap_or(&[])
+    }
+
+    /// Whether the entry carries exactly `tag`.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags().iter().any(|t| &**t == tag)
     }
 
     /// The origin's validators (none when it sent neither `ETag` nor `Last-Modified`).
@@ -292,7 +312,12 @@ impl Entry {
                     .sum::<usize>()
         });
         let etag = self.etag.as_ref().map_or(0, HeaderValue::len);
-        (key.len() + self.body.len() + etag + validators + compressed + ENTRY_OVERHEAD_BYTES)
+        // A boxed slice of boxed strings: 16 bytes of pointer and length per tag, plus its text.
+        let tags = self
+            .tags
+            .as_ref()
+            .map_or(0, |t| 32 + t.iter().map(|t| 32 + t.len()).sum::<usize>());
+        (key.len() + self.body.len() + etag + validators + compressed + tags + ENTRY_OVERHEAD_BYTES)
             .min(u32::MAX as usize) as u32
     }
 
@@ -307,6 +332,7 @@ impl Entry {
             m: self.must_revalidate,
             et: self.validators().etag.clone(),
             lm: self.validators().last_modified.clone(),
+            tg: self.tags().iter().map(|t| t.to_string()).collect(),
             n: self.negative,
             v: (!self.negative).then(|| {
                 // The value is JSON by construction, so this cannot fail.
@@ -346,7 +372,7 @@ impl Entry {
             etag: s.et,
             last_modified: s.lm,
         };
-        Some(Self::new(key, s.v?.get().as_bytes(), times, validators))
+        Some(Self::new(key, s.v?.get().as_bytes(), times, validators).with_tags(&s.tg))
     }
 }
 
@@ -382,6 +408,9 @@ struct Stored {
     et: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lm: Option<String>,
+    /// The origin's tags; before `v`, so a purge script finds them without reading the value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tg: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     v: Option<Box<RawValue>>,
 }

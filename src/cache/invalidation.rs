@@ -61,12 +61,48 @@ impl PurgeSource {
 pub enum Target {
     /// One key.
     Key(String),
+    /// Every entry carrying exactly this tag.
+    Tag(String),
+}
+
+impl Target {
+    /// The purge's `scope` label: `key` or `tag`.
+    pub fn scope(&self) -> PurgeScope {
+        match self {
+            Target::Key(_) => PurgeScope::Key,
+            Target::Tag(_) => PurgeScope::Tag,
+        }
+    }
+}
+
+/// What a purge names: one key, or every entry with a tag (`scope` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeScope {
+    /// `DELETE /items/{key}`.
+    Key,
+    /// `DELETE /tags/{tag}`.
+    Tag,
+}
+
+impl PurgeScope {
+    /// Every scope, for label sets registered at zero.
+    pub const ALL: [PurgeScope; 2] = [PurgeScope::Key, PurgeScope::Tag];
+
+    /// The `scope` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeScope::Key => "key",
+            PurgeScope::Tag => "tag",
+        }
+    }
 }
 
 /// A purge as replicas tell each other about it.
 ///
 /// On the wire: `mode\ninstance\nkey`, the format every release so far has spoken, so replicas
-/// of different releases purge each other during a rolling upgrade.
+/// of different releases purge each other's keys during a rolling upgrade; a tag purge's mode is
+/// `hard-tag` or `soft-tag`, which releases without tags ignore (or, before 0.2, read as a key
+/// purge of a key named like the tag: one needless miss at most).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidation {
     /// Remove, or mark stale.
@@ -80,25 +116,30 @@ pub struct Invalidation {
 impl Invalidation {
     /// The message published on the invalidation channel.
     pub fn encode(&self) -> String {
-        let Target::Key(key) = &self.target;
-        format!("{}\n{}\n{key}", self.mode.as_str(), self.origin_instance)
+        let (suffix, name) = match &self.target {
+            Target::Key(key) => ("", key),
+            Target::Tag(tag) => ("-tag", tag),
+        };
+        format!("{}{suffix}\n{}\n{name}", self.mode.as_str(), self.origin_instance)
     }
 
     /// A message read from the channel; `None` for one this release does not understand (it is
     /// ignored, not guessed at).
     pub fn parse(message: &str) -> Option<Self> {
         let mut parts = message.splitn(3, '\n');
-        let mode = match parts.next()? {
-            "hard" => PurgeMode::Hard,
-            "soft" => PurgeMode::Soft,
+        let (mode, tag) = match parts.next()? {
+            "hard" => (PurgeMode::Hard, false),
+            "soft" => (PurgeMode::Soft, false),
+            "hard-tag" => (PurgeMode::Hard, true),
+            "soft-tag" => (PurgeMode::Soft, true),
             _ => return None,
         };
         let origin_instance = parts.next()?.to_owned();
-        let key = parts.next()?;
+        let name = parts.next()?.to_owned();
         Some(Invalidation {
             mode,
             origin_instance,
-            target: Target::Key(key.to_owned()),
+            target: if tag { Target::Tag(name) } else { Target::Key(name) },
         })
     }
 }
@@ -181,6 +222,13 @@ mod tests {
             Some(PurgeMode::Hard)
         );
         assert_eq!(Invalidation::parse("tag\n1-2\nk"), None);
+        let tag = Invalidation {
+            mode: PurgeMode::Soft,
+            origin_instance: "9-f".to_owned(),
+            target: Target::Tag("a/b:*?".to_owned()),
+        };
+        assert_eq!(tag.encode(), "soft-tag\n9-f\na/b:*?");
+        assert_eq!(Invalidation::parse(&tag.encode()), Some(tag));
         assert_eq!(Invalidation::parse("hard\n1-2"), None);
     }
 }

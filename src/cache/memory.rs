@@ -8,6 +8,7 @@ use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 use super::entry::{Entry, now_ms};
+use super::invalidation::PurgeMode;
 use super::tier::{Tier, TierError, TierName};
 use crate::telemetry::Metrics;
 
@@ -56,6 +57,33 @@ impl moka::Expiry<Arc<str>, Arc<Entry>> for UntilUnservable {
         _left: Option<Duration>,
     ) -> Option<Duration> {
         Some(Duration::from_millis(e.stale_until_ms.saturating_sub(now_ms())))
+    }
+}
+
+impl MemoryTier {
+    /// Removes (or marks stale) each of `keys` whose entry passes `check` now: how many.
+    fn purge_where<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a str>,
+        check: impl Fn(&Entry) -> bool,
+        mode: PurgeMode,
+        now_ms: u64,
+    ) -> u64 {
+        let mut purged = 0;
+        for key in keys {
+            let Some(entry) = self.map.get(key).filter(|e| check(e)) else {
+                continue;
+            };
+            match mode {
+                PurgeMode::Hard => self.map.invalidate(key),
+                PurgeMode::Soft => self
+                    .map
+                    .insert(Arc::from(key), Arc::new(entry.marked_stale(now_ms))),
+            }
+            purged += 1;
+        }
+        self.map.run_pending_tasks();
+        purged
     }
 }
 
@@ -118,6 +146,22 @@ impl Tier for MemoryTier {
 
     fn clear_own(&self) {
         self.map.invalidate_all();
+    }
+
+    async fn purge(&self, key: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
+        Ok(self.purge_where(std::iter::once(key), |_| true, mode, now_ms))
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
+        // A scan of the tier (no index to keep in step): milliseconds for a full tier, and only
+        // on a tag purge.
+        let tagged: Vec<Arc<str>> = self
+            .map
+            .iter()
+            .filter(|(_, e)| e.has_tag(tag))
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        Ok(self.purge_where(tagged.iter().map(|k| &**k), |e| e.has_tag(tag), mode, now_ms))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {

@@ -29,7 +29,7 @@ pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use encoding::Coding;
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, now_ms};
 pub use fleet::FleetLock;
-pub use invalidation::{Invalidation, PurgeMode, PurgeSource, Target};
+pub use invalidation::{Invalidation, PurgeMode, PurgeScope, PurgeSource, Target};
 pub use memory::{EvictionCause, MemoryTier};
 pub use policy::{Lifetimes, Times, Uncacheable};
 pub use redis::{RedisHealth, RedisOp, RedisTier, key_slot};
@@ -97,6 +97,10 @@ struct Inner<O> {
     life: Lifetimes,
     /// This process's name on the Redis channels, so it skips its own purges.
     instance: Arc<str>,
+    /// Tags purged lately, for fetches in flight.
+    tag_purges: TagPurges,
+    /// Permits of background refreshes: half of `ORIGIN_MAX_CONCURRENCY`.
+    background: tokio::sync::Semaphore,
     /// When each `Uncacheable` reason was last logged (ms since the epoch).
     uncacheable_logged: [AtomicU64; Uncacheable::ALL.len()],
     /// Counters.
@@ -114,6 +118,7 @@ impl<O: Origin> ReadThrough<O> {
         redis: Option<RedisTier>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let background_permits = (origin.max_concurrency() / 2).max(1);
         let instance: Arc<str> = format!("{}-{:016x}", std::process::id(), rand::random::<u64>()).into();
         let fleet = redis
             .as_ref()
@@ -128,6 +133,8 @@ impl<O: Origin> ReadThrough<O> {
                 life,
                 instance,
                 uncacheable_logged: Default::default(),
+                tag_purges: TagPurges::default(),
+                background: tokio::sync::Semaphore::new(background_permits),
                 metrics,
             }),
         }
@@ -184,7 +191,7 @@ impl<O: Origin> ReadThrough<O> {
         let breaker_open = inner.origin.breaker_state() == BreakerState::Open;
         if !breaker_open && entry.may_serve_while_revalidating(now) {
             // Refresh in the background: one fetch per key, however many stale hits.
-            let _ = self.start_fetch(key, Some((entry.clone(), tier)));
+            let _ = self.start_fetch(key, Some((entry.clone(), tier)), true);
             return Ok(self.stale(entry, tier, StaleReason::WhileRevalidate, now));
         }
         if breaker_open && entry.may_serve_if_error(now) {
@@ -221,7 +228,7 @@ impl<O: Origin> ReadThrough<O> {
         wait: Duration,
     ) -> Result<Answer, CacheError> {
         let refreshed_tier = previous.as_ref().map(|(_, tier)| *tier);
-        let (role, waiter) = self.start_fetch(key, previous);
+        let (role, waiter) = self.start_fetch(key, previous, false);
         let fetch = tokio::time::timeout(wait, waiter.wait())
             .await
             .map_err(|_| CacheError::TimedOut)???;
@@ -301,6 +308,7 @@ impl<O: Origin> ReadThrough<O> {
         &self,
         key: &str,
         previous: Previous,
+        background: bool,
     ) -> (Role, coalesce::Waiter<Result<Fetch, CacheError>>) {
         let key: Arc<str> = Arc::from(key);
         let parent = Span::current();
@@ -310,7 +318,20 @@ impl<O: Origin> ReadThrough<O> {
             let span = tracing::info_span!(target: TRACE_TARGET, parent: &parent, "origin.fetch",
                 otel.kind = "client", origin.outcome = tracing::field::Empty);
             let previous = previous.map(|(entry, _)| entry);
-            async move { inner.fetch(&key, &superseded, previous).await }.instrument(span)
+            let fence = Fence {
+                superseded,
+                started_ms: now_ms(),
+            };
+            async move {
+                // Refreshes of entries served stale wait for one of their share of the origin's
+                // permits, so a soft purge of many keys never takes the permits cold keys need.
+                let _permit = match background {
+                    true => inner.background.acquire().await.ok(),
+                    false => None,
+                };
+                inner.clone().fetch(&key, &fence, previous).await
+            }
+            .instrument(span)
         })
     }
 
@@ -320,16 +341,48 @@ impl<O: Origin> ReadThrough<O> {
         let inner = &*self.inner;
         // First, so a fetch that finishes while the tiers are purged does not store its value.
         inner.inflight.supersede(key);
+        self.purge_everywhere(Target::Key(key.to_owned()), mode)
+            .await
+            .map(drop)
+    }
+
+    /// Purges every entry carrying exactly `tag`, from every tier here and, through Redis, on
+    /// every replica; the entries purged per tier here (memory) and in the shared tiers.
+    pub async fn purge_tag(
+        &self,
+        tag: &str,
+        mode: PurgeMode,
+    ) -> Result<Vec<(TierName, u64)>, PurgeIncomplete> {
+        // First, so a fetch whose answer carries the tag and finishes now does not store it.
+        self.inner.tag_purges.record(tag, now_ms());
+        self.purge_everywhere(Target::Tag(tag.to_owned()), mode).await
+    }
+
+    /// Applies a purge to every tier here, counts it, and publishes it for the other replicas;
+    /// `PurgeIncomplete` when a tier or the channel could not be reached.
+    async fn purge_everywhere(
+        &self,
+        target: Target,
+        mode: PurgeMode,
+    ) -> Result<Vec<(TierName, u64)>, PurgeIncomplete> {
+        let inner = &*self.inner;
         let mut reached_all = true;
+        let mut purged = Vec::with_capacity(inner.tiers.len());
         for tier in &inner.tiers {
-            reached_all &= purge_in(tier, key, mode).await.is_ok();
+            let done = purge_in(tier, &target, mode).await;
+            reached_all &= done.is_ok();
+            let n = done.unwrap_or(0);
+            inner.metrics.invalidated_entries(target.scope(), tier.name(), n);
+            purged.push((tier.name(), n));
         }
-        inner.metrics.invalidated(mode, PurgeSource::Local);
+        inner
+            .metrics
+            .invalidated(mode, PurgeSource::Local, target.scope());
         if let Some(channel) = &inner.channel {
             let message = Invalidation {
                 mode,
                 origin_instance: inner.instance.to_string(),
-                target: Target::Key(key.to_owned()),
+                target,
             };
             reached_all &= channel
                 .publish(redis::Channel::Invalidate, &message.encode())
@@ -337,7 +390,7 @@ impl<O: Origin> ReadThrough<O> {
                 .is_ok();
         }
         if reached_all {
-            Ok(())
+            Ok(purged)
         } else {
             tracing::warn!("{PurgeIncomplete}");
             Err(PurgeIncomplete)
@@ -354,12 +407,16 @@ impl<O: Origin> ReadThrough<O> {
         if *purge.origin_instance == *inner.instance {
             return;
         }
-        let Target::Key(key) = &purge.target;
-        inner.inflight.supersede(key.as_str());
-        for tier in inner.tiers.iter().filter(|t| !t.shared()) {
-            let _ = purge_in(tier, key, purge.mode).await;
+        match &purge.target {
+            Target::Key(key) => inner.inflight.supersede(key.as_str()),
+            Target::Tag(tag) => inner.tag_purges.record(tag, now_ms()),
         }
-        inner.metrics.invalidated(purge.mode, PurgeSource::Remote);
+        let scope = purge.target.scope();
+        for tier in inner.tiers.iter().filter(|t| !t.shared()) {
+            let n = purge_in(tier, &purge.target, purge.mode).await.unwrap_or(0);
+            inner.metrics.invalidated_entries(scope, tier.name(), n);
+        }
+        inner.metrics.invalidated(purge.mode, PurgeSource::Remote, scope);
     }
 
     /// Forgets what this replica's own tiers hold (after a gap in the purge feed).
@@ -377,11 +434,52 @@ impl<O: Origin> ReadThrough<O> {
     }
 }
 
-/// Applies `mode` to `key` in `tier`.
-async fn purge_in(tier: &AnyTier, key: &str, mode: PurgeMode) -> Result<(), TierError> {
-    match mode {
-        PurgeMode::Hard => tier.remove(key).await,
-        PurgeMode::Soft => tier.mark_stale(key, now_ms()).await,
+/// Applies `mode` to what `target` names in `tier`: the entries removed or marked stale.
+async fn purge_in(tier: &AnyTier, target: &Target, mode: PurgeMode) -> Result<u64, TierError> {
+    match target {
+        Target::Key(key) => tier.purge(key, mode, now_ms()).await,
+        Target::Tag(tag) => tier.purge_tag(tag, mode, now_ms()).await,
+    }
+}
+
+/// What can overtake a fetch in flight, so that it must not store its answer: a purge of its
+/// key (`superseded`), or a purge of a tag its answer carries since it started.
+struct Fence {
+    superseded: Superseded,
+    started_ms: u64,
+}
+
+/// Tags purged lately, and when: a fetch that started before a purge of a tag its answer
+/// carries must not store it. Kept for [`TAG_PURGE_HORIZON_MS`] (longer than any fetch).
+#[derive(Default)]
+struct TagPurges {
+    last: std::sync::Mutex<std::collections::HashMap<Box<str>, u64>>,
+}
+
+/// Longer than a fetch can take (origin timeout, fleet wait, retries).
+const TAG_PURGE_HORIZON_MS: u64 = 10 * 60 * 1000;
+
+impl TagPurges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, u64>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `tag` was purged at `at_ms`.
+    fn record(&self, tag: &str, at_ms: u64) {
+        let mut last = self.lock();
+        if last.len() >= 4096 {
+            last.retain(|_, t| *t + TAG_PURGE_HORIZON_MS > at_ms);
+        }
+        last.insert(Box::from(tag), at_ms);
+    }
+
+    /// Whether any of `tags` was purged at or after `since_ms`.
+    fn any_since(&self, tags: &[Box<str>], since_ms: u64) -> bool {
+        if tags.is_empty() {
+            return false;
+        }
+        let last = self.lock();
+        tags.iter().any(|t| last.get(t).is_some_and(|at| *at >= since_ms))
     }
 }
 
@@ -392,33 +490,33 @@ impl<O: Origin> Inner<O> {
     async fn fetch(
         self: Arc<Self>,
         key: &str,
-        superseded: &Superseded,
+        fence: &Fence,
         previous: Option<Arc<Entry>>,
     ) -> Result<Fetch, CacheError> {
         let Some(fleet) = &self.fleet else {
-            return self.fetch_from_origin(key, superseded, previous).await;
+            return self.fetch_from_origin(key, fence, previous).await;
         };
         match fleet.take_turn(key).await {
             Turn::Lead(held) => {
                 // Another replica may have stored it between our miss and our lock.
                 let result = match fleet.fresh(key).await {
-                    Some(entry) => Ok(self.keep_fleet_value(key, entry, superseded).await),
-                    None => self.fetch_from_origin(key, superseded, previous).await,
+                    Some(entry) => Ok(self.keep_fleet_value(key, entry, fence).await),
+                    None => self.fetch_from_origin(key, fence, previous).await,
                 };
                 let not_stored = matches!(&result, Ok(f) if matches!(f.outcome, Outcome::NotStored(_)));
                 held.release(!not_stored).await;
                 result
             }
-            Turn::Filled(entry) => Ok(self.keep_fleet_value(key, entry, superseded).await),
-            Turn::Alone => self.fetch_from_origin(key, superseded, previous).await,
+            Turn::Filled(entry) => Ok(self.keep_fleet_value(key, entry, fence).await),
+            Turn::Alone => self.fetch_from_origin(key, fence, previous).await,
         }
     }
 
     /// A value another replica fetched (and stored in the shared tiers): kept in this replica's
     /// own tiers too.
-    async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>, superseded: &Superseded) -> Fetch {
+    async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>, fence: &Fence) -> Fetch {
         let own = self.tiers.iter().filter(|t| !t.shared());
-        self.store(key, &entry, superseded, own).await;
+        self.store(key, &entry, fence, own).await;
         Fetch {
             entry,
             by_fleet: true,
@@ -434,16 +532,18 @@ impl<O: Origin> Inner<O> {
         &'a self,
         key: &str,
         entry: &Arc<Entry>,
-        superseded: &Superseded,
+        fence: &Fence,
         tiers: impl Iterator<Item = &'a AnyTier> + Clone,
     ) {
-        if superseded.is_set() {
+        let overtaken =
+            || fence.superseded.is_set() || self.tag_purges.any_since(entry.tags(), fence.started_ms);
+        if overtaken() {
             return;
         }
         for tier in tiers.clone() {
             let _ = tier.put(key, entry.clone()).await;
         }
-        if superseded.is_set() {
+        if overtaken() {
             for tier in tiers {
                 let _ = tier.remove(key).await;
             }
@@ -456,18 +556,26 @@ impl<O: Origin> Inner<O> {
     async fn fetch_from_origin(
         &self,
         key: &str,
-        superseded: &Superseded,
+        fence: &Fence,
         previous: Option<Arc<Entry>>,
     ) -> Result<Fetch, CacheError> {
         let traceparent = telemetry::traceparent(&Span::current());
         let validators = previous.as_deref().map(Entry::validators).filter(|v| v.any());
         let fetched = self.origin.fetch(key, traceparent, validators).await?;
         let now = now_ms();
+        let headers = match &fetched {
+            Fetched::Value(_, h) | Fetched::NotFound(h) | Fetched::NotModified(h) => h,
+        };
+        if headers.tags_ignored > 0 {
+            self.metrics.tags_ignored(u64::from(headers.tags_ignored));
+        }
+        let tags = headers.tags.clone();
         let (entry, decided) = match fetched {
             Fetched::Value(value, headers) => {
                 let decided = self.life.decide(&headers, false, now);
                 let times = decided.unwrap_or_else(|_| self.life.heuristic(false, now));
-                (Entry::new(key, &value, times, headers.validators), decided)
+                let entry = Entry::new(key, &value, times, headers.validators);
+                (entry.with_tags(tags.as_deref().unwrap_or_default()), decided)
             }
             Fetched::NotFound(headers) => {
                 let decided = self.life.decide(&headers, true, now);
@@ -486,9 +594,14 @@ impl<O: Origin> Inner<O> {
                     Ok(previous.times_again(now))
                 };
                 let times = decided.unwrap_or_else(|_| self.life.heuristic(false, now));
-                let entry = Arc::new(previous.renewed(times, headers.validators));
+                let mut entry = previous.renewed(times, headers.validators);
+                // Tags from a 304 replace the entry's (its headers update the stored ones).
+                if let Some(tags) = &tags {
+                    entry = entry.with_tags(tags);
+                }
+                let entry = Arc::new(entry);
                 if decided.is_ok() {
-                    self.store(key, &entry, superseded, self.tiers.iter()).await;
+                    self.store(key, &entry, fence, self.tiers.iter()).await;
                 }
                 let outcome = match decided {
                     Ok(_) => Outcome::NotModified,
@@ -506,7 +619,7 @@ impl<O: Origin> Inner<O> {
             // CACHE_NEGATIVE_TTL_SECS=0: 404s are never remembered, whatever the origin says.
             Ok(_) if entry.negative && self.life.negative_ttl.is_zero() => Outcome::Stored,
             Ok(_) => {
-                self.store(key, &entry, superseded, self.tiers.iter()).await;
+                self.store(key, &entry, fence, self.tiers.iter()).await;
                 Outcome::Stored
             }
             Err(reason) => self.not_stored(reason),

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::FleetLock;
 use super::entry::{Entry, now_ms};
+use super::invalidation::PurgeMode;
 use super::tier::{Tier, TierError, TierName};
 use crate::config::RedisConfig;
 use crate::telemetry::Metrics;
@@ -33,6 +34,35 @@ const FORMAT_VERSION: &str = "v1";
 
 /// The first read of an entry takes at most this many bytes (with the value's length).
 const FIRST_READ_BYTES: usize = 64 * 1024;
+
+/// A tag's index is trimmed of members whose entries are gone once it holds more than this.
+const TAG_INDEX_TRIM_FROM: i64 = 64;
+
+/// Adds ARGV[1] to the set KEYS[1] and makes the set live at least ARGV[2] ms more; its size.
+const ADD_TO_TAG: &str = "redis.call('sadd', KEYS[1], ARGV[1]) \
+local ttl = redis.call('pttl', KEYS[1]) \
+if ttl < tonumber(ARGV[2]) then redis.call('pexpire', KEYS[1], ARGV[2]) end \
+return redis.call('scard', KEYS[1])";
+
+/// Purges the entry KEYS[1] if it carries exactly the tag ARGV[1] (its `tg` list, read with
+/// cjson: an exact match, never a pattern), removing it (ARGV[2] `hard`) or ending its
+/// freshness at ARGV[3] (`soft`: the first `"f":` of the encoding, which comes before the value);
+/// 1 when it did.
+const PURGE_IF_TAGGED: &str = "local v = redis.call('get', KEYS[1]) \
+if not v then return 0 end \
+local ok, e = pcall(cjson.decode, v) \
+if not ok or type(e) ~= 'table' or type(e.tg) ~= 'table' then return 0 end \
+for _, t in ipairs(e.tg) do \
+  if t == ARGV[1] then \
+    if ARGV[2] == 'hard' then redis.call('del', KEYS[1]) \
+    elseif tonumber(e.f) > tonumber(ARGV[3]) then \
+      local stale = string.gsub(v, '\"f\":%d+', '\"f\":' .. ARGV[3], 1) \
+      redis.call('set', KEYS[1], stale, 'KEEPTTL') \
+    end \
+    return 1 \
+  end \
+end \
+return 0";
 
 /// Slots in a Redis Cluster.
 const SLOTS: usize = 16384;
@@ -780,6 +810,47 @@ impl RedisTier {
         }
     }
 
+    /// The Redis key of `tag`'s index: the set of entry keys stored with it.
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}t:{tag}", self.shared.key_prefix)
+    }
+
+    /// Adds `entry_key` to `tag`'s index, which then lives at least as long as the entry (so
+    /// it never outlives every entry it names by more than the longest of them), and drops up
+    /// to two members whose entries are gone, so a tag on ever new keys does not grow its index
+    /// without bound. Failures are counted and skipped: the entry is stored either way, and a
+    /// tag purge that misses it leaves it to expire.
+    async fn index_tag(&self, tag: &str, entry_key: &str, keep_ms: u64) {
+        let tag_key = self.tag_key(tag);
+        let add = redis::cmd("EVAL")
+            .arg(ADD_TO_TAG)
+            .arg(1)
+            .arg(&tag_key)
+            .arg(entry_key)
+            .arg(keep_ms)
+            .to_owned();
+        let Ok(size) = self.run::<i64>(RedisOp::Set, tag_key.as_bytes(), &add).await else {
+            return;
+        };
+        if size <= TAG_INDEX_TRIM_FROM {
+            return;
+        }
+        let sample = redis::cmd("SRANDMEMBER").arg(&tag_key).arg(2).to_owned();
+        let Ok(sample) = self
+            .run::<Vec<String>>(RedisOp::Get, tag_key.as_bytes(), &sample)
+            .await
+        else {
+            return;
+        };
+        for member in sample {
+            let exists = redis::cmd("EXISTS").arg(&member).to_owned();
+            if self.run::<i64>(RedisOp::Get, member.as_bytes(), &exists).await == Ok(0) {
+                let srem = redis::cmd("SREM").arg(&tag_key).arg(&member).to_owned();
+                let _ = self.run::<i64>(RedisOp::Del, tag_key.as_bytes(), &srem).await;
+            }
+        }
+    }
+
     fn entry_key(&self, key: &str) -> String {
         let mut k = String::with_capacity(self.shared.key_prefix.len() + 2 + key.len());
         k.push_str(&self.shared.key_prefix);
@@ -945,7 +1016,59 @@ impl Tier for RedisTier {
             .arg("PX")
             .arg(keep_ms)
             .to_owned();
-        self.write::<()>(RedisOp::Set, entry_key.as_bytes(), &cmd).await
+        self.write::<()>(RedisOp::Set, entry_key.as_bytes(), &cmd).await?;
+        for tag in entry.tags() {
+            self.index_tag(tag, &entry_key, keep_ms).await;
+        }
+        Ok(())
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
+        let tag_key = self.tag_key(tag);
+        let members: Vec<String> = self
+            .run(
+                RedisOp::Get,
+                tag_key.as_bytes(),
+                &redis::cmd("SMEMBERS").arg(&tag_key).to_owned(),
+            )
+            .await?;
+        // One pipeline per node: entries of one tag live in many slots.
+        let topology = self.topology();
+        let mut by_node: HashMap<&str, Vec<&String>> = HashMap::new();
+        for member in &members {
+            by_node
+                .entry(topology.node_for(member.as_bytes()).addr.as_str())
+                .or_default()
+                .push(member);
+        }
+        let mode_arg = match mode {
+            PurgeMode::Hard => "hard",
+            PurgeMode::Soft => "soft",
+        };
+        let purges = by_node.into_values().map(|keys| async move {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("EVAL")
+                    .arg(PURGE_IF_TAGGED)
+                    .arg(1)
+                    .arg(key.as_str())
+                    .arg(tag)
+                    .arg(mode_arg)
+                    .arg(now_ms);
+            }
+            let done: Vec<i64> = self.run_pipe(RedisOp::Del, keys[0].as_bytes(), &pipe).await?;
+            Ok::<u64, TierError>(done.iter().filter(|n| **n == 1).count() as u64)
+        });
+        let mut purged = 0;
+        for done in futures_util::future::join_all(purges).await {
+            purged += done?;
+        }
+        if mode == PurgeMode::Hard {
+            // Every entry that carried the tag is gone; entries since re-tagged add themselves.
+            let unlink = redis::cmd("UNLINK").arg(&tag_key).to_owned();
+            let _ = self.run::<i64>(RedisOp::Del, tag_key.as_bytes(), &unlink).await;
+        }
+        Ok(purged)
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {

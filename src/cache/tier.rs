@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::entry::Entry;
+use super::invalidation::PurgeMode;
 use super::memory::MemoryTier;
 use super::redis::RedisTier;
 
@@ -77,6 +78,31 @@ pub trait Tier: Send + Sync {
             Ok(())
         }
     }
+    /// Purges `key` (removes it, or marks it stale at `now_ms`): how many entries that touched.
+    fn purge(
+        &self,
+        key: &str,
+        mode: PurgeMode,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<u64, TierError>> + Send {
+        async move {
+            if self.get(key).await?.is_none() {
+                return Ok(0);
+            }
+            match mode {
+                PurgeMode::Hard => self.remove(key).await?,
+                PurgeMode::Soft => self.mark_stale(key, now_ms).await?,
+            }
+            Ok(1)
+        }
+    }
+    /// Purges every entry carrying exactly `tag`: how many that touched.
+    fn purge_tag(
+        &self,
+        tag: &str,
+        mode: PurgeMode,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<u64, TierError>> + Send;
     /// Forgets every entry this replica holds on its own, after a gap in the purge feed (purges
     /// may have been missed). A shared tier keeps its entries: the purges were applied to it.
     fn clear_own(&self) {}
@@ -136,5 +162,13 @@ impl Tier for AnyTier {
 
     fn clear_own(&self) {
         each!(self, t => t.clear_own())
+    }
+
+    async fn purge(&self, key: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
+        each!(self, t => t.purge(key, mode, now_ms).await)
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
+        each!(self, t => t.purge_tag(tag, mode, now_ms).await)
     }
 }

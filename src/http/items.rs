@@ -132,11 +132,11 @@ fn render(state: &AppState, key: &str, answer: Answer, request: &HeaderMap) -> R
 const ITEMS_PREFIX: &str = "/items/";
 
 /// A purge's body is read and discarded; more than this is refused.
-const PURGE_MAX_BODY_BYTES: usize = 64 * 1024;
+pub(super) const PURGE_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Reads a whole request body within `timeout`: `400` when it is malformed (e.g. broken
 /// chunking) or longer than `max`, `408` when it does not arrive in time.
-async fn read_body(
+pub(super) async fn read_body(
     body: Body,
     max: usize,
     timeout: std::time::Duration,
@@ -213,7 +213,7 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
 
 /// Purging is off without `ADMIN_TOKEN`; otherwise the bearer token must match, compared in
 /// constant time.
-fn authorize(token: Option<&str>, given: Option<&HeaderValue>) -> Result<(), AppError> {
+pub(super) fn authorize(token: Option<&str>, given: Option<&HeaderValue>) -> Result<(), AppError> {
     let Some(token) = token else {
         return Err(AppError::Forbidden(
             "purging is off: ADMIN_TOKEN is not set".to_owned(),
@@ -244,7 +244,7 @@ fn bearer_token(credentials: &[u8]) -> &[u8] {
 }
 
 /// `?soft=true` marks stale; the default removes.
-fn purge_mode(query: Option<&str>) -> Result<PurgeMode, AppError> {
+pub(super) fn purge_mode(query: Option<&str>) -> Result<PurgeMode, AppError> {
     let mut soft = false;
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if name == "soft" {

@@ -6,6 +6,7 @@ mod items;
 mod ops;
 mod route;
 pub mod server;
+mod tags;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{delete, get};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::cache::ReadThrough;
@@ -101,6 +102,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/items/{key}", get(items::get_item).delete(items::delete_item))
         .route("/items/", get(items::empty_key).delete(items::empty_key))
         .route("/items", get(items::empty_key).delete(items::empty_key))
+        .route("/tags/{tag}", delete(tags::delete_tag))
+        .route("/tags/", delete(tags::empty_tag))
+        .route("/tags", delete(tags::empty_tag))
         .route("/health", get(ops::health))
         .route("/livez", get(ops::livez))
         .route("/readyz", get(ops::readyz))

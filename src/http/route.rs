@@ -20,6 +20,8 @@ use crate::telemetry::Metrics;
 pub enum Route {
     /// `/items/{key}` (and `/items`, `/items/`, which answer that the key is empty).
     Items,
+    /// `/tags/{tag}` (and `/tags`, `/tags/`).
+    Tags,
     /// `/health`.
     Health,
     /// `/livez`.
@@ -34,8 +36,9 @@ pub enum Route {
 
 impl Route {
     /// Every route, for label sets registered at zero.
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 7] = [
         Route::Items,
+        Route::Tags,
         Route::Health,
         Route::Livez,
         Route::Readyz,
@@ -47,6 +50,7 @@ impl Route {
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Items => "/items/{key}",
+            Route::Tags => "/tags/{tag}",
             Route::Health => "/health",
             Route::Livez => "/livez",
             Route::Readyz => "/readyz",
@@ -59,6 +63,7 @@ impl Route {
     fn of_template(template: &str) -> Route {
         match template {
             "/items/{key}" | "/items/" | "/items" => Route::Items,
+            "/tags/{tag}" | "/tags/" | "/tags" => Route::Tags,
             "/health" => Route::Health,
             "/livez" => Route::Livez,
             "/readyz" => Route::Readyz,

@@ -82,6 +82,55 @@ pub struct CacheHeaders {
     pub vary_any: bool,
     /// `ETag` and `Last-Modified`.
     pub validators: Validators,
+    /// The tags of `ORIGIN_TAG_HEADER` within the limits; `None` when the header is absent.
+    pub tags: Option<Vec<String>>,
+    /// Tags beyond the limits (too many, or too long), ignored.
+    pub tags_ignored: u32,
+}
+
+/// How an origin tags its answers (`ORIGIN_TAG_HEADER`, `TAGS_MAX_PER_ENTRY`, `TAG_MAX_BYTES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRules {
+    /// The header holding the tags: space-separated (`Surrogate-Key`, Fastly's and Varnish
+    /// xkey's), or comma-separated when it is `Cache-Tag` (Cloudflare's).
+    pub header: http::HeaderName,
+    /// Tags kept per entry; the rest are ignored (and counted).
+    pub max_per_entry: usize,
+    /// Longer tags are ignored (and counted).
+    pub max_bytes: usize,
+}
+
+impl TagRules {
+    /// The tags of `headers` (every line of the header), deduplicated, within the limits, and
+    /// how many were ignored; `None` when the header is absent.
+    pub fn read(&self, headers: &HeaderMap) -> (Option<Vec<String>>, u32) {
+        let mut lines = headers.get_all(&self.header).iter().peekable();
+        if lines.peek().is_none() {
+            return (None, 0);
+        }
+        let commas = self.header == "cache-tag";
+        let mut tags: Vec<String> = Vec::new();
+        let mut ignored = 0;
+        let texts = lines.filter_map(|v| v.to_str().ok());
+        for tag in texts.flat_map(|v| {
+            v.split(move |c: char| if commas { c == ',' } else { c.is_ascii_whitespace() })
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+        }) {
+            if tags.iter().any(|t| t == tag) {
+                continue;
+            }
+            if tag.len() > self.max_bytes
+                || tags.len() >= self.max_per_entry
+                || tag.chars().any(char::is_control)
+            {
+                ignored += 1;
+            } else {
+                tags.push(tag.to_owned());
+            }
+        }
+        (Some(tags), ignored)
+    }
 }
 
 impl CacheHeaders {
@@ -111,6 +160,9 @@ impl CacheHeaders {
                     .filter(|l| http_date_ms(l).is_some())
                     .map(str::to_owned),
             },
+            // Read by the origin, which knows its tag header.
+            tags: None,
+            tags_ignored: 0,
         }
     }
 }

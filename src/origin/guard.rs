@@ -17,6 +17,8 @@ pub struct GuardedOrigin<O = AnyOrigin> {
     origin: O,
     /// `ORIGIN_MAX_CONCURRENCY` permits; a fetch without one is refused, not queued.
     permits: Semaphore,
+    /// How many permits there are.
+    max_concurrency: usize,
     /// Deadline of each fetch.
     timeout: Duration,
     /// Stops calls to a failing origin.
@@ -37,10 +39,16 @@ impl<O: Origin> GuardedOrigin<O> {
         GuardedOrigin {
             origin,
             permits: Semaphore::new(max_concurrency),
+            max_concurrency,
             timeout,
             breaker,
             metrics,
         }
+    }
+
+    /// `ORIGIN_MAX_CONCURRENCY`: fetches in flight at most.
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency
     }
 
     /// The breaker's state now.

@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 
-use super::{CacheHeaders, Fetched, Origin, OriginError, Validators};
+use super::{CacheHeaders, Fetched, Origin, OriginError, TagRules, Validators};
 
 /// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) is percent-encoded.
 const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -54,6 +54,8 @@ pub struct HttpOrigin {
     client: reqwest::Client,
     /// Larger bodies are refused.
     max_body_bytes: usize,
+    /// Where the origin's tags are read from, and their limits.
+    tags: TagRules,
 }
 
 impl HttpOrigin {
@@ -63,6 +65,7 @@ impl HttpOrigin {
         template: UrlTemplate,
         authorization: Option<HeaderValue>,
         max_body_bytes: usize,
+        tags: TagRules,
     ) -> Result<Self, String> {
         // Never follow redirects: a read-through cache fetches exactly the URL its template
         // names, so a 3xx cannot send it (with ORIGIN_AUTHORIZATION) to another address.
@@ -76,6 +79,7 @@ impl HttpOrigin {
             authorization,
             client,
             max_body_bytes,
+            tags,
         })
     }
 }
@@ -104,7 +108,8 @@ impl Origin for HttpOrigin {
         }
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
-        let caching = CacheHeaders::read(status, response.headers());
+        let mut caching = CacheHeaders::read(status, response.headers());
+        (caching.tags, caching.tags_ignored) = self.tags.read(response.headers());
         match status {
             200..=299 => {}
             404 | 410 => return Ok(Fetched::NotFound(caching)),

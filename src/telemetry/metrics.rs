@@ -13,8 +13,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
 
 use crate::cache::{
-    CoalesceScope, EvictionCause, MemoryTier, PurgeMode, PurgeSource, RedisOp, StaleReason, TierName,
-    Uncacheable,
+    CoalesceScope, EvictionCause, MemoryTier, PurgeMode, PurgeScope, PurgeSource, RedisOp, StaleReason,
+    TierName, Uncacheable,
 };
 use crate::http::{Route, StatusClass};
 use crate::origin::{Breaker, OriginOutcome};
@@ -55,8 +55,11 @@ struct Counters {
     origin: Counts<{ OriginOutcome::ALL.len() }>,
     redis_errors: Counts<{ RedisOp::ALL.len() }>,
     evictions: Counts<{ EvictionCause::ALL.len() }>,
-    /// By mode, then source.
-    invalidations: Counts<{ PurgeMode::ALL.len() * PurgeSource::ALL.len() }>,
+    /// By mode, then source, then scope.
+    invalidations: Counts<{ PurgeMode::ALL.len() * PurgeSource::ALL.len() * PurgeScope::ALL.len() }>,
+    /// By scope, then tier.
+    invalidated_entries: Counts<{ PurgeScope::ALL.len() * TierName::ALL.len() }>,
+    tags_ignored: Counts<1>,
     /// By route, then status class.
     http: Counts<{ Route::ALL.len() * StatusClass::ALL.len() }>,
     spans_dropped: Counts<1>,
@@ -125,6 +128,8 @@ impl Metrics {
             redis_errors: Counts::new(),
             evictions: Counts::new(),
             invalidations: Counts::new(),
+            invalidated_entries: Counts::new(),
+            tags_ignored: Counts::new(),
             http: Counts::new(),
             spans_dropped: Counts::new(),
             uncacheable: Counts::new(),
@@ -192,22 +197,53 @@ impl Metrics {
         let mut purge_labels = Vec::new();
         for mode in PurgeMode::ALL {
             for source in PurgeSource::ALL {
-                purge_labels.push((
-                    vec![
-                        KeyValue::new("mode", mode.as_str()),
-                        KeyValue::new("source", source.as_str()),
-                    ],
-                    invalidation_index(mode, source),
-                ));
+                for scope in PurgeScope::ALL {
+                    purge_labels.push((
+                        vec![
+                            KeyValue::new("mode", mode.as_str()),
+                            KeyValue::new("source", source.as_str()),
+                            KeyValue::new("scope", scope.as_str()),
+                        ],
+                        invalidation_index(mode, source, scope),
+                    ));
+                }
             }
         }
         observe(
             m,
             c,
             "cache_invalidations",
-            "Purges applied to this replica, by mode and source.",
+            "Purges applied to this replica, by mode, source and scope (key or tag).",
             purge_labels,
             |c, i| c.invalidations.get(i),
+        );
+        let mut entry_labels = Vec::new();
+        for scope in PurgeScope::ALL {
+            for tier in TierName::ALL {
+                entry_labels.push((
+                    vec![
+                        KeyValue::new("scope", scope.as_str()),
+                        KeyValue::new("tier", tier.as_str()),
+                    ],
+                    scope as usize * TierName::ALL.len() + tier as usize,
+                ));
+            }
+        }
+        observe(
+            m,
+            c,
+            "cache_invalidated_entries",
+            "Entries a purge applied here removed or marked stale, by scope and tier.",
+            entry_labels,
+            |c, i| c.invalidated_entries.get(i),
+        );
+        observe(
+            m,
+            c,
+            "cache_tags_ignored",
+            "Origin tags ignored: beyond TAGS_MAX_PER_ENTRY, longer than TAG_MAX_BYTES, or with control characters.",
+            vec![(vec![], 0)],
+            |c, i| c.tags_ignored.get(i),
         );
         let mut http_labels = Vec::new();
         for route in Route::ALL {
@@ -359,8 +395,21 @@ impl Metrics {
     }
 
     /// A purge applied here.
-    pub fn invalidated(&self, mode: PurgeMode, source: PurgeSource) {
-        self.counters.invalidations.add(invalidation_index(mode, source));
+    pub fn invalidated(&self, mode: PurgeMode, source: PurgeSource, scope: PurgeScope) {
+        self.counters
+            .invalidations
+            .add(invalidation_index(mode, source, scope));
+    }
+
+    /// `n` entries of `tier` removed or marked stale by a purge of `scope`.
+    pub fn invalidated_entries(&self, scope: PurgeScope, tier: TierName, n: u64) {
+        self.counters.invalidated_entries.0[scope as usize * TierName::ALL.len() + tier as usize]
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` origin tags ignored.
+    pub fn tags_ignored(&self, n: u64) {
+        self.counters.tags_ignored.0[0].fetch_add(n, Ordering::Relaxed);
     }
 
     /// One HTTP request answered with `status`; `/items` requests a handler answered (`took`)
@@ -375,8 +424,8 @@ impl Metrics {
     }
 }
 
-fn invalidation_index(mode: PurgeMode, source: PurgeSource) -> usize {
-    mode as usize * PurgeSource::ALL.len() + source as usize
+fn invalidation_index(mode: PurgeMode, source: PurgeSource, scope: PurgeScope) -> usize {
+    (mode as usize * PurgeSource::ALL.len() + source as usize) * PurgeScope::ALL.len() + scope as usize
 }
 
 fn http_index(route: Route, class: StatusClass) -> usize {
@@ -407,5 +456,6 @@ mod tests {
         in_order(&Route::ALL, |e| e as usize);
         in_order(&StatusClass::ALL, |e| e as usize);
         in_order(&Uncacheable::ALL, |e| e as usize);
+        in_order(&PurgeScope::ALL, |e| e as usize);
     }
 }

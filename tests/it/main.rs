@@ -13,3 +13,4 @@ mod origin;
 mod otlp;
 mod redis;
 mod resilience;
+mod tags;

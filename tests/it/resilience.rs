@@ -187,7 +187,7 @@ async fn purge_on_one_replica_evicts_on_the_other_and_needs_the_admin_token() {
         .unwrap();
     assert_eq!(r.status(), 204);
     eventually("replica b to drop the purged value", || async {
-        (b.metric("cache_invalidations_total{mode=\"hard\",source=\"remote\"")
+        (b.metric("cache_invalidations_total{mode=\"hard\",scope=\"key\",source=\"remote\"")
             .await
             == 1.0)
             .then_some(())
@@ -239,7 +239,7 @@ async fn a_soft_purge_serves_the_old_value_once_and_refreshes_in_the_background(
         .unwrap();
     assert_eq!(r.status(), 204);
     eventually("b to mark its copy stale", || async {
-        (b.metric("cache_invalidations_total{mode=\"soft\",source=\"remote\"")
+        (b.metric("cache_invalidations_total{mode=\"soft\",scope=\"key\",source=\"remote\"")
             .await
             == 1.0)
             .then_some(())
@@ -353,7 +353,7 @@ async fn redis_cluster_carries_the_tier_purges_and_the_fleet_lock() {
         .unwrap();
     assert_eq!(r.status(), 204);
     eventually("b to drop key-0", || async {
-        (b.metric("cache_invalidations_total{mode=\"hard\",source=\"remote\"")
+        (b.metric("cache_invalidations_total{mode=\"hard\",scope=\"key\",source=\"remote\"")
             .await
             == 1.0)
             .then_some(())

@@ -1,0 +1,67 @@
+//! `DELETE /tags/{tag}`: purge every entry the origin tagged with `tag`, on every replica.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+
+use super::AppState;
+use super::items::{PURGE_MAX_BODY_BYTES, authorize, purge_mode, read_body};
+use crate::error::AppError;
+
+/// The path of every tag, before its name.
+const TAGS_PREFIX: &str = "/tags/";
+
+/// `DELETE /tags/{tag}`: `200 {"tag":…,"purged":{"memory":n,"redis":n}}` (the entries removed,
+/// or marked stale with `?soft=true`, here and in the shared tiers); the other replicas apply
+/// it from the Redis message.
+pub async fn delete_tag(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    purge(&state, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
+    authorize(
+        state.admin_token.as_deref(),
+        request.headers().get(header::AUTHORIZATION),
+    )?;
+    let mode = purge_mode(request.uri().query())?;
+    let (parts, body) = request.into_parts();
+    let tag = tag_of(parts.uri.path())?;
+    read_body(body, PURGE_MAX_BODY_BYTES, state.body_timeout).await?;
+    let purged = state
+        .cache
+        .purge_tag(&tag, mode)
+        .await
+        .map_err(|_| AppError::PurgeIncomplete)?;
+    let purged: serde_json::Map<String, serde_json::Value> = purged
+        .into_iter()
+        .map(|(tier, n)| (tier.as_str().to_owned(), json!(n)))
+        .collect();
+    Ok(Json(json!({ "tag": tag, "purged": purged })).into_response())
+}
+
+/// The tag of a `/tags/{tag}` path, percent-decoded: not empty, no control characters.
+fn tag_of(path: &str) -> Result<Cow<'_, str>, AppError> {
+    let raw = path.strip_prefix(TAGS_PREFIX).unwrap_or_default();
+    let tag = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| AppError::BadRequest("the tag must be percent-encoded UTF-8".to_owned()))?;
+    if tag.is_empty() || tag.chars().any(char::is_control) {
+        return Err(AppError::BadRequest(
+            "the tag must be 1 or more characters, none of them control characters".to_owned(),
+        ));
+    }
+    Ok(tag)
+}
+
+/// `/tags/` and `/tags`: a purge without a tag.
+pub async fn empty_tag() -> Response {
+    AppError::BadRequest("the tag is empty".to_owned()).into_response()
+}
