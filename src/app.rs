@@ -124,6 +124,7 @@ impl Application {
             admin_token: config.items.admin_token.clone(),
             max_key_bytes: config.items.max_key_bytes,
             request_timeout: config.items.request_timeout,
+            batch: config.items.batch,
             body_timeout: config.server.body_timeout,
             headers: HeaderTables::new(config.cache.life.ttl.as_secs()),
             ready: AtomicBool::new(true),

@@ -7,7 +7,8 @@
 //! Environment: `STUB_LISTEN_ADDR` (127.0.0.1:8080), `STUB_LATENCY_MS` (0), `STUB_MODE`
 //! (`ok`, `status:<code>`, `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`), `STUB_CONTENT_TYPE` (`json` or `text`).
 //! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/reset`.
-//! A path containing `missing` always gets a 404.
+//! A path containing `missing` always gets a 404, and one containing `broken` a 500 (so one
+//! request, e.g. a batch, can mix answers).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -127,6 +128,9 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
     tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
     if target.contains("missing") {
         return (StatusCode::NOT_FOUND, "no such item").into_response();
+    }
+    if target.contains("broken") {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "this item is broken").into_response();
     }
     let mode = behaviour.mode.as_str();
     if let Some(code) = mode.strip_prefix("status:") {

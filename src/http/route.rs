@@ -1,5 +1,5 @@
 //! The routes the service answers on, and the layer that counts every request by its matched
-//! route (`http_requests_total`, and `request_latency` for `/items`): handlers count nothing.
+//! route (`http_requests_total`, and `request_latency` for single-key `/items` requests): handlers count nothing.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +20,8 @@ use crate::telemetry::Metrics;
 pub enum Route {
     /// `/items/{key}` (and `/items`, `/items/`, which answer that the key is empty).
     Items,
+    /// `/items:batch`: many keys in one request.
+    Batch,
     /// `/health`.
     Health,
     /// `/livez`.
@@ -34,8 +36,9 @@ pub enum Route {
 
 impl Route {
     /// Every route, for label sets registered at zero.
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 7] = [
         Route::Items,
+        Route::Batch,
         Route::Health,
         Route::Livez,
         Route::Readyz,
@@ -47,6 +50,7 @@ impl Route {
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Items => "/items/{key}",
+            Route::Batch => "/items:batch",
             Route::Health => "/health",
             Route::Livez => "/livez",
             Route::Readyz => "/readyz",
@@ -59,6 +63,7 @@ impl Route {
     fn of_template(template: &str) -> Route {
         match template {
             "/items/{key}" | "/items/" | "/items" => Route::Items,
+            "/items:batch" => Route::Batch,
             "/health" => Route::Health,
             "/livez" => Route::Livez,
             "/readyz" => Route::Readyz,

@@ -68,6 +68,11 @@ pub struct Args {
     /// Seed of the key sampler, for a repeatable key sequence.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Send `POST /items:batch` with this many keys per request (drawn from the pattern like
+    /// single requests' keys) instead of one `GET` per key. Latency is per batch; hits, misses
+    /// and errors are per key.
+    #[arg(long)]
+    pub batch: Option<u32>,
     /// Print the summary as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -99,6 +104,8 @@ pub struct Plan {
     pub warmup: Option<Duration>,
     pub timeout: Duration,
     pub seed: u64,
+    /// Keys per `POST /items:batch` request; `None` sends single `GET`s.
+    pub batch: Option<u32>,
     pub json: bool,
     pub per_request: bool,
     pub progress: bool,
@@ -148,6 +155,9 @@ impl Args {
         if self.requests == Some(0) {
             return Err("--requests 0: expected at least 1".to_owned());
         }
+        if self.batch.is_some_and(|n| !(1..=100_000).contains(&n)) {
+            return Err(format!("--batch {}: expected 1 to 100000", self.batch.unwrap_or(0)));
+        }
         if self.key_space == 0 {
             return Err("--key-space 0: expected at least 1".to_owned());
         }
@@ -190,6 +200,7 @@ impl Args {
         )?;
         let per_request = !self.json
             && !self.quiet
+            && self.batch.is_none()
             && (self.per_request || (self.pattern == Pattern::Seed && self.concurrency == 1));
         Ok(Plan {
             url: self.url.trim_end_matches('/').to_owned(),
@@ -205,6 +216,7 @@ impl Args {
             warmup: self.warmup,
             timeout: self.timeout,
             seed: self.seed,
+            batch: self.batch,
             json: self.json,
             per_request,
             progress: !self.no_progress && !per_request,
@@ -297,6 +309,7 @@ mod tests {
             (&["--concurrency", "0"][..], "--concurrency 0"),
             (&["--rate", "0"][..], "--rate 0"),
             (&["--requests", "0"][..], "--requests 0"),
+            (&["--batch", "0"][..], "--batch 0"),
             (&["--duration", "10s"][..], "give --requests"),
             (
                 &["--pattern", "zipf", "--zipf-exponent", "-2"][..],
