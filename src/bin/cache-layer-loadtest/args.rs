@@ -43,13 +43,13 @@ pub struct Args {
     /// How keys are chosen.
     #[arg(long, value_enum, default_value = "seed")]
     pub pattern: Pattern,
-    /// Number of distinct keys for zipf and uniform.
+    /// Number of distinct keys for zipf, uniform and cycle.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: u64,
     /// Zipf exponent s: P(rank k) ∝ 1/k^s.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub zipf_exponent: f64,
-    /// Keys are <prefix><rank> for zipf and uniform.
+    /// Keys are <prefix><rank> for zipf, uniform and cycle.
     #[arg(long, default_value = "key-")]
     pub key_prefix: String,
     /// The key of the single pattern.
