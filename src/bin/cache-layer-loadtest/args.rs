@@ -16,8 +16,8 @@ const MAX_RUN: Duration = Duration::from_secs(24 * 3600);
 #[derive(Parser, Debug)]
 #[command(name = "cache-layer-loadtest", version)]
 pub struct Args {
-    /// Base URL of the service (http only). Requests go to <url>/items/<key> (and <url>/metrics,
-    /// read before and after the run), nowhere else.
+    /// Base URL of the service (http only). Requests go to <url>/items/<key> (<url>/items:batch
+    /// with --batch) and <url>/metrics (read before and after the run), nowhere else.
     #[arg(long, default_value = "http://localhost:5000")]
     pub url: String,
     /// Requests to measure. Default: 50 for the seed pattern; unlimited otherwise (then
