@@ -176,7 +176,7 @@ impl<O: Origin> ReadThrough<O> {
                     Looked::Stale | Looked::Miss => left.push(k),
                 }
             }
-            span.record("cache.hits", hits);
+            span.record("cache.hits", hits as i64);
             open = left;
         }
         let mut misses = Vec::with_capacity(open.len());
@@ -400,7 +400,8 @@ fn look(
 fn lookup_span(tier: &AnyTier, keys: usize) -> Span {
     tracing::info_span!(target: TRACE_TARGET, "cache.lookup",
         cache.tier = tier.name().as_str(),
-        cache.keys = keys,
+        // As i64: tracing-opentelemetry exports a u64 as a string.
+        cache.keys = keys as i64,
         cache.outcome = tracing::field::Empty,
         cache.hits = tracing::field::Empty)
 }
@@ -855,7 +856,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         origin.open();
-        assert_eq!(single.await.unwrap().kind, AnswerKind::Fetched { collapsed: None });
+        assert_eq!(
+            single.await.unwrap().kind,
+            AnswerKind::Fetched { collapsed: None }
+        );
         let answers = batch.await.unwrap();
         let kind = answers[0].as_ref().unwrap().as_ref().unwrap().kind;
         assert_eq!(

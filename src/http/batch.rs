@@ -59,7 +59,10 @@ pub async fn get_batch(State(state): State<Arc<AppState>>, request: Request) -> 
         batch.keys = tracing::field::Empty);
     let (parts, body) = request.into_parts();
     telemetry::continue_trace(&span, &parts.headers);
-    let keys = match read_keys(&state, &parts.headers, body).instrument(span.clone()).await {
+    let keys = match read_keys(&state, &parts.headers, body)
+        .instrument(span.clone())
+        .await
+    {
         Ok(keys) => keys,
         Err(e) => {
             let response = e.into_response();
@@ -67,7 +70,8 @@ pub async fn get_batch(State(state): State<Arc<AppState>>, request: Request) -> 
             return response;
         }
     };
-    span.record("batch.keys", keys.len());
+    // As i64: tracing-opentelemetry exports a u64 as a string.
+    span.record("batch.keys", keys.len() as i64);
     span.record("http.response.status_code", 200);
     let deadline = tokio::time::Instant::from_std(started) + state.request_timeout;
     if wants_ndjson(&parts.headers) {
@@ -266,7 +270,12 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 

@@ -66,7 +66,10 @@ async fn a_batch_answers_in_order_with_hits_misses_404s_502s_bad_keys_and_duplic
     // A duplicate gets the same answer in each position, from one fetch.
     assert_eq!(items[4], items[0]);
     assert_eq!(items[1]["source"], "cache");
-    assert!(items[1]["cache"].as_str().unwrap().ends_with("detail=memory"), "{body}");
+    assert!(
+        items[1]["cache"].as_str().unwrap().ends_with("detail=memory"),
+        "{body}"
+    );
     assert_eq!(items[6], items[1]);
     assert_eq!(items[2]["error"], "not_found");
     assert_eq!(items[2]["cache"], "cache-layer; fwd=miss; stored");
@@ -74,7 +77,10 @@ async fn a_batch_answers_in_order_with_hits_misses_404s_502s_bad_keys_and_duplic
     assert!(items[3].get("cache").is_none(), "{body}");
     assert_eq!(items[5]["error"], "bad_key");
     for failed in [&items[2], &items[3], &items[5]] {
-        assert!(failed["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            failed["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
     }
     // warm (its GET), cold, missing-1, broken-1: each once.
     assert_eq!(origin.served().await, 4);
@@ -98,8 +104,7 @@ async fn a_batch_answers_in_order_with_hits_misses_404s_502s_bad_keys_and_duplic
 
 #[tokio::test]
 async fn redis_hits_of_a_batch_take_one_mget() {
-    let (redis, origin, [s]) =
-        with_redis_and_origin::<1>(&[], &[("MEMORY_CACHE_ENABLED", "false")]).await;
+    let (redis, origin, [s]) = with_redis_and_origin::<1>(&[], &[("MEMORY_CACHE_ENABLED", "false")]).await;
     let keys: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
     for k in &keys {
         assert_eq!(s.get(k).await.0, 200);
@@ -109,7 +114,10 @@ async fn redis_hits_of_a_batch_take_one_mget() {
     let (status, body) = batch(&s, &keys).await;
     assert_eq!(status, 200);
     for item in body["items"].as_array().unwrap() {
-        assert!(item["cache"].as_str().unwrap().ends_with("detail=redis"), "{item}");
+        assert!(
+            item["cache"].as_str().unwrap().ends_with("detail=redis"),
+            "{item}"
+        );
     }
     assert_eq!(calls(&redis, "mget"), mgets + 1, "one MGET for the whole batch");
     assert_eq!(calls(&redis, "getrange"), getranges, "no per-key reads");
@@ -121,7 +129,10 @@ async fn redis_hits_of_a_batch_take_one_mget() {
 async fn an_oversized_value_read_by_mget_is_refused_and_unlinked() {
     let (redis, origin, [s]) = with_redis_and_origin::<1>(
         &[],
-        &[("MEMORY_CACHE_ENABLED", "false"), ("ORIGIN_MAX_BODY_BYTES", "1024")],
+        &[
+            ("MEMORY_CACHE_ENABLED", "false"),
+            ("ORIGIN_MAX_BODY_BYTES", "1024"),
+        ],
     )
     .await;
     assert_eq!(s.get("fine").await.0, 200);
@@ -129,7 +140,13 @@ async fn an_oversized_value_read_by_mget_is_refused_and_unlinked() {
     let big = "x".repeat(100_000);
     redis.cli(&["SET", &crate::harness::entry_key("big"), &big]);
     let (_, body) = batch(&s, &["fine", "big"]).await;
-    assert!(body["items"][0]["cache"].as_str().unwrap().ends_with("detail=redis"), "{body}");
+    assert!(
+        body["items"][0]["cache"]
+            .as_str()
+            .unwrap()
+            .ends_with("detail=redis"),
+        "{body}"
+    );
     assert_eq!(body["items"][1]["source"], "origin", "{body}");
     assert_eq!(s.metric("redis_errors_total{operation=\"get\"").await, 1.0);
     // The origin's value replaced it.
@@ -140,8 +157,7 @@ async fn an_oversized_value_read_by_mget_is_refused_and_unlinked() {
 
 #[tokio::test]
 async fn a_batch_racing_single_gets_on_two_replicas_fetches_each_cold_key_once() {
-    let (_redis, origin, [a, b]) =
-        with_redis_and_origin::<2>(&[("STUB_LATENCY_MS", "400")], &[]).await;
+    let (_redis, origin, [a, b]) = with_redis_and_origin::<2>(&[("STUB_LATENCY_MS", "400")], &[]).await;
     let keys: Vec<String> = (0..10).map(|i| format!("race{i}")).collect();
     let batch_task = {
         let (url, keys) = (a.url("/items:batch"), keys.clone());
@@ -172,7 +188,11 @@ async fn a_batch_racing_single_gets_on_two_replicas_fetches_each_cold_key_once()
     for (item, k) in body["items"].as_array().unwrap().iter().zip(&keys) {
         assert_eq!(item["value"]["path"], format!("/items/{k}"), "{body}");
     }
-    assert_eq!(origin.served().await, 10, "one fetch per key across the batch, the GETs and both replicas");
+    assert_eq!(
+        origin.served().await,
+        10,
+        "one fetch per key across the batch, the GETs and both replicas"
+    );
     let coalesced = metric_or_zero(&a, "cache_coalesced_total{scope=\"process\"").await
         + metric_or_zero(&a, "cache_coalesced_total{scope=\"fleet\"").await
         + metric_or_zero(&b, "cache_coalesced_total{scope=\"process\"").await
@@ -187,11 +207,19 @@ async fn whole_request_errors_and_limits() {
         .service(&[("BATCH_MAX_KEYS", "3"), ("BATCH_MAX_BODY_BYTES", "1024")])
         .await;
     let (status, body) = batch(&s, &["a", "b", "c", "d"]).await;
-    assert_eq!((status, body["error"].as_str()), (413, Some("too_large")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
     assert!(body["message"].as_str().unwrap().contains('3'), "{body}");
     let long = json!({ "keys": ["x".repeat(2000)] }).to_string();
     let (status, body) = batch_raw(&s, "application/json", long.clone()).await;
-    assert_eq!((status, body["error"].as_str()), (413, Some("too_large")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
     assert!(body["message"].as_str().unwrap().contains("1024"), "{body}");
     // The same without a Content-Length (chunked): refused as it arrives.
     let chunks = futures_util::stream::iter(
@@ -203,10 +231,23 @@ async fn whole_request_errors_and_limits() {
     let (status, _) = batch_raw(&s, "application/json", reqwest::Body::wrap_stream(chunks)).await;
     assert_eq!(status, 413);
     let (status, body) = batch_raw(&s, "text/plain", r#"{"keys":["a"]}"#).await;
-    assert_eq!((status, body["error"].as_str()), (415, Some("unsupported_media_type")));
-    for bad in [r#"{"keys":"a"}"#, r#"{"key":["a"]}"#, r#"{"keys":[1]}"#, "not json", r#"["a"]"#] {
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    for bad in [
+        r#"{"keys":"a"}"#,
+        r#"{"key":["a"]}"#,
+        r#"{"keys":[1]}"#,
+        "not json",
+        r#"["a"]"#,
+    ] {
         let (status, body) = batch_raw(&s, "application/json", bad).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{bad}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
     }
     let (status, body) = batch_raw(&s, "application/json; charset=utf-8", r#"{"keys":[]}"#).await;
     assert_eq!((status, body), (200, json!({ "items": [] })));
@@ -259,7 +300,10 @@ async fn ndjson_streams_hits_first_then_misses_as_they_arrive() {
     assert_eq!(rest, [(0, "cold-a"), (2, "cold-b")]);
     // The hits were written before the misses' fetches (1.5 s at the origin) completed.
     let (hits_after, _) = first_lines_at.unwrap();
-    assert!(hits_after < Duration::from_millis(1400), "hits took {hits_after:?}");
+    assert!(
+        hits_after < Duration::from_millis(1400),
+        "hits took {hits_after:?}"
+    );
     assert_eq!(origin.served().await, 3);
 }
 
@@ -299,7 +343,10 @@ async fn one_big_batch_leaves_origin_permits_for_single_gets() {
     let origin = Origin::start(&[("STUB_LATENCY_MS", "600")]).await;
     // Four permits: one batch fetches at most two keys at once.
     let s = origin
-        .service(&[("ORIGIN_MAX_CONCURRENCY", "4"), ("BATCH_ORIGIN_CONCURRENCY", "16")])
+        .service(&[
+            ("ORIGIN_MAX_CONCURRENCY", "4"),
+            ("BATCH_ORIGIN_CONCURRENCY", "16"),
+        ])
         .await;
     let keys: Vec<String> = (0..12).map(|i| format!("many{i}")).collect();
     let url = s.url("/items:batch");
@@ -320,7 +367,10 @@ async fn one_big_batch_leaves_origin_permits_for_single_gets() {
     let body = big.await.unwrap();
     let items = body["items"].as_array().unwrap();
     assert!(items.iter().all(|i| i["source"] == "origin"), "{body}");
-    assert_eq!(metric_or_zero(&s, "origin_requests_total{outcome=\"rejected\"").await, 0.0);
+    assert_eq!(
+        metric_or_zero(&s, "origin_requests_total{outcome=\"rejected\"").await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -343,13 +393,23 @@ async fn a_batch_on_redis_cluster_sends_one_mget_per_slot_to_each_master() {
     keys.push("{tag}b".to_owned());
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let (_, cold) = batch(&s, &keys).await;
-    assert!(cold["items"].as_array().unwrap().iter().all(|i| i["source"] == "origin"), "{cold}");
+    assert!(
+        cold["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["source"] == "origin"),
+        "{cold}"
+    );
     let before: Vec<u64> = cluster.nodes.iter().map(|n| calls(n, "mget")).collect();
     let (status, body) = batch(&s, &keys).await;
     assert_eq!(status, 200);
     for (item, key) in body["items"].as_array().unwrap().iter().zip(&keys) {
         assert_eq!(item["key"], *key);
-        assert!(item["cache"].as_str().unwrap().ends_with("detail=redis"), "{item}");
+        assert!(
+            item["cache"].as_str().unwrap().ends_with("detail=redis"),
+            "{item}"
+        );
     }
     let slots: std::collections::BTreeSet<u16> = keys
         .iter()
@@ -358,6 +418,9 @@ async fn a_batch_on_redis_cluster_sends_one_mget_per_slot_to_each_master() {
     let after: Vec<u64> = cluster.nodes.iter().map(|n| calls(n, "mget")).collect();
     let per_node: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(per_node.iter().sum::<u64>(), slots.len() as u64, "{per_node:?}");
-    assert!(per_node.iter().all(|&n| n > 0), "every master asked: {per_node:?}");
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "every master asked: {per_node:?}"
+    );
     assert_eq!(origin.served().await, keys.len() as u64);
 }

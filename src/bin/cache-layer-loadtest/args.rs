@@ -156,7 +156,10 @@ impl Args {
             return Err("--requests 0: expected at least 1".to_owned());
         }
         if self.batch.is_some_and(|n| !(1..=100_000).contains(&n)) {
-            return Err(format!("--batch {}: expected 1 to 100000", self.batch.unwrap_or(0)));
+            return Err(format!(
+                "--batch {}: expected 1 to 100000",
+                self.batch.unwrap_or(0)
+            ));
         }
         if self.key_space == 0 {
             return Err("--key-space 0: expected at least 1".to_owned());

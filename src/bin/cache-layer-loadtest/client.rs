@@ -169,11 +169,17 @@ impl Conn {
 
     /// `POST /items:batch` with `json` (`{"keys":[…]}`), each key's answer judged into `out`
     /// (in the request's order). A batch refused as a whole is its failure.
-    pub async fn batch(&mut self, json: &[u8], out: &mut Vec<Result<Served, Failure>>) -> Result<(), Failure> {
+    pub async fn batch(
+        &mut self,
+        json: &[u8],
+        out: &mut Vec<Result<Served, Failure>>,
+    ) -> Result<(), Failure> {
         let (status, _, body) = self.fetch("/items:batch", Some(json)).await?;
         let body = self.body(&body);
         if status != 200 {
-            return Err(judge(status, &Headers::default(), body).err().unwrap_or(Failure::Protocol));
+            return Err(judge(status, &Headers::default(), body)
+                .err()
+                .unwrap_or(Failure::Protocol));
         }
         #[derive(serde::Deserialize)]
         struct Element {

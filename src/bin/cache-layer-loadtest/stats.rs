@@ -436,7 +436,10 @@ mod tests {
             interrupted: false,
             batch: Some(4),
         });
-        assert_eq!((r.requests, r.keys_answered, r.hits, r.misses, r.errors), (1, 4, 2, 1, 1));
+        assert_eq!(
+            (r.requests, r.keys_answered, r.hits, r.misses, r.errors),
+            (1, 4, 2, 1, 1)
+        );
         assert!((r.hit_rate - 0.5).abs() < 1e-9);
         assert!((r.keys_per_s - 4.0).abs() < 1e-9);
         assert_eq!(r.origin_fetches_saved, 2);
