@@ -42,12 +42,12 @@ SEED_QUERIES = [
 # Every environment variable the service reads (README's configuration table). Keep in step
 # as settings are added: a name the packaging sets that is not here is reported as a typo.
 def _service_env_names() -> set:
-    """The variables the service reads: the declarations of `mod vars` in src/config.rs (one
-    `pub const NAME` per variable), so this list can never fall behind the code."""
+    """The variables the service reads: the constants of `mod vars` in src/config.rs, each named
+    as its variable, so this list can never fall behind the code."""
     source = (ROOT / "src" / "config.rs").read_text()
     body = source.split("mod vars {", 1)[1].split("\n}", 1)[0]
-    names = set(re.findall(r"^\s*pub const (\w+):", body, re.M))
-    assert names, "no variables declared in src/config.rs's mod vars"
+    names = {m.group(1) for m in re.finditer(r"^\s*pub const ([A-Z][A-Z0-9_]*):", body, re.M)}
+    assert names, "no variables found in src/config.rs's mod vars"
     return names | {"RUST_LOG"}
 
 
@@ -566,8 +566,9 @@ def check_chart_deployment(helm: str | None) -> str:
             assert "REDIS_URL" in env or scenario == "defaults", f"{scenario}: no Redis configured"
         ingress = find_doc(docs, "Ingress")
         if ingress:
-            paths = {p["path"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
-            assert paths == {"/items/"}, f"{scenario}: Ingress paths {paths} (only /items/ allowed)"
+            paths = {(p["path"], p["pathType"]) for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+            allowed = {("/items/", "Prefix"), ("/items:batch", "Exact")}
+            assert paths == allowed, f"{scenario}: Ingress paths {paths} (only {allowed} allowed)"
         test_pod = next(d for d in docs if d["kind"] == "Pod"
                         and d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test")
         script = " ".join(test_pod["spec"]["containers"][0]["command"])

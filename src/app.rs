@@ -127,6 +127,7 @@ impl Application {
             max_key_bytes: config.items.max_key_bytes,
             request_timeout: config.items.request_timeout,
             compression_min_bytes: config.items.compression_min_bytes,
+            batch: config.items.batch,
             body_timeout: config.server.body_timeout,
             headers: HeaderTables::new(),
             ready: AtomicBool::new(true),

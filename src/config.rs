@@ -87,11 +87,28 @@ pub struct ItemsConfig {
     pub admin_token: Option<String>,
     /// `MAX_KEY_BYTES`: longest key accepted, so a key cannot blow up Redis keys or URLs.
     pub max_key_bytes: usize,
-    /// `REQUEST_TIMEOUT_SECS`: deadline of one request as a whole, fleet wait included.
+    /// `REQUEST_TIMEOUT_SECS`: deadline of one request as a whole, fleet wait included (a
+    /// batch shares one).
     pub request_timeout: Duration,
     /// `COMPRESSION_MIN_BYTES` when `COMPRESSION=true`: bodies at least this long are sent
     /// compressed to clients that accept it; `None` sends everything as it is.
     pub compression_min_bytes: Option<usize>,
+    /// What one `POST /items:batch` may ask for.
+    pub batch: BatchLimits,
+}
+
+/// The bounds of one `POST /items:batch`, so one request cannot take the service (or the
+/// origin's permits) for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// `BATCH_MAX_KEYS`: keys per batch at most (duplicates included); more is `413`.
+    pub max_keys: usize,
+    /// `BATCH_MAX_BODY_BYTES`: longest request body; longer is `413`.
+    pub max_body_bytes: usize,
+    /// `BATCH_ORIGIN_CONCURRENCY`, capped at half of `ORIGIN_MAX_CONCURRENCY` (at least 1): the
+    /// misses of one batch waiting on a fetch at once, so a single batch always leaves origin
+    /// permits for single `GET`s.
+    pub origin_concurrency: usize,
 }
 
 /// The cache policy and the in-process tier.
@@ -230,6 +247,9 @@ mod vars {
     pub const REQUEST_TIMEOUT_SECS: Var<Secs> = secs("REQUEST_TIMEOUT_SECS", "30", 1);
     pub const COMPRESSION: Var<Flag> = flag("COMPRESSION", "true");
     pub const COMPRESSION_MIN_BYTES: Var<Count> = count("COMPRESSION_MIN_BYTES", "1024", 1, 1 << 30);
+    pub const BATCH_MAX_KEYS: Var<Count> = count("BATCH_MAX_KEYS", "1000", 1, 100_000);
+    pub const BATCH_MAX_BODY_BYTES: Var<Count> = count("BATCH_MAX_BODY_BYTES", "1048576", 1024, 1 << 30);
+    pub const BATCH_ORIGIN_CONCURRENCY: Var<Count> = count("BATCH_ORIGIN_CONCURRENCY", "16", 1, 100_000);
     pub const SHUTDOWN_DELAY_SECS: Var<Secs> = secs("SHUTDOWN_DELAY_SECS", "0", 0);
     pub const SHUTDOWN_DRAIN_SECS: Var<Secs> = secs("SHUTDOWN_DRAIN_SECS", "20", 0);
     pub const LOG_FORMAT: Var<LogFormat> = Var { name: "LOG_FORMAT", default: "text", kind: LogFormat };
@@ -363,6 +383,13 @@ impl Env {
             compression_min_bytes: COMPRESSION
                 .read(env)?
                 .then_some(COMPRESSION_MIN_BYTES.read(env)? as usize),
+            batch: BatchLimits {
+                max_keys: BATCH_MAX_KEYS.read(env)? as usize,
+                max_body_bytes: BATCH_MAX_BODY_BYTES.read(env)? as usize,
+                origin_concurrency: (BATCH_ORIGIN_CONCURRENCY.read(env)? as usize)
+                    .min(origin.max_concurrency / 2)
+                    .max(1),
+            },
         };
         let shutdown = ShutdownConfig {
             delay: SHUTDOWN_DELAY_SECS.read(env)?,
@@ -880,6 +907,9 @@ mod tests {
             ),
             (MAX_KEY_BYTES.name, MAX_KEY_BYTES.default),
             (REQUEST_TIMEOUT_SECS.name, REQUEST_TIMEOUT_SECS.default),
+            (BATCH_MAX_KEYS.name, BATCH_MAX_KEYS.default),
+            (BATCH_MAX_BODY_BYTES.name, BATCH_MAX_BODY_BYTES.default),
+            (BATCH_ORIGIN_CONCURRENCY.name, BATCH_ORIGIN_CONCURRENCY.default),
             (SHUTDOWN_DELAY_SECS.name, SHUTDOWN_DELAY_SECS.default),
             (SHUTDOWN_DRAIN_SECS.name, SHUTDOWN_DRAIN_SECS.default),
             (LOG_FORMAT.name, LOG_FORMAT.default),
@@ -918,8 +948,27 @@ mod tests {
         assert_eq!(r.response_timeout, Duration::from_millis(250));
         assert_eq!(c.origin.breaker.trip.window, 20);
         assert_eq!(c.server.max_connections, 4096);
+        assert_eq!(
+            c.items.batch,
+            BatchLimits {
+                max_keys: 1000,
+                max_body_bytes: 1 << 20,
+                origin_concurrency: 16,
+            }
+        );
         let seed = redis(&[("REDIS_HOST", "r")]);
         assert_eq!(seed.nodes[0].addr(), &ConnectionAddr::Tcp("r".into(), 6379));
+    }
+
+    #[test]
+    fn one_batch_never_holds_more_than_half_the_origin_permits() {
+        let batch = |vars: &[(&str, &str)]| config(vars).unwrap().items.batch.origin_concurrency;
+        assert_eq!(batch(&[("BATCH_ORIGIN_CONCURRENCY", "40")]), 32);
+        assert_eq!(batch(&[("ORIGIN_MAX_CONCURRENCY", "2")]), 1);
+        assert_eq!(batch(&[("ORIGIN_MAX_CONCURRENCY", "1")]), 1);
+        assert_eq!(batch(&[("BATCH_ORIGIN_CONCURRENCY", "4")]), 4);
+        assert!(config(&[("BATCH_MAX_KEYS", "0")]).is_err());
+        assert!(config(&[("BATCH_MAX_BODY_BYTES", "100")]).is_err());
     }
 
     #[test]

@@ -17,6 +17,13 @@ pub enum AppError {
     /// A malformed request other than the key (e.g. a bad query parameter).
     #[error("{0}")]
     BadRequest(String),
+    /// A request larger than its limit allows (a batch with more than `BATCH_MAX_KEYS` keys,
+    /// or a body over `BATCH_MAX_BODY_BYTES`); the message names the limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A request body in a format the endpoint does not read (a batch body that is not JSON).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The origin says the key does not exist (or no such endpoint).
     #[error("{0}")]
     NotFound(String),
@@ -69,6 +76,8 @@ impl AppError {
         match self {
             AppError::BadKey(_) => "bad_key",
             AppError::BadRequest(_) => "bad_request",
+            AppError::TooLarge(_) => "too_large",
+            AppError::UnsupportedMediaType(_) => "unsupported_media_type",
             AppError::NotFound(_) => "not_found",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::OriginError(_) => "origin_error",
@@ -87,6 +96,8 @@ impl AppError {
         match self {
             AppError::BadKey(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::OriginError(_) => StatusCode::BAD_GATEWAY,
             AppError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -95,6 +106,15 @@ impl AppError {
             AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whole seconds until a retry may succeed, where the answer says so (`Retry-After`).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AppError::OriginUnavailable { retry_after_secs, .. } => Some(*retry_after_secs),
+            AppError::PurgeIncomplete => Some(1),
+            _ => None,
         }
     }
 
@@ -137,13 +157,10 @@ impl IntoResponse for AppError {
         };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         match &self {
-            AppError::OriginUnavailable { retry_after_secs, .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            }
-            AppError::PurgeIncomplete => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
             AppError::RequestTimeout => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

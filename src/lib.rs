@@ -5,7 +5,7 @@
 //!   the types the parts are built from, so building them cannot fail on a setting.
 //! - [`app`]: builds the parts from a `Config`, serves, shuts down gracefully.
 //! - [`http`]: the accept loop, the hit path answered at once, the router and handlers
-//!   (`/items/{key}`, `/health`, probes, `/metrics`), and the layer that counts requests by route.
+//!   (`/items/{key}`, `/items:batch`, `/health`, probes, `/metrics`), and the layer that counts requests by route.
 //! - [`error`]: `AppError`, the one place failures become HTTP responses.
 //! - [`cache`]: `ReadThrough` (the read-through over an ordered list of tiers), the `Tier` trait,
 //!   the memory and Redis tiers, entries and their freshness, answers, in-process coalescing, the

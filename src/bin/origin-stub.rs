@@ -13,7 +13,8 @@
 //! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/headers` (a
 //! JSON list of `[name, value]` pairs: the extra headers of every answer from now on, 404s and
 //! 304s included), `POST /_stub/reset`.
-//! A path containing `missing` always gets a 404. With an `ETag` (or `Last-Modified`) among its
+//! A path containing `missing` always gets a 404, and one containing `broken` a 500 (so one
+//! request, e.g. a batch, can mix answers). With an `ETag` (or `Last-Modified`) among its
 //! headers, a request whose `If-None-Match` (or `If-Modified-Since`) matches gets `304` and no
 //! body; `/_stub/stats` counts conditional requests and the 304s sent.
 
@@ -202,6 +203,9 @@ async fn answer(behaviour: &Behaviour, target: &str, n: u64, unchanged: bool) ->
     }
     if unchanged {
         return StatusCode::NOT_MODIFIED.into_response();
+    }
+    if target.contains("broken") {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "this item is broken").into_response();
     }
     let mode = behaviour.mode.as_str();
     if let Some(code) = mode.strip_prefix("status:") {

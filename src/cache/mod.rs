@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
@@ -153,53 +155,130 @@ impl<O: Origin> ReadThrough<O> {
     /// The answer for `key`: the hit path, top to bottom. A miss waits on the origin for at most
     /// `wait` (the hit path sets no timer).
     pub async fn get(&self, key: &str, wait: Duration) -> Result<Answer, CacheError> {
-        let inner = &*self.inner;
         let now = now_ms();
-        let mut stale: Option<(Arc<Entry>, TierName)> = None;
-        for (i, tier) in inner.tiers.iter().enumerate() {
-            let span = tracing::info_span!(target: TRACE_TARGET, "cache.lookup",
-                cache.tier = tier.name().as_str(), cache.outcome = tracing::field::Empty);
+        let mut stale = None;
+        for (i, tier) in self.inner.tiers.iter().enumerate() {
+            let span = lookup_span(tier, 1);
             // Errors are counted by the tier itself; the request goes on without it.
             let found = tier.get(key).instrument(span.clone()).await.ok().flatten();
-            let Some(entry) = found else {
-                span.record("cache.outcome", "miss");
-                continue;
-            };
-            match entry.freshness(now) {
-                Freshness::Fresh { ttl_secs } => {
-                    span.record("cache.outcome", "hit");
-                    // A hit in a later tier fills the tiers in front of it.
-                    for front in &inner.tiers[..i] {
-                        let _ = front.put(key, entry.clone()).await;
-                    }
-                    return Ok(self.hit(tier.name(), entry, ttl_secs, now));
-                }
-                Freshness::Stale { .. } if !entry.negative => {
-                    span.record("cache.outcome", "stale");
-                    // A later tier may hold a fresher copy (another replica refreshed it).
-                    stale.get_or_insert((entry, tier.name()));
-                }
-                Freshness::Stale { .. } | Freshness::Expired => {
-                    span.record("cache.outcome", "miss");
-                }
+            let looked = look(found, tier.name(), &mut stale, now);
+            span.record("cache.outcome", looked.outcome());
+            if let Looked::Fresh(entry, ttl_secs) = looked {
+                return Ok(self.fresh_from(i, key, entry, ttl_secs, now).await);
             }
         }
+        match stale
+            .as_ref()
+            .and_then(|(entry, tier)| self.serve_stale(key, entry, *tier, now))
+        {
+            Some(served) => Ok(served),
+            None => {
+                self.revalidated_or_fetched(key, stale, Instant::now() + wait)
+                    .await
+            }
+        }
+    }
 
-        let Some((entry, tier)) = stale else {
-            return self.fetch_and_wait(key, None, wait).await;
-        };
-        let breaker_open = inner.origin.breaker_state() == BreakerState::Open;
+    /// The answers for `keys` (distinct), each handed to `answer` with its position in `keys`
+    /// as soon as it is known: the tiers' hits first (one [`Tier::get_many`] per tier, for the
+    /// keys the tiers in front did not hold fresh), then stale entries, then the misses as
+    /// their fetches complete. At most `concurrency` misses wait on a fetch at once; the
+    /// others queue. A miss not answered by `deadline` is [`CacheError::TimedOut`], and one
+    /// still queued then is not fetched. Each key is looked up, fetched (or coalesced with a
+    /// fetch in flight, here or on another replica) and counted as [`ReadThrough::get`] does.
+    pub async fn get_many(
+        &self,
+        keys: &[&str],
+        deadline: Instant,
+        concurrency: usize,
+        mut answer: impl FnMut(usize, Result<Answer, CacheError>),
+    ) {
+        let now = now_ms();
+        let mut stale: Vec<Option<(Arc<Entry>, TierName)>> = vec![None; keys.len()];
+        let mut open: Vec<usize> = (0..keys.len()).collect();
+        for (i, tier) in self.inner.tiers.iter().enumerate() {
+            if open.is_empty() {
+                break;
+            }
+            let asked: Vec<&str> = open.iter().map(|&k| keys[k]).collect();
+            let span = lookup_span(tier, asked.len());
+            let found = tier.get_many(&asked).instrument(span.clone()).await;
+            let (mut hits, mut left) = (0, Vec::with_capacity(open.len()));
+            for (k, found) in open.into_iter().zip(found) {
+                match look(found.ok().flatten(), tier.name(), &mut stale[k], now) {
+                    Looked::Fresh(entry, ttl_secs) => {
+                        hits += 1;
+                        answer(k, Ok(self.fresh_from(i, keys[k], entry, ttl_secs, now).await));
+                    }
+                    Looked::Stale | Looked::Miss => left.push(k),
+                }
+            }
+            span.record("cache.hits", hits as i64);
+            open = left;
+        }
+        let mut misses = Vec::with_capacity(open.len());
+        for k in open {
+            let stale = stale[k].take();
+            match stale
+                .as_ref()
+                .and_then(|(entry, tier)| self.serve_stale(keys[k], entry, *tier, now))
+            {
+                Some(served) => answer(k, Ok(served)),
+                None => misses.push((k, stale)),
+            }
+        }
+        let mut fetches = futures_util::stream::iter(misses)
+            .map(|(k, stale)| async move {
+                // Queued past the deadline: answered, and no fetch is started for it.
+                if Instant::now() >= deadline {
+                    return (k, Err(CacheError::TimedOut));
+                }
+                (k, self.revalidated_or_fetched(keys[k], stale, deadline).await)
+            })
+            .buffer_unordered(concurrency.max(1));
+        while let Some((k, result)) = fetches.next().await {
+            answer(k, result);
+        }
+    }
+
+    /// A fresh `entry` found in tier `i`: the tiers in front of it keep a copy; counted.
+    async fn fresh_from(&self, i: usize, key: &str, entry: Arc<Entry>, ttl_secs: u64, now: u64) -> Answer {
+        let tiers = &self.inner.tiers;
+        for front in &tiers[..i] {
+            let _ = front.put(key, entry.clone()).await;
+        }
+        self.hit(tiers[i].name(), entry, ttl_secs, now)
+    }
+
+    /// A stale `entry` of `tier`, served at once if its windows allow: within its
+    /// revalidate window with the circuit not open (and one background refresh), or within its
+    /// if-error window with the circuit open; counted. `None`: it must be revalidated first.
+    fn serve_stale(&self, key: &str, entry: &Arc<Entry>, tier: TierName, now: u64) -> Option<Answer> {
+        let breaker_open = self.inner.origin.breaker_state() == BreakerState::Open;
         if !breaker_open && entry.may_serve_while_revalidating(now) {
             // Refresh in the background: one fetch per key, however many stale hits.
             let _ = self.start_fetch(key, Some((entry.clone(), tier)), true);
-            return Ok(self.stale(entry, tier, StaleReason::WhileRevalidate, now));
+            return Some(self.stale(entry.clone(), tier, StaleReason::WhileRevalidate, now));
         }
         if breaker_open && entry.may_serve_if_error(now) {
-            return Ok(self.stale(entry, tier, StaleReason::IfError, now));
+            return Some(self.stale(entry.clone(), tier, StaleReason::IfError, now));
         }
-        // Revalidated in the foreground (must-revalidate, max-age=0, or past its
-        // stale-while-revalidate window): stale-if-error still covers an origin failure.
-        match self.fetch_and_wait(key, Some((entry.clone(), tier)), wait).await {
+        None
+    }
+
+    /// Nothing servable at once for `key`: its fetch (a revalidation of the `stale` entry, when
+    /// there is one: must-revalidate, max-age=0, or past its revalidate window) waited on until
+    /// `deadline`, with the stale entry's stale-if-error window covering an origin failure.
+    async fn revalidated_or_fetched(
+        &self,
+        key: &str,
+        stale: Previous,
+        deadline: Instant,
+    ) -> Result<Answer, CacheError> {
+        let Some((entry, tier)) = stale else {
+            return self.fetched(key, None, deadline).await;
+        };
+        match self.fetched(key, Some((entry.clone(), tier)), deadline).await {
             Err(CacheError::Origin(_)) if entry.may_serve_if_error(now_ms()) => {
                 Ok(self.stale(entry, tier, StaleReason::IfError, now_ms()))
             }
@@ -220,16 +299,12 @@ impl<O: Origin> ReadThrough<O> {
     }
 
     /// Joins or starts the fetch of `key` (a refresh of `previous`, when there is one) and waits
-    /// for it for at most `wait`.
-    async fn fetch_and_wait(
-        &self,
-        key: &str,
-        previous: Previous,
-        wait: Duration,
-    ) -> Result<Answer, CacheError> {
+    /// for it until `deadline`; counted as a miss (coalesced when it waited on another
+    /// request's or replica's fetch), or as a hit of its tier when it revalidated `previous`.
+    async fn fetched(&self, key: &str, previous: Previous, deadline: Instant) -> Result<Answer, CacheError> {
         let refreshed_tier = previous.as_ref().map(|(_, tier)| *tier);
         let (role, waiter) = self.start_fetch(key, previous, false);
-        let fetch = tokio::time::timeout(wait, waiter.wait())
+        let fetch = tokio::time::timeout_at(deadline, waiter.wait())
             .await
             .map_err(|_| CacheError::TimedOut)???;
         let collapsed = match (role, fetch.by_fleet) {
@@ -432,6 +507,57 @@ impl<O: Origin> ReadThrough<O> {
             invalidation::spawn_listener(self.clone(), channel.clone(), self.inner.fleet.clone(), shutdown);
         }
     }
+}
+
+/// What one tier's lookup of a key settled.
+enum Looked {
+    /// A fresh entry (and whole seconds of freshness left): the answer.
+    Fresh(Arc<Entry>, u64),
+    /// A stale entry, noted; a later tier may hold a fresher copy (another replica refreshed it).
+    Stale,
+    /// Nothing servable here: absent, expired, a stale negative entry, or the tier failed.
+    Miss,
+}
+
+impl Looked {
+    /// The `cache.outcome` of the tier's span.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Looked::Fresh(..) => "hit",
+            Looked::Stale => "stale",
+            Looked::Miss => "miss",
+        }
+    }
+}
+
+/// Judges what `tier` found for a key at `now`; the first stale entry met is kept in `stale`.
+fn look(
+    found: Option<Arc<Entry>>,
+    tier: TierName,
+    stale: &mut Option<(Arc<Entry>, TierName)>,
+    now: u64,
+) -> Looked {
+    let Some(entry) = found else {
+        return Looked::Miss;
+    };
+    match entry.freshness(now) {
+        Freshness::Fresh { ttl_secs } => Looked::Fresh(entry, ttl_secs),
+        Freshness::Stale { .. } if !entry.negative => {
+            stale.get_or_insert((entry, tier));
+            Looked::Stale
+        }
+        Freshness::Stale { .. } | Freshness::Expired => Looked::Miss,
+    }
+}
+
+/// The `cache.lookup` span of one round trip to `tier` for `keys` keys.
+fn lookup_span(tier: &AnyTier, keys: usize) -> Span {
+    tracing::info_span!(target: TRACE_TARGET, "cache.lookup",
+        cache.tier = tier.name().as_str(),
+        // As i64: tracing-opentelemetry exports a u64 as a string.
+        cache.keys = keys as i64,
+        cache.outcome = tracing::field::Empty,
+        cache.hits = tracing::field::Empty)
 }
 
 /// Applies `mode` to what `target` names in `tier`: the entries removed or marked stale.
@@ -1017,6 +1143,102 @@ mod tests {
             ));
         }
         assert_eq!(origin.calls(), 2);
+    }
+
+    /// Runs `get_many` over `keys` to its end: each key's answer (or error), by position.
+    async fn get_many(
+        cache: &ReadThrough<Gated>,
+        keys: &[&str],
+        wait: Duration,
+        concurrency: usize,
+    ) -> Vec<Option<Result<Answer, CacheError>>> {
+        let mut answers: Vec<Option<Result<Answer, CacheError>>> = vec![None; keys.len()];
+        let deadline = Instant::now() + wait;
+        cache
+            .get_many(keys, deadline, concurrency, |k, a| {
+                assert!(answers[k].replace(a).is_none(), "{k} answered twice");
+            })
+            .await;
+        answers
+    }
+
+    #[tokio::test]
+    async fn a_batch_answers_hits_at_once_and_fetches_at_most_its_concurrency_at_a_time() {
+        let origin = Gated::new();
+        let cache = cache(&origin, true, TTL);
+        let hot = Entry::value("hot", b"1", now_ms(), &life(TTL));
+        cache.tiers()[0].put("hot", Arc::new(hot)).await.unwrap();
+        let keys = ["a", "hot", "b", "c", "d"];
+        let batch = tokio::spawn({
+            let cache = cache.clone();
+            async move { get_many(&cache, &keys, WAIT, 2).await }
+        });
+        origin.reached(2).await;
+        // Two fetches of the batch at once; the rest queue.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(origin.calls(), 2);
+        origin.open();
+        let answers = batch.await.unwrap();
+        assert!(matches!(
+            answers[1].as_ref().unwrap().as_ref().unwrap().kind,
+            AnswerKind::Hit {
+                tier: TierName::Memory,
+                ..
+            }
+        ));
+        for k in [0, 2, 3, 4] {
+            let kind = answers[k].as_ref().unwrap().as_ref().unwrap().kind;
+            assert_eq!(kind, MISS);
+        }
+        assert_eq!(origin.calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_batch_and_a_get_for_the_same_cold_key_share_one_fetch() {
+        let origin = Gated::new();
+        let cache = cache(&origin, true, TTL);
+        let single = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get("k", WAIT).await.unwrap() }
+        });
+        origin.reached(1).await;
+        let batch = tokio::spawn({
+            let cache = cache.clone();
+            async move { get_many(&cache, &["k"], WAIT, 4).await }
+        });
+        while !cache.inner.inflight.in_flight("k") {
+            tokio::task::yield_now().await;
+        }
+        origin.open();
+        assert_eq!(
+            single.await.unwrap().kind,
+            MISS
+        );
+        let answers = batch.await.unwrap();
+        let kind = answers[0].as_ref().unwrap().as_ref().unwrap().kind;
+        assert_eq!(
+            kind,
+            AnswerKind::Fetched {
+                collapsed: Some(CoalesceScope::Process),
+                forward: Forward::Miss,
+                not_stored: None,
+            }
+        );
+        assert_eq!(origin.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn keys_of_a_batch_past_its_deadline_time_out_and_queued_ones_are_not_fetched() {
+        let origin = Gated::new();
+        let cache = cache(&origin, true, TTL);
+        let answers = get_many(&cache, &["a", "b", "c"], Duration::from_millis(50), 1).await;
+        for a in &answers {
+            assert!(matches!(a, Some(Err(CacheError::TimedOut))), "{a:?}");
+        }
+        // Only the first was started; the queued ones were answered without a fetch.
+        assert_eq!(origin.calls(), 1);
     }
 
     #[tokio::test]

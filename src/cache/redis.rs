@@ -741,13 +741,38 @@ impl RedisTier {
         pipe: &redis::Pipeline,
     ) -> Result<T, TierError> {
         let node = self.node_up_for(redis_key)?;
+        self.run_pipe_on(op, &node, pipe).await
+    }
+
+    /// Runs `pipe` on `node` over its command connection, within the response timeout.
+    async fn run_pipe_on<T: FromRedisValue>(
+        &self,
+        op: RedisOp,
+        node: &Node,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, TierError> {
         let mut conn = node.command_connection();
         let timeout = self.shared.settings.response_timeout;
         self.finish(
             op,
-            &node,
+            node,
             tokio::time::timeout(timeout, pipe.query_async::<T>(&mut conn)).await,
         )
+    }
+
+    /// A value under an entry key that is larger than this service can write (`len` bytes):
+    /// counted as a `get` error, logged, and `UNLINK`ed (freed in the background, not blocking
+    /// Redis), since no replica can use it and the next read, here or elsewhere, should not pay
+    /// for it again. The read is a miss, and the origin's value replaces it.
+    async fn refuse_oversized(&self, entry_key: &str, len: usize) {
+        self.shared.metrics.redis_error(RedisOp::Get);
+        tracing::warn!(
+            bytes = len,
+            limit = self.shared.max_entry_bytes,
+            "redis holds a value larger than this service can write under an entry key; removed, and replaced by the next fetch"
+        );
+        let unlink = redis::cmd("UNLINK").arg(entry_key).to_owned();
+        let _ = self.run::<i64>(RedisOp::Del, entry_key.as_bytes(), &unlink).await;
     }
 
     /// Runs `cmd` on `node` over its command connection, within the response timeout.
@@ -930,6 +955,15 @@ impl RedisTier {
     }
 }
 
+/// The entry stored as `bytes` for `key`, if it decodes and is not past its stale window.
+fn servable(key: &str, bytes: &[u8]) -> Option<Arc<Entry>> {
+    Some(bytes)
+        .filter(|b| !b.is_empty())
+        .and_then(|b| Entry::decode(key, b))
+        .filter(|e| e.stale_until_ms > now_ms())
+        .map(Arc::new)
+}
+
 fn as_int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
@@ -972,16 +1006,7 @@ impl Tier for RedisTier {
         let (mut bytes, len): (Vec<u8>, usize) =
             self.run_pipe(RedisOp::Get, entry_key.as_bytes(), &first).await?;
         if len > max {
-            self.shared.metrics.redis_error(RedisOp::Get);
-            tracing::warn!(
-                bytes = len,
-                limit = max,
-                "redis holds a value larger than this service can write under an entry key; removed, and replaced by the next fetch"
-            );
-            // No replica can use it: UNLINK (freed in the background, not blocking Redis) so
-            // the next read, here or elsewhere, does not pay for it again.
-            let unlink = redis::cmd("UNLINK").arg(&entry_key).to_owned();
-            let _ = self.run::<i64>(RedisOp::Del, entry_key.as_bytes(), &unlink).await;
+            self.refuse_oversized(&entry_key, len).await;
             return Ok(None);
         }
         if len > bytes.len() {
@@ -997,11 +1022,86 @@ impl Tier for RedisTier {
                 return Ok(None);
             }
         }
-        Ok(Some(bytes)
-            .filter(|b| !b.is_empty())
-            .and_then(|b| Entry::decode(key, &b))
-            .filter(|e| e.stale_until_ms > now_ms())
-            .map(Arc::new))
+        Ok(servable(key, &bytes))
+    }
+
+    /// One `MGET` per hash slot (one for everything on a single server), the `MGET`s of each
+    /// node sent as one pipeline, the nodes asked in parallel: one round trip per node. A node
+    /// known to be down is not asked (its keys are `Unavailable`); a failed node fails only its
+    /// own keys.
+    ///
+    /// `MGET` cannot be told to stop at a length, so a value larger than this service could
+    /// have written (put there by something else) is transferred once, then refused, counted
+    /// as a `get` error and `UNLINK`ed, so no later read pays for it again.
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Arc<Entry>>, TierError>> {
+        let entry_keys: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
+        let topology = self.topology();
+        // Node index → slot → positions in `keys`. One server serves every slot: one group.
+        let mut groups: std::collections::BTreeMap<usize, std::collections::BTreeMap<u16, Vec<usize>>> =
+            std::collections::BTreeMap::new();
+        for (i, k) in entry_keys.iter().enumerate() {
+            let (node, slot) = if topology.slots.is_empty() {
+                (0, 0)
+            } else {
+                let slot = key_slot(k.as_bytes());
+                (usize::from(topology.slots[usize::from(slot)]), slot)
+            };
+            groups.entry(node).or_default().entry(slot).or_default().push(i);
+        }
+        let rounds = groups.into_iter().map(|(node, slots)| {
+            let node = topology.nodes[node].clone();
+            let entry_keys = &entry_keys;
+            async move {
+                let positions: Vec<Vec<usize>> = slots.into_values().collect();
+                if !node.is_up() {
+                    return (positions, Err(TierError::Unavailable));
+                }
+                let mut pipe = redis::pipe();
+                for slot in &positions {
+                    let mget = pipe.cmd("MGET");
+                    for &i in slot {
+                        mget.arg(&entry_keys[i]);
+                    }
+                }
+                let values = self
+                    .run_pipe_on::<Vec<Vec<Option<Vec<u8>>>>>(RedisOp::Get, &node, &pipe)
+                    .await;
+                (positions, values)
+            }
+        });
+        let mut found: Vec<Result<Option<Arc<Entry>>, TierError>> = vec![Ok(None); keys.len()];
+        let max = self.shared.max_entry_bytes;
+        for (positions, values) in futures_util::future::join_all(rounds).await {
+            let values = values.and_then(|v| {
+                if v.len() == positions.len() {
+                    Ok(v)
+                } else {
+                    Err(TierError::Failed("fewer MGET replies than MGETs".to_owned()))
+                }
+            });
+            let values = match values {
+                Ok(values) => values,
+                Err(e) => {
+                    for &i in positions.iter().flatten() {
+                        found[i] = Err(e.clone());
+                    }
+                    continue;
+                }
+            };
+            for (slot, replies) in positions.iter().zip(values) {
+                for (&i, bytes) in slot.iter().zip(replies) {
+                    found[i] = Ok(match bytes {
+                        Some(b) if b.len() > max => {
+                            self.refuse_oversized(&entry_keys[i], b.len()).await;
+                            None
+                        }
+                        Some(b) => servable(keys[i], &b),
+                        None => None,
+                    });
+                }
+            }
+        }
+        found
     }
 
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {

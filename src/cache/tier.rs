@@ -57,6 +57,21 @@ pub trait Tier: Send + Sync {
     fn shared(&self) -> bool;
     /// The entry for `key`, if the tier holds one that is not yet past its stale window.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Arc<Entry>>, TierError>> + Send;
+    /// The entries for `keys`, one result per key in the same order, in as few round trips as
+    /// the tier can manage (a batch read). The default asks [`Tier::get`] once per key, which is
+    /// right for an in-process tier; a remote tier overrides it (Redis: `MGET`).
+    fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> impl Future<Output = Vec<Result<Option<Arc<Entry>>, TierError>>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(self.get(key).await);
+            }
+            found
+        }
+    }
     /// The entry for `key` without waiting, when the tier can answer in place (it lives in this
     /// process); `None` when it would have to wait (then ask [`Tier::get`]).
     fn get_now(&self, _key: &str) -> Option<Option<Arc<Entry>>> {
@@ -138,6 +153,10 @@ impl Tier for AnyTier {
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
         each!(self, t => t.get(key).await)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Arc<Entry>>, TierError>> {
+        each!(self, t => t.get_many(keys).await)
     }
 
     fn get_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {

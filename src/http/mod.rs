@@ -1,5 +1,6 @@
 //! The HTTP surface: the router, its shared state and the handlers.
 
+mod batch;
 mod conditional;
 mod headers;
 mod items;
@@ -14,10 +15,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::cache::ReadThrough;
+use crate::config::BatchLimits;
 use crate::error::AppError;
 use crate::telemetry::Metrics;
 
@@ -40,6 +42,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Bodies at least this long go compressed to clients that accept it (`None`: never).
     pub compression_min_bytes: Option<usize>,
+    /// What one `POST /items:batch` may ask for.
+    pub batch: BatchLimits,
     /// Deadline for reading a request body (`HTTP_BODY_TIMEOUT_SECS`).
     pub body_timeout: Duration,
     /// Precomputed `Age` and `Cache-Status` values, so a hit formats nothing.
@@ -100,6 +104,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     };
     Router::new()
         .route("/items/{key}", get(items::get_item).delete(items::delete_item))
+        // A colon, not a slash: `/items/batch` is the key `batch`.
+        .route("/items:batch", post(batch::get_batch))
         .route("/items/", get(items::empty_key).delete(items::empty_key))
         .route("/items", get(items::empty_key).delete(items::empty_key))
         .route("/tags/{tag}", delete(tags::delete_tag))

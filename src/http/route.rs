@@ -1,5 +1,5 @@
 //! The routes the service answers on, and the layer that counts every request by its matched
-//! route (`http_requests_total`, and `request_latency` for `/items`): handlers count nothing.
+//! route (`http_requests_total`, and `request_latency` for single-key `/items` requests): handlers count nothing.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +22,8 @@ pub enum Route {
     Items,
     /// `/tags/{tag}` (and `/tags`, `/tags/`).
     Tags,
+    /// `/items:batch`: many keys in one request.
+    Batch,
     /// `/health`.
     Health,
     /// `/livez`.
@@ -36,9 +38,10 @@ pub enum Route {
 
 impl Route {
     /// Every route, for label sets registered at zero.
-    pub const ALL: [Route; 7] = [
+    pub const ALL: [Route; 8] = [
         Route::Items,
         Route::Tags,
+        Route::Batch,
         Route::Health,
         Route::Livez,
         Route::Readyz,
@@ -51,6 +54,7 @@ impl Route {
         match self {
             Route::Items => "/items/{key}",
             Route::Tags => "/tags/{tag}",
+            Route::Batch => "/items:batch",
             Route::Health => "/health",
             Route::Livez => "/livez",
             Route::Readyz => "/readyz",
@@ -64,6 +68,7 @@ impl Route {
         match template {
             "/items/{key}" | "/items/" | "/items" => Route::Items,
             "/tags/{tag}" | "/tags/" | "/tags" => Route::Tags,
+            "/items:batch" => Route::Batch,
             "/health" => Route::Health,
             "/livez" => Route::Livez,
             "/readyz" => Route::Readyz,

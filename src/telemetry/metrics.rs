@@ -25,6 +25,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
+/// Buckets (keys) of `batch_keys`: a batch is 1 to `BATCH_MAX_KEYS` (at most 100,000) keys.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 100000.0,
+];
+
 /// The `tier` label of a remembered 404 in `cache_hits_total`.
 const NEGATIVE: &str = "negative";
 
@@ -71,6 +76,10 @@ pub struct Metrics {
     counters: Arc<Counters>,
     request_latency: Histogram<f64>,
     origin_latency: Histogram<f64>,
+    /// `batch_request_duration_seconds`: a whole `POST /items:batch`, until its last key.
+    batch_latency: Histogram<f64>,
+    /// `batch_keys`: keys per batch, as requested (duplicates included).
+    batch_keys: Histogram<u64>,
     /// Kept for the gauges registered by [`Metrics::watch_memory_tier`] and
     /// [`Metrics::watch_breaker`].
     meter: Meter,
@@ -290,8 +299,17 @@ impl Metrics {
                 .build()
         };
         Metrics {
-            request_latency: seconds("request_latency", "Latency of /items requests."),
+            request_latency: seconds("request_latency", "Latency of single-key /items requests."),
             origin_latency: seconds("origin_request_duration", "Latency of origin fetches."),
+            batch_latency: seconds(
+                "batch_request_duration",
+                "Latency of POST /items:batch requests, until the last key is answered.",
+            ),
+            batch_keys: meter
+                .u64_histogram("batch_keys")
+                .with_description("Keys per POST /items:batch request, duplicates included.")
+                .with_boundaries(BATCH_SIZE_BUCKETS.to_vec())
+                .build(),
             counters,
             meter,
         }
@@ -410,6 +428,12 @@ impl Metrics {
     /// `n` origin tags ignored.
     pub fn tags_ignored(&self, n: u64) {
         self.counters.tags_ignored.0[0].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One batch of `keys` keys (as requested), whose last key was answered after `took`.
+    pub fn batch(&self, keys: usize, took: Duration) {
+        self.batch_keys.record(keys as u64, &[]);
+        self.batch_latency.record(took.as_secs_f64(), &[]);
     }
 
     /// One HTTP request answered with `status`; `/items` requests a handler answered (`took`)

@@ -1,5 +1,6 @@
 //! Integration tests: the real binaries, a real origin stub, real `redis-server` and Prometheus.
 
+mod batch;
 mod cluster;
 mod config;
 mod hardening;

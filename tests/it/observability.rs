@@ -376,3 +376,75 @@ async fn an_unreachable_otlp_endpoint_never_fails_a_request() {
         );
     }
 }
+
+fn int_attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<i64> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            V::IntValue(i) => Some(*i),
+            other => panic!("{key} is {other:?}, not an integer"),
+        })
+}
+
+#[tokio::test]
+async fn a_batch_is_one_server_span_with_one_lookup_per_tier_and_one_fetch_per_miss() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start_grpc().await;
+    let redis = crate::harness::Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    let [s] = crate::harness::services_on::<1>(
+        &redis.url(),
+        &[
+            ("ORIGIN_URL", &origin.template()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    assert_eq!(s.get("warm").await.0, 200);
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let r = client()
+        .post(s.url("/items:batch"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({ "keys": ["warm", "b1", "b2", "b3", "b1"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let in_trace = |spans: &[(String, opentelemetry_proto::tonic::trace::v1::Span)]| {
+        spans
+            .iter()
+            .map(|(_, s)| s.clone())
+            .filter(|s| hex(&s.trace_id) == trace_id)
+            .collect::<Vec<_>>()
+    };
+    let spans = eventually("the batch's spans to arrive", || {
+        let receiver = receiver.clone();
+        async move {
+            let spans = in_trace(&receiver.spans());
+            let fetches = spans.iter().filter(|s| s.name == "origin.fetch").count();
+            let server = spans.iter().any(|s| s.name == "POST /items:batch");
+            (server && fetches == 3).then_some(spans)
+        }
+    })
+    .await;
+    let server = spans.iter().find(|s| s.name == "POST /items:batch").unwrap();
+    assert_eq!(server.kind, 2, "server span");
+    assert_eq!(int_attr(server, "batch.keys"), Some(5));
+    assert_eq!(attr(server, "http.route"), Some("/items:batch"));
+    let lookups: Vec<_> = spans.iter().filter(|s| s.name == "cache.lookup").collect();
+    let tiers: Vec<_> = lookups.iter().map(|l| attr(l, "cache.tier").unwrap()).collect();
+    assert_eq!(
+        tiers,
+        ["memory", "redis"],
+        "one lookup per tier round trip, not per key"
+    );
+    assert_eq!(int_attr(lookups[0], "cache.keys"), Some(4));
+    assert_eq!(int_attr(lookups[1], "cache.keys"), Some(3));
+    for child in spans.iter().filter(|s| s.name != "POST /items:batch") {
+        assert_eq!(child.parent_span_id, server.span_id, "{}", child.name);
+    }
+}

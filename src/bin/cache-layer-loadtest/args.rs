@@ -16,8 +16,8 @@ const MAX_RUN: Duration = Duration::from_secs(24 * 3600);
 #[derive(Parser, Debug)]
 #[command(name = "cache-layer-loadtest", version)]
 pub struct Args {
-    /// Base URL of the service (http only). Requests go to <url>/items/<key> (and <url>/metrics,
-    /// read before and after the run), nowhere else.
+    /// Base URL of the service (http only). Requests go to <url>/items/<key> (<url>/items:batch
+    /// with --batch) and <url>/metrics (read before and after the run), nowhere else.
     #[arg(long, default_value = "http://localhost:5000")]
     pub url: String,
     /// Requests to measure. Default: 50 for the seed pattern; unlimited otherwise (then
@@ -43,13 +43,13 @@ pub struct Args {
     /// How keys are chosen.
     #[arg(long, value_enum, default_value = "seed")]
     pub pattern: Pattern,
-    /// Number of distinct keys for zipf and uniform.
+    /// Number of distinct keys for zipf, uniform and cycle.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: u64,
     /// Zipf exponent s: P(rank k) ∝ 1/k^s.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub zipf_exponent: f64,
-    /// Keys are <prefix><rank> for zipf and uniform.
+    /// Keys are <prefix><rank> for zipf, uniform and cycle.
     #[arg(long, default_value = "key-")]
     pub key_prefix: String,
     /// The key of the single pattern.
@@ -68,6 +68,11 @@ pub struct Args {
     /// Seed of the key sampler, for a repeatable key sequence.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Send `POST /items:batch` with this many keys per request (drawn from the pattern like
+    /// single requests' keys) instead of one `GET` per key. Latency is per batch; hits, misses
+    /// and errors are per key.
+    #[arg(long)]
+    pub batch: Option<u32>,
     /// Print the summary as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -99,6 +104,8 @@ pub struct Plan {
     pub warmup: Option<Duration>,
     pub timeout: Duration,
     pub seed: u64,
+    /// Keys per `POST /items:batch` request; `None` sends single `GET`s.
+    pub batch: Option<u32>,
     pub json: bool,
     pub per_request: bool,
     pub progress: bool,
@@ -148,6 +155,12 @@ impl Args {
         if self.requests == Some(0) {
             return Err("--requests 0: expected at least 1".to_owned());
         }
+        if self.batch.is_some_and(|n| !(1..=100_000).contains(&n)) {
+            return Err(format!(
+                "--batch {}: expected 1 to 100000",
+                self.batch.unwrap_or(0)
+            ));
+        }
         if self.key_space == 0 {
             return Err("--key-space 0: expected at least 1".to_owned());
         }
@@ -190,6 +203,7 @@ impl Args {
         )?;
         let per_request = !self.json
             && !self.quiet
+            && self.batch.is_none()
             && (self.per_request || (self.pattern == Pattern::Seed && self.concurrency == 1));
         Ok(Plan {
             url: self.url.trim_end_matches('/').to_owned(),
@@ -205,6 +219,7 @@ impl Args {
             warmup: self.warmup,
             timeout: self.timeout,
             seed: self.seed,
+            batch: self.batch,
             json: self.json,
             per_request,
             progress: !self.no_progress && !per_request,
@@ -297,6 +312,7 @@ mod tests {
             (&["--concurrency", "0"][..], "--concurrency 0"),
             (&["--rate", "0"][..], "--rate 0"),
             (&["--requests", "0"][..], "--requests 0"),
+            (&["--batch", "0"][..], "--batch 0"),
             (&["--duration", "10s"][..], "give --requests"),
             (
                 &["--pattern", "zipf", "--zipf-exponent", "-2"][..],

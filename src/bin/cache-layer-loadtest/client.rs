@@ -150,7 +150,7 @@ impl Conn {
 
     /// `GET path`, judged: a hit, a miss, or why it failed.
     pub async fn get(&mut self, path: &str) -> Result<Served, Failure> {
-        let (status, head, body) = self.fetch(path).await?;
+        let (status, head, body) = self.fetch(path, None).await?;
         let header =
             |r: &Option<Range<usize>>| r.clone().and_then(|r| std::str::from_utf8(&self.buf[r]).ok());
         let headers = Headers {
@@ -163,8 +163,41 @@ impl Conn {
 
     /// `GET path`: the status and the body.
     pub async fn get_body(&mut self, path: &str) -> Result<(u16, &[u8]), Failure> {
-        let (status, _, body) = self.fetch(path).await?;
+        let (status, _, body) = self.fetch(path, None).await?;
         Ok((status, self.body(&body)))
+    }
+
+    /// `POST /items:batch` with `json` (`{"keys":[…]}`), each key's answer judged into `out`
+    /// (in the request's order). A batch refused as a whole is its failure.
+    pub async fn batch(
+        &mut self,
+        json: &[u8],
+        out: &mut Vec<Result<Served, Failure>>,
+    ) -> Result<(), Failure> {
+        let (status, _, body) = self.fetch("/items:batch", Some(json)).await?;
+        let body = self.body(&body);
+        if status != 200 {
+            return Err(judge(status, &Headers::default(), body)
+                .err()
+                .unwrap_or(Failure::Protocol));
+        }
+        #[derive(serde::Deserialize)]
+        struct Element {
+            cache: Option<String>,
+            error: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Items {
+            items: Vec<Element>,
+        }
+        let items: Items = serde_json::from_slice(body).map_err(|_| Failure::Protocol)?;
+        out.clear();
+        out.extend(items.items.into_iter().map(|e| match (e.cache, e.error) {
+            (Some(status), _) => Ok(cache_status(&status).unwrap_or(Served::Unlabelled)),
+            (None, Some(error)) => Err(Failure::Status(status_of(&error), Some(error))),
+            (None, None) => Ok(Served::Unlabelled),
+        }));
+        Ok(())
     }
 
     fn body(&self, body: &Body) -> &[u8] {
@@ -176,14 +209,14 @@ impl Conn {
 
     /// One exchange under the timeout. A kept-alive connection that the server closed while
     /// idle is reopened once.
-    async fn fetch(&mut self, path: &str) -> Result<(u16, Head, Body), Failure> {
+    async fn fetch(&mut self, path: &str, json: Option<&[u8]>) -> Result<(u16, Head, Body), Failure> {
         let timeout = self.timeout;
         let result = tokio::time::timeout(timeout, async {
             let reused = self.stream.is_some();
-            match self.exchange(path).await {
+            match self.exchange(path, json).await {
                 Err(Failure::Io) if reused && self.buf.is_empty() => {
                     self.stream = None;
-                    self.exchange(path).await
+                    self.exchange(path, json).await
                 }
                 other => other,
             }
@@ -205,7 +238,8 @@ impl Conn {
         }
     }
 
-    async fn exchange(&mut self, path: &str) -> Result<(u16, Head, Body), Failure> {
+    /// One request (`GET path`, or `POST path` with a JSON body) and its response.
+    async fn exchange(&mut self, path: &str, json: Option<&[u8]>) -> Result<(u16, Head, Body), Failure> {
         if self.stream.is_none() {
             self.connect().await?;
         }
@@ -219,11 +253,19 @@ impl Conn {
         } = self;
         let stream = stream.as_mut().ok_or(Failure::Connect)?;
         request.clear();
-        request.extend_from_slice(b"GET ");
+        request.extend_from_slice(if json.is_some() { b"POST " } else { b"GET " });
         request.extend_from_slice(path.as_bytes());
         request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         request.extend_from_slice(host.as_bytes());
-        request.extend_from_slice(b"\r\nUser-Agent: cache-layer-loadtest\r\n\r\n");
+        request.extend_from_slice(b"\r\nUser-Agent: cache-layer-loadtest\r\n");
+        if let Some(json) = json {
+            request.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+            request.extend_from_slice(json.len().to_string().as_bytes());
+            request.extend_from_slice(b"\r\n\r\n");
+            request.extend_from_slice(json);
+        } else {
+            request.extend_from_slice(b"\r\n");
+        }
         buf.clear();
         stream.write_all(request).await.map_err(|_| Failure::Io)?;
         let head = loop {
@@ -393,6 +435,18 @@ pub fn classify(headers: &Headers, body: &[u8]) -> Served {
         Some("cache") => Served::Hit(HitKind::Other),
         Some("origin") => Served::Miss,
         _ => Served::Unlabelled,
+    }
+}
+
+/// The status `GET /items/{key}` answers with a batch element's `error` code.
+fn status_of(error: &str) -> u16 {
+    match error {
+        "bad_key" => 400,
+        "not_found" => 404,
+        "origin_error" => 502,
+        "origin_unavailable" => 503,
+        "origin_timeout" => 504,
+        _ => 500,
     }
 }
 

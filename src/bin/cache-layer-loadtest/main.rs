@@ -6,7 +6,8 @@
 //! the origin fetches saved (`--json` for machines).
 //!
 //! It only ever sends requests to the base URL it is given, and every run is bounded in count
-//! and time. `--help` lists the options.
+//! and time. `--batch N` sends `POST /items:batch` with N keys per request instead. `--help`
+//! lists the options.
 //!
 //! Layout: `args` (the command line, checked into a plan), `workload` (which key each request
 //! asks for), `client` (one HTTP/1.1 connection per worker; classifying answers), `run` (the
@@ -85,6 +86,7 @@ fn load_test(plan: &Plan, runtime: &tokio::runtime::Runtime) -> ExitCode {
         elapsed,
         origin_fetches: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
         interrupted: run::interrupted(),
+        batch: plan.batch,
     });
     if plan.json {
         match serde_json::to_string_pretty(&report) {

@@ -181,7 +181,7 @@ async fn run_phase(
             shared: shared.clone(),
             stats: Stats::default(),
         };
-        tasks.spawn(worker.work(phase, plan.rate, start, deadline));
+        tasks.spawn(worker.work(phase, plan.batch, plan.rate, start, deadline));
     }
     let mut back = Vec::new();
     let mut total = Stats::default();
@@ -208,11 +208,13 @@ impl Worker {
     async fn work(
         mut self,
         phase: Phase,
+        batch: Option<u32>,
         rate: Option<f64>,
         start: Instant,
         deadline: Instant,
     ) -> (usize, Conn, Stats) {
         let mut path = String::with_capacity(64);
+        let (mut body, mut ids, mut answers) = (Vec::new(), Vec::new(), Vec::new());
         loop {
             if interrupted() {
                 break;
@@ -239,6 +241,32 @@ impl Worker {
             } else {
                 due
             };
+            if let Some(n) = batch {
+                // N keys drawn as N single requests would draw them, sent as one batch.
+                body.clear();
+                body.extend_from_slice(b"{\"keys\":[");
+                ids.clear();
+                for k in 0..u64::from(n) {
+                    let key_id = self.workload.path(i * u64::from(n) + k, &mut self.rng, &mut path);
+                    if k > 0 {
+                        body.push(b',');
+                    }
+                    let key = path.strip_prefix("/items/").unwrap_or(&path);
+                    let _ = serde_json::to_writer(&mut body, key);
+                    ids.push(key_id);
+                }
+                body.extend_from_slice(b"]}");
+                let keys = match self.conn.batch(&body, &mut answers).await {
+                    Ok(()) if answers.len() == ids.len() => {
+                        ids.iter().copied().zip(answers.drain(..)).collect::<Vec<_>>()
+                    }
+                    Ok(()) => ids.iter().map(|&id| (id, Err(Failure::Protocol))).collect(),
+                    Err(e) => ids.iter().map(|&id| (id, Err(e.clone()))).collect(),
+                };
+                self.stats.record_batch(&keys, from.elapsed());
+                self.shared.done.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let key_id = self.workload.path(i, &mut self.rng, &mut path);
             let outcome = self.conn.get(&path).await;
             let latency = from.elapsed();

@@ -33,6 +33,8 @@ pub struct Stats {
     keys: HashSet<u64>,
     /// More keys were asked for than `keys` holds.
     keys_capped: bool,
+    /// Keys answered (one per request, or each key of a batch).
+    answers: u64,
 }
 
 impl Default for Stats {
@@ -47,15 +49,35 @@ impl Default for Stats {
             errors: BTreeMap::new(),
             keys: HashSet::new(),
             keys_capped: false,
+            answers: 0,
         }
     }
 }
 
 impl Stats {
-    /// Records one request.
+    /// Records one single-key request.
     pub fn record(&mut self, key_id: u64, outcome: &Result<Served, Failure>, latency: Duration) {
         let micros = latency.as_micros().max(1) as u64;
         self.all.saturating_record(micros);
+        match outcome {
+            Ok(Served::Hit(_)) => self.hits.saturating_record(micros),
+            Ok(Served::Miss) => self.misses.saturating_record(micros),
+            _ => {}
+        }
+        self.answer(key_id, outcome);
+    }
+
+    /// Records one batch request (`--batch`): its latency once, and each key's answer.
+    pub fn record_batch(&mut self, keys: &[(u64, Result<Served, Failure>)], latency: Duration) {
+        self.all.saturating_record(latency.as_micros().max(1) as u64);
+        for (key_id, outcome) in keys {
+            self.answer(*key_id, outcome);
+        }
+    }
+
+    /// Counts one key's answer.
+    fn answer(&mut self, key_id: u64, outcome: &Result<Served, Failure>) {
+        self.answers += 1;
         if self.keys.len() < MAX_TRACKED_KEYS {
             self.keys.insert(key_id);
         } else if !self.keys.contains(&key_id) {
@@ -63,13 +85,9 @@ impl Stats {
         }
         match outcome {
             Ok(Served::Hit(kind)) => {
-                self.hits.saturating_record(micros);
                 self.hit_kinds[HitKind::ALL.iter().position(|k| k == kind).unwrap_or(4)] += 1;
             }
-            Ok(Served::Miss) => {
-                self.misses.saturating_record(micros);
-                self.misses_count += 1;
-            }
+            Ok(Served::Miss) => self.misses_count += 1,
             Ok(Served::Unlabelled) => self.unlabelled += 1,
             Err(failure) => *self.errors.entry(failure.clone()).or_default() += 1,
         }
@@ -84,6 +102,7 @@ impl Stats {
             *mine += theirs;
         }
         self.misses_count += other.misses_count;
+        self.answers += other.answers;
         self.unlabelled += other.unlabelled;
         for (failure, n) in other.errors {
             *self.errors.entry(failure).or_default() += n;
@@ -111,6 +130,7 @@ impl Stats {
             None => (self.misses_count, "answers"),
         };
         let secs = run.elapsed.as_secs_f64();
+        let answers = self.answers;
         Report {
             url: run.url,
             pattern: run.pattern,
@@ -120,13 +140,16 @@ impl Stats {
             requests,
             duration_s: secs,
             throughput_rps: if secs > 0.0 { requests as f64 / secs } else { 0.0 },
+            batch: run.batch,
+            keys_answered: answers,
+            keys_per_s: if secs > 0.0 { answers as f64 / secs } else { 0.0 },
             distinct_keys: self.keys.len() as u64,
             distinct_keys_exact: !self.keys_capped,
             hits,
             misses: self.misses_count,
             unlabelled: self.unlabelled,
             errors,
-            hit_rate: ratio(hits, requests),
+            hit_rate: ratio(hits, answers),
             hits_by_tier: HitKind::ALL
                 .iter()
                 .zip(self.hit_kinds)
@@ -138,7 +161,7 @@ impl Stats {
             miss_latency_ms: Latency::of(&self.misses),
             origin_fetches,
             origin_fetches_from,
-            origin_fetches_saved: (requests - errors).saturating_sub(origin_fetches),
+            origin_fetches_saved: (answers - errors).saturating_sub(origin_fetches),
             interrupted: run.interrupted,
         }
     }
@@ -164,6 +187,8 @@ pub struct RunFacts {
     pub origin_fetches: Option<u64>,
     /// Ctrl-C ended the run early.
     pub interrupted: bool,
+    /// Keys per request with `--batch`.
+    pub batch: Option<u32>,
 }
 
 /// Latency summary in milliseconds, read from a histogram.
@@ -213,6 +238,11 @@ pub struct Report {
     pub requests: u64,
     pub duration_s: f64,
     pub throughput_rps: f64,
+    /// Keys per request (`POST /items:batch`), or `None` for single-key `GET`s.
+    pub batch: Option<u32>,
+    /// Keys answered: `requests` without `--batch`, each key of each batch with it.
+    pub keys_answered: u64,
+    pub keys_per_s: f64,
     pub distinct_keys: u64,
     /// False when counting stopped at the cap: then `distinct_keys` is a lower bound.
     pub distinct_keys_exact: bool,
@@ -221,6 +251,7 @@ pub struct Report {
     /// Successes the server did not label as hit or miss.
     pub unlabelled: u64,
     pub errors: u64,
+    /// Hits per key answered.
     pub hit_rate: f64,
     pub hits_by_tier: BTreeMap<&'static str, u64>,
     pub errors_by_kind: BTreeMap<String, u64>,
@@ -231,7 +262,7 @@ pub struct Report {
     pub origin_fetches: u64,
     /// `metrics` (the target's `origin_requests_total`) or `answers` (its misses).
     pub origin_fetches_from: &'static str,
-    /// Answered requests (errors excluded) that did not cost an origin fetch.
+    /// Answered keys (errors excluded) that did not cost an origin fetch.
     pub origin_fetches_saved: u64,
     /// Ctrl-C ended the run early; the figures cover what ran.
     pub interrupted: bool,
@@ -262,6 +293,12 @@ impl Report {
             "Throughput:       {:.1} req/s over {:.2} s, {} connection(s){rate}",
             self.throughput_rps, self.duration_s, self.concurrency
         );
+        if let Some(n) = self.batch {
+            println!(
+                "Batches:          {n} keys per POST /items:batch; {} keys answered, {:.1} keys/s",
+                self.keys_answered, self.keys_per_s
+            );
+        }
         if self.interrupted {
             println!("Interrupted:      by Ctrl-C; the figures cover the requests that ran");
         }
@@ -277,7 +314,7 @@ impl Report {
             .hits_by_tier
             .iter()
             .filter(|(_, n)| **n > 0)
-            .map(|(tier, n)| format!("{tier} {n} ({:.2}%)", 100.0 * ratio(*n, self.requests)))
+            .map(|(tier, n)| format!("{tier} {n} ({:.2}%)", 100.0 * ratio(*n, self.keys_answered)))
             .collect();
         println!("Hits by tier:     {}", list_or_none(&tiers));
         if self.unlabelled > 0 {
@@ -301,8 +338,8 @@ impl Report {
                 "its misses"
             },
             self.origin_fetches_saved,
-            self.requests - self.errors,
-            100.0 * ratio(self.origin_fetches_saved, self.requests - self.errors)
+            self.keys_answered - self.errors,
+            100.0 * ratio(self.origin_fetches_saved, self.keys_answered - self.errors)
         );
     }
 }
@@ -362,6 +399,7 @@ mod tests {
             elapsed: Duration::from_secs(2),
             origin_fetches: None,
             interrupted: false,
+            batch: None,
         });
         assert_eq!((r.requests, r.hits, r.misses, r.errors), (100, 90, 9, 1));
         assert_eq!((r.distinct_keys, r.distinct_keys_exact), (13, true));
@@ -375,5 +413,35 @@ mod tests {
             (r.origin_fetches, r.origin_fetches_from, r.origin_fetches_saved),
             (9, "answers", 90)
         );
+    }
+
+    #[test]
+    fn a_batch_counts_its_latency_once_and_each_key() {
+        let mut s = Stats::default();
+        let keys = [
+            (1, Ok(Served::Hit(HitKind::Redis))),
+            (2, Ok(Served::Miss)),
+            (3, Err(Failure::Status(502, Some("origin_error".into())))),
+            (1, Ok(Served::Hit(HitKind::Redis))),
+        ];
+        s.record_batch(&keys, Duration::from_millis(2));
+        let r = s.report(RunFacts {
+            url: "http://x".into(),
+            pattern: "uniform",
+            concurrency: 1,
+            target_rps: None,
+            warmup_requests: 0,
+            elapsed: Duration::from_secs(1),
+            origin_fetches: Some(1),
+            interrupted: false,
+            batch: Some(4),
+        });
+        assert_eq!(
+            (r.requests, r.keys_answered, r.hits, r.misses, r.errors),
+            (1, 4, 2, 1, 1)
+        );
+        assert!((r.hit_rate - 0.5).abs() < 1e-9);
+        assert!((r.keys_per_s - 4.0).abs() < 1e-9);
+        assert_eq!(r.origin_fetches_saved, 2);
     }
 }

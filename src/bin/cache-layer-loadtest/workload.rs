@@ -19,6 +19,9 @@ pub enum Pattern {
     Zipf,
     /// Ranks 1..=N, each as likely as any other.
     Uniform,
+    /// Ranks 1..=N in turn (request i asks for rank i mod N + 1): every key once per N
+    /// requests, so a `--batch N` asks for N distinct keys.
+    Cycle,
 }
 
 impl Pattern {
@@ -29,6 +32,7 @@ impl Pattern {
             Pattern::Single => "single",
             Pattern::Zipf => "zipf",
             Pattern::Uniform => "uniform",
+            Pattern::Cycle => "cycle",
         }
     }
 }
@@ -41,13 +45,14 @@ enum Sampler {
     Single,
     Zipf(Zipf<f64>),
     Uniform(u64),
+    Cycle(u64),
 }
 
 /// Builds the request path of each request. One per worker; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Workload {
     sampler: Sampler,
-    /// `--key` for the single pattern, `--key-prefix` for Zipf and uniform.
+    /// `--key` for the single pattern, `--key-prefix` for Zipf, uniform and cycle.
     key: String,
     /// `-<suffix>` appended to every key, or empty.
     suffix: String,
@@ -73,6 +78,7 @@ impl Workload {
                     .map_err(|e| format!("--zipf-exponent {exponent}: {e}"))?,
             ),
             Pattern::Uniform => Sampler::Uniform(key_space),
+            Pattern::Cycle => Sampler::Cycle(key_space),
         };
         Ok(Workload {
             sampler,
@@ -104,6 +110,7 @@ impl Workload {
             }
             Sampler::Zipf(zipf) => self.push_rank(zipf.sample(rng) as u64, path),
             Sampler::Uniform(n) => self.push_rank(rng.random_range(1..=*n), path),
+            Sampler::Cycle(n) => self.push_rank(index % *n + 1, path),
         };
         path.push_str(&self.suffix);
         id
@@ -165,6 +172,12 @@ mod tests {
         let tail = ids.iter().filter(|&&r| r == 1000).count();
         // P(1) ≈ 1/H(1000) ≈ 13 %; P(1000) ≈ 0.013 %.
         assert!(top > 2000 && tail < 50, "rank 1: {top}, rank 1000: {tail}");
+    }
+
+    #[test]
+    fn the_cycle_asks_for_every_key_in_turn() {
+        let w = Workload::new(Pattern::Cycle, "c", 3, 1.0, None, 0).unwrap();
+        assert_eq!(paths(&w, 4), ["/items/c1", "/items/c2", "/items/c3", "/items/c1"]);
     }
 
     #[test]
