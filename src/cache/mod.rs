@@ -12,6 +12,7 @@ mod entry;
 mod fleet;
 mod invalidation;
 mod memory;
+mod policy;
 mod redis;
 mod tier;
 
