@@ -268,10 +268,14 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
             self.push_back(Queue::Window, i);
             self.weighted_size += weight;
             self.window_weighted_size += weight;
-            // The sketch follows the entry count once the cache is half full (Caffeine's rule
-            // for weighted caches): 8 bytes per entry, aging every 10 × entries increments.
+            // Once the cache is half full, the sketch is sized to the entries it will hold when
+            // full at today's mean weight (8 bytes each, aging every 10 × that many increments,
+            // as Caffeine sizes it to the maximum of an unweighted cache); it grows (starting
+            // afresh) only if the mean weight falls far enough to double it.
             if self.weighted_size >= self.maximum / 2 {
-                self.sketch.ensure_capacity(self.table.len() as u64);
+                let entries = self.table.len() as u128 * u128::from(self.maximum)
+                    / u128::from(self.weighted_size.max(1));
+                self.sketch.ensure_capacity(entries as u64);
             }
             self.sketch.increment(hash);
         }
