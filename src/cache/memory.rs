@@ -1,5 +1,5 @@
 //! The in-process tier: a byte-bounded map whose entries leave when no longer servable, evicted
-//! by an adaptive W-TinyLFU (`policy.rs`; why this policy: docs/architecture.md, "Memory-tier
+//! by an adaptive W-TinyLFU (`eviction.rs`; why this policy: docs/architecture.md, "Memory-tier
 //! policy").
 
 use std::cmp::Reverse;
@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::entry::{ENTRY_OVERHEAD_BYTES, Entry, now_ms};
-use super::policy::{Adaptive, Evicted, Removal};
+use super::eviction::{Adaptive, Evicted, Removal};
 use super::tier::{Tier, TierError, TierName};
 use crate::telemetry::Metrics;
 
@@ -324,7 +324,7 @@ mod tests {
     fn the_policy_is_paid_for_out_of_the_bound() {
         // 32 MiB: up to 87,381 entries of 384 B, a sketch of 2^17 words (1 MiB), and six
         // mini-simulations of 1 MiB / 384 B entries each.
-        let minis = 6 * ((1 << 20) / 384 + 1) * super::super::policy::MINI_ENTRY_BYTES;
+        let minis = 6 * ((1 << 20) / 384 + 1) * super::super::eviction::MINI_ENTRY_BYTES;
         assert_eq!(capacity_bytes(32 << 20), (32 << 20) - (1 << 20) - minis);
         // A small tier gives its simulations an eighth of its bound at most.
         assert_eq!(sim_bytes(64 << 10), 8 << 10);

@@ -12,7 +12,7 @@ mod entry;
 mod fleet;
 mod invalidation;
 mod memory;
-mod policy;
+mod eviction;
 mod redis;
 mod tier;
 
