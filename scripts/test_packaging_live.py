@@ -139,10 +139,10 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 
 def http(method: str, url: str, headers: dict[str, str] | None = None,
-         timeout: float = 10.0) -> tuple[int, str]:
+         timeout: float = 10.0, body: bytes | None = None) -> tuple[int, str]:
     host = urllib.parse.urlsplit(url).hostname
     assert host in LOOPBACK, f"refusing to send traffic to {host}"
-    req = urllib.request.Request(url, method=method, headers=headers or {})
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=body)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode(errors="replace")
@@ -430,6 +430,11 @@ def bounded_load(base: str, admin_token: str | None, duration_s: float = 15.0, b
     if admin_token:
         http("DELETE", f"{base}/items/foo", headers={"Authorization": f"Bearer {admin_token}"})
     http("GET", f"{base}/items/" + "x" * 600)  # over MAX_KEY_BYTES: a 400
+    # Batch reads, for the batch panels.
+    for _ in range(3):
+        sent += 1
+        http("POST", f"{base}/items:batch", headers={"Content-Type": "application/json"},
+             body=b'{"keys":["foo","k1","k2","batch-new"]}')
     keys = [f"mix-{i}" for i in range(40)]
     while sent < budget and time.monotonic() - start < duration_s:
         get(rng.choice(keys[:10]) if rng.random() < 0.7 else rng.choice(keys))
@@ -529,6 +534,8 @@ class FakeExporter:
         counter("cache_hits_total", [{"tier": t} for t in ("memory", "redis", "negative")])
         counter("cache_misses_total", [{}])
         histogram("request_latency_seconds")
+        histogram("batch_request_duration_seconds")
+        histogram("batch_keys")
         counter("cache_stale_total", [{"reason": r} for r in ("stale-while-revalidate", "stale-if-error")])
         counter("cache_coalesced_total", [{"scope": s} for s in ("process", "fleet")])
         counter("origin_requests_total", [{"outcome": o} for o in ("ok", "not_found", "not_modified", "error", "timeout", "rejected")])
@@ -545,7 +552,8 @@ class FakeExporter:
         counter("cache_tags_ignored_total", [{}])
         counter("cache_uncacheable_total", [{"reason": r} for r in ("no-store", "private", "vary-star", "status")])
         counter("otel_spans_dropped_total", [{}])
-        routes = ["/items/{key}", "/tags/{tag}", "/health", "/livez", "/readyz", "/metrics", "unmatched"]
+        routes = ["/items/{key}", "/tags/{tag}", "/items:batch", "/health", "/livez", "/readyz", "/metrics",
+                  "unmatched"]
         counter("http_requests_total", [{"route": r, "status_class": c} for r in routes
                                         for c in ("2xx", "3xx", "4xx", "5xx")])
         return "\n".join(lines) + "\n"

@@ -119,3 +119,34 @@ async fn large_values_weigh_what_they_cost() {
 async fn long_keys_weigh_what_they_cost() {
     weighs_what_it_costs("300-byte keys", (20_000, 40_000), &"k".repeat(300), b"1").await;
 }
+
+/// Heap bytes the tier takes in all (entries, table, policy, sketch, mini-simulations, expiry
+/// heap) after a flood of unique small keys far beyond its bound.
+async fn heap_after_flood(bound: u64, keys: usize) -> (isize, u64) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let tier = MemoryTier::new(bound, Arc::new(Metrics::detached()));
+    let value = br#"{"path":"/items/key-123456","n":123456}"#;
+    for i in 0..keys {
+        let key = format!("key-{i}");
+        tier.put(&key, Arc::new(Entry::value(&key, value, now_ms(), &life())))
+            .await
+            .unwrap();
+    }
+    tier.settle();
+    (LIVE.load(Ordering::Relaxed) - before, tier.entries())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_whole_tier_stays_within_its_bound_under_a_flood() {
+    // 4 MiB: the mini-simulations at full size; 256 KiB: at an eighth of the bound.
+    for (bound, keys) in [(4u64 << 20, 60_000), (256 << 10, 10_000)] {
+        let (heap, entries) = heap_after_flood(bound, keys).await;
+        eprintln!("bound {bound} B: heap {heap} B with {entries} entries");
+        assert!(heap as u64 <= bound, "heap {heap} B over a bound of {bound} B");
+        // And the bound is used: at least 80 % of it is heap.
+        assert!(
+            heap as u64 >= bound * 8 / 10,
+            "heap {heap} B of a bound of {bound} B"
+        );
+    }
+}

@@ -5,7 +5,7 @@ in the format of trace_reference.py --dump-dir. Run with the bench venv:
 """
 import json, os, sys
 import numpy as np
-sys.path.insert(0, "/work/main/bench")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import trace_reference as tr
 import libcachesim as lcs
 

@@ -10,6 +10,7 @@ mod answer;
 mod coalesce;
 mod encoding;
 mod entry;
+mod eviction;
 mod fleet;
 mod invalidation;
 mod memory;
@@ -1212,10 +1213,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         origin.open();
-        assert_eq!(
-            single.await.unwrap().kind,
-            MISS
-        );
+        assert_eq!(single.await.unwrap().kind, MISS);
         let answers = batch.await.unwrap();
         let kind = answers[0].as_ref().unwrap().as_ref().unwrap().kind;
         assert_eq!(

@@ -412,6 +412,12 @@ impl Metrics {
         self.counters.evictions.add(cause as usize);
     }
 
+    /// Evictions counted for `cause` so far (the memory tier's unit tests).
+    #[cfg(test)]
+    pub(crate) fn evictions(&self, cause: EvictionCause) -> u64 {
+        self.counters.evictions.get(cause as usize)
+    }
+
     /// A purge applied here.
     pub fn invalidated(&self, mode: PurgeMode, source: PurgeSource, scope: PurgeScope) {
         self.counters
