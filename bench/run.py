@@ -130,9 +130,9 @@ def stop_all():
         stop(p)
 
 
-def http(method, url, timeout=10):
+def http(method, url, timeout=10, body=None, headers=None):
     """(status, headers, body) of one request."""
-    req = urllib.request.Request(url, method=method)
+    req = urllib.request.Request(url, method=method, data=body, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()

@@ -132,11 +132,11 @@ fn render(state: &AppState, key: &str, answer: Answer, request: &HeaderMap) -> R
 const ITEMS_PREFIX: &str = "/items/";
 
 /// A purge's body is read and discarded; more than this is refused.
-pub(super) const PURGE_MAX_BODY_BYTES: usize = 64 * 1024;
+const PURGE_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Reads a whole request body within `timeout`: `400` when it is malformed (e.g. broken
 /// chunking) or longer than `max`, `408` when it does not arrive in time.
-pub(super) async fn read_body(
+async fn read_body(
     body: Body,
     max: usize,
     timeout: std::time::Duration,
@@ -193,16 +193,10 @@ pub async fn delete_item(State(state): State<Arc<AppState>>, request: Request) -
 }
 
 async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
-    authorize(
-        state.admin_token.as_deref(),
-        request.headers().get(header::AUTHORIZATION),
-    )?;
-    let mode = purge_mode(request.uri().query())?;
-    let (parts, body) = request.into_parts();
-    let key = key_of(parts.uri.path(), state.max_key_bytes)?;
-    // A purge takes no body, but one that was sent must arrive whole before anything is
-    // applied: a request cut short or malformed is refused, not half-honoured.
-    read_body(body, PURGE_MAX_BODY_BYTES, state.body_timeout).await?;
+    let (mode, key) = purge_request(state, request, |path| {
+        key_of(path, state.max_key_bytes).map(Cow::into_owned)
+    })
+    .await?;
     state
         .cache
         .purge(&key, mode)
@@ -211,9 +205,29 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// What every purge checks before anything is applied, in order: the admin token, `?soft=`,
+/// the name in the path (`name_of`: the key or the tag), and the whole body.
+pub(super) async fn purge_request<T>(
+    state: &AppState,
+    request: Request,
+    name_of: impl FnOnce(&str) -> Result<T, AppError>,
+) -> Result<(PurgeMode, T), AppError> {
+    authorize(
+        state.admin_token.as_deref(),
+        request.headers().get(header::AUTHORIZATION),
+    )?;
+    let mode = purge_mode(request.uri().query())?;
+    let (parts, body) = request.into_parts();
+    let name = name_of(parts.uri.path())?;
+    // A purge takes no body, but one that was sent must arrive whole before anything is
+    // applied: a request cut short or malformed is refused, not half-honoured.
+    read_body(body, PURGE_MAX_BODY_BYTES, state.body_timeout).await?;
+    Ok((mode, name))
+}
+
 /// Purging is off without `ADMIN_TOKEN`; otherwise the bearer token must match, compared in
 /// constant time.
-pub(super) fn authorize(token: Option<&str>, given: Option<&HeaderValue>) -> Result<(), AppError> {
+fn authorize(token: Option<&str>, given: Option<&HeaderValue>) -> Result<(), AppError> {
     let Some(token) = token else {
         return Err(AppError::Forbidden(
             "purging is off: ADMIN_TOKEN is not set".to_owned(),
@@ -244,7 +258,7 @@ fn bearer_token(credentials: &[u8]) -> &[u8] {
 }
 
 /// `?soft=true` marks stale; the default removes.
-pub(super) fn purge_mode(query: Option<&str>) -> Result<PurgeMode, AppError> {
+fn purge_mode(query: Option<&str>) -> Result<PurgeMode, AppError> {
     let mut soft = false;
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if name == "soft" {

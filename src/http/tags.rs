@@ -5,13 +5,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
 
 use super::AppState;
-use super::items::{PURGE_MAX_BODY_BYTES, authorize, purge_mode, read_body};
+use super::items::purge_request;
 use crate::error::AppError;
 
 /// The path of every tag, before its name.
@@ -27,14 +26,7 @@ pub async fn delete_tag(State(state): State<Arc<AppState>>, request: Request) ->
 }
 
 async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
-    authorize(
-        state.admin_token.as_deref(),
-        request.headers().get(header::AUTHORIZATION),
-    )?;
-    let mode = purge_mode(request.uri().query())?;
-    let (parts, body) = request.into_parts();
-    let tag = tag_of(parts.uri.path())?;
-    read_body(body, PURGE_MAX_BODY_BYTES, state.body_timeout).await?;
+    let (mode, tag) = purge_request(state, request, |path| tag_of(path).map(Cow::into_owned)).await?;
     let purged = state
         .cache
         .purge_tag(&tag, mode)
