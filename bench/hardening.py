@@ -49,13 +49,8 @@ def rss_bytes(pid):
 
 
 def service(stub, extra):
-    port = base.free_port()
-    env = {"LISTEN_ADDR": f"127.0.0.1:{port}", "RUST_LOG": "warn", "CACHE_TTL_SECS": "600",
-           "ORIGIN_URL": f"{stub.base}/items/{{key}}", **extra}
-    proc = base.spawn([f"{RELEASE}/cache-layer"], env)
-    url = f"http://127.0.0.1:{port}"
-    base.wait_http(url + "/livez")
-    return proc, url
+    """A release cache-layer in front of `stub`, with `extra` settings: (process, base URL)."""
+    return base.service(stub, extra)
 
 
 def metric(url, name):

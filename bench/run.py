@@ -140,6 +140,18 @@ def http(method, url, timeout=10, body=None, headers=None):
         return e.code, dict(e.headers), e.read()
 
 
+def service(stub, extra):
+    """A release cache-layer on a free port in front of `stub` (CACHE_TTL_SECS 600), with
+    `extra` settings, answering: (process, base URL). For the scripts beside this one."""
+    port = free_port()
+    env = {"LISTEN_ADDR": f"127.0.0.1:{port}", "RUST_LOG": "warn", "CACHE_TTL_SECS": "600",
+           "ORIGIN_URL": f"{stub.base}/items/{{key}}", **extra}
+    proc = spawn([f"{RELEASE}/cache-layer"], env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/livez")
+    return proc, url
+
+
 def wait_http(url, deadline=20):
     end = time.time() + deadline
     while time.time() < end:

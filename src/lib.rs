@@ -7,11 +7,14 @@
 //! - [`http`]: the accept loop, the hit path answered at once, the router and handlers
 //!   (`/items/{key}`, `/items:batch`, `/health`, probes, `/metrics`), and the layer that counts requests by route.
 //! - [`error`]: `AppError`, the one place failures become HTTP responses.
-//! - [`cache`]: `ReadThrough` (the read-through over an ordered list of tiers), the `Tier` trait,
-//!   the memory and Redis tiers, entries and their freshness, answers, in-process coalescing, the
-//!   fleet lock (`fleet`), the purge message and its listener (`invalidation`).
+//! - [`cache`]: `ReadThrough` (the read-through over an ordered list of tiers, one key or a
+//!   batch), the `Tier` trait, the memory tier (with its adaptive W-TinyLFU, `eviction`) and the
+//!   Redis tier, entries and how long they live (`policy`: the origin's `Cache-Control` or the
+//!   configured lifetimes), their compressed forms (`encoding`), answers, in-process coalescing,
+//!   the fleet lock (`fleet`), key and tag purges and their listener (`invalidation`).
 //! - [`origin`]: the `Origin` trait (the seam the cache is generic over), the simulated and HTTP
-//!   origins, and the guard every fetch passes (concurrency limit, deadline, circuit breaker).
+//!   origins, what an origin's headers say about caching (`cache_headers`), and the guard every
+//!   fetch passes (concurrency limit, deadline, circuit breaker).
 //! - [`telemetry`]: logs, metrics (Prometheus pull, OTLP push) and traces, set up once.
 
 pub mod app;

@@ -1,10 +1,12 @@
 //! The read-through cache: tiers in order, then one origin fetch per key (per process, and with
 //! Redis per fleet), staleness, and purges that reach every replica.
 //!
-//! This file holds the read-through itself (look up, fetch, store); the parts it leans on each
-//! have a module: [`answer`] (what a lookup yields), [`fleet`] (the fleet-wide lock),
-//! [`invalidation`] (the purge message and its listener), [`coalesce`] (one fetch per key in this
-//! process), and the tiers behind the [`Tier`] seam.
+//! This file holds the read-through itself (look up, fetch, store; one key or a batch); the
+//! parts it leans on each have a module: [`answer`] (what a lookup yields), [`policy`] (how long
+//! an entry lives), [`encoding`] (its compressed forms), [`fleet`] (the fleet-wide lock),
+//! [`invalidation`] (key and tag purges and their listener), [`coalesce`] (one fetch per key in
+//! this process), and the tiers behind the [`Tier`] seam (the memory tier evicts by
+//! [`eviction`]).
 
 mod answer;
 mod coalesce;
