@@ -14,8 +14,7 @@ use bytes::Bytes;
 
 pub use breaker::{Breaker, BreakerState, Trip};
 pub use cache_headers::{
-    CacheHeaders, Directives, MAX_VALIDATOR_BYTES, Stated, TagRules, Validators, format_http_date,
-    http_date_ms,
+    CacheHeaders, Directives, MAX_VALIDATOR_BYTES, Stated, TagRules, Validators, http_date_ms,
 };
 pub use guard::GuardedOrigin;
 pub use http::{HttpOrigin, UrlTemplate};

@@ -42,7 +42,11 @@ impl<const N: usize> Counts<N> {
     }
 
     fn add(&self, i: usize) {
-        self.0[i].fetch_add(1, Ordering::Relaxed);
+        self.add_n(i, 1);
+    }
+
+    fn add_n(&self, i: usize, n: u64) {
+        self.0[i].fetch_add(n, Ordering::Relaxed);
     }
 
     fn get(&self, i: usize) -> u64 {
@@ -123,6 +127,29 @@ fn one_label<E: Copy>(
         .enumerate()
         .map(|(i, e)| (vec![KeyValue::new(key, name(*e))], i))
         .collect()
+}
+
+/// `(attributes, index)` for each pair of values of two label sets, indexed as [`pair_index`]
+/// counts them (each `ALL` lists its enum in declaration order, so position = discriminant).
+fn two_labels<A: Copy, B: Copy>(
+    (key_a, all_a, name_a): (&'static str, &[A], fn(A) -> &'static str),
+    (key_b, all_b, name_b): (&'static str, &[B], fn(B) -> &'static str),
+) -> Vec<(Vec<KeyValue>, usize)> {
+    let mut labels = Vec::with_capacity(all_a.len() * all_b.len());
+    for (i, a) in all_a.iter().enumerate() {
+        for (j, b) in all_b.iter().enumerate() {
+            labels.push((
+                vec![KeyValue::new(key_a, name_a(*a)), KeyValue::new(key_b, name_b(*b))],
+                pair_index(i, j, all_b.len()),
+            ));
+        }
+    }
+    labels
+}
+
+/// The counter of the pair `(a, b)` when the second label set has `b_len` values.
+fn pair_index(a: usize, b: usize, b_len: usize) -> usize {
+    a * b_len + b
 }
 
 impl Metrics {
@@ -226,18 +253,10 @@ impl Metrics {
             purge_labels,
             |c, i| c.invalidations.get(i),
         );
-        let mut entry_labels = Vec::new();
-        for scope in PurgeScope::ALL {
-            for tier in TierName::ALL {
-                entry_labels.push((
-                    vec![
-                        KeyValue::new("scope", scope.as_str()),
-                        KeyValue::new("tier", tier.as_str()),
-                    ],
-                    scope as usize * TierName::ALL.len() + tier as usize,
-                ));
-            }
-        }
+        let entry_labels = two_labels(
+            ("scope", &PurgeScope::ALL, PurgeScope::as_str),
+            ("tier", &TierName::ALL, TierName::as_str),
+        );
         observe(
             m,
             c,
@@ -254,18 +273,10 @@ impl Metrics {
             vec![(vec![], 0)],
             |c, i| c.tags_ignored.get(i),
         );
-        let mut http_labels = Vec::new();
-        for route in Route::ALL {
-            for class in StatusClass::ALL {
-                http_labels.push((
-                    vec![
-                        KeyValue::new("route", route.as_str()),
-                        KeyValue::new("status_class", class.as_str()),
-                    ],
-                    http_index(route, class),
-                ));
-            }
-        }
+        let http_labels = two_labels(
+            ("route", &Route::ALL, Route::as_str),
+            ("status_class", &StatusClass::ALL, StatusClass::as_str),
+        );
         observe(
             m,
             c,
@@ -427,13 +438,14 @@ impl Metrics {
 
     /// `n` entries of `tier` removed or marked stale by a purge of `scope`.
     pub fn invalidated_entries(&self, scope: PurgeScope, tier: TierName, n: u64) {
-        self.counters.invalidated_entries.0[scope as usize * TierName::ALL.len() + tier as usize]
-            .fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .invalidated_entries
+            .add_n(pair_index(scope as usize, tier as usize, TierName::ALL.len()), n);
     }
 
     /// `n` origin tags ignored.
     pub fn tags_ignored(&self, n: u64) {
-        self.counters.tags_ignored.0[0].fetch_add(n, Ordering::Relaxed);
+        self.counters.tags_ignored.add_n(0, n);
     }
 
     /// One batch of `keys` keys (as requested), whose last key was answered after `took`.
@@ -459,7 +471,7 @@ fn invalidation_index(mode: PurgeMode, source: PurgeSource, scope: PurgeScope) -
 }
 
 fn http_index(route: Route, class: StatusClass) -> usize {
-    route as usize * StatusClass::ALL.len() + class as usize
+    pair_index(route as usize, class as usize, StatusClass::ALL.len())
 }
 
 #[cfg(test)]
