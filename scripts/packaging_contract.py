@@ -619,6 +619,9 @@ def check_dashboard() -> str:
     assert dash["uid"] == "cache-layer", f"dashboard uid {dash['uid']!r}"
     assert CHART_DASHBOARD.read_bytes() == DASHBOARD.read_bytes(), \
         f"{CHART_DASHBOARD.relative_to(ROOT)} differs from {DASHBOARD.relative_to(ROOT)}: copy it again"
+    # Grafana keys panels by id: two panels with one id break links, edits and the layout.
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), f"panel ids not unique: {sorted(i for i in set(ids) if ids.count(i) > 1)}"
 
     def uids(node):
         if isinstance(node, dict):
