@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::cache::{AnyTier, Entry, MemoryTier, ReadThrough, RedisTier};
+use crate::cache::{AnyTier, DiskTier, Entry, MemoryTier, ReadThrough, RedisTier};
 use crate::config::{Config, OriginSource, ServerLimits};
 use crate::http::server::{self, Phase, Server};
 use crate::http::{App, AppState, HeaderTables};
@@ -19,6 +19,10 @@ use crate::telemetry::Telemetry;
 
 /// An `ADMIN_TOKEN` shorter than this starts with a warning: it can be guessed.
 const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
+/// How long start-up waits for the disk tier to open (recovering its entries, so a restarted
+/// replica serves them from its first request); a slower disk opens in the background.
+const DISK_OPEN_WAIT: Duration = Duration::from_secs(30);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +81,21 @@ impl Application {
                 let tier = RedisTier::new(rc, max_entry_bytes, metrics.clone())
                     .map_err(|e| StartError::Setup(e.to_string()))?;
                 tier.start(tasks.clone()).await;
-                tiers.push(AnyTier::Redis(tier.clone()));
                 Some(tier)
             }
             None => None,
         };
+        if let Some(dc) = &config.cache.disk {
+            let life = &config.cache.life;
+            let horizon = life.ttl.max(life.ttl_max.unwrap_or_default()) + life.stale;
+            let disk = DiskTier::new(dc, horizon.as_millis() as u64, redis.clone(), metrics.clone());
+            metrics.watch_disk_tier(&disk);
+            disk.start(DISK_OPEN_WAIT, tasks.clone()).await;
+            tiers.push(AnyTier::Disk(disk));
+        }
+        if let Some(r) = &redis {
+            tiers.push(AnyTier::Redis(r.clone()));
+        }
         let origin = match &origin_config.source {
             OriginSource::Simulated { latency } => AnyOrigin::Simulated(SimulatedOrigin::new(*latency)),
             OriginSource::Http {
@@ -182,6 +196,12 @@ impl Application {
             tracing::warn!("drain deadline passed; closing remaining connections");
             server.set_phase(Phase::Closing);
             let _ = tokio::time::timeout(Duration::from_secs(1), server.drained()).await;
+        }
+        // What the disk tier still buffers is written, so a restart recovers it.
+        for tier in state.cache.tiers() {
+            if let AnyTier::Disk(disk) = tier {
+                disk.close().await;
+            }
         }
         Ok(())
     }

@@ -112,13 +112,29 @@ pub struct BatchLimits {
 }
 
 /// The cache policy and the in-process tier.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CacheConfig {
     /// How long entries live (`CACHE_TTL_SECS`, `CACHE_STALE_SECS`, `CACHE_NEGATIVE_TTL_SECS`,
     /// `CACHE_TTL_JITTER_PERCENT`), ready for the cache to apply.
     pub life: Lifetimes,
     /// The in-process tier; `None` when `MEMORY_CACHE_ENABLED=false`.
     pub memory: Option<MemoryConfig>,
+    /// The local disk tier, between memory and Redis; `None` when `DISK_CACHE_DIR` is unset.
+    pub disk: Option<DiskConfig>,
+}
+
+/// The disk tier's place and bounds: it exists only when `DISK_CACHE_DIR` is set, so a replica
+/// with a local SSD (or a persistent volume) can hold a working set larger than its memory,
+/// and keep it across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// `DISK_CACHE_DIR`: the directory the tier's files live in (created if missing).
+    pub dir: std::path::PathBuf,
+    /// `DISK_CACHE_MAX_BYTES`: bytes of disk the tier may use.
+    pub max_bytes: u64,
+    /// `DISK_CACHE_INDEX_MAX_BYTES`: bound of the tier's in-memory index and write buffers;
+    /// when the disk would hold more entries than that index can track, the disk is used less.
+    pub index_max_bytes: u64,
 }
 
 /// The in-process tier's bound: it exists only when the tier does.
@@ -227,6 +243,9 @@ mod vars {
     pub const ORIGIN_CACHE_CONTROL: Var<OriginPolicy> = Var { name: "ORIGIN_CACHE_CONTROL", default: "honor", kind: OriginPolicy };
     pub const MEMORY_CACHE_ENABLED: Var<Flag> = flag("MEMORY_CACHE_ENABLED", "true");
     pub const MEMORY_CACHE_MAX_BYTES: Var<Count> = count("MEMORY_CACHE_MAX_BYTES", "67108864", 1, u64::MAX);
+    pub const DISK_CACHE_DIR: &str = "DISK_CACHE_DIR";
+    pub const DISK_CACHE_MAX_BYTES: Var<Count> = count("DISK_CACHE_MAX_BYTES", "1073741824", 4 << 20, u64::MAX);
+    pub const DISK_CACHE_INDEX_MAX_BYTES: Var<Count> = count("DISK_CACHE_INDEX_MAX_BYTES", "33554432", 1 << 20, u64::MAX);
 
     pub const ORIGIN_URL: &str = "ORIGIN_URL";
     pub const ORIGIN_AUTHORIZATION: &str = "ORIGIN_AUTHORIZATION";
@@ -332,6 +351,7 @@ impl Env {
         let memory = MemoryConfig {
             max_bytes: MEMORY_CACHE_MAX_BYTES.read(env)?,
         };
+        let disk = disk_config(env)?;
         let latency = ORIGIN_LATENCY_MS.read(env)?;
         let origin_timeout = ORIGIN_TIMEOUT_MS.read(env)?;
         if let Some(r) = &redis
@@ -410,6 +430,7 @@ impl Env {
             cache: CacheConfig {
                 life,
                 memory: memory_enabled.then_some(memory),
+                disk,
             },
             redis,
             origin,
@@ -417,8 +438,28 @@ impl Env {
     }
 }
 
-/// `ORIGIN_AUTHORIZATION` as the header it is sent as; the value is a secret, so a refusal
-/// does not echo it.
+/// The disk tier's settings, when `DISK_CACHE_DIR` is set (an absolute path: a relative one
+/// would move with the working directory between restarts and lose the tier).
+fn disk_config(env: &Env) -> Result<Option<DiskConfig>, ConfigError> {
+    let Some(dir) = env.get(DISK_CACHE_DIR) else {
+        return Ok(None);
+    };
+    let path = std::path::PathBuf::from(dir);
+    if !path.is_absolute() {
+        return Err(invalid(
+            DISK_CACHE_DIR,
+            dir,
+            "an absolute directory path, e.g. /var/cache/cache-layer",
+        ));
+    }
+    Ok(Some(DiskConfig {
+        dir: path,
+        max_bytes: DISK_CACHE_MAX_BYTES.read(env)?,
+        index_max_bytes: DISK_CACHE_INDEX_MAX_BYTES.read(env)?,
+    }))
+}
+
+/// The tag rules of an HTTP origin (`ORIGIN_TAG_HEADER`, `TAGS_MAX_PER_ENTRY`, `TAG_MAX_BYTES`).
 fn tag_rules(env: &Env) -> Result<TagRules, ConfigError> {
     let name = ORIGIN_TAG_HEADER.read(env)?;
     let header = http::HeaderName::try_from(name.trim().to_ascii_lowercase()).map_err(|_| {
@@ -435,6 +476,8 @@ fn tag_rules(env: &Env) -> Result<TagRules, ConfigError> {
     })
 }
 
+/// `ORIGIN_AUTHORIZATION` as the header it is sent as; the value is a secret, so a refusal
+/// does not echo it.
 fn authorization(env: &Env) -> Result<Option<HeaderValue>, ConfigError> {
     env.get(ORIGIN_AUTHORIZATION)
         .map(|a| {

@@ -32,6 +32,11 @@ impl PurgeMode {
             PurgeMode::Soft => "soft",
         }
     }
+
+    /// The mode [`PurgeMode::as_str`] names.
+    pub fn parse(word: &str) -> Option<Self> {
+        PurgeMode::ALL.into_iter().find(|m| m.as_str() == word)
+    }
 }
 
 /// Where a purge applied here came from.
@@ -66,6 +71,13 @@ pub enum Target {
 }
 
 impl Target {
+    /// The key or the tag.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Key(name) | Target::Tag(name) => name,
+        }
+    }
+
     /// The purge's `scope` label: `key` or `tag`.
     pub fn scope(&self) -> PurgeScope {
         match self {
@@ -94,6 +106,11 @@ impl PurgeScope {
             PurgeScope::Key => "key",
             PurgeScope::Tag => "tag",
         }
+    }
+
+    /// The scope [`PurgeScope::as_str`] names.
+    pub fn parse(word: &str) -> Option<Self> {
+        PurgeScope::ALL.into_iter().find(|s| s.as_str() == word)
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod answer;
 mod coalesce;
+mod disk;
 mod encoding;
 mod entry;
 mod eviction;
@@ -17,6 +18,7 @@ mod fleet;
 mod invalidation;
 mod memory;
 mod policy;
+mod purge_log;
 mod redis;
 mod tier;
 
@@ -31,12 +33,14 @@ use tracing::{Instrument, Span};
 
 pub use answer::{Answer, AnswerKind, CacheError, CoalesceScope, Forward, StaleReason};
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
+pub use disk::{DiskOp, DiskTier, DropReason, Layout};
 pub use encoding::Coding;
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, now_ms};
 pub use fleet::FleetLock;
 pub use invalidation::{Invalidation, PurgeMode, PurgeScope, PurgeSource, Target};
 pub use memory::{EvictionCause, MemoryTier};
 pub use policy::{Lifetimes, Times, Uncacheable};
+pub use purge_log::{PurgeLog, Verdict};
 pub use redis::{RedisHealth, RedisOp, RedisTier, key_slot};
 pub use tier::{AnyTier, Tier, TierError, TierName};
 
@@ -444,6 +448,8 @@ impl<O: Origin> ReadThrough<O> {
         mode: PurgeMode,
     ) -> Result<Vec<(TierName, u64)>, PurgeIncomplete> {
         let inner = &*self.inner;
+        let now = now_ms();
+        self.note_purge(&target, mode, now);
         let mut reached_all = true;
         let mut purged = Vec::with_capacity(inner.tiers.len());
         for tier in &inner.tiers {
@@ -457,6 +463,12 @@ impl<O: Origin> ReadThrough<O> {
             .metrics
             .invalidated(mode, PurgeSource::Local, target.scope());
         if let Some(channel) = &inner.channel {
+            // Recorded for the replicas that miss the message (their disk tier checks it).
+            let member = purge_log::encode_record(target.scope(), mode, target.name());
+            reached_all &= channel
+                .record_purge(&member, now, self.purge_record_keep_ms())
+                .await
+                .is_ok();
             let message = Invalidation {
                 mode,
                 origin_instance: inner.instance.to_string(),
@@ -489,12 +501,42 @@ impl<O: Origin> ReadThrough<O> {
             Target::Key(key) => inner.inflight.supersede(key.as_str()),
             Target::Tag(tag) => inner.tag_purges.record(tag, now_ms()),
         }
+        self.note_purge(&purge.target, purge.mode, now_ms());
         let scope = purge.target.scope();
         for tier in inner.tiers.iter().filter(|t| !t.shared()) {
             let n = purge_in(tier, &purge.target, purge.mode).await.unwrap_or(0);
             inner.metrics.invalidated_entries(scope, tier.name(), n);
         }
         inner.metrics.invalidated(purge.mode, PurgeSource::Remote, scope);
+    }
+
+    /// Notes a purge applied here in the tiers that keep a record of purges (the disk tier,
+    /// whose entries outlive a restart), before the tiers themselves are purged.
+    fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) {
+        for tier in &self.inner.tiers {
+            if let AnyTier::Disk(disk) = tier {
+                disk.note_purge(target.scope(), target.name(), mode, at_ms);
+            }
+        }
+    }
+
+    /// How long Redis keeps a purge's record: as long as an entry could live (the configured
+    /// lifetimes, or the longest this replica's disk has stored), and at least a day, since an
+    /// origin may set lifetimes this replica has not seen.
+    fn purge_record_keep_ms(&self) -> u64 {
+        let life = &self.inner.life;
+        let configured = (life.ttl.max(life.ttl_max.unwrap_or_default()) + life.stale).as_millis() as u64;
+        let stored = self
+            .inner
+            .tiers
+            .iter()
+            .filter_map(|t| match t {
+                AnyTier::Disk(disk) => Some(disk.purge_horizon_ms()),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        configured.max(stored).max(disk::MIN_HORIZON_MS)
     }
 
     /// Forgets what this replica's own tiers hold (after a gap in the purge feed).

@@ -67,6 +67,19 @@ return 0";
 /// Slots in a Redis Cluster.
 const SLOTS: usize = 16384;
 
+/// Purge records Redis keeps at most; past it the oldest go (a replica away for that many
+/// purges drops what it cannot check, see [`super::purge_log`]).
+const PURGE_RECORDS_MAX: u64 = 100_000;
+
+/// Adds a purge record, drops those past the horizon and beyond the count, and lets the set
+/// expire when no purge came for a whole horizon.
+const RECORD_PURGE: &str = "redis.call('zadd', KEYS[1], ARGV[1], ARGV[2]) \
+    redis.call('zremrangebyscore', KEYS[1], '-inf', '(' .. ARGV[3]) \
+    local n = redis.call('zcard', KEYS[1]) \
+    if n > tonumber(ARGV[4]) then redis.call('zremrangebyrank', KEYS[1], 0, n - tonumber(ARGV[4]) - 1) end \
+    redis.call('pexpire', KEYS[1], ARGV[5]) \
+    return n";
+
 /// Commands failing on a node that answers pings for this long mean its command connection is
 /// wedged: it is rebuilt.
 const WEDGED_AFTER_MS: u64 = 2_000;
@@ -887,6 +900,46 @@ impl RedisTier {
     /// The Redis key of `key`'s fleet lock.
     pub(super) fn lock_key(&self, key: &str) -> String {
         format!("{}l:{key}", self.shared.key_prefix)
+    }
+
+    /// The sorted set of recent purges (member: the purge, score: its time in ms), read by
+    /// replicas whose disk tier outlived a gap in the purge feed.
+    fn purges_key(&self) -> String {
+        format!("{}purges", self.shared.key_prefix)
+    }
+
+    /// Records `member` (see [`super::purge_log::encode_record`]) at `at_ms`, for replicas
+    /// that miss the message; records older than `keep_ms` go, and at most
+    /// [`PURGE_RECORDS_MAX`] are kept (the oldest go first).
+    pub(super) async fn record_purge(&self, member: &str, at_ms: u64, keep_ms: u64) -> Result<(), TierError> {
+        let key = self.purges_key();
+        let cmd = redis::cmd("EVAL")
+            .arg(RECORD_PURGE)
+            .arg(1)
+            .arg(&key)
+            .arg(at_ms)
+            .arg(member)
+            .arg(at_ms.saturating_sub(keep_ms))
+            .arg(PURGE_RECORDS_MAX)
+            .arg(keep_ms.max(1))
+            .to_owned();
+        self.write::<i64>(RedisOp::Set, key.as_bytes(), &cmd)
+            .await
+            .map(drop)
+    }
+
+    /// The purges recorded since `since_ms`: `(member, time)`, oldest first.
+    pub(super) async fn purge_records(&self, since_ms: u64) -> Result<Vec<(String, u64)>, TierError> {
+        let key = self.purges_key();
+        let cmd = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(since_ms)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES")
+            .to_owned();
+        self.run::<Vec<(String, u64)>>(RedisOp::Get, key.as_bytes(), &cmd)
+            .await
     }
 
     /// PUBLISHes `message` on `channel` through a node that is up: in a cluster any node

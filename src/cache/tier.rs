@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use super::disk::DiskTier;
 use super::entry::Entry;
 use super::invalidation::PurgeMode;
 use super::memory::MemoryTier;
@@ -13,18 +14,21 @@ use super::redis::RedisTier;
 pub enum TierName {
     /// The in-process tier.
     Memory,
+    /// The local disk tier.
+    Disk,
     /// The shared Redis tier.
     Redis,
 }
 
 impl TierName {
     /// Every tier, for label sets registered at zero.
-    pub const ALL: [TierName; 2] = [TierName::Memory, TierName::Redis];
+    pub const ALL: [TierName; 3] = [TierName::Memory, TierName::Disk, TierName::Redis];
 
     /// The name as it appears outside the code.
     pub fn as_str(self) -> &'static str {
         match self {
             TierName::Memory => "memory",
+            TierName::Disk => "disk",
             TierName::Redis => "redis",
         }
     }
@@ -128,6 +132,8 @@ pub trait Tier: Send + Sync {
 pub enum AnyTier {
     /// The in-process tier.
     Memory(MemoryTier),
+    /// The local disk tier.
+    Disk(DiskTier),
     /// The shared Redis tier.
     Redis(RedisTier),
 }
@@ -137,6 +143,7 @@ macro_rules! each {
     ($tier:expr, $t:ident => $call:expr) => {
         match $tier {
             AnyTier::Memory($t) => $call,
+            AnyTier::Disk($t) => $call,
             AnyTier::Redis($t) => $call,
         }
     };

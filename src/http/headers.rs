@@ -14,6 +14,8 @@ pub struct HeaderTables {
     age: Vec<HeaderValue>,
     /// `cache-layer; hit; ttl=n; detail=memory`.
     memory_hit: Vec<HeaderValue>,
+    /// `cache-layer; hit; ttl=n; detail=disk`.
+    disk_hit: Vec<HeaderValue>,
     /// `cache-layer; hit; ttl=n; detail=redis`.
     redis_hit: Vec<HeaderValue>,
 }
@@ -31,6 +33,7 @@ impl HeaderTables {
         HeaderTables {
             age: (0..=TABLE_SECS).map(HeaderValue::from).collect(),
             memory_hit: hits(TierName::Memory),
+            disk_hit: hits(TierName::Disk),
             redis_hit: hits(TierName::Redis),
         }
     }
@@ -49,6 +52,7 @@ impl HeaderTables {
             AnswerKind::Hit { tier, ttl_secs } => {
                 let table = match tier {
                     TierName::Memory => &self.memory_hit,
+                    TierName::Disk => &self.disk_hit,
                     TierName::Redis => &self.redis_hit,
                 };
                 table

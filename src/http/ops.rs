@@ -26,6 +26,8 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     for tier in state.cache.tiers() {
         let status = match tier {
             AnyTier::Memory(_) => "ok",
+            AnyTier::Disk(d) if d.is_up() => "ok",
+            AnyTier::Disk(_) => "down",
             AnyTier::Redis(r) => {
                 let h = r.health();
                 redis_nodes = Some(json!({ "total": h.nodes, "down": h.down }));

@@ -13,8 +13,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
 
 use crate::cache::{
-    CoalesceScope, EvictionCause, MemoryTier, PurgeMode, PurgeScope, PurgeSource, RedisOp, StaleReason,
-    TierName, Uncacheable,
+    CoalesceScope, DiskOp, DiskTier, DropReason, EvictionCause, MemoryTier, PurgeMode, PurgeScope,
+    PurgeSource, RedisOp, StaleReason, TierName, Uncacheable,
 };
 use crate::http::{Route, StatusClass};
 use crate::origin::{Breaker, OriginOutcome};
@@ -63,6 +63,8 @@ struct Counters {
     coalesced: Counts<{ CoalesceScope::ALL.len() }>,
     origin: Counts<{ OriginOutcome::ALL.len() }>,
     redis_errors: Counts<{ RedisOp::ALL.len() }>,
+    disk_errors: Counts<{ DiskOp::ALL.len() }>,
+    disk_dropped: Counts<{ DropReason::ALL.len() }>,
     evictions: Counts<{ EvictionCause::ALL.len() }>,
     /// By mode, then source, then scope.
     invalidations: Counts<{ PurgeMode::ALL.len() * PurgeSource::ALL.len() * PurgeScope::ALL.len() }>,
@@ -162,6 +164,8 @@ impl Metrics {
             coalesced: Counts::new(),
             origin: Counts::new(),
             redis_errors: Counts::new(),
+            disk_errors: Counts::new(),
+            disk_dropped: Counts::new(),
             evictions: Counts::new(),
             invalidations: Counts::new(),
             invalidated_entries: Counts::new(),
@@ -221,6 +225,22 @@ impl Metrics {
             "Redis operations that failed or timed out, by operation.",
             one_label("operation", &RedisOp::ALL, RedisOp::as_str),
             |c, i| c.redis_errors.get(i),
+        );
+        observe(
+            m,
+            c,
+            "disk_errors",
+            "Disk-tier operations that failed, by operation (a file that cannot be decoded is a read).",
+            one_label("operation", &DiskOp::ALL, DiskOp::as_str),
+            |c, i| c.disk_errors.get(i),
+        );
+        observe(
+            m,
+            c,
+            "disk_cache_dropped",
+            "Disk-tier entries dropped when read: past their stale window, or older than a purge that matches them.",
+            one_label("reason", &DropReason::ALL, DropReason::as_str),
+            |c, i| c.disk_dropped.get(i),
         );
         observe(
             m,
@@ -347,6 +367,22 @@ impl Metrics {
         );
     }
 
+    /// Reports the disk tier as `disk_cache_up` and `disk_cache_capacity_bytes`.
+    pub fn watch_disk_tier(&self, tier: &DiskTier) {
+        let up = tier.clone();
+        let capacity = tier.layout().capacity;
+        self.gauge(
+            "disk_cache_up",
+            "1 while the disk tier works, 0 while it is down.",
+            move || u64::from(up.is_up()),
+        );
+        self.gauge(
+            "disk_cache_capacity_bytes",
+            "Disk bytes the disk tier uses at most.",
+            move || capacity,
+        );
+    }
+
     /// Reports the origin circuit as `origin_breaker_state`.
     pub fn watch_breaker(&self, breaker: Arc<Breaker>) {
         self.gauge(
@@ -416,6 +452,16 @@ impl Metrics {
     /// A failed Redis operation.
     pub fn redis_error(&self, operation: RedisOp) {
         self.counters.redis_errors.add(operation as usize);
+    }
+
+    /// A failed disk-tier operation.
+    pub fn disk_error(&self, operation: DiskOp) {
+        self.counters.disk_errors.add(operation as usize);
+    }
+
+    /// A disk-tier entry dropped when read.
+    pub fn disk_dropped(&self, reason: DropReason) {
+        self.counters.disk_dropped.add(reason as usize);
     }
 
     /// A memory-tier eviction.
@@ -492,6 +538,8 @@ mod tests {
         in_order(&CoalesceScope::ALL, |e| e as usize);
         in_order(&OriginOutcome::ALL, |e| e as usize);
         in_order(&RedisOp::ALL, |e| e as usize);
+        in_order(&DiskOp::ALL, |e| e as usize);
+        in_order(&DropReason::ALL, |e| e as usize);
         in_order(&EvictionCause::ALL, |e| e as usize);
         in_order(&PurgeMode::ALL, |e| e as usize);
         in_order(&PurgeSource::ALL, |e| e as usize);

@@ -3,6 +3,7 @@
 mod batch;
 mod cluster;
 mod config;
+mod disk;
 mod hardening;
 mod harness;
 mod http_caching;

@@ -15,7 +15,7 @@ async fn health_and_probes_answer_json() {
     let health = s.json("/health").await;
     assert_eq!(
         health,
-        json!({"status": "ok", "tiers": {"memory": "ok", "redis": "disabled"}, "origin": {"circuit": "closed"}})
+        json!({"status": "ok", "tiers": {"memory": "ok", "disk": "disabled", "redis": "disabled"}, "origin": {"circuit": "closed"}})
     );
     assert_eq!(c.get(s.url("/livez")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(s.url("/readyz")).send().await.unwrap().status(), 200);

@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 pub enum HitKind {
     /// cache-layer's memory tier.
     Memory,
+    /// cache-layer's disk tier.
+    Disk,
     /// cache-layer's Redis tier.
     Redis,
     /// A stale answer (while revalidating, or because the origin failed).
@@ -27,8 +29,9 @@ pub enum HitKind {
 
 impl HitKind {
     /// Every kind, in report order.
-    pub const ALL: [HitKind; 5] = [
+    pub const ALL: [HitKind; 6] = [
         HitKind::Memory,
+        HitKind::Disk,
         HitKind::Redis,
         HitKind::Stale,
         HitKind::Negative,
@@ -39,6 +42,7 @@ impl HitKind {
     pub fn as_str(self) -> &'static str {
         match self {
             HitKind::Memory => "memory",
+            HitKind::Disk => "disk",
             HitKind::Redis => "redis",
             HitKind::Stale => "stale",
             HitKind::Negative => "negative",
@@ -468,6 +472,7 @@ fn cache_status(value: &str) -> Option<Served> {
         match param {
             "hit" => hit = true,
             "detail=memory" => kind = HitKind::Memory,
+            "detail=disk" => kind = HitKind::Disk,
             "detail=redis" => kind = HitKind::Redis,
             "detail=negative" => kind = HitKind::Negative,
             p if p.starts_with("detail=stale") => kind = HitKind::Stale,
@@ -522,6 +527,10 @@ mod tests {
         assert_eq!(
             c("cache-layer; hit; ttl=3; detail=redis"),
             Served::Hit(HitKind::Redis)
+        );
+        assert_eq!(
+            c("cache-layer; hit; ttl=3; detail=disk"),
+            Served::Hit(HitKind::Disk)
         );
         assert_eq!(
             c("cache-layer; hit; ttl=-2; detail=stale-if-error"),

@@ -25,7 +25,7 @@ pub struct Stats {
     hits: Histogram<u64>,
     misses: Histogram<u64>,
     /// Hits by kind, in [`HitKind::ALL`] order.
-    hit_kinds: [u64; 5],
+    hit_kinds: [u64; HitKind::ALL.len()],
     misses_count: u64,
     unlabelled: u64,
     errors: BTreeMap<Failure, u64>,
@@ -43,7 +43,7 @@ impl Default for Stats {
             all: histogram(),
             hits: histogram(),
             misses: histogram(),
-            hit_kinds: [0; 5],
+            hit_kinds: [0; HitKind::ALL.len()],
             misses_count: 0,
             unlabelled: 0,
             errors: BTreeMap::new(),
@@ -85,7 +85,10 @@ impl Stats {
         }
         match outcome {
             Ok(Served::Hit(kind)) => {
-                self.hit_kinds[HitKind::ALL.iter().position(|k| k == kind).unwrap_or(4)] += 1;
+                self.hit_kinds[HitKind::ALL
+                    .iter()
+                    .position(|k| k == kind)
+                    .unwrap_or(HitKind::ALL.len() - 1)] += 1;
             }
             Ok(Served::Miss) => self.misses_count += 1,
             Ok(Served::Unlabelled) => self.unlabelled += 1,

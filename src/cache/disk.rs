@@ -1,0 +1,614 @@
+//! The disk tier: a replica's local disk between its memory and Redis, so a working set larger
+//! than RAM stays one local read away, and survives a restart.
+//!
+//! The storage engine is foyer's (its block engine: log-structured blocks evicted whole, an
+//! in-memory index, recovery on open, a tombstone log so deletes survive a restart). foyer's
+//! own memory cache is not used as a second memory tier: entries go straight to disk
+//! ([`foyer::HybridCache::storage_writer`], "phantom" entries its memory never keeps) and are
+//! read straight from it ([`foyer::Store::load`]); the memory tier in front is ours.
+//!
+//! foyer has no expiry, so the entry carries its windows (its encoded form is the Redis tier's)
+//! and is judged when read: past its stale window it is dropped; fetched before a purge that
+//! matches its key or a tag (the [`PurgeLog`], fed here and from Redis) it is dropped or
+//! served stale. Purges reach the tier as records rather than as a scan, which foyer does not
+//! offer: a tag purge touches no file.
+//!
+//! A disk that fails (full, read-only, gone, unreadable) turns the tier off: the request goes
+//! on without it, the failure is counted (`disk_errors_total`) and `/health` says `down`. A
+//! probe every [`PROBE_EVERY`] writes and reads a small file; while the tier is down it tries
+//! to open it again, as the Redis tier reconnects.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
+    Load, PsyncIoEngineConfig, RecoverMode,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::entry::{Entry, now_ms};
+use super::invalidation::{PurgeMode, PurgeScope};
+use super::purge_log::{self, PurgeLog, RECORD_BYTES, Verdict};
+use super::redis::RedisTier;
+use super::tier::{Tier, TierError, TierName};
+use crate::config::DiskConfig;
+use crate::telemetry::Metrics;
+
+/// How often the disk is probed (and, while it is down, opened again).
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Memory the engine's index costs per entry on disk: a hash-map slot of an 8-byte hash and a
+/// 32-byte address, at hashbrown's worst load (just after it doubles).
+pub const INDEX_BYTES_PER_ENTRY: u64 = 96;
+
+/// The smallest room an entry takes on disk: foyer aligns each entry to a 4 KiB page.
+pub const DISK_PAGE: u64 = 4096;
+
+/// The largest block (the unit foyer writes and evicts); it also bounds the largest entry kept.
+const MAX_BLOCK: u64 = 2 << 20;
+
+/// Consecutive failed reads after which the disk counts as down (until the probe says
+/// otherwise): one bad file is a miss, a disk that fails every read is not worth asking.
+const DOWN_AFTER_READ_FAILURES: u32 = 8;
+
+/// The file name of the probe, beside foyer's files.
+const PROBE_FILE: &str = ".cache-layer-probe";
+
+/// The file purges are appended to, beside foyer's files: one JSON array per line.
+const PURGE_FILE: &str = "cache-layer-purges.jsonl";
+
+/// Purge records are kept at least this long (ms), a day: an origin may give entries longer
+/// lifetimes than the configured ones, and the tier learns them only as it stores them.
+pub const MIN_HORIZON_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The disk operations whose failures `disk_errors_total` counts, by `operation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Opening (and recovering) the tier's files.
+    Open,
+    /// Reading an entry (a file that cannot be decoded included).
+    Read,
+    /// Writing an entry.
+    Write,
+    /// The periodic write-and-read probe.
+    Probe,
+}
+
+impl DiskOp {
+    /// Every operation, for label sets registered at zero.
+    pub const ALL: [DiskOp; 4] = [DiskOp::Open, DiskOp::Read, DiskOp::Write, DiskOp::Probe];
+
+    /// The `operation` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskOp::Open => "open",
+            DiskOp::Read => "read",
+            DiskOp::Write => "write",
+            DiskOp::Probe => "probe",
+        }
+    }
+}
+
+/// Why an entry read from disk was dropped (`disk_cache_dropped_total`, by `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Past its stale window.
+    Expired,
+    /// Fetched before a hard purge that matches it.
+    Purged,
+}
+
+impl DropReason {
+    /// Every reason, for label sets registered at zero.
+    pub const ALL: [DropReason; 2] = [DropReason::Expired, DropReason::Purged];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Expired => "expired",
+            DropReason::Purged => "purged",
+        }
+    }
+}
+
+/// foyer's hybrid cache, used for its disk store only.
+type Store = HybridCache<String, Vec<u8>>;
+
+/// How the tier lays out its disk, from [`DiskConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Disk bytes used at most: `DISK_CACHE_MAX_BYTES`, less when the index bound needs it.
+    pub capacity: u64,
+    /// foyer's block size: the unit it writes and evicts, and the largest entry kept.
+    pub block: u64,
+    /// Purge records kept at most in this process.
+    pub purge_records: usize,
+}
+
+impl Layout {
+    /// The layout for `max_bytes` of disk within `index_max_bytes` of memory: a sixteenth of
+    /// that memory goes to purge records, two blocks to write buffers, and the rest to the
+    /// index, which bounds how many entries (each at least a page) the disk may hold.
+    pub fn new(max_bytes: u64, index_max_bytes: u64) -> Self {
+        // Small enough that eviction takes little at a time, and that the write buffers (two
+        // blocks) leave most of the index bound to the index.
+        let block = (max_bytes / 32).clamp(64 << 10, MAX_BLOCK.min(index_max_bytes / 8).max(64 << 10));
+        let block = block / DISK_PAGE * DISK_PAGE;
+        let records_bytes = index_max_bytes / 16;
+        let index_bytes = index_max_bytes.saturating_sub(records_bytes + 2 * block);
+        let entries = index_bytes / INDEX_BYTES_PER_ENTRY;
+        let capacity = max_bytes.min(entries * DISK_PAGE).max(4 * block);
+        Layout {
+            capacity: capacity / block * block,
+            block,
+            purge_records: (records_bytes / RECORD_BYTES).max(1024) as usize,
+        }
+    }
+}
+
+/// The disk tier. Cheap to clone.
+#[derive(Clone)]
+pub struct DiskTier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    layout: Layout,
+    /// The open store; `None` while the disk is down.
+    store: RwLock<Option<Store>>,
+    up: AtomicBool,
+    read_failures: AtomicU32,
+    log: PurgeLog,
+    /// Held while the purge file is appended to or rewritten.
+    purge_file: std::sync::Mutex<()>,
+    /// Where purges are recorded for replicas that miss the message.
+    redis: Option<RedisTier>,
+    metrics: Arc<Metrics>,
+}
+
+impl DiskTier {
+    /// The tier over `config.dir`, not yet open (see [`DiskTier::start`]). `horizon_ms`: how
+    /// long the configured lifetimes let an entry live (purge records are kept that long).
+    pub fn new(
+        config: &DiskConfig,
+        horizon_ms: u64,
+        redis: Option<RedisTier>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let layout = Layout::new(config.max_bytes, config.index_max_bytes);
+        if layout.capacity < config.max_bytes {
+            tracing::warn!(
+                disk_cache_max_bytes = config.max_bytes,
+                used = layout.capacity,
+                "DISK_CACHE_INDEX_MAX_BYTES cannot index that much disk (each entry takes at least 4 KiB of \
+                 disk and up to {INDEX_BYTES_PER_ENTRY} bytes of index): the disk tier uses less"
+            );
+        }
+        DiskTier {
+            inner: Arc::new(Inner {
+                dir: config.dir.clone(),
+                layout,
+                store: RwLock::new(None),
+                up: AtomicBool::new(false),
+                read_failures: AtomicU32::new(0),
+                log: PurgeLog::new(layout.purge_records, horizon_ms.max(MIN_HORIZON_MS)),
+                purge_file: std::sync::Mutex::new(()),
+                redis,
+                metrics,
+            }),
+        }
+    }
+
+    /// How the disk is laid out.
+    pub fn layout(&self) -> Layout {
+        self.inner.layout
+    }
+
+    /// Whether the tier works now (`/health`, `disk_cache_up`).
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// Opens the tier (recovering what the disk holds, and the purges Redis recorded since),
+    /// waiting at most `wait`; then probes it, and reopens it when it failed, until `shutdown`.
+    /// A disk that cannot be opened now leaves the tier down, not the service.
+    pub async fn start(&self, wait: Duration, shutdown: CancellationToken) {
+        if let Err(e) = std::fs::create_dir_all(&self.inner.dir) {
+            tracing::warn!(dir = %self.inner.dir.display(), error = %e, "disk tier: cannot create its directory");
+        }
+        let _ = tokio::time::timeout(wait, self.reopen()).await;
+        let weak = Arc::downgrade(&self.inner);
+        let upkeep = async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let tier = DiskTier { inner };
+                if tier.is_up() {
+                    tier.probe().await;
+                } else {
+                    tier.reopen().await;
+                }
+            }
+        };
+        tokio::spawn(async move { shutdown.run_until_cancelled(upkeep).await });
+    }
+
+    /// Opens foyer's store on the directory (which must exist: a volume that went away is not
+    /// recreated on the disk beneath it), after the probe, and loads the purges recorded in
+    /// Redis since the oldest entry it could hold was fetched.
+    async fn reopen(&self) {
+        let inner = &self.inner;
+        if let Err(e) = probe_dir(&inner.dir).await {
+            inner.metrics.disk_error(DiskOp::Probe);
+            tracing::debug!(error = %e, "disk tier: still down");
+            return;
+        }
+        self.load_purge_file().await;
+        self.load_purge_records().await;
+        match open(&inner.dir, inner.layout).await {
+            Ok(store) => {
+                *inner.store.write().unwrap_or_else(|p| p.into_inner()) = Some(store);
+                inner.read_failures.store(0, Ordering::Relaxed);
+                inner.up.store(true, Ordering::Relaxed);
+                tracing::info!(dir = %inner.dir.display(), capacity = inner.layout.capacity, "disk tier open");
+            }
+            Err(e) => {
+                inner.metrics.disk_error(DiskOp::Open);
+                tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot open; running without it");
+            }
+        }
+    }
+
+    /// Writes and reads back a small file; a failure takes the tier down.
+    async fn probe(&self) {
+        if let Err(e) = probe_dir(&self.inner.dir).await {
+            self.inner.metrics.disk_error(DiskOp::Probe);
+            self.down(&format!("probe failed: {e}"));
+        }
+    }
+
+    /// Takes the tier down: the store is closed in the background and requests go on without
+    /// it until [`DiskTier::reopen`] succeeds.
+    fn down(&self, why: &str) {
+        let inner = &self.inner;
+        let was_up = inner.up.swap(false, Ordering::Relaxed);
+        let store = inner.store.write().unwrap_or_else(|p| p.into_inner()).take();
+        if was_up {
+            tracing::warn!(dir = %inner.dir.display(), why, "disk tier down; running without it");
+        }
+        if let Some(store) = store {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
+            });
+        }
+    }
+
+    /// The store, while the tier is up.
+    fn store(&self) -> Result<Store, TierError> {
+        if !self.is_up() {
+            return Err(TierError::Unavailable);
+        }
+        self.inner
+            .store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(TierError::Unavailable)
+    }
+
+    /// Merges the purges Redis recorded within the horizon into the log. Without Redis, or
+    /// when it cannot be read, the log keeps what this process saw.
+    async fn load_purge_records(&self) {
+        let inner = &self.inner;
+        let Some(redis) = &inner.redis else {
+            return;
+        };
+        let since = now_ms().saturating_sub(inner.log.horizon_ms());
+        match redis.purge_records(since).await {
+            Ok(records) => {
+                for (member, at) in &records {
+                    if let Some((scope, mode, name)) = purge_log::decode_record(member) {
+                        inner.log.record(scope, name, mode, *at);
+                    }
+                }
+                tracing::debug!(
+                    records = records.len(),
+                    "disk tier: purge records loaded from Redis"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "disk tier: cannot read the purge records from Redis"),
+        }
+    }
+
+    /// Notes a purge applied to this replica: entries it names that were fetched before
+    /// `at_ms` are dropped (hard) or served stale (soft) when next read. The record is also
+    /// appended to the purge file beside the entries, so it outlives a restart (without
+    /// Redis nothing else remembers it).
+    pub fn note_purge(&self, scope: PurgeScope, name: &str, mode: PurgeMode, at_ms: u64) {
+        let inner = &self.inner;
+        inner.log.record(scope, name, mode, at_ms);
+        if !self.is_up() {
+            return;
+        }
+        let line = purge_line(scope, mode, name, at_ms);
+        let (path, tier) = (inner.dir.join(PURGE_FILE), self.clone());
+        tokio::task::spawn_blocking(move || {
+            let _file = tier.inner.purge_file.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = append_line(&path, &line) {
+                tier.inner.metrics.disk_error(DiskOp::Write);
+                tracing::warn!(error = %e, "disk tier: cannot record a purge in its purge file");
+            }
+        });
+    }
+
+    /// Loads the purge file's records within the horizon into the log, and rewrites the file
+    /// with only those (so it never grows past the log's own bound for long).
+    async fn load_purge_file(&self) {
+        let tier = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
+            let inner = &tier.inner;
+            let _file = inner.purge_file.lock().unwrap_or_else(|p| p.into_inner());
+            let path = inner.dir.join(PURGE_FILE);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            let oldest = now_ms().saturating_sub(inner.log.horizon_ms());
+            let mut kept = String::new();
+            let mut n = 0;
+            for line in text.lines() {
+                let Some((scope, mode, name, at)) = parse_purge_line(line) else {
+                    continue;
+                };
+                if at >= oldest {
+                    inner.log.record(scope, &name, mode, at);
+                    kept.push_str(line);
+                    kept.push('\n');
+                    n += 1;
+                }
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, kept)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(n)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(n)) => tracing::debug!(records = n, "disk tier: purge file loaded"),
+            Ok(Err(e)) => {
+                self.inner.metrics.disk_error(DiskOp::Read);
+                tracing::warn!(error = %e, "disk tier: cannot read its purge file");
+            }
+            Err(e) => tracing::warn!(error = %e, "disk tier: purge file task failed"),
+        }
+    }
+
+    /// Writes what foyer still buffers and closes the store (at shutdown).
+    pub async fn close(&self) {
+        let store = self.inner.store.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.inner.up.store(false, Ordering::Relaxed);
+        if let Some(store) = store
+            && let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), store.close()).await
+        {
+            tracing::warn!(error = %e, "disk tier: close failed");
+        }
+    }
+
+    /// How long after its fetch an entry this tier stored could still be served, at most (ms).
+    pub fn purge_horizon_ms(&self) -> u64 {
+        self.inner.log.horizon_ms()
+    }
+
+    /// What `bytes` read for `key` is worth: the entry, stale if a soft purge says so; `None`
+    /// (and gone from disk) when it cannot be decoded, is past its stale window or was purged.
+    fn judge(&self, store: &Store, key: &str, bytes: &[u8]) -> Option<Arc<Entry>> {
+        let inner = &self.inner;
+        let Some(entry) = Entry::decode(key, bytes) else {
+            inner.metrics.disk_error(DiskOp::Read);
+            store.remove(key);
+            return None;
+        };
+        let now = now_ms();
+        if entry.stale_until_ms <= now {
+            inner.metrics.disk_dropped(DropReason::Expired);
+            store.remove(key);
+            return None;
+        }
+        match inner.log.verdict(key, entry.tags(), entry.stored_at_ms) {
+            Verdict::Keep => Some(Arc::new(entry)),
+            Verdict::StaleFrom(at) => Some(Arc::new(entry.marked_stale(at))),
+            Verdict::Drop(scope) => {
+                inner.metrics.disk_dropped(DropReason::Purged);
+                inner.metrics.invalidated_entries(scope, TierName::Disk, 1);
+                store.remove(key);
+                None
+            }
+        }
+    }
+
+    /// A failed read: counted, and after many in a row the tier goes down.
+    fn read_failed(&self, e: &foyer::Error) -> TierError {
+        self.inner.metrics.disk_error(DiskOp::Read);
+        let n = self.inner.read_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= DOWN_AFTER_READ_FAILURES {
+            self.down(&format!("{n} reads failed in a row, the last: {e}"));
+        }
+        TierError::Failed(e.to_string())
+    }
+}
+
+/// One line of the purge file.
+fn purge_line(scope: PurgeScope, mode: PurgeMode, name: &str, at_ms: u64) -> String {
+    serde_json::json!([at_ms, mode.as_str(), scope.as_str(), name]).to_string()
+}
+
+/// A line of the purge file; `None` for one this release cannot read (or a torn last line).
+fn parse_purge_line(line: &str) -> Option<(PurgeScope, PurgeMode, String, u64)> {
+    let (at, mode, scope, name): (u64, String, String, String) = serde_json::from_str(line).ok()?;
+    Some((PurgeScope::parse(&scope)?, PurgeMode::parse(&mode)?, name, at))
+}
+
+/// Appends `line` (and a newline) to `path`, synced: purges are rare and must not be lost.
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_data()
+}
+
+/// Opens foyer's store on `dir` (recovering its blocks and tombstones).
+async fn open(dir: &Path, layout: Layout) -> Result<Store, String> {
+    let device = FsDeviceBuilder::new(dir)
+        .with_capacity(layout.capacity as usize)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let engine = BlockEngineConfig::new(device)
+        .with_block_size(layout.block as usize)
+        .with_buffer_pool_size(layout.block as usize)
+        .with_submit_queue_size_threshold(layout.block as usize)
+        .with_indexer_shards(16)
+        .with_tombstone_log(true);
+    HybridCacheBuilder::new()
+        .with_name("disk")
+        .with_policy(HybridCachePolicy::WriteOnInsertion)
+        // Entries go to disk only ("phantom" inserts): foyer's memory cache holds none.
+        .memory(1)
+        .storage()
+        .with_io_engine_config(PsyncIoEngineConfig::new())
+        .with_engine_config(engine)
+        .with_recover_mode(RecoverMode::Quiet)
+        .build()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Writes, syncs, reads back and removes a small file in `dir` (off the runtime's threads).
+async fn probe_dir(dir: &Path) -> Result<(), String> {
+    let path = dir.join(PROBE_FILE);
+    let probe = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let stamp = now_ms().to_string();
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(stamp.as_bytes())?;
+        f.sync_all()?;
+        let back = std::fs::read(&path)?;
+        std::fs::remove_file(&path)?;
+        if back != stamp.as_bytes() {
+            return Err(std::io::Error::other("the probe read back other bytes"));
+        }
+        Ok(())
+    });
+    match tokio::time::timeout(Duration::from_secs(10), probe).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the probe took over 10 s".into()),
+    }
+}
+
+impl Tier for DiskTier {
+    fn name(&self) -> TierName {
+        TierName::Disk
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
+        let store = self.store()?;
+        let found = match store.storage().load(key).await {
+            Ok(Load::Entry { value, .. }) => self.judge(&store, key, &value),
+            Ok(Load::Piece { piece, .. }) => self.judge(&store, key, piece.value()),
+            Ok(Load::Throttled | Load::Miss) => None,
+            Err(e) => return Err(self.read_failed(&e)),
+        };
+        self.inner.read_failures.store(0, Ordering::Relaxed);
+        Ok(found)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Arc<Entry>>, TierError>> {
+        futures_util::future::join_all(keys.iter().map(|k| self.get(k))).await
+    }
+
+    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
+        let store = self.store()?;
+        let bytes = entry.encode();
+        // foyer cannot keep an entry larger than a block (with its key and header).
+        if (bytes.len() + key.len() + 64) as u64 > self.inner.layout.block {
+            return Ok(());
+        }
+        self.inner
+            .log
+            .lives_until(entry.stored_at_ms, entry.stale_until_ms);
+        if store
+            .storage_writer(key.to_owned())
+            .force()
+            .insert(bytes)
+            .is_none()
+        {
+            self.inner.metrics.disk_error(DiskOp::Write);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), TierError> {
+        self.store()?.remove(key);
+        Ok(())
+    }
+
+    async fn purge(&self, key: &str, mode: PurgeMode, _now_ms: u64) -> Result<u64, TierError> {
+        // The purge is recorded (by the read-through, before the tiers are purged): a soft
+        // purge marks the entry stale when it is next read. A hard one removes it now.
+        let store = self.store()?;
+        let held = store.storage().may_contains(key);
+        if mode == PurgeMode::Hard {
+            store.remove(key);
+        }
+        Ok(u64::from(held))
+    }
+
+    async fn purge_tag(&self, _tag: &str, _mode: PurgeMode, _now_ms: u64) -> Result<u64, TierError> {
+        // Recorded, and applied to each entry when it is next read (and counted then): foyer
+        // offers no scan, and a purge should not read the whole disk.
+        self.store().map(|_| 0)
+    }
+
+    fn clear_own(&self) {
+        // The disk is not cleared after a gap in the purge feed: the purges missed are read
+        // from Redis's record instead.
+        let tier = self.clone();
+        tokio::spawn(async move { tier.load_purge_records().await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_keeps_the_index_within_its_bound() {
+        // 1 GiB of disk within the default 32 MiB: all of it.
+        let l = Layout::new(1 << 30, 32 << 20);
+        assert_eq!(l.capacity, 1 << 30);
+        assert_eq!(l.block, MAX_BLOCK);
+        // 1 GiB within 4 MiB: the disk is cut to what the index can track.
+        let l = Layout::new(1 << 30, 4 << 20);
+        let entries = l.capacity / DISK_PAGE;
+        assert!(
+            entries * INDEX_BYTES_PER_ENTRY + 2 * l.block + (4 << 20) / 16 <= 4 << 20,
+            "{l:?}"
+        );
+        assert!(l.capacity >= 4 * l.block);
+        // 8 MiB: small blocks, so eviction takes little at a time.
+        let l = Layout::new(8 << 20, 16 << 20);
+        assert_eq!((l.capacity, l.block), (8 << 20, 256 << 10));
+    }
+}
