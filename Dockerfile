@@ -26,6 +26,12 @@ RUN set -eu; \
     cargo build --release --locked --bin cache-layer --bin cache-layer-loadtest; \
     rm -rf src
 
+# The disk tier's directory (DISK_CACHE_DIR=/var/cache/cache-layer in docker-compose.yml), made
+# here because the runtime image has no shell; copied below owned by the runtime user, so a named
+# volume mounted there starts out writable by it (Docker and podman copy the ownership of the
+# image's directory into a new, empty volume). Its own step, so the dependency layer stays cached.
+RUN mkdir -p /build/disk-cache
+
 # Real sources. The stubs of targets outside src/ stay, as the manifest still names them;
 # touching the sources makes sure Cargo sees them as newer than the stub build.
 COPY src ./src
@@ -43,6 +49,7 @@ LABEL org.opencontainers.image.title="cache-layer" \
 #     cache-layer-loadtest --url http://<service>:5000 --pattern zipf --rate 500 -c 8 --duration 30s
 COPY --from=builder /build/target/release/cache-layer-loadtest /usr/local/bin/cache-layer-loadtest
 COPY --from=builder /build/target/release/cache-layer /usr/local/bin/cache-layer
+COPY --from=builder --chown=65532:65532 /build/disk-cache /var/cache/cache-layer
 ENV LISTEN_ADDR=0.0.0.0:5000 \
     LOG_FORMAT=json \
     RUST_LOG=info

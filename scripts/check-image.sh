@@ -3,7 +3,9 @@
 # build stage), then runs it and checks it:
 #   - with the compose file's environment for the service, beside the compose file's Redis in one
 #     pod (`redis` and `otel-collector` resolve to the pod; no collector runs): GET /items/foo
-#     twice (origin, then cache), the entry is in Redis, /metrics answers;
+#     twice (origin, then cache), the entry is in Redis, /metrics answers; DISK_CACHE_DIR on a new
+#     named volume, as compose mounts it: the image's directory there is owned by 65532, the
+#     volume takes that ownership, and /health says tiers.disk "ok";
 #   - as the chart runs it: read-only root filesystem, every capability dropped, no new
 #     privileges; the process must be uid/gid 65532 (the image's USER);
 #   - the image's HEALTHCHECK passes (`podman healthcheck run`);
@@ -70,6 +72,7 @@ WORK="$(mktemp -d /var/tmp/check-image.XXXXXX)"
 POD="check-image-$$"
 APP="$POD-app"
 REDIS="$POD-redis"
+DISK_VOLUME="$POD-disk"
 cleanup() {
   local rc=$?
   if [[ $rc -ne 0 ]] && podman container exists "$APP" 2>/dev/null; then
@@ -81,6 +84,7 @@ cleanup() {
     podman logs --tail 10 "$REDIS" >&2 2>&1 || true
   fi
   podman pod rm -f "$POD" >/dev/null 2>&1 || true
+  podman volume rm -f "$DISK_VOLUME" >/dev/null 2>&1 || true
   rm -rf "$WORK"
   if [[ $rc -ne 0 ]]; then echo "check-image: $PASSED passed, 1 failed" >&2; fi
   exit "$rc"
@@ -189,6 +193,7 @@ with open(f"{work}/compose.sh", "w") as f:
     f.write(f"GRACE={seconds(app.get('stop_grace_period', '10s'))}\n")
     f.write(f"APP_PORT={pc.listen_port(env)}\n")
     f.write(f"KEY_PREFIX={shlex.quote(env.get('REDIS_KEY_PREFIX', 'cache-layer'))}\n")
+    f.write(f"DISK_DIR={shlex.quote(env.get('DISK_CACHE_DIR', ''))}\n")
 PY
 # shellcheck source=/dev/null
 source "$WORK/compose.sh"
@@ -442,6 +447,15 @@ health="$(podman image inspect --format '{{json .HealthCheck}}' "$IMAGE")"
 pass "image keeps its HEALTHCHECK: $health"
 user="$(podman image inspect --format '{{.Config.User}}' "$IMAGE")"
 [[ "$user" == 65532* ]] || die "image USER is '$user', not 65532"
+if [[ -n "$DISK_DIR" ]]; then
+  # A new named volume takes the ownership of the image's directory (Docker and podman copy it
+  # up), so the image must hold DISK_CACHE_DIR owned by its user.
+  image_root="$(podman image mount "$IMAGE")" || die "podman image mount $IMAGE"
+  owner="$(stat -c %u:%g "$image_root$DISK_DIR" 2>/dev/null || echo missing)"
+  podman image unmount "$IMAGE" >/dev/null || true
+  [[ "$owner" == 65532:65532 ]] || die "the image's $DISK_DIR (DISK_CACHE_DIR) is $owner, not a directory of 65532:65532"
+  pass "the image holds $DISK_DIR (the compose DISK_CACHE_DIR) owned by 65532:65532"
+fi
 
 # ---------------------------------------------------------------- run
 
@@ -461,6 +475,11 @@ pass "Redis $REDIS_IMAGE answers in the pod (redis:6379)"
 
 env_args=()
 for kv in "${APP_ENV[@]}"; do env_args+=(-e "$kv"); done
+if [[ -n "$DISK_DIR" ]]; then
+  # The compose file's named volume: a new, empty one, mounted where DISK_CACHE_DIR points.
+  podman volume create "$DISK_VOLUME" >/dev/null
+  env_args+=(-v "$DISK_VOLUME:$DISK_DIR")
+fi
 # podman logs an error when it cannot reach systemd for the health check's timer; the check
 # runs the health check itself below, so that output is kept out of the way.
 podman run -d --name "$APP" --pod "$POD" "${LIMITS[@]}" \
@@ -495,6 +514,15 @@ for name in cache_hits_total cache_misses_total; do
   grep -q "^$name" <<<"$metrics" || die "/metrics has no $name"
 done
 pass "/metrics answers ($(grep -c '^[a-z]' <<<"$metrics") samples, cache_hits_total and cache_misses_total among them)"
+if [[ -n "$DISK_DIR" ]]; then
+  health="$(curl -fsS --max-time 10 "$BASE_URL/health")" || die "GET /health failed"
+  disk="$("$PY" -c 'import json, sys; print(json.load(sys.stdin).get("tiers", {}).get("disk"))' <<<"$health")"
+  [[ "$disk" == ok ]] || die "/health tiers.disk is '$disk' with DISK_CACHE_DIR=$DISK_DIR on a named volume: $health"
+  mountpoint="$(podman volume inspect --format '{{.Mountpoint}}' "$DISK_VOLUME")"
+  owner="$(stat -c %u:%g "$mountpoint")"
+  [[ "$owner" == 65532:65532 ]] || die "the named volume is owned by $owner, not 65532:65532"
+  pass "disk tier on the named volume at $DISK_DIR: /health tiers.disk ok, volume owned by $owner"
+fi
 
 step "health check, user, security"
 podman healthcheck run "$APP" >"$WORK/health.out" 2>&1 \

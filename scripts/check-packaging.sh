@@ -150,7 +150,8 @@ helm_dependencies_offline() {
   "$HELM" dependency build "$copy"
 }
 
-scenarios=(defaults default external-redis external-redis-tls all-features)
+scenarios=(defaults default external-redis external-redis-tls all-features disk-cache-emptydir
+  disk-cache-pvc)
 for s in "${scenarios[@]}"; do
   run_check "helm lint --strict ($s)" helm_lint "$s"
 done

@@ -29,7 +29,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "cache-layer"
-CI_SCENARIOS = ["default", "external-redis", "external-redis-tls", "all-features"]
+CI_SCENARIOS = ["default", "external-redis", "external-redis-tls", "all-features",
+                "disk-cache-emptydir", "disk-cache-pvc"]
+# The scenarios with the disk tier on, and the volume each puts it on.
+DISK_SCENARIOS = {"disk-cache-emptydir": "emptyDir", "disk-cache-pvc": "persistentVolumeClaim"}
+# The disk tier's settings (src/config.rs) and their lower bounds.
+DISK_ENV_MINIMUMS = {"DISK_CACHE_MAX_BYTES": 4 << 20, "DISK_CACHE_INDEX_MAX_BYTES": 1 << 20}
+DISK_ENV = {"DISK_CACHE_DIR", *DISK_ENV_MINIMUMS}
 DASHBOARD = ROOT / "grafana" / "dashboards" / "cache-layer.json"
 CHART_DASHBOARD = CHART / "dashboards" / "cache-layer.json"
 DATASOURCE_UID = "PBFA97CFB590B2093"
@@ -183,19 +189,54 @@ def find_doc(docs: list[dict], kind: str, name: str | None = None) -> dict | Non
     return None
 
 
-def app_deployment(docs: list[dict]) -> dict:
-    for d in docs:
-        if d.get("kind") == "Deployment" and \
-                d["metadata"]["labels"].get("app.kubernetes.io/name") == SERVICE:
-            return d
-    raise AssertionError("no cache-layer Deployment in the rendered chart")
+def app_workload(docs: list[dict]) -> dict:
+    """The workload running the cache-layer pods: the Deployment, or the StatefulSet that
+    replaces it when the disk tier is on a PersistentVolumeClaim. Exactly one of them."""
+    found = [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet")
+             and d["metadata"]["labels"].get("app.kubernetes.io/name") == SERVICE]
+    assert found, "no cache-layer Deployment or StatefulSet in the rendered chart"
+    assert len(found) == 1, f"cache-layer pods run by {[d['kind'] for d in found]}: expected one workload"
+    return found[0]
 
 
-def app_container(deploy: dict) -> dict:
-    for c in deploy["spec"]["template"]["spec"]["containers"]:
+def app_service(docs: list[dict]) -> dict:
+    """The cache-layer Service clients use (not the StatefulSet's headless one)."""
+    found = [d for d in docs if d.get("kind") == "Service"
+             and d["metadata"]["labels"].get("app.kubernetes.io/name") == SERVICE
+             and d["spec"].get("clusterIP") != "None"]
+    assert len(found) == 1, f"expected one cache-layer Service besides a headless one, found {len(found)}"
+    return found[0]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a LabelSelector (matchLabels, matchExpressions) selects these labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": labels.get(key) not in values,
+              "Exists": key in labels,
+              "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def quantity_bytes(q) -> int:
+    """A Kubernetes quantity of bytes ("512Mi", "2Gi", "1.5G", 1073741824) as an int."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(q).strip())
+    assert m, f"{q!r} is not a quantity of bytes"
+    unit = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[m.group(2)]
+    return int(float(m.group(1)) * unit)
+
+
+def app_container(workload: dict) -> dict:
+    for c in workload["spec"]["template"]["spec"]["containers"]:
         if c["name"] == SERVICE:
             return c
-    raise AssertionError("no container named cache-layer in the Deployment")
+    raise AssertionError(f"no container named cache-layer in the {workload['kind']}")
 
 
 def resolve_port(container: dict, port) -> int:
@@ -231,10 +272,10 @@ def _expand(value: str, env: dict[str, str]) -> str:
 
 
 def deployment_env(docs: list[dict], base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the rendered Deployment gives the cache-layer container: image ENV, then
+    """The environment the rendered workload gives the cache-layer container: image ENV, then
     envFrom (ConfigMaps/Secrets resolved from the rendered docs), then env. A reference to a
     ConfigMap/Secret (or key) that the chart does not render fails unless it is optional."""
-    container = app_container(app_deployment(docs))
+    container = app_container(app_workload(docs))
     env = dict(base if base is not None else image_env())
     for src in container.get("envFrom", []):
         prefix = src.get("prefix", "")
@@ -506,14 +547,17 @@ def check_ports(helm: str | None) -> str:
         raise AssertionError("helm not found: chart ports unchecked")
     for scenario in ["defaults", *CI_SCENARIOS]:
         docs = render_chart(helm, scenario)
-        deploy = app_deployment(docs)
-        c = app_container(deploy)
+        workload = app_workload(docs)
+        c = app_container(workload)
         cports = [int(p["containerPort"]) for p in c["ports"]]
         assert cports == [port], f"{scenario}: containerPort {cports} != {port}"
-        service = next(d for d in docs if d["kind"] == "Service"
-                       and d["metadata"]["labels"].get("app.kubernetes.io/name") == SERVICE)
-        for sp in service["spec"]["ports"]:
-            assert resolve_port(c, sp["targetPort"]) == port, f"{scenario}: Service targetPort != {port}"
+        service = app_service(docs)
+        services = [d for d in docs if d["kind"] == "Service"
+                    and d["metadata"]["labels"].get("app.kubernetes.io/name") == SERVICE]
+        for svc in services:  # the headless Service of a StatefulSet too
+            for sp in svc["spec"]["ports"]:
+                assert resolve_port(c, sp["targetPort"]) == port, \
+                    f"{scenario}: Service {svc['metadata']['name']} targetPort != {port}"
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             get = c[probe]["httpGet"]
             assert resolve_port(c, get["port"]) == port, f"{scenario}: {probe} port != {port}"
@@ -524,6 +568,11 @@ def check_ports(helm: str | None) -> str:
         monitor = find_doc(docs, "ServiceMonitor")
         if monitor:
             assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+            # One Service selected, or each pod is scraped once per Service (the headless one).
+            scraped = [svc["metadata"]["name"] for svc in services
+                       if selects(monitor["spec"]["selector"], svc["metadata"]["labels"])]
+            assert scraped == [service["metadata"]["name"]], \
+                f"{scenario}: the ServiceMonitor selects Services {scraped}, not just {service['metadata']['name']}"
     return f"all agree on {port}"
 
 
@@ -536,9 +585,9 @@ def check_chart_deployment(helm: str | None) -> str:
     assert (CHART / "charts" / "redis" / "Chart.yaml").exists()
     for scenario in ["defaults", *CI_SCENARIOS]:
         docs = render_chart(helm, scenario)
-        deploy = app_deployment(docs)
-        pod = deploy["spec"]["template"]
-        c = app_container(deploy)
+        workload = app_workload(docs)
+        pod = workload["spec"]["template"]
+        c = app_container(workload)
         psc, sc = pod["spec"].get("securityContext", {}), c.get("securityContext", {})
         assert psc.get("runAsNonRoot") and psc.get("runAsUser") == 65532, f"{scenario}: pod not non-root 65532"
         assert sc.get("readOnlyRootFilesystem") is True, f"{scenario}: root filesystem writable"
@@ -564,6 +613,18 @@ def check_chart_deployment(helm: str | None) -> str:
             assert ":" in rc["image"] and not rc["image"].endswith(":latest")
         else:
             assert "REDIS_URL" in env or scenario == "defaults", f"{scenario}: no Redis configured"
+        hpa = find_doc(docs, "HorizontalPodAutoscaler")
+        if hpa:
+            ref = hpa["spec"]["scaleTargetRef"]
+            assert (ref["kind"], ref["name"]) == (workload["kind"], workload["metadata"]["name"]), \
+                f"{scenario}: the HPA scales {ref['kind']}/{ref['name']}, not the {workload['kind']}"
+        pod_labels = pod["metadata"]["labels"]
+        assert selects(workload["spec"]["selector"], pod_labels), f"{scenario}: selector misses the pods"
+        for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+            for d in docs:
+                if d["kind"] == kind and d["metadata"]["name"] == workload["metadata"]["name"]:
+                    sel = d["spec"]["selector" if kind == "PodDisruptionBudget" else "podSelector"]
+                    assert selects(sel, pod_labels), f"{scenario}: the {kind} does not select the pods"
         ingress = find_doc(docs, "Ingress")
         if ingress:
             paths = {(p["path"], p["pathType"]) for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
@@ -581,8 +642,10 @@ def check_chart_off_by_default(helm: str | None) -> str:
     assert helm, "helm not found"
     kinds = {d["kind"] for d in render_chart(helm, "defaults")}
     for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
-                 "NetworkPolicy", "Ingress", "HTTPRoute"):
+                 "NetworkPolicy", "Ingress", "HTTPRoute", "StatefulSet", "PersistentVolumeClaim"):
         assert kind not in kinds, f"{kind} rendered by default"
+    env = deployment_env(render_chart(helm, "defaults"))
+    assert not DISK_ENV & set(env), f"the disk tier is on by default: {sorted(DISK_ENV & set(env))}"
     all_docs = render_chart(helm, "all-features")
     all_kinds = {d["kind"] for d in all_docs}
     for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
@@ -683,6 +746,169 @@ def check_readme_env_table() -> str:
     assert not missing, f"README.md does not document: {missing}"
     return f"{len(KNOWN_ENV)} variables documented"
 
+def _disk_mount(workload: dict) -> tuple[dict, dict | None]:
+    """The container's mount of the disk-cache volume, and the pod volume behind it (None when
+    a volumeClaimTemplate provides it)."""
+    c = app_container(workload)
+    mounts = [m for m in c.get("volumeMounts", []) if m["name"] == "disk-cache"]
+    assert len(mounts) == 1, f"the container mounts disk-cache {len(mounts)} times"
+    volumes = [v for v in workload["spec"]["template"]["spec"].get("volumes", [])
+               if v["name"] == "disk-cache"]
+    return mounts[0], (volumes[0] if volumes else None)
+
+
+def check_chart_disk_cache(helm: str | None) -> str:
+    """diskCache: off by default; on an emptyDir the Deployment mounts it; on a claim a StatefulSet
+    with volumeClaimTemplates (and a headless Service as its serviceName) replaces the Deployment.
+    The env it sets names the service's settings, within their bounds, and the non-root user can
+    write the volume."""
+    assert helm, "helm not found"
+    docs = render_chart(helm, "defaults")
+    workload = app_workload(docs)
+    assert workload["kind"] == "Deployment", f"defaults render a {workload['kind']}"
+    assert not [m for m in app_container(workload).get("volumeMounts", []) if m["name"] == "disk-cache"], \
+        "defaults mount a disk-cache volume"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["diskCache"]
+    assert values["enabled"] is False and values["volume"] == "emptyDir", "diskCache is not off by default"
+    seen, unknown = [], set()
+    for scenario, volume in DISK_SCENARIOS.items():
+        scenario_values = yaml.safe_load((CHART / "ci" / f"{scenario}-values.yaml").read_text())["diskCache"]
+        assert scenario_values["volume"] == volume, f"{scenario}: volume {scenario_values['volume']}"
+        docs = render_chart(helm, scenario)
+        workload = app_workload(docs)
+        mount, pod_volume = _disk_mount(workload)
+        env = deployment_env(docs)
+        unknown |= {k for k in env if k.startswith("DISK_")} - KNOWN_ENV
+        assert DISK_ENV <= set(env), f"{scenario}: the env lacks {sorted(DISK_ENV - set(env))}"
+        assert env["DISK_CACHE_DIR"] == mount["mountPath"] and env["DISK_CACHE_DIR"].startswith("/"), \
+            f"{scenario}: DISK_CACHE_DIR={env['DISK_CACHE_DIR']} is not the mount {mount['mountPath']}"
+        assert not mount.get("readOnly"), f"{scenario}: the disk-cache mount is read-only"
+        for name, minimum in DISK_ENV_MINIMUMS.items():
+            assert env[name].isdigit() and int(env[name]) >= minimum, f"{scenario}: {name}={env[name]} < {minimum}"
+        max_bytes = int(env["DISK_CACHE_MAX_BYTES"])
+        pod = workload["spec"]["template"]["spec"]
+        psc = pod.get("securityContext", {})
+        # The kubelet makes the volume group-owned by fsGroup and group-writable, and adds fsGroup
+        # to the container's groups: without it the volume is root's, and uid 65532 cannot write.
+        assert isinstance(psc.get("fsGroup"), int), f"{scenario}: no fsGroup: uid 65532 cannot write the volume"
+        if volume == "emptyDir":
+            assert workload["kind"] == "Deployment", f"{scenario}: an emptyDir tier runs in a {workload['kind']}"
+            assert pod_volume is not None and "emptyDir" in pod_volume, f"{scenario}: disk-cache is no emptyDir"
+            limit = (pod_volume["emptyDir"] or {}).get("sizeLimit")
+            assert limit is None or quantity_bytes(limit) >= max_bytes, \
+                f"{scenario}: emptyDir sizeLimit {limit} < DISK_CACHE_MAX_BYTES {max_bytes}"
+            assert find_doc(docs, "StatefulSet") is None
+        else:
+            assert workload["kind"] == "StatefulSet", f"{scenario}: a claim per pod needs a StatefulSet, not a {workload['kind']}"
+            assert pod_volume is None, f"{scenario}: disk-cache is a pod volume, not a volumeClaimTemplate"
+            claims = {t["metadata"]["name"]: t for t in workload["spec"].get("volumeClaimTemplates", [])}
+            assert "disk-cache" in claims, f"{scenario}: no volumeClaimTemplate disk-cache"
+            claim = claims["disk-cache"]["spec"]
+            assert "ReadWriteOnce" in claim["accessModes"] or "ReadWriteOncePod" in claim["accessModes"]
+            size = claim["resources"]["requests"]["storage"]
+            assert quantity_bytes(size) >= max_bytes, f"{scenario}: claim of {size} < DISK_CACHE_MAX_BYTES {max_bytes}"
+            headless = find_doc(docs, "Service", workload["spec"]["serviceName"])
+            assert headless is not None, f"{scenario}: serviceName {workload['spec']['serviceName']} is not rendered"
+            assert headless["spec"].get("clusterIP") == "None", f"{scenario}: the serviceName Service is not headless"
+            assert selects({"matchLabels": headless["spec"]["selector"]}, workload["spec"]["template"]["metadata"]["labels"])
+            other = [d for d in docs if d["kind"] == "Deployment"
+                     and d["metadata"]["labels"].get("app.kubernetes.io/name") == SERVICE]
+            assert not other, f"{scenario}: a Deployment is rendered beside the StatefulSet"
+            assert find_doc(docs, "HorizontalPodAutoscaler"), f"{scenario}: turn the HPA on, to check its target"
+        seen.append(f"{scenario}: {workload['kind']}")
+    # Last, so that the shape of both scenarios is checked before the names are.
+    assert not unknown, f"the chart sets {sorted(unknown)}, which src/config.rs does not read"
+    return "; ".join(seen)
+
+
+def check_chart_memory_sizing(helm: str | None) -> str:
+    """In every scenario the memory limit covers 1.2 x (memory bound + disk index bound) + 32 MiB,
+    the README's sizing rule."""
+    assert helm, "helm not found"
+    out = []
+    for scenario in ["defaults", *CI_SCENARIOS]:
+        docs = render_chart(helm, scenario)
+        env = deployment_env(docs)
+        limit = app_container(app_workload(docs)).get("resources", {}).get("limits", {}).get("memory")
+        assert limit, f"{scenario}: no memory limit"
+        bound = 0
+        if env.get("MEMORY_CACHE_ENABLED", "true").lower() not in ("false", "0", "no"):
+            bound += int(env.get("MEMORY_CACHE_MAX_BYTES", "67108864"))
+        if env.get("DISK_CACHE_DIR"):
+            bound += int(env.get("DISK_CACHE_INDEX_MAX_BYTES", "16777216"))
+        needed = 1.2 * bound + (32 << 20)
+        assert quantity_bytes(limit) >= needed, \
+            f"{scenario}: memory limit {limit} < 1.2 x {bound} + 32 MiB = {needed / (1 << 20):.0f} MiB"
+        out.append(f"{scenario} {limit} >= {needed / (1 << 20):.0f}Mi")
+    return ", ".join(out)
+
+
+def check_compose_disk_cache() -> str:
+    """compose puts DISK_CACHE_DIR on a named volume, and the image makes that directory owned by
+    its user, so the volume (which takes the ownership of the image's directory) is writable."""
+    compose = load_compose()
+    env = compose_env()
+    disk_dir = env.get("DISK_CACHE_DIR")
+    assert disk_dir and disk_dir.startswith("/"), f"compose DISK_CACHE_DIR={disk_dir!r}: not an absolute path"
+    assert int(env.get("DISK_CACHE_MAX_BYTES", "0")) >= DISK_ENV_MINIMUMS["DISK_CACHE_MAX_BYTES"], \
+        f"compose DISK_CACHE_MAX_BYTES={env.get('DISK_CACHE_MAX_BYTES')}"
+    mounts = {}
+    for v in compose["services"][SERVICE].get("volumes", []):
+        if isinstance(v, str):
+            src, _, rest = v.partition(":")
+            mounts[rest.split(":")[0]] = src
+        else:
+            mounts[v["target"]] = v.get("source")
+    source = mounts.get(disk_dir)
+    assert source, f"nothing is mounted at DISK_CACHE_DIR={disk_dir}"
+    assert not source.startswith((".", "/")), f"{disk_dir} is a bind mount ({source}), not a named volume"
+    assert source in (compose.get("volumes") or {}), f"named volume {source} is not declared under volumes:"
+    runtime = dockerfile_stages()[-1]["instructions"]
+    uid = dict(runtime)["USER"].split(":")[0]
+    owned = [rest for word, rest in runtime if word == "COPY"
+             and re.search(rf"--chown={uid}(:\d+)?\s", rest + " ")
+             and rest.split()[-1].rstrip("/") == disk_dir.rstrip("/")]
+    assert owned, f"the runtime image has no COPY --chown={uid} ... {disk_dir}: the volume would be root's"
+    return f"{disk_dir} on volume {source}, owned by {uid} in the image"
+
+
+def _readme_tables() -> list[tuple[str, list[list[str]]]]:
+    """(header's first cell, rows as cell lists) for every table of README.md."""
+    tables, rows, header = [], None, None
+    for line in (ROOT / "README.md").read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            if rows is None:
+                header, rows = cells[0], []
+            elif not set(line) <= set("|- "):
+                rows.append(cells)
+        elif rows is not None:
+            tables.append((header, rows))
+            rows = None
+    return tables
+
+
+def check_readme_tables() -> str:
+    """The README's tables have one row per thing: no variable, endpoint, metric or span twice
+    (the status table: no status and error code twice)."""
+    dupes, count = [], 0
+    for header, rows in _readme_tables():
+        keys = [tuple(r[:2]) if header == "status" else r[0] for r in rows]
+        count += 1
+        dupes += [f"{header}: {k}" for k in sorted(set(keys), key=str) if keys.count(k) > 1]
+    assert not dupes, f"rows given twice: {dupes}"
+    return f"{count} tables"
+
+
+def check_dashboard_covers_metrics() -> str:
+    """Every metric of the README's metrics table is on some dashboard panel."""
+    metrics = next(rows for header, rows in _readme_tables() if header == "name")
+    names = [r[0].strip("`") for r in metrics]
+    exprs = " ".join(e for _, e in dashboard_exprs())
+    missing = [n for n in names if not re.search(rf"\b{re.escape(n)}(_bucket|_sum|_count)?\b", exprs)]
+    assert not missing, f"README metrics on no dashboard panel: {missing}"
+    return f"{len(names)} metrics"
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -697,11 +923,19 @@ def main() -> int:
     c.run("contract: compose services, pinned images, healthchecks, depends_on, port comments", check_compose)
     c.run("contract: compose env names are the service's settings", check_compose_env_names)
     c.run("contract: deploy/prometheus.yml scrapes the compose service", check_prometheus_config)
-    c.run("contract: chart Deployment security, probes, grace period, Redis wiring, helm test", check_chart_deployment, helm)
+    c.run("contract: chart workload security, probes, grace period, Redis wiring, HPA/PDB targets, helm test",
+          check_chart_deployment, helm)
     c.run("contract: chart optional features off by default, on in all-features", check_chart_off_by_default, helm)
+    c.run("contract: chart diskCache: emptyDir in the Deployment, a claim per pod in a StatefulSet, env, fsGroup",
+          check_chart_disk_cache, helm)
+    c.run("contract: chart memory limits cover 1.2 x (memory + disk index bounds) + 32 MiB",
+          check_chart_memory_sizing, helm)
+    c.run("contract: compose puts DISK_CACHE_DIR on a named volume the image's user owns", check_compose_disk_cache)
     c.run("contract: every values.yaml block has a comment", check_values_comments)
     c.run("contract: dashboard JSON, uid, datasource uid, seed queries, chart copy", check_dashboard)
     c.run("contract: dashboard PromQL parses (promtool check rules)", check_promql_syntax)
+    c.run("contract: every metric of the README is on the dashboard", check_dashboard_covers_metrics)
+    c.run("contract: README tables list each variable, endpoint, metric and span once", check_readme_tables)
     c.run("contract: README documents every variable src/config.rs reads", check_readme_env_table)
     if c.failed:
         print(f"contract: {len(c.failed)} check(s) failed")

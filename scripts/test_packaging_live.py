@@ -6,8 +6,10 @@
     envFrom ConfigMaps, Secrets base64-decoded, $(VAR) expansion), rewrite only host:port
     (Redis to a redis-server started here on a free loopback port, with --requirepass when a
     password is declared; LISTEN_ADDR to 127.0.0.1:<free>; OTLP endpoints to a closed loopback
-    port), start the binary with exactly that environment, wait for the declared liveness and
-    readiness probe paths, request /items/foo twice (the second must say "source":"cache"),
+    port; DISK_CACHE_DIR, a volume in the cluster or compose, to a fresh temporary directory),
+    start the binary with exactly that environment, wait for the declared liveness and
+    readiness probe paths, check /health (tiers.disk "ok" when DISK_CACHE_DIR is set,
+    "disabled" otherwise), request /items/foo twice (the second must say "source":"cache"),
     check the service wrote to Redis, then SIGTERM it and expect exit 0.
 (b) Dashboard: the binary with the compose environment, a real Prometheus scraping it with
     deploy/prometheus.yml (target rewritten), a short bounded load, then every PromQL expression
@@ -207,10 +209,14 @@ OTEL_ENDPOINT_RE = re.compile(r"^OTEL_EXPORTER_OTLP(_[A-Z]+)?_ENDPOINT$")
 
 
 def localize_env(env: dict[str, str], listen_port: int, redis_port: int | None,
-                 closed_port: int) -> tuple[dict[str, str], str | None]:
-    """Rewrite only host:port to this machine's test ports. Returns (env, redis password)."""
+                 closed_port: int, disk_dir: str | None = None) -> tuple[dict[str, str], str | None]:
+    """Rewrite only host:port to this machine's test ports, and DISK_CACHE_DIR (a volume mounted
+    in the cluster or by compose, absent here) to disk_dir. Returns (env, redis password)."""
     env = dict(env)
     env["LISTEN_ADDR"] = f"127.0.0.1:{listen_port}"
+    if env.get("DISK_CACHE_DIR"):
+        assert disk_dir, "DISK_CACHE_DIR is set: give a fresh directory to put in its place"
+        env["DISK_CACHE_DIR"] = disk_dir
     password = None
     if env.get("REDIS_CLUSTER", "false").lower() == "true":
         pytest.skip("REDIS_CLUSTER=true: a Redis Cluster is not started by this test")
@@ -258,10 +264,16 @@ class Service:
         self.listen_port = free_port()
         self.redis_port = None
         self.redis_password = None
+        # The disk tier's volume: a fresh, empty directory of this test in its place.
+        self.disk_dir = None
+        if declared_env.get("DISK_CACHE_DIR"):
+            self.disk_dir = tempfile.mkdtemp(prefix=f"{label}-disk-", dir=workdir)
         if uses_redis(declared_env):
-            _, self.redis_password = localize_env(declared_env, self.listen_port, 1, self.closed_port)
+            _, self.redis_password = localize_env(declared_env, self.listen_port, 1, self.closed_port,
+                                                  self.disk_dir)
             self.redis_port = start_redis(procs, workdir, self.redis_password)
-        self.env, _ = localize_env(declared_env, self.listen_port, self.redis_port, self.closed_port)
+        self.env, _ = localize_env(declared_env, self.listen_port, self.redis_port, self.closed_port,
+                                   self.disk_dir)
         self.log = workdir / f"{label}.log"
         self.proc = procs.start([BIN], self.env, self.log)
         self.base = f"http://127.0.0.1:{self.listen_port}"
@@ -276,6 +288,18 @@ class Service:
                 wait_200(self.base + path, deadline, self.proc)
             except AssertionError as e:
                 self.fail(str(e))
+
+    def check_health(self) -> None:
+        """/health answers, and its tiers.disk follows the env: "ok" with DISK_CACHE_DIR (the
+        tier opened the directory), "disabled" without."""
+        status, body = http("GET", f"{self.base}/health")
+        if status != 200:
+            self.fail(f"/health answered {status}: {body[:300]}")
+        disk = json.loads(body).get("tiers", {}).get("disk")
+        expected = "ok" if self.disk_dir else "disabled"
+        if disk != expected:
+            self.fail(f"/health tiers.disk is {disk!r}, expected {expected!r} "
+                      f"(DISK_CACHE_DIR={self.env.get('DISK_CACHE_DIR')}): {body[:300]}")
 
     def check_cache_round_trip(self, key: str = "foo") -> None:
         first = http("GET", f"{self.base}/items/{key}")
@@ -325,7 +349,7 @@ class Service:
 
 
 def probe_paths(docs: list[dict]) -> list[str]:
-    c = pc.app_container(pc.app_deployment(docs))
+    c = pc.app_container(pc.app_workload(docs))
     paths = []
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         get = c.get(probe, {}).get("httpGet")
@@ -466,20 +490,29 @@ def test_chart_env_resolves_and_localizes(scenario):
     if scenario == "all-features":
         assert env["REDIS_PASSWORD"] == "ci-redis-password"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector.")
+    if scenario in pc.DISK_SCENARIOS:
+        assert env["DISK_CACHE_DIR"] == "/var/cache/cache-layer"
+        assert int(env["DISK_CACHE_MAX_BYTES"]) >= 4 << 20 and int(env["DISK_CACHE_INDEX_MAX_BYTES"]) >= 1 << 20
+    else:
+        assert not pc.DISK_ENV & set(env), f"{scenario} turns the disk tier on"
     if scenario in NOT_STARTED:
         pytest.skip(f"env checked, not localized: {NOT_STARTED[scenario]}")
-    local, password = localize_env(env, 5001, 5002, 5003)
+    local, password = localize_env(env, 5001, 5002, 5003, "/tmp/packaging-disk")
     assert password
     assert local["LISTEN_ADDR"] == "127.0.0.1:5001"
     assert "127.0.0.1:5002" in local.get("REDIS_URL", "") or local.get("REDIS_PORT") == "5002"
+    if scenario in pc.DISK_SCENARIOS:
+        assert local["DISK_CACHE_DIR"] == "/tmp/packaging-disk"
 
 
 def test_compose_env_resolves_and_localizes():
     env = pc.compose_env()
     assert env["REDIS_URL"] == "redis://redis:6379" and env["ADMIN_TOKEN"]
-    local, password = localize_env(env, 5001, 5002, 5003)
+    assert env["DISK_CACHE_DIR"] == "/var/cache/cache-layer" and env["DISK_CACHE_MAX_BYTES"] == "268435456"
+    local, password = localize_env(env, 5001, 5002, 5003, "/tmp/packaging-disk")
     assert password is None
     assert local["REDIS_URL"] == "redis://127.0.0.1:5002"
+    assert local["DISK_CACHE_DIR"] == "/tmp/packaging-disk"
     assert local["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:5003"
 
 
@@ -531,7 +564,7 @@ class FakeExporter:
             lines.append(f"{name}_sum{{{scope}}} {n * 0.5}")
             lines.append(f"{name}_count{{{scope}}} {n * (len(bounds) + 1)}")
 
-        counter("cache_hits_total", [{"tier": t} for t in ("memory", "redis", "negative")])
+        counter("cache_hits_total", [{"tier": t} for t in ("memory", "disk", "redis", "negative")])
         counter("cache_misses_total", [{}])
         histogram("request_latency_seconds")
         histogram("batch_request_duration_seconds")
@@ -548,7 +581,11 @@ class FakeExporter:
         counter("cache_invalidations_total", [{"mode": m, "source": s, "scope": c} for m in ("hard", "soft")
                                               for s in ("local", "remote") for c in ("key", "tag")])
         counter("cache_invalidated_entries_total", [{"scope": c, "tier": t} for c in ("key", "tag")
-                                                    for t in ("memory", "redis")])
+                                                    for t in ("memory", "disk", "redis")])
+        counter("disk_errors_total", [{"operation": o} for o in ("open", "read", "write", "probe")])
+        counter("disk_cache_dropped_total", [{"reason": r} for r in ("expired", "purged")])
+        gauge("disk_cache_up", 1)
+        gauge("disk_cache_capacity_bytes", 268435456)
         counter("cache_tags_ignored_total", [{}])
         counter("cache_uncacheable_total", [{"reason": r} for r in ("no-store", "private", "vary-star", "status")])
         counter("otel_spans_dropped_total", [{}])
@@ -589,6 +626,7 @@ def test_chart_env_starts_service(procs, workdir, scenario):
     docs = pc.render_chart(HELM, scenario)
     svc = Service(procs, workdir, pc.deployment_env(docs), f"chart-{scenario}")
     svc.wait_ready(probe_paths(docs))
+    svc.check_health()
     svc.check_cache_round_trip()
     svc.check_redis_written()
     svc.stop_and_check_exit()
@@ -600,6 +638,7 @@ def test_compose_env_starts_service(procs, workdir):
     svc = Service(procs, workdir, pc.compose_env(), "compose")
     svc.wait_ready(["/livez", "/readyz"])
     svc.run_healthcheck_subcommand()  # the compose (and Dockerfile) health check
+    svc.check_health()
     svc.check_cache_round_trip()
     svc.check_redis_written()
     svc.stop_and_check_exit()

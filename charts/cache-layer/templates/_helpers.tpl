@@ -155,4 +155,108 @@ Settings checks that the schema cannot express; rendering fails with a message.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- include "cache-layer.validateDiskCache" . }}
+{{- end }}
+
+{{/*
+diskCache checks: the mount must not hide the chart's own mounts, and the volume must hold
+maxBytes (an emptyDir past its sizeLimit gets the pod evicted; a full claim turns the tier off).
+*/}}
+{{- define "cache-layer.validateDiskCache" -}}
+{{- with .Values.diskCache }}
+{{- if .enabled }}
+{{- $mount := clean .mountPath }}
+{{- if eq $mount "/" }}
+{{- fail "diskCache.mountPath must be a directory of its own, e.g. /var/cache/cache-layer, not /" }}
+{{- end }}
+{{- range list "/tmp" (include "cache-layer.redisCA.dir" $) "/usr/local/bin" }}
+{{- if or (eq $mount .) (hasPrefix (printf "%s/" .) $mount) (hasPrefix (printf "%s/" $mount) .) }}
+{{- fail (printf "diskCache.mountPath %q overlaps %s, which the chart or the image uses: pick a directory of its own, e.g. /var/cache/cache-layer" $.Values.diskCache.mountPath .) }}
+{{- end }}
+{{- end }}
+{{- $max := .maxBytes | int64 }}
+{{- if eq .volume "persistentVolumeClaim" }}
+{{- if lt (include "cache-layer.bytes" .persistentVolumeClaim.size | int64) $max }}
+{{- fail (printf "diskCache.persistentVolumeClaim.size (%s) is smaller than diskCache.maxBytes (%d): the claim must hold what the tier may write" .persistentVolumeClaim.size $max) }}
+{{- end }}
+{{- else if .emptyDir.sizeLimit }}
+{{- if lt (include "cache-layer.bytes" .emptyDir.sizeLimit | int64) $max }}
+{{- fail (printf "diskCache.emptyDir.sizeLimit (%s) is smaller than diskCache.maxBytes (%d): the kubelet evicts a pod whose emptyDir grows past its limit" .emptyDir.sizeLimit $max) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+diskCache: "true" when the disk tier keeps its files on a PersistentVolumeClaim per pod (empty
+otherwise). The chart then renders a StatefulSet with volumeClaimTemplates instead of the
+Deployment: replicas cannot share a ReadWriteOnce volume, so each pod gets a claim of its own,
+and finds it again (with its entries) when it is rescheduled or rolled.
+*/}}
+{{- define "cache-layer.diskCache.persistent" -}}
+{{- if and .Values.diskCache.enabled (eq .Values.diskCache.volume "persistentVolumeClaim") }}true{{ end }}
+{{- end }}
+
+{{/*
+Kind of the workload running the pods (Deployment or StatefulSet), for the HPA's target.
+*/}}
+{{- define "cache-layer.workloadKind" -}}
+{{- if include "cache-layer.diskCache.persistent" . }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/*
+Name of the headless Service that governs the StatefulSet (its serviceName).
+*/}}
+{{- define "cache-layer.headlessServiceName" -}}
+{{- printf "%s-headless" (include "cache-layer.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The pod's securityContext: podSecurityContext, plus, with the disk tier on, an fsGroup (the
+container's group, 65532 by default) when none is set, so the non-root user can write the
+volume, and fsGroupChangePolicy OnRootMismatch, so a volume holding many files is not walked
+again at every mount.
+*/}}
+{{- define "cache-layer.podSecurityContext" -}}
+{{- $psc := deepCopy (.Values.podSecurityContext | default dict) }}
+{{- if .Values.diskCache.enabled }}
+{{- if not (hasKey $psc "fsGroup") }}
+{{- $_ := set $psc "fsGroup" (.Values.securityContext.runAsGroup | default 65532) }}
+{{- end }}
+{{- if not (hasKey $psc "fsGroupChangePolicy") }}
+{{- $_ := set $psc "fsGroupChangePolicy" "OnRootMismatch" }}
+{{- end }}
+{{- end }}
+{{- toYaml $psc }}
+{{- end }}
+
+{{/*
+A Kubernetes quantity ("512Mi", "2Gi", "1.5G", "1073741824") in bytes, for the render-time
+checks below; fails on a form it does not know.
+*/}}
+{{- define "cache-layer.bytes" -}}
+{{- $q := toString . | trim }}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $suffix := trimPrefix $number $q }}
+{{- if or (not $number) (not (hasKey $units $suffix)) }}
+{{- fail (printf "%q is not a quantity of bytes this chart understands (e.g. 1073741824, 512Mi, 2Gi)" $q) }}
+{{- end }}
+{{- mulf (float64 $number) (index $units $suffix) | int64 }}
+{{- end }}
+
+{{/*
+Memory a pod needs, in bytes: 1.2 × (MEMORY_CACHE_MAX_BYTES, when the memory tier is on, +
+DISK_CACHE_INDEX_MAX_BYTES, when the disk tier is) + 32 MiB (the README's sizing rule).
+*/}}
+{{- define "cache-layer.memoryNeeded" -}}
+{{- $bound := 0 }}
+{{- if not (has (lower (toString (.Values.config.MEMORY_CACHE_ENABLED | default "true"))) (list "false" "0" "no")) }}
+{{- $bound = .Values.config.MEMORY_CACHE_MAX_BYTES | default "67108864" | int64 }}
+{{- end }}
+{{- if .Values.diskCache.enabled }}
+{{- $bound = add $bound (.Values.diskCache.indexMaxBytes | int64) }}
+{{- end }}
+{{- addf (mulf 1.2 $bound) 33554432 | ceil | int64 }}
 {{- end }}
