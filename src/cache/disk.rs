@@ -163,6 +163,8 @@ struct Inner {
     up: AtomicBool,
     read_failures: AtomicU32,
     log: PurgeLog,
+    /// The close of a store taken down, awaited before another is opened on the same files.
+    closing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held while the purge file is appended to or rewritten.
     purge_file: std::sync::Mutex<()>,
     /// Where purges are recorded for replicas that miss the message.
@@ -196,6 +198,7 @@ impl DiskTier {
                 up: AtomicBool::new(false),
                 read_failures: AtomicU32::new(0),
                 log: PurgeLog::new(layout.purge_records, horizon_ms.max(MIN_HORIZON_MS)),
+                closing: std::sync::Mutex::new(None),
                 purge_file: std::sync::Mutex::new(()),
                 redis,
                 metrics,
@@ -249,6 +252,11 @@ impl DiskTier {
             tracing::debug!(error = %e, "disk tier: still down");
             return;
         }
+        // Never two stores on the same files: the one taken down must have closed first.
+        let closing = inner.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(closing) = closing {
+            let _ = closing.await;
+        }
         self.load_purge_file().await;
         self.load_purge_records().await;
         match open(&inner.dir, inner.layout).await {
@@ -283,9 +291,10 @@ impl DiskTier {
             tracing::warn!(dir = %inner.dir.display(), why, "disk tier down; running without it");
         }
         if let Some(store) = store {
-            tokio::spawn(async move {
+            let closing = tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
             });
+            *inner.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(closing);
         }
     }
 
@@ -566,8 +575,11 @@ impl Tier for DiskTier {
 
     async fn purge(&self, key: &str, mode: PurgeMode, _now_ms: u64) -> Result<u64, TierError> {
         // The purge is recorded (by the read-through, before the tiers are purged): a soft
-        // purge marks the entry stale when it is next read. A hard one removes it now.
-        let store = self.store()?;
+        // purge marks the entry stale when it is next read. A hard one removes it now. A disk
+        // that is down is not a failed purge: the record applies when it is back.
+        let Ok(store) = self.store() else {
+            return Ok(0);
+        };
         let held = store.storage().may_contains(key);
         if mode == PurgeMode::Hard {
             store.remove(key);
@@ -578,7 +590,7 @@ impl Tier for DiskTier {
     async fn purge_tag(&self, _tag: &str, _mode: PurgeMode, _now_ms: u64) -> Result<u64, TierError> {
         // Recorded, and applied to each entry when it is next read (and counted then): foyer
         // offers no scan, and a purge should not read the whole disk.
-        self.store().map(|_| 0)
+        Ok(0)
     }
 
     fn clear_own(&self) {
