@@ -57,6 +57,8 @@ impl Application {
     /// Builds every part and binds the listener. Redis is pinged once, bounded by its timeouts;
     /// a Redis that is down does not stop start-up.
     pub async fn build(config: Config, telemetry: &Telemetry) -> Result<Self, StartError> {
+        // Before any TLS client (Redis with `rediss://`, the HTTP origin) is built.
+        crate::tls::install_crypto_provider();
         let metrics = telemetry.metrics.clone();
         if let Some(token) = &config.items.admin_token
             && token.len() < MIN_ADMIN_TOKEN_BYTES

@@ -16,6 +16,7 @@
 //!   origins, what an origin's headers say about caching (`cache_headers`), and the guard every
 //!   fetch passes (concurrency limit, deadline, circuit breaker).
 //! - [`telemetry`]: logs, metrics (Prometheus pull, OTLP push) and traces, set up once.
+//! - [`tls`]: the rustls crypto provider every TLS client uses, installed once.
 
 pub mod app;
 pub mod cache;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod http;
 pub mod origin;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{Application, StartError, shutdown_signal};
 pub use config::{Config, ConfigError};

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return healthcheck();
     }
+    cache_layer::tls::install_crypto_provider();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

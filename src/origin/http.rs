@@ -69,6 +69,7 @@ impl HttpOrigin {
     ) -> Result<Self, String> {
         // Never follow redirects: a read-through cache fetches exactly the URL its template
         // names, so a 3xx cannot send it (with ORIGIN_AUTHORIZATION) to another address.
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("cache-layer/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())

@@ -168,6 +168,8 @@ fn resource() -> Resource {
 
 /// Sets up logging (`RUST_LOG`, `LOG_FORMAT`), metrics and, when configured, OTLP push.
 pub fn init(log_json: bool) -> Result<Telemetry, TelemetryError> {
+    // The OTLP/HTTP exporter builds a rustls client.
+    crate::tls::install_crypto_provider();
     global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = resource();
     let registry = prometheus::Registry::new();

@@ -43,6 +43,7 @@ pub async fn get_json(url: &str) -> Value {
 
 /// A client without connection reuse surprises (fresh pool per test).
 pub fn client() -> reqwest::Client {
+    cache_layer::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         // Everything is on loopback: no HTTP(S)_PROXY from the developer's environment.

@@ -180,6 +180,7 @@ async fn redis_killed_and_restarted_under_traffic_causes_no_5xx() {
 async fn a_redis_that_accepts_but_never_answers_does_not_hang_requests() {
     let (redis, [s]) = with_redis(&[("ORIGIN_LATENCY_MS", "1"), ("REDIS_RESPONSE_TIMEOUT_MS", "200")]).await;
     redis.pause();
+    cache_layer::tls::install_crypto_provider();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
