@@ -34,7 +34,8 @@ CI_SCENARIOS = ["default", "external-redis", "external-redis-tls", "all-features
 # The scenarios with the disk tier on, and the volume each puts it on.
 DISK_SCENARIOS = {"disk-cache-emptydir": "emptyDir", "disk-cache-pvc": "persistentVolumeClaim"}
 # The disk tier's settings (src/config.rs) and their lower bounds.
-DISK_ENV_MINIMUMS = {"DISK_CACHE_MAX_BYTES": 4 << 20, "DISK_CACHE_INDEX_MAX_BYTES": 1 << 20}
+DISK_ENV_MINIMUMS = {"DISK_CACHE_MAX_BYTES": 4 << 20, "DISK_CACHE_INDEX_MAX_BYTES": 1 << 20,
+                     "DISK_CACHE_ADMIT_MIN_REQUESTS": 1}
 DISK_ENV = {"DISK_CACHE_DIR", *DISK_ENV_MINIMUMS}
 DASHBOARD = ROOT / "grafana" / "dashboards" / "cache-layer.json"
 CHART_DASHBOARD = CHART / "dashboards" / "cache-layer.json"

@@ -135,6 +135,10 @@ pub struct DiskConfig {
     /// `DISK_CACHE_INDEX_MAX_BYTES`: bound of the tier's in-memory index and write buffers;
     /// when the disk would hold more entries than that index can track, the disk is used less.
     pub index_max_bytes: u64,
+    /// `DISK_CACHE_ADMIT_MIN_REQUESTS`: a fill goes to disk only when its key has been asked of
+    /// the disk tier this many times lately (1: every fill), so keys read once do not push
+    /// out the ones read again.
+    pub admit_min_requests: u8,
 }
 
 /// The in-process tier's bound: it exists only when the tier does.
@@ -246,6 +250,7 @@ mod vars {
     pub const DISK_CACHE_DIR: &str = "DISK_CACHE_DIR";
     pub const DISK_CACHE_MAX_BYTES: Var<Count> = count("DISK_CACHE_MAX_BYTES", "1073741824", 4 << 20, u64::MAX);
     pub const DISK_CACHE_INDEX_MAX_BYTES: Var<Count> = count("DISK_CACHE_INDEX_MAX_BYTES", "33554432", 1 << 20, u64::MAX);
+    pub const DISK_CACHE_ADMIT_MIN_REQUESTS: Var<Count> = count("DISK_CACHE_ADMIT_MIN_REQUESTS", "2", 1, 15);
 
     pub const ORIGIN_URL: &str = "ORIGIN_URL";
     pub const ORIGIN_AUTHORIZATION: &str = "ORIGIN_AUTHORIZATION";
@@ -456,6 +461,8 @@ fn disk_config(env: &Env) -> Result<Option<DiskConfig>, ConfigError> {
         dir: path,
         max_bytes: DISK_CACHE_MAX_BYTES.read(env)?,
         index_max_bytes: DISK_CACHE_INDEX_MAX_BYTES.read(env)?,
+        // At most 15, the sketch's largest count (checked by the variable's range).
+        admit_min_requests: DISK_CACHE_ADMIT_MIN_REQUESTS.read(env)? as u8,
     }))
 }
 
@@ -1056,6 +1063,20 @@ mod tests {
             "MEMORY_CACHE_MAX_BYTES"
         );
         assert_eq!(config(&[("LOG_FORMAT", "xml")]).unwrap_err().var, "LOG_FORMAT");
+        let disk = |n| {
+            [
+                ("DISK_CACHE_DIR", "/var/cache/cl"),
+                ("DISK_CACHE_ADMIT_MIN_REQUESTS", n),
+            ]
+        };
+        assert_eq!(
+            config(&disk("16")).unwrap_err().to_string(),
+            "invalid configuration: DISK_CACHE_ADMIT_MIN_REQUESTS=\"16\": expected a whole number from 1 to 15"
+        );
+        assert_eq!(
+            config(&disk("3")).unwrap().cache.disk.unwrap().admit_min_requests,
+            3
+        );
         assert_eq!(
             config(&[("ORIGIN_URL", "http://o/{key}"), ("ORIGIN_LATENCY_MS", "x")])
                 .unwrap_err()

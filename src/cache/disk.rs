@@ -13,11 +13,17 @@
 //! served stale. Purges reach the tier as records rather than as a scan, which foyer does not
 //! offer: a tag purge touches no file.
 //!
+//! Not every fill is written: an entry goes to disk only once its key has been asked of the
+//! tier [`DiskConfig::admit_min_requests`] times lately ([`Admission`]). The disk is a FIFO
+//! of blocks, so without it every key read once (most keys, in a long-tailed workload) pushes
+//! out one read again; with it the disk keeps the keys that come back.
+//!
 //! A disk that fails (full, read-only, gone, unreadable) turns the tier off: the request goes
 //! on without it, the failure is counted (`disk_errors_total`) and `/health` says `down`. A
 //! probe every [`PROBE_EVERY`] writes and reads a small file; while the tier is down it tries
 //! to open it again, as the Redis tier reconnects.
 
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
@@ -33,6 +39,7 @@ use super::entry::{Entry, now_ms};
 use super::invalidation::{PurgeMode, PurgeScope};
 use super::purge_log::{self, PurgeLog, RECORD_BYTES, Verdict};
 use super::redis::RedisTier;
+use super::sketch::{self, Sketch};
 use super::tier::{Tier, TierError, TierName};
 use crate::config::DiskConfig;
 use crate::telemetry::Metrics;
@@ -41,8 +48,16 @@ use crate::telemetry::Metrics;
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Memory the engine's index costs per entry on disk: a hash-map slot of an 8-byte hash and a
-/// 32-byte address, at hashbrown's worst load (just after it doubles).
+/// 32-byte address, at hashbrown's worst load (just after it doubles). The admission sketch
+/// adds a word per entry, rounded up to a power of two ([`Layout::new`] counts it exactly).
 pub const INDEX_BYTES_PER_ENTRY: u64 = 96;
+
+/// Lookups between two halvings of the admission sketch, per entry the disk can hold: a key
+/// is admitted when it was asked for twice within about five disk-fulls of lookups. Shorter,
+/// a key must come back sooner than the disk would keep it; longer, the counts remember keys
+/// long gone, and the keys read once add up to false admissions. Chosen on bench/disk.py's
+/// Zipf against 2, 3, 10 and 20 disk-fulls (docs/architecture.md).
+const ADMISSION_WINDOW: u64 = 5;
 
 /// The smallest room an entry takes on disk: foyer aligns each entry to a 4 KiB page.
 pub const DISK_PAGE: u64 = 4096;
@@ -117,6 +132,56 @@ impl DropReason {
 /// foyer's hybrid cache, used for its disk store only.
 type Store = HybridCache<String, Vec<u8>>;
 
+/// Which fills are worth a disk write: those whose key was asked of the tier at least
+/// `min_requests` times within the sketch's window (the lookup that missed counts, so 2 means
+/// "asked before"). A fill that replaces an entry the disk holds is always written, so the
+/// disk never keeps an older version than the one fetched.
+struct Admission {
+    /// `DISK_CACHE_ADMIT_MIN_REQUESTS`; 1 admits every fill and counts nothing.
+    min_requests: u8,
+    /// Seeded per process, so no client can aim keys at the same counters.
+    hasher: std::hash::RandomState,
+    sketch: std::sync::Mutex<Sketch>,
+}
+
+impl Admission {
+    fn new(min_requests: u8, entries: u64) -> Self {
+        let sketch = if min_requests > 1 {
+            Sketch::with_sample(entries, ADMISSION_WINDOW * entries)
+        } else {
+            Sketch::default()
+        };
+        Admission {
+            min_requests,
+            hasher: std::hash::RandomState::new(),
+            sketch: std::sync::Mutex::new(sketch),
+        }
+    }
+
+    /// `key` was asked of the tier.
+    fn requested(&self, key: &str) {
+        if self.min_requests > 1 {
+            let hash = self.hasher.hash_one(key);
+            self.sketch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .increment(hash);
+        }
+    }
+
+    /// Whether `key` was asked for often enough to be written.
+    fn admits(&self, key: &str) -> bool {
+        self.min_requests <= 1 || {
+            let hash = self.hasher.hash_one(key);
+            self.sketch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .frequency(hash)
+                >= self.min_requests
+        }
+    }
+}
+
 /// How the tier lays out its disk, from [`DiskConfig`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -131,7 +196,8 @@ pub struct Layout {
 impl Layout {
     /// The layout for `max_bytes` of disk within `index_max_bytes` of memory: a sixteenth of
     /// that memory goes to purge records, two blocks to write buffers, and the rest to the
-    /// index, which bounds how many entries (each at least a page) the disk may hold.
+    /// index and the admission sketch, which bound how many entries (each at least a page)
+    /// the disk may hold.
     pub fn new(max_bytes: u64, index_max_bytes: u64) -> Self {
         // Small enough that eviction takes little at a time, and that the write buffers (two
         // blocks) leave most of the index bound to the index.
@@ -139,7 +205,9 @@ impl Layout {
         let block = block / DISK_PAGE * DISK_PAGE;
         let records_bytes = index_max_bytes / 16;
         let index_bytes = index_max_bytes.saturating_sub(records_bytes + 2 * block);
-        let entries = index_bytes / INDEX_BYTES_PER_ENTRY;
+        let first = index_bytes / (INDEX_BYTES_PER_ENTRY + sketch::BYTES_PER_WORD);
+        let sketch_bytes = first.max(1).next_power_of_two() * sketch::BYTES_PER_WORD;
+        let entries = index_bytes.saturating_sub(sketch_bytes) / INDEX_BYTES_PER_ENTRY;
         let capacity = max_bytes.min(entries * DISK_PAGE).max(4 * block);
         Layout {
             capacity: capacity / block * block,
@@ -163,6 +231,7 @@ struct Inner {
     up: AtomicBool,
     read_failures: AtomicU32,
     log: PurgeLog,
+    admission: Admission,
     /// The close of a store taken down, awaited before another is opened on the same files.
     closing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held while the purge file is appended to or rewritten.
@@ -198,6 +267,7 @@ impl DiskTier {
                 up: AtomicBool::new(false),
                 read_failures: AtomicU32::new(0),
                 log: PurgeLog::new(layout.purge_records, horizon_ms.max(MIN_HORIZON_MS)),
+                admission: Admission::new(config.admit_min_requests, layout.capacity / DISK_PAGE),
                 closing: std::sync::Mutex::new(None),
                 purge_file: std::sync::Mutex::new(()),
                 redis,
@@ -533,6 +603,7 @@ impl Tier for DiskTier {
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
         let store = self.store()?;
+        self.inner.admission.requested(key);
         let found = match store.storage().load(key).await {
             Ok(Load::Entry { value, .. }) => self.judge(&store, key, &value),
             Ok(Load::Piece { piece, .. }) => self.judge(&store, key, piece.value()),
@@ -552,6 +623,10 @@ impl Tier for DiskTier {
         let bytes = entry.encode();
         // foyer cannot keep an entry larger than a block (with its key and header).
         if (bytes.len() + key.len() + 64) as u64 > self.inner.layout.block {
+            return Ok(());
+        }
+        if !self.inner.admission.admits(key) && !store.storage().may_contains(key) {
+            self.inner.metrics.disk_rejected();
             return Ok(());
         }
         self.inner
@@ -614,8 +689,9 @@ mod tests {
         // 1 GiB within 4 MiB: the disk is cut to what the index can track.
         let l = Layout::new(1 << 30, 4 << 20);
         let entries = l.capacity / DISK_PAGE;
+        let sketch = entries.next_power_of_two() * sketch::BYTES_PER_WORD;
         assert!(
-            entries * INDEX_BYTES_PER_ENTRY + 2 * l.block + (4 << 20) / 16 <= 4 << 20,
+            entries * INDEX_BYTES_PER_ENTRY + sketch + 2 * l.block + (4 << 20) / 16 <= 4 << 20,
             "{l:?}"
         );
         assert!(l.capacity >= 4 * l.block);

@@ -24,6 +24,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 
 use hashbrown::HashTable;
 
+use super::sketch::{Sketch, spread};
+
 const NIL: u32 = u32::MAX;
 
 /// Share of the main space that protected may hold (Caffeine's and the paper's 80 %: probation
@@ -726,101 +728,6 @@ impl<K: Hash + Eq, V> Adaptive<K, V> {
                 self.scratch.clear();
             }
         }
-    }
-}
-
-/// splitmix64's finaliser: every input bit moves every output bit.
-fn spread(hash: u64) -> u64 {
-    let mut x = hash;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// A count-min sketch of 4-bit counters, 16 per 64-bit word, 4 counters per key (one in each of
-/// 4 words picked by 4 seeded hashes). Sized to the next power of two of the entry count, it
-/// halves every counter after `10 × entries` increments (aging), as Caffeine's FrequencySketch.
-#[derive(Default)]
-struct Sketch {
-    table: Vec<u64>,
-    mask: usize,
-    /// Increments between two halvings.
-    sample_size: u64,
-    /// Increments since the last halving.
-    size: u64,
-}
-
-const SEEDS: [u64; 4] = [
-    0xc3a5_c85c_97cb_3127,
-    0xb492_b66f_be98_f273,
-    0x9ae1_6a3b_2f90_404f,
-    0xcbf2_9ce4_8422_2325,
-];
-const RESET_MASK: u64 = 0x7777_7777_7777_7777;
-const ONE_MASK: u64 = 0x1111_1111_1111_1111;
-
-impl Sketch {
-    fn ensure_capacity(&mut self, entries: u64) {
-        let maximum = entries.clamp(1, 1 << 30);
-        if self.table.len() as u64 >= maximum {
-            return;
-        }
-        let len = (maximum as usize).next_power_of_two().max(8);
-        self.table = vec![0; len];
-        self.mask = len - 1;
-        self.sample_size = 10 * maximum;
-        self.size = 0;
-    }
-
-    fn index_of(&self, item: u64, i: usize) -> usize {
-        let mut h = item.wrapping_add(SEEDS[i]).wrapping_mul(SEEDS[i]);
-        h = h.wrapping_add(h >> 32);
-        (h as usize) & self.mask
-    }
-
-    fn frequency(&self, hash: u64) -> u8 {
-        if self.table.is_empty() {
-            return 0;
-        }
-        let item = spread(hash);
-        let start = ((item & 3) << 2) as u32;
-        (0..4)
-            .map(|i| ((self.table[self.index_of(item, i)] >> ((start + i as u32) << 2)) & 0xf) as u8)
-            .min()
-            .unwrap_or(0)
-    }
-
-    fn increment(&mut self, hash: u64) {
-        if self.table.is_empty() {
-            return;
-        }
-        let item = spread(hash);
-        let start = ((item & 3) << 2) as u32;
-        let mut added = false;
-        for i in 0..4 {
-            let idx = self.index_of(item, i);
-            let offset = (start + i as u32) << 2;
-            let mask = 0xf_u64 << offset;
-            if self.table[idx] & mask != mask {
-                self.table[idx] += 1 << offset;
-                added = true;
-            }
-        }
-        if added {
-            self.size += 1;
-            if self.size >= self.sample_size {
-                self.reset();
-            }
-        }
-    }
-
-    fn reset(&mut self) {
-        let mut odd = 0u64;
-        for t in self.table.iter_mut() {
-            odd += (*t & ONE_MASK).count_ones() as u64;
-            *t = (*t >> 1) & RESET_MASK;
-        }
-        self.size = (self.size - (odd >> 2)) >> 1;
     }
 }
 

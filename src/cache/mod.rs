@@ -20,6 +20,7 @@ mod memory;
 mod policy;
 mod purge_log;
 mod redis;
+mod sketch;
 mod tier;
 
 use std::sync::Arc;

@@ -65,6 +65,7 @@ struct Counters {
     redis_errors: Counts<{ RedisOp::ALL.len() }>,
     disk_errors: Counts<{ DiskOp::ALL.len() }>,
     disk_dropped: Counts<{ DropReason::ALL.len() }>,
+    disk_rejected: Counts<1>,
     evictions: Counts<{ EvictionCause::ALL.len() }>,
     /// By mode, then source, then scope.
     invalidations: Counts<{ PurgeMode::ALL.len() * PurgeSource::ALL.len() * PurgeScope::ALL.len() }>,
@@ -166,6 +167,7 @@ impl Metrics {
             redis_errors: Counts::new(),
             disk_errors: Counts::new(),
             disk_dropped: Counts::new(),
+            disk_rejected: Counts::new(),
             evictions: Counts::new(),
             invalidations: Counts::new(),
             invalidated_entries: Counts::new(),
@@ -241,6 +243,14 @@ impl Metrics {
             "Disk-tier entries dropped when read: past their stale window, or older than a purge that matches them.",
             one_label("reason", &DropReason::ALL, DropReason::as_str),
             |c, i| c.disk_dropped.get(i),
+        );
+        observe(
+            m,
+            c,
+            "disk_cache_rejected",
+            "Fills not written to the disk tier: their key was asked of it fewer than DISK_CACHE_ADMIT_MIN_REQUESTS times lately.",
+            vec![(vec![], 0)],
+            |c, i| c.disk_rejected.get(i),
         );
         observe(
             m,
@@ -462,6 +472,11 @@ impl Metrics {
     /// A disk-tier entry dropped when read.
     pub fn disk_dropped(&self, reason: DropReason) {
         self.counters.disk_dropped.add(reason as usize);
+    }
+
+    /// A fill the disk tier's admission kept off the disk.
+    pub fn disk_rejected(&self) {
+        self.counters.disk_rejected.add(0);
     }
 
     /// A memory-tier eviction.

@@ -11,12 +11,14 @@ use crate::harness::{Origin, Redis, Service, client, eventually, services_on};
 
 const TOKEN: &str = "disk-tier-admin-token";
 
-/// The service's settings for a disk tier in `dir`: 8 MiB of disk, purging on. `memory`:
+/// The service's settings for a disk tier in `dir`: 8 MiB of disk, every fill written to it
+/// (the default, written from the second request on, has its own test), purging on. `memory`:
 /// keep the memory tier, or go without it so every hit is the disk's.
 fn env(dir: &Path, memory: bool) -> Vec<(&'static str, String)> {
     vec![
         ("DISK_CACHE_DIR", dir.display().to_string()),
         ("DISK_CACHE_MAX_BYTES", (8 << 20).to_string()),
+        ("DISK_CACHE_ADMIT_MIN_REQUESTS", "1".to_owned()),
         ("MEMORY_CACHE_ENABLED", memory.to_string()),
         ("ADMIN_TOKEN", TOKEN.to_owned()),
     ]
@@ -53,6 +55,18 @@ async fn wait_disk(s: &Service, want: &str) -> Value {
         (h["tiers"]["disk"] == want).then_some(h)
     })
     .await
+}
+
+/// After a soft purge of `key`: answered stale at once, refreshed in the background (the
+/// origin's `served`-th fetch), and then a fresh disk hit.
+async fn served_stale_then_refreshed_on_disk(s: &Service, origin: &Origin, key: &str, served: u64) {
+    let stale = s.get(key).await.1;
+    assert!(stale.ends_with("detail=stale-while-revalidate"), "{stale}");
+    origin.wait_served(served).await;
+    eventually(&format!("{key} refreshed on disk"), || async {
+        s.get(key).await.1.ends_with("detail=disk").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -98,6 +112,36 @@ async fn the_disk_tier_serves_hits_and_keeps_them_across_a_restart() {
 }
 
 #[tokio::test]
+async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
+    let origin = Origin::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The default admission (DISK_CACHE_ADMIT_MIN_REQUESTS unset: 2), no memory tier.
+    let mut env = env(dir.path(), false);
+    env.retain(|(k, _)| *k != "DISK_CACHE_ADMIT_MIN_REQUESTS");
+    let s = start(&origin, &env).await;
+    // Asked once: fetched and answered, but not written to disk.
+    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; stored");
+    assert_eq!(s.metric("disk_cache_rejected_total").await, 1.0);
+    // Asked twice: the first fill is kept off, the second written, the third request a hit.
+    assert_eq!(s.get("twice").await.1, "cache-layer; fwd=miss; stored");
+    assert_eq!(s.get("twice").await.1, "cache-layer; fwd=miss; stored");
+    assert!(s.get("twice").await.1.ends_with("detail=disk"));
+    assert_eq!(origin.served().await, 3);
+    assert_eq!(s.metric("disk_cache_rejected_total").await, 2.0);
+    // After a restart the counts start again at zero, but what the disk holds is served, and
+    // a newer fill of a key it holds is written whatever the counts say (the disk never keeps
+    // an older version than the one fetched): a soft purge, then the stale answer's refresh.
+    stop(s).await;
+    let s = start(&origin, &env).await;
+    assert_eq!(purge(&s, "/items/twice?soft=true").await, 204);
+    served_stale_then_refreshed_on_disk(&s, &origin, "twice", 4).await;
+    assert_eq!(s.metric("disk_cache_rejected_total").await, 0.0);
+    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; stored");
+    assert_eq!(origin.served().await, 5);
+    assert_eq!(s.metric("disk_cache_rejected_total").await, 1.0);
+}
+
+#[tokio::test]
 async fn key_soft_and_tag_purges_reach_the_disk_and_outlive_a_restart() {
     let origin = Origin::start(&[]).await;
     origin.headers(&[("Surrogate-Key", "{tags}")]).await;
@@ -119,13 +163,7 @@ async fn key_soft_and_tag_purges_reach_the_disk_and_outlive_a_restart() {
     assert_eq!(s.get("k1~red").await.1, "cache-layer; fwd=miss; stored");
     assert_eq!(s.get("k3~red~blue").await.1, "cache-layer; fwd=miss; stored");
     // Soft: served stale at once, refreshed in the background.
-    let stale = s.get("k2~blue").await.1;
-    assert!(stale.ends_with("detail=stale-while-revalidate"), "{stale}");
-    origin.wait_served(8).await;
-    eventually("the soft-purged entry to be refreshed on disk", || async {
-        s.get("k2~blue").await.1.ends_with("detail=disk").then_some(())
-    })
-    .await;
+    served_stale_then_refreshed_on_disk(&s, &origin, "k2~blue", 8).await;
     assert_eq!(
         s.metric("disk_cache_dropped_total{reason=\"purged\"").await,
         2.0,
