@@ -300,8 +300,11 @@ def pct(x):
 
 def render(results, started, finished):
     z, lat, rs, rss = (results[k] for k in ("zipf", "latency", "restart", "rss"))
+    runs = results.get("runs")
+    when = (f"Run {started}–{finished} UTC" if not runs else
+            "Sections run " + ", ".join(f"{k} {v}" for k, v in runs.items()) + " UTC")
     out = ["<!-- disk:begin -->", "## Disk tier (issue 19)", "",
-           f"Run {started}–{finished} UTC with `python3 bench/disk.py` (release binaries, the "
+           f"{when} with `python3 bench/disk.py` (release binaries, the "
            "service on core 0 and the load test on core 1, the origin stub with no delay; the "
            f"disk tier's files under `{os.path.relpath(DISK_ROOT, base.ROOT)}`, ext4 on a "
            "virtual disk).", "",
@@ -311,8 +314,9 @@ def render(results, started, finished):
            f"{z['entry_bytes']:.0f} B on average). Belady: libcachesim on a Zipf stream of the "
            f"same length ({z['stream_length']:,} requests, the first third as warm-up), holding "
            "(4 MiB + disk) / mean entry weight entries (*same bytes*) or memory entries + disk "
-           "/ 4 KiB (*same entries*: each disk entry takes at least one 4 KiB page in foyer's "
-           "block engine).", "",
+           "/ 4 KiB (*same entries*: one entry per 4 KiB page, what foyer's block engine holds "
+           "without the tier's packing of small entries into shared pages; with it the disk "
+           "holds more, so the tier can pass this column).", "",
            "*Ideal online* is A0 on the same stream: it holds the most probable keys, "
            "which under the independent reference model (the benchmark draws keys i.i.d.) "
            "no policy that does not know the future can beat (Aho, Denning & Ullman, 1971); "
@@ -409,6 +413,7 @@ def main():
         if name in wanted:
             base.log(f"section {name}")
             results[name] = fn(stub)
+            results.setdefault("runs", {})[name] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
             with open(path, "w") as f:
                 json.dump(results, f, indent=1)
     if "ideal" in wanted and "zipf" in results:

@@ -35,6 +35,7 @@ use foyer::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::bucket::{self, Bucket};
 use super::entry::{Entry, now_ms};
 use super::invalidation::{PurgeMode, PurgeScope};
 use super::purge_log::{self, PurgeLog, RECORD_BYTES, Verdict};
@@ -61,6 +62,13 @@ const ADMISSION_WINDOW: u64 = 5;
 
 /// The smallest room an entry takes on disk: foyer aligns each entry to a 4 KiB page.
 pub const DISK_PAGE: u64 = 4096;
+
+/// Pages of disk per bucket of small entries. A bucket is rewritten whole when one of its
+/// entries changes, and the log keeps its newest version only until the block holding it is
+/// evicted: with half as many buckets as pages, most buckets are rewritten before their
+/// version leaves the log (with as many, a third of them would be lost at any time, entries
+/// and all), and the disk still holds about three times the entries it would one per page.
+const BUCKET_SHARE: u64 = 2;
 
 /// The largest block (the unit foyer writes and evicts); it also bounds the largest entry kept.
 const MAX_BLOCK: u64 = 2 << 20;
@@ -169,6 +177,19 @@ impl Admission {
         }
     }
 
+    /// How often `key` was asked for lately (0 when nothing is counted): which entries of a
+    /// full bucket to keep.
+    fn frequency(&self, key: &str) -> u8 {
+        if self.min_requests <= 1 {
+            return 0;
+        }
+        let hash = self.hasher.hash_one(key);
+        self.sketch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .frequency(hash)
+    }
+
     /// Whether `key` was asked for often enough to be written.
     fn admits(&self, key: &str) -> bool {
         self.min_requests <= 1 || {
@@ -232,6 +253,10 @@ struct Inner {
     read_failures: AtomicU32,
     log: PurgeLog,
     admission: Admission,
+    /// How many buckets small entries are hashed to ([`BUCKET_SHARE`] of the disk's pages).
+    buckets: u64,
+    /// Stripes of locks ordering the read-modify-writes of buckets.
+    locks: Box<[tokio::sync::Mutex<()>]>,
     /// The close of a store taken down, awaited before another is opened on the same files.
     closing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held while the purge file is appended to or rewritten.
@@ -268,6 +293,8 @@ impl DiskTier {
                 read_failures: AtomicU32::new(0),
                 log: PurgeLog::new(layout.purge_records, horizon_ms.max(MIN_HORIZON_MS)),
                 admission: Admission::new(config.admit_min_requests, layout.capacity / DISK_PAGE),
+                buckets: (layout.capacity / DISK_PAGE / BUCKET_SHARE).max(1),
+                locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 closing: std::sync::Mutex::new(None),
                 purge_file: std::sync::Mutex::new(()),
                 redis,
@@ -486,18 +513,17 @@ impl DiskTier {
     }
 
     /// What `bytes` read for `key` is worth: the entry, stale if a soft purge says so; `None`
-    /// (and gone from disk) when it cannot be decoded, is past its stale window or was purged.
-    fn judge(&self, store: &Store, key: &str, bytes: &[u8]) -> Option<Arc<Entry>> {
+    /// (for the caller to remove from disk) when it cannot be decoded, is past its stale window
+    /// or was purged.
+    fn judge(&self, key: &str, bytes: &[u8]) -> Option<Arc<Entry>> {
         let inner = &self.inner;
         let Some(entry) = Entry::decode(key, bytes) else {
             inner.metrics.disk_error(DiskOp::Read);
-            store.remove(key);
             return None;
         };
         let now = now_ms();
         if entry.stale_until_ms <= now {
             inner.metrics.disk_dropped(DropReason::Expired);
-            store.remove(key);
             return None;
         }
         match inner.log.verdict(key, entry.tags(), entry.stored_at_ms) {
@@ -506,10 +532,74 @@ impl DiskTier {
             Verdict::Drop(scope) => {
                 inner.metrics.disk_dropped(DropReason::Purged);
                 inner.metrics.invalidated_entries(scope, TierName::Disk, 1);
-                store.remove(key);
                 None
             }
         }
+    }
+
+    /// The foyer key of the bucket `key`'s small entry lives in. The bucket count is part of
+    /// it: after a resize no key is looked up in a bucket written under another count (the
+    /// old buckets age out of the log unread). No key of a request holds a control character.
+    fn bucket_key(&self, key: &str) -> String {
+        let buckets = self.inner.buckets;
+        format!("\u{0}b{buckets}:{}", bucket_hash(key) % buckets)
+    }
+
+    /// The lock that orders the read-modify-writes of `bucket`.
+    async fn lock(&self, bucket: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = bucket_hash(bucket) as usize % self.inner.locks.len();
+        self.inner.locks[stripe].lock().await
+    }
+
+    /// Reads the bucket `bkey`: `Ok(None)` when the disk holds none, `Err` when it cannot tell
+    /// (a failed or throttled read: a bucket rewritten then would lose its entries).
+    async fn read_bucket(&self, store: &Store, bkey: &str) -> Result<Option<Bucket>, TierError> {
+        match load(store, bkey).await {
+            Ok(Stored::Value(bytes)) => Ok(Some(Bucket::decode(&bytes).unwrap_or_else(|| {
+                self.inner.metrics.disk_error(DiskOp::Read);
+                Bucket::default()
+            }))),
+            Ok(Stored::Absent) => Ok(None),
+            Ok(Stored::Unknown) => Err(TierError::Unavailable),
+            Err(e) => Err(self.read_failed(&e)),
+        }
+    }
+
+    /// Writes `bucket` as `bkey` (or removes it when empty).
+    fn write_bucket(&self, store: &Store, bkey: &str, bucket: &Bucket) {
+        if bucket.is_empty() {
+            store.remove(bkey);
+        } else if store
+            .storage_writer(bkey.to_owned())
+            .force()
+            .insert(bucket.encode())
+            .is_none()
+        {
+            self.inner.metrics.disk_error(DiskOp::Write);
+        }
+    }
+
+    /// Removes `key`'s small entry from its bucket; whether it held one.
+    async fn remove_small(&self, store: &Store, key: &str) -> bool {
+        let bkey = self.bucket_key(key);
+        let _order = self.lock(&bkey).await;
+        let Ok(Some(mut bucket)) = self.read_bucket(store, &bkey).await else {
+            return false;
+        };
+        let held = bucket.remove(key);
+        if held {
+            self.write_bucket(store, &bkey, &bucket);
+        }
+        held
+    }
+
+    /// Removes `key`'s entry, small or not; whether the disk held one.
+    async fn remove_entry(&self, store: &Store, key: &str) -> bool {
+        let direct = store.storage().may_contains(key);
+        if direct {
+            store.remove(key);
+        }
+        self.remove_small(store, key).await || direct
     }
 
     /// A failed read: counted, and after many in a row the tier goes down.
@@ -568,6 +658,33 @@ async fn open(dir: &Path, layout: Layout) -> Result<Store, String> {
         .map_err(|e| e.to_string())
 }
 
+/// What a read of one foyer key found.
+enum Stored {
+    Value(Vec<u8>),
+    Absent,
+    /// foyer throttled the read: the key may be there.
+    Unknown,
+}
+
+/// Reads `key` from the store (the disk, or foyer's write queue).
+async fn load(store: &Store, key: &str) -> Result<Stored, foyer::Error> {
+    Ok(match store.storage().load(key).await? {
+        Load::Entry { value, .. } => Stored::Value(value),
+        Load::Piece { piece, .. } => Stored::Value(piece.value().clone()),
+        Load::Miss => Stored::Absent,
+        Load::Throttled => Stored::Unknown,
+    })
+}
+
+/// A hash of `key` that is the same in every process and release (FNV-1a, then splitmix64's
+/// finaliser): it places small entries in buckets that must be found again after a restart.
+fn bucket_hash(key: &str) -> u64 {
+    let fnv = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    sketch::spread(fnv)
+}
+
 /// Writes, syncs, reads back and removes a small file in `dir` (off the runtime's threads).
 async fn probe_dir(dir: &Path) -> Result<(), String> {
     let path = dir.join(PROBE_FILE);
@@ -604,13 +721,33 @@ impl Tier for DiskTier {
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
         let store = self.store()?;
         self.inner.admission.requested(key);
-        let found = match store.storage().load(key).await {
-            Ok(Load::Entry { value, .. }) => self.judge(&store, key, &value),
-            Ok(Load::Piece { piece, .. }) => self.judge(&store, key, piece.value()),
-            Ok(Load::Throttled | Load::Miss) => None,
+        // A small entry is in its bucket; a larger one on its own, under its key.
+        let in_bucket = match load(&store, &self.bucket_key(key)).await {
+            Ok(Stored::Value(bytes)) => bucket::find(&bytes, key).map(<[u8]>::to_vec),
+            Ok(Stored::Absent | Stored::Unknown) => None,
             Err(e) => return Err(self.read_failed(&e)),
         };
+        let (bytes, small) = match in_bucket {
+            Some(bytes) => (bytes, true),
+            None if store.storage().may_contains(key) => match load(&store, key).await {
+                Ok(Stored::Value(bytes)) => (bytes, false),
+                Ok(_) => return Ok(None),
+                Err(e) => return Err(self.read_failed(&e)),
+            },
+            None => {
+                self.inner.read_failures.store(0, Ordering::Relaxed);
+                return Ok(None);
+            }
+        };
         self.inner.read_failures.store(0, Ordering::Relaxed);
+        let found = self.judge(key, &bytes);
+        if found.is_none() {
+            if small {
+                self.remove_small(&store, key).await;
+            } else {
+                store.remove(key);
+            }
+        }
         Ok(found)
     }
 
@@ -625,26 +762,51 @@ impl Tier for DiskTier {
         if (bytes.len() + key.len() + 64) as u64 > self.inner.layout.block {
             return Ok(());
         }
-        if !self.inner.admission.admits(key) && !store.storage().may_contains(key) {
+        let admission = &self.inner.admission;
+        let direct = store.storage().may_contains(key);
+        if !bucket::is_small(key, bytes.len()) {
+            if !direct && !admission.admits(key) {
+                self.inner.metrics.disk_rejected();
+                return Ok(());
+            }
+            self.inner
+                .log
+                .lives_until(entry.stored_at_ms, entry.stale_until_ms);
+            if store
+                .storage_writer(key.to_owned())
+                .force()
+                .insert(bytes)
+                .is_none()
+            {
+                self.inner.metrics.disk_error(DiskOp::Write);
+            }
+            // It may have been small before: no older version stays in its bucket.
+            self.remove_small(&store, key).await;
+            return Ok(());
+        }
+        let bkey = self.bucket_key(key);
+        let _order = self.lock(&bkey).await;
+        // A bucket that cannot be read now is left as it is (rewritten, it would lose its
+        // entries); the fill is not written.
+        let mut bucket = self.read_bucket(&store, &bkey).await?.unwrap_or_default();
+        if !direct && bucket.get(key).is_none() && !admission.admits(key) {
             self.inner.metrics.disk_rejected();
             return Ok(());
         }
         self.inner
             .log
             .lives_until(entry.stored_at_ms, entry.stale_until_ms);
-        if store
-            .storage_writer(key.to_owned())
-            .force()
-            .insert(bytes)
-            .is_none()
-        {
-            self.inner.metrics.disk_error(DiskOp::Write);
+        bucket.insert(key, bytes, |k| admission.frequency(k));
+        self.write_bucket(&store, &bkey, &bucket);
+        if direct {
+            store.remove(key);
         }
         Ok(())
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {
-        self.store()?.remove(key);
+        let store = self.store()?;
+        self.remove_entry(&store, key).await;
         Ok(())
     }
 
@@ -655,10 +817,12 @@ impl Tier for DiskTier {
         let Ok(store) = self.store() else {
             return Ok(0);
         };
-        let held = store.storage().may_contains(key);
-        if mode == PurgeMode::Hard {
-            store.remove(key);
-        }
+        let held = if mode == PurgeMode::Hard {
+            self.remove_entry(&store, key).await
+        } else {
+            store.storage().may_contains(key)
+                || matches!(self.read_bucket(&store, &self.bucket_key(key)).await, Ok(Some(b)) if b.get(key).is_some())
+        };
         Ok(u64::from(held))
     }
 

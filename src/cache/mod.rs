@@ -9,6 +9,7 @@
 //! [`eviction`]).
 
 mod answer;
+mod bucket;
 mod coalesce;
 mod disk;
 mod encoding;

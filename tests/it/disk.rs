@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{Origin, Redis, Service, client, eventually, services_on};
+use crate::harness::{Origin, Redis, Service, cache_status, client, eventually, services_on};
 
 const TOKEN: &str = "disk-tier-admin-token";
 
@@ -139,6 +139,58 @@ async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
     assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; stored");
     assert_eq!(origin.served().await, 5);
     assert_eq!(s.metric("disk_cache_rejected_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn small_entries_share_pages_and_large_ones_have_their_own() {
+    let origin = Origin::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest disk: 4 MiB, 1,024 pages of 4 KiB. Every fill written, no memory tier.
+    let mut env = env(dir.path(), false);
+    env.retain(|(k, _)| *k != "DISK_CACHE_MAX_BYTES");
+    env.push(("DISK_CACHE_MAX_BYTES", (4 << 20).to_string()));
+    let s = start(&origin, &env).await;
+    const KEYS: usize = 1800;
+    // One client for the many requests (a client each would make this slow).
+    let c = client();
+    let get = |i: usize| {
+        let req = c.get(s.item_url(&format!("s{i}")));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            cache_status(&r)
+        }
+    };
+    for i in 0..KEYS {
+        get(i).await;
+    }
+    let mut hits = 0;
+    for i in 0..KEYS {
+        hits += usize::from(get(i).await.ends_with("detail=disk"));
+    }
+    // One entry per page would serve at most 1,024 of them (fewer: blocks being written and
+    // the free ones the engine keeps take pages too).
+    assert!(
+        hits > 1024,
+        "{hits} of {KEYS} small entries served from 1,024 pages"
+    );
+
+    // A large entry (3 KB, over a quarter of a page) is kept on its own and served.
+    origin.set("bytes:3000", 0).await;
+    assert_eq!(s.get("big").await.1, "cache-layer; fwd=miss; stored");
+    let (_, status, body) = s.get("big").await;
+    assert!(status.ends_with("detail=disk"), "{status}");
+    assert_eq!(body["value"]["padding"].as_str().map(str::len), Some(3000));
+    // Refetched small, it moves to its bucket and the large version is gone from disk.
+    origin.set("ok", 0).await;
+    assert_eq!(purge(&s, "/items/big?soft=true").await, 204);
+    let before = origin.served().await;
+    served_stale_then_refreshed_on_disk(&s, &origin, "big", before + 1).await;
+    let (_, _, body) = s.get("big").await;
+    assert!(body["value"].get("padding").is_none(), "{body}");
+    // A hard purge removes it, wherever it is.
+    assert_eq!(purge(&s, "/items/big").await, 204);
+    assert_eq!(s.get("big").await.1, "cache-layer; fwd=miss; stored");
 }
 
 #[tokio::test]
