@@ -372,6 +372,11 @@ def render(results, started, finished):
         out.append(f"| memory (control; {m['requests']:,} requests, {m['errors']} errors) | "
                    f"{mh['p50']:.3f} ms | {mh['p90']:.3f} ms | {mh['p99']:.3f} ms | "
                    f"{mh['p999']:.3f} ms | {mh['max']:.3f} ms | — |")
+    if lat.get("earlier_p99_ms"):
+        out += ["", "Earlier runs of this section the same day, p99 of disk / memory hits: " +
+                "; ".join(f"{d:.3f} / {m:.3f} ms" for d, m in lat["earlier_p99_ms"]) +
+                ". A run whose control is slow too is the machine's (a 2-core VM shared with "
+                "the load generator), not the disk tier's."]
     out += [
             "", "### A restart with a warm disk", "",
             f"4 MiB memory + 32 MiB disk under the Zipf load: hit ratio {pct(rs['before'])} over "
