@@ -584,6 +584,7 @@ class FakeExporter:
                                                     for t in ("memory", "disk", "redis")])
         counter("disk_errors_total", [{"operation": o} for o in ("open", "read", "write", "probe")])
         counter("disk_cache_dropped_total", [{"reason": r} for r in ("expired", "purged")])
+        counter("disk_cache_rejected_total", [{}])
         gauge("disk_cache_up", 1)
         gauge("disk_cache_capacity_bytes", 268435456)
         counter("cache_tags_ignored_total", [{}])
