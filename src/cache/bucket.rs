@@ -82,6 +82,11 @@ impl Bucket {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// The keys it holds.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+
     /// Whether the bucket holds no entry.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -25,7 +25,7 @@
 
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -73,6 +73,9 @@ pub const DISK_PAGE: u64 = 4096;
 /// 74.4 / 73.6 % with 8 MiB of disk and 77.3 / 78.3 / 78.9 / 78.6 % with 32 MiB: 5 is better
 /// for entries of 600 bytes, but holds fewer entries than pages for entries near the limit.
 const BUCKET_SHARE: u64 = 3;
+
+/// A bucket's key mask before the tier has written or read it: every key may be there.
+const UNKNOWN: u64 = u64::MAX;
 
 /// The largest block (the unit foyer writes and evicts); it also bounds the largest entry kept.
 const MAX_BLOCK: u64 = 2 << 20;
@@ -216,6 +219,8 @@ pub struct Layout {
     pub block: u64,
     /// Purge records kept at most in this process.
     pub purge_records: usize,
+    /// Buckets small entries are hashed to ([`BUCKET_SHARE`]).
+    pub buckets: u64,
 }
 
 impl Layout {
@@ -233,11 +238,16 @@ impl Layout {
         let first = index_bytes / (INDEX_BYTES_PER_ENTRY + sketch::BYTES_PER_WORD);
         let sketch_bytes = first.max(1).next_power_of_two() * sketch::BYTES_PER_WORD;
         let entries = index_bytes.saturating_sub(sketch_bytes) / INDEX_BYTES_PER_ENTRY;
-        let capacity = max_bytes.min(entries * DISK_PAGE).max(4 * block);
+        let capacity = max_bytes.min(entries * DISK_PAGE).max(4 * block) / block * block;
+        // The buckets' key masks (8 bytes a bucket) come out of the records' share: at most
+        // 8 bytes per 3 pages of the at most 1/104 of the bound that pages cost, a 39th of it.
+        let buckets = (capacity / DISK_PAGE / BUCKET_SHARE).max(1);
+        let records_bytes = records_bytes.saturating_sub(buckets * 8);
         Layout {
-            capacity: capacity / block * block,
+            capacity,
             block,
             purge_records: (records_bytes / RECORD_BYTES).max(1024) as usize,
+            buckets,
         }
     }
 }
@@ -259,6 +269,11 @@ struct Inner {
     admission: Admission,
     /// How many buckets small entries are hashed to ([`BUCKET_SHARE`] of the disk's pages).
     buckets: u64,
+    /// Per bucket, a bit per key it holds (the top 6 bits of the key's bucket hash), set from
+    /// what was last written to it, or [`UNKNOWN`] until then (after a start): a lookup whose
+    /// bit is clear is a miss without reading the page. Only ever too full (a bucket lost with
+    /// its block keeps its bits), never too empty, and changed only under the bucket's lock.
+    masks: Box<[AtomicU64]>,
     /// Stripes of locks ordering the read-modify-writes of buckets.
     locks: Box<[tokio::sync::Mutex<()>]>,
     /// The close of a store taken down, awaited before another is opened on the same files.
@@ -297,7 +312,8 @@ impl DiskTier {
                 read_failures: AtomicU32::new(0),
                 log: PurgeLog::new(layout.purge_records, horizon_ms.max(MIN_HORIZON_MS)),
                 admission: Admission::new(config.admit_min_requests, layout.capacity / DISK_PAGE),
-                buckets: (layout.capacity / DISK_PAGE / BUCKET_SHARE).max(1),
+                buckets: layout.buckets,
+                masks: (0..layout.buckets).map(|_| AtomicU64::new(UNKNOWN)).collect(),
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 closing: std::sync::Mutex::new(None),
                 purge_file: std::sync::Mutex::new(()),
@@ -549,6 +565,28 @@ impl DiskTier {
         format!("\u{0}b{buckets}:{}", bucket_hash(key) % buckets)
     }
 
+    /// The mask of `key`'s bucket, and `key`'s bit in it.
+    fn mask_of(&self, key: &str) -> (&AtomicU64, u64) {
+        let hash = bucket_hash(key);
+        (
+            &self.inner.masks[(hash % self.inner.buckets) as usize],
+            1 << (hash >> 58),
+        )
+    }
+
+    /// Whether `key`'s bucket may hold it (false: it does not, no read needed).
+    fn may_hold(&self, key: &str) -> bool {
+        let (mask, bit) = self.mask_of(key);
+        mask.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Sets the mask of the bucket of `key` to what `bucket` holds (under its lock).
+    fn set_mask(&self, key: &str, bucket: &Bucket) {
+        let (mask, _) = self.mask_of(key);
+        let bits = bucket.keys().fold(0, |m, k| m | 1 << (bucket_hash(k) >> 58));
+        mask.store(bits, Ordering::Release);
+    }
+
     /// The lock that orders the read-modify-writes of `bucket`.
     async fn lock(&self, bucket: &str) -> tokio::sync::MutexGuard<'_, ()> {
         let stripe = bucket_hash(bucket) as usize % self.inner.locks.len();
@@ -585,14 +623,23 @@ impl DiskTier {
 
     /// Removes `key`'s small entry from its bucket; whether it held one.
     async fn remove_small(&self, store: &Store, key: &str) -> bool {
+        if !self.may_hold(key) {
+            return false;
+        }
         let bkey = self.bucket_key(key);
         let _order = self.lock(&bkey).await;
-        let Ok(Some(mut bucket)) = self.read_bucket(store, &bkey).await else {
-            return false;
+        let mut bucket = match self.read_bucket(store, &bkey).await {
+            Ok(Some(bucket)) => bucket,
+            Ok(None) => {
+                self.set_mask(key, &Bucket::default());
+                return false;
+            }
+            Err(_) => return false,
         };
         let held = bucket.remove(key);
         if held {
             self.write_bucket(store, &bkey, &bucket);
+            self.set_mask(key, &bucket);
         }
         held
     }
@@ -726,10 +773,14 @@ impl Tier for DiskTier {
         let store = self.store()?;
         self.inner.admission.requested(key);
         // A small entry is in its bucket; a larger one on its own, under its key.
-        let in_bucket = match load(&store, &self.bucket_key(key)).await {
-            Ok(Stored::Value(bytes)) => bucket::find(&bytes, key).map(<[u8]>::to_vec),
-            Ok(Stored::Absent | Stored::Unknown) => None,
-            Err(e) => return Err(self.read_failed(&e)),
+        let in_bucket = if !self.may_hold(key) {
+            None
+        } else {
+            match load(&store, &self.bucket_key(key)).await {
+                Ok(Stored::Value(bytes)) => bucket::find(&bytes, key).map(<[u8]>::to_vec),
+                Ok(Stored::Absent | Stored::Unknown) => None,
+                Err(e) => return Err(self.read_failed(&e)),
+            }
         };
         let (bytes, small) = match in_bucket {
             Some(bytes) => (bytes, true),
@@ -792,7 +843,12 @@ impl Tier for DiskTier {
         let _order = self.lock(&bkey).await;
         // A bucket that cannot be read now is left as it is (rewritten, it would lose its
         // entries); the fill is not written.
-        let mut bucket = self.read_bucket(&store, &bkey).await?.unwrap_or_default();
+        // A bucket known to be empty need not be read.
+        let mut bucket = if self.mask_of(key).0.load(Ordering::Acquire) == 0 {
+            Bucket::default()
+        } else {
+            self.read_bucket(&store, &bkey).await?.unwrap_or_default()
+        };
         if !direct && bucket.get(key).is_none() && !admission.admits(key) {
             self.inner.metrics.disk_rejected();
             return Ok(());
@@ -802,6 +858,7 @@ impl Tier for DiskTier {
             .lives_until(entry.stored_at_ms, entry.stale_until_ms);
         bucket.insert(key, bytes, |k| admission.frequency(k));
         self.write_bucket(&store, &bkey, &bucket);
+        self.set_mask(key, &bucket);
         if direct {
             store.remove(key);
         }
@@ -825,7 +882,8 @@ impl Tier for DiskTier {
             self.remove_entry(&store, key).await
         } else {
             store.storage().may_contains(key)
-                || matches!(self.read_bucket(&store, &self.bucket_key(key)).await, Ok(Some(b)) if b.get(key).is_some())
+                || (self.may_hold(key)
+                    && matches!(self.read_bucket(&store, &self.bucket_key(key)).await, Ok(Some(b)) if b.get(key).is_some()))
         };
         Ok(u64::from(held))
     }
