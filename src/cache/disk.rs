@@ -56,8 +56,9 @@ pub const INDEX_BYTES_PER_ENTRY: u64 = 96;
 /// Lookups between two halvings of the admission sketch, per entry the disk can hold: a key
 /// is admitted when it was asked for twice within about five disk-fulls of lookups. Shorter,
 /// a key must come back sooner than the disk would keep it; longer, the counts remember keys
-/// long gone, and the keys read once add up to false admissions. Chosen on bench/disk.py's
-/// Zipf against 2, 3, 10 and 20 disk-fulls (docs/architecture.md).
+/// long gone, and the keys read once add up to false admissions. Chosen in a simulation of the
+/// tiers on bench/disk.py's Zipf against 2, 3 and 10 disk-fulls (docs/architecture.md), and
+/// kept over 12 once the disk packed small entries (the same within noise in bench/disk.py).
 const ADMISSION_WINDOW: u64 = 5;
 
 /// The smallest room an entry takes on disk: foyer aligns each entry to a 4 KiB page.
@@ -199,14 +200,7 @@ impl Admission {
 
     /// Whether `key` was asked for often enough to be written.
     fn admits(&self, key: &str) -> bool {
-        self.min_requests <= 1 || {
-            let hash = self.hasher.hash_one(key);
-            self.sketch
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .frequency(hash)
-                >= self.min_requests
-        }
+        self.min_requests <= 1 || self.frequency(key) >= self.min_requests
     }
 }
 
@@ -560,37 +554,55 @@ impl DiskTier {
     /// The foyer key of the bucket `key`'s small entry lives in. The bucket count is part of
     /// it: after a resize no key is looked up in a bucket written under another count (the
     /// old buckets age out of the log unread). No key of a request holds a control character.
-    fn bucket_key(&self, key: &str) -> String {
-        let buckets = self.inner.buckets;
-        format!("\u{0}b{buckets}:{}", bucket_hash(key) % buckets)
+    fn bucket_key(&self, slot: Slot) -> String {
+        format!("\u{0}b{}:{}", self.inner.buckets, slot.bucket)
     }
 
-    /// The mask of `key`'s bucket, and `key`'s bit in it.
-    fn mask_of(&self, key: &str) -> (&AtomicU64, u64) {
+    /// Where `key`'s small entry goes: its bucket and its bit in the bucket's mask.
+    fn slot(&self, key: &str) -> Slot {
         let hash = bucket_hash(key);
-        (
-            &self.inner.masks[(hash % self.inner.buckets) as usize],
-            1 << (hash >> 58),
-        )
+        Slot {
+            bucket: (hash % self.inner.buckets) as usize,
+            bit: mask_bit(hash),
+        }
     }
 
-    /// Whether `key`'s bucket may hold it (false: it does not, no read needed).
-    fn may_hold(&self, key: &str) -> bool {
-        let (mask, bit) = self.mask_of(key);
-        mask.load(Ordering::Acquire) & bit != 0
+    /// The key mask of `slot`'s bucket.
+    fn mask(&self, slot: Slot) -> &AtomicU64 {
+        &self.inner.masks[slot.bucket]
     }
 
-    /// Sets the mask of the bucket of `key` to what `bucket` holds (under its lock).
-    fn set_mask(&self, key: &str, bucket: &Bucket) {
-        let (mask, _) = self.mask_of(key);
-        let bits = bucket.keys().fold(0, |m, k| m | 1 << (bucket_hash(k) >> 58));
-        mask.store(bits, Ordering::Release);
+    /// Whether `slot`'s bucket may hold its key (false: it does not, no read needed).
+    fn may_hold(&self, slot: Slot) -> bool {
+        self.mask(slot).load(Ordering::Acquire) & slot.bit != 0
     }
 
-    /// The lock that orders the read-modify-writes of `bucket`.
-    async fn lock(&self, bucket: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let stripe = bucket_hash(bucket) as usize % self.inner.locks.len();
-        self.inner.locks[stripe].lock().await
+    /// Sets the mask of `slot`'s bucket to what `bucket` holds (under its lock).
+    fn set_mask(&self, slot: Slot, bucket: &Bucket) {
+        let bits = bucket.keys().fold(0, |m, k| m | mask_bit(bucket_hash(k)));
+        self.mask(slot).store(bits, Ordering::Release);
+    }
+
+    /// The lock that orders the read-modify-writes of `slot`'s bucket.
+    async fn lock(&self, slot: Slot) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.locks[slot.bucket % self.inner.locks.len()]
+            .lock()
+            .await
+    }
+
+    /// The value of `key`'s small entry, read from its bucket without decoding the others;
+    /// `None` when the mask rules it out, the bucket or the key is not there, or foyer
+    /// throttled the read.
+    async fn find_small(&self, store: &Store, key: &str) -> Result<Option<Vec<u8>>, TierError> {
+        let slot = self.slot(key);
+        if !self.may_hold(slot) {
+            return Ok(None);
+        }
+        match load(store, &self.bucket_key(slot)).await {
+            Ok(Stored::Value(bytes)) => Ok(bucket::find(&bytes, key).map(<[u8]>::to_vec)),
+            Ok(Stored::Absent | Stored::Unknown) => Ok(None),
+            Err(e) => Err(self.read_failed(&e)),
+        }
     }
 
     /// Reads the bucket `bkey`: `Ok(None)` when the disk holds none, `Err` when it cannot tell
@@ -623,15 +635,16 @@ impl DiskTier {
 
     /// Removes `key`'s small entry from its bucket; whether it held one.
     async fn remove_small(&self, store: &Store, key: &str) -> bool {
-        if !self.may_hold(key) {
+        let slot = self.slot(key);
+        if !self.may_hold(slot) {
             return false;
         }
-        let bkey = self.bucket_key(key);
-        let _order = self.lock(&bkey).await;
+        let bkey = self.bucket_key(slot);
+        let _order = self.lock(slot).await;
         let mut bucket = match self.read_bucket(store, &bkey).await {
             Ok(Some(bucket)) => bucket,
             Ok(None) => {
-                self.set_mask(key, &Bucket::default());
+                self.set_mask(slot, &Bucket::default());
                 return false;
             }
             Err(_) => return false,
@@ -639,7 +652,7 @@ impl DiskTier {
         let held = bucket.remove(key);
         if held {
             self.write_bucket(store, &bkey, &bucket);
-            self.set_mask(key, &bucket);
+            self.set_mask(slot, &bucket);
         }
         held
     }
@@ -727,6 +740,19 @@ async fn load(store: &Store, key: &str) -> Result<Stored, foyer::Error> {
     })
 }
 
+/// Where a small entry goes: its bucket, and its key's bit in the bucket's mask.
+#[derive(Clone, Copy)]
+struct Slot {
+    bucket: usize,
+    bit: u64,
+}
+
+/// A key's bit in its bucket's mask, from its [`bucket_hash`]: the top 6 bits, which the
+/// bucket index (the hash modulo the bucket count) hardly depends on.
+fn mask_bit(hash: u64) -> u64 {
+    1 << (hash >> 58)
+}
+
 /// A hash of `key` that is the same in every process and release (FNV-1a, then splitmix64's
 /// finaliser): it places small entries in buckets that must be found again after a restart.
 fn bucket_hash(key: &str) -> u64 {
@@ -773,16 +799,7 @@ impl Tier for DiskTier {
         let store = self.store()?;
         self.inner.admission.requested(key);
         // A small entry is in its bucket; a larger one on its own, under its key.
-        let in_bucket = if !self.may_hold(key) {
-            None
-        } else {
-            match load(&store, &self.bucket_key(key)).await {
-                Ok(Stored::Value(bytes)) => bucket::find(&bytes, key).map(<[u8]>::to_vec),
-                Ok(Stored::Absent | Stored::Unknown) => None,
-                Err(e) => return Err(self.read_failed(&e)),
-            }
-        };
-        let (bytes, small) = match in_bucket {
+        let (bytes, small) = match self.find_small(&store, key).await? {
             Some(bytes) => (bytes, true),
             None if store.storage().may_contains(key) => match load(&store, key).await {
                 Ok(Stored::Value(bytes)) => (bytes, false),
@@ -839,12 +856,12 @@ impl Tier for DiskTier {
             self.remove_small(&store, key).await;
             return Ok(());
         }
-        let bkey = self.bucket_key(key);
-        let _order = self.lock(&bkey).await;
-        // A bucket that cannot be read now is left as it is (rewritten, it would lose its
-        // entries); the fill is not written.
-        // A bucket known to be empty need not be read.
-        let mut bucket = if self.mask_of(key).0.load(Ordering::Acquire) == 0 {
+        let slot = self.slot(key);
+        let bkey = self.bucket_key(slot);
+        let _order = self.lock(slot).await;
+        // A bucket known to be empty need not be read. One that cannot be read now is left as
+        // it is (rewritten, it would lose its entries), and the fill is not written.
+        let mut bucket = if self.mask(slot).load(Ordering::Acquire) == 0 {
             Bucket::default()
         } else {
             self.read_bucket(&store, &bkey).await?.unwrap_or_default()
@@ -858,7 +875,7 @@ impl Tier for DiskTier {
             .lives_until(entry.stored_at_ms, entry.stale_until_ms);
         bucket.insert(key, bytes, |k| admission.frequency(k));
         self.write_bucket(&store, &bkey, &bucket);
-        self.set_mask(key, &bucket);
+        self.set_mask(slot, &bucket);
         if direct {
             store.remove(key);
         }
@@ -881,9 +898,7 @@ impl Tier for DiskTier {
         let held = if mode == PurgeMode::Hard {
             self.remove_entry(&store, key).await
         } else {
-            store.storage().may_contains(key)
-                || (self.may_hold(key)
-                    && matches!(self.read_bucket(&store, &self.bucket_key(key)).await, Ok(Some(b)) if b.get(key).is_some()))
+            store.storage().may_contains(key) || matches!(self.find_small(&store, key).await, Ok(Some(_)))
         };
         Ok(u64::from(held))
     }
