@@ -39,6 +39,7 @@ pub const START: usize = 2;
 pub const DECAY: f64 = 0.5;
 
 pub struct MiniSim {
+    shares: Vec<f64>,
     real: WTinyLfu<u32>,
     minis: Vec<WTinyLfu<u32>>,
     threshold: u64,
@@ -50,15 +51,35 @@ pub struct MiniSim {
     decay: f64,
     margin: f64,
     pub switches: u64,
+    /// MINISIM_COST: switch only for a lead above cost × |share distance| × mini capacity.
+    cost: f64,
+    mini_cap: u64,
+    /// MINISIM_STEP: move one share per epoch towards the best instead of jumping.
+    step: bool,
+    /// MINISIM_TRACE: print each epoch's real and small-cache hits to stderr.
+    trace: bool,
+    real_hits: u64,
+    epoch_last: Vec<u64>,
     pub chosen: Vec<u64>,
+}
+
+/// An experiment's override of a knob from the environment (the default otherwise).
+fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 impl MiniSim {
     pub fn new(capacity: u64, mini_entries: u64) -> Self {
         let capacity = capacity.max(1);
+        let shares: Vec<f64> = std::env::var("MINISIM_SHARES")
+            .ok()
+            .map(|v| v.split(',').map(|x| x.parse().expect("MINISIM_SHARES: comma-separated shares")).collect())
+            .unwrap_or(SHARES.to_vec());
+        let mini_entries = knob("MINISIM_MINI", mini_entries);
+        let mini_entries = mini_entries.min(((capacity as f64 * knob("MINISIM_FRAC", 1.0)) as u64).max(16));
         let rate = (mini_entries as f64 / capacity as f64).min(1.0);
         let mini_cap = ((capacity as f64 * rate).round() as u64).max(1);
-        let minis = SHARES
+        let minis = shares
             .iter()
             .map(|&s| {
                 let mut m = WTinyLfu::new(mini_cap, false, false);
@@ -66,24 +87,34 @@ impl MiniSim {
                 m
             })
             .collect();
-        let start = std::env::var("MINISIM_START").ok().and_then(|v| v.parse().ok()).unwrap_or(START);
-        let epoch: u64 = std::env::var("MINISIM_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or(EPOCH);
-        let decay: f64 = std::env::var("MINISIM_DECAY").ok().and_then(|v| v.parse().ok()).unwrap_or(DECAY);
+        let start = knob("MINISIM_START", START);
+        let epoch = knob("MINISIM_EPOCH", EPOCH as f64);
+        let trace = std::env::var("MINISIM_TRACE").is_ok();
+        if trace {
+            eprintln!("new {capacity} {mini_cap}");
+        }
         let mut real = WTinyLfu::new(capacity, false, false);
-        real.set_window_share(SHARES[start]);
+        real.set_window_share(shares[start]);
         MiniSim {
+            shares: shares.clone(),
             real,
             minis,
             threshold: if rate >= 1.0 { u64::MAX } else { (rate * u64::MAX as f64) as u64 },
-            epoch_len: epoch * mini_cap,
-            decay,
-            margin: std::env::var("MINISIM_MARGIN").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            epoch_len: ((epoch * mini_cap as f64) as u64).max(1),
+            cost: knob("MINISIM_COST", 0.0),
+            mini_cap,
+            decay: knob("MINISIM_DECAY", DECAY),
+            margin: knob("MINISIM_MARGIN", 0.0),
+            step: std::env::var("MINISIM_STEP").is_ok(),
+            trace,
             in_epoch: 0,
-            epoch_hits: vec![0; SHARES.len()],
-            scores: vec![0.0; SHARES.len()],
+            epoch_hits: vec![0; shares.len()],
+            scores: vec![0.0; shares.len()],
             current: start,
             switches: 0,
-            chosen: vec![0; SHARES.len()],
+            real_hits: 0,
+            epoch_last: vec![0; shares.len()],
+            chosen: vec![0; shares.len()],
         }
     }
 
@@ -95,7 +126,9 @@ impl MiniSim {
 
     pub fn access(&mut self, key: u32) -> bool {
         let hit = self.real.get(&key);
-        if !hit {
+        if hit {
+            self.real_hits += 1;
+        } else {
             self.real.insert(key, 1);
         }
         if Self::sample_hash(key) <= self.threshold {
@@ -108,13 +141,14 @@ impl MiniSim {
             }
             self.in_epoch += 1;
             if self.in_epoch >= self.epoch_len {
-                for i in 0..SHARES.len() {
+                for i in 0..self.shares.len() {
                     self.scores[i] = self.decay * self.scores[i] + self.epoch_hits[i] as f64;
+                    self.epoch_last[i] = self.epoch_hits[i];
                     self.epoch_hits[i] = 0;
                 }
                 self.in_epoch = 0;
                 let mut best = self.current;
-                for i in 0..SHARES.len() {
+                for i in 0..self.shares.len() {
                     if self.scores[i] > self.scores[best] {
                         best = i;
                     }
@@ -122,13 +156,23 @@ impl MiniSim {
                 // Switch only for a lead beyond the noise of the current choice's count
                 // (about its square root, as for a Poisson count), times MINISIM_MARGIN.
                 let cur = self.scores[self.current];
-                if self.scores[best] - cur <= self.margin * cur.max(1.0).sqrt() {
+                let dist = (self.shares[best] - self.shares[self.current]).abs();
+                if self.scores[best] - cur <= self.margin * cur.max(1.0).sqrt()
+                    || self.scores[best] - cur <= self.cost * dist * self.mini_cap as f64
+                {
                     best = self.current;
+                }
+                if self.trace {
+                    eprintln!("epoch cur={} real={} minis={:?}", self.shares[self.current], self.real_hits, self.epoch_last);
+                }
+                self.real_hits = 0;
+                if self.step && best != self.current {
+                    best = if best > self.current { self.current + 1 } else { self.current - 1 };
                 }
                 self.chosen[best] += 1;
                 if best != self.current {
                     self.current = best;
-                    self.real.set_window_share(SHARES[best]);
+                    self.real.set_window_share(self.shares[best]);
                     self.switches += 1;
                 }
             }
@@ -138,7 +182,7 @@ impl MiniSim {
 
     pub fn len(&self) -> usize {
         if std::env::var("MINISIM_DEBUG").is_ok() {
-            eprintln!("minisim: switches {} chosen per epoch {:?} over shares {:?}", self.switches, self.chosen, SHARES);
+            eprintln!("minisim: switches {} chosen per epoch {:?} over shares {:?}", self.switches, self.chosen, self.shares);
         }
         self.real.len()
     }
