@@ -62,6 +62,31 @@ pub enum Forward {
     Stale,
 }
 
+/// Why a fetched answer is not in any tier: the `detail` of its `Cache-Status`, which then
+/// lacks `stored` (RFC 9211: `stored` says the cache kept the response, and a client or operator
+/// reading it should be able to trust it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// The origin forbade storing it (also counted in `cache_uncacheable_total{reason}`).
+    Origin(Uncacheable),
+    /// Every tier declined it: larger than the memory tier, not (yet) admitted to the disk,
+    /// Redis failing or absent, or a 404 while `CACHE_NEGATIVE_TTL_SECS` is 0.
+    Declined,
+    /// A purge of the key, or of one of its tags, overtook the fetch: the writes were undone.
+    Purged,
+}
+
+impl NotStored {
+    /// The `Cache-Status` detail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::Origin(reason) => reason.as_str(),
+            NotStored::Declined => "declined",
+            NotStored::Purged => "purged",
+        }
+    }
+}
+
 /// How an answer was produced; decides `source`, `Cache-Status` and the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerKind {
@@ -93,8 +118,9 @@ pub enum AnswerKind {
         collapsed: Option<CoalesceScope>,
         /// A miss, or a stale entry that the origin replaced.
         forward: Forward,
-        /// The origin forbade storing it: it answered the requests that waited, nothing more.
-        not_stored: Option<Uncacheable>,
+        /// Why no tier holds it (the origin forbade it, every tier declined it, or a purge
+        /// overtook the fetch): it answered the requests that waited, nothing more.
+        not_stored: Option<NotStored>,
     },
 }
 

@@ -827,34 +827,34 @@ impl Tier for DiskTier {
         futures_util::future::join_all(keys.iter().map(|k| self.get(k))).await
     }
 
-    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
+    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
         let store = self.store()?;
         let bytes = entry.encode();
         // foyer cannot keep an entry larger than a block (with its key and header).
         if (bytes.len() + key.len() + 64) as u64 > self.inner.layout.block {
-            return Ok(());
+            return Ok(false);
         }
         let admission = &self.inner.admission;
         let direct = store.storage().may_contains(key);
         if !bucket::is_small(key, bytes.len()) {
             if !direct && !admission.admits(key) {
                 self.inner.metrics.disk_rejected();
-                return Ok(());
+                return Ok(false);
             }
             self.inner
                 .log
                 .lives_until(entry.stored_at_ms, entry.stale_until_ms);
-            if store
+            let written = store
                 .storage_writer(key.to_owned())
                 .force()
                 .insert(bytes)
-                .is_none()
-            {
+                .is_some();
+            if !written {
                 self.inner.metrics.disk_error(DiskOp::Write);
             }
             // It may have been small before: no older version stays in its bucket.
             self.remove_small(&store, key).await;
-            return Ok(());
+            return Ok(written);
         }
         let slot = self.slot(key);
         let bkey = self.bucket_key(slot);
@@ -868,7 +868,7 @@ impl Tier for DiskTier {
         };
         if !direct && bucket.get(key).is_none() && !admission.admits(key) {
             self.inner.metrics.disk_rejected();
-            return Ok(());
+            return Ok(false);
         }
         self.inner
             .log
@@ -879,7 +879,7 @@ impl Tier for DiskTier {
         if direct {
             store.remove(key);
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {

@@ -243,15 +243,16 @@ impl Tier for MemoryTier {
         }
     }
 
-    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
+    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
         let now = now_ms();
         let weight = u64::from(entry.weight(key));
         let until = entry.stale_until_ms;
         let mut gone = Vec::new();
-        {
+        let kept = {
             let mut state = self.lock();
             let hash = state.policy.real.hash_of(key);
-            if until <= now || weight > state.policy.real.maximum() {
+            let kept = until > now && weight <= state.policy.real.maximum();
+            if !kept {
                 // Not servable, or bigger than the whole tier: not stored, and the value it
                 // replaces (now superseded) goes too.
                 if let Some((key, value)) = state.policy.real.remove(hash, key) {
@@ -268,9 +269,10 @@ impl Tier for MemoryTier {
                 state.policy.record_write(hash, weight);
             }
             state.expire(now, &mut gone);
-        }
+            kept
+        };
         self.count(&gone, now);
-        Ok(())
+        Ok(kept)
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {
@@ -358,7 +360,10 @@ impl MemoryTier {
             };
             let _ = match mode {
                 PurgeMode::Hard => self.remove(&key).await,
-                PurgeMode::Soft => self.put(&key, Arc::new(entry.marked_stale(now_ms))).await,
+                PurgeMode::Soft => self
+                    .put(&key, Arc::new(entry.marked_stale(now_ms)))
+                    .await
+                    .map(drop),
             };
             purged += 1;
         }

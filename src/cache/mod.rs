@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
-pub use answer::{Answer, AnswerKind, CacheError, CoalesceScope, Forward, StaleReason};
+pub use answer::{Answer, AnswerKind, CacheError, CoalesceScope, Forward, NotStored, StaleReason};
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use disk::{DiskOp, DiskTier, DropReason, Layout};
 pub use encoding::Coding;
@@ -67,8 +67,9 @@ enum Outcome {
     Stored,
     /// The stored value was revalidated (`304`): renewed in the tiers, no body travelled.
     NotModified,
-    /// The origin's answer may not be stored; it answers the requests that waited only.
-    NotStored(Uncacheable),
+    /// The answer is in no tier (the origin forbade it, every tier declined it, or a purge
+    /// overtook the fetch); it answers the requests that waited only.
+    NotStored(NotStored),
 }
 
 /// A stale entry found by a lookup, and the tier it was in: a refresh revalidates it.
@@ -689,6 +690,7 @@ impl<O: Origin> Inner<O> {
     /// own tiers too.
     async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>, fence: &Fence) -> Fetch {
         let own = self.tiers.iter().filter(|t| !t.shared());
+        // The shared tier holds it already, whatever this replica's own tiers decide.
         self.store(key, &entry, fence, own).await;
         Fetch {
             entry,
@@ -700,27 +702,30 @@ impl<O: Origin> Inner<O> {
     /// Stores `entry` in `tiers`, unless a purge overtook the fetch (then the entry only answers
     /// the requests that were waiting for it). A purge sets the flag before it removes the key,
     /// so looking at the flag again after the writes catches a purge that came in between them,
-    /// and the writes are undone.
+    /// and the writes are undone. `None` when some tier keeps it; else why none does.
     async fn store<'a>(
         &'a self,
         key: &str,
         entry: &Arc<Entry>,
         fence: &Fence,
         tiers: impl Iterator<Item = &'a AnyTier> + Clone,
-    ) {
+    ) -> Option<NotStored> {
         let overtaken =
             || fence.superseded.is_set() || self.tag_purges.any_since(entry.tags(), fence.started_ms);
         if overtaken() {
-            return;
+            return Some(NotStored::Purged);
         }
+        let mut kept = false;
         for tier in tiers.clone() {
-            let _ = tier.put(key, entry.clone()).await;
+            kept |= matches!(tier.put(key, entry.clone()).await, Ok(true));
         }
         if overtaken() {
             for tier in tiers {
                 let _ = tier.remove(key).await;
             }
+            return Some(NotStored::Purged);
         }
+        (!kept).then_some(NotStored::Declined)
     }
 
     /// Fetches from the origin (conditionally, when `previous` has validators), decides the
@@ -790,11 +795,13 @@ impl<O: Origin> Inner<O> {
         let entry = Arc::new(entry);
         let outcome = match decided {
             // CACHE_NEGATIVE_TTL_SECS=0: 404s are never remembered, whatever the origin says.
-            Ok(_) if entry.negative && self.life.negative_ttl.is_zero() => Outcome::Stored,
-            Ok(_) => {
-                self.store(key, &entry, fence, self.tiers.iter()).await;
-                Outcome::Stored
+            Ok(_) if entry.negative && self.life.negative_ttl.is_zero() => {
+                Outcome::NotStored(NotStored::Declined)
             }
+            Ok(_) => match self.store(key, &entry, fence, self.tiers.iter()).await {
+                None => Outcome::Stored,
+                Some(why) => Outcome::NotStored(why),
+            },
             Err(reason) => self.not_stored(reason),
         };
         Ok(Fetch {
@@ -822,7 +829,7 @@ impl<O: Origin> Inner<O> {
                 "the origin's answer may not be stored by a shared cache; it is passed through uncached (logged at most once a minute per reason)"
             );
         }
-        Outcome::NotStored(reason)
+        Outcome::NotStored(NotStored::Origin(reason))
     }
 }
 
@@ -930,6 +937,12 @@ mod tests {
         collapsed: None,
         forward: Forward::Miss,
         not_stored: None,
+    };
+    /// A fetch whose writes a purge undid: answered, in no tier, and said so.
+    const PURGED: AnswerKind = AnswerKind::Fetched {
+        collapsed: None,
+        forward: Forward::Miss,
+        not_stored: Some(NotStored::Purged),
     };
     const TTL: Duration = Duration::from_secs(60);
 
@@ -1074,7 +1087,7 @@ mod tests {
         origin.reached(1).await;
         purge(&cache).await;
         origin.open();
-        assert_eq!(waiting.await.unwrap().kind, MISS);
+        assert_eq!(waiting.await.unwrap().kind, PURGED);
         let next = cache.get("k", WAIT).await.unwrap();
         assert_eq!(next.kind, MISS);
         assert_eq!(origin.calls(), 2);
@@ -1184,7 +1197,7 @@ mod tests {
             assert!(matches!(
                 answer.kind,
                 AnswerKind::Fetched {
-                    not_stored: Some(Uncacheable::NoStore),
+                    not_stored: Some(NotStored::Origin(Uncacheable::NoStore)),
                     ..
                 }
             ));

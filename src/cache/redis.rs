@@ -1157,10 +1157,10 @@ impl Tier for RedisTier {
         found
     }
 
-    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
+    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
         let keep_ms = entry.stale_until_ms.saturating_sub(now_ms());
         if keep_ms == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let entry_key = self.entry_key(key);
         let cmd = redis::cmd("SET")
@@ -1173,7 +1173,7 @@ impl Tier for RedisTier {
         for tag in entry.tags() {
             self.index_tag(tag, &entry_key, keep_ms).await;
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {

@@ -84,8 +84,10 @@ pub trait Tier: Send + Sync {
     /// Weighs `entry` again if it is what the tier holds for `key` (it grew a compressed body);
     /// a tier holding another entry (newer, or none after a purge) is left alone.
     fn reweigh(&self, _key: &str, _entry: &Arc<Entry>) {}
-    /// Stores `entry` for `key`, for as long as it is servable.
-    fn put(&self, key: &str, entry: Arc<Entry>) -> impl Future<Output = Result<(), TierError>> + Send;
+    /// Stores `entry` for `key`, for as long as it is servable: `true` when the tier keeps it,
+    /// `false` when it declined (bigger than the tier, not admitted, already past its stale
+    /// window), so that `Cache-Status` says `stored` only when some tier did.
+    fn put(&self, key: &str, entry: Arc<Entry>) -> impl Future<Output = Result<bool, TierError>> + Send;
     /// Forgets `key`.
     fn remove(&self, key: &str) -> impl Future<Output = Result<(), TierError>> + Send;
     /// Ends the freshness of `key`'s entry, keeping it servable stale (a soft purge).
@@ -174,7 +176,7 @@ impl Tier for AnyTier {
         each!(self, t => t.reweigh(key, entry))
     }
 
-    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<(), TierError> {
+    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
         each!(self, t => t.put(key, entry).await)
     }
 

@@ -119,11 +119,12 @@ async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
     let mut env = env(dir.path(), false);
     env.retain(|(k, _)| *k != "DISK_CACHE_ADMIT_MIN_REQUESTS");
     let s = start(&origin, &env).await;
-    // Asked once: fetched and answered, but not written to disk.
-    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; stored");
+    // Asked once: fetched and answered, but not written to disk; with no other tier, nothing
+    // kept it, and Cache-Status says so (no `stored`).
+    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; detail=declined");
     assert_eq!(s.metric("disk_cache_rejected_total").await, 1.0);
     // Asked twice: the first fill is kept off, the second written, the third request a hit.
-    assert_eq!(s.get("twice").await.1, "cache-layer; fwd=miss; stored");
+    assert_eq!(s.get("twice").await.1, "cache-layer; fwd=miss; detail=declined");
     assert_eq!(s.get("twice").await.1, "cache-layer; fwd=miss; stored");
     assert!(s.get("twice").await.1.ends_with("detail=disk"));
     assert_eq!(origin.served().await, 3);
@@ -136,7 +137,7 @@ async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
     assert_eq!(purge(&s, "/items/twice?soft=true").await, 204);
     served_stale_then_refreshed_on_disk(&s, &origin, "twice", 4).await;
     assert_eq!(s.metric("disk_cache_rejected_total").await, 0.0);
-    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; stored");
+    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; detail=declined");
     assert_eq!(origin.served().await, 5);
     assert_eq!(s.metric("disk_cache_rejected_total").await, 1.0);
 }
@@ -306,10 +307,14 @@ async fn a_disk_that_goes_away_degrades_to_no_disk_tier_and_is_reopened() {
     assert_eq!(h["status"], "degraded");
     assert!(s.metric("disk_errors_total{operation=\"probe\"").await >= 1.0);
     assert_eq!(s.metric("disk_cache_up").await, 0.0);
-    // Requests go on without it: every one a fetch (no memory tier here), none a 5xx.
+    // Requests go on without it: every one a fetch (no memory tier here), none a 5xx, and none
+    // told `stored` (nothing kept them).
     for _ in 0..3 {
         let (code, status, _) = s.get("x").await;
-        assert_eq!((code, status.as_str()), (200, "cache-layer; fwd=miss; stored"));
+        assert_eq!(
+            (code, status.as_str()),
+            (200, "cache-layer; fwd=miss; detail=declined")
+        );
     }
     // A purge while the disk is down is not a failed purge (its record applies when it is back).
     assert_eq!(purge(&s, "/items/x").await, 204);

@@ -67,6 +67,49 @@ async fn origin_404_is_our_404_and_is_remembered_for_the_negative_ttl() {
 }
 
 #[tokio::test]
+async fn cache_status_says_stored_only_when_a_tier_kept_the_answer() {
+    // A memory tier of 64 KiB and 100 KB answers: each is fetched, answered, and kept by no
+    // tier, so every request goes to the origin and none is told `stored`.
+    let origin = Origin::start(&[("STUB_MODE", "bytes:100000")]).await;
+    let s = origin
+        .service(&[
+            ("MEMORY_CACHE_MAX_BYTES", "65536"),
+            ("CACHE_NEGATIVE_TTL_SECS", "0"),
+        ])
+        .await;
+    let c = client();
+    for _ in 0..2 {
+        let r = c.get(s.item_url("big")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["cache-status"],
+            "cache-layer; fwd=miss; detail=declined"
+        );
+        assert!(r.bytes().await.unwrap().len() > 100_000);
+    }
+    assert_eq!(origin.served().await, 2);
+    // A 404 while CACHE_NEGATIVE_TTL_SECS is 0 is never remembered: not `stored` either.
+    let r = c.get(s.item_url("missing-1")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.headers()["cache-status"],
+        "cache-layer; fwd=miss; detail=declined"
+    );
+    // An answer that fits is stored, and said to be.
+    origin.set("ok", 0).await;
+    let r = c.get(s.item_url("small")).send().await.unwrap();
+    assert_eq!(r.headers()["cache-status"], "cache-layer; fwd=miss; stored");
+    let r = c.get(s.item_url("small")).send().await.unwrap();
+    assert!(
+        r.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .ends_with("detail=memory")
+    );
+    assert_eq!(origin.served().await, 4);
+}
+
+#[tokio::test]
 async fn origin_failures_map_to_502_and_504_and_are_not_cached() {
     let origin = Origin::start(&[("STUB_MODE", "status:503")]).await;
     let s = origin

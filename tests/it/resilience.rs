@@ -517,7 +517,11 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_cache() {
     let s = origin.service(&[("ADMIN_TOKEN", "t0ken")]).await;
     let in_flight = {
         let (c, url) = (client(), s.item_url("k"));
-        tokio::spawn(async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
+        tokio::spawn(async move {
+            let r = c.get(url).send().await.unwrap();
+            let status = r.headers()["cache-status"].to_str().unwrap().to_owned();
+            (status, r.json::<Value>().await.unwrap())
+        })
     };
     origin.wait_served(1).await;
     let r = client()
@@ -527,8 +531,10 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_cache() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    // The request that was waiting gets its answer...
-    assert_eq!(in_flight.await.unwrap()["value"]["n"], 1);
+    // The request that was waiting gets its answer, told it was not stored, and why...
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(body["value"]["n"], 1);
+    assert_eq!(status, "cache-layer; fwd=miss; detail=purged");
     // ...but the value fetched before the purge was not stored.
     let (_, status, body) = s.get("k").await;
     assert_eq!(status, "cache-layer; fwd=miss; stored");
