@@ -20,6 +20,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free loopback port for a server that a test stops and starts again on the same port
+/// (Redis), with `port + 10000` free too (a cluster node's bus). Both lie below the kernel's
+/// ephemeral range (32768-60999 on Linux), which `bind(0)` and every outgoing connection draw
+/// from: there, a client connection of the busy suite could take the port while the server is
+/// down, and its restart would fail. Never 6379 or its bus port (another Redis may run there).
+pub fn restartable_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let start = RandomState::new().hash_one(std::process::id());
+    for i in 0..10_000u64 {
+        let p = 12_000 + (start.wrapping_add(i) % 10_000) as u16;
+        if p != 16_379
+            && TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free port pair in 12000-32000");
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `DEADLINE`.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -346,13 +366,7 @@ impl Redis {
 
     /// Starts `redis-server` with extra arguments (e.g. `--requirepass`, `--cluster-enabled`).
     pub async fn start_with(extra: &[&str]) -> Redis {
-        let port = loop {
-            let p = free_port();
-            // Cluster nodes also bind port + 10000.
-            if p != 6379 && p < 55_000 {
-                break p;
-            }
-        };
+        let port = restartable_port();
         let mut r = Redis {
             child: None,
             port,
