@@ -589,6 +589,7 @@ class FakeExporter:
         gauge("disk_cache_capacity_bytes", 268435456)
         counter("cache_tags_ignored_total", [{}])
         counter("cache_uncacheable_total", [{"reason": r} for r in ("no-store", "private", "vary-star", "status")])
+        counter("cache_not_stored_total", [{"reason": r} for r in ("declined", "purged")])
         counter("otel_spans_dropped_total", [{}])
         routes = ["/items/{key}", "/tags/{tag}", "/items:batch", "/health", "/livez", "/readyz", "/metrics",
                   "unmatched"]

@@ -77,6 +77,10 @@ pub enum NotStored {
 }
 
 impl NotStored {
+    /// The reasons that are the cache's own (`cache_not_stored_total{reason}`); the origin's
+    /// are counted in `cache_uncacheable_total`.
+    pub const UNKEPT: [NotStored; 2] = [NotStored::Declined, NotStored::Purged];
+
     /// The `Cache-Status` detail.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -795,13 +795,21 @@ impl<O: Origin> Inner<O> {
         let entry = Arc::new(entry);
         let outcome = match decided {
             // CACHE_NEGATIVE_TTL_SECS=0: 404s are never remembered, whatever the origin says.
-            Ok(_) if entry.negative && self.life.negative_ttl.is_zero() => {
-                Outcome::NotStored(NotStored::Declined)
+            Ok(_) => {
+                // CACHE_NEGATIVE_TTL_SECS=0 is checked first: such 404s go to no tier.
+                let why = if entry.negative && self.life.negative_ttl.is_zero() {
+                    Some(NotStored::Declined)
+                } else {
+                    self.store(key, &entry, fence, self.tiers.iter()).await
+                };
+                match why {
+                    None => Outcome::Stored,
+                    Some(why) => {
+                        self.metrics.not_stored(why);
+                        Outcome::NotStored(why)
+                    }
+                }
             }
-            Ok(_) => match self.store(key, &entry, fence, self.tiers.iter()).await {
-                None => Outcome::Stored,
-                Some(why) => Outcome::NotStored(why),
-            },
             Err(reason) => self.not_stored(reason),
         };
         Ok(Fetch {

@@ -13,7 +13,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
 
 use crate::cache::{
-    CoalesceScope, DiskOp, DiskTier, DropReason, EvictionCause, MemoryTier, PurgeMode, PurgeScope,
+    CoalesceScope, DiskOp, DiskTier, DropReason, EvictionCause, MemoryTier, NotStored, PurgeMode, PurgeScope,
     PurgeSource, RedisOp, StaleReason, TierName, Uncacheable,
 };
 use crate::http::{Route, StatusClass};
@@ -76,6 +76,8 @@ struct Counters {
     http: Counts<{ Route::ALL.len() * StatusClass::ALL.len() }>,
     spans_dropped: Counts<1>,
     uncacheable: Counts<{ Uncacheable::ALL.len() }>,
+    /// By [`NotStored::UNKEPT`].
+    not_stored: Counts<{ NotStored::UNKEPT.len() }>,
 }
 
 /// The instruments; one per metric name, labels for the rest.
@@ -175,6 +177,7 @@ impl Metrics {
             http: Counts::new(),
             spans_dropped: Counts::new(),
             uncacheable: Counts::new(),
+            not_stored: Counts::new(),
         });
         let m = &meter;
         let c = &counters;
@@ -331,6 +334,14 @@ impl Metrics {
             one_label("reason", &Uncacheable::ALL, Uncacheable::as_str),
             |c, i| c.uncacheable.get(i),
         );
+        observe(
+            m,
+            c,
+            "cache_not_stored",
+            "Storable origin answers that no tier kept, by reason: declined (larger than the memory tier, not admitted to the disk tier, a tier down, a 404 with CACHE_NEGATIVE_TTL_SECS=0) or purged (a purge came in during the fetch).",
+            one_label("reason", &NotStored::UNKEPT, NotStored::as_str),
+            |c, i| c.not_stored.get(i),
+        );
         let seconds = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
@@ -457,6 +468,13 @@ impl Metrics {
     /// An origin answer the origin forbade storing.
     pub fn uncacheable(&self, reason: Uncacheable) {
         self.counters.uncacheable.add(reason as usize);
+    }
+
+    /// A storable answer that no tier kept (the origin's own refusals are [`Metrics::uncacheable`]).
+    pub fn not_stored(&self, why: NotStored) {
+        if let Some(i) = NotStored::UNKEPT.iter().position(|&u| u == why) {
+            self.counters.not_stored.add(i);
+        }
     }
 
     /// A failed Redis operation.

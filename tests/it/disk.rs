@@ -129,6 +129,7 @@ async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
     assert!(s.get("twice").await.1.ends_with("detail=disk"));
     assert_eq!(origin.served().await, 3);
     assert_eq!(s.metric("disk_cache_rejected_total").await, 2.0);
+    assert_eq!(s.metric("cache_not_stored_total{reason=\"declined\"").await, 2.0);
     // After a restart the counts start again at zero, but what the disk holds is served, and
     // a newer fill of a key it holds is written whatever the counts say (the disk never keeps
     // an older version than the one fetched): a soft purge, then the stale answer's refresh.

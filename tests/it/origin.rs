@@ -95,6 +95,8 @@ async fn cache_status_says_stored_only_when_a_tier_kept_the_answer() {
         r.headers()["cache-status"],
         "cache-layer; fwd=miss; detail=declined"
     );
+    assert_eq!(s.metric("cache_not_stored_total{reason=\"declined\"").await, 3.0);
+    assert_eq!(s.metric("cache_not_stored_total{reason=\"purged\"").await, 0.0);
     // An answer that fits is stored, and said to be.
     origin.set("ok", 0).await;
     let r = c.get(s.item_url("small")).send().await.unwrap();
@@ -107,6 +109,7 @@ async fn cache_status_says_stored_only_when_a_tier_kept_the_answer() {
             .ends_with("detail=memory")
     );
     assert_eq!(origin.served().await, 4);
+    assert_eq!(s.metric("cache_not_stored_total{reason=\"declined\"").await, 3.0);
 }
 
 #[tokio::test]

@@ -535,6 +535,7 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_cache() {
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(body["value"]["n"], 1);
     assert_eq!(status, "cache-layer; fwd=miss; detail=purged");
+    assert_eq!(s.metric("cache_not_stored_total{reason=\"purged\"").await, 1.0);
     // ...but the value fetched before the purge was not stored.
     let (_, status, body) = s.get("k").await;
     assert_eq!(status, "cache-layer; fwd=miss; stored");
