@@ -58,6 +58,10 @@ pub struct MiniSim {
     step: bool,
     /// MINISIM_TRACE: print each epoch's real and small-cache hits to stderr.
     trace: bool,
+    /// MINISIM_PERSIST: decisions in a row a new best must win before the real cache moves.
+    persist: u32,
+    pending: Option<usize>,
+    pending_count: u32,
     real_hits: u64,
     epoch_last: Vec<u64>,
     pub chosen: Vec<u64>,
@@ -106,6 +110,9 @@ impl MiniSim {
             decay: knob("MINISIM_DECAY", DECAY),
             margin: knob("MINISIM_MARGIN", 0.0),
             step: std::env::var("MINISIM_STEP").is_ok(),
+            persist: knob("MINISIM_PERSIST", 1),
+            pending: None,
+            pending_count: 0,
             trace,
             in_epoch: 0,
             epoch_hits: vec![0; shares.len()],
@@ -166,6 +173,20 @@ impl MiniSim {
                     eprintln!("epoch cur={} real={} minis={:?}", self.shares[self.current], self.real_hits, self.epoch_last);
                 }
                 self.real_hits = 0;
+                // MINISIM_PERSIST: act only on a best share that won this many decisions in a row.
+                if best != self.current {
+                    if Some(best) == self.pending {
+                        self.pending_count += 1;
+                    } else {
+                        self.pending = Some(best);
+                        self.pending_count = 1;
+                    }
+                    if self.pending_count < self.persist {
+                        best = self.current;
+                    }
+                } else {
+                    self.pending = None;
+                }
                 if self.step && best != self.current {
                     best = if best > self.current { self.current + 1 } else { self.current - 1 };
                 }

@@ -541,6 +541,8 @@ mod tests {
             Served::Hit(HitKind::Negative)
         );
         assert_eq!(c("cache-layer; fwd=miss; stored"), Served::Miss);
+        assert_eq!(c("cache-layer; fwd=miss; detail=declined"), Served::Miss);
+        assert_eq!(c("cache-layer; fwd=miss; detail=purged"), Served::Miss);
         assert_eq!(c("cache-layer; fwd=miss; collapsed"), Served::Miss);
         // The member closest to the client decides.
         assert_eq!(
