@@ -619,17 +619,22 @@ impl DiskTier {
         }
     }
 
+    /// Hands `bytes` to foyer's writer as `key`; whether it took them (a refusal is counted as
+    /// a write error).
+    fn write(&self, store: &Store, key: String, bytes: Vec<u8>) -> bool {
+        let written = store.storage_writer(key).force().insert(bytes).is_some();
+        if !written {
+            self.inner.metrics.disk_error(DiskOp::Write);
+        }
+        written
+    }
+
     /// Writes `bucket` as `bkey` (or removes it when empty).
     fn write_bucket(&self, store: &Store, bkey: &str, bucket: &Bucket) {
         if bucket.is_empty() {
             store.remove(bkey);
-        } else if store
-            .storage_writer(bkey.to_owned())
-            .force()
-            .insert(bucket.encode())
-            .is_none()
-        {
-            self.inner.metrics.disk_error(DiskOp::Write);
+        } else {
+            self.write(store, bkey.to_owned(), bucket.encode());
         }
     }
 
@@ -799,19 +804,19 @@ impl Tier for DiskTier {
         let store = self.store()?;
         self.inner.admission.requested(key);
         // A small entry is in its bucket; a larger one on its own, under its key.
-        let (bytes, small) = match self.find_small(&store, key).await? {
-            Some(bytes) => (bytes, true),
+        let read = match self.find_small(&store, key).await? {
+            Some(bytes) => Some((bytes, true)),
             None if store.storage().may_contains(key) => match load(&store, key).await {
-                Ok(Stored::Value(bytes)) => (bytes, false),
-                Ok(_) => return Ok(None),
+                Ok(Stored::Value(bytes)) => Some((bytes, false)),
+                Ok(Stored::Absent | Stored::Unknown) => None,
                 Err(e) => return Err(self.read_failed(&e)),
             },
-            None => {
-                self.inner.read_failures.store(0, Ordering::Relaxed);
-                return Ok(None);
-            }
+            None => None,
         };
         self.inner.read_failures.store(0, Ordering::Relaxed);
+        let Some((bytes, small)) = read else {
+            return Ok(None);
+        };
         let found = self.judge(key, &bytes);
         if found.is_none() {
             if small {
@@ -844,14 +849,7 @@ impl Tier for DiskTier {
             self.inner
                 .log
                 .lives_until(entry.stored_at_ms, entry.stale_until_ms);
-            let written = store
-                .storage_writer(key.to_owned())
-                .force()
-                .insert(bytes)
-                .is_some();
-            if !written {
-                self.inner.metrics.disk_error(DiskOp::Write);
-            }
+            let written = self.write(&store, key.to_owned(), bytes);
             // It may have been small before: no older version stays in its bucket.
             self.remove_small(&store, key).await;
             return Ok(written);

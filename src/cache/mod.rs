@@ -794,9 +794,8 @@ impl<O: Origin> Inner<O> {
         };
         let entry = Arc::new(entry);
         let outcome = match decided {
-            // CACHE_NEGATIVE_TTL_SECS=0: 404s are never remembered, whatever the origin says.
             Ok(_) => {
-                // CACHE_NEGATIVE_TTL_SECS=0 is checked first: such 404s go to no tier.
+                // CACHE_NEGATIVE_TTL_SECS=0: 404s are never remembered, whatever the origin says.
                 let why = if entry.negative && self.life.negative_ttl.is_zero() {
                     Some(NotStored::Declined)
                 } else {

@@ -77,37 +77,27 @@ async fn cache_status_says_stored_only_when_a_tier_kept_the_answer() {
             ("CACHE_NEGATIVE_TTL_SECS", "0"),
         ])
         .await;
-    let c = client();
     for _ in 0..2 {
-        let r = c.get(s.item_url("big")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
+        let (code, status, body) = s.get("big").await;
         assert_eq!(
-            r.headers()["cache-status"],
-            "cache-layer; fwd=miss; detail=declined"
+            (code, status.as_str()),
+            (200, "cache-layer; fwd=miss; detail=declined")
         );
-        assert!(r.bytes().await.unwrap().len() > 100_000);
+        assert_eq!(body["value"]["padding"].as_str().map(str::len), Some(100_000));
     }
     assert_eq!(origin.served().await, 2);
     // A 404 while CACHE_NEGATIVE_TTL_SECS is 0 is never remembered: not `stored` either.
-    let r = c.get(s.item_url("missing-1")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    let (code, status, _) = s.get("missing-1").await;
     assert_eq!(
-        r.headers()["cache-status"],
-        "cache-layer; fwd=miss; detail=declined"
+        (code, status.as_str()),
+        (404, "cache-layer; fwd=miss; detail=declined")
     );
     assert_eq!(s.metric("cache_not_stored_total{reason=\"declined\"").await, 3.0);
     assert_eq!(s.metric("cache_not_stored_total{reason=\"purged\"").await, 0.0);
     // An answer that fits is stored, and said to be.
     origin.set("ok", 0).await;
-    let r = c.get(s.item_url("small")).send().await.unwrap();
-    assert_eq!(r.headers()["cache-status"], "cache-layer; fwd=miss; stored");
-    let r = c.get(s.item_url("small")).send().await.unwrap();
-    assert!(
-        r.headers()["cache-status"]
-            .to_str()
-            .unwrap()
-            .ends_with("detail=memory")
-    );
+    assert_eq!(s.get("small").await.1, "cache-layer; fwd=miss; stored");
+    assert!(s.get("small").await.1.ends_with("detail=memory"));
     assert_eq!(origin.served().await, 4);
     assert_eq!(s.metric("cache_not_stored_total{reason=\"declined\"").await, 3.0);
 }

@@ -8,7 +8,8 @@ use serde_json::Value;
 use tokio::sync::Barrier;
 
 use crate::harness::{
-    Origin, RedisCluster, Service, client, entry_key, eventually, raw_get, services_on, with_redis_and_origin,
+    Origin, RedisCluster, Service, cache_status, client, entry_key, eventually, raw_get, services_on,
+    with_redis_and_origin,
 };
 
 /// Waits until `key` is answered stale by `s`; returns that answer.
@@ -519,8 +520,7 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_value_out_of_the_cache() {
         let (c, url) = (client(), s.item_url("k"));
         tokio::spawn(async move {
             let r = c.get(url).send().await.unwrap();
-            let status = r.headers()["cache-status"].to_str().unwrap().to_owned();
-            (status, r.json::<Value>().await.unwrap())
+            (cache_status(&r), r.json::<Value>().await.unwrap())
         })
     };
     origin.wait_served(1).await;
