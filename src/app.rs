@@ -60,6 +60,9 @@ impl Application {
         // Before any TLS client (Redis with `rediss://`, the HTTP origin) is built.
         crate::tls::install_crypto_provider();
         let metrics = telemetry.metrics.clone();
+        for notice in &config.notices {
+            tracing::warn!("{notice}");
+        }
         if let Some(token) = &config.items.admin_token
             && token.len() < MIN_ADMIN_TOKEN_BYTES
         {

@@ -53,6 +53,9 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Where values come from on a miss, and how the origin is protected.
     pub origin: OriginConfig,
+    /// What start-up must tell the operator at `warn` without refusing to start: deprecated
+    /// names, names that look like misspelt settings, the simulated origin standing in.
+    pub notices: Vec<String>,
 }
 
 /// How the HTTP server treats connections (`HTTP_*`): what a slow or idle client may hold.
@@ -65,6 +68,10 @@ pub struct ServerLimits {
     pub body_timeout: Duration,
     /// `HTTP_KEEPALIVE_TIMEOUT_SECS`: an idle kept-alive connection is closed after it.
     pub keepalive_timeout: Duration,
+    /// `HTTP_WRITE_TIMEOUT_SECS`: a response (a streamed one included) that makes no write
+    /// progress for this long is cut and its connection closed, so a client that stops
+    /// reading cannot hold its connection slot (or the shutdown) forever.
+    pub write_timeout: Duration,
     /// `HTTP_MAX_CONNECTIONS`: open connections at most; at the cap the oldest idle one is
     /// closed to make room. Lowered at start-up to fit under `RLIMIT_NOFILE`.
     pub max_connections: usize,
@@ -206,7 +213,7 @@ pub enum OriginSource {
 /// The origin's circuit breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerConfig {
-    /// `ORIGIN_BREAKER_FAILURES`, `ORIGIN_BREAKER_WINDOW`, `ORIGIN_BREAKER_FAILURE_RATE`.
+    /// `ORIGIN_BREAKER_WINDOW_SECS`, `ORIGIN_BREAKER_MIN_REQUESTS`, `ORIGIN_BREAKER_FAILURE_RATE`.
     pub trip: Trip,
     /// `ORIGIN_BREAKER_COOLDOWN_SECS`: how long the circuit stays open before a probe.
     pub cooldown: Duration,
@@ -261,9 +268,13 @@ mod vars {
     pub const ORIGIN_TIMEOUT_MS: Var<Millis> = millis("ORIGIN_TIMEOUT_MS", "2000", 1);
     pub const ORIGIN_MAX_CONCURRENCY: Var<Count> = count("ORIGIN_MAX_CONCURRENCY", "64", 1, 100_000);
     pub const ORIGIN_MAX_BODY_BYTES: Var<Count> = count("ORIGIN_MAX_BODY_BYTES", "1048576", 1, 1 << 30);
+    /// Deprecated (the consecutive trigger is gone): accepted and checked, then ignored.
     pub const ORIGIN_BREAKER_FAILURES: Var<Count> = count("ORIGIN_BREAKER_FAILURES", "5", 1, 1_000_000);
+    /// Deprecated (the window is in seconds now): accepted and checked, then ignored.
     pub const ORIGIN_BREAKER_WINDOW: Var<Count> = count("ORIGIN_BREAKER_WINDOW", "20", 2, 64);
-    pub const ORIGIN_BREAKER_FAILURE_RATE: Var<Count> = count("ORIGIN_BREAKER_FAILURE_RATE", "50", 0, 100);
+    pub const ORIGIN_BREAKER_WINDOW_SECS: Var<Secs> = secs("ORIGIN_BREAKER_WINDOW_SECS", "10", 1);
+    pub const ORIGIN_BREAKER_MIN_REQUESTS: Var<Count> = count("ORIGIN_BREAKER_MIN_REQUESTS", "20", 1, 1_000_000);
+    pub const ORIGIN_BREAKER_FAILURE_RATE: Var<Count> = count("ORIGIN_BREAKER_FAILURE_RATE", "50", 1, 100);
     pub const ORIGIN_BREAKER_COOLDOWN_SECS: Var<Secs> = secs("ORIGIN_BREAKER_COOLDOWN_SECS", "10", 1);
 
     pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
@@ -280,6 +291,7 @@ mod vars {
     pub const HTTP_HEADER_TIMEOUT_SECS: Var<Secs> = secs("HTTP_HEADER_TIMEOUT_SECS", "10", 1);
     pub const HTTP_BODY_TIMEOUT_SECS: Var<Secs> = secs("HTTP_BODY_TIMEOUT_SECS", "10", 1);
     pub const HTTP_KEEPALIVE_TIMEOUT_SECS: Var<Secs> = secs("HTTP_KEEPALIVE_TIMEOUT_SECS", "60", 1);
+    pub const HTTP_WRITE_TIMEOUT_SECS: Var<Secs> = secs("HTTP_WRITE_TIMEOUT_SECS", "30", 1);
     pub const HTTP_MAX_CONNECTIONS: Var<Count> = count("HTTP_MAX_CONNECTIONS", "4096", 1, 1_000_000);
 }
 
@@ -387,6 +399,20 @@ impl Env {
             None => OriginSource::Simulated { latency },
         };
         let log_json = LOG_FORMAT.read(env)?;
+        let mut notices = Vec::new();
+        for (old, new) in [
+            (ORIGIN_BREAKER_FAILURES.name, "ORIGIN_BREAKER_MIN_REQUESTS"),
+            (ORIGIN_BREAKER_WINDOW.name, "ORIGIN_BREAKER_WINDOW_SECS"),
+        ] {
+            if env.is_set(old) {
+                notices.push(format!(
+                    "{old} is deprecated and ignored: the circuit opens on the failure rate over the last ORIGIN_BREAKER_WINDOW_SECS, once ORIGIN_BREAKER_MIN_REQUESTS fetches ran; see {new}"
+                ));
+            }
+        }
+        // Still checked, so a value that was refused before is refused now.
+        ORIGIN_BREAKER_FAILURES.read(env)?;
+        ORIGIN_BREAKER_WINDOW.read(env)?;
         let origin = OriginConfig {
             source,
             timeout: origin_timeout,
@@ -394,8 +420,8 @@ impl Env {
             max_body_bytes: ORIGIN_MAX_BODY_BYTES.read(env)? as usize,
             breaker: BreakerConfig {
                 trip: Trip {
-                    consecutive: ORIGIN_BREAKER_FAILURES.read(env)? as u32,
-                    window: ORIGIN_BREAKER_WINDOW.read(env)? as u32,
+                    window: ORIGIN_BREAKER_WINDOW_SECS.read(env)?,
+                    min_calls: ORIGIN_BREAKER_MIN_REQUESTS.read(env)? as u32,
                     rate_percent: ORIGIN_BREAKER_FAILURE_RATE.read(env)? as u32,
                 },
                 cooldown: ORIGIN_BREAKER_COOLDOWN_SECS.read(env)?,
@@ -424,6 +450,7 @@ impl Env {
             header_timeout: HTTP_HEADER_TIMEOUT_SECS.read(env)?,
             body_timeout: HTTP_BODY_TIMEOUT_SECS.read(env)?,
             keepalive_timeout: HTTP_KEEPALIVE_TIMEOUT_SECS.read(env)?,
+            write_timeout: HTTP_WRITE_TIMEOUT_SECS.read(env)?,
             max_connections: HTTP_MAX_CONNECTIONS.read(env)? as usize,
         };
         Ok(Config {
@@ -439,6 +466,7 @@ impl Env {
             },
             redis,
             origin,
+            notices,
         })
     }
 }
@@ -945,8 +973,14 @@ mod tests {
             (ORIGIN_TIMEOUT_MS.name, ORIGIN_TIMEOUT_MS.default),
             (ORIGIN_MAX_CONCURRENCY.name, ORIGIN_MAX_CONCURRENCY.default),
             (ORIGIN_MAX_BODY_BYTES.name, ORIGIN_MAX_BODY_BYTES.default),
-            (ORIGIN_BREAKER_FAILURES.name, ORIGIN_BREAKER_FAILURES.default),
-            (ORIGIN_BREAKER_WINDOW.name, ORIGIN_BREAKER_WINDOW.default),
+            (
+                ORIGIN_BREAKER_WINDOW_SECS.name,
+                ORIGIN_BREAKER_WINDOW_SECS.default,
+            ),
+            (
+                ORIGIN_BREAKER_MIN_REQUESTS.name,
+                ORIGIN_BREAKER_MIN_REQUESTS.default,
+            ),
             (
                 ORIGIN_BREAKER_FAILURE_RATE.name,
                 ORIGIN_BREAKER_FAILURE_RATE.default,
@@ -970,6 +1004,11 @@ mod tests {
                 HTTP_KEEPALIVE_TIMEOUT_SECS.default,
             ),
             (HTTP_MAX_CONNECTIONS.name, HTTP_MAX_CONNECTIONS.default),
+            (HTTP_WRITE_TIMEOUT_SECS.name, HTTP_WRITE_TIMEOUT_SECS.default),
+            (
+                ORIGIN_BREAKER_WINDOW_SECS.name,
+                ORIGIN_BREAKER_WINDOW_SECS.default,
+            ),
         ];
         for (name, default) in with_default {
             let row = row(name);
@@ -996,7 +1035,11 @@ mod tests {
         let r = c.redis.unwrap();
         assert_eq!(r.key_prefix, "cache-layer");
         assert_eq!(r.response_timeout, Duration::from_millis(250));
-        assert_eq!(c.origin.breaker.trip.window, 20);
+        assert_eq!(c.origin.breaker.trip.window, Duration::from_secs(10));
+        assert_eq!(c.origin.breaker.trip.min_calls, 20);
+        assert!(c.notices.is_empty(), "{:?}", c.notices);
+        let old = config(&[("ORIGIN_BREAKER_FAILURES", "3")]).unwrap();
+        assert!(old.notices[0].starts_with("ORIGIN_BREAKER_FAILURES is deprecated and ignored"));
         assert_eq!(c.server.max_connections, 4096);
         assert_eq!(
             c.items.batch,

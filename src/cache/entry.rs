@@ -251,7 +251,14 @@ impl Entry {
         self.body.len()
     }
 
-    /// The answer body for the request that fetched it (`"source":"origin"`).
+    /// The answer body without its `"source"` member and closing brace (a slice of the
+    /// entry's shared bytes, never a copy), for answers that write `"source"` themselves: a
+    /// batch writes a 1 MB value a thousand times from one buffer.
+    pub fn body_head(&self) -> Bytes {
+        self.body.slice(..self.body.len() - CACHE_SUFFIX.len())
+    }
+
+    /// The answer body as an origin fetch answers it (`"source":"origin"`); a copy.
     pub fn origin_body(&self) -> Bytes {
         let head = &self.body[..self.body.len() - CACHE_SUFFIX.len()];
         let mut out = BytesMut::with_capacity(head.len() + ORIGIN_SUFFIX.len());

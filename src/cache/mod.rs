@@ -24,6 +24,7 @@ mod redis;
 mod sketch;
 mod tier;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,8 +47,22 @@ pub use purge_log::{PurgeLog, Verdict};
 pub use redis::{RedisHealth, RedisOp, RedisTier, key_slot};
 pub use tier::{AnyTier, Tier, TierError, TierName};
 
+/// Keys of a batch looked up in the tiers together: one round trip per tier per window, and no
+/// more entries read ahead of what the client has taken than a window holds.
+pub const BATCH_WINDOW: usize = 64;
+
+/// Where [`ReadThrough::get_many`] hands each answer, as it is known. Its pace is the batch's:
+/// while `answer` waits, nothing more is looked up or fetched.
+pub trait BatchSink: Send {
+    /// Takes the answer for position `at`; `false` when nobody reads the answers any more.
+    fn answer(&mut self, at: usize, result: Result<Answer, CacheError>) -> impl Future<Output = bool> + Send;
+
+    /// Resolves when nobody reads the answers any more (the client went away).
+    fn closed(&self) -> impl Future<Output = ()> + Send;
+}
+
 use self::fleet::{Fleet, Turn};
-use crate::origin::{AnyOrigin, BreakerState, Fetched, GuardedOrigin, Origin, OriginError};
+use crate::origin::{AnyOrigin, BreakerState, FailureTicket, Fetched, GuardedOrigin, Origin, OriginError};
 use crate::telemetry::{self, Metrics, TRACE_TARGET};
 
 /// The result of one fetch, shared by everyone who waited on it.
@@ -111,8 +126,10 @@ struct Inner<O> {
     instance: Arc<str>,
     /// Tags purged lately, for fetches in flight.
     tag_purges: TagPurges,
-    /// Permits of background refreshes: half of `ORIGIN_MAX_CONCURRENCY`.
-    background: tokio::sync::Semaphore,
+    /// The pool batch fetches and background refreshes share: half of
+    /// `ORIGIN_MAX_CONCURRENCY`, handed out first come first served, so together they never
+    /// take the permits single `GET`s need.
+    shared_pool: Arc<tokio::sync::Semaphore>,
     /// When each `Uncacheable` reason was last logged (ms since the epoch).
     uncacheable_logged: [AtomicU64; Uncacheable::ALL.len()],
     /// Counters.
@@ -146,7 +163,7 @@ impl<O: Origin> ReadThrough<O> {
                 instance,
                 uncacheable_logged: Default::default(),
                 tag_purges: TagPurges::default(),
-                background: tokio::sync::Semaphore::new(background_permits),
+                shared_pool: Arc::new(tokio::sync::Semaphore::new(background_permits)),
                 metrics,
             }),
         }
@@ -183,29 +200,100 @@ impl<O: Origin> ReadThrough<O> {
         {
             Some(served) => Ok(served),
             None => {
-                self.revalidated_or_fetched(key, stale, Instant::now() + wait)
+                self.revalidated_or_fetched(key, stale, Instant::now() + wait, None)
                     .await
             }
         }
     }
 
-    /// The answers for `keys` (distinct), each handed to `answer` with its position in `keys`
-    /// as soon as it is known: the tiers' hits first (one [`Tier::get_many`] per tier, for the
-    /// keys the tiers in front did not hold fresh), then stale entries, then the misses as
-    /// their fetches complete. At most `concurrency` misses wait on a fetch at once; the
-    /// others queue. A miss not answered by `deadline` is [`CacheError::TimedOut`], and one
-    /// still queued then is not fetched. Each key is looked up, fetched (or coalesced with a
-    /// fetch in flight, here or on another replica) and counted as [`ReadThrough::get`] does.
+    /// The answers for `keys` (distinct), each handed to `sink` with its position in `keys` as
+    /// soon as it is known. Keys are looked up a window of [`BATCH_WINDOW`] at a time (one
+    /// [`Tier::get_many`] per tier for the keys the tiers in front did not hold fresh), hits and
+    /// servable stale entries answered at once, misses queued for a fetch. At most
+    /// `concurrency` misses of this batch wait on a fetch at once, and each first waits for a
+    /// permit of the pool batches share with background refreshes (half of
+    /// `ORIGIN_MAX_CONCURRENCY`, first come first served), so batches together never take the
+    /// permits single `GET`s need. A miss not answered by `deadline` is
+    /// [`CacheError::TimedOut`], and one still queued then is not fetched. Each key is looked
+    /// up, fetched (or coalesced with a fetch in flight, here or on another replica) and counted
+    /// as [`ReadThrough::get`] does; a batch counts at most one origin failure against the
+    /// breaker.
+    ///
+    /// The sink applies backpressure: nothing more is looked up or fetched while it is busy, and
+    /// once it is closed (the client went away) no new fetch starts; fetches already in flight
+    /// finish in their own tasks and are stored.
     pub async fn get_many(
         &self,
         keys: &[&str],
         deadline: Instant,
         concurrency: usize,
-        mut answer: impl FnMut(usize, Result<Answer, CacheError>),
+        sink: &mut impl BatchSink,
     ) {
+        let ticket = Arc::new(FailureTicket::default());
+        let concurrency = concurrency.max(1);
+        let mut queued: std::collections::VecDeque<(usize, Previous)> = std::collections::VecDeque::new();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut looked_up = 0;
+        loop {
+            // Look up the next window once the queue runs low, so fetches never wait on lookups
+            // and lookups never run far ahead of what the sink has taken.
+            if looked_up < keys.len() && queued.len() < concurrency {
+                let window = looked_up..(looked_up + BATCH_WINDOW).min(keys.len());
+                looked_up = window.end;
+                if !self.look_up_window(keys, window, &mut queued, sink).await {
+                    return;
+                }
+                continue;
+            }
+            while running.len() < concurrency
+                && let Some((k, stale)) = queued.pop_front()
+            {
+                let ticket = &ticket;
+                running.push(async move {
+                    // Queued past the deadline: answered, and no fetch is started for it.
+                    let pool = self.inner.shared_pool.clone();
+                    let permit = tokio::time::timeout_at(deadline, pool.acquire_owned()).await;
+                    let Ok(Ok(permit)) = permit else {
+                        return (k, Err(CacheError::TimedOut));
+                    };
+                    let share = PoolShare {
+                        ticket: ticket.clone(),
+                        permit,
+                    };
+                    (
+                        k,
+                        self.revalidated_or_fetched(keys[k], stale, deadline, Some(share))
+                            .await,
+                    )
+                });
+            }
+            if running.is_empty() {
+                return;
+            }
+            let next = tokio::select! {
+                next = running.next() => next,
+                () = sink.closed() => return,
+            };
+            if let Some((k, result)) = next
+                && !sink.answer(k, result).await
+            {
+                return;
+            }
+        }
+    }
+
+    /// Looks up `keys[window]` in every tier: fresh hits and servable stale entries go to the
+    /// sink, the rest to `queued` (with their stale entry, if any). `false`: the sink closed.
+    async fn look_up_window(
+        &self,
+        keys: &[&str],
+        window: std::ops::Range<usize>,
+        queued: &mut std::collections::VecDeque<(usize, Previous)>,
+        sink: &mut impl BatchSink,
+    ) -> bool {
         let now = now_ms();
-        let mut stale: Vec<Option<(Arc<Entry>, TierName)>> = vec![None; keys.len()];
-        let mut open: Vec<usize> = (0..keys.len()).collect();
+        let mut stale: Vec<Previous> = vec![None; window.len()];
+        let mut open: Vec<usize> = window.clone().collect();
         for (i, tier) in self.inner.tiers.iter().enumerate() {
             if open.is_empty() {
                 break;
@@ -215,10 +303,18 @@ impl<O: Origin> ReadThrough<O> {
             let found = tier.get_many(&asked).instrument(span.clone()).await;
             let (mut hits, mut left) = (0, Vec::with_capacity(open.len()));
             for (k, found) in open.into_iter().zip(found) {
-                match look(found.ok().flatten(), tier.name(), &mut stale[k], now) {
+                match look(
+                    found.ok().flatten(),
+                    tier.name(),
+                    &mut stale[k - window.start],
+                    now,
+                ) {
                     Looked::Fresh(entry, ttl_secs) => {
                         hits += 1;
-                        answer(k, Ok(self.fresh_from(i, keys[k], entry, ttl_secs, now).await));
+                        let answer = self.fresh_from(i, keys[k], entry, ttl_secs, now).await;
+                        if !sink.answer(k, Ok(answer)).await {
+                            return false;
+                        }
                     }
                     Looked::Stale | Looked::Miss => left.push(k),
                 }
@@ -226,29 +322,21 @@ impl<O: Origin> ReadThrough<O> {
             span.record("cache.hits", hits as i64);
             open = left;
         }
-        let mut misses = Vec::with_capacity(open.len());
         for k in open {
-            let stale = stale[k].take();
+            let stale = stale[k - window.start].take();
             match stale
                 .as_ref()
                 .and_then(|(entry, tier)| self.serve_stale(keys[k], entry, *tier, now))
             {
-                Some(served) => answer(k, Ok(served)),
-                None => misses.push((k, stale)),
+                Some(served) => {
+                    if !sink.answer(k, Ok(served)).await {
+                        return false;
+                    }
+                }
+                None => queued.push_back((k, stale)),
             }
         }
-        let mut fetches = futures_util::stream::iter(misses)
-            .map(|(k, stale)| async move {
-                // Queued past the deadline: answered, and no fetch is started for it.
-                if Instant::now() >= deadline {
-                    return (k, Err(CacheError::TimedOut));
-                }
-                (k, self.revalidated_or_fetched(keys[k], stale, deadline).await)
-            })
-            .buffer_unordered(concurrency.max(1));
-        while let Some((k, result)) = fetches.next().await {
-            answer(k, result);
-        }
+        true
     }
 
     /// A fresh `entry` found in tier `i`: the tiers in front of it keep a copy; counted.
@@ -267,7 +355,7 @@ impl<O: Origin> ReadThrough<O> {
         let breaker_open = self.inner.origin.breaker_state() == BreakerState::Open;
         if !breaker_open && entry.may_serve_while_revalidating(now) {
             // Refresh in the background: one fetch per key, however many stale hits.
-            let _ = self.start_fetch(key, Some((entry.clone(), tier)), true);
+            let _ = self.start_fetch(key, Some((entry.clone(), tier)), true, None);
             return Some(self.stale(entry.clone(), tier, StaleReason::WhileRevalidate, now));
         }
         if breaker_open && entry.may_serve_if_error(now) {
@@ -284,11 +372,15 @@ impl<O: Origin> ReadThrough<O> {
         key: &str,
         stale: Previous,
         deadline: Instant,
+        share: Option<PoolShare>,
     ) -> Result<Answer, CacheError> {
         let Some((entry, tier)) = stale else {
-            return self.fetched(key, None, deadline).await;
+            return self.fetched(key, None, deadline, share).await;
         };
-        match self.fetched(key, Some((entry.clone(), tier)), deadline).await {
+        match self
+            .fetched(key, Some((entry.clone(), tier)), deadline, share)
+            .await
+        {
             Err(CacheError::Origin(_)) if entry.may_serve_if_error(now_ms()) => {
                 Ok(self.stale(entry, tier, StaleReason::IfError, now_ms()))
             }
@@ -311,9 +403,15 @@ impl<O: Origin> ReadThrough<O> {
     /// Joins or starts the fetch of `key` (a refresh of `previous`, when there is one) and waits
     /// for it until `deadline`; counted as a miss (coalesced when it waited on another
     /// request's or replica's fetch), or as a hit of its tier when it revalidated `previous`.
-    async fn fetched(&self, key: &str, previous: Previous, deadline: Instant) -> Result<Answer, CacheError> {
+    async fn fetched(
+        &self,
+        key: &str,
+        previous: Previous,
+        deadline: Instant,
+        share: Option<PoolShare>,
+    ) -> Result<Answer, CacheError> {
         let refreshed_tier = previous.as_ref().map(|(_, tier)| *tier);
-        let (role, waiter) = self.start_fetch(key, previous, false);
+        let (role, waiter) = self.start_fetch(key, previous, false, share);
         let fetch = tokio::time::timeout_at(deadline, waiter.wait())
             .await
             .map_err(|_| CacheError::TimedOut)???;
@@ -394,6 +492,7 @@ impl<O: Origin> ReadThrough<O> {
         key: &str,
         previous: Previous,
         background: bool,
+        share: Option<PoolShare>,
     ) -> (Role, coalesce::Waiter<Result<Fetch, CacheError>>) {
         let key: Arc<str> = Arc::from(key);
         let parent = Span::current();
@@ -403,16 +502,24 @@ impl<O: Origin> ReadThrough<O> {
             let span = tracing::info_span!(target: TRACE_TARGET, parent: &parent, "origin.fetch",
                 otel.kind = "client", origin.outcome = tracing::field::Empty);
             let previous = previous.map(|(entry, _)| entry);
+            let (ticket, permit) = match share {
+                Some(PoolShare { ticket, permit }) => (Some(ticket), Some(permit)),
+                None => (None, None),
+            };
             let fence = Fence {
                 superseded,
                 started_ms: now_ms(),
+                ticket,
             };
             async move {
-                // Refreshes of entries served stale wait for one of their share of the origin's
-                // permits, so a soft purge of many keys never takes the permits cold keys need.
-                let _permit = match background {
-                    true => inner.background.acquire().await.ok(),
-                    false => None,
+                // The fetch holds its pool permit (a batch's, or a refresh's) until it is done,
+                // even when the request that started it gave up waiting. Refreshes of entries
+                // served stale wait for one here, so a soft purge of many keys never takes the
+                // permits cold keys need.
+                let _permit = match (permit, background) {
+                    (Some(permit), _) => Some(permit),
+                    (None, true) => inner.shared_pool.clone().acquire_owned().await.ok(),
+                    (None, false) => None,
                 };
                 inner.clone().fetch(&key, &fence, previous).await
             }
@@ -618,9 +725,19 @@ async fn purge_in(tier: &AnyTier, target: &Target, mode: PurgeMode) -> Result<u6
 
 /// What can overtake a fetch in flight, so that it must not store its answer: a purge of its
 /// key (`superseded`), or a purge of a tag its answer carries since it started.
+/// A batch key's share of the origin: its batch's breaker ticket, and the permit of the pool
+/// batches and refreshes share, which the fetch it starts holds until it is done.
+struct PoolShare {
+    ticket: Arc<FailureTicket>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 struct Fence {
     superseded: Superseded,
     started_ms: u64,
+    /// The breaker ticket of the request that started the fetch (a batch's, shared by all its
+    /// keys), so one request counts at most one origin failure.
+    ticket: Option<Arc<FailureTicket>>,
 }
 
 /// Tags purged lately, and when: a fetch that started before a purge of a tag its answer
@@ -739,7 +856,10 @@ impl<O: Origin> Inner<O> {
     ) -> Result<Fetch, CacheError> {
         let traceparent = telemetry::traceparent(&Span::current());
         let validators = previous.as_deref().map(Entry::validators).filter(|v| v.any());
-        let fetched = self.origin.fetch(key, traceparent, validators).await?;
+        let fetched = self
+            .origin
+            .fetch(key, traceparent, validators, fence.ticket.as_deref())
+            .await?;
         let now = now_ms();
         let headers = match &fetched {
             Fetched::Value(_, h) | Fetched::NotFound(h) | Fetched::NotModified(h) => h,
@@ -913,7 +1033,8 @@ mod tests {
         Lifetimes::fixed(ttl, Duration::from_secs(60), Duration::from_secs(5))
     }
 
-    /// A cache with a memory tier (or none) over `origin`; the breaker opens after 2 failures.
+    /// A cache with a memory tier (or none) over `origin`; the breaker opens once 60 % of at
+    /// least 3 fetches failed (after one success, 2 failures).
     fn cache(origin: &Gated, memory: bool, ttl: Duration) -> ReadThrough<Gated> {
         let metrics = Arc::new(Metrics::detached());
         let tiers = if memory {
@@ -923,9 +1044,9 @@ mod tests {
         };
         let breaker = Breaker::new(
             Trip {
-                consecutive: 2,
-                window: 20,
-                rate_percent: 0,
+                window: Duration::from_secs(600),
+                min_calls: 3,
+                rate_percent: 60,
             },
             Duration::from_secs(600),
         );
@@ -1219,14 +1340,20 @@ mod tests {
         wait: Duration,
         concurrency: usize,
     ) -> Vec<Option<Result<Answer, CacheError>>> {
-        let mut answers: Vec<Option<Result<Answer, CacheError>>> = vec![None; keys.len()];
+        struct Collect(Vec<Option<Result<Answer, CacheError>>>);
+        impl BatchSink for Collect {
+            async fn answer(&mut self, k: usize, a: Result<Answer, CacheError>) -> bool {
+                assert!(self.0[k].replace(a).is_none(), "{k} answered twice");
+                true
+            }
+            async fn closed(&self) {
+                std::future::pending().await
+            }
+        }
+        let mut answers = Collect(vec![None; keys.len()]);
         let deadline = Instant::now() + wait;
-        cache
-            .get_many(keys, deadline, concurrency, |k, a| {
-                assert!(answers[k].replace(a).is_none(), "{k} answered twice");
-            })
-            .await;
-        answers
+        cache.get_many(keys, deadline, concurrency, &mut answers).await;
+        answers.0
     }
 
     #[tokio::test]

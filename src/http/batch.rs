@@ -4,7 +4,7 @@
 //! as it is ready. One key's failure never fails the batch; only the request as a whole (its
 //! body, its size, its media type) can.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::items::check_key;
-use crate::cache::{Answer, AnswerKind, CacheError};
+use crate::cache::{Answer, AnswerKind, BatchSink, CacheError};
 use crate::error::AppError;
 use crate::telemetry::{self, TRACE_TARGET};
 
@@ -48,6 +48,12 @@ struct Failed<'a> {
     retry_after_secs: Option<u64>,
 }
 
+/// Frames (a separator, an entry's bytes, a key's status) that may wait between a batch's work
+/// and its connection. A client that stops reading holds at most these plus the connection's
+/// write buffer: the batch waits for it instead of building its answer whole, and each frame
+/// that carries a value is a slice of the entry's shared bytes, never a copy.
+const FRAMES_IN_FLIGHT: usize = 16;
+
 /// `POST /items:batch`.
 pub async fn get_batch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
@@ -74,87 +80,151 @@ pub async fn get_batch(State(state): State<Arc<AppState>>, request: Request) -> 
     span.record("batch.keys", keys.len() as i64);
     span.record("http.response.status_code", 200);
     let deadline = tokio::time::Instant::from_std(started) + state.request_timeout;
-    if wants_ndjson(&parts.headers) {
-        return stream(state, keys, deadline, started, span);
-    }
-    let mut items: Vec<Bytes> = vec![Bytes::new(); keys.len()];
-    answer_all(&state, &keys, deadline, |at, element| items[at] = element.clone())
-        .instrument(span)
-        .await;
-    state.metrics.batch(keys.len(), started.elapsed());
-    let len = items.iter().map(|e| e.len() + 1).sum::<usize>() + 12;
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(b"{\"items\":[");
-    for (i, element) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(element);
-    }
-    out.extend_from_slice(b"]}");
-    let mut response = Response::new(Body::from(out));
-    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
-    response
-}
-
-/// The NDJSON answer: one line per requested key, `{"index":…,"key":…,…}`, written as each key
-/// is answered (hits first, then misses as their fetches complete). The work runs as a task of
-/// its own, so lines leave while later keys are still being fetched.
-fn stream(
-    state: Arc<AppState>,
-    keys: Vec<String>,
-    deadline: tokio::time::Instant,
-    started: Instant,
-    span: tracing::Span,
-) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let ndjson = wants_ndjson(&parts.headers);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(FRAMES_IN_FLIGHT);
+    // The work runs as a task of its own, so the answer leaves while later keys are still being
+    // fetched, at the pace the client reads it.
     tokio::spawn(
         async move {
-            answer_all(&state, &keys, deadline, |at, element| {
-                // `{"index":N,` + the element without its `{`, then a newline.
-                let mut line = Vec::with_capacity(element.len() + 24);
-                line.extend_from_slice(b"{\"index\":");
-                line.extend_from_slice(at.to_string().as_bytes());
-                line.push(b',');
-                line.extend_from_slice(&element[1..]);
-                line.push(b'\n');
-                // A client that went away stops reading; the fetches still complete and are
-                // stored for the next request.
-                let _ = tx.send(Bytes::from(line));
-            })
-            .await;
+            let mut out = Writer::new(tx, ndjson);
+            if out
+                .send(Bytes::from_static(if ndjson { b"" } else { b"{\"items\":[" }))
+                .await
+            {
+                answer_all(&state, &keys, deadline, &mut out).await;
+                if !ndjson {
+                    out.send(Bytes::from_static(b"]}")).await;
+                }
+            }
             state.metrics.batch(keys.len(), started.elapsed());
         }
         .instrument(span),
     );
-    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
-            .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+            .map(|frame| (Ok::<_, std::convert::Infallible>(frame), rx))
     });
-    let mut response = Response::new(Body::from_stream(lines));
+    let mut response = Response::new(Body::from_stream(frames));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    // Proxies that buffer (nginx, ingress-nginx) would hold the lines back until the end.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if ndjson {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+        // Proxies that buffer (nginx, ingress-nginx) would hold the lines back until the end.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    } else {
+        headers.insert(header::CONTENT_TYPE, JSON);
+    }
     response
 }
 
-/// Answers every position of `keys`, handing `element(position, json)` each answer as soon as
-/// it is known: bad keys at once, then each distinct key once (duplicates get the same element
-/// in each of their positions) through [`crate::cache::ReadThrough::get_many`].
-async fn answer_all(
-    state: &AppState,
-    keys: &[String],
-    deadline: tokio::time::Instant,
-    mut element: impl FnMut(usize, &Bytes),
-) {
+/// One key's answer as it is written: `head` starts with `{`, and `head` + `tail` is the JSON
+/// object. For a value, `head` is the entry's own body bytes (shared, not copied).
+#[derive(Clone)]
+struct Element {
+    head: Bytes,
+    tail: Bytes,
+}
+
+/// Writes elements to the connection: JSON in the request's order (an element answered before
+/// its turn waits, as shared bytes, until the ones before it are written), or NDJSON lines as
+/// they come, each opened with `{"index":N,`.
+struct Writer {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    ndjson: bool,
+    /// JSON: the next position to write.
+    next: usize,
+    /// JSON: elements answered before their turn.
+    early: BTreeMap<usize, Element>,
+}
+
+impl Writer {
+    fn new(tx: tokio::sync::mpsc::Sender<Bytes>, ndjson: bool) -> Self {
+        Writer {
+            tx,
+            ndjson,
+            next: 0,
+            early: BTreeMap::new(),
+        }
+    }
+
+    /// Hands one frame to the connection, waiting while it is full; `false` once the client is
+    /// gone.
+    async fn send(&self, frame: Bytes) -> bool {
+        frame.is_empty() || self.tx.send(frame).await.is_ok()
+    }
+
+    /// Writes (or keeps for its turn) the element of position `at`; `false` once the client is
+    /// gone.
+    async fn put(&mut self, at: usize, element: &Element) -> bool {
+        if self.ndjson {
+            let open = Bytes::from(format!("{{\"index\":{at},"));
+            return self.send(open).await
+                && self.send(element.head.slice(1..)).await
+                && self.send(element.tail.clone()).await
+                && self.send(Bytes::from_static(b"\n")).await;
+        }
+        if at != self.next {
+            self.early.insert(at, element.clone());
+            return true;
+        }
+        let mut element = element.clone();
+        loop {
+            let separator = Bytes::from_static(if self.next == 0 { b"" } else { b"," });
+            if !(self.send(separator).await && self.send(element.head).await && self.send(element.tail).await)
+            {
+                return false;
+            }
+            self.next += 1;
+            match self.early.remove(&self.next) {
+                Some(later) => element = later,
+                None => return true,
+            }
+        }
+    }
+
+    /// Resolves when the client is gone.
+    async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+/// The answers of the distinct keys, written at every position that asked for them.
+struct Answers<'a> {
+    state: &'a AppState,
+    distinct: &'a [&'a str],
+    positions: &'a [Vec<usize>],
+    out: &'a mut Writer,
+}
+
+impl BatchSink for Answers<'_> {
+    async fn answer(&mut self, d: usize, result: Result<Answer, CacheError>) -> bool {
+        let element = render(self.state, self.distinct[d], result);
+        for &at in &self.positions[d] {
+            if !self.out.put(at, &element).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn closed(&self) {
+        self.out.closed().await
+    }
+}
+
+/// Answers every position of `keys` through `out`, as each answer is known: bad keys at once,
+/// then each distinct key once (duplicates get the same element, the same shared bytes, in
+/// each of their positions) through [`crate::cache::ReadThrough::get_many`]. Stops early when
+/// the client is gone.
+async fn answer_all(state: &AppState, keys: &[String], deadline: tokio::time::Instant, out: &mut Writer) {
     let mut distinct: Vec<&str> = Vec::new();
     let mut positions: Vec<Vec<usize>> = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
     for (at, key) in keys.iter().enumerate() {
         if let Err(e) = check_key(key, state.max_key_bytes) {
-            element(at, &failed(key, &e, None));
+            if !out.put(at, &failed(key, &e, None)).await {
+                return;
+            }
             continue;
         }
         let d = *seen.entry(key.as_str()).or_insert_with(|| {
@@ -164,21 +234,22 @@ async fn answer_all(
         });
         positions[d].push(at);
     }
-    let cache = &state.cache;
+    let mut answers = Answers {
+        state,
+        distinct: &distinct,
+        positions: &positions,
+        out,
+    };
     let concurrency = state.batch.origin_concurrency;
-    cache
-        .get_many(&distinct, deadline, concurrency, |d, result| {
-            let rendered = render(state, distinct[d], result);
-            for &at in &positions[d] {
-                element(at, &rendered);
-            }
-        })
+    state
+        .cache
+        .get_many(&distinct, deadline, concurrency, &mut answers)
         .await;
 }
 
 /// One key's element: the body `GET /items/{key}` would answer with, plus `cache` (its
 /// `Cache-Status`), or the error it would answer with.
-fn render(state: &AppState, key: &str, result: Result<Answer, CacheError>) -> Bytes {
+fn render(state: &AppState, key: &str, result: Result<Answer, CacheError>) -> Element {
     let answer = match result {
         Ok(answer) => answer,
         Err(e) => return failed(key, &AppError::from(e), None),
@@ -188,21 +259,22 @@ fn render(state: &AppState, key: &str, result: Result<Answer, CacheError>) -> By
     if answer.entry.negative {
         return failed(key, &AppError::key_not_found(), Some(status));
     }
-    let body = match answer.kind {
-        AnswerKind::Fetched { .. } => answer.entry.origin_body(),
-        _ => answer.entry.cache_body(),
+    let source: &[u8] = match answer.kind {
+        AnswerKind::Fetched { .. } => b",\"source\":\"origin\",\"cache\":",
+        _ => b",\"source\":\"cache\",\"cache\":",
     };
-    // The entry's pre-rendered object, its closing brace replaced by `,"cache":"…"}`.
-    let mut out = Vec::with_capacity(body.len() + status.len() + 12);
-    out.extend_from_slice(&body[..body.len() - 1]);
-    out.extend_from_slice(b",\"cache\":");
-    let _ = serde_json::to_writer(&mut out, status);
-    out.push(b'}');
-    Bytes::from(out)
+    let mut tail = Vec::with_capacity(source.len() + status.len() + 3);
+    tail.extend_from_slice(source);
+    let _ = serde_json::to_writer(&mut tail, status);
+    tail.push(b'}');
+    Element {
+        head: answer.entry.body_head(),
+        tail: Bytes::from(tail),
+    }
 }
 
 /// The element of a key answered with `error`.
-fn failed(key: &str, error: &AppError, cache: Option<&str>) -> Bytes {
+fn failed(key: &str, error: &AppError, cache: Option<&str>) -> Element {
     if let AppError::Internal(detail) = error {
         tracing::error!(%detail, "internal error");
     }
@@ -213,7 +285,10 @@ fn failed(key: &str, error: &AppError, cache: Option<&str>) -> Bytes {
         cache,
         retry_after_secs: error.retry_after_secs(),
     };
-    Bytes::from(serde_json::to_vec(&element).unwrap_or_default())
+    Element {
+        head: Bytes::from(serde_json::to_vec(&element).unwrap_or_else(|_| b"{}".to_vec())),
+        tail: Bytes::new(),
+    }
 }
 
 /// The keys of a batch request: a JSON body (`415` otherwise) of at most

@@ -8,8 +8,13 @@
 //! - one that sends nothing after an answer is closed after `HTTP_KEEPALIVE_TIMEOUT_SECS`;
 //! - at `HTTP_MAX_CONNECTIONS`, the oldest connection with no request in flight is closed to make
 //!   room, so a flood of idle connections cannot stop the service from accepting;
+//! - a response that makes no write progress for `HTTP_WRITE_TIMEOUT_SECS` (the client stopped
+//!   reading) is cut and its connection closed;
 //! - at shutdown, connections without a request in flight close at once; the others finish
 //!   their request and then close.
+//!
+//! A request is in flight until its answer is written: a streamed body (an NDJSON batch) counts
+//! until its last chunk, for the drain, the keep-alive timeout and the cap alike.
 //!
 //! Request bodies have their own deadline, applied where a handler reads one.
 
@@ -56,8 +61,11 @@ pub enum Phase {
 struct Conn {
     /// When it was accepted; the millisecond slots below count from here.
     accepted: Instant,
-    /// Requests handed to the router and not yet answered.
+    /// Requests handed to the router whose answer is not yet written (its body not done).
     in_flight: AtomicU32,
+    /// Since when a write to the socket has been waiting for the client to read (ms since
+    /// `accepted`), or `NONE`.
+    write_blocked_since_ms: AtomicU64,
     /// Requests answered so far.
     answered: AtomicU64,
     /// When the last answer was made (ms since `accepted`).
@@ -75,6 +83,7 @@ impl Conn {
         Conn {
             accepted: Instant::now(),
             in_flight: AtomicU32::new(0),
+            write_blocked_since_ms: AtomicU64::new(NONE),
             answered: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(NONE),
@@ -89,6 +98,28 @@ impl Conn {
 
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+            && self.write_blocked_since_ms.load(Ordering::Relaxed) == NONE
+    }
+
+    /// Called after every write attempt: `progress` when bytes went out. The first write that
+    /// must wait wakes the watchdog, which then looks again at the write deadline.
+    fn on_write(&self, progress: bool) {
+        let blocked = self.write_blocked_since_ms.load(Ordering::Relaxed);
+        if progress {
+            if blocked != NONE {
+                self.write_blocked_since_ms.store(NONE, Ordering::Relaxed);
+            }
+        } else if blocked == NONE {
+            self.write_blocked_since_ms
+                .store(self.ms_now(), Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// When the write waiting for the client must be given up, if one is waiting.
+    fn write_deadline(&self, limits: &ServerLimits) -> Option<Instant> {
+        let blocked = self.write_blocked_since_ms.load(Ordering::Relaxed);
+        (blocked != NONE).then(|| self.accepted + Duration::from_millis(blocked) + limits.write_timeout)
     }
 
     /// Called on every read: the first bytes after an answer start the header deadline. The
@@ -141,6 +172,9 @@ impl Conn {
     /// quiet spell without waking it), and while a request is in flight, where it looks after
     /// the shorter timeout (no deadline that starts when the request ends can be earlier).
     fn wake_at(&self, limits: &ServerLimits) -> Instant {
+        if let Some(write) = self.write_deadline(limits) {
+            return write;
+        }
         let Some(deadline) = self.deadline(limits) else {
             return Instant::now() + limits.header_timeout.min(limits.keepalive_timeout);
         };
@@ -302,7 +336,12 @@ async fn serve_connection(
             biased;
             _ = connection.as_mut() => break,
             () = tokio::time::sleep_until(wake_at.into()) => {
-                if conn.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
+                let now = Instant::now();
+                if conn.write_deadline(&limits).is_some_and(|d| d <= now) {
+                    tracing::debug!("response cut: no write progress within HTTP_WRITE_TIMEOUT_SECS");
+                    break;
+                }
+                if conn.deadline(&limits).is_some_and(|d| d <= now) {
                     break;
                 }
             }
@@ -399,17 +438,68 @@ impl Future for TrackedFuture {
                 Poll::Ready(Ok(response.take().expect("a ready response is polled once")))
             }
             Projected::Routed { inner, conn } => {
-                let out = std::task::ready!(inner.poll(cx));
-                if let Some(conn) = conn.take() {
-                    conn.end_request();
-                }
-                Poll::Ready(out)
+                let Ok(response) = std::task::ready!(inner.poll(cx));
+                let Some(conn) = conn.take() else {
+                    return Poll::Ready(Ok(response));
+                };
+                // In flight until the body is written (or dropped): a stream is work in
+                // progress for the drain, the keep-alive timeout and the cap.
+                Poll::Ready(Ok(response.map(|body| {
+                    Body::new(TrackedBody {
+                        inner: body,
+                        conn: Some(conn),
+                    })
+                })))
             }
         }
     }
 }
 
-/// The socket, reporting reads to its connection's watchdog.
+pin_project_lite::pin_project! {
+    /// A response body that ends its request's time in flight when it is done or dropped.
+    struct TrackedBody {
+        #[pin]
+        inner: Body,
+        conn: Option<Arc<Conn>>,
+    }
+
+    impl PinnedDrop for TrackedBody {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(conn) = this.project().conn.take() {
+                conn.end_request();
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if frame.is_none()
+            && let Some(conn) = this.conn.take()
+        {
+            conn.end_request();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The socket, reporting reads and write progress to its connection's watchdog.
 struct Watched {
     stream: TcpStream,
     conn: Arc<Conn>,
@@ -436,7 +526,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.conn.on_write(result.is_ready());
+        result
     }
 
     fn poll_write_vectored(
@@ -444,7 +536,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.conn.on_write(result.is_ready());
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

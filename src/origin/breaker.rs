@@ -1,10 +1,15 @@
-//! The origin's circuit breaker: after N consecutive failures, or when too many of the last W
-//! fetches failed, stop calling the origin for a cool-down, then let one probe through.
+//! The origin's circuit breaker: when too many of the origin fetches of the last
+//! `ORIGIN_BREAKER_WINDOW_SECS` failed (and at least `ORIGIN_BREAKER_MIN_REQUESTS` ran), stop
+//! calling the origin for a cool-down, then let one probe through.
 //!
-//! The consecutive count catches an origin that is down; the window catches one that fails
-//! every other call, which never strings N failures together and would otherwise be hammered.
+//! A time window with a minimum volume (as Envoy's outlier detection and resilience4j do), not a
+//! count of consecutive failures: five failing keys among a healthy stream, or five failures
+//! alone, say nothing about the origin. What counts as a failure is the caller's call (an origin
+//! 4xx is its answer about a key, not a failure), and a request counts at most one failure
+//! ([`FailureTicket`]), so one client cannot open the circuit for everyone.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The breaker's state, as the `origin_breaker_state` gauge shows it.
@@ -29,39 +34,68 @@ impl BreakerState {
     }
 }
 
-#[derive(Debug)]
-enum Inner {
-    Closed {
-        /// Failures since the last success.
-        failures: u32,
-        /// The last `recorded` outcomes (at most the window's size), newest in bit 0; 1 = failed.
-        window: u64,
-        recorded: u32,
-    },
-    Open {
-        until: Instant,
-    },
+/// How many slices the window is cut into: outcomes older than the window leave it a slice at a
+/// time, so the window is exact to 1/`SLICES` of its length.
+const SLICES: usize = 20;
+
+/// Outcomes of the fetches that ended within one slice of the window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slice {
+    /// Which slice of time (since the breaker's start) these counts belong to.
+    index: u64,
+    calls: u32,
+    failures: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Closed,
+    Open { until: Instant },
     HalfOpen,
 }
 
+/// The phase, and while closed the outcomes of the window.
+#[derive(Debug)]
+struct Inner {
+    phase: Phase,
+    slices: [Slice; SLICES],
+}
+
 impl Inner {
-    const CLOSED: Inner = Inner::Closed {
-        failures: 0,
-        window: 0,
-        recorded: 0,
-    };
+    fn closed() -> Inner {
+        Inner {
+            phase: Phase::Closed,
+            slices: [Slice {
+                index: u64::MAX,
+                ..Slice::default()
+            }; SLICES],
+        }
+    }
 }
 
 /// When the circuit opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trip {
-    /// Consecutive failures that open the circuit (`ORIGIN_BREAKER_FAILURES`).
-    pub consecutive: u32,
-    /// Size of the sliding window of recent fetches, 2 to 64 (`ORIGIN_BREAKER_WINDOW`).
-    pub window: u32,
-    /// Percentage of failures in a full window that opens the circuit, 1 to 100, or 0 for no
-    /// window (`ORIGIN_BREAKER_FAILURE_RATE`).
+    /// The window the failure rate is taken over (`ORIGIN_BREAKER_WINDOW_SECS`).
+    pub window: Duration,
+    /// Fewer fetches than this within the window never open the circuit
+    /// (`ORIGIN_BREAKER_MIN_REQUESTS`).
+    pub min_calls: u32,
+    /// Percentage of failed fetches within the window that opens the circuit, 1 to 100
+    /// (`ORIGIN_BREAKER_FAILURE_RATE`).
     pub rate_percent: u32,
+}
+
+/// One request's right to count a failure: every fetch made for the same request (the keys of a
+/// batch) shares one, and only the first failure among them is recorded.
+#[derive(Debug, Default)]
+pub struct FailureTicket(AtomicBool);
+
+impl FailureTicket {
+    /// Whether this failure may be counted (the first of its request).
+    fn take(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
+    }
 }
 
 /// Circuit breaker over origin fetches. Time is passed in, so unit tests need no clock.
@@ -70,6 +104,10 @@ pub struct Breaker {
     trip: Trip,
     /// How long the circuit stays open.
     cooldown: Duration,
+    /// Time 0 of the slice indices.
+    started: Instant,
+    /// Length of one slice of the window.
+    slice: Duration,
     /// Guarded by a mutex: it is touched once per origin fetch, never on the hit path.
     inner: Mutex<Inner>,
 }
@@ -77,78 +115,91 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker.
     pub fn new(trip: Trip, cooldown: Duration) -> Self {
+        let window = trip.window.max(Duration::from_millis(SLICES as u64));
         Breaker {
             trip: Trip {
-                window: trip.window.clamp(2, 64),
-                ..trip
+                window,
+                min_calls: trip.min_calls.max(1),
+                rate_percent: trip.rate_percent.clamp(1, 100),
             },
             cooldown,
-            inner: Mutex::new(Inner::CLOSED),
+            started: Instant::now(),
+            slice: window / SLICES as u32,
+            inner: Mutex::new(Inner::closed()),
         }
     }
 
     /// `Ok` when a call may go out now; else how long until one may.
     pub fn allow(&self, now: Instant) -> Result<(), Duration> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match *inner {
-            Inner::Closed { .. } => Ok(()),
-            Inner::Open { until } if now >= until => {
-                *inner = Inner::HalfOpen;
+        match inner.phase {
+            Phase::Closed => Ok(()),
+            Phase::Open { until } if now >= until => {
+                inner.phase = Phase::HalfOpen;
                 Ok(())
             }
-            Inner::Open { until } => Err(until - now),
+            Phase::Open { until } => Err(until - now),
             // The probe decides soon; callers retry in a second.
-            Inner::HalfOpen => Err(Duration::from_secs(1)),
+            Phase::HalfOpen => Err(Duration::from_secs(1)),
         }
     }
 
-    /// Records how an allowed call ended.
-    pub fn record(&self, success: bool, now: Instant) {
+    /// Records how an allowed call ended. A failure is counted only if `ticket` (the request's)
+    /// has not counted one yet; `None` is a request of its own.
+    pub fn record(&self, success: bool, now: Instant, ticket: Option<&FailureTicket>) {
+        let counted_failure = !success && ticket.is_none_or(FailureTicket::take);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Inner::Closed {
-            failures,
-            window,
-            recorded,
-        } = *inner
-        else {
+        if !matches!(inner.phase, Phase::Closed) {
             // The probe's outcome (or a call allowed before the circuit opened).
-            *inner = if success {
-                Inner::CLOSED
+            if success {
+                *inner = Inner::closed();
             } else {
-                Inner::Open {
+                inner.phase = Phase::Open {
                     until: now + self.cooldown,
-                }
-            };
+                };
+            }
             return;
-        };
-        let size = self.trip.window;
-        let mask = if size == 64 { u64::MAX } else { (1 << size) - 1 };
-        let window = ((window << 1) | u64::from(!success)) & mask;
-        let recorded = (recorded + 1).min(size);
-        let failures = if success { 0 } else { failures + 1 };
-        let rate_tripped = self.trip.rate_percent > 0
-            && recorded == size
-            && window.count_ones() * 100 >= self.trip.rate_percent * size;
-        *inner = if failures >= self.trip.consecutive || rate_tripped {
-            Inner::Open {
-                until: now + self.cooldown,
+        }
+        let slices = &mut inner.slices;
+        if success || counted_failure {
+            let index = (now.saturating_duration_since(self.started).as_nanos()
+                / self.slice.as_nanos().max(1)) as u64;
+            let slot = &mut slices[(index % SLICES as u64) as usize];
+            if slot.index != index {
+                *slot = Slice {
+                    index,
+                    calls: 0,
+                    failures: 0,
+                };
             }
-        } else {
-            Inner::Closed {
-                failures,
-                window,
-                recorded,
+            slot.calls += 1;
+            slot.failures += u32::from(!success);
+            // Sum the slices still inside the window (a success can bring the volume up to the
+            // minimum).
+            let oldest = index.saturating_sub(SLICES as u64 - 1);
+            let (calls, failures) = slices
+                .iter()
+                .filter(|s| s.index != u64::MAX && s.index >= oldest && s.index <= index)
+                .fold((0u64, 0u64), |(c, f), s| {
+                    (c + u64::from(s.calls), f + u64::from(s.failures))
+                });
+            if calls >= u64::from(self.trip.min_calls)
+                && failures * 100 >= u64::from(self.trip.rate_percent) * calls
+            {
+                inner.phase = Phase::Open {
+                    until: now + self.cooldown,
+                };
             }
-        };
+        }
     }
 
     /// The state at `now`.
     pub fn state(&self, now: Instant) -> BreakerState {
-        match *self.inner.lock().unwrap_or_else(|p| p.into_inner()) {
-            Inner::Closed { .. } => BreakerState::Closed,
-            Inner::Open { until } if now >= until => BreakerState::HalfOpen,
-            Inner::Open { .. } => BreakerState::Open,
-            Inner::HalfOpen => BreakerState::HalfOpen,
+        match self.inner.lock().unwrap_or_else(|p| p.into_inner()).phase {
+            Phase::Closed => BreakerState::Closed,
+            Phase::Open { until } if now >= until => BreakerState::HalfOpen,
+            Phase::Open { .. } => BreakerState::Open,
+            Phase::HalfOpen => BreakerState::HalfOpen,
         }
     }
 }
@@ -157,75 +208,101 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    fn breaker(consecutive: u32, window: u32, rate_percent: u32) -> Breaker {
+    fn breaker(window_secs: u64, min_calls: u32, rate_percent: u32) -> Breaker {
         let trip = Trip {
-            consecutive,
-            window,
+            window: Duration::from_secs(window_secs),
+            min_calls,
             rate_percent,
         };
         Breaker::new(trip, Duration::from_secs(10))
     }
 
     #[test]
-    fn opens_when_too_many_of_the_last_fetches_failed() {
-        let b = breaker(5, 10, 50);
+    fn five_failures_alone_or_among_a_healthy_stream_never_open_it() {
+        let b = breaker(10, 20, 50);
         let t0 = Instant::now();
-        // Every other fetch fails: never two failures in a row.
-        for i in 0..9 {
-            b.record(i % 2 == 1, t0);
-            assert_eq!(b.state(t0), BreakerState::Closed, "after {} outcomes", i + 1);
-        }
-        // The tenth fills the window: 5 of 10 failed.
-        b.record(true, t0);
-        assert_eq!(b.state(t0), BreakerState::Open);
-        // After a good probe the window starts empty again.
-        assert_eq!(b.allow(t0 + Duration::from_secs(10)), Ok(()));
-        b.record(true, t0 + Duration::from_secs(10));
-        for _ in 0..4 {
-            b.record(false, t0);
-            b.record(true, t0);
+        for _ in 0..5 {
+            b.record(false, t0, None);
         }
         assert_eq!(
             b.state(t0),
             BreakerState::Closed,
-            "4 of 8: the window is not full"
+            "5 calls: below the minimum volume"
         );
+        for _ in 0..100 {
+            b.record(true, t0, None);
+        }
+        for _ in 0..5 {
+            b.record(false, t0, None);
+        }
+        assert_eq!(b.state(t0), BreakerState::Closed, "10 of 110 failed");
     }
 
     #[test]
-    fn a_window_below_the_rate_stays_closed_and_old_failures_slide_out() {
-        let b = breaker(100, 4, 75);
+    fn an_origin_failing_everything_opens_it_within_the_window() {
+        let b = breaker(10, 20, 50);
         let t0 = Instant::now();
-        for ok in [false, false, true, true, false, true, false, true] {
-            b.record(ok, t0);
+        for i in 0..19 {
+            b.record(false, t0 + Duration::from_millis(i * 100), None);
             assert_eq!(b.state(t0), BreakerState::Closed);
         }
-        // F T F F: 3 of the last 4 failed.
-        b.record(false, t0);
-        b.record(false, t0);
-        assert_eq!(b.state(t0), BreakerState::Open);
+        b.record(false, t0 + Duration::from_millis(1900), None);
+        assert_eq!(b.state(t0 + Duration::from_secs(2)), BreakerState::Open);
     }
 
     #[test]
-    fn opens_after_consecutive_failures_and_probes_after_the_cooldown() {
-        let b = breaker(3, 20, 0);
+    fn failures_older_than_the_window_slide_out() {
+        let b = breaker(10, 4, 50);
         let t0 = Instant::now();
-        b.record(false, t0);
-        b.record(true, t0); // a success resets the count
-        b.record(false, t0);
-        b.record(false, t0);
-        assert_eq!(b.allow(t0), Ok(()));
-        b.record(false, t0);
+        for _ in 0..3 {
+            b.record(false, t0, None);
+        }
+        // 11 s later the three are outside the window: one more failure is 1 of 1, below 4 calls.
+        let later = t0 + Duration::from_secs(11);
+        b.record(false, later, None);
+        assert_eq!(b.state(later), BreakerState::Closed);
+        for _ in 0..3 {
+            b.record(false, later, None);
+        }
+        assert_eq!(b.state(later), BreakerState::Open);
+    }
+
+    #[test]
+    fn one_request_counts_one_failure() {
+        let b = breaker(10, 2, 50);
+        let t0 = Instant::now();
+        let ticket = FailureTicket::default();
+        b.record(true, t0, None);
+        for _ in 0..1000 {
+            b.record(false, t0, Some(&ticket));
+        }
+        assert_eq!(b.state(t0), BreakerState::Open, "1 failure of 2 calls is 50 %");
+        let b = breaker(10, 2, 50);
+        for _ in 0..1000 {
+            b.record(false, t0, Some(&ticket));
+        }
+        assert_eq!(b.state(t0), BreakerState::Closed, "a spent ticket counts nothing");
+    }
+
+    #[test]
+    fn probes_after_the_cooldown() {
+        let b = breaker(10, 3, 100);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record(false, t0, None);
+        }
         assert_eq!(b.state(t0), BreakerState::Open);
         assert_eq!(b.allow(t0 + Duration::from_secs(4)), Err(Duration::from_secs(6)));
         // After the cool-down exactly one probe goes through.
         assert_eq!(b.allow(t0 + Duration::from_secs(10)), Ok(()));
         assert!(b.allow(t0 + Duration::from_secs(10)).is_err());
-        // A failed probe reopens; a good one closes.
-        b.record(false, t0 + Duration::from_secs(11));
+        // A failed probe reopens; a good one closes with an empty window.
+        b.record(false, t0 + Duration::from_secs(11), None);
         assert_eq!(b.state(t0 + Duration::from_secs(12)), BreakerState::Open);
         assert_eq!(b.allow(t0 + Duration::from_secs(21)), Ok(()));
-        b.record(true, t0 + Duration::from_secs(21));
+        b.record(true, t0 + Duration::from_secs(21), None);
+        assert_eq!(b.state(t0 + Duration::from_secs(21)), BreakerState::Closed);
+        b.record(false, t0 + Duration::from_secs(21), None);
         assert_eq!(b.state(t0 + Duration::from_secs(21)), BreakerState::Closed);
     }
 }

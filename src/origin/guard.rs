@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
-use super::{AnyOrigin, Breaker, BreakerState, Fetched, Origin, OriginError, OriginOutcome, Validators};
+use super::{
+    AnyOrigin, Breaker, BreakerState, FailureTicket, Fetched, Origin, OriginError, OriginOutcome, Validators,
+};
 use crate::telemetry::Metrics;
 
 /// The origin as the cache sees it: bounded, timed and protected.
@@ -57,14 +59,17 @@ impl<O: Origin> GuardedOrigin<O> {
     }
 
     /// Fetches `key` if a permit is free and the circuit lets the call through. The outcome is
-    /// counted and recorded on the current span (the fetch span) as `origin.outcome`.
+    /// counted and recorded on the current span (the fetch span) as `origin.outcome`. A
+    /// failure counts against the breaker only if `ticket` (the request's, shared by every
+    /// fetch a batch makes) has not counted one yet.
     pub async fn fetch(
         &self,
         key: &str,
         traceparent: Option<String>,
         validators: Option<&Validators>,
+        ticket: Option<&FailureTicket>,
     ) -> Result<Fetched, OriginError> {
-        let result = self.guarded(key, traceparent, validators).await;
+        let result = self.guarded(key, traceparent, validators, ticket).await;
         tracing::Span::current().record("origin.outcome", OriginOutcome::of(&result).as_str());
         result
     }
@@ -74,6 +79,7 @@ impl<O: Origin> GuardedOrigin<O> {
         key: &str,
         traceparent: Option<String>,
         validators: Option<&Validators>,
+        ticket: Option<&FailureTicket>,
     ) -> Result<Fetched, OriginError> {
         let Ok(_permit) = self.permits.try_acquire() else {
             self.metrics.origin(OriginOutcome::Rejected, None);
@@ -92,7 +98,8 @@ impl<O: Origin> GuardedOrigin<O> {
             Ok(Err(_panic)) => Err(OriginError::Transport("the origin client panicked".to_owned())),
             Err(_) => Err(OriginError::Timeout(self.timeout)),
         };
-        self.breaker.record(result.is_ok(), Instant::now());
+        let failed = result.as_ref().err().is_some_and(OriginError::is_origin_failure);
+        self.breaker.record(!failed, Instant::now(), ticket);
         if let Err(e) = &result {
             // Once per failed fetch, with the detail a client never sees (a redirect's
             // `Location` is not logged either: only its status).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use breaker::{Breaker, BreakerState, Trip};
+pub use breaker::{Breaker, BreakerState, FailureTicket, Trip};
 pub use cache_headers::{
     CacheHeaders, Directives, MAX_VALIDATOR_BYTES, Stated, TagRules, Validators, http_date_ms,
 };
@@ -72,6 +72,22 @@ impl OriginError {
         match self {
             OriginError::Transport(detail) => format!("{self}: {detail}"),
             other => other.to_string(),
+        }
+    }
+
+    /// Whether this error says the origin is failing (counts against the circuit breaker): a
+    /// 5xx, a 429 (its overload signal), no answer, or no connection. A 4xx, a redirect or a
+    /// body this service refuses is the origin's answer about one key, not a failure of the
+    /// origin; counting those would let one client open the circuit for everyone.
+    pub fn is_origin_failure(&self) -> bool {
+        match self {
+            OriginError::Status(status) => *status >= 500 || *status == 429,
+            OriginError::Transport(_) | OriginError::Timeout(_) => true,
+            OriginError::Redirect(_)
+            | OriginError::TooLarge(_)
+            | OriginError::BadJson
+            | OriginError::CircuitOpen { .. }
+            | OriginError::Saturated => false,
         }
     }
 

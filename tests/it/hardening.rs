@@ -37,7 +37,7 @@ async fn redirects_are_never_followed() {
     let s = origin
         .service(&[
             ("ORIGIN_AUTHORIZATION", "Bearer origin-secret"),
-            ("ORIGIN_BREAKER_FAILURES", "100"),
+            ("ORIGIN_BREAKER_MIN_REQUESTS", "100"),
         ])
         .await;
     let c = client();

@@ -167,7 +167,7 @@ async fn no_cache_is_revalidated_with_the_origins_etag_and_a_304_renews_it() {
 #[tokio::test]
 async fn must_revalidate_is_never_served_stale_but_stale_if_error_is() {
     let origin = Origin::start(&[("STUB_MODE", "fixed")]).await;
-    let s = origin.service(&[("ORIGIN_BREAKER_FAILURES", "1000")]).await;
+    let s = origin.service(&[("ORIGIN_BREAKER_MIN_REQUESTS", "1000")]).await;
     origin
         .headers(&[("Cache-Control", "max-age=1, must-revalidate")])
         .await;

@@ -6,6 +6,7 @@ mod config;
 mod disk;
 mod hardening;
 mod harness;
+mod hostile;
 mod http_caching;
 mod items;
 mod loadtest;

@@ -109,7 +109,7 @@ async fn origin_failures_map_to_502_and_504_and_are_not_cached() {
         .service(&[
             ("ORIGIN_TIMEOUT_MS", "300"),
             ("ORIGIN_MAX_BODY_BYTES", "1000"),
-            ("ORIGIN_BREAKER_FAILURES", "100"),
+            ("ORIGIN_BREAKER_MIN_REQUESTS", "100"),
         ])
         .await;
     let c = client();

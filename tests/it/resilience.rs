@@ -74,7 +74,7 @@ async fn a_failing_origin_opens_the_circuit_stale_is_served_and_the_circuit_clos
             ("CACHE_TTL_SECS", "1"),
             ("CACHE_STALE_SECS", "120"),
             ("CACHE_TTL_JITTER_PERCENT", "0"),
-            ("ORIGIN_BREAKER_FAILURES", "2"),
+            ("ORIGIN_BREAKER_MIN_REQUESTS", "2"),
             // Long enough that the checks of the open circuit run before it half-opens.
             ("ORIGIN_BREAKER_COOLDOWN_SECS", "6"),
         ])
@@ -116,8 +116,8 @@ async fn an_origin_failing_every_other_fetch_opens_the_circuit_by_failure_rate()
     let origin = Origin::start(&[]).await;
     let s = origin
         .service(&[
-            ("ORIGIN_BREAKER_FAILURES", "5"),
-            ("ORIGIN_BREAKER_WINDOW", "10"),
+            ("ORIGIN_BREAKER_MIN_REQUESTS", "10"),
+            ("ORIGIN_BREAKER_WINDOW_SECS", "600"),
             ("ORIGIN_BREAKER_FAILURE_RATE", "50"),
             ("ORIGIN_BREAKER_COOLDOWN_SECS", "60"),
         ])
@@ -131,7 +131,7 @@ async fn an_origin_failing_every_other_fetch_opens_the_circuit_by_failure_rate()
             assert_eq!(s.metric("origin_breaker_state").await, 0.0, "after k{i}");
         }
     }
-    // 5 of the last 10 fetches failed: the circuit is open, though the origin is fine now.
+    // 5 of the 10 fetches of the window failed: the circuit is open, though the origin is fine now.
     assert_eq!(s.metric("origin_breaker_state").await, 1.0);
     let served = origin.served().await;
     let (code, _, body) = s.get("k10").await;
@@ -147,7 +147,7 @@ async fn an_origin_timeout_serves_stale_instead_of_504() {
             ("ORIGIN_TIMEOUT_MS", "200"),
             ("CACHE_TTL_SECS", "1"),
             ("CACHE_TTL_JITTER_PERCENT", "0"),
-            ("ORIGIN_BREAKER_FAILURES", "1"),
+            ("ORIGIN_BREAKER_MIN_REQUESTS", "1"),
         ])
         .await;
     assert_eq!(s.get("k").await.0, 200);
