@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks of issue 17's batch reads (`POST /items:batch`), on loopback with the release
+"""Benchmarks of batch reads (`POST /items:batch`), on loopback with the release
 binaries: the service pinned to core 0, the load test and the origin stub to core 1.
 
 Why this file exists: the issue sets three goals for batches against single requests; they are
@@ -108,7 +108,7 @@ def section_cold(stub):
 
 
 def markdown(results):
-    lines = ["<!-- batch:begin -->", "## Batch reads (`POST /items:batch`, issue 17)", "",
+    lines = ["<!-- batch:begin -->", "## Batch reads (`POST /items:batch`)", "",
              f"**Run:** {results['started']}–{results['finished']} UTC, commit `{results['commit']}`. "
              f"**Command:** `python3 bench/batch.py` (after `cargo build --release --bins`; "
              f"RUN_SECS={RUN_SECS}, ROUNDS={ROUNDS}). The service on core 0, `cache-layer-loadtest` "

@@ -2,7 +2,7 @@
 """Redis Cluster fault soak: kills, kill-and-burst and stalls of masters, repeated.
 
 Why this file exists: a failover must cost only the failed node's slots and the tier must always
-come back (issue 13). Timed figures from a shared 2-core VM are never asserted by tests; this
+come back. Timed figures from a shared 2-core VM are never asserted by tests; this
 script measures them and writes its section of docs/benchmarks.md.
 
 Setup: a 6-node cluster (3 masters, 3 replicas, cluster-node-timeout 2000), the origin stub at

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compression benchmark (issue 16): wire sizes and hit throughput on a fixed JSON corpus.
+"""Compression benchmark: wire sizes and hit throughput on a fixed JSON corpus.
 
 Why this file exists: compressed answers must pay for themselves: far fewer bytes on the wire
 for real JSON, at nearly the throughput of plain hits (the body is compressed once per entry and
@@ -71,7 +71,7 @@ def main():
     finished = datetime.now(timezone.utc)
     med = {c: statistics.median(v) for c, v in rps.items()}
 
-    lines = ["<!-- compression:begin -->", "## Compression: wire sizes and compressed hits (issue 16)", "",
+    lines = ["<!-- compression:begin -->", "## Compression: wire sizes and compressed hits", "",
              f"**Command:** `python3 bench/compression.py` (ROUNDS={ROUNDS}, DURATION={DURATION} s). "
              f"**Run:** {started:%Y-%m-%d %H:%M}–{finished:%H:%M} UTC. The corpus is `bench/corpus/` "
              "(`make_corpus.py` documents it); the service runs with its defaults (COMPRESSION_MIN_BYTES "

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Disk-tier benchmark (issue 19): what a local disk behind the memory tier buys, how fast its
+"""Disk-tier benchmark: what a local disk behind the memory tier buys, how fast its
 hits are, how fast a restarted replica is warm again, and what it costs in memory.
 
 Why this file exists: the disk tier's goals are figures (hit ratio against Belady's optimum and
@@ -303,7 +303,7 @@ def render(results, started, finished):
     runs = results.get("runs")
     when = (f"Run {started}–{finished} UTC" if not runs else
             "Sections run " + ", ".join(f"{k} {v}" for k, v in runs.items()) + " UTC")
-    out = ["<!-- disk:begin -->", "## Disk tier (issue 19)", "",
+    out = ["<!-- disk:begin -->", "## Disk tier", "",
            f"{when} with `python3 bench/disk.py` (release binaries, the "
            "service on core 0 and the load test on core 1, the origin stub with no delay; the "
            f"disk tier's files under `{os.path.relpath(DISK_ROOT, base.ROOT)}`, ext4 on a "

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 15's benchmark: the memory tier's hit ratio on real traces beside the reference policies.
+"""The memory-tier policy benchmark: the memory tier's hit ratio on real traces beside the reference policies.
 
 Why this file exists: hit ratio is what the cache is for, and the claim rests on the traces, not
 on synthetic Zipf alone. This runs the real `MemoryTier` (`bench-replay`) over the key streams
@@ -82,11 +82,11 @@ def main():
                   if r["trace"] == HTTP_TRACE and r["capacity_entries"] == HTTP_ENTRIES)
     text = [
         "<!-- policy:begin -->",
-        "## Hit ratio on real traces (issue 15)",
+        "## Hit ratio on real traces",
         "",
         f"Run on {date} with `python3 bench/policy.py STREAMS [HELDOUT]` "
         "(streams from `bench/trace_reference.py --dump-dir STREAMS --orm-night-full "
-        "/work/shared/traces/orm-night.txt.gz`, held-out ones from `bench/policy-lab/heldout.py`). "
+        "PATH/orm-night.txt.gz`, held-out ones from `bench/policy-lab/heldout.py`). "
         "`bench-replay` drives the real `MemoryTier` in process: every request a `get_now`, a "
         "miss followed by a `put`, every entry the same weight, the bound "
         "`MemoryTier::bound_for(entries × weight)` so that the tier holds exactly the point's "

@@ -1,4 +1,4 @@
-//! `bench-replay`: issue 15's hit-ratio replay through the real memory tier. It reads the key
+//! `bench-replay`: the hit-ratio replay through the real memory tier. It reads the key
 //! streams and reference figures that `bench/trace_reference.py --dump-dir DIR` writes (the
 //! vendored traces and the Zipf workload, with libcachesim's LRU, W-TinyLFU, S3-FIFO, SIEVE and
 //! Belady at each point) and replays each stream in order through a `MemoryTier` holding the

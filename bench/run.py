@@ -36,6 +36,7 @@ import atexit
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -80,6 +81,14 @@ LABELS = {
 
 PROCS = []
 SINK = []
+
+
+def entry_overhead_bytes() -> int:
+    """The memory tier's per-entry weight beyond key and body (src/cache/entry.rs), so the
+    report's wording follows the code."""
+    with open(os.path.join(ROOT, "src", "cache", "entry.rs")) as f:
+        src = f.read()
+    return int(re.search(r"pub const ENTRY_OVERHEAD_BYTES: usize = (\d+);", src).group(1))
 
 
 def otlp_sink():
@@ -427,7 +436,7 @@ def section_zipf(stub):
             entry_bytes = held / entries
             warm_n, measured_n = warm["requests"], r["requests"]
             note = (f"{int(entries)} entries, {int(held)} bytes held; "
-                    f"mean entry {entry_bytes:.0f} B (key + body + 160 B overhead)")
+                    f"mean entry {entry_bytes:.0f} B (key + body + {entry_overhead_bytes()} B overhead)")
         elif name == "redis":
             keys = int(redis.cli("dbsize").strip())
             note = f"Redis maxmemory = empty server + budget, allkeys-lru; {keys} keys held"

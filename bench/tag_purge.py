@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tag-purge benchmark (issue 18): how fast a tag purge reaches every replica, and a soft tag
+"""Tag-purge benchmark: how fast a tag purge reaches every replica, and a soft tag
 purge of every hot key under load.
 
 Why this file exists: a purge is only as good as the moment the last replica stops serving what
@@ -131,7 +131,7 @@ def main():
     p50, p99 = statistics.median(times), q[98]
     misses, errors = report["misses"], report["errors"]
     max_in_flight = stats["max_in_flight"]
-    lines = ["<!-- tag-purge:begin -->", "## Purge by tag: propagation and a soft purge under load (issue 18)", "",
+    lines = ["<!-- tag-purge:begin -->", "## Purge by tag: propagation and a soft purge under load", "",
              f"**Command:** `python3 bench/tag_purge.py` (RUNS={RUNS}, KEYS={KEYS}, LOAD_SECS={LOAD_SECS}). "
              f"**Run:** {started:%Y-%m-%d %H:%M}–{finished:%H:%M} UTC. Three replicas (release build, one worker "
              "thread each, pinned to core 0 with Redis) share one Redis; the origin stub tags every answer "

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 15: one trace replayed through the real service over HTTP, to show that the in-process
+"""One trace replayed through the real service over HTTP, to show that the in-process
 replay (`bench-replay`, which drives `MemoryTier` directly) measures what the service does.
 
 Starts the origin stub (mode `bytes:16`, so every value has the same length and every entry the

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference hit ratios for issue 15: what the textbook policies achieve on the vendored traces.
+"""Reference hit ratios for the memory-tier policy: what the textbook policies achieve on the vendored traces.
 
 For each trace in bench/traces/ (see its README) and for caches holding 1 %, 5 % and 20 % of the
 trace's distinct objects, this replays the trace in order through the simulators of the PyPI
@@ -25,7 +25,7 @@ Traces (the replayed part; "distinct" is counted over that part):
   adaptsize       adaptsize-request.txt.gz, sizes ignored (unit sizes)
   zipf            the Zipf workload of bench/run.py's zipf section, see ZIPF below
   orm-night-5m    only with --orm-night-full PATH: the whole 5,000,000-request trace, which is
-                  not vendored (/work/shared/traces/orm-night.txt.gz on the team's machines)
+                  not vendored (PATH/orm-night.txt.gz on the team's machines)
 
 The two points of the issue's table (web12 at 928 entries, orm-night-300k at 1,173) are added as
 extra points, so its LRU and Belady figures can be checked against this script.
@@ -52,7 +52,7 @@ Setup (Python 3.11; `.tools/` is git-ignored):
   python3.11 -m venv .tools/venv-bench
   .tools/venv-bench/bin/pip install -r bench/requirements-trace.txt   (libcachesim 0.3.5, numpy)
   .tools/venv-bench/bin/python bench/trace_reference.py [--out FILE] [--dump-dir DIR]
-      [--orm-night-full /work/shared/traces/orm-night.txt.gz] [--only NAME ...]
+      [--orm-night-full PATH/orm-night.txt.gz] [--only NAME ...]
 """
 
 import argparse

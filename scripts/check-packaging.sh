@@ -118,8 +118,12 @@ run_contract() {
   fi
 }
 
+# "defaults" is values.yaml plus the one value a bare install must add: which origin (the chart
+# refuses to render without config.ORIGIN_URL or origin.simulated=true; the contract checks that).
 values_args() {
-  if [[ "$1" != defaults ]]; then
+  if [[ "$1" == defaults ]]; then
+    printf '%s\n' --set origin.simulated=true
+  else
     printf '%s\n' -f "$CHART/ci/$1-values.yaml"
   fi
 }
@@ -165,11 +169,18 @@ run_check "hadolint Dockerfile" hadolint Dockerfile
 run_check "check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml" \
   check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 run_check "promtool check config deploy/prometheus.yml" promtool check config deploy/prometheus.yml
+run_check "promtool check rules charts/cache-layer/files/alerts.yaml" \
+  promtool check rules charts/cache-layer/files/alerts.yaml
+run_check "promtool test rules deploy/alerts-test.yaml (each alert fires and stays quiet)" \
+  promtool test rules deploy/alerts-test.yaml
+run_check "docs quote only log lines the binary writes (scripts/check_doc_log_lines.py)" \
+  "$VENV/bin/python" scripts/check_doc_log_lines.py
 run_check "YAML parses (deploy/, grafana/provisioning/)" "$VENV/bin/python" -c '
 import sys, yaml
 for path in sys.argv[1:]:
     yaml.safe_load(open(path))
-' deploy/otel-collector.yaml deploy/prometheus.yml grafana/provisioning/datasources/*.yaml \
+' deploy/otel-collector.yaml deploy/prometheus.yml deploy/alerts-test.yaml \
+  charts/cache-layer/files/alerts.yaml grafana/provisioning/datasources/*.yaml \
   grafana/provisioning/dashboards/*.yaml
 if command -v shellcheck >/dev/null; then
   run_check "shellcheck scripts/*.sh" shellcheck scripts/*.sh

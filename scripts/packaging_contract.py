@@ -58,7 +58,16 @@ def _service_env_names() -> set:
     return names | {"RUST_LOG"}
 
 
-KNOWN_ENV = _service_env_names()
+# Settings the service gains in the same change as this packaging (the Rust side of it): the
+# chart, compose and README already use them. A name here that src/config.rs does not declare yet
+# is accepted, and reported in the detail of check_readme_env_in_schema; once src/config.rs
+# declares them all, this set can go.
+PENDING_ENV = {"CONFIG_STRICT", "HTTP_WRITE_TIMEOUT_SECS", "ORIGIN_BREAKER_WINDOW_SECS",
+               "ORIGIN_BREAKER_MIN_REQUESTS", "PURGE_TIMEOUT_SECS"}
+KNOWN_ENV = _service_env_names() | PENDING_ENV
+# Deprecated settings: still read (and validated) by the service, ignored with a warn line. The
+# schema accepts them so an upgrade does not break; no default the packaging ships sets them.
+DEPRECATED_ENV = {"ORIGIN_BREAKER_FAILURES", "ORIGIN_BREAKER_WINDOW"}
 # Set by the chart for the environment itself (downward API), not read by the service.
 HELPER_ENV = {"POD_NAME", "POD_NAMESPACE"}
 # Values given to fieldRef env vars when a rendered Deployment's env is resolved outside a cluster.
@@ -177,7 +186,10 @@ def render_chart(helm: str, scenario: str | None = None, release: str = "t",
                  extra_args: tuple[str, ...] = ()) -> list[dict]:
     """helm template of the chart (defaults, or ci/<scenario>-values.yaml) as a list of docs."""
     cmd = [helm, "template", release, str(CHART), "--namespace", "default", *extra_args]
-    if scenario and scenario != "defaults":
+    if scenario == "defaults":
+        # values.yaml plus the one value a bare install must add (which origin).
+        cmd += ["--set", "origin.simulated=true"]
+    elif scenario:
         cmd += ["-f", str(CHART / "ci" / f"{scenario}-values.yaml")]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
@@ -506,7 +518,7 @@ def check_compose() -> str:
             assert isinstance(cond, dict) and cond.get("condition"), f"{name}: depends_on {dep} has no condition"
             if cond["condition"] == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits for {dep} healthy, which has no healthcheck"
-    port_lines = [line for line in text if re.match(r"\s*-\s*\"?\d+:\d+", line)]
+    port_lines = [line for line in text if re.match(r"\s*-\s*\"?(127\.0\.0\.1:)?\d+:\d+", line)]
     uncommented = [line.strip() for line in port_lines if "#" not in line]
     assert not uncommented, f"port lines without a comment: {uncommented}"
     app = services[SERVICE]
@@ -642,14 +654,14 @@ def check_chart_deployment(helm: str | None) -> str:
 def check_chart_off_by_default(helm: str | None) -> str:
     assert helm, "helm not found"
     kinds = {d["kind"] for d in render_chart(helm, "defaults")}
-    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
+    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
                  "NetworkPolicy", "Ingress", "HTTPRoute", "StatefulSet", "PersistentVolumeClaim"):
         assert kind not in kinds, f"{kind} rendered by default"
     env = deployment_env(render_chart(helm, "defaults"))
     assert not DISK_ENV & set(env), f"the disk tier is on by default: {sorted(DISK_ENV & set(env))}"
     all_docs = render_chart(helm, "all-features")
     all_kinds = {d["kind"] for d in all_docs}
-    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
+    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
                  "NetworkPolicy", "Ingress"):
         assert kind in all_kinds, f"{kind} missing from the all-features scenario"
     dash = [d for d in all_docs if d["kind"] == "ConfigMap"
@@ -911,6 +923,164 @@ def check_dashboard_covers_metrics() -> str:
     return f"{len(names)} metrics"
 
 
+def _helm_template_error(helm: str, *args: str) -> str:
+    """helm template with these arguments, expected to fail: its error output."""
+    r = subprocess.run([helm, "template", "t", str(CHART), "--namespace", "default", *args],
+                       capture_output=True, text=True)
+    assert r.returncode != 0, f"helm template {' '.join(args)} rendered; it should have failed"
+    return r.stderr
+
+
+def check_chart_refuses_mistakes(helm: str | None) -> str:
+    """A values mistake fails helm template (so helm install), with a message naming it, instead of
+    a crash loop: no origin chosen, both chosen, an unknown or misspelt config key (schema), and
+    the cross-field rules src/config.rs enforces at start-up."""
+    assert helm, "helm not found"
+    err = _helm_template_error(helm)
+    assert "config.ORIGIN_URL is empty" in err and "origin.simulated=true" in err, \
+        f"defaults without an origin: {err.strip()[-300:]}"
+    err = _helm_template_error(helm, "--set", "origin.simulated=true",
+                               "--set-string", "config.ORIGIN_URL=http://api/items/{key}")
+    assert "pick one" in err, err.strip()[-300:]
+    for key in ("CACHE_TTL_SEC", "ORIGIN_URl", "LISTEN_ADDR", "NOT_A_SETTING"):
+        err = _helm_template_error(helm, "--set", "origin.simulated=true", "--set-string", f"config.{key}=1")
+        assert "config" in err and key in err, f"config.{key} was not refused by the schema: {err.strip()[-300:]}"
+    err = _helm_template_error(helm, "--set", "origin.simulated=true", "--set-string",
+                               "config.ORIGIN_TIMEOUT_MS=6000")
+    assert "FLEET_LOCK_TTL_MS (5000) must be at least config.ORIGIN_TIMEOUT_MS (6000)" in err, err.strip()[-300:]
+    err = _helm_template_error(helm, "--set", "origin.simulated=true", "--set-string",
+                               "config.CACHE_TTL_MIN_SECS=600", "--set-string", "config.CACHE_TTL_MAX_SECS=60")
+    assert "CACHE_TTL_MIN_SECS (600) must be at most" in err, err.strip()[-300:]
+    # Without Redis the fleet lock is not used, and the service does not check it either.
+    render_chart(helm, "defaults", extra_args=("--set", "redis.enabled=false", "--set-string",
+                                               "config.ORIGIN_TIMEOUT_MS=6000"))
+    for key in DEPRECATED_ENV:  # still accepted, so values of an older release install
+        render_chart(helm, "defaults", extra_args=("--set-string", f"config.{key}=5"))
+    return "no origin, both origins, 4 bad keys, 2 cross-field rules"
+
+
+# README config variables the chart sets from other values than config (the values key that
+# sets each), so every README variable has a place in the chart's schema.
+CHART_ENV_FROM_VALUES = {
+    "LISTEN_ADDR": "containerPort", "SHUTDOWN_DELAY_SECS": "shutdown.delaySeconds",
+    "SHUTDOWN_DRAIN_SECS": "shutdown.drainSeconds", "REDIS_URL": "externalRedis.url",
+    "REDIS_HOST": "redis.enabled", "REDIS_PORT": "redis.service.port",
+    "REDIS_PASSWORD": "externalRedis.password", "REDIS_CLUSTER": "externalRedis.cluster",
+    "REDIS_TLS_CA_FILE": "externalRedis.tlsCA.key", "ADMIN_TOKEN": "secrets.adminToken",
+    "ORIGIN_AUTHORIZATION": "secrets.originAuthorization", "DISK_CACHE_DIR": "diskCache.mountPath",
+    "DISK_CACHE_MAX_BYTES": "diskCache.maxBytes", "DISK_CACHE_INDEX_MAX_BYTES": "diskCache.indexMaxBytes",
+    "DISK_CACHE_ADMIT_MIN_REQUESTS": "diskCache.admitMinRequests",
+    "OTEL_SERVICE_NAME": "otel.serviceName", "OTEL_EXPORTER_OTLP_ENDPOINT": "otel.endpoint",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "otel.protocol", "OTEL_RESOURCE_ATTRIBUTES": "otel.resourceAttributes",
+}
+
+
+def readme_env_names() -> list[str]:
+    """The variables named in the first column of the README's configuration table."""
+    rows = next(rows for header, rows in _readme_tables() if header == "variable")
+    return [n for r in rows for n in re.findall(r"`([A-Z][A-Z0-9_]*)`", r[0])]
+
+
+def check_readme_env_in_schema() -> str:
+    """Every variable of the README's configuration table is a key of the chart's schema: a
+    property of config, or set by the values key CHART_ENV_FROM_VALUES names (which the schema
+    has). Every config property is a setting the service reads, and the schema refuses others."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config = schema["properties"]["config"]
+    assert config.get("additionalProperties") is False, "config accepts unknown keys"
+    props = set(config["properties"])
+    missing = []
+    for name in readme_env_names():
+        if name in props or (name.startswith("OTEL_") and name not in CHART_ENV_FROM_VALUES):
+            continue  # other OTEL_* go through config's OTEL_ pattern
+        path = CHART_ENV_FROM_VALUES.get(name)
+        node = schema
+        for part in (path or "-").split("."):
+            node = (node or {}).get("properties", {}).get(part)
+        if node is None:
+            missing.append(name + (f" ({path} not in the schema)" if path else ""))
+    assert not missing, f"README variables with no key in values.schema.json: {missing}"
+    strays = props - KNOWN_ENV
+    assert not strays, f"schema config keys the service does not read: {sorted(strays)}"
+    shadowed = props & set(CHART_ENV_FROM_VALUES)
+    assert not shadowed, f"config may set {sorted(shadowed)}, which other values set"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+    assert not DEPRECATED_ENV & set(values), f"values.yaml sets deprecated {sorted(DEPRECATED_ENV & set(values))}"
+    pending = sorted(PENDING_ENV - _service_env_names())
+    return (f"{len(readme_env_names())} README variables" +
+            (f"; not yet in src/config.rs: {', '.join(pending)}" if pending else ""))
+
+
+def check_chart_production(helm: str | None) -> str:
+    """Production defaults: CONFIG_STRICT on and no service-link variables in every scenario; a
+    soft spread across nodes and zones; a PodDisruptionBudget only when it cannot block a drain;
+    a NetworkPolicy that does not admit everyone when ingressFrom is empty; the PrometheusRule
+    holds exactly files/alerts.yaml."""
+    assert helm, "helm not found"
+    for scenario in ["defaults", *CI_SCENARIOS]:
+        docs = render_chart(helm, scenario)
+        pod = app_workload(docs)["spec"]["template"]["spec"]
+        assert pod.get("enableServiceLinks") is False, f"{scenario}: enableServiceLinks is not false"
+        assert deployment_env(docs).get("CONFIG_STRICT") == "true", f"{scenario}: CONFIG_STRICT is not true"
+    pod = app_workload(render_chart(helm, "defaults"))["spec"]["template"]["spec"]
+    spread = {c["topologyKey"]: c for c in pod.get("topologySpreadConstraints", [])}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}, f"spread over {sorted(spread)}"
+    for c in spread.values():
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway", f"{c['topologyKey']}: not a soft constraint"
+        assert selects(c["labelSelector"], app_workload(render_chart(helm, "defaults"))["spec"]["template"]["metadata"]["labels"])
+    pdb = lambda *a: find_doc(render_chart(helm, "defaults", extra_args=a), "PodDisruptionBudget")
+    assert pdb() is None, "a PodDisruptionBudget over one pod would block every drain"
+    assert pdb("--set", "replicaCount=2") is not None, "no PodDisruptionBudget with 2 replicas"
+    assert pdb("--set", "autoscaling.enabled=true", "--set", "autoscaling.minReplicas=1") is None
+    assert pdb("--set", "autoscaling.enabled=true", "--set", "autoscaling.minReplicas=2") is not None
+    policy = find_doc(render_chart(helm, "defaults", extra_args=("--set", "networkPolicy.enabled=true")),
+                      "NetworkPolicy", "t-cache-layer")
+    sources = policy["spec"]["ingress"][0].get("from")
+    assert sources and {"podSelector": {}} in sources and not any("namespaceSelector" in p or "ipBlock" in p for p in sources), \
+        f"an empty ingressFrom admits {sources}: expected this namespace's pods only"
+    rule = find_doc(render_chart(helm, "all-features"), "PrometheusRule")
+    assert rule is not None, "all-features renders no PrometheusRule"
+    alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "the PrometheusRule differs from files/alerts.yaml"
+    return "CONFIG_STRICT, enableServiceLinks, spread, PDB, NetworkPolicy, PrometheusRule"
+
+
+def check_alert_tests() -> str:
+    """deploy/alerts-test.yaml tests the chart's alert file, and each alert has a test that fires
+    it and one that does not (promtool itself runs them: check-packaging.sh)."""
+    tests = yaml.safe_load((ROOT / "deploy" / "alerts-test.yaml").read_text())
+    files = [(ROOT / "deploy" / f).resolve() for f in tests["rule_files"]]
+    assert files == [CHART / "files" / "alerts.yaml"], f"rule_files {files}"
+    alerts = [r["alert"] for g in yaml.safe_load(files[0].read_text())["groups"] for r in g["rules"] if "alert" in r]
+    fires, quiet = set(), set()
+    for t in tests["tests"]:
+        for a in t.get("alert_rule_test", []):
+            (fires if a.get("exp_alerts") else quiet).add(a["alertname"])
+    lacking = [f"{a}: {'no firing test' if a not in fires else 'no quiet test'}" for a in alerts
+               if a not in fires or a not in quiet]
+    assert not lacking, f"alerts without both tests: {lacking}"
+    return f"{len(alerts)} alerts, each fired and kept quiet"
+
+
+def check_compose_strict_and_local() -> str:
+    """compose: CONFIG_STRICT on; every published port bound to 127.0.0.1; no shipped admin
+    token; Grafana's admin password not a default; Prometheus without --web.enable-lifecycle."""
+    compose = load_compose()
+    env = compose_env()
+    assert env.get("CONFIG_STRICT") == "true", "compose does not set CONFIG_STRICT=true"
+    open_ports = [f"{name}: {p}" for name, svc in compose["services"].items() for p in svc.get("ports", [])
+                  if not str(p).startswith("127.0.0.1:")]
+    assert not open_ports, f"ports published on every interface: {open_ports}"
+    raw = compose["services"][SERVICE]["environment"].get("ADMIN_TOKEN")
+    assert raw is None or re.fullmatch(r"\$\{ADMIN_TOKEN(:?\?[^}]*|:?-)?\}", str(raw)), \
+        f"ADMIN_TOKEN {raw!r}: compose must not ship a token"
+    grafana = compose["services"]["grafana"]["environment"]
+    assert str(grafana.get("GF_SECURITY_ADMIN_PASSWORD", "admin")) != "admin", "Grafana admin/admin"
+    assert "--web.enable-lifecycle" not in compose["services"]["prometheus"].get("command", []), \
+        "Prometheus --web.enable-lifecycle lets anyone reaching it shut it down"
+    return f"{sum(len(s.get('ports', [])) for s in compose['services'].values())} ports on 127.0.0.1"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--helm", help="helm binary (default: $HELM, .tools/, PATH)")
@@ -938,6 +1108,15 @@ def main() -> int:
     c.run("contract: every metric of the README is on the dashboard", check_dashboard_covers_metrics)
     c.run("contract: README tables list each variable, endpoint, metric and span once", check_readme_tables)
     c.run("contract: README documents every variable src/config.rs reads", check_readme_env_table)
+    c.run("contract: every README variable is a chart schema key; config refuses unknown keys",
+          check_readme_env_in_schema)
+    c.run("contract: the chart refuses a missing origin, unknown config keys and cross-field mistakes",
+          check_chart_refuses_mistakes, helm)
+    c.run("contract: chart production defaults (CONFIG_STRICT, no service links, spread, PDB, NetworkPolicy, PrometheusRule)",
+          check_chart_production, helm)
+    c.run("contract: every alert has a firing and a quiet promtool test", check_alert_tests)
+    c.run("contract: compose is for a laptop (loopback ports, no shipped secrets, CONFIG_STRICT)",
+          check_compose_strict_and_local)
     if c.failed:
         print(f"contract: {len(c.failed)} check(s) failed")
         return 1

@@ -6,7 +6,9 @@
     envFrom ConfigMaps, Secrets base64-decoded, $(VAR) expansion), rewrite only host:port
     (Redis to a redis-server started here on a free loopback port, with --requirepass when a
     password is declared; LISTEN_ADDR to 127.0.0.1:<free>; OTLP endpoints to a closed loopback
-    port; DISK_CACHE_DIR, a volume in the cluster or compose, to a fresh temporary directory),
+    port; ORIGIN_URL to an HTTP origin served here on loopback, which checks the
+    ORIGIN_AUTHORIZATION it receives; DISK_CACHE_DIR, a volume in the cluster or compose, to a
+    fresh temporary directory),
     start the binary with exactly that environment, wait for the declared liveness and
     readiness probe paths, check /health (tiers.disk "ok" when DISK_CACHE_DIR is set,
     "disabled" otherwise), request /items/foo twice (the second must say "source":"cache"),
@@ -81,6 +83,7 @@ class Processes:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
+        self.cleanups: list = []
 
     def start(self, cmd: list[str], env: dict[str, str] | None, log: Path) -> subprocess.Popen:
         out = open(log, "wb")
@@ -93,6 +96,8 @@ class Processes:
         return p
 
     def stop_all(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            cleanup()
         for p in reversed(self.procs):
             if p.poll() is None:
                 try:
@@ -209,9 +214,11 @@ OTEL_ENDPOINT_RE = re.compile(r"^OTEL_EXPORTER_OTLP(_[A-Z]+)?_ENDPOINT$")
 
 
 def localize_env(env: dict[str, str], listen_port: int, redis_port: int | None,
-                 closed_port: int, disk_dir: str | None = None) -> tuple[dict[str, str], str | None]:
-    """Rewrite only host:port to this machine's test ports, and DISK_CACHE_DIR (a volume mounted
-    in the cluster or by compose, absent here) to disk_dir. Returns (env, redis password)."""
+                 closed_port: int, disk_dir: str | None = None,
+                 origin_port: int | None = None) -> tuple[dict[str, str], str | None]:
+    """Rewrite only host:port to this machine's test ports (an ORIGIN_URL to a loopback origin on
+    origin_port, over http), and DISK_CACHE_DIR (a volume mounted in the cluster or by compose,
+    absent here) to disk_dir. Returns (env, redis password)."""
     env = dict(env)
     env["LISTEN_ADDR"] = f"127.0.0.1:{listen_port}"
     if env.get("DISK_CACHE_DIR"):
@@ -238,7 +245,11 @@ def localize_env(env: dict[str, str], listen_port: int, redis_port: int | None,
         if OTEL_ENDPOINT_RE.match(key) and env[key]:
             env[key] = f"http://127.0.0.1:{closed_port}"
     if env.get("ORIGIN_URL"):
-        pytest.skip("ORIGIN_URL is set: this test uses the simulated origin only")
+        if origin_port is None:
+            pytest.skip("ORIGIN_URL is set and no loopback origin was given")
+        u = urllib.parse.urlsplit(env["ORIGIN_URL"].replace("{key}", "KEY"))
+        env["ORIGIN_URL"] = urllib.parse.urlunsplit(
+            ("http", f"127.0.0.1:{origin_port}", u.path, u.query, u.fragment)).replace("KEY", "{key}")
     # Nothing may point off this machine.
     for key, value in env.items():
         for m in re.finditer(r"[a-z][a-z0-9+.-]*://([^/\s,]+)", value):
@@ -255,6 +266,35 @@ def uses_redis(env: dict[str, str]) -> bool:
 # --------------------------------------------------------------------------- the service
 
 
+class LoopbackOrigin:
+    """An HTTP origin on a free loopback port, standing in for the ORIGIN_URL a scenario names:
+    JSON for every path, and the Authorization headers it received."""
+
+    def __init__(self) -> None:
+        seen = self.authorization = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                seen.append(self.headers.get("Authorization"))
+                body = json.dumps({"path": self.path}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Service:
     """The binary started with a declared environment (host:port localized)."""
 
@@ -268,12 +308,17 @@ class Service:
         self.disk_dir = None
         if declared_env.get("DISK_CACHE_DIR"):
             self.disk_dir = tempfile.mkdtemp(prefix=f"{label}-disk-", dir=workdir)
+        self.origin = None
+        if declared_env.get("ORIGIN_URL"):
+            self.origin = LoopbackOrigin()
+            procs.cleanups.append(self.origin.stop)
+        origin_port = self.origin.port if self.origin else None
         if uses_redis(declared_env):
             _, self.redis_password = localize_env(declared_env, self.listen_port, 1, self.closed_port,
-                                                  self.disk_dir)
+                                                  self.disk_dir, origin_port)
             self.redis_port = start_redis(procs, workdir, self.redis_password)
         self.env, _ = localize_env(declared_env, self.listen_port, self.redis_port, self.closed_port,
-                                   self.disk_dir)
+                                   self.disk_dir, origin_port)
         self.log = workdir / f"{label}.log"
         self.proc = procs.start([BIN], self.env, self.log)
         self.base = f"http://127.0.0.1:{self.listen_port}"
@@ -311,6 +356,11 @@ class Service:
             self.fail(f'second answer does not say "source":"cache": {second[1][:300]}')
         if json.loads(second[1]).get("key") != key:
             self.fail(f"answer for another key: {second[1][:300]}")
+        if self.origin is not None:
+            # One fetch, with the Authorization header the chart's Secret gives the container.
+            if self.origin.authorization != [self.env.get("ORIGIN_AUTHORIZATION")]:
+                self.fail(f"the origin saw Authorization {self.origin.authorization}, "
+                          f"expected [{self.env.get('ORIGIN_AUTHORIZATION')!r}]")
 
     def check_redis_written(self) -> None:
         if self.redis_port is None:
@@ -483,12 +533,15 @@ def test_chart_env_resolves_and_localizes(scenario):
         assert env["ADMIN_TOKEN"] == "ci-admin-token"
     elif scenario == "external-redis-tls":
         assert env["REDIS_URL"] == "rediss://redis.example.internal:6380"
+        assert env["REDIS_PASSWORD"] == "ci-external-redis-password"
         assert env["REDIS_TLS_CA_FILE"] == "/etc/cache-layer/redis-ca/ca.crt"
-        assert "REDIS_HOST" not in env and "REDIS_PASSWORD" not in env
+        assert "REDIS_HOST" not in env
     else:
         assert env["REDIS_HOST"] == "t-redis" and env["REDIS_PORT"] == "6379" and env["REDIS_PASSWORD"]
     if scenario == "all-features":
         assert env["REDIS_PASSWORD"] == "ci-redis-password"
+        assert env["ORIGIN_URL"] == "http://api.example.internal/items/{key}"
+        assert env["ORIGIN_AUTHORIZATION"] == "Bearer ci-origin-token"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector.")
     if scenario in pc.DISK_SCENARIOS:
         assert env["DISK_CACHE_DIR"] == "/var/cache/cache-layer"
@@ -497,9 +550,11 @@ def test_chart_env_resolves_and_localizes(scenario):
         assert not pc.DISK_ENV & set(env), f"{scenario} turns the disk tier on"
     if scenario in NOT_STARTED:
         pytest.skip(f"env checked, not localized: {NOT_STARTED[scenario]}")
-    local, password = localize_env(env, 5001, 5002, 5003, "/tmp/packaging-disk")
+    local, password = localize_env(env, 5001, 5002, 5003, "/tmp/packaging-disk", 5004)
     assert password
     assert local["LISTEN_ADDR"] == "127.0.0.1:5001"
+    if env.get("ORIGIN_URL"):
+        assert local["ORIGIN_URL"] == "http://127.0.0.1:5004/items/{key}"
     assert "127.0.0.1:5002" in local.get("REDIS_URL", "") or local.get("REDIS_PORT") == "5002"
     if scenario in pc.DISK_SCENARIOS:
         assert local["DISK_CACHE_DIR"] == "/tmp/packaging-disk"
@@ -507,7 +562,8 @@ def test_chart_env_resolves_and_localizes(scenario):
 
 def test_compose_env_resolves_and_localizes():
     env = pc.compose_env()
-    assert env["REDIS_URL"] == "redis://redis:6379" and env["ADMIN_TOKEN"]
+    # No token is shipped: purging is off until the user exports ADMIN_TOKEN.
+    assert env["REDIS_URL"] == "redis://redis:6379" and env["ADMIN_TOKEN"] == ""
     assert env["DISK_CACHE_DIR"] == "/var/cache/cache-layer" and env["DISK_CACHE_MAX_BYTES"] == "268435456"
     local, password = localize_env(env, 5001, 5002, 5003, "/tmp/packaging-disk")
     assert password is None
@@ -574,7 +630,9 @@ class FakeExporter:
         counter("origin_requests_total", [{"outcome": o} for o in ("ok", "not_found", "not_modified", "error", "timeout", "rejected")])
         histogram("origin_request_duration_seconds")
         gauge("origin_breaker_state", 0)
-        counter("redis_errors_total", [{"operation": o} for o in ("get", "set", "del", "publish", "subscribe", "lock")])
+        counter("redis_errors_total", [{"operation": o} for o in ("get", "set", "del", "publish", "subscribe", "lock", "ping")])
+        lines.append("# TYPE redis_node_up gauge")
+        lines.append(f'redis_node_up{{{scope},node="redis:6379"}} 1')
         gauge("memory_cache_entries", 10 + n)
         gauge("memory_cache_bytes", 1000 + n)
         counter("cache_evictions_total", [{"cause": c} for c in ("size", "expired")])
@@ -650,7 +708,11 @@ def test_compose_env_starts_service(procs, workdir):
 @needs_redis
 @needs_prometheus
 def test_dashboard_queries_return_data(procs, workdir):
-    svc = Service(procs, workdir, pc.compose_env(), "dashboard")
+    # compose ships no ADMIN_TOKEN (purging is off until the user exports one): export one here,
+    # as the user would, so the purge panels get data.
+    env = pc.compose_env()
+    env["ADMIN_TOKEN"] = env.get("ADMIN_TOKEN") or "packaging-test-admin-token"
+    svc = Service(procs, workdir, env, "dashboard")
     svc.wait_ready(["/livez", "/readyz"])
     url, job = start_prometheus(procs, workdir, f"127.0.0.1:{svc.listen_port}")
     sent = bounded_load(svc.base, svc.env.get("ADMIN_TOKEN"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Synthetic traces the policies were not tuned on, with libcachesim's reference figures, dumped
 in the format of trace_reference.py --dump-dir. Run with the bench venv:
-  /work/main/.tools/venv-bench/bin/python heldout.py streams-heldout
+  .tools/venv-bench/bin/python heldout.py streams-heldout
 """
 import json, os, sys
 import numpy as np

@@ -1,6 +1,6 @@
 #!/bin/bash
 # One MiniSim experiment over both stream sets: `./sweep.sh LABEL STREAMS HELDOUT [KNOB=VALUE ...]`
-# (knobs: MINISIM_* in src/minisim.rs). Prints the points meeting issue 15's goal, the worst
+# (knobs: MINISIM_* in src/minisim.rs). Prints the points meeting the hit-ratio goal, the worst
 # margin to the goal and the sum of margins (percentage points), then each point's margin;
 # results go to results-sweep-LABEL-{real,heldout}.json.
 set -euo pipefail

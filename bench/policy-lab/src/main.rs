@@ -1,4 +1,4 @@
-//! Replays the key streams that /work/main/bench/trace_reference.py dumps (`--dump-dir`) through
+//! Replays the key streams that bench/trace_reference.py dumps (`--dump-dir`) through
 //! each Rust candidate at the same capacities, and compares with libcachesim's figures.
 //!
 //! Usage:

@@ -156,6 +156,36 @@ Settings checks that the schema cannot express; rendering fails with a message.
 {{- end }}
 {{- end }}
 {{- include "cache-layer.validateDiskCache" . }}
+{{- include "cache-layer.validateConfig" . }}
+{{- end }}
+
+{{/*
+config checks across keys, as the service makes them at start-up (src/config.rs), so a values
+mistake fails helm install / helm template instead of putting the pods in a crash loop. The
+schema checks each key alone (and rejects unknown keys); it cannot compare two numbers.
+*/}}
+{{- define "cache-layer.validateConfig" -}}
+{{- $c := .Values.config }}
+{{- $url := toString ($c.ORIGIN_URL | default "") }}
+{{- if and (not $url) (not .Values.origin.simulated) }}
+{{- fail "config.ORIGIN_URL is empty: set it to your origin's URL template (e.g. https://api.example.com/items/{key}), or set origin.simulated=true to answer every key with a made-up value (demo and tests only)" }}
+{{- end }}
+{{- if and $url .Values.origin.simulated }}
+{{- fail (printf "origin.simulated=true and config.ORIGIN_URL=%q are both set: pick one (the service would use ORIGIN_URL)" $url) }}
+{{- end }}
+{{- $redis := or .Values.redis.enabled .Values.externalRedis.url .Values.externalRedis.existingSecret }}
+{{- $timeout := toString ($c.ORIGIN_TIMEOUT_MS | default "2000") | int64 }}
+{{- $lockTTL := toString ($c.FLEET_LOCK_TTL_MS | default "5000") | int64 }}
+{{- if and $redis (lt $lockTTL $timeout) }}
+{{- fail (printf "config.FLEET_LOCK_TTL_MS (%d) must be at least config.ORIGIN_TIMEOUT_MS (%d) when Redis is configured, so the fleet lock outlives the fetch it guards (the service refuses to start otherwise)" $lockTTL $timeout) }}
+{{- end }}
+{{- $ttlMax := toString ($c.CACHE_TTL_MAX_SECS | default "none") }}
+{{- if ne $ttlMax "none" }}
+{{- $ttlMin := toString ($c.CACHE_TTL_MIN_SECS | default "0") | int64 }}
+{{- if gt $ttlMin ($ttlMax | int64) }}
+{{- fail (printf "config.CACHE_TTL_MIN_SECS (%d) must be at most config.CACHE_TTL_MAX_SECS (%s) (the service refuses to start otherwise)" $ttlMin $ttlMax) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*

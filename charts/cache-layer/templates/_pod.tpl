@@ -26,6 +26,9 @@ spec:
   {{- end }}
   serviceAccountName: {{ include "cache-layer.serviceAccountName" . }}
   automountServiceAccountToken: false
+  # No <SERVICE>_PORT, <SERVICE>_SERVICE_HOST... variables: the service reads none of them, and
+  # with CONFIG_STRICT a Service named e.g. "redis" or "origin" would look like a misspelt setting.
+  enableServiceLinks: false
   securityContext:
     {{- include "cache-layer.podSecurityContext" . | nindent 4 }}
   {{- with .Values.priorityClassName }}
@@ -217,8 +220,19 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.topologySpreadConstraints }}
+  {{- if .Values.topologySpreadConstraints }}
   topologySpreadConstraints:
-    {{- toYaml . | nindent 4 }}
+    {{- toYaml .Values.topologySpreadConstraints | nindent 4 }}
+  {{- else if .Values.topologySpread.enabled }}
+  # Soft spread across nodes and zones (topologySpread in values.yaml).
+  topologySpreadConstraints:
+    {{- range .Values.topologySpread.topologyKeys }}
+    - maxSkew: {{ $.Values.topologySpread.maxSkew }}
+      topologyKey: {{ . }}
+      whenUnsatisfiable: {{ $.Values.topologySpread.whenUnsatisfiable }}
+      labelSelector:
+        matchLabels:
+          {{- include "cache-layer.selectorLabels" $ | nindent 10 }}
+    {{- end }}
   {{- end }}
 {{- end }}
