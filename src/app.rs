@@ -144,6 +144,7 @@ impl Application {
             registry: telemetry.registry.clone(),
             admin_token: config.items.admin_token.clone(),
             max_key_bytes: config.items.max_key_bytes,
+            tag_max_bytes: config.items.tag_max_bytes,
             request_timeout: config.items.request_timeout,
             compression_min_bytes: config.items.compression_min_bytes,
             batch: config.items.batch,

@@ -94,6 +94,9 @@ pub struct ItemsConfig {
     pub admin_token: Option<String>,
     /// `MAX_KEY_BYTES`: longest key accepted, so a key cannot blow up Redis keys or URLs.
     pub max_key_bytes: usize,
+    /// `TAG_MAX_BYTES`: the longest tag an entry can carry, so a purge of a longer one (which
+    /// would only fill Redis's purge records) is refused.
+    pub tag_max_bytes: usize,
     /// `REQUEST_TIMEOUT_SECS`: deadline of one request as a whole, fleet wait included (a
     /// batch shares one).
     pub request_timeout: Duration,
@@ -430,6 +433,7 @@ impl Env {
         let items = ItemsConfig {
             admin_token: admin_token(env)?,
             max_key_bytes: MAX_KEY_BYTES.read(env)? as usize,
+            tag_max_bytes: TAG_MAX_BYTES.read(env)? as usize,
             request_timeout: REQUEST_TIMEOUT_SECS.read(env)?,
             compression_min_bytes: COMPRESSION
                 .read(env)?

@@ -14,6 +14,10 @@ pub enum AppError {
     /// The key is empty, too long, not UTF-8, has control characters or is a dot segment.
     #[error("{0}")]
     BadKey(String),
+    /// A purge's tag that no entry can carry: empty, longer than `TAG_MAX_BYTES`, not UTF-8,
+    /// or with control characters.
+    #[error("{0}")]
+    BadTag(String),
     /// A malformed request other than the key (e.g. a bad query parameter).
     #[error("{0}")]
     BadRequest(String),
@@ -75,6 +79,7 @@ impl AppError {
     pub fn code(&self) -> &'static str {
         match self {
             AppError::BadKey(_) => "bad_key",
+            AppError::BadTag(_) => "bad_tag",
             AppError::BadRequest(_) => "bad_request",
             AppError::TooLarge(_) => "too_large",
             AppError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -94,7 +99,7 @@ impl AppError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            AppError::BadKey(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::BadKey(_) | AppError::BadTag(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

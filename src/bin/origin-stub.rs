@@ -7,7 +7,7 @@
 //! Environment: `STUB_LISTEN_ADDR` (127.0.0.1:8080), `STUB_LATENCY_MS` (0), `STUB_MODE`
 //! (`ok`, `fixed` (the same body every time: no `n`), `dir:<path>` (the file
 //! `<path>/<last path segment>.json`), `status:<code>`,
-//! `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`), `STUB_CONTENT_TYPE` (`json` or
+//! `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`, `encoded:<gzip|deflate|br>`, `bomb`), `STUB_CONTENT_TYPE` (`json` or
 //! `text`), `STUB_HEADERS` (extra response headers, `Name: value` lines; `{tags}` in a value
 //! stands for the key's own tags: a key `name~tag1~tag2` gets `tag1 tag2`).
 //! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/headers` (a
@@ -248,6 +248,18 @@ async fn answer(behaviour: &Behaviour, target: &str, n: u64, unchanged: bool) ->
     if mode == "hang" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
+    if mode == "bomb" {
+        // A small gzip body that inflates to 64 MiB of zeros: a decompression bomb.
+        let zeros = vec![b'0'; 64 << 20];
+        return (
+            [
+                (header::CONTENT_TYPE, "text/plain"),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            encode("gzip", &zeros),
+        )
+            .into_response();
+    }
     let body = if let Some(n) = mode.strip_prefix("bytes:") {
         // `bytes:<n>`: a JSON value padded to about n bytes.
         let n: usize = n.parse().unwrap_or(1024);
@@ -264,7 +276,42 @@ async fn answer(behaviour: &Behaviour, target: &str, n: u64, unchanged: bool) ->
     } else {
         "application/json"
     };
+    if let Some(coding) = mode.strip_prefix("encoded:") {
+        // `encoded:<gzip|deflate|br>`: the ok body, compressed, with its Content-Encoding.
+        return (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CONTENT_ENCODING, coding),
+            ],
+            encode(coding, body.as_bytes()),
+        )
+            .into_response();
+    }
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `body` compressed in `coding` (`gzip`, `deflate` (zlib), `br`).
+fn encode(coding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "br" => {
+            let mut out = Vec::new();
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(body).unwrap();
+            drop(w);
+            out
+        }
+        "deflate" => {
+            let mut w = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            w.write_all(body).unwrap();
+            w.finish().unwrap()
+        }
+        _ => {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            w.write_all(body).unwrap();
+            w.finish().unwrap()
+        }
+    }
 }
 
 async fn stats(State(stub): State<Arc<Stub>>) -> Response {

@@ -149,7 +149,7 @@ impl Lifetimes {
         };
         let lifetime = self.clamp(lifetime);
         let stored_at_ms = now_ms.saturating_sub(headers.age_secs.saturating_mul(1000));
-        let fresh_until_ms = stored_at_ms + lifetime;
+        let fresh_until_ms = stored_at_ms.saturating_add(lifetime);
         let must_revalidate = d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || d.no_cache;
         if negative {
             return Ok(never_stale(stored_at_ms, fresh_until_ms));
@@ -178,9 +178,9 @@ impl Lifetimes {
         Ok(Times {
             stored_at_ms,
             fresh_until_ms,
-            revalidate_until_ms: fresh_until_ms + revalidate,
+            revalidate_until_ms: fresh_until_ms.saturating_add(revalidate),
             if_error_until_ms: fresh_until_ms + window(d.stale_if_error),
-            stale_until_ms: fresh_until_ms + keep,
+            stale_until_ms: fresh_until_ms.saturating_add(keep),
             must_revalidate,
         })
     }
@@ -201,7 +201,7 @@ impl Lifetimes {
         };
         let fresh_until_ms = now_ms + fresh;
         // The stale window is exactly CACHE_STALE_SECS, jitter or not.
-        let stale_until_ms = fresh_until_ms + self.stale.as_millis() as u64;
+        let stale_until_ms = fresh_until_ms.saturating_add(self.stale.as_millis() as u64);
         Times {
             stored_at_ms: now_ms,
             fresh_until_ms,
@@ -218,10 +218,18 @@ impl Lifetimes {
             return 0;
         }
         let min = self.ttl_min.as_millis() as u64;
-        let max = self.ttl_max.map_or(u64::MAX, |m| m.as_millis() as u64);
+        // Never beyond what the origin may state (RFC 9111 §1.2.2), whatever `Expires` says.
+        let max = self
+            .ttl_max
+            .map_or(MAX_LIFETIME_MS, |m| m.as_millis() as u64)
+            .min(MAX_LIFETIME_MS);
         lifetime_ms.max(min).min(max)
     }
 }
+
+/// The longest lifetime an entry can have: 2^31 s, the largest delta-seconds (RFC 9111 §1.2.2).
+/// Every time computed from it stays far inside `u64` milliseconds and Redis's `PX` range.
+pub const MAX_LIFETIME_MS: u64 = crate::origin::MAX_DELTA_SECONDS * 1000;
 
 /// Times of an entry that is never served stale (a remembered 404).
 fn never_stale(stored_at_ms: u64, fresh_until_ms: u64) -> Times {
@@ -378,6 +386,37 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(at("max-age=5").fresh_until_ms, NOW + 30_000);
+        let unclamped = |cc: &'static str| {
+            life()
+                .decide(&answer(200, &[("cache-control", cc)]), false, NOW)
+                .unwrap()
+        };
+        for cc in [
+            "max-age=9999999999999999",
+            "max-age=99999999999999999",
+            "max-age=999999999999999999999999",
+        ] {
+            let t = unclamped(cc);
+            assert_eq!(t.fresh_until_ms, NOW + MAX_LIFETIME_MS, "{cc}");
+            assert!(
+                t.stale_until_ms >= t.fresh_until_ms && t.stale_until_ms < u64::MAX / 2,
+                "{cc}"
+            );
+        }
+        let t = life()
+            .decide(
+                &answer(
+                    200,
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("age", "99999999999999999999999"),
+                    ],
+                ),
+                false,
+                NOW,
+            )
+            .unwrap();
+        assert!(t.fresh_until_ms < NOW, "an age past 64 bits is old, not 0");
         assert_eq!(at("max-age=5000").fresh_until_ms, NOW + 120_000);
         assert_eq!(at("max-age=0").fresh_until_ms, NOW);
         // The heuristic is not clamped.

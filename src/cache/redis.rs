@@ -174,6 +174,8 @@ struct Node {
     up: AtomicBool,
     /// Whether a ping has run yet (the first failure is logged).
     pinged: AtomicBool,
+    /// A ping asked for by a failed command is on its way (one at a time).
+    ping_requested: AtomicBool,
     /// When a command on its command connection first failed since the last success
     /// (ms since the epoch; 0 = none), for the wedge check.
     failing_since_ms: AtomicU64,
@@ -194,6 +196,7 @@ impl Node {
             info,
             up: AtomicBool::new(false),
             pinged: AtomicBool::new(false),
+            ping_requested: AtomicBool::new(false),
             failing_since_ms: AtomicU64::new(0),
             ping_conn: tokio::sync::Mutex::new(None),
             cmd: RwLock::new(cmd),
@@ -356,6 +359,11 @@ struct Seeds {
     infos: Vec<ConnectionInfo>,
     cluster: bool,
 }
+
+/// Bytes one bulk read (an `MGET`) moves at most, by the lengths read first; a larger value is
+/// read alone. Keeps every reply small enough that no other command on the node's connection
+/// waits long behind it.
+const BULK_BYTES: usize = 4 << 20;
 
 /// How long a failed write keeps the tier `write_failing` when no write has succeeded since.
 const WRITE_FAILING_FOR_MS: u64 = 10_000;
@@ -761,11 +769,23 @@ impl RedisTier {
     async fn run_pipe_on<T: FromRedisValue>(
         &self,
         op: RedisOp,
-        node: &Node,
+        node: &Arc<Node>,
         pipe: &redis::Pipeline,
     ) -> Result<T, TierError> {
-        let mut conn = node.command_connection();
         let timeout = self.shared.settings.response_timeout;
+        self.run_pipe_within(op, node, pipe, timeout).await
+    }
+
+    /// Runs `pipe` on `node` within `timeout` (a bulk command's own deadline, longer than
+    /// one command's).
+    async fn run_pipe_within<T: FromRedisValue>(
+        &self,
+        op: RedisOp,
+        node: &Arc<Node>,
+        pipe: &redis::Pipeline,
+        timeout: Duration,
+    ) -> Result<T, TierError> {
+        let mut conn = node.command_connection();
         self.finish(
             op,
             node,
@@ -789,7 +809,12 @@ impl RedisTier {
     }
 
     /// Runs `cmd` on `node` over its command connection, within the response timeout.
-    async fn run_on<T: FromRedisValue>(&self, op: RedisOp, node: &Node, cmd: &Cmd) -> Result<T, TierError> {
+    async fn run_on<T: FromRedisValue>(
+        &self,
+        op: RedisOp,
+        node: &Arc<Node>,
+        cmd: &Cmd,
+    ) -> Result<T, TierError> {
         let mut conn = node.command_connection();
         let timeout = self.shared.settings.response_timeout;
         self.finish(
@@ -803,7 +828,7 @@ impl RedisTier {
     fn finish<T>(
         &self,
         op: RedisOp,
-        node: &Node,
+        node: &Arc<Node>,
         result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, TierError> {
         let error = match result {
@@ -817,14 +842,14 @@ impl RedisTier {
                 TierError::Failed(e.to_string())
             }
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                self.mark_down(node, op, &e.to_string());
+                self.check_now(node, op, &e.to_string());
                 TierError::Failed(e.to_string())
             }
             // Between owners (a failover): not the server refusing this command.
             Ok(Err(e)) if e.is_cluster_error() => TierError::Failed(e.to_string()),
             Ok(Err(e)) => TierError::Refused(e.to_string()),
             Err(_) => {
-                self.mark_down(node, op, "no answer within REDIS_RESPONSE_TIMEOUT_MS");
+                self.check_now(node, op, "no answer within its deadline");
                 TierError::Timeout
             }
         };
@@ -833,19 +858,142 @@ impl RedisTier {
         Err(error)
     }
 
-    /// Skips `node` until the background ping finds it again.
-    fn mark_down(&self, node: &Node, op: RedisOp, why: &str) {
+    /// A command on `node` failed or timed out: ping it now. Only pings decide that a node is
+    /// down: a slow command (a large `MGET`, a tag purge's chunk) says nothing about the node,
+    /// and marking a healthy node down would cost its subscription and its keys.
+    fn check_now(&self, node: &Arc<Node>, op: RedisOp, why: &str) {
         let _ = node
             .failing_since_ms
             .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
-        if node.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(
-                node = %node.addr,
-                op = op.as_str(),
-                why,
-                "redis failed; its keys are served from memory and origin until it answers again"
-            );
+        tracing::debug!(node = %node.addr, op = op.as_str(), why, "redis command failed; pinging the node");
+        if node.ping_requested.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let (tier, node) = (self.clone(), node.clone());
+        tokio::spawn(async move {
+            tier.ping(&node).await;
+            node.ping_requested.store(false, Ordering::Release);
+        });
+    }
+
+    /// The values of `entry_keys` at the positions `slots` (grouped by hash slot) on `node`,
+    /// read as [`Tier::get_many`] describes.
+    async fn read_node(
+        &self,
+        node: &Arc<Node>,
+        keys: &[&str],
+        entry_keys: &[String],
+        slots: Vec<Vec<usize>>,
+    ) -> Vec<(usize, Result<Option<Arc<Entry>>, TierError>)> {
+        let all = || slots.iter().flatten().copied();
+        if !node.is_up() {
+            return all().map(|i| (i, Err(TierError::Unavailable))).collect();
+        }
+        let mut lengths = redis::pipe();
+        for i in all() {
+            lengths.cmd("STRLEN").arg(&entry_keys[i]);
+        }
+        let lengths: Vec<usize> = match self.run_pipe_on(RedisOp::Get, node, &lengths).await {
+            Ok(lengths) => lengths,
+            Err(e) => return all().map(|i| (i, Err(e.clone()))).collect(),
+        };
+        let length: HashMap<usize, usize> = all().zip(lengths).collect();
+        let max = self.shared.max_entry_bytes;
+        let mut out = Vec::with_capacity(length.len());
+        for slot in &slots {
+            let mut chunk: Vec<usize> = Vec::new();
+            let mut bytes = 0;
+            for &i in slot {
+                let len = length.get(&i).copied().unwrap_or(0);
+                if len == 0 {
+                    out.push((i, Ok(None)));
+                    continue;
+                }
+                if len > max {
+                    self.refuse_oversized(&entry_keys[i], len).await;
+                    out.push((i, Ok(None)));
+                    continue;
+                }
+                if !chunk.is_empty() && bytes + len > BULK_BYTES {
+                    self.mget(
+                        node,
+                        keys,
+                        entry_keys,
+                        std::mem::take(&mut chunk),
+                        bytes,
+                        &mut out,
+                    )
+                    .await;
+                    bytes = 0;
+                }
+                chunk.push(i);
+                bytes += len;
+            }
+            if !chunk.is_empty() {
+                self.mget(node, keys, entry_keys, chunk, bytes, &mut out).await;
+            }
+        }
+        out
+    }
+
+    /// One `MGET` of the keys at `chunk` (about `bytes` in all) under a bulk deadline.
+    async fn mget(
+        &self,
+        node: &Arc<Node>,
+        keys: &[&str],
+        entry_keys: &[String],
+        chunk: Vec<usize>,
+        bytes: usize,
+        out: &mut Vec<(usize, Result<Option<Arc<Entry>>, TierError>)>,
+    ) {
+        let mut mget = redis::cmd("MGET");
+        for &i in &chunk {
+            mget.arg(&entry_keys[i]);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(mget);
+        let deadline = self.bulk_deadline(bytes);
+        let values = self
+            .run_pipe_within::<Vec<Vec<Option<Vec<u8>>>>>(RedisOp::Get, node, &pipe, deadline)
+            .await
+            .and_then(|mut v| {
+                v.pop()
+                    .ok_or_else(|| TierError::Failed("no MGET reply".to_owned()))
+            })
+            .and_then(|v| {
+                if v.len() == chunk.len() {
+                    Ok(v)
+                } else {
+                    Err(TierError::Failed("fewer MGET replies than keys".to_owned()))
+                }
+            });
+        let values = match values {
+            Ok(values) => values,
+            Err(e) => {
+                out.extend(chunk.iter().map(|&i| (i, Err(e.clone()))));
+                return;
+            }
+        };
+        let max = self.shared.max_entry_bytes;
+        for (&i, bytes) in chunk.iter().zip(values) {
+            let found = match bytes {
+                // Rewritten larger between the STRLEN and the MGET.
+                Some(b) if b.len() > max => {
+                    self.refuse_oversized(&entry_keys[i], b.len()).await;
+                    None
+                }
+                Some(b) => servable(keys[i], &b),
+                None => None,
+            };
+            out.push((i, Ok(found)));
+        }
+    }
+
+    /// The deadline of a bulk command moving `bytes`: one command's, plus 1 ms per 64 KiB
+    /// (64 MB/s, far below loopback or a data-centre link), so a large reply is never mistaken
+    /// for a silent server.
+    fn bulk_deadline(&self, bytes: usize) -> Duration {
+        self.shared.settings.response_timeout + Duration::from_millis((bytes / (64 << 10)) as u64)
     }
 
     /// The Redis key of `tag`'s index: the set of entry keys stored with it.
@@ -1078,14 +1226,15 @@ impl Tier for RedisTier {
         Ok(servable(key, &bytes))
     }
 
-    /// One `MGET` per hash slot (one for everything on a single server), the `MGET`s of each
-    /// node sent as one pipeline, the nodes asked in parallel: one round trip per node. A node
-    /// known to be down is not asked (its keys are `Unavailable`); a failed node fails only its
-    /// own keys.
+    /// Per node (the nodes asked in parallel): one pipeline of `STRLEN`s, then `MGET`s of the
+    /// keys that exist, one hash slot at a time, each moving at most [`BULK_BYTES`] (a value
+    /// larger than that goes alone), each under a deadline that grows with the bytes it moves.
+    /// A slow bulk command never marks a node down (only pings do), and no single reply can
+    /// hold up the node's connection for long. A node known to be down is not asked (its keys
+    /// are `Unavailable`); a failed command fails only its own keys.
     ///
-    /// `MGET` cannot be told to stop at a length, so a value larger than this service could
-    /// have written (put there by something else) is transferred once, then refused, counted
-    /// as a `get` error and `UNLINK`ed, so no later read pays for it again.
+    /// A value larger than this service could have written (put there by something else) is
+    /// refused by its length before it is read, counted as a `get` error and `UNLINK`ed.
     async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Arc<Entry>>, TierError>> {
         let entry_keys: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
         let topology = self.topology();
@@ -1103,62 +1252,27 @@ impl Tier for RedisTier {
         }
         let rounds = groups.into_iter().map(|(node, slots)| {
             let node = topology.nodes[node].clone();
-            let entry_keys = &entry_keys;
+            let (entry_keys, keys) = (&entry_keys, keys);
             async move {
-                let positions: Vec<Vec<usize>> = slots.into_values().collect();
-                if !node.is_up() {
-                    return (positions, Err(TierError::Unavailable));
-                }
-                let mut pipe = redis::pipe();
-                for slot in &positions {
-                    let mget = pipe.cmd("MGET");
-                    for &i in slot {
-                        mget.arg(&entry_keys[i]);
-                    }
-                }
-                let values = self
-                    .run_pipe_on::<Vec<Vec<Option<Vec<u8>>>>>(RedisOp::Get, &node, &pipe)
-                    .await;
-                (positions, values)
+                let slots: Vec<Vec<usize>> = slots.into_values().collect();
+                self.read_node(&node, keys, entry_keys, slots).await
             }
         });
         let mut found: Vec<Result<Option<Arc<Entry>>, TierError>> = vec![Ok(None); keys.len()];
-        let max = self.shared.max_entry_bytes;
-        for (positions, values) in futures_util::future::join_all(rounds).await {
-            let values = values.and_then(|v| {
-                if v.len() == positions.len() {
-                    Ok(v)
-                } else {
-                    Err(TierError::Failed("fewer MGET replies than MGETs".to_owned()))
-                }
-            });
-            let values = match values {
-                Ok(values) => values,
-                Err(e) => {
-                    for &i in positions.iter().flatten() {
-                        found[i] = Err(e.clone());
-                    }
-                    continue;
-                }
-            };
-            for (slot, replies) in positions.iter().zip(values) {
-                for (&i, bytes) in slot.iter().zip(replies) {
-                    found[i] = Ok(match bytes {
-                        Some(b) if b.len() > max => {
-                            self.refuse_oversized(&entry_keys[i], b.len()).await;
-                            None
-                        }
-                        Some(b) => servable(keys[i], &b),
-                        None => None,
-                    });
-                }
+        for answers in futures_util::future::join_all(rounds).await {
+            for (i, answer) in answers {
+                found[i] = answer;
             }
         }
         found
     }
 
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
-        let keep_ms = entry.stale_until_ms.saturating_sub(now_ms());
+        // Within Redis's PX range whatever the entry's times (they are clamped already).
+        let keep_ms = entry
+            .stale_until_ms
+            .saturating_sub(now_ms())
+            .min(2 * super::policy::MAX_LIFETIME_MS);
         if keep_ms == 0 {
             return Ok(false);
         }

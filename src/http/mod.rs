@@ -38,6 +38,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Longest key accepted.
     pub max_key_bytes: usize,
+    /// Longest tag an entry can carry (`TAG_MAX_BYTES`): a purge of a longer one is `400`.
+    pub tag_max_bytes: usize,
     /// Deadline of a `/items` request that has to wait on the origin.
     pub request_timeout: Duration,
     /// Bodies at least this long go compressed to clients that accept it (`None`: never).

@@ -26,7 +26,8 @@ pub async fn delete_tag(State(state): State<Arc<AppState>>, request: Request) ->
 }
 
 async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
-    let (mode, tag) = purge_request(state, request, |path| tag_of(path).map(Cow::into_owned)).await?;
+    let max = state.tag_max_bytes;
+    let (mode, tag) = purge_request(state, request, |path| tag_of(path, max).map(Cow::into_owned)).await?;
     let purged = state
         .cache
         .purge_tag(&tag, mode)
@@ -39,21 +40,28 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
     Ok(Json(json!({ "tag": tag, "purged": purged })).into_response())
 }
 
-/// The tag of a `/tags/{tag}` path, percent-decoded: not empty, no control characters.
-fn tag_of(path: &str) -> Result<Cow<'_, str>, AppError> {
+/// The tag of a `/tags/{tag}` path, percent-decoded: a tag an entry could carry (not empty, at
+/// most `max_bytes`, no control characters), else `400 bad_tag`.
+fn tag_of(path: &str, max_bytes: usize) -> Result<Cow<'_, str>, AppError> {
     let raw = path.strip_prefix(TAGS_PREFIX).unwrap_or_default();
     let tag = percent_decode_str(raw)
         .decode_utf8()
-        .map_err(|_| AppError::BadRequest("the tag must be percent-encoded UTF-8".to_owned()))?;
+        .map_err(|_| AppError::BadTag("the tag must be percent-encoded UTF-8".to_owned()))?;
     if tag.is_empty() || tag.chars().any(char::is_control) {
-        return Err(AppError::BadRequest(
+        return Err(AppError::BadTag(
             "the tag must be 1 or more characters, none of them control characters".to_owned(),
         ));
+    }
+    if tag.len() > max_bytes {
+        return Err(AppError::BadTag(format!(
+            "the tag is {} bytes; no entry carries a tag longer than {max_bytes} bytes (TAG_MAX_BYTES)",
+            tag.len()
+        )));
     }
     Ok(tag)
 }
 
 /// `/tags/` and `/tags`: a purge without a tag.
 pub async fn empty_tag() -> Response {
-    AppError::BadRequest("the tag is empty".to_owned()).into_response()
+    AppError::BadTag("the tag is empty".to_owned()).into_response()
 }

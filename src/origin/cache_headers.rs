@@ -111,12 +111,24 @@ impl TagRules {
         let commas = self.header == "cache-tag";
         let mut tags: Vec<String> = Vec::new();
         let mut ignored = 0;
-        let texts = lines.filter_map(|v| v.to_str().ok());
-        for tag in texts.flat_map(|v| {
-            v.split(move |c: char| if commas { c == ',' } else { c.is_ascii_whitespace() })
-                .map(str::trim)
+        // Bytes, not `to_str`: one byte outside visible ASCII must cost only its own tag.
+        let words = lines.flat_map(|v| {
+            v.as_bytes()
+                .split(move |b| {
+                    if commas {
+                        *b == b','
+                    } else {
+                        b.is_ascii_whitespace()
+                    }
+                })
+                .map(<[u8]>::trim_ascii)
                 .filter(|t| !t.is_empty())
-        }) {
+        });
+        for word in words {
+            let Ok(tag) = std::str::from_utf8(word) else {
+                ignored += 1;
+                continue;
+            };
             if tags.iter().any(|t| t == tag) {
                 continue;
             }
@@ -145,7 +157,7 @@ impl CacheHeaders {
                 .get(EXPIRES)
                 .map(|v| v.to_str().ok().and_then(http_date_ms).ok_or(())),
             date_ms: text(DATE).and_then(http_date_ms),
-            age_secs: text(AGE).and_then(|a| a.parse().ok()).unwrap_or(0),
+            age_secs: text(AGE).and_then(delta_seconds).unwrap_or(0),
             vary_any: headers
                 .get_all(VARY)
                 .iter()
@@ -193,7 +205,7 @@ fn directives(headers: &HeaderMap) -> Directives {
         let secs = || {
             Some(
                 value
-                    .and_then(|v| v.parse::<u64>().ok())
+                    .and_then(delta_seconds)
                     .map_or(Stated::Invalid, Stated::Secs),
             )
         };
@@ -235,6 +247,24 @@ fn split_directives(value: &str) -> impl Iterator<Item = &str> {
     parts.into_iter().filter(|p| !p.trim().is_empty())
 }
 
+/// The largest delta-seconds a cache must handle: a larger value, however many digits it has,
+/// is taken as this (RFC 9111 §1.2.2), so no lifetime or age can overflow the arithmetic after it.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// A delta-seconds value (RFC 9111 §1.2.2): digits only, at most [`MAX_DELTA_SECONDS`] (a longer
+/// one, even past 64 bits, is that); `None` when it is not a number at all.
+pub fn delta_seconds(text: &str) -> Option<u64> {
+    let digits = text.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        digits
+            .parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
+}
+
 /// An HTTP-date (RFC 9110 §5.6.7, all three formats) as ms since the epoch.
 pub fn http_date_ms(text: &str) -> Option<u64> {
     let at = httpdate::parse_http_date(text.trim()).ok()?;
@@ -244,6 +274,21 @@ pub fn http_date_ms(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_that_is_not_utf8_costs_only_itself() {
+        let rules = TagRules {
+            header: http::HeaderName::from_static("surrogate-key"),
+            max_per_entry: 32,
+            max_bytes: 128,
+        };
+        let mut h = HeaderMap::new();
+        let value = http::HeaderValue::from_bytes(b"good caf\xc3\xa9 bad\xff also-good").unwrap();
+        h.insert("surrogate-key", value);
+        let (tags, ignored) = rules.read(&h);
+        assert_eq!(tags.unwrap(), ["good", "caf\u{e9}", "also-good"]);
+        assert_eq!(ignored, 1);
+    }
     use http::HeaderValue;
 
     fn read(pairs: &[(&'static str, &'static str)]) -> CacheHeaders {
@@ -275,6 +320,20 @@ mod tests {
         let h = read(&[("cache-control", "max-age=soon"), ("expires", "0")]);
         assert_eq!(h.directives.max_age, Some(Stated::Invalid));
         assert_eq!(h.expires_ms, Some(Err(())));
+        let h = read(&[(
+            "cache-control",
+            "max-age=9999999999999999, s-maxage=99999999999999999999999",
+        )]);
+        assert_eq!(h.directives.max_age, Some(Stated::Secs(MAX_DELTA_SECONDS)));
+        assert_eq!(h.directives.s_maxage, Some(Stated::Secs(MAX_DELTA_SECONDS)));
+        let h = read(&[("cache-control", "max-age=99999999999999999, stale-if-error=-1")]);
+        assert_eq!(h.directives.max_age, Some(Stated::Secs(MAX_DELTA_SECONDS)));
+        assert_eq!(h.directives.stale_if_error, Some(Stated::Invalid));
+        assert_eq!(
+            read(&[("age", "99999999999999999999999")]).age_secs,
+            MAX_DELTA_SECONDS
+        );
+        assert_eq!(read(&[("age", "+5")]).age_secs, 0);
         let h = read(&[("age", "x"), ("last-modified", "yesterday"), ("etag", "\"v1\"")]);
         assert_eq!(h.age_secs, 0);
         assert_eq!(h.validators.last_modified, None);

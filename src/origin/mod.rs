@@ -14,7 +14,8 @@ use bytes::Bytes;
 
 pub use breaker::{Breaker, BreakerState, FailureTicket, Trip};
 pub use cache_headers::{
-    CacheHeaders, Directives, MAX_VALIDATOR_BYTES, Stated, TagRules, Validators, http_date_ms,
+    CacheHeaders, Directives, MAX_DELTA_SECONDS, MAX_VALIDATOR_BYTES, Stated, TagRules, Validators,
+    delta_seconds, http_date_ms,
 };
 pub use guard::GuardedOrigin;
 pub use http::{HttpOrigin, UrlTemplate};

@@ -291,3 +291,130 @@ async fn a_client_that_stops_reading_is_cut_after_the_write_timeout() {
         got.len()
     );
 }
+
+#[tokio::test]
+async fn an_origins_own_content_encoding_is_decoded_and_stored_as_identity() {
+    for coding in ["gzip", "deflate", "br"] {
+        let origin = Origin::start(&[("STUB_MODE", &format!("encoded:{coding}"))]).await;
+        let s = origin.service(&[]).await;
+        let (status, _, body) = s.get("enc").await;
+        assert_eq!(status, 200, "{coding}: {body}");
+        assert_eq!(body["value"]["path"], "/items/enc", "{coding}: {body}");
+        let (_, cache, body) = s.get("enc").await;
+        assert!(cache.contains("hit"), "{coding}: {cache}");
+        assert_eq!(body["value"]["path"], "/items/enc", "{coding}");
+    }
+    // Text too: decoded, not a string of compressed bytes.
+    let origin = Origin::start(&[("STUB_MODE", "encoded:gzip"), ("STUB_CONTENT_TYPE", "text")]).await;
+    let s = origin.service(&[]).await;
+    let (_, _, body) = s.get("text").await;
+    assert!(body["value"].as_str().unwrap().contains("/items/text"), "{body}");
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_is_refused_as_too_large_and_does_not_count_against_the_breaker() {
+    let origin = Origin::start(&[("STUB_MODE", "bomb")]).await;
+    let s = origin.service(&[("ORIGIN_BREAKER_MIN_REQUESTS", "1")]).await;
+    let (status, _, body) = s.get("boom").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("origin_error")),
+        "{body}"
+    );
+    assert_eq!(s.json("/health").await["origin"]["circuit"], "closed");
+}
+
+#[tokio::test]
+async fn a_tag_longer_than_any_entry_can_carry_is_a_bad_tag() {
+    let origin = Origin::start(&[]).await;
+    let s = origin
+        .service(&[
+            ("ADMIN_TOKEN", "a-long-enough-admin-token"),
+            ("TAG_MAX_BYTES", "16"),
+        ])
+        .await;
+    let purge = |tag: String| {
+        let url = s.url(&format!("/tags/{tag}"));
+        async move {
+            let r = client()
+                .delete(url)
+                .bearer_auth("a-long-enough-admin-token")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = purge("x".repeat(17)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_tag")), "{body}");
+    assert_eq!(purge("x".repeat(16)).await.0, 200);
+    assert_eq!(purge("%FF".to_owned()).await.1["error"], "bad_tag");
+}
+
+#[tokio::test]
+async fn one_non_ascii_tag_costs_only_itself() {
+    let origin = Origin::start(&[("STUB_HEADERS", "Surrogate-Key: {tags}")]).await;
+    let s = origin
+        .service(&[("ADMIN_TOKEN", "a-long-enough-admin-token")])
+        .await;
+    // `caf%C3%A9` is the key's tag `café`: valid UTF-8, kept beside the ASCII one.
+    let key = "k~plain~caf%C3%A9";
+    assert_eq!(s.get(key).await.0, 200);
+    assert!(s.get(key).await.1.contains("hit"));
+    let r = client()
+        .delete(s.url("/tags/caf%C3%A9"))
+        .bearer_auth("a-long-enough-admin-token")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["purged"]["memory"], 1, "{body}");
+    assert_eq!(s.metric("cache_tags_ignored_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_batch_of_large_redis_values_is_read_in_bounded_chunks_and_redis_stays_up() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(&[("STUB_MODE", "bytes:400000")]).await;
+    let s = origin
+        .service(&[
+            ("REDIS_URL", &redis.url()),
+            ("MEMORY_CACHE_ENABLED", "false"),
+            ("BATCH_ORIGIN_CONCURRENCY", "32"),
+        ])
+        .await;
+    s.wait_redis_up().await;
+    let keys: Vec<String> = (0..600).map(|i| format!("large{i}")).collect();
+    let ask = || async {
+        let r = client()
+            .post(s.url("/items:batch"))
+            .json(&json!({ "keys": keys }))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let first = ask().await;
+    assert!(
+        first["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["source"] == "origin")
+    );
+    assert_eq!(origin.served().await, 600);
+    let second = ask().await;
+    let items = second["items"].as_array().unwrap();
+    assert!(
+        items
+            .iter()
+            .all(|i| i["cache"].as_str().unwrap_or_default().ends_with("detail=redis")),
+        "{:?}",
+        items
+            .iter()
+            .find(|i| !i["cache"].as_str().unwrap_or_default().ends_with("detail=redis"))
+    );
+    assert_eq!(origin.served().await, 600, "no key went to the origin");
+    assert_eq!(s.metric("cache_hits_total{tier=\"redis\"").await, 600.0);
+    assert_eq!(s.json("/health").await["tiers"]["redis"], "ok");
+}

@@ -261,7 +261,7 @@ async fn tag_purges_need_the_admin_token_and_a_tag() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_request");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_tag");
     assert_eq!(
         s.metric("http_requests_total{route=\"/tags/{tag}\",status_class=\"4xx\"")
             .await,
