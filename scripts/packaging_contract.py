@@ -58,13 +58,7 @@ def _service_env_names() -> set:
     return names | {"RUST_LOG"}
 
 
-# Settings the service gains in the same change as this packaging (the Rust side of it): the
-# chart, compose and README already use them. A name here that src/config.rs does not declare yet
-# is accepted, and reported in the detail of check_readme_env_in_schema; once src/config.rs
-# declares them all, this set can go.
-PENDING_ENV = {"CONFIG_STRICT", "HTTP_WRITE_TIMEOUT_SECS", "ORIGIN_BREAKER_WINDOW_SECS",
-               "ORIGIN_BREAKER_MIN_REQUESTS", "PURGE_TIMEOUT_SECS"}
-KNOWN_ENV = _service_env_names() | PENDING_ENV
+KNOWN_ENV = _service_env_names()
 # Deprecated settings: still read (and validated) by the service, ignored with a warn line. The
 # schema accepts them so an upgrade does not break; no default the packaging ships sets them.
 DEPRECATED_ENV = {"ORIGIN_BREAKER_FAILURES", "ORIGIN_BREAKER_WINDOW"}
@@ -1006,9 +1000,7 @@ def check_readme_env_in_schema() -> str:
     assert not shadowed, f"config may set {sorted(shadowed)}, which other values set"
     values = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
     assert not DEPRECATED_ENV & set(values), f"values.yaml sets deprecated {sorted(DEPRECATED_ENV & set(values))}"
-    pending = sorted(PENDING_ENV - _service_env_names())
-    return (f"{len(readme_env_names())} README variables" +
-            (f"; not yet in src/config.rs: {', '.join(pending)}" if pending else ""))
+    return f"{len(readme_env_names())} README variables"
 
 
 def check_chart_production(helm: str | None) -> str:

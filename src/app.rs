@@ -86,6 +86,7 @@ impl Application {
                 let tier = RedisTier::new(rc, max_entry_bytes, metrics.clone())
                     .map_err(|e| StartError::Setup(e.to_string()))?;
                 tier.start(tasks.clone()).await;
+                metrics.watch_redis(&tier);
                 Some(tier)
             }
             None => None,
@@ -145,6 +146,11 @@ impl Application {
             admin_token: config.items.admin_token.clone(),
             max_key_bytes: config.items.max_key_bytes,
             tag_max_bytes: config.items.tag_max_bytes,
+            purge_timeout: config.items.purge_timeout,
+            origin_kind: match config.origin.source {
+                OriginSource::Simulated { .. } => "simulated",
+                OriginSource::Http { .. } => "http",
+            },
             request_timeout: config.items.request_timeout,
             compression_min_bytes: config.items.compression_min_bytes,
             batch: config.items.batch,

@@ -97,6 +97,9 @@ pub struct ItemsConfig {
     /// `TAG_MAX_BYTES`: the longest tag an entry can carry, so a purge of a longer one (which
     /// would only fill Redis's purge records) is refused.
     pub tag_max_bytes: usize,
+    /// `PURGE_TIMEOUT_SECS`: a purge not done within it answers `503 purge_incomplete`; what is
+    /// left is done by a retry.
+    pub purge_timeout: Duration,
     /// `REQUEST_TIMEOUT_SECS`: deadline of one request as a whole, fleet wait included (a
     /// batch shares one).
     pub request_timeout: Duration,
@@ -294,11 +297,278 @@ mod vars {
     pub const HTTP_HEADER_TIMEOUT_SECS: Var<Secs> = secs("HTTP_HEADER_TIMEOUT_SECS", "10", 1);
     pub const HTTP_BODY_TIMEOUT_SECS: Var<Secs> = secs("HTTP_BODY_TIMEOUT_SECS", "10", 1);
     pub const HTTP_KEEPALIVE_TIMEOUT_SECS: Var<Secs> = secs("HTTP_KEEPALIVE_TIMEOUT_SECS", "60", 1);
+    pub const CONFIG_STRICT: Var<Flag> = flag("CONFIG_STRICT", "false");
+    pub const PURGE_TIMEOUT_SECS: Var<Secs> = secs("PURGE_TIMEOUT_SECS", "10", 1);
     pub const HTTP_WRITE_TIMEOUT_SECS: Var<Secs> = secs("HTTP_WRITE_TIMEOUT_SECS", "30", 1);
     pub const HTTP_MAX_CONNECTIONS: Var<Count> = count("HTTP_MAX_CONNECTIONS", "4096", 1, 1_000_000);
 }
 
 use vars::*;
+
+/// Every setting of the service with its default as the README shows it (`unset` where none),
+/// in the README's order: what `--help` prints, and the names the misspelling check knows.
+pub const SETTINGS: &[(&str, &str)] = &[
+    (LISTEN_ADDR.name, LISTEN_ADDR.default),
+    (REDIS_URL, "unset"),
+    (REDIS_HOST, "unset"),
+    (REDIS_PORT.name, REDIS_PORT.default),
+    (REDIS_DB.name, REDIS_DB.default),
+    (REDIS_PASSWORD, "unset"),
+    (REDIS_TLS_CA_FILE, "unset"),
+    (REDIS_CLUSTER.name, REDIS_CLUSTER.default),
+    (REDIS_KEY_PREFIX.name, REDIS_KEY_PREFIX.default),
+    (REDIS_CONNECT_TIMEOUT_MS.name, REDIS_CONNECT_TIMEOUT_MS.default),
+    (REDIS_RESPONSE_TIMEOUT_MS.name, REDIS_RESPONSE_TIMEOUT_MS.default),
+    (FLEET_LOCK_TTL_MS.name, FLEET_LOCK_TTL_MS.default),
+    (FLEET_LOCK_WAIT_MS.name, FLEET_LOCK_WAIT_MS.default),
+    (FLEET_LOCK_POLL_MS.name, FLEET_LOCK_POLL_MS.default),
+    (CACHE_TTL_SECS.name, CACHE_TTL_SECS.default),
+    (REDIS_TTL.name, "unset"),
+    (CACHE_TTL_JITTER_PERCENT.name, CACHE_TTL_JITTER_PERCENT.default),
+    (CACHE_STALE_SECS.name, CACHE_STALE_SECS.default),
+    (ORIGIN_CACHE_CONTROL.name, ORIGIN_CACHE_CONTROL.default),
+    (CACHE_TTL_MIN_SECS.name, CACHE_TTL_MIN_SECS.default),
+    (CACHE_TTL_MAX_SECS.name, CACHE_TTL_MAX_SECS.default),
+    (CACHE_NEGATIVE_TTL_SECS.name, CACHE_NEGATIVE_TTL_SECS.default),
+    (MEMORY_CACHE_ENABLED.name, MEMORY_CACHE_ENABLED.default),
+    (MEMORY_CACHE_MAX_BYTES.name, MEMORY_CACHE_MAX_BYTES.default),
+    (DISK_CACHE_DIR, "unset"),
+    (DISK_CACHE_MAX_BYTES.name, DISK_CACHE_MAX_BYTES.default),
+    (
+        DISK_CACHE_INDEX_MAX_BYTES.name,
+        DISK_CACHE_INDEX_MAX_BYTES.default,
+    ),
+    (
+        DISK_CACHE_ADMIT_MIN_REQUESTS.name,
+        DISK_CACHE_ADMIT_MIN_REQUESTS.default,
+    ),
+    (ORIGIN_URL, "unset"),
+    (ORIGIN_LATENCY_MS.name, ORIGIN_LATENCY_MS.default),
+    (ORIGIN_TIMEOUT_MS.name, ORIGIN_TIMEOUT_MS.default),
+    (ORIGIN_MAX_CONCURRENCY.name, ORIGIN_MAX_CONCURRENCY.default),
+    (ORIGIN_MAX_BODY_BYTES.name, ORIGIN_MAX_BODY_BYTES.default),
+    (ORIGIN_AUTHORIZATION, "unset"),
+    (
+        ORIGIN_BREAKER_WINDOW_SECS.name,
+        ORIGIN_BREAKER_WINDOW_SECS.default,
+    ),
+    (
+        ORIGIN_BREAKER_MIN_REQUESTS.name,
+        ORIGIN_BREAKER_MIN_REQUESTS.default,
+    ),
+    (
+        ORIGIN_BREAKER_FAILURE_RATE.name,
+        ORIGIN_BREAKER_FAILURE_RATE.default,
+    ),
+    (ORIGIN_BREAKER_FAILURES.name, "unset"),
+    (ORIGIN_BREAKER_WINDOW.name, "unset"),
+    (
+        ORIGIN_BREAKER_COOLDOWN_SECS.name,
+        ORIGIN_BREAKER_COOLDOWN_SECS.default,
+    ),
+    (ADMIN_TOKEN, "unset"),
+    (MAX_KEY_BYTES.name, MAX_KEY_BYTES.default),
+    (ORIGIN_TAG_HEADER.name, ORIGIN_TAG_HEADER.default),
+    (TAGS_MAX_PER_ENTRY.name, TAGS_MAX_PER_ENTRY.default),
+    (TAG_MAX_BYTES.name, TAG_MAX_BYTES.default),
+    (COMPRESSION.name, COMPRESSION.default),
+    (COMPRESSION_MIN_BYTES.name, COMPRESSION_MIN_BYTES.default),
+    (REQUEST_TIMEOUT_SECS.name, REQUEST_TIMEOUT_SECS.default),
+    (BATCH_MAX_KEYS.name, BATCH_MAX_KEYS.default),
+    (BATCH_MAX_BODY_BYTES.name, BATCH_MAX_BODY_BYTES.default),
+    (BATCH_ORIGIN_CONCURRENCY.name, BATCH_ORIGIN_CONCURRENCY.default),
+    (PURGE_TIMEOUT_SECS.name, PURGE_TIMEOUT_SECS.default),
+    (SHUTDOWN_DELAY_SECS.name, SHUTDOWN_DELAY_SECS.default),
+    (SHUTDOWN_DRAIN_SECS.name, SHUTDOWN_DRAIN_SECS.default),
+    (HTTP_HEADER_TIMEOUT_SECS.name, HTTP_HEADER_TIMEOUT_SECS.default),
+    (HTTP_BODY_TIMEOUT_SECS.name, HTTP_BODY_TIMEOUT_SECS.default),
+    (
+        HTTP_KEEPALIVE_TIMEOUT_SECS.name,
+        HTTP_KEEPALIVE_TIMEOUT_SECS.default,
+    ),
+    (HTTP_WRITE_TIMEOUT_SECS.name, HTTP_WRITE_TIMEOUT_SECS.default),
+    (HTTP_MAX_CONNECTIONS.name, HTTP_MAX_CONNECTIONS.default),
+    (CONFIG_STRICT.name, CONFIG_STRICT.default),
+    (LOG_FORMAT.name, LOG_FORMAT.default),
+    ("RUST_LOG", "info"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "unset"),
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "unset"),
+    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "unset"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+    ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+    ("OTEL_TRACES_EXPORTER", "unset"),
+    ("OTEL_METRICS_EXPORTER", "unset"),
+    ("OTEL_SERVICE_NAME", "cache-layer"),
+    ("OTEL_RESOURCE_ATTRIBUTES", "unset"),
+];
+
+/// Names that are no setting of ours but are read by the libraries the service uses (the
+/// OpenTelemetry SDK, the HTTP client's proxy settings) or set by the runtime: never reported.
+const OTHER_KNOWN: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+    "OTEL_LOGS_EXPORTER",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_PROPAGATORS",
+    "OTEL_SDK_DISABLED",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_METRIC_EXPORT_TIMEOUT",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+];
+
+/// Prefixes of the service's own settings: a name starting with one that is not a setting is
+/// reported, however far from every known name it is.
+const PREFIXES: &[&str] = &[
+    "CACHE_",
+    "ORIGIN_",
+    "REDIS_",
+    "DISK_CACHE_",
+    "MEMORY_CACHE_",
+    "HTTP_",
+    "BATCH_",
+    "FLEET_",
+    "SHUTDOWN_",
+    "COMPRESSION",
+    "TAG",
+    "PURGE_",
+    "PROXY_",
+    "ADMIN_",
+    "CONFIG_",
+    "LISTEN_",
+];
+
+/// Kubernetes service-link variables (`<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_6379_TCP_ADDR`,
+/// `<SERVICE>_PORT=tcp://…`): a release named `cache` gets `CACHE_REDIS_PORT` and the like.
+fn is_service_link(name: &str, value: &str) -> bool {
+    name.ends_with("_SERVICE_HOST")
+        || name.contains("_SERVICE_PORT")
+        || name.split("_PORT_").nth(1).is_some_and(|rest| {
+            rest.split('_')
+                .next()
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        || (name.ends_with("_PORT")
+            && ["tcp://", "udp://", "sctp://"]
+                .iter()
+                .any(|s| value.starts_with(s)))
+}
+
+/// Levenshtein distance of two ASCII names, giving up past `limit`.
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The known name nearest to `name`, and how far it is.
+fn nearest(name: &str) -> (&'static str, usize) {
+    SETTINGS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(OTHER_KNOWN.iter().copied())
+        .map(|known| (known, edits(name, known)))
+        .min_by_key(|(_, d)| *d)
+        .unwrap_or(("", usize::MAX))
+}
+
+/// The environment's names that look like a misspelt setting: within two edits of a known name,
+/// or starting with one of the service's prefixes, and not a known name; each with the nearest
+/// known name.
+fn misspelt(vars: &[(String, String)]) -> Vec<(String, &'static str)> {
+    let mut found = Vec::new();
+    for (name, value) in vars {
+        let upper = name.to_ascii_uppercase();
+        if is_service_link(&upper, value) {
+            continue;
+        }
+        let (near, distance) = nearest(&upper);
+        if distance == 0 {
+            continue;
+        }
+        if distance <= 2 || PREFIXES.iter().any(|p| upper.starts_with(p)) {
+            found.push((name.clone(), near));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The levels `RUST_LOG` may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Whether the `RUST_LOG` filter `spec` lets this service's `warn` lines through: a global
+/// level of at least `warn`, or a directive for a target that is (a prefix of) `cache_layer`
+/// at such a level. `None` when it does; else the nearest level name for the word that was
+/// probably meant as one (`debugg` → `debug`).
+fn rust_log_silences_warnings(spec: &str) -> Option<String> {
+    let loud = |level: &str| {
+        matches!(
+            level.to_ascii_lowercase().as_str(),
+            "warn" | "info" | "debug" | "trace"
+        )
+    };
+    let mut guess = None;
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match directive.split_once('=') {
+            Some((target, level)) => {
+                let target = target.split('[').next().unwrap_or_default();
+                if "cache_layer".starts_with(target) && loud(level) {
+                    return None;
+                }
+            }
+            None if LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) => {
+                if loud(directive) {
+                    return None;
+                }
+            }
+            // A bare word is a target; `cache_layer` (or a prefix) lets every level through.
+            None if "cache_layer".starts_with(directive.split('[').next().unwrap_or_default()) => {
+                return None;
+            }
+            None => {
+                let near = LEVELS
+                    .iter()
+                    .min_by_key(|l| edits(&directive.to_ascii_lowercase(), l));
+                if let Some(near) = near.filter(|l| edits(&directive.to_ascii_lowercase(), l) <= 2) {
+                    guess = Some((*near).to_owned());
+                }
+            }
+        }
+    }
+    Some(guess.unwrap_or_else(|| "info".to_owned()))
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -311,7 +581,34 @@ impl Config {
     /// Reads the given variables, so tests need not touch the process environment; empty values
     /// count as unset (an orchestrator often cannot unset a variable, only empty it).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        Env::new(vars).into_config()
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut config = Env::new(vars.iter().cloned()).into_config()?;
+        let mut wrong: Vec<String> = misspelt(&vars)
+            .into_iter()
+            .map(|(name, near)| format!("`{name}` is not a setting; did you mean `{near}`?"))
+            .collect();
+        if let Some((_, spec)) = vars.iter().find(|(n, v)| n == "RUST_LOG" && !v.is_empty())
+            && let Some(level) = rust_log_silences_warnings(spec)
+        {
+            wrong.push(format!(
+                "`RUST_LOG={spec}` lets no warn line of this service through; did you mean `RUST_LOG={level}`?"
+            ));
+        }
+        let strict = CONFIG_STRICT.read(&Env::new(vars.iter().cloned()))?;
+        if strict && let Some(first) = wrong.first() {
+            return Err(invalid(
+                CONFIG_STRICT.name,
+                "true",
+                &format!("every setting's name spelt right: {first}"),
+            ));
+        }
+        config.notices.extend(wrong);
+        if matches!(config.origin.source, OriginSource::Simulated { .. }) {
+            config.notices.push(
+                "ORIGIN_URL is not set: answers come from the simulated origin (\"value_for_<key>\" after ORIGIN_LATENCY_MS), not from your data; set ORIGIN_URL to a URL template such as http://api.internal/items/{key} to cache a real API".to_owned(),
+            );
+        }
+        Ok(config)
     }
 
     /// `LISTEN_ADDR` alone, read as the service reads it, for the `healthcheck` subcommand: it
@@ -434,6 +731,7 @@ impl Env {
             admin_token: admin_token(env)?,
             max_key_bytes: MAX_KEY_BYTES.read(env)? as usize,
             tag_max_bytes: TAG_MAX_BYTES.read(env)? as usize,
+            purge_timeout: PURGE_TIMEOUT_SECS.read(env)?,
             request_timeout: REQUEST_TIMEOUT_SECS.read(env)?,
             compression_min_bytes: COMPRESSION
                 .read(env)?
@@ -1028,6 +1326,87 @@ mod tests {
             ADMIN_TOKEN,
         ] {
             assert!(row(name).contains("unset"), "{name}");
+        }
+    }
+
+    #[test]
+    fn misspelt_names_are_reported_with_the_nearest_setting() {
+        let c = config(&[
+            ("CACHE_TTL_SEC", "5"),
+            ("ORGIN_URL", "http://x/{key}"),
+            ("POD_NAME", "p"),
+        ])
+        .unwrap();
+        assert!(
+            c.notices
+                .contains(&"`CACHE_TTL_SEC` is not a setting; did you mean `CACHE_TTL_SECS`?".to_owned()),
+            "{:?}",
+            c.notices
+        );
+        assert!(
+            c.notices
+                .contains(&"`ORGIN_URL` is not a setting; did you mean `ORIGIN_URL`?".to_owned()),
+            "{:?}",
+            c.notices
+        );
+        assert!(
+            c.notices.iter().any(|n| n.starts_with("ORIGIN_URL is not set")),
+            "{:?}",
+            c.notices
+        );
+        assert!(!c.notices.iter().any(|n| n.contains("POD_NAME")));
+        // A prefix of ours, far from every name.
+        let c = config(&[("REDIS_SOMETHING_ELSE", "1")]).unwrap();
+        assert!(
+            c.notices[0].starts_with("`REDIS_SOMETHING_ELSE` is not a setting"),
+            "{:?}",
+            c.notices
+        );
+        // Service links, the SDK's own names and proxies are never reported.
+        let quiet = config(&[
+            ("CACHE_REDIS_PORT", "tcp://10.0.0.1:6379"),
+            ("CACHE_REDIS_PORT_6379_TCP_ADDR", "10.0.0.1"),
+            ("CACHE_LAYER_SERVICE_HOST", "10.0.0.2"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
+            ("HTTP_PROXY", "http://proxy:3128"),
+            ("ORIGIN_URL", "http://x/{key}"),
+        ])
+        .unwrap();
+        assert!(quiet.notices.is_empty(), "{:?}", quiet.notices);
+    }
+
+    #[test]
+    fn strict_mode_stops_start_up_on_a_misspelt_name() {
+        let e = config(&[("CONFIG_STRICT", "true"), ("REDIS_ULR", "redis://r")]).unwrap_err();
+        assert_eq!(e.var, "CONFIG_STRICT");
+        assert!(
+            e.to_string()
+                .contains("`REDIS_ULR` is not a setting; did you mean `REDIS_URL`?"),
+            "{e}"
+        );
+        // Deprecated names are known: an upgrade never breaks strict mode.
+        let c = config(&[("CONFIG_STRICT", "true"), ("ORIGIN_BREAKER_FAILURES", "5")]).unwrap();
+        assert!(c.notices.iter().any(|n| n.contains("deprecated")));
+        let e = config(&[("CONFIG_STRICT", "true"), ("RUST_LOG", "debugg")]).unwrap_err();
+        assert!(e.to_string().contains("did you mean `RUST_LOG=debug`?"), "{e}");
+    }
+
+    #[test]
+    fn a_rust_log_that_silences_warnings_is_found() {
+        assert_eq!(rust_log_silences_warnings("debugg"), Some("debug".to_owned()));
+        assert_eq!(rust_log_silences_warnings("error"), Some("info".to_owned()));
+        assert_eq!(rust_log_silences_warnings("info"), None);
+        assert_eq!(rust_log_silences_warnings("warn,hyper=off"), None);
+        assert_eq!(rust_log_silences_warnings("error,cache_layer=debug"), None);
+        assert_eq!(rust_log_silences_warnings("cache_layer"), None);
+    }
+
+    #[test]
+    fn every_setting_is_in_the_readme() {
+        let readme = include_str!("../README.md");
+        // The per-signal protocols are named as forms of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+        for (name, _) in SETTINGS.iter().filter(|(n, _)| !n.ends_with("S_PROTOCOL")) {
+            assert!(readme.contains(&format!("`{name}`")), "{name}");
         }
     }
 

@@ -1,4 +1,6 @@
-//! The `cache-layer` binary: `cache-layer` serves; `cache-layer healthcheck` probes a running one.
+//! The `cache-layer` binary: `cache-layer` serves; `cache-layer healthcheck` probes a running one;
+//! `--help` and `--version` answer without serving; any other argument is refused (exit 2), so a
+//! mistyped flag never starts a server by accident.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -8,8 +10,25 @@ use std::time::Duration;
 use cache_layer::{Application, Config, shutdown_signal, telemetry};
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return healthcheck();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => {}
+        ["healthcheck"] => return healthcheck(),
+        ["--help" | "-h" | "help"] => {
+            print!("{}", help());
+            return ExitCode::SUCCESS;
+        }
+        ["--version" | "-V"] => {
+            println!("cache-layer {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!(
+                "cache-layer: unknown argument {:?}; it is configured by environment variables only (cache-layer --help lists them)",
+                other.join(" ")
+            );
+            return ExitCode::from(2);
+        }
     }
     cache_layer::tls::install_crypto_provider();
     let config = match Config::from_env() {
@@ -50,6 +69,27 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// What `--help` prints: what the service is, how it is run, and every setting with its default.
+fn help() -> String {
+    let mut out = format!(
+        "cache-layer {}: a read-through cache service in front of a slow origin (memory, disk and Redis tiers).\n\n\
+         Usage:\n  cache-layer                 serve (settings from environment variables only)\n  \
+         cache-layer healthcheck     probe the local service's /livez (exit 0 when alive)\n  \
+         cache-layer --help | --version\n\n\
+         Settings (environment variables) and their defaults; README.md says what each does:\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let width = cache_layer::config::SETTINGS
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(0);
+    for (name, default) in cache_layer::config::SETTINGS {
+        out.push_str(&format!("  {name:width$}  {default}\n"));
+    }
+    out
 }
 
 /// Asks the local service's `/livez` (for container health checks: the image has no curl).

@@ -109,17 +109,21 @@ pub enum RedisOp {
     Subscribe,
     /// Taking, looking at or releasing a fleet lock.
     Lock,
+    /// A health ping that failed: counted while Redis is down, so an outage shows as a rising
+    /// error rate that can be alerted on.
+    Ping,
 }
 
 impl RedisOp {
     /// Every operation, for label sets registered at zero.
-    pub const ALL: [RedisOp; 6] = [
+    pub const ALL: [RedisOp; 7] = [
         RedisOp::Get,
         RedisOp::Set,
         RedisOp::Del,
         RedisOp::Publish,
         RedisOp::Subscribe,
         RedisOp::Lock,
+        RedisOp::Ping,
     ];
 
     /// The `operation` label.
@@ -131,6 +135,7 @@ impl RedisOp {
             RedisOp::Publish => "publish",
             RedisOp::Subscribe => "subscribe",
             RedisOp::Lock => "lock",
+            RedisOp::Ping => "ping",
         }
     }
 }
@@ -360,6 +365,9 @@ struct Seeds {
     cluster: bool,
 }
 
+/// What a lookup of one key in the tier found.
+type Found = Result<Option<Arc<Entry>>, TierError>;
+
 /// Bytes one bulk read (an `MGET`) moves at most, by the lengths read first; a larger value is
 /// read alone. Keeps every reply small enough that no other command on the node's connection
 /// waits long behind it.
@@ -421,6 +429,42 @@ impl WriteHealth {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot prepare the Redis connections: {0}")]
 pub struct RedisSetupError(String);
+
+/// Why a connection to a node failed, named as what it is (a wrong password, a TLS mismatch, an
+/// unknown host, a refused connection), for the log line an operator acts on.
+fn why_unreachable(e: &redis::RedisError) -> String {
+    let detail = e.to_string();
+    let lower = detail.to_ascii_lowercase();
+    let kind = if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || lower.contains("wrongpass")
+        || lower.contains("noauth")
+        || lower.contains("invalid password")
+        || lower.contains("invalid username-password")
+    {
+        "authentication failed (check the password in REDIS_URL or REDIS_PASSWORD)"
+    } else if lower.contains("tls")
+        || lower.contains("certificate")
+        || lower.contains("handshake")
+        || lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+    {
+        "TLS failed (a rediss:// URL against a plain-text server, or a certificate not trusted: see REDIS_TLS_CA_FILE)"
+    } else if lower.contains("failed to lookup")
+        || lower.contains("name or service not known")
+        || lower.contains("no such host")
+        || lower.contains("nodename nor servname")
+        || lower.contains("temporary failure in name resolution")
+    {
+        "unknown host (the name in REDIS_URL does not resolve)"
+    } else if lower.contains("connection refused") {
+        "connection refused (nothing listens at that address)"
+    } else if e.is_timeout() {
+        "timed out (REDIS_CONNECT_TIMEOUT_MS)"
+    } else {
+        "cannot connect"
+    };
+    format!("{kind}: {detail}")
+}
 
 /// `info` with its host and port replaced (credentials and TLS settings kept).
 fn info_at(seed: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
@@ -638,14 +682,15 @@ impl RedisTier {
         let s = &self.shared;
         let outcome = {
             let mut slot = node.ping_conn.lock().await;
+            let mut connect_error = None;
             if slot.is_none() {
                 match s.settings.direct_connection(&node.info).await {
                     Ok(c) => *slot = Some(c),
-                    Err(e) => tracing::debug!(node = %node.addr, error = %e, "redis ping connection failed"),
+                    Err(e) => connect_error = Some(why_unreachable(&e)),
                 }
             }
             match slot.as_mut() {
-                None => Err("cannot connect".to_owned()),
+                None => Err(connect_error.unwrap_or_else(|| "cannot connect".to_owned())),
                 Some(conn) => {
                     let cmd = redis::cmd("PING");
                     match tokio::time::timeout(s.settings.response_timeout, cmd.query_async::<String>(conn))
@@ -654,7 +699,7 @@ impl RedisTier {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => {
                             *slot = None;
-                            Err(e.to_string())
+                            Err(why_unreachable(&e))
                         }
                         Err(_) => {
                             *slot = None;
@@ -664,6 +709,9 @@ impl RedisTier {
                 }
             }
         };
+        if outcome.is_err() {
+            s.metrics.redis_error(RedisOp::Ping);
+        }
         let was = node.up.swap(outcome.is_ok(), Ordering::Relaxed);
         // Log changes only, and the first failure, so an outage is one line per node.
         let first = !node.pinged.swap(true, Ordering::Relaxed);
@@ -695,6 +743,15 @@ impl RedisTier {
     /// Whether any node answers: fleet locks and purges are worth trying.
     pub fn is_up(&self) -> bool {
         self.topology().nodes.iter().any(|n| n.is_up())
+    }
+
+    /// Each node's address and whether it is up, for the `redis_node_up` gauge.
+    pub fn nodes_up(&self) -> Vec<(String, bool)> {
+        self.topology()
+            .nodes
+            .iter()
+            .map(|n| (n.addr.clone(), n.is_up()))
+            .collect()
     }
 
     /// Nodes, and how many are down; `/health` reports it.
@@ -884,7 +941,7 @@ impl RedisTier {
         keys: &[&str],
         entry_keys: &[String],
         slots: Vec<Vec<usize>>,
-    ) -> Vec<(usize, Result<Option<Arc<Entry>>, TierError>)> {
+    ) -> Vec<(usize, Found)> {
         let all = || slots.iter().flatten().copied();
         if !node.is_up() {
             return all().map(|i| (i, Err(TierError::Unavailable))).collect();
@@ -944,7 +1001,7 @@ impl RedisTier {
         entry_keys: &[String],
         chunk: Vec<usize>,
         bytes: usize,
-        out: &mut Vec<(usize, Result<Option<Arc<Entry>>, TierError>)>,
+        out: &mut Vec<(usize, Found)>,
     ) {
         let mut mget = redis::cmd("MGET");
         for &i in &chunk {

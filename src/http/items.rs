@@ -197,10 +197,9 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
         key_of(path, state.max_key_bytes).map(Cow::into_owned)
     })
     .await?;
-    state
-        .cache
-        .purge(&key, mode)
+    tokio::time::timeout(state.purge_timeout, state.cache.purge(&key, mode))
         .await
+        .map_err(|_| AppError::PurgeIncomplete)?
         .map_err(|_| AppError::PurgeIncomplete)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -38,6 +38,10 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Longest key accepted.
     pub max_key_bytes: usize,
+    /// Which origin answers misses: `simulated` or `http` (`/health` says so).
+    pub origin_kind: &'static str,
+    /// How long a purge may take before it answers `503 purge_incomplete` (`PURGE_TIMEOUT_SECS`).
+    pub purge_timeout: Duration,
     /// Longest tag an entry can carry (`TAG_MAX_BYTES`): a purge of a longer one is `400`.
     pub tag_max_bytes: usize,
     /// Deadline of a `/items` request that has to wait on the origin.

@@ -49,7 +49,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let mut body = json!({
         "status": if degraded { "degraded" } else { "ok" },
         "tiers": tiers,
-        "origin": { "circuit": circuit },
+        "origin": { "kind": state.origin_kind, "circuit": circuit },
     });
     if let Some(nodes) = redis_nodes {
         body["redis_nodes"] = nodes;

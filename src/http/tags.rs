@@ -28,10 +28,9 @@ pub async fn delete_tag(State(state): State<Arc<AppState>>, request: Request) ->
 async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
     let max = state.tag_max_bytes;
     let (mode, tag) = purge_request(state, request, |path| tag_of(path, max).map(Cow::into_owned)).await?;
-    let purged = state
-        .cache
-        .purge_tag(&tag, mode)
+    let purged = tokio::time::timeout(state.purge_timeout, state.cache.purge_tag(&tag, mode))
         .await
+        .map_err(|_| AppError::PurgeIncomplete)?
         .map_err(|_| AppError::PurgeIncomplete)?;
     let purged: serde_json::Map<String, serde_json::Value> = purged
         .into_iter()

@@ -14,7 +14,7 @@ use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
 
 use crate::cache::{
     CoalesceScope, DiskOp, DiskTier, DropReason, EvictionCause, MemoryTier, NotStored, PurgeMode, PurgeScope,
-    PurgeSource, RedisOp, StaleReason, TierName, Uncacheable,
+    PurgeSource, RedisOp, RedisTier, StaleReason, TierName, Uncacheable,
 };
 use crate::http::{Route, StatusClass};
 use crate::origin::{Breaker, OriginOutcome};
@@ -402,6 +402,22 @@ impl Metrics {
             "Disk bytes the disk tier uses at most.",
             move || capacity,
         );
+    }
+
+    /// Reports each Redis node (the one server, or every master of a cluster, as the slot map
+    /// has them now) as `redis_node_up{node="host:port"}`: 1 up, 0 down.
+    pub fn watch_redis(&self, tier: &RedisTier) {
+        let tier = tier.clone();
+        let _gauge = self
+            .meter
+            .u64_observable_gauge("redis_node_up")
+            .with_description("1 while the Redis node answers its health pings, 0 while it does not.")
+            .with_callback(move |observer| {
+                for (node, up) in tier.nodes_up() {
+                    observer.observe(u64::from(up), &[KeyValue::new("node", node)]);
+                }
+            })
+            .build();
     }
 
     /// Reports the origin circuit as `origin_breaker_state`.

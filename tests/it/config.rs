@@ -40,6 +40,7 @@ fn bad_values_stop_start_up_with_one_line_naming_variable_value_and_expectation(
         ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem", "readable PEM file"),
         ("FLEET_LOCK_TTL_MS", "100", "at least ORIGIN_TIMEOUT_MS"),
         ("ORIGIN_BREAKER_WINDOW", "65", "64"),
+        ("ORIGIN_BREAKER_WINDOW_SECS", "0", "at least 1"),
         ("ORIGIN_BREAKER_FAILURE_RATE", "101", "100"),
         (
             "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -95,4 +96,72 @@ async fn empty_variables_count_as_unset() {
         .parse()
         .unwrap();
     assert!((53..=59).contains(&ttl), "{hit}");
+}
+
+/// Runs the binary with `args` and returns (exit code, stdout, stderr).
+fn run_with_args(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = service_command(&[("LISTEN_ADDR", &format!("127.0.0.1:{}", free_port()))])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_answers_its_own_arguments_without_serving() {
+    let (code, out, _) = run_with_args(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("read-through cache") && out.contains("CACHE_TTL_SECS") && out.contains("ORIGIN_URL"),
+        "{out}"
+    );
+    let (code, out, _) = run_with_args(&["--version"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), concat!("cache-layer ", env!("CARGO_PKG_VERSION")))
+    );
+    let (code, _, err) = run_with_args(&["--port", "80"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown argument"), "{err}");
+}
+
+#[test]
+fn strict_mode_refuses_a_misspelt_name_and_names_the_setting_meant() {
+    let (code, stderr) = run_to_exit(&[("CONFIG_STRICT", "true"), ("ORGIN_URL", "http://o/{key}")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("`ORGIN_URL` is not a setting; did you mean `ORIGIN_URL`?"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn without_strict_mode_a_misspelt_name_and_the_simulated_origin_are_warned_about() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = service_command(&[("LISTEN_ADDR", &listen), ("CACHE_TTL_SEC", "5")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Service {
+        child: std::process::Command::new("true").spawn().unwrap(),
+        base: format!("http://{listen}"),
+        port,
+    };
+    s.wait_status("/livez", 200).await;
+    let health = s.json("/health").await;
+    assert_eq!(health["origin"]["kind"], "simulated");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("`CACHE_TTL_SEC` is not a setting; did you mean `CACHE_TTL_SECS`?"),
+        "{log}"
+    );
+    assert!(log.contains("ORIGIN_URL is not set"), "{log}");
 }

@@ -68,6 +68,11 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         // Everything is on loopback: no HTTP(S)_PROXY from the developer's environment.
         .no_proxy()
+        // Raw bodies as the service sends them: no Accept-Encoding added, nothing decoded.
+        .no_gzip()
+        .no_brotli()
+        .no_deflate()
+        .no_zstd()
         .build()
         .unwrap()
 }

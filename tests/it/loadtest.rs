@@ -177,13 +177,14 @@ async fn errors_are_counted_by_kind_and_a_run_of_only_errors_fails() {
     let (code, out, _) = loadtest(&["--url", &s.base, "--quiet"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("Errors:           50"), "{out}");
-    // Five failed fetches open the circuit; the 45 after it are refused without a call.
+    // 20 failed fetches (ORIGIN_BREAKER_MIN_REQUESTS) open the circuit; the 30 after it are
+    // refused without a call.
     assert!(
-        out.contains("Errors by kind:   502 origin_error × 5, 503 origin_unavailable × 45"),
+        out.contains("Errors by kind:   502 origin_error × 20, 503 origin_unavailable × 30"),
         "{out}"
     );
     assert!(
-        out.contains("Origin fetches:   5 (from the target's /metrics); saved 0 of 0 answers"),
+        out.contains("Origin fetches:   20 (from the target's /metrics); saved 0 of 0 answers"),
         "{out}"
     );
 

@@ -15,7 +15,7 @@ async fn health_and_probes_answer_json() {
     let health = s.json("/health").await;
     assert_eq!(
         health,
-        json!({"status": "ok", "tiers": {"memory": "ok", "disk": "disabled", "redis": "disabled"}, "origin": {"circuit": "closed"}})
+        json!({"status": "ok", "tiers": {"memory": "ok", "disk": "disabled", "redis": "disabled"}, "origin": {"kind": "simulated", "circuit": "closed"}})
     );
     assert_eq!(c.get(s.url("/livez")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(s.url("/readyz")).send().await.unwrap().status(), 200);
@@ -62,8 +62,15 @@ async fn json_logs_are_one_object_per_line() {
     let _ = child.kill();
     let _ = child.wait();
     let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
-    assert_eq!(v["level"], "INFO");
-    assert!(v["message"].is_string());
+    // The first line is the simulated origin's warning (no ORIGIN_URL here).
+    assert_eq!(v["level"], "WARN");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ORIGIN_URL is not set"),
+        "{v}"
+    );
 }
 
 #[tokio::test]

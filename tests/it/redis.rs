@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use std::process::Stdio;
+
 use crate::harness::{
-    Redis, Service, cache_status, client, entry_key, eventually, services_on, with_redis,
-    with_redis_and_origin,
+    Redis, Service, cache_status, client, entry_key, eventually, free_port, service_command, services_on,
+    with_redis, with_redis_and_origin,
 };
 
 #[tokio::test]
@@ -184,6 +186,11 @@ async fn a_redis_that_accepts_but_never_answers_does_not_hang_requests() {
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
+        // Raw bodies as the service sends them: no Accept-Encoding added, nothing decoded.
+        .no_gzip()
+        .no_brotli()
+        .no_deflate()
+        .no_zstd()
         .build()
         .unwrap();
     for i in 0..10 {
@@ -225,4 +232,46 @@ async fn rediss_verifies_the_server_against_redis_tls_ca_file() {
     assert_eq!(untrusted.get("other").await.0, 200);
     let health = untrusted.json("/health").await;
     assert_eq!(health["tiers"]["redis"], "down");
+}
+
+#[tokio::test]
+async fn redis_trouble_shows_in_node_up_and_ping_errors_and_the_log_names_it() {
+    let mut redis = Redis::start().await;
+    let s = Service::start(&[("REDIS_URL", &redis.url())]).await;
+    s.wait_redis_up().await;
+    let node = format!("redis_node_up{{node=\"127.0.0.1:{}\"", redis.port);
+    assert_eq!(s.metric(&node).await, 1.0);
+    redis.stop();
+    eventually("redis_node_up to fall to 0", || async {
+        (s.metric(&node).await == 0.0).then_some(())
+    })
+    .await;
+    let before = s.metric("redis_errors_total{operation=\"ping\"").await;
+    assert!(before >= 1.0);
+    eventually("ping errors to keep rising while Redis is down", || async {
+        (s.metric("redis_errors_total{operation=\"ping\"").await > before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_redis_password_is_logged_as_an_authentication_failure() {
+    let redis = Redis::start_with(&["--requirepass", "right-password"]).await;
+    let url = redis.url().replace("redis://", "redis://:wrong-password@");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = service_command(&[("LISTEN_ADDR", &listen), ("REDIS_URL", &url)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://{listen}/health");
+    eventually("the service to answer /health", || async {
+        client().get(&health).send().await.ok().map(|_| ())
+    })
+    .await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("authentication failed"), "{log}");
 }
