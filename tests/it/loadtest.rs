@@ -112,9 +112,10 @@ async fn a_zipf_run_counts_every_request_and_every_origin_fetch() {
 #[tokio::test]
 async fn an_open_loop_run_sends_on_schedule_and_counts_queueing_in_latency() {
     let s = Service::start(&[("ORIGIN_LATENCY_MS", "300")]).await;
-    // 20 req/s for 1 s on one connection, every request a miss of 300 ms: the schedule wants a
-    // request every 50 ms, the connection manages one every 300 ms. The last of the 20 is due at
-    // 0.95 s but sent at about 5.7 s; its latency counts from when it was due.
+    // 20 req/s for 2 s on one connection, every request a miss of 300 ms: the schedule wants a
+    // request every 50 ms, the connection manages one every 300 ms. The duration is wall-clock,
+    // so only about 6 of the 40 go out; the last, due at about 0.3 s and sent at about 1.8 s,
+    // counts its latency from when it was due.
     let r = report(&[
         "--url",
         &s.base,
@@ -125,13 +126,14 @@ async fn an_open_loop_run_sends_on_schedule_and_counts_queueing_in_latency() {
         "--rate",
         "20",
         "--duration",
-        "1s",
+        "2s",
     ])
     .await;
-    assert_eq!(r["requests"], 20);
+    let sent = r["requests"].as_u64().unwrap();
+    assert!((2..40).contains(&sent), "{r}");
     assert_eq!(r["target_rps"], 20.0);
     let max = r["latency_ms"]["max"].as_f64().unwrap();
-    assert!(max > 4000.0, "queueing was hidden: max {max} ms\n{r}");
+    assert!(max > 1000.0, "queueing was hidden: max {max} ms\n{r}");
     // Closed loop, the same traffic shows only the service time.
     let closed = report(&[
         "--url",
@@ -292,4 +294,62 @@ async fn bad_options_stop_it_with_a_message_naming_the_option() {
         assert_eq!(code, 2, "{args:?}: {out}{err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[tokio::test]
+async fn the_duration_is_wall_clock_even_when_answers_are_slow() {
+    // An origin that never answers: every request would take the service's 60 s.
+    let origin = Origin::start(&[("STUB_MODE", "hang")]).await;
+    let s = origin
+        .service(&[
+            ("REQUEST_TIMEOUT_SECS", "60"),
+            ("ORIGIN_TIMEOUT_MS", "60000"),
+            ("FLEET_LOCK_TTL_MS", "60000"),
+        ])
+        .await;
+    let started = std::time::Instant::now();
+    let (_, out, err) = loadtest(&[
+        "--url",
+        &s.base,
+        "--pattern",
+        "uniform",
+        "--key-space",
+        "1000",
+        "--warmup",
+        "1s",
+        "--duration",
+        "1s",
+        "--timeout",
+        "60s",
+        "--json",
+    ])
+    .await;
+    // Two seconds of phases, not the minute an answer would take (a generous bound).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{out}{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_json_batch_run_fills_hit_and_miss_latencies() {
+    let s = Service::start(&[("ORIGIN_LATENCY_MS", "1")]).await;
+    let (code, out, _) = loadtest(&[
+        "--url",
+        &s.base,
+        "--pattern",
+        "cycle",
+        "--key-space",
+        "20",
+        "--batch",
+        "5",
+        "--requests",
+        "40",
+        "--json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(r["hit_latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["miss_latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
 }

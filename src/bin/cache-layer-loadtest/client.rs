@@ -141,6 +141,11 @@ impl Conn {
         }
     }
 
+    /// Drops the connection (a request was abandoned half-way); the next use opens a new one.
+    pub fn reset(&mut self) {
+        self.stream = None;
+    }
+
     /// Opens the connection now, so that a run starts with every connection ready.
     pub async fn connect(&mut self) -> Result<(), Failure> {
         let stream = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr))

@@ -229,7 +229,9 @@ impl Worker {
                 Some(r) => start + Duration::from_secs_f64(i as f64 / r),
                 None => Instant::now(),
             };
-            if due >= deadline {
+            // The duration is wall-clock: nothing is sent once it has passed, even a request
+            // that fell due before it on a connection running late.
+            if due >= deadline || Instant::now() >= deadline {
                 break;
             }
             // A connection that is early waits. Its latency then counts from when the timer
@@ -256,7 +258,14 @@ impl Worker {
                     ids.push(key_id);
                 }
                 body.extend_from_slice(b"]}");
-                let keys = match self.conn.batch(&body, &mut answers).await {
+                let Ok(answered) =
+                    tokio::time::timeout_at(deadline, self.conn.batch(&body, &mut answers)).await
+                else {
+                    // Still in flight when the duration ended: not measured.
+                    self.conn.reset();
+                    break;
+                };
+                let keys = match answered {
                     Ok(()) if answers.len() == ids.len() => {
                         ids.iter().copied().zip(answers.drain(..)).collect::<Vec<_>>()
                     }
@@ -268,7 +277,11 @@ impl Worker {
                 continue;
             }
             let key_id = self.workload.path(i, &mut self.rng, &mut path);
-            let outcome = self.conn.get(&path).await;
+            let Ok(outcome) = tokio::time::timeout_at(deadline, self.conn.get(&path)).await else {
+                // Still in flight when the duration ended: not measured.
+                self.conn.reset();
+                break;
+            };
             let latency = from.elapsed();
             self.stats.record(key_id, &outcome, latency);
             self.shared.done.fetch_add(1, Ordering::Relaxed);

@@ -67,9 +67,16 @@ impl Stats {
         self.answer(key_id, outcome);
     }
 
-    /// Records one batch request (`--batch`): its latency once, and each key's answer.
+    /// Records one batch request (`--batch`): its latency once (as a hit's when every key was a
+    /// hit, as a miss's when any key was a miss), and each key's answer.
     pub fn record_batch(&mut self, keys: &[(u64, Result<Served, Failure>)], latency: Duration) {
-        self.all.saturating_record(latency.as_micros().max(1) as u64);
+        let micros = latency.as_micros().max(1) as u64;
+        self.all.saturating_record(micros);
+        if keys.iter().any(|(_, o)| matches!(o, Ok(Served::Miss))) {
+            self.misses.saturating_record(micros);
+        } else if !keys.is_empty() && keys.iter().all(|(_, o)| matches!(o, Ok(Served::Hit(_)))) {
+            self.hits.saturating_record(micros);
+        }
         for (key_id, outcome) in keys {
             self.answer(*key_id, outcome);
         }
@@ -195,7 +202,7 @@ pub struct RunFacts {
 }
 
 /// Latency summary in milliseconds, read from a histogram.
-#[derive(Serialize)]
+#[derive(Serialize, Debug)]
 pub struct Latency {
     pub mean: f64,
     pub p50: f64,
@@ -446,5 +453,24 @@ mod tests {
         assert!((r.hit_rate - 0.5).abs() < 1e-9);
         assert!((r.keys_per_s - 4.0).abs() < 1e-9);
         assert_eq!(r.origin_fetches_saved, 2);
+        // A batch with a miss is a miss's latency; an all-hit batch a hit's.
+        assert!(
+            r.miss_latency_ms.p50 > 1.9 && r.hit_latency_ms.p50 == 0.0,
+            "{:?}",
+            r.miss_latency_ms
+        );
+        s.record_batch(&[(1, Ok(Served::Hit(HitKind::Memory)))], Duration::from_millis(1));
+        let r = s.report(RunFacts {
+            url: "http://x".into(),
+            pattern: "uniform",
+            concurrency: 1,
+            target_rps: None,
+            warmup_requests: 0,
+            elapsed: Duration::from_secs(1),
+            origin_fetches: Some(1),
+            interrupted: false,
+            batch: Some(4),
+        });
+        assert!(r.hit_latency_ms.p50 > 0.9, "{:?}", r.hit_latency_ms);
     }
 }
