@@ -254,24 +254,38 @@ async fn redis_trouble_shows_in_node_up_and_ping_errors_and_the_log_names_it() {
     .await;
 }
 
-#[tokio::test]
-async fn a_wrong_redis_password_is_logged_as_an_authentication_failure() {
-    let redis = Redis::start_with(&["--requirepass", "right-password"]).await;
-    let url = redis.url().replace("redis://", "redis://:wrong-password@");
+/// The service's log (stdout) with `REDIS_URL=url`, once it has answered `/health` and its first
+/// ping has had time to fail.
+async fn log_with_redis_url(url: &str) -> String {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = service_command(&[("LISTEN_ADDR", &listen), ("REDIS_URL", &url)])
+    let mut child = service_command(&[("LISTEN_ADDR", &listen), ("REDIS_URL", url)])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let health = format!("http://{listen}/health");
-    eventually("the service to answer /health", || async {
-        client().get(&health).send().await.ok().map(|_| ())
+    eventually("the service to report Redis down", || async {
+        let v: Value = client().get(&health).send().await.ok()?.json().await.ok()?;
+        (v["tiers"]["redis"] == "down").then_some(())
     })
     .await;
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn redis_connection_failures_are_named_for_what_they_are() {
+    let redis = Redis::start_with(&["--requirepass", "right-password"]).await;
+    let wrong = redis.url().replace("redis://", "redis://:wrong-password@");
+    let log = log_with_redis_url(&wrong).await;
     assert!(log.contains("authentication failed"), "{log}");
+    // rediss:// against a plain-text server.
+    let plain = Redis::start().await;
+    let tls = plain.url().replace("redis://", "rediss://") + "/#insecure";
+    let log = log_with_redis_url(&tls).await;
+    assert!(log.contains("TLS failed"), "{log}");
+    let log = log_with_redis_url("redis://no-such-host.invalid:6379").await;
+    assert!(log.contains("unknown host"), "{log}");
 }
