@@ -92,7 +92,7 @@ def one_round():
         c.close()
     row = {"rss_before": before, "rss_peak": max(peak), "grown": max(peak) - before,
            "p99_alone": alone["p99"], "p99_stalled": stalled["p99"],
-           "p999_alone": alone["p99.9"], "p999_stalled": stalled["p99.9"]}
+           "p999_alone": alone["p999"], "p999_stalled": stalled["p999"]}
     base.stop_all()
     base.PROCS.clear()
     return row

@@ -542,6 +542,8 @@ fn rust_log_silences_warnings(spec: &str) -> Option<String> {
     let mut guess = None;
     for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         match directive.split_once('=') {
+            // A level that is no level is the filter parser's to refuse (exit 2), not ours.
+            Some((_, level)) if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim())) => return None,
             Some((target, level)) => {
                 let target = target.split('[').next().unwrap_or_default();
                 if "cache_layer".starts_with(target) && loud(level) {

@@ -38,6 +38,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A RUST_LOG that silences warnings would also silence the warning about itself.
+    for notice in config.notices.iter().filter(|n| n.starts_with("`RUST_LOG=")) {
+        eprintln!("cache-layer: {notice}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -7,7 +7,7 @@
 //! Environment: `STUB_LISTEN_ADDR` (127.0.0.1:8080), `STUB_LATENCY_MS` (0), `STUB_MODE`
 //! (`ok`, `fixed` (the same body every time: no `n`), `dir:<path>` (the file
 //! `<path>/<last path segment>.json`), `status:<code>`,
-//! `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`, `encoded:<gzip|deflate|br>`, `bomb`), `STUB_CONTENT_TYPE` (`json` or
+//! `redirect:<code>:<location>`, `hang`, `big`, `bytes:<n>`, `encoded:<gzip|deflate|br>`, `bomb`, `badgzip`), `STUB_CONTENT_TYPE` (`json` or
 //! `text`), `STUB_HEADERS` (extra response headers, `Name: value` lines; `{tags}` in a value
 //! stands for the key's own tags: a key `name~tag1~tag2` gets `tag1 tag2`).
 //! Control: `POST /_stub/config?mode=…&latency_ms=…&content_type=…`, `POST /_stub/headers` (a
@@ -247,6 +247,17 @@ async fn answer(behaviour: &Behaviour, target: &str, n: u64, unchanged: bool) ->
     }
     if mode == "hang" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    if mode == "badgzip" {
+        // `Content-Encoding: gzip` over bytes that are not gzip.
+        return (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            b"this is not gzip at all".to_vec(),
+        )
+            .into_response();
     }
     if mode == "bomb" {
         // A small gzip body that inflates to 64 MiB of zeros: a decompression bomb.

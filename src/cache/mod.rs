@@ -274,10 +274,25 @@ impl<O: Origin> ReadThrough<O> {
                 next = running.next() => next,
                 () = sink.closed() => return,
             };
-            if let Some((k, result)) = next
-                && !sink.answer(k, result).await
-            {
-                return;
+            let Some((k, result)) = next else { continue };
+            // While the sink is busy (a client reading slowly), the fetches already running are
+            // driven to their end (at most `concurrency` answers wait here), so the pool permits
+            // they were handed are used and given back, not held by futures nobody polls.
+            let mut done = std::collections::VecDeque::from([(k, result)]);
+            while let Some((k, result)) = done.pop_front() {
+                let answered = sink.answer(k, result);
+                tokio::pin!(answered);
+                loop {
+                    tokio::select! {
+                        ok = &mut answered => {
+                            if !ok {
+                                return;
+                            }
+                            break;
+                        }
+                        Some(more) = running.next(), if !running.is_empty() => done.push_back(more),
+                    }
+                }
             }
         }
     }

@@ -131,7 +131,14 @@ impl Origin for HttpOrigin {
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json_media_type);
         let mut body = BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        let read_error = |e: reqwest::Error| {
+            if e.is_decode() {
+                OriginError::BadEncoding
+            } else {
+                transport(e)
+            }
+        };
+        while let Some(chunk) = response.chunk().await.map_err(read_error)? {
             if body.len() + chunk.len() > self.max_body_bytes {
                 return Err(OriginError::TooLarge(self.max_body_bytes));
             }

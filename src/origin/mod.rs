@@ -49,6 +49,9 @@ pub enum OriginError {
     /// The body was larger than `ORIGIN_MAX_BODY_BYTES`.
     #[error("the origin's body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The body did not decode in the `Content-Encoding` the origin named (a corrupt gzip).
+    #[error("the origin's body does not decode in its Content-Encoding")]
+    BadEncoding,
     /// The origin said its body was JSON, and it was not.
     #[error("the origin's JSON body does not parse")]
     BadJson,
@@ -87,6 +90,7 @@ impl OriginError {
             OriginError::Redirect(_)
             | OriginError::TooLarge(_)
             | OriginError::BadJson
+            | OriginError::BadEncoding
             | OriginError::CircuitOpen { .. }
             | OriginError::Saturated => false,
         }
