@@ -209,6 +209,17 @@ impl Application {
             server.set_phase(Phase::Closing);
             let _ = tokio::time::timeout(Duration::from_secs(1), server.drained()).await;
         }
+        // Fetches whose clients are gone, background refreshes and writes finish first, so
+        // what they store reaches the tiers before those close.
+        if !state
+            .cache
+            .settle_tasks(config.shutdown.drain.max(Duration::from_secs(1)))
+            .await
+        {
+            tracing::warn!(
+                "background fetches still running at shutdown; the tiers close without their writes"
+            );
+        }
         // What the disk tier still buffers is written, so a restart recovers it.
         for tier in state.cache.tiers() {
             if let AnyTier::Disk(disk) = tier {

@@ -22,6 +22,8 @@ type Map<K, T> = Arc<Mutex<HashMap<K, InFlight<T>>>>;
 /// `await`, and only on misses and purges.
 pub struct Coalescer<K, T> {
     inflight: Map<K, T>,
+    /// Every fetch task started here, so shutdown can wait for them before the tiers close.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Set when a purge of the key arrives while its fetch is in flight: the fetch may carry the
@@ -72,6 +74,7 @@ impl<K, T> Default for Coalescer<K, T> {
     fn default() -> Self {
         Coalescer {
             inflight: Arc::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 }
@@ -81,6 +84,11 @@ where
     K: Hash + Eq + Clone + Send + 'static,
     T: Clone + Send + Sync + 'static,
 {
+    /// The fetch tasks started here (and whatever else the owner tracks with them).
+    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.tasks
+    }
+
     /// Whether a fetch for `key` is in flight.
     #[cfg(test)]
     pub fn in_flight<Q>(&self, key: &Q) -> bool
@@ -131,7 +139,7 @@ where
             key: Some(key.clone()),
         };
         let fut = fetch(superseded);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let value = fut.await;
             // Leave the map before publishing, so a request arriving after the result starts
             // afresh (by then the value is in the tiers).

@@ -169,6 +169,24 @@ impl<O: Origin> ReadThrough<O> {
         }
     }
 
+    /// Runs `task` in the background, tracked with the fetches: shutdown waits for it before
+    /// the tiers close (a batch's work, a purge that outlived its request).
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.inflight.tasks().spawn(task)
+    }
+
+    /// Waits up to `within` for every background fetch, write, refresh and tracked task to end
+    /// (new ones may still start meanwhile); `false` when some were still running.
+    pub async fn settle_tasks(&self, within: Duration) -> bool {
+        let tasks = self.inner.inflight.tasks();
+        tasks.close();
+        tokio::time::timeout(within, tasks.wait()).await.is_ok()
+    }
+
     /// The tiers, in lookup order.
     pub fn tiers(&self) -> &[AnyTier] {
         &self.inner.tiers

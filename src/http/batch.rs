@@ -84,7 +84,8 @@ pub async fn get_batch(State(state): State<Arc<AppState>>, request: Request) -> 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(FRAMES_IN_FLIGHT);
     // The work runs as a task of its own, so the answer leaves while later keys are still being
     // fetched, at the pace the client reads it.
-    tokio::spawn(
+    let cache = state.cache.clone();
+    cache.spawn(
         async move {
             let mut out = Writer::new(tx, ndjson);
             if out

@@ -199,7 +199,7 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
     .await?;
     // A task of its own: past PURGE_TIMEOUT_SECS the client is told, and the purge goes on.
     let cache = state.cache.clone();
-    let purge = tokio::spawn(async move { cache.purge(&key, mode).await });
+    let purge = state.cache.spawn(async move { cache.purge(&key, mode).await });
     match tokio::time::timeout(state.purge_timeout, purge).await {
         Ok(Ok(Ok(()))) => Ok(StatusCode::NO_CONTENT.into_response()),
         _ => Err(AppError::PurgeIncomplete),

@@ -30,7 +30,9 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
     let (mode, tag) = purge_request(state, request, |path| tag_of(path, max).map(Cow::into_owned)).await?;
     // A task of its own: past PURGE_TIMEOUT_SECS the client is told, and the purge goes on.
     let (cache, name) = (state.cache.clone(), tag.clone());
-    let purge = tokio::spawn(async move { cache.purge_tag(&name, mode).await });
+    let purge = state
+        .cache
+        .spawn(async move { cache.purge_tag(&name, mode).await });
     let Ok(Ok(Ok(purged))) = tokio::time::timeout(state.purge_timeout, purge).await else {
         return Err(AppError::PurgeIncomplete);
     };

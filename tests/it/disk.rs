@@ -420,3 +420,27 @@ async fn a_full_filesystem_takes_the_tier_down_until_it_has_room_again() {
     assert!(s.get("d").await.1.ends_with("detail=disk"));
     drop(s);
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_a_fetch_whose_client_left_before_the_disk_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    let env = env(dir.path(), false);
+    let s = start(&origin, &env).await;
+    // The client gives up at once; the fetch goes on without it.
+    let quick = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(200))
+        .no_proxy()
+        .build()
+        .unwrap();
+    assert!(quick.get(s.item_url("late")).send().await.is_err());
+    origin.wait_served(1).await;
+    stop(s).await;
+    // Restarted on the same disk: the fetch finished and was written before the tier closed.
+    origin.set("ok", 0).await;
+    let s = start(&origin, &env).await;
+    let (status, cache, _) = s.get("late").await;
+    assert_eq!(status, 200);
+    assert!(cache.ends_with("detail=disk"), "{cache}");
+    assert_eq!(origin.served().await, 1);
+}
