@@ -40,12 +40,6 @@ MIB = 1024 * 1024
 BEGIN, END = "<!-- hardening:begin -->", "<!-- hardening:end -->"
 
 
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def service(stub, extra):
@@ -53,10 +47,6 @@ def service(stub, extra):
     return base.service(stub, extra)
 
 
-def metric(url, name):
-    text = base.http("GET", url + "/metrics")[2].decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + (" " if "{" not in name else "")) or line.startswith(name + "{"))
 
 
 def flood(kind, bound):
@@ -77,7 +67,7 @@ def flood(kind, bound):
     def sample():
         start = time.time()
         while not done.is_set():
-            samples.append((round(time.time() - start, 1), rss_bytes(proc.pid)))
+            samples.append((round(time.time() - start, 1), base.rss_bytes(proc.pid)))
             time.sleep(0.5)
 
     t = threading.Thread(target=sample)
@@ -90,8 +80,8 @@ def flood(kind, bound):
         "kind": kind, "bound": bound, "requests": report["requests"],
         "errors": report.get("errors", 0),
         "peak_rss": max(s[1] for s in samples), "final_rss": samples[-1][1],
-        "tier_bytes": metric(url, "memory_cache_bytes"),
-        "entries": metric(url, "memory_cache_entries"),
+        "tier_bytes": base.metric(url, "memory_cache_bytes"),
+        "entries": base.metric(url, "memory_cache_entries"),
         "limit": 1.2 * bound + 32 * MIB,
         "samples": samples[:: max(1, len(samples) // 20)],
     }
@@ -160,7 +150,7 @@ def bigvalue_run(with_big):
     row = {"with_big": with_big, "requests": report["requests"],
            "p50_ms": percentile(report, "p50"), "p99_ms": percentile(report, "p99"),
            "max_ms": percentile(report, "max"), "errors": errors, "big_reads": big_reads,
-           "redis_get_errors": metric(url, "redis_errors_total{operation=\"get\""),
+           "redis_get_errors": base.metric(url, "redis_errors_total{operation=\"get\""),
            "health": json.loads(base.http("GET", url + "/health")[2])["tiers"]["redis"]}
     base.stop_all()
     base.PROCS.clear()

@@ -20,16 +20,13 @@ Usage: python3 bench/hostile.py   (run `cargo build --release --bins` first)
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as base  # noqa: E402  (the shared helpers: spawn, Stub, loadtest)
 
-ROOT = base.ROOT
 RATE = int(os.getenv("RATE", "2000"))
 SECS = int(os.getenv("SECS", "10"))
 ROUNDS = int(os.getenv("ROUNDS", "3"))
@@ -37,12 +34,6 @@ MIB = 1024 * 1024
 BEGIN, END = "<!-- hostile:begin -->", "<!-- hostile:end -->"
 
 
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def stalled_batch(port, accept):
@@ -71,16 +62,16 @@ def one_round():
     base.http("GET", url + "/items/big1")
     base.http("GET", url + "/items/hot")
     alone = hot(url)
-    before = rss_bytes(proc.pid)
+    before = base.rss_bytes(proc.pid)
     conns = [stalled_batch(port, a) for a in
              ("application/json", "application/x-ndjson", "application/json")]
     time.sleep(2)
-    peak = [rss_bytes(proc.pid)]
+    peak = [base.rss_bytes(proc.pid)]
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            peak.append(rss_bytes(proc.pid))
+            peak.append(base.rss_bytes(proc.pid))
             time.sleep(0.25)
 
     t = threading.Thread(target=sample)
@@ -126,21 +117,11 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def main():
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    results = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": commit,
-               "rounds": []}
+def rounds():
     for i in range(ROUNDS):
         base.log(f"hostile: round {i + 1} of {ROUNDS}")
-        results["rounds"].append(one_round())
-    results["finished"] = datetime.now(timezone.utc).strftime("%H:%M")
-    text = markdown(results)
-    base.write_section("hostile", text)
-    with open(os.path.join(ROOT, "bench", "results-hostile.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(text)
+        yield one_round()
 
 
 if __name__ == "__main__":
-    main()
+    base.run_section("hostile", "rounds", rounds, markdown)

@@ -91,6 +91,23 @@ def entry_overhead_bytes() -> int:
     return int(re.search(r"pub const ENTRY_OVERHEAD_BYTES: usize = (\d+);", src).group(1))
 
 
+def rss_bytes(pid):
+    """The resident set of process `pid`, from /proc (bytes)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def metric(url, name):
+    """The sum of the samples of `name` (a metric name, or a series prefix such as
+    `redis_errors_total{operation="get"`) in the /metrics of `url`."""
+    text = http("GET", url + "/metrics")[2].decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + (" " if "{" not in name else "")) or line.startswith(name + "{"))
+
+
 def otlp_sink():
     """A second stub that swallows OTLP pushes (started once, on first use)."""
     if not SINK:
@@ -357,6 +374,22 @@ def write_section(name, text):
         current = current.rstrip("\n") + "\n\n" + text
     with open(page, "w") as f:
         f.write(current)
+
+
+def run_section(name, key, rows, markdown):
+    """Runs a benchmark script's rows (`rows()` yields them) and records them: the commit and the
+    UTC times in `results`, its section of docs/benchmarks.md (`markdown(results)`) and
+    bench/results-<name>.json. For the small scripts beside this one (hostile.py, sizing.py)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    results = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": commit,
+               key: list(rows())}
+    results["finished"] = datetime.now(timezone.utc).strftime("%H:%M")
+    text = markdown(results)
+    write_section(name, text)
+    with open(os.path.join(ROOT, "bench", f"results-{name}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(text)
 
 
 def loadtest_cmd(url, *args):

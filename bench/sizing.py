@@ -12,36 +12,20 @@ Writes its section of docs/benchmarks.md between markers (and bench/sections/siz
 Usage: python3 bench/sizing.py   (run `cargo build --release --bins` first)
 """
 
-import json
 import os
-import subprocess
 import sys
-from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as base  # noqa: E402
 
-ROOT = base.ROOT
 MIB = 1024 * 1024
 OVERHEAD = base.entry_overhead_bytes()
 CASES = [(100_000, 1_000), (20_000, 10_000), (2_000, 100_000)]
 BEGIN, END = "<!-- sizing:begin -->", "<!-- sizing:end -->"
 
 
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
-def metric(url, name):
-    text = base.http("GET", url + "/metrics")[2].decode()
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def case(keys, value_bytes):
@@ -53,14 +37,14 @@ def case(keys, value_bytes):
     bound = int(keys * entry * 1.1)
     proc, url = base.service(stub, {"MEMORY_CACHE_MAX_BYTES": str(bound),
                                     "ORIGIN_MAX_BODY_BYTES": str(max(1 << 20, value_bytes * 2))})
-    idle = rss_bytes(proc.pid)
+    idle = base.rss_bytes(proc.pid)
     args = ["--pattern", "cycle", "--key-space", str(keys), "--requests", str(keys), "-c", "16"]
     base.loadtest(url, *args)
     second = base.loadtest(url, *args)
     row = {"keys": keys, "value_bytes": value_bytes, "bound": bound,
-           "entries": metric(url, "memory_cache_entries"),
-           "tier_bytes": metric(url, "memory_cache_bytes"),
-           "hit_rate": second["hit_rate"], "rss_idle": idle, "rss": rss_bytes(proc.pid),
+           "entries": base.metric(url, "memory_cache_entries"),
+           "tier_bytes": base.metric(url, "memory_cache_bytes"),
+           "hit_rate": second["hit_rate"], "rss_idle": idle, "rss": base.rss_bytes(proc.pid),
            "limit": 1.2 * bound + 32 * MIB}
     base.stop_all()
     base.PROCS.clear()
@@ -88,21 +72,11 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def main():
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    results = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": commit,
-               "cases": []}
+def cases():
     for keys, value_bytes in CASES:
         base.log(f"sizing: {keys} keys of {value_bytes} B")
-        results["cases"].append(case(keys, value_bytes))
-    results["finished"] = datetime.now(timezone.utc).strftime("%H:%M")
-    text = markdown(results)
-    base.write_section("sizing", text)
-    with open(os.path.join(ROOT, "bench", "results-sizing.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(text)
+        yield case(keys, value_bytes)
 
 
 if __name__ == "__main__":
-    main()
+    base.run_section("sizing", "cases", cases, markdown)

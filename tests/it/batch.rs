@@ -11,13 +11,7 @@ use crate::harness::{
 
 /// `POST /items:batch` with `{"keys": keys}`: the status and the JSON body.
 async fn batch(s: &Service, keys: &[&str]) -> (u16, Value) {
-    let r = client()
-        .post(s.url("/items:batch"))
-        .json(&json!({ "keys": keys }))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    s.batch(keys).await
 }
 
 /// `POST /items:batch` with a raw body and content type: the status and the JSON body.

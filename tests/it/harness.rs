@@ -202,6 +202,12 @@ impl Service {
         (code, status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /items:batch` with `{"keys": keys}`: the status and the JSON body (`Null` when
+    /// the body is not JSON).
+    pub async fn batch<K: serde::Serialize>(&self, keys: &[K]) -> (u16, Value) {
+        batch_at(&self.url("/items:batch"), keys).await
+    }
+
     /// Polls `key` until an answer is fetched from the origin again (its entry lapsed).
     pub async fn wait_refetched(&self, key: &str) {
         eventually("the entry to lapse and be fetched again", || async {
@@ -238,6 +244,18 @@ impl Service {
         })
         .await;
     }
+}
+
+/// `POST url` with `{"keys": keys}` (a batch, from a task that owns no `Service`): the status
+/// and the JSON body (`Null` when the body is not JSON).
+pub async fn batch_at<K: serde::Serialize>(url: &str, keys: &[K]) -> (u16, Value) {
+    let r = client()
+        .post(url)
+        .json(&serde_json::json!({ "keys": keys }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
 /// The `Cache-Status` header, empty when absent.

@@ -63,13 +63,7 @@ async fn a_streamed_batch_read_to_the_end_is_whole_and_in_order() {
     let origin = Origin::start(&[("STUB_MODE", "bytes:300000")]).await;
     let s = origin.service(&[]).await;
     let keys: Vec<String> = (0..50).map(|i| format!("k{}", i % 5)).collect();
-    let r = client()
-        .post(s.url("/items:batch"))
-        .json(&json!({ "keys": keys }))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = r.json().await.unwrap();
+    let body = s.batch(&keys).await.1;
     let items = body["items"].as_array().unwrap();
     assert_eq!(items.len(), 50);
     for (i, item) in items.iter().enumerate() {
@@ -111,14 +105,7 @@ async fn batches_and_soft_purge_refreshes_together_leave_single_gets_their_permi
     // 2,000 entries tagged `soft`, fetched quickly.
     let tagged: Vec<String> = (0..2000).map(|i| format!("t{i}~soft")).collect();
     for chunk in tagged.chunks(1000) {
-        let r = client()
-            .post(s.url("/items:batch"))
-            .json(&json!({ "keys": chunk }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
+        assert_eq!(s.batch(chunk).await.0, 200);
     }
     origin.set("ok", 100).await;
     let purge = client()
@@ -137,15 +124,7 @@ async fn batches_and_soft_purge_refreshes_together_leave_single_gets_their_permi
             (0..300).map(|i| format!("cold{b}-{i}")).collect()
         };
         let url = s.url("/items:batch");
-        batches.push(tokio::spawn(async move {
-            let r = client()
-                .post(url)
-                .json(&json!({ "keys": keys }))
-                .send()
-                .await
-                .unwrap();
-            r.json::<Value>().await.unwrap()
-        }));
+        batches.push(tokio::spawn(async move { batch_at(&url, &keys).await.1 }));
     }
     origin.wait_served(2100).await;
     // Single cold GETs from 16 connections while the batches run.
@@ -186,13 +165,7 @@ async fn a_batch_of_failing_keys_does_not_open_the_circuit_for_everyone() {
     let origin = Origin::start(&[]).await;
     let s = origin.service(&[]).await;
     let broken: Vec<String> = (0..5).map(|i| format!("broken-x{i}")).collect();
-    let r = client()
-        .post(s.url("/items:batch"))
-        .json(&json!({ "keys": broken }))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = r.json().await.unwrap();
+    let body = s.batch(&broken).await.1;
     assert!(
         body["items"]
             .as_array()
@@ -214,13 +187,7 @@ async fn a_batch_of_failing_keys_does_not_open_the_circuit_for_everyone() {
     assert_eq!(s.json("/health").await["origin"]["circuit"], "closed");
     // A 1,000-key batch answering 500 counts as one failure.
     let many: Vec<String> = (0..1000).map(|i| format!("broken-y{i}")).collect();
-    let r = client()
-        .post(s.url("/items:batch"))
-        .json(&json!({ "keys": many }))
-        .send()
-        .await
-        .unwrap();
-    r.bytes().await.unwrap();
+    s.batch(&many).await;
     assert_eq!(s.get("healthy-after").await.0, 200);
     assert_eq!(s.json("/health").await["origin"]["circuit"], "closed");
 }
@@ -385,15 +352,7 @@ async fn a_batch_of_large_redis_values_is_read_in_bounded_chunks_and_redis_stays
         .await;
     s.wait_redis_up().await;
     let keys: Vec<String> = (0..600).map(|i| format!("large{i}")).collect();
-    let ask = || async {
-        let r = client()
-            .post(s.url("/items:batch"))
-            .json(&json!({ "keys": keys }))
-            .send()
-            .await
-            .unwrap();
-        r.json::<Value>().await.unwrap()
-    };
+    let ask = || async { s.batch(&keys).await.1 };
     let first = ask().await;
     assert!(
         first["items"]

@@ -425,6 +425,21 @@ mod tests {
         );
     }
 
+    /// A one-second run of batches of 4 keys that made one origin fetch.
+    fn batch_facts() -> RunFacts {
+        RunFacts {
+            url: "http://x".into(),
+            pattern: "uniform",
+            concurrency: 1,
+            target_rps: None,
+            warmup_requests: 0,
+            elapsed: Duration::from_secs(1),
+            origin_fetches: Some(1),
+            interrupted: false,
+            batch: Some(4),
+        }
+    }
+
     #[test]
     fn a_batch_counts_its_latency_once_and_each_key() {
         let mut s = Stats::default();
@@ -435,17 +450,7 @@ mod tests {
             (1, Ok(Served::Hit(HitKind::Redis))),
         ];
         s.record_batch(&keys, Duration::from_millis(2));
-        let r = s.report(RunFacts {
-            url: "http://x".into(),
-            pattern: "uniform",
-            concurrency: 1,
-            target_rps: None,
-            warmup_requests: 0,
-            elapsed: Duration::from_secs(1),
-            origin_fetches: Some(1),
-            interrupted: false,
-            batch: Some(4),
-        });
+        let r = s.report(batch_facts());
         assert_eq!(
             (r.requests, r.keys_answered, r.hits, r.misses, r.errors),
             (1, 4, 2, 1, 1)
@@ -460,17 +465,7 @@ mod tests {
             r.miss_latency_ms
         );
         s.record_batch(&[(1, Ok(Served::Hit(HitKind::Memory)))], Duration::from_millis(1));
-        let r = s.report(RunFacts {
-            url: "http://x".into(),
-            pattern: "uniform",
-            concurrency: 1,
-            target_rps: None,
-            warmup_requests: 0,
-            elapsed: Duration::from_secs(1),
-            origin_fetches: Some(1),
-            interrupted: false,
-            batch: Some(4),
-        });
+        let r = s.report(batch_facts());
         assert!(r.hit_latency_ms.p50 > 0.9, "{:?}", r.hit_latency_ms);
     }
 }
