@@ -648,6 +648,7 @@ class FakeExporter:
         counter("cache_tags_ignored_total", [{}])
         counter("cache_uncacheable_total", [{"reason": r} for r in ("no-store", "private", "vary-star", "status")])
         counter("cache_not_stored_total", [{"reason": r} for r in ("declined", "purged")])
+        counter("cache_compressions_total", [{"coding": c} for c in ("br", "gzip")])
         counter("otel_spans_dropped_total", [{}])
         routes = ["/items/{key}", "/tags/{tag}", "/items:batch", "/health", "/livez", "/readyz", "/metrics",
                   "unmatched"]

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::coalesce::Abandoned;
 use super::entry::Entry;
 use super::policy::Uncacheable;
@@ -151,6 +153,29 @@ pub struct Answer {
     pub kind: AnswerKind,
     /// When (ms since the epoch), for `Age`.
     pub now_ms: u64,
+    /// For an answer from a fetch: the body it answers with (`"source":"origin"`), made once
+    /// and shared by the fetching request and every request coalesced on it.
+    pub fetched: Option<Arc<FetchedBody>>,
+}
+
+/// The body of a fetch's answers (`"source":"origin"`, which a hit's body is not): identity
+/// and each compressed form made once per fetch, whatever the number of coalesced requests.
+#[derive(Debug, Default)]
+pub struct FetchedBody {
+    identity: std::sync::OnceLock<Bytes>,
+    compressed: super::encoding::Compressions,
+}
+
+impl FetchedBody {
+    /// The body as it is.
+    pub fn identity(&self, entry: &Entry) -> Bytes {
+        self.identity.get_or_init(|| entry.origin_body()).clone()
+    }
+
+    /// The body in `coding`, made once (off the async workers when long).
+    pub async fn compressed(&self, entry: &Entry, coding: super::encoding::Coding) -> Bytes {
+        self.compressed.get(coding, || self.identity(entry)).await
+    }
 }
 
 /// Why no answer could be given.

@@ -1,9 +1,109 @@
-//! Compressed forms of an entry's answer body: made once per entry and coding, on first use,
-//! and kept beside the entry (the memory tier then weighs them), never on every hit.
+//! Compressed forms of an answer body: made once per body and coding, on first use, off the
+//! async workers (a 1 MiB body takes brotli ~20 ms), and shared by every request that wants the
+//! same form; kept beside the entry (the memory tier then weighs them), never made on every hit.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+
+/// Compressions made so far in this process, by coding: `cache_compressions_total`. Process-wide,
+/// as the CPU they count is.
+static MADE: [std::sync::atomic::AtomicU64; Coding::ALL.len()] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// Bodies shorter than this are compressed where they are asked for (tens of microseconds:
+/// less than handing them to another thread); longer ones on the blocking pool.
+pub const INLINE_COMPRESS_BYTES: usize = 16 * 1024;
+
+/// One body's compressed forms, each made once and shared: concurrent askers wait on the one
+/// compression under way (on the blocking pool for long bodies), none makes its own.
+#[derive(Debug, Default)]
+pub struct Compressions {
+    /// The body in each [`Coding`], once made.
+    forms: [tokio::sync::OnceCell<Bytes>; Coding::ALL.len()],
+    /// Whether a background compression of each coding was started ([`Compressions::start`]).
+    started: [AtomicBool; Coding::ALL.len()],
+}
+
+impl Clone for Compressions {
+    /// The forms made so far (a renewed entry with the same body keeps them).
+    fn clone(&self) -> Self {
+        Compressions {
+            forms: self.forms.clone(),
+            started: Default::default(),
+        }
+    }
+}
+
+/// Derived from the body they compress: two entries are the same whatever was compressed so far.
+impl PartialEq for Compressions {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Compressions {}
+
+impl Compressions {
+    /// The body in `coding`, if made already.
+    pub fn ready(&self, coding: Coding) -> Option<Bytes> {
+        self.forms[coding as usize].get().cloned()
+    }
+
+    /// The body in `coding`: made now from `body()` when it is short, else on the blocking
+    /// pool, once; every concurrent caller waits on the same compression.
+    pub async fn get(&self, coding: Coding, body: impl FnOnce() -> Bytes) -> Bytes {
+        let cell = &self.forms[coding as usize];
+        cell.get_or_init(|| async move {
+            let body = body();
+            if body.len() < INLINE_COMPRESS_BYTES {
+                return coding.compress(&body);
+            }
+            let made = tokio::task::spawn_blocking(move || coding.compress(&body)).await;
+            // The blocking pool is gone only while the runtime shuts down.
+            made.unwrap_or_default()
+        })
+        .await
+        .clone()
+    }
+
+    /// The body in `coding`, made here and now if it is not made yet (for short bodies).
+    pub fn make_now(&self, coding: Coding, body: &[u8]) -> Bytes {
+        let cell = &self.forms[coding as usize];
+        if let Some(made) = cell.get() {
+            return made.clone();
+        }
+        let made = coding.compress(body);
+        // Another caller may have set it meanwhile: either form is the same bytes.
+        let _ = cell.set(made.clone());
+        made
+    }
+
+    /// Starts making the body in `coding` on the blocking pool, unless it is made or under way;
+    /// `then` runs once it is made (the memory tier weighs the entry again). A request that
+    /// finds it not made yet answers identity meanwhile rather than wait.
+    pub fn start(self: &Arc<Self>, coding: Coding, body: Bytes, then: impl FnOnce() + Send + 'static) {
+        if self.forms[coding as usize].initialized()
+            || self.started[coding as usize].swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let forms = self.clone();
+        tokio::spawn(async move {
+            forms.get(coding, || body).await;
+            then();
+        });
+    }
+
+    /// Bytes held by the forms made so far.
+    pub fn bytes(&self) -> usize {
+        self.forms.iter().filter_map(|f| f.get()).map(Bytes::len).sum()
+    }
+}
 
 /// The content codings the service answers in, besides `identity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +118,11 @@ impl Coding {
     /// Every coding, in order of preference when a client weighs them equally.
     pub const ALL: [Coding; 2] = [Coding::Br, Coding::Gzip];
 
+    /// How many bodies this process has compressed in this coding.
+    pub fn made(self) -> u64 {
+        MADE[self as usize].load(Ordering::Relaxed)
+    }
+
     /// The token in `Accept-Encoding` and `Content-Encoding`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -30,6 +135,7 @@ impl Coding {
     /// reduction on JSON at a fraction of the top levels' time (made once per entry, but on the
     /// request that first asks).
     pub fn compress(self, body: &[u8]) -> Bytes {
+        MADE[self as usize].fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::with_capacity(body.len() / 3 + 64);
         match self {
             Coding::Br => {

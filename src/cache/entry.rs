@@ -1,6 +1,6 @@
 //! A cached answer and the times that govern it: fresh until, servable stale until.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -8,7 +8,7 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::encoding::Coding;
+use super::encoding::Compressions;
 use super::policy::{Lifetimes, Times};
 use crate::origin::{MAX_VALIDATOR_BYTES, Validators};
 
@@ -65,9 +65,10 @@ pub struct Entry {
     /// The origin's tags (`ORIGIN_TAG_HEADER`), by which a purge can name many entries at once;
     /// `None` when it sent none.
     tags: Option<Box<[Box<str>]>>,
-    /// The hit body compressed in each [`Coding`], made on first use and kept (boxed: most
-    /// entries are never asked for compressed, and then cost one pointer).
-    compressed: OnceLock<Box<[OnceLock<Bytes>; Coding::ALL.len()]>>,
+    /// The hit body compressed in each [`Coding`], made on first use and kept (behind a
+    /// pointer: most entries are never asked for compressed, and then cost one; shared, so a
+    /// compression on the blocking pool can fill it after the request that asked is answered).
+    compressed: OnceLock<Arc<Compressions>>,
 }
 
 /// Where an entry stands at a given moment.
@@ -231,19 +232,9 @@ impl Entry {
         self.body.clone()
     }
 
-    /// The answer body of a hit in `coding`, compressed on first use and kept with the entry;
-    /// `true` when this call made it (the memory tier should then weigh the entry again).
-    pub fn cache_body_in(&self, coding: Coding) -> (Bytes, bool) {
-        let slot = &self.compressed.get_or_init(Box::default)[coding as usize];
-        if let Some(body) = slot.get() {
-            return (body.clone(), false);
-        }
-        let mut made = false;
-        let body = slot.get_or_init(|| {
-            made = true;
-            coding.compress(&self.body)
-        });
-        (body.clone(), made)
+    /// The hit body's compressed forms, made on first use (see [`Compressions`]).
+    pub fn compressions(&self) -> &Arc<Compressions> {
+        self.compressed.get_or_init(Arc::default)
     }
 
     /// The length of the hit body, uncompressed.
@@ -305,19 +296,15 @@ impl Entry {
     pub fn weight(&self, key: &str) -> u32 {
         // The boxes, when there are any: their structs and the allocator's chunk headers.
         const VALIDATORS_BOX: usize = 64;
-        const COMPRESSED_BOX: usize = 96;
+        const COMPRESSED_BOX: usize = 192;
         let v = self.validators();
         let validators = self.validators.as_ref().map_or(0, |_| VALIDATORS_BOX)
             + v.etag.as_ref().map_or(0, String::len)
             + v.last_modified.as_ref().map_or(0, String::len);
-        let compressed = self.compressed.get().map_or(0, |slots| {
-            COMPRESSED_BOX
-                + slots
-                    .iter()
-                    .filter_map(OnceLock::get)
-                    .map(Bytes::len)
-                    .sum::<usize>()
-        });
+        let compressed = self
+            .compressed
+            .get()
+            .map_or(0, |forms| COMPRESSED_BOX + forms.bytes());
         let etag = self.etag.as_ref().map_or(0, HeaderValue::len);
         // A boxed slice of boxed strings: 16 bytes of pointer and length per tag, plus its text.
         let tags = self

@@ -34,10 +34,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
-pub use answer::{Answer, AnswerKind, CacheError, CoalesceScope, Forward, NotStored, StaleReason};
+pub use answer::{
+    Answer, AnswerKind, CacheError, CoalesceScope, FetchedBody, Forward, NotStored, StaleReason,
+};
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use disk::{DiskOp, DiskTier, DropReason, Layout};
-pub use encoding::Coding;
+pub use encoding::{Coding, Compressions, INLINE_COMPRESS_BYTES};
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, now_ms};
 pub use fleet::FleetLock;
 pub use invalidation::{Invalidation, PurgeMode, PurgeScope, PurgeSource, Target};
@@ -69,6 +71,8 @@ use crate::telemetry::{self, Metrics, TRACE_TARGET};
 #[derive(Debug, Clone)]
 struct Fetch {
     entry: Arc<Entry>,
+    /// The body its answers carry, made once for every request coalesced on it.
+    body: Arc<FetchedBody>,
     /// Another replica fetched it (fleet-wide coalescing).
     by_fleet: bool,
     /// What became of it.
@@ -430,6 +434,7 @@ impl<O: Origin> ReadThrough<O> {
             entry,
             kind: AnswerKind::Stale { reason, over_secs },
             now_ms: now,
+            fetched: None,
         }
     }
 
@@ -474,10 +479,12 @@ impl<O: Origin> ReadThrough<O> {
                 }
             }
         };
+        let fetched = matches!(kind, AnswerKind::Fetched { .. }).then_some(fetch.body);
         Ok(Answer {
             entry: fetch.entry,
             kind,
             now_ms: now_ms(),
+            fetched,
         })
     }
 
@@ -515,6 +522,7 @@ impl<O: Origin> ReadThrough<O> {
             entry,
             kind,
             now_ms: now,
+            fetched: None,
         }
     }
 
@@ -843,6 +851,7 @@ impl<O: Origin> Inner<O> {
         // The shared tier holds it already, whatever this replica's own tiers decide.
         self.store(key, &entry, fence, own).await;
         Fetch {
+            body: Arc::default(),
             entry,
             by_fleet: true,
             outcome: Outcome::Stored,
@@ -939,6 +948,7 @@ impl<O: Origin> Inner<O> {
                     Err(reason) => self.not_stored(reason),
                 };
                 return Ok(Fetch {
+                    body: Arc::default(),
                     entry,
                     by_fleet: false,
                     outcome,
@@ -965,6 +975,7 @@ impl<O: Origin> Inner<O> {
             Err(reason) => self.not_stored(reason),
         };
         Ok(Fetch {
+            body: Arc::default(),
             entry,
             by_fleet: false,
             outcome,

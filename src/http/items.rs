@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use super::{AppState, conditional};
-use crate::cache::{Answer, AnswerKind, Coding, PurgeMode};
+use crate::cache::{Answer, Coding, Entry, INLINE_COMPRESS_BYTES, PurgeMode};
 use crate::error::AppError;
 use crate::telemetry::{self, TRACE_TARGET};
 
@@ -34,7 +34,15 @@ pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> R
         let key = key_of(request.uri.path(), state.max_key_bytes)?;
         let answer = state.cache.get(&key, state.request_timeout).await?;
         tracing::Span::current().record("cache.outcome", answer.kind.outcome());
-        Ok::<_, AppError>(render(&state, &key, answer, &request.headers))
+        let coding = coding_for(&state, &answer.entry, &request.headers);
+        // A fetch's body (`"source":"origin"`) is made once for every request coalesced on
+        // it, compressed off the async workers when long.
+        let fetched = match (&answer.fetched, coding) {
+            (Some(body), Some(coding)) => Some((body.compressed(&answer.entry, coding).await, Some(coding))),
+            (Some(body), None) => Some((body.identity(&answer.entry), None)),
+            (None, _) => None,
+        };
+        Ok::<_, AppError>(render(&state, &key, answer, &request.headers, coding, fetched))
     }
     .instrument(span.clone())
     .await
@@ -59,13 +67,59 @@ pub fn answer_now<B>(state: &AppState, request: &http::Request<B>) -> Option<Res
     }
     let key = key_of(request.uri().path(), state.max_key_bytes).ok()?;
     let answer = state.cache.answer_now(&key)?;
-    Some(render(state, &key, answer, request.headers()))
+    let coding = coding_for(state, &answer.entry, request.headers());
+    Some(render(state, &key, answer, request.headers(), coding, None))
+}
+
+/// The coding to answer in: the client's preferred one when the body is long enough to be worth
+/// compressing (`COMPRESSION_MIN_BYTES`), else identity.
+fn coding_for(state: &AppState, entry: &Entry, request: &HeaderMap) -> Option<Coding> {
+    let min = state.compression_min_bytes?;
+    if entry.body_len() < min {
+        return None;
+    }
+    Coding::negotiate(request.get(header::ACCEPT_ENCODING).map(HeaderValue::as_bytes))
+}
+
+/// A hit's body in `coding`: the compressed form when it is made; a short body is compressed
+/// here; a long one on the blocking pool, once, while this request (and every other until it is
+/// made) answers identity rather than wait. `None` as the coding: identity.
+fn hit_body(
+    state: &AppState,
+    key: &str,
+    entry: &Arc<Entry>,
+    coding: Option<Coding>,
+) -> (Bytes, Option<Coding>) {
+    let Some(coding) = coding else {
+        return (entry.cache_body(), None);
+    };
+    let forms = entry.compressions();
+    if let Some(body) = forms.ready(coding) {
+        return (body, Some(coding));
+    }
+    if entry.body_len() < INLINE_COMPRESS_BYTES {
+        let body = forms.make_now(coding, &entry.cache_body());
+        // The memory bound weighs what the entry holds.
+        state.cache.reweigh(key, entry);
+        return (body, Some(coding));
+    }
+    let (cache, key, weighed) = (state.cache.clone(), key.to_owned(), entry.clone());
+    forms.start(coding, entry.cache_body(), move || cache.reweigh(&key, &weighed));
+    (entry.cache_body(), None)
 }
 
 /// The response for an answer: a value (`source` cache or origin) or a remembered 404.
 /// A value answers `200` with its weak `ETag` (and the origin's `Last-Modified`), or `304` with
-/// no body when the request's conditions say the client holds it already.
-fn render(state: &AppState, key: &str, answer: Answer, request: &HeaderMap) -> Response {
+/// no body when the request's conditions say the client holds it already. `coding` is what the
+/// client should get; `fetched`, a fetch's body already made in the coding it ended up in.
+fn render(
+    state: &AppState,
+    key: &str,
+    answer: Answer,
+    request: &HeaderMap,
+    coding: Option<Coding>,
+    fetched: Option<(Bytes, Option<Coding>)>,
+) -> Response {
     let cache_status = state.headers.cache_status(answer.kind);
     let age = state.headers.age(answer.entry.age_secs(answer.now_ms));
     let entry = &answer.entry;
@@ -83,24 +137,7 @@ fn render(state: &AppState, key: &str, answer: Answer, request: &HeaderMap) -> R
                 *r.status_mut() = StatusCode::NOT_MODIFIED;
                 r
             } else {
-                let coding = compressible
-                    .then(|| {
-                        Coding::negotiate(request.get(header::ACCEPT_ENCODING).map(HeaderValue::as_bytes))
-                    })
-                    .flatten();
-                let body = match (answer.kind, coding) {
-                    (AnswerKind::Fetched { .. }, None) => entry.origin_body(),
-                    // The fetching request's body says "origin": compressed for it alone.
-                    (AnswerKind::Fetched { .. }, Some(coding)) => coding.compress(&entry.origin_body()),
-                    (_, None) => entry.cache_body(),
-                    (_, Some(coding)) => {
-                        let (body, made) = entry.cache_body_in(coding);
-                        if made {
-                            state.cache.reweigh(key, entry);
-                        }
-                        body
-                    }
-                };
+                let (body, coding) = fetched.unwrap_or_else(|| hit_body(state, key, entry, coding));
                 let mut r = Response::new(Body::from(body));
                 r.headers_mut().insert(header::CONTENT_TYPE, JSON);
                 if let Some(coding) = coding {

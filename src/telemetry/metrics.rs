@@ -13,8 +13,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
 
 use crate::cache::{
-    CoalesceScope, DiskOp, DiskTier, DropReason, EvictionCause, MemoryTier, NotStored, PurgeMode, PurgeScope,
-    PurgeSource, RedisOp, RedisTier, StaleReason, TierName, Uncacheable,
+    CoalesceScope, Coding, DiskOp, DiskTier, DropReason, EvictionCause, MemoryTier, NotStored, PurgeMode,
+    PurgeScope, PurgeSource, RedisOp, RedisTier, StaleReason, TierName, Uncacheable,
 };
 use crate::http::{Route, StatusClass};
 use crate::origin::{Breaker, OriginOutcome};
@@ -223,6 +223,16 @@ impl Metrics {
             one_label("outcome", &OriginOutcome::ALL, OriginOutcome::as_str),
             |c, i| c.origin.get(i),
         );
+        let codings = one_label("coding", &Coding::ALL, Coding::as_str);
+        let _compressions = m
+            .u64_observable_counter("cache_compressions")
+            .with_description("Answer bodies compressed, by coding: once per entry (or fetch) and coding.")
+            .with_callback(move |observer| {
+                for (attributes, i) in &codings {
+                    observer.observe(Coding::ALL[*i].made(), attributes);
+                }
+            })
+            .build();
         observe(
             m,
             c,

@@ -345,3 +345,45 @@ async fn bodies_are_compressed_as_the_client_accepts_and_once_per_entry() {
     assert_eq!(header(&headers, "content-encoding"), None);
     assert_eq!(header(&headers, "vary"), None);
 }
+
+#[tokio::test]
+async fn a_long_body_is_compressed_once_for_a_stampede_and_once_for_later_hits() {
+    let origin = Origin::start(&[("STUB_MODE", "bytes:100000"), ("STUB_LATENCY_MS", "300")]).await;
+    let s = origin.service(&[]).await;
+    let url = s.item_url("long");
+    let mut waiters = Vec::new();
+    for _ in 0..50 {
+        let url = url.clone();
+        waiters.push(tokio::spawn(async move {
+            get_with(&url, &[("Accept-Encoding", "br")]).await
+        }));
+    }
+    for w in waiters {
+        let (status, _, headers, _) = w.await.unwrap();
+        assert_eq!(
+            (status, header(&headers, "content-encoding").as_deref()),
+            (200, Some("br"))
+        );
+    }
+    assert_eq!(origin.served().await, 1);
+    assert_eq!(
+        s.metric("cache_compressions_total{coding=\"br\"").await,
+        1.0,
+        "one for 50 coalesced requests"
+    );
+    // Hits: identity until the hit body's form is made on the blocking pool, then brotli.
+    eventually("a hit to be answered in brotli", || async {
+        let (_, _, headers, _) = get_with(&url, &[("Accept-Encoding", "br")]).await;
+        (header(&headers, "content-encoding").as_deref() == Some("br")).then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        let (_, _, headers, _) = get_with(&url, &[("Accept-Encoding", "br")]).await;
+        assert_eq!(header(&headers, "content-encoding").as_deref(), Some("br"));
+    }
+    assert_eq!(
+        s.metric("cache_compressions_total{coding=\"br\"").await,
+        2.0,
+        "and one for every later hit"
+    );
+}
