@@ -63,7 +63,7 @@ pub trait BatchSink: Send {
     fn closed(&self) -> impl Future<Output = ()> + Send;
 }
 
-use self::fleet::{Fleet, Turn};
+use self::fleet::{Fleet, Held, Turn};
 use crate::origin::{AnyOrigin, BreakerState, FailureTicket, Fetched, GuardedOrigin, Origin, OriginError};
 use crate::telemetry::{self, Metrics, TRACE_TARGET};
 
@@ -376,11 +376,19 @@ impl<O: Origin> ReadThrough<O> {
         true
     }
 
-    /// A fresh `entry` found in tier `i`: the tiers in front of it keep a copy; counted.
+    /// A fresh `entry` found in tier `i`: the tiers in front of it keep a copy (the memory tier
+    /// at once, the disk in the background: a Redis hit does not wait for the disk); counted.
     async fn fresh_from(&self, i: usize, key: &str, entry: Arc<Entry>, ttl_secs: u64, now: u64) -> Answer {
         let tiers = &self.inner.tiers;
-        for front in &tiers[..i] {
-            let _ = front.put(key, entry.clone()).await;
+        for (t, front) in tiers[..i].iter().enumerate() {
+            if front.name() == TierName::Memory {
+                let _ = front.put(key, entry.clone()).await;
+                continue;
+            }
+            let (inner, key, entry) = (self.inner.clone(), key.to_owned(), entry.clone());
+            self.inner.inflight.tasks().spawn(async move {
+                let _ = inner.tiers[t].put(&key, entry).await;
+            });
         }
         self.hit(tiers[i].name(), entry, ttl_secs, now)
     }
@@ -773,6 +781,7 @@ struct PoolShare {
     permit: tokio::sync::OwnedSemaphorePermit,
 }
 
+#[derive(Clone)]
 struct Fence {
     superseded: Superseded,
     started_ms: u64,
@@ -826,30 +835,37 @@ impl<O: Origin> Inner<O> {
         previous: Option<Arc<Entry>>,
     ) -> Result<Fetch, CacheError> {
         let Some(fleet) = &self.fleet else {
-            return self.fetch_from_origin(key, fence, previous).await;
+            return self.fetch_from_origin(key, fence, previous, &mut None).await;
         };
         match fleet.take_turn(key).await {
             Turn::Lead(held) => {
+                // Let go once the shared tier holds the value: the store may hand the lock to
+                // its background writes, which let go when they are done.
+                let mut held = Some(held);
                 // Another replica may have stored it between our miss and our lock.
                 let result = match fleet.fresh(key).await {
                     Some(entry) => Ok(self.keep_fleet_value(key, entry, fence).await),
-                    None => self.fetch_from_origin(key, fence, previous).await,
+                    None => self.fetch_from_origin(key, fence, previous, &mut held).await,
                 };
-                let not_stored = matches!(&result, Ok(f) if matches!(f.outcome, Outcome::NotStored(_)));
-                held.release(!not_stored).await;
+                if let Some(held) = held {
+                    let not_stored = matches!(&result, Ok(f) if matches!(f.outcome, Outcome::NotStored(_)));
+                    held.release(!not_stored).await;
+                }
                 result
             }
             Turn::Filled(entry) => Ok(self.keep_fleet_value(key, entry, fence).await),
-            Turn::Alone => self.fetch_from_origin(key, fence, previous).await,
+            Turn::Alone => self.fetch_from_origin(key, fence, previous, &mut None).await,
         }
     }
 
     /// A value another replica fetched (and stored in the shared tiers): kept in this replica's
     /// own tiers too.
-    async fn keep_fleet_value(&self, key: &str, entry: Arc<Entry>, fence: &Fence) -> Fetch {
-        let own = self.tiers.iter().filter(|t| !t.shared());
+    async fn keep_fleet_value(self: &Arc<Self>, key: &str, entry: Arc<Entry>, fence: &Fence) -> Fetch {
+        let own = (0..self.tiers.len())
+            .filter(|&t| !self.tiers[t].shared())
+            .collect();
         // The shared tier holds it already, whatever this replica's own tiers decide.
-        self.store(key, &entry, fence, own).await;
+        self.store(key, &entry, fence, own, &mut None).await;
         Fetch {
             body: Arc::default(),
             entry,
@@ -858,43 +874,83 @@ impl<O: Origin> Inner<O> {
         }
     }
 
-    /// Stores `entry` in `tiers`, unless a purge overtook the fetch (then the entry only answers
-    /// the requests that were waiting for it). A purge sets the flag before it removes the key,
-    /// so looking at the flag again after the writes catches a purge that came in between them,
-    /// and the writes are undone. `None` when some tier keeps it; else why none does.
-    async fn store<'a>(
-        &'a self,
+    /// Whether a purge of the key, or of one of `entry`'s tags, overtook the fetch `fence` guards.
+    fn overtaken(&self, entry: &Entry, fence: &Fence) -> bool {
+        fence.superseded.is_set() || self.tag_purges.any_since(entry.tags(), fence.started_ms)
+    }
+
+    /// Stores `entry` in the tiers numbered `tiers` (in lookup order), unless a purge overtook
+    /// the fetch (then the entry only answers the requests that were waiting for it). The fetch
+    /// waits only for the first tier that keeps the entry (memory, when there is one), so its
+    /// waiters are answered without paying for Redis or the disk; the other tiers are written
+    /// in the background, tracked so shutdown waits for them, and the fleet lock in `held` (if
+    /// any) is let go only after them, so waiting replicas find the value in Redis. A purge
+    /// sets the flag before it removes the key, so looking at the flag again after the writes
+    /// catches a purge that came in between them, and every write is undone. `None` when a
+    /// tier keeps it; else why none does.
+    async fn store(
+        self: &Arc<Self>,
         key: &str,
         entry: &Arc<Entry>,
         fence: &Fence,
-        tiers: impl Iterator<Item = &'a AnyTier> + Clone,
+        tiers: Vec<usize>,
+        held: &mut Option<Held>,
     ) -> Option<NotStored> {
-        let overtaken =
-            || fence.superseded.is_set() || self.tag_purges.any_since(entry.tags(), fence.started_ms);
-        if overtaken() {
+        if self.overtaken(entry, fence) {
             return Some(NotStored::Purged);
         }
         let mut kept = false;
-        for tier in tiers.clone() {
-            kept |= matches!(tier.put(key, entry.clone()).await, Ok(true));
+        let mut written = 0;
+        while written < tiers.len() && !kept {
+            kept = matches!(self.tiers[tiers[written]].put(key, entry.clone()).await, Ok(true));
+            written += 1;
         }
-        if overtaken() {
-            for tier in tiers {
-                let _ = tier.remove(key).await;
+        if written == tiers.len() {
+            if self.overtaken(entry, fence) {
+                self.undo(key, &tiers).await;
+                return Some(NotStored::Purged);
             }
-            return Some(NotStored::Purged);
+            return (!kept).then_some(NotStored::Declined);
         }
-        (!kept).then_some(NotStored::Declined)
+        let (inner, owned_key, stored, guard, lock) = (
+            self.clone(),
+            key.to_owned(),
+            entry.clone(),
+            fence.clone(),
+            held.take(),
+        );
+        self.inflight.tasks().spawn(async move {
+            for &t in &tiers[written..] {
+                let _ = inner.tiers[t].put(&owned_key, stored.clone()).await;
+            }
+            let purged = inner.overtaken(&stored, &guard);
+            if purged {
+                inner.undo(&owned_key, &tiers).await;
+            }
+            if let Some(lock) = lock {
+                lock.release(!purged).await;
+            }
+        });
+        // A purge that came in after the first write: the background writes undo everything.
+        self.overtaken(entry, fence).then_some(NotStored::Purged)
+    }
+
+    /// Removes `key` from the tiers numbered `tiers`: the writes of a fetch a purge overtook.
+    async fn undo(&self, key: &str, tiers: &[usize]) {
+        for &t in tiers {
+            let _ = self.tiers[t].remove(key).await;
+        }
     }
 
     /// Fetches from the origin (conditionally, when `previous` has validators), decides the
     /// entry's lifetimes from the answer, and stores it in every tier, unless the origin forbids
     /// storing it or a purge overtook the fetch (then it only answers the requests that waited).
     async fn fetch_from_origin(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         fence: &Fence,
         previous: Option<Arc<Entry>>,
+        held: &mut Option<Held>,
     ) -> Result<Fetch, CacheError> {
         let traceparent = telemetry::traceparent(&Span::current());
         let validators = previous.as_deref().map(Entry::validators).filter(|v| v.any());
@@ -941,7 +997,8 @@ impl<O: Origin> Inner<O> {
                 }
                 let entry = Arc::new(entry);
                 if decided.is_ok() {
-                    self.store(key, &entry, fence, self.tiers.iter()).await;
+                    self.store(key, &entry, fence, (0..self.tiers.len()).collect(), held)
+                        .await;
                 }
                 let outcome = match decided {
                     Ok(_) => Outcome::NotModified,
@@ -962,7 +1019,8 @@ impl<O: Origin> Inner<O> {
                 let why = if entry.negative && self.life.negative_ttl.is_zero() {
                     Some(NotStored::Declined)
                 } else {
-                    self.store(key, &entry, fence, self.tiers.iter()).await
+                    self.store(key, &entry, fence, (0..self.tiers.len()).collect(), held)
+                        .await
                 };
                 match why {
                     None => Outcome::Stored,

@@ -432,7 +432,7 @@ pub struct RedisSetupError(String);
 
 /// Why a connection to a node failed, named as what it is (a wrong password, a TLS mismatch, an
 /// unknown host, a refused connection), for the log line an operator acts on.
-fn why_unreachable(e: &redis::RedisError) -> String {
+fn why_unreachable(e: &redis::RedisError, tls: bool) -> String {
     let detail = e.to_string();
     let lower = detail.to_ascii_lowercase();
     let kind = if e.kind() == redis::ErrorKind::AuthenticationFailed
@@ -443,12 +443,13 @@ fn why_unreachable(e: &redis::RedisError) -> String {
     {
         "authentication failed (check the password in REDIS_URL or REDIS_PASSWORD)"
     } else if lower.contains("tls")
+        || (tls && (e.is_timeout() || lower.contains("timed out") || e.is_connection_dropped()))
         || lower.contains("certificate")
         || lower.contains("handshake")
         || lower.contains("invalidcontenttype")
         || lower.contains("corrupt message")
     {
-        "TLS failed (a rediss:// URL against a plain-text server, or a certificate not trusted: see REDIS_TLS_CA_FILE)"
+        "TLS failed (no TLS handshake: a rediss:// URL against a plain-text server? or a certificate not trusted: see REDIS_TLS_CA_FILE)"
     } else if lower.contains("failed to lookup")
         || lower.contains("name or service not known")
         || lower.contains("no such host")
@@ -464,6 +465,11 @@ fn why_unreachable(e: &redis::RedisError) -> String {
         "cannot connect"
     };
     format!("{kind}: {detail}")
+}
+
+/// Whether connections to `info` use TLS (`rediss://`).
+fn is_tls(info: &ConnectionInfo) -> bool {
+    matches!(info.addr(), ConnectionAddr::TcpTls { .. })
 }
 
 /// `info` with its host and port replaced (credentials and TLS settings kept).
@@ -686,7 +692,7 @@ impl RedisTier {
             if slot.is_none() {
                 match s.settings.direct_connection(&node.info).await {
                     Ok(c) => *slot = Some(c),
-                    Err(e) => connect_error = Some(why_unreachable(&e)),
+                    Err(e) => connect_error = Some(why_unreachable(&e, is_tls(&node.info))),
                 }
             }
             match slot.as_mut() {
@@ -699,7 +705,7 @@ impl RedisTier {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => {
                             *slot = None;
-                            Err(why_unreachable(&e))
+                            Err(why_unreachable(&e, is_tls(&node.info)))
                         }
                         Err(_) => {
                             *slot = None;

@@ -38,6 +38,8 @@ pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> R
         // A fetch's body (`"source":"origin"`) is made once for every request coalesced on
         // it, compressed off the async workers when long.
         let fetched = match (&answer.fetched, coding) {
+            // A fetched 404 has no body of its own: the error answer says it.
+            _ if answer.entry.negative => None,
             (Some(body), Some(coding)) => Some((body.compressed(&answer.entry, coding).await, Some(coding))),
             (Some(body), None) => Some((body.identity(&answer.entry), None)),
             (None, _) => None,
