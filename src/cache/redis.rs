@@ -795,6 +795,22 @@ impl RedisTier {
         result
     }
 
+    /// Runs a pipeline of writes on `node`, remembering whether Redis refused it, as
+    /// [`RedisTier::write`] does for one command.
+    async fn write_pipe<T: FromRedisValue>(
+        &self,
+        node: &Arc<Node>,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, TierError> {
+        let result = self.run_pipe_on(RedisOp::Set, node, pipe).await;
+        match &result {
+            Ok(_) => self.shared.writes.record(true, None),
+            Err(e @ TierError::Refused(_)) => self.shared.writes.record(false, Some(e)),
+            Err(_) => {}
+        }
+        result
+    }
+
     /// Runs `cmd` on `redis_key`'s node within the response timeout. A node known to be down is
     /// not asked; failures are counted under `op` and mark that node (only) down.
     pub(super) async fn run<T: FromRedisValue>(
@@ -1081,20 +1097,25 @@ impl RedisTier {
         let Ok(size) = self.run::<i64>(RedisOp::Set, tag_key.as_bytes(), &add).await else {
             return;
         };
-        if size <= TAG_INDEX_TRIM_FROM {
-            return;
+        if size > TAG_INDEX_TRIM_FROM {
+            self.trim_tag(&tag_key, entry_key).await;
         }
-        let sample = redis::cmd("SRANDMEMBER").arg(&tag_key).arg(2).to_owned();
+    }
+
+    /// Drops up to two members of the tag set `tag_key` whose entries are gone (never
+    /// `entry_key`, just added), so a tag on ever new keys does not grow its set without bound.
+    async fn trim_tag(&self, tag_key: &str, entry_key: &str) {
+        let sample = redis::cmd("SRANDMEMBER").arg(tag_key).arg(2).to_owned();
         let Ok(sample) = self
             .run::<Vec<String>>(RedisOp::Get, tag_key.as_bytes(), &sample)
             .await
         else {
             return;
         };
-        for member in sample {
+        for member in sample.into_iter().filter(|m| m != entry_key) {
             let exists = redis::cmd("EXISTS").arg(&member).to_owned();
             if self.run::<i64>(RedisOp::Get, member.as_bytes(), &exists).await == Ok(0) {
-                let srem = redis::cmd("SREM").arg(&tag_key).arg(&member).to_owned();
+                let srem = redis::cmd("SREM").arg(tag_key).arg(&member).to_owned();
                 let _ = self.run::<i64>(RedisOp::Del, tag_key.as_bytes(), &srem).await;
             }
         }
@@ -1346,9 +1367,41 @@ impl Tier for RedisTier {
             .arg("PX")
             .arg(keep_ms)
             .to_owned();
-        self.write::<()>(RedisOp::Set, entry_key.as_bytes(), &cmd).await?;
-        for tag in entry.tags() {
-            self.index_tag(tag, &entry_key, keep_ms).await;
+        let tags = entry.tags();
+        let topology = self.topology();
+        let node = topology.node_for(entry_key.as_bytes()).clone();
+        let tag_keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
+        let together = tag_keys
+            .iter()
+            .all(|k| Arc::ptr_eq(topology.node_for(k.as_bytes()), &node));
+        if !together {
+            // A cluster whose slots spread the tag sets: the entry, then its tags in parallel.
+            self.write::<()>(RedisOp::Set, entry_key.as_bytes(), &cmd).await?;
+            let indexes = tags.iter().map(|tag| self.index_tag(tag, &entry_key, keep_ms));
+            futures_util::future::join_all(indexes).await;
+            return Ok(true);
+        }
+        // One round trip: the entry and every tag set it joins, in one pipeline.
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        for tag_key in &tag_keys {
+            pipe.cmd("EVAL")
+                .arg(ADD_TO_TAG)
+                .arg(1)
+                .arg(tag_key)
+                .arg(&entry_key)
+                .arg(keep_ms);
+        }
+        if !node.is_up() {
+            return Err(TierError::Unavailable);
+        }
+        let replies: Vec<redis::Value> = self.write_pipe(&node, &pipe).await?;
+        for (tag_key, size) in tag_keys.into_iter().zip(replies.iter().skip(1)) {
+            if as_int(size).is_some_and(|n| n > TAG_INDEX_TRIM_FROM) {
+                // Off the write's path: drop two members whose entries are gone.
+                let (tier, entry_key) = (self.clone(), entry_key.clone());
+                tokio::spawn(async move { tier.trim_tag(&tag_key, &entry_key).await });
+            }
         }
         Ok(true)
     }
