@@ -1,5 +1,7 @@
-//! The routes the service answers on, and the layer that counts every request by its matched
-//! route (`http_requests_total`, and `request_latency` for single-key `/items` requests): handlers count nothing.
+//! The routes the service answers on, and the layer that counts every request by its route
+//! (`http_requests_total`, and `request_latency` for single-key `/items` requests): handlers
+//! count nothing. It is the outermost layer of [`super::App`], so every request is counted,
+//! the ones the hit path answers at once included.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,12 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::response::Response;
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
 
+use super::Handle;
 use crate::telemetry::Metrics;
 
 /// The routes `http_requests_total` knows; the label is the route template, never the raw path.
@@ -63,11 +64,28 @@ impl Route {
         }
     }
 
-    /// The route of a template the router matched.
-    fn of_template(template: &str) -> Route {
-        match template {
-            "/items/{key}" | "/items/" | "/items" => Route::Items,
-            "/tags/{tag}" | "/tags/" | "/tags" => Route::Tags,
+    /// The route the router matches `path` to, by the same rules (one segment after
+    /// `/items/` or `/tags/`, the other routes exactly), so requests are counted by route
+    /// outside the router.
+    pub fn of_path(path: &str) -> Route {
+        let one_segment = |rest: &str| !rest.contains('/');
+        if let Some(rest) = path.strip_prefix("/items/") {
+            return if one_segment(rest) {
+                Route::Items
+            } else {
+                Route::Unmatched
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/tags/") {
+            return if one_segment(rest) {
+                Route::Tags
+            } else {
+                Route::Unmatched
+            };
+        }
+        match path {
+            "/items" => Route::Items,
+            "/tags" => Route::Tags,
             "/items:batch" => Route::Batch,
             "/health" => Route::Health,
             "/livez" => Route::Livez,
@@ -121,51 +139,22 @@ impl StatusClass {
     }
 }
 
-/// Counts every request by the route the router matched (set on each route by
-/// `Router::layer`, so a 405 counts under its route and the fallback under `unmatched`).
-#[derive(Clone)]
-pub struct CountLayer {
+/// Counts every request by its route (a 405 under the route of its path, anything the router
+/// does not route under `unmatched`), around `inner`.
+pub struct Counted<S> {
+    /// What answers.
+    pub inner: S,
     /// Where the counts go.
     pub metrics: Arc<Metrics>,
 }
 
-impl<S> Layer<S> for CountLayer {
-    type Service = Counted<S>;
-
-    fn layer(&self, inner: S) -> Counted<S> {
-        Counted {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// A service whose requests are counted; see [`CountLayer`].
-#[derive(Clone)]
-pub struct Counted<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-impl<S> Service<Request> for Counted<S>
-where
-    S: Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
+impl<S: Handle<B>, B> Handle<B> for Counted<S> {
     type Future = CountedFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(Route::Unmatched, |m| Route::of_template(m.as_str()));
+    fn handle(&self, request: http::Request<B>) -> Self::Future {
+        let route = Route::of_path(request.uri().path());
         CountedFuture {
-            inner: self.inner.call(request),
+            inner: self.inner.handle(request),
             route,
             started: Instant::now(),
             metrics: self.metrics.clone(),
@@ -184,21 +173,40 @@ pin_project! {
     }
 }
 
-impl<F, E> Future for CountedFuture<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
+impl<F: Future<Output = Response>> Future for CountedFuture<F> {
+    type Output = Response;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        if let Ok(response) = &result {
-            let status = response.status();
-            // A 405 is the router's answer, not the route's work: counted, not timed.
-            let took = (status != StatusCode::METHOD_NOT_ALLOWED).then(|| this.started.elapsed());
-            this.metrics.request(*this.route, status.as_u16(), took);
+        let response = ready!(this.inner.poll(cx));
+        let status = response.status();
+        // A 405 is the router's answer, not the route's work: counted, not timed.
+        let took = (status != StatusCode::METHOD_NOT_ALLOWED).then(|| this.started.elapsed());
+        this.metrics.request(*this.route, status.as_u16(), took);
+        Poll::Ready(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_counted_under_the_route_the_router_matches() {
+        for (path, route) in [
+            ("/items/k", Route::Items),
+            ("/items/", Route::Items),
+            ("/items", Route::Items),
+            ("/items/a/b", Route::Unmatched),
+            ("/items:batch", Route::Batch),
+            ("/tags/t", Route::Tags),
+            ("/tags", Route::Tags),
+            ("/tags/a/b", Route::Unmatched),
+            ("/health", Route::Health),
+            ("/healthz", Route::Unmatched),
+            ("/", Route::Unmatched),
+        ] {
+            assert_eq!(Route::of_path(path), route, "{path}");
         }
-        Poll::Ready(result)
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::App;
+use super::{App, AppFuture};
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -35,7 +35,6 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
-use tower::Service;
 
 use crate::config::ServerLimits;
 
@@ -388,41 +387,26 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         self.conn.begin_request();
-        // Answered at once (a fresh hit in memory): in flight only for this call.
-        if let Some(response) = self.app.answer_now(&request) {
-            self.conn.end_request();
-            return TrackedFuture::Ready {
-                response: Some(response),
-            };
-        }
-        let mut router = self.app.router.clone();
-        TrackedFuture::Routed {
-            inner: router.call(request.map(Body::new)),
+        TrackedFuture {
+            inner: self.app.handle(request),
             conn: Some(self.conn.clone()),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response: ready at once, or the router's future, which marks the request answered
-    /// when it completes or is dropped.
-    #[project = Projected]
-    enum TrackedFuture {
-        Ready {
-            response: Option<axum::response::Response>,
-        },
-        Routed {
-            #[pin]
-            inner: <axum::Router as Service<axum::extract::Request>>::Future,
-            conn: Option<Arc<Conn>>,
-        },
+    /// An answer, which marks the request answered when its body is written: at once for a body
+    /// of known length (the socket's write state covers its writing), at the end of the stream
+    /// for one that is produced as it goes (an NDJSON batch); also when the future is dropped.
+    struct TrackedFuture {
+        #[pin]
+        inner: AppFuture,
+        conn: Option<Arc<Conn>>,
     }
 
     impl PinnedDrop for TrackedFuture {
         fn drop(this: Pin<&mut Self>) {
-            if let Projected::Routed { conn, .. } = this.project()
-                && let Some(conn) = conn.take()
-            {
+            if let Some(conn) = this.project().conn.take() {
                 conn.end_request();
             }
         }
@@ -433,25 +417,22 @@ impl Future for TrackedFuture {
     type Output = Result<axum::response::Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            Projected::Ready { response } => {
-                Poll::Ready(Ok(response.take().expect("a ready response is polled once")))
-            }
-            Projected::Routed { inner, conn } => {
-                let Ok(response) = std::task::ready!(inner.poll(cx));
-                let Some(conn) = conn.take() else {
-                    return Poll::Ready(Ok(response));
-                };
-                // In flight until the body is written (or dropped): a stream is work in
-                // progress for the drain, the keep-alive timeout and the cap.
-                Poll::Ready(Ok(response.map(|body| {
-                    Body::new(TrackedBody {
-                        inner: body,
-                        conn: Some(conn),
-                    })
-                })))
-            }
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx));
+        let Some(conn) = this.conn.take() else {
+            return Poll::Ready(Ok(response));
+        };
+        if hyper::body::Body::size_hint(response.body()).exact().is_some() {
+            conn.end_request();
+            return Poll::Ready(Ok(response));
         }
+        // A stream is work in progress for the drain, the keep-alive timeout and the cap.
+        Poll::Ready(Ok(response.map(|body| {
+            Body::new(TrackedBody {
+                inner: body,
+                conn: Some(conn),
+            })
+        })))
     }
 }
 
