@@ -85,6 +85,17 @@ fn env_or(name: &str, default: &str) -> String {
 
 #[tokio::main]
 async fn main() {
+    // Configured by STUB_* variables only: an argument is a mistake, not a request to serve.
+    if let Some(arg) = std::env::args().nth(1) {
+        let help = matches!(arg.as_str(), "--help" | "-h");
+        let text = "origin-stub: a test origin for cache-layer, configured by STUB_LISTEN_ADDR, STUB_LATENCY_MS, STUB_MODE, STUB_CONTENT_TYPE and STUB_HEADERS (README: the origin stub)";
+        if help {
+            println!("{text}");
+            return;
+        }
+        eprintln!("{text}; unknown argument {arg:?}");
+        std::process::exit(2);
+    }
     let addr = env_or("STUB_LISTEN_ADDR", "127.0.0.1:8080");
     let behaviour = Behaviour {
         mode: env_or("STUB_MODE", "ok"),
@@ -301,10 +312,11 @@ async fn answer(behaviour: &Behaviour, target: &str, n: u64, unchanged: bool) ->
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// `body` compressed in `coding` (`gzip`, `deflate` (zlib), `br`).
+/// `body` compressed in `coding` (`gzip` or `x-gzip`, `deflate` (zlib), `br`, in any case);
+/// any other coding name (`compress`) gets the gzip bytes under that name.
 fn encode(coding: &str, body: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    match coding {
+    match coding.to_ascii_lowercase().as_str() {
         "br" => {
             let mut out = Vec::new();
             let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);

@@ -5,9 +5,12 @@
 //! A time window with a minimum volume (as Envoy's outlier detection and resilience4j do), not a
 //! count of consecutive failures: five failing keys among a healthy stream, or five failures
 //! alone, say nothing about the origin. What counts as a failure is the caller's call (an origin
-//! 4xx is its answer about a key, not a failure), and a request counts at most one failure
-//! ([`FailureTicket`]), so one client cannot open the circuit for everyone.
+//! 4xx is its answer about a key, not a failure), a request counts at most one failure
+//! ([`FailureTicket`]), and a key counts at most one failure per window (a client asking for
+//! one broken key again and again is one failure), so one client cannot open the circuit for
+//! everyone.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -54,11 +57,17 @@ enum Phase {
     HalfOpen,
 }
 
+/// Keys whose failure was counted, remembered at most this many at once (their slice index):
+/// past it, the ones outside the window are forgotten, then all.
+const FAILED_KEYS_MAX: usize = 4096;
+
 /// The phase, and while closed the outcomes of the window.
 #[derive(Debug)]
 struct Inner {
     phase: Phase,
     slices: [Slice; SLICES],
+    /// Hashes of the keys whose failure the window counted, with the slice it fell in.
+    failed_keys: HashMap<u64, u64>,
 }
 
 impl Inner {
@@ -69,6 +78,7 @@ impl Inner {
                 index: u64::MAX,
                 ..Slice::default()
             }; SLICES],
+            failed_keys: HashMap::new(),
         }
     }
 }
@@ -144,11 +154,27 @@ impl Breaker {
         }
     }
 
-    /// Records how an allowed call ended. A failure is counted only if `ticket` (the request's)
-    /// has not counted one yet; `None` is a request of its own.
-    pub fn record(&self, success: bool, now: Instant, ticket: Option<&FailureTicket>) {
-        let counted_failure = !success && ticket.is_none_or(FailureTicket::take);
+    /// Records how an allowed call for the key hashed `key` ended. A failure is counted only if
+    /// `ticket` (the request's) has not counted one yet (`None` is a request of its own) and the
+    /// key has not failed within the window already.
+    pub fn record(&self, success: bool, now: Instant, ticket: Option<&FailureTicket>, key: u64) {
+        let index =
+            (now.saturating_duration_since(self.started).as_nanos() / self.slice.as_nanos().max(1)) as u64;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = index.saturating_sub(SLICES as u64 - 1);
+        let repeated = !success
+            && matches!(inner.phase, Phase::Closed)
+            && inner.failed_keys.get(&key).is_some_and(|&at| at >= oldest);
+        let counted_failure = !success && !repeated && ticket.is_none_or(FailureTicket::take);
+        if counted_failure && matches!(inner.phase, Phase::Closed) {
+            if inner.failed_keys.len() >= FAILED_KEYS_MAX {
+                inner.failed_keys.retain(|_, at| *at >= oldest);
+                if inner.failed_keys.len() >= FAILED_KEYS_MAX {
+                    inner.failed_keys.clear();
+                }
+            }
+            inner.failed_keys.insert(key, index);
+        }
         if !matches!(inner.phase, Phase::Closed) {
             // The probe's outcome (or a call allowed before the circuit opened).
             if success {
@@ -162,8 +188,6 @@ impl Breaker {
         }
         let slices = &mut inner.slices;
         if success || counted_failure {
-            let index = (now.saturating_duration_since(self.started).as_nanos()
-                / self.slice.as_nanos().max(1)) as u64;
             let slot = &mut slices[(index % SLICES as u64) as usize];
             if slot.index != index {
                 *slot = Slice {
@@ -176,7 +200,6 @@ impl Breaker {
             slot.failures += u32::from(!success);
             // Sum the slices still inside the window (a success can bring the volume up to the
             // minimum).
-            let oldest = index.saturating_sub(SLICES as u64 - 1);
             let (calls, failures) = slices
                 .iter()
                 .filter(|s| s.index != u64::MAX && s.index >= oldest && s.index <= index)
@@ -208,6 +231,27 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    /// A key never used before: each failure is another key's, unless a test says otherwise.
+    fn key() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    #[test]
+    fn one_key_failing_again_and_again_counts_once_per_window() {
+        let b = breaker(10, 20, 50);
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            b.record(false, t0, None, 7);
+        }
+        assert_eq!(b.state(t0), BreakerState::Closed);
+        // Nineteen other keys failing make twenty failures of twenty calls: open.
+        for _ in 0..19 {
+            b.record(false, t0, None, key());
+        }
+        assert_eq!(b.state(t0), BreakerState::Open);
+    }
+
     fn breaker(window_secs: u64, min_calls: u32, rate_percent: u32) -> Breaker {
         let trip = Trip {
             window: Duration::from_secs(window_secs),
@@ -222,7 +266,7 @@ mod tests {
         let b = breaker(10, 20, 50);
         let t0 = Instant::now();
         for _ in 0..5 {
-            b.record(false, t0, None);
+            b.record(false, t0, None, key());
         }
         assert_eq!(
             b.state(t0),
@@ -230,10 +274,10 @@ mod tests {
             "5 calls: below the minimum volume"
         );
         for _ in 0..100 {
-            b.record(true, t0, None);
+            b.record(true, t0, None, key());
         }
         for _ in 0..5 {
-            b.record(false, t0, None);
+            b.record(false, t0, None, key());
         }
         assert_eq!(b.state(t0), BreakerState::Closed, "10 of 110 failed");
     }
@@ -243,10 +287,10 @@ mod tests {
         let b = breaker(10, 20, 50);
         let t0 = Instant::now();
         for i in 0..19 {
-            b.record(false, t0 + Duration::from_millis(i * 100), None);
+            b.record(false, t0 + Duration::from_millis(i * 100), None, key());
             assert_eq!(b.state(t0), BreakerState::Closed);
         }
-        b.record(false, t0 + Duration::from_millis(1900), None);
+        b.record(false, t0 + Duration::from_millis(1900), None, key());
         assert_eq!(b.state(t0 + Duration::from_secs(2)), BreakerState::Open);
     }
 
@@ -255,14 +299,14 @@ mod tests {
         let b = breaker(10, 4, 50);
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.record(false, t0, None);
+            b.record(false, t0, None, key());
         }
         // 11 s later the three are outside the window: one more failure is 1 of 1, below 4 calls.
         let later = t0 + Duration::from_secs(11);
-        b.record(false, later, None);
+        b.record(false, later, None, key());
         assert_eq!(b.state(later), BreakerState::Closed);
         for _ in 0..3 {
-            b.record(false, later, None);
+            b.record(false, later, None, key());
         }
         assert_eq!(b.state(later), BreakerState::Open);
     }
@@ -272,14 +316,14 @@ mod tests {
         let b = breaker(10, 2, 50);
         let t0 = Instant::now();
         let ticket = FailureTicket::default();
-        b.record(true, t0, None);
+        b.record(true, t0, None, key());
         for _ in 0..1000 {
-            b.record(false, t0, Some(&ticket));
+            b.record(false, t0, Some(&ticket), key());
         }
         assert_eq!(b.state(t0), BreakerState::Open, "1 failure of 2 calls is 50 %");
         let b = breaker(10, 2, 50);
         for _ in 0..1000 {
-            b.record(false, t0, Some(&ticket));
+            b.record(false, t0, Some(&ticket), key());
         }
         assert_eq!(b.state(t0), BreakerState::Closed, "a spent ticket counts nothing");
     }
@@ -289,7 +333,7 @@ mod tests {
         let b = breaker(10, 3, 100);
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.record(false, t0, None);
+            b.record(false, t0, None, key());
         }
         assert_eq!(b.state(t0), BreakerState::Open);
         assert_eq!(b.allow(t0 + Duration::from_secs(4)), Err(Duration::from_secs(6)));
@@ -297,12 +341,12 @@ mod tests {
         assert_eq!(b.allow(t0 + Duration::from_secs(10)), Ok(()));
         assert!(b.allow(t0 + Duration::from_secs(10)).is_err());
         // A failed probe reopens; a good one closes with an empty window.
-        b.record(false, t0 + Duration::from_secs(11), None);
+        b.record(false, t0 + Duration::from_secs(11), None, key());
         assert_eq!(b.state(t0 + Duration::from_secs(12)), BreakerState::Open);
         assert_eq!(b.allow(t0 + Duration::from_secs(21)), Ok(()));
-        b.record(true, t0 + Duration::from_secs(21), None);
+        b.record(true, t0 + Duration::from_secs(21), None, key());
         assert_eq!(b.state(t0 + Duration::from_secs(21)), BreakerState::Closed);
-        b.record(false, t0 + Duration::from_secs(21), None);
+        b.record(false, t0 + Duration::from_secs(21), None, key());
         assert_eq!(b.state(t0 + Duration::from_secs(21)), BreakerState::Closed);
     }
 }

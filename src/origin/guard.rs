@@ -1,6 +1,7 @@
 //! Every origin fetch passes here: the concurrency limit, the circuit breaker, the deadline, and
 //! the origin metrics.
 
+use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ pub struct GuardedOrigin<O = AnyOrigin> {
     timeout: Duration,
     /// Stops calls to a failing origin.
     breaker: Arc<Breaker>,
+    /// Hashes keys for the breaker (which counts one failure per key and window).
+    key_hasher: std::hash::RandomState,
     /// Origin outcome counters and latency.
     metrics: Arc<Metrics>,
 }
@@ -44,6 +47,7 @@ impl<O: Origin> GuardedOrigin<O> {
             max_concurrency,
             timeout,
             breaker,
+            key_hasher: std::hash::RandomState::new(),
             metrics,
         }
     }
@@ -99,7 +103,8 @@ impl<O: Origin> GuardedOrigin<O> {
             Err(_) => Err(OriginError::Timeout(self.timeout)),
         };
         let failed = result.as_ref().err().is_some_and(OriginError::is_origin_failure);
-        self.breaker.record(!failed, Instant::now(), ticket);
+        self.breaker
+            .record(!failed, Instant::now(), ticket, self.key_hasher.hash_one(key));
         if let Err(e) = &result {
             // Once per failed fetch, with the detail a client never sees (a redirect's
             // `Location` is not logged either: only its status).

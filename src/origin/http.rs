@@ -2,7 +2,9 @@
 
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+};
 
 use super::{CacheHeaders, Fetched, Origin, OriginError, TagRules, Validators};
 
@@ -130,6 +132,21 @@ impl Origin for HttpOrigin {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json_media_type);
+        // Left in place, the header names a coding the client did not decode: a spelling it
+        // missed (`GZIP`, `x-gzip`) is decoded here; anything else (`compress`, two codings)
+        // cannot be stored as identity, so it is refused.
+        let undecoded = response
+            .headers()
+            .get(CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
+            .filter(|v| !v.is_empty() && v != "identity");
+        let coding = match undecoded.as_deref() {
+            None => None,
+            Some("gzip" | "x-gzip") => Some(Decode::Gzip),
+            Some("deflate") => Some(Decode::Deflate),
+            Some("br") => Some(Decode::Br),
+            Some(_) => return Err(OriginError::BadEncoding),
+        };
         let mut body = BytesMut::new();
         let read_error = |e: reqwest::Error| {
             if e.is_decode() {
@@ -144,7 +161,47 @@ impl Origin for HttpOrigin {
             }
             body.extend_from_slice(&chunk);
         }
+        let body = match coding {
+            None => body.freeze(),
+            Some(coding) => {
+                let max = self.max_body_bytes;
+                tokio::task::spawn_blocking(move || coding.decode(&body, max))
+                    .await
+                    .map_err(|_| OriginError::BadEncoding)??
+            }
+        };
         Ok(Fetched::Value(value_json(&body, is_json)?, caching))
+    }
+}
+
+/// A content coding the HTTP client left undecoded (a spelling it does not know) and this
+/// module decodes itself.
+#[derive(Debug, Clone, Copy)]
+enum Decode {
+    Gzip,
+    /// HTTP's `deflate`: zlib-wrapped (RFC 9110 §8.4.1.2).
+    Deflate,
+    Br,
+}
+
+impl Decode {
+    /// `raw` decoded, at most `max` bytes of it (`TooLarge` past that: a bomb is refused).
+    fn decode(self, raw: &[u8], max: usize) -> Result<Bytes, OriginError> {
+        use std::io::Read;
+        let reader: Box<dyn Read> = match self {
+            Decode::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+            Decode::Deflate => Box::new(flate2::read::ZlibDecoder::new(raw)),
+            Decode::Br => Box::new(brotli::Decompressor::new(raw, 4096)),
+        };
+        let mut out = Vec::new();
+        reader
+            .take(max as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|_| OriginError::BadEncoding)?;
+        if out.len() > max {
+            return Err(OriginError::TooLarge(max));
+        }
+        Ok(Bytes::from(out))
     }
 }
 
@@ -200,6 +257,20 @@ mod tests {
         assert_eq!(o.url_for("a&b=c"), "http://o/items/a%26b%3Dc?v=1&k=a%26b%3Dc");
         assert_eq!(o.url_for("%2F"), "http://o/items/%252F?v=1&k=%252F");
         assert_eq!(o.url_for("é ~"), "http://o/items/%C3%A9%20~?v=1&k=%C3%A9%20~");
+    }
+
+    #[test]
+    fn codings_the_client_missed_are_decoded_within_the_limit() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"{\"a\":1}").unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(&Decode::Gzip.decode(&gz, 100).unwrap()[..], b"{\"a\":1}");
+        assert_eq!(Decode::Gzip.decode(&gz, 3), Err(OriginError::TooLarge(3)));
+        assert_eq!(
+            Decode::Br.decode(b"not brotli", 100),
+            Err(OriginError::BadEncoding)
+        );
     }
 
     #[test]

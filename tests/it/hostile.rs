@@ -377,3 +377,51 @@ async fn a_batch_of_large_redis_values_is_read_in_bounded_chunks_and_redis_stays
     assert_eq!(s.metric("cache_hits_total{tier=\"redis\"").await, 600.0);
     assert_eq!(s.json("/health").await["tiers"]["redis"], "ok");
 }
+
+#[tokio::test]
+async fn codings_in_other_spellings_are_decoded_and_unknown_ones_refused() {
+    for coding in ["GZIP", "x-gzip", "Br"] {
+        let origin = Origin::start(&[
+            ("STUB_MODE", &format!("encoded:{coding}")),
+            ("STUB_CONTENT_TYPE", "text"),
+        ])
+        .await;
+        let s = origin.service(&[]).await;
+        let (status, _, body) = s.get("spelt").await;
+        assert_eq!(status, 200, "{coding}: {body}");
+        assert!(
+            body["value"].as_str().unwrap().contains("/items/spelt"),
+            "{coding}: {body}"
+        );
+    }
+    for coding in ["compress", "gzip, gzip"] {
+        let origin = Origin::start(&[
+            ("STUB_MODE", &format!("encoded:{coding}")),
+            ("STUB_CONTENT_TYPE", "text"),
+        ])
+        .await;
+        let s = origin.service(&[("ORIGIN_BREAKER_MIN_REQUESTS", "1")]).await;
+        let (status, _, body) = s.get("odd").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (502, Some("origin_error")),
+            "{coding}: {body}"
+        );
+        assert_eq!(origin.served().await, 1);
+        // Not cached: asked again, fetched again; and not an origin failure.
+        assert_eq!(s.get("odd").await.0, 502);
+        assert_eq!(origin.served().await, 2);
+        assert_eq!(s.json("/health").await["origin"]["circuit"], "closed");
+    }
+}
+
+#[tokio::test]
+async fn one_broken_key_asked_again_and_again_does_not_open_the_circuit() {
+    let origin = Origin::start(&[]).await;
+    let s = origin.service(&[]).await;
+    for _ in 0..40 {
+        assert_eq!(s.get("broken").await.0, 502);
+    }
+    assert_eq!(s.get("innocent").await.0, 200);
+    assert_eq!(s.json("/health").await["origin"]["circuit"], "closed");
+}

@@ -98,7 +98,12 @@ fn load_test(plan: &Plan, runtime: &tokio::runtime::Runtime) -> ExitCode {
     }
     if report.interrupted {
         ExitCode::from(130)
-    } else if report.requests > 0 && report.errors == report.requests {
+    } else if report.requests == 0 {
+        eprintln!(
+            "cache-layer-loadtest: no request was answered within the run (the target hangs, or --duration is shorter than one answer)"
+        );
+        ExitCode::FAILURE
+    } else if report.errors == report.requests {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
