@@ -266,6 +266,25 @@ def uses_redis(env: dict[str, str]) -> bool:
 # --------------------------------------------------------------------------- the service
 
 
+def loopback_server(answer) -> ThreadingHTTPServer:
+    """An HTTP server on a free loopback port whose GETs `answer(handler)` gives as
+    (status, content type, body); quiet, not yet serving (`serve_forever` in a thread)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            status, content_type, body = answer(self)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
 class LoopbackOrigin:
     """An HTTP origin on a free loopback port, standing in for the ORIGIN_URL a scenario names:
     JSON for every path, and the Authorization headers it received."""
@@ -273,20 +292,11 @@ class LoopbackOrigin:
     def __init__(self) -> None:
         seen = self.authorization = []
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the http.server API
-                seen.append(self.headers.get("Authorization"))
-                body = json.dumps({"path": self.path}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def answer(request):
+            seen.append(request.headers.get("Authorization"))
+            return 200, "application/json", json.dumps({"path": request.path}).encode()
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = loopback_server(answer)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -578,20 +588,12 @@ class FakeExporter:
 
     def __init__(self) -> None:
         self.n = 0
-        exporter = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's API
-                body = exporter.render().encode()
-                self.send_response(200 if self.path == "/metrics" else 404)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
+        def answer(request):
+            status = 200 if request.path == "/metrics" else 404
+            return status, "text/plain; version=0.0.4", self.render().encode()
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = loopback_server(answer)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
