@@ -61,6 +61,12 @@ pub trait BatchSink: Send {
 
     /// Resolves when nobody reads the answers any more (the client went away).
     fn closed(&self) -> impl Future<Output = ()> + Send;
+
+    /// Hands on what the sink holds back: the batch is about to wait on its fetches. `false`
+    /// when nobody reads the answers any more.
+    fn flush(&mut self) -> impl Future<Output = bool> + Send {
+        std::future::ready(true)
+    }
 }
 
 use self::fleet::{Fleet, Held, Turn};
@@ -290,6 +296,10 @@ impl<O: Origin> ReadThrough<O> {
                 });
             }
             if running.is_empty() {
+                return;
+            }
+            // What was answered so far leaves before the wait on the origin.
+            if !sink.flush().await {
                 return;
             }
             let next = tokio::select! {

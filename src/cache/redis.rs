@@ -365,6 +365,15 @@ struct Seeds {
     cluster: bool,
 }
 
+/// Reads the keys KEYS (one hash slot) in one go when their values fit ARGV[1] bytes: `{1,
+/// values}`; else `{0, lengths}` (then they are read in chunks of that many bytes, a value larger
+/// than this service could write refused by its length without being read).
+const READ_IF_SMALL: &str = "local total = 0 \
+local lens = {} \
+for i, k in ipairs(KEYS) do lens[i] = redis.call('strlen', k); total = total + lens[i] end \
+if total <= tonumber(ARGV[1]) then return {1, redis.call('mget', unpack(KEYS))} end \
+return {0, lens}";
+
 /// What a lookup of one key in the tier found.
 type Found = Result<Option<Arc<Entry>>, TierError>;
 
@@ -968,18 +977,66 @@ impl RedisTier {
         if !node.is_up() {
             return all().map(|i| (i, Err(TierError::Unavailable))).collect();
         }
-        let mut lengths = redis::pipe();
-        for i in all() {
-            lengths.cmd("STRLEN").arg(&entry_keys[i]);
+        // One script per hash slot, in one pipeline: the values when they fit one bulk read
+        // (the common case: one round trip), else only their lengths.
+        let mut small = redis::pipe();
+        for slot in &slots {
+            let read = small.cmd("EVAL").arg(READ_IF_SMALL).arg(slot.len());
+            for &i in slot {
+                read.arg(&entry_keys[i]);
+            }
+            read.arg(BULK_BYTES);
         }
-        let lengths: Vec<usize> = match self.run_pipe_on(RedisOp::Get, node, &lengths).await {
-            Ok(lengths) => lengths,
+        let replies = match self.run_pipe_on::<Vec<Value>>(RedisOp::Get, node, &small).await {
+            Ok(replies) if replies.len() == slots.len() => replies,
+            Ok(_) => {
+                let e = TierError::Failed("fewer replies than scripts".to_owned());
+                return all().map(|i| (i, Err(e.clone()))).collect();
+            }
             Err(e) => return all().map(|i| (i, Err(e.clone()))).collect(),
         };
-        let length: HashMap<usize, usize> = all().zip(lengths).collect();
         let max = self.shared.max_entry_bytes;
-        let mut out = Vec::with_capacity(length.len());
-        for slot in &slots {
+        let mut out = Vec::with_capacity(slots.iter().map(Vec::len).sum());
+        let mut length: HashMap<usize, usize> = HashMap::new();
+        let mut large = Vec::new();
+        for (slot, reply) in slots.iter().zip(replies) {
+            let Value::Array(parts) = reply else {
+                out.extend(
+                    slot.iter()
+                        .map(|&i| (i, Err(TierError::Failed("unexpected reply".to_owned())))),
+                );
+                continue;
+            };
+            let (kind, items) = match parts.as_slice() {
+                [kind, Value::Array(items)] if items.len() == slot.len() => (as_int(kind), items),
+                _ => {
+                    out.extend(
+                        slot.iter()
+                            .map(|&i| (i, Err(TierError::Failed("unexpected reply".to_owned())))),
+                    );
+                    continue;
+                }
+            };
+            if kind == Some(1) {
+                for (&i, value) in slot.iter().zip(items) {
+                    let found = match value {
+                        Value::BulkString(b) if b.len() > max => {
+                            self.refuse_oversized(&entry_keys[i], b.len()).await;
+                            None
+                        }
+                        Value::BulkString(b) => servable(keys[i], b),
+                        _ => None,
+                    };
+                    out.push((i, Ok(found)));
+                }
+                continue;
+            }
+            for (&i, len) in slot.iter().zip(items) {
+                length.insert(i, as_int(len).unwrap_or(0).max(0) as usize);
+            }
+            large.push(slot);
+        }
+        for slot in large {
             let mut chunk: Vec<usize> = Vec::new();
             let mut bytes = 0;
             for &i in slot {
