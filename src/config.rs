@@ -584,7 +584,9 @@ impl Config {
     /// count as unset (an orchestrator often cannot unset a variable, only empty it).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut config = Env::new(vars.iter().cloned()).into_config()?;
+        let env = Env::new(vars.iter().cloned());
+        let strict = CONFIG_STRICT.read(&env)?;
+        let mut config = env.into_config()?;
         let mut wrong: Vec<String> = misspelt(&vars)
             .into_iter()
             .map(|(name, near)| format!("`{name}` is not a setting; did you mean `{near}`?"))
@@ -596,7 +598,6 @@ impl Config {
                 "`RUST_LOG={spec}` lets no warn line of this service through; did you mean `RUST_LOG={level}`?"
             ));
         }
-        let strict = CONFIG_STRICT.read(&Env::new(vars.iter().cloned()))?;
         if strict && let Some(first) = wrong.first() {
             return Err(invalid(
                 CONFIG_STRICT.name,

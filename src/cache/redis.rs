@@ -1019,15 +1019,11 @@ impl RedisTier {
             };
             if kind == Some(1) {
                 for (&i, value) in slot.iter().zip(items) {
-                    let found = match value {
-                        Value::BulkString(b) if b.len() > max => {
-                            self.refuse_oversized(&entry_keys[i], b.len()).await;
-                            None
-                        }
-                        Value::BulkString(b) => servable(keys[i], b),
+                    let bytes = match value {
+                        Value::BulkString(b) => Some(b.as_slice()),
                         _ => None,
                     };
-                    out.push((i, Ok(found)));
+                    out.push((i, Ok(self.found(keys[i], &entry_keys[i], bytes).await)));
                 }
                 continue;
             }
@@ -1110,19 +1106,21 @@ impl RedisTier {
                 return;
             }
         };
-        let max = self.shared.max_entry_bytes;
         for (&i, bytes) in chunk.iter().zip(values) {
-            let found = match bytes {
-                // Rewritten larger between the STRLEN and the MGET.
-                Some(b) if b.len() > max => {
-                    self.refuse_oversized(&entry_keys[i], b.len()).await;
-                    None
-                }
-                Some(b) => servable(keys[i], &b),
-                None => None,
-            };
-            out.push((i, Ok(found)));
+            // A value may have been rewritten larger between its length and this read.
+            out.push((i, Ok(self.found(keys[i], &entry_keys[i], bytes.as_deref()).await)));
         }
+    }
+
+    /// The entry of `key` in the `bytes` a bulk read found under `entry_key`: none when absent,
+    /// undecodable, or larger than this service could have written (then refused and unlinked).
+    async fn found(&self, key: &str, entry_key: &str, bytes: Option<&[u8]>) -> Option<Arc<Entry>> {
+        let bytes = bytes?;
+        if bytes.len() > self.shared.max_entry_bytes {
+            self.refuse_oversized(entry_key, bytes.len()).await;
+            return None;
+        }
+        servable(key, bytes)
     }
 
     /// The deadline of a bulk command moving `bytes`: one command's, plus 1 ms per 64 KiB

@@ -5,6 +5,7 @@
 //! body, its size, its media type) can.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -185,9 +186,9 @@ impl Writer {
     /// gone.
     async fn put(&mut self, at: usize, element: &Element) -> bool {
         if self.ndjson {
-            let open = Bytes::from(format!("{{\"index\":{at},"));
-            return self.send(open).await
-                && self.send(element.head.slice(1..)).await
+            // The line's opening is written where it is gathered: no string of its own.
+            let _ = write!(self.gathered, "{{\"index\":{at},");
+            return self.send(element.head.slice(1..)).await
                 && self.send(element.tail.clone()).await
                 && self.send(Bytes::from_static(b"\n")).await;
         }

@@ -76,11 +76,18 @@ pub fn answer_now<B>(state: &AppState, request: &http::Request<B>) -> Option<Res
 /// The coding to answer in: the client's preferred one when the body is long enough to be worth
 /// compressing (`COMPRESSION_MIN_BYTES`), else identity.
 fn coding_for(state: &AppState, entry: &Entry, request: &HeaderMap) -> Option<Coding> {
-    let min = state.compression_min_bytes?;
-    if entry.body_len() < min {
+    if !compressible(state, entry) {
         return None;
     }
     Coding::negotiate(request.get(header::ACCEPT_ENCODING).map(HeaderValue::as_bytes))
+}
+
+/// Whether `entry`'s body is long enough to go compressed (`COMPRESSION_MIN_BYTES`): then caches
+/// between here and the client must key on `Accept-Encoding`.
+fn compressible(state: &AppState, entry: &Entry) -> bool {
+    state
+        .compression_min_bytes
+        .is_some_and(|min| entry.body_len() >= min)
 }
 
 /// A hit's body in `coding`: the compressed form when it is made; a short body is compressed
@@ -129,11 +136,7 @@ fn render(
         None => AppError::key_not_found().into_response(),
         Some(etag) => {
             let last_modified = entry.validators().last_modified.as_deref();
-            // Bodies this long may go compressed: caches between here and the client must
-            // key on Accept-Encoding.
-            let compressible = state
-                .compression_min_bytes
-                .is_some_and(|min| entry.body_len() >= min);
+            let compressible = compressible(state, entry);
             let mut r = if conditional::not_modified(request, etag, last_modified) {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::NOT_MODIFIED;
