@@ -18,9 +18,11 @@
 //! Weights are bytes: the maximum, the window and the protected space are in bytes, like
 //! Caffeine's `maximumWeight`. Nodes live in an arena (`Vec`) linked by `u32` indices, looked up
 //! through a `hashbrown::HashTable` of indices, so an entry costs one node and one table slot.
+//! The caller hashes keys (once, before taking any lock) and passes the hash to every call; the
+//! mini-simulations' keys are the real keys' hashes, used as their own hash.
 
 use std::borrow::Borrow;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::Hash;
 
 use hashbrown::HashTable;
 
@@ -35,6 +37,11 @@ const PROTECTED_SHARE: f64 = 0.80;
 /// popular, so that keeping a victim's count high cannot pin it against all comers (Caffeine's
 /// defence against hash flooding of the sketch).
 const ADMIT_HASHDOS_THRESHOLD: u8 = 6;
+/// Entries one call may move between queues to bring them back to their shares (after the
+/// window share changed), and arena slots one expiry sweep step looks at: whole-tier work is
+/// done in steps of this size, so that no operation holds the policy for long (a change from a
+/// 1 % to a 100 % window over a million entries is spread over thousands of operations).
+pub(crate) const STEP: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Queue {
@@ -58,7 +65,14 @@ struct Node<K, V> {
     next: u32,
     /// Which queue the node is in.
     queue: Queue,
+    /// When the entry stops being worth keeping, in the caller's units (the memory tier: ms
+    /// since it started), for the expiry sweep; `NEVER` for none. Kept in the node (it fits its
+    /// padding) so that a sweep reads the arena in order and nothing else.
+    until: u32,
 }
+
+/// An entry's `until` when it never expires on its own.
+pub(crate) const NEVER: u32 = u32::MAX;
 
 /// An intrusive doubly linked list over the arena.
 #[derive(Clone, Copy)]
@@ -74,15 +88,12 @@ impl Deque {
 }
 
 /// A weighted W-TinyLFU cache of `K` to `V` (see the module doc), keys hashed by `S`.
-pub(crate) struct WTinyLfu<K, V, S = RandomState> {
+pub(crate) struct WTinyLfu<K, V> {
     /// The entries; freed slots are reused through `free`.
     nodes: Vec<Option<Node<K, V>>>,
     free: Vec<u32>,
     /// Key hash → arena index.
     table: HashTable<u32>,
-    /// For the real cache, seeded at random per process, so that nobody can aim keys at one
-    /// table slot or sketch counter.
-    hasher: S,
     window: Deque,
     probation: Deque,
     protected: Deque,
@@ -93,13 +104,15 @@ pub(crate) struct WTinyLfu<K, V, S = RandomState> {
     window_weighted_size: u64,
     protected_maximum: u64,
     protected_weighted_size: u64,
+    /// The window share grew and the window has not yet taken main's entries up to it.
+    growing: bool,
     /// Key popularity, for admission.
     sketch: Sketch,
     /// State of the xorshift used by the hash-flooding defence.
     rng: u64,
 }
 
-impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
+impl<K: Hash + Eq, V> WTinyLfu<K, V> {
     /// An empty cache of at most `maximum` bytes, its window at `window_share` of them.
     pub(crate) fn new(maximum: u64, window_share: f64) -> Self {
         Self::with_capacity(maximum, window_share, 0)
@@ -116,7 +129,6 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
             nodes: Vec::with_capacity(entries + usize::from(entries > 0)),
             free: Vec::new(),
             table: HashTable::with_capacity(entries + usize::from(entries > 0)),
-            hasher: S::default(),
             window: Deque::EMPTY,
             probation: Deque::EMPTY,
             protected: Deque::EMPTY,
@@ -126,16 +138,12 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
             window_weighted_size: 0,
             protected_maximum: 0,
             protected_weighted_size: 0,
+            growing: false,
             sketch,
             rng: 0x9e37_79b9_7f4a_7c15,
         };
         c.set_window_share(window_share);
         c
-    }
-
-    /// The hash `get`, `insert` and `remove` use for `key` (sampling uses it too).
-    pub(crate) fn hash_of<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
-        self.hasher.hash_one(key)
     }
 
     /// Entries held.
@@ -154,24 +162,36 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
     }
 
     /// Sets the window to `share` of the capacity (0..=1; 1 makes the policy a plain LRU) and
-    /// protected to 80 % of the rest. Entries move between queues at once.
+    /// protected to 80 % of the rest. Entries move between queues [`STEP`] at a time, in this
+    /// call and each later insert or [`WTinyLfu::rebalance`], until the queues fit their shares.
     pub(crate) fn set_window_share(&mut self, share: f64) {
         let window = ((share.clamp(0.0, 1.0) * self.maximum as f64).round() as u64).max(1);
         self.window_maximum = window.min(self.maximum);
         self.protected_maximum = (PROTECTED_SHARE * (self.maximum - self.window_maximum) as f64) as u64;
-        // A grown window takes main's most recent entries (they are what an LRU of that size
-        // would hold); a shrunk one sends its oldest to probation.
-        while self.window_weighted_size < self.window_maximum {
+        self.growing = self.window_weighted_size < self.window_maximum;
+        self.rebalance();
+    }
+
+    /// One step (at most [`STEP`] moves each way) towards queues that fit their shares: a grown
+    /// window takes main's most recent entries (they are what an LRU of that size would hold);
+    /// an overfull protected space sends its oldest to probation. (A shrunk window sends its
+    /// oldest to probation as inserts come, [`STEP`] at most per insert.)
+    pub(crate) fn rebalance(&mut self) {
+        let mut moves = 0;
+        while self.growing && moves < STEP {
+            moves += 1;
             let from = if self.protected.tail != NIL {
                 Queue::Protected
             } else if self.probation.tail != NIL {
                 Queue::Probation
             } else {
+                self.growing = false;
                 break;
             };
             let i = self.deque(from).tail;
             let w = self.node(i).weight;
             if self.window_weighted_size + w > self.window_maximum {
+                self.growing = false;
                 break;
             }
             self.unlink(i);
@@ -182,6 +202,41 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
             self.push_front(Queue::Window, i);
         }
         self.demote_from_protected();
+    }
+
+    /// A read of the entry whose key hashes to `hash` (a read recorded by hash alone, applied
+    /// later): the use recorded, its weight. Two keys of one 64-bit hash are told apart by
+    /// nothing here; the cost of that (one in 2^64) is one misplaced use.
+    pub(crate) fn touch(&mut self, hash: u64) -> Option<u64> {
+        let nodes = &self.nodes;
+        let i = *self.table.find(hash, |&i| {
+            nodes[i as usize].as_ref().is_some_and(|n| n.hash == hash)
+        })?;
+        self.on_access(i);
+        Some(self.node(i).weight)
+    }
+
+    /// One step of the expiry sweep: looks at up to [`STEP`] arena slots from `*hand` on (a
+    /// clock hand that wraps) and evicts, as `Size`, each entry whose `until` is `now` or
+    /// earlier. Whether the hand passed the end of the arena (a whole pass is done).
+    pub(crate) fn sweep(&mut self, hand: &mut usize, now: u32, evicted: &mut Vec<Evicted<K, V>>) -> bool {
+        let n = self.nodes.len();
+        let mut wrapped = false;
+        for _ in 0..STEP.min(n) {
+            if *hand >= n {
+                *hand = 0;
+                wrapped = true;
+            }
+            let i = *hand as u32;
+            *hand += 1;
+            if self.nodes[i as usize]
+                .as_ref()
+                .is_some_and(|node| node.until <= now)
+            {
+                self.evict(i, evicted);
+            }
+        }
+        wrapped || n == 0
     }
 
     fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
@@ -203,7 +258,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
         self.find(hash, key).map(|i| &self.node(i).value)
     }
 
-    /// A read of `key` (hashed with [`WTinyLfu::hash_of`]): its value, the use recorded.
+    /// A read of `key` (of hash `hash`, the caller's hash of it): its value, the use recorded.
     pub(crate) fn get<Q>(&mut self, hash: u64, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
@@ -224,8 +279,22 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
         weight: u64,
         evicted: &mut Vec<Evicted<K, V>>,
     ) {
+        self.insert_until(hash, key, value, weight, NEVER, evicted)
+    }
+
+    /// As `insert`, the entry to be swept once `until` has passed (see [`WTinyLfu::sweep`]).
+    pub(crate) fn insert_until(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u64,
+        until: u32,
+        evicted: &mut Vec<Evicted<K, V>>,
+    ) {
         if let Some(i) = self.find(hash, &key) {
             let node = self.nodes[i as usize].as_mut().expect("live node");
+            node.until = until;
             let old_weight = std::mem::replace(&mut node.weight, weight);
             let old_value = std::mem::replace(&mut node.value, value);
             let queue = node.queue;
@@ -241,6 +310,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
             evicted.push(Evicted {
                 key,
                 value: old_value,
+                hash,
                 cause: Removal::Replaced,
             });
             self.on_access(i);
@@ -253,6 +323,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
                 prev: NIL,
                 next: NIL,
                 queue: Queue::Window,
+                until,
             };
             let i = match self.free.pop() {
                 Some(i) => {
@@ -283,7 +354,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
         }
         let candidate = self.evict_from_window();
         self.evict_from_main(candidate, evicted);
-        self.demote_from_protected();
+        self.rebalance();
     }
 
     /// Removes `key`; its key and value, if it was there.
@@ -308,6 +379,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
         self.weighted_size = 0;
         self.window_weighted_size = 0;
         self.protected_weighted_size = 0;
+        self.growing = false;
         out
     }
 
@@ -354,10 +426,13 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
         }
     }
 
-    /// Moves the window's overflow to probation's tail; the first one moved (or NIL).
+    /// Moves the window's overflow to probation's tail, [`STEP`] entries at most; the first
+    /// one moved (or NIL).
     fn evict_from_window(&mut self) -> u32 {
         let mut first = NIL;
-        while self.window_weighted_size > self.window_maximum {
+        let mut moves = 0;
+        while self.window_weighted_size > self.window_maximum && moves < STEP {
+            moves += 1;
             let i = self.window.head;
             if i == NIL {
                 break;
@@ -407,6 +482,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
         evicted.push(Evicted {
             key: n.key,
             value: n.value,
+            hash: n.hash,
             cause: Removal::Size,
         });
     }
@@ -431,8 +507,11 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> WTinyLfu<K, V, S> {
         self.nodes[i as usize].take().expect("live node")
     }
 
+    /// Moves protected's overflow to probation, [`STEP`] entries at most.
     fn demote_from_protected(&mut self) {
-        while self.protected_weighted_size > self.protected_maximum {
+        let mut moves = 0;
+        while self.protected_weighted_size > self.protected_maximum && moves < STEP {
+            moves += 1;
             let i = self.protected.head;
             if i == NIL {
                 break;
@@ -562,6 +641,8 @@ pub(crate) struct Evicted<K, V> {
     pub(crate) key: K,
     /// Its value (dropped by the caller, outside any lock).
     pub(crate) value: V,
+    /// Its key's hash, so that an index beside the policy can drop it without hashing again.
+    pub(crate) hash: u64,
     /// Why it left.
     pub(crate) cause: Removal,
 }
@@ -580,7 +661,7 @@ pub(crate) struct Adaptive<K, V> {
     /// The cache that holds the entries.
     pub(crate) real: WTinyLfu<K, V>,
     /// One small cache per share in `SHARES`, keyed by the real key's hash.
-    minis: Vec<WTinyLfu<u64, (), BuildHasherDefault<KeyIsHash>>>,
+    minis: Vec<WTinyLfu<u64, ()>>,
     /// A key is sampled when its spread hash is at most this.
     threshold: u64,
     /// Sampled reads this epoch has seen.
@@ -592,25 +673,6 @@ pub(crate) struct Adaptive<K, V> {
     current: usize,
     /// Scratch for the small caches' evictions (never read).
     scratch: Vec<Evicted<u64, ()>>,
-}
-
-/// The small caches' keys are the real cache's key hashes (keyed SipHash, uniform and secret),
-/// so they are used as their own hash: a sampled request costs no second hashing.
-#[derive(Default)]
-pub(crate) struct KeyIsHash(u64);
-
-impl Hasher for KeyIsHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 /// The candidate window shares, from TinyLFU's own 1 % (frequency-biased) to 100 % (a plain LRU,
@@ -733,10 +795,19 @@ impl<K: Hash + Eq, V> Adaptive<K, V> {
 
 #[cfg(test)]
 mod tests {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::OnceLock;
+
     use super::*;
 
+    /// The tests' key hash (the memory tier hashes with its own seeded hasher).
+    fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
+        static HASHER: OnceLock<RandomState> = OnceLock::new();
+        HASHER.get_or_init(RandomState::new).hash_one(key)
+    }
+
     fn access(c: &mut WTinyLfu<u64, ()>, key: u64, weight: u64) -> bool {
-        let h = c.hash_of(&key);
+        let h = hash_of(&key);
         if c.get(h, &key).is_some() {
             return true;
         }
@@ -756,7 +827,7 @@ mod tests {
             access(&mut c, key, 1 + (x >> 40) % 200);
             if x.is_multiple_of(97) {
                 let k = x % 5000;
-                c.remove(c.hash_of(&k), &k);
+                c.remove(hash_of(&k), &k);
             }
             if n.is_multiple_of(20_000) {
                 c.set_window_share(SHARES[(n / 20_000) as usize % SHARES.len()]);
@@ -778,7 +849,7 @@ mod tests {
                 access(&mut c, 1_000_000 + round * 1000 + k, 1);
             }
         }
-        let hot = (0..50u64).filter(|k| c.peek(c.hash_of(k), k).is_some()).count();
+        let hot = (0..50u64).filter(|k| c.peek(hash_of(k), k).is_some()).count();
         assert!(hot >= 45, "hot keys kept: {hot}");
         c.check();
     }
@@ -792,7 +863,7 @@ mod tests {
         // 2 was the least recently used.
         let held: Vec<bool> = [1, 2, 3, 4]
             .iter()
-            .map(|k| c.peek(c.hash_of(k), k).is_some())
+            .map(|k| c.peek(hash_of(k), k).is_some())
             .collect();
         assert_eq!(held, [true, false, true, true]);
         c.check();
@@ -811,7 +882,7 @@ mod tests {
             } else {
                 (t / 2).saturating_sub(300)
             };
-            let h = a.real.hash_of(&key);
+            let h = hash_of(&key);
             a.record_read(h, None);
             if a.real.get(h, &key).is_some() {
                 hits += 1;
