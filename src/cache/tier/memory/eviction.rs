@@ -26,7 +26,7 @@ use std::hash::Hash;
 
 use hashbrown::HashTable;
 
-use super::sketch::{Sketch, spread};
+use crate::cache::sketch::{Sketch, spread};
 
 const NIL: u32 = u32::MAX;
 

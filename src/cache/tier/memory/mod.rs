@@ -10,6 +10,8 @@
 //! resizes, the expiry sweep), so no hit and no write waits long for it. With one thread the
 //! policy sees every read, in order, as before.
 
+mod eviction;
+
 use std::cell::Cell;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::{Deref, DerefMut};
@@ -18,10 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
 use hashbrown::HashTable;
 
-use super::entry::{ENTRY_OVERHEAD_BYTES, Entry, now_ms};
-use super::eviction::{Adaptive, Evicted, NEVER, Removal};
-use super::invalidation::PurgeMode;
-use super::tier::{Tier, TierError, TierName};
+use self::eviction::{Adaptive, Evicted, NEVER, Removal};
+use crate::cache::entry::{ENTRY_OVERHEAD_BYTES, Entry, now_ms};
+use crate::cache::fleet::listener::PurgeMode;
+use crate::cache::tier::{Tier, TierError, TierName};
 use crate::telemetry::Metrics;
 
 /// The in-process tier, bounded by bytes of keys, values and per-entry overhead.
@@ -672,8 +674,7 @@ mod tests {
     fn the_policy_is_paid_for_out_of_the_bound() {
         // 32 MiB: up to 69,905 entries of 480 B, a sketch of 2^17 words (1 MiB), and six
         // mini-simulations of 1 MiB / 480 B entries each.
-        let minis =
-            6 * ((1 << 20) / ENTRY_OVERHEAD_BYTES as u64 + 1) * super::super::eviction::MINI_ENTRY_BYTES;
+        let minis = 6 * ((1 << 20) / ENTRY_OVERHEAD_BYTES as u64 + 1) * super::eviction::MINI_ENTRY_BYTES;
         assert_eq!(
             capacity_bytes(32 << 20),
             (32 << 20) - (1 << 20) - minis - fixed_bytes()

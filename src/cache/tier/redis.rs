@@ -22,10 +22,10 @@ use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::FleetLock;
-use super::entry::{Entry, now_ms};
-use super::invalidation::PurgeMode;
-use super::tier::{Tier, TierError, TierName};
+use crate::cache::FleetLock;
+use crate::cache::entry::{Entry, now_ms};
+use crate::cache::fleet::listener::PurgeMode;
+use crate::cache::tier::{Tier, TierError, TierName};
 use crate::config::RedisConfig;
 use crate::telemetry::Metrics;
 
@@ -142,7 +142,7 @@ impl RedisOp {
 
 /// The pub/sub channels replicas talk on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Channel {
+pub(crate) enum Channel {
     /// Purges: `mode\ninstance\nkey`.
     Invalidate,
     /// A key whose fleet lock was let go.
@@ -787,7 +787,7 @@ impl RedisTier {
     /// Runs a write, remembering whether Redis refused it, for [`RedisTier::writes_failing`].
     /// Writes that did not reach Redis (a node down, a timeout, a failover) are not counted: the
     /// node's health shows those.
-    pub(super) async fn write<T: FromRedisValue>(
+    pub(crate) async fn write<T: FromRedisValue>(
         &self,
         op: RedisOp,
         key: &[u8],
@@ -822,7 +822,7 @@ impl RedisTier {
 
     /// Runs `cmd` on `redis_key`'s node within the response timeout. A node known to be down is
     /// not asked; failures are counted under `op` and mark that node (only) down.
-    pub(super) async fn run<T: FromRedisValue>(
+    pub(crate) async fn run<T: FromRedisValue>(
         &self,
         op: RedisOp,
         redis_key: &[u8],
@@ -1185,7 +1185,7 @@ impl RedisTier {
     }
 
     /// The Redis key of `key`'s fleet lock.
-    pub(super) fn lock_key(&self, key: &str) -> String {
+    pub(crate) fn lock_key(&self, key: &str) -> String {
         format!("{}l:{key}", self.shared.key_prefix)
     }
 
@@ -1198,7 +1198,7 @@ impl RedisTier {
     /// Records `member` (see [`super::purge_log::encode_record`]) at `at_ms`, for replicas
     /// that miss the message; records older than `keep_ms` go, and at most
     /// [`PURGE_RECORDS_MAX`] are kept (the oldest go first).
-    pub(super) async fn record_purge(&self, member: &str, at_ms: u64, keep_ms: u64) -> Result<(), TierError> {
+    pub(crate) async fn record_purge(&self, member: &str, at_ms: u64, keep_ms: u64) -> Result<(), TierError> {
         let key = self.purges_key();
         let cmd = redis::cmd("EVAL")
             .arg(RECORD_PURGE)
@@ -1216,7 +1216,7 @@ impl RedisTier {
     }
 
     /// The purges recorded since `since_ms`: `(member, time)`, oldest first.
-    pub(super) async fn purge_records(&self, since_ms: u64) -> Result<Vec<(String, u64)>, TierError> {
+    pub(crate) async fn purge_records(&self, since_ms: u64) -> Result<Vec<(String, u64)>, TierError> {
         let key = self.purges_key();
         let cmd = redis::cmd("ZRANGE")
             .arg(&key)
@@ -1231,7 +1231,7 @@ impl RedisTier {
 
     /// PUBLISHes `message` on `channel` through a node that is up: in a cluster any node
     /// forwards it to every node's subscribers, so a failed node does not stop purges.
-    pub(super) async fn publish(&self, channel: Channel, message: &str) -> Result<(), TierError> {
+    pub(crate) async fn publish(&self, channel: Channel, message: &str) -> Result<(), TierError> {
         let name = match channel {
             Channel::Invalidate => &self.shared.channel,
             Channel::Fill => &self.shared.fill_channel,
@@ -1245,7 +1245,7 @@ impl RedisTier {
     }
 
     /// Which channel a pub/sub message came from.
-    pub(super) fn channel_of(&self, name: &str) -> Channel {
+    pub(crate) fn channel_of(&self, name: &str) -> Channel {
         if name == self.shared.fill_channel {
             Channel::Fill
         } else {
@@ -1256,7 +1256,7 @@ impl RedisTier {
     /// Opens a pub/sub connection subscribed to the invalidation and fill channels, on the next
     /// node that is up (in turn, so losing one node does not stop purges from arriving). The
     /// node's address is returned, so the listener can move when that node goes down.
-    pub(super) async fn subscribe(&self) -> Result<(redis::aio::PubSub, String), TierError> {
+    pub(crate) async fn subscribe(&self) -> Result<(redis::aio::PubSub, String), TierError> {
         let s = &self.shared;
         let topology = self.topology();
         let up: Vec<&Arc<Node>> = topology.nodes.iter().filter(|n| n.is_up()).collect();
@@ -1284,7 +1284,7 @@ impl RedisTier {
     }
 
     /// Whether the node at `addr` is known and down (the listener subscribed there moves).
-    pub(super) fn node_down(&self, addr: &str) -> bool {
+    pub(crate) fn node_down(&self, addr: &str) -> bool {
         let t = self.topology();
         match t.nodes.iter().find(|n| n.addr == addr) {
             Some(n) => !n.is_up(),
@@ -1411,7 +1411,7 @@ impl Tier for RedisTier {
         let keep_ms = entry
             .stale_until_ms
             .saturating_sub(now_ms())
-            .min(2 * super::policy::MAX_LIFETIME_MS);
+            .min(2 * crate::cache::policy::MAX_LIFETIME_MS);
         if keep_ms == 0 {
             return Ok(false);
         }

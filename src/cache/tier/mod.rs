@@ -1,13 +1,17 @@
 //! The seam every cache tier sits behind, and the closed set of tiers the service has.
 
+pub(crate) mod disk;
+pub(crate) mod memory;
+pub(crate) mod redis;
+
 use std::future::Future;
 use std::sync::Arc;
 
-use super::disk::DiskTier;
+use self::disk::DiskTier;
+use self::memory::MemoryTier;
+use self::redis::RedisTier;
 use super::entry::Entry;
-use super::invalidation::PurgeMode;
-use super::memory::MemoryTier;
-use super::redis::RedisTier;
+use crate::cache::fleet::listener::PurgeMode;
 
 /// Which tier; the same strings name it in metrics, spans, `Cache-Status` and `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

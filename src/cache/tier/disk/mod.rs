@@ -23,6 +23,9 @@
 //! probe every [`PROBE_EVERY`] writes and reads a small file; while the tier is down it tries
 //! to open it again, as the Redis tier reconnects.
 
+pub(crate) mod bucket;
+pub(crate) mod purge_log;
+
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -35,13 +38,13 @@ use foyer::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::bucket::{self, Bucket};
-use super::entry::{Entry, now_ms};
-use super::invalidation::{PurgeMode, PurgeScope};
-use super::purge_log::{self, PurgeLog, RECORD_BYTES, Verdict};
-use super::redis::RedisTier;
-use super::sketch::{self, Sketch};
-use super::tier::{Tier, TierError, TierName};
+use self::bucket::Bucket;
+use self::purge_log::{PurgeLog, RECORD_BYTES, Verdict};
+use crate::cache::entry::{Entry, now_ms};
+use crate::cache::fleet::listener::{PurgeMode, PurgeScope};
+use crate::cache::sketch::{self, Sketch};
+use crate::cache::tier::redis::RedisTier;
+use crate::cache::tier::{Tier, TierError, TierName};
 use crate::config::DiskConfig;
 use crate::telemetry::Metrics;
 

@@ -8,6 +8,8 @@
 //! `FLEET_LOCK_WAIT_MS`, fetching themselves. Redis failing never blocks a fetch: the replica
 //! fetches on its own.
 
+pub(crate) mod listener;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,8 +19,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::entry::{Entry, Freshness, now_ms};
-use super::redis::{Channel, RedisOp, RedisTier};
-use super::tier::Tier;
+use crate::cache::tier::Tier;
+use crate::cache::tier::redis::{Channel, RedisOp, RedisTier};
 
 /// Marks a fill message whose fetch may not be stored. Keys never hold control characters, so
 /// no key starts with it; a release that does not know it finds no waiter for such a "key" and

@@ -7,9 +7,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::ReadThrough;
-use super::fleet::Fleet;
-use super::redis::{Channel, RedisTier};
+use super::Fleet;
+use crate::cache::ReadThrough;
+use crate::cache::tier::redis::{Channel, RedisTier};
 use crate::origin::Origin;
 
 /// What a purge does to an entry.
