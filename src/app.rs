@@ -10,7 +10,10 @@ use tokio::net::TcpListener;
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::cache::{AnyTier, DiskTier, Entry, MemoryTier, ReadThrough, RedisTier};
+use crate::cache::{
+    AnyBus, AnyTier, DiskTier, Entry, MemoryTier, PurgeRecords, ReadThrough, RedisBus, RedisClient,
+    RedisTier, Replicas,
+};
 use crate::config::{Config, OriginSource, ServerLimits};
 use crate::http::server::{self, Phase, Server};
 use crate::http::{App, AppState, HeaderTables};
@@ -82,25 +85,30 @@ impl Application {
         let origin_config = &config.origin;
         let redis = match &config.redis {
             Some(rc) => {
+                let client =
+                    RedisClient::new(rc, metrics.clone()).map_err(|e| StartError::Setup(e.to_string()))?;
+                client.start(tasks.clone()).await;
+                metrics.watch_redis(&client);
                 let max_entry_bytes = Entry::max_encoded_len(origin_config.max_body_bytes);
-                let tier = RedisTier::new(rc, max_entry_bytes, metrics.clone())
-                    .map_err(|e| StartError::Setup(e.to_string()))?;
-                tier.start(tasks.clone()).await;
-                metrics.watch_redis(&tier);
-                Some(tier)
+                let tier = RedisTier::new(client.clone(), max_entry_bytes);
+                let bus = AnyBus::Redis(RedisBus::new(client, &rc.key_prefix));
+                Some((tier, bus, rc.fleet))
             }
             None => None,
         };
         if let Some(dc) = &config.cache.disk {
             let life = &config.cache.life;
             let horizon = life.ttl.max(life.ttl_max.unwrap_or_default()) + life.stale;
-            let disk = DiskTier::new(dc, horizon.as_millis() as u64, redis.clone(), metrics.clone());
+            let records = redis
+                .as_ref()
+                .map(|(_, bus, _)| Arc::new(bus.clone()) as Arc<dyn PurgeRecords>);
+            let disk = DiskTier::new(dc, horizon.as_millis() as u64, records, metrics.clone());
             metrics.watch_disk_tier(&disk);
             disk.start(DISK_OPEN_WAIT, tasks.clone()).await;
             tiers.push(AnyTier::Disk(disk));
         }
-        if let Some(r) = &redis {
-            tiers.push(AnyTier::Redis(r.clone()));
+        if let Some((tier, ..)) = &redis {
+            tiers.push(AnyTier::Redis(tier.clone()));
         }
         let origin = match &origin_config.source {
             OriginSource::Simulated { latency } => AnyOrigin::Simulated(SimulatedOrigin::new(*latency)),
@@ -130,8 +138,13 @@ impl Application {
             breaker,
             metrics.clone(),
         );
-        let cache = ReadThrough::new(tiers, origin, config.cache.life, redis, metrics.clone());
-        cache.spawn_redis_listener(tasks.clone());
+        let replicas = redis.map(|(tier, bus, lock)| Replicas {
+            bus,
+            shared: AnyTier::Redis(tier),
+            lock,
+        });
+        let cache = ReadThrough::new(tiers, origin, config.cache.life, replicas, metrics.clone());
+        cache.spawn_listener(tasks.clone());
 
         let listener = TcpListener::bind(config.listen_addr)
             .await

@@ -21,7 +21,9 @@ mod encoding;
 mod entry;
 mod fleet;
 mod policy;
+mod purge;
 mod read_through;
+mod redis;
 mod sketch;
 mod tier;
 
@@ -31,13 +33,16 @@ pub use answer::{
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use encoding::{Coding, Compressions, INLINE_COMPRESS_BYTES};
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, now_ms};
-pub use fleet::FleetLock;
-pub use fleet::listener::{Invalidation, PurgeMode, PurgeScope, PurgeSource, Target};
+pub use fleet::bus::{AnyBus, BusError, Channel, MemoryBus, MessageBus, RedisBus, Subscription};
+pub use fleet::listener::Invalidation;
+pub use fleet::{FleetLock, Replicas};
 pub use policy::{Lifetimes, Times, Uncacheable};
+pub use purge::{PurgeMode, PurgeRecords, PurgeScope, PurgeSource, RecordsUnavailable, Target};
+pub use redis::{CommandError, RedisClient, RedisHealth, RedisOp, RedisSetupError, key_slot};
 pub use tier::disk::purge_log::{PurgeLog, Verdict};
 pub use tier::disk::{DiskOp, DiskTier, DropReason, Layout};
 pub use tier::memory::{EvictionCause, MemoryTier};
-pub use tier::redis::{RedisHealth, RedisOp, RedisTier, key_slot};
+pub use tier::redis::RedisTier;
 pub use tier::{AnyTier, Tier, TierError, TierName};
 
 pub use read_through::{BATCH_WINDOW, BatchSink, PurgeIncomplete, ReadThrough};

@@ -29,10 +29,10 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
             AnyTier::Disk(d) if d.is_up() => "ok",
             AnyTier::Disk(_) => "down",
             AnyTier::Redis(r) => {
-                let h = r.health();
+                let h = r.client().health();
                 redis_nodes = Some(json!({ "total": h.nodes, "down": h.down }));
                 match h.as_str() {
-                    "ok" if r.writes_failing() => "write_failing",
+                    "ok" if r.client().writes_failing() => "write_failing",
                     other => other,
                 }
             }

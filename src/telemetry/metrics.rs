@@ -14,7 +14,7 @@ use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
 
 use crate::cache::{
     CoalesceScope, Coding, DiskOp, DiskTier, DropReason, EvictionCause, MemoryTier, NotStored, PurgeMode,
-    PurgeScope, PurgeSource, RedisOp, RedisTier, StaleReason, TierName, Uncacheable,
+    PurgeScope, PurgeSource, RedisClient, RedisOp, StaleReason, TierName, Uncacheable,
 };
 use crate::http::{Route, StatusClass};
 use crate::origin::{Breaker, OriginOutcome};
@@ -416,7 +416,7 @@ impl Metrics {
 
     /// Reports each Redis node (the one server, or every master of a cluster, as the slot map
     /// has them now) as `redis_node_up{node="host:port"}`: 1 up, 0 down.
-    pub fn watch_redis(&self, tier: &RedisTier) {
+    pub fn watch_redis(&self, tier: &RedisClient) {
         let tier = tier.clone();
         let _gauge = self
             .meter

@@ -8,111 +8,10 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Fleet;
+use super::bus::{AnyBus, Channel, MessageBus};
 use crate::cache::ReadThrough;
-use crate::cache::tier::redis::{Channel, RedisTier};
+use crate::cache::purge::{PurgeMode, Target};
 use crate::origin::Origin;
-
-/// What a purge does to an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PurgeMode {
-    /// The entry is removed: the next request fetches.
-    Hard,
-    /// The entry is marked stale: the next request is served at once and refreshes it.
-    Soft,
-}
-
-impl PurgeMode {
-    /// Every mode, for label sets registered at zero.
-    pub const ALL: [PurgeMode; 2] = [PurgeMode::Hard, PurgeMode::Soft];
-
-    /// The `mode` label, and the mode's word on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PurgeMode::Hard => "hard",
-            PurgeMode::Soft => "soft",
-        }
-    }
-
-    /// The mode [`PurgeMode::as_str`] names.
-    pub fn parse(word: &str) -> Option<Self> {
-        PurgeMode::ALL.into_iter().find(|m| m.as_str() == word)
-    }
-}
-
-/// Where a purge applied here came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PurgeSource {
-    /// A `DELETE` this replica took.
-    Local,
-    /// Another replica's message.
-    Remote,
-}
-
-impl PurgeSource {
-    /// Every source, for label sets registered at zero.
-    pub const ALL: [PurgeSource; 2] = [PurgeSource::Local, PurgeSource::Remote];
-
-    /// The `source` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PurgeSource::Local => "local",
-            PurgeSource::Remote => "remote",
-        }
-    }
-}
-
-/// What a purge is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// One key.
-    Key(String),
-    /// Every entry carrying exactly this tag.
-    Tag(String),
-}
-
-impl Target {
-    /// The key or the tag.
-    pub fn name(&self) -> &str {
-        match self {
-            Target::Key(name) | Target::Tag(name) => name,
-        }
-    }
-
-    /// The purge's `scope` label: `key` or `tag`.
-    pub fn scope(&self) -> PurgeScope {
-        match self {
-            Target::Key(_) => PurgeScope::Key,
-            Target::Tag(_) => PurgeScope::Tag,
-        }
-    }
-}
-
-/// What a purge names: one key, or every entry with a tag (`scope` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PurgeScope {
-    /// `DELETE /items/{key}`.
-    Key,
-    /// `DELETE /tags/{tag}`.
-    Tag,
-}
-
-impl PurgeScope {
-    /// Every scope, for label sets registered at zero.
-    pub const ALL: [PurgeScope; 2] = [PurgeScope::Key, PurgeScope::Tag];
-
-    /// The `scope` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PurgeScope::Key => "key",
-            PurgeScope::Tag => "tag",
-        }
-    }
-
-    /// The scope [`PurgeScope::as_str`] names.
-    pub fn parse(word: &str) -> Option<Self> {
-        PurgeScope::ALL.into_iter().find(|s| s.as_str() == word)
-    }
-}
 
 /// A purge as replicas tell each other about it.
 ///
@@ -161,43 +60,39 @@ impl Invalidation {
     }
 }
 
-/// Listens on the Redis channels until `shutdown`, reconnecting when the subscription drops:
-/// purges from other replicas and fleet locks let go. Each (re)subscription clears this
+/// Listens on the bus's channels until `shutdown`, subscribing again when the subscription
+/// drops: purges from other replicas and fleet locks let go. Each (re)subscription clears this
 /// replica's own tiers: purges published while it was not listening must not leave it serving
 /// purged values.
 pub fn spawn_listener<O: Origin>(
     cache: ReadThrough<O>,
-    redis: RedisTier,
+    bus: AnyBus,
     fleet: Option<Fleet>,
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
         shutdown
-            .run_until_cancelled(listen(&cache, &redis, fleet.as_ref()))
+            .run_until_cancelled(listen(&cache, &bus, fleet.as_ref()))
             .await
     });
 }
 
-async fn listen<O: Origin>(cache: &ReadThrough<O>, redis: &RedisTier, fleet: Option<&Fleet>) {
+async fn listen<O: Origin>(cache: &ReadThrough<O>, bus: &AnyBus, fleet: Option<&Fleet>) {
     loop {
-        let Ok((pubsub, node)) = redis.subscribe().await else {
+        let Ok(mut subscription) = bus.subscribe().await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
         cache.clear_own_tiers();
-        tracing::info!(%node, "listening for purges and fills from other replicas");
-        let mut messages = pubsub.into_on_message();
+        tracing::info!("listening for purges and fills from other replicas");
         // A hung node keeps the socket open but delivers nothing: move when the pings say it
         // is down.
         let mut check = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                msg = messages.next() => {
-                    let Some(msg) = msg else { break };
-                    let Ok(text) = msg.get_payload::<String>() else {
-                        continue;
-                    };
-                    match redis.channel_of(msg.get_channel_name()) {
+                msg = subscription.messages.next() => {
+                    let Some((channel, text)) = msg else { break };
+                    match channel {
                         Channel::Fill => {
                             if let Some(fleet) = fleet {
                                 fleet.wake(&text);
@@ -211,13 +106,13 @@ async fn listen<O: Origin>(cache: &ReadThrough<O>, redis: &RedisTier, fleet: Opt
                     }
                 }
                 _ = check.tick() => {
-                    if redis.node_down(&node) {
+                    if (subscription.lost)() {
                         break;
                     }
                 }
             }
         }
-        tracing::warn!(%node, "subscription to other replicas lost; reconnecting");
+        tracing::warn!("subscription to other replicas lost; reconnecting");
     }
 }
 

@@ -8,6 +8,7 @@
 //! `FLEET_LOCK_WAIT_MS`, fetching themselves. Redis failing never blocks a fetch: the replica
 //! fetches on its own.
 
+pub mod bus;
 pub(crate) mod listener;
 
 use std::collections::HashMap;
@@ -18,9 +19,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::entry::{Entry, Freshness, now_ms};
-use crate::cache::tier::Tier;
-use crate::cache::tier::redis::{Channel, RedisOp, RedisTier};
+use self::bus::{AnyBus, Channel, MessageBus};
+use crate::cache::entry::{Entry, Freshness, now_ms};
+use crate::cache::tier::{AnyTier, Tier};
 
 /// Marks a fill message whose fetch may not be stored. Keys never hold control characters, so
 /// no key starts with it; a release that does not know it finds no waiter for such a "key" and
@@ -38,11 +39,25 @@ pub struct FleetLock {
     pub poll: Duration,
 }
 
+/// How this replica meets the others: the bus (locks, channels, purge records), the tier they
+/// all read (where a fetched value lands for the others), and the lock's settings.
+#[derive(Clone)]
+pub struct Replicas {
+    /// Locks, channels and purge records (Redis, or in process).
+    pub bus: AnyBus,
+    /// The tier every replica reads (Redis).
+    pub shared: AnyTier,
+    /// `FLEET_LOCK_*`.
+    pub lock: FleetLock,
+}
+
 /// The fleet lock protocol of one replica. Cheap to clone.
 #[derive(Clone)]
 pub struct Fleet {
-    /// Where the locks, the values and the fill channel are.
-    redis: RedisTier,
+    /// Where the locks and the fill channel are.
+    bus: AnyBus,
+    /// Where the values are.
+    shared: AnyTier,
     /// Lock lifetime and waiting.
     settings: FleetLock,
     /// The keys this process waits on another replica's fetch for.
@@ -75,11 +90,12 @@ enum Wait {
 }
 
 impl Fleet {
-    /// The protocol over `redis` for the process named `instance`.
-    pub fn new(redis: RedisTier, settings: FleetLock, instance: Arc<str>) -> Self {
+    /// The protocol among `replicas` for the process named `instance`.
+    pub fn new(replicas: &Replicas, instance: Arc<str>) -> Self {
         Fleet {
-            redis,
-            settings,
+            bus: replicas.bus.clone(),
+            shared: replicas.shared.clone(),
+            settings: replicas.lock,
             waiters: Arc::default(),
             instance,
         }
@@ -87,7 +103,7 @@ impl Fleet {
 
     /// Takes `key`'s lock, or waits for the replica holding it, for at most `FLEET_LOCK_WAIT_MS`.
     pub async fn take_turn(&self, key: &str) -> Turn {
-        if !self.redis.is_up() {
+        if !self.bus.is_up() {
             return Turn::Alone;
         }
         let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
@@ -118,7 +134,7 @@ impl Fleet {
     /// `key`'s entry in Redis, if it is fresh (another replica may have stored it between this
     /// replica's miss and its lock).
     pub async fn fresh(&self, key: &str) -> Option<Arc<Entry>> {
-        self.redis
+        self.shared
             .get(key)
             .await
             .ok()
@@ -155,54 +171,28 @@ impl Fleet {
         Wait::TimedOut
     }
 
-    /// Takes the lock for `key` if nobody holds it: `Some(true)` when taken, `None` when Redis
+    /// Takes the lock for `key` if nobody holds it: `Some(true)` when taken, `None` when the bus
     /// failed.
     async fn try_lock(&self, key: &str, token: &str) -> Option<bool> {
-        let lock = self.redis.lock_key(key);
-        let cmd = redis::cmd("SET")
-            .arg(&lock)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.settings.ttl.as_millis() as u64)
-            .to_owned();
-        self.redis
-            .write::<Option<String>>(RedisOp::Lock, lock.as_bytes(), &cmd)
-            .await
-            .ok()
-            .map(|r| r.is_some())
+        self.bus.try_lock(key, token, self.settings.ttl).await
     }
 
-    /// Whether anybody holds the lock for `key`; `None` when Redis failed.
+    /// Whether anybody holds the lock for `key`; `None` when the bus failed.
     async fn is_locked(&self, key: &str) -> Option<bool> {
-        let lock = self.redis.lock_key(key);
-        let cmd = redis::cmd("EXISTS").arg(&lock).to_owned();
-        self.redis
-            .run::<i64>(RedisOp::Lock, lock.as_bytes(), &cmd)
-            .await
-            .ok()
-            .map(|n| n > 0)
+        self.bus.is_locked(key).await
     }
 
     /// Releases the lock for `key` if `token` still holds it, and wakes the replicas waiting on
     /// it: they read the value, compete for the lock again if the fetch failed, or fetch at
     /// once if its answer may not be stored (`stored` false).
     async fn unlock(&self, key: &str, token: &str, stored: bool) {
-        const SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-        let lock = self.redis.lock_key(key);
-        let cmd = redis::cmd("EVAL")
-            .arg(SCRIPT)
-            .arg(1)
-            .arg(&lock)
-            .arg(token)
-            .to_owned();
-        let _ = self.redis.run::<i64>(RedisOp::Lock, lock.as_bytes(), &cmd).await;
+        self.bus.unlock(key, token).await;
         let message = if stored {
             key.to_owned()
         } else {
             format!("{NOT_STORED}{key}")
         };
-        let _ = self.redis.publish(Channel::Fill, &message).await;
+        let _ = self.bus.publish(Channel::Fill, &message).await;
     }
 }
 

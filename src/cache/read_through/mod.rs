@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-
-use crate::cache::fleet::Fleet;
+use crate::cache::fleet::bus::AnyBus;
+use crate::cache::fleet::{Fleet, Replicas};
 use crate::cache::{
-    Answer, AnyTier, CacheError, Coalescer, Entry, FetchedBody, Lifetimes, NotStored, RedisTier, Superseded,
-    Tier, TierName, Uncacheable,
+    Answer, AnyTier, CacheError, Coalescer, Entry, FetchedBody, Lifetimes, NotStored, Superseded, Tier,
+    TierName, Uncacheable,
 };
 use crate::origin::{AnyOrigin, BreakerState, FailureTicket, GuardedOrigin, Origin};
 use crate::telemetry::Metrics;
@@ -98,8 +98,9 @@ impl<O> Clone for ReadThrough<O> {
 struct Inner<O> {
     /// Tiers in lookup order (memory, then Redis; either may be absent), all treated alike.
     tiers: Vec<AnyTier>,
-    /// Where purges are published for the other replicas (Redis, when configured).
-    channel: Option<RedisTier>,
+    /// Where purges are published and recorded for the other replicas (Redis, when
+    /// configured).
+    bus: Option<AnyBus>,
     /// Fleet-wide coalescing (with Redis).
     fleet: Option<Fleet>,
     /// The origin behind its guard.
@@ -162,25 +163,23 @@ struct Fence {
 }
 
 impl<O: Origin> ReadThrough<O> {
-    /// A cache over `tiers` (looked up in this order) in front of `origin`. With `redis`, purges
-    /// reach the other replicas through it, and one replica fetches a key for the whole fleet
-    /// (with the tier's `FLEET_LOCK_*` settings).
+    /// A cache over `tiers` (looked up in this order) in front of `origin`. With `replicas`,
+    /// purges reach the other replicas through its bus, and one replica fetches a key for the
+    /// whole fleet.
     pub fn new(
         tiers: Vec<AnyTier>,
         origin: GuardedOrigin<O>,
         life: Lifetimes,
-        redis: Option<RedisTier>,
+        replicas: Option<Replicas>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let background_permits = (origin.max_concurrency() / 2).max(1);
         let instance: Arc<str> = format!("{}-{:016x}", std::process::id(), rand::random::<u64>()).into();
-        let fleet = redis
-            .as_ref()
-            .map(|r| Fleet::new(r.clone(), r.fleet(), instance.clone()));
+        let fleet = replicas.as_ref().map(|r| Fleet::new(r, instance.clone()));
         ReadThrough {
             inner: Arc::new(Inner {
                 tiers,
-                channel: redis,
+                bus: replicas.map(|r| r.bus),
                 fleet,
                 origin,
                 inflight: Coalescer::default(),

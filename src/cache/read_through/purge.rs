@@ -3,6 +3,8 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::fleet::bus::{Channel, MessageBus};
+use crate::cache::purge::PurgeRecords;
 use crate::cache::{
     AnyTier, Invalidation, PurgeMode, PurgeSource, Target, Tier, TierError, TierName, now_ms,
 };
@@ -56,12 +58,12 @@ impl<O: Origin> ReadThrough<O> {
         inner
             .metrics
             .invalidated(mode, PurgeSource::Local, target.scope());
-        if let Some(channel) = &inner.channel {
+        if let Some(bus) = &inner.bus {
             // Recorded for the replicas that miss the message (their disk tier checks it).
             let member =
                 crate::cache::tier::disk::purge_log::encode_record(target.scope(), mode, target.name());
-            reached_all &= channel
-                .record_purge(&member, now, self.purge_record_keep_ms())
+            reached_all &= bus
+                .record(&member, now, self.purge_record_keep_ms())
                 .await
                 .is_ok();
             let message = Invalidation {
@@ -69,10 +71,7 @@ impl<O: Origin> ReadThrough<O> {
                 origin_instance: inner.instance.to_string(),
                 target,
             };
-            reached_all &= channel
-                .publish(crate::cache::tier::redis::Channel::Invalidate, &message.encode())
-                .await
-                .is_ok();
+            reached_all &= bus.publish(Channel::Invalidate, &message.encode()).await.is_ok();
         }
         if reached_all {
             Ok(purged)
@@ -143,12 +142,13 @@ impl<O: Origin> ReadThrough<O> {
         }
     }
 
-    /// Listens on Redis, until `shutdown`, for purges from other replicas and fleet locks let go.
-    pub fn spawn_redis_listener(&self, shutdown: CancellationToken) {
-        if let Some(channel) = &self.inner.channel {
+    /// Listens on the bus, until `shutdown`, for purges from other replicas and fleet locks let
+    /// go.
+    pub fn spawn_listener(&self, shutdown: CancellationToken) {
+        if let Some(bus) = &self.inner.bus {
             crate::cache::fleet::listener::spawn_listener(
                 self.clone(),
-                channel.clone(),
+                bus.clone(),
                 self.inner.fleet.clone(),
                 shutdown,
             );

@@ -11,7 +11,7 @@ use self::disk::DiskTier;
 use self::memory::MemoryTier;
 use self::redis::RedisTier;
 use super::entry::Entry;
-use crate::cache::fleet::listener::PurgeMode;
+use crate::cache::purge::PurgeMode;
 
 /// Which tier; the same strings name it in metrics, spans, `Cache-Status` and `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

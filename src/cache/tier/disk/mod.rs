@@ -41,9 +41,9 @@ use tokio_util::sync::CancellationToken;
 use self::bucket::Bucket;
 use self::purge_log::{PurgeLog, RECORD_BYTES, Verdict};
 use crate::cache::entry::{Entry, now_ms};
-use crate::cache::fleet::listener::{PurgeMode, PurgeScope};
+use crate::cache::purge::PurgeRecords;
+use crate::cache::purge::{PurgeMode, PurgeScope};
 use crate::cache::sketch::{self, Sketch};
-use crate::cache::tier::redis::RedisTier;
 use crate::cache::tier::{Tier, TierError, TierName};
 use crate::config::DiskConfig;
 use crate::telemetry::Metrics;
@@ -278,7 +278,7 @@ struct Inner {
     /// Held while the purge file is appended to or rewritten.
     purge_file: std::sync::Mutex<()>,
     /// Where purges are recorded for replicas that miss the message.
-    redis: Option<RedisTier>,
+    records: Option<Arc<dyn PurgeRecords>>,
     metrics: Arc<Metrics>,
 }
 
@@ -288,7 +288,7 @@ impl DiskTier {
     pub fn new(
         config: &DiskConfig,
         horizon_ms: u64,
-        redis: Option<RedisTier>,
+        records: Option<Arc<dyn PurgeRecords>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let layout = Layout::new(config.max_bytes, config.index_max_bytes);
@@ -314,7 +314,7 @@ impl DiskTier {
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 closing: std::sync::Mutex::new(None),
                 purge_file: std::sync::Mutex::new(()),
-                redis,
+                records,
                 metrics,
             }),
         }
@@ -429,11 +429,11 @@ impl DiskTier {
     /// when it cannot be read, the log keeps what this process saw.
     async fn load_purge_records(&self) {
         let inner = &self.inner;
-        let Some(redis) = &inner.redis else {
+        let Some(records) = &inner.records else {
             return;
         };
         let since = now_ms().saturating_sub(inner.log.horizon_ms());
-        match redis.purge_records(since).await {
+        match records.since(since).await {
             Ok(records) => {
                 for (member, at) in &records {
                     if let Some((scope, mode, name)) = purge_log::decode_record(member) {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cache::fleet::listener::{PurgeMode, PurgeScope};
+use crate::cache::purge::{PurgeMode, PurgeScope};
 
 /// What a purge record says about an entry fetched at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

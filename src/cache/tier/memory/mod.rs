@@ -22,7 +22,7 @@ use hashbrown::HashTable;
 
 use self::eviction::{Adaptive, Evicted, NEVER, Removal};
 use crate::cache::entry::{ENTRY_OVERHEAD_BYTES, Entry, now_ms};
-use crate::cache::fleet::listener::PurgeMode;
+use crate::cache::purge::PurgeMode;
 use crate::cache::tier::{Tier, TierError, TierName};
 use crate::telemetry::Metrics;
 

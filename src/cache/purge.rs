@@ -1,0 +1,129 @@
+//! The purge vocabulary every part of the cache speaks: what a purge does (`PurgeMode`), what
+//! it names (`Target`, `PurgeScope`) and where it came from (`PurgeSource`). A leaf: it imports
+//! nothing of the crate, so every tier may use it.
+
+/// What a purge does to an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeMode {
+    /// The entry is removed: the next request fetches.
+    Hard,
+    /// The entry is marked stale: the next request is served at once and refreshes it.
+    Soft,
+}
+
+impl PurgeMode {
+    /// Every mode, for label sets registered at zero.
+    pub const ALL: [PurgeMode; 2] = [PurgeMode::Hard, PurgeMode::Soft];
+
+    /// The `mode` label, and the mode's word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeMode::Hard => "hard",
+            PurgeMode::Soft => "soft",
+        }
+    }
+
+    /// The mode [`PurgeMode::as_str`] names.
+    pub fn parse(word: &str) -> Option<Self> {
+        PurgeMode::ALL.into_iter().find(|m| m.as_str() == word)
+    }
+}
+
+/// Where a purge applied here came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeSource {
+    /// A `DELETE` this replica took.
+    Local,
+    /// Another replica's message.
+    Remote,
+}
+
+impl PurgeSource {
+    /// Every source, for label sets registered at zero.
+    pub const ALL: [PurgeSource; 2] = [PurgeSource::Local, PurgeSource::Remote];
+
+    /// The `source` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeSource::Local => "local",
+            PurgeSource::Remote => "remote",
+        }
+    }
+}
+
+/// What a purge is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One key.
+    Key(String),
+    /// Every entry carrying exactly this tag.
+    Tag(String),
+}
+
+impl Target {
+    /// The key or the tag.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Key(name) | Target::Tag(name) => name,
+        }
+    }
+
+    /// The purge's `scope` label: `key` or `tag`.
+    pub fn scope(&self) -> PurgeScope {
+        match self {
+            Target::Key(_) => PurgeScope::Key,
+            Target::Tag(_) => PurgeScope::Tag,
+        }
+    }
+}
+
+/// What a purge names: one key, or every entry with a tag (`scope` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeScope {
+    /// `DELETE /items/{key}`.
+    Key,
+    /// `DELETE /tags/{tag}`.
+    Tag,
+}
+
+impl PurgeScope {
+    /// Every scope, for label sets registered at zero.
+    pub const ALL: [PurgeScope; 2] = [PurgeScope::Key, PurgeScope::Tag];
+
+    /// The `scope` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeScope::Key => "key",
+            PurgeScope::Tag => "tag",
+        }
+    }
+
+    /// The scope [`PurgeScope::as_str`] names.
+    pub fn parse(word: &str) -> Option<Self> {
+        PurgeScope::ALL.into_iter().find(|s| s.as_str() == word)
+    }
+}
+
+/// Purge records could not be read or written (the message says why).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("purge records unavailable: {0}")]
+pub struct RecordsUnavailable(pub String);
+
+/// Where purges are recorded with their time, so that a replica that was not listening (its
+/// disk tier outlived a restart or a gap in the feed) can catch up: the handle the disk tier
+/// gets, rather than the Redis tier itself.
+pub trait PurgeRecords: Send + Sync {
+    /// Records `member` (a purge, as the disk's purge log encodes it) at `at_ms`; records older
+    /// than `keep_ms` may go.
+    fn record<'a>(
+        &'a self,
+        member: &'a str,
+        at_ms: u64,
+        keep_ms: u64,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), RecordsUnavailable>>;
+    /// The purges recorded since `since_ms`: `(member, time)`, oldest first.
+    fn since(
+        &self,
+        since_ms: u64,
+    ) -> futures_util::future::BoxFuture<'_, Result<Vec<(String, u64)>, RecordsUnavailable>>;
+}
