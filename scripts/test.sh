@@ -15,6 +15,10 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The module layout: nothing imports upward (docs/architecture.md, the dependency table).
+python3 scripts/check_deps.py --self-test
+python3 scripts/check_deps.py
+
 # Unit and integration tests (real redis-server, origin stub, Prometheus, OTLP receiver).
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast

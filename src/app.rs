@@ -12,7 +12,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::cache::{
     AnyBus, AnyTier, DiskTier, Entry, MemoryTier, PurgeRecords, ReadThrough, RedisBus, RedisClient,
-    RedisTier, Replicas,
+    RedisTier, Replicas, Tier,
 };
 use crate::config::{Config, OriginSource, ServerLimits};
 use crate::http::server::{self, Phase, Server};
@@ -79,22 +79,24 @@ impl Application {
         let mut tiers = Vec::new();
         if let Some(m) = config.cache.memory {
             let memory = MemoryTier::new(m.max_bytes, metrics.clone());
-            metrics.watch_memory_tier(&memory);
+            let (b, e) = (memory.clone(), memory.clone());
+            metrics.watch_memory_tier(move || b.bytes(), move || e.entries());
             tiers.push(AnyTier::Memory(memory));
         }
         let origin_config = &config.origin;
-        let redis = match &config.redis {
-            Some(rc) => {
+        let redis = match (&config.redis, config.fleet) {
+            (Some(rc), Some(lock)) => {
                 let client =
                     RedisClient::new(rc, metrics.clone()).map_err(|e| StartError::Setup(e.to_string()))?;
                 client.start(tasks.clone()).await;
-                metrics.watch_redis(&client);
+                let nodes = client.clone();
+                metrics.watch_redis(move || nodes.nodes_up());
                 let max_entry_bytes = Entry::max_encoded_len(origin_config.max_body_bytes);
                 let tier = RedisTier::new(client.clone(), max_entry_bytes);
                 let bus = AnyBus::Redis(RedisBus::new(client, &rc.key_prefix));
-                Some((tier, bus, rc.fleet))
+                Some((tier, bus, lock))
             }
-            None => None,
+            _ => None,
         };
         if let Some(dc) = &config.cache.disk {
             let life = &config.cache.life;
@@ -103,7 +105,8 @@ impl Application {
                 .as_ref()
                 .map(|(_, bus, _)| Arc::new(bus.clone()) as Arc<dyn PurgeRecords>);
             let disk = DiskTier::new(dc, horizon.as_millis() as u64, records, metrics.clone());
-            metrics.watch_disk_tier(&disk);
+            let up = disk.clone();
+            metrics.watch_disk_tier(move || up.is_up(), disk.layout().capacity);
             disk.start(DISK_OPEN_WAIT, tasks.clone()).await;
             tiers.push(AnyTier::Disk(disk));
         }
@@ -130,7 +133,8 @@ impl Application {
             origin_config.breaker.trip,
             origin_config.breaker.cooldown,
         ));
-        metrics.watch_breaker(breaker.clone());
+        let watched = breaker.clone();
+        metrics.watch_breaker(move || watched.state(std::time::Instant::now()));
         let origin = GuardedOrigin::new(
             origin,
             origin_config.max_concurrency,
@@ -235,9 +239,7 @@ impl Application {
         }
         // What the disk tier still buffers is written, so a restart recovers it.
         for tier in state.cache.tiers() {
-            if let AnyTier::Disk(disk) = tier {
-                disk.close().await;
-            }
+            tier.close().await;
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
-use crate::cache::{FleetLock, Lifetimes};
+use crate::cache::{DiskConfig, FleetLock, Lifetimes, RedisConfig};
 use crate::origin::{TagRules, Trip, UrlTemplate};
 
 /// A setting that cannot be used: start-up stops with this message (exit status 2), so an
@@ -51,6 +51,9 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The shared tier; `None` runs without Redis (and so without fleet-wide locks).
     pub redis: Option<RedisConfig>,
+    /// `FLEET_LOCK_*`: fleet-wide coalescing, which only exists through Redis (`Some` exactly
+    /// when `redis` is).
+    pub fleet: Option<FleetLock>,
     /// Where values come from on a miss, and how the origin is protected.
     pub origin: OriginConfig,
     /// What start-up must tell the operator at `warn` without refusing to start: deprecated
@@ -136,49 +139,11 @@ pub struct CacheConfig {
     pub disk: Option<DiskConfig>,
 }
 
-/// The disk tier's place and bounds: it exists only when `DISK_CACHE_DIR` is set, so a replica
-/// with a local SSD (or a persistent volume) can hold a working set larger than its memory,
-/// and keep it across restarts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskConfig {
-    /// `DISK_CACHE_DIR`: the directory the tier's files live in (created if missing).
-    pub dir: std::path::PathBuf,
-    /// `DISK_CACHE_MAX_BYTES`: bytes of disk the tier may use.
-    pub max_bytes: u64,
-    /// `DISK_CACHE_INDEX_MAX_BYTES`: bound of the tier's in-memory index and write buffers;
-    /// when the disk would hold more entries than that index can track, the disk is used less.
-    pub index_max_bytes: u64,
-    /// `DISK_CACHE_ADMIT_MIN_REQUESTS`: a fill goes to disk only when its key has been asked of
-    /// the disk tier this many times lately (1: every fill), so keys read once do not push
-    /// out the ones read again.
-    pub admit_min_requests: u8,
-}
-
 /// The in-process tier's bound: it exists only when the tier does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryConfig {
     /// `MEMORY_CACHE_MAX_BYTES`: bound in bytes of keys, values and per-entry overhead.
     pub max_bytes: u64,
-}
-
-/// How the service reaches Redis: connection info ready for the redis crate (URLs parsed,
-/// `REDIS_PASSWORD` applied, the TLS CA loaded), so setting the tier up cannot fail on it.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// The one server, or the seed nodes of a cluster (never empty).
-    pub nodes: Vec<ConnectionInfo>,
-    /// `REDIS_CLUSTER`: treat `nodes` as the seed nodes of a Redis Cluster.
-    pub cluster: bool,
-    /// `REDIS_KEY_PREFIX`: namespace of keys, lock keys and the channels, so several services
-    /// can share one Redis.
-    pub key_prefix: String,
-    /// `REDIS_CONNECT_TIMEOUT_MS`: how long one connection attempt may take.
-    pub connect_timeout: Duration,
-    /// `REDIS_RESPONSE_TIMEOUT_MS`: how long one command may take before the request goes on
-    /// without Redis.
-    pub response_timeout: Duration,
-    /// `FLEET_LOCK_*`: fleet-wide coalescing, which only exists through Redis.
-    pub fleet: FleetLock,
 }
 
 /// Where values come from on a miss, and the guard every fetch passes through.
@@ -674,12 +639,20 @@ impl Env {
         let disk = disk_config(env)?;
         let latency = ORIGIN_LATENCY_MS.read(env)?;
         let origin_timeout = ORIGIN_TIMEOUT_MS.read(env)?;
-        if let Some(r) = &redis
-            && r.fleet.ttl < origin_timeout
+        let fleet = match &redis {
+            Some(_) => Some(FleetLock {
+                ttl: FLEET_LOCK_TTL_MS.read(env)?,
+                wait: FLEET_LOCK_WAIT_MS.read(env)?,
+                poll: FLEET_LOCK_POLL_MS.read(env)?,
+            }),
+            None => None,
+        };
+        if let Some(f) = &fleet
+            && f.ttl < origin_timeout
         {
             return Err(invalid(
                 FLEET_LOCK_TTL_MS.name,
-                &r.fleet.ttl.as_millis().to_string(),
+                &f.ttl.as_millis().to_string(),
                 &format!(
                     "at least {} ({} ms), so the lock outlives the fetch it guards",
                     ORIGIN_TIMEOUT_MS.name,
@@ -770,6 +743,7 @@ impl Env {
                 disk,
             },
             redis,
+            fleet,
             origin,
             notices,
         })
@@ -889,11 +863,6 @@ fn redis_config(env: &Env) -> Result<Option<RedisConfig>, ConfigError> {
         key_prefix: REDIS_KEY_PREFIX.read(env)?,
         connect_timeout: REDIS_CONNECT_TIMEOUT_MS.read(env)?,
         response_timeout: REDIS_RESPONSE_TIMEOUT_MS.read(env)?,
-        fleet: FleetLock {
-            ttl: FLEET_LOCK_TTL_MS.read(env)?,
-            wait: FLEET_LOCK_WAIT_MS.read(env)?,
-            poll: FLEET_LOCK_POLL_MS.read(env)?,
-        },
     }))
 }
 
@@ -1554,7 +1523,10 @@ mod tests {
         ];
         assert!(config(&fleet).unwrap().redis.is_none());
         let with_redis = [fleet.as_slice(), &[("REDIS_URL", "redis://r")]].concat();
-        let f = redis(&with_redis).fleet;
+        let f = config(&with_redis)
+            .unwrap()
+            .fleet
+            .expect("fleet settings with Redis");
         assert_eq!(
             (f.ttl, f.wait, f.poll),
             (

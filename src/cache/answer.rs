@@ -1,59 +1,16 @@
 //! What the cache answers for a key, and how it came by it: the outcomes that decide `source`,
 //! `Cache-Status`, span attributes and counters.
 
+pub use super::labels::{CoalesceScope, NotStored, StaleReason};
+
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::coalesce::Abandoned;
 use super::entry::Entry;
-use super::policy::Uncacheable;
 use super::tier::TierName;
 use crate::origin::OriginError;
-
-/// Why a stale entry was served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StaleReason {
-    /// Served at once while a background fetch refreshes it.
-    WhileRevalidate,
-    /// Served because the origin is failing (its circuit is open).
-    IfError,
-}
-
-impl StaleReason {
-    /// Every reason, for label sets registered at zero.
-    pub const ALL: [StaleReason; 2] = [StaleReason::WhileRevalidate, StaleReason::IfError];
-
-    /// The name in `Cache-Status`, metrics and spans.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StaleReason::WhileRevalidate => "stale-while-revalidate",
-            StaleReason::IfError => "stale-if-error",
-        }
-    }
-}
-
-/// Whose fetch a miss waited on, when it was not its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CoalesceScope {
-    /// Another request in this process.
-    Process,
-    /// Another replica, through the fleet lock.
-    Fleet,
-}
-
-impl CoalesceScope {
-    /// Every scope, for label sets registered at zero.
-    pub const ALL: [CoalesceScope; 2] = [CoalesceScope::Process, CoalesceScope::Fleet];
-
-    /// The `scope` label of `cache_coalesced_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CoalesceScope::Process => "process",
-            CoalesceScope::Fleet => "fleet",
-        }
-    }
-}
 
 /// What this cache asked the origin for, as RFC 9211's `fwd` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,35 +19,6 @@ pub enum Forward {
     Miss,
     /// A stored entry was stale and had to be revalidated first (`fwd=stale`).
     Stale,
-}
-
-/// Why a fetched answer is not in any tier: the `detail` of its `Cache-Status`, which then
-/// lacks `stored` (RFC 9211: `stored` says the cache kept the response, and a client or operator
-/// reading it should be able to trust it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotStored {
-    /// The origin forbade storing it (also counted in `cache_uncacheable_total{reason}`).
-    Origin(Uncacheable),
-    /// Every tier declined it: larger than the memory tier, not (yet) admitted to the disk,
-    /// Redis failing or absent, or a 404 while `CACHE_NEGATIVE_TTL_SECS` is 0.
-    Declined,
-    /// A purge of the key, or of one of its tags, overtook the fetch: the writes were undone.
-    Purged,
-}
-
-impl NotStored {
-    /// The reasons that are the cache's own (`cache_not_stored_total{reason}`); the origin's
-    /// are counted in `cache_uncacheable_total`.
-    pub const UNKEPT: [NotStored; 2] = [NotStored::Declined, NotStored::Purged];
-
-    /// The `Cache-Status` detail.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotStored::Origin(reason) => reason.as_str(),
-            NotStored::Declined => "declined",
-            NotStored::Purged => "purged",
-        }
-    }
 }
 
 /// How an answer was produced; decides `source`, `Cache-Status` and the counters.

@@ -8,6 +8,8 @@
 //! numbers, stored in the entry and carried through Redis, with the configured clamps and
 //! caps applied, so the rules are written out here (about as long as the glue would be).
 
+pub use super::labels::Uncacheable;
+
 use std::time::Duration;
 
 use crate::origin::{CacheHeaders, Stated};
@@ -44,40 +46,6 @@ impl Lifetimes {
             honor_origin: true,
             ttl_min: Duration::ZERO,
             ttl_max: None,
-        }
-    }
-}
-
-/// Why an origin answer was not stored (`cache_uncacheable_total{reason}`, and the
-/// `Cache-Status` detail of the answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Uncacheable {
-    /// `Cache-Control: no-store`.
-    NoStore,
-    /// `Cache-Control: private`: for one user, and this is a shared cache.
-    Private,
-    /// `Vary: *`: no later request could match it.
-    VaryAny,
-    /// A status that is not cacheable without explicit freshness (e.g. `201`, `202`).
-    Status,
-}
-
-impl Uncacheable {
-    /// Every reason, for label sets registered at zero.
-    pub const ALL: [Uncacheable; 4] = [
-        Uncacheable::NoStore,
-        Uncacheable::Private,
-        Uncacheable::VaryAny,
-        Uncacheable::Status,
-    ];
-
-    /// The `reason` label and the `Cache-Status` detail.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Uncacheable::NoStore => "no-store",
-            Uncacheable::Private => "private",
-            Uncacheable::VaryAny => "vary-star",
-            Uncacheable::Status => "status",
         }
     }
 }

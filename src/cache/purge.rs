@@ -127,3 +127,21 @@ pub trait PurgeRecords: Send + Sync {
         since_ms: u64,
     ) -> futures_util::future::BoxFuture<'_, Result<Vec<(String, u64)>, RecordsUnavailable>>;
 }
+
+/// Purge records are kept at least this long (ms), a day: an origin may give entries longer
+/// lifetimes than the configured ones, and the tier learns them only as it stores them.
+pub const MIN_HORIZON_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A purge as it is recorded ([`PurgeRecords`]): the member of the sorted set (its score is
+/// the time).
+pub fn encode_record(scope: PurgeScope, mode: PurgeMode, name: &str) -> String {
+    format!("{}\n{}\n{name}", mode.as_str(), scope.as_str())
+}
+
+/// The purge a sorted-set member names; `None` for a member this release cannot read.
+pub fn decode_record(member: &str) -> Option<(PurgeScope, PurgeMode, &str)> {
+    let mut parts = member.splitn(3, '\n');
+    let mode = PurgeMode::parse(parts.next()?)?;
+    let scope = PurgeScope::parse(parts.next()?)?;
+    Some((scope, mode, parts.next()?))
+}

@@ -4,6 +4,7 @@ mod batch;
 mod conditional;
 mod headers;
 mod items;
+pub(crate) mod labels;
 mod ops;
 mod route;
 pub mod server;
@@ -26,7 +27,8 @@ use crate::error::AppError;
 use crate::telemetry::Metrics;
 
 pub use headers::HeaderTables;
-pub use route::{Counted, CountedFuture, Route, StatusClass};
+pub use labels::{Route, StatusClass};
+pub use route::{Counted, CountedFuture};
 
 /// What every handler shares; built once by [`crate::Application::build`].
 pub struct AppState {

@@ -11,7 +11,7 @@ use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 
 use super::AppState;
-use crate::cache::{AnyTier, Tier, TierName};
+use crate::cache::{Tier, TierHealth, TierName};
 use crate::error::AppError;
 use crate::origin::BreakerState;
 
@@ -24,19 +24,10 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let mut degraded = false;
     let mut redis_nodes = None;
     for tier in state.cache.tiers() {
-        let status = match tier {
-            AnyTier::Memory(_) => "ok",
-            AnyTier::Disk(d) if d.is_up() => "ok",
-            AnyTier::Disk(_) => "down",
-            AnyTier::Redis(r) => {
-                let h = r.client().health();
-                redis_nodes = Some(json!({ "total": h.nodes, "down": h.down }));
-                match h.as_str() {
-                    "ok" if r.client().writes_failing() => "write_failing",
-                    other => other,
-                }
-            }
-        };
+        let TierHealth { status, nodes } = tier.health();
+        if let Some((total, down)) = nodes {
+            redis_nodes = Some(json!({ "total": total, "down": down }));
+        }
         degraded |= status != "ok";
         tiers.insert(tier.name().as_str().to_owned(), json!(status));
     }

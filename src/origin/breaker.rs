@@ -10,32 +10,11 @@
 //! one broken key again and again is one failure), so one client cannot open the circuit for
 //! everyone.
 
+use super::labels::BreakerState;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// The breaker's state, as the `origin_breaker_state` gauge shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed,
-    /// Calls are refused until the cool-down ends.
-    Open,
-    /// One probe is in flight; its outcome closes or reopens the circuit.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// The gauge value: 0 closed, 1 open, 2 half-open.
-    pub fn as_gauge(self) -> u64 {
-        match self {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
-        }
-    }
-}
 
 /// How many slices the window is cut into: outcomes older than the window leave it a slice at a
 /// time, so the window is exact to 1/`SLICES` of its length.

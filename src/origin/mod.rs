@@ -5,6 +5,7 @@ mod breaker;
 mod cache_headers;
 mod guard;
 mod http;
+pub(crate) mod labels;
 mod simulated;
 
 use std::future::Future;
@@ -12,13 +13,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use breaker::{Breaker, BreakerState, FailureTicket, Trip};
+pub use breaker::{Breaker, FailureTicket, Trip};
 pub use cache_headers::{
     CacheHeaders, Directives, MAX_DELTA_SECONDS, MAX_VALIDATOR_BYTES, Stated, TagRules, Validators,
     delta_seconds, http_date_ms,
 };
 pub use guard::GuardedOrigin;
 pub use http::{HttpOrigin, UrlTemplate};
+pub use labels::{BreakerState, OriginOutcome};
 pub use simulated::SimulatedOrigin;
 
 /// What the origin said about a key, with what its headers said about caching it.
@@ -106,58 +108,6 @@ impl OriginError {
     }
 }
 
-/// How one origin fetch ended: the `outcome` of `origin_requests_total` and the fetch span's
-/// `origin.outcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OriginOutcome {
-    /// A value.
-    Ok,
-    /// A 404 or 410.
-    NotFound,
-    /// A `304` to a conditional refresh: the stored value holds, no body travelled.
-    NotModified,
-    /// Any other failure at the origin.
-    Error,
-    /// No answer within `ORIGIN_TIMEOUT_MS`.
-    Timeout,
-    /// Not sent: the circuit is open, or `ORIGIN_MAX_CONCURRENCY` fetches are in flight.
-    Rejected,
-}
-
-impl OriginOutcome {
-    /// Every outcome, for label sets registered at zero.
-    pub const ALL: [OriginOutcome; 6] = [
-        OriginOutcome::Ok,
-        OriginOutcome::NotFound,
-        OriginOutcome::NotModified,
-        OriginOutcome::Error,
-        OriginOutcome::Timeout,
-        OriginOutcome::Rejected,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OriginOutcome::Ok => "ok",
-            OriginOutcome::NotFound => "not_found",
-            OriginOutcome::NotModified => "not_modified",
-            OriginOutcome::Error => "error",
-            OriginOutcome::Timeout => "timeout",
-            OriginOutcome::Rejected => "rejected",
-        }
-    }
-
-    /// The outcome of a fetch's result.
-    pub fn of(result: &Result<Fetched, OriginError>) -> OriginOutcome {
-        match result {
-            Ok(Fetched::Value(..)) => OriginOutcome::Ok,
-            Ok(Fetched::NotFound(_)) => OriginOutcome::NotFound,
-            Ok(Fetched::NotModified(_)) => OriginOutcome::NotModified,
-            Err(e) => e.outcome(),
-        }
-    }
-}
-
 /// A source of values. `fetch` is called at most once per key at a time per process. The seam
 /// the cache is generic over: the service plugs in [`AnyOrigin`], unit tests an origin they gate
 /// and count.
@@ -191,6 +141,18 @@ impl Origin for AnyOrigin {
         match self {
             AnyOrigin::Simulated(o) => o.fetch(key, traceparent, validators).await,
             AnyOrigin::Http(o) => o.fetch(key, traceparent, validators).await,
+        }
+    }
+}
+
+impl OriginOutcome {
+    /// The outcome of a fetch's result.
+    pub fn of(result: &Result<Fetched, OriginError>) -> OriginOutcome {
+        match result {
+            Ok(Fetched::Value(..)) => OriginOutcome::Ok,
+            Ok(Fetched::NotFound(_)) => OriginOutcome::NotFound,
+            Ok(Fetched::NotModified(_)) => OriginOutcome::NotModified,
+            Err(e) => e.outcome(),
         }
     }
 }

@@ -7,17 +7,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider};
 
-use crate::cache::{
-    CoalesceScope, Coding, DiskOp, DiskTier, DropReason, EvictionCause, MemoryTier, NotStored, PurgeMode,
-    PurgeScope, PurgeSource, RedisClient, RedisOp, StaleReason, TierName, Uncacheable,
+use crate::cache::labels::{
+    CoalesceScope, DiskOp, DropReason, EvictionCause, NotStored, RedisOp, StaleReason, TierName, Uncacheable,
 };
-use crate::http::{Route, StatusClass};
-use crate::origin::{Breaker, OriginOutcome};
+use crate::cache::{Coding, PurgeMode, PurgeScope, PurgeSource};
+use crate::http::labels::{Route, StatusClass};
+use crate::origin::labels::{BreakerState, OriginOutcome};
 
 /// Buckets (seconds) that resolve sub-millisecond hits as well as 200 ms origin fetches.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -383,29 +383,33 @@ impl Metrics {
         Self::new(provider.meter("cache-layer"))
     }
 
-    /// Reports the memory tier's size as `memory_cache_bytes` and `memory_cache_entries`.
-    pub fn watch_memory_tier(&self, tier: &MemoryTier) {
-        let (bytes, entries) = (tier.clone(), tier.clone());
+    /// Reports the memory tier's size as `memory_cache_bytes` and `memory_cache_entries`, read
+    /// through `bytes` and `entries` at each collection (closures, so that the registry need not
+    /// know the tier).
+    pub fn watch_memory_tier(
+        &self,
+        bytes: impl Fn() -> u64 + Send + Sync + 'static,
+        entries: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
         self.gauge(
             "memory_cache_bytes",
             "Bytes held by the memory tier (keys, values, overhead).",
-            move || bytes.bytes(),
+            bytes,
         );
         self.gauge(
             "memory_cache_entries",
             "Entries held by the memory tier.",
-            move || entries.entries(),
+            entries,
         );
     }
 
-    /// Reports the disk tier as `disk_cache_up` and `disk_cache_capacity_bytes`.
-    pub fn watch_disk_tier(&self, tier: &DiskTier) {
-        let up = tier.clone();
-        let capacity = tier.layout().capacity;
+    /// Reports the disk tier as `disk_cache_up` (read through `up`) and
+    /// `disk_cache_capacity_bytes`.
+    pub fn watch_disk_tier(&self, up: impl Fn() -> bool + Send + Sync + 'static, capacity: u64) {
         self.gauge(
             "disk_cache_up",
             "1 while the disk tier works, 0 while it is down.",
-            move || u64::from(up.is_up()),
+            move || u64::from(up()),
         );
         self.gauge(
             "disk_cache_capacity_bytes",
@@ -416,26 +420,25 @@ impl Metrics {
 
     /// Reports each Redis node (the one server, or every master of a cluster, as the slot map
     /// has them now) as `redis_node_up{node="host:port"}`: 1 up, 0 down.
-    pub fn watch_redis(&self, tier: &RedisClient) {
-        let tier = tier.clone();
+    pub fn watch_redis(&self, nodes_up: impl Fn() -> Vec<(String, bool)> + Send + Sync + 'static) {
         let _gauge = self
             .meter
             .u64_observable_gauge("redis_node_up")
             .with_description("1 while the Redis node answers its health pings, 0 while it does not.")
             .with_callback(move |observer| {
-                for (node, up) in tier.nodes_up() {
+                for (node, up) in nodes_up() {
                     observer.observe(u64::from(up), &[KeyValue::new("node", node)]);
                 }
             })
             .build();
     }
 
-    /// Reports the origin circuit as `origin_breaker_state`.
-    pub fn watch_breaker(&self, breaker: Arc<Breaker>) {
+    /// Reports the origin circuit as `origin_breaker_state`, read through `state`.
+    pub fn watch_breaker(&self, state: impl Fn() -> BreakerState + Send + Sync + 'static) {
         self.gauge(
             "origin_breaker_state",
             "The origin circuit: 0 closed, 1 open, 2 half-open.",
-            move || breaker.state(Instant::now()).as_gauge(),
+            move || state().as_gauge(),
         );
     }
 

@@ -7,11 +7,21 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use std::future::Future;
+
 use super::Fleet;
 use super::bus::{AnyBus, Channel, MessageBus};
-use crate::cache::ReadThrough;
 use crate::cache::purge::{PurgeMode, Target};
-use crate::origin::Origin;
+
+/// What a replica does with what the others tell it: the listener's seam, so the fleet
+/// protocol knows nothing of the read-through that implements it.
+pub trait RemotePurges: Send + Sync + 'static {
+    /// Applies a purge another replica took (a replica's own purges come back too: skip them).
+    fn apply_remote(&self, purge: &Invalidation) -> impl Future<Output = ()> + Send;
+    /// The subscription was (re)made after a gap in which purges may have been missed: forget
+    /// what this replica's own tiers hold.
+    fn caught_up(&self);
+}
 
 /// A purge as replicas tell each other about it.
 ///
@@ -64,8 +74,8 @@ impl Invalidation {
 /// drops: purges from other replicas and fleet locks let go. Each (re)subscription clears this
 /// replica's own tiers: purges published while it was not listening must not leave it serving
 /// purged values.
-pub fn spawn_listener<O: Origin>(
-    cache: ReadThrough<O>,
+pub fn spawn_listener<R: RemotePurges>(
+    cache: R,
     bus: AnyBus,
     fleet: Option<Fleet>,
     shutdown: CancellationToken,
@@ -77,13 +87,13 @@ pub fn spawn_listener<O: Origin>(
     });
 }
 
-async fn listen<O: Origin>(cache: &ReadThrough<O>, bus: &AnyBus, fleet: Option<&Fleet>) {
+async fn listen<R: RemotePurges>(cache: &R, bus: &AnyBus, fleet: Option<&Fleet>) {
     loop {
         let Ok(mut subscription) = bus.subscribe().await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        cache.clear_own_tiers();
+        cache.caught_up();
         tracing::info!("listening for purges and fills from other replicas");
         // A hung node keeps the socket open but delivers nothing: move when the pings say it
         // is down.

@@ -21,7 +21,8 @@ use tokio::time::Instant;
 
 use self::bus::{AnyBus, Channel, MessageBus};
 use crate::cache::entry::{Entry, Freshness, now_ms};
-use crate::cache::tier::{AnyTier, Tier};
+use crate::cache::tier::Tier;
+use crate::cache::tier::any::AnyTier;
 
 /// Marks a fill message whose fetch may not be stored. Keys never hold control characters, so
 /// no key starts with it; a release that does not know it finds no waiter for such a "key" and

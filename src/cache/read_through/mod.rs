@@ -27,6 +27,7 @@ use crate::cache::{
 use crate::origin::{AnyOrigin, BreakerState, FailureTicket, GuardedOrigin, Origin};
 use crate::telemetry::Metrics;
 
+pub use self::purge::PurgeIncomplete;
 use self::purge::TagPurges;
 
 /// Keys of a batch looked up in the tiers together: one round trip per tier per window, and no
@@ -75,12 +76,6 @@ enum Outcome {
 
 /// A stale entry found by a lookup, and the tier it was in: a refresh revalidates it.
 type Previous = Option<(Arc<Entry>, TierName)>;
-
-/// A purge was applied here but did not reach Redis or the other replicas (Redis is down): the
-/// caller should retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the purge was applied here only: Redis and the other replicas still hold the key")]
-pub struct PurgeIncomplete;
 
 /// The read-through cache over an ordered list of tiers, in front of an origin. Cheap to clone.
 pub struct ReadThrough<O = AnyOrigin> {

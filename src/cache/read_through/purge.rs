@@ -4,13 +4,20 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::fleet::bus::{Channel, MessageBus};
-use crate::cache::purge::PurgeRecords;
+use crate::cache::fleet::listener::RemotePurges;
+use crate::cache::purge::{MIN_HORIZON_MS, PurgeRecords, encode_record};
 use crate::cache::{
     AnyTier, Invalidation, PurgeMode, PurgeSource, Target, Tier, TierError, TierName, now_ms,
 };
 use crate::origin::Origin;
 
-use super::{PurgeIncomplete, ReadThrough};
+use super::ReadThrough;
+
+/// A purge was applied here but did not reach Redis or the other replicas (Redis is down): the
+/// caller should retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the purge was applied here only: Redis and the other replicas still hold the key")]
+pub struct PurgeIncomplete;
 
 impl<O: Origin> ReadThrough<O> {
     /// Purges `key` from every tier here and, through Redis, on every replica. An error means
@@ -60,8 +67,7 @@ impl<O: Origin> ReadThrough<O> {
             .invalidated(mode, PurgeSource::Local, target.scope());
         if let Some(bus) = &inner.bus {
             // Recorded for the replicas that miss the message (their disk tier checks it).
-            let member =
-                crate::cache::tier::disk::purge_log::encode_record(target.scope(), mode, target.name());
+            let member = encode_record(target.scope(), mode, target.name());
             reached_all &= bus
                 .record(&member, now, self.purge_record_keep_ms())
                 .await
@@ -108,9 +114,7 @@ impl<O: Origin> ReadThrough<O> {
     /// whose entries outlive a restart), before the tiers themselves are purged.
     pub(super) fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) {
         for tier in &self.inner.tiers {
-            if let AnyTier::Disk(disk) = tier {
-                disk.note_purge(target.scope(), target.name(), mode, at_ms);
-            }
+            tier.note_purge(target, mode, at_ms);
         }
     }
 
@@ -124,19 +128,14 @@ impl<O: Origin> ReadThrough<O> {
             .inner
             .tiers
             .iter()
-            .filter_map(|t| match t {
-                AnyTier::Disk(disk) => Some(disk.purge_horizon_ms()),
-                _ => None,
-            })
+            .filter_map(|t| t.purge_horizon_ms())
             .max()
             .unwrap_or(0);
-        configured
-            .max(stored)
-            .max(crate::cache::tier::disk::MIN_HORIZON_MS)
+        configured.max(stored).max(MIN_HORIZON_MS)
     }
 
     /// Forgets what this replica's own tiers hold (after a gap in the purge feed).
-    pub(crate) fn clear_own_tiers(&self) {
+    fn clear_own_tiers(&self) {
         for tier in &self.inner.tiers {
             tier.clear_own();
         }
@@ -195,5 +194,15 @@ impl TagPurges {
         }
         let last = self.lock();
         tags.iter().any(|t| last.get(t).is_some_and(|at| *at >= since_ms))
+    }
+}
+
+impl<O: Origin> RemotePurges for ReadThrough<O> {
+    async fn apply_remote(&self, purge: &Invalidation) {
+        ReadThrough::apply_remote(self, purge).await
+    }
+
+    fn caught_up(&self) {
+        self.clear_own_tiers()
     }
 }

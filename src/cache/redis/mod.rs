@@ -12,6 +12,8 @@
 //! every master over a fresh connection of its own, and rebuilds a node's command connection when
 //! commands keep failing on a node that answers pings (a wedged connection), with backoff.
 
+pub use crate::cache::labels::RedisOp;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -23,7 +25,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::entry::now_ms;
-use crate::config::RedisConfig;
 use crate::telemetry::Metrics;
 
 /// Bumped when the stored format changes, so old and new releases can share one Redis.
@@ -54,6 +55,24 @@ const REBUILD_MIN_MS: u64 = 500;
 
 const REBUILD_MAX_MS: u64 = 30_000;
 
+/// How the service reaches Redis: connection info ready for the redis crate (URLs parsed,
+/// `REDIS_PASSWORD` applied, the TLS CA loaded), so setting the tier up cannot fail on it.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The one server, or the seed nodes of a cluster (never empty).
+    pub nodes: Vec<ConnectionInfo>,
+    /// `REDIS_CLUSTER`: treat `nodes` as the seed nodes of a Redis Cluster.
+    pub cluster: bool,
+    /// `REDIS_KEY_PREFIX`: namespace of keys, lock keys and the channels, so several services
+    /// can share one Redis.
+    pub key_prefix: String,
+    /// `REDIS_CONNECT_TIMEOUT_MS`: how long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// `REDIS_RESPONSE_TIMEOUT_MS`: how long one command may take before the request goes on
+    /// without Redis.
+    pub response_timeout: Duration,
+}
+
 /// The Redis client; cheap to clone (all state is shared).
 #[derive(Clone)]
 pub struct RedisClient {
@@ -75,52 +94,6 @@ pub enum CommandError {
     /// The node answered and refused the command (e.g. at `maxmemory` with `noeviction`).
     #[error("redis refused: {0}")]
     Refused(String),
-}
-
-/// The Redis operations whose failures `redis_errors_total` counts, by `operation`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RedisOp {
-    /// Reading an entry.
-    Get,
-    /// Storing an entry.
-    Set,
-    /// Removing an entry.
-    Del,
-    /// Publishing a purge or a fill.
-    Publish,
-    /// Opening the pub/sub connection.
-    Subscribe,
-    /// Taking, looking at or releasing a fleet lock.
-    Lock,
-    /// A health ping that failed: counted while Redis is down, so an outage shows as a rising
-    /// error rate that can be alerted on.
-    Ping,
-}
-
-impl RedisOp {
-    /// Every operation, for label sets registered at zero.
-    pub const ALL: [RedisOp; 7] = [
-        RedisOp::Get,
-        RedisOp::Set,
-        RedisOp::Del,
-        RedisOp::Publish,
-        RedisOp::Subscribe,
-        RedisOp::Lock,
-        RedisOp::Ping,
-    ];
-
-    /// The `operation` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RedisOp::Get => "get",
-            RedisOp::Set => "set",
-            RedisOp::Del => "del",
-            RedisOp::Publish => "publish",
-            RedisOp::Subscribe => "subscribe",
-            RedisOp::Lock => "lock",
-            RedisOp::Ping => "ping",
-        }
-    }
 }
 
 /// How much of Redis answers: `/health` reports it.

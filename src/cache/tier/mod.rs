@@ -1,42 +1,17 @@
 //! The seam every cache tier sits behind, and the closed set of tiers the service has.
 
+pub(crate) mod any;
 pub(crate) mod disk;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
+pub use crate::cache::labels::TierName;
+
 use std::future::Future;
 use std::sync::Arc;
 
-use self::disk::DiskTier;
-use self::memory::MemoryTier;
-use self::redis::RedisTier;
 use super::entry::Entry;
-use crate::cache::purge::PurgeMode;
-
-/// Which tier; the same strings name it in metrics, spans, `Cache-Status` and `/health`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TierName {
-    /// The in-process tier.
-    Memory,
-    /// The local disk tier.
-    Disk,
-    /// The shared Redis tier.
-    Redis,
-}
-
-impl TierName {
-    /// Every tier, for label sets registered at zero.
-    pub const ALL: [TierName; 3] = [TierName::Memory, TierName::Disk, TierName::Redis];
-
-    /// The name as it appears outside the code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TierName::Memory => "memory",
-            TierName::Disk => "disk",
-            TierName::Redis => "redis",
-        }
-    }
-}
+use crate::cache::purge::{PurgeMode, Target};
 
 /// Why a tier could not answer; the request goes on without it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -131,76 +106,38 @@ pub trait Tier: Send + Sync {
     /// Forgets every entry this replica holds on its own, after a gap in the purge feed (purges
     /// may have been missed). A shared tier keeps its entries: the purges were applied to it.
     fn clear_own(&self) {}
+    /// Notes a purge applied here at `at_ms`, before it is applied, in a tier whose entries
+    /// outlive this process (the disk tier keeps a log of them); others keep nothing.
+    fn note_purge(&self, _target: &Target, _mode: PurgeMode, _at_ms: u64) {}
+    /// How long the tier has kept an entry at most (ms), when it may outlive the configured
+    /// lifetimes (the disk tier, across restarts): purge records must live that long.
+    fn purge_horizon_ms(&self) -> Option<u64> {
+        None
+    }
+    /// How the tier is doing, for `/health`.
+    fn health(&self) -> TierHealth {
+        TierHealth::default()
+    }
+    /// Writes out what the tier buffers before the process ends (its tasks are done by then).
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
-/// One of the service's tiers: an enum rather than `dyn Tier`, so a lookup costs no boxed future.
-#[derive(Clone)]
-pub enum AnyTier {
-    /// The in-process tier.
-    Memory(MemoryTier),
-    /// The local disk tier.
-    Disk(DiskTier),
-    /// The shared Redis tier.
-    Redis(RedisTier),
+/// A tier's state as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierHealth {
+    /// `ok`, `down`, `degraded` (some of its nodes down) or `write_failing`.
+    pub status: &'static str,
+    /// Of a tier spread over nodes (Redis): how many, and how many are down.
+    pub nodes: Option<(usize, usize)>,
 }
 
-/// Calls `$call` on whichever tier `$tier` is.
-macro_rules! each {
-    ($tier:expr, $t:ident => $call:expr) => {
-        match $tier {
-            AnyTier::Memory($t) => $call,
-            AnyTier::Disk($t) => $call,
-            AnyTier::Redis($t) => $call,
+impl Default for TierHealth {
+    fn default() -> Self {
+        TierHealth {
+            status: "ok",
+            nodes: None,
         }
-    };
-}
-
-impl Tier for AnyTier {
-    fn name(&self) -> TierName {
-        each!(self, t => t.name())
-    }
-
-    fn shared(&self) -> bool {
-        each!(self, t => t.shared())
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
-        each!(self, t => t.get(key).await)
-    }
-
-    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Arc<Entry>>, TierError>> {
-        each!(self, t => t.get_many(keys).await)
-    }
-
-    fn get_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
-        each!(self, t => t.get_now(key))
-    }
-
-    fn reweigh(&self, key: &str, entry: &Arc<Entry>) {
-        each!(self, t => t.reweigh(key, entry))
-    }
-
-    async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
-        each!(self, t => t.put(key, entry).await)
-    }
-
-    async fn remove(&self, key: &str) -> Result<(), TierError> {
-        each!(self, t => t.remove(key).await)
-    }
-
-    async fn mark_stale(&self, key: &str, now_ms: u64) -> Result<(), TierError> {
-        each!(self, t => t.mark_stale(key, now_ms).await)
-    }
-
-    fn clear_own(&self) {
-        each!(self, t => t.clear_own())
-    }
-
-    async fn purge(&self, key: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
-        each!(self, t => t.purge(key, mode, now_ms).await)
-    }
-
-    async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
-        each!(self, t => t.purge_tag(tag, mode, now_ms).await)
     }
 }

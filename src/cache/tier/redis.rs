@@ -11,7 +11,7 @@ use redis::Value;
 use crate::cache::entry::{Entry, now_ms};
 use crate::cache::purge::PurgeMode;
 use crate::cache::redis::{CommandError, Node, RedisClient, RedisOp, as_int, key_slot};
-use crate::cache::tier::{Tier, TierError, TierName};
+use crate::cache::tier::{Tier, TierError, TierHealth, TierName};
 
 /// The first read of an entry takes at most this many bytes (with the value's length).
 const FIRST_READ_BYTES: usize = 64 * 1024;
@@ -371,6 +371,17 @@ fn servable(key: &str, bytes: &[u8]) -> Option<Arc<Entry>> {
 impl Tier for RedisTier {
     fn name(&self) -> TierName {
         TierName::Redis
+    }
+
+    fn health(&self) -> TierHealth {
+        let h = self.client.health();
+        TierHealth {
+            status: match h.as_str() {
+                "ok" if self.client.writes_failing() => "write_failing",
+                other => other,
+            },
+            nodes: Some((h.nodes, h.down)),
+        }
     }
 
     fn shared(&self) -> bool {

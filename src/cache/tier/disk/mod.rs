@@ -23,6 +23,8 @@
 //! probe every [`PROBE_EVERY`] writes and reads a small file; while the tier is down it tries
 //! to open it again, as the Redis tier reconnects.
 
+pub use crate::cache::labels::{DiskOp, DropReason};
+
 pub(crate) mod bucket;
 pub(crate) mod purge_log;
 
@@ -42,10 +44,9 @@ use self::bucket::Bucket;
 use self::purge_log::{PurgeLog, RECORD_BYTES, Verdict};
 use crate::cache::entry::{Entry, now_ms};
 use crate::cache::purge::PurgeRecords;
-use crate::cache::purge::{PurgeMode, PurgeScope};
+use crate::cache::purge::{MIN_HORIZON_MS, PurgeMode, PurgeScope, Target, decode_record};
 use crate::cache::sketch::{self, Sketch};
-use crate::cache::tier::{Tier, TierError, TierName};
-use crate::config::DiskConfig;
+use crate::cache::tier::{Tier, TierError, TierHealth, TierName};
 use crate::telemetry::Metrics;
 
 /// How often the disk is probed (and, while it is down, opened again).
@@ -93,60 +94,6 @@ const PROBE_FILE: &str = ".cache-layer-probe";
 
 /// The file purges are appended to, beside foyer's files: one JSON array per line.
 const PURGE_FILE: &str = "cache-layer-purges.jsonl";
-
-/// Purge records are kept at least this long (ms), a day: an origin may give entries longer
-/// lifetimes than the configured ones, and the tier learns them only as it stores them.
-pub const MIN_HORIZON_MS: u64 = 24 * 60 * 60 * 1000;
-
-/// The disk operations whose failures `disk_errors_total` counts, by `operation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskOp {
-    /// Opening (and recovering) the tier's files.
-    Open,
-    /// Reading an entry (a file that cannot be decoded included).
-    Read,
-    /// Writing an entry.
-    Write,
-    /// The periodic write-and-read probe.
-    Probe,
-}
-
-impl DiskOp {
-    /// Every operation, for label sets registered at zero.
-    pub const ALL: [DiskOp; 4] = [DiskOp::Open, DiskOp::Read, DiskOp::Write, DiskOp::Probe];
-
-    /// The `operation` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiskOp::Open => "open",
-            DiskOp::Read => "read",
-            DiskOp::Write => "write",
-            DiskOp::Probe => "probe",
-        }
-    }
-}
-
-/// Why an entry read from disk was dropped (`disk_cache_dropped_total`, by `reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// Past its stale window.
-    Expired,
-    /// Fetched before a hard purge that matches it.
-    Purged,
-}
-
-impl DropReason {
-    /// Every reason, for label sets registered at zero.
-    pub const ALL: [DropReason; 2] = [DropReason::Expired, DropReason::Purged];
-
-    /// The `reason` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Expired => "expired",
-            DropReason::Purged => "purged",
-        }
-    }
-}
 
 /// foyer's hybrid cache, used for its disk store only.
 type Store = HybridCache<String, Vec<u8>>;
@@ -247,6 +194,24 @@ impl Layout {
             buckets,
         }
     }
+}
+
+/// The disk tier's place and bounds: it exists only when `DISK_CACHE_DIR` is set, so a replica
+/// with a local SSD (or a persistent volume) can hold a working set larger than its memory,
+/// and keep it across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// `DISK_CACHE_DIR`: the directory the tier's files live in (created if missing).
+    pub dir: std::path::PathBuf,
+    /// `DISK_CACHE_MAX_BYTES`: bytes of disk the tier may use.
+    pub max_bytes: u64,
+    /// `DISK_CACHE_INDEX_MAX_BYTES`: bound of the tier's in-memory index and write buffers;
+    /// when the disk would hold more entries than that index can track, the disk is used less.
+    pub index_max_bytes: u64,
+    /// `DISK_CACHE_ADMIT_MIN_REQUESTS`: a fill goes to disk only when its key has been asked of
+    /// the disk tier this many times lately (1: every fill), so keys read once do not push
+    /// out the ones read again.
+    pub admit_min_requests: u8,
 }
 
 /// The disk tier. Cheap to clone.
@@ -436,7 +401,7 @@ impl DiskTier {
         match records.since(since).await {
             Ok(records) => {
                 for (member, at) in &records {
-                    if let Some((scope, mode, name)) = purge_log::decode_record(member) {
+                    if let Some((scope, mode, name)) = decode_record(member) {
                         inner.log.record(scope, name, mode, *at);
                     }
                 }
@@ -797,6 +762,25 @@ async fn probe_dir(dir: &Path) -> Result<(), String> {
 impl Tier for DiskTier {
     fn name(&self) -> TierName {
         TierName::Disk
+    }
+
+    fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) {
+        DiskTier::note_purge(self, target.scope(), target.name(), mode, at_ms)
+    }
+
+    fn purge_horizon_ms(&self) -> Option<u64> {
+        Some(DiskTier::purge_horizon_ms(self))
+    }
+
+    fn health(&self) -> TierHealth {
+        TierHealth {
+            status: if self.is_up() { "ok" } else { "down" },
+            nodes: None,
+        }
+    }
+
+    async fn close(&self) {
+        DiskTier::close(self).await
     }
 
     fn shared(&self) -> bool {

@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cache::purge::{PurgeMode, PurgeScope};
+#[cfg(test)]
+use crate::cache::purge::{decode_record, encode_record};
 
 /// What a purge record says about an entry fetched at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,19 +177,6 @@ impl PurgeLog {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// A purge as Redis keeps it: the member of the sorted set (its score is the time).
-pub fn encode_record(scope: PurgeScope, mode: PurgeMode, name: &str) -> String {
-    format!("{}\n{}\n{name}", mode.as_str(), scope.as_str())
-}
-
-/// The purge a sorted-set member names; `None` for a member this release cannot read.
-pub fn decode_record(member: &str) -> Option<(PurgeScope, PurgeMode, &str)> {
-    let mut parts = member.splitn(3, '\n');
-    let mode = PurgeMode::parse(parts.next()?)?;
-    let scope = PurgeScope::parse(parts.next()?)?;
-    Some((scope, mode, parts.next()?))
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 
 mod eviction;
 
+pub use crate::cache::labels::EvictionCause;
+
 use std::cell::Cell;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::{Deref, DerefMut};
@@ -79,28 +81,6 @@ impl State {
     /// an entry living longer is left to reads and evictions).
     fn until(&self, ms: u64) -> u32 {
         ms.saturating_sub(self.epoch_ms).min(u64::from(NEVER - 1)) as u32
-    }
-}
-
-/// Why the memory tier let an entry go on its own (purges and replacements are not counted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvictionCause {
-    /// Room was needed for newer entries (`MEMORY_CACHE_MAX_BYTES`).
-    Size,
-    /// The entry was past its stale window.
-    Expired,
-}
-
-impl EvictionCause {
-    /// Every cause, for label sets registered at zero.
-    pub const ALL: [EvictionCause; 2] = [EvictionCause::Size, EvictionCause::Expired];
-
-    /// The `cause` label of `cache_evictions_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EvictionCause::Size => "size",
-            EvictionCause::Expired => "expired",
-        }
     }
 }
 
