@@ -1,7 +1,6 @@
 //! A cached answer and the times that govern it: fresh until, servable stale until.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderValue;
@@ -24,12 +23,11 @@ pub const ENTRY_OVERHEAD_BYTES: usize = 480;
 const CACHE_SUFFIX: &[u8] = br#","source":"cache"}"#;
 const ORIGIN_SUFFIX: &[u8] = br#","source":"origin"}"#;
 
-/// Milliseconds since the Unix epoch: entries are shared across processes through Redis, so their
-/// times are wall-clock times, not `Instant`s.
+/// Milliseconds since the Unix epoch by the system clock: entries are shared across processes
+/// through Redis, so their times are wall-clock times, not `Instant`s. (The read-through and the
+/// memory tier read a [`Clock`](super::clock::Clock) instead, which tests may move by hand.)
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    super::clock::system_now_ms()
 }
 
 /// One cached answer for one key: a value, or the origin's "not found".

@@ -16,6 +16,7 @@
 //! Everything a caller needs is re-exported here.
 
 mod answer;
+mod clock;
 mod coalesce;
 mod encoding;
 mod entry;
@@ -31,6 +32,7 @@ mod tier;
 pub use answer::{
     Answer, AnswerKind, CacheError, CoalesceScope, FetchedBody, Forward, NotStored, StaleReason,
 };
+pub use clock::Clock;
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use encoding::{Coding, Compressions, INLINE_COMPRESS_BYTES};
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, now_ms};

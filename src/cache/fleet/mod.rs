@@ -20,7 +20,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use self::bus::{AnyBus, Channel, MessageBus};
-use crate::cache::entry::{Entry, Freshness, now_ms};
+use crate::cache::clock::Clock;
+use crate::cache::entry::{Entry, Freshness};
 use crate::cache::tier::Tier;
 use crate::cache::tier::any::AnyTier;
 
@@ -65,6 +66,8 @@ pub struct Fleet {
     waiters: Arc<FleetWaiters>,
     /// This process's name, the stem of its lock tokens.
     instance: Arc<str>,
+    /// What "now" is when a value from another replica is judged fresh.
+    clock: Clock,
 }
 
 /// What a replica about to fetch a key should do.
@@ -91,9 +94,11 @@ enum Wait {
 }
 
 impl Fleet {
-    /// The protocol among `replicas` for the process named `instance`.
-    pub fn new(replicas: &Replicas, instance: Arc<str>) -> Self {
+    /// The protocol among `replicas` for the process named `instance`, freshness judged by
+    /// `clock`.
+    pub fn new(replicas: &Replicas, instance: Arc<str>, clock: Clock) -> Self {
         Fleet {
+            clock,
             bus: replicas.bus.clone(),
             shared: replicas.shared.clone(),
             settings: replicas.lock,
@@ -140,7 +145,7 @@ impl Fleet {
             .await
             .ok()
             .flatten()
-            .filter(|e| matches!(e.freshness(now_ms()), Freshness::Fresh { .. }))
+            .filter(|e| matches!(e.freshness(self.clock.now_ms()), Freshness::Fresh { .. }))
     }
 
     /// Wakes this process's waiter for the key of a message on the fill channel: the replica

@@ -9,7 +9,7 @@ use tracing::{Instrument, Span};
 
 use crate::cache::fleet::{Held, Turn};
 use crate::cache::{
-    Answer, AnswerKind, CacheError, CoalesceScope, Entry, Forward, NotStored, Role, Tier, Uncacheable, now_ms,
+    Answer, AnswerKind, CacheError, CoalesceScope, Entry, Forward, NotStored, Role, Tier, Uncacheable,
 };
 use crate::origin::{Fetched, Origin, OriginError};
 use crate::telemetry::{self, TRACE_TARGET};
@@ -62,7 +62,7 @@ impl<O: Origin> ReadThrough<O> {
         Ok(Answer {
             entry: fetch.entry,
             kind,
-            now_ms: now_ms(),
+            now_ms: self.now_ms(),
             fetched,
         })
     }
@@ -90,7 +90,7 @@ impl<O: Origin> ReadThrough<O> {
             };
             let fence = Fence {
                 superseded,
-                started_ms: now_ms(),
+                started_ms: self.now_ms(),
                 ticket,
             };
             async move {
@@ -249,7 +249,7 @@ impl<O: Origin> Inner<O> {
             .origin
             .fetch(key, traceparent, validators, fence.ticket.as_deref())
             .await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let headers = match &fetched {
             Fetched::Value(_, h) | Fetched::NotFound(h) | Fetched::NotModified(h) => h,
         };
@@ -337,7 +337,7 @@ impl<O: Origin> Inner<O> {
     pub(super) fn not_stored(&self, reason: Uncacheable) -> Outcome {
         self.metrics.uncacheable(reason);
         let last = &self.uncacheable_logged[reason as usize];
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let before = last.load(Ordering::Relaxed);
         if now.saturating_sub(before) >= 60_000
             && last

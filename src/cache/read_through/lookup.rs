@@ -8,9 +8,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
-use crate::cache::{
-    Answer, AnswerKind, AnyTier, CacheError, Entry, Freshness, StaleReason, Tier, TierName, now_ms,
-};
+use crate::cache::{Answer, AnswerKind, AnyTier, CacheError, Entry, Freshness, StaleReason, Tier, TierName};
 use crate::origin::{BreakerState, FailureTicket, Origin};
 use crate::telemetry::TRACE_TARGET;
 
@@ -20,7 +18,7 @@ impl<O: Origin> ReadThrough<O> {
     /// The answer for `key`: the hit path, top to bottom. A miss waits on the origin for at most
     /// `wait` (the hit path sets no timer).
     pub async fn get(&self, key: &str, wait: Duration) -> Result<Answer, CacheError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut stale = None;
         for (i, tier) in self.inner.tiers.iter().enumerate() {
             let span = lookup_span(tier, 1);
@@ -148,7 +146,7 @@ impl<O: Origin> ReadThrough<O> {
         queued: &mut std::collections::VecDeque<(usize, Previous)>,
         sink: &mut impl BatchSink,
     ) -> bool {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut stale: Vec<Previous> = vec![None; window.len()];
         let mut open: Vec<usize> = window.clone().collect();
         for (i, tier) in self.inner.tiers.iter().enumerate() {
@@ -259,8 +257,8 @@ impl<O: Origin> ReadThrough<O> {
             .fetched(key, Some((entry.clone(), tier)), deadline, share)
             .await
         {
-            Err(CacheError::Origin(_)) if entry.may_serve_if_error(now_ms()) => {
-                Ok(self.stale(entry, tier, StaleReason::IfError, now_ms()))
+            Err(CacheError::Origin(_)) if entry.may_serve_if_error(self.now_ms()) => {
+                Ok(self.stale(entry, tier, StaleReason::IfError, self.now_ms()))
             }
             answered => answered,
         }
@@ -285,7 +283,7 @@ impl<O: Origin> ReadThrough<O> {
     pub fn answer_now(&self, key: &str) -> Option<Answer> {
         let tier = self.inner.tiers.first()?;
         let entry = tier.get_now(key)??;
-        let now = now_ms();
+        let now = self.now_ms();
         match entry.freshness(now) {
             Freshness::Fresh { ttl_secs } => Some(self.hit(tier.name(), entry, ttl_secs, now)),
             _ => None,

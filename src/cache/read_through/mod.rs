@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use crate::cache::Clock;
 use crate::cache::fleet::bus::AnyBus;
 use crate::cache::fleet::{Fleet, Replicas};
 use crate::cache::{
@@ -116,6 +117,8 @@ struct Inner<O> {
     uncacheable_logged: [AtomicU64; Uncacheable::ALL.len()],
     /// Counters.
     metrics: Arc<Metrics>,
+    /// What "now" is for freshness, fetch times and purge times.
+    clock: Clock,
 }
 
 /// What one tier's lookup of a key settled.
@@ -168,9 +171,24 @@ impl<O: Origin> ReadThrough<O> {
         replicas: Option<Replicas>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::with_clock(tiers, origin, life, replicas, metrics, Clock::system())
+    }
+
+    /// As [`ReadThrough::new`], with time read from `clock` (tests move a manual one; give the
+    /// memory tier the same clock).
+    pub fn with_clock(
+        tiers: Vec<AnyTier>,
+        origin: GuardedOrigin<O>,
+        life: Lifetimes,
+        replicas: Option<Replicas>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Self {
         let background_permits = (origin.max_concurrency() / 2).max(1);
         let instance: Arc<str> = format!("{}-{:016x}", std::process::id(), rand::random::<u64>()).into();
-        let fleet = replicas.as_ref().map(|r| Fleet::new(r, instance.clone()));
+        let fleet = replicas
+            .as_ref()
+            .map(|r| Fleet::new(r, instance.clone(), clock.clone()));
         ReadThrough {
             inner: Arc::new(Inner {
                 tiers,
@@ -184,8 +202,14 @@ impl<O: Origin> ReadThrough<O> {
                 tag_purges: TagPurges::default(),
                 shared_pool: Arc::new(tokio::sync::Semaphore::new(background_permits)),
                 metrics,
+                clock,
             }),
         }
+    }
+
+    /// Now, by this read-through's clock (ms since the Unix epoch).
+    pub(super) fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
     }
 
     /// Runs `task` in the background, tracked with the fetches: shutdown waits for it before
@@ -306,9 +330,18 @@ mod tests {
     /// A cache with a memory tier (or none) over `origin`; the breaker opens once 60 % of at
     /// least 3 fetches failed (after one success, 2 failures).
     fn cache(origin: &Gated, memory: bool, ttl: Duration) -> ReadThrough<Gated> {
+        cache_at(origin, memory, ttl, Clock::system())
+    }
+
+    /// As `cache`, time read from `clock` (the memory tier's too).
+    fn cache_at(origin: &Gated, memory: bool, ttl: Duration, clock: Clock) -> ReadThrough<Gated> {
         let metrics = Arc::new(Metrics::detached());
         let tiers = if memory {
-            vec![AnyTier::Memory(MemoryTier::new(1 << 20, metrics.clone()))]
+            vec![AnyTier::Memory(MemoryTier::with_clock(
+                1 << 20,
+                metrics.clone(),
+                clock.clone(),
+            ))]
         } else {
             Vec::new()
         };
@@ -327,7 +360,7 @@ mod tests {
             Arc::new(breaker),
             metrics.clone(),
         );
-        ReadThrough::new(tiers, guarded, life(ttl), None, metrics)
+        ReadThrough::with_clock(tiers, guarded, life(ttl), None, metrics, clock)
     }
 
     const WAIT: Duration = Duration::from_secs(30);
@@ -393,10 +426,11 @@ mod tests {
     async fn a_stale_entry_is_served_at_once_while_one_fetch_refreshes_it() {
         let origin = Gated::new();
         origin.open();
-        let cache = cache(&origin, true, Duration::from_millis(20));
+        let clock = Clock::manual(1_700_000_000_000);
+        let cache = cache_at(&origin, true, Duration::from_secs(20), clock.clone());
         cache.get("k", WAIT).await.unwrap();
-        // Past its freshness (20 ms), inside its stale window (60 s).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Past its freshness (20 s), inside its stale window (60 s).
+        clock.advance(Duration::from_secs(30));
         origin.answer_with(Ok(Fetched::Value(
             Bytes::from_static(b"\"v2\""),
             Default::default(),
@@ -421,7 +455,8 @@ mod tests {
     async fn an_open_circuit_serves_stale_without_calling_the_origin() {
         let origin = Gated::new();
         origin.open();
-        let cache = cache(&origin, true, Duration::from_millis(20));
+        let clock = Clock::manual(1_700_000_000_000);
+        let cache = cache_at(&origin, true, Duration::from_secs(20), clock.clone());
         cache.get("k", WAIT).await.unwrap();
         origin.answer_with(Err(OriginError::Status(500)));
         for key in ["a", "b"] {
@@ -429,7 +464,7 @@ mod tests {
             assert!(matches!(e, CacheError::Origin(OriginError::Status(500))), "{e:?}");
         }
         assert_eq!(cache.breaker_state(), BreakerState::Open);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        clock.advance(Duration::from_secs(30));
         let calls = origin.calls();
         let answer = cache.get("k", WAIT).await.unwrap();
         assert!(matches!(

@@ -6,9 +6,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::fleet::bus::{Channel, MessageBus};
 use crate::cache::fleet::listener::RemotePurges;
 use crate::cache::purge::{MIN_HORIZON_MS, PurgeRecords, encode_record};
-use crate::cache::{
-    AnyTier, Invalidation, PurgeMode, PurgeSource, Target, Tier, TierError, TierName, now_ms,
-};
+use crate::cache::{AnyTier, Invalidation, PurgeMode, PurgeSource, Target, Tier, TierError, TierName};
 use crate::origin::Origin;
 
 use super::ReadThrough;
@@ -39,7 +37,7 @@ impl<O: Origin> ReadThrough<O> {
         mode: PurgeMode,
     ) -> Result<Vec<(TierName, u64)>, PurgeIncomplete> {
         // First, so a fetch whose answer carries the tag and finishes now does not store it.
-        self.inner.tag_purges.record(tag, now_ms());
+        self.inner.tag_purges.record(tag, self.now_ms());
         self.purge_everywhere(Target::Tag(tag.to_owned()), mode).await
     }
 
@@ -51,12 +49,12 @@ impl<O: Origin> ReadThrough<O> {
         mode: PurgeMode,
     ) -> Result<Vec<(TierName, u64)>, PurgeIncomplete> {
         let inner = &*self.inner;
-        let now = now_ms();
+        let now = self.now_ms();
         self.note_purge(&target, mode, now);
         let mut reached_all = true;
         let mut purged = Vec::with_capacity(inner.tiers.len());
         for tier in &inner.tiers {
-            let done = purge_in(tier, &target, mode).await;
+            let done = purge_in(tier, &target, mode, self.now_ms()).await;
             reached_all &= done.is_ok();
             let n = done.unwrap_or(0);
             inner.metrics.invalidated_entries(target.scope(), tier.name(), n);
@@ -99,12 +97,14 @@ impl<O: Origin> ReadThrough<O> {
         }
         match &purge.target {
             Target::Key(key) => inner.inflight.supersede(key.as_str()),
-            Target::Tag(tag) => inner.tag_purges.record(tag, now_ms()),
+            Target::Tag(tag) => inner.tag_purges.record(tag, self.now_ms()),
         }
-        self.note_purge(&purge.target, purge.mode, now_ms());
+        self.note_purge(&purge.target, purge.mode, self.now_ms());
         let scope = purge.target.scope();
         for tier in inner.tiers.iter().filter(|t| !t.shared()) {
-            let n = purge_in(tier, &purge.target, purge.mode).await.unwrap_or(0);
+            let n = purge_in(tier, &purge.target, purge.mode, self.now_ms())
+                .await
+                .unwrap_or(0);
             inner.metrics.invalidated_entries(scope, tier.name(), n);
         }
         inner.metrics.invalidated(purge.mode, PurgeSource::Remote, scope);
@@ -156,10 +156,15 @@ impl<O: Origin> ReadThrough<O> {
 }
 
 /// Applies `mode` to what `target` names in `tier`: the entries removed or marked stale.
-pub(super) async fn purge_in(tier: &AnyTier, target: &Target, mode: PurgeMode) -> Result<u64, TierError> {
+pub(super) async fn purge_in(
+    tier: &AnyTier,
+    target: &Target,
+    mode: PurgeMode,
+    now_ms: u64,
+) -> Result<u64, TierError> {
     match target {
-        Target::Key(key) => tier.purge(key, mode, now_ms()).await,
-        Target::Tag(tag) => tier.purge_tag(tag, mode, now_ms()).await,
+        Target::Key(key) => tier.purge(key, mode, now_ms).await,
+        Target::Tag(tag) => tier.purge_tag(tag, mode, now_ms).await,
     }
 }
 

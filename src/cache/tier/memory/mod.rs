@@ -23,7 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use hashbrown::HashTable;
 
 use self::eviction::{Adaptive, Evicted, NEVER, Removal};
-use crate::cache::entry::{ENTRY_OVERHEAD_BYTES, Entry, now_ms};
+use crate::cache::clock::Clock;
+#[cfg(test)]
+use crate::cache::entry::now_ms;
+use crate::cache::entry::{ENTRY_OVERHEAD_BYTES, Entry};
 use crate::cache::purge::PurgeMode;
 use crate::cache::tier::{Tier, TierError, TierName};
 use crate::telemetry::Metrics;
@@ -54,6 +57,8 @@ struct Inner {
     state: Mutex<State>,
     /// Where evictions are counted.
     metrics: Arc<Metrics>,
+    /// What "now" is for expiry.
+    clock: Clock,
 }
 
 /// One entry of the read index.
@@ -322,7 +327,7 @@ impl Inner {
             inner: self,
             state: Some(state),
             gone: Vec::new(),
-            now: now_ms(),
+            now: self.clock.now_ms(),
         };
         locked.maintain();
         locked
@@ -347,6 +352,11 @@ impl MemoryTier {
     /// A tier holding at most `max_bytes` of heap (entries, keys and the policy's structures,
     /// including its frequency sketch and mini-simulations); evictions are counted in `metrics`.
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        Self::with_clock(max_bytes, metrics, Clock::system())
+    }
+
+    /// As [`MemoryTier::new`], with time read from `clock` (tests move a manual one).
+    pub fn with_clock(max_bytes: u64, metrics: Arc<Metrics>, clock: Clock) -> Self {
         let state = State {
             policy: Adaptive::new(
                 capacity_bytes(max_bytes),
@@ -354,7 +364,7 @@ impl MemoryTier {
                 sim_bytes(max_bytes),
             ),
             hand: 0,
-            epoch_ms: now_ms(),
+            epoch_ms: clock.now_ms(),
         };
         MemoryTier {
             inner: Arc::new(Inner {
@@ -363,6 +373,7 @@ impl MemoryTier {
                 reads: ReadBuffer::new(),
                 state: Mutex::new(state),
                 metrics,
+                clock,
             }),
         }
     }
@@ -472,7 +483,7 @@ impl Tier for MemoryTier {
         let hash = self.inner.hasher.hash_one(key);
         let found = self.inner.find(hash, key);
         match found {
-            Some(e) if now_ms() < e.stale_until_ms => {
+            Some(e) if self.inner.clock.now_ms() < e.stale_until_ms => {
                 self.record(hash);
                 Some(Some(e))
             }
@@ -674,23 +685,24 @@ mod tests {
     #[tokio::test]
     async fn entries_past_their_stale_window_are_never_served_and_counted_as_expired() {
         let metrics = Arc::new(Metrics::detached());
-        let tier = MemoryTier::new(1 << 20, metrics.clone());
+        let clock = Clock::manual(1_700_000_000_000);
+        let tier = MemoryTier::with_clock(1 << 20, metrics.clone(), clock.clone());
         let short = Lifetimes {
-            ttl: Duration::from_millis(20),
-            stale: Duration::from_millis(20),
+            ttl: Duration::from_secs(20),
+            stale: Duration::from_secs(20),
             ..life()
         };
-        let now = now_ms();
+        let now = clock.now_ms();
         tier.put("read", entry("read", now, &short)).await.unwrap();
         tier.put("unread", entry("unread", now, &short)).await.unwrap();
         tier.put("long", entry("long", now, &life())).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        clock.advance(Duration::from_secs(41));
         // Read after expiry: not served, removed at once (and the sweep step its removal
         // takes may free the other one too).
         assert_eq!(tier.get_now("read"), Some(None));
         assert!(metrics.evictions(EvictionCause::Expired) >= 1);
         // Never read: removed by the sweep by the next write at the latest, without a read.
-        tier.put("other", entry("other", now_ms(), &life()))
+        tier.put("other", entry("other", clock.now_ms(), &life()))
             .await
             .unwrap();
         assert_eq!(metrics.evictions(EvictionCause::Expired), 2);
@@ -702,15 +714,16 @@ mod tests {
     #[tokio::test]
     async fn a_replaced_entry_keeps_its_newer_expiry() {
         let metrics = Arc::new(Metrics::detached());
-        let tier = MemoryTier::new(1 << 20, metrics.clone());
+        let clock = Clock::manual(1_700_000_000_000);
+        let tier = MemoryTier::with_clock(1 << 20, metrics.clone(), clock.clone());
         let short = Lifetimes {
-            ttl: Duration::from_millis(10),
-            stale: Duration::from_millis(10),
+            ttl: Duration::from_secs(10),
+            stale: Duration::from_secs(10),
             ..life()
         };
-        tier.put("k", entry("k", now_ms(), &short)).await.unwrap();
-        tier.put("k", entry("k", now_ms(), &life())).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tier.put("k", entry("k", clock.now_ms(), &short)).await.unwrap();
+        tier.put("k", entry("k", clock.now_ms(), &life())).await.unwrap();
+        clock.advance(Duration::from_secs(40));
         tier.settle();
         assert!(tier.get_now("k").unwrap().is_some());
         assert_eq!(metrics.evictions(EvictionCause::Expired), 0);
