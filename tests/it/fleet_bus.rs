@@ -1,0 +1,198 @@
+//! A fleet of read-throughs in one process, meeting on the in-process message bus
+//! (`MemoryBus`) instead of Redis: fleet-wide coalescing and purges that reach the other
+//! replicas, proved without a Redis server (the same protocol runs over Redis in redis.rs).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cache_layer::cache::{
+    AnswerKind, AnyBus, AnyTier, CoalesceScope, FleetLock, Lifetimes, MemoryBus, MemoryTier, PurgeMode,
+    ReadThrough, Replicas, Tier,
+};
+use cache_layer::origin::{Breaker, Fetched, GuardedOrigin, Origin, OriginError, Trip, Validators};
+use cache_layer::telemetry::Metrics;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::eventually;
+
+/// An origin that counts its fetches and takes `latency` over each.
+#[derive(Clone)]
+struct Counted {
+    calls: Arc<AtomicUsize>,
+    latency: Duration,
+}
+
+impl Origin for Counted {
+    async fn fetch(
+        &self,
+        key: &str,
+        _traceparent: Option<String>,
+        _validators: Option<&Validators>,
+    ) -> Result<Fetched, OriginError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(self.latency).await;
+        Ok(Fetched::Value(
+            Bytes::from(format!("\"{key} #{n}\"")),
+            Default::default(),
+        ))
+    }
+}
+
+/// One replica: its own memory tier, then the tier every replica reads (as Redis would be),
+/// over the one `origin`, meeting the others on `bus`.
+struct Replica {
+    cache: ReadThrough<Counted>,
+    own: MemoryTier,
+}
+
+fn replica(origin: &Counted, bus: &MemoryBus, shared: &MemoryTier, shutdown: &CancellationToken) -> Replica {
+    let metrics = Arc::new(Metrics::detached());
+    let own = MemoryTier::new(16 << 20, metrics.clone());
+    let breaker = Arc::new(Breaker::new(
+        Trip {
+            window: Duration::from_secs(60),
+            min_calls: 100,
+            rate_percent: 100,
+        },
+        Duration::from_secs(1),
+    ));
+    let guarded = GuardedOrigin::new(
+        origin.clone(),
+        64,
+        Duration::from_secs(10),
+        breaker,
+        metrics.clone(),
+    );
+    let replicas = Replicas {
+        bus: AnyBus::Memory(bus.clone()),
+        shared: AnyTier::Memory(shared.clone()),
+        lock: FleetLock {
+            ttl: Duration::from_secs(10),
+            wait: Duration::from_secs(10),
+            poll: Duration::from_millis(100),
+        },
+    };
+    let life = Lifetimes::fixed(
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+    );
+    let tiers = vec![AnyTier::Memory(own.clone()), AnyTier::Memory(shared.clone())];
+    let cache = ReadThrough::new(tiers, guarded, life, Some(replicas), metrics);
+    cache.spawn_listener(shutdown.clone());
+    Replica { cache, own }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn replicas_on_one_bus_fetch_a_key_once_for_the_fleet_and_purge_it_everywhere() {
+    let origin = Counted {
+        calls: Arc::default(),
+        latency: Duration::from_millis(300),
+    };
+    let (bus, shared, shutdown) = (
+        MemoryBus::new(),
+        MemoryTier::new(16 << 20, Arc::new(Metrics::detached())),
+        CancellationToken::new(),
+    );
+    let fleet: Vec<Replica> = (0..3)
+        .map(|_| replica(&origin, &bus, &shared, &shutdown))
+        .collect();
+    // Each replica's listener subscribes in the background; wait until all three hear a purge.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The three miss at once: one fetch for the fleet, the other two wait on it.
+    let answers = futures_util::future::join_all(fleet.iter().map(|r| r.cache.get("k", WAIT))).await;
+    assert_eq!(
+        origin.calls.load(Ordering::SeqCst),
+        1,
+        "one origin fetch for three replicas"
+    );
+    let by_fleet = answers
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.as_ref().unwrap().kind,
+                AnswerKind::Fetched {
+                    collapsed: Some(CoalesceScope::Fleet),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(by_fleet, 2, "two replicas took the fleet's value");
+    for a in &answers {
+        assert_eq!(a.as_ref().unwrap().entry.value_json(), b"\"k #1\"");
+    }
+    // Every replica now holds it in its own tier.
+    for r in &fleet {
+        assert!(
+            r.own.get_now("k").flatten().is_some(),
+            "kept in each replica's own tier"
+        );
+    }
+
+    // A hard purge on one replica reaches the others' own tiers through the bus.
+    fleet[0]
+        .cache
+        .purge("k", PurgeMode::Hard)
+        .await
+        .expect("the purge reached the bus");
+    for (i, r) in fleet.iter().enumerate() {
+        eventually(&format!("replica {i} to drop the purged key"), || {
+            let own = r.own.clone();
+            async move { own.get_now("k").flatten().is_none().then_some(()) }
+        })
+        .await;
+    }
+    // The next read fetches again, once for the fleet.
+    let again = futures_util::future::join_all(fleet.iter().map(|r| r.cache.get("k", WAIT))).await;
+    assert_eq!(
+        origin.calls.load(Ordering::SeqCst),
+        2,
+        "one fetch after the purge"
+    );
+    for a in &again {
+        assert_eq!(a.as_ref().unwrap().entry.value_json(), b"\"k #2\"");
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_bus_that_is_down_leaves_each_replica_to_fetch_alone_and_a_purge_incomplete() {
+    let origin = Counted {
+        calls: Arc::default(),
+        latency: Duration::from_millis(100),
+    };
+    let (bus, shared, shutdown) = (
+        MemoryBus::new(),
+        MemoryTier::new(16 << 20, Arc::new(Metrics::detached())),
+        CancellationToken::new(),
+    );
+    let fleet: Vec<Replica> = (0..2)
+        .map(|_| replica(&origin, &bus, &shared, &shutdown))
+        .collect();
+    bus.set_down(true);
+    let answers = futures_util::future::join_all(fleet.iter().map(|r| r.cache.get("k", WAIT))).await;
+    assert!(
+        answers.iter().all(|a| a.is_ok()),
+        "Redis (the bus) down never fails a request"
+    );
+    assert_eq!(
+        origin.calls.load(Ordering::SeqCst),
+        2,
+        "no fleet lock: each replica fetches"
+    );
+    assert!(
+        fleet[0].cache.purge("k", PurgeMode::Hard).await.is_err(),
+        "a purge the other replicas cannot hear of says so"
+    );
+    assert!(
+        fleet[0].own.get_now("k").flatten().is_none(),
+        "and was applied here"
+    );
+    shutdown.cancel();
+}

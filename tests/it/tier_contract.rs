@@ -1,0 +1,261 @@
+//! One contract every tier keeps, run on the memory, disk and Redis tiers alike (the Redis
+//! one on a real `redis-server`): what a read finds after a write, fresh and stale entries,
+//! entries past their stale window, soft and hard purges of keys and tags, batch reads, and
+//! a 1 MB value's bytes. A tier that breaks it is found here, not in a request path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_layer::cache::{
+    AnyTier, DiskConfig, DiskTier, Entry, Freshness, Lifetimes, MemoryTier, PurgeMode, RedisClient,
+    RedisConfig, RedisTier, Target, Tier, now_ms,
+};
+use cache_layer::telemetry::Metrics;
+use redis::IntoConnectionInfo;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::Redis;
+
+/// 60 s fresh, then 60 s stale.
+fn life() -> Lifetimes {
+    Lifetimes::fixed(
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+    )
+}
+
+fn entry(key: &str, value: &str, fetched_ms: u64) -> Arc<Entry> {
+    Arc::new(Entry::value(key, value.as_bytes(), fetched_ms, &life()))
+}
+
+fn tagged(key: &str, tags: &[&str]) -> Arc<Entry> {
+    let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+    Arc::new(Entry::value(key, b"\"t\"", now_ms(), &life()).with_tags(&tags))
+}
+
+fn is_fresh(e: &Entry) -> bool {
+    matches!(e.freshness(now_ms()), Freshness::Fresh { .. })
+}
+
+fn is_stale(e: &Entry) -> bool {
+    matches!(e.freshness(now_ms()), Freshness::Stale { .. })
+}
+
+/// A purge as the read-through applies it: noted first (the disk tier logs it), then applied.
+async fn purge(tier: &AnyTier, target: Target, mode: PurgeMode) -> u64 {
+    let now = now_ms();
+    tier.note_purge(&target, mode, now);
+    match &target {
+        Target::Key(k) => tier.purge(k, mode, now).await.unwrap(),
+        Target::Tag(t) => tier.purge_tag(t, mode, now).await.unwrap(),
+    }
+}
+
+/// The contract, on `tier` (named `name` in failures). Keys are prefixed so tiers that share a
+/// server never meet. `counts_tag_purges`: the tier says at once how many entries a tag purge
+/// touched (the disk tier applies one to each entry when it is next read, and counts it then:
+/// foyer has no scan).
+async fn keeps_the_contract(tier: AnyTier, name: &str, counts_tag_purges: bool) {
+    let k = |s: &str| format!("{name}-{s}");
+    // Absent: nothing, and a batch says so at each position.
+    assert!(tier.get(&k("absent")).await.unwrap().is_none(), "{name}: absent");
+
+    // A write is read back, fresh, byte for byte.
+    assert!(
+        tier.put(&k("a"), entry(&k("a"), "\"one\"", now_ms()))
+            .await
+            .unwrap(),
+        "{name}: stored"
+    );
+    let got = tier.get(&k("a")).await.unwrap().expect("written");
+    assert!(is_fresh(&got), "{name}: fresh");
+    assert_eq!(got.value_json(), b"\"one\"", "{name}: value");
+
+    // A newer write replaces it.
+    tier.put(&k("a"), entry(&k("a"), "\"two\"", now_ms()))
+        .await
+        .unwrap();
+    assert_eq!(
+        tier.get(&k("a")).await.unwrap().unwrap().value_json(),
+        b"\"two\"",
+        "{name}: replaced"
+    );
+
+    // Fetched 90 s ago: past its 60 s of freshness, inside its stale window: read back stale.
+    tier.put(&k("old"), entry(&k("old"), "\"old\"", now_ms() - 90_000))
+        .await
+        .unwrap();
+    let old = tier
+        .get(&k("old"))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name}: a stale entry is kept"));
+    assert!(is_stale(&old), "{name}: stale");
+
+    // Past its stale window: never read back.
+    let _ = tier
+        .put(&k("gone"), entry(&k("gone"), "\"gone\"", now_ms() - 200_000))
+        .await;
+    assert!(
+        tier.get(&k("gone")).await.unwrap().is_none(),
+        "{name}: past its stale window"
+    );
+
+    // A batch read answers every position, in order, as single reads do.
+    let keys = [k("a"), k("absent"), k("old")];
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let many = tier.get_many(&refs).await;
+    assert_eq!(many.len(), 3, "{name}: one answer per key");
+    assert_eq!(
+        many[0].as_ref().unwrap().as_ref().unwrap().value_json(),
+        b"\"two\""
+    );
+    assert!(many[1].as_ref().unwrap().is_none(), "{name}: absent in a batch");
+    assert!(
+        is_stale(many[2].as_ref().unwrap().as_ref().unwrap()),
+        "{name}: stale in a batch"
+    );
+
+    // A soft purge keeps the entry, stale; a hard one removes it; an absent key touches nothing.
+    assert_eq!(
+        purge(&tier, Target::Key(k("a")), PurgeMode::Soft).await,
+        1,
+        "{name}: soft purge"
+    );
+    let soft = tier
+        .get(&k("a"))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name}: kept after a soft purge"));
+    assert!(is_stale(&soft), "{name}: stale after a soft purge");
+    assert_eq!(
+        soft.value_json(),
+        b"\"two\"",
+        "{name}: same value after a soft purge"
+    );
+    assert_eq!(
+        purge(&tier, Target::Key(k("a")), PurgeMode::Hard).await,
+        1,
+        "{name}: hard purge"
+    );
+    assert!(
+        tier.get(&k("a")).await.unwrap().is_none(),
+        "{name}: gone after a hard purge"
+    );
+    assert_eq!(
+        purge(&tier, Target::Key(k("never")), PurgeMode::Hard).await,
+        0,
+        "{name}: nothing to purge"
+    );
+
+    // Tags: exactly the entries carrying the tag, never a prefix or pattern of it.
+    let (t, other) = (format!("{name}-tag"), format!("{name}-tag*"));
+    for (key, tags) in [
+        ("t1", vec![t.as_str()]),
+        ("t2", vec![t.as_str(), "x"]),
+        ("t3", vec![other.as_str()]),
+    ] {
+        tier.put(&k(key), tagged(&k(key), &tags)).await.unwrap();
+    }
+    let expected = if counts_tag_purges { 2 } else { 0 };
+    assert_eq!(
+        purge(&tier, Target::Tag(t.clone()), PurgeMode::Soft).await,
+        expected,
+        "{name}: soft tag purge"
+    );
+    assert!(
+        is_stale(&tier.get(&k("t1")).await.unwrap().unwrap()),
+        "{name}: t1 stale"
+    );
+    assert!(
+        is_fresh(&tier.get(&k("t3")).await.unwrap().unwrap()),
+        "{name}: t3 untouched"
+    );
+    assert_eq!(
+        purge(&tier, Target::Tag(t.clone()), PurgeMode::Hard).await,
+        expected,
+        "{name}: hard tag purge"
+    );
+    assert!(tier.get(&k("t1")).await.unwrap().is_none(), "{name}: t1 gone");
+    assert!(tier.get(&k("t2")).await.unwrap().is_none(), "{name}: t2 gone");
+    assert!(tier.get(&k("t3")).await.unwrap().is_some(), "{name}: t3 kept");
+
+    // Weight: a 1 MB value is kept whole.
+    let big = serde_json::to_string(&"x".repeat(1 << 20)).unwrap();
+    assert!(
+        tier.put(&k("big"), entry(&k("big"), &big, now_ms()))
+            .await
+            .unwrap(),
+        "{name}: 1 MB stored"
+    );
+    // (The disk tier writes behind: foyer takes the bytes and writes them in the background, so
+    // the read may come a moment later.)
+    let got = crate::harness::eventually(&format!("{name}: 1 MB read back"), || {
+        let (tier, key) = (tier.clone(), k("big"));
+        async move { tier.get(&key).await.ok().flatten() }
+    })
+    .await;
+    assert_eq!(got.value_json(), big.as_bytes(), "{name}: 1 MB byte for byte");
+}
+
+#[tokio::test]
+async fn the_memory_tier_keeps_the_tier_contract() {
+    let tier = MemoryTier::new(64 << 20, Arc::new(Metrics::detached()));
+    keeps_the_contract(AnyTier::Memory(tier.clone()), "memory", true).await;
+    // And weighs what it holds: the 1 MB value counts in full.
+    assert!(tier.bytes() > 1 << 20, "memory bytes {}", tier.bytes());
+}
+
+#[tokio::test]
+async fn the_memory_tier_declines_an_entry_heavier_than_itself() {
+    let tier = AnyTier::Memory(MemoryTier::new(
+        MemoryTier::bound_for(64 << 10),
+        Arc::new(Metrics::detached()),
+    ));
+    tier.put("k", entry("k", "\"small\"", now_ms())).await.unwrap();
+    let big = serde_json::to_string(&"x".repeat(128 << 10)).unwrap();
+    assert!(
+        !tier.put("k", entry("k", &big, now_ms())).await.unwrap(),
+        "declined"
+    );
+    // What it superseded is gone too: never the old value for a newer write.
+    assert!(tier.get("k").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_disk_tier_keeps_the_tier_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig {
+        dir: dir.path().to_owned(),
+        max_bytes: 256 << 20,
+        index_max_bytes: 16 << 20,
+        admit_min_requests: 1,
+    };
+    let disk = DiskTier::new(&config, 3_600_000, None, Arc::new(Metrics::detached()));
+    let shutdown = CancellationToken::new();
+    disk.start(Duration::from_secs(30), shutdown.clone()).await;
+    assert!(disk.is_up(), "the disk tier opened");
+    keeps_the_contract(AnyTier::Disk(disk.clone()), "disk", false).await;
+    disk.close().await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_redis_tier_keeps_the_tier_contract() {
+    let server = Redis::start().await;
+    let config = RedisConfig {
+        nodes: vec![server.url().into_connection_info().unwrap()],
+        cluster: false,
+        key_prefix: "contract".to_owned(),
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_secs(2),
+    };
+    let client = RedisClient::new(&config, Arc::new(Metrics::detached())).unwrap();
+    let shutdown = CancellationToken::new();
+    client.start(shutdown.clone()).await;
+    assert!(client.is_up(), "redis is reachable");
+    let tier = RedisTier::new(client, Entry::max_encoded_len(8 << 20));
+    keeps_the_contract(AnyTier::Redis(tier), "redis", true).await;
+    shutdown.cancel();
+}
