@@ -137,7 +137,7 @@ impl Fleet {
         Turn::Alone
     }
 
-    /// `key`'s entry in Redis, if it is fresh (another replica may have stored it between this
+    /// `key`'s entry in the shared tier (Redis), if it is fresh (another replica may have stored it between this
     /// replica's miss and its lock).
     pub async fn fresh(&self, key: &str) -> Option<Arc<Entry>> {
         self.shared

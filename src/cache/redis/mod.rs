@@ -34,7 +34,7 @@ const FORMAT_VERSION: &str = "v1";
 const SLOTS: usize = 16384;
 
 /// Purge records Redis keeps at most; past it the oldest go (a replica away for that many
-/// purges drops what it cannot check, see [`super::purge_log`]).
+/// purges drops what it cannot check, see `cache::tier::disk::purge_log`).
 const PURGE_RECORDS_MAX: u64 = 100_000;
 
 /// Adds a purge record, drops those past the horizon and beyond the count, and lets the set
@@ -449,8 +449,7 @@ fn addr_of(info: &ConnectionInfo) -> String {
 }
 
 impl RedisClient {
-    /// Prepares the tier without connecting; call [`RedisClient::start`] to connect.
-    /// `max_entry_bytes` bounds what a read of one entry transfers (see [`Entry::max_encoded_len`]).
+    /// Prepares the client without connecting; call [`RedisClient::start`] to connect.
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
         let infos = config.nodes.clone();
         let settings = Settings {
@@ -895,7 +894,7 @@ impl RedisClient {
         format!("{}purges", self.shared.key_prefix)
     }
 
-    /// Records `member` (see [`super::purge_log::encode_record`]) at `at_ms`, for replicas
+    /// Records `member` (see [`crate::cache::purge::encode_record`]) at `at_ms`, for replicas
     /// that miss the message; records older than `keep_ms` go, and at most
     /// [`PURGE_RECORDS_MAX`] are kept (the oldest go first).
     pub(crate) async fn record_purge(

@@ -127,7 +127,7 @@ pub trait Tier: Send + Sync {
 /// A tier's state as `/health` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TierHealth {
-    /// `ok`, `down`, `degraded` (some of its nodes down) or `write_failing`.
+    /// `ok`, `down`, `partial` (some of its nodes down) or `write_failing`.
     pub status: &'static str,
     /// Of a tier spread over nodes (Redis): how many, and how many are down.
     pub nodes: Option<(usize, usize)>,

@@ -428,7 +428,7 @@ impl Tier for RedisTier {
     }
 
     /// Per node (the nodes asked in parallel): one pipeline of `STRLEN`s, then `MGET`s of the
-    /// keys that exist, one hash slot at a time, each moving at most [`BULK_BYTES`] (a value
+    /// keys that exist, one hash slot at a time, each moving at most `BULK_BYTES` (a value
     /// larger than that goes alone), each under a deadline that grows with the bytes it moves.
     /// A slow bulk command never marks a node down (only pings do), and no single reply can
     /// hold up the node's connection for long. A node known to be down is not asked (its keys

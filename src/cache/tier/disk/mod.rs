@@ -163,7 +163,7 @@ pub struct Layout {
     pub block: u64,
     /// Purge records kept at most in this process.
     pub purge_records: usize,
-    /// Buckets small entries are hashed to ([`BUCKET_SHARE`]).
+    /// Buckets small entries are hashed to (`BUCKET_SHARE` of the entries the disk holds).
     pub buckets: u64,
 }
 

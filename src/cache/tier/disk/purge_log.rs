@@ -5,7 +5,7 @@
 //! the purge feed, and pub/sub delivers at most once: without a record, a replica that was away
 //! would bring a purged value back from its disk. So every purge is recorded with its time,
 //! here (for this process) and in Redis (for replicas that were away, see
-//! [`super::redis::RedisTier::record_purge`]); an entry read from disk that was fetched before
+//! [`crate::cache::PurgeRecords`]); an entry read from disk that was fetched before
 //! a purge matching its key or one of its tags is dropped (hard) or served stale (soft).
 //!
 //! Records are kept only as long as an entry could live (the [`PurgeLog::horizon_ms`]), and
