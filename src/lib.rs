@@ -7,11 +7,13 @@
 //! - [`http`]: the accept loop, the hit path answered at once, the router and handlers
 //!   (`/items/{key}`, `/items:batch`, `/health`, probes, `/metrics`), and the layer that counts requests by route.
 //! - [`error`]: `AppError`, the one place failures become HTTP responses.
-//! - [`cache`]: `ReadThrough` (the read-through over an ordered list of tiers, one key or a
-//!   batch), the `Tier` trait, the memory tier (with its adaptive W-TinyLFU, `eviction`) and the
-//!   Redis tier, entries and how long they live (`policy`: the origin's `Cache-Control` or the
-//!   configured lifetimes), their compressed forms (`encoding`), answers, in-process coalescing,
-//!   the fleet lock (`fleet`), key and tag purges and their listener (`invalidation`).
+//! - [`cache`]: the read-through and everything under it, in rooms: `read_through` (the hit
+//!   path, fetch-and-store, purge fan-out), `tier` (the `Tier` seam; the memory tier with its
+//!   adaptive W-TinyLFU, the disk tier, the Redis tier), `redis` (the Redis client every Redis
+//!   user shares), `fleet` (the fleet lock and purge messages over a message bus: Redis, or in
+//!   process), and leaves (entries and their lifetimes, compressed forms, answers, coalescing,
+//!   the purge vocabulary, label sets, the clock). Nothing imports upward: see the dependency
+//!   table in docs/architecture.md, checked by `scripts/check_deps.py`.
 //! - [`origin`]: the `Origin` trait (the seam the cache is generic over), the simulated and HTTP
 //!   origins, what an origin's headers say about caching (`cache_headers`), and the guard every
 //!   fetch passes (concurrency limit, deadline, circuit breaker).
