@@ -304,11 +304,13 @@ impl Entry {
             .get()
             .map_or(0, |forms| COMPRESSED_BOX + forms.bytes());
         let etag = self.etag.as_ref().map_or(0, HeaderValue::len);
-        // A boxed slice of boxed strings: 16 bytes of pointer and length per tag, plus its text.
+        // A boxed slice of boxed strings: 16 bytes of pointer and length per tag, plus its text;
+        // and the key's place in the memory tier's set of each tag (an `Arc` in a hash set, at
+        // its load factor: 48 bytes).
         let tags = self
             .tags
             .as_ref()
-            .map_or(0, |t| 32 + t.iter().map(|t| 32 + t.len()).sum::<usize>());
+            .map_or(0, |t| 32 + t.iter().map(|t| 80 + t.len()).sum::<usize>());
         (key.len() + self.body.len() + etag + validators + compressed + tags + ENTRY_OVERHEAD_BYTES)
             .min(u32::MAX as usize) as u32
     }

@@ -167,7 +167,7 @@ impl<O: Origin> Inner<O> {
 
     /// Whether a purge of the key, or of one of `entry`'s tags, overtook the fetch `fence` guards.
     pub(super) fn overtaken(&self, entry: &Entry, fence: &Fence) -> bool {
-        fence.superseded.is_set() || self.tag_purges.any_since(entry.tags(), fence.started_ms)
+        fence.superseded.is_set() || self.recent.any_since(entry.tags(), fence.started_ms)
     }
 
     /// Stores `entry` in the tiers numbered `tiers` (in lookup order), unless a purge overtook
@@ -227,9 +227,22 @@ impl<O: Origin> Inner<O> {
     }
 
     /// Removes `key` from the tiers numbered `tiers`: the writes of a fetch a purge overtook.
+    /// A removal that fails (Redis timed out) is tried twice more, 50 ms and 200 ms later: a
+    /// purged value left in Redis would be served until it expires. A tier's failures are
+    /// counted by the tier (`redis_errors_total`); one that still fails is logged.
     pub(super) async fn undo(&self, key: &str, tiers: &[usize]) {
         for &t in tiers {
-            let _ = self.tiers[t].remove(key).await;
+            let tier = &self.tiers[t];
+            let mut tries = [50u64, 200].into_iter();
+            while let Err(e) = tier.remove(key).await {
+                match tries.next() {
+                    Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+                    None => {
+                        tracing::warn!(tier = tier.name().as_str(), error = %e, "a purged value could not be removed from a tier; it stays until it expires");
+                        break;
+                    }
+                }
+            }
         }
     }
 

@@ -15,6 +15,13 @@ use crate::telemetry::TRACE_TARGET;
 use super::{BATCH_WINDOW, BatchSink, Looked, PoolShare, Previous, ReadThrough};
 
 impl<O: Origin> ReadThrough<O> {
+    /// `found` as `tier` gave it for `key`, unless it comes from a shared tier (Redis) and was
+    /// stored before a purge this replica knows of: a purge is published before Redis is
+    /// purged, and such an entry must not be served or copied into the tiers in front.
+    fn unpurged(&self, tier: &AnyTier, key: &str, found: Option<Arc<Entry>>) -> Option<Arc<Entry>> {
+        found.filter(|e| !(tier.shared() && self.inner.recent.purged(key, e)))
+    }
+
     /// The answer for `key`: the hit path, top to bottom. A miss waits on the origin for at most
     /// `wait` (the hit path sets no timer).
     pub async fn get(&self, key: &str, wait: Duration) -> Result<Answer, CacheError> {
@@ -24,6 +31,7 @@ impl<O: Origin> ReadThrough<O> {
             let span = lookup_span(tier, 1);
             // Errors are counted by the tier itself; the request goes on without it.
             let found = tier.get(key).instrument(span.clone()).await.ok().flatten();
+            let found = self.unpurged(tier, key, found);
             let looked = look(found, tier.name(), &mut stale, now);
             span.record("cache.outcome", looked.outcome());
             if let Looked::Fresh(entry, ttl_secs) = looked {
@@ -159,7 +167,7 @@ impl<O: Origin> ReadThrough<O> {
             let (mut hits, mut left) = (0, Vec::with_capacity(open.len()));
             for (k, found) in open.into_iter().zip(found) {
                 match look(
-                    found.ok().flatten(),
+                    self.unpurged(tier, keys[k], found.ok().flatten()),
                     tier.name(),
                     &mut stale[k - window.start],
                     now,

@@ -29,7 +29,7 @@ use crate::origin::{AnyOrigin, BreakerState, FailureTicket, GuardedOrigin, Origi
 use crate::telemetry::Metrics;
 
 pub use self::purge::PurgeIncomplete;
-use self::purge::TagPurges;
+use self::purge::RecentPurges;
 
 /// Keys of a batch looked up in the tiers together: one round trip per tier per window, and no
 /// more entries read ahead of what the client has taken than a window holds.
@@ -107,8 +107,8 @@ struct Inner<O> {
     life: Lifetimes,
     /// This process's name on the Redis channels, so it skips its own purges.
     instance: Arc<str>,
-    /// Tags purged lately, for fetches in flight.
-    tag_purges: TagPurges,
+    /// Keys and tags purged lately: for fetches in flight, and entries read from Redis.
+    recent: RecentPurges,
     /// The pool batch fetches and background refreshes share: half of
     /// `ORIGIN_MAX_CONCURRENCY`, handed out first come first served, so together they never
     /// take the permits single `GET`s need.
@@ -199,7 +199,7 @@ impl<O: Origin> ReadThrough<O> {
                 life,
                 instance,
                 uncacheable_logged: Default::default(),
-                tag_purges: TagPurges::default(),
+                recent: RecentPurges::default(),
                 shared_pool: Arc::new(tokio::sync::Semaphore::new(background_permits)),
                 metrics,
                 clock,

@@ -3,6 +3,7 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Entry;
 use crate::cache::fleet::bus::{Channel, MessageBus};
 use crate::cache::fleet::listener::RemotePurges;
 use crate::cache::purge::{MIN_HORIZON_MS, PurgeRecords, encode_record};
@@ -36,8 +37,6 @@ impl<O: Origin> ReadThrough<O> {
         tag: &str,
         mode: PurgeMode,
     ) -> Result<Vec<(TierName, u64)>, PurgeIncomplete> {
-        // First, so a fetch whose answer carries the tag and finishes now does not store it.
-        self.inner.tag_purges.record(tag, self.now_ms());
         self.purge_everywhere(Target::Tag(tag.to_owned()), mode).await
     }
 
@@ -50,8 +49,27 @@ impl<O: Origin> ReadThrough<O> {
     ) -> Result<Vec<(TierName, u64)>, PurgeIncomplete> {
         let inner = &*self.inner;
         let now = self.now_ms();
+        // Recorded before anything is purged: a fetch that finishes now does not store its
+        // answer, and an entry read from Redis before Redis is purged counts as purged.
+        inner.recent.record(&target, now);
         self.note_purge(&target, mode, now);
         let mut reached_all = true;
+        if let Some(bus) = &inner.bus {
+            // Published first, so the other replicas drop their own copies while the shared
+            // tiers are purged here; recorded for the replicas that miss the message (they
+            // catch up from the records).
+            let member = encode_record(target.scope(), mode, target.name());
+            reached_all &= bus
+                .record(&member, now, self.purge_record_keep_ms())
+                .await
+                .is_ok();
+            let message = Invalidation {
+                mode,
+                origin_instance: inner.instance.to_string(),
+                target: target.clone(),
+            };
+            reached_all &= bus.publish(Channel::Invalidate, &message.encode()).await.is_ok();
+        }
         let mut purged = Vec::with_capacity(inner.tiers.len());
         for tier in &inner.tiers {
             let done = purge_in(tier, &target, mode, self.now_ms()).await;
@@ -63,20 +81,6 @@ impl<O: Origin> ReadThrough<O> {
         inner
             .metrics
             .invalidated(mode, PurgeSource::Local, target.scope());
-        if let Some(bus) = &inner.bus {
-            // Recorded for the replicas that miss the message (their disk tier checks it).
-            let member = encode_record(target.scope(), mode, target.name());
-            reached_all &= bus
-                .record(&member, now, self.purge_record_keep_ms())
-                .await
-                .is_ok();
-            let message = Invalidation {
-                mode,
-                origin_instance: inner.instance.to_string(),
-                target,
-            };
-            reached_all &= bus.publish(Channel::Invalidate, &message.encode()).await.is_ok();
-        }
         if reached_all {
             Ok(purged)
         } else {
@@ -95,9 +99,10 @@ impl<O: Origin> ReadThrough<O> {
         if *purge.origin_instance == *inner.instance {
             return;
         }
-        match &purge.target {
-            Target::Key(key) => inner.inflight.supersede(key.as_str()),
-            Target::Tag(tag) => inner.tag_purges.record(tag, self.now_ms()),
+        // First: from now on an entry of Redis stored before the purge is purged, here too.
+        inner.recent.record(&purge.target, self.now_ms());
+        if let Target::Key(key) = &purge.target {
+            inner.inflight.supersede(key.as_str());
         }
         self.note_purge(&purge.target, purge.mode, self.now_ms());
         let scope = purge.target.scope();
@@ -168,28 +173,49 @@ pub(super) async fn purge_in(
     }
 }
 
-/// Tags purged lately, and when: a fetch that started before a purge of a tag its answer
-/// carries must not store it. Kept for [`TAG_PURGE_HORIZON_MS`] (longer than any fetch).
+/// Keys and tags purged lately, and when. A fetch that started before a purge of a tag its
+/// answer carries must not store it; and an entry read from a shared tier (Redis) that was
+/// stored before a purge of its key or one of its tags is purged, whatever Redis still holds:
+/// the purge is published before Redis is purged, so another replica (or this one) may read
+/// the old entry in between, and must not copy it back into its own tiers. Kept for
+/// [`PURGE_HORIZON_MS`] (longer than any fetch, or any purge of Redis).
 #[derive(Default)]
-pub(super) struct TagPurges {
-    last: std::sync::Mutex<std::collections::HashMap<Box<str>, u64>>,
+pub(super) struct RecentPurges {
+    recent: std::sync::Mutex<Recent>,
 }
 
-/// Longer than a fetch can take (origin timeout, fleet wait, retries).
-const TAG_PURGE_HORIZON_MS: u64 = 10 * 60 * 1000;
+#[derive(Default)]
+struct Recent {
+    keys: std::collections::HashMap<Box<str>, u64>,
+    tags: std::collections::HashMap<Box<str>, u64>,
+    /// Size at which the maps are next trimmed of what is past the horizon (twice the size
+    /// left by the last trim, so trimming is O(1) per purge however many come).
+    trim_at: usize,
+}
 
-impl TagPurges {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, u64>> {
-        self.last.lock().unwrap_or_else(|p| p.into_inner())
+/// Longer than a fetch can take (origin timeout, fleet wait, retries) or a purge of Redis.
+const PURGE_HORIZON_MS: u64 = 10 * 60 * 1000;
+
+impl RecentPurges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `tag` was purged at `at_ms`.
-    pub(super) fn record(&self, tag: &str, at_ms: u64) {
-        let mut last = self.lock();
-        if last.len() >= 4096 {
-            last.retain(|_, t| *t + TAG_PURGE_HORIZON_MS > at_ms);
+    /// `target` was purged at `at_ms`.
+    pub(super) fn record(&self, target: &Target, at_ms: u64) {
+        let mut recent = self.lock();
+        let r = &mut *recent;
+        if r.keys.len() + r.tags.len() >= r.trim_at.max(4096) {
+            r.keys.retain(|_, t| *t + PURGE_HORIZON_MS > at_ms);
+            r.tags.retain(|_, t| *t + PURGE_HORIZON_MS > at_ms);
+            r.trim_at = 2 * (r.keys.len() + r.tags.len());
         }
-        last.insert(Box::from(tag), at_ms);
+        let map = match target {
+            Target::Key(_) => &mut r.keys,
+            Target::Tag(_) => &mut r.tags,
+        };
+        let at = map.entry(Box::from(target.name())).or_insert(at_ms);
+        *at = (*at).max(at_ms);
     }
 
     /// Whether any of `tags` was purged at or after `since_ms`.
@@ -197,8 +223,23 @@ impl TagPurges {
         if tags.is_empty() {
             return false;
         }
-        let last = self.lock();
-        tags.iter().any(|t| last.get(t).is_some_and(|at| *at >= since_ms))
+        let recent = self.lock();
+        tags.iter()
+            .any(|t| recent.tags.get(t).is_some_and(|at| *at >= since_ms))
+    }
+
+    /// Whether `key`'s `entry` was stored before a purge of its key or one of its tags.
+    pub(super) fn purged(&self, key: &str, entry: &Entry) -> bool {
+        let recent = self.lock();
+        if recent.keys.is_empty() && recent.tags.is_empty() {
+            return false;
+        }
+        let since = entry.stored_at_ms;
+        recent.keys.get(key).is_some_and(|at| *at >= since)
+            || entry
+                .tags()
+                .iter()
+                .any(|t| recent.tags.get(t).is_some_and(|at| *at >= since))
     }
 }
 

@@ -16,6 +16,22 @@ use crate::cache::tier::{Tier, TierError, TierHealth, TierName};
 /// The first read of an entry takes at most this many bytes (with the value's length).
 const FIRST_READ_BYTES: usize = 64 * 1024;
 
+/// Purges the entry KEYS[1] in one step (no fill can land between a read and a write):
+/// removes it (ARGV[1] `hard`), or ends its freshness at ARGV[2] (`soft`: the first `"f":` of
+/// the encoding, which comes before the value), keeping its TTL; 1 when there was an entry.
+const PURGE_KEY: &str = "local v = redis.call('get', KEYS[1]) \
+if not v then return 0 end \
+if ARGV[1] == 'hard' then redis.call('del', KEYS[1]) return 1 end \
+local f = string.match(v, '\"f\":(%d+)') \
+if f and tonumber(f) > tonumber(ARGV[2]) then \
+  local stale = string.gsub(v, '\"f\":%d+', '\"f\":' .. ARGV[2], 1) \
+  redis.call('set', KEYS[1], stale, 'KEEPTTL') \
+end \
+return 1";
+
+/// Members of a tag's set read (`SSCAN … COUNT`) and purged per step of a tag purge.
+const TAG_PURGE_CHUNK: usize = 1_000;
+
 /// A tag's index is trimmed of members whose entries are gone once it holds more than this.
 const TAG_INDEX_TRIM_FROM: i64 = 64;
 
@@ -526,48 +542,74 @@ impl Tier for RedisTier {
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
+        // The tag's set is read in chunks (SSCAN) and each chunk's entries purged by a script
+        // per entry (by its SHA, loaded once per node), a pipeline per node under a deadline of
+        // its own: a tag of any size finishes, and no command waits long behind one. A purge cut
+        // short leaves the rest to a retry (a purged entry's script answers 0 at once).
         let tag_key = self.tag_key(tag);
-        let members: Vec<String> = self
-            .client
-            .run(
-                RedisOp::Get,
-                tag_key.as_bytes(),
-                &redis::cmd("SMEMBERS").arg(&tag_key).to_owned(),
-            )
-            .await?;
-        // One pipeline per node: entries of one tag live in many slots.
-        let topology = self.client.topology();
-        let mut by_node: HashMap<&str, Vec<&String>> = HashMap::new();
-        for member in &members {
-            by_node
-                .entry(topology.node_for(member.as_bytes()).addr.as_str())
-                .or_default()
-                .push(member);
-        }
         let mode_arg = match mode {
             PurgeMode::Hard => "hard",
             PurgeMode::Soft => "soft",
         };
-        let purges = by_node.into_values().map(|keys| async move {
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.cmd("EVAL")
-                    .arg(PURGE_IF_TAGGED)
-                    .arg(1)
-                    .arg(key.as_str())
-                    .arg(tag)
-                    .arg(mode_arg)
-                    .arg(now_ms);
-            }
-            let done: Vec<i64> = self
-                .client
-                .run_pipe(RedisOp::Del, keys[0].as_bytes(), &pipe)
-                .await?;
-            Ok::<u64, TierError>(done.iter().filter(|n| **n == 1).count() as u64)
-        });
+        let mut shas: HashMap<String, String> = HashMap::new();
+        let mut cursor: u64 = 0;
         let mut purged = 0;
-        for done in futures_util::future::join_all(purges).await {
-            purged += done?;
+        loop {
+            let scan = redis::cmd("SSCAN")
+                .arg(&tag_key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(TAG_PURGE_CHUNK)
+                .to_owned();
+            let (next, members): (u64, Vec<String>) =
+                self.client.run(RedisOp::Get, tag_key.as_bytes(), &scan).await?;
+            let topology = self.client.topology();
+            let mut by_node: HashMap<&str, (Arc<Node>, Vec<&String>)> = HashMap::new();
+            for member in &members {
+                let node = topology.node_for(member.as_bytes());
+                by_node
+                    .entry(node.addr.as_str())
+                    .or_insert_with(|| (node.clone(), Vec::new()))
+                    .1
+                    .push(member);
+            }
+            for (addr, (node, _)) in &by_node {
+                if !shas.contains_key(*addr) {
+                    let load = redis::cmd("SCRIPT").arg("LOAD").arg(PURGE_IF_TAGGED).to_owned();
+                    let sha: String = self.client.run_on(RedisOp::Del, node, &load).await?;
+                    shas.insert((*addr).to_owned(), sha);
+                }
+            }
+            let chunks = by_node.into_iter().map(|(addr, (node, keys))| {
+                let sha = shas[addr].clone();
+                async move {
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.cmd("EVALSHA")
+                            .arg(&sha)
+                            .arg(1)
+                            .arg(key.as_str())
+                            .arg(tag)
+                            .arg(mode_arg)
+                            .arg(now_ms);
+                    }
+                    // A script per entry reads and maybe rewrites it: allow for the bytes.
+                    let deadline =
+                        self.client.response_timeout() + Duration::from_millis(keys.len() as u64 / 4);
+                    let done: Vec<i64> = self
+                        .client
+                        .run_pipe_within(RedisOp::Del, &node, &pipe, deadline)
+                        .await?;
+                    Ok::<u64, TierError>(done.iter().filter(|n| **n == 1).count() as u64)
+                }
+            });
+            for done in futures_util::future::join_all(chunks).await {
+                purged += done?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
         if mode == PurgeMode::Hard {
             // Every entry that carried the tag is gone; entries since re-tagged add themselves.
@@ -578,6 +620,26 @@ impl Tier for RedisTier {
                 .await;
         }
         Ok(purged)
+    }
+
+    async fn purge(&self, key: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
+        let entry_key = self.entry_key(key);
+        let mode_arg = match mode {
+            PurgeMode::Hard => "hard",
+            PurgeMode::Soft => "soft",
+        };
+        let script = redis::cmd("EVAL")
+            .arg(PURGE_KEY)
+            .arg(1)
+            .arg(&entry_key)
+            .arg(mode_arg)
+            .arg(now_ms)
+            .to_owned();
+        let n: i64 = self
+            .client
+            .run(RedisOp::Del, entry_key.as_bytes(), &script)
+            .await?;
+        Ok(u64::from(n == 1))
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {

@@ -15,6 +15,7 @@ mod eviction;
 pub use crate::cache::labels::EvictionCause;
 
 use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +43,9 @@ pub struct MemoryTier {
 const SHARDS: usize = 64;
 /// Reads one stripe of the read buffer holds before it asks for a drain.
 const STRIPE_READS: usize = 32;
+/// Entries a tag purge handles per taking of the policy's lock: a purge of a million entries
+/// is thousands of short steps, with other work (and hits, which never take that lock) between.
+const PURGE_STEP: usize = 256;
 
 /// What the clones of one tier share.
 struct Inner {
@@ -55,6 +59,10 @@ struct Inner {
     reads: ReadBuffer,
     /// The eviction policy (which owns the entries' order and weights) and the expiry sweep.
     state: Mutex<State>,
+    /// Tag → the keys whose entry carries it: a tag purge finds its entries here, not by a
+    /// scan. Changed with the index (under the policy's lock); its own lock is held only for a
+    /// set's update, or for taking a tag's whole set out at a purge.
+    tags: Mutex<HashMap<Box<str>, HashSet<Arc<str>>>>,
     /// Where evictions are counted.
     metrics: Arc<Metrics>,
     /// What "now" is for expiry.
@@ -248,6 +256,26 @@ impl Locked<'_> {
         }
     }
 
+    /// Stores `entry` (of `weight`, servable and no heavier than the tier) under `key` in the
+    /// index and the policy; whether the policy kept it (it may lose its admission duel).
+    fn insert(&mut self, hash: u64, key: Arc<str>, entry: Arc<Entry>, weight: u64) -> bool {
+        self.inner.index(hash, key.clone(), entry.clone());
+        let mut gone = Vec::new();
+        let until = self.until(entry.stale_until_ms);
+        let state = self.state.as_mut().expect("held");
+        state
+            .policy
+            .real
+            .insert_until(hash, key.clone(), entry.clone(), weight, until, &mut gone);
+        state.policy.record_write(hash, weight);
+        self.inner.unindex_evicted(&gone);
+        self.gone.extend(gone);
+        self.policy
+            .real
+            .peek(hash, &*key)
+            .is_some_and(|held| Arc::ptr_eq(held, &entry))
+    }
+
     /// Removes `key` from the policy and the index; `Replaced` is not counted as an eviction.
     fn remove(&mut self, hash: u64, key: &str, cause: Removal) {
         if let Some((key, value)) = self.policy.real.remove(hash, key) {
@@ -278,12 +306,46 @@ impl Inner {
     /// Makes `entry` the index's entry for `key` (under the policy's lock).
     fn index(&self, hash: u64, key: Arc<str>, entry: Arc<Entry>) {
         let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
-        match shard.find_mut(hash, |s| s.key == key) {
-            Some(slot) => slot.entry = entry,
+        let tagged = !entry.tags().is_empty();
+        let old = match shard.find_mut(hash, |s| s.key == key) {
+            Some(slot) => Some(std::mem::replace(&mut slot.entry, entry.clone())),
             None => {
-                shard.insert_unique(hash, Slot { hash, key, entry }, |s| s.hash);
+                shard.insert_unique(
+                    hash,
+                    Slot {
+                        hash,
+                        key: key.clone(),
+                        entry: entry.clone(),
+                    },
+                    |s| s.hash,
+                );
+                None
+            }
+        };
+        drop(shard);
+        let untag = old.as_ref().is_some_and(|o| !o.tags().is_empty());
+        if tagged || untag {
+            let mut tags = self.tags();
+            if let Some(old) = old {
+                for t in old.tags().iter().filter(|t| !entry.has_tag(t)) {
+                    forget_tag(&mut tags, t, &key);
+                }
+            }
+            for t in entry.tags() {
+                match tags.get_mut(&**t) {
+                    Some(keys) => {
+                        keys.insert(key.clone());
+                    }
+                    None => {
+                        tags.insert(t.clone(), HashSet::from([key.clone()]));
+                    }
+                }
             }
         }
+    }
+
+    fn tags(&self) -> MutexGuard<'_, HashMap<Box<str>, HashSet<Arc<str>>>> {
+        self.tags.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Drops `gone` from the index if it is the entry the index holds (under the policy's lock).
@@ -293,6 +355,13 @@ impl Inner {
             s.key == gone.key && Arc::ptr_eq(&s.entry, &gone.value)
         }) {
             slot.remove();
+            drop(shard);
+            if !gone.value.tags().is_empty() {
+                let mut tags = self.tags();
+                for t in gone.value.tags() {
+                    forget_tag(&mut tags, t, &gone.key);
+                }
+            }
         }
     }
 
@@ -348,6 +417,16 @@ impl Inner {
     }
 }
 
+/// Drops `key` from `tag`'s set, and the set once empty.
+fn forget_tag(tags: &mut HashMap<Box<str>, HashSet<Arc<str>>>, tag: &str, key: &Arc<str>) {
+    if let Some(keys) = tags.get_mut(tag) {
+        keys.remove(key);
+        if keys.is_empty() {
+            tags.remove(tag);
+        }
+    }
+}
+
 impl MemoryTier {
     /// A tier holding at most `max_bytes` of heap (entries, keys and the policy's structures,
     /// including its frequency sketch and mini-simulations); evictions are counted in `metrics`.
@@ -372,6 +451,7 @@ impl MemoryTier {
                 shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
                 reads: ReadBuffer::new(),
                 state: Mutex::new(state),
+                tags: Mutex::default(),
                 metrics,
                 clock,
             }),
@@ -441,6 +521,26 @@ impl MemoryTier {
             }
         }
         assert_eq!(indexed, locked.policy.real.len());
+        // The tag index holds exactly the tags of the entries indexed.
+        let tags = self.inner.tags();
+        let mut memberships = 0;
+        for shard in self.inner.shards.iter() {
+            for slot in shard.read().unwrap().iter() {
+                for t in slot.entry.tags() {
+                    assert!(
+                        tags.get(&**t).is_some_and(|k| k.contains(&slot.key)),
+                        "{} in {t}",
+                        slot.key
+                    );
+                    memberships += 1;
+                }
+            }
+        }
+        assert_eq!(
+            memberships,
+            tags.values().map(HashSet::len).sum::<usize>(),
+            "no stale memberships"
+        );
     }
 
     /// Records a read for the policy; applies the buffered reads when a stripe is full and
@@ -471,8 +571,9 @@ impl Tier for MemoryTier {
             .map(|s| std::mem::take(&mut *s.write().unwrap_or_else(|p| p.into_inner())))
             .collect();
         locked.hand = 0;
+        let tags = std::mem::take(&mut *self.inner.tags());
         drop(locked);
-        drop((gone, tables));
+        drop((gone, tables, tags));
     }
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
@@ -524,23 +625,7 @@ impl Tier for MemoryTier {
             locked.remove(hash, key, Removal::Replaced);
             return Ok(false);
         }
-        let key: Arc<str> = Arc::from(key);
-        self.inner.index(hash, key.clone(), entry.clone());
-        let mut gone = Vec::new();
-        let until = locked.until(until);
-        locked
-            .policy
-            .real
-            .insert_until(hash, key.clone(), entry.clone(), weight, until, &mut gone);
-        locked.policy.record_write(hash, weight);
-        self.inner.unindex_evicted(&gone);
-        locked.gone.extend(gone);
-        // Kept unless the policy let it go at once (its admission duel lost).
-        let kept = locked
-            .policy
-            .real
-            .peek(hash, &*key)
-            .is_some_and(|held| Arc::ptr_eq(held, &entry));
+        let kept = locked.insert(hash, Arc::from(key), entry, weight);
         Ok(kept)
     }
 
@@ -579,23 +664,66 @@ impl Tier for MemoryTier {
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
-        // A scan of the index, a shard at a time under its read lock (hits on other shards go
-        // on, and no hit waits for the policy), and only on a tag purge.
-        let mut tagged: Vec<Arc<str>> = Vec::new();
-        for shard in self.inner.shards.iter() {
-            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
-            tagged.extend(
-                shard
-                    .iter()
-                    .filter(|s| s.entry.has_tag(tag))
-                    .map(|s| s.key.clone()),
-            );
+        // The tag's set is taken out whole (entries stored from now on start a new one), then
+        // its entries are purged PURGE_STEP at a time: no step holds the policy's lock long, and
+        // hits never take it.
+        let Some(keys) = self.inner.tags().remove(tag) else {
+            return Ok(0);
+        };
+        let keys: Vec<Arc<str>> = keys.into_iter().collect();
+        let mut purged = 0;
+        for step in keys.chunks(PURGE_STEP) {
+            purged += self.purge_step(step, tag, mode, now_ms);
+            tokio::task::yield_now().await;
         }
-        Ok(self.purge_where(tagged, |e| e.has_tag(tag), mode, now_ms).await)
+        Ok(purged)
     }
 }
 
 impl MemoryTier {
+    /// Purges the entries of `keys` that carry `tag` now, under one taking of the policy's
+    /// lock (their stale copies made before it): how many.
+    fn purge_step(&self, keys: &[Arc<str>], tag: &str, mode: PurgeMode, now_ms: u64) -> u64 {
+        // (hash, key, the entry looked at, its stale copy for a soft purge)
+        type Found<'k> = (u64, &'k Arc<str>, Arc<Entry>, Option<Arc<Entry>>);
+        let found: Vec<Found<'_>> = keys
+            .iter()
+            .filter_map(|key| {
+                let hash = self.inner.hasher.hash_one(&**key);
+                let entry = self.inner.find(hash, key).filter(|e| e.has_tag(tag))?;
+                let stale = (mode == PurgeMode::Soft).then(|| Arc::new(entry.marked_stale(now_ms)));
+                Some((hash, key, entry, stale))
+            })
+            .collect();
+        if found.is_empty() {
+            return 0;
+        }
+        let mut purged = 0;
+        let mut locked = self.inner.lock();
+        for (hash, key, entry, stale) in found {
+            // Only the very entry looked at: never a newer one stored meanwhile.
+            if !locked
+                .policy
+                .real
+                .peek(hash, &**key)
+                .is_some_and(|held| Arc::ptr_eq(held, &entry))
+            {
+                continue;
+            }
+            match stale {
+                None => locked.remove(hash, key, Removal::Replaced),
+                Some(stale) => {
+                    let weight = u64::from(stale.weight(key));
+                    if weight <= locked.policy.real.maximum() {
+                        locked.insert(hash, key.clone(), stale, weight);
+                    }
+                }
+            }
+            purged += 1;
+        }
+        purged
+    }
+
     /// Removes (or marks stale) each of `keys` whose entry passes `check` now: how many.
     async fn purge_where(
         &self,
@@ -801,8 +929,17 @@ mod tests {
                         x ^= x >> 7;
                         x ^= x << 17;
                         let key = format!("k-{:04}", x % 1_000);
-                        match x % 10 {
+                        let tag = [format!("t{}", x % 7)];
+                        match x % 12 {
                             0 => drop(tier.remove(&key).now_or_never()),
+                            10 => drop(
+                                tier.put(
+                                    &key,
+                                    Arc::new(Entry::value(&key, b"1", now_ms(), &life()).with_tags(&tag)),
+                                )
+                                .now_or_never(),
+                            ),
+                            11 => drop(tier.purge_tag(&tag[0], PurgeMode::Soft, now_ms()).now_or_never()),
                             1 => drop(tier.put(&key, entry(&key, now_ms(), &short)).now_or_never()),
                             2 | 3 => drop(tier.put(&key, entry(&key, now_ms(), &life())).now_or_never()),
                             4 => {
@@ -820,6 +957,38 @@ mod tests {
         tier.settle();
         tier.check();
         assert!(tier.entries() > 0 && tier.entries() <= 500);
+    }
+
+    #[tokio::test]
+    async fn a_tag_purge_finds_its_entries_through_the_index_and_spares_the_rest() {
+        let tier = MemoryTier::new(64 << 20, Arc::new(Metrics::detached()));
+        let now = now_ms();
+        let tagged = |key: &str, tags: &[&str]| {
+            let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+            Arc::new(Entry::value(key, b"1", now, &life()).with_tags(&tags))
+        };
+        for i in 0..10_000 {
+            let key = format!("k{i}");
+            let tags: &[&str] = if i % 2 == 0 { &["even"] } else { &["odd", "all"] };
+            tier.put(&key, tagged(&key, tags)).await.unwrap();
+        }
+        // A key that changed tags is purged by its new tag only.
+        tier.put("k1", tagged("k1", &["even"])).await.unwrap();
+        tier.check();
+        assert_eq!(tier.purge_tag("odd", PurgeMode::Hard, now).await.unwrap(), 4_999);
+        assert!(tier.get_now("k3").unwrap().is_none());
+        assert!(tier.get_now("k1").unwrap().is_some(), "k1 carries even now");
+        assert_eq!(tier.purge_tag("nobody", PurgeMode::Hard, now).await.unwrap(), 0);
+        assert_eq!(tier.purge_tag("even", PurgeMode::Soft, now).await.unwrap(), 5_001);
+        let e = tier.get_now("k2").unwrap().unwrap();
+        assert!(matches!(e.freshness(now), crate::cache::Freshness::Stale { .. }));
+        assert_eq!(tier.entries(), 5_001);
+        tier.check();
+        // Stale copies carry their tag still: a hard purge of it finds them.
+        assert_eq!(tier.purge_tag("even", PurgeMode::Hard, now).await.unwrap(), 5_001);
+        assert_eq!(tier.entries(), 0);
+        tier.check();
+        assert!(tier.inner.tags().is_empty(), "empty sets are dropped");
     }
 
     #[tokio::test]
