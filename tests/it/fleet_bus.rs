@@ -196,3 +196,82 @@ async fn a_bus_that_is_down_leaves_each_replica_to_fetch_alone_and_a_purge_incom
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn an_entry_read_from_redis_that_a_known_purge_names_is_not_served_or_copied() {
+    // A purge is published before Redis is purged: a replica that heard of it must not serve
+    // (or copy into its memory) the entry Redis still holds for a moment.
+    use cache_layer::cache::{Entry, Invalidation, RedisClient, RedisConfig, RedisTier, Target, now_ms};
+    use redis::IntoConnectionInfo;
+
+    let server = crate::harness::Redis::start().await;
+    let shutdown = CancellationToken::new();
+    let config = RedisConfig {
+        nodes: vec![server.url().into_connection_info().unwrap()],
+        cluster: false,
+        key_prefix: "heard".to_owned(),
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_secs(2),
+    };
+    let metrics = Arc::new(Metrics::detached());
+    let client = RedisClient::new(&config, metrics.clone()).unwrap();
+    client.start(shutdown.clone()).await;
+    let redis = RedisTier::new(client, Entry::max_encoded_len(1 << 20));
+    let origin = Counted {
+        calls: Arc::default(),
+        latency: Duration::from_millis(1),
+    };
+    let own = MemoryTier::new(16 << 20, metrics.clone());
+    let breaker = Arc::new(Breaker::new(
+        Trip {
+            window: Duration::from_secs(60),
+            min_calls: 100,
+            rate_percent: 100,
+        },
+        Duration::from_secs(1),
+    ));
+    let guarded = GuardedOrigin::new(
+        origin.clone(),
+        8,
+        Duration::from_secs(5),
+        breaker,
+        metrics.clone(),
+    );
+    let life = Lifetimes::fixed(
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+    );
+    let cache = ReadThrough::new(
+        vec![AnyTier::Memory(own.clone()), AnyTier::Redis(redis.clone())],
+        guarded,
+        life,
+        None,
+        metrics,
+    );
+    // Another replica stored both a second ago.
+    let old = |key: &str, tags: &[String]| {
+        Arc::new(Entry::value(key, b"\"old\"", now_ms() - 1_000, &life).with_tags(tags))
+    };
+    redis.put("k", old("k", &[])).await.unwrap();
+    redis.put("t1", old("t1", &["t".to_owned()])).await.unwrap();
+    for target in [Target::Key("k".to_owned()), Target::Tag("t".to_owned())] {
+        cache
+            .apply_remote(&Invalidation {
+                mode: PurgeMode::Hard,
+                origin_instance: "another-replica".to_owned(),
+                target,
+            })
+            .await;
+    }
+    for (i, key) in ["k", "t1"].into_iter().enumerate() {
+        let answer = cache.get(key, WAIT).await.unwrap();
+        assert_ne!(
+            answer.entry.value_json(),
+            b"\"old\"",
+            "{key}: the purged value is not served"
+        );
+        assert_eq!(origin.calls.load(Ordering::SeqCst), i + 1, "{key}: fetched again");
+    }
+    shutdown.cancel();
+}

@@ -11,6 +11,7 @@ use cache_layer::cache::{
     RedisConfig, RedisTier, Target, Tier, now_ms,
 };
 use cache_layer::telemetry::Metrics;
+use futures_util::StreamExt;
 use redis::IntoConnectionInfo;
 use tokio_util::sync::CancellationToken;
 
@@ -257,5 +258,62 @@ async fn the_redis_tier_keeps_the_tier_contract() {
     assert!(client.is_up(), "redis is reachable");
     let tier = RedisTier::new(client, Entry::max_encoded_len(8 << 20));
     keeps_the_contract(AnyTier::Redis(tier), "redis", true).await;
+    shutdown.cancel();
+}
+
+/// The Redis tier over a fresh server, its keys under `prefix`.
+async fn redis_tier(server: &Redis, prefix: &str, shutdown: &CancellationToken) -> RedisTier {
+    let config = RedisConfig {
+        nodes: vec![server.url().into_connection_info().unwrap()],
+        cluster: false,
+        key_prefix: prefix.to_owned(),
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_millis(250),
+    };
+    let client = RedisClient::new(&config, Arc::new(Metrics::detached())).unwrap();
+    client.start(shutdown.clone()).await;
+    RedisTier::new(client, Entry::max_encoded_len(1 << 20))
+}
+
+#[tokio::test]
+async fn a_redis_tag_of_30000_entries_is_purged_whole_in_chunks() {
+    // One pipeline of 30,000 scripts under the 250 ms response timeout used to time out, mark a
+    // healthy Redis down and leave the tag for every retry to fail on the same way.
+    let server = Redis::start().await;
+    let shutdown = CancellationToken::new();
+    let tier = redis_tier(&server, "bigtag", &shutdown).await;
+    let tier = AnyTier::Redis(tier);
+    let n = 30_000;
+    let writes = (0..n).map(|i| {
+        let tier = tier.clone();
+        async move {
+            let key = format!("m{i}");
+            tier.put(&key, tagged(&key, &["big"])).await.unwrap();
+        }
+    });
+    // 64 writes in flight at a time.
+    futures_util::stream::iter(writes)
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    tier.put("other", tagged("other", &["small"])).await.unwrap();
+    assert_eq!(
+        purge(&tier, Target::Tag("big".to_owned()), PurgeMode::Hard).await,
+        n
+    );
+    for i in [0, 1, n / 2, n - 1] {
+        assert!(tier.get(&format!("m{i}")).await.unwrap().is_none(), "m{i} purged");
+    }
+    assert!(
+        tier.get("other").await.unwrap().is_some(),
+        "an entry of another tag is kept"
+    );
+    let AnyTier::Redis(redis) = &tier else {
+        unreachable!()
+    };
+    assert!(
+        redis.client().is_up(),
+        "a long purge never marks a healthy Redis down"
+    );
     shutdown.cancel();
 }
