@@ -121,6 +121,9 @@ pub trait PurgeRecords: Send + Sync {
         at_ms: u64,
         keep_ms: u64,
     ) -> futures_util::future::BoxFuture<'a, Result<(), RecordsUnavailable>>;
+    /// An id of the records as they are kept: it changes when they are lost (Redis restarted
+    /// empty), so a replica that was away knows whether they cover its gap.
+    fn epoch(&self) -> futures_util::future::BoxFuture<'_, Result<String, RecordsUnavailable>>;
     /// The purges recorded since `since_ms`: `(member, time)`, oldest first.
     fn since(
         &self,

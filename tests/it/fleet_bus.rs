@@ -275,3 +275,70 @@ async fn an_entry_read_from_redis_that_a_known_purge_names_is_not_served_or_copi
     }
     shutdown.cancel();
 }
+
+/// Two replicas on `bus`, each holding `keys` in its own tier.
+async fn warm_pair(
+    origin: &Counted,
+    bus: &MemoryBus,
+    shutdown: &CancellationToken,
+    keys: usize,
+) -> Vec<Replica> {
+    let shared = MemoryTier::new(16 << 20, Arc::new(Metrics::detached()));
+    let pair: Vec<Replica> = (0..2).map(|_| replica(origin, bus, &shared, shutdown)).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for k in 0..keys {
+        for r in &pair {
+            r.cache.get(&format!("k{k}"), WAIT).await.unwrap();
+        }
+    }
+    pair
+}
+
+fn held(r: &Replica, keys: std::ops::Range<usize>) -> usize {
+    keys.filter(|k| r.own.get_now(&format!("k{k}")).flatten().is_some())
+        .count()
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_catches_up_from_the_purge_records_and_keeps_the_rest() {
+    let origin = Counted {
+        calls: Arc::default(),
+        latency: Duration::from_millis(1),
+    };
+    let (bus, shutdown) = (MemoryBus::new(), CancellationToken::new());
+    let pair = warm_pair(&origin, &bus, &shutdown, 100).await;
+    assert_eq!(held(&pair[1], 0..100), 100);
+    // B (and A) hear nothing for 2 s; A purges ten keys meanwhile: recorded, heard by nobody.
+    bus.deafen_for(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for k in 0..10 {
+        let _ = pair[0].cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
+    }
+    assert_eq!(held(&pair[1], 0..10), 10, "B has not heard yet");
+    // Subscribed again, B catches up: the ten go, the other ninety stay.
+    eventually("B to catch up on the purges it missed", || {
+        let r = &pair[1];
+        async move { (held(r, 0..10) == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(held(&pair[1], 10..100), 90, "nothing else was flushed");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_replica_whose_gap_the_records_cannot_cover_clears_its_own_tiers() {
+    let origin = Counted {
+        calls: Arc::default(),
+        latency: Duration::from_millis(1),
+    };
+    let (bus, shutdown) = (MemoryBus::new(), CancellationToken::new());
+    let pair = warm_pair(&origin, &bus, &shutdown, 20).await;
+    bus.deafen_for(Duration::from_secs(1));
+    bus.lose_records();
+    eventually("B to clear its own tier", || {
+        let r = &pair[1];
+        async move { (held(r, 0..20) == 0).then_some(()) }
+    })
+    .await;
+    shutdown.cancel();
+}

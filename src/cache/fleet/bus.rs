@@ -129,6 +129,12 @@ impl PurgeRecords for AnyBus {
             AnyBus::Memory(b) => b.since(since_ms),
         }
     }
+    fn epoch(&self) -> BoxFuture<'_, Result<String, RecordsUnavailable>> {
+        match self {
+            AnyBus::Redis(b) => b.epoch(),
+            AnyBus::Memory(b) => b.epoch(),
+        }
+    }
 }
 
 /// The bus through Redis: locks are `SET NX PX` keys, channels are pub/sub channels, purge
@@ -251,6 +257,14 @@ impl PurgeRecords for RedisBus {
                 .map_err(|e| RecordsUnavailable(e.to_string()))
         })
     }
+    fn epoch(&self) -> BoxFuture<'_, Result<String, RecordsUnavailable>> {
+        Box::pin(async move {
+            self.client
+                .purge_epoch()
+                .await
+                .map_err(|e| RecordsUnavailable(e.to_string()))
+        })
+    }
 }
 
 /// A bus in this process: what the Redis bus does, for read-throughs that share it (each clone
@@ -269,6 +283,11 @@ struct MemoryBusInner {
     records: Mutex<Vec<(String, u64)>>,
     /// Taken down by a test.
     down: AtomicBool,
+    /// The records' id, changed when a test loses them.
+    epoch: Mutex<String>,
+    /// Until when subscribers hear nothing (their subscriptions are lost, new ones refused),
+    /// while publishing and recording go on: one replica cut off from the others.
+    deaf_until: Mutex<Option<Instant>>,
 }
 
 /// Messages a subscriber may fall behind by before its subscription is lost (as a Redis
@@ -283,6 +302,8 @@ impl Default for MemoryBus {
                 messages: broadcast::channel(MEMORY_BUS_BACKLOG).0,
                 records: Mutex::default(),
                 down: AtomicBool::new(false),
+                epoch: Mutex::new(format!("{:016x}", rand::random::<u64>())),
+                deaf_until: Mutex::new(None),
             }),
         }
     }
@@ -297,6 +318,31 @@ impl MemoryBus {
     /// Takes the bus down (every call fails, subscriptions are lost) or brings it back.
     pub fn set_down(&self, down: bool) {
         self.inner.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Cuts every subscriber off for `period`: subscriptions are lost and new ones refused, and
+    /// what is published meanwhile reaches nobody; purges are still recorded.
+    pub fn deafen_for(&self, period: Duration) {
+        *self.inner.deaf_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + period);
+    }
+
+    fn deaf(&self) -> bool {
+        self.inner
+            .deaf_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Loses the purge records, as a Redis that restarted empty does.
+    pub fn lose_records(&self) {
+        self.inner
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *self.inner.epoch.lock().unwrap_or_else(|p| p.into_inner()) =
+            format!("{:016x}", rand::random::<u64>());
     }
 
     fn down(&self) -> bool {
@@ -354,12 +400,14 @@ impl MessageBus for MemoryBus {
             return Err(BusError("the in-process bus is down".to_owned()));
         }
         // No subscriber is not an error (as PUBLISH to nobody is not).
-        let _ = self.inner.messages.send((channel, message.to_owned()));
+        if !self.deaf() {
+            let _ = self.inner.messages.send((channel, message.to_owned()));
+        }
         Ok(())
     }
 
     async fn subscribe(&self) -> Result<Subscription, BusError> {
-        if self.down() {
+        if self.down() || self.deaf() {
             return Err(BusError("the in-process bus is down".to_owned()));
         }
         let receiver = self.inner.messages.subscribe();
@@ -373,7 +421,7 @@ impl MessageBus for MemoryBus {
         let bus = self.clone();
         Ok(Subscription {
             messages,
-            lost: Box::new(move || bus.down()),
+            lost: Box::new(move || bus.down() || bus.deaf()),
         })
     }
 }
@@ -406,6 +454,14 @@ impl PurgeRecords for MemoryBus {
                 .filter(|(_, at)| *at >= since_ms)
                 .cloned()
                 .collect())
+        })
+    }
+    fn epoch(&self) -> BoxFuture<'_, Result<String, RecordsUnavailable>> {
+        Box::pin(async move {
+            if self.down() {
+                return Err(RecordsUnavailable("the in-process bus is down".to_owned()));
+            }
+            Ok(self.inner.epoch.lock().unwrap_or_else(|p| p.into_inner()).clone())
         })
     }
 }

@@ -10,6 +10,11 @@ use tokio_util::sync::CancellationToken;
 use std::future::Future;
 
 use super::Fleet;
+use crate::cache::entry::now_ms;
+use crate::cache::purge::PurgeRecords;
+
+/// How far before a gap the records are read from: replicas' clocks differ by up to this.
+const CLOCK_SLACK_MS: u64 = 5_000;
 use super::bus::{AnyBus, Channel, MessageBus};
 use crate::cache::purge::{PurgeMode, Target};
 
@@ -18,9 +23,13 @@ use crate::cache::purge::{PurgeMode, Target};
 pub trait RemotePurges: Send + Sync + 'static {
     /// Applies a purge another replica took (a replica's own purges come back too: skip them).
     fn apply_remote(&self, purge: &Invalidation) -> impl Future<Output = ()> + Send;
-    /// The subscription was (re)made after a gap in which purges may have been missed: forget
-    /// what this replica's own tiers hold.
+    /// The subscription was (re)made after a gap in which purges may have been missed, and
+    /// the purge records cannot say which: forget what this replica's own tiers hold.
     fn caught_up(&self);
+    /// The purges recorded during a gap in the subscription (`(member, time)`, as
+    /// [`crate::cache::purge::encode_record`] writes them): apply them to this replica's own
+    /// tiers, which keep everything else.
+    fn catch_up(&self, records: Vec<(String, u64)>) -> impl Future<Output = ()> + Send;
 }
 
 /// A purge as replicas tell each other about it.
@@ -71,9 +80,11 @@ impl Invalidation {
 }
 
 /// Listens on the bus's channels until `shutdown`, subscribing again when the subscription
-/// drops: purges from other replicas and fleet locks let go. Each (re)subscription clears this
-/// replica's own tiers: purges published while it was not listening must not leave it serving
-/// purged values.
+/// drops: purges from other replicas and fleet locks let go. A subscription made again after a
+/// gap catches up from the purge records of the gap (from a little before the subscription was
+/// last known alive, for clocks that differ between replicas), so this replica's own tiers keep
+/// every entry that was not purged; only when the records cannot cover the gap (they were lost:
+/// their id changed; or cannot be read) are its own tiers cleared, and that is logged.
 pub fn spawn_listener<R: RemotePurges>(
     cache: R,
     bus: AnyBus,
@@ -88,12 +99,42 @@ pub fn spawn_listener<R: RemotePurges>(
 }
 
 async fn listen<R: RemotePurges>(cache: &R, bus: &AnyBus, fleet: Option<&Fleet>) {
+    // When the subscription was last known alive, and the id of the records then.
+    let mut heard: Option<(u64, String)> = None;
     loop {
         let Ok(mut subscription) = bus.subscribe().await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        cache.caught_up();
+        let epoch = bus.epoch().await.ok();
+        match (&heard, &epoch) {
+            (Some((alive_ms, then)), Some(now)) if then == now => {
+                match bus.since(alive_ms.saturating_sub(CLOCK_SLACK_MS)).await {
+                    Ok(records) => {
+                        tracing::info!(
+                            purges = records.len(),
+                            "caught up on the purges made while not listening"
+                        );
+                        cache.catch_up(records).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "purges made while not listening cannot be read; this replica's own tiers are cleared");
+                        cache.caught_up();
+                    }
+                }
+            }
+            (Some(_), _) => {
+                tracing::warn!(
+                    "the purge records were lost (Redis restarted empty?); this replica's own tiers are cleared"
+                );
+                cache.caught_up();
+            }
+            // The first subscription: the tiers are new (the disk reads the records itself).
+            (None, _) => cache.caught_up(),
+        }
+        if let Some(epoch) = &epoch {
+            heard = Some((now_ms(), epoch.clone()));
+        }
         tracing::info!("listening for purges and fills from other replicas");
         // A hung node keeps the socket open but delivers nothing: move when the pings say it
         // is down.
@@ -118,6 +159,9 @@ async fn listen<R: RemotePurges>(cache: &R, bus: &AnyBus, fleet: Option<&Fleet>)
                 _ = check.tick() => {
                     if (subscription.lost)() {
                         break;
+                    }
+                    if let Some(epoch) = &epoch {
+                        heard = Some((now_ms(), epoch.clone()));
                     }
                 }
             }

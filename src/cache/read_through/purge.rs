@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Entry;
 use crate::cache::fleet::bus::{Channel, MessageBus};
 use crate::cache::fleet::listener::RemotePurges;
-use crate::cache::purge::{MIN_HORIZON_MS, PurgeRecords, encode_record};
+use crate::cache::purge::{MIN_HORIZON_MS, PurgeRecords, PurgeScope, decode_record, encode_record};
 use crate::cache::{AnyTier, Invalidation, PurgeMode, PurgeSource, Target, Tier, TierError, TierName};
 use crate::origin::Origin;
 
@@ -250,5 +250,25 @@ impl<O: Origin> RemotePurges for ReadThrough<O> {
 
     fn caught_up(&self) {
         self.clear_own_tiers()
+    }
+
+    async fn catch_up(&self, records: Vec<(String, u64)>) {
+        let inner = &*self.inner;
+        for (member, at_ms) in records {
+            let Some((scope, mode, name)) = decode_record(&member) else {
+                continue;
+            };
+            let target = match scope {
+                PurgeScope::Key => Target::Key(name.to_owned()),
+                PurgeScope::Tag => Target::Tag(name.to_owned()),
+            };
+            inner.recent.record(&target, at_ms);
+            self.note_purge(&target, mode, at_ms);
+            for tier in inner.tiers.iter().filter(|t| !t.shared()) {
+                let n = purge_in(tier, &target, mode, self.now_ms()).await.unwrap_or(0);
+                inner.metrics.invalidated_entries(scope, tier.name(), n);
+            }
+            inner.metrics.invalidated(mode, PurgeSource::Remote, scope);
+        }
     }
 }

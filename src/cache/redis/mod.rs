@@ -919,6 +919,20 @@ impl RedisClient {
             .map(drop)
     }
 
+    /// The id of the purge records (made by the first replica to ask): a Redis that restarted
+    /// empty has lost the records, and the id with them.
+    pub(crate) async fn purge_epoch(&self) -> Result<String, CommandError> {
+        const EPOCH: &str = "redis.call('set', KEYS[1], ARGV[1], 'NX') return redis.call('get', KEYS[1])";
+        let key = format!("{}purges:epoch", self.shared.key_prefix);
+        let cmd = redis::cmd("EVAL")
+            .arg(EPOCH)
+            .arg(1)
+            .arg(&key)
+            .arg(format!("{:016x}", rand::random::<u64>()))
+            .to_owned();
+        self.run::<String>(RedisOp::Get, key.as_bytes(), &cmd).await
+    }
+
     /// The purges recorded since `since_ms`: `(member, time)`, oldest first.
     pub(crate) async fn purge_records(&self, since_ms: u64) -> Result<Vec<(String, u64)>, CommandError> {
         let key = self.purges_key();
