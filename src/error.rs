@@ -57,12 +57,11 @@ pub enum AppError {
     /// A purge with the wrong token, or purging is off.
     #[error("{0}")]
     Forbidden(String),
-    /// A purge was applied on this replica but could not reach Redis (and so the other
-    /// replicas): Redis is down. Retrying is safe.
-    #[error(
-        "purged on this replica only: Redis is unreachable, so Redis and the other replicas still hold the key; retry"
-    )]
-    PurgeIncomplete,
+    /// A purge did not complete: it was applied on this replica but did not reach Redis or
+    /// the other replicas, or no record of it outlives a restart, or it is still running past
+    /// `PURGE_TIMEOUT_SECS` (it goes on). The message says which. Retrying is safe.
+    #[error("{0}")]
+    PurgeIncomplete(String),
     /// A bug: a panic or a broken invariant.
     #[error("{0}")]
     Internal(String),
@@ -90,7 +89,7 @@ impl AppError {
             AppError::OriginUnavailable { .. } => "origin_unavailable",
             AppError::Unauthorized => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
-            AppError::PurgeIncomplete => "purge_incomplete",
+            AppError::PurgeIncomplete(_) => "purge_incomplete",
             AppError::RequestTimeout => "request_timeout",
             AppError::Internal(_) => "internal",
         }
@@ -106,7 +105,9 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::OriginError(_) => StatusCode::BAD_GATEWAY,
             AppError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            AppError::OriginUnavailable { .. } | AppError::PurgeIncomplete => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::OriginUnavailable { .. } | AppError::PurgeIncomplete(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -118,7 +119,7 @@ impl AppError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             AppError::OriginUnavailable { retry_after_secs, .. } => Some(*retry_after_secs),
-            AppError::PurgeIncomplete => Some(1),
+            AppError::PurgeIncomplete(_) => Some(1),
             _ => None,
         }
     }

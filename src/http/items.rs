@@ -244,7 +244,9 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
     let purge = state.cache.spawn(async move { cache.purge(&key, mode).await });
     match tokio::time::timeout(state.purge_timeout, purge).await {
         Ok(Ok(Ok(()))) => Ok(StatusCode::NO_CONTENT.into_response()),
-        _ => Err(AppError::PurgeIncomplete),
+        Ok(Ok(Err(incomplete))) => Err(AppError::PurgeIncomplete(format!("{incomplete}; retry"))),
+        Ok(Err(e)) => Err(AppError::Internal(format!("the purge task failed: {e}"))),
+        Err(_) => Err(AppError::PurgeIncomplete(still_running(state.purge_timeout))),
     }
 }
 
@@ -313,6 +315,15 @@ fn purge_mode(query: Option<&str>) -> Result<PurgeMode, AppError> {
         }
     }
     Ok(if soft { PurgeMode::Soft } else { PurgeMode::Hard })
+}
+
+/// The message of a purge still running past `PURGE_TIMEOUT_SECS` (it goes on in the
+/// background; a retry finishes what is left).
+pub(super) fn still_running(timeout: std::time::Duration) -> String {
+    format!(
+        "the purge is still running after PURGE_TIMEOUT_SECS ({} s); it goes on, and a retry finishes it",
+        timeout.as_secs()
+    )
 }
 
 #[cfg(test)]

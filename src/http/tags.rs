@@ -10,7 +10,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::json;
 
 use super::AppState;
-use super::items::purge_request;
+use super::items::{purge_request, still_running};
 use crate::error::AppError;
 
 /// The path of every tag, before its name.
@@ -33,8 +33,11 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
     let purge = state
         .cache
         .spawn(async move { cache.purge_tag(&name, mode).await });
-    let Ok(Ok(Ok(purged))) = tokio::time::timeout(state.purge_timeout, purge).await else {
-        return Err(AppError::PurgeIncomplete);
+    let purged = match tokio::time::timeout(state.purge_timeout, purge).await {
+        Ok(Ok(Ok(purged))) => purged,
+        Ok(Ok(Err(incomplete))) => return Err(AppError::PurgeIncomplete(format!("{incomplete}; retry"))),
+        Ok(Err(e)) => return Err(AppError::Internal(format!("the purge task failed: {e}"))),
+        Err(_) => return Err(AppError::PurgeIncomplete(still_running(state.purge_timeout))),
     };
     let purged: serde_json::Map<String, serde_json::Value> = purged
         .into_iter()

@@ -317,14 +317,35 @@ async fn a_disk_that_goes_away_degrades_to_no_disk_tier_and_is_reopened() {
             (200, "cache-layer; fwd=miss; detail=declined")
         );
     }
-    // A purge while the disk is down is not a failed purge (its record applies when it is back).
-    assert_eq!(purge(&s, "/items/x").await, 204);
-    assert_eq!(purge(&s, "/tags/t").await, 200);
+    // A purge while the disk is down, without Redis, is recorded nowhere that outlives a
+    // restart: applied, and answered 503 with a message that says so.
+    for path in ["/items/x", "/tags/t"] {
+        let r = client()
+            .delete(s.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "purge_incomplete");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("no record of it outlives a restart"),
+            "{body}"
+        );
+    }
     // A volume that went away is not recreated beneath it by the service.
     assert!(!dir.exists());
 
     std::fs::create_dir(&dir).unwrap();
     wait_disk(&s, "ok").await;
+    // The purges noted while it was down reached its purge file before it served again.
+    let file = std::fs::read_to_string(dir.join("cache-layer-purges.jsonl")).unwrap();
+    assert!(file.contains(r#""key","x"]"#), "{file}");
+    assert!(file.contains(r#""tag","t"]"#), "{file}");
     assert_eq!(s.get("y").await.1, "cache-layer; fwd=miss; stored");
     assert!(s.get("y").await.1.ends_with("detail=disk"));
 }

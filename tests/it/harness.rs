@@ -561,6 +561,16 @@ impl Redis {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+
+    /// Polls `cli(args)` until it prints `want`: writes after an answer are made in the
+    /// background (the answer waits only for the tier in front), so a test that looks in Redis
+    /// right after a response polls.
+    pub async fn eventually_cli(&self, args: &[&str], want: &str) {
+        eventually(&format!("redis-cli {args:?} to print {want}"), || async move {
+            (self.cli(args) == want).then_some(())
+        })
+        .await
+    }
 }
 
 impl Drop for Redis {
@@ -749,6 +759,16 @@ impl RedisCluster {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Polls `cli(args)` until it prints `want`: writes after an answer are made in the
+    /// background (the answer waits only for the tier in front), so a test that looks in Redis
+    /// right after a response polls.
+    pub async fn eventually_cli(&self, args: &[&str], want: &str) {
+        eventually(&format!("redis-cli {args:?} to print {want}"), || async move {
+            (self.cli(args) == want).then_some(())
+        })
+        .await
     }
 }
 

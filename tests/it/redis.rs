@@ -19,6 +19,8 @@ async fn a_value_fetched_through_one_process_is_a_redis_hit_for_another() {
     let c = client();
     let r = c.get(a.item_url("shared")).send().await.unwrap();
     assert_eq!(cache_status(&r), "cache-layer; fwd=miss; stored");
+    // a answered once its memory tier held it; Redis is written just after.
+    redis.eventually_cli(&["EXISTS", &entry_key("shared")], "1").await;
     let r = c.get(b.item_url("shared")).send().await.unwrap();
     let status = cache_status(&r);
     assert!(
@@ -60,10 +62,12 @@ async fn password_auth_and_the_seeds_redis_variables_work() {
     let with_password = format!("redis://:s3cret@127.0.0.1:{}", redis.port);
     let [s] = services_on(&with_password, &[("ORIGIN_LATENCY_MS", "1")]).await;
     client().get(s.item_url("a")).send().await.unwrap();
-    assert_eq!(
-        redis.cli(&["-a", "s3cret", "--no-auth-warning", "EXISTS", &entry_key("a")]),
-        "1"
-    );
+    redis
+        .eventually_cli(
+            &["-a", "s3cret", "--no-auth-warning", "EXISTS", &entry_key("a")],
+            "1",
+        )
+        .await;
 
     // The seed's REDIS_HOST / REDIS_PORT / REDIS_DB, with the password from REDIS_PASSWORD.
     let port = redis.port.to_string();
@@ -77,18 +81,20 @@ async fn password_auth_and_the_seeds_redis_variables_work() {
     .await;
     seed.wait_redis_up().await;
     client().get(seed.item_url("b")).send().await.unwrap();
-    assert_eq!(
-        redis.cli(&[
-            "-a",
-            "s3cret",
-            "--no-auth-warning",
-            "-n",
-            "3",
-            "EXISTS",
-            &entry_key("b")
-        ]),
-        "1"
-    );
+    redis
+        .eventually_cli(
+            &[
+                "-a",
+                "s3cret",
+                "--no-auth-warning",
+                "-n",
+                "3",
+                "EXISTS",
+                &entry_key("b"),
+            ],
+            "1",
+        )
+        .await;
 
     // A wrong password degrades the service; it still answers.
     let wrong = format!("redis://:nope@127.0.0.1:{}", redis.port);
@@ -120,7 +126,7 @@ async fn redis_down_at_start_degrades_and_is_used_once_it_appears() {
     redis.restart().await;
     s.wait_redis_up().await;
     c.get(s.item_url("after")).send().await.unwrap();
-    assert_eq!(redis.cli(&["EXISTS", &entry_key("after")]), "1");
+    redis.eventually_cli(&["EXISTS", &entry_key("after")], "1").await;
 }
 
 #[tokio::test]
@@ -174,7 +180,9 @@ async fn redis_killed_and_restarted_under_traffic_causes_no_5xx() {
     );
     // Used again after it came back: a new key lands in Redis.
     client().get(s.item_url("after-restart")).send().await.unwrap();
-    assert_eq!(redis.cli(&["EXISTS", &entry_key("after-restart")]), "1");
+    redis
+        .eventually_cli(&["EXISTS", &entry_key("after-restart")], "1")
+        .await;
     assert!(s.metric("redis_errors_total").await >= 1.0);
 }
 
@@ -212,7 +220,9 @@ async fn rediss_urls_speak_tls() {
     let redis = Redis::start_tls().await;
     let [s] = services_on(&redis.url(), &[("ORIGIN_LATENCY_MS", "1")]).await;
     client().get(s.item_url("over-tls")).send().await.unwrap();
-    assert_eq!(redis.cli(&["EXISTS", &entry_key("over-tls")]), "1");
+    redis
+        .eventually_cli(&["EXISTS", &entry_key("over-tls")], "1")
+        .await;
 }
 
 #[tokio::test]
@@ -226,7 +236,9 @@ async fn rediss_verifies_the_server_against_redis_tls_ca_file() {
     )
     .await;
     client().get(s.item_url("verified")).send().await.unwrap();
-    assert_eq!(redis.cli(&["EXISTS", &entry_key("verified")]), "1");
+    redis
+        .eventually_cli(&["EXISTS", &entry_key("verified")], "1")
+        .await;
     // Without the CA the server's certificate is not trusted: degraded, still answering.
     let untrusted = Service::start(&[("REDIS_URL", &verified), ("ORIGIN_LATENCY_MS", "1")]).await;
     assert_eq!(untrusted.get("other").await.0, 200);

@@ -201,7 +201,7 @@ async fn purge_on_one_replica_evicts_on_the_other_and_needs_the_admin_token() {
     let (_, status, body) = b.get("k").await;
     assert_eq!(status, "cache-layer; fwd=miss; stored");
     assert_eq!(body["value"]["n"], 2);
-    assert_eq!(redis.cli(&["EXISTS", &entry_key("k")]), "1");
+    redis.eventually_cli(&["EXISTS", &entry_key("k")], "1").await;
     // Purging a key nobody holds is fine too.
     assert_eq!(
         c.delete(a.item_url("never"))
@@ -344,7 +344,9 @@ async fn redis_cluster_carries_the_tier_purges_and_the_fleet_lock() {
         assert_eq!(a.get(&key).await.1, "cache-layer; fwd=miss; stored");
         assert!(b.get(&key).await.1.ends_with("detail=redis"));
     }
-    assert_eq!(cluster.cli(&["EXISTS", &entry_key("key-0")]), "1");
+    cluster
+        .eventually_cli(&["EXISTS", &entry_key("key-0")], "1")
+        .await;
     // Purge through a, seen by b.
     let r = client()
         .delete(a.item_url("key-0"))

@@ -46,7 +46,7 @@ fn is_stale(e: &Entry) -> bool {
 /// A purge as the read-through applies it: noted first (the disk tier logs it), then applied.
 async fn purge(tier: &AnyTier, target: Target, mode: PurgeMode) -> u64 {
     let now = now_ms();
-    tier.note_purge(&target, mode, now);
+    tier.note_purge(&target, mode, now).await;
     match &target {
         Target::Key(k) => tier.purge(k, mode, now).await.unwrap(),
         Target::Tag(t) => tier.purge_tag(t, mode, now).await.unwrap(),

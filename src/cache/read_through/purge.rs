@@ -12,11 +12,19 @@ use crate::origin::Origin;
 
 use super::ReadThrough;
 
-/// A purge was applied here but did not reach Redis or the other replicas (Redis is down): the
-/// caller should retry.
+/// A purge that did not complete everywhere: the caller should retry (a retry is safe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the purge was applied here only: Redis and the other replicas still hold the key")]
-pub struct PurgeIncomplete;
+pub enum PurgeIncomplete {
+    /// Applied here, but Redis or the other replicas were not reached (or a tier failed).
+    #[error("the purge was applied here only: Redis and the other replicas still hold the key")]
+    Unreached,
+    /// Applied, but recorded nowhere that outlives a restart: the disk tier is down and there
+    /// is no Redis to record it (the disk would serve the purged entries after a restart).
+    #[error(
+        "the purge was applied, but no record of it outlives a restart: the disk tier is down and Redis keeps no record"
+    )]
+    NotRecorded,
+}
 
 impl<O: Origin> ReadThrough<O> {
     /// Purges `key` from every tier here and, through Redis, on every replica. An error means
@@ -52,17 +60,22 @@ impl<O: Origin> ReadThrough<O> {
         // Recorded before anything is purged: a fetch that finishes now does not store its
         // answer, and an entry read from Redis before Redis is purged counts as purged.
         inner.recent.record(&target, now);
-        self.note_purge(&target, mode, now);
+        // Durable where this replica keeps purge records (its disk), or in Redis: a purge
+        // recorded nowhere that outlives a restart is incomplete.
+        let noted_here = self.note_purge(&target, mode, now).await;
+        let mut recorded = noted_here;
         let mut reached_all = true;
         if let Some(bus) = &inner.bus {
             // Published first, so the other replicas drop their own copies while the shared
             // tiers are purged here; recorded for the replicas that miss the message (they
             // catch up from the records).
             let member = encode_record(target.scope(), mode, target.name());
-            reached_all &= bus
+            let in_redis = bus
                 .record(&member, now, self.purge_record_keep_ms())
                 .await
                 .is_ok();
+            reached_all &= in_redis;
+            recorded |= in_redis;
             let message = Invalidation {
                 mode,
                 origin_instance: inner.instance.to_string(),
@@ -81,11 +94,14 @@ impl<O: Origin> ReadThrough<O> {
         inner
             .metrics
             .invalidated(mode, PurgeSource::Local, target.scope());
-        if reached_all {
-            Ok(purged)
+        if !reached_all {
+            tracing::warn!("{}", PurgeIncomplete::Unreached);
+            Err(PurgeIncomplete::Unreached)
+        } else if !recorded {
+            tracing::warn!("{}", PurgeIncomplete::NotRecorded);
+            Err(PurgeIncomplete::NotRecorded)
         } else {
-            tracing::warn!("{PurgeIncomplete}");
-            Err(PurgeIncomplete)
+            Ok(purged)
         }
     }
 
@@ -104,7 +120,7 @@ impl<O: Origin> ReadThrough<O> {
         if let Target::Key(key) = &purge.target {
             inner.inflight.supersede(key.as_str());
         }
-        self.note_purge(&purge.target, purge.mode, self.now_ms());
+        self.note_purge(&purge.target, purge.mode, self.now_ms()).await;
         let scope = purge.target.scope();
         for tier in inner.tiers.iter().filter(|t| !t.shared()) {
             let n = purge_in(tier, &purge.target, purge.mode, self.now_ms())
@@ -116,11 +132,14 @@ impl<O: Origin> ReadThrough<O> {
     }
 
     /// Notes a purge applied here in the tiers that keep a record of purges (the disk tier,
-    /// whose entries outlive a restart), before the tiers themselves are purged.
-    pub(super) fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) {
+    /// whose entries outlive a restart), before the tiers themselves are purged; whether every
+    /// such record is durable.
+    pub(super) async fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) -> bool {
+        let mut durable = true;
         for tier in &self.inner.tiers {
-            tier.note_purge(target, mode, at_ms);
+            durable &= tier.note_purge(target, mode, at_ms).await;
         }
+        durable
     }
 
     /// How long Redis keeps a purge's record: as long as an entry could live (the configured
@@ -263,7 +282,7 @@ impl<O: Origin> RemotePurges for ReadThrough<O> {
                 PurgeScope::Tag => Target::Tag(name.to_owned()),
             };
             inner.recent.record(&target, at_ms);
-            self.note_purge(&target, mode, at_ms);
+            self.note_purge(&target, mode, at_ms).await;
             for tier in inner.tiers.iter().filter(|t| !t.shared()) {
                 let n = purge_in(tier, &target, mode, self.now_ms()).await.unwrap_or(0);
                 inner.metrics.invalidated_entries(scope, tier.name(), n);

@@ -80,8 +80,8 @@ impl Tier for AnyTier {
         each!(self, t => t.purge_tag(tag, mode, now_ms).await)
     }
 
-    fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) {
-        each!(self, t => Tier::note_purge(t, target, mode, at_ms))
+    async fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) -> bool {
+        each!(self, t => Tier::note_purge(t, target, mode, at_ms).await)
     }
 
     fn purge_horizon_ms(&self) -> Option<u64> {

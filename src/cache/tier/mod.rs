@@ -108,7 +108,17 @@ pub trait Tier: Send + Sync {
     fn clear_own(&self) {}
     /// Notes a purge applied here at `at_ms`, before it is applied, in a tier whose entries
     /// outlive this process (the disk tier keeps a log of them); others keep nothing.
-    fn note_purge(&self, _target: &Target, _mode: PurgeMode, _at_ms: u64) {}
+    /// Whether the record is durable here: `false` when the tier keeps records but could not
+    /// write this one (a disk that is down keeps it in memory and writes it before serving
+    /// again, but a restart meanwhile would lose it).
+    fn note_purge(
+        &self,
+        _target: &Target,
+        _mode: PurgeMode,
+        _at_ms: u64,
+    ) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
     /// How long the tier has kept an entry at most (ms), when it may outlive the configured
     /// lifetimes (the disk tier, across restarts): purge records must live that long.
     fn purge_horizon_ms(&self) -> Option<u64> {

@@ -242,6 +242,9 @@ struct Inner {
     closing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held while the purge file is appended to or rewritten.
     purge_file: std::sync::Mutex<()>,
+    /// Purge lines noted while the purge file could not take them, written before the tier
+    /// serves again.
+    pending_purges: std::sync::Mutex<Vec<String>>,
     /// Where purges are recorded for replicas that miss the message.
     records: Option<Arc<dyn PurgeRecords>>,
     metrics: Arc<Metrics>,
@@ -279,6 +282,7 @@ impl DiskTier {
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 closing: std::sync::Mutex::new(None),
                 purge_file: std::sync::Mutex::new(()),
+                pending_purges: std::sync::Mutex::new(Vec::new()),
                 records,
                 metrics,
             }),
@@ -418,21 +422,42 @@ impl DiskTier {
     /// `at_ms` are dropped (hard) or served stale (soft) when next read. The record is also
     /// appended to the purge file beside the entries, so it outlives a restart (without
     /// Redis nothing else remembers it).
-    pub fn note_purge(&self, scope: PurgeScope, name: &str, mode: PurgeMode, at_ms: u64) {
+    ///
+    /// Whether the purge file took it: while the tier is down (or the append fails) the line
+    /// waits in memory and is written before the tier serves again (`reopen`), but a restart
+    /// meanwhile would lose it, so the caller must have it recorded elsewhere (Redis) or say
+    /// the purge is incomplete.
+    pub async fn note_purge(&self, scope: PurgeScope, name: &str, mode: PurgeMode, at_ms: u64) -> bool {
         let inner = &self.inner;
         inner.log.record(scope, name, mode, at_ms);
-        if !self.is_up() {
-            return;
-        }
         let line = purge_line(scope, mode, name, at_ms);
+        if !self.is_up() {
+            inner
+                .pending_purges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line);
+            return false;
+        }
         let (path, tier) = (inner.dir.join(PURGE_FILE), self.clone());
-        tokio::task::spawn_blocking(move || {
+        let written = tokio::task::spawn_blocking(move || {
             let _file = tier.inner.purge_file.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = append_line(&path, &line) {
-                tier.inner.metrics.disk_error(DiskOp::Write);
-                tracing::warn!(error = %e, "disk tier: cannot record a purge in its purge file");
+            match append_line(&path, &line) {
+                Ok(()) => true,
+                Err(e) => {
+                    tier.inner.metrics.disk_error(DiskOp::Write);
+                    tracing::warn!(error = %e, "disk tier: cannot record a purge in its purge file");
+                    tier.inner
+                        .pending_purges
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(line);
+                    false
+                }
             }
-        });
+        })
+        .await;
+        written.unwrap_or(false)
     }
 
     /// Loads the purge file's records within the horizon into the log, and rewrites the file
@@ -445,11 +470,22 @@ impl DiskTier {
             let path = inner.dir.join(PURGE_FILE);
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                // No file yet: the purges noted while down still go into a new one.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
                 Err(e) => return Err(e),
             };
             let oldest = now_ms().saturating_sub(inner.log.horizon_ms());
             let mut kept = String::new();
+            // Purges noted while the tier was down go into the file before it serves again.
+            let pending = inner
+                .pending_purges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for line in &pending {
+                kept.push_str(line);
+                kept.push('\n');
+            }
             let mut n = 0;
             for line in text.lines() {
                 let Some((scope, mode, name, at)) = parse_purge_line(line) else {
@@ -465,6 +501,12 @@ impl DiskTier {
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, kept)?;
             std::fs::rename(&tmp, &path)?;
+            // Written: those noted meanwhile stay pending for the next write.
+            inner
+                .pending_purges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..pending.len());
             Ok(n)
         })
         .await;
@@ -764,8 +806,8 @@ impl Tier for DiskTier {
         TierName::Disk
     }
 
-    fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) {
-        DiskTier::note_purge(self, target.scope(), target.name(), mode, at_ms)
+    async fn note_purge(&self, target: &Target, mode: PurgeMode, at_ms: u64) -> bool {
+        DiskTier::note_purge(self, target.scope(), target.name(), mode, at_ms).await
     }
 
     fn purge_horizon_ms(&self) -> Option<u64> {
