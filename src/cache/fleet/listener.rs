@@ -91,14 +91,33 @@ pub fn spawn_listener<R: RemotePurges>(
     fleet: Option<Fleet>,
     shutdown: CancellationToken,
 ) {
+    // Purges are applied by a task of their own, in order, so a slow one (a tag of a million
+    // entries) never holds up the fill messages that wake fleet-lock waiters.
+    let cache = std::sync::Arc::new(cache);
+    let (purges, mut queued) = tokio::sync::mpsc::unbounded_channel::<Invalidation>();
+    let applier = cache.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.run_until_cancelled(async move {
+            while let Some(purge) = queued.recv().await {
+                applier.apply_remote(&purge).await;
+            }
+        })
+        .await
+    });
     tokio::spawn(async move {
         shutdown
-            .run_until_cancelled(listen(&cache, &bus, fleet.as_ref()))
+            .run_until_cancelled(listen(&*cache, &bus, fleet.as_ref(), &purges))
             .await
     });
 }
 
-async fn listen<R: RemotePurges>(cache: &R, bus: &AnyBus, fleet: Option<&Fleet>) {
+async fn listen<R: RemotePurges>(
+    cache: &R,
+    bus: &AnyBus,
+    fleet: Option<&Fleet>,
+    purges: &tokio::sync::mpsc::UnboundedSender<Invalidation>,
+) {
     // When the subscription was last known alive, and the id of the records then.
     let mut heard: Option<(u64, String)> = None;
     loop {
@@ -151,7 +170,7 @@ async fn listen<R: RemotePurges>(cache: &R, bus: &AnyBus, fleet: Option<&Fleet>)
                         }
                         Channel::Invalidate => {
                             if let Some(purge) = Invalidation::parse(&text) {
-                                cache.apply_remote(&purge).await;
+                                let _ = purges.send(purge);
                             }
                         }
                     }
