@@ -87,20 +87,23 @@ fn replica(origin: &Counted, bus: &MemoryBus, shared: &MemoryTier, shutdown: &Ca
 
 const WAIT: Duration = Duration::from_secs(10);
 
-#[tokio::test]
-async fn replicas_on_one_bus_fetch_a_key_once_for_the_fleet_and_purge_it_everywhere() {
+/// `n` replicas over one origin taking `latency` per fetch, on a new bus, sharing one tier.
+fn fleet_of(n: usize, latency: Duration) -> (Counted, MemoryBus, Vec<Replica>, CancellationToken) {
     let origin = Counted {
         calls: Arc::default(),
-        latency: Duration::from_millis(300),
+        latency,
     };
-    let (bus, shared, shutdown) = (
-        MemoryBus::new(),
-        MemoryTier::new(16 << 20, Arc::new(Metrics::detached())),
-        CancellationToken::new(),
-    );
-    let fleet: Vec<Replica> = (0..3)
+    let (bus, shutdown) = (MemoryBus::new(), CancellationToken::new());
+    let shared = MemoryTier::new(16 << 20, Arc::new(Metrics::detached()));
+    let fleet = (0..n)
         .map(|_| replica(&origin, &bus, &shared, &shutdown))
         .collect();
+    (origin, bus, fleet, shutdown)
+}
+
+#[tokio::test]
+async fn replicas_on_one_bus_fetch_a_key_once_for_the_fleet_and_purge_it_everywhere() {
+    let (origin, _bus, fleet, shutdown) = fleet_of(3, Duration::from_millis(300));
     // Each replica's listener subscribes in the background; wait until all three hear a purge.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -163,18 +166,7 @@ async fn replicas_on_one_bus_fetch_a_key_once_for_the_fleet_and_purge_it_everywh
 
 #[tokio::test]
 async fn a_bus_that_is_down_leaves_each_replica_to_fetch_alone_and_a_purge_incomplete() {
-    let origin = Counted {
-        calls: Arc::default(),
-        latency: Duration::from_millis(100),
-    };
-    let (bus, shared, shutdown) = (
-        MemoryBus::new(),
-        MemoryTier::new(16 << 20, Arc::new(Metrics::detached())),
-        CancellationToken::new(),
-    );
-    let fleet: Vec<Replica> = (0..2)
-        .map(|_| replica(&origin, &bus, &shared, &shutdown))
-        .collect();
+    let (origin, bus, fleet, shutdown) = fleet_of(2, Duration::from_millis(100));
     bus.set_down(true);
     let answers = futures_util::future::join_all(fleet.iter().map(|r| r.cache.get("k", WAIT))).await;
     assert!(
@@ -276,22 +268,16 @@ async fn an_entry_read_from_redis_that_a_known_purge_names_is_not_served_or_copi
     shutdown.cancel();
 }
 
-/// Two replicas on `bus`, each holding `keys` in its own tier.
-async fn warm_pair(
-    origin: &Counted,
-    bus: &MemoryBus,
-    shutdown: &CancellationToken,
-    keys: usize,
-) -> Vec<Replica> {
-    let shared = MemoryTier::new(16 << 20, Arc::new(Metrics::detached()));
-    let pair: Vec<Replica> = (0..2).map(|_| replica(origin, bus, &shared, shutdown)).collect();
+/// Two replicas, each holding `keys` in its own tier.
+async fn warm_pair(keys: usize) -> (Counted, MemoryBus, Vec<Replica>, CancellationToken) {
+    let (origin, bus, pair, shutdown) = fleet_of(2, Duration::from_millis(1));
     tokio::time::sleep(Duration::from_millis(200)).await;
     for k in 0..keys {
         for r in &pair {
             r.cache.get(&format!("k{k}"), WAIT).await.unwrap();
         }
     }
-    pair
+    (origin, bus, pair, shutdown)
 }
 
 fn held(r: &Replica, keys: std::ops::Range<usize>) -> usize {
@@ -301,12 +287,7 @@ fn held(r: &Replica, keys: std::ops::Range<usize>) -> usize {
 
 #[tokio::test]
 async fn a_replica_cut_off_catches_up_from_the_purge_records_and_keeps_the_rest() {
-    let origin = Counted {
-        calls: Arc::default(),
-        latency: Duration::from_millis(1),
-    };
-    let (bus, shutdown) = (MemoryBus::new(), CancellationToken::new());
-    let pair = warm_pair(&origin, &bus, &shutdown, 100).await;
+    let (_origin, bus, pair, shutdown) = warm_pair(100).await;
     assert_eq!(held(&pair[1], 0..100), 100);
     // B (and A) hear nothing for 2 s; A purges ten keys meanwhile: recorded, heard by nobody.
     bus.deafen_for(Duration::from_secs(2));
@@ -327,12 +308,7 @@ async fn a_replica_cut_off_catches_up_from_the_purge_records_and_keeps_the_rest(
 
 #[tokio::test]
 async fn a_replica_whose_gap_the_records_cannot_cover_clears_its_own_tiers() {
-    let origin = Counted {
-        calls: Arc::default(),
-        latency: Duration::from_millis(1),
-    };
-    let (bus, shutdown) = (MemoryBus::new(), CancellationToken::new());
-    let pair = warm_pair(&origin, &bus, &shutdown, 20).await;
+    let (_origin, bus, pair, shutdown) = warm_pair(20).await;
     bus.deafen_for(Duration::from_secs(1));
     bus.lose_records();
     eventually("B to clear its own tier", || {

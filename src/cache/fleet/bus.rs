@@ -345,6 +345,14 @@ impl MemoryBus {
             format!("{:016x}", rand::random::<u64>());
     }
 
+    /// The records can be read and written unless the bus is down.
+    fn records_up(&self) -> Result<(), RecordsUnavailable> {
+        match self.down() {
+            true => Err(RecordsUnavailable("the in-process bus is down".to_owned())),
+            false => Ok(()),
+        }
+    }
+
     fn down(&self) -> bool {
         self.inner.down.load(Ordering::SeqCst)
     }
@@ -434,9 +442,7 @@ impl PurgeRecords for MemoryBus {
         keep_ms: u64,
     ) -> BoxFuture<'a, Result<(), RecordsUnavailable>> {
         Box::pin(async move {
-            if self.down() {
-                return Err(RecordsUnavailable("the in-process bus is down".to_owned()));
-            }
+            self.records_up()?;
             let mut records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
             records.retain(|(_, at)| *at + keep_ms >= at_ms);
             records.push((member.to_owned(), at_ms));
@@ -445,9 +451,7 @@ impl PurgeRecords for MemoryBus {
     }
     fn since(&self, since_ms: u64) -> BoxFuture<'_, Result<Vec<(String, u64)>, RecordsUnavailable>> {
         Box::pin(async move {
-            if self.down() {
-                return Err(RecordsUnavailable("the in-process bus is down".to_owned()));
-            }
+            self.records_up()?;
             let records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
             Ok(records
                 .iter()
@@ -458,9 +462,7 @@ impl PurgeRecords for MemoryBus {
     }
     fn epoch(&self) -> BoxFuture<'_, Result<String, RecordsUnavailable>> {
         Box::pin(async move {
-            if self.down() {
-                return Err(RecordsUnavailable("the in-process bus is down".to_owned()));
-            }
+            self.records_up()?;
             Ok(self.inner.epoch.lock().unwrap_or_else(|p| p.into_inner()).clone())
         })
     }
