@@ -182,7 +182,14 @@ impl Conn {
             return deadline;
         }
         let idle = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
-        deadline.min(self.accepted + idle + Duration::from_millis(QUIET_MS) + limits.header_timeout)
+        let quiet = self.accepted + idle + Duration::from_millis(QUIET_MS) + limits.header_timeout;
+        // Once that look has been taken (no head began), the next wake-up is the deadline: a
+        // wake-up in the past would make the watchdog spin until the keep-alive timeout.
+        if quiet > Instant::now() {
+            deadline.min(quiet)
+        } else {
+            deadline
+        }
     }
 }
 
@@ -591,5 +598,34 @@ pub fn connection_budget(reserve: u64) -> Option<u64> {
     {
         let _ = reserve;
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ServerLimits {
+        ServerLimits {
+            header_timeout: Duration::from_millis(50),
+            body_timeout: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 10,
+        }
+    }
+
+    #[test]
+    fn an_idle_kept_alive_connection_wakes_its_watchdog_in_the_future_not_in_a_loop() {
+        // Idle since its first answer, longer than QUIET_MS + the header timeout: the quiet
+        // look is in the past, and the watchdog must sleep until the keep-alive deadline (a
+        // wake-up in the past made it spin at 100 % of a core until then).
+        let conn = Conn::new();
+        conn.begin_request();
+        conn.end_request();
+        std::thread::sleep(Duration::from_millis(QUIET_MS + 100));
+        let at = conn.wake_at(&limits());
+        assert!(at > Instant::now(), "the next wake-up is ahead");
+        assert_eq!(Some(at), conn.deadline(&limits()), "and it is the keep-alive deadline");
     }
 }
