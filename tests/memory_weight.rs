@@ -52,6 +52,19 @@ fn life() -> Lifetimes {
 
 /// Heap bytes per entry and weight per entry, over entries `from..to` (so fixed costs cancel).
 async fn measure(tier: &MemoryTier, from: usize, to: usize, prefix: &str, value: &[u8]) -> (f64, f64) {
+    measure_tagged(tier, from, to, prefix, value, 0).await
+}
+
+/// As `measure`, each entry carrying `tags` tags of its own (no other entry shares them: the
+/// tag index's worst case).
+async fn measure_tagged(
+    tier: &MemoryTier,
+    from: usize,
+    to: usize,
+    prefix: &str,
+    value: &[u8],
+    tags: usize,
+) -> (f64, f64) {
     let fill = |range: std::ops::Range<usize>| {
         let tier = tier.clone();
         let value = value.to_vec();
@@ -61,7 +74,8 @@ async fn measure(tier: &MemoryTier, from: usize, to: usize, prefix: &str, value:
             for i in range {
                 // Keys and values shaped like a load test's: `key-<n>` and the value's JSON.
                 let key = format!("{prefix}-{i}");
-                let e = Entry::value(&key, &value, now_ms(), &life());
+                let own: Vec<String> = (0..tags).map(|t| format!("tag-{i:06}-{t:02}")).collect();
+                let e = Entry::value(&key, &value, now_ms(), &life()).with_tags(&own);
                 weight += u64::from(e.weight(&key));
                 tier.put(&key, Arc::new(e)).await.unwrap();
             }
@@ -113,6 +127,16 @@ async fn large_values_weigh_what_they_cost() {
     weighs_what_it_costs("500 KB values", (20, 220), "key", &value).await;
     let value = serde_json::to_vec(&"v".repeat(1000)).unwrap();
     weighs_what_it_costs("1 KB values", (20_000, 40_000), "k", &value).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tags_of_their_own_weigh_what_they_cost() {
+    // 32 tags of 13 bytes per entry, no two entries sharing one: the tag index's worst case
+    // (an attack found RSS at 3 x the bound when tags were under-counted).
+    let tier = MemoryTier::new(1 << 30, Arc::new(Metrics::detached()));
+    let value = br#"{"path":"/items/key-123456","n":123456}"#;
+    let (heap, weight) = measure_tagged(&tier, 2_000, 6_000, "key", value, 32).await;
+    check("32 tags of its own", heap, weight);
 }
 
 #[tokio::test(flavor = "current_thread")]

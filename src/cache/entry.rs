@@ -20,6 +20,10 @@ use crate::origin::{MAX_VALIDATOR_BYTES, Validators};
 /// and the whole tier within its bound under a flood) and fails if this weight under-counts them.
 pub const ENTRY_OVERHEAD_BYTES: usize = 480;
 
+/// Heap bytes one tag of an entry costs in the memory tier's tag index, at worst (a tag no
+/// other entry carries: its own map slot, boxed name and one-key set).
+pub const TAG_INDEX_BYTES: usize = 200;
+
 const CACHE_SUFFIX: &[u8] = br#","source":"cache"}"#;
 const ORIGIN_SUFFIX: &[u8] = br#","source":"origin"}"#;
 
@@ -305,12 +309,15 @@ impl Entry {
             .map_or(0, |forms| COMPRESSED_BOX + forms.bytes());
         let etag = self.etag.as_ref().map_or(0, HeaderValue::len);
         // A boxed slice of boxed strings: 16 bytes of pointer and length per tag, plus its text;
-        // and the key's place in the memory tier's set of each tag (an `Arc` in a hash set, at
-        // its load factor: 48 bytes).
-        let tags = self
-            .tags
-            .as_ref()
-            .map_or(0, |t| 32 + t.iter().map(|t| 80 + t.len()).sum::<usize>());
+        // and the key's place in the memory tier's tag index, at worst a tag of its own: the
+        // map's slot, the tag's boxed copy and a set of one key at its smallest allocation
+        // (measured: about 240 bytes a tag with its name, `tests/memory_weight.rs`).
+        let tags = self.tags.as_ref().map_or(0, |t| {
+            32 + t
+                .iter()
+                .map(|t| 32 + 2 * t.len() + TAG_INDEX_BYTES)
+                .sum::<usize>()
+        });
         (key.len() + self.body.len() + etag + validators + compressed + tags + ENTRY_OVERHEAD_BYTES)
             .min(u32::MAX as usize) as u32
     }

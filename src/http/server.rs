@@ -626,6 +626,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(QUIET_MS + 100));
         let at = conn.wake_at(&limits());
         assert!(at > Instant::now(), "the next wake-up is ahead");
-        assert_eq!(Some(at), conn.deadline(&limits()), "and it is the keep-alive deadline");
+        assert_eq!(
+            Some(at),
+            conn.deadline(&limits()),
+            "and it is the keep-alive deadline"
+        );
     }
 }

@@ -265,6 +265,26 @@ async fn an_entry_read_from_redis_that_a_known_purge_names_is_not_served_or_copi
         );
         assert_eq!(origin.calls.load(Ordering::SeqCst), i + 1, "{key}: fetched again");
     }
+
+    // This replica writes "w" to Redis after answering; another replica's purge of "w" whose
+    // delete reached Redis before that write is heard a moment later: the write is undone there.
+    cache.get("w", WAIT).await.unwrap();
+    eventually("the write of w to reach Redis", || {
+        let redis = redis.clone();
+        async move { redis.get("w").await.ok().flatten().map(|_| ()) }
+    })
+    .await;
+    cache
+        .apply_remote(&Invalidation {
+            mode: PurgeMode::Hard,
+            origin_instance: "another-replica".to_owned(),
+            target: Target::Key("w".to_owned()),
+        })
+        .await;
+    assert!(
+        redis.get("w").await.unwrap().is_none(),
+        "a purge heard soon after the write undoes it in Redis"
+    );
     shutdown.cancel();
 }
 

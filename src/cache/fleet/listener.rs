@@ -125,7 +125,16 @@ async fn listen<R: RemotePurges>(
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        let epoch = bus.epoch().await.ok();
+        // The records' id, read on a connection that may have dropped with the subscription:
+        // tried again before a failure is taken to mean the records cannot be trusted.
+        let mut epoch = None;
+        for wait_ms in [0u64, 200, 500, 1_000] {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            if let Ok(id) = bus.epoch().await {
+                epoch = Some(id);
+                break;
+            }
+        }
         match (&heard, &epoch) {
             (Some((alive_ms, then)), Some(now)) if then == now => {
                 match bus.since(alive_ms.saturating_sub(CLOCK_SLACK_MS)).await {

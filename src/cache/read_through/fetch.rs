@@ -129,7 +129,8 @@ impl<O: Origin> Inner<O> {
                 // its background writes, which let go when they are done.
                 let mut held = Some(held);
                 // Another replica may have stored it between our miss and our lock.
-                let result = match fleet.fresh(key).await {
+                let fresh = fleet.fresh(key).await.filter(|e| !self.recent.purged(key, e));
+                let result = match fresh {
                     Some(entry) => Ok(self.keep_fleet_value(key, entry, fence).await),
                     None => self.fetch_from_origin(key, fence, previous, &mut held).await,
                 };
@@ -139,8 +140,12 @@ impl<O: Origin> Inner<O> {
                 }
                 result
             }
-            Turn::Filled(entry) => Ok(self.keep_fleet_value(key, entry, fence).await),
-            Turn::Alone => self.fetch_from_origin(key, fence, previous, &mut None).await,
+            // A value stored before a purge this replica knows of is not taken: Redis may still
+            // hold it for a moment after the purge was published.
+            Turn::Filled(entry) if !self.recent.purged(key, &entry) => {
+                Ok(self.keep_fleet_value(key, entry, fence).await)
+            }
+            Turn::Filled(_) | Turn::Alone => self.fetch_from_origin(key, fence, previous, &mut None).await,
         }
     }
 
@@ -166,8 +171,10 @@ impl<O: Origin> Inner<O> {
     }
 
     /// Whether a purge of the key, or of one of `entry`'s tags, overtook the fetch `fence` guards.
-    pub(super) fn overtaken(&self, entry: &Entry, fence: &Fence) -> bool {
-        fence.superseded.is_set() || self.recent.any_since(entry.tags(), fence.started_ms)
+    pub(super) fn overtaken(&self, key: &str, entry: &Entry, fence: &Fence) -> bool {
+        fence.superseded.is_set()
+            || self.recent.key_since(key, fence.started_ms)
+            || self.recent.any_since(entry.tags(), fence.started_ms)
     }
 
     /// Stores `entry` in the tiers numbered `tiers` (in lookup order), unless a purge overtook
@@ -187,7 +194,7 @@ impl<O: Origin> Inner<O> {
         tiers: Vec<usize>,
         held: &mut Option<Held>,
     ) -> Option<NotStored> {
-        if self.overtaken(entry, fence) {
+        if self.overtaken(key, entry, fence) {
             return Some(NotStored::Purged);
         }
         let mut kept = false;
@@ -197,7 +204,7 @@ impl<O: Origin> Inner<O> {
             written += 1;
         }
         if written == tiers.len() {
-            if self.overtaken(entry, fence) {
+            if self.overtaken(key, entry, fence) {
                 self.undo(key, &tiers).await;
                 return Some(NotStored::Purged);
             }
@@ -214,16 +221,23 @@ impl<O: Origin> Inner<O> {
             for &t in &tiers[written..] {
                 let _ = inner.tiers[t].put(&owned_key, stored.clone()).await;
             }
-            let purged = inner.overtaken(&stored, &guard);
+            let purged = inner.overtaken(&owned_key, &stored, &guard);
             if purged {
                 inner.undo(&owned_key, &tiers).await;
+            } else if tiers[written..].iter().any(|&t| inner.tiers[t].shared()) {
+                // Written to Redis: a purge another replica makes now may have deleted the key
+                // before this write landed (their commands travel on other connections), so a
+                // purge heard soon after undoes it (`apply_remote`).
+                inner
+                    .recent
+                    .wrote(&owned_key, stored.tags(), inner.clock.now_ms());
             }
             if let Some(lock) = lock {
                 lock.release(!purged).await;
             }
         });
         // A purge that came in after the first write: the background writes undo everything.
-        self.overtaken(entry, fence).then_some(NotStored::Purged)
+        self.overtaken(key, entry, fence).then_some(NotStored::Purged)
     }
 
     /// Removes `key` from the tiers numbered `tiers`: the writes of a fetch a purge overtook.

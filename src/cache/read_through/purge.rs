@@ -128,6 +128,15 @@ impl<O: Origin> ReadThrough<O> {
                 .unwrap_or(0);
             inner.metrics.invalidated_entries(scope, tier.name(), n);
         }
+        // Keys this replica wrote to Redis lately, that the purge names: its delete may have
+        // landed before the write (they travel on different connections). Purged there again
+        // (hard: a soft purge's rewrite would keep a value the purge meant to mark stale, and a
+        // miss is the safe side).
+        for key in inner.recent.written_lately(&purge.target, self.now_ms()) {
+            for tier in inner.tiers.iter().filter(|t| t.shared()) {
+                let _ = tier.purge(&key, PurgeMode::Hard, self.now_ms()).await;
+            }
+        }
         inner.metrics.invalidated(purge.mode, PurgeSource::Remote, scope);
     }
 
@@ -207,6 +216,9 @@ pub(super) struct RecentPurges {
 struct Recent {
     keys: std::collections::HashMap<Box<str>, u64>,
     tags: std::collections::HashMap<Box<str>, u64>,
+    /// Keys this replica wrote to a shared tier lately (after the answer), with their tags and
+    /// when: a purge heard within [`WRITE_RACE_MS`] of the write undoes it there.
+    wrote: std::collections::HashMap<Box<str>, Written>,
     /// Size at which the maps are next trimmed of what is past the horizon (twice the size
     /// left by the last trim, so trimming is O(1) per purge however many come).
     trim_at: usize,
@@ -214,6 +226,13 @@ struct Recent {
 
 /// Longer than a fetch can take (origin timeout, fleet wait, retries) or a purge of Redis.
 const PURGE_HORIZON_MS: u64 = 10 * 60 * 1000;
+
+/// When a key was written to a shared tier, and the tags its entry carried.
+type Written = (u64, Box<[Box<str>]>);
+
+/// How long after its write a key stays exposed to a purge published by another replica whose
+/// delete reached Redis first (a message, a delete and a write racing on three connections).
+const WRITE_RACE_MS: u64 = 30_000;
 
 impl RecentPurges {
     fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -235,6 +254,49 @@ impl RecentPurges {
         };
         let at = map.entry(Box::from(target.name())).or_insert(at_ms);
         *at = (*at).max(at_ms);
+    }
+
+    /// Whether `key` was purged after `since_ms` (a fetch started in the very millisecond of a
+    /// purge began after it: a purge of a fetch in flight sets its `Superseded` flag anyway).
+    pub(super) fn key_since(&self, key: &str, since_ms: u64) -> bool {
+        self.lock().keys.get(key).is_some_and(|at| *at > since_ms)
+    }
+
+    /// This replica wrote `key` (carrying `tags`) to a shared tier at `at_ms`.
+    pub(super) fn wrote(&self, key: &str, tags: &[Box<str>], at_ms: u64) {
+        let mut recent = self.lock();
+        if recent.wrote.len() >= 4096 {
+            recent.wrote.retain(|_, (t, _)| *t + WRITE_RACE_MS > at_ms);
+            if recent.wrote.len() >= 4096 {
+                // A burst of writes: the oldest half is let go (a purge of those may race).
+                let mut times: Vec<u64> = recent.wrote.values().map(|(t, _)| *t).collect();
+                times.sort_unstable();
+                let cut = times[times.len() / 2];
+                recent.wrote.retain(|_, (t, _)| *t > cut);
+            }
+        }
+        recent.wrote.insert(Box::from(key), (at_ms, tags.into()));
+    }
+
+    /// The keys this replica wrote to a shared tier within [`WRITE_RACE_MS`] before `now_ms`
+    /// that `target` names: a purge heard now may have been deleted before they landed.
+    pub(super) fn written_lately(&self, target: &Target, now_ms: u64) -> Vec<String> {
+        let recent = self.lock();
+        let lately = |t: &u64| *t + WRITE_RACE_MS > now_ms;
+        match target {
+            Target::Key(key) => recent
+                .wrote
+                .get(key.as_str())
+                .filter(|(t, _)| lately(t))
+                .map(|_| vec![key.clone()])
+                .unwrap_or_default(),
+            Target::Tag(tag) => recent
+                .wrote
+                .iter()
+                .filter(|(_, (t, tags))| lately(t) && tags.iter().any(|x| **x == **tag))
+                .map(|(k, _)| k.to_string())
+                .collect(),
+        }
     }
 
     /// Whether any of `tags` was purged at or after `since_ms`.
