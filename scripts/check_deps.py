@@ -211,6 +211,10 @@ def self_test():
     import tempfile
 
     global SRC, DOC
+    import contextlib
+    import io
+
+    quiet = contextlib.redirect_stdout(io.StringIO())
     table = """<!-- dependency-table -->
 | room | modules | may import |
 | --- | --- | --- |
@@ -227,6 +231,7 @@ def self_test():
         open(os.path.join(SRC, "low", "mod.rs"), "w").write("pub use inner::Thing;\nmod inner;\n")
         open(os.path.join(SRC, "low", "inner.rs"), "w").write("pub struct Thing;\n")
         open(DOC, "w").write(table)
+        quiet.__enter__()
         assert main() == 0, "a clean tree passes"
         open(os.path.join(SRC, "low", "inner.rs"), "w").write(
             "pub struct Thing;\nfn f() { let _ = crate::high::X; }\n#[cfg(test)]\nmod tests { use crate::high::Y; }\n"
@@ -238,6 +243,7 @@ def self_test():
         assert main() == 0, "a test module may import anything"
         open(DOC, "w").write(table.replace("| low | `low` | nothing |", "| low | `low` | high |"))
         assert main() == 1, "a cyclic table fails"
+        quiet.__exit__(None, None, None)
     print("self-test passed")
     return 0
 
