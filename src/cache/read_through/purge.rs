@@ -95,10 +95,14 @@ impl<O: Origin> ReadThrough<O> {
             .metrics
             .invalidated(mode, PurgeSource::Local, target.scope());
         if !reached_all {
-            tracing::warn!("{}", PurgeIncomplete::Unreached);
+            tracing::warn!(
+                "the purge was applied here only: Redis and the other replicas still hold the key"
+            );
             Err(PurgeIncomplete::Unreached)
         } else if !recorded {
-            tracing::warn!("{}", PurgeIncomplete::NotRecorded);
+            tracing::warn!(
+                "the purge was applied, but no record of it outlives a restart: the disk tier is down and Redis keeps no record"
+            );
             Err(PurgeIncomplete::NotRecorded)
         } else {
             Ok(purged)
