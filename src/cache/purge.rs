@@ -124,11 +124,32 @@ pub trait PurgeRecords: Send + Sync {
     /// An id of the records as they are kept: it changes when they are lost (Redis restarted
     /// empty), so a replica that was away knows whether they cover its gap.
     fn epoch(&self) -> futures_util::future::BoxFuture<'_, Result<String, RecordsUnavailable>>;
-    /// The purges recorded since `since_ms`: `(member, time)`, oldest first.
+    /// The purges recorded since `since_ms`: `(member, time)`, oldest first; an error when some
+    /// of them are lost (dropped for the count), so that they cannot cover a gap.
     fn since(
         &self,
         since_ms: u64,
     ) -> futures_util::future::BoxFuture<'_, Result<Vec<(String, u64)>, RecordsUnavailable>>;
+}
+
+/// The member that marks where records were dropped because more purges were made than the
+/// records keep (scored with the newest one dropped): records read from before it cannot cover
+/// a gap, and [`PurgeRecords::since`] says so.
+pub const TRIMMED_MEMBER: &str = "!trimmed";
+
+/// `records` (as [`PurgeRecords::since`] reads them from `since_ms`) without the trim mark, or
+/// an error when records made since `since_ms` were dropped.
+pub fn covering(
+    records: Vec<(String, u64)>,
+    since_ms: u64,
+) -> Result<Vec<(String, u64)>, RecordsUnavailable> {
+    match records.iter().find(|(m, _)| m == TRIMMED_MEMBER) {
+        Some((_, at)) if *at >= since_ms => Err(RecordsUnavailable(format!(
+            "more purges were made since then than the records keep (the oldest dropped was made at {at} ms)"
+        ))),
+        Some(_) => Ok(records.into_iter().filter(|(m, _)| m != TRIMMED_MEMBER).collect()),
+        None => Ok(records),
+    }
 }
 
 /// Purge records are kept at least this long (ms), a day: an origin may give entries longer

@@ -9,6 +9,7 @@ mod ops;
 mod route;
 pub mod server;
 mod tags;
+mod turns;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::turns::{Turns, Writer};
 use super::{App, AppFuture};
 use axum::body::Body;
 use hyper::body::Incoming;
@@ -271,6 +272,7 @@ impl Server {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().keep_alive(true);
         let builder = Arc::new(builder);
+        let turns = Turns::new(tokio::runtime::Handle::current().metrics().num_workers());
         let mut phase = self.phase.subscribe();
         let mut next_id = 0u64;
         let mut refused = RateLimitedLog::new("connection refused: every connection has a request in flight");
@@ -306,6 +308,7 @@ impl Server {
                 limits,
                 self.registry.clone(),
                 self.phase.subscribe(),
+                turns.writer(),
             ));
         }
     }
@@ -323,10 +326,12 @@ async fn serve_connection(
     limits: ServerLimits,
     registry: Arc<Registry>,
     mut phase: watch::Receiver<Phase>,
+    turn: Writer,
 ) {
     let io = TokioIo::new(Watched {
         stream,
         conn: conn.clone(),
+        turn,
     });
     let service = Tracked {
         app,
@@ -487,10 +492,12 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
-/// The socket, reporting reads and write progress to its connection's watchdog.
+/// The socket, reporting reads and write progress to its connection's watchdog; big writes
+/// take turns with every other connection's ([`super::turns`]).
 struct Watched {
     stream: TcpStream,
     conn: Arc<Conn>,
+    turn: Writer,
 }
 
 impl AsyncRead for Watched {
@@ -514,8 +521,12 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.conn.on_write(result.is_ready());
+        let this = &mut *self;
+        let result = this.turn.poll_write(&mut this.stream, cx, buf);
+        // Waiting for a turn is the server's doing, not a client that stopped reading.
+        if !this.turn.waiting() {
+            this.conn.on_write(result.is_ready());
+        }
         result
     }
 
@@ -524,8 +535,12 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.conn.on_write(result.is_ready());
+        let this = &mut *self;
+        let result = this.turn.poll_write_vectored(&mut this.stream, cx, bufs);
+        // Waiting for a turn is the server's doing, not a client that stopped reading.
+        if !this.turn.waiting() {
+            this.conn.on_write(result.is_ready());
+        }
         result
     }
 

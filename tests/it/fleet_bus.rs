@@ -338,3 +338,57 @@ async fn a_replica_whose_gap_the_records_cannot_cover_clears_its_own_tiers() {
     .await;
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_replica_whose_missed_purges_were_trimmed_from_the_records_clears_its_own_tiers() {
+    let (_origin, bus, pair, shutdown) = warm_pair(20).await;
+    // The records keep five; ten purges are made while B hears nothing: five of them are gone
+    // from the records, so B cannot know which of its entries they named.
+    bus.keep_records(5);
+    bus.deafen_for(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for k in 0..10 {
+        let _ = pair[0].cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
+    }
+    assert_eq!(held(&pair[1], 0..20), 20, "B has not heard yet");
+    eventually("B to clear its own tier", || {
+        let r = &pair[1];
+        async move { (held(r, 0..20) == 0).then_some(()) }
+    })
+    .await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn records_trimmed_before_the_gap_began_still_cover_it() {
+    let (_origin, bus, pair, shutdown) = warm_pair(20).await;
+    bus.keep_records(5);
+    // Ten purges B hears (the first five are trimmed from the records), then a gap with two
+    // (which trim two more that B had heard).
+    for k in 0..10 {
+        let _ = pair[0].cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
+    }
+    eventually("B to hear the ten", || {
+        let r = &pair[1];
+        async move { (held(r, 0..10) == 0).then_some(()) }
+    })
+    .await;
+    // Past the listener's slack for clocks (5 s): the catch-up reads from after the trim.
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    bus.deafen_for(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for k in 10..12 {
+        let _ = pair[0].cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
+    }
+    eventually("B to catch up on the two", || {
+        let r = &pair[1];
+        async move { (held(r, 10..12) == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        held(&pair[1], 12..20),
+        8,
+        "the records covered the gap: nothing else was flushed"
+    );
+    shutdown.cancel();
+}

@@ -301,3 +301,59 @@ async fn redis_connection_failures_are_named_for_what_they_are() {
     let log = log_with_redis_url("redis://no-such-host.invalid:6379").await;
     assert!(log.contains("unknown host"), "{log}");
 }
+
+#[tokio::test]
+async fn purge_records_past_their_count_leave_a_mark_where_they_were_cut() {
+    let (redis, [a]) = with_redis::<1>(&[("ADMIN_TOKEN", "purge-records-admin-token")]).await;
+    // 100,000 records (the most Redis keeps), made over the last 100 s.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let first = now_ms - 100_000;
+    let fill =
+        "for i = 0, 99999 do redis.call('zadd', KEYS[1], ARGV[1] + i, 'hard\\nkey\\nold' .. i) end return 1";
+    redis.cli(&["EVAL", fill, "1", "cache-layer:v1:purges", &first.to_string()]);
+    let purge = |path: &'static str| {
+        let url = a.url(path);
+        async move {
+            let r = client()
+                .delete(url)
+                .bearer_auth("purge-records-admin-token")
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(purge("/items/one").await, 204);
+    // The oldest went, and the mark is scored with it: a replica whose gap began before then
+    // knows the records no longer cover it.
+    assert_eq!(
+        redis
+            .cli(&["ZSCORE", "cache-layer:v1:purges", "hard\nkey\nold0"])
+            .trim(),
+        ""
+    );
+    assert_eq!(
+        redis.cli(&["ZSCORE", "cache-layer:v1:purges", "!trimmed"]).trim(),
+        first.to_string()
+    );
+    assert_eq!(purge("/items/two").await, 204);
+    assert_eq!(
+        redis.cli(&["ZSCORE", "cache-layer:v1:purges", "!trimmed"]).trim(),
+        (first + 1).to_string(),
+        "the mark moves with the cut"
+    );
+    assert_eq!(
+        redis.cli(&["ZCARD", "cache-layer:v1:purges"]).trim(),
+        "100001",
+        "the records and the mark"
+    );
+    assert!(
+        !redis
+            .cli(&["ZSCORE", "cache-layer:v1:purges", "hard\nkey\ntwo"])
+            .trim()
+            .is_empty()
+    );
+}

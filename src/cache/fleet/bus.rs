@@ -14,7 +14,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::cache::purge::{PurgeRecords, RecordsUnavailable};
+use crate::cache::purge::{PurgeRecords, RecordsUnavailable, TRIMMED_MEMBER, covering};
 use crate::cache::redis::{CommandError, RedisClient, RedisOp};
 
 /// The channels replicas publish on.
@@ -242,28 +242,16 @@ impl PurgeRecords for RedisBus {
         at_ms: u64,
         keep_ms: u64,
     ) -> BoxFuture<'a, Result<(), RecordsUnavailable>> {
-        Box::pin(async move {
-            self.client
-                .record_purge(member, at_ms, keep_ms)
-                .await
-                .map_err(|e| RecordsUnavailable(e.to_string()))
-        })
+        Box::pin(async move { Ok(self.client.record_purge(member, at_ms, keep_ms).await?) })
     }
     fn since(&self, since_ms: u64) -> BoxFuture<'_, Result<Vec<(String, u64)>, RecordsUnavailable>> {
         Box::pin(async move {
-            self.client
-                .purge_records(since_ms)
-                .await
-                .map_err(|e| RecordsUnavailable(e.to_string()))
+            let records = self.client.purge_records(since_ms).await?;
+            covering(records, since_ms)
         })
     }
     fn epoch(&self) -> BoxFuture<'_, Result<String, RecordsUnavailable>> {
-        Box::pin(async move {
-            self.client
-                .purge_epoch()
-                .await
-                .map_err(|e| RecordsUnavailable(e.to_string()))
-        })
+        Box::pin(async move { Ok(self.client.purge_epoch().await?) })
     }
 }
 
@@ -288,6 +276,9 @@ struct MemoryBusInner {
     /// Until when subscribers hear nothing (their subscriptions are lost, new ones refused),
     /// while publishing and recording go on: one replica cut off from the others.
     deaf_until: Mutex<Option<Instant>>,
+    /// The most records kept (the oldest go first, leaving the trim mark), as Redis keeps
+    /// at most `PURGE_RECORDS_MAX`.
+    records_max: std::sync::atomic::AtomicUsize,
 }
 
 /// Messages a subscriber may fall behind by before its subscription is lost (as a Redis
@@ -304,6 +295,7 @@ impl Default for MemoryBus {
                 down: AtomicBool::new(false),
                 epoch: Mutex::new(format!("{:016x}", rand::random::<u64>())),
                 deaf_until: Mutex::new(None),
+                records_max: std::sync::atomic::AtomicUsize::new(usize::MAX),
             }),
         }
     }
@@ -332,6 +324,12 @@ impl MemoryBus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Keeps at most `max` purge records from now on; older ones are dropped as Redis drops
+    /// those past its count.
+    pub fn keep_records(&self, max: usize) {
+        self.inner.records_max.store(max.max(1), Ordering::SeqCst);
     }
 
     /// Loses the purge records, as a Redis that restarted empty does.
@@ -446,6 +444,14 @@ impl PurgeRecords for MemoryBus {
             let mut records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
             records.retain(|(_, at)| *at + keep_ms >= at_ms);
             records.push((member.to_owned(), at_ms));
+            let max = self.inner.records_max.load(Ordering::SeqCst);
+            if records.len() > max {
+                let cut = records.len() - max;
+                let newest_dropped = records[cut - 1].1;
+                records.drain(..cut);
+                records.retain(|(m, _)| m != TRIMMED_MEMBER);
+                records.insert(0, (TRIMMED_MEMBER.to_owned(), newest_dropped));
+            }
             Ok(())
         })
     }
@@ -453,11 +459,12 @@ impl PurgeRecords for MemoryBus {
         Box::pin(async move {
             self.records_up()?;
             let records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
-            Ok(records
+            let since = records
                 .iter()
                 .filter(|(_, at)| *at >= since_ms)
                 .cloned()
-                .collect())
+                .collect();
+            covering(since, since_ms)
         })
     }
     fn epoch(&self) -> BoxFuture<'_, Result<String, RecordsUnavailable>> {

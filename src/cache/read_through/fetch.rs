@@ -194,7 +194,11 @@ impl<O: Origin> Inner<O> {
         tiers: Vec<usize>,
         held: &mut Option<Held>,
     ) -> Option<NotStored> {
+        // Registered before the first look for a purge: a purge recorded after it waits for
+        // this store to end.
+        let store = self.writes.begin(key, entry);
         if self.overtaken(key, entry, fence) {
+            store.finish(true);
             return Some(NotStored::Purged);
         }
         let mut kept = false;
@@ -205,9 +209,10 @@ impl<O: Origin> Inner<O> {
         }
         if written == tiers.len() {
             if self.overtaken(key, entry, fence) {
-                self.undo(key, &tiers).await;
+                store.finish(self.undo(key, &tiers).await);
                 return Some(NotStored::Purged);
             }
+            store.finish(true);
             return (!kept).then_some(NotStored::Declined);
         }
         let (inner, owned_key, stored, guard, lock) = (
@@ -222,9 +227,8 @@ impl<O: Origin> Inner<O> {
                 let _ = inner.tiers[t].put(&owned_key, stored.clone()).await;
             }
             let purged = inner.overtaken(&owned_key, &stored, &guard);
-            if purged {
-                inner.undo(&owned_key, &tiers).await;
-            } else if tiers[written..].iter().any(|&t| inner.tiers[t].shared()) {
+            let clean = !purged || inner.undo(&owned_key, &tiers).await;
+            if !purged && tiers[written..].iter().any(|&t| inner.tiers[t].shared()) {
                 // Written to Redis: a purge another replica makes now may have deleted the key
                 // before this write landed (their commands travel on other connections), so a
                 // purge heard soon after undoes it (`apply_remote`).
@@ -232,6 +236,7 @@ impl<O: Origin> Inner<O> {
                     .recent
                     .wrote(&owned_key, stored.tags(), inner.clock.now_ms());
             }
+            store.finish(clean);
             if let Some(lock) = lock {
                 lock.release(!purged).await;
             }
@@ -243,8 +248,10 @@ impl<O: Origin> Inner<O> {
     /// Removes `key` from the tiers numbered `tiers`: the writes of a fetch a purge overtook.
     /// A removal that fails (Redis timed out) is tried twice more, 50 ms and 200 ms later: a
     /// purged value left in Redis would be served until it expires. A tier's failures are
-    /// counted by the tier (`redis_errors_total`); one that still fails is logged.
-    pub(super) async fn undo(&self, key: &str, tiers: &[usize]) {
+    /// counted by the tier (`redis_errors_total`); one that still fails is logged, and makes
+    /// the undo unclean (`false`): the purge that overtook the store answers `503`.
+    pub(super) async fn undo(&self, key: &str, tiers: &[usize]) -> bool {
+        let mut clean = true;
         for &t in tiers {
             let tier = &self.tiers[t];
             let mut tries = [50u64, 200].into_iter();
@@ -253,11 +260,13 @@ impl<O: Origin> Inner<O> {
                     Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
                     None => {
                         tracing::warn!(tier = tier.name().as_str(), error = %e, "a purged value could not be removed from a tier; it stays until it expires");
+                        clean = false;
                         break;
                     }
                 }
             }
         }
+        clean
     }
 
     /// Fetches from the origin (conditionally, when `previous` has validators), decides the

@@ -5,13 +5,15 @@
 //! - [`fetch`]: fetch-and-store (coalescing, the fleet lock, the origin, answer first, then the
 //!   other tiers' writes);
 //! - [`purge`]: purges by key and tag, fanned out to every tier and replica, and the ones that
-//!   come from other replicas.
+//!   come from other replicas;
+//! - [`writes`]: the stores in progress, which a purge that overtakes them waits for.
 //!
 //! This file holds the `ReadThrough` itself, its shared state and the types the jobs share.
 
 mod fetch;
 mod lookup;
 mod purge;
+mod writes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -109,6 +111,8 @@ struct Inner<O> {
     instance: Arc<str>,
     /// Keys and tags purged lately: for fetches in flight, and entries read from Redis.
     recent: RecentPurges,
+    /// Stores in progress, which purges that overtake them wait for.
+    writes: Arc<writes::Writes>,
     /// The pool batch fetches and background refreshes share: half of
     /// `ORIGIN_MAX_CONCURRENCY`, handed out first come first served, so together they never
     /// take the permits single `GET`s need.
@@ -200,6 +204,7 @@ impl<O: Origin> ReadThrough<O> {
                 instance,
                 uncacheable_logged: Default::default(),
                 recent: RecentPurges::default(),
+                writes: Arc::default(),
                 shared_pool: Arc::new(tokio::sync::Semaphore::new(background_permits)),
                 metrics,
                 clock,

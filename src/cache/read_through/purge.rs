@@ -24,6 +24,12 @@ pub enum PurgeIncomplete {
         "the purge was applied, but no record of it outlives a restart: the disk tier is down and Redis keeps no record"
     )]
     NotRecorded,
+    /// A fetch that finished while the purge ran had stored the purged value, and it could not
+    /// be removed from every tier (Redis failed): a retry removes it.
+    #[error(
+        "the purge was applied, but a fetch that finished meanwhile stored the value and it could not be removed everywhere"
+    )]
+    UndoFailed,
 }
 
 impl<O: Origin> ReadThrough<O> {
@@ -91,6 +97,8 @@ impl<O: Origin> ReadThrough<O> {
             inner.metrics.invalidated_entries(target.scope(), tier.name(), n);
             purged.push((tier.name(), n));
         }
+        // Stores this purge overtook: answered only once they wrote nothing or undid it.
+        let undone = inner.writes.settled(&target).await;
         inner
             .metrics
             .invalidated(mode, PurgeSource::Local, target.scope());
@@ -99,6 +107,11 @@ impl<O: Origin> ReadThrough<O> {
                 "the purge was applied here only: Redis and the other replicas still hold the key"
             );
             Err(PurgeIncomplete::Unreached)
+        } else if !undone {
+            tracing::warn!(
+                "the purge was applied, but a fetch that finished meanwhile stored the value and it could not be removed everywhere"
+            );
+            Err(PurgeIncomplete::UndoFailed)
         } else if !recorded {
             tracing::warn!(
                 "the purge was applied, but no record of it outlives a restart: the disk tier is down and Redis keeps no record"

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::entry::now_ms;
+use crate::cache::purge::TRIMMED_MEMBER;
 use crate::telemetry::Metrics;
 
 /// Bumped when the stored format changes, so old and new releases can share one Redis.
@@ -38,11 +39,18 @@ const SLOTS: usize = 16384;
 const PURGE_RECORDS_MAX: u64 = 100_000;
 
 /// Adds a purge record, drops those past the horizon and beyond the count, and lets the set
-/// expire when no purge came for a whole horizon.
+/// expire when no purge came for a whole horizon. Records dropped for the count leave a mark
+/// ([`TRIMMED_MEMBER`], scored with the newest one dropped): a replica catching up from before
+/// it knows that the records no longer cover its gap.
 const RECORD_PURGE: &str = "redis.call('zadd', KEYS[1], ARGV[1], ARGV[2]) \
     redis.call('zremrangebyscore', KEYS[1], '-inf', '(' .. ARGV[3]) \
     local n = redis.call('zcard', KEYS[1]) \
-    if n > tonumber(ARGV[4]) then redis.call('zremrangebyrank', KEYS[1], 0, n - tonumber(ARGV[4]) - 1) end \
+    local max = tonumber(ARGV[4]) \
+    if n > max then \
+      local cut = redis.call('zrange', KEYS[1], n - max - 1, n - max - 1, 'WITHSCORES') \
+      redis.call('zremrangebyrank', KEYS[1], 0, n - max - 1) \
+      redis.call('zadd', KEYS[1], cut[2], ARGV[6]) \
+    end \
     redis.call('pexpire', KEYS[1], ARGV[5]) \
     return n";
 
@@ -77,6 +85,12 @@ pub struct RedisConfig {
 #[derive(Clone)]
 pub struct RedisClient {
     shared: Arc<Shared>,
+}
+
+impl From<CommandError> for crate::cache::purge::RecordsUnavailable {
+    fn from(e: CommandError) -> Self {
+        crate::cache::purge::RecordsUnavailable(e.to_string())
+    }
 }
 
 /// Why a Redis command did not succeed.
@@ -913,6 +927,7 @@ impl RedisClient {
             .arg(at_ms.saturating_sub(keep_ms))
             .arg(PURGE_RECORDS_MAX)
             .arg(keep_ms.max(1))
+            .arg(TRIMMED_MEMBER)
             .to_owned();
         self.write::<i64>(RedisOp::Set, key.as_bytes(), &cmd)
             .await
@@ -933,7 +948,8 @@ impl RedisClient {
         self.run::<String>(RedisOp::Get, key.as_bytes(), &cmd).await
     }
 
-    /// The purges recorded since `since_ms`: `(member, time)`, oldest first.
+    /// The purges recorded since `since_ms`: `(member, time)`, oldest first. They include
+    /// [`TRIMMED_MEMBER`] when records made since were dropped for the count.
     pub(crate) async fn purge_records(&self, since_ms: u64) -> Result<Vec<(String, u64)>, CommandError> {
         let key = self.purges_key();
         let cmd = redis::cmd("ZRANGE")
