@@ -17,5 +17,6 @@ mod origin;
 mod otlp;
 mod redis;
 mod resilience;
+mod rollout;
 mod tags;
 mod tier_contract;
