@@ -147,3 +147,61 @@ async fn a_killed_master_and_a_burst_on_its_slots_do_not_wedge_the_tier() {
     assert_eq!(s.get(&fresh).await.1, "cache-layer; fwd=miss; stored");
     assert!(s.get(&fresh).await.1.ends_with("detail=redis"));
 }
+
+#[tokio::test]
+async fn purges_still_reach_every_replica_after_the_master_of_their_sharded_channel_fails() {
+    let mut cluster = RedisCluster::start_with_replicas().await;
+    let origin = Origin::start(&[]).await;
+    let template = origin.template();
+    let env = [
+        ("REDIS_CLUSTER", "true"),
+        ("ORIGIN_URL", template.as_str()),
+        ("ADMIN_TOKEN", "0123456789abcdef"),
+    ];
+    let [a, b] = services_on(&cluster.urls(), &env).await;
+    let channel = "{cache-layer:bus}:invalidate";
+    let shard = cluster.owner_of(channel);
+    // A key whose entry is on another master, held in both replicas' memory.
+    let key = key_on(&cluster, shard, false, "k");
+    assert_eq!(a.get(&key).await.0, 200);
+    eventually("b to hold the key in memory", || async {
+        b.get(&key).await.1.ends_with("detail=memory").then_some(())
+    })
+    .await;
+    cluster.nodes[shard].stop();
+    // A replica of the shard is promoted; both replicas subscribe on it again.
+    eventually(
+        "the channel's shard to have a new master with both replicas on it",
+        || async {
+            let slot = cache_layer::cache::key_slot(channel.as_bytes());
+            let owner = cluster
+                .masters()
+                .into_iter()
+                .find(|(_, ranges)| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot)))
+                .map(|(i, _)| i)
+                .filter(|&i| i != shard)?;
+            let n = cluster.nodes[owner].cli(&["PUBSUB", "SHARDNUMSUB", channel]);
+            (n.lines().nth(1) == Some("2")).then_some(())
+        },
+    )
+    .await;
+    let purge = || async {
+        client()
+            .delete(a.item_url(&key))
+            .bearer_auth("0123456789abcdef")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    eventually("the purge to answer 204 once a sees the promotion", || async {
+        (purge().await == 204).then_some(())
+    })
+    .await;
+    eventually("b to drop the key", || async {
+        let status = b.get(&key).await.1;
+        (!status.ends_with("detail=memory")).then_some(())
+    })
+    .await;
+}

@@ -384,6 +384,19 @@ async fn redis_cluster_carries_the_tier_purges_and_the_fleet_lock() {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(origin.served().await, served + 1);
+    // Both replicas listen on the sharded channels, on the master of their slot, and the purge
+    // and the fill went by SPUBLISH: no classic PUBLISH crossed the cluster bus.
+    let shard = &cluster.nodes[cluster.owner_of("{cache-layer:bus}:invalidate")];
+    let subscribers = shard.cli(&["PUBSUB", "SHARDNUMSUB", "{cache-layer:bus}:invalidate"]);
+    assert_eq!(subscribers.lines().nth(1), Some("2"), "{subscribers}");
+    for node in &cluster.nodes {
+        let info = node.cli(&["CLUSTER", "INFO"]);
+        let classic = info
+            .lines()
+            .find_map(|l| l.strip_prefix("cluster_stats_messages_publish_sent:"))
+            .unwrap_or("0");
+        assert_eq!(classic.trim(), "0", "no classic PUBLISH on the bus:\n{info}");
+    }
 }
 
 #[tokio::test]

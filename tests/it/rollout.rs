@@ -73,12 +73,12 @@ async fn a_rolling_restart_answers_every_request_and_keeps_the_origin_quiet() {
 
     let redis_url = redis.url();
     let template = origin.template();
-    for i in 0..replicas.len() {
+    for (i, replica) in replicas.iter_mut().enumerate() {
         // SIGTERM and out of rotation at once: requests already routed to it still land
         // within SHUTDOWN_DELAY_SECS, and those in flight finish in the drain.
-        replicas[i].terminate();
-        rotation.lock().unwrap().retain(|b| *b != replicas[i].base);
-        let exit = replicas[i].wait_exit().await;
+        replica.terminate();
+        rotation.lock().unwrap().retain(|b| *b != replica.base);
+        let exit = replica.wait_exit().await;
         assert!(
             exit.success(),
             "replica {i} exits cleanly after its drain: {exit:?}"
@@ -93,7 +93,7 @@ async fn a_rolling_restart_answers_every_request_and_keeps_the_origin_quiet() {
         fresh.wait_status("/readyz", 200).await;
         fresh.wait_redis_up().await;
         rotation.lock().unwrap().push(fresh.base.clone());
-        replicas[i] = fresh;
+        *replica = fresh;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -142,26 +142,52 @@ impl PurgeRecords for AnyBus {
 #[derive(Clone)]
 pub struct RedisBus {
     client: RedisClient,
-    /// `{REDIS_KEY_PREFIX}:invalidate`: purges, for every replica's own tiers.
-    invalidate: Arc<str>,
-    /// `{REDIS_KEY_PREFIX}:filled`: keys whose fleet lock was let go.
-    fill: Arc<str>,
+    names: Arc<ChannelNames>,
 }
+
+/// The channels' names under `REDIS_KEY_PREFIX`.
+struct ChannelNames {
+    /// `{REDIS_KEY_PREFIX}:invalidate`: purges, for every replica's own tiers.
+    invalidate: String,
+    /// `{REDIS_KEY_PREFIX}:filled`: keys whose fleet lock was let go.
+    fill: String,
+    /// The same two as sharded channels (`{<REDIS_KEY_PREFIX>:bus}:invalidate` and `…:filled`,
+    /// one slot), used in a Redis Cluster that speaks sharded pub/sub.
+    sharded_invalidate: String,
+    sharded_fill: String,
+}
+
+/// The messages of a subscription by channel name, and whether it is lost.
+type Heard = (
+    BoxStream<'static, (String, String)>,
+    Box<dyn Fn() -> bool + Send + Sync>,
+);
 
 impl RedisBus {
     /// The bus over `client`, its channels under `key_prefix` (`REDIS_KEY_PREFIX`).
     pub fn new(client: RedisClient, key_prefix: &str) -> Self {
         RedisBus {
             client,
-            invalidate: format!("{key_prefix}:invalidate").into(),
-            fill: format!("{key_prefix}:filled").into(),
+            names: Arc::new(ChannelNames {
+                invalidate: format!("{key_prefix}:invalidate"),
+                fill: format!("{key_prefix}:filled"),
+                sharded_invalidate: format!("{{{key_prefix}:bus}}:invalidate"),
+                sharded_fill: format!("{{{key_prefix}:bus}}:filled"),
+            }),
         }
     }
 
     fn channel_name(&self, channel: Channel) -> &str {
         match channel {
-            Channel::Invalidate => &self.invalidate,
-            Channel::Fill => &self.fill,
+            Channel::Invalidate => &self.names.invalidate,
+            Channel::Fill => &self.names.fill,
+        }
+    }
+
+    fn sharded_name(&self, channel: Channel) -> &str {
+        match channel {
+            Channel::Invalidate => &self.names.sharded_invalidate,
+            Channel::Fill => &self.names.sharded_fill,
         }
     }
 }
@@ -209,29 +235,71 @@ impl MessageBus for RedisBus {
         let _ = self.client.run::<i64>(RedisOp::Lock, lock.as_bytes(), &cmd).await;
     }
 
+    /// In a Redis Cluster whose masters all speak it, by sharded pub/sub (the message stays in
+    /// one shard, not sent to every node over the cluster bus); else by classic `PUBLISH`.
     async fn publish(&self, channel: Channel, message: &str) -> Result<(), BusError> {
+        if self.client.sharded_pubsub() {
+            return Ok(self.client.spublish(self.sharded_name(channel), message).await?);
+        }
         Ok(self.client.publish(self.channel_name(channel), message).await?)
     }
 
+    /// The classic channels, and in a Redis Cluster whose shard speaks it the sharded ones too:
+    /// replicas that publish either way (an older release during a rollout, or one that has not
+    /// yet seen every master's version) are heard. The subscription is lost when either drops.
     async fn subscribe(&self) -> Result<Subscription, BusError> {
-        let (pubsub, node) = self.client.subscribe(&[&self.invalidate, &self.fill]).await?;
-        let fill = self.fill.clone();
-        let messages = pubsub
-            .into_on_message()
-            .filter_map(move |msg| {
-                let channel = if msg.get_channel_name() == &*fill {
+        let names = &self.names;
+        let (pubsub, node) = self.client.subscribe(&[&names.invalidate, &names.fill]).await?;
+        let classic = pubsub.into_on_message().filter_map(move |msg| {
+            let text = msg.get_payload::<String>().ok();
+            std::future::ready(text.map(|text| (msg.get_channel_name().to_owned(), text)))
+        });
+        let client = self.client.clone();
+        let sharded =
+            if self.client.is_cluster() && self.client.shard_speaks_sharded_pubsub(&names.sharded_fill) {
+                Some(
+                    self.client
+                        .ssubscribe(&[&names.sharded_invalidate, &names.sharded_fill])
+                        .await?,
+                )
+            } else {
+                None
+            };
+        let (messages, lost): Heard = match sharded {
+            None => (classic.boxed(), Box::new(move || client.node_down(&node))),
+            Some((received, shard)) => {
+                let sharded = futures_util::stream::unfold(received, |mut rx| async move {
+                    rx.recv().await.map(|m| (m, rx))
+                });
+                // Either stream's end ends the subscription (a `None` marks it).
+                let either = futures_util::stream::select(
+                    classic
+                        .map(Some)
+                        .chain(futures_util::stream::once(async { None })),
+                    sharded
+                        .map(Some)
+                        .chain(futures_util::stream::once(async { None })),
+                )
+                .take_while(|m| std::future::ready(m.is_some()))
+                .filter_map(std::future::ready);
+                (
+                    either.boxed(),
+                    Box::new(move || client.node_down(&node) || client.node_down(&shard)),
+                )
+            }
+        };
+        let names = names.clone();
+        let messages = messages
+            .map(move |(name, text)| {
+                let channel = if name == names.fill || name == names.sharded_fill {
                     Channel::Fill
                 } else {
                     Channel::Invalidate
                 };
-                std::future::ready(msg.get_payload::<String>().ok().map(|text| (channel, text)))
+                (channel, text)
             })
             .boxed();
-        let client = self.client.clone();
-        Ok(Subscription {
-            messages,
-            lost: Box::new(move || client.node_down(&node)),
-        })
+        Ok(Subscription { messages, lost })
     }
 }
 

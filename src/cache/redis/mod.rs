@@ -12,6 +12,8 @@
 //! every master over a fresh connection of its own, and rebuilds a node's command connection when
 //! commands keep failing on a node that answers pings (a wedged connection), with backoff.
 
+mod sharded;
+
 pub use crate::cache::labels::RedisOp;
 
 use std::collections::HashMap;
@@ -153,6 +155,9 @@ pub(crate) struct Node {
     /// their own, so that a slow write never holds up the lookups behind it (Redis answers a
     /// connection's commands in order).
     pub(crate) writes: RwLock<ConnectionManager>,
+    /// Whether the server speaks sharded pub/sub (`SPUBLISH`, Redis ≥ 7): one of
+    /// [`SHARDED_UNKNOWN`], [`SHARDED_NO`], [`SHARDED_YES`], asked when the ping connection is made.
+    pub(crate) sharded_pubsub: std::sync::atomic::AtomicU8,
     /// When the command connection may next be replaced (ms since the epoch), and the backoff.
     pub(crate) rebuild_at_ms: AtomicU64,
     pub(crate) rebuild_backoff_ms: AtomicU64,
@@ -170,6 +175,7 @@ impl Node {
             ping_requested: AtomicBool::new(false),
             failing_since_ms: AtomicU64::new(0),
             ping_conn: tokio::sync::Mutex::new(None),
+            sharded_pubsub: std::sync::atomic::AtomicU8::new(SHARDED_UNKNOWN),
             cmd: RwLock::new(cmd),
             writes: RwLock::new(writes),
             rebuild_at_ms: AtomicU64::new(0),
@@ -462,6 +468,24 @@ fn addr_of(info: &ConnectionInfo) -> String {
     }
 }
 
+/// [`Node::sharded_pubsub`]: not asked yet (or the answer did not come).
+pub(crate) const SHARDED_UNKNOWN: u8 = 0;
+/// [`Node::sharded_pubsub`]: a server older than Redis 7.
+pub(crate) const SHARDED_NO: u8 = 1;
+/// [`Node::sharded_pubsub`]: `SPUBLISH` and `SSUBSCRIBE` are known.
+pub(crate) const SHARDED_YES: u8 = 2;
+
+/// Whether the server on `conn` knows `SPUBLISH` (`COMMAND INFO` answers nil for an unknown
+/// command); [`SHARDED_UNKNOWN`] when it does not answer in time.
+async fn speaks_sharded_pubsub(conn: &mut MultiplexedConnection, within: Duration) -> u8 {
+    let ask = redis::cmd("COMMAND").arg("INFO").arg("SPUBLISH").to_owned();
+    match tokio::time::timeout(within, ask.query_async::<Vec<Value>>(conn)).await {
+        Ok(Ok(info)) if info.first().is_some_and(|v| !matches!(v, Value::Nil)) => SHARDED_YES,
+        Ok(Ok(_)) => SHARDED_NO,
+        _ => SHARDED_UNKNOWN,
+    }
+}
+
 impl RedisClient {
     /// Prepares the client without connecting; call [`RedisClient::start`] to connect.
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
@@ -647,7 +671,15 @@ impl RedisClient {
             let mut connect_error = None;
             if slot.is_none() {
                 match s.settings.direct_connection(&node.info).await {
-                    Ok(c) => *slot = Some(c),
+                    Ok(mut c) => {
+                        if s.seeds.cluster {
+                            node.sharded_pubsub.store(
+                                speaks_sharded_pubsub(&mut c, s.settings.response_timeout).await,
+                                Ordering::Relaxed,
+                            );
+                        }
+                        *slot = Some(c);
+                    }
                     Err(e) => connect_error = Some(why_unreachable(&e, is_tls(&node.info))),
                 }
             }
@@ -961,6 +993,83 @@ impl RedisClient {
             .to_owned();
         self.run::<Vec<(String, u64)>>(RedisOp::Get, key.as_bytes(), &cmd)
             .await
+    }
+
+    /// Whether messages go by sharded pub/sub: a Redis Cluster whose every master knows
+    /// `SPUBLISH` (Redis ≥ 7). With classic `PUBLISH` every message crosses the cluster bus to
+    /// every node; a sharded one goes to the nodes of one shard only.
+    pub(crate) fn sharded_pubsub(&self) -> bool {
+        self.shared.seeds.cluster
+            && self
+                .topology()
+                .nodes
+                .iter()
+                .all(|n| n.sharded_pubsub.load(Ordering::Relaxed) == SHARDED_YES)
+    }
+
+    /// Whether this is a Redis Cluster (`REDIS_CLUSTER`).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.shared.seeds.cluster
+    }
+
+    /// Whether the master of `channel`'s slot knows `SSUBSCRIBE`.
+    pub(crate) fn shard_speaks_sharded_pubsub(&self, channel: &str) -> bool {
+        self.topology()
+            .node_for(channel.as_bytes())
+            .sharded_pubsub
+            .load(Ordering::Relaxed)
+            == SHARDED_YES
+    }
+
+    /// `SPUBLISH`es `message` on the sharded `channel`, on the master of the channel's slot.
+    pub(crate) async fn spublish(&self, channel: &str, message: &str) -> Result<(), CommandError> {
+        let cmd = redis::cmd("SPUBLISH").arg(channel).arg(message).to_owned();
+        self.run::<i64>(RedisOp::Publish, channel.as_bytes(), &cmd)
+            .await
+            .map(drop)
+    }
+
+    /// Opens a sharded subscription to `channels` (all in one slot) on the master of their slot:
+    /// `(channel, message)` pairs until it drops, and that master's address. It runs on a thread
+    /// of its own over a plain (blocking) connection, since the async pub/sub of the redis crate
+    /// has no `SSUBSCRIBE`; the thread ends when the node stops answering, when Redis moves the
+    /// slot away (`sunsubscribe`), or within a second of the receiver being dropped.
+    pub(crate) async fn ssubscribe(
+        &self,
+        channels: &[&str],
+    ) -> Result<(tokio::sync::mpsc::UnboundedReceiver<(String, String)>, String), CommandError> {
+        let s = &self.shared;
+        let Some(first) = channels.first() else {
+            return Err(CommandError::Failed("no channel".to_owned()));
+        };
+        let topology = self.topology();
+        let node = topology.node_for(first.as_bytes());
+        if !node.is_up() {
+            return Err(CommandError::Unavailable);
+        }
+        let (info, addr) = (node.info.clone(), node.addr.clone());
+        let channels: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
+        let (messages, received) = tokio::sync::mpsc::unbounded_channel();
+        let (ready, subscribed) = tokio::sync::oneshot::channel();
+        let timeouts = (s.settings.connect_timeout, s.settings.response_timeout);
+        let spawned = std::thread::Builder::new()
+            .name("redis-ssubscribe".to_owned())
+            .spawn(move || sharded::listen(&info, &channels, timeouts, ready, &messages));
+        if let Err(e) = spawned {
+            return Err(CommandError::Failed(e.to_string()));
+        }
+        let within = s.settings.connect_timeout + s.settings.response_timeout;
+        match tokio::time::timeout(within, subscribed).await {
+            Ok(Ok(Ok(()))) => Ok((received, addr)),
+            Ok(Ok(Err(e))) => {
+                s.metrics.redis_error(RedisOp::Subscribe);
+                Err(CommandError::Failed(e))
+            }
+            Ok(Err(_)) | Err(_) => {
+                s.metrics.redis_error(RedisOp::Subscribe);
+                Err(CommandError::Timeout)
+            }
+        }
     }
 
     /// PUBLISHes `message` on `channel` through a node that is up: in a cluster any node
