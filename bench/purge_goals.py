@@ -722,7 +722,7 @@ def phase_thirty():
             target = key if run % 2 == 0 else f"/tags/tt{run}"
             st, _, body = await conns[who].request("DELETE", target, auth)
             answered = time.monotonic()
-            if st != 200:
+            if st not in (200, 204):
                 problems.append(f"run {run}: DELETE {target} -> {st} {body[:200]!r}")
             pending = set(range(THIRTY))
             stale = 0
@@ -915,6 +915,7 @@ def goals(res):
                      b["b_unpurged"]["kept_pct"] >= 99))
     if "thirty" in p:
         t = p["thirty"]
+        t["problems"] = [x for x in t["problems"] if "-> 204 b''" not in x]  # a key purge's success
         rows.append((f"{THIRTY} replicas: purge propagation p99 ≤ 100 ms ({t['propagation_ms']['runs']} purges)",
                      f"p50 {t['propagation_ms']['p50']:.1f} ms, p99 {t['propagation_ms']['p99']:.1f} ms, "
                      f"max {t['propagation_ms']['max']:.1f} ms", t["propagation_ms"]["p99"] <= 100 and not t["problems"]))
