@@ -131,7 +131,7 @@ def one_run(name, bin_dir, stub):
         "name": name, "binary": bin_dir, "purges": PURGES, "seconds": round(seconds, 2),
         "purges_per_s": round(PURGES / seconds, 1),
         "statuses": {str(s): statuses.count(s) for s in set(statuses)},
-        "heard_min": min(heard), "nodes": nodes,
+        "heard_min": min(heard), "heard": heard, "nodes": nodes,
         "bus_messages_sent": sum(n["publish_sent"] + n["publishshard_sent"] for n in nodes),
         "redis_cpu_ms_per_purge": round(1000 * sum(n["cpu_s"] for n in nodes) / PURGES, 3),
         "busiest_node_cpu_ms_per_purge": round(1000 * max(n["cpu_s"] for n in nodes) / PURGES, 3),
@@ -174,7 +174,10 @@ def main():
     base.RELEASE = BIN_DIR
     stub = base.Stub()
     runs = []
+    only = os.getenv("ONLY")
     for name, bin_dir in (("classic", CLASSIC_BIN), ("sharded", BIN_DIR)):
+        if only and only != name:
+            continue
         base.log(f"{name}: {bin_dir}")
         runs.append(one_run(name, bin_dir, stub))
         base.log(json.dumps({k: v for k, v in runs[-1].items() if k != "nodes"}))

@@ -57,15 +57,21 @@ pub struct Abandoned;
 struct Done<K: Hash + Eq, T> {
     inflight: Map<K, T>,
     key: Option<K>,
+    /// This fetch's flag: the map's entry for the key is removed only while it is this fetch's
+    /// (a purge may have let a newer fetch take the key).
+    superseded: Superseded,
 }
 
 impl<K: Hash + Eq, T> Drop for Done<K, T> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if map
+                .get(&key)
+                .is_some_and(|f| Arc::ptr_eq(&f.superseded.0, &self.superseded.0))
+            {
+                map.remove(&key);
+            }
         }
     }
 }
@@ -121,7 +127,9 @@ where
         F: Future<Output = T> + Send + 'static,
     {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = map.get(key) {
+        // A fetch a purge overtook answers only those who asked before the purge: a request
+        // after it starts a fetch of its own.
+        if let Some(f) = map.get(key).filter(|f| !f.superseded.is_set()) {
             return (Role::Follower, Waiter(f.result.clone()));
         }
         let (tx, rx) = watch::channel(None);
@@ -137,6 +145,7 @@ where
         let done = Done {
             inflight: self.inflight.clone(),
             key: Some(key.clone()),
+            superseded: superseded.clone(),
         };
         let fut = fetch(superseded);
         self.tasks.spawn(async move {
@@ -190,6 +199,33 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(!c.in_flight("k"));
+    }
+
+    #[tokio::test]
+    async fn a_request_after_a_purge_does_not_join_the_fetch_it_overtook() {
+        let c: Coalescer<String, u32> = Coalescer::default();
+        let key = "k".to_owned();
+        let (gate, opened) = tokio::sync::oneshot::channel::<()>();
+        let (role, old) = c.join_or_start(&key, |_| async move {
+            let _ = opened.await;
+            1
+        });
+        assert_eq!(role, Role::Leader);
+        c.supersede("k");
+        let (role, new) = c.join_or_start(&key, |_| async { 2 });
+        assert_eq!(
+            role,
+            Role::Leader,
+            "a fetch of its own, not the purged one's answer"
+        );
+        assert_eq!(new.wait().await.unwrap(), 2);
+        // The overtaken fetch ends after the newer one took the key: it removes only itself.
+        let (role, third) = c.join_or_start(&key, |_| std::future::pending::<u32>());
+        gate.send(()).unwrap();
+        assert_eq!(old.wait().await.unwrap(), 1);
+        assert_eq!(role, Role::Leader);
+        assert!(c.in_flight("k"), "the third fetch is still the key's");
+        drop(third);
     }
 
     #[tokio::test]

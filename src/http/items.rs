@@ -302,19 +302,30 @@ fn bearer_token(credentials: &[u8]) -> &[u8] {
     &rest[start..]
 }
 
-/// `?soft=true` marks stale; the default removes.
+/// `?soft=true` marks stale; the default removes. Any other parameter, or `soft` twice, is
+/// `400`: a purge an operator meant as soft (`?mode=soft`) must not run as a hard one.
 fn purge_mode(query: Option<&str>) -> Result<PurgeMode, AppError> {
-    let mut soft = false;
+    let mut soft = None;
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if name == "soft" {
-            soft = match value.as_ref() {
-                "true" | "1" | "" => true,
-                "false" | "0" => false,
-                _ => return Err(AppError::BadRequest("soft must be true or false".to_owned())),
-            };
+        if name != "soft" {
+            return Err(AppError::BadRequest(format!(
+                "unknown query parameter `{name}`: a purge takes only soft=true or soft=false"
+            )));
+        }
+        let this = match value.as_ref() {
+            "true" | "1" | "" => true,
+            "false" | "0" => false,
+            _ => return Err(AppError::BadRequest("soft must be true or false".to_owned())),
+        };
+        if soft.replace(this).is_some() {
+            return Err(AppError::BadRequest("soft is given more than once".to_owned()));
         }
     }
-    Ok(if soft { PurgeMode::Soft } else { PurgeMode::Hard })
+    Ok(if soft == Some(true) {
+        PurgeMode::Soft
+    } else {
+        PurgeMode::Hard
+    })
 }
 
 /// The message of a purge still running past `PURGE_TIMEOUT_SECS` (it goes on in the
@@ -368,5 +379,14 @@ mod tests {
         assert_eq!(purge_mode(Some("soft=true")).unwrap(), PurgeMode::Soft);
         assert_eq!(purge_mode(None).unwrap(), PurgeMode::Hard);
         assert!(purge_mode(Some("soft=maybe")).is_err());
+        assert!(
+            purge_mode(Some("mode=soft")).is_err(),
+            "an unknown parameter is refused"
+        );
+        assert!(
+            purge_mode(Some("soft=true&soft=false")).is_err(),
+            "soft twice is refused"
+        );
+        assert_eq!(purge_mode(Some("soft=false")).unwrap(), PurgeMode::Hard);
     }
 }

@@ -392,3 +392,86 @@ async fn records_trimmed_before_the_gap_began_still_cover_it() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_replica_started_while_a_purge_sweeps_redis_refuses_what_redis_still_holds() {
+    // A big tag's purge is published and recorded before Redis is swept, which takes seconds:
+    // a replica that starts meanwhile heard no message, so it reads the recent records at its
+    // first subscription, or it would copy the not-yet-swept entries into memory for good.
+    use cache_layer::cache::{Entry, PurgeRecords, RedisClient, RedisConfig, RedisTier, now_ms};
+    let shutdown = CancellationToken::new();
+    let server = crate::harness::Redis::start().await;
+    let metrics = Arc::new(Metrics::detached());
+    let config = RedisConfig {
+        nodes: vec![redis::IntoConnectionInfo::into_connection_info(server.url().as_str()).unwrap()],
+        cluster: false,
+        key_prefix: "late".to_owned(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_millis(500),
+    };
+    let client = RedisClient::new(&config, metrics.clone()).unwrap();
+    client.start(shutdown.clone()).await;
+    let redis = RedisTier::new(client, Entry::max_encoded_len(1 << 20));
+    let life = Lifetimes::fixed(
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+    );
+    // Stored by another replica a second ago; purged half a second ago, not yet swept.
+    let old = Arc::new(Entry::value("k1", b"\"old\"", now_ms() - 1_000, &life));
+    redis.put("k1", old).await.unwrap();
+    let bus = MemoryBus::new();
+    bus.record("hard\nkey\nk1", now_ms() - 500, 60_000).await.unwrap();
+
+    let origin = Counted {
+        calls: Arc::default(),
+        latency: Duration::from_millis(1),
+    };
+    let breaker = Arc::new(Breaker::new(
+        Trip {
+            window: Duration::from_secs(60),
+            min_calls: 100,
+            rate_percent: 100,
+        },
+        Duration::from_secs(1),
+    ));
+    let guarded = GuardedOrigin::new(
+        origin.clone(),
+        8,
+        Duration::from_secs(5),
+        breaker,
+        metrics.clone(),
+    );
+    let replicas = Replicas {
+        bus: AnyBus::Memory(bus.clone()),
+        shared: AnyTier::Redis(redis.clone()),
+        lock: FleetLock {
+            ttl: Duration::from_secs(10),
+            wait: Duration::from_secs(10),
+            poll: Duration::from_millis(100),
+        },
+    };
+    let own = MemoryTier::new(16 << 20, metrics.clone());
+    let late = ReadThrough::new(
+        vec![AnyTier::Memory(own), AnyTier::Redis(redis)],
+        guarded,
+        life,
+        Some(replicas),
+        metrics,
+    );
+    late.spawn_listener(shutdown.clone());
+    eventually("the new replica to listen", || {
+        let n = bus.subscribers();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = late.get("k1", WAIT).await.unwrap();
+    assert!(
+        matches!(answer.kind, AnswerKind::Fetched { .. }),
+        "Redis's copy predates a recorded purge: {:?}",
+        answer.kind
+    );
+    assert_eq!(origin.calls.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+}

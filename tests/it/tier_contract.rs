@@ -317,3 +317,57 @@ async fn a_redis_tag_of_30000_entries_is_purged_whole_in_chunks() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn entries_stored_again_during_a_redis_tag_purge_stay_in_the_tags_set() {
+    // A hard tag purge used to unlink the whole set at the end, taking with it the members of
+    // entries stored again during its sweep: the next purge of the tag missed them.
+    let server = Redis::start().await;
+    let shutdown = CancellationToken::new();
+    let tier = AnyTier::Redis(redis_tier(&server, "refill", &shutdown).await);
+    let n = 3_000;
+    let fill = move |tier: AnyTier| async move {
+        let writes = (0..n).map(|i| {
+            let tier = tier.clone();
+            async move {
+                let key = format!("r{i}");
+                tier.put(&key, tagged(&key, &["t"])).await.unwrap();
+            }
+        });
+        futures_util::stream::iter(writes)
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    };
+    fill(tier.clone()).await;
+    // The purge runs while the same keys are stored again, over and over.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refill = {
+        let (tier, done) = (tier.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                fill(tier.clone()).await;
+            }
+        })
+    };
+    purge(&tier, Target::Tag("t".to_owned()), PurgeMode::Hard).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    refill.await.unwrap();
+    // Every entry Redis holds now is a member of the tag's set: the next purge removes all.
+    let held: Vec<usize> = (0..n)
+        .filter(|i| server.cli(&["EXISTS", &format!("refill:v1:k:r{i}")]) == "1")
+        .collect();
+    assert!(!held.is_empty(), "the refills stored entries again");
+    for i in &held {
+        assert_eq!(
+            server.cli(&["SISMEMBER", "refill:v1:t:t", &format!("refill:v1:k:r{i}")]),
+            "1",
+            "r{i} is held and must stay findable by its tag"
+        );
+    }
+    purge(&tier, Target::Tag("t".to_owned()), PurgeMode::Hard).await;
+    for i in held.iter().step_by(97) {
+        assert_eq!(server.cli(&["EXISTS", &format!("refill:v1:k:r{i}")]), "0", "r{i}");
+    }
+    shutdown.cancel();
+}

@@ -268,6 +268,7 @@ impl MessageBus for RedisBus {
         let (messages, lost): Heard = match sharded {
             None => (classic.boxed(), Box::new(move || client.node_down(&node))),
             Some((received, shard)) => {
+                let lost_channel = names.sharded_invalidate.clone();
                 let sharded = futures_util::stream::unfold(received, |mut rx| async move {
                     rx.recv().await.map(|m| (m, rx))
                 });
@@ -284,7 +285,11 @@ impl MessageBus for RedisBus {
                 .filter_map(std::future::ready);
                 (
                     either.boxed(),
-                    Box::new(move || client.node_down(&node) || client.node_down(&shard)),
+                    Box::new(move || {
+                        client.node_down(&node)
+                            || client.node_down(&shard)
+                            || !client.serves(&shard, &lost_channel)
+                    }),
                 )
             }
         };
@@ -392,6 +397,11 @@ impl MemoryBus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// How many subscriptions are listening now.
+    pub fn subscribers(&self) -> usize {
+        self.inner.messages.receiver_count()
     }
 
     /// Keeps at most `max` purge records from now on; older ones are dropped as Redis drops

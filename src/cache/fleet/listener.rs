@@ -15,6 +15,10 @@ use crate::cache::purge::PurgeRecords;
 
 /// How far before a gap the records are read from: replicas' clocks differ by up to this.
 const CLOCK_SLACK_MS: u64 = 5_000;
+
+/// How far back a replica that has just started reads the purge records: as long as a
+/// replica keeps a purge in mind for its shared-tier reads (longer than any purge's sweep).
+const REMEMBER_MS: u64 = 10 * 60 * 1000;
 use super::bus::{AnyBus, Channel, MessageBus};
 use crate::cache::purge::{PurgeMode, Target};
 
@@ -26,6 +30,10 @@ pub trait RemotePurges: Send + Sync + 'static {
     /// The subscription was (re)made after a gap in which purges may have been missed, and
     /// the purge records cannot say which: forget what this replica's own tiers hold.
     fn caught_up(&self);
+    /// The purges recorded lately (`(member, time)`), heard by a replica that has just started:
+    /// note them so that an entry of a shared tier stored before one of them is not served or
+    /// copied (a big tag's sweep of Redis may still be running), without purging any tier.
+    fn remember(&self, records: Vec<(String, u64)>);
     /// The purges recorded during a gap in the subscription (`(member, time)`, as
     /// [`crate::cache::purge::encode_record`] writes them): apply them to this replica's own
     /// tiers, which keep everything else.
@@ -157,8 +165,19 @@ async fn listen<R: RemotePurges>(
                 );
                 cache.caught_up();
             }
-            // The first subscription: the tiers are new (the disk reads the records itself).
-            (None, _) => cache.caught_up(),
+            // The first subscription: the tiers are new (the disk reads the records itself), but
+            // Redis may still hold entries of a purge whose sweep is running: the recent
+            // records are noted, so those entries are refused.
+            (None, _) => {
+                let since = now_ms().saturating_sub(REMEMBER_MS);
+                match bus.since(since).await {
+                    Ok(records) => cache.remember(records),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the recent purge records cannot be read; entries Redis still holds of a purge under way may be served")
+                    }
+                }
+                cache.caught_up();
+            }
         }
         if let Some(epoch) = &epoch {
             heard = Some((now_ms(), epoch.clone()));

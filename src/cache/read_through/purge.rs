@@ -89,9 +89,14 @@ impl<O: Origin> ReadThrough<O> {
             };
             reached_all &= bus.publish(Channel::Invalidate, &message.encode()).await.is_ok();
         }
+        // Every tier at once: a tag of a million entries costs the slowest tier's time, not
+        // the sum (an entry read from Redis meanwhile is refused: the purge is recorded).
+        let now = self.now_ms();
+        let done =
+            futures_util::future::join_all(inner.tiers.iter().map(|tier| purge_in(tier, &target, mode, now)))
+                .await;
         let mut purged = Vec::with_capacity(inner.tiers.len());
-        for tier in &inner.tiers {
-            let done = purge_in(tier, &target, mode, self.now_ms()).await;
+        for (tier, done) in inner.tiers.iter().zip(done) {
             reached_all &= done.is_ok();
             let n = done.unwrap_or(0);
             inner.metrics.invalidated_entries(target.scope(), tier.name(), n);
@@ -348,6 +353,18 @@ impl<O: Origin> RemotePurges for ReadThrough<O> {
 
     fn caught_up(&self) {
         self.clear_own_tiers()
+    }
+
+    fn remember(&self, records: Vec<(String, u64)>) {
+        for (member, at_ms) in records {
+            if let Some((scope, _, name)) = decode_record(&member) {
+                let target = match scope {
+                    PurgeScope::Key => Target::Key(name.to_owned()),
+                    PurgeScope::Tag => Target::Tag(name.to_owned()),
+                };
+                self.inner.recent.record(&target, at_ms);
+            }
+        }
     }
 
     async fn catch_up(&self, records: Vec<(String, u64)>) {

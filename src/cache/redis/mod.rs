@@ -1012,6 +1012,12 @@ impl RedisClient {
         self.shared.seeds.cluster
     }
 
+    /// Whether the node at `addr` still serves the slot of `key` (a sharded subscription there
+    /// hears nothing once the slot moved away).
+    pub(crate) fn serves(&self, addr: &str, key: &str) -> bool {
+        self.topology().node_for(key.as_bytes()).addr == addr
+    }
+
     /// Whether the master of `channel`'s slot knows `SSUBSCRIBE`.
     pub(crate) fn shard_speaks_sharded_pubsub(&self, channel: &str) -> bool {
         self.topology()

@@ -10,15 +10,21 @@
 
 use std::time::Duration;
 
-use redis::{Client, ConnectionInfo, Value};
+use redis::{Client, ConnectionInfo, ProtocolVersion, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 /// How often the thread wakes to see whether its receiver is gone.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Subscribes to `channels` on the server at `info`, says so (or why not) on `ready`, then
-/// forwards every `smessage` as `(channel, message)` until the connection fails, the server
-/// drops the subscription (`sunsubscribe`: the slot moved), or `messages`' receiver is dropped.
+/// forwards every `smessage` as `(channel, message)` until the connection fails or `messages`'
+/// receiver is dropped. A slot that moves away (the server then sends `sunsubscribe`, which
+/// this loop does not see) is noticed by the listener instead, from the slot map
+/// (`RedisClient::serves`).
+///
+/// RESP3, and messages read through the crate's `PubSub::get_message`: its plain
+/// `recv_response` takes a read timeout for a reply that will come late and skips the next
+/// message for each one, which lost a purge per idle second.
 pub(super) fn listen(
     info: &ConnectionInfo,
     channels: &[String],
@@ -33,20 +39,20 @@ pub(super) fn listen(
             return;
         }
     };
-    if ready.send(Ok(())).is_err() || conn.set_read_timeout(Some(POLL)).is_err() {
+    let mut pubsub = conn.as_pubsub();
+    if pubsub.set_read_timeout(Some(POLL)).is_err() || ready.send(Ok(())).is_err() {
         return;
     }
     loop {
-        match conn.recv_response() {
-            Ok(reply) => match Push::of(&reply) {
-                Push::Message(channel, message) => {
-                    if messages.send((channel, message)).is_err() {
-                        return;
-                    }
+        match pubsub.get_message() {
+            Ok(msg) => {
+                let (channel, payload) = (msg.get_channel_name().to_owned(), msg.get_payload::<String>());
+                if let Ok(payload) = payload
+                    && messages.send((channel, payload)).is_err()
+                {
+                    return;
                 }
-                Push::Unsubscribed => return,
-                Push::Other => {}
-            },
+            }
             Err(e) if e.is_timeout() => {
                 if messages.is_closed() {
                     return;
@@ -57,21 +63,23 @@ pub(super) fn listen(
     }
 }
 
-/// A connection subscribed to `channels`: every confirmation read.
+/// A RESP3 connection subscribed to `channels`: every confirmation read.
 fn subscribe(
     info: &ConnectionInfo,
     channels: &[String],
     connect_timeout: Duration,
     response_timeout: Duration,
 ) -> redis::RedisResult<redis::Connection> {
-    let mut conn = Client::open(info.clone())?.get_connection_with_timeout(connect_timeout)?;
+    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let info = info.clone().set_redis_settings(resp3);
+    let mut conn = Client::open(info)?.get_connection_with_timeout(connect_timeout)?;
     conn.set_read_timeout(Some(response_timeout))?;
     conn.set_write_timeout(Some(response_timeout))?;
     let cmd = redis::cmd("SSUBSCRIBE").arg(channels).get_packed_command();
     conn.send_packed_command(&cmd)?;
     for _ in channels {
         let reply = conn.recv_response()?;
-        if !matches!(Push::kind(&reply).as_deref(), Some("ssubscribe")) {
+        if !confirms(&reply) {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "unexpected answer to SSUBSCRIBE",
@@ -82,78 +90,29 @@ fn subscribe(
     Ok(conn)
 }
 
-/// What a reply on a subscribed connection is.
-enum Push {
-    /// `smessage <channel> <message>`.
-    Message(String, String),
-    /// `sunsubscribe`: the server dropped the subscription (its slot moved to another shard).
-    Unsubscribed,
-    /// Anything else (a late confirmation, a pong).
-    Other,
-}
-
-impl Push {
-    fn of(reply: &Value) -> Push {
-        let parts = match reply {
-            Value::Array(parts) | Value::Push { data: parts, .. } => parts,
-            _ => return Push::Other,
-        };
-        match Self::kind(reply).as_deref() {
-            Some("smessage") => match (parts.get(1).and_then(text), parts.get(2).and_then(text)) {
-                (Some(channel), Some(message)) => Push::Message(channel, message),
-                _ => Push::Other,
-            },
-            Some("sunsubscribe") => Push::Unsubscribed,
-            _ => Push::Other,
+/// Whether `reply` confirms a sharded subscription.
+fn confirms(reply: &Value) -> bool {
+    matches!(
+        reply,
+        Value::Push {
+            kind: PushKind::SSubscribe,
+            ..
         }
-    }
-
-    /// The reply's first element, lowercased (`smessage`, `ssubscribe`, …).
-    fn kind(reply: &Value) -> Option<String> {
-        match reply {
-            Value::Array(parts) => parts.first().and_then(text).map(|k| k.to_ascii_lowercase()),
-            Value::Push { kind, .. } => Some(kind.to_string().to_ascii_lowercase()),
-            _ => None,
-        }
-    }
-}
-
-/// A bulk or simple string as text.
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
     #[test]
-    fn replies_on_a_sharded_subscription_are_read_as_what_they_are() {
-        let message = Value::Array(vec![
-            bulk("smessage"),
-            bulk("{p:bus}:invalidate"),
-            bulk("hard\nx\nk"),
-        ]);
-        assert!(
-            matches!(Push::of(&message), Push::Message(c, m) if c == "{p:bus}:invalidate" && m == "hard\nx\nk")
-        );
-        let moved = Value::Array(vec![
-            bulk("sunsubscribe"),
-            bulk("{p:bus}:invalidate"),
-            Value::Int(0),
-        ]);
-        assert!(matches!(Push::of(&moved), Push::Unsubscribed));
-        let confirmed = Value::Array(vec![bulk("ssubscribe"), bulk("{p:bus}:filled"), Value::Int(2)]);
-        assert!(matches!(Push::of(&confirmed), Push::Other));
-        assert_eq!(Push::kind(&confirmed).as_deref(), Some("ssubscribe"));
-        assert!(matches!(Push::of(&Value::Nil), Push::Other));
+    fn only_a_sharded_subscription_confirms_one() {
+        let push = |kind| Value::Push {
+            kind,
+            data: vec![Value::BulkString(b"{p:bus}:invalidate".to_vec()), Value::Int(1)],
+        };
+        assert!(confirms(&push(PushKind::SSubscribe)));
+        assert!(!confirms(&push(PushKind::Subscribe)));
+        assert!(!confirms(&Value::SimpleString("OK".to_owned())));
     }
 }

@@ -100,6 +100,65 @@ impl From<CommandError> for TierError {
 }
 
 impl RedisTier {
+    /// Drops from the tag's set the members whose entries are gone (deleted by a hard tag
+    /// purge, or found absent by `trim_tag`; grouped by the node of their entry in `gone`), then
+    /// puts back those whose entry was stored again meanwhile. A fill writes its entry before
+    /// its tags, so either its `SADD` comes after the `SREM` here, or its entry is there when
+    /// looked at after it: a fill that lands during a sweep keeps its place in the set, and the
+    /// next purge of the tag finds it. (A hard purge used to unlink the whole set at the end,
+    /// and the trim removed a member after looking, taking such members with them.) Best
+    /// effort: a member left behind only costs the next purge a look; one whose entry cannot be
+    /// checked is put back.
+    async fn forget_members(&self, tag_key: &str, gone: Vec<(Arc<Node>, Vec<String>)>) {
+        if gone.iter().all(|(_, keys)| keys.is_empty()) {
+            return;
+        }
+        let all: Vec<&String> = gone.iter().flat_map(|(_, keys)| keys).collect();
+        let srem = redis::cmd("SREM").arg(tag_key).arg(&all).to_owned();
+        if self
+            .client
+            .run::<i64>(RedisOp::Del, tag_key.as_bytes(), &srem)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let checks = gone
+            .iter()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(node, keys)| async move {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.cmd("EXISTS").arg(key);
+                }
+                match self
+                    .client
+                    .run_pipe_within::<Vec<i64>>(RedisOp::Get, node, &pipe, self.client.response_timeout())
+                    .await
+                {
+                    Ok(found) => keys
+                        .iter()
+                        .zip(found)
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(k, _)| k.clone())
+                        .collect(),
+                    Err(_) => keys.clone(),
+                }
+            });
+        let back: Vec<String> = futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if !back.is_empty() {
+            let sadd = redis::cmd("SADD").arg(tag_key).arg(&back).to_owned();
+            let _ = self
+                .client
+                .run::<i64>(RedisOp::Set, tag_key.as_bytes(), &sadd)
+                .await;
+        }
+    }
+
     /// The tier over `client`. `max_entry_bytes` bounds what a read of one entry transfers (see
     /// [`Entry::max_encoded_len`]).
     pub fn new(client: RedisClient, max_entry_bytes: usize) -> Self {
@@ -349,6 +408,7 @@ impl RedisTier {
         else {
             return;
         };
+        let mut gone = Vec::new();
         for member in sample.into_iter().filter(|m| m != entry_key) {
             let exists = redis::cmd("EXISTS").arg(&member).to_owned();
             if self
@@ -357,13 +417,11 @@ impl RedisTier {
                 .await
                 == Ok(0)
             {
-                let srem = redis::cmd("SREM").arg(tag_key).arg(&member).to_owned();
-                let _ = self
-                    .client
-                    .run::<i64>(RedisOp::Del, tag_key.as_bytes(), &srem)
-                    .await;
+                let node = self.client.topology().node_for(member.as_bytes()).clone();
+                gone.push((node, vec![member]));
             }
         }
+        self.forget_members(tag_key, gone).await;
     }
 
     fn entry_key(&self, key: &str) -> String {
@@ -600,24 +658,28 @@ impl Tier for RedisTier {
                         .client
                         .run_pipe_within(RedisOp::Del, &node, &pipe, deadline)
                         .await?;
-                    Ok::<u64, TierError>(done.iter().filter(|n| **n == 1).count() as u64)
+                    let hit: Vec<String> = keys
+                        .iter()
+                        .zip(&done)
+                        .filter(|(_, n)| **n == 1)
+                        .map(|(k, _)| (*k).clone())
+                        .collect();
+                    Ok::<_, TierError>((node, hit))
                 }
             });
+            let mut gone = Vec::new();
             for done in futures_util::future::join_all(chunks).await {
-                purged += done?;
+                let (node, hit) = done?;
+                purged += hit.len() as u64;
+                gone.push((node, hit));
+            }
+            if mode == PurgeMode::Hard {
+                self.forget_members(&tag_key, gone).await;
             }
             if next == 0 {
                 break;
             }
             cursor = next;
-        }
-        if mode == PurgeMode::Hard {
-            // Every entry that carried the tag is gone; entries since re-tagged add themselves.
-            let unlink = redis::cmd("UNLINK").arg(&tag_key).to_owned();
-            let _ = self
-                .client
-                .run::<i64>(RedisOp::Del, tag_key.as_bytes(), &unlink)
-                .await;
         }
         Ok(purged)
     }
