@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::cache::{
-    AnyBus, AnyTier, DiskTier, Entry, MemoryTier, PurgeRecords, ReadThrough, RedisBus, RedisClient,
+    AnyBus, AnyTier, DirLock, DiskTier, Entry, MemoryTier, PurgeRecords, ReadThrough, RedisBus, RedisClient,
     RedisTier, Replicas, Tier,
 };
 use crate::config::{Config, OriginSource, ServerLimits};
@@ -42,6 +42,10 @@ pub enum StartError {
     /// `Config`, exit 2): the HTTP client's or the Redis client's own set-up.
     #[error("{0}")]
     Setup(String),
+    /// A setting names something this process cannot have (a `DISK_CACHE_DIR` another process
+    /// holds): the operator's to fix, exit 2 as for a bad setting.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// The service, bound and ready to run.
@@ -54,6 +58,8 @@ pub struct Application {
     config: Config,
     /// Cancels the background tasks when the application ends, run or not.
     tasks: DropGuard,
+    /// The disk tier's directory, held for as long as the process runs.
+    _disk_lock: Option<DirLock>,
 }
 
 impl Application {
@@ -98,7 +104,10 @@ impl Application {
             }
             _ => None,
         };
+        let mut disk_lock = None;
         if let Some(dc) = &config.cache.disk {
+            disk_lock =
+                DirLock::acquire(&dc.dir).map_err(|e| StartError::Setting(format!("DISK_CACHE_DIR: {e}")))?;
             let life = &config.cache.life;
             let horizon = life.ttl.max(life.ttl_max.unwrap_or_default()) + life.stale;
             let records = redis
@@ -180,6 +189,7 @@ impl Application {
             state,
             config,
             tasks: tasks.drop_guard(),
+            _disk_lock: disk_lock,
         })
     }
 
@@ -197,8 +207,10 @@ impl Application {
             state,
             config,
             tasks,
+            _disk_lock,
         } = self;
-        // Whichever way this returns, the Redis upkeep and the listener stop with it.
+        // Whichever way this returns, the Redis upkeep and the listener stop with it; the
+        // disk's directory is let go last.
         let _tasks = tasks;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let limits = connection_limits(&config);

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cache_layer::{Application, Config, shutdown_signal, telemetry};
+use cache_layer::{Application, Config, StartError, shutdown_signal, telemetry};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,15 +61,17 @@ fn main() -> ExitCode {
             Ok(app) => app
                 .run_until_stopped(shutdown_signal())
                 .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+                .map_err(|e| (e.to_string(), ExitCode::FAILURE)),
+            // A setting the process cannot have (a directory another one holds): exit 2.
+            Err(e @ StartError::Setting(_)) => Err((e.to_string(), ExitCode::from(2))),
+            Err(e) => Err((e.to_string(), ExitCode::FAILURE)),
         };
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         match result {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+            Err((e, code)) => {
                 eprintln!("{e}");
-                ExitCode::FAILURE
+                code
             }
         }
     })

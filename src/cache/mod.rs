@@ -44,7 +44,7 @@ pub use purge::{PurgeMode, PurgeRecords, PurgeScope, PurgeSource, RecordsUnavail
 pub use redis::{CommandError, RedisClient, RedisConfig, RedisHealth, RedisOp, RedisSetupError, key_slot};
 pub use tier::any::AnyTier;
 pub use tier::disk::purge_log::{PurgeLog, Verdict};
-pub use tier::disk::{DiskConfig, DiskOp, DiskTier, DropReason, Layout};
+pub use tier::disk::{DirLock, DiskConfig, DiskOp, DiskTier, DropReason, Layout};
 pub use tier::memory::{EvictionCause, MemoryTier};
 pub use tier::redis::RedisTier;
 pub use tier::{Tier, TierError, TierHealth, TierName};

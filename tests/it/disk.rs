@@ -465,3 +465,38 @@ async fn shutdown_waits_for_a_fetch_whose_client_left_before_the_disk_closes() {
     assert!(cache.ends_with("detail=disk"), "{cache}");
     assert_eq!(origin.served().await, 1);
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_directory_is_refused_at_start_up() {
+    let origin = Origin::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = env(dir.path(), true);
+    let first = start(&origin, &env).await;
+    assert_eq!(first.get("k").await.0, 200);
+    // Another process on the same directory: exit 2, naming the setting.
+    let mut second: Vec<(&'static str, String)> = env.clone();
+    second.push(("ORIGIN_URL", origin.template()));
+    second.push((
+        "LISTEN_ADDR",
+        format!("127.0.0.1:{}", crate::harness::free_port()),
+    ));
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = crate::harness::service_command(&refs(&second));
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("DISK_CACHE_DIR") && stderr.contains("in use by another process"),
+        "{stderr}"
+    );
+    // The first one is unharmed, and once it is gone the directory is free again.
+    assert!(first.get("k").await.1.ends_with("detail=memory"));
+    stop(first).await;
+    let again = start(&origin, &env).await;
+    assert!(again.get("k").await.1.ends_with("detail=disk"));
+}

@@ -24,6 +24,9 @@
 //! to open it again, as the Redis tier reconnects.
 
 pub use crate::cache::labels::{DiskOp, DropReason};
+pub use dir_lock::DirLock;
+
+mod dir_lock;
 
 pub(crate) mod bucket;
 pub(crate) mod purge_log;
