@@ -47,9 +47,8 @@ struct Replica {
     own: MemoryTier,
 }
 
-fn replica(origin: &Counted, bus: &MemoryBus, shared: &MemoryTier, shutdown: &CancellationToken) -> Replica {
-    let metrics = Arc::new(Metrics::detached());
-    let own = MemoryTier::new(16 << 20, metrics.clone());
+/// The origin behind a guard that never trips in these tests (the breaker needs 100 calls).
+fn guarded(origin: &Counted, metrics: &Arc<Metrics>) -> GuardedOrigin<Counted> {
     let breaker = Arc::new(Breaker::new(
         Trip {
             window: Duration::from_secs(60),
@@ -58,13 +57,40 @@ fn replica(origin: &Counted, bus: &MemoryBus, shared: &MemoryTier, shutdown: &Ca
         },
         Duration::from_secs(1),
     ));
-    let guarded = GuardedOrigin::new(
+    GuardedOrigin::new(
         origin.clone(),
         64,
         Duration::from_secs(10),
         breaker,
         metrics.clone(),
-    );
+    )
+}
+
+/// A Redis tier on a fresh `redis-server` (returned, to keep it running), keys under `prefix`.
+async fn redis_tier(
+    prefix: &str,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> (crate::harness::Redis, cache_layer::cache::RedisTier) {
+    use cache_layer::cache::{Entry, RedisClient, RedisConfig, RedisTier};
+    use redis::IntoConnectionInfo;
+    let server = crate::harness::Redis::start().await;
+    let config = RedisConfig {
+        nodes: vec![server.url().into_connection_info().unwrap()],
+        cluster: false,
+        key_prefix: prefix.to_owned(),
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_secs(2),
+    };
+    let client = RedisClient::new(&config, metrics.clone()).unwrap();
+    client.start(shutdown.clone()).await;
+    (server, RedisTier::new(client, Entry::max_encoded_len(1 << 20)))
+}
+
+fn replica(origin: &Counted, bus: &MemoryBus, shared: &MemoryTier, shutdown: &CancellationToken) -> Replica {
+    let metrics = Arc::new(Metrics::detached());
+    let own = MemoryTier::new(16 << 20, metrics.clone());
+    let guarded = guarded(origin, &metrics);
     let replicas = Replicas {
         bus: AnyBus::Memory(bus.clone()),
         shared: AnyTier::Memory(shared.clone()),
@@ -193,42 +219,17 @@ async fn a_bus_that_is_down_leaves_each_replica_to_fetch_alone_and_a_purge_incom
 async fn an_entry_read_from_redis_that_a_known_purge_names_is_not_served_or_copied() {
     // A purge is published before Redis is purged: a replica that heard of it must not serve
     // (or copy into its memory) the entry Redis still holds for a moment.
-    use cache_layer::cache::{Entry, Invalidation, RedisClient, RedisConfig, RedisTier, Target, now_ms};
-    use redis::IntoConnectionInfo;
+    use cache_layer::cache::{Entry, Invalidation, Target, now_ms};
 
-    let server = crate::harness::Redis::start().await;
     let shutdown = CancellationToken::new();
-    let config = RedisConfig {
-        nodes: vec![server.url().into_connection_info().unwrap()],
-        cluster: false,
-        key_prefix: "heard".to_owned(),
-        connect_timeout: Duration::from_secs(2),
-        response_timeout: Duration::from_secs(2),
-    };
     let metrics = Arc::new(Metrics::detached());
-    let client = RedisClient::new(&config, metrics.clone()).unwrap();
-    client.start(shutdown.clone()).await;
-    let redis = RedisTier::new(client, Entry::max_encoded_len(1 << 20));
+    let (_server, redis) = redis_tier("heard", &metrics, &shutdown).await;
     let origin = Counted {
         calls: Arc::default(),
         latency: Duration::from_millis(1),
     };
     let own = MemoryTier::new(16 << 20, metrics.clone());
-    let breaker = Arc::new(Breaker::new(
-        Trip {
-            window: Duration::from_secs(60),
-            min_calls: 100,
-            rate_percent: 100,
-        },
-        Duration::from_secs(1),
-    ));
-    let guarded = GuardedOrigin::new(
-        origin.clone(),
-        8,
-        Duration::from_secs(5),
-        breaker,
-        metrics.clone(),
-    );
+    let guarded = guarded(&origin, &metrics);
     let life = Lifetimes::fixed(
         Duration::from_secs(60),
         Duration::from_secs(60),
@@ -398,20 +399,10 @@ async fn a_replica_started_while_a_purge_sweeps_redis_refuses_what_redis_still_h
     // A big tag's purge is published and recorded before Redis is swept, which takes seconds:
     // a replica that starts meanwhile heard no message, so it reads the recent records at its
     // first subscription, or it would copy the not-yet-swept entries into memory for good.
-    use cache_layer::cache::{Entry, PurgeRecords, RedisClient, RedisConfig, RedisTier, now_ms};
+    use cache_layer::cache::{Entry, PurgeRecords, now_ms};
     let shutdown = CancellationToken::new();
-    let server = crate::harness::Redis::start().await;
     let metrics = Arc::new(Metrics::detached());
-    let config = RedisConfig {
-        nodes: vec![redis::IntoConnectionInfo::into_connection_info(server.url().as_str()).unwrap()],
-        cluster: false,
-        key_prefix: "late".to_owned(),
-        connect_timeout: Duration::from_millis(500),
-        response_timeout: Duration::from_millis(500),
-    };
-    let client = RedisClient::new(&config, metrics.clone()).unwrap();
-    client.start(shutdown.clone()).await;
-    let redis = RedisTier::new(client, Entry::max_encoded_len(1 << 20));
+    let (_server, redis) = redis_tier("late", &metrics, &shutdown).await;
     let life = Lifetimes::fixed(
         Duration::from_secs(60),
         Duration::from_secs(60),
@@ -427,21 +418,7 @@ async fn a_replica_started_while_a_purge_sweeps_redis_refuses_what_redis_still_h
         calls: Arc::default(),
         latency: Duration::from_millis(1),
     };
-    let breaker = Arc::new(Breaker::new(
-        Trip {
-            window: Duration::from_secs(60),
-            min_calls: 100,
-            rate_percent: 100,
-        },
-        Duration::from_secs(1),
-    ));
-    let guarded = GuardedOrigin::new(
-        origin.clone(),
-        8,
-        Duration::from_secs(5),
-        breaker,
-        metrics.clone(),
-    );
+    let guarded = guarded(&origin, &metrics);
     let replicas = Replicas {
         bus: AnyBus::Memory(bus.clone()),
         shared: AnyTier::Redis(redis.clone()),
