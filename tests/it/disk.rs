@@ -500,3 +500,32 @@ async fn a_second_process_on_the_same_directory_is_refused_at_start_up() {
     let again = start(&origin, &env).await;
     assert!(again.get("k").await.1.ends_with("detail=disk"));
 }
+
+#[tokio::test]
+async fn a_directory_written_in_another_format_starts_empty_and_is_never_misread() {
+    let origin = Origin::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = env(dir.path(), false);
+    let s = start(&origin, &env).await;
+    assert_eq!(s.get("kept").await.1, "cache-layer; fwd=miss; stored");
+    stop(s).await;
+    let format = dir.path().join("cache-layer-format");
+    let written = std::fs::read_to_string(&format).unwrap();
+    assert!(written.starts_with("cache-layer disk"), "{written}");
+    // The same format: the entry comes back from the disk.
+    let s = start(&origin, &env).await;
+    assert!(s.get("kept").await.1.ends_with("detail=disk"));
+    stop(s).await;
+    // Another format (an upgrade of the engine or the encoding): the tier starts empty.
+    std::fs::write(&format, "cache-layer disk 0; foyer 0.1; entry v0\n").unwrap();
+    let s = start(&origin, &env).await;
+    let served = origin.served().await;
+    assert_eq!(s.get("kept").await.1, "cache-layer; fwd=miss; stored");
+    assert_eq!(origin.served().await, served + 1);
+    assert_eq!(
+        std::fs::read_to_string(&format).unwrap(),
+        written,
+        "the file names this format again"
+    );
+    stop(s).await;
+}

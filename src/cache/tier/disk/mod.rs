@@ -343,6 +343,11 @@ impl DiskTier {
         if let Some(closing) = closing {
             let _ = closing.await;
         }
+        if let Err(e) = check_format(&inner.dir) {
+            inner.metrics.disk_error(DiskOp::Open);
+            tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot check or write its format file; running without it");
+            return;
+        }
         self.load_purge_file().await;
         self.load_purge_records().await;
         match open(&inner.dir, inner.layout).await {
@@ -712,6 +717,46 @@ fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     f.write_all(format!("{line}\n").as_bytes())?;
     f.sync_data()
+}
+
+/// The file naming the on-disk format, beside the entries.
+pub const FORMAT_FILE: &str = "cache-layer-format";
+
+/// What this release writes: the storage engine (its major version decides the block format)
+/// and the entry encoding. Changed by hand when either changes; a directory written in another
+/// format starts empty rather than be misread.
+pub const FORMAT: &str = "cache-layer disk 1; foyer 0.22; entry v1";
+
+/// Makes sure `dir` holds entries in [`FORMAT`]: a directory written in another one (a foyer or
+/// encoding upgrade, or a downgrade) loses its entries (foyer's files; the purge file stays,
+/// purges are format-free), with a `warn`; a directory without the file (new, or written before
+/// the file existed, which is this format) gets it.
+fn check_format(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found.trim() == FORMAT => return Ok(()),
+        Ok(found) => {
+            let mut dropped = 0;
+            for f in std::fs::read_dir(dir)? {
+                let f = f?;
+                if f.file_name().to_string_lossy().starts_with("foyer") {
+                    if f.file_type()?.is_dir() {
+                        std::fs::remove_dir_all(f.path())?;
+                    } else {
+                        std::fs::remove_file(f.path())?;
+                    }
+                    dropped += 1;
+                }
+            }
+            let (found, files) = (found.trim(), dropped);
+            tracing::warn!(dir = %dir.display(), found, expected = FORMAT, files, "disk tier: the directory holds entries of another format; it starts empty");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = std::fs::File::create(&path)?;
+    std::io::Write::write_all(&mut f, format!("{FORMAT}\n").as_bytes())?;
+    f.sync_all()
 }
 
 /// Opens foyer's store on `dir` (recovering its blocks and tombstones).
