@@ -104,6 +104,43 @@ impl Sketch {
         }
     }
 
+    /// The sketch as bytes, for a file: its length in words, the increments since the last
+    /// halving and between two, then every word (little-endian).
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + 8 * self.table.len());
+        for v in [self.table.len() as u64, self.size, self.sample_size] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for w in &self.table {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// Puts back what [`Sketch::to_bytes`] wrote, when it is a sketch of this one's size and
+    /// window; `false` (and nothing changed) otherwise.
+    pub(crate) fn restore(&mut self, bytes: &[u8]) -> bool {
+        let word = |i: usize| {
+            bytes
+                .get(8 * i..8 * i + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        let (Some(len), Some(size), Some(sample)) = (word(0), word(1), word(2)) else {
+            return false;
+        };
+        if len != self.table.len() as u64
+            || sample != self.sample_size
+            || bytes.len() != 24 + 8 * self.table.len()
+        {
+            return false;
+        }
+        for (i, w) in self.table.iter_mut().enumerate() {
+            *w = word(3 + i).expect("length checked");
+        }
+        self.size = size.min(self.sample_size);
+        true
+    }
+
     fn reset(&mut self) {
         let mut odd = 0u64;
         for t in self.table.iter_mut() {
@@ -117,6 +154,21 @@ impl Sketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sketch_written_out_comes_back_only_into_one_of_its_shape() {
+        let mut s = Sketch::with_sample(1000, 5000);
+        for _ in 0..3 {
+            s.increment(42);
+        }
+        let bytes = s.to_bytes();
+        let mut back = Sketch::with_sample(1000, 5000);
+        assert!(back.restore(&bytes));
+        assert_eq!(back.frequency(42), 3);
+        assert!(!Sketch::with_sample(5000, 5000).restore(&bytes), "another size");
+        assert!(!Sketch::with_sample(1000, 9000).restore(&bytes), "another window");
+        assert!(!back.restore(&bytes[..bytes.len() - 1]), "cut short");
+    }
 
     #[test]
     fn counts_what_it_sees_and_forgets_it_with_age() {

@@ -130,16 +130,18 @@ async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
     assert_eq!(origin.served().await, 3);
     assert_eq!(s.metric("disk_cache_rejected_total").await, 2.0);
     assert_eq!(s.metric("cache_not_stored_total{reason=\"declined\"").await, 2.0);
-    // After a restart the counts start again at zero, but what the disk holds is served, and
-    // a newer fill of a key it holds is written whatever the counts say (the disk never keeps
-    // an older version than the one fetched): a soft purge, then the stale answer's refresh.
+    // After a restart what the disk holds is served, and a newer fill of a key it holds is
+    // written whatever the counts say (the disk never keeps an older version than the one
+    // fetched): a soft purge, then the stale answer's refresh. The counts were saved at
+    // shutdown: `once`, asked once before the restart, is admitted on its second request.
     stop(s).await;
     let s = start(&origin, &env).await;
     assert_eq!(purge(&s, "/items/twice?soft=true").await, 204);
     served_stale_then_refreshed_on_disk(&s, &origin, "twice", 4).await;
     assert_eq!(s.metric("disk_cache_rejected_total").await, 0.0);
-    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; detail=declined");
+    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; stored");
     assert_eq!(origin.served().await, 5);
+    assert_eq!(s.get("fresh").await.1, "cache-layer; fwd=miss; detail=declined");
     assert_eq!(s.metric("disk_cache_rejected_total").await, 1.0);
 }
 
@@ -527,5 +529,41 @@ async fn a_directory_written_in_another_format_starts_empty_and_is_never_misread
         written,
         "the file names this format again"
     );
+    stop(s).await;
+}
+
+#[tokio::test]
+async fn admission_counts_outlive_a_restart() {
+    let origin = Origin::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env(dir.path(), false);
+    for (k, v) in env.iter_mut() {
+        if *k == "DISK_CACHE_ADMIT_MIN_REQUESTS" {
+            *v = "2".to_owned();
+        }
+    }
+    // Asked once, then a restart: the key is not on the disk (seen once only)...
+    let s = start(&origin, &env).await;
+    assert_eq!(s.get("twice").await.0, 200);
+    stop(s).await;
+    assert!(
+        dir.path().join("cache-layer-admission").exists(),
+        "saved at shutdown"
+    );
+    // ... but the second request after it counts as the second: the fill goes to disk.
+    let s = start(&origin, &env).await;
+    assert_eq!(s.get("twice").await.0, 200);
+    stop(s).await;
+    let s = start(&origin, &env).await;
+    assert!(
+        s.get("twice").await.1.ends_with("detail=disk"),
+        "admitted on its second request across the restart"
+    );
+    stop(s).await;
+    // A file that does not fit (another layout, or damaged) is ignored: a key asked once now
+    // stays off the disk.
+    std::fs::write(dir.path().join("cache-layer-admission"), b"junk").unwrap();
+    let s = start(&origin, &env).await;
+    assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; detail=declined");
     stop(s).await;
 }

@@ -31,7 +31,6 @@ mod dir_lock;
 pub(crate) mod bucket;
 pub(crate) mod purge_log;
 
-use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -108,10 +107,17 @@ type Store = HybridCache<String, Vec<u8>>;
 struct Admission {
     /// `DISK_CACHE_ADMIT_MIN_REQUESTS`; 1 admits every fill and counts nothing.
     min_requests: u8,
-    /// Seeded per process, so no client can aim keys at the same counters.
-    hasher: std::hash::RandomState,
+    /// The keys of its hash, random per process (so no client can aim keys at the same
+    /// counters) and saved with the counts, so a restart keeps both.
+    seeds: (u64, u64),
     sketch: std::sync::Mutex<Sketch>,
 }
+
+/// The file the admission sketch is saved to at shutdown, beside the entries.
+pub const ADMISSION_FILE: &str = "cache-layer-admission";
+
+/// The first line of [`ADMISSION_FILE`]; another one is not read.
+const ADMISSION_MAGIC: &[u8] = b"cache-layer admission 1\n";
 
 impl Admission {
     fn new(min_requests: u8, entries: u64) -> Self {
@@ -122,15 +128,50 @@ impl Admission {
         };
         Admission {
             min_requests,
-            hasher: std::hash::RandomState::new(),
+            seeds: (rand::random(), rand::random()),
             sketch: std::sync::Mutex::new(sketch),
         }
+    }
+
+    /// `key`'s hash under this tier's seeds (SipHash, keyed).
+    fn hash_one(&self, key: &str) -> u64 {
+        #[allow(deprecated)] // std's SipHasher: keyed, and needs no crate; its keys can be saved.
+        let mut h = std::hash::SipHasher::new_with_keys(self.seeds.0, self.seeds.1);
+        std::hash::Hasher::write(&mut h, key.as_bytes());
+        std::hash::Hasher::finish(&h)
+    }
+
+    /// The counts and seeds as [`ADMISSION_FILE`] holds them.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = ADMISSION_MAGIC.to_vec();
+        out.extend_from_slice(&self.seeds.0.to_le_bytes());
+        out.extend_from_slice(&self.seeds.1.to_le_bytes());
+        out.extend_from_slice(&self.sketch.lock().unwrap_or_else(|p| p.into_inner()).to_bytes());
+        out
+    }
+
+    /// Takes the counts and seeds of a saved file, when it is one of this layout; `false` when
+    /// it is not (another release, another `DISK_CACHE_MAX_BYTES`, cut short).
+    fn restore(&mut self, bytes: &[u8]) -> bool {
+        let Some(rest) = bytes.strip_prefix(ADMISSION_MAGIC) else {
+            return false;
+        };
+        if rest.len() < 16 {
+            return false;
+        }
+        let seed = |i: usize| u64::from_le_bytes(rest[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        let sketch = self.sketch.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !sketch.restore(&rest[16..]) {
+            return false;
+        }
+        self.seeds = (seed(0), seed(1));
+        true
     }
 
     /// `key` was asked of the tier.
     fn requested(&self, key: &str) {
         if self.min_requests > 1 {
-            let hash = self.hasher.hash_one(key);
+            let hash = self.hash_one(key);
             self.sketch
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -144,7 +185,7 @@ impl Admission {
         if self.min_requests <= 1 {
             return 0;
         }
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hash_one(key);
         self.sketch
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -279,7 +320,11 @@ impl DiskTier {
                 up: AtomicBool::new(false),
                 read_failures: AtomicU32::new(0),
                 log: PurgeLog::new(layout.purge_records, horizon_ms.max(MIN_HORIZON_MS)),
-                admission: Admission::new(config.admit_min_requests, layout.capacity / DISK_PAGE),
+                admission: load_admission(
+                    &config.dir,
+                    config.admit_min_requests,
+                    layout.capacity / DISK_PAGE,
+                ),
                 buckets: layout.buckets,
                 masks: (0..layout.buckets).map(|_| AtomicU64::new(UNKNOWN)).collect(),
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -528,8 +573,21 @@ impl DiskTier {
         }
     }
 
-    /// Writes what foyer still buffers and closes the store (at shutdown).
+    /// Writes what foyer still buffers and closes the store (at shutdown), and saves the
+    /// admission counts for the next start.
     pub async fn close(&self) {
+        if self.inner.admission.min_requests > 1 {
+            let (bytes, dir) = (self.inner.admission.to_bytes(), self.inner.dir.clone());
+            let saved = tokio::task::spawn_blocking(move || {
+                let tmp = dir.join(format!("{ADMISSION_FILE}.tmp"));
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, dir.join(ADMISSION_FILE))
+            })
+            .await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(error = %e, "disk tier: cannot save its admission counts");
+            }
+        }
         let store = self.inner.store.write().unwrap_or_else(|p| p.into_inner()).take();
         self.inner.up.store(false, Ordering::Relaxed);
         if let Some(store) = store
@@ -717,6 +775,27 @@ fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     f.write_all(format!("{line}\n").as_bytes())?;
     f.sync_data()
+}
+
+/// The admission of a tier over `dir`: the counts and seeds saved at the last shutdown when
+/// they fit this layout, else new ones (a file that does not fit is ignored with a `warn`).
+fn load_admission(dir: &Path, min_requests: u8, entries: u64) -> Admission {
+    let mut admission = Admission::new(min_requests, entries);
+    if min_requests <= 1 {
+        return admission;
+    }
+    match std::fs::read(dir.join(ADMISSION_FILE)) {
+        Ok(bytes) => {
+            if !admission.restore(&bytes) {
+                tracing::warn!(dir = %dir.display(), "disk tier: the saved admission counts are of another layout or unreadable; counting starts afresh");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "disk tier: cannot read the saved admission counts; counting starts afresh")
+        }
+    }
+    admission
 }
 
 /// The file naming the on-disk format, beside the entries.
