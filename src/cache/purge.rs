@@ -61,6 +61,15 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target of `scope` named `name` (the inverse of [`Target::scope`] and
+    /// [`Target::name`]: what a purge record names).
+    pub fn new(scope: PurgeScope, name: &str) -> Self {
+        match scope {
+            PurgeScope::Key => Target::Key(name.to_owned()),
+            PurgeScope::Tag => Target::Tag(name.to_owned()),
+        }
+    }
+
     /// The key or the tag.
     pub fn name(&self) -> &str {
         match self {

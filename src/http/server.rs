@@ -515,6 +515,17 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    /// Tells the watchdog whether a write made progress, unless it waits for a turn (the
+    /// server's doing, not a client that stopped reading); `result` as it was.
+    fn noted(&self, result: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if !self.turn.waiting() {
+            self.conn.on_write(result.is_ready());
+        }
+        result
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -523,11 +534,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let result = this.turn.poll_write(&mut this.stream, cx, buf);
-        // Waiting for a turn is the server's doing, not a client that stopped reading.
-        if !this.turn.waiting() {
-            this.conn.on_write(result.is_ready());
-        }
-        result
+        this.noted(result)
     }
 
     fn poll_write_vectored(
@@ -537,11 +544,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let result = this.turn.poll_write_vectored(&mut this.stream, cx, bufs);
-        // Waiting for a turn is the server's doing, not a client that stopped reading.
-        if !this.turn.waiting() {
-            this.conn.on_write(result.is_ready());
-        }
-        result
+        this.noted(result)
     }
 
     fn is_write_vectored(&self) -> bool {

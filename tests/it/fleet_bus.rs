@@ -306,6 +306,22 @@ fn held(r: &Replica, keys: std::ops::Range<usize>) -> usize {
         .count()
 }
 
+/// Hard purges of `k<i>` for every `i` in `keys`, through `r`.
+async fn purge_keys(r: &Replica, keys: std::ops::Range<usize>) {
+    for k in keys {
+        let _ = r.cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
+    }
+}
+
+/// Waits until `r`'s own tier holds none of `k<i>` for `i` in `keys`.
+async fn until_none_held(what: &str, r: &Replica, keys: std::ops::Range<usize>) {
+    eventually(what, || {
+        let keys = keys.clone();
+        async move { (held(r, keys) == 0).then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_replica_cut_off_catches_up_from_the_purge_records_and_keeps_the_rest() {
     let (_origin, bus, pair, shutdown) = warm_pair(100).await;
@@ -313,16 +329,10 @@ async fn a_replica_cut_off_catches_up_from_the_purge_records_and_keeps_the_rest(
     // B (and A) hear nothing for 2 s; A purges ten keys meanwhile: recorded, heard by nobody.
     bus.deafen_for(Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    for k in 0..10 {
-        let _ = pair[0].cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
-    }
+    purge_keys(&pair[0], 0..10).await;
     assert_eq!(held(&pair[1], 0..10), 10, "B has not heard yet");
     // Subscribed again, B catches up: the ten go, the other ninety stay.
-    eventually("B to catch up on the purges it missed", || {
-        let r = &pair[1];
-        async move { (held(r, 0..10) == 0).then_some(()) }
-    })
-    .await;
+    until_none_held("B to catch up on the purges it missed", &pair[1], 0..10).await;
     assert_eq!(held(&pair[1], 10..100), 90, "nothing else was flushed");
     shutdown.cancel();
 }
@@ -332,11 +342,7 @@ async fn a_replica_whose_gap_the_records_cannot_cover_clears_its_own_tiers() {
     let (_origin, bus, pair, shutdown) = warm_pair(20).await;
     bus.deafen_for(Duration::from_secs(1));
     bus.lose_records();
-    eventually("B to clear its own tier", || {
-        let r = &pair[1];
-        async move { (held(r, 0..20) == 0).then_some(()) }
-    })
-    .await;
+    until_none_held("B to clear its own tier", &pair[1], 0..20).await;
     shutdown.cancel();
 }
 
@@ -348,15 +354,9 @@ async fn a_replica_whose_missed_purges_were_trimmed_from_the_records_clears_its_
     bus.keep_records(5);
     bus.deafen_for(Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    for k in 0..10 {
-        let _ = pair[0].cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
-    }
+    purge_keys(&pair[0], 0..10).await;
     assert_eq!(held(&pair[1], 0..20), 20, "B has not heard yet");
-    eventually("B to clear its own tier", || {
-        let r = &pair[1];
-        async move { (held(r, 0..20) == 0).then_some(()) }
-    })
-    .await;
+    until_none_held("B to clear its own tier", &pair[1], 0..20).await;
     shutdown.cancel();
 }
 
@@ -366,26 +366,14 @@ async fn records_trimmed_before_the_gap_began_still_cover_it() {
     bus.keep_records(5);
     // Ten purges B hears (the first five are trimmed from the records), then a gap with two
     // (which trim two more that B had heard).
-    for k in 0..10 {
-        let _ = pair[0].cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
-    }
-    eventually("B to hear the ten", || {
-        let r = &pair[1];
-        async move { (held(r, 0..10) == 0).then_some(()) }
-    })
-    .await;
+    purge_keys(&pair[0], 0..10).await;
+    until_none_held("B to hear the ten", &pair[1], 0..10).await;
     // Past the listener's slack for clocks (5 s): the catch-up reads from after the trim.
     tokio::time::sleep(Duration::from_millis(6_000)).await;
     bus.deafen_for(Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    for k in 10..12 {
-        let _ = pair[0].cache.purge(&format!("k{k}"), PurgeMode::Hard).await;
-    }
-    eventually("B to catch up on the two", || {
-        let r = &pair[1];
-        async move { (held(r, 10..12) == 0).then_some(()) }
-    })
-    .await;
+    purge_keys(&pair[0], 10..12).await;
+    until_none_held("B to catch up on the two", &pair[1], 10..12).await;
     assert_eq!(
         held(&pair[1], 12..20),
         8,

@@ -275,6 +275,18 @@ async fn redis_tier(server: &Redis, prefix: &str, shutdown: &CancellationToken) 
     RedisTier::new(client, Entry::max_encoded_len(1 << 20))
 }
 
+/// Stores `<prefix>0`… `<prefix>{n-1}`, each tagged `tag`, `in_flight` writes at a time.
+async fn put_tagged(tier: &AnyTier, prefix: &str, n: u64, tag: &str, in_flight: usize) {
+    let writes = (0..n).map(|i| async move {
+        let key = format!("{prefix}{i}");
+        tier.put(&key, tagged(&key, &[tag])).await.unwrap();
+    });
+    futures_util::stream::iter(writes)
+        .buffer_unordered(in_flight)
+        .collect::<Vec<()>>()
+        .await;
+}
+
 #[tokio::test]
 async fn a_redis_tag_of_30000_entries_is_purged_whole_in_chunks() {
     // One pipeline of 30,000 scripts under the 250 ms response timeout used to time out, mark a
@@ -284,18 +296,7 @@ async fn a_redis_tag_of_30000_entries_is_purged_whole_in_chunks() {
     let tier = redis_tier(&server, "bigtag", &shutdown).await;
     let tier = AnyTier::Redis(tier);
     let n = 30_000;
-    let writes = (0..n).map(|i| {
-        let tier = tier.clone();
-        async move {
-            let key = format!("m{i}");
-            tier.put(&key, tagged(&key, &["big"])).await.unwrap();
-        }
-    });
-    // 64 writes in flight at a time.
-    futures_util::stream::iter(writes)
-        .buffer_unordered(64)
-        .collect::<Vec<()>>()
-        .await;
+    put_tagged(&tier, "m", n, "big", 64).await;
     tier.put("other", tagged("other", &["small"])).await.unwrap();
     assert_eq!(
         purge(&tier, Target::Tag("big".to_owned()), PurgeMode::Hard).await,
@@ -326,27 +327,14 @@ async fn entries_stored_again_during_a_redis_tag_purge_stay_in_the_tags_set() {
     let shutdown = CancellationToken::new();
     let tier = AnyTier::Redis(redis_tier(&server, "refill", &shutdown).await);
     let n = 3_000;
-    let fill = move |tier: AnyTier| async move {
-        let writes = (0..n).map(|i| {
-            let tier = tier.clone();
-            async move {
-                let key = format!("r{i}");
-                tier.put(&key, tagged(&key, &["t"])).await.unwrap();
-            }
-        });
-        futures_util::stream::iter(writes)
-            .buffer_unordered(32)
-            .collect::<Vec<()>>()
-            .await;
-    };
-    fill(tier.clone()).await;
+    put_tagged(&tier, "r", n, "t", 32).await;
     // The purge runs while the same keys are stored again, over and over.
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let refill = {
         let (tier, done) = (tier.clone(), done.clone());
         tokio::spawn(async move {
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                fill(tier.clone()).await;
+                put_tagged(&tier, "r", n, "t", 32).await;
             }
         })
     };
@@ -354,7 +342,7 @@ async fn entries_stored_again_during_a_redis_tag_purge_stay_in_the_tags_set() {
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     refill.await.unwrap();
     // Every entry Redis holds now is a member of the tag's set: the next purge removes all.
-    let held: Vec<usize> = (0..n)
+    let held: Vec<u64> = (0..n)
         .filter(|i| server.cli(&["EXISTS", &format!("refill:v1:k:r{i}")]) == "1")
         .collect();
     assert!(!held.is_empty(), "the refills stored entries again");

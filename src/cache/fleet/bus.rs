@@ -255,16 +255,15 @@ impl MessageBus for RedisBus {
             std::future::ready(text.map(|text| (msg.get_channel_name().to_owned(), text)))
         });
         let client = self.client.clone();
-        let sharded =
-            if self.client.is_cluster() && self.client.shard_speaks_sharded_pubsub(&names.sharded_fill) {
-                Some(
-                    self.client
-                        .ssubscribe(&[&names.sharded_invalidate, &names.sharded_fill])
-                        .await?,
-                )
-            } else {
-                None
-            };
+        let sharded = if self.client.shard_speaks_sharded_pubsub(&names.sharded_fill) {
+            Some(
+                self.client
+                    .ssubscribe(&[&names.sharded_invalidate, &names.sharded_fill])
+                    .await?,
+            )
+        } else {
+            None
+        };
         let (messages, lost): Heard = match sharded {
             None => (classic.boxed(), Box::new(move || client.node_down(&node))),
             Some((received, shard)) => {

@@ -2,16 +2,16 @@
 //! listener through which each replica applies the others' purges to its own tiers (and wakes its
 //! fleet-lock waiters, whose messages share the connection).
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use std::future::Future;
-
 use super::Fleet;
+use super::bus::{AnyBus, Channel, MessageBus};
 use crate::cache::entry::now_ms;
-use crate::cache::purge::PurgeRecords;
+use crate::cache::purge::{PurgeMode, PurgeRecords, Target};
 
 /// How far before a gap the records are read from: replicas' clocks differ by up to this.
 const CLOCK_SLACK_MS: u64 = 5_000;
@@ -19,8 +19,6 @@ const CLOCK_SLACK_MS: u64 = 5_000;
 /// How far back a replica that has just started reads the purge records: as long as a
 /// replica keeps a purge in mind for its shared-tier reads (longer than any purge's sweep).
 const REMEMBER_MS: u64 = 10 * 60 * 1000;
-use super::bus::{AnyBus, Channel, MessageBus};
-use crate::cache::purge::{PurgeMode, Target};
 
 /// What a replica does with what the others tell it: the listener's seam, so the fleet
 /// protocol knows nothing of the read-through that implements it.

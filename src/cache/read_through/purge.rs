@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Entry;
 use crate::cache::fleet::bus::{Channel, MessageBus};
 use crate::cache::fleet::listener::RemotePurges;
-use crate::cache::purge::{MIN_HORIZON_MS, PurgeRecords, PurgeScope, decode_record, encode_record};
+use crate::cache::purge::{MIN_HORIZON_MS, PurgeRecords, decode_record, encode_record};
 use crate::cache::{AnyTier, Invalidation, PurgeMode, PurgeSource, Target, Tier, TierError, TierName};
 use crate::origin::Origin;
 
@@ -358,11 +358,7 @@ impl<O: Origin> RemotePurges for ReadThrough<O> {
     fn remember(&self, records: Vec<(String, u64)>) {
         for (member, at_ms) in records {
             if let Some((scope, _, name)) = decode_record(&member) {
-                let target = match scope {
-                    PurgeScope::Key => Target::Key(name.to_owned()),
-                    PurgeScope::Tag => Target::Tag(name.to_owned()),
-                };
-                self.inner.recent.record(&target, at_ms);
+                self.inner.recent.record(&Target::new(scope, name), at_ms);
             }
         }
     }
@@ -373,10 +369,7 @@ impl<O: Origin> RemotePurges for ReadThrough<O> {
             let Some((scope, mode, name)) = decode_record(&member) else {
                 continue;
             };
-            let target = match scope {
-                PurgeScope::Key => Target::Key(name.to_owned()),
-                PurgeScope::Tag => Target::Tag(name.to_owned()),
-            };
+            let target = Target::new(scope, name);
             inner.recent.record(&target, at_ms);
             self.note_purge(&target, mode, at_ms).await;
             for tier in inner.tiers.iter().filter(|t| !t.shared()) {

@@ -1007,18 +1007,14 @@ impl RedisClient {
                 .all(|n| n.sharded_pubsub.load(Ordering::Relaxed) == SHARDED_YES)
     }
 
-    /// Whether this is a Redis Cluster (`REDIS_CLUSTER`).
-    pub(crate) fn is_cluster(&self) -> bool {
-        self.shared.seeds.cluster
-    }
-
     /// Whether the node at `addr` still serves the slot of `key` (a sharded subscription there
     /// hears nothing once the slot moved away).
     pub(crate) fn serves(&self, addr: &str, key: &str) -> bool {
         self.topology().node_for(key.as_bytes()).addr == addr
     }
 
-    /// Whether the master of `channel`'s slot knows `SSUBSCRIBE`.
+    /// Whether the master of `channel`'s slot knows `SSUBSCRIBE` (only a Redis Cluster's
+    /// masters are asked: one server always takes classic pub/sub).
     pub(crate) fn shard_speaks_sharded_pubsub(&self, channel: &str) -> bool {
         self.topology()
             .node_for(channel.as_bytes())
@@ -1038,8 +1034,8 @@ impl RedisClient {
     /// Opens a sharded subscription to `channels` (all in one slot) on the master of their slot:
     /// `(channel, message)` pairs until it drops, and that master's address. It runs on a thread
     /// of its own over a plain (blocking) connection, since the async pub/sub of the redis crate
-    /// has no `SSUBSCRIBE`; the thread ends when the node stops answering, when Redis moves the
-    /// slot away (`sunsubscribe`), or within a second of the receiver being dropped.
+    /// has no `SSUBSCRIBE`; the thread ends when the connection fails, or within a second of the
+    /// receiver being dropped. A slot moved away is the caller's to notice ([`Self::serves`]).
     pub(crate) async fn ssubscribe(
         &self,
         channels: &[&str],
