@@ -201,6 +201,13 @@ impl<O: Origin> Inner<O> {
             store.finish(true);
             return Some(NotStored::Purged);
         }
+        if tiers.iter().any(|&t| self.tiers[t].shared()) {
+            // About to write to Redis: a purge another replica makes now may delete the key
+            // before this write lands (their commands travel on other connections), so a purge
+            // heard soon after undoes it (`apply_remote`). Noted before the write, so a purge
+            // heard the moment the write lands is not missed.
+            self.recent.wrote(key, entry.tags(), self.clock.now_ms());
+        }
         let mut kept = false;
         let mut written = 0;
         while written < tiers.len() && !kept {
@@ -228,14 +235,6 @@ impl<O: Origin> Inner<O> {
             }
             let purged = inner.overtaken(&owned_key, &stored, &guard);
             let clean = !purged || inner.undo(&owned_key, &tiers).await;
-            if !purged && tiers[written..].iter().any(|&t| inner.tiers[t].shared()) {
-                // Written to Redis: a purge another replica makes now may have deleted the key
-                // before this write landed (their commands travel on other connections), so a
-                // purge heard soon after undoes it (`apply_remote`).
-                inner
-                    .recent
-                    .wrote(&owned_key, stored.tags(), inner.clock.now_ms());
-            }
             store.finish(clean);
             if let Some(lock) = lock {
                 lock.release(!purged).await;

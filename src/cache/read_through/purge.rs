@@ -238,8 +238,8 @@ pub(super) struct RecentPurges {
 struct Recent {
     keys: std::collections::HashMap<Box<str>, u64>,
     tags: std::collections::HashMap<Box<str>, u64>,
-    /// Keys this replica wrote to a shared tier lately (after the answer), with their tags and
-    /// when: a purge heard within [`WRITE_RACE_MS`] of the write undoes it there.
+    /// Keys this replica wrote to a shared tier lately (noted as the write begins), with their
+    /// tags and when: a purge heard within [`WRITE_RACE_MS`] of the write undoes it there.
     wrote: std::collections::HashMap<Box<str>, Written>,
     /// Size at which the maps are next trimmed of what is past the horizon (twice the size
     /// left by the last trim, so trimming is O(1) per purge however many come).
