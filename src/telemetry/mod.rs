@@ -2,6 +2,7 @@
 //! OpenTelemetry to Prometheus (pull) and optionally OTLP (push), traces through
 //! tracing-opentelemetry to OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
+pub mod disk_engine;
 mod metrics;
 mod span_queue;
 
@@ -275,9 +276,11 @@ fn install_subscriber(
     });
     // Not `.with(Option<layer>)`: a `None` layer reports interest in every call site, which
     // would make the registry build every request span even with no exporter.
+    // The disk engine's failures are counted from its log, whatever RUST_LOG prints.
+    let engine = disk_engine::layer();
     let installed = match otel {
-        Some(otel) => Registry::default().with(fmt).with(otel).try_init(),
-        None => Registry::default().with(fmt).try_init(),
+        Some(otel) => Registry::default().with(fmt).with(engine).with(otel).try_init(),
+        None => Registry::default().with(fmt).with(engine).try_init(),
     };
     installed.map_err(|e| TelemetryError::Setup(e.to_string()))
 }

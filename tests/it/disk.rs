@@ -397,49 +397,129 @@ async fn corrupt_files_on_disk_are_never_served() {
     assert_eq!(origin.served().await, before + 20);
 }
 
-#[tokio::test]
-async fn a_full_filesystem_takes_the_tier_down_until_it_has_room_again() {
-    let root = tempfile::tempdir().unwrap();
-    let mnt = root.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mount = |args: &[&str]| {
-        Command::new("mount")
-            .args(args)
+/// A 16 MiB tmpfs mounted in a temporary directory, unmounted when dropped; `None` (with a
+/// loud line) where this process may not mount one (not root: CI is).
+struct Tmpfs {
+    mnt: std::path::PathBuf,
+    _root: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount() -> Option<Tmpfs> {
+        let root = tempfile::tempdir().unwrap();
+        let mnt = root.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt.to_str().unwrap()])
             .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let m = mnt.to_str().unwrap();
-    if !mount(&["-t", "tmpfs", "-o", "size=16m", "tmpfs", m]) {
-        // Needs root with CAP_SYS_ADMIN, which CI has; say so loudly where it is missing.
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk test did not run");
-        return;
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            // Needs root with CAP_SYS_ADMIN, which CI has; say so loudly where it is missing.
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk test did not run");
+            return None;
+        }
+        Some(Tmpfs { mnt, _root: root })
     }
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+
+    /// Takes every free byte but `spare` with a file (`filler`).
+    fn fill(&self, spare: &str) {
+        let filler = self.mnt.join("filler");
+        let _ = Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                &format!("of={}", filler.display()),
+                "bs=1M",
+                "count=64",
+            ])
+            .stderr(std::process::Stdio::null())
+            .status();
+        if spare != "0" {
+            let cut = Command::new("truncate")
+                .args(["-s", &format!("-{spare}"), filler.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(cut.success());
         }
     }
-    let _unmount = Unmount(m.to_owned());
+
+    fn empty(&self) {
+        std::fs::remove_file(self.mnt.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_filesystem_takes_the_tier_down_until_it_has_room_again() {
+    let Some(fs) = Tmpfs::mount() else {
+        return;
+    };
     let origin = Origin::start(&[]).await;
-    let env = env(&mnt.join("cache"), false);
+    let env = env(&fs.mnt.join("cache"), false);
     let s = start(&origin, &env).await;
     wait_disk(&s, "ok").await;
     assert_eq!(s.get("a").await.1, "cache-layer; fwd=miss; stored");
 
     // Full: a file takes every free byte.
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={m}/filler"), "bs=1M", "count=64"])
-        .stderr(std::process::Stdio::null())
-        .status();
+    fs.fill("0");
     wait_disk(&s, "down").await;
     assert_eq!(s.get("b").await.0, 200);
-    std::fs::remove_file(mnt.join("filler")).unwrap();
+    fs.empty();
     wait_disk(&s, "ok").await;
 
     assert_eq!(s.get("d").await.1, "cache-layer; fwd=miss; stored");
     assert!(s.get("d").await.1.ends_with("detail=disk"));
+    drop(s);
+}
+
+#[tokio::test]
+async fn a_block_the_disk_engine_cannot_write_is_counted_and_takes_the_tier_down() {
+    // foyer writes entries in the background and only logs a failed block write: the volume
+    // keeps room for the probe's small file, not for the engine's blocks, so only the engine's
+    // own failure can tell.
+    let Some(fs) = Tmpfs::mount() else {
+        return;
+    };
+    let origin = Origin::start(&[]).await;
+    let env = env(&fs.mnt.join("cache"), false);
+    let s = start(&origin, &env).await;
+    wait_disk(&s, "ok").await;
+    let write_errors = r#"disk_errors_total{operation="write""#;
+    assert_eq!(s.metric(write_errors).await, 0.0);
+    fs.fill("64K");
+
+    let mut i = 0;
+    let health = eventually("the engine's failed write to take the tier down", || {
+        i += 1;
+        let (s, key) = (&s, format!("full{i}"));
+        async move {
+            assert_eq!(s.get(&key).await.0, 200, "{key}: answered from the origin");
+            let h = s.json("/health").await;
+            (h["tiers"]["disk"] == "down").then_some(h)
+        }
+    })
+    .await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        s.metric(write_errors).await >= 1.0,
+        "the failed block write is counted"
+    );
+    assert_eq!(s.metric("disk_cache_up").await, 0.0);
+    // Requests go on without it.
+    let (code, status, _) = s.get("after").await;
+    assert_eq!(code, 200);
+    assert!(
+        status.starts_with("cache-layer; fwd=miss; detail="),
+        "not stored: {status}"
+    );
+
+    fs.empty();
+    wait_disk(&s, "ok").await;
+    assert_eq!(s.get("back").await.1, "cache-layer; fwd=miss; stored");
     drop(s);
 }
 

@@ -49,7 +49,7 @@ use crate::cache::purge::PurgeRecords;
 use crate::cache::purge::{MIN_HORIZON_MS, PurgeMode, PurgeScope, Target, decode_record};
 use crate::cache::sketch::{self, Sketch};
 use crate::cache::tier::{Tier, TierError, TierHealth, TierName};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, disk_engine};
 
 /// How often the disk is probed (and, while it is down, opened again).
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -291,6 +291,10 @@ struct Inner {
     pending_purges: std::sync::Mutex<Vec<String>>,
     /// Where purges are recorded for replicas that miss the message.
     records: Option<Arc<dyn PurgeRecords>>,
+    /// The engine's failures already counted ([`disk_engine`]).
+    engine_seen: std::sync::Mutex<disk_engine::Seen>,
+    /// What the engine was handed and let go (a full write queue), to tell a kept fill.
+    drops: Arc<disk_engine::EngineDrops>,
     metrics: Arc<Metrics>,
 }
 
@@ -332,6 +336,8 @@ impl DiskTier {
                 purge_file: std::sync::Mutex::new(()),
                 pending_purges: std::sync::Mutex::new(Vec::new()),
                 records,
+                engine_seen: std::sync::Mutex::new(disk_engine::FAILURES.seen()),
+                drops: Arc::default(),
                 metrics,
             }),
         }
@@ -357,16 +363,29 @@ impl DiskTier {
         let _ = tokio::time::timeout(wait, self.reopen()).await;
         let weak = Arc::downgrade(&self.inner);
         let upkeep = async move {
+            let mut next_probe = tokio::time::Instant::now() + PROBE_EVERY;
             loop {
-                tokio::time::sleep(PROBE_EVERY).await;
+                // Enabled before the counts are read: a failure noted in between wakes it.
+                let failed = disk_engine::FAILURES.changed();
+                tokio::pin!(failed);
+                failed.as_mut().enable();
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
                 let tier = DiskTier { inner };
-                if tier.is_up() {
-                    tier.probe().await;
-                } else {
-                    tier.reopen().await;
+                tier.heed_engine_failures();
+                if tokio::time::Instant::now() >= next_probe {
+                    if tier.is_up() {
+                        tier.probe().await;
+                    } else {
+                        tier.reopen().await;
+                    }
+                    next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+                }
+                drop(tier);
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_probe) => {}
+                    () = &mut failed => {}
                 }
             }
         };
@@ -395,7 +414,7 @@ impl DiskTier {
         }
         self.load_purge_file().await;
         self.load_purge_records().await;
-        match open(&inner.dir, inner.layout).await {
+        match open(&inner.dir, inner.layout, inner.drops.clone()).await {
             Ok(store) => {
                 *inner.store.write().unwrap_or_else(|p| p.into_inner()) = Some(store);
                 inner.read_failures.store(0, Ordering::Relaxed);
@@ -406,6 +425,30 @@ impl DiskTier {
                 inner.metrics.disk_error(DiskOp::Open);
                 tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot open; running without it");
             }
+        }
+    }
+
+    /// Counts the failures foyer logged since the last look (`disk_errors_total`); a failed
+    /// block write (its entries lost, the volume full or failing) takes the tier down, to be
+    /// opened again once the probe finds the disk working.
+    fn heed_engine_failures(&self) {
+        let inner = &self.inner;
+        let now = disk_engine::FAILURES.seen();
+        let before = std::mem::replace(
+            &mut *inner.engine_seen.lock().unwrap_or_else(|p| p.into_inner()),
+            now,
+        );
+        for _ in before.reads..now.reads {
+            inner.metrics.disk_error(DiskOp::Read);
+        }
+        for _ in before.writes..now.writes {
+            inner.metrics.disk_error(DiskOp::Write);
+        }
+        if now.writes > before.writes {
+            let n = now.writes - before.writes;
+            self.down(&format!(
+                "the disk engine failed to write {n} block(s) of entries"
+            ));
         }
     }
 
@@ -695,22 +738,27 @@ impl DiskTier {
         }
     }
 
-    /// Hands `bytes` to foyer's writer as `key`; whether it took them (a refusal is counted as
-    /// a write error).
+    /// Hands `bytes` to foyer's writer as `key`; whether it kept them: foyer lets an entry go
+    /// without a word when its write queue is full (its `channel_overflow` counter, read
+    /// before and after; a drop of another thread's meanwhile makes this one look dropped too,
+    /// the safe side of `Cache-Status: stored`). A write that fails later, in the flusher,
+    /// takes the tier down ([`disk_engine`]).
     fn write(&self, store: &Store, key: String, bytes: Vec<u8>) -> bool {
-        let written = store.storage_writer(key).force().insert(bytes).is_some();
-        if !written {
+        let dropped = self.inner.drops.queue_full();
+        let handed = store.storage_writer(key).force().insert(bytes).is_some();
+        if !handed {
             self.inner.metrics.disk_error(DiskOp::Write);
         }
-        written
+        handed && self.inner.drops.queue_full() == dropped
     }
 
-    /// Writes `bucket` as `bkey` (or removes it when empty).
-    fn write_bucket(&self, store: &Store, bkey: &str, bucket: &Bucket) {
+    /// Writes `bucket` as `bkey` (or removes it when empty); whether the disk kept it.
+    fn write_bucket(&self, store: &Store, bkey: &str, bucket: &Bucket) -> bool {
         if bucket.is_empty() {
             store.remove(bkey);
+            true
         } else {
-            self.write(store, bkey.to_owned(), bucket.encode());
+            self.write(store, bkey.to_owned(), bucket.encode())
         }
     }
 
@@ -839,7 +887,7 @@ fn check_format(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Opens foyer's store on `dir` (recovering its blocks and tombstones).
-async fn open(dir: &Path, layout: Layout) -> Result<Store, String> {
+async fn open(dir: &Path, layout: Layout, drops: Arc<disk_engine::EngineDrops>) -> Result<Store, String> {
     let device = FsDeviceBuilder::new(dir)
         .with_capacity(layout.capacity as usize)
         .build()
@@ -852,6 +900,7 @@ async fn open(dir: &Path, layout: Layout) -> Result<Store, String> {
         .with_tombstone_log(true);
     HybridCacheBuilder::new()
         .with_name("disk")
+        .with_metrics_registry(disk_engine::registry(drops))
         .with_policy(HybridCachePolicy::WriteOnInsertion)
         // Entries go to disk only ("phantom" inserts): foyer's memory cache holds none.
         .memory(1)
@@ -1028,7 +1077,10 @@ impl Tier for DiskTier {
             .log
             .lives_until(entry.stored_at_ms, entry.stale_until_ms);
         bucket.insert(key, bytes, |k| admission.frequency(k));
-        self.write_bucket(&store, &bkey, &bucket);
+        if !self.write_bucket(&store, &bkey, &bucket) {
+            // Not kept: the bucket on disk is the one before (its mask stays as it was).
+            return Ok(false);
+        }
         self.set_mask(slot, &bucket);
         if direct {
             store.remove(key);
