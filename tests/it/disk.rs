@@ -203,6 +203,87 @@ async fn small_entries_share_pages_and_large_ones_have_their_own() {
 }
 
 #[tokio::test]
+async fn a_resized_disk_keeps_its_small_entries_and_never_serves_a_wrong_one() {
+    let origin = Origin::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sized = |bytes: u64| {
+        let mut env = env(dir.path(), false);
+        env.retain(|(k, _)| *k != "DISK_CACHE_MAX_BYTES");
+        env.push(("DISK_CACHE_MAX_BYTES", bytes.to_string()));
+        env
+    };
+    const KEYS: usize = 600;
+    let c = client();
+    // Each key's value as the origin first served it (its `n` says which fetch it was).
+    let get = |s: &Service, i: usize| {
+        let req = c.get(s.item_url(&format!("r{i}")));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let status = cache_status(&r);
+            let body: Value = r.json().await.unwrap();
+            (status, body["value"].clone())
+        }
+    };
+    let s = start(&origin, &sized(8 << 20)).await;
+    let mut first = Vec::new();
+    for i in 0..KEYS {
+        first.push(get(&s, i).await.1);
+    }
+    let mut on_disk = 0;
+    for i in 0..KEYS {
+        on_disk += usize::from(get(&s, i).await.0.ends_with("detail=disk"));
+    }
+    stop(s).await;
+
+    // Twice the bytes: the small entries are still there.
+    let s = start(&origin, &sized(16 << 20)).await;
+    wait_disk(&s, "ok").await;
+    let mut kept = 0;
+    for (i, value) in first.iter().enumerate() {
+        let (status, got) = get(&s, i).await;
+        if status.ends_with("detail=disk") {
+            assert_eq!(&got, value, "r{i}: the value it held");
+            kept += 1;
+        }
+    }
+    assert!(
+        kept * 10 >= on_disk * 8,
+        "{kept} of the {on_disk} small entries on disk still served after doubling the disk"
+    );
+    stop(s).await;
+
+    // Half the bytes: what is served from disk is each key's own value, never another's or an
+    // older one; purges made meanwhile still hold.
+    let s = start(&origin, &sized(4 << 20)).await;
+    wait_disk(&s, "ok").await;
+    for (i, value) in first.iter().enumerate() {
+        let (status, got) = get(&s, i).await;
+        assert_eq!(
+            got["path"].as_str().map(|p| p.ends_with(&format!("/r{i}"))),
+            Some(true),
+            "{got}"
+        );
+        if status.ends_with("detail=disk") {
+            assert_eq!(&got, value, "r{i}: the value it held");
+        }
+    }
+    let refetched = format!("r{}", KEYS - 1);
+    assert_eq!(purge(&s, &format!("/items/{refetched}")).await, 204);
+    let (_, fresh) = get(&s, KEYS - 1).await;
+    assert_ne!(fresh, first[KEYS - 1], "purged: fetched again");
+    stop(s).await;
+    let s = start(&origin, &sized(8 << 20)).await;
+    wait_disk(&s, "ok").await;
+    let (_, got) = get(&s, KEYS - 1).await;
+    assert_ne!(
+        got,
+        first[KEYS - 1],
+        "{refetched}: the purged version never comes back"
+    );
+}
+
+#[tokio::test]
 async fn key_soft_and_tag_purges_reach_the_disk_and_outlive_a_restart() {
     let origin = Origin::start(&[]).await;
     origin.headers(&[("Surrogate-Key", "{tags}")]).await;

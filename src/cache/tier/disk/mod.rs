@@ -30,6 +30,7 @@ mod dir_lock;
 
 pub(crate) mod bucket;
 pub(crate) mod purge_log;
+mod resize;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::bucket::Bucket;
 use self::purge_log::{PurgeLog, RECORD_BYTES, Verdict};
+use self::resize::{Saved, Transition, jump};
 use crate::cache::entry::{Entry, now_ms};
 use crate::cache::purge::PurgeRecords;
 use crate::cache::purge::{MIN_HORIZON_MS, PurgeMode, PurgeScope, Target, decode_record};
@@ -217,10 +219,32 @@ impl Layout {
     /// index and the admission sketch, which bound how many entries (each at least a page)
     /// the disk may hold.
     pub fn new(max_bytes: u64, index_max_bytes: u64) -> Self {
-        // Small enough that eviction takes little at a time, and that the write buffers (two
-        // blocks) leave most of the index bound to the index.
+        Layout::with_block(
+            max_bytes,
+            index_max_bytes,
+            Layout::block_for(max_bytes, index_max_bytes),
+        )
+    }
+
+    /// The layout for `max_bytes` keeping the block size `block` of a directory written before
+    /// (so its files still read), when that block size suits these bounds too; `None` when
+    /// it does not (the disk is then laid out afresh, and starts empty).
+    pub fn keeping(max_bytes: u64, index_max_bytes: u64, block: u64) -> Option<Self> {
+        let largest = Layout::block_for(u64::MAX, index_max_bytes);
+        let fits = block.is_multiple_of(DISK_PAGE)
+            && (64 << 10..=largest).contains(&block)
+            && max_bytes >= 4 * block;
+        fits.then(|| Layout::with_block(max_bytes, index_max_bytes, block))
+    }
+
+    /// The block size for `max_bytes`: small enough that eviction takes little at a time, and
+    /// that the write buffers (two blocks) leave most of the index bound to the index.
+    fn block_for(max_bytes: u64, index_max_bytes: u64) -> u64 {
         let block = (max_bytes / 32).clamp(64 << 10, MAX_BLOCK.min(index_max_bytes / 8).max(64 << 10));
-        let block = block / DISK_PAGE * DISK_PAGE;
+        block / DISK_PAGE * DISK_PAGE
+    }
+
+    fn with_block(max_bytes: u64, index_max_bytes: u64, block: u64) -> Self {
         let records_bytes = index_max_bytes / 16;
         let index_bytes = index_max_bytes.saturating_sub(records_bytes + 2 * block);
         let first = index_bytes / (INDEX_BYTES_PER_ENTRY + sketch::BYTES_PER_WORD);
@@ -275,6 +299,11 @@ struct Inner {
     admission: Admission,
     /// How many buckets small entries are hashed to ([`BUCKET_SHARE`] of the disk's pages).
     buckets: u64,
+    /// The bucket count before a resize, still read for a while.
+    transition: Transition,
+    /// Set when the directory's block size could not be kept: its files are removed at the
+    /// first open.
+    start_empty: AtomicBool,
     /// Per bucket, a bit per key it holds (the top 6 bits of the key's bucket hash), set from
     /// what was last written to it, or [`UNKNOWN`] until then (after a start): a lookup whose
     /// bit is clear is a miss without reading the page. Only ever too full (a bucket lost with
@@ -307,7 +336,12 @@ impl DiskTier {
         records: Option<Arc<dyn PurgeRecords>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let layout = Layout::new(config.max_bytes, config.index_max_bytes);
+        let saved = Saved::read(&config.dir);
+        let kept = saved.and_then(|s| Layout::keeping(config.max_bytes, config.index_max_bytes, s.block));
+        let layout = kept.unwrap_or_else(|| Layout::new(config.max_bytes, config.index_max_bytes));
+        // A directory whose block size cannot be kept starts empty: no transition from it.
+        let start_empty = saved.is_some() && kept.is_none();
+        let transition = Transition::new(saved.filter(|_| !start_empty), layout.buckets, layout.capacity);
         if layout.capacity < config.max_bytes {
             tracing::warn!(
                 disk_cache_max_bytes = config.max_bytes,
@@ -330,6 +364,8 @@ impl DiskTier {
                     layout.capacity / DISK_PAGE,
                 ),
                 buckets: layout.buckets,
+                transition,
+                start_empty: AtomicBool::new(start_empty),
                 masks: (0..layout.buckets).map(|_| AtomicU64::new(UNKNOWN)).collect(),
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 closing: std::sync::Mutex::new(None),
@@ -412,6 +448,11 @@ impl DiskTier {
             tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot check or write its format file; running without it");
             return;
         }
+        if let Err(e) = self.fit_files() {
+            inner.metrics.disk_error(DiskOp::Open);
+            tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot fit its files to the new size; running without it");
+            return;
+        }
         self.load_purge_file().await;
         self.load_purge_records().await;
         match open(&inner.dir, inner.layout, inner.drops.clone()).await {
@@ -419,6 +460,7 @@ impl DiskTier {
                 *inner.store.write().unwrap_or_else(|p| p.into_inner()) = Some(store);
                 inner.read_failures.store(0, Ordering::Relaxed);
                 inner.up.store(true, Ordering::Relaxed);
+                self.save_layout();
                 tracing::info!(dir = %inner.dir.display(), capacity = inner.layout.capacity, "disk tier open");
             }
             Err(e) => {
@@ -449,6 +491,33 @@ impl DiskTier {
             self.down(&format!(
                 "the disk engine failed to write {n} block(s) of entries"
             ));
+        }
+    }
+
+    /// Fits the engine's files to the layout before it opens them: all removed when the block
+    /// size could not be kept, those past the last block removed when the disk was made
+    /// smaller.
+    fn fit_files(&self) -> std::io::Result<()> {
+        let (inner, blocks) = (&self.inner, self.inner.layout.capacity / self.inner.layout.block);
+        if inner.start_empty.load(Ordering::Relaxed) {
+            let files = resize::remove_all_blocks(&inner.dir)?;
+            inner.start_empty.store(false, Ordering::Relaxed);
+            tracing::warn!(dir = %inner.dir.display(), files, block = inner.layout.block, "disk tier: the new DISK_CACHE_MAX_BYTES cannot keep the directory's block size; it starts empty");
+        } else {
+            let files = resize::remove_blocks_beyond(&inner.dir, blocks)?;
+            if files > 0 {
+                tracing::info!(dir = %inner.dir.display(), files, "disk tier: made smaller, the blocks past its new size are dropped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the layout beside the entries, for the next process to read them by.
+    fn save_layout(&self) {
+        let inner = &self.inner;
+        let saved = inner.transition.saved(inner.layout.block, inner.buckets);
+        if let Err(e) = saved.write(&inner.dir) {
+            tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot save its layout; a resize before the next start loses the small entries");
         }
     }
 
@@ -633,6 +702,9 @@ impl DiskTier {
         }
         let store = self.inner.store.write().unwrap_or_else(|p| p.into_inner()).take();
         self.inner.up.store(false, Ordering::Relaxed);
+        if store.is_some() {
+            self.save_layout();
+        }
         if let Some(store) = store
             && let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), store.close()).await
         {
@@ -670,36 +742,51 @@ impl DiskTier {
         }
     }
 
-    /// The foyer key of the bucket `key`'s small entry lives in. The bucket count is part of
-    /// it: after a resize no key is looked up in a bucket written under another count (the
-    /// old buckets age out of the log unread). No key of a request holds a control character.
+    /// The foyer key of bucket `slot`. The same under every bucket count, so a resize keeps
+    /// the buckets whose keys stay ([`resize`]). No key of a request holds a control character.
     fn bucket_key(&self, slot: Slot) -> String {
-        format!("\u{0}b{}:{}", self.inner.buckets, slot.bucket)
+        format!("\u{0}b:{}", slot.bucket)
     }
 
     /// Where `key`'s small entry goes: its bucket and its bit in the bucket's mask.
     fn slot(&self, key: &str) -> Slot {
         let hash = bucket_hash(key);
         Slot {
-            bucket: (hash % self.inner.buckets) as usize,
+            bucket: jump(hash, self.inner.buckets) as usize,
             bit: mask_bit(hash),
         }
     }
 
-    /// The key mask of `slot`'s bucket.
-    fn mask(&self, slot: Slot) -> &AtomicU64 {
-        &self.inner.masks[slot.bucket]
+    /// Where `key`'s small entry went before the last resize, while those buckets are still
+    /// read and it is another bucket than today's.
+    fn old_slot(&self, key: &str) -> Option<Slot> {
+        let previous = self.inner.transition.previous()?;
+        let hash = bucket_hash(key);
+        let bucket = jump(hash, previous) as usize;
+        (bucket != jump(hash, self.inner.buckets) as usize).then_some(Slot {
+            bucket,
+            bit: mask_bit(hash),
+        })
+    }
+
+    /// The key mask of `slot`'s bucket (`None` for a bucket past today's count, left from a
+    /// larger disk).
+    fn mask(&self, slot: Slot) -> Option<&AtomicU64> {
+        self.inner.masks.get(slot.bucket)
     }
 
     /// Whether `slot`'s bucket may hold its key (false: it does not, no read needed).
     fn may_hold(&self, slot: Slot) -> bool {
-        self.mask(slot).load(Ordering::Acquire) & slot.bit != 0
+        self.mask(slot)
+            .is_none_or(|m| m.load(Ordering::Acquire) & slot.bit != 0)
     }
 
     /// Sets the mask of `slot`'s bucket to what `bucket` holds (under its lock).
     fn set_mask(&self, slot: Slot, bucket: &Bucket) {
-        let bits = bucket.keys().fold(0, |m, k| m | mask_bit(bucket_hash(k)));
-        self.mask(slot).store(bits, Ordering::Release);
+        if let Some(mask) = self.mask(slot) {
+            let bits = bucket.keys().fold(0, |m, k| m | mask_bit(bucket_hash(k)));
+            mask.store(bits, Ordering::Release);
+        }
     }
 
     /// The lock that orders the read-modify-writes of `slot`'s bucket.
@@ -713,7 +800,17 @@ impl DiskTier {
     /// `None` when the mask rules it out, the bucket or the key is not there, or foyer
     /// throttled the read.
     async fn find_small(&self, store: &Store, key: &str) -> Result<Option<Vec<u8>>, TierError> {
-        let slot = self.slot(key);
+        if let Some(found) = self.find_in(store, key, self.slot(key)).await? {
+            return Ok(Some(found));
+        }
+        match self.old_slot(key) {
+            Some(old) => self.find_in(store, key, old).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The value of `key`'s small entry in the bucket `slot`.
+    async fn find_in(&self, store: &Store, key: &str, slot: Slot) -> Result<Option<Vec<u8>>, TierError> {
         if !self.may_hold(slot) {
             return Ok(None);
         }
@@ -745,6 +842,11 @@ impl DiskTier {
     /// takes the tier down ([`disk_engine`]).
     fn write(&self, store: &Store, key: String, bytes: Vec<u8>) -> bool {
         let dropped = self.inner.drops.queue_full();
+        if self.inner.transition.wrote(bytes.len() as u64) {
+            tracing::info!(
+                "disk tier: a disk's worth written since the resize; the buckets of the previous size are no longer read"
+            );
+        }
         let handed = store.storage_writer(key).force().insert(bytes).is_some();
         if !handed {
             self.inner.metrics.disk_error(DiskOp::Write);
@@ -762,9 +864,18 @@ impl DiskTier {
         }
     }
 
-    /// Removes `key`'s small entry from its bucket; whether it held one.
+    /// Removes `key`'s small entry from its bucket (and its bucket before a resize); whether
+    /// it held one.
     async fn remove_small(&self, store: &Store, key: &str) -> bool {
-        let slot = self.slot(key);
+        let held = self.remove_from(store, key, self.slot(key)).await;
+        match self.old_slot(key) {
+            Some(old) => self.remove_from(store, key, old).await || held,
+            None => held,
+        }
+    }
+
+    /// Removes `key`'s small entry from the bucket `slot`; whether it held one.
+    async fn remove_from(&self, store: &Store, key: &str, slot: Slot) -> bool {
         if !self.may_hold(slot) {
             return false;
         }
@@ -852,7 +963,7 @@ pub const FORMAT_FILE: &str = "cache-layer-format";
 /// What this release writes: the storage engine (its major version decides the block format)
 /// and the entry encoding. Changed by hand when either changes; a directory written in another
 /// format starts empty rather than be misread.
-pub const FORMAT: &str = "cache-layer disk 1; foyer 0.22; entry v1";
+pub const FORMAT: &str = "cache-layer disk 2; foyer 0.22; entry v1; buckets by jump hash";
 
 /// Makes sure `dir` holds entries in [`FORMAT`]: a directory written in another one (a foyer or
 /// encoding upgrade, or a downgrade) loses its entries (foyer's files; the purge file stays,
@@ -1064,7 +1175,7 @@ impl Tier for DiskTier {
         let _order = self.lock(slot).await;
         // A bucket known to be empty need not be read. One that cannot be read now is left as
         // it is (rewritten, it would lose its entries), and the fill is not written.
-        let mut bucket = if self.mask(slot).load(Ordering::Acquire) == 0 {
+        let mut bucket = if self.mask(slot).is_some_and(|m| m.load(Ordering::Acquire) == 0) {
             Bucket::default()
         } else {
             self.read_bucket(&store, &bkey).await?.unwrap_or_default()
@@ -1082,8 +1193,14 @@ impl Tier for DiskTier {
             return Ok(false);
         }
         self.set_mask(slot, &bucket);
+        drop(_order);
         if direct {
             store.remove(key);
+        }
+        // Written to its new bucket: an older version in its bucket before a resize must not
+        // come back.
+        if let Some(old) = self.old_slot(key) {
+            self.remove_from(&store, key, old).await;
         }
         Ok(true)
     }
@@ -1145,5 +1262,15 @@ mod tests {
         // 8 MiB: small blocks, so eviction takes little at a time.
         let l = Layout::new(8 << 20, 16 << 20);
         assert_eq!((l.capacity, l.block), (8 << 20, 256 << 10));
+        // Resized to 16 MiB, the directory's 256 KiB blocks are kept (its files still read);
+        // to less than four of them, they cannot be.
+        let l = Layout::keeping(16 << 20, 16 << 20, 256 << 10).unwrap();
+        assert_eq!((l.capacity, l.block), (16 << 20, 256 << 10));
+        assert_eq!(Layout::keeping(512 << 10, 16 << 20, 256 << 10), None);
+        assert_eq!(
+            Layout::keeping(16 << 20, 16 << 20, 100_000),
+            None,
+            "not page-aligned"
+        );
     }
 }
