@@ -50,7 +50,7 @@ import urllib.request
 from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+RELEASE = os.getenv("RELEASE_DIR", os.path.join(ROOT, "target", "release"))
 VENV = os.path.join(ROOT, ".tools", "bench-venv")
 
 ROUNDS = int(os.getenv("ROUNDS", "3"))
