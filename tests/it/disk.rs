@@ -528,6 +528,13 @@ impl Tmpfs {
     }
 }
 
+/// The service with its disk tier on `fs` (no memory tier), once the tier is open.
+async fn start_on(fs: &Tmpfs, origin: &Origin) -> Service {
+    let s = start(origin, &env(&fs.mnt.join("cache"), false)).await;
+    wait_disk(&s, "ok").await;
+    s
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
@@ -540,9 +547,7 @@ async fn a_full_filesystem_takes_the_tier_down_until_it_has_room_again() {
         return;
     };
     let origin = Origin::start(&[]).await;
-    let env = env(&fs.mnt.join("cache"), false);
-    let s = start(&origin, &env).await;
-    wait_disk(&s, "ok").await;
+    let s = start_on(&fs, &origin).await;
     assert_eq!(s.get("a").await.1, "cache-layer; fwd=miss; stored");
 
     // Full: a file takes every free byte.
@@ -566,9 +571,7 @@ async fn a_block_the_disk_engine_cannot_write_is_counted_and_takes_the_tier_down
         return;
     };
     let origin = Origin::start(&[]).await;
-    let env = env(&fs.mnt.join("cache"), false);
-    let s = start(&origin, &env).await;
-    wait_disk(&s, "ok").await;
+    let s = start_on(&fs, &origin).await;
     let write_errors = r#"disk_errors_total{operation="write""#;
     assert_eq!(s.metric(write_errors).await, 0.0);
     fs.fill("64K");

@@ -224,12 +224,11 @@ async fn the_memory_tier_declines_an_entry_heavier_than_itself() {
     assert!(tier.get("k").await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn the_disk_tier_keeps_the_tier_contract() {
-    let dir = tempfile::tempdir().unwrap();
+/// A disk tier of `max_bytes` in `dir`, every fill admitted, opened.
+async fn open_disk(dir: &std::path::Path, max_bytes: u64) -> (DiskTier, CancellationToken) {
     let config = DiskConfig {
-        dir: dir.path().to_owned(),
-        max_bytes: 256 << 20,
+        dir: dir.to_owned(),
+        max_bytes,
         index_max_bytes: 16 << 20,
         admit_min_requests: 1,
     };
@@ -237,6 +236,13 @@ async fn the_disk_tier_keeps_the_tier_contract() {
     let shutdown = CancellationToken::new();
     disk.start(Duration::from_secs(30), shutdown.clone()).await;
     assert!(disk.is_up(), "the disk tier opened");
+    (disk, shutdown)
+}
+
+#[tokio::test]
+async fn the_disk_tier_keeps_the_tier_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, shutdown) = open_disk(dir.path(), 256 << 20).await;
     keeps_the_contract(AnyTier::Disk(disk.clone()), "disk", false).await;
     disk.close().await;
     shutdown.cancel();
@@ -247,16 +253,7 @@ async fn a_fill_the_disk_engine_lets_go_is_not_said_kept() {
     // foyer's write queue takes a block's worth of entries; a burst beyond it is let go without
     // a word. The tier must not say it kept what foyer dropped.
     let dir = tempfile::tempdir().unwrap();
-    let config = DiskConfig {
-        dir: dir.path().to_owned(),
-        max_bytes: 8 << 20,
-        index_max_bytes: 16 << 20,
-        admit_min_requests: 1,
-    };
-    let disk = DiskTier::new(&config, 3_600_000, None, Arc::new(Metrics::detached()));
-    let shutdown = CancellationToken::new();
-    disk.start(Duration::from_secs(30), shutdown.clone()).await;
-    assert!(disk.is_up(), "the disk tier opened");
+    let (disk, shutdown) = open_disk(dir.path(), 8 << 20).await;
     let value = format!("\"{}\"", "x".repeat(40 << 10));
     let puts = (0..100).map(|i| {
         let (disk, key) = (disk.clone(), format!("burst{i}"));
