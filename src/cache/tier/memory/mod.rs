@@ -45,7 +45,10 @@ const SHARDS: usize = 64;
 const STRIPE_READS: usize = 32;
 /// Entries a tag purge handles per taking of the policy's lock: a purge of a million entries
 /// is thousands of short steps, with other work (and hits, which never take that lock) between.
-const PURGE_STEP: usize = 256;
+/// A step is about a quarter of a millisecond; with one worker thread, a hit waits for at most
+/// one (300,000 entries, hot key at 5,000 req/s: p99 during the purge 1.34 ms against 0.89 ms
+/// without, where 256 a step gave 3.64 ms).
+const PURGE_STEP: usize = 64;
 
 /// What the clones of one tier share.
 struct Inner {
@@ -670,13 +673,17 @@ impl Tier for MemoryTier {
         let Some(keys) = self.inner.tags().remove(tag) else {
             return Ok(0);
         };
-        let mut keys: Vec<Arc<str>> = keys.into_iter().collect();
+        // Taken out of the set a step at a time, and each step's keys dropped with it: the set
+        // may hold the last reference to a million keys, and freeing them all at the end
+        // stalled the worker for a third of a second; copying them all out first, for tens of
+        // milliseconds.
+        let mut keys = keys.into_iter();
         let mut purged = 0;
-        // Taken from the back, and each step's keys dropped with it: the set may hold the last
-        // reference to a million keys, and freeing them all at the end stalled the worker for
-        // a third of a second.
-        while !keys.is_empty() {
-            let step = keys.split_off(keys.len().saturating_sub(PURGE_STEP));
+        loop {
+            let step: Vec<Arc<str>> = keys.by_ref().take(PURGE_STEP).collect();
+            if step.is_empty() {
+                break;
+            }
             purged += self.purge_step(&step, tag, mode, now_ms);
             drop(step);
             tokio::task::yield_now().await;
