@@ -73,21 +73,47 @@ impl EngineFailures {
     }
 }
 
+/// Whether an event of `target` at `level` may tell of a failure (its message decides).
+fn may_fail(target: &str, level: Level) -> bool {
+    target.starts_with("foyer_storage") && level <= Level::WARN
+}
+
 /// What a foyer event says failed, if anything: `Some(true)` a write, `Some(false)` a read.
-fn failure(target: &str, level: Level) -> Option<bool> {
-    if !target.starts_with("foyer_storage") || level > Level::WARN {
+fn failure(target: &str, level: Level, message: &str) -> Option<bool> {
+    if !may_fail(target, level) {
         return None;
     }
     if target.contains("flusher") {
         // Every error or warn of the flusher is a block (and its entries) not written.
         return Some(true);
     }
-    if target.contains("engine::block::engine") && level == Level::ERROR {
-        // A failed load: returned to the tier as an error, which counts it itself.
-        return None;
+    if target.contains("engine::block::engine") {
+        // A corrupt entry dropped on load counts; a failed load is returned to the tier, which
+        // counts it itself; the rest are notices (a configuration foyer finds small, an entry
+        // handed over after close).
+        return (level == Level::WARN && message.contains("deserialize")).then_some(false);
     }
-    // A corrupt entry dropped on load, a block that could not be recovered or reclaimed.
+    // A block that could not be recovered or reclaimed.
     (target.contains("engine::block") || target.contains("io::")).then_some(false)
+}
+
+/// The `message` of an event.
+#[derive(Default)]
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write;
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
 }
 
 /// The layer that listens to foyer's `warn` and `error` events (installed with the log layer,
@@ -97,7 +123,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     EngineLog.with_filter(filter_fn(|meta| {
-        meta.is_event() && failure(meta.target(), *meta.level()).is_some()
+        meta.is_event() && may_fail(meta.target(), *meta.level())
     }))
 }
 
@@ -106,7 +132,9 @@ struct EngineLog;
 impl<S: Subscriber> Layer<S> for EngineLog {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let meta = event.metadata();
-        if let Some(write) = failure(meta.target(), *meta.level()) {
+        let mut message = Message::default();
+        event.record(&mut message);
+        if let Some(write) = failure(meta.target(), *meta.level(), &message.0) {
             FAILURES.note(write);
         }
     }
@@ -213,18 +241,33 @@ mod tests {
     fn foyer_events_are_told_apart() {
         let flusher = "foyer_storage::engine::block::flusher";
         let engine = "foyer_storage::engine::block::engine";
-        assert_eq!(failure(flusher, Level::ERROR), Some(true));
+        let corrupt = "[block engine load]: deserialize read buffer raise error, remove this entry and skip";
         assert_eq!(
-            failure(engine, Level::WARN),
+            failure(flusher, Level::ERROR, "[flusher]: flush data error"),
+            Some(true)
+        );
+        assert_eq!(
+            failure(engine, Level::WARN, corrupt),
             Some(false),
             "a corrupt entry dropped"
         );
-        assert_eq!(failure(engine, Level::ERROR), None, "returned to the tier");
         assert_eq!(
-            failure("foyer_storage::engine::block::recover", Level::WARN),
+            failure(engine, Level::ERROR, "load error"),
+            None,
+            "returned to the tier"
+        );
+        let small = "[block engine]: block-based object disk cache stable blocks count is too small";
+        assert_eq!(
+            failure(engine, Level::WARN, small),
+            None,
+            "a notice, not a failure"
+        );
+        let recover = "foyer_storage::engine::block::recover";
+        assert_eq!(
+            failure(recover, Level::WARN, "error raised when recovering block 3"),
             Some(false)
         );
-        assert_eq!(failure(flusher, Level::INFO), None);
-        assert_eq!(failure("cache_layer::cache", Level::ERROR), None);
+        assert_eq!(failure(flusher, Level::INFO, "x"), None);
+        assert_eq!(failure("cache_layer::cache", Level::ERROR, "x"), None);
     }
 }

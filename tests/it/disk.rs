@@ -253,32 +253,66 @@ async fn a_resized_disk_keeps_its_small_entries_and_never_serves_a_wrong_one() {
     );
     stop(s).await;
 
-    // Half the bytes: what is served from disk is each key's own value, never another's or an
-    // older one; purges made meanwhile still hold.
+    // Resized again and again (each before the last one's transition ended), the misses fetched
+    // anew: what is served from disk is always each key's newest value, never another key's
+    // nor an older version (an 8 MiB bucket still holding the first version after 16 and 32).
+    let mut latest = first.clone();
+    for mib in [32_u64, 8, 4] {
+        let s = start(&origin, &sized(mib << 20)).await;
+        wait_disk(&s, "ok").await;
+        for (i, newest) in latest.iter_mut().enumerate() {
+            let (status, got) = get(&s, i).await;
+            assert_eq!(
+                got["path"].as_str().map(|p| p.ends_with(&format!("/r{i}"))),
+                Some(true),
+                "{got}"
+            );
+            if status.ends_with("detail=disk") {
+                assert_eq!(&got, newest, "r{i} at {mib} MiB: its newest value");
+            } else {
+                *newest = got;
+            }
+        }
+        stop(s).await;
+    }
+
+    // Made smaller, the disk still takes new entries (the blocks it kept all held data, and
+    // the engine writes only into clean ones).
     let s = start(&origin, &sized(4 << 20)).await;
     wait_disk(&s, "ok").await;
-    for (i, value) in first.iter().enumerate() {
-        let (status, got) = get(&s, i).await;
-        assert_eq!(
-            got["path"].as_str().map(|p| p.ends_with(&format!("/r{i}"))),
-            Some(true),
-            "{got}"
-        );
-        if status.ends_with("detail=disk") {
-            assert_eq!(&got, value, "r{i}: the value it held");
-        }
+    let c2 = client();
+    let mut stored = 0;
+    for i in 0..200 {
+        let r = c2
+            .get(s.item_url(&format!("after-shrink{i}")))
+            .send()
+            .await
+            .unwrap();
+        let _ = r.bytes().await;
     }
+    for i in 0..200 {
+        let r = c2
+            .get(s.item_url(&format!("after-shrink{i}")))
+            .send()
+            .await
+            .unwrap();
+        stored += usize::from(cache_status(&r).ends_with("detail=disk"));
+    }
+    assert!(
+        stored >= 150,
+        "{stored} of 200 new entries served from a disk made smaller"
+    );
     let refetched = format!("r{}", KEYS - 1);
     assert_eq!(purge(&s, &format!("/items/{refetched}")).await, 204);
     let (_, fresh) = get(&s, KEYS - 1).await;
-    assert_ne!(fresh, first[KEYS - 1], "purged: fetched again");
+    assert_ne!(fresh, latest[KEYS - 1], "purged: fetched again");
     stop(s).await;
     let s = start(&origin, &sized(8 << 20)).await;
     wait_disk(&s, "ok").await;
     let (_, got) = get(&s, KEYS - 1).await;
     assert_ne!(
         got,
-        first[KEYS - 1],
+        latest[KEYS - 1],
         "{refetched}: the purged version never comes back"
     );
 }

@@ -304,6 +304,8 @@ struct Inner {
     /// Set when the directory's block size could not be kept: its files are removed at the
     /// first open.
     start_empty: AtomicBool,
+    /// Set by [`DiskTier::close`]: the tier is never opened again (the upkeep stops).
+    closed: AtomicBool,
     /// Per bucket, a bit per key it holds (the top 6 bits of the key's bucket hash), set from
     /// what was last written to it, or [`UNKNOWN`] until then (after a start): a lookup whose
     /// bit is clear is a miss without reading the page. Only ever too full (a bucket lost with
@@ -337,11 +339,26 @@ impl DiskTier {
         metrics: Arc<Metrics>,
     ) -> Self {
         let saved = Saved::read(&config.dir);
-        let kept = saved.and_then(|s| Layout::keeping(config.max_bytes, config.index_max_bytes, s.block));
+        let kept = saved
+            .as_ref()
+            .and_then(|s| Layout::keeping(config.max_bytes, config.index_max_bytes, s.block));
         let layout = kept.unwrap_or_else(|| Layout::new(config.max_bytes, config.index_max_bytes));
-        // A directory whose block size cannot be kept starts empty: no transition from it.
-        let start_empty = saved.is_some() && kept.is_none();
-        let transition = Transition::new(saved.filter(|_| !start_empty), layout.buckets, layout.capacity);
+        // A directory whose block size cannot be kept, or is not known (its layout file lost
+        // or unreadable, the engine's files there), starts empty: no transition from it. So
+        // does one resized more often in a row than the transition remembers.
+        let unknown = saved.is_none() && resize::has_blocks(&config.dir);
+        let mut start_empty = unknown || (saved.is_some() && kept.is_none());
+        let transition = match Transition::new(
+            saved.as_ref().filter(|_| !start_empty),
+            layout.buckets,
+            layout.capacity,
+        ) {
+            Some(t) => t,
+            None => {
+                start_empty = true;
+                Transition::new(None, layout.buckets, layout.capacity).expect("no transition")
+            }
+        };
         if layout.capacity < config.max_bytes {
             tracing::warn!(
                 disk_cache_max_bytes = config.max_bytes,
@@ -366,6 +383,7 @@ impl DiskTier {
                 buckets: layout.buckets,
                 transition,
                 start_empty: AtomicBool::new(start_empty),
+                closed: AtomicBool::new(false),
                 masks: (0..layout.buckets).map(|_| AtomicU64::new(UNKNOWN)).collect(),
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 closing: std::sync::Mutex::new(None),
@@ -408,6 +426,9 @@ impl DiskTier {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
+                if inner.closed.load(Ordering::Acquire) {
+                    return;
+                }
                 let tier = DiskTier { inner };
                 tier.heed_engine_failures();
                 if tokio::time::Instant::now() >= next_probe {
@@ -433,6 +454,9 @@ impl DiskTier {
     /// Redis since the oldest entry it could hold was fetched.
     async fn reopen(&self) {
         let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
         if let Err(e) = probe_dir(&inner.dir).await {
             inner.metrics.disk_error(DiskOp::Probe);
             tracing::debug!(error = %e, "disk tier: still down");
@@ -456,6 +480,10 @@ impl DiskTier {
         self.load_purge_file().await;
         self.load_purge_records().await;
         match open(&inner.dir, inner.layout, inner.drops.clone()).await {
+            Ok(store) if inner.closed.load(Ordering::Acquire) => {
+                // Closed while it opened: this store is closed too, never served from.
+                let _ = tokio::time::timeout(Duration::from_secs(10), store.close()).await;
+            }
             Ok(store) => {
                 *inner.store.write().unwrap_or_else(|p| p.into_inner()) = Some(store);
                 inner.read_failures.store(0, Ordering::Relaxed);
@@ -483,14 +511,11 @@ impl DiskTier {
         for _ in before.reads..now.reads {
             inner.metrics.disk_error(DiskOp::Read);
         }
-        for _ in before.writes..now.writes {
-            inner.metrics.disk_error(DiskOp::Write);
-        }
         if now.writes > before.writes {
-            let n = now.writes - before.writes;
-            self.down(&format!(
-                "the disk engine failed to write {n} block(s) of entries"
-            ));
+            // One failed block write logs several lines (the data, its index, the task): one
+            // failure counted per wake-up that heard any.
+            inner.metrics.disk_error(DiskOp::Write);
+            self.down("the disk engine failed to write a block of entries");
         }
     }
 
@@ -502,9 +527,9 @@ impl DiskTier {
         if inner.start_empty.load(Ordering::Relaxed) {
             let files = resize::remove_all_blocks(&inner.dir)?;
             inner.start_empty.store(false, Ordering::Relaxed);
-            tracing::warn!(dir = %inner.dir.display(), files, block = inner.layout.block, "disk tier: the new DISK_CACHE_MAX_BYTES cannot keep the directory's block size; it starts empty");
+            tracing::warn!(dir = %inner.dir.display(), files, block = inner.layout.block, "disk tier: the directory's layout cannot be kept (its block size does not fit the new DISK_CACHE_MAX_BYTES, its layout file is lost, or it was resized too often in a row); it starts empty");
         } else {
-            let files = resize::remove_blocks_beyond(&inner.dir, blocks)?;
+            let files = resize::shrink_to(&inner.dir, blocks)?;
             if files > 0 {
                 tracing::info!(dir = %inner.dir.display(), files, "disk tier: made smaller, the blocks past its new size are dropped");
             }
@@ -633,8 +658,10 @@ impl DiskTier {
             let inner = &tier.inner;
             let _file = inner.purge_file.lock().unwrap_or_else(|p| p.into_inner());
             let path = inner.dir.join(PURGE_FILE);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(text) => text,
+            let text = match std::fs::symlink_metadata(&path) {
+                // Read only when it is a regular file (a FIFO would block the open forever).
+                Ok(m) if m.is_file() => std::fs::read_to_string(&path)?,
+                Ok(_) => return Err(std::io::Error::other("the purge file is not a regular file")),
                 // No file yet: the purges noted while down still go into a new one.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
                 Err(e) => return Err(e),
@@ -688,6 +715,8 @@ impl DiskTier {
     /// Writes what foyer still buffers and closes the store (at shutdown), and saves the
     /// admission counts for the next start.
     pub async fn close(&self) {
+        // First: the upkeep must not open a second store on these files while this one closes.
+        self.inner.closed.store(true, Ordering::Release);
         if self.inner.admission.min_requests > 1 {
             let (bytes, dir) = (self.inner.admission.to_bytes(), self.inner.dir.clone());
             let saved = tokio::task::spawn_blocking(move || {
@@ -757,15 +786,24 @@ impl DiskTier {
         }
     }
 
-    /// Where `key`'s small entry went before the last resize, while those buckets are still
-    /// read and it is another bucket than today's.
-    fn old_slot(&self, key: &str) -> Option<Slot> {
-        let previous = self.inner.transition.previous()?;
+    /// Where `key`'s small entry went before the last resizes (newest first), while those
+    /// buckets are still read, each another bucket than today's.
+    fn old_slots(&self, key: &str) -> impl Iterator<Item = Slot> + '_ {
         let hash = bucket_hash(key);
-        let bucket = jump(hash, previous) as usize;
-        (bucket != jump(hash, self.inner.buckets) as usize).then_some(Slot {
-            bucket,
-            bit: mask_bit(hash),
+        let today = jump(hash, self.inner.buckets) as usize;
+        let mut seen = [today; resize::MAX_PREVIOUS];
+        let mut n = 0;
+        self.inner.transition.previous().filter_map(move |count| {
+            let bucket = jump(hash, count) as usize;
+            if bucket == today || seen[..n].contains(&bucket) {
+                return None;
+            }
+            seen[n] = bucket;
+            n += 1;
+            Some(Slot {
+                bucket,
+                bit: mask_bit(hash),
+            })
         })
     }
 
@@ -803,10 +841,14 @@ impl DiskTier {
         if let Some(found) = self.find_in(store, key, self.slot(key)).await? {
             return Ok(Some(found));
         }
-        match self.old_slot(key) {
-            Some(old) => self.find_in(store, key, old).await,
-            None => Ok(None),
+        // The newest old bucket holding it has its newest version (a write removes it from
+        // the older ones).
+        for old in self.old_slots(key) {
+            if let Some(found) = self.find_in(store, key, old).await? {
+                return Ok(Some(found));
+            }
         }
+        Ok(None)
     }
 
     /// The value of `key`'s small entry in the bucket `slot`.
@@ -867,11 +909,11 @@ impl DiskTier {
     /// Removes `key`'s small entry from its bucket (and its bucket before a resize); whether
     /// it held one.
     async fn remove_small(&self, store: &Store, key: &str) -> bool {
-        let held = self.remove_from(store, key, self.slot(key)).await;
-        match self.old_slot(key) {
-            Some(old) => self.remove_from(store, key, old).await || held,
-            None => held,
+        let mut held = self.remove_from(store, key, self.slot(key)).await;
+        for old in self.old_slots(key) {
+            held |= self.remove_from(store, key, old).await;
         }
+        held
     }
 
     /// Removes `key`'s small entry from the bucket `slot`; whether it held one.
@@ -943,15 +985,18 @@ fn load_admission(dir: &Path, min_requests: u8, entries: u64) -> Admission {
     if min_requests <= 1 {
         return admission;
     }
-    match std::fs::read(dir.join(ADMISSION_FILE)) {
-        Ok(bytes) => {
-            if !admission.restore(&bytes) {
-                tracing::warn!(dir = %dir.display(), "disk tier: the saved admission counts are of another layout or unreadable; counting starts afresh");
-            }
+    let path = dir.join(ADMISSION_FILE);
+    if !path.exists() {
+        return admission;
+    }
+    // A regular file of at most 256 MiB (the sketch of the largest disk is far smaller).
+    match resize::read_small(&path, 256 << 20) {
+        Some(bytes) if admission.restore(&bytes) => {}
+        Some(_) => {
+            tracing::warn!(dir = %dir.display(), "disk tier: the saved admission counts are of another layout or unreadable; counting starts afresh");
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "disk tier: cannot read the saved admission counts; counting starts afresh")
+        None => {
+            tracing::warn!(dir = %dir.display(), "disk tier: cannot read the saved admission counts; counting starts afresh")
         }
     }
     admission
@@ -971,7 +1016,18 @@ pub const FORMAT: &str = "cache-layer disk 2; foyer 0.22; entry v1; buckets by j
 /// the file existed, which is this format) gets it.
 fn check_format(dir: &Path) -> std::io::Result<()> {
     let path = dir.join(FORMAT_FILE);
-    match std::fs::read_to_string(&path) {
+    let read = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => Ok(resize::read_small_file(&path, 4096).unwrap_or_default()),
+        Ok(_) => {
+            // Not a file of ours (a FIFO, a link, a directory): replaced, the entries dropped.
+            if std::fs::remove_file(&path).is_err() {
+                std::fs::remove_dir_all(&path)?;
+            }
+            Ok(String::new())
+        }
+        Err(e) => Err(e),
+    };
+    match read {
         Ok(found) if found.trim() == FORMAT => return Ok(()),
         Ok(found) => {
             let mut dropped = 0;
@@ -1199,7 +1255,7 @@ impl Tier for DiskTier {
         }
         // Written to its new bucket: an older version in its bucket before a resize must not
         // come back.
-        if let Some(old) = self.old_slot(key) {
+        for old in self.old_slots(key) {
             self.remove_from(&store, key, old).await;
         }
         Ok(true)

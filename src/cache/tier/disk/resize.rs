@@ -11,10 +11,13 @@
 //! - a key's bucket is [`jump`]'s (Lamping and Veach's jump consistent hash): from `n` to `m`
 //!   buckets, only the keys that must move do (a share of `|m - n| / max(m, n)`), so growing a
 //!   disk keeps every bucket's keys but those moved to the new buckets;
-//! - a key not found in its bucket is looked for in its bucket of the previous count, until a
-//!   disk's worth of bytes has been written since the resize (the engine is a log: by then the
-//!   old blocks are gone); a key written to its new bucket is removed from its old one, so an
-//!   older version cannot come back.
+//! - a key not found in its bucket is looked for in its buckets of the previous counts (up to
+//!   [`MAX_PREVIOUS`] resizes in a row), until twice a disk's worth of bytes has been written
+//!   since the last resize (the engine is a log: by then the old blocks are gone); a key written
+//!   to its new bucket is removed from every old one, so an older version cannot come back. More
+//!   resizes in a row than that, and the tier starts empty;
+//! - a directory whose layout file is missing or unreadable while the engine's files are there
+//!   starts empty: their block size is unknown, and read with another they are garbage.
 //!
 //! The layout is saved in [`LAYOUT_FILE`] beside the entries when the tier opens and closes.
 
@@ -24,15 +27,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The file the layout is saved in, beside the entries.
 pub const LAYOUT_FILE: &str = "cache-layer-layout";
 
+/// Resizes in a row (each before the last one's transition ended) whose buckets are still read;
+/// one more and the tier starts empty.
+pub const MAX_PREVIOUS: usize = 4;
+
+/// The longest layout file read (a longer one, or one that is not a regular file, is ignored).
+const MAX_LAYOUT_FILE: u64 = 4096;
+
 /// The layout a process left: what the next one needs to read the directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Saved {
     /// The engine's block size (its files are one block each).
     pub block: u64,
     /// The bucket count small entries were placed by.
     pub buckets: u64,
-    /// The bucket count before the last resize, while it is still read (0: none).
-    pub previous: u64,
+    /// The bucket counts before the last resizes, newest first, while they are still read.
+    pub previous: Vec<u64>,
     /// Bytes written since the last resize.
     pub written: u64,
 }
@@ -40,16 +50,25 @@ pub struct Saved {
 impl Saved {
     /// The layout saved in `dir`; `None` when there is none or it does not parse.
     pub fn read(dir: &Path) -> Option<Saved> {
-        let text = std::fs::read_to_string(dir.join(LAYOUT_FILE)).ok()?;
+        let text = read_small_file(&dir.join(LAYOUT_FILE), MAX_LAYOUT_FILE)?;
         let mut saved = Saved::default();
         let mut seen = 0;
         for field in text.split_whitespace() {
             let (name, value) = field.split_once('=')?;
+            if name == "previous" {
+                for n in value.split(',').filter(|n| !n.is_empty()) {
+                    saved.previous.push(n.parse().ok().filter(|&n| n > 0)?);
+                }
+                if saved.previous.len() > MAX_PREVIOUS {
+                    return None;
+                }
+                seen += 1;
+                continue;
+            }
             let value: u64 = value.parse().ok()?;
             match name {
                 "block" => saved.block = value,
                 "buckets" => saved.buckets = value,
-                "previous" => saved.previous = value,
                 "written" => saved.written = value,
                 _ => continue,
             }
@@ -61,59 +80,85 @@ impl Saved {
     /// Saves it in `dir` (written aside, then renamed over the old file).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
+        let previous: Vec<String> = self.previous.iter().map(u64::to_string).collect();
         let text = format!(
             "block={} buckets={} previous={} written={}\n",
-            self.block, self.buckets, self.previous, self.written
+            self.block,
+            self.buckets,
+            previous.join(","),
+            self.written
         );
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, dir.join(LAYOUT_FILE))
     }
 }
 
-/// The bucket count before a resize, read as a fallback until `capacity` bytes have been
-/// written since.
+/// The bucket counts before the last resizes, read as a fallback until twice `capacity` bytes
+/// have been written since the last one.
 #[derive(Debug)]
 pub struct Transition {
-    /// The previous count; 0 once the transition is over (or when there is none).
-    previous: AtomicU64,
+    /// The previous counts, newest first; all 0 once the transition is over (or without one).
+    previous: [AtomicU64; MAX_PREVIOUS],
     written: AtomicU64,
     capacity: u64,
 }
 
 impl Transition {
     /// The transition a tier of `buckets` buckets over `capacity` bytes is in, given what the
-    /// last process `saved` (`None`: a new or emptied directory, no transition).
-    pub fn new(saved: Option<Saved>, buckets: u64, capacity: u64) -> Transition {
-        let (previous, written) = match saved {
-            Some(s) if s.buckets != buckets => (s.buckets, 0),
-            Some(s) if s.previous != 0 && s.previous != buckets && s.written < capacity => {
-                (s.previous, s.written)
+    /// last process `saved` (`None`: a new or emptied directory, no transition); `None` when
+    /// there were more resizes in a row than [`MAX_PREVIOUS`] (the tier must start empty).
+    pub fn new(saved: Option<&Saved>, buckets: u64, capacity: u64) -> Option<Transition> {
+        let mut previous = Vec::new();
+        let mut written = 0;
+        if let Some(s) = saved {
+            let ongoing = s.written < 2 * capacity;
+            if s.buckets != buckets {
+                previous.push(s.buckets);
+                if ongoing {
+                    previous.extend(&s.previous);
+                }
+            } else if ongoing {
+                previous.extend(&s.previous);
+                written = s.written;
             }
-            _ => (0, 0),
-        };
-        Transition {
-            previous: AtomicU64::new(previous),
+        }
+        previous.retain(|&n| n != buckets);
+        let mut seen = std::collections::HashSet::new();
+        previous.retain(|n| seen.insert(*n));
+        if previous.len() > MAX_PREVIOUS {
+            return None;
+        }
+        let slots = std::array::from_fn(|i| AtomicU64::new(previous.get(i).copied().unwrap_or(0)));
+        Some(Transition {
+            previous: slots,
             written: AtomicU64::new(written),
             capacity,
-        }
+        })
     }
 
-    /// The previous bucket count, while it is still read.
-    pub fn previous(&self) -> Option<u64> {
-        match self.previous.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(n),
-        }
+    /// The previous bucket counts still read, newest first.
+    pub fn previous(&self) -> impl Iterator<Item = u64> + '_ {
+        self.previous
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .take_while(|&n| n != 0)
     }
 
-    /// `bytes` were written: after a disk's worth, the previous buckets are gone from the log
-    /// and no longer read. Whether that ended the transition now.
+    /// `bytes` were written: after twice a disk's worth, the previous buckets are gone from the
+    /// log and no longer read. Whether that ended the transition now.
     pub fn wrote(&self, bytes: u64) -> bool {
-        if self.previous.load(Ordering::Relaxed) == 0 {
+        if self.previous[0].load(Ordering::Relaxed) == 0 {
             return false;
         }
         let written = self.written.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        written >= self.capacity && self.previous.swap(0, Ordering::Relaxed) != 0
+        if written < 2 * self.capacity {
+            return false;
+        }
+        let mut ended = false;
+        for n in &self.previous {
+            ended |= n.swap(0, Ordering::Relaxed) != 0;
+        }
+        ended
     }
 
     /// What to save for the next process.
@@ -121,10 +166,41 @@ impl Transition {
         Saved {
             block,
             buckets,
-            previous: self.previous.load(Ordering::Relaxed),
+            previous: self.previous().collect(),
             written: self.written.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The contents of `path` when it is a regular file of at most `max` bytes and UTF-8: a FIFO, a
+/// device or a huge file put there is not read (it would block start-up or fill the memory).
+pub fn read_small_file(path: &Path, max: u64) -> Option<String> {
+    String::from_utf8(read_small(path, max)?).ok()
+}
+
+/// The bytes of `path` when it is a regular file of at most `max` bytes (see
+/// [`read_small_file`]).
+pub fn read_small(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let is_small_file = |m: std::fs::Metadata| m.is_file() && m.len() <= max;
+    // Looked at before it is opened (opening a FIFO waits for a writer), and opened without
+    // waiting in case it was swapped meanwhile.
+    if !std::fs::metadata(path).is_ok_and(is_small_file) {
+        return None;
+    }
+    const O_NONBLOCK: i32 = 0o4000;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().is_ok_and(is_small_file) {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// The bucket in `0..buckets` of a key whose hash is `hash` (jump consistent hash, Lamping and
@@ -142,17 +218,43 @@ pub fn jump(hash: u64, buckets: u64) -> u64 {
     b as u64
 }
 
-/// The engine's files in `dir` that a layout of `blocks` blocks does not use (a disk made
-/// smaller): removed before the engine opens, so they take no room. `foyer-storage-direct-fs-`
-/// and the block number are foyer 0.22's file names.
-pub fn remove_blocks_beyond(dir: &Path, blocks: u64) -> std::io::Result<usize> {
+/// Whether `dir` holds any of the engine's files.
+pub fn has_blocks(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|files| {
+        files
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().starts_with(BLOCK_FILE))
+    })
+}
+
+/// foyer 0.22's name of a block's file, before the block's number.
+const BLOCK_FILE: &str = "foyer-storage-direct-fs-";
+
+/// Blocks left empty when a disk is made smaller: the engine writes only into clean blocks, and
+/// after a shrink every block it kept may hold data (the clean ones were the last), which left
+/// it unable to write at all.
+const CLEAN_AFTER_SHRINK: u64 = 2;
+
+/// Fits the engine's files in `dir` to a layout of `blocks` blocks: when there are files past
+/// it (a disk made smaller), those are removed, and so are the last [`CLEAN_AFTER_SHRINK`] it
+/// keeps, so the engine finds clean blocks to write into. How many files were removed.
+pub fn shrink_to(dir: &Path, blocks: u64) -> std::io::Result<usize> {
+    let beyond = remove_blocks_beyond(dir, blocks)?;
+    if beyond == 0 {
+        return Ok(0);
+    }
+    Ok(beyond + remove_blocks_beyond(dir, blocks.saturating_sub(CLEAN_AFTER_SHRINK))?)
+}
+
+/// Removes the engine's files in `dir` numbered `blocks` and above.
+fn remove_blocks_beyond(dir: &Path, blocks: u64) -> std::io::Result<usize> {
     let mut removed = 0;
     for f in std::fs::read_dir(dir)? {
         let f = f?;
         let name = f.file_name();
         let Some(n) = name
             .to_str()
-            .and_then(|n| n.strip_prefix("foyer-storage-direct-fs-"))
+            .and_then(|n| n.strip_prefix(BLOCK_FILE))
             .and_then(|n| n.parse::<u64>().ok())
         else {
             continue;
@@ -201,36 +303,96 @@ mod tests {
         let s = Saved {
             block: 262_144,
             buckets: 682,
-            previous: 341,
+            previous: vec![341, 1365],
             written: 5,
         };
         s.write(dir.path()).unwrap();
         assert_eq!(Saved::read(dir.path()), Some(s));
+        let none = Saved {
+            previous: vec![],
+            ..Saved::default()
+        };
+        let none = Saved {
+            block: 1,
+            buckets: 1,
+            ..none
+        };
+        none.write(dir.path()).unwrap();
+        assert_eq!(Saved::read(dir.path()), Some(none));
         std::fs::write(dir.path().join(LAYOUT_FILE), "block=262144 buckets=").unwrap();
         assert_eq!(Saved::read(dir.path()), None);
     }
 
     #[test]
-    fn a_transition_lasts_a_disk_of_writes() {
-        let saved = |buckets, previous, written| {
-            Some(Saved {
-                block: 1,
-                buckets,
-                previous,
-                written,
-            })
+    fn a_transition_lasts_twice_a_disk_of_writes_and_remembers_resizes_in_a_row() {
+        let saved = |buckets, previous: &[u64], written| Saved {
+            block: 1,
+            buckets,
+            previous: previous.to_vec(),
+            written,
         };
-        assert_eq!(Transition::new(None, 10, 100).previous(), None);
-        assert_eq!(Transition::new(saved(10, 0, 0), 10, 100).previous(), None);
-        let t = Transition::new(saved(5, 0, 0), 10, 100);
-        assert_eq!(t.previous(), Some(5));
-        assert!(!t.wrote(60));
-        assert!(t.wrote(60), "a disk's worth written");
-        assert_eq!(t.previous(), None);
+        let prev = |t: &Transition| t.previous().collect::<Vec<_>>();
+        assert!(prev(&Transition::new(None, 10, 100).unwrap()).is_empty());
+        assert!(prev(&Transition::new(Some(&saved(10, &[], 0)), 10, 100).unwrap()).is_empty());
+        let t = Transition::new(Some(&saved(5, &[], 0)), 10, 100).unwrap();
+        assert_eq!(prev(&t), [5]);
+        assert!(!t.wrote(150));
+        assert!(t.wrote(60), "twice a disk's worth written");
+        assert!(prev(&t).is_empty());
         // Carried over a restart until it ends.
-        let t = Transition::new(saved(10, 5, 60), 10, 100);
-        assert_eq!(t.previous(), Some(5));
+        let t = Transition::new(Some(&saved(10, &[5], 60)), 10, 100).unwrap();
+        assert_eq!(prev(&t), [5]);
         assert_eq!(t.saved(1, 10).written, 60);
-        assert_eq!(Transition::new(saved(10, 5, 100), 10, 100).previous(), None);
+        assert!(prev(&Transition::new(Some(&saved(10, &[5], 200)), 10, 100).unwrap()).is_empty());
+        // Resized again within it: both earlier counts are read, newest first.
+        let t = Transition::new(Some(&saved(10, &[5], 60)), 20, 100).unwrap();
+        assert_eq!(prev(&t), [10, 5]);
+        // Back to an earlier count: that one is today's, not a previous.
+        let t = Transition::new(Some(&saved(20, &[10, 5], 0)), 5, 100).unwrap();
+        assert_eq!(prev(&t), [20, 10]);
+        // Too many in a row: start empty.
+        assert!(Transition::new(Some(&saved(50, &[40, 30, 20, 10], 0)), 60, 100).is_none());
+    }
+
+    #[test]
+    fn only_a_small_regular_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(
+            read_small_file(&fifo, 4096),
+            None,
+            "not opened for reading: never blocks"
+        );
+        assert_eq!(read_small_file(Path::new("/dev/zero"), 4096), None);
+        std::fs::write(dir.path().join("big"), vec![b'x'; 5000]).unwrap();
+        assert_eq!(read_small_file(&dir.path().join("big"), 4096), None);
+    }
+
+    #[test]
+    fn a_shrink_leaves_clean_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..16 {
+            std::fs::write(dir.path().join(format!("{BLOCK_FILE}{i:08}")), b"x").unwrap();
+        }
+        assert!(has_blocks(dir.path()));
+        assert_eq!(
+            shrink_to(dir.path(), 16).unwrap(),
+            0,
+            "not made smaller: nothing removed"
+        );
+        assert_eq!(
+            shrink_to(dir.path(), 8).unwrap(),
+            10,
+            "8 past it and the last 2 kept"
+        );
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, 6);
     }
 }
