@@ -582,14 +582,24 @@ async fn a_full_filesystem_takes_the_tier_down_until_it_has_room_again() {
     };
     let origin = Origin::start(&[]).await;
     let s = start_on(&fs, &origin).await;
-    assert_eq!(s.get("a").await.1, "cache-layer; fwd=miss; stored");
+    let (_, status, first) = s.get("a").await;
+    assert_eq!(status, "cache-layer; fwd=miss; stored");
+    assert!(s.get("a").await.1.ends_with("detail=disk"));
 
     // Full: a file takes every free byte.
     fs.fill("0");
     wait_disk(&s, "down").await;
     assert_eq!(s.get("b").await.0, 200);
+    // Fetched anew while the disk cannot take it: the disk's copy is older than this one.
+    let (_, _, newer) = s.get("a").await;
+    assert_ne!(newer["value"], first["value"]);
     fs.empty();
     wait_disk(&s, "ok").await;
+    let (_, status, back) = s.get("a").await;
+    assert_ne!(
+        back["value"], first["value"],
+        "the version fetched before the outage is not served after a newer one ({status})"
+    );
 
     assert_eq!(s.get("d").await.1, "cache-layer; fwd=miss; stored");
     assert!(s.get("d").await.1.ends_with("detail=disk"));

@@ -948,6 +948,65 @@ impl DiskTier {
         self.remove_small(store, key).await || direct
     }
 
+    /// Writes `key`'s `entry` to disk: small entries into their bucket, larger ones on their
+    /// own; what became of it.
+    async fn put_entry(&self, key: &str, entry: Arc<Entry>) -> Result<Put, TierError> {
+        let store = self.store()?;
+        let bytes = entry.encode();
+        // foyer cannot keep an entry larger than a block (with its key and header).
+        if (bytes.len() + key.len() + 64) as u64 > self.inner.layout.block {
+            return Ok(Put::Lost);
+        }
+        let admission = &self.inner.admission;
+        let direct = store.storage().may_contains(key);
+        if !bucket::is_small(key, bytes.len()) {
+            if !direct && !admission.admits(key) {
+                self.inner.metrics.disk_rejected();
+                return Ok(Put::NotAdmitted);
+            }
+            self.inner
+                .log
+                .lives_until(entry.stored_at_ms, entry.stale_until_ms);
+            let written = self.write(&store, key.to_owned(), bytes);
+            // It may have been small before: no older version stays in its bucket.
+            self.remove_small(&store, key).await;
+            return Ok(if written { Put::Kept } else { Put::Lost });
+        }
+        let slot = self.slot(key);
+        let bkey = self.bucket_key(slot);
+        let _order = self.lock(slot).await;
+        // A bucket known to be empty need not be read. One that cannot be read now is left as
+        // it is (rewritten, it would lose its entries), and the fill is not written.
+        let mut bucket = if self.mask(slot).is_some_and(|m| m.load(Ordering::Acquire) == 0) {
+            Bucket::default()
+        } else {
+            self.read_bucket(&store, &bkey).await?.unwrap_or_default()
+        };
+        if !direct && bucket.get(key).is_none() && !admission.admits(key) {
+            self.inner.metrics.disk_rejected();
+            return Ok(Put::NotAdmitted);
+        }
+        self.inner
+            .log
+            .lives_until(entry.stored_at_ms, entry.stale_until_ms);
+        bucket.insert(key, bytes, |k| admission.frequency(k));
+        if !self.write_bucket(&store, &bkey, &bucket) {
+            // Not kept: the bucket on disk is the one before (its mask stays as it was).
+            return Ok(Put::Lost);
+        }
+        self.set_mask(slot, &bucket);
+        drop(_order);
+        if direct {
+            store.remove(key);
+        }
+        // Written to its new bucket: an older version in its bucket before a resize must not
+        // come back.
+        for old in self.old_slots(key) {
+            self.remove_from(&store, key, old).await;
+        }
+        Ok(Put::Kept)
+    }
+
     /// A failed read: counted, and after many in a row the tier goes down.
     fn read_failed(&self, e: &foyer::Error) -> TierError {
         self.inner.metrics.disk_error(DiskOp::Read);
@@ -1080,6 +1139,17 @@ async fn open(dir: &Path, layout: Layout, drops: Arc<disk_engine::EngineDrops>) 
         .map_err(|e| e.to_string())
 }
 
+/// What became of a fill handed to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Put {
+    /// Written (handed to the engine, which kept it).
+    Kept,
+    /// Not asked for often enough to be written (no version of it is on disk).
+    NotAdmitted,
+    /// Not written: dropped by the engine, too large, or its bucket could not be read.
+    Lost,
+}
+
 /// What a read of one foyer key found.
 enum Stored {
     Value(Vec<u8>),
@@ -1205,60 +1275,16 @@ impl Tier for DiskTier {
     }
 
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
-        let store = self.store()?;
-        let bytes = entry.encode();
-        // foyer cannot keep an entry larger than a block (with its key and header).
-        if (bytes.len() + key.len() + 64) as u64 > self.inner.layout.block {
-            return Ok(false);
-        }
-        let admission = &self.inner.admission;
-        let direct = store.storage().may_contains(key);
-        if !bucket::is_small(key, bytes.len()) {
-            if !direct && !admission.admits(key) {
-                self.inner.metrics.disk_rejected();
-                return Ok(false);
-            }
+        let stored_at_ms = entry.stored_at_ms;
+        let put = self.put_entry(key, entry).await;
+        if !matches!(put, Ok(Put::Kept | Put::NotAdmitted)) {
+            // Not written (the tier down, the write dropped or failed, too large): a version
+            // the disk still holds is older than this one, and must not be served after it.
             self.inner
                 .log
-                .lives_until(entry.stored_at_ms, entry.stale_until_ms);
-            let written = self.write(&store, key.to_owned(), bytes);
-            // It may have been small before: no older version stays in its bucket.
-            self.remove_small(&store, key).await;
-            return Ok(written);
+                .record(PurgeScope::Key, key, PurgeMode::Hard, stored_at_ms);
         }
-        let slot = self.slot(key);
-        let bkey = self.bucket_key(slot);
-        let _order = self.lock(slot).await;
-        // A bucket known to be empty need not be read. One that cannot be read now is left as
-        // it is (rewritten, it would lose its entries), and the fill is not written.
-        let mut bucket = if self.mask(slot).is_some_and(|m| m.load(Ordering::Acquire) == 0) {
-            Bucket::default()
-        } else {
-            self.read_bucket(&store, &bkey).await?.unwrap_or_default()
-        };
-        if !direct && bucket.get(key).is_none() && !admission.admits(key) {
-            self.inner.metrics.disk_rejected();
-            return Ok(false);
-        }
-        self.inner
-            .log
-            .lives_until(entry.stored_at_ms, entry.stale_until_ms);
-        bucket.insert(key, bytes, |k| admission.frequency(k));
-        if !self.write_bucket(&store, &bkey, &bucket) {
-            // Not kept: the bucket on disk is the one before (its mask stays as it was).
-            return Ok(false);
-        }
-        self.set_mask(slot, &bucket);
-        drop(_order);
-        if direct {
-            store.remove(key);
-        }
-        // Written to its new bucket: an older version in its bucket before a resize must not
-        // come back.
-        for old in self.old_slots(key) {
-            self.remove_from(&store, key, old).await;
-        }
-        Ok(true)
+        put.map(|p| p == Put::Kept)
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {
