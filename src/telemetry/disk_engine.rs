@@ -143,16 +143,23 @@ impl<S: Subscriber> Layer<S> for EngineLog {
 /// What one store's engine dropped without a word: the entries it was handed and let go
 /// because its write queue was full (foyer counts them in `foyer_storage_inner_op_total`,
 /// `channel_overflow`, as the entry is handed over, and returns nothing), so the tier can tell
-/// a fill it kept from one it did not.
+/// a fill it kept from one it did not; and those its flusher let go later because its buffer
+/// was full (`buffer_overflow`, counted in the flusher: which entry is not said).
 #[derive(Debug, Default)]
 pub struct EngineDrops {
     queue_full: AtomicU64,
+    buffer_full: AtomicU64,
 }
 
 impl EngineDrops {
     /// Entries let go so far for a full write queue.
     pub fn queue_full(&self) -> u64 {
         self.queue_full.load(Ordering::Acquire)
+    }
+
+    /// Entries the flusher let go so far for a full buffer.
+    pub fn buffer_full(&self) -> u64 {
+        self.buffer_full.load(Ordering::Acquire)
     }
 }
 
@@ -165,7 +172,8 @@ pub fn registry(drops: std::sync::Arc<EngineDrops>) -> mixtrics::metrics::BoxedR
 #[derive(Debug)]
 struct DropsRegistry(std::sync::Arc<EngineDrops>);
 
-/// The vector `foyer_storage_inner_op_total`: its `channel_overflow` counter feeds the drops.
+/// The vector `foyer_storage_inner_op_total`: its `channel_overflow` and `buffer_overflow`
+/// counters feed the drops.
 #[derive(Debug)]
 struct InnerOps(std::sync::Arc<EngineDrops>);
 
@@ -178,10 +186,21 @@ impl mixtrics::metrics::CounterOps for QueueFull {
     }
 }
 
+#[derive(Debug)]
+struct BufferFull(std::sync::Arc<EngineDrops>);
+
+impl mixtrics::metrics::CounterOps for BufferFull {
+    fn increase(&self, val: u64) {
+        self.0.buffer_full.fetch_add(val, Ordering::AcqRel);
+    }
+}
+
 impl mixtrics::metrics::CounterVecOps for InnerOps {
     fn counter(&self, labels: &[std::borrow::Cow<'static, str>]) -> mixtrics::metrics::BoxedCounter {
         if labels.iter().any(|l| l == "channel_overflow") {
             Box::new(QueueFull(self.0.clone()))
+        } else if labels.iter().any(|l| l == "buffer_overflow") {
+            Box::new(BufferFull(self.0.clone()))
         } else {
             Box::new(NOOP)
         }

@@ -283,6 +283,41 @@ async fn a_fill_the_disk_engine_lets_go_is_not_said_kept() {
 }
 
 #[tokio::test]
+async fn a_newer_fill_the_disk_engine_lets_go_never_brings_back_the_older_version() {
+    // Each key written once, slowly (all kept); then a newer version of every key in one
+    // burst, much of which foyer drops (in its queue, or later in its flusher, unsaid). A read
+    // gives the newer version or nothing: never the older one after the newer was fetched.
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, shutdown) = open_disk(dir.path(), 8 << 20).await;
+    let version = |v: &str| format!("\"{v}{}\"", "x".repeat(40 << 10));
+    let (old, new) = (version("old"), version("new"));
+    for i in 0..60 {
+        let key = format!("v{i}");
+        assert!(disk.put(&key, entry(&key, &old, now_ms() - 1000)).await.unwrap());
+        crate::harness::eventually(&format!("{key} written"), || async {
+            disk.get(&key).await.unwrap()
+        })
+        .await;
+    }
+    let puts = (0..60).map(|i| {
+        let (disk, key) = (disk.clone(), format!("v{i}"));
+        let e = entry(&key, &new, now_ms());
+        async move { disk.put(&key, e).await.unwrap() }
+    });
+    let kept = futures_util::future::join_all(puts).await;
+    assert!(kept.iter().any(|k| !k), "some of the burst let go");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..60 {
+        let key = format!("v{i}");
+        if let Some(e) = disk.get(&key).await.unwrap() {
+            assert!(e.value_json() == new.as_bytes(), "{key}: never the older version");
+        }
+    }
+    disk.close().await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
 async fn the_redis_tier_keeps_the_tier_contract() {
     let server = Redis::start().await;
     let config = RedisConfig {

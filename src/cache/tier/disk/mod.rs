@@ -326,6 +326,12 @@ struct Inner {
     engine_seen: std::sync::Mutex<disk_engine::Seen>,
     /// What the engine was handed and let go (a full write queue), to tell a kept fill.
     drops: Arc<disk_engine::EngineDrops>,
+    /// The last fills handed to the engine (key, fetch time) and the engine's buffer drops
+    /// seen: when its flusher lets some go, which ones is not said, so all these are
+    /// recorded as superseded (their older versions on disk never served after them).
+    handed: std::sync::Mutex<Handed>,
+    /// The engine's `buffer_overflow` count when last heeded (read before every lookup).
+    buffer_drops_seen: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -392,6 +398,8 @@ impl DiskTier {
                 records,
                 engine_seen: std::sync::Mutex::new(disk_engine::FAILURES.seen()),
                 drops: Arc::default(),
+                handed: std::sync::Mutex::default(),
+                buffer_drops_seen: AtomicU64::new(0),
                 metrics,
             }),
         }
@@ -431,6 +439,7 @@ impl DiskTier {
                 }
                 let tier = DiskTier { inner };
                 tier.heed_engine_failures();
+                tier.heed_buffer_drops();
                 if tokio::time::Instant::now() >= next_probe {
                     if tier.is_up() {
                         tier.probe().await;
@@ -962,7 +971,9 @@ impl DiskTier {
         if !bucket::is_small(key, bytes.len()) {
             if !direct && !admission.admits(key) {
                 self.inner.metrics.disk_rejected();
-                return Ok(Put::NotAdmitted);
+                // A smaller version of it may be in its bucket: superseded all the same.
+                let older = self.may_hold(self.slot(key));
+                return Ok(if older { Put::Lost } else { Put::NotAdmitted });
             }
             self.inner
                 .log
@@ -1005,6 +1016,36 @@ impl DiskTier {
             self.remove_from(&store, key, old).await;
         }
         Ok(Put::Kept)
+    }
+
+    /// Notes a fill handed to the engine (and, first, whether its flusher dropped any lately).
+    fn handed(&self, key: &str, stored_at_ms: u64) {
+        self.heed_buffer_drops();
+        let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
+        if handed.fills.len() >= HANDED {
+            handed.fills.pop_front();
+        }
+        handed.fills.push_back((Box::from(key), stored_at_ms));
+    }
+
+    /// When the engine's flusher dropped fills since the last look: every fill handed lately
+    /// is recorded as superseding what was fetched before it (which of them went is not said),
+    /// so an older version the disk holds is not served after it; theirs, if kept, still is.
+    /// Such a fill was answered `stored` all the same.
+    fn heed_buffer_drops(&self) {
+        let drops = self.inner.drops.buffer_full();
+        if drops == self.inner.buffer_drops_seen.load(Ordering::Acquire) {
+            return;
+        }
+        let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.buffer_drops_seen.store(drops, Ordering::Release);
+        for (key, at) in handed.fills.drain(..) {
+            // Just before the fill's own fetch: a purge at `at` would drop the fill too.
+            let before = at.saturating_sub(1);
+            self.inner
+                .log
+                .record(PurgeScope::Key, &key, PurgeMode::Hard, before);
+        }
     }
 
     /// A failed read: counted, and after many in a row the tier goes down.
@@ -1139,6 +1180,15 @@ async fn open(dir: &Path, layout: Layout, drops: Arc<disk_engine::EngineDrops>) 
         .map_err(|e| e.to_string())
 }
 
+/// Fills handed to the engine lately, while its flusher may still drop them.
+#[derive(Default)]
+struct Handed {
+    fills: std::collections::VecDeque<(Box<str>, u64)>,
+}
+
+/// Fills remembered in [`Handed`]: more than two write buffers' worth of pages.
+const HANDED: usize = 4096;
+
 /// What became of a fill handed to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Put {
@@ -1245,6 +1295,9 @@ impl Tier for DiskTier {
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
         let store = self.store()?;
         self.inner.admission.requested(key);
+        // A fill the engine's flusher let go since the last look supersedes what the disk
+        // holds of it, before it is read.
+        self.heed_buffer_drops();
         // A small entry is in its bucket; a larger one on its own, under its key.
         let read = match self.find_small(&store, key).await? {
             Some(bytes) => Some((bytes, true)),
@@ -1277,7 +1330,9 @@ impl Tier for DiskTier {
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
         let stored_at_ms = entry.stored_at_ms;
         let put = self.put_entry(key, entry).await;
-        if !matches!(put, Ok(Put::Kept | Put::NotAdmitted)) {
+        if matches!(put, Ok(Put::Kept)) {
+            self.handed(key, stored_at_ms);
+        } else if !matches!(put, Ok(Put::NotAdmitted)) {
             // Not written (the tier down, the write dropped or failed, too large): a version
             // the disk still holds is older than this one, and must not be served after it.
             self.inner
