@@ -301,6 +301,8 @@ struct Inner {
     buckets: u64,
     /// The bucket count before a resize, still read for a while.
     transition: Transition,
+    /// The keys of the bucket hash ([`DiskTier::bucket_hash`]), the directory's.
+    seed: (u64, u64),
     /// Set when the directory's block size could not be kept: its files are removed at the
     /// first open.
     start_empty: AtomicBool,
@@ -365,6 +367,11 @@ impl DiskTier {
                 Transition::new(None, layout.buckets, layout.capacity).expect("no transition")
             }
         };
+        // The directory's bucket hash keys: kept with its entries, new with an empty one.
+        let seed = match &saved {
+            Some(s) if !start_empty => s.seed,
+            _ => (rand::random(), rand::random()),
+        };
         if layout.capacity < config.max_bytes {
             tracing::warn!(
                 disk_cache_max_bytes = config.max_bytes,
@@ -388,6 +395,7 @@ impl DiskTier {
                 ),
                 buckets: layout.buckets,
                 transition,
+                seed,
                 start_empty: AtomicBool::new(start_empty),
                 closed: AtomicBool::new(false),
                 masks: (0..layout.buckets).map(|_| AtomicU64::new(UNKNOWN)).collect(),
@@ -549,7 +557,9 @@ impl DiskTier {
     /// Saves the layout beside the entries, for the next process to read them by.
     fn save_layout(&self) {
         let inner = &self.inner;
-        let saved = inner.transition.saved(inner.layout.block, inner.buckets);
+        let saved = inner
+            .transition
+            .saved(inner.layout.block, inner.buckets, inner.seed);
         if let Err(e) = saved.write(&inner.dir) {
             tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot save its layout; a resize before the next start loses the small entries");
         }
@@ -786,9 +796,21 @@ impl DiskTier {
         format!("\u{0}b:{}", slot.bucket)
     }
 
+    /// `key`'s hash for its bucket and its bit in the bucket's mask: SipHash under the
+    /// directory's seed, the same in every process that opens it (so a restart finds the
+    /// buckets), unknown to clients (so none can aim keys at another key's bucket and push it
+    /// out).
+    fn bucket_hash(&self, key: &str) -> u64 {
+        let (k0, k1) = self.inner.seed;
+        #[allow(deprecated)] // std's SipHasher: keyed, and its keys can be saved.
+        let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+        std::hash::Hasher::write(&mut h, key.as_bytes());
+        std::hash::Hasher::finish(&h)
+    }
+
     /// Where `key`'s small entry goes: its bucket and its bit in the bucket's mask.
     fn slot(&self, key: &str) -> Slot {
-        let hash = bucket_hash(key);
+        let hash = self.bucket_hash(key);
         Slot {
             bucket: jump(hash, self.inner.buckets) as usize,
             bit: mask_bit(hash),
@@ -798,7 +820,7 @@ impl DiskTier {
     /// Where `key`'s small entry went before the last resizes (newest first), while those
     /// buckets are still read, each another bucket than today's.
     fn old_slots(&self, key: &str) -> impl Iterator<Item = Slot> + '_ {
-        let hash = bucket_hash(key);
+        let hash = self.bucket_hash(key);
         let today = jump(hash, self.inner.buckets) as usize;
         let mut seen = [today; resize::MAX_PREVIOUS];
         let mut n = 0;
@@ -831,7 +853,7 @@ impl DiskTier {
     /// Sets the mask of `slot`'s bucket to what `bucket` holds (under its lock).
     fn set_mask(&self, slot: Slot, bucket: &Bucket) {
         if let Some(mask) = self.mask(slot) {
-            let bits = bucket.keys().fold(0, |m, k| m | mask_bit(bucket_hash(k)));
+            let bits = bucket.keys().fold(0, |m, k| m | mask_bit(self.bucket_hash(k)));
             mask.store(bits, Ordering::Release);
         }
     }
@@ -1108,7 +1130,7 @@ pub const FORMAT_FILE: &str = "cache-layer-format";
 /// What this release writes: the storage engine (its major version decides the block format)
 /// and the entry encoding. Changed by hand when either changes; a directory written in another
 /// format starts empty rather than be misread.
-pub const FORMAT: &str = "cache-layer disk 2; foyer 0.22; entry v1; buckets by jump hash";
+pub const FORMAT: &str = "cache-layer disk 3; foyer 0.22; entry v1; buckets by keyed jump hash";
 
 /// Makes sure `dir` holds entries in [`FORMAT`]: a directory written in another one (a foyer or
 /// encoding upgrade, or a downgrade) loses its entries (foyer's files; the purge file stays,
@@ -1225,19 +1247,10 @@ struct Slot {
     bit: u64,
 }
 
-/// A key's bit in its bucket's mask, from its [`bucket_hash`]: the top 6 bits, which the
+/// A key's bit in its bucket's mask, from its bucket hash ([`DiskTier::bucket_hash`]): the top 6 bits, which the
 /// bucket index (the hash modulo the bucket count) hardly depends on.
 fn mask_bit(hash: u64) -> u64 {
     1 << (hash >> 58)
-}
-
-/// A hash of `key` that is the same in every process and release (FNV-1a, then splitmix64's
-/// finaliser): it places small entries in buckets that must be found again after a restart.
-fn bucket_hash(key: &str) -> u64 {
-    let fnv = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    sketch::spread(fnv)
 }
 
 /// Writes, syncs, reads back and removes a small file in `dir` (off the runtime's threads).
@@ -1380,6 +1393,32 @@ impl Tier for DiskTier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_directory_places_keys_by_its_own_secret_hash() {
+        let tier = |dir: &Path| {
+            let config = DiskConfig {
+                dir: dir.to_owned(),
+                max_bytes: 64 << 20,
+                index_max_bytes: 16 << 20,
+                admit_min_requests: 1,
+            };
+            DiskTier::new(&config, 3_600_000, None, Arc::new(Metrics::detached()))
+        };
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ta, tb) = (tier(a.path()), tier(b.path()));
+        let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+        let same = keys
+            .iter()
+            .filter(|k| ta.slot(k).bucket == tb.slot(k).bucket)
+            .count();
+        // Placed independently: about one key in the bucket count lands alike by chance.
+        assert!(same < 20, "{same} of 1000 keys in the same bucket under two seeds");
+        // The seed is the directory's: saved with the layout, the same placement after a restart.
+        ta.save_layout();
+        let again = tier(a.path());
+        assert!(keys.iter().all(|k| ta.slot(k).bucket == again.slot(k).bucket));
+    }
 
     #[test]
     fn the_layout_keeps_the_index_within_its_bound() {

@@ -45,6 +45,9 @@ pub struct Saved {
     pub previous: Vec<u64>,
     /// Bytes written since the last resize.
     pub written: u64,
+    /// The keys of the hash that places small entries in buckets: random per directory, so
+    /// no client can aim keys at another key's bucket, and kept so a restart finds them.
+    pub seed: (u64, u64),
 }
 
 impl Saved {
@@ -65,6 +68,12 @@ impl Saved {
                 seen += 1;
                 continue;
             }
+            if name == "seed" {
+                let (a, b) = value.split_once(',')?;
+                saved.seed = (a.parse().ok()?, b.parse().ok()?);
+                seen += 1;
+                continue;
+            }
             let value: u64 = value.parse().ok()?;
             match name {
                 "block" => saved.block = value,
@@ -74,7 +83,7 @@ impl Saved {
             }
             seen += 1;
         }
-        (seen == 4 && saved.block > 0 && saved.buckets > 0).then_some(saved)
+        (seen == 5 && saved.block > 0 && saved.buckets > 0).then_some(saved)
     }
 
     /// Saves it in `dir` (written aside, then renamed over the old file).
@@ -82,11 +91,13 @@ impl Saved {
         let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
         let previous: Vec<String> = self.previous.iter().map(u64::to_string).collect();
         let text = format!(
-            "block={} buckets={} previous={} written={}\n",
+            "block={} buckets={} previous={} written={} seed={},{}\n",
             self.block,
             self.buckets,
             previous.join(","),
-            self.written
+            self.written,
+            self.seed.0,
+            self.seed.1
         );
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, dir.join(LAYOUT_FILE))
@@ -162,12 +173,13 @@ impl Transition {
     }
 
     /// What to save for the next process.
-    pub fn saved(&self, block: u64, buckets: u64) -> Saved {
+    pub fn saved(&self, block: u64, buckets: u64, seed: (u64, u64)) -> Saved {
         Saved {
             block,
             buckets,
             previous: self.previous().collect(),
             written: self.written.load(Ordering::Relaxed),
+            seed,
         }
     }
 }
@@ -305,6 +317,7 @@ mod tests {
             buckets: 682,
             previous: vec![341, 1365],
             written: 5,
+            seed: (7, u64::MAX),
         };
         s.write(dir.path()).unwrap();
         assert_eq!(Saved::read(dir.path()), Some(s));
@@ -330,6 +343,7 @@ mod tests {
             buckets,
             previous: previous.to_vec(),
             written,
+            seed: (1, 2),
         };
         let prev = |t: &Transition| t.previous().collect::<Vec<_>>();
         assert!(prev(&Transition::new(None, 10, 100).unwrap()).is_empty());
@@ -342,7 +356,7 @@ mod tests {
         // Carried over a restart until it ends.
         let t = Transition::new(Some(&saved(10, &[5], 60)), 10, 100).unwrap();
         assert_eq!(prev(&t), [5]);
-        assert_eq!(t.saved(1, 10).written, 60);
+        assert_eq!(t.saved(1, 10, (1, 2)).written, 60);
         assert!(prev(&Transition::new(Some(&saved(10, &[5], 200)), 10, 100).unwrap()).is_empty());
         // Resized again within it: both earlier counts are read, newest first.
         let t = Transition::new(Some(&saved(10, &[5], 60)), 20, 100).unwrap();
