@@ -562,11 +562,14 @@ impl Tmpfs {
     }
 }
 
-/// The service with its disk tier on `fs` (no memory tier), once the tier is open.
-async fn start_on(fs: &Tmpfs, origin: &Origin) -> Service {
-    let s = start(origin, &env(&fs.mnt.join("cache"), false)).await;
+/// A tmpfs, an origin, and the service with its disk tier on the tmpfs (no memory tier), once
+/// the tier is open; `None` where no tmpfs can be mounted.
+async fn on_tmpfs() -> Option<(Tmpfs, Origin, Service)> {
+    let fs = Tmpfs::mount()?;
+    let origin = Origin::start(&[]).await;
+    let s = start(&origin, &env(&fs.mnt.join("cache"), false)).await;
     wait_disk(&s, "ok").await;
-    s
+    Some((fs, origin, s))
 }
 
 impl Drop for Tmpfs {
@@ -577,11 +580,9 @@ impl Drop for Tmpfs {
 
 #[tokio::test]
 async fn a_full_filesystem_takes_the_tier_down_until_it_has_room_again() {
-    let Some(fs) = Tmpfs::mount() else {
+    let Some((fs, _origin, s)) = on_tmpfs().await else {
         return;
     };
-    let origin = Origin::start(&[]).await;
-    let s = start_on(&fs, &origin).await;
     let (_, status, first) = s.get("a").await;
     assert_eq!(status, "cache-layer; fwd=miss; stored");
     assert!(s.get("a").await.1.ends_with("detail=disk"));
@@ -611,11 +612,9 @@ async fn a_block_the_disk_engine_cannot_write_is_counted_and_takes_the_tier_down
     // foyer writes entries in the background and only logs a failed block write: the volume
     // keeps room for the probe's small file, not for the engine's blocks, so only the engine's
     // own failure can tell.
-    let Some(fs) = Tmpfs::mount() else {
+    let Some((fs, _origin, s)) = on_tmpfs().await else {
         return;
     };
-    let origin = Origin::start(&[]).await;
-    let s = start_on(&fs, &origin).await;
     let write_errors = r#"disk_errors_total{operation="write""#;
     assert_eq!(s.metric(write_errors).await, 0.0);
     fs.fill("64K");

@@ -1413,7 +1413,10 @@ mod tests {
             .filter(|k| ta.slot(k).bucket == tb.slot(k).bucket)
             .count();
         // Placed independently: about one key in the bucket count lands alike by chance.
-        assert!(same < 20, "{same} of 1000 keys in the same bucket under two seeds");
+        assert!(
+            same < 20,
+            "{same} of 1000 keys in the same bucket under two seeds"
+        );
         // The seed is the directory's: saved with the layout, the same placement after a restart.
         ta.save_layout();
         let again = tier(a.path());
