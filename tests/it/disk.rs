@@ -281,22 +281,16 @@ async fn a_resized_disk_keeps_its_small_entries_and_never_serves_a_wrong_one() {
     let s = start(&origin, &sized(4 << 20)).await;
     wait_disk(&s, "ok").await;
     let c2 = client();
+    let status_of = |i: usize| {
+        let req = c2.get(s.item_url(&format!("after-shrink{i}")));
+        async move { cache_status(&req.send().await.unwrap()) }
+    };
+    for i in 0..200 {
+        status_of(i).await;
+    }
     let mut stored = 0;
     for i in 0..200 {
-        let r = c2
-            .get(s.item_url(&format!("after-shrink{i}")))
-            .send()
-            .await
-            .unwrap();
-        let _ = r.bytes().await;
-    }
-    for i in 0..200 {
-        let r = c2
-            .get(s.item_url(&format!("after-shrink{i}")))
-            .send()
-            .await
-            .unwrap();
-        stored += usize::from(cache_status(&r).ends_with("detail=disk"));
+        stored += usize::from(status_of(i).await.ends_with("detail=disk"));
     }
     assert!(
         stored >= 150,
