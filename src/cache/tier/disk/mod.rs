@@ -915,16 +915,20 @@ impl DiskTier {
     /// takes the tier down ([`disk_engine`]).
     fn write(&self, store: &Store, key: String, bytes: Vec<u8>) -> bool {
         let dropped = self.inner.drops.queue_full();
-        if self.inner.transition.wrote(bytes.len() as u64) {
-            tracing::info!(
-                "disk tier: a disk's worth written since the resize; the buckets of the previous size are no longer read"
-            );
-        }
+        let len = bytes.len() as u64;
         let handed = store.storage_writer(key).force().insert(bytes).is_some();
         if !handed {
             self.inner.metrics.disk_error(DiskOp::Write);
         }
-        handed && self.inner.drops.queue_full() == dropped
+        let kept = handed && self.inner.drops.queue_full() == dropped;
+        // Only what the engine took counts towards the end of a resize's transition: writes
+        // it let go evict no old block.
+        if kept && self.inner.transition.wrote(len) {
+            tracing::info!(
+                "disk tier: a disk's worth written since the resize; the buckets of the previous size are no longer read"
+            );
+        }
+        kept
     }
 
     /// Writes `bucket` as `bkey` (or removes it when empty); whether the disk kept it.
