@@ -54,9 +54,15 @@ impl Saved {
     /// The layout saved in `dir`; `None` when there is none or it does not parse.
     pub fn read(dir: &Path) -> Option<Saved> {
         let text = read_small_file(&dir.join(LAYOUT_FILE), MAX_LAYOUT_FILE)?;
+        // The fields, then their checksum: a file edited or damaged (its seed put back by
+        // hand, say) is not read, and the tier starts empty rather than find old copies.
+        let (fields, sum) = text.trim_end().rsplit_once(" sum=")?;
+        if u64::from_str_radix(sum, 16).ok()? != checksum(fields) {
+            return None;
+        }
         let mut saved = Saved::default();
         let mut seen = 0;
-        for field in text.split_whitespace() {
+        for field in fields.split_whitespace() {
             let (name, value) = field.split_once('=')?;
             if name == "previous" {
                 for n in value.split(',').filter(|n| !n.is_empty()) {
@@ -90,8 +96,8 @@ impl Saved {
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
         let previous: Vec<String> = self.previous.iter().map(u64::to_string).collect();
-        let text = format!(
-            "block={} buckets={} previous={} written={} seed={},{}\n",
+        let fields = format!(
+            "block={} buckets={} previous={} written={} seed={},{}",
             self.block,
             self.buckets,
             previous.join(","),
@@ -99,9 +105,17 @@ impl Saved {
             self.seed.0,
             self.seed.1
         );
+        let text = format!("{fields} sum={:016x}\n", checksum(&fields));
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, dir.join(LAYOUT_FILE))
     }
+}
+
+/// FNV-1a of the layout file's fields.
+fn checksum(fields: &str) -> u64 {
+    fields.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The bucket counts before the last resizes, read as a fallback until twice `capacity` bytes
@@ -320,7 +334,7 @@ mod tests {
             seed: (7, u64::MAX),
         };
         s.write(dir.path()).unwrap();
-        assert_eq!(Saved::read(dir.path()), Some(s));
+        assert_eq!(Saved::read(dir.path()), Some(s.clone()));
         let none = Saved {
             previous: vec![],
             ..Saved::default()
@@ -333,6 +347,14 @@ mod tests {
         none.write(dir.path()).unwrap();
         assert_eq!(Saved::read(dir.path()), Some(none));
         std::fs::write(dir.path().join(LAYOUT_FILE), "block=262144 buckets=").unwrap();
+        assert_eq!(Saved::read(dir.path()), None);
+        // Edited by hand (its seed changed), it no longer matches its checksum.
+        s.write(dir.path()).unwrap();
+        let path = dir.path().join(LAYOUT_FILE);
+        let edited = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("seed=7,", "seed=8,");
+        std::fs::write(&path, edited).unwrap();
         assert_eq!(Saved::read(dir.path()), None);
     }
 
