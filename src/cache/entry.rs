@@ -383,11 +383,7 @@ const ETAG_LEN: usize = 21;
 /// A weak `ETag` for `value`: `W/"<FNV-1a 64 of its bytes>"`, the same in every process and
 /// release (a stable hash, not the standard library's, whose algorithm may change).
 fn weak_etag(value: &[u8]) -> HeaderValue {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in value {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = crate::cache::sketch::fnv1a(value);
     HeaderValue::try_from(format!("W/\"{hash:016x}\"")).expect("hex is a valid header value")
 }
 

@@ -14,6 +14,23 @@ pub(crate) fn spread(hash: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// FNV-1a 64 of `bytes`: a hash that is the same in every process and release (the standard
+/// library's may change), for what is written down and compared later.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// SipHash of `bytes` under `keys`: a hash no client can aim keys at while the keys are
+/// secret, and the same again in another process given the same (saved) keys.
+pub(crate) fn keyed(keys: (u64, u64), bytes: &[u8]) -> u64 {
+    #[allow(deprecated)] // std's SipHasher: keyed, needs no crate, and its keys can be saved.
+    let mut h = std::hash::SipHasher::new_with_keys(keys.0, keys.1);
+    std::hash::Hasher::write(&mut h, bytes);
+    std::hash::Hasher::finish(&h)
+}
+
 /// The sketch; empty (every frequency 0, increments ignored) until [`Sketch::ensure_capacity`].
 #[derive(Default)]
 pub(crate) struct Sketch {

@@ -135,12 +135,9 @@ impl Admission {
         }
     }
 
-    /// `key`'s hash under this tier's seeds (SipHash, keyed).
+    /// `key`'s hash under this tier's seeds.
     fn hash_one(&self, key: &str) -> u64 {
-        #[allow(deprecated)] // std's SipHasher: keyed, and needs no crate; its keys can be saved.
-        let mut h = std::hash::SipHasher::new_with_keys(self.seeds.0, self.seeds.1);
-        std::hash::Hasher::write(&mut h, key.as_bytes());
-        std::hash::Hasher::finish(&h)
+        sketch::keyed(self.seeds, key.as_bytes())
     }
 
     /// The counts and seeds as [`ADMISSION_FILE`] holds them.
@@ -801,11 +798,7 @@ impl DiskTier {
     /// buckets), unknown to clients (so none can aim keys at another key's bucket and push it
     /// out).
     fn bucket_hash(&self, key: &str) -> u64 {
-        let (k0, k1) = self.inner.seed;
-        #[allow(deprecated)] // std's SipHasher: keyed, and its keys can be saved.
-        let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
-        std::hash::Hasher::write(&mut h, key.as_bytes());
-        std::hash::Hasher::finish(&h)
+        sketch::keyed(self.inner.seed, key.as_bytes())
     }
 
     /// Where `key`'s small entry goes: its bucket and its bit in the bucket's mask.

@@ -111,11 +111,9 @@ impl Saved {
     }
 }
 
-/// FNV-1a of the layout file's fields.
+/// The checksum of the layout file's fields.
 fn checksum(fields: &str) -> u64 {
-    fields.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::cache::sketch::fnv1a(fields.as_bytes())
 }
 
 /// The bucket counts before the last resizes, read as a fallback until twice `capacity` bytes
