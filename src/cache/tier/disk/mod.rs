@@ -807,27 +807,23 @@ impl DiskTier {
         Slot {
             bucket: jump(hash, self.inner.buckets) as usize,
             bit: mask_bit(hash),
+            hash,
         }
     }
 
-    /// Where `key`'s small entry went before the last resizes (newest first), while those
-    /// buckets are still read, each another bucket than today's.
-    fn old_slots(&self, key: &str) -> impl Iterator<Item = Slot> + '_ {
-        let hash = self.bucket_hash(key);
-        let today = jump(hash, self.inner.buckets) as usize;
-        let mut seen = [today; resize::MAX_PREVIOUS];
+    /// Where the small entry whose slot is `today` went before the last resizes (newest
+    /// first), while those buckets are still read, each another bucket than today's.
+    fn old_slots(&self, today: Slot) -> impl Iterator<Item = Slot> + '_ {
+        let mut seen = [today.bucket; resize::MAX_PREVIOUS];
         let mut n = 0;
         self.inner.transition.previous().filter_map(move |count| {
-            let bucket = jump(hash, count) as usize;
-            if bucket == today || seen[..n].contains(&bucket) {
+            let bucket = jump(today.hash, count) as usize;
+            if bucket == today.bucket || seen[..n].contains(&bucket) {
                 return None;
             }
             seen[n] = bucket;
             n += 1;
-            Some(Slot {
-                bucket,
-                bit: mask_bit(hash),
-            })
+            Some(Slot { bucket, ..today })
         })
     }
 
@@ -862,12 +858,13 @@ impl DiskTier {
     /// `None` when the mask rules it out, the bucket or the key is not there, or foyer
     /// throttled the read.
     async fn find_small(&self, store: &Store, key: &str) -> Result<Option<Vec<u8>>, TierError> {
-        if let Some(found) = self.find_in(store, key, self.slot(key)).await? {
+        let slot = self.slot(key);
+        if let Some(found) = self.find_in(store, key, slot).await? {
             return Ok(Some(found));
         }
         // The newest old bucket holding it has its newest version (a write removes it from
         // the older ones).
-        for old in self.old_slots(key) {
+        for old in self.old_slots(slot) {
             if let Some(found) = self.find_in(store, key, old).await? {
                 return Ok(Some(found));
             }
@@ -937,8 +934,9 @@ impl DiskTier {
     /// Removes `key`'s small entry from its bucket (and its bucket before a resize); whether
     /// it held one.
     async fn remove_small(&self, store: &Store, key: &str) -> bool {
-        let mut held = self.remove_from(store, key, self.slot(key)).await;
-        for old in self.old_slots(key) {
+        let slot = self.slot(key);
+        let mut held = self.remove_from(store, key, slot).await;
+        for old in self.old_slots(slot) {
             held |= self.remove_from(store, key, old).await;
         }
         held
@@ -1031,7 +1029,7 @@ impl DiskTier {
         }
         // Written to its new bucket: an older version in its bucket before a resize must not
         // come back.
-        for old in self.old_slots(key) {
+        for old in self.old_slots(slot) {
             self.remove_from(&store, key, old).await;
         }
         Ok(Put::Kept)
@@ -1237,15 +1235,17 @@ async fn load(store: &Store, key: &str) -> Result<Stored, foyer::Error> {
     })
 }
 
-/// Where a small entry goes: its bucket, and its key's bit in the bucket's mask.
+/// Where a small entry goes: its bucket, and its key's bit in the bucket's mask; with the
+/// key's bucket hash, so its buckets before a resize are found without hashing it again.
 #[derive(Clone, Copy)]
 struct Slot {
     bucket: usize,
     bit: u64,
+    hash: u64,
 }
 
-/// A key's bit in its bucket's mask, from its bucket hash ([`DiskTier::bucket_hash`]): the top 6 bits, which the
-/// bucket index (the hash modulo the bucket count) hardly depends on.
+/// A key's bit in its bucket's mask, from its bucket hash ([`DiskTier::bucket_hash`]): the top
+/// 6 bits, which the bucket index hardly depends on.
 fn mask_bit(hash: u64) -> u64 {
     1 << (hash >> 58)
 }
