@@ -325,10 +325,10 @@ struct Inner {
     engine_seen: std::sync::Mutex<disk_engine::Seen>,
     /// What the engine was handed and let go (a full write queue), to tell a kept fill.
     drops: Arc<disk_engine::EngineDrops>,
-    /// The last fills handed to the engine (key, fetch time) and the engine's buffer drops
-    /// seen: when its flusher lets some go, which ones is not said, so all these are
-    /// recorded as superseded (their older versions on disk never served after them).
-    handed: std::sync::Mutex<Handed>,
+    /// The last [`HANDED`] fills handed to the engine (key, fetch time): when its flusher
+    /// lets some go, which ones is not said, so all these are recorded as superseding what
+    /// was fetched before them.
+    handed: std::sync::Mutex<std::collections::VecDeque<(Box<str>, u64)>>,
     /// The engine's `buffer_overflow` count when last heeded (read before every lookup).
     buffer_drops_seen: AtomicU64,
     metrics: Arc<Metrics>,
@@ -539,7 +539,7 @@ impl DiskTier {
     fn fit_files(&self) -> std::io::Result<()> {
         let (inner, blocks) = (&self.inner, self.inner.layout.capacity / self.inner.layout.block);
         if inner.start_empty.load(Ordering::Relaxed) {
-            let files = resize::remove_all_blocks(&inner.dir)?;
+            let files = resize::remove_engine_files(&inner.dir)?;
             inner.start_empty.store(false, Ordering::Relaxed);
             tracing::warn!(dir = %inner.dir.display(), files, block = inner.layout.block, "disk tier: the directory's layout cannot be kept (its block size does not fit the new DISK_CACHE_MAX_BYTES, its layout file is lost, or it was resized too often in a row); it starts empty");
         } else {
@@ -1039,10 +1039,10 @@ impl DiskTier {
     fn handed(&self, key: &str, stored_at_ms: u64) {
         self.heed_buffer_drops();
         let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
-        if handed.fills.len() >= HANDED {
-            handed.fills.pop_front();
+        if handed.len() >= HANDED {
+            handed.pop_front();
         }
-        handed.fills.push_back((Box::from(key), stored_at_ms));
+        handed.push_back((Box::from(key), stored_at_ms));
     }
 
     /// When the engine's flusher dropped fills since the last look: every fill handed lately
@@ -1056,7 +1056,7 @@ impl DiskTier {
         }
         let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
         self.inner.buffer_drops_seen.store(drops, Ordering::Release);
-        for (key, at) in handed.fills.drain(..) {
+        for (key, at) in handed.drain(..) {
             // Just before the fill's own fetch: a purge at `at` would drop the fill too.
             let before = at.saturating_sub(1);
             self.inner
@@ -1147,19 +1147,8 @@ fn check_format(dir: &Path) -> std::io::Result<()> {
     match read {
         Ok(found) if found.trim() == FORMAT => return Ok(()),
         Ok(found) => {
-            let mut dropped = 0;
-            for f in std::fs::read_dir(dir)? {
-                let f = f?;
-                if f.file_name().to_string_lossy().starts_with("foyer") {
-                    if f.file_type()?.is_dir() {
-                        std::fs::remove_dir_all(f.path())?;
-                    } else {
-                        std::fs::remove_file(f.path())?;
-                    }
-                    dropped += 1;
-                }
-            }
-            let (found, files) = (found.trim(), dropped);
+            let files = resize::remove_engine_files(dir)?;
+            let found = found.trim();
             tracing::warn!(dir = %dir.display(), found, expected = FORMAT, files, "disk tier: the directory holds entries of another format; it starts empty");
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1197,13 +1186,8 @@ async fn open(dir: &Path, layout: Layout, drops: Arc<disk_engine::EngineDrops>) 
         .map_err(|e| e.to_string())
 }
 
-/// Fills handed to the engine lately, while its flusher may still drop them.
-#[derive(Default)]
-struct Handed {
-    fills: std::collections::VecDeque<(Box<str>, u64)>,
-}
-
-/// Fills remembered in [`Handed`]: more than two write buffers' worth of pages.
+/// Fills remembered as handed to the engine lately, while its flusher may still drop them:
+/// more than two write buffers' worth of pages.
 const HANDED: usize = 4096;
 
 /// What became of a fill handed to the disk.

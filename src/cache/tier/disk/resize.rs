@@ -291,10 +291,22 @@ fn remove_blocks_beyond(dir: &Path, blocks: u64) -> std::io::Result<usize> {
     Ok(removed)
 }
 
-/// Removes every engine file in `dir` (a block size that could not be kept): the tier starts
-/// empty.
-pub fn remove_all_blocks(dir: &Path) -> std::io::Result<usize> {
-    remove_blocks_beyond(dir, 0)
+/// Removes every file of the engine's in `dir` (anything named `foyer…`, whatever its
+/// version named it): the tier starts empty. How many were removed.
+pub fn remove_engine_files(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for f in std::fs::read_dir(dir)? {
+        let f = f?;
+        if f.file_name().to_string_lossy().starts_with("foyer") {
+            if f.file_type()?.is_dir() {
+                std::fs::remove_dir_all(f.path())?;
+            } else {
+                std::fs::remove_file(f.path())?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
