@@ -177,30 +177,22 @@ struct DropsRegistry(std::sync::Arc<EngineDrops>);
 #[derive(Debug)]
 struct InnerOps(std::sync::Arc<EngineDrops>);
 
+/// One of foyer's counters, feeding one count of the drops.
 #[derive(Debug)]
-struct QueueFull(std::sync::Arc<EngineDrops>);
+struct Feeds(std::sync::Arc<EngineDrops>, fn(&EngineDrops) -> &AtomicU64);
 
-impl mixtrics::metrics::CounterOps for QueueFull {
+impl mixtrics::metrics::CounterOps for Feeds {
     fn increase(&self, val: u64) {
-        self.0.queue_full.fetch_add(val, Ordering::AcqRel);
-    }
-}
-
-#[derive(Debug)]
-struct BufferFull(std::sync::Arc<EngineDrops>);
-
-impl mixtrics::metrics::CounterOps for BufferFull {
-    fn increase(&self, val: u64) {
-        self.0.buffer_full.fetch_add(val, Ordering::AcqRel);
+        self.1(&self.0).fetch_add(val, Ordering::AcqRel);
     }
 }
 
 impl mixtrics::metrics::CounterVecOps for InnerOps {
     fn counter(&self, labels: &[std::borrow::Cow<'static, str>]) -> mixtrics::metrics::BoxedCounter {
         if labels.iter().any(|l| l == "channel_overflow") {
-            Box::new(QueueFull(self.0.clone()))
+            Box::new(Feeds(self.0.clone(), |d| &d.queue_full))
         } else if labels.iter().any(|l| l == "buffer_overflow") {
-            Box::new(BufferFull(self.0.clone()))
+            Box::new(Feeds(self.0.clone(), |d| &d.buffer_full))
         } else {
             Box::new(NOOP)
         }
