@@ -248,6 +248,15 @@ async fn the_disk_tier_keeps_the_tier_contract() {
     shutdown.cancel();
 }
 
+/// `value` put for every key of `keys` at once (fetched now): whether the disk kept each.
+async fn burst(disk: &DiskTier, keys: Vec<String>, value: &str) -> Vec<(bool, String)> {
+    let puts = keys.into_iter().map(|key| {
+        let (disk, e) = (disk.clone(), entry(&key, value, now_ms()));
+        async move { (disk.put(&key, e).await.unwrap(), key) }
+    });
+    futures_util::future::join_all(puts).await
+}
+
 #[tokio::test]
 async fn a_fill_the_disk_engine_lets_go_is_not_said_kept() {
     // foyer's write queue takes a block's worth of entries; a burst beyond it is let go without
@@ -255,12 +264,7 @@ async fn a_fill_the_disk_engine_lets_go_is_not_said_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (disk, shutdown) = open_disk(dir.path(), 8 << 20).await;
     let value = format!("\"{}\"", "x".repeat(40 << 10));
-    let puts = (0..100).map(|i| {
-        let (disk, key) = (disk.clone(), format!("burst{i}"));
-        let e = entry(&key, &value, now_ms());
-        async move { (disk.put(&key, e).await.unwrap(), key) }
-    });
-    let answers = futures_util::future::join_all(puts).await;
+    let answers = burst(&disk, (0..100).map(|i| format!("burst{i}")).collect(), &value).await;
     let kept: Vec<_> = answers.iter().filter(|(k, _)| *k).map(|(_, key)| key).collect();
     let dropped: Vec<_> = answers.iter().filter(|(k, _)| !*k).map(|(_, key)| key).collect();
     assert!(
@@ -299,13 +303,8 @@ async fn a_newer_fill_the_disk_engine_lets_go_never_brings_back_the_older_versio
         })
         .await;
     }
-    let puts = (0..60).map(|i| {
-        let (disk, key) = (disk.clone(), format!("v{i}"));
-        let e = entry(&key, &new, now_ms());
-        async move { disk.put(&key, e).await.unwrap() }
-    });
-    let kept = futures_util::future::join_all(puts).await;
-    assert!(kept.iter().any(|k| !k), "some of the burst let go");
+    let answers = burst(&disk, (0..60).map(|i| format!("v{i}")).collect(), &new).await;
+    assert!(answers.iter().any(|(k, _)| !k), "some of the burst let go");
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..60 {
         let key = format!("v{i}");
