@@ -87,19 +87,24 @@ async fn redis_tier(
     (server, RedisTier::new(client, Entry::max_encoded_len(1 << 20)))
 }
 
-fn replica(origin: &Counted, bus: &MemoryBus, shared: &MemoryTier, shutdown: &CancellationToken) -> Replica {
-    let metrics = Arc::new(Metrics::detached());
-    let own = MemoryTier::new(16 << 20, metrics.clone());
-    let guarded = guarded(origin, &metrics);
-    let replicas = Replicas {
+/// A fleet of replicas on `bus` sharing `shared`, with the fleet lock every test here uses.
+fn replicas_on(bus: &MemoryBus, shared: AnyTier) -> Replicas {
+    Replicas {
         bus: AnyBus::Memory(bus.clone()),
-        shared: AnyTier::Memory(shared.clone()),
+        shared,
         lock: FleetLock {
             ttl: Duration::from_secs(10),
             wait: Duration::from_secs(10),
             poll: Duration::from_millis(100),
         },
-    };
+    }
+}
+
+fn replica(origin: &Counted, bus: &MemoryBus, shared: &MemoryTier, shutdown: &CancellationToken) -> Replica {
+    let metrics = Arc::new(Metrics::detached());
+    let own = MemoryTier::new(16 << 20, metrics.clone());
+    let guarded = guarded(origin, &metrics);
+    let replicas = replicas_on(bus, AnyTier::Memory(shared.clone()));
     let life = Lifetimes::fixed(
         Duration::from_secs(60),
         Duration::from_secs(60),
@@ -407,15 +412,7 @@ async fn a_replica_started_while_a_purge_sweeps_redis_refuses_what_redis_still_h
         latency: Duration::from_millis(1),
     };
     let guarded = guarded(&origin, &metrics);
-    let replicas = Replicas {
-        bus: AnyBus::Memory(bus.clone()),
-        shared: AnyTier::Redis(redis.clone()),
-        lock: FleetLock {
-            ttl: Duration::from_secs(10),
-            wait: Duration::from_secs(10),
-            poll: Duration::from_millis(100),
-        },
-    };
+    let replicas = replicas_on(&bus, AnyTier::Redis(redis.clone()));
     let own = MemoryTier::new(16 << 20, metrics.clone());
     let late = ReadThrough::new(
         vec![AnyTier::Memory(own), AnyTier::Redis(redis)],
