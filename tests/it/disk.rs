@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -280,6 +281,23 @@ async fn a_resized_disk_keeps_its_small_entries_and_never_serves_a_wrong_one() {
     // the engine writes only into clean ones).
     let s = start(&origin, &sized(4 << 20)).await;
     wait_disk(&s, "ok").await;
+    // Once the entries of the old buckets are moved, the layout names no previous count and
+    // the small entries' file is cut to today's pages.
+    let layout = dir.path().join("cache-layer-layout");
+    let by = std::time::Instant::now() + Duration::from_secs(60);
+    let buckets = loop {
+        let text = std::fs::read_to_string(&layout).unwrap_or_default();
+        if text.contains(" previous= ") {
+            let field = text.split_whitespace().find_map(|f| f.strip_prefix("buckets="));
+            break field.unwrap().parse::<u64>().unwrap();
+        }
+        assert!(std::time::Instant::now() < by, "the move never ended: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pages = std::fs::metadata(dir.path().join("cache-layer-buckets"))
+        .unwrap()
+        .len();
+    assert_eq!(pages, buckets * 4096);
     let c2 = client();
     let status_of = |i: usize| {
         let req = c2.get(s.item_url(&format!("after-shrink{i}")));
@@ -483,11 +501,13 @@ async fn corrupt_files_on_disk_are_never_served() {
         assert_eq!(s.get(&format!("k{i}")).await.0, 200);
     }
     stop(s).await;
-    // Overwrite every byte of every file foyer wrote with garbage.
+    // Overwrite every byte of every file of entries (foyer's, the small entries' pages) with
+    // garbage.
     let mut garbled = 0;
     for f in std::fs::read_dir(dir.path()).unwrap() {
         let path = f.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("foyer") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("foyer") || name == "cache-layer-buckets" {
             let len = std::fs::metadata(&path).unwrap().len() as usize;
             let junk: Vec<u8> = (0..len).map(|i| (i * 7 + 13) as u8).collect();
             std::fs::write(&path, junk).unwrap();

@@ -2,8 +2,8 @@
 //! a 4 KiB page each (foyer's block engine aligns every entry it stores to a page).
 //!
 //! The disk tier hashes a small entry's key to one of its buckets (set-associative, as
-//! CacheLib's small-object cache does) and stores the bucket as one foyer entry, rewritten
-//! whole when an entry of it changes. A full bucket makes room by dropping its least popular
+//! CacheLib's small-object cache does) and stores the bucket as one page of its pages file
+//! ([`super::pages`]), rewritten in place when an entry of it changes. A full bucket makes room by dropping its least popular
 //! entries (by the admission sketch's counts; the oldest among equals), so a key read often
 //! stays on disk even when its neighbours churn.
 //!
@@ -14,9 +14,8 @@
 /// The encoding's version: a bucket of another version reads as empty.
 const VERSION: u8 = 1;
 
-/// Bytes a bucket's encoding may take: a page less room for foyer's entry header and the
-/// bucket's own key, so that a bucket is one page on disk.
-pub const BUCKET_BYTES: usize = 4096 - 128;
+/// Bytes a bucket's encoding may take: a page less the page's header.
+pub const BUCKET_BYTES: usize = super::DISK_PAGE as usize - super::pages::PAGE_HEADER;
 
 /// The largest entry (key and value) kept in a bucket: a quarter of it, so a bucket holds at
 /// least four. Larger entries are stored on their own.
@@ -90,6 +89,12 @@ impl Bucket {
     /// Whether the bucket holds no entry.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Removes `key`'s entry and hands back its value.
+    pub fn take(&mut self, key: &str) -> Option<Vec<u8>> {
+        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        Some(self.entries.remove(i).1)
     }
 
     /// Removes `key`'s entry; whether there was one.

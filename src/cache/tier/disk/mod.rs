@@ -29,6 +29,7 @@ pub use dir_lock::DirLock;
 mod dir_lock;
 
 pub(crate) mod bucket;
+mod pages;
 pub(crate) mod purge_log;
 mod resize;
 
@@ -44,6 +45,7 @@ use foyer::{
 use tokio_util::sync::CancellationToken;
 
 use self::bucket::Bucket;
+use self::pages::{PageError, Pages};
 use self::purge_log::{PurgeLog, RECORD_BYTES, Verdict};
 use self::resize::{Saved, Transition, jump};
 use crate::cache::entry::{Entry, now_ms};
@@ -72,16 +74,19 @@ const ADMISSION_WINDOW: u64 = 5;
 /// The smallest room an entry takes on disk: foyer aligns each entry to a 4 KiB page.
 pub const DISK_PAGE: u64 = 4096;
 
-/// Pages of disk per bucket of small entries. A bucket is rewritten whole when one of its
-/// entries changes, and the log keeps its newest version only until the block holding it is
-/// evicted: the fewer the buckets, the more often each is rewritten and the fewer are lost,
-/// entries and all (with as many buckets as pages, a third at any time). Fewer buckets also
-/// hold fewer entries: at one per 3 pages, a bucket of the largest small entries (4 to a
-/// bucket) still holds more than one entry per page, so no size of entry is worse off than
-/// stored alone. On bench/disk.py's Zipf, 2, 3, 5 and 8 pages per bucket gave 72.9 / 73.9 /
-/// 74.4 / 73.6 % with 8 MiB of disk and 77.3 / 78.3 / 78.9 / 78.6 % with 32 MiB: 5 is better
-/// for entries of 600 bytes, but holds fewer entries than pages for entries near the limit.
-const BUCKET_SHARE: u64 = 3;
+/// The share of the disk (in thousandths) a new directory gives the small entries' pages; the
+/// rest goes to the engine, for the larger entries. Every later start adapts it to the fills
+/// the tier took ([`Fills::share`]): most responses of an API are small, so a new disk
+/// starts with most of its bytes for them.
+const DEFAULT_SHARE: u64 = 750;
+
+/// Small entries a page holds, about: what the admission counts are sized for (bench/disk.py's
+/// entries of ~600 bytes fill a page with 6; larger small ones with 4).
+const ENTRIES_PER_PAGE: u64 = 5;
+
+/// The smallest and largest share the fills can move it to: neither kind of entry is ever
+/// left without room, in case the traffic changes.
+const SHARES: std::ops::RangeInclusive<u64> = 60..=940;
 
 /// A bucket's key mask before the tier has written or read it: every key may be there.
 const UNKNOWN: u64 = u64::MAX;
@@ -101,6 +106,38 @@ const PURGE_FILE: &str = "cache-layer-purges.jsonl";
 
 /// foyer's hybrid cache, used for its disk store only.
 type Store = HybridCache<String, Vec<u8>>;
+
+/// The tier's files, open: the engine (larger entries) and the small entries' pages.
+#[derive(Clone)]
+struct Open {
+    engine: Store,
+    pages: Arc<Pages>,
+}
+
+/// What the tier's fills took, by kind: what the next start splits the disk by.
+#[derive(Default)]
+struct Fills {
+    /// Bytes (key and entry) of small entries written to pages.
+    small: AtomicU64,
+    /// Pages of larger entries handed to the engine.
+    large: AtomicU64,
+}
+
+impl Fills {
+    /// The pages' share (thousandths) the fills so far ask for, blended with `before` (the
+    /// share they had): `before` until a fair number of fills was seen. A page is counted as
+    /// four-fifths full (a bucket seldom packs to its last byte).
+    fn share(&self, before: u64, capacity: u64) -> u64 {
+        let small = self.small.load(Ordering::Relaxed) as f64 / (DISK_PAGE as f64 * 0.8);
+        let large = self.large.load(Ordering::Relaxed) as f64;
+        // At least a tenth of a disk's worth, so a start's first few fills do not swing it.
+        if (small + large) * (DISK_PAGE as f64) < capacity as f64 / 10.0 {
+            return before;
+        }
+        let seen = (1000.0 * small / (small + large)).round() as u64;
+        ((before + seen) / 2).clamp(*SHARES.start(), *SHARES.end())
+    }
+}
 
 /// Which fills are worth a disk write: those whose key was asked of the tier at least
 /// `min_requests` times within the sketch's window (the lookup that missed counts, so 2 means
@@ -206,8 +243,12 @@ pub struct Layout {
     pub block: u64,
     /// Purge records kept at most in this process.
     pub purge_records: usize,
-    /// Buckets small entries are hashed to (`BUCKET_SHARE` of the entries the disk holds).
+    /// Buckets small entries are hashed to: the pages of the small entries' file.
     pub buckets: u64,
+    /// Bytes the engine may use, for the larger entries: the capacity less the pages.
+    pub large: u64,
+    /// The pages' share of the capacity asked for, in thousandths ([`DEFAULT_SHARE`]).
+    pub share: u64,
 }
 
 impl Layout {
@@ -215,23 +256,25 @@ impl Layout {
     /// that memory goes to purge records, two blocks to write buffers, and the rest to the
     /// index and the admission sketch, which bound how many entries (each at least a page)
     /// the disk may hold.
-    pub fn new(max_bytes: u64, index_max_bytes: u64) -> Self {
+    /// `share`: the small entries' pages' share of it, in thousandths.
+    pub fn new(max_bytes: u64, index_max_bytes: u64, share: u64) -> Self {
         Layout::with_block(
             max_bytes,
             index_max_bytes,
             Layout::block_for(max_bytes, index_max_bytes),
+            share,
         )
     }
 
     /// The layout for `max_bytes` keeping the block size `block` of a directory written before
     /// (so its files still read), when that block size suits these bounds too; `None` when
     /// it does not (the disk is then laid out afresh, and starts empty).
-    pub fn keeping(max_bytes: u64, index_max_bytes: u64, block: u64) -> Option<Self> {
+    pub fn keeping(max_bytes: u64, index_max_bytes: u64, block: u64, share: u64) -> Option<Self> {
         let largest = Layout::block_for(u64::MAX, index_max_bytes);
         let fits = block.is_multiple_of(DISK_PAGE)
             && (64 << 10..=largest).contains(&block)
-            && max_bytes >= 4 * block;
-        fits.then(|| Layout::with_block(max_bytes, index_max_bytes, block))
+            && max_bytes >= 4 * block + DISK_PAGE;
+        fits.then(|| Layout::with_block(max_bytes, index_max_bytes, block, share))
     }
 
     /// The block size for `max_bytes`: small enough that eviction takes little at a time, and
@@ -241,22 +284,36 @@ impl Layout {
         block / DISK_PAGE * DISK_PAGE
     }
 
-    fn with_block(max_bytes: u64, index_max_bytes: u64, block: u64) -> Self {
+    /// About how many entries the disk holds when full: [`ENTRIES_PER_PAGE`] per page of
+    /// small entries, one per page of the engine's (what the admission counts are sized for).
+    pub fn entries(&self) -> u64 {
+        self.buckets * ENTRIES_PER_PAGE + self.large / DISK_PAGE
+    }
+
+    fn with_block(max_bytes: u64, index_max_bytes: u64, block: u64, share: u64) -> Self {
         let records_bytes = index_max_bytes / 16;
         let index_bytes = index_max_bytes.saturating_sub(records_bytes + 2 * block);
         let first = index_bytes / (INDEX_BYTES_PER_ENTRY + sketch::BYTES_PER_WORD);
         let sketch_bytes = first.max(1).next_power_of_two() * sketch::BYTES_PER_WORD;
         let entries = index_bytes.saturating_sub(sketch_bytes) / INDEX_BYTES_PER_ENTRY;
-        let capacity = max_bytes.min(entries * DISK_PAGE).max(4 * block) / block * block;
-        // The buckets' key masks (8 bytes a bucket) come out of the records' share: at most
-        // 8 bytes per 3 pages of the at most 1/104 of the bound that pages cost, a 39th of it.
-        let buckets = (capacity / DISK_PAGE / BUCKET_SHARE).max(1);
-        let records_bytes = records_bytes.saturating_sub(buckets * 8);
+        let capacity = max_bytes.min(entries * DISK_PAGE).max(4 * block + DISK_PAGE);
+        // The pages' share, whole pages; the engine keeps at least four blocks (its writes
+        // and evictions are a block at a time) and the rest, whole blocks.
+        let share = share.min(1000);
+        let capacity = capacity / DISK_PAGE * DISK_PAGE;
+        let wanted = (capacity / 1000 * share / DISK_PAGE).max(1) * DISK_PAGE;
+        let large = (capacity.saturating_sub(wanted) / block * block).max(4 * block);
+        let pages = (capacity - large) / DISK_PAGE;
+        // A page needs none of the engine's index (96 bytes counted per page above): its key
+        // mask (8 bytes) and the admission counts of its entries ([`Layout::entries`]) fit
+        // in that.
         Layout {
             capacity,
             block,
             purge_records: (records_bytes / RECORD_BYTES).max(1024) as usize,
-            buckets,
+            buckets: pages,
+            large,
+            share,
         }
     }
 }
@@ -288,16 +345,20 @@ pub struct DiskTier {
 struct Inner {
     dir: PathBuf,
     layout: Layout,
-    /// The open store; `None` while the disk is down.
-    store: RwLock<Option<Store>>,
+    /// The open files; `None` while the disk is down.
+    store: RwLock<Option<Open>>,
     up: AtomicBool,
     read_failures: AtomicU32,
     log: PurgeLog,
     admission: Admission,
-    /// How many buckets small entries are hashed to ([`BUCKET_SHARE`] of the disk's pages).
+    /// How many buckets small entries are hashed to (the pages of their file).
     buckets: u64,
-    /// The bucket count before a resize, still read for a while.
+    /// The bucket counts before a resize, read until their entries are moved ([`DiskTier::migrate`]).
     transition: Transition,
+    /// Set while the entries of a resize are being moved (one move at a time).
+    migrating: AtomicBool,
+    /// What the fills took, by kind (the next start's share).
+    fills: Fills,
     /// The keys of the bucket hash ([`DiskTier::bucket_hash`]), the directory's.
     seed: (u64, u64),
     /// Set when the directory's block size could not be kept: its files are removed at the
@@ -344,24 +405,22 @@ impl DiskTier {
         metrics: Arc<Metrics>,
     ) -> Self {
         let saved = Saved::read(&config.dir);
+        let share = saved.as_ref().map_or(DEFAULT_SHARE, |s| s.share);
         let kept = saved
             .as_ref()
-            .and_then(|s| Layout::keeping(config.max_bytes, config.index_max_bytes, s.block));
-        let layout = kept.unwrap_or_else(|| Layout::new(config.max_bytes, config.index_max_bytes));
+            .and_then(|s| Layout::keeping(config.max_bytes, config.index_max_bytes, s.block, share));
+        let layout =
+            kept.unwrap_or_else(|| Layout::new(config.max_bytes, config.index_max_bytes, DEFAULT_SHARE));
         // A directory whose block size cannot be kept, or is not known (its layout file lost
         // or unreadable, the engine's files there), starts empty: no transition from it. So
         // does one resized more often in a row than the transition remembers.
         let unknown = saved.is_none() && resize::has_blocks(&config.dir);
         let mut start_empty = unknown || (saved.is_some() && kept.is_none());
-        let transition = match Transition::new(
-            saved.as_ref().filter(|_| !start_empty),
-            layout.buckets,
-            layout.capacity,
-        ) {
+        let transition = match Transition::new(saved.as_ref().filter(|_| !start_empty), layout.buckets) {
             Some(t) => t,
             None => {
                 start_empty = true;
-                Transition::new(None, layout.buckets, layout.capacity).expect("no transition")
+                Transition::new(None, layout.buckets).expect("no transition")
             }
         };
         // The directory's bucket hash keys: kept with its entries, new with an empty one.
@@ -385,13 +444,11 @@ impl DiskTier {
                 up: AtomicBool::new(false),
                 read_failures: AtomicU32::new(0),
                 log: PurgeLog::new(layout.purge_records, horizon_ms.max(MIN_HORIZON_MS)),
-                admission: load_admission(
-                    &config.dir,
-                    config.admit_min_requests,
-                    layout.capacity / DISK_PAGE,
-                ),
+                admission: load_admission(&config.dir, config.admit_min_requests, layout.entries()),
                 buckets: layout.buckets,
                 transition,
+                migrating: AtomicBool::new(false),
+                fills: Fills::default(),
                 seed,
                 start_empty: AtomicBool::new(start_empty),
                 closed: AtomicBool::new(false),
@@ -413,6 +470,12 @@ impl DiskTier {
     /// How the disk is laid out.
     pub fn layout(&self) -> Layout {
         self.inner.layout
+    }
+
+    /// Whether every small entry is in its bucket of today's layout (after a resize, once
+    /// [`DiskTier::migrate`] has moved them); what tests of a resize wait for.
+    pub fn moved(&self) -> bool {
+        self.inner.transition.previous().next().is_none()
     }
 
     /// Whether the tier works now (`/health`, `disk_cache_up`).
@@ -493,23 +556,138 @@ impl DiskTier {
         }
         self.load_purge_file().await;
         self.load_purge_records().await;
-        match open(&inner.dir, inner.layout, inner.drops.clone()).await {
+        match self.open_files().await {
             Ok(store) if inner.closed.load(Ordering::Acquire) => {
                 // Closed while it opened: this store is closed too, never served from.
-                let _ = tokio::time::timeout(Duration::from_secs(10), store.close()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), store.engine.close()).await;
             }
             Ok(store) => {
                 *inner.store.write().unwrap_or_else(|p| p.into_inner()) = Some(store);
                 inner.read_failures.store(0, Ordering::Relaxed);
                 inner.up.store(true, Ordering::Relaxed);
                 self.save_layout();
-                tracing::info!(dir = %inner.dir.display(), capacity = inner.layout.capacity, "disk tier open");
+                tracing::info!(dir = %inner.dir.display(), capacity = inner.layout.capacity, small_entry_pages = inner.buckets, "disk tier open");
+                if inner.transition.previous().next().is_some() {
+                    let tier = self.clone();
+                    tokio::spawn(async move { tier.migrate().await });
+                }
             }
             Err(e) => {
                 inner.metrics.disk_error(DiskOp::Open);
                 tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot open; running without it");
             }
         }
+    }
+
+    /// Opens the engine and the pages file (as long as the longest bucket count still read, so
+    /// the pages of a larger disk stay until their entries are moved).
+    async fn open_files(&self) -> Result<Open, String> {
+        let inner = &self.inner;
+        let longest = inner.transition.previous().fold(inner.buckets, u64::max);
+        let dir = inner.dir.clone();
+        let pages = tokio::task::spawn_blocking(move || Pages::open(&dir, longest))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the small entries' pages: {e}"))?;
+        let engine = open(&inner.dir, inner.layout, inner.drops.clone()).await?;
+        Ok(Open {
+            engine,
+            pages: Arc::new(pages),
+        })
+    }
+
+    /// After a resize: moves every small entry whose bucket changed to today's bucket, page by
+    /// page in the background, then cuts the pages file to today's size and stops reading the
+    /// old buckets. A restart before it ends starts it again (the layout file keeps the old
+    /// counts until then); the tier going down pauses it until the next open.
+    async fn migrate(&self) {
+        let inner = &self.inner;
+        if inner.migrating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let (mut page, mut moved) = (0, 0);
+        let done = loop {
+            let Ok(open) = self.store() else { break false };
+            if inner.closed.load(Ordering::Acquire) {
+                break false;
+            }
+            if page >= open.pages.len() {
+                let _ = open.pages.cut_to(inner.buckets);
+                break true;
+            }
+            match self.migrate_page(&open, page).await {
+                Ok(n) => moved += n,
+                Err(_) => break false,
+            }
+            page += 1;
+        };
+        if done {
+            inner.transition.end();
+            self.save_layout();
+            tracing::info!(
+                moved,
+                pages = page,
+                took_ms = started.elapsed().as_millis() as u64,
+                "disk tier: the small entries of the resize are in their new buckets"
+            );
+        }
+        inner.migrating.store(false, Ordering::Release);
+    }
+
+    /// Moves the entries of page `page` that belong in another bucket today to that bucket
+    /// (unless it holds a version of the key already: written since, so newer). How many moved.
+    async fn migrate_page(&self, open: &Open, page: u64) -> Result<usize, TierError> {
+        let here = Slot {
+            bucket: page as usize,
+            bit: 0,
+            hash: 0,
+        };
+        // Held throughout: a fill of one of its keys waits to remove it from here until it
+        // was moved, or found newer in its new bucket.
+        let _order = self.lock(here).await;
+        let (tier, pages) = (self.clone(), open.pages.clone());
+        let movers = blocking(move || {
+            let bucket = tier.read_bucket(&pages, here)?;
+            Ok(bucket
+                .keys()
+                .map(|k| (k.to_owned(), tier.slot(k)))
+                .filter(|(_, slot)| slot.bucket as u64 != page)
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        let mut moved = 0;
+        for (key, to) in movers {
+            let stripe = |b: usize| b % self.inner.locks.len();
+            let _there = if stripe(to.bucket) == stripe(here.bucket) {
+                None
+            } else {
+                Some(self.lock(to).await)
+            };
+            let (tier, pages) = (self.clone(), open.pages.clone());
+            moved += blocking(move || {
+                let mut from = tier.read_bucket(&pages, here)?;
+                let Some(value) = from.take(&key) else {
+                    return Ok(0);
+                };
+                let mut into = tier.read_bucket(&pages, to)?;
+                let mut n = 0;
+                if into.get(&key).is_none() {
+                    let admission = &tier.inner.admission;
+                    into.insert(&key, value, |k| admission.frequency(k));
+                    if !tier.write_page(&pages, to, &into) {
+                        return Err(TierError::Unavailable);
+                    }
+                    n = 1;
+                }
+                if !tier.write_page(&pages, here, &from) {
+                    return Err(TierError::Unavailable);
+                }
+                Ok(n)
+            })
+            .await?;
+        }
+        Ok(moved)
     }
 
     /// Counts the failures foyer logged since the last look (`disk_errors_total`); a failed
@@ -537,7 +715,7 @@ impl DiskTier {
     /// size could not be kept, those past the last block removed when the disk was made
     /// smaller.
     fn fit_files(&self) -> std::io::Result<()> {
-        let (inner, blocks) = (&self.inner, self.inner.layout.capacity / self.inner.layout.block);
+        let (inner, blocks) = (&self.inner, self.inner.layout.large / self.inner.layout.block);
         if inner.start_empty.load(Ordering::Relaxed) {
             let files = resize::remove_engine_files(&inner.dir)?;
             inner.start_empty.store(false, Ordering::Relaxed);
@@ -554,9 +732,10 @@ impl DiskTier {
     /// Saves the layout beside the entries, for the next process to read them by.
     fn save_layout(&self) {
         let inner = &self.inner;
+        let share = inner.fills.share(inner.layout.share, inner.layout.capacity);
         let saved = inner
             .transition
-            .saved(inner.layout.block, inner.buckets, inner.seed);
+            .saved(inner.layout.block, inner.buckets, share, inner.seed);
         if let Err(e) = saved.write(&inner.dir) {
             tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot save its layout; a resize before the next start loses the small entries");
         }
@@ -581,14 +760,14 @@ impl DiskTier {
         }
         if let Some(store) = store {
             let closing = tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(30), store.engine.close()).await;
             });
             *inner.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(closing);
         }
     }
 
-    /// The store, while the tier is up.
-    fn store(&self) -> Result<Store, TierError> {
+    /// The open files, while the tier is up.
+    fn store(&self) -> Result<Open, TierError> {
         if !self.is_up() {
             return Err(TierError::Unavailable);
         }
@@ -751,7 +930,7 @@ impl DiskTier {
             self.save_layout();
         }
         if let Some(store) = store
-            && let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), store.close()).await
+            && let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), store.engine.close()).await
         {
             tracing::warn!(error = %e, "disk tier: close failed");
         }
@@ -785,12 +964,6 @@ impl DiskTier {
                 None
             }
         }
-    }
-
-    /// The foyer key of bucket `slot`. The same under every bucket count, so a resize keeps
-    /// the buckets whose keys stay ([`resize`]). No key of a request holds a control character.
-    fn bucket_key(&self, slot: Slot) -> String {
-        format!("\u{0}b:{}", slot.bucket)
     }
 
     /// `key`'s hash for its bucket and its bit in the bucket's mask: SipHash under the
@@ -855,46 +1028,76 @@ impl DiskTier {
     }
 
     /// The value of `key`'s small entry, read from its bucket without decoding the others;
-    /// `None` when the mask rules it out, the bucket or the key is not there, or foyer
-    /// throttled the read.
-    async fn find_small(&self, store: &Store, key: &str) -> Result<Option<Vec<u8>>, TierError> {
-        let slot = self.slot(key);
-        if let Some(found) = self.find_in(store, key, slot).await? {
-            return Ok(Some(found));
-        }
-        // The newest old bucket holding it has its newest version (a write removes it from
-        // the older ones).
-        for old in self.old_slots(slot) {
-            if let Some(found) = self.find_in(store, key, old).await? {
-                return Ok(Some(found));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The value of `key`'s small entry in the bucket `slot`.
-    async fn find_in(&self, store: &Store, key: &str, slot: Slot) -> Result<Option<Vec<u8>>, TierError> {
-        if !self.may_hold(slot) {
+    /// `None` when the mask rules it out or the bucket or the key is not there.
+    async fn find_small(&self, open: &Open, key: &str) -> Result<Option<Vec<u8>>, TierError> {
+        let today = self.slot(key);
+        // Today's bucket, then the buckets before a resize whose entries are still being
+        // moved (newest first: a write removes the key from the older ones).
+        let slots: Vec<Slot> = std::iter::once(today)
+            .chain(self.old_slots(today))
+            .filter(|&s| self.may_hold(s))
+            .collect();
+        if slots.is_empty() {
             return Ok(None);
         }
-        match load(store, &self.bucket_key(slot)).await {
-            Ok(Stored::Value(bytes)) => Ok(bucket::find(&bytes, key).map(<[u8]>::to_vec)),
-            Ok(Stored::Absent | Stored::Unknown) => Ok(None),
-            Err(e) => Err(self.read_failed(&e)),
+        let (tier, pages, key) = (self.clone(), open.pages.clone(), key.to_owned());
+        blocking(move || {
+            for slot in slots {
+                if let Some(bytes) = tier.read_page(&pages, slot)?
+                    && let Some(value) = bucket::find(&bytes, &key)
+                {
+                    return Ok(Some(value.to_vec()));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// The encoding page `slot` holds (`None`: empty). A page that fails its checksum is
+    /// counted and read as empty (rewritten, it loses only its own entries); a failed read is
+    /// an error (and after many in a row the tier goes down).
+    fn read_page(&self, pages: &Pages, slot: Slot) -> Result<Option<Vec<u8>>, TierError> {
+        match pages.read(slot.bucket as u64) {
+            Ok(page) => Ok(page),
+            Err(PageError::Corrupt) => {
+                self.inner.metrics.disk_error(DiskOp::Read);
+                Ok(None)
+            }
+            Err(PageError::Io(e)) => Err(self.read_failed(&e.to_string())),
         }
     }
 
-    /// Reads the bucket `bkey`: `Ok(None)` when the disk holds none, `Err` when it cannot tell
-    /// (a failed or throttled read: a bucket rewritten then would lose its entries).
-    async fn read_bucket(&self, store: &Store, bkey: &str) -> Result<Option<Bucket>, TierError> {
-        match load(store, bkey).await {
-            Ok(Stored::Value(bytes)) => Ok(Some(Bucket::decode(&bytes).unwrap_or_else(|| {
+    /// The bucket page `slot` holds (empty when it is, or does not decode: counted).
+    fn read_bucket(&self, pages: &Pages, slot: Slot) -> Result<Bucket, TierError> {
+        Ok(match self.read_page(pages, slot)? {
+            None => Bucket::default(),
+            Some(bytes) => Bucket::decode(&bytes).unwrap_or_else(|| {
                 self.inner.metrics.disk_error(DiskOp::Read);
                 Bucket::default()
-            }))),
-            Ok(Stored::Absent) => Ok(None),
-            Ok(Stored::Unknown) => Err(TierError::Unavailable),
-            Err(e) => Err(self.read_failed(&e)),
+            }),
+        })
+    }
+
+    /// Writes `bucket` as page `slot` (and sets its mask); whether the disk kept it. A failed
+    /// write (a full volume under the sparse file, an I/O error) is counted and takes the tier
+    /// down, as the engine's do.
+    fn write_page(&self, pages: &Pages, slot: Slot, bucket: &Bucket) -> bool {
+        let encoding = if bucket.is_empty() {
+            Vec::new()
+        } else {
+            bucket.encode()
+        };
+        match pages.write(slot.bucket as u64, &encoding) {
+            Ok(()) => {
+                self.set_mask(slot, bucket);
+                true
+            }
+            Err(e) => {
+                self.inner.metrics.disk_error(DiskOp::Write);
+                self.down(&format!("a write of the small entries' pages failed: {e}"));
+                false
+            }
         }
     }
 
@@ -905,86 +1108,65 @@ impl DiskTier {
     /// takes the tier down ([`disk_engine`]).
     fn write(&self, store: &Store, key: String, bytes: Vec<u8>) -> bool {
         let dropped = self.inner.drops.queue_full();
-        let len = bytes.len() as u64;
         let handed = store.storage_writer(key).force().insert(bytes).is_some();
         if !handed {
             self.inner.metrics.disk_error(DiskOp::Write);
         }
-        let kept = handed && self.inner.drops.queue_full() == dropped;
-        // Only what the engine took counts towards the end of a resize's transition: writes
-        // it let go evict no old block.
-        if kept && self.inner.transition.wrote(len) {
-            tracing::info!(
-                "disk tier: a disk's worth written since the resize; the buckets of the previous size are no longer read"
-            );
-        }
-        kept
+        handed && self.inner.drops.queue_full() == dropped
     }
 
-    /// Writes `bucket` as `bkey` (or removes it when empty); whether the disk kept it.
-    fn write_bucket(&self, store: &Store, bkey: &str, bucket: &Bucket) -> bool {
-        if bucket.is_empty() {
-            store.remove(bkey);
-            true
-        } else {
-            self.write(store, bkey.to_owned(), bucket.encode())
-        }
-    }
-
-    /// Removes `key`'s small entry from its bucket (and its bucket before a resize); whether
+    /// Removes `key`'s small entry from its bucket (and its buckets before a resize); whether
     /// it held one.
-    async fn remove_small(&self, store: &Store, key: &str) -> bool {
+    async fn remove_small(&self, open: &Open, key: &str) -> bool {
         let slot = self.slot(key);
-        let mut held = self.remove_from(store, key, slot).await;
+        let mut held = self.remove_from(open, key, slot).await;
         for old in self.old_slots(slot) {
-            held |= self.remove_from(store, key, old).await;
+            held |= self.remove_from(open, key, old).await;
         }
         held
     }
 
     /// Removes `key`'s small entry from the bucket `slot`; whether it held one.
-    async fn remove_from(&self, store: &Store, key: &str, slot: Slot) -> bool {
+    async fn remove_from(&self, open: &Open, key: &str, slot: Slot) -> bool {
         if !self.may_hold(slot) {
             return false;
         }
-        let bkey = self.bucket_key(slot);
         let _order = self.lock(slot).await;
-        let mut bucket = match self.read_bucket(store, &bkey).await {
-            Ok(Some(bucket)) => bucket,
-            Ok(None) => {
-                self.set_mask(slot, &Bucket::default());
-                return false;
+        let (tier, pages, key) = (self.clone(), open.pages.clone(), key.to_owned());
+        blocking(move || {
+            let mut bucket = tier.read_bucket(&pages, slot)?;
+            let held = bucket.remove(&key);
+            if held {
+                tier.write_page(&pages, slot, &bucket);
+            } else {
+                tier.set_mask(slot, &bucket);
             }
-            Err(_) => return false,
-        };
-        let held = bucket.remove(key);
-        if held {
-            self.write_bucket(store, &bkey, &bucket);
-            self.set_mask(slot, &bucket);
-        }
-        held
+            Ok(held)
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Removes `key`'s entry, small or not; whether the disk held one.
-    async fn remove_entry(&self, store: &Store, key: &str) -> bool {
-        let direct = store.storage().may_contains(key);
+    async fn remove_entry(&self, open: &Open, key: &str) -> bool {
+        let direct = open.engine.storage().may_contains(key);
         if direct {
-            store.remove(key);
+            open.engine.remove(key);
         }
-        self.remove_small(store, key).await || direct
+        self.remove_small(open, key).await || direct
     }
 
-    /// Writes `key`'s `entry` to disk: small entries into their bucket, larger ones on their
-    /// own; what became of it.
+    /// Writes `key`'s `entry` to disk: small entries into their bucket's page, larger ones to
+    /// the engine; what became of it.
     async fn put_entry(&self, key: &str, entry: Arc<Entry>) -> Result<Put, TierError> {
-        let store = self.store()?;
+        let open = self.store()?;
         let bytes = entry.encode();
         // foyer cannot keep an entry larger than a block (with its key and header).
         if (bytes.len() + key.len() + 64) as u64 > self.inner.layout.block {
             return Ok(Put::Lost);
         }
         let admission = &self.inner.admission;
-        let direct = store.storage().may_contains(key);
+        let direct = open.engine.storage().may_contains(key);
         if !bucket::is_small(key, bytes.len()) {
             if !direct && !admission.admits(key) {
                 self.inner.metrics.disk_rejected();
@@ -995,42 +1177,60 @@ impl DiskTier {
             self.inner
                 .log
                 .lives_until(entry.stored_at_ms, entry.stale_until_ms);
-            let written = self.write(&store, key.to_owned(), bytes);
+            let len = bytes.len() as u64;
+            let written = self.write(&open.engine, key.to_owned(), bytes);
             // It may have been small before: no older version stays in its bucket.
-            self.remove_small(&store, key).await;
-            return Ok(if written { Put::Kept } else { Put::Lost });
+            self.remove_small(&open, key).await;
+            if !written {
+                return Ok(Put::Lost);
+            }
+            self.inner
+                .fills
+                .large
+                .fetch_add(len.div_ceil(DISK_PAGE), Ordering::Relaxed);
+            self.handed(key, entry.stored_at_ms);
+            return Ok(Put::Kept);
         }
         let slot = self.slot(key);
-        let bkey = self.bucket_key(slot);
-        let _order = self.lock(slot).await;
-        // A bucket known to be empty need not be read. One that cannot be read now is left as
-        // it is (rewritten, it would lose its entries), and the fill is not written.
-        let mut bucket = if self.mask(slot).is_some_and(|m| m.load(Ordering::Acquire) == 0) {
-            Bucket::default()
-        } else {
-            self.read_bucket(&store, &bkey).await?.unwrap_or_default()
-        };
-        if !direct && bucket.get(key).is_none() && !admission.admits(key) {
-            self.inner.metrics.disk_rejected();
-            return Ok(Put::NotAdmitted);
+        let order = self.lock(slot).await;
+        let (tier, pages, owned) = (self.clone(), open.pages.clone(), key.to_owned());
+        let (stored_at, stale_until) = (entry.stored_at_ms, entry.stale_until_ms);
+        let len = (key.len() + bytes.len()) as u64;
+        let put = blocking(move || {
+            let inner = &tier.inner;
+            // A bucket known to be empty need not be read. One that cannot be read now is
+            // left as it is (rewritten, it would lose its entries), and the fill not written.
+            let mut bucket = if tier.mask(slot).is_some_and(|m| m.load(Ordering::Acquire) == 0) {
+                Bucket::default()
+            } else {
+                tier.read_bucket(&pages, slot)?
+            };
+            if !direct && bucket.get(&owned).is_none() && !inner.admission.admits(&owned) {
+                inner.metrics.disk_rejected();
+                return Ok(Put::NotAdmitted);
+            }
+            inner.log.lives_until(stored_at, stale_until);
+            bucket.insert(&owned, bytes, |k| inner.admission.frequency(k));
+            // Not kept: the page is the one before (its mask stays as it was).
+            Ok(if tier.write_page(&pages, slot, &bucket) {
+                Put::Kept
+            } else {
+                Put::Lost
+            })
+        })
+        .await?;
+        drop(order);
+        if put != Put::Kept {
+            return Ok(put);
         }
-        self.inner
-            .log
-            .lives_until(entry.stored_at_ms, entry.stale_until_ms);
-        bucket.insert(key, bytes, |k| admission.frequency(k));
-        if !self.write_bucket(&store, &bkey, &bucket) {
-            // Not kept: the bucket on disk is the one before (its mask stays as it was).
-            return Ok(Put::Lost);
-        }
-        self.set_mask(slot, &bucket);
-        drop(_order);
+        self.inner.fills.small.fetch_add(len, Ordering::Relaxed);
         if direct {
-            store.remove(key);
+            open.engine.remove(key);
         }
         // Written to its new bucket: an older version in its bucket before a resize must not
         // come back.
         for old in self.old_slots(slot) {
-            self.remove_from(&store, key, old).await;
+            self.remove_from(&open, key, old).await;
         }
         Ok(Put::Kept)
     }
@@ -1066,13 +1266,13 @@ impl DiskTier {
     }
 
     /// A failed read: counted, and after many in a row the tier goes down.
-    fn read_failed(&self, e: &foyer::Error) -> TierError {
+    fn read_failed(&self, e: &str) -> TierError {
         self.inner.metrics.disk_error(DiskOp::Read);
         let n = self.inner.read_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= DOWN_AFTER_READ_FAILURES {
             self.down(&format!("{n} reads failed in a row, the last: {e}"));
         }
-        TierError::Failed(e.to_string())
+        TierError::Failed(e.to_owned())
     }
 }
 
@@ -1125,7 +1325,8 @@ pub const FORMAT_FILE: &str = "cache-layer-format";
 /// What this release writes: the storage engine (its major version decides the block format)
 /// and the entry encoding. Changed by hand when either changes; a directory written in another
 /// format starts empty rather than be misread.
-pub const FORMAT: &str = "cache-layer disk 3; foyer 0.22; entry v1; buckets by keyed jump hash";
+pub const FORMAT: &str =
+    "cache-layer disk 4; foyer 0.22; entry v1; small entries in place in pages by keyed jump hash";
 
 /// Makes sure `dir` holds entries in [`FORMAT`]: a directory written in another one (a foyer or
 /// encoding upgrade, or a downgrade) loses its entries (foyer's files; the purge file stays,
@@ -1159,10 +1360,19 @@ fn check_format(dir: &Path) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Runs `f` (a read or write of the pages file) on a thread that may block, off the runtime's.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TierError> + Send + 'static,
+) -> Result<T, TierError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(TierError::Failed(format!("disk tier task: {e}"))))
+}
+
 /// Opens foyer's store on `dir` (recovering its blocks and tombstones).
 async fn open(dir: &Path, layout: Layout, drops: Arc<disk_engine::EngineDrops>) -> Result<Store, String> {
     let device = FsDeviceBuilder::new(dir)
-        .with_capacity(layout.capacity as usize)
+        .with_capacity(layout.large as usize)
         .build()
         .map_err(|e| e.to_string())?;
     let engine = BlockEngineConfig::new(device)
@@ -1287,18 +1497,18 @@ impl Tier for DiskTier {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
-        let store = self.store()?;
+        let open = self.store()?;
         self.inner.admission.requested(key);
         // A fill the engine's flusher let go since the last look supersedes what the disk
         // holds of it, before it is read.
         self.heed_buffer_drops();
         // A small entry is in its bucket; a larger one on its own, under its key.
-        let read = match self.find_small(&store, key).await? {
+        let read = match self.find_small(&open, key).await? {
             Some(bytes) => Some((bytes, true)),
-            None if store.storage().may_contains(key) => match load(&store, key).await {
+            None if open.engine.storage().may_contains(key) => match load(&open.engine, key).await {
                 Ok(Stored::Value(bytes)) => Some((bytes, false)),
                 Ok(Stored::Absent | Stored::Unknown) => None,
-                Err(e) => return Err(self.read_failed(&e)),
+                Err(e) => return Err(self.read_failed(&e.to_string())),
             },
             None => None,
         };
@@ -1309,9 +1519,9 @@ impl Tier for DiskTier {
         let found = self.judge(key, &bytes);
         if found.is_none() {
             if small {
-                self.remove_small(&store, key).await;
+                self.remove_small(&open, key).await;
             } else {
-                store.remove(key);
+                open.engine.remove(key);
             }
         }
         Ok(found)
@@ -1324,9 +1534,7 @@ impl Tier for DiskTier {
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
         let stored_at_ms = entry.stored_at_ms;
         let put = self.put_entry(key, entry).await;
-        if matches!(put, Ok(Put::Kept)) {
-            self.handed(key, stored_at_ms);
-        } else if !matches!(put, Ok(Put::NotAdmitted)) {
+        if !matches!(put, Ok(Put::Kept | Put::NotAdmitted)) {
             // Not written (the tier down, the write dropped or failed, too large): a version
             // the disk still holds is older than this one, and must not be served after it.
             self.inner
@@ -1337,8 +1545,8 @@ impl Tier for DiskTier {
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {
-        let store = self.store()?;
-        self.remove_entry(&store, key).await;
+        let open = self.store()?;
+        self.remove_entry(&open, key).await;
         Ok(())
     }
 
@@ -1346,13 +1554,14 @@ impl Tier for DiskTier {
         // The purge is recorded (by the read-through, before the tiers are purged): a soft
         // purge marks the entry stale when it is next read. A hard one removes it now. A disk
         // that is down is not a failed purge: the record applies when it is back.
-        let Ok(store) = self.store() else {
+        let Ok(open) = self.store() else {
             return Ok(0);
         };
         let held = if mode == PurgeMode::Hard {
-            self.remove_entry(&store, key).await
+            self.remove_entry(&open, key).await
         } else {
-            store.storage().may_contains(key) || matches!(self.find_small(&store, key).await, Ok(Some(_)))
+            open.engine.storage().may_contains(key)
+                || matches!(self.find_small(&open, key).await, Ok(Some(_)))
         };
         Ok(u64::from(held))
     }
@@ -1407,30 +1616,54 @@ mod tests {
     #[test]
     fn the_layout_keeps_the_index_within_its_bound() {
         // 1 GiB of disk within the default 32 MiB: all of it.
-        let l = Layout::new(1 << 30, 32 << 20);
+        let l = Layout::new(1 << 30, 32 << 20, DEFAULT_SHARE);
         assert_eq!(l.capacity, 1 << 30);
         assert_eq!(l.block, MAX_BLOCK);
+        // Three quarters pages, the rest the engine's, in whole blocks.
+        assert_eq!(l.buckets * DISK_PAGE + l.large, l.capacity);
+        assert_eq!(l.large % l.block, 0);
+        assert!((l.buckets * DISK_PAGE) as f64 / l.capacity as f64 > 0.74, "{l:?}");
         // 1 GiB within 4 MiB: the disk is cut to what the index can track.
-        let l = Layout::new(1 << 30, 4 << 20);
-        let entries = l.capacity / DISK_PAGE;
-        let sketch = entries.next_power_of_two() * sketch::BYTES_PER_WORD;
+        let l = Layout::new(1 << 30, 4 << 20, DEFAULT_SHARE);
+        let pages = l.capacity / DISK_PAGE;
+        let sketch = l.entries().next_power_of_two() * sketch::BYTES_PER_WORD;
+        let masks = l.buckets * 8;
+        let index = (l.large / DISK_PAGE) * INDEX_BYTES_PER_ENTRY;
+        assert!(pages * INDEX_BYTES_PER_ENTRY <= 4 << 20, "{l:?}");
         assert!(
-            entries * INDEX_BYTES_PER_ENTRY + sketch + 2 * l.block + (4 << 20) / 16 <= 4 << 20,
+            index + masks + sketch + 2 * l.block + (4 << 20) / 16 <= 4 << 20,
             "{l:?}"
         );
-        assert!(l.capacity >= 4 * l.block);
+        assert!(l.large >= 4 * l.block);
         // 8 MiB: small blocks, so eviction takes little at a time.
-        let l = Layout::new(8 << 20, 16 << 20);
+        let l = Layout::new(8 << 20, 16 << 20, DEFAULT_SHARE);
         assert_eq!((l.capacity, l.block), (8 << 20, 256 << 10));
+        // All of it asked for pages: the engine still has four blocks.
+        let l = Layout::new(8 << 20, 16 << 20, 1000);
+        assert_eq!((l.large, l.buckets), (1 << 20, 7 << 8));
         // Resized to 16 MiB, the directory's 256 KiB blocks are kept (its files still read);
         // to less than four of them, they cannot be.
-        let l = Layout::keeping(16 << 20, 16 << 20, 256 << 10).unwrap();
-        assert_eq!((l.capacity, l.block), (16 << 20, 256 << 10));
-        assert_eq!(Layout::keeping(512 << 10, 16 << 20, 256 << 10), None);
+        let l = Layout::keeping(16 << 20, 16 << 20, 256 << 10, 500).unwrap();
+        assert_eq!((l.capacity, l.block, l.large), (16 << 20, 256 << 10, 8 << 20));
+        assert_eq!(Layout::keeping(512 << 10, 16 << 20, 256 << 10, 500), None);
         assert_eq!(
-            Layout::keeping(16 << 20, 16 << 20, 100_000),
+            Layout::keeping(16 << 20, 16 << 20, 100_000, 500),
             None,
             "not page-aligned"
         );
+    }
+
+    #[test]
+    fn the_pages_share_follows_the_fills() {
+        let fills = Fills::default();
+        let capacity = 32 << 20;
+        assert_eq!(fills.share(750, capacity), 750, "nothing seen: as before");
+        // Only small fills, a disk's worth: up towards all pages.
+        fills.small.store(capacity, Ordering::Relaxed);
+        assert_eq!(fills.share(750, capacity), 875);
+        assert_eq!(fills.share(900, capacity), 940, "never all of it");
+        // Mostly large ones: down.
+        fills.large.store(capacity / DISK_PAGE * 4, Ordering::Relaxed);
+        assert!(fills.share(750, capacity) < 500);
     }
 }

@@ -11,11 +11,12 @@
 //! - a key's bucket is [`jump`]'s (Lamping and Veach's jump consistent hash): from `n` to `m`
 //!   buckets, only the keys that must move do (a share of `|m - n| / max(m, n)`), so growing a
 //!   disk keeps every bucket's keys but those moved to the new buckets;
-//! - a key not found in its bucket is looked for in its buckets of the previous counts (up to
-//!   [`MAX_PREVIOUS`] resizes in a row), until twice a disk's worth of bytes has been written
-//!   since the last resize (the engine is a log: by then the old blocks are gone); a key written
-//!   to its new bucket is removed from every old one, so an older version cannot come back. More
-//!   resizes in a row than that, and the tier starts empty;
+//! - after a resize the tier moves every entry of the pages file whose bucket changed to its
+//!   new bucket, page by page in the background (the disk tier's `migrate`); until it is done,
+//!   a key not found in its bucket is looked for in its buckets of the previous counts (up to
+//!   [`MAX_PREVIOUS`] resizes in a row, a restart meanwhile starting the move again), and a key
+//!   written to its new bucket is removed from every old one, so an older version cannot come
+//!   back. More resizes in a row than that, and the tier starts empty;
 //! - a directory whose layout file is missing or unreadable while the engine's files are there
 //!   starts empty: their block size is unknown, and read with another they are garbage.
 //!
@@ -41,10 +42,12 @@ pub struct Saved {
     pub block: u64,
     /// The bucket count small entries were placed by.
     pub buckets: u64,
-    /// The bucket counts before the last resizes, newest first, while they are still read.
+    /// The bucket counts before the last resizes, newest first, while their entries are
+    /// still being moved.
     pub previous: Vec<u64>,
-    /// Bytes written since the last resize.
-    pub written: u64,
+    /// The share of the disk given to the small entries' pages, in thousandths: adapted at
+    /// every start to the fills seen ([`Saved::share`] is the blend).
+    pub share: u64,
     /// The keys of the hash that places small entries in buckets: random per directory, so
     /// no client can aim keys at another key's bucket, and kept so a restart finds them.
     pub seed: (u64, u64),
@@ -84,12 +87,12 @@ impl Saved {
             match name {
                 "block" => saved.block = value,
                 "buckets" => saved.buckets = value,
-                "written" => saved.written = value,
+                "share" => saved.share = value,
                 _ => continue,
             }
             seen += 1;
         }
-        (seen == 5 && saved.block > 0 && saved.buckets > 0).then_some(saved)
+        (seen == 5 && saved.block > 0 && saved.buckets > 0 && saved.share <= 1000).then_some(saved)
     }
 
     /// Saves it in `dir` (written aside, then renamed over the old file).
@@ -97,11 +100,11 @@ impl Saved {
         let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
         let previous: Vec<String> = self.previous.iter().map(u64::to_string).collect();
         let fields = format!(
-            "block={} buckets={} previous={} written={} seed={},{}",
+            "block={} buckets={} previous={} share={} seed={},{}",
             self.block,
             self.buckets,
             previous.join(","),
-            self.written,
+            self.share,
             self.seed.0,
             self.seed.1
         );
@@ -116,34 +119,25 @@ fn checksum(fields: &str) -> u64 {
     crate::cache::sketch::fnv1a(fields.as_bytes())
 }
 
-/// The bucket counts before the last resizes, read as a fallback until twice `capacity` bytes
-/// have been written since the last one.
+/// The bucket counts before the last resizes, read as a fallback until the entries of their
+/// buckets have all been moved to today's ([`Transition::end`]).
 #[derive(Debug)]
 pub struct Transition {
     /// The previous counts, newest first; all 0 once the transition is over (or without one).
     previous: [AtomicU64; MAX_PREVIOUS],
-    written: AtomicU64,
-    capacity: u64,
 }
 
 impl Transition {
-    /// The transition a tier of `buckets` buckets over `capacity` bytes is in, given what the
-    /// last process `saved` (`None`: a new or emptied directory, no transition); `None` when
-    /// there were more resizes in a row than [`MAX_PREVIOUS`] (the tier must start empty).
-    pub fn new(saved: Option<&Saved>, buckets: u64, capacity: u64) -> Option<Transition> {
+    /// The transition a tier of `buckets` buckets is in, given what the last process `saved`
+    /// (`None`: a new or emptied directory, no transition); `None` when there were more
+    /// resizes in a row than [`MAX_PREVIOUS`] (the tier must start empty).
+    pub fn new(saved: Option<&Saved>, buckets: u64) -> Option<Transition> {
         let mut previous = Vec::new();
-        let mut written = 0;
         if let Some(s) = saved {
-            let ongoing = s.written < 2 * capacity;
             if s.buckets != buckets {
                 previous.push(s.buckets);
-                if ongoing {
-                    previous.extend(&s.previous);
-                }
-            } else if ongoing {
-                previous.extend(&s.previous);
-                written = s.written;
             }
+            previous.extend(&s.previous);
         }
         previous.retain(|&n| n != buckets);
         let mut seen = std::collections::HashSet::new();
@@ -152,11 +146,7 @@ impl Transition {
             return None;
         }
         let slots = std::array::from_fn(|i| AtomicU64::new(previous.get(i).copied().unwrap_or(0)));
-        Some(Transition {
-            previous: slots,
-            written: AtomicU64::new(written),
-            capacity,
-        })
+        Some(Transition { previous: slots })
     }
 
     /// The previous bucket counts still read, newest first.
@@ -167,30 +157,20 @@ impl Transition {
             .take_while(|&n| n != 0)
     }
 
-    /// `bytes` were written: after twice a disk's worth, the previous buckets are gone from the
-    /// log and no longer read. Whether that ended the transition now.
-    pub fn wrote(&self, bytes: u64) -> bool {
-        if self.previous[0].load(Ordering::Relaxed) == 0 {
-            return false;
-        }
-        let written = self.written.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if written < 2 * self.capacity {
-            return false;
-        }
-        let mut ended = false;
+    /// Every entry is in today's bucket: the previous counts are no longer read.
+    pub fn end(&self) {
         for n in &self.previous {
-            ended |= n.swap(0, Ordering::Relaxed) != 0;
+            n.store(0, Ordering::Relaxed);
         }
-        ended
     }
 
     /// What to save for the next process.
-    pub fn saved(&self, block: u64, buckets: u64, seed: (u64, u64)) -> Saved {
+    pub fn saved(&self, block: u64, buckets: u64, share: u64, seed: (u64, u64)) -> Saved {
         Saved {
             block,
             buckets,
             previous: self.previous().collect(),
-            written: self.written.load(Ordering::Relaxed),
+            share,
             seed,
         }
     }
@@ -242,12 +222,14 @@ pub fn jump(hash: u64, buckets: u64) -> u64 {
     b as u64
 }
 
-/// Whether `dir` holds any of the engine's files.
+/// Whether `dir` holds any of the engine's files, or the small entries' pages.
 pub fn has_blocks(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|files| {
-        files
-            .flatten()
-            .any(|f| f.file_name().to_string_lossy().starts_with(BLOCK_FILE))
+        files.flatten().any(|f| {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(BLOCK_FILE) || name == super::pages::PAGES_FILE
+        })
     })
 }
 
@@ -291,13 +273,16 @@ fn remove_blocks_beyond(dir: &Path, blocks: u64) -> std::io::Result<usize> {
     Ok(removed)
 }
 
-/// Removes every file of the engine's in `dir` (anything named `foyer…`, whatever its
-/// version named it): the tier starts empty. How many were removed.
+/// Removes every file of entries in `dir`: the engine's (anything named `foyer…`, whatever
+/// its version named it) and the small entries' pages: the tier starts empty. How many were
+/// removed.
 pub fn remove_engine_files(dir: &Path) -> std::io::Result<usize> {
     let mut removed = 0;
     for f in std::fs::read_dir(dir)? {
         let f = f?;
-        if f.file_name().to_string_lossy().starts_with("foyer") {
+        let name = f.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("foyer") || name == super::pages::PAGES_FILE {
             if f.file_type()?.is_dir() {
                 std::fs::remove_dir_all(f.path())?;
             } else {
@@ -340,7 +325,7 @@ mod tests {
             block: 262_144,
             buckets: 682,
             previous: vec![341, 1365],
-            written: 5,
+            share: 750,
             seed: (7, u64::MAX),
         };
         s.write(dir.path()).unwrap();
@@ -369,35 +354,34 @@ mod tests {
     }
 
     #[test]
-    fn a_transition_lasts_twice_a_disk_of_writes_and_remembers_resizes_in_a_row() {
-        let saved = |buckets, previous: &[u64], written| Saved {
+    fn a_transition_lasts_until_its_entries_moved_and_remembers_resizes_in_a_row() {
+        let saved = |buckets, previous: &[u64]| Saved {
             block: 1,
             buckets,
             previous: previous.to_vec(),
-            written,
+            share: 500,
             seed: (1, 2),
         };
         let prev = |t: &Transition| t.previous().collect::<Vec<_>>();
-        assert!(prev(&Transition::new(None, 10, 100).unwrap()).is_empty());
-        assert!(prev(&Transition::new(Some(&saved(10, &[], 0)), 10, 100).unwrap()).is_empty());
-        let t = Transition::new(Some(&saved(5, &[], 0)), 10, 100).unwrap();
+        assert!(prev(&Transition::new(None, 10).unwrap()).is_empty());
+        assert!(prev(&Transition::new(Some(&saved(10, &[])), 10).unwrap()).is_empty());
+        let t = Transition::new(Some(&saved(5, &[])), 10).unwrap();
         assert_eq!(prev(&t), [5]);
-        assert!(!t.wrote(150));
-        assert!(t.wrote(60), "twice a disk's worth written");
-        assert!(prev(&t).is_empty());
         // Carried over a restart until it ends.
-        let t = Transition::new(Some(&saved(10, &[5], 60)), 10, 100).unwrap();
+        assert_eq!(t.saved(1, 10, 500, (1, 2)).previous, [5]);
+        t.end();
+        assert!(prev(&t).is_empty());
+        assert!(t.saved(1, 10, 500, (1, 2)).previous.is_empty());
+        let t = Transition::new(Some(&saved(10, &[5])), 10).unwrap();
         assert_eq!(prev(&t), [5]);
-        assert_eq!(t.saved(1, 10, (1, 2)).written, 60);
-        assert!(prev(&Transition::new(Some(&saved(10, &[5], 200)), 10, 100).unwrap()).is_empty());
         // Resized again within it: both earlier counts are read, newest first.
-        let t = Transition::new(Some(&saved(10, &[5], 60)), 20, 100).unwrap();
+        let t = Transition::new(Some(&saved(10, &[5])), 20).unwrap();
         assert_eq!(prev(&t), [10, 5]);
         // Back to an earlier count: that one is today's, not a previous.
-        let t = Transition::new(Some(&saved(20, &[10, 5], 0)), 5, 100).unwrap();
+        let t = Transition::new(Some(&saved(20, &[10, 5])), 5).unwrap();
         assert_eq!(prev(&t), [20, 10]);
         // Too many in a row: start empty.
-        assert!(Transition::new(Some(&saved(50, &[40, 30, 20, 10], 0)), 60, 100).is_none());
+        assert!(Transition::new(Some(&saved(50, &[40, 30, 20, 10])), 60).is_none());
     }
 
     #[test]
