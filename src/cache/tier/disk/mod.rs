@@ -1,11 +1,16 @@
 //! The disk tier: a replica's local disk between its memory and Redis, so a working set larger
 //! than RAM stays one local read away, and survives a restart.
 //!
-//! The storage engine is foyer's (its block engine: log-structured blocks evicted whole, an
-//! in-memory index, recovery on open, a tombstone log so deletes survive a restart). foyer's
-//! own memory cache is not used as a second memory tier: entries go straight to disk
-//! ([`foyer::HybridCache::storage_writer`], "phantom" entries its memory never keeps) and are
-//! read straight from it ([`foyer::Store::load`]); the memory tier in front is ours.
+//! Two stores share the disk's bytes. Small entries (key and value within a quarter of a page)
+//! live in place in a file of pages, a bucket of several entries per page, set-associative by
+//! a keyed hash ([`pages`], [`bucket`]): every page is live, so the same bytes hold as many of
+//! them as their sizes allow. Larger entries go to foyer's block engine (log-structured blocks
+//! evicted whole, an in-memory index, recovery on open, a tombstone log so deletes survive a
+//! restart). foyer's own memory cache is not used as a second memory tier: entries go straight
+//! to disk ([`foyer::HybridCache::storage_writer`], "phantom" entries its memory never keeps)
+//! and are read straight from it ([`foyer::Store::load`]); the memory tier in front is ours.
+//! How the bytes are split follows the fills: each start gives the pages the share the last
+//! run's fills asked for ([`Layout`], [`resize`]).
 //!
 //! foyer has no expiry, so the entry carries its windows (its encoded form is the Redis tier's)
 //! and is judged when read: past its stale window it is dropped; fetched before a purge that
@@ -80,6 +85,9 @@ pub const DISK_PAGE: u64 = 4096;
 /// starts with most of its bytes for them.
 const DEFAULT_SHARE: u64 = 750;
 
+/// The least change of the pages' share (thousandths) the next start makes.
+const RESPLIT_AT: u64 = 50;
+
 /// Small entries a page holds, about: what the admission counts are sized for (bench/disk.py's
 /// entries of ~600 bytes fill a page with 6; larger small ones with 4).
 const ENTRIES_PER_PAGE: u64 = 5;
@@ -135,7 +143,14 @@ impl Fills {
             return before;
         }
         let seen = (1000.0 * small / (small + large)).round() as u64;
-        ((before + seen) / 2).clamp(*SHARES.start(), *SHARES.end())
+        let blend = ((before + seen) / 2).clamp(*SHARES.start(), *SHARES.end());
+        // A change of the share is a resize of the pages (every page read at the next start,
+        // some entries moved): not made for a few points.
+        if blend.abs_diff(before) < RESPLIT_AT {
+            before
+        } else {
+            blend
+        }
     }
 }
 
@@ -1661,7 +1676,9 @@ mod tests {
         // Only small fills, a disk's worth: up towards all pages.
         fills.small.store(capacity, Ordering::Relaxed);
         assert_eq!(fills.share(750, capacity), 875);
-        assert_eq!(fills.share(900, capacity), 940, "never all of it");
+        assert_eq!(fills.share(860, capacity), 930);
+        assert_eq!(fills.share(885, capacity), 940, "never all of it");
+        assert_eq!(fills.share(900, capacity), 900, "not moved for a few points");
         // Mostly large ones: down.
         fills.large.store(capacity / DISK_PAGE * 4, Ordering::Relaxed);
         assert!(fills.share(750, capacity) < 500);

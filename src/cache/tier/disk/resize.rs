@@ -8,6 +8,8 @@
 //! - the block size of the directory is kept ([`Saved::block`]) while the new size can hold at
 //!   least four blocks of it, so the engine's files read as before (a larger disk adds files, a
 //!   smaller one drops the last ones); when it cannot be kept the tier starts empty;
+//! - the bucket count changes with the disk's size, and with the small entries' share of it,
+//!   which each start adapts to the last run's fills;
 //! - a key's bucket is [`jump`]'s (Lamping and Veach's jump consistent hash): from `n` to `m`
 //!   buckets, only the keys that must move do (a share of `|m - n| / max(m, n)`), so growing a
 //!   disk keeps every bucket's keys but those moved to the new buckets;
@@ -46,7 +48,7 @@ pub struct Saved {
     /// still being moved.
     pub previous: Vec<u64>,
     /// The share of the disk given to the small entries' pages, in thousandths: adapted at
-    /// every start to the fills seen ([`Saved::share`] is the blend).
+    /// every start to the fills seen, blended with the share before.
     pub share: u64,
     /// The keys of the hash that places small entries in buckets: random per directory, so
     /// no client can aim keys at another key's bucket, and kept so a restart finds them.
