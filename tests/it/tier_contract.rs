@@ -305,6 +305,93 @@ async fn small_entries_fill_the_disk_pages_and_the_next_start_gives_them_more() 
     shutdown.cancel();
 }
 
+/// Waits (polling, up to a minute) until the disk's split of its bytes satisfies `done` and
+/// the entries of the change are moved.
+async fn wait_split(disk: &DiskTier, done: impl Fn(u64) -> bool) {
+    let by = std::time::Instant::now() + Duration::from_secs(60);
+    while !(done(disk.layout().share) && disk.moved()) {
+        assert!(
+            std::time::Instant::now() < by,
+            "no such split: {:?}",
+            disk.layout()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `value` as the disk serves it for `key` (`None`: not held).
+async fn held(disk: &DiskTier, key: &str) -> Option<Vec<u8>> {
+    disk.get(key).await.unwrap().map(|e| e.value_json().to_vec())
+}
+
+#[tokio::test]
+async fn the_split_between_small_and_larger_entries_follows_the_fills_within_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, shutdown) = open_disk(dir.path(), 8 << 20).await;
+    let start = disk.layout();
+    let small_value = format!("\"{}\"", "s".repeat(400));
+    let small: Vec<String> = (0..4000).map(|i| format!("s{i}")).collect();
+    for key in &small {
+        assert!(disk.put(key, entry(key, &small_value, now_ms())).await.unwrap());
+    }
+    // Only small fills: the pages get more of the disk (the upkeep looks every 5 s), and
+    // what they held is moved, not lost.
+    wait_split(&disk, |share| share > start.share).await;
+    let grown = disk.layout();
+    assert!(
+        grown.buckets > start.buckets && grown.large < start.large,
+        "{grown:?}"
+    );
+    assert_eq!(grown.buckets * 4096 + grown.large, start.capacity);
+    let want = entry("x", &small_value, 0).value_json().to_vec();
+    let mut kept = 0;
+    for key in &small {
+        if let Some(body) = held(&disk, key).await {
+            assert_eq!(body, want);
+            kept += 1;
+        }
+    }
+    assert!(kept >= 3600, "{kept} of 4000 small entries after the split");
+    // Then only larger entries: the engine gets more back, and keeps what it is given.
+    let large_value = format!("\"{}\"", "L".repeat(6000));
+    let large: Vec<String> = (0..400).map(|i| format!("L{i}")).collect();
+    for key in &large {
+        disk.put(key, entry(key, &large_value, now_ms())).await.unwrap();
+    }
+    wait_split(&disk, |share| share < grown.share).await;
+    let shrunk = disk.layout();
+    assert!(shrunk.large > grown.large, "{shrunk:?}");
+    assert_eq!(shrunk.buckets * 4096 + shrunk.large, start.capacity);
+    let pages = std::fs::metadata(dir.path().join("cache-layer-buckets"))
+        .unwrap()
+        .len();
+    assert_eq!(pages, shrunk.buckets * 4096, "the pages file cut to its share");
+    let want = entry("x", &large_value, 0).value_json().to_vec();
+    let late: Vec<String> = (0..100).map(|i| format!("late{i}")).collect();
+    // Written one after another faster than the engine flushes, some are let go (and said
+    // so); every one said kept is served.
+    let mut kept = Vec::new();
+    for key in &late {
+        if disk.put(key, entry(key, &large_value, now_ms())).await.unwrap() {
+            kept.push(key.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(kept.len() >= 50, "{} of 100 kept", kept.len());
+    for key in &kept {
+        assert_eq!(held(&disk, key).await.as_deref(), Some(&want[..]), "{key}");
+    }
+    // Whatever survived of the small entries is still each key's own value.
+    let want = entry("x", &small_value, 0).value_json().to_vec();
+    for key in &small {
+        if let Some(body) = held(&disk, key).await {
+            assert_eq!(body, want);
+        }
+    }
+    disk.close().await;
+    shutdown.cancel();
+}
+
 /// `value` put for every key of `keys` at once (fetched now): whether the disk kept each.
 async fn burst(disk: &DiskTier, keys: Vec<String>, value: &str) -> Vec<(bool, String)> {
     let puts = keys.into_iter().map(|key| {

@@ -118,8 +118,92 @@ type Store = HybridCache<String, Vec<u8>>;
 /// The tier's files, open: the engine (larger entries) and the small entries' pages.
 #[derive(Clone)]
 struct Open {
-    engine: Store,
+    /// `None` while the engine is reopened at another size ([`DiskTier::resplit`]): larger
+    /// entries are then misses, and fills of them not kept.
+    engine: Option<Arc<Store>>,
     pages: Arc<Pages>,
+}
+
+/// How the disk's bytes are split now, and where small entries go: replaced whole when the
+/// split changes ([`DiskTier::resplit`]). An operation takes it once and writes a bucket only
+/// while it is still the tier's (checked under the bucket's lock), so no fill lands in a
+/// bucket of a split the move of entries has already passed.
+struct Geometry {
+    layout: Layout,
+    /// Per bucket, a bit per key it holds (the top 6 bits of the key's bucket hash), set from
+    /// what was last written to it, or [`UNKNOWN`] until then (after a start): a lookup whose
+    /// bit is clear is a miss without reading the page. Only ever too full (a bucket lost
+    /// keeps its bits), never too empty, and changed only under the bucket's lock.
+    masks: Box<[AtomicU64]>,
+    /// The bucket counts before a resize, read until their entries are moved.
+    transition: Transition,
+}
+
+impl Geometry {
+    /// The geometry of `layout` after this one: its buckets still read until the move ends,
+    /// the masks of the buckets both have kept (a mask may be too full, never too empty).
+    fn resized(&self, layout: Layout) -> Geometry {
+        let saved = self
+            .transition
+            .saved(self.layout.block, self.layout.buckets, layout.share, (0, 0));
+        let transition = Transition::new(Some(&saved), layout.buckets).expect("one resize");
+        let masks = (0..layout.buckets as usize)
+            .map(|i| {
+                let kept = self.masks.get(i).map_or(UNKNOWN, |m| m.load(Ordering::Acquire));
+                AtomicU64::new(kept)
+            })
+            .collect();
+        Geometry {
+            layout,
+            masks,
+            transition,
+        }
+    }
+
+    fn new(layout: Layout, transition: Transition) -> Self {
+        Geometry {
+            layout,
+            masks: (0..layout.buckets).map(|_| AtomicU64::new(UNKNOWN)).collect(),
+            transition,
+        }
+    }
+
+    /// Where the small entry of bucket hash `hash` goes: its bucket and its mask bit.
+    fn slot(&self, hash: u64) -> Slot {
+        Slot {
+            bucket: jump(hash, self.layout.buckets) as usize,
+            bit: mask_bit(hash),
+            hash,
+        }
+    }
+
+    /// Where the small entry whose slot is `today` went before the last resizes (newest
+    /// first), while those buckets are still read, each another bucket than today's.
+    fn old_slots(&self, today: Slot) -> impl Iterator<Item = Slot> + '_ {
+        let mut seen = [today.bucket; resize::MAX_PREVIOUS];
+        let mut n = 0;
+        self.transition.previous().filter_map(move |count| {
+            let bucket = jump(today.hash, count) as usize;
+            if bucket == today.bucket || seen[..n].contains(&bucket) {
+                return None;
+            }
+            seen[n] = bucket;
+            n += 1;
+            Some(Slot { bucket, ..today })
+        })
+    }
+
+    /// The key mask of `slot`'s bucket (`None` for a bucket past today's count, left from a
+    /// larger disk).
+    fn mask(&self, slot: Slot) -> Option<&AtomicU64> {
+        self.masks.get(slot.bucket)
+    }
+
+    /// Whether `slot`'s bucket may hold its key (false: it does not, no read needed).
+    fn may_hold(&self, slot: Slot) -> bool {
+        self.mask(slot)
+            .is_none_or(|m| m.load(Ordering::Acquire) & slot.bit != 0)
+    }
 }
 
 /// What the tier's fills took, by kind: what the next start splits the disk by.
@@ -359,19 +443,22 @@ pub struct DiskTier {
 
 struct Inner {
     dir: PathBuf,
-    layout: Layout,
+    /// `DISK_CACHE_MAX_BYTES` and `DISK_CACHE_INDEX_MAX_BYTES`: what a new split is laid out in.
+    bounds: (u64, u64),
+    /// The split of the disk and the buckets now.
+    geo: RwLock<Arc<Geometry>>,
     /// The open files; `None` while the disk is down.
     store: RwLock<Option<Open>>,
     up: AtomicBool,
     read_failures: AtomicU32,
     log: PurgeLog,
     admission: Admission,
-    /// How many buckets small entries are hashed to (the pages of their file).
-    buckets: u64,
-    /// The bucket counts before a resize, read until their entries are moved ([`DiskTier::migrate`]).
-    transition: Transition,
-    /// Set while the entries of a resize are being moved (one move at a time).
+    /// Set while the entries of a resize are being moved, or the split changed (one at a
+    /// time).
     migrating: AtomicBool,
+    /// Held while the engine is opened (at start, after a failure, at another size), so two
+    /// are never opened on the same files.
+    opening: tokio::sync::Mutex<()>,
     /// What the fills took, by kind (the next start's share).
     fills: Fills,
     /// The keys of the bucket hash ([`DiskTier::bucket_hash`]), the directory's.
@@ -381,11 +468,6 @@ struct Inner {
     start_empty: AtomicBool,
     /// Set by [`DiskTier::close`]: the tier is never opened again (the upkeep stops).
     closed: AtomicBool,
-    /// Per bucket, a bit per key it holds (the top 6 bits of the key's bucket hash), set from
-    /// what was last written to it, or [`UNKNOWN`] until then (after a start): a lookup whose
-    /// bit is clear is a miss without reading the page. Only ever too full (a bucket lost with
-    /// its block keeps its bits), never too empty, and changed only under the bucket's lock.
-    masks: Box<[AtomicU64]>,
     /// Stripes of locks ordering the read-modify-writes of buckets.
     locks: Box<[tokio::sync::Mutex<()>]>,
     /// The close of a store taken down, awaited before another is opened on the same files.
@@ -454,20 +536,19 @@ impl DiskTier {
         DiskTier {
             inner: Arc::new(Inner {
                 dir: config.dir.clone(),
-                layout,
+                bounds: (config.max_bytes, config.index_max_bytes),
+                geo: RwLock::new(Arc::new(Geometry::new(layout, transition))),
                 store: RwLock::new(None),
                 up: AtomicBool::new(false),
                 read_failures: AtomicU32::new(0),
                 log: PurgeLog::new(layout.purge_records, horizon_ms.max(MIN_HORIZON_MS)),
                 admission: load_admission(&config.dir, config.admit_min_requests, layout.entries()),
-                buckets: layout.buckets,
-                transition,
                 migrating: AtomicBool::new(false),
+                opening: tokio::sync::Mutex::new(()),
                 fills: Fills::default(),
                 seed,
                 start_empty: AtomicBool::new(start_empty),
                 closed: AtomicBool::new(false),
-                masks: (0..layout.buckets).map(|_| AtomicU64::new(UNKNOWN)).collect(),
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 closing: std::sync::Mutex::new(None),
                 purge_file: std::sync::Mutex::new(()),
@@ -482,15 +563,142 @@ impl DiskTier {
         }
     }
 
-    /// How the disk is laid out.
+    /// How the disk is laid out now.
     pub fn layout(&self) -> Layout {
-        self.inner.layout
+        self.geo().layout
+    }
+
+    /// The split of the disk and the buckets now.
+    fn geo(&self) -> Arc<Geometry> {
+        self.inner.geo.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether `engine` is still the tier's engine (not closed since for another split).
+    fn engine_is(&self, engine: &Arc<Store>) -> bool {
+        let store = self.inner.store.read().unwrap_or_else(|p| p.into_inner());
+        store
+            .as_ref()
+            .and_then(|o| o.engine.as_ref())
+            .is_some_and(|e| Arc::ptr_eq(e, engine))
+    }
+
+    /// Gives the small entries' pages the share of the disk the fills since the last split
+    /// ask for ([`Fills::share`]), when it moved by [`RESPLIT_AT`] or more (the upkeep asks):
+    /// a disk that started with the default share for a traffic of larger entries, or of
+    /// only small ones, is split as its traffic needs within the run, not at the next start
+    /// (a volume emptied at every start, as an `emptyDir`, never has one).
+    ///
+    /// The split changes as a resize does, with the total never over the capacity: the side
+    /// that shrinks first (the engine is reopened smaller, its last blocks dropped; or the
+    /// small entries are moved into fewer buckets and the pages file cut), then the side that
+    /// grows. Larger entries are misses while the engine reopens (a second or less).
+    async fn resplit(&self) {
+        let inner = &self.inner;
+        let g = self.geo();
+        if !self.is_up() || g.transition.previous().next().is_some() {
+            return;
+        }
+        let share = inner.fills.share(g.layout.share, g.layout.capacity);
+        let (max, index) = inner.bounds;
+        let Some(layout) = Layout::keeping(max, index, g.layout.block, share) else {
+            return;
+        };
+        if layout.buckets == g.layout.buckets || inner.migrating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // The fills from here on ask for the next split.
+        inner.fills.small.store(0, Ordering::Relaxed);
+        inner.fills.large.store(0, Ordering::Relaxed);
+        tracing::info!(
+            from = g.layout.share,
+            to = layout.share,
+            small_entry_pages = layout.buckets,
+            larger_entries_bytes = layout.large,
+            "disk tier: the fills ask for another split of the disk between small and larger entries"
+        );
+        let grow = layout.buckets > g.layout.buckets;
+        let done = async {
+            if grow {
+                // The engine gives up its bytes first; then the pages take them.
+                self.reopen_engine(layout).await?;
+                let pages = self.store().ok()?.pages;
+                let n = layout.buckets;
+                if let Err(e) =
+                    blocking(move || pages.grow(n).map_err(|e| TierError::Failed(e.to_string()))).await
+                {
+                    tracing::warn!(error = %e, "disk tier: cannot grow the small entries' pages");
+                    return None;
+                }
+            }
+            let new = Arc::new(g.resized(layout));
+            *inner.geo.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+            self.save_layout();
+            // The move of the entries (which cuts the file when the pages shrink).
+            if !self.migrate(&new).await {
+                return None;
+            }
+            if !grow {
+                self.reopen_engine(layout).await?;
+            }
+            Some(())
+        }
+        .await;
+        if done.is_none() {
+            tracing::warn!("disk tier: the new split was cut short; it goes on at the next open");
+        }
+        inner.migrating.store(false, Ordering::Release);
+    }
+
+    /// Closes the engine and opens it again over `layout.large` bytes (its blocks past them
+    /// dropped); `None` when the tier went down or closed meanwhile, or it cannot be opened
+    /// (then the tier goes down, and the upkeep opens it again as after any failure).
+    async fn reopen_engine(&self, layout: Layout) -> Option<()> {
+        let inner = &self.inner;
+        let _opening = inner.opening.lock().await;
+        let old = {
+            let mut store = inner.store.write().unwrap_or_else(|p| p.into_inner());
+            store.as_mut()?.engine.take()
+        };
+        close_engine(old, Duration::from_secs(30)).await;
+        let opened = match resize::shrink_to(&inner.dir, layout.large / layout.block) {
+            Ok(_) => open(&inner.dir, layout, inner.drops.clone()).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let engine = match opened {
+            Ok(engine) => Arc::new(engine),
+            Err(e) => {
+                inner.metrics.disk_error(DiskOp::Open);
+                self.down(&format!("the engine could not be opened at its new size: {e}"));
+                return None;
+            }
+        };
+        let unused = {
+            let mut store = inner.store.write().unwrap_or_else(|p| p.into_inner());
+            match store.as_mut() {
+                Some(open) if !inner.closed.load(Ordering::Acquire) => {
+                    open.engine = Some(engine);
+                    None
+                }
+                _ => Some(engine),
+            }
+        };
+        if unused.is_some() {
+            close_engine(unused, Duration::from_secs(10)).await;
+            return None;
+        }
+        Some(())
+    }
+
+    /// Whether `g` is still the tier's geometry (checked under a bucket's lock before it is
+    /// written).
+    fn current(&self, g: &Arc<Geometry>) -> bool {
+        Arc::ptr_eq(g, &self.inner.geo.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether every small entry is in its bucket of today's layout (after a resize, once
     /// [`DiskTier::migrate`] has moved them); what tests of a resize wait for.
     pub fn moved(&self) -> bool {
-        self.inner.transition.previous().next().is_none()
+        self.geo().transition.previous().next().is_none() && !self.inner.migrating.load(Ordering::Acquire)
     }
 
     /// Whether the tier works now (`/health`, `disk_cache_up`).
@@ -523,6 +731,10 @@ impl DiskTier {
                 let tier = DiskTier { inner };
                 tier.heed_engine_failures();
                 tier.heed_buffer_drops();
+                if !tier.inner.migrating.load(Ordering::Acquire) {
+                    let t = tier.clone();
+                    tokio::spawn(async move { t.resplit().await });
+                }
                 if tokio::time::Instant::now() >= next_probe {
                     if tier.is_up() {
                         tier.probe().await;
@@ -571,20 +783,24 @@ impl DiskTier {
         }
         self.load_purge_file().await;
         self.load_purge_records().await;
-        match self.open_files().await {
+        let g = self.geo();
+        match self.open_files(&g).await {
             Ok(store) if inner.closed.load(Ordering::Acquire) => {
                 // Closed while it opened: this store is closed too, never served from.
-                let _ = tokio::time::timeout(Duration::from_secs(10), store.engine.close()).await;
+                close_engine(store.engine, Duration::from_secs(10)).await;
             }
             Ok(store) => {
                 *inner.store.write().unwrap_or_else(|p| p.into_inner()) = Some(store);
                 inner.read_failures.store(0, Ordering::Relaxed);
                 inner.up.store(true, Ordering::Relaxed);
                 self.save_layout();
-                tracing::info!(dir = %inner.dir.display(), capacity = inner.layout.capacity, small_entry_pages = inner.buckets, "disk tier open");
-                if inner.transition.previous().next().is_some() {
+                tracing::info!(dir = %inner.dir.display(), capacity = g.layout.capacity, small_entry_pages = g.layout.buckets, "disk tier open");
+                if g.transition.previous().next().is_some() && !inner.migrating.swap(true, Ordering::AcqRel) {
                     let tier = self.clone();
-                    tokio::spawn(async move { tier.migrate().await });
+                    tokio::spawn(async move {
+                        tier.migrate(&g).await;
+                        tier.inner.migrating.store(false, Ordering::Release);
+                    });
                 }
             }
             Err(e) => {
@@ -596,17 +812,18 @@ impl DiskTier {
 
     /// Opens the engine and the pages file (as long as the longest bucket count still read, so
     /// the pages of a larger disk stay until their entries are moved).
-    async fn open_files(&self) -> Result<Open, String> {
+    async fn open_files(&self, g: &Geometry) -> Result<Open, String> {
         let inner = &self.inner;
-        let longest = inner.transition.previous().fold(inner.buckets, u64::max);
+        let _opening = inner.opening.lock().await;
+        let longest = g.transition.previous().fold(g.layout.buckets, u64::max);
         let dir = inner.dir.clone();
         let pages = tokio::task::spawn_blocking(move || Pages::open(&dir, longest))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("the small entries' pages: {e}"))?;
-        let engine = open(&inner.dir, inner.layout, inner.drops.clone()).await?;
+        let engine = open(&inner.dir, g.layout, inner.drops.clone()).await?;
         Ok(Open {
-            engine,
+            engine: Some(Arc::new(engine)),
             pages: Arc::new(pages),
         })
     }
@@ -615,30 +832,31 @@ impl DiskTier {
     /// page in the background, then cuts the pages file to today's size and stops reading the
     /// old buckets. A restart before it ends starts it again (the layout file keeps the old
     /// counts until then); the tier going down pauses it until the next open.
-    async fn migrate(&self) {
+    ///
+    /// The caller holds [`Inner::migrating`]. Whether it ended.
+    async fn migrate(&self, g: &Arc<Geometry>) -> bool {
         let inner = &self.inner;
-        if inner.migrating.swap(true, Ordering::AcqRel) {
-            return;
-        }
         let started = std::time::Instant::now();
         let (mut page, mut moved) = (0, 0);
         let done = loop {
             let Ok(open) = self.store() else { break false };
-            if inner.closed.load(Ordering::Acquire) {
+            if inner.closed.load(Ordering::Acquire) || !self.current(g) {
                 break false;
             }
             if page >= open.pages.len() {
-                let _ = open.pages.cut_to(inner.buckets);
+                if let Err(e) = open.pages.cut_to(g.layout.buckets) {
+                    tracing::warn!(error = %e, "disk tier: cannot cut the small entries' pages to their new size");
+                }
                 break true;
             }
-            match self.migrate_page(&open, page).await {
+            match self.migrate_page(&open, g, page).await {
                 Ok(n) => moved += n,
                 Err(_) => break false,
             }
             page += 1;
         };
         if done {
-            inner.transition.end();
+            g.transition.end();
             self.save_layout();
             tracing::info!(
                 moved,
@@ -647,12 +865,12 @@ impl DiskTier {
                 "disk tier: the small entries of the resize are in their new buckets"
             );
         }
-        inner.migrating.store(false, Ordering::Release);
+        done
     }
 
     /// Moves the entries of page `page` that belong in another bucket today to that bucket
     /// (unless it holds a version of the key already: written since, so newer). How many moved.
-    async fn migrate_page(&self, open: &Open, page: u64) -> Result<usize, TierError> {
+    async fn migrate_page(&self, open: &Open, g: &Arc<Geometry>, page: u64) -> Result<usize, TierError> {
         let here = Slot {
             bucket: page as usize,
             bit: 0,
@@ -661,12 +879,12 @@ impl DiskTier {
         // Held throughout: a fill of one of its keys waits to remove it from here until it
         // was moved, or found newer in its new bucket.
         let _order = self.lock(here).await;
-        let (tier, pages) = (self.clone(), open.pages.clone());
+        let (tier, pages, g2) = (self.clone(), open.pages.clone(), g.clone());
         let movers = blocking(move || {
             let bucket = tier.read_bucket(&pages, here)?;
             Ok(bucket
                 .keys()
-                .map(|k| (k.to_owned(), tier.slot(k)))
+                .map(|k| (k.to_owned(), tier.slot(&g2, k)))
                 .filter(|(_, slot)| slot.bucket as u64 != page)
                 .collect::<Vec<_>>())
         })
@@ -679,7 +897,7 @@ impl DiskTier {
             } else {
                 Some(self.lock(to).await)
             };
-            let (tier, pages) = (self.clone(), open.pages.clone());
+            let (tier, pages, g) = (self.clone(), open.pages.clone(), g.clone());
             moved += blocking(move || {
                 let mut from = tier.read_bucket(&pages, here)?;
                 let Some(value) = from.take(&key) else {
@@ -690,12 +908,12 @@ impl DiskTier {
                 if into.get(&key).is_none() {
                     let admission = &tier.inner.admission;
                     into.insert(&key, value, |k| admission.frequency(k));
-                    if !tier.write_page(&pages, to, &into) {
+                    if !tier.write_page(&pages, &g, to, &into) {
                         return Err(TierError::Unavailable);
                     }
                     n = 1;
                 }
-                if !tier.write_page(&pages, here, &from) {
+                if !tier.write_page(&pages, &g, here, &from) {
                     return Err(TierError::Unavailable);
                 }
                 Ok(n)
@@ -730,11 +948,12 @@ impl DiskTier {
     /// size could not be kept, those past the last block removed when the disk was made
     /// smaller.
     fn fit_files(&self) -> std::io::Result<()> {
-        let (inner, blocks) = (&self.inner, self.inner.layout.large / self.inner.layout.block);
+        let layout = self.geo().layout;
+        let (inner, blocks) = (&self.inner, layout.large / layout.block);
         if inner.start_empty.load(Ordering::Relaxed) {
             let files = resize::remove_engine_files(&inner.dir)?;
             inner.start_empty.store(false, Ordering::Relaxed);
-            tracing::warn!(dir = %inner.dir.display(), files, block = inner.layout.block, "disk tier: the directory's layout cannot be kept (its block size does not fit the new DISK_CACHE_MAX_BYTES, its layout file is lost, or it was resized too often in a row); it starts empty");
+            tracing::warn!(dir = %inner.dir.display(), files, block = layout.block, "disk tier: the directory's layout cannot be kept (its block size does not fit the new DISK_CACHE_MAX_BYTES, its layout file is lost, or it was resized too often in a row); it starts empty");
         } else {
             let files = resize::shrink_to(&inner.dir, blocks)?;
             if files > 0 {
@@ -747,10 +966,11 @@ impl DiskTier {
     /// Saves the layout beside the entries, for the next process to read them by.
     fn save_layout(&self) {
         let inner = &self.inner;
-        let share = inner.fills.share(inner.layout.share, inner.layout.capacity);
-        let saved = inner
+        let g = self.geo();
+        let share = inner.fills.share(g.layout.share, g.layout.capacity);
+        let saved = g
             .transition
-            .saved(inner.layout.block, inner.buckets, share, inner.seed);
+            .saved(g.layout.block, g.layout.buckets, share, inner.seed);
         if let Err(e) = saved.write(&inner.dir) {
             tracing::warn!(dir = %inner.dir.display(), error = %e, "disk tier: cannot save its layout; a resize before the next start loses the small entries");
         }
@@ -774,9 +994,7 @@ impl DiskTier {
             tracing::warn!(dir = %inner.dir.display(), why, "disk tier down; running without it");
         }
         if let Some(store) = store {
-            let closing = tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(30), store.engine.close()).await;
-            });
+            let closing = tokio::spawn(close_engine(store.engine, Duration::from_secs(30)));
             *inner.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(closing);
         }
     }
@@ -944,10 +1162,8 @@ impl DiskTier {
         if store.is_some() {
             self.save_layout();
         }
-        if let Some(store) = store
-            && let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), store.engine.close()).await
-        {
-            tracing::warn!(error = %e, "disk tier: close failed");
+        if let Some(store) = store {
+            close_engine(store.engine, Duration::from_secs(10)).await;
         }
     }
 
@@ -989,47 +1205,14 @@ impl DiskTier {
         sketch::keyed(self.inner.seed, key.as_bytes())
     }
 
-    /// Where `key`'s small entry goes: its bucket and its bit in the bucket's mask.
-    fn slot(&self, key: &str) -> Slot {
-        let hash = self.bucket_hash(key);
-        Slot {
-            bucket: jump(hash, self.inner.buckets) as usize,
-            bit: mask_bit(hash),
-            hash,
-        }
-    }
-
-    /// Where the small entry whose slot is `today` went before the last resizes (newest
-    /// first), while those buckets are still read, each another bucket than today's.
-    fn old_slots(&self, today: Slot) -> impl Iterator<Item = Slot> + '_ {
-        let mut seen = [today.bucket; resize::MAX_PREVIOUS];
-        let mut n = 0;
-        self.inner.transition.previous().filter_map(move |count| {
-            let bucket = jump(today.hash, count) as usize;
-            if bucket == today.bucket || seen[..n].contains(&bucket) {
-                return None;
-            }
-            seen[n] = bucket;
-            n += 1;
-            Some(Slot { bucket, ..today })
-        })
-    }
-
-    /// The key mask of `slot`'s bucket (`None` for a bucket past today's count, left from a
-    /// larger disk).
-    fn mask(&self, slot: Slot) -> Option<&AtomicU64> {
-        self.inner.masks.get(slot.bucket)
-    }
-
-    /// Whether `slot`'s bucket may hold its key (false: it does not, no read needed).
-    fn may_hold(&self, slot: Slot) -> bool {
-        self.mask(slot)
-            .is_none_or(|m| m.load(Ordering::Acquire) & slot.bit != 0)
+    /// Where `key`'s small entry goes under `g`: its bucket and its bit in the bucket's mask.
+    fn slot(&self, g: &Geometry, key: &str) -> Slot {
+        g.slot(self.bucket_hash(key))
     }
 
     /// Sets the mask of `slot`'s bucket to what `bucket` holds (under its lock).
-    fn set_mask(&self, slot: Slot, bucket: &Bucket) {
-        if let Some(mask) = self.mask(slot) {
+    fn set_mask(&self, g: &Geometry, slot: Slot, bucket: &Bucket) {
+        if let Some(mask) = g.mask(slot) {
             let bits = bucket.keys().fold(0, |m, k| m | mask_bit(self.bucket_hash(k)));
             mask.store(bits, Ordering::Release);
         }
@@ -1045,12 +1228,13 @@ impl DiskTier {
     /// The value of `key`'s small entry, read from its bucket without decoding the others;
     /// `None` when the mask rules it out or the bucket or the key is not there.
     async fn find_small(&self, open: &Open, key: &str) -> Result<Option<Vec<u8>>, TierError> {
-        let today = self.slot(key);
+        let g = self.geo();
+        let today = self.slot(&g, key);
         // Today's bucket, then the buckets before a resize whose entries are still being
         // moved (newest first: a write removes the key from the older ones).
         let slots: Vec<Slot> = std::iter::once(today)
-            .chain(self.old_slots(today))
-            .filter(|&s| self.may_hold(s))
+            .chain(g.old_slots(today))
+            .filter(|&s| g.may_hold(s))
             .collect();
         if slots.is_empty() {
             return Ok(None);
@@ -1094,10 +1278,10 @@ impl DiskTier {
         })
     }
 
-    /// Writes `bucket` as page `slot` (and sets its mask); whether the disk kept it. A failed
-    /// write (a full volume under the sparse file, an I/O error) is counted and takes the tier
-    /// down, as the engine's do.
-    fn write_page(&self, pages: &Pages, slot: Slot, bucket: &Bucket) -> bool {
+    /// Writes `bucket` as page `slot` (and sets its mask in `g`); whether the disk kept it. A
+    /// failed write (a full volume under the sparse file, an I/O error) is counted and takes
+    /// the tier down, as the engine's do.
+    fn write_page(&self, pages: &Pages, g: &Geometry, slot: Slot, bucket: &Bucket) -> bool {
         let encoding = if bucket.is_empty() {
             Vec::new()
         } else {
@@ -1105,7 +1289,7 @@ impl DiskTier {
         };
         match pages.write(slot.bucket as u64, &encoding) {
             Ok(()) => {
-                self.set_mask(slot, bucket);
+                self.set_mask(g, slot, bucket);
                 true
             }
             Err(e) => {
@@ -1114,6 +1298,165 @@ impl DiskTier {
                 false
             }
         }
+    }
+
+    /// Removes `key`'s small entry from its bucket (and its buckets before a resize); whether
+    /// it held one.
+    async fn remove_small(&self, open: &Open, key: &str) -> bool {
+        loop {
+            let g = self.geo();
+            let slot = self.slot(&g, key);
+            let mut held = false;
+            let mut whole = true;
+            for slot in std::iter::once(slot).chain(g.old_slots(slot)) {
+                match self.remove_from(open, &g, key, slot).await {
+                    Some(h) => held |= h,
+                    None => {
+                        whole = false;
+                        break;
+                    }
+                }
+            }
+            if whole {
+                return held;
+            }
+        }
+    }
+
+    /// Removes `key`'s small entry from the bucket `slot` of `g`; whether it held one (`None`:
+    /// `g` is no longer the tier's, the removal must start again).
+    async fn remove_from(&self, open: &Open, g: &Arc<Geometry>, key: &str, slot: Slot) -> Option<bool> {
+        if !g.may_hold(slot) {
+            return Some(false);
+        }
+        let _order = self.lock(slot).await;
+        if !self.current(g) {
+            return None;
+        }
+        let (tier, pages, key, g) = (self.clone(), open.pages.clone(), key.to_owned(), g.clone());
+        let held = blocking(move || {
+            let mut bucket = tier.read_bucket(&pages, slot)?;
+            let held = bucket.remove(&key);
+            if held {
+                tier.write_page(&pages, &g, slot, &bucket);
+            } else {
+                tier.set_mask(&g, slot, &bucket);
+            }
+            Ok(held)
+        })
+        .await;
+        Some(held.unwrap_or(false))
+    }
+
+    /// Removes `key`'s entry, small or not; whether the disk held one.
+    async fn remove_entry(&self, open: &Open, key: &str) -> bool {
+        let direct = open
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.storage().may_contains(key));
+        if direct && let Some(engine) = &open.engine {
+            engine.remove(key);
+        }
+        self.remove_small(open, key).await || direct
+    }
+
+    /// Writes `key`'s `entry` to disk: small entries into their bucket's page, larger ones to
+    /// the engine; what became of it.
+    async fn put_entry(&self, key: &str, entry: Arc<Entry>) -> Result<Put, TierError> {
+        let open = self.store()?;
+        let bytes = entry.encode();
+        // foyer cannot keep an entry larger than a block (with its key and header).
+        if (bytes.len() + key.len() + 64) as u64 > self.geo().layout.block {
+            return Ok(Put::Lost);
+        }
+        let admission = &self.inner.admission;
+        let direct = open
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.storage().may_contains(key));
+        if !bucket::is_small(key, bytes.len()) {
+            if !direct && !admission.admits(key) {
+                self.inner.metrics.disk_rejected();
+                // A smaller version of it may be in its bucket: superseded all the same.
+                let g = self.geo();
+                let older = g.may_hold(self.slot(&g, key));
+                return Ok(if older { Put::Lost } else { Put::NotAdmitted });
+            }
+            // The engine is being reopened at another size: not kept.
+            let Some(engine) = &open.engine else {
+                self.remove_small(&open, key).await;
+                return Ok(Put::Lost);
+            };
+            self.inner
+                .log
+                .lives_until(entry.stored_at_ms, entry.stale_until_ms);
+            let len = bytes.len() as u64;
+            let written = self.write(engine, key.to_owned(), bytes);
+            // It may have been small before: no older version stays in its bucket.
+            self.remove_small(&open, key).await;
+            // Written to an engine closed meanwhile (reopened at another size): maybe lost.
+            if !written || !self.engine_is(engine) {
+                return Ok(Put::Lost);
+            }
+            self.inner
+                .fills
+                .large
+                .fetch_add(len.div_ceil(DISK_PAGE), Ordering::Relaxed);
+            self.handed(key, entry.stored_at_ms);
+            return Ok(Put::Kept);
+        }
+        let len = (key.len() + bytes.len()) as u64;
+        let (stored_at, stale_until) = (entry.stored_at_ms, entry.stale_until_ms);
+        let mut bytes = Some(bytes);
+        let (g, slot) = loop {
+            let g = self.geo();
+            let slot = self.slot(&g, key);
+            let order = self.lock(slot).await;
+            // The split changed meanwhile: its bucket may be another.
+            if !self.current(&g) {
+                continue;
+            }
+            let (tier, pages, owned) = (self.clone(), open.pages.clone(), key.to_owned());
+            let (g2, value) = (g.clone(), bytes.take().expect("one write"));
+            let put = blocking(move || {
+                let inner = &tier.inner;
+                // A bucket known to be empty need not be read. One that cannot be read now is
+                // left as it is (rewritten, it would lose its entries), and the fill not written.
+                let mut bucket = if g2.mask(slot).is_some_and(|m| m.load(Ordering::Acquire) == 0) {
+                    Bucket::default()
+                } else {
+                    tier.read_bucket(&pages, slot)?
+                };
+                if !direct && bucket.get(&owned).is_none() && !inner.admission.admits(&owned) {
+                    inner.metrics.disk_rejected();
+                    return Ok(Put::NotAdmitted);
+                }
+                inner.log.lives_until(stored_at, stale_until);
+                bucket.insert(&owned, value, |k| inner.admission.frequency(k));
+                // Not kept: the page is the one before (its mask stays as it was).
+                Ok(if tier.write_page(&pages, &g2, slot, &bucket) {
+                    Put::Kept
+                } else {
+                    Put::Lost
+                })
+            })
+            .await?;
+            drop(order);
+            if put != Put::Kept {
+                return Ok(put);
+            }
+            break (g, slot);
+        };
+        self.inner.fills.small.fetch_add(len, Ordering::Relaxed);
+        if direct && let Some(engine) = &open.engine {
+            engine.remove(key);
+        }
+        // Written to its new bucket: an older version in its bucket before a resize must not
+        // come back.
+        for old in g.old_slots(slot) {
+            self.remove_from(&open, &g, key, old).await;
+        }
+        Ok(Put::Kept)
     }
 
     /// Hands `bytes` to foyer's writer as `key`; whether it kept them: foyer lets an entry go
@@ -1128,126 +1471,6 @@ impl DiskTier {
             self.inner.metrics.disk_error(DiskOp::Write);
         }
         handed && self.inner.drops.queue_full() == dropped
-    }
-
-    /// Removes `key`'s small entry from its bucket (and its buckets before a resize); whether
-    /// it held one.
-    async fn remove_small(&self, open: &Open, key: &str) -> bool {
-        let slot = self.slot(key);
-        let mut held = self.remove_from(open, key, slot).await;
-        for old in self.old_slots(slot) {
-            held |= self.remove_from(open, key, old).await;
-        }
-        held
-    }
-
-    /// Removes `key`'s small entry from the bucket `slot`; whether it held one.
-    async fn remove_from(&self, open: &Open, key: &str, slot: Slot) -> bool {
-        if !self.may_hold(slot) {
-            return false;
-        }
-        let _order = self.lock(slot).await;
-        let (tier, pages, key) = (self.clone(), open.pages.clone(), key.to_owned());
-        blocking(move || {
-            let mut bucket = tier.read_bucket(&pages, slot)?;
-            let held = bucket.remove(&key);
-            if held {
-                tier.write_page(&pages, slot, &bucket);
-            } else {
-                tier.set_mask(slot, &bucket);
-            }
-            Ok(held)
-        })
-        .await
-        .unwrap_or(false)
-    }
-
-    /// Removes `key`'s entry, small or not; whether the disk held one.
-    async fn remove_entry(&self, open: &Open, key: &str) -> bool {
-        let direct = open.engine.storage().may_contains(key);
-        if direct {
-            open.engine.remove(key);
-        }
-        self.remove_small(open, key).await || direct
-    }
-
-    /// Writes `key`'s `entry` to disk: small entries into their bucket's page, larger ones to
-    /// the engine; what became of it.
-    async fn put_entry(&self, key: &str, entry: Arc<Entry>) -> Result<Put, TierError> {
-        let open = self.store()?;
-        let bytes = entry.encode();
-        // foyer cannot keep an entry larger than a block (with its key and header).
-        if (bytes.len() + key.len() + 64) as u64 > self.inner.layout.block {
-            return Ok(Put::Lost);
-        }
-        let admission = &self.inner.admission;
-        let direct = open.engine.storage().may_contains(key);
-        if !bucket::is_small(key, bytes.len()) {
-            if !direct && !admission.admits(key) {
-                self.inner.metrics.disk_rejected();
-                // A smaller version of it may be in its bucket: superseded all the same.
-                let older = self.may_hold(self.slot(key));
-                return Ok(if older { Put::Lost } else { Put::NotAdmitted });
-            }
-            self.inner
-                .log
-                .lives_until(entry.stored_at_ms, entry.stale_until_ms);
-            let len = bytes.len() as u64;
-            let written = self.write(&open.engine, key.to_owned(), bytes);
-            // It may have been small before: no older version stays in its bucket.
-            self.remove_small(&open, key).await;
-            if !written {
-                return Ok(Put::Lost);
-            }
-            self.inner
-                .fills
-                .large
-                .fetch_add(len.div_ceil(DISK_PAGE), Ordering::Relaxed);
-            self.handed(key, entry.stored_at_ms);
-            return Ok(Put::Kept);
-        }
-        let slot = self.slot(key);
-        let order = self.lock(slot).await;
-        let (tier, pages, owned) = (self.clone(), open.pages.clone(), key.to_owned());
-        let (stored_at, stale_until) = (entry.stored_at_ms, entry.stale_until_ms);
-        let len = (key.len() + bytes.len()) as u64;
-        let put = blocking(move || {
-            let inner = &tier.inner;
-            // A bucket known to be empty need not be read. One that cannot be read now is
-            // left as it is (rewritten, it would lose its entries), and the fill not written.
-            let mut bucket = if tier.mask(slot).is_some_and(|m| m.load(Ordering::Acquire) == 0) {
-                Bucket::default()
-            } else {
-                tier.read_bucket(&pages, slot)?
-            };
-            if !direct && bucket.get(&owned).is_none() && !inner.admission.admits(&owned) {
-                inner.metrics.disk_rejected();
-                return Ok(Put::NotAdmitted);
-            }
-            inner.log.lives_until(stored_at, stale_until);
-            bucket.insert(&owned, bytes, |k| inner.admission.frequency(k));
-            // Not kept: the page is the one before (its mask stays as it was).
-            Ok(if tier.write_page(&pages, slot, &bucket) {
-                Put::Kept
-            } else {
-                Put::Lost
-            })
-        })
-        .await?;
-        drop(order);
-        if put != Put::Kept {
-            return Ok(put);
-        }
-        self.inner.fills.small.fetch_add(len, Ordering::Relaxed);
-        if direct {
-            open.engine.remove(key);
-        }
-        // Written to its new bucket: an older version in its bucket before a resize must not
-        // come back.
-        for old in self.old_slots(slot) {
-            self.remove_from(&open, key, old).await;
-        }
-        Ok(Put::Kept)
     }
 
     /// Notes a fill handed to the engine (and, first, whether its flusher dropped any lately).
@@ -1373,6 +1596,15 @@ fn check_format(dir: &Path) -> std::io::Result<()> {
     let mut f = std::fs::File::create(&path)?;
     std::io::Write::write_all(&mut f, format!("{FORMAT}\n").as_bytes())?;
     f.sync_all()
+}
+
+/// Closes the engine (writing what it buffers), within `wait`; a failure is logged.
+async fn close_engine(engine: Option<Arc<Store>>, wait: Duration) {
+    if let Some(engine) = engine
+        && let Ok(Err(e)) = tokio::time::timeout(wait, engine.close()).await
+    {
+        tracing::warn!(error = %e, "disk tier: close failed");
+    }
 }
 
 /// Runs `f` (a read or write of the pages file) on a thread that may block, off the runtime's.
@@ -1520,11 +1752,13 @@ impl Tier for DiskTier {
         // A small entry is in its bucket; a larger one on its own, under its key.
         let read = match self.find_small(&open, key).await? {
             Some(bytes) => Some((bytes, true)),
-            None if open.engine.storage().may_contains(key) => match load(&open.engine, key).await {
-                Ok(Stored::Value(bytes)) => Some((bytes, false)),
-                Ok(Stored::Absent | Stored::Unknown) => None,
-                Err(e) => return Err(self.read_failed(&e.to_string())),
-            },
+            None if let Some(engine) = open.engine.as_ref().filter(|e| e.storage().may_contains(key)) => {
+                match load(engine, key).await {
+                    Ok(Stored::Value(bytes)) => Some((bytes, false)),
+                    Ok(Stored::Absent | Stored::Unknown) => None,
+                    Err(e) => return Err(self.read_failed(&e.to_string())),
+                }
+            }
             None => None,
         };
         self.inner.read_failures.store(0, Ordering::Relaxed);
@@ -1535,8 +1769,8 @@ impl Tier for DiskTier {
         if found.is_none() {
             if small {
                 self.remove_small(&open, key).await;
-            } else {
-                open.engine.remove(key);
+            } else if let Some(engine) = &open.engine {
+                engine.remove(key);
             }
         }
         Ok(found)
@@ -1575,7 +1809,9 @@ impl Tier for DiskTier {
         let held = if mode == PurgeMode::Hard {
             self.remove_entry(&open, key).await
         } else {
-            open.engine.storage().may_contains(key)
+            open.engine
+                .as_ref()
+                .is_some_and(|e| e.storage().may_contains(key))
                 || matches!(self.find_small(&open, key).await, Ok(Some(_)))
         };
         Ok(u64::from(held))
@@ -1615,7 +1851,7 @@ mod tests {
         let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
         let same = keys
             .iter()
-            .filter(|k| ta.slot(k).bucket == tb.slot(k).bucket)
+            .filter(|k| ta.slot(&ta.geo(), k).bucket == tb.slot(&tb.geo(), k).bucket)
             .count();
         // Placed independently: about one key in the bucket count lands alike by chance.
         assert!(
@@ -1625,7 +1861,10 @@ mod tests {
         // The seed is the directory's: saved with the layout, the same placement after a restart.
         ta.save_layout();
         let again = tier(a.path());
-        assert!(keys.iter().all(|k| ta.slot(k).bucket == again.slot(k).bucket));
+        assert!(
+            keys.iter()
+                .all(|k| ta.slot(&ta.geo(), k).bucket == again.slot(&again.geo(), k).bucket)
+        );
     }
 
     #[test]

@@ -137,6 +137,16 @@ impl Pages {
         self.file.write_all_at(&page, i * DISK_PAGE)
     }
 
+    /// Makes the file `pages` pages long, when it is shorter (the small entries were given
+    /// more of the disk).
+    pub fn grow(&self, pages: u64) -> std::io::Result<()> {
+        if pages > self.len() {
+            self.file.set_len(pages * DISK_PAGE)?;
+            self.limit.store(pages, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// Cuts the file to `pages` pages (after a resize made the disk smaller and moved the
     /// entries of the pages past it).
     pub fn cut_to(&self, pages: u64) -> std::io::Result<()> {
