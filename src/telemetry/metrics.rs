@@ -261,7 +261,7 @@ impl Metrics {
             m,
             c,
             "disk_cache_rejected",
-            "Fills not written to the disk tier: their key was asked of it fewer than DISK_CACHE_ADMIT_MIN_REQUESTS times lately.",
+            "Fills not written to the disk tier: they would have pushed another entry out, and their key was asked of it fewer than DISK_CACHE_ADMIT_MIN_REQUESTS times lately.",
             vec![(vec![], 0)],
             |c, i| c.disk_rejected.get(i),
         );

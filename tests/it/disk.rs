@@ -125,6 +125,12 @@ async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
     let mut env = env(dir.path(), false);
     env.retain(|(k, _)| *k != "DISK_CACHE_ADMIT_MIN_REQUESTS");
     let s = start(&origin, &env).await;
+    // A small entry asked once goes into the free room of its bucket: it pushes nothing out.
+    assert_eq!(s.get("small-once").await.1, "cache-layer; fwd=miss; stored");
+    assert!(s.get("small-once").await.1.ends_with("detail=disk"));
+    // Larger entries (3 KB) go to the engine's log, where every write pushes out the oldest:
+    // admission guards every one of them.
+    origin.set("bytes:3000", 0).await;
     // Asked once: fetched and answered, but not written to disk; with no other tier, nothing
     // kept it, and Cache-Status says so (no `stored`).
     assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; detail=declined");
@@ -133,7 +139,7 @@ async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
     assert_eq!(s.get("twice").await.1, "cache-layer; fwd=miss; detail=declined");
     assert_eq!(s.get("twice").await.1, "cache-layer; fwd=miss; stored");
     assert!(s.get("twice").await.1.ends_with("detail=disk"));
-    assert_eq!(origin.served().await, 3);
+    assert_eq!(origin.served().await, 4);
     assert_eq!(s.metric("disk_cache_rejected_total").await, 2.0);
     assert_eq!(s.metric("cache_not_stored_total{reason=\"declined\"").await, 2.0);
     // After a restart what the disk holds is served, and a newer fill of a key it holds is
@@ -143,10 +149,10 @@ async fn keys_read_once_stay_off_the_disk_and_keys_read_again_reach_it() {
     stop(s).await;
     let s = start(&origin, &env).await;
     assert_eq!(purge(&s, "/items/twice?soft=true").await, 204);
-    served_stale_then_refreshed_on_disk(&s, &origin, "twice", 4).await;
+    served_stale_then_refreshed_on_disk(&s, &origin, "twice", 5).await;
     assert_eq!(s.metric("disk_cache_rejected_total").await, 0.0);
     assert_eq!(s.get("once").await.1, "cache-layer; fwd=miss; stored");
-    assert_eq!(origin.served().await, 5);
+    assert_eq!(origin.served().await, 6);
     assert_eq!(s.get("fresh").await.1, "cache-layer; fwd=miss; detail=declined");
     assert_eq!(s.metric("disk_cache_rejected_total").await, 1.0);
 }
@@ -762,6 +768,8 @@ async fn admission_counts_outlive_a_restart() {
             *v = "2".to_owned();
         }
     }
+    // Larger entries, which admission guards (a small one fills free room in its bucket).
+    origin.set("bytes:3000", 0).await;
     // Asked once, then a restart: the key is not on the disk (seen once only)...
     let s = start(&origin, &env).await;
     assert_eq!(s.get("twice").await.0, 200);

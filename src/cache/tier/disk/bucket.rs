@@ -91,6 +91,17 @@ impl Bucket {
         self.entries.is_empty()
     }
 
+    /// Whether an entry of `key` and a value of `value_len` bytes fits without pushing
+    /// another entry out (in place of `key`'s own, if it has one).
+    pub fn has_room(&self, key: &str, value_len: usize) -> bool {
+        let own = self
+            .entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(0, |(k, v)| k.len() + v.len() + FRAMING);
+        self.encoded_len() - own + key.len() + value_len + FRAMING <= BUCKET_BYTES
+    }
+
     /// Removes `key`'s entry and hands back its value.
     pub fn take(&mut self, key: &str) -> Option<Vec<u8>> {
         let i = self.entries.iter().position(|(k, _)| k == key)?;

@@ -18,10 +18,12 @@
 //! served stale. Purges reach the tier as records rather than as a scan, which foyer does not
 //! offer: a tag purge touches no file.
 //!
-//! Not every fill is written: an entry goes to disk only once its key has been asked of the
-//! tier [`DiskConfig::admit_min_requests`] times lately ([`Admission`]). The disk is a FIFO
-//! of blocks, so without it every key read once (most keys, in a long-tailed workload) pushes
-//! out one read again; with it the disk keeps the keys that come back.
+//! Not every fill is written: a fill that would push another entry out goes to disk only once
+//! its key has been asked of the tier [`DiskConfig::admit_min_requests`] times lately
+//! ([`Admission`]). The engine is a FIFO of blocks, so every larger entry pushes out the
+//! oldest, and a full bucket its least popular entry: without it every key read once (most
+//! keys, in a long-tailed workload) pushes out one read again; with it the disk keeps the keys
+//! that come back. Free room in a bucket takes any fill: it pushes nothing out.
 //!
 //! A disk that fails (full, read-only, gone, unreadable) turns the tier off: the request goes
 //! on without it, the failure is counted (`disk_errors_total`) and `/health` says `down`. A
@@ -238,10 +240,11 @@ impl Fills {
     }
 }
 
-/// Which fills are worth a disk write: those whose key was asked of the tier at least
-/// `min_requests` times within the sketch's window (the lookup that missed counts, so 2 means
-/// "asked before"). A fill that replaces an entry the disk holds is always written, so the
-/// disk never keeps an older version than the one fetched.
+/// Which fills are worth pushing another entry out for: those whose key was asked of the tier
+/// at least `min_requests` times within the sketch's window (the lookup that missed counts, so
+/// 2 means "asked before"). A fill that replaces an entry the disk holds is always written, so
+/// the disk never keeps an older version than the one fetched; so is a small one whose bucket
+/// has free room.
 struct Admission {
     /// `DISK_CACHE_ADMIT_MIN_REQUESTS`; 1 admits every fill and counts nothing.
     min_requests: u8,
@@ -376,10 +379,12 @@ impl Layout {
         fits.then(|| Layout::with_block(max_bytes, index_max_bytes, block, share))
     }
 
-    /// The block size for `max_bytes`: small enough that eviction takes little at a time, and
-    /// that the write buffers (two blocks) leave most of the index bound to the index.
+    /// The block size for `max_bytes`: small enough that eviction takes little at a time,
+    /// that the write buffers (two blocks) leave most of the index bound to the index, and
+    /// that the engine's least share (four blocks, a 32nd of the disk) leaves the rest to the
+    /// small entries when they are all the traffic has.
     fn block_for(max_bytes: u64, index_max_bytes: u64) -> u64 {
-        let block = (max_bytes / 32).clamp(64 << 10, MAX_BLOCK.min(index_max_bytes / 8).max(64 << 10));
+        let block = (max_bytes / 128).clamp(64 << 10, MAX_BLOCK.min(index_max_bytes / 8).max(64 << 10));
         block / DISK_PAGE * DISK_PAGE
     }
 
@@ -1427,7 +1432,10 @@ impl DiskTier {
                 } else {
                     tier.read_bucket(&pages, slot)?
                 };
-                if !direct && bucket.get(&owned).is_none() && !inner.admission.admits(&owned) {
+                // A bucket with room takes any fill: admission guards only what would be
+                // pushed out.
+                let room = bucket.has_room(&owned, value.len());
+                if !direct && !room && bucket.get(&owned).is_none() && !inner.admission.admits(&owned) {
                     inner.metrics.disk_rejected();
                     return Ok(Put::NotAdmitted);
                 }
@@ -1891,10 +1899,10 @@ mod tests {
         assert!(l.large >= 4 * l.block);
         // 8 MiB: small blocks, so eviction takes little at a time.
         let l = Layout::new(8 << 20, 16 << 20, DEFAULT_SHARE);
-        assert_eq!((l.capacity, l.block), (8 << 20, 256 << 10));
-        // All of it asked for pages: the engine still has four blocks.
-        let l = Layout::new(8 << 20, 16 << 20, 1000);
-        assert_eq!((l.large, l.buckets), (1 << 20, 7 << 8));
+        assert_eq!((l.capacity, l.block), (8 << 20, 64 << 10));
+        // 32 MiB, all of it asked for pages: the engine still has four blocks, a 32nd.
+        let l = Layout::new(32 << 20, 16 << 20, 1000);
+        assert_eq!((l.large, l.buckets), (1 << 20, 31 << 8));
         // Resized to 16 MiB, the directory's 256 KiB blocks are kept (its files still read);
         // to less than four of them, they cannot be.
         let l = Layout::keeping(16 << 20, 16 << 20, 256 << 10, 500).unwrap();
