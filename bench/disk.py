@@ -316,7 +316,11 @@ def render(results, started, finished):
            "(4 MiB + disk) / mean entry weight entries (*same bytes*) or memory entries + disk "
            "/ 4 KiB (*same entries*: one entry per 4 KiB page, what foyer's block engine holds "
            "without the tier's packing of small entries into shared pages; with it the disk "
-           "holds more, so the tier can pass this column).", "",
+           "holds more, so the tier can pass this column). The *same bytes* columns count "
+           "entries at the memory tier's weight, which includes its per-entry overhead; the "
+           "disk's pages hold an entry in fewer bytes than that, so a tier with disk can pass "
+           "them too: they are bounds for a cache that spends the memory tier's bytes per "
+           "entry, not for this one.", "",
            "*Ideal online* is A0 on the same stream: it holds the most probable keys, "
            "which under the independent reference model (the benchmark draws keys i.i.d.) "
            "no policy that does not know the future can beat (Aho, Denning & Ullman, 1971); "

@@ -488,12 +488,6 @@ struct Inner {
     engine_seen: std::sync::Mutex<disk_engine::Seen>,
     /// What the engine was handed and let go (a full write queue), to tell a kept fill.
     drops: Arc<disk_engine::EngineDrops>,
-    /// The last [`HANDED`] fills handed to the engine (key, fetch time): when its flusher
-    /// lets some go, which ones is not said, so all these are recorded as superseding what
-    /// was fetched before them.
-    handed: std::sync::Mutex<std::collections::VecDeque<(Box<str>, u64)>>,
-    /// The engine's `buffer_overflow` count when last heeded (read before every lookup).
-    buffer_drops_seen: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -561,8 +555,6 @@ impl DiskTier {
                 records,
                 engine_seen: std::sync::Mutex::new(disk_engine::FAILURES.seen()),
                 drops: Arc::default(),
-                handed: std::sync::Mutex::default(),
-                buffer_drops_seen: AtomicU64::new(0),
                 metrics,
             }),
         }
@@ -735,7 +727,6 @@ impl DiskTier {
                 }
                 let tier = DiskTier { inner };
                 tier.heed_engine_failures();
-                tier.heed_buffer_drops();
                 if !tier.inner.migrating.load(Ordering::Acquire) {
                     let t = tier.clone();
                     tokio::spawn(async move { t.resplit().await });
@@ -1396,18 +1387,29 @@ impl DiskTier {
                 .log
                 .lives_until(entry.stored_at_ms, entry.stale_until_ms);
             let len = bytes.len() as u64;
-            let written = self.write(engine, key.to_owned(), bytes);
+            let dropped = self.inner.drops.buffer_full();
+            let mut kept = self.write(engine, key.to_owned(), bytes);
+            // Until its flusher has written the entry into a block and indexed it (or let it
+            // go, and counted that), the engine has not kept it: a fill is said kept only
+            // after. When something was let go meanwhile, a key the engine did not hold before
+            // is kept if it is indexed now; one it held (an older version) is taken as let go
+            // (the safe side: it is then recorded as superseding the older one).
+            if kept {
+                let flushed = tokio::time::timeout(FLUSH_WAIT, engine.storage().wait()).await;
+                kept = flushed.is_ok()
+                    && (self.inner.drops.buffer_full() == dropped
+                        || (!direct && engine.storage().may_contains(key)));
+            }
             // It may have been small before: no older version stays in its bucket.
             self.remove_small(&open, key).await;
             // Written to an engine closed meanwhile (reopened at another size): maybe lost.
-            if !written || !self.engine_is(engine) {
+            if !kept || !self.engine_is(engine) {
                 return Ok(Put::Lost);
             }
             self.inner
                 .fills
                 .large
                 .fetch_add(len.div_ceil(DISK_PAGE), Ordering::Relaxed);
-            self.handed(key, entry.stored_at_ms);
             return Ok(Put::Kept);
         }
         let len = (key.len() + bytes.len()) as u64;
@@ -1479,36 +1481,6 @@ impl DiskTier {
             self.inner.metrics.disk_error(DiskOp::Write);
         }
         handed && self.inner.drops.queue_full() == dropped
-    }
-
-    /// Notes a fill handed to the engine (and, first, whether its flusher dropped any lately).
-    fn handed(&self, key: &str, stored_at_ms: u64) {
-        self.heed_buffer_drops();
-        let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
-        if handed.len() >= HANDED {
-            handed.pop_front();
-        }
-        handed.push_back((Box::from(key), stored_at_ms));
-    }
-
-    /// When the engine's flusher dropped fills since the last look: every fill handed lately
-    /// is recorded as superseding what was fetched before it (which of them went is not said),
-    /// so an older version the disk holds is not served after it; theirs, if kept, still is.
-    /// Such a fill was answered `stored` all the same.
-    fn heed_buffer_drops(&self) {
-        let drops = self.inner.drops.buffer_full();
-        if drops == self.inner.buffer_drops_seen.load(Ordering::Acquire) {
-            return;
-        }
-        let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
-        self.inner.buffer_drops_seen.store(drops, Ordering::Release);
-        for (key, at) in handed.drain(..) {
-            // Just before the fill's own fetch: a purge at `at` would drop the fill too.
-            let before = at.saturating_sub(1);
-            self.inner
-                .log
-                .record(PurgeScope::Key, &key, PurgeMode::Hard, before);
-        }
     }
 
     /// A failed read: counted, and after many in a row the tier goes down.
@@ -1651,9 +1623,9 @@ async fn open(dir: &Path, layout: Layout, drops: Arc<disk_engine::EngineDrops>) 
         .map_err(|e| e.to_string())
 }
 
-/// Fills remembered as handed to the engine lately, while its flusher may still drop them:
-/// more than two write buffers' worth of pages.
-const HANDED: usize = 4096;
+/// The longest a larger fill waits for the engine's flusher to take it (a fill not taken by
+/// then is not said kept, and counts as superseded).
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// What became of a fill handed to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1754,9 +1726,6 @@ impl Tier for DiskTier {
     async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, TierError> {
         let open = self.store()?;
         self.inner.admission.requested(key);
-        // A fill the engine's flusher let go since the last look supersedes what the disk
-        // holds of it, before it is read.
-        self.heed_buffer_drops();
         // A small entry is in its bucket; a larger one on its own, under its key.
         let read = match self.find_small(&open, key).await? {
             Some(bytes) => Some((bytes, true)),
