@@ -145,10 +145,7 @@ impl Geometry {
     /// The geometry of `layout` after this one: its buckets still read until the move ends,
     /// the masks of the buckets both have kept (a mask may be too full, never too empty).
     fn resized(&self, layout: Layout) -> Geometry {
-        let saved = self
-            .transition
-            .saved(self.layout.block, self.layout.buckets, layout.share, (0, 0));
-        let transition = Transition::new(Some(&saved), layout.buckets).expect("one resize");
+        let transition = Transition::after(self.layout.buckets);
         let masks = (0..layout.buckets as usize)
             .map(|i| {
                 let kept = self.masks.get(i).map_or(UNKNOWN, |m| m.load(Ordering::Acquire));

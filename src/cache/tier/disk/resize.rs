@@ -151,6 +151,13 @@ impl Transition {
         Some(Transition { previous: slots })
     }
 
+    /// The transition of a resize from `previous` buckets, the last one over (a new split).
+    pub fn after(previous: u64) -> Transition {
+        let mut slots: [AtomicU64; MAX_PREVIOUS] = Default::default();
+        slots[0] = AtomicU64::new(previous);
+        Transition { previous: slots }
+    }
+
     /// The previous bucket counts still read, newest first.
     pub fn previous(&self) -> impl Iterator<Item = u64> + '_ {
         self.previous
