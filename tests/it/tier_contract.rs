@@ -363,6 +363,24 @@ async fn keys_asked_once_fill_free_room_but_never_push_out_what_is_there() {
     shutdown.cancel();
 }
 
+#[tokio::test]
+async fn a_pages_file_grown_by_hand_is_cut_to_the_layout_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, shutdown) = open_disk(dir.path(), 8 << 20).await;
+    assert!(disk.put("kept", entry("kept", "\"v\"", now_ms())).await.unwrap());
+    disk.close().await;
+    shutdown.cancel();
+    let path = dir.path().join("cache-layer-buckets");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let (disk, shutdown) = open_disk(dir.path(), 8 << 20).await;
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(len, disk.layout().buckets * 4096, "cut to its pages");
+    assert!(disk.get("kept").await.unwrap().is_some());
+    disk.close().await;
+    shutdown.cancel();
+}
+
 /// Waits (polling, up to a minute) until the disk's split of its bytes satisfies `done` and
 /// the entries of the change are moved.
 async fn wait_split(disk: &DiskTier, done: impl Fn(u64) -> bool) {

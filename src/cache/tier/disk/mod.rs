@@ -810,10 +810,16 @@ impl DiskTier {
         let _opening = inner.opening.lock().await;
         let longest = g.transition.previous().fold(g.layout.buckets, u64::max);
         let dir = inner.dir.clone();
-        let pages = tokio::task::spawn_blocking(move || Pages::open(&dir, longest))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("the small entries' pages: {e}"))?;
+        // Pages past the longest count the layout knows are no bucket's: cut (a file grown
+        // by hand would otherwise be read whole by the next move of entries).
+        let pages = tokio::task::spawn_blocking(move || {
+            let pages = Pages::open(&dir, longest)?;
+            pages.cut_to(longest)?;
+            Ok::<_, std::io::Error>(pages)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the small entries' pages: {e}"))?;
         let engine = open(&inner.dir, g.layout, inner.drops.clone()).await?;
         Ok(Open {
             engine: Some(Arc::new(engine)),
