@@ -381,6 +381,69 @@ async fn a_pages_file_grown_by_hand_is_cut_to_the_layout_at_open() {
     shutdown.cancel();
 }
 
+#[tokio::test]
+async fn a_disk_made_smaller_never_brings_back_an_older_large_version() {
+    // Larger entries (in the engine): v1 at 8 MiB, v2 of every key at 32 MiB (the newer
+    // copies in blocks past what 4 MiB keeps), then 4 MiB. foyer's recovery indexes the newest
+    // copy it finds: with the blocks past the end dropped, the v1 copies came back.
+    let dir = tempfile::tempdir().unwrap();
+    let version = |v: &str| format!("\"{v}{}\"", "x".repeat(5000));
+    let (v1, v2) = (version("one"), version("two"));
+    let keys: Vec<String> = (0..300).map(|i| format!("big{i}")).collect();
+    let mut written = Vec::new();
+    for (bytes, value) in [(8_u64 << 20, &v1), (32 << 20, &v2)] {
+        let (disk, shutdown) = open_disk(dir.path(), bytes).await;
+        written.clear();
+        for key in &keys {
+            if disk.put(key, entry(key, value, now_ms())).await.unwrap() {
+                written.push(key.clone());
+            }
+        }
+        disk.close().await;
+        shutdown.cancel();
+    }
+    assert!(written.len() > 200, "{} of 300 v2 kept", written.len());
+    let (disk, shutdown) = open_disk(dir.path(), 4 << 20).await;
+    for key in &written {
+        if let Some(e) = disk.get(key).await.unwrap() {
+            assert_eq!(e.value_json(), v2.as_bytes(), "{key}: never v1 after v2");
+        }
+    }
+    disk.close().await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_pages_file_that_is_not_a_regular_file_is_replaced_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache-layer-buckets");
+    for make in ["fifo", "dir", "link"] {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir_all(&path);
+        match make {
+            "fifo" => assert!(
+                std::process::Command::new("mkfifo")
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success()
+            ),
+            "dir" => std::fs::create_dir(&path).unwrap(),
+            _ => std::os::unix::fs::symlink("/dev/zero", &path).unwrap(),
+        }
+        // Opens (never hangs on the FIFO), its small entries empty, and works.
+        let (disk, shutdown) = open_disk(dir.path(), 8 << 20).await;
+        assert!(
+            disk.put("k", entry("k", "\"v\"", now_ms())).await.unwrap(),
+            "{make}"
+        );
+        assert!(disk.get("k").await.unwrap().is_some(), "{make}");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file(), "{make}");
+        disk.close().await;
+        shutdown.cancel();
+    }
+}
+
 /// Waits (polling, up to a minute) until the disk's split of its bytes satisfies `done` and
 /// the entries of the change are moved.
 async fn wait_split(disk: &DiskTier, done: impl Fn(u64) -> bool) {

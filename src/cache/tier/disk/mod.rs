@@ -810,6 +810,22 @@ impl DiskTier {
         let _opening = inner.opening.lock().await;
         let longest = g.transition.previous().fold(g.layout.buckets, u64::max);
         let dir = inner.dir.clone();
+        // Only a regular file of ours: anything else put there (a FIFO, a link, a directory)
+        // is removed, and the small entries start empty, rather than the tier stay down.
+        let path = dir.join(pages::PAGES_FILE);
+        if let Ok(m) = std::fs::symlink_metadata(&path)
+            && !m.is_file()
+        {
+            let removed = if m.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| {
+                format!("the small entries' pages are not a regular file, and cannot be removed: {e}")
+            })?;
+            tracing::warn!(path = %path.display(), "disk tier: the small entries' pages file was not a regular file; removed, they start empty");
+        }
         // Pages past the longest count the layout knows are no bucket's: cut (a file grown
         // by hand would otherwise be read whole by the next move of entries).
         let pages = tokio::task::spawn_blocking(move || {
@@ -956,7 +972,7 @@ impl DiskTier {
         } else {
             let files = resize::shrink_to(&inner.dir, blocks)?;
             if files > 0 {
-                tracing::info!(dir = %inner.dir.display(), files, "disk tier: made smaller, the blocks past its new size are dropped");
+                tracing::info!(dir = %inner.dir.display(), files, "disk tier: the larger entries' share was made smaller; they start empty (the small entries are kept)");
             }
         }
         Ok(())

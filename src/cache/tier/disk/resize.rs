@@ -6,10 +6,11 @@
 //! bytes) changed the engine's files under it. Now:
 //!
 //! - the block size of the directory is kept ([`Saved::block`]) while the new size can hold at
-//!   least four blocks of it, so the engine's files read as before (a larger disk adds files, a
-//!   smaller one drops the last ones); when it cannot be kept the tier starts empty;
+//!   least four blocks of it, so the engine's files read as before (a larger share adds files;
+//!   a smaller one starts the engine empty, see [`shrink_to`], the small entries kept); when it
+//!   cannot be kept the tier starts empty;
 //! - the bucket count changes with the disk's size, and with the small entries' share of it,
-//!   which each start adapts to the last run's fills;
+//!   which follows the fills;
 //! - a key's bucket is [`jump`]'s (Lamping and Veach's jump consistent hash): from `n` to `m`
 //!   buckets, only the keys that must move do (a share of `|m - n| / max(m, n)`), so growing a
 //!   disk keeps every bucket's keys but those moved to the new buckets;
@@ -245,37 +246,45 @@ pub fn has_blocks(dir: &Path) -> bool {
 /// foyer 0.22's name of a block's file, before the block's number.
 const BLOCK_FILE: &str = "foyer-storage-direct-fs-";
 
-/// Blocks left empty when a disk is made smaller: the engine writes only into clean blocks, and
-/// after a shrink every block it kept may hold data (the clean ones were the last), which left
-/// it unable to write at all.
-const CLEAN_AFTER_SHRINK: u64 = 2;
-
 /// Fits the engine's files in `dir` to a layout of `blocks` blocks: when there are files past
-/// it (a disk made smaller), those are removed, and so are the last [`CLEAN_AFTER_SHRINK`] it
-/// keeps, so the engine finds clean blocks to write into. How many files were removed.
+/// it (the engine made smaller), every one of the engine's files is removed and the engine
+/// starts empty. Dropping only the blocks past the end is not safe: foyer's recovery indexes
+/// the newest copy of a key it finds, so a key whose newest copy (or its removal) was in a
+/// dropped block would come back as the older copy a kept block holds (an attack pass: 83 of
+/// 300 keys served a version older than one answered since). How many files were removed.
 pub fn shrink_to(dir: &Path, blocks: u64) -> std::io::Result<usize> {
-    let beyond = remove_blocks_beyond(dir, blocks)?;
-    if beyond == 0 {
+    if !has_blocks_from(dir, blocks)? {
         return Ok(0);
     }
-    Ok(beyond + remove_blocks_beyond(dir, blocks.saturating_sub(CLEAN_AFTER_SHRINK))?)
+    remove_files(dir, |name| name.starts_with("foyer"))
 }
 
-/// Removes the engine's files in `dir` numbered `blocks` and above.
-fn remove_blocks_beyond(dir: &Path, blocks: u64) -> std::io::Result<usize> {
+/// Whether `dir` holds an engine block numbered `blocks` or above.
+fn has_blocks_from(dir: &Path, blocks: u64) -> std::io::Result<bool> {
+    for f in std::fs::read_dir(dir)? {
+        let name = f?.file_name();
+        let n = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(BLOCK_FILE))
+            .and_then(|n| n.parse::<u64>().ok());
+        if n.is_some_and(|n| n >= blocks) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Removes the files (and directories) in `dir` whose names `doomed` picks; how many.
+fn remove_files(dir: &Path, doomed: impl Fn(&str) -> bool) -> std::io::Result<usize> {
     let mut removed = 0;
     for f in std::fs::read_dir(dir)? {
         let f = f?;
-        let name = f.file_name();
-        let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(BLOCK_FILE))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if n >= blocks {
-            std::fs::remove_file(f.path())?;
+        if doomed(&f.file_name().to_string_lossy()) {
+            if f.file_type()?.is_dir() {
+                std::fs::remove_dir_all(f.path())?;
+            } else {
+                std::fs::remove_file(f.path())?;
+            }
             removed += 1;
         }
     }
@@ -286,21 +295,9 @@ fn remove_blocks_beyond(dir: &Path, blocks: u64) -> std::io::Result<usize> {
 /// its version named it) and the small entries' pages: the tier starts empty. How many were
 /// removed.
 pub fn remove_engine_files(dir: &Path) -> std::io::Result<usize> {
-    let mut removed = 0;
-    for f in std::fs::read_dir(dir)? {
-        let f = f?;
-        let name = f.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("foyer") || name == super::pages::PAGES_FILE {
-            if f.file_type()?.is_dir() {
-                std::fs::remove_dir_all(f.path())?;
-            } else {
-                std::fs::remove_file(f.path())?;
-            }
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    remove_files(dir, |name| {
+        name.starts_with("foyer") || name == super::pages::PAGES_FILE
+    })
 }
 
 #[cfg(test)]
@@ -415,11 +412,13 @@ mod tests {
     }
 
     #[test]
-    fn a_shrink_leaves_clean_blocks() {
+    fn a_smaller_engine_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..16 {
             std::fs::write(dir.path().join(format!("{BLOCK_FILE}{i:08}")), b"x").unwrap();
         }
+        std::fs::write(dir.path().join("foyer-tombstone-log"), b"x").unwrap();
+        std::fs::write(dir.path().join(super::super::pages::PAGES_FILE), b"x").unwrap();
         assert!(has_blocks(dir.path()));
         assert_eq!(
             shrink_to(dir.path(), 16).unwrap(),
@@ -428,10 +427,13 @@ mod tests {
         );
         assert_eq!(
             shrink_to(dir.path(), 8).unwrap(),
-            10,
-            "8 past it and the last 2 kept"
+            17,
+            "every block and the tombstone log"
         );
-        let left = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(left, 6);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| f.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["cache-layer-buckets"], "the pages stay");
     }
 }
