@@ -252,11 +252,32 @@ const BLOCK_FILE: &str = "foyer-storage-direct-fs-";
 /// the newest copy of a key it finds, so a key whose newest copy (or its removal) was in a
 /// dropped block would come back as the older copy a kept block holds (an attack pass: 83 of
 /// 300 keys served a version older than one answered since). How many files were removed.
+///
+/// Also finishes a removal a crash cut short ([`WIPE_FILE`]): the blocks left, low-numbered,
+/// could hold the older copies of keys whose newer ones went first.
 pub fn shrink_to(dir: &Path, blocks: u64) -> std::io::Result<usize> {
-    if !has_blocks_from(dir, blocks)? {
+    let unfinished = std::fs::symlink_metadata(dir.join(WIPE_FILE)).is_ok();
+    if !unfinished && !has_blocks_from(dir, blocks)? {
         return Ok(0);
     }
-    remove_files(dir, |name| name.starts_with("foyer"))
+    wipe_engine(dir)
+}
+
+/// The file that says a removal of the engine's files is under way: written and synced before
+/// the first file goes, removed after the last, so a start after a crash in between finishes it.
+pub const WIPE_FILE: &str = "cache-layer-engine-wipe";
+
+/// Removes every one of the engine's files (crash-safe: see [`WIPE_FILE`]); how many.
+fn wipe_engine(dir: &Path) -> std::io::Result<usize> {
+    let marker = dir.join(WIPE_FILE);
+    if std::fs::symlink_metadata(&marker).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir_all(&marker)?;
+    }
+    std::fs::File::create(&marker)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    let removed = remove_files(dir, |name| name.starts_with("foyer"))?;
+    std::fs::remove_file(&marker)?;
+    Ok(removed)
 }
 
 /// Whether `dir` holds an engine block numbered `blocks` or above.
@@ -435,5 +456,25 @@ mod tests {
             .map(|f| f.unwrap().file_name())
             .collect();
         assert_eq!(left, ["cache-layer-buckets"], "the pages stay");
+        // A removal a crash cut short (its marker left, blocks below the new end still
+        // there): finished at the next fit, whatever the blocks' numbers.
+        for i in 0..4 {
+            std::fs::write(dir.path().join(format!("{BLOCK_FILE}{i:08}")), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(WIPE_FILE), b"").unwrap();
+        assert_eq!(shrink_to(dir.path(), 8).unwrap(), 4);
+        assert!(!dir.path().join(WIPE_FILE).exists());
+        let foyer = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|f| {
+                f.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("foyer")
+            })
+            .count();
+        assert_eq!(foyer, 0);
+        assert_eq!(shrink_to(dir.path(), 8).unwrap(), 0, "nothing left to do");
     }
 }
