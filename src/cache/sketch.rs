@@ -17,9 +17,18 @@ pub(crate) fn spread(hash: u64) -> u64 {
 /// FNV-1a 64 of `bytes`: a hash that is the same in every process and release (the standard
 /// library's may change), for what is written down and compared later.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    fnv1a_of(&[bytes])
+}
+
+/// FNV-1a 64 of `parts` one after the other: [`fnv1a`] of their concatenation, without
+/// making it.
+pub(crate) fn fnv1a_of(parts: &[&[u8]]) -> u64 {
+    parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// SipHash of `bytes` under `keys`: a hash no client can aim keys at while the keys are

@@ -9,8 +9,8 @@
 //! restart). foyer's own memory cache is not used as a second memory tier: entries go straight
 //! to disk ([`foyer::HybridCache::storage_writer`], "phantom" entries its memory never keeps)
 //! and are read straight from it ([`foyer::Store::load`]); the memory tier in front is ours.
-//! How the bytes are split follows the fills: each start gives the pages the share the last
-//! run's fills asked for ([`Layout`], [`resize`]).
+//! How the bytes are split follows the fills, within a run ([`DiskTier::resplit`]) and across
+//! restarts (the share is saved with the layout: [`Layout`], [`resize`]).
 //!
 //! foyer has no expiry, so the entry carries its windows (its encoded form is the Redis tier's)
 //! and is judged when read: past its stale window it is dropped; fetched before a purge that
@@ -82,12 +82,12 @@ const ADMISSION_WINDOW: u64 = 5;
 pub const DISK_PAGE: u64 = 4096;
 
 /// The share of the disk (in thousandths) a new directory gives the small entries' pages; the
-/// rest goes to the engine, for the larger entries. Every later start adapts it to the fills
-/// the tier took ([`Fills::share`]): most responses of an API are small, so a new disk
-/// starts with most of its bytes for them.
+/// rest goes to the engine, for the larger entries. It then follows the fills the tier takes
+/// ([`Fills::share`], [`DiskTier::resplit`]): most responses of an API are small, so a new
+/// disk starts with most of its bytes for them.
 const DEFAULT_SHARE: u64 = 750;
 
-/// The least change of the pages' share (thousandths) the next start makes.
+/// The least change of the pages' share (thousandths) a new split makes.
 const RESPLIT_AT: u64 = 50;
 
 /// Small entries a page holds, about: what the admission counts are sized for (bench/disk.py's
@@ -205,7 +205,7 @@ impl Geometry {
     }
 }
 
-/// What the tier's fills took, by kind: what the next start splits the disk by.
+/// What the tier's fills took since the last split, by kind: what the next split follows.
 #[derive(Default)]
 struct Fills {
     /// Bytes (key and entry) of small entries written to pages.
@@ -461,7 +461,7 @@ struct Inner {
     /// Held while the engine is opened (at start, after a failure, at another size), so two
     /// are never opened on the same files.
     opening: tokio::sync::Mutex<()>,
-    /// What the fills took, by kind (the next start's share).
+    /// What the fills took since the last split, by kind (the next split's share).
     fills: Fills,
     /// The keys of the bucket hash ([`DiskTier::bucket_hash`]), the directory's.
     seed: (u64, u64),
@@ -583,9 +583,9 @@ impl DiskTier {
     /// (a volume emptied at every start, as an `emptyDir`, never has one).
     ///
     /// The split changes as a resize does, with the total never over the capacity: the side
-    /// that shrinks first (the engine is reopened smaller, its last blocks dropped; or the
-    /// small entries are moved into fewer buckets and the pages file cut), then the side that
-    /// grows. Larger entries are misses while the engine reopens (a second or less).
+    /// that shrinks first (the engine is reopened smaller, and empty: [`resize::shrink_to`];
+    /// or the small entries are moved into fewer buckets and the pages file cut), then the
+    /// side that grows. Larger entries are misses while the engine reopens (a second or less).
     async fn resplit(&self) {
         let inner = &self.inner;
         let g = self.geo();
@@ -643,8 +643,8 @@ impl DiskTier {
         inner.migrating.store(false, Ordering::Release);
     }
 
-    /// Closes the engine and opens it again over `layout.large` bytes (its blocks past them
-    /// dropped); `None` when the tier went down or closed meanwhile, or it cannot be opened
+    /// Closes the engine and opens it again over `layout.large` bytes (empty when that is
+    /// fewer than before: [`resize::shrink_to`]); `None` when the tier went down or closed meanwhile, or it cannot be opened
     /// (then the tier goes down, and the upkeep opens it again as after any failure).
     async fn reopen_engine(&self, layout: Layout) -> Option<()> {
         let inner = &self.inner;
@@ -813,17 +813,10 @@ impl DiskTier {
         // Only a regular file of ours: anything else put there (a FIFO, a link, a directory)
         // is removed, and the small entries start empty, rather than the tier stay down.
         let path = dir.join(pages::PAGES_FILE);
-        if let Ok(m) = std::fs::symlink_metadata(&path)
-            && !m.is_file()
-        {
-            let removed = if m.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            removed.map_err(|e| {
-                format!("the small entries' pages are not a regular file, and cannot be removed: {e}")
-            })?;
+        let replaced = resize::remove_unless_file(&path).map_err(|e| {
+            format!("the small entries' pages are not a regular file, and cannot be removed: {e}")
+        })?;
+        if replaced {
             tracing::warn!(path = %path.display(), "disk tier: the small entries' pages file was not a regular file; removed, they start empty");
         }
         // Pages past the longest count the layout knows are no bucket's: cut (a file grown
@@ -959,9 +952,9 @@ impl DiskTier {
         }
     }
 
-    /// Fits the engine's files to the layout before it opens them: all removed when the block
-    /// size could not be kept, those past the last block removed when the disk was made
-    /// smaller.
+    /// Fits the files to the layout before they are opened: all removed when the layout could
+    /// not be kept; the engine's removed when its share was made smaller (or a removal of them
+    /// was cut short: [`resize::shrink_to`]).
     fn fit_files(&self) -> std::io::Result<()> {
         let layout = self.geo().layout;
         let (inner, blocks) = (&self.inner, layout.large / layout.block);
@@ -1318,23 +1311,18 @@ impl DiskTier {
     /// Removes `key`'s small entry from its bucket (and its buckets before a resize); whether
     /// it held one.
     async fn remove_small(&self, open: &Open, key: &str) -> bool {
-        loop {
+        'again: loop {
             let g = self.geo();
             let slot = self.slot(&g, key);
             let mut held = false;
-            let mut whole = true;
             for slot in std::iter::once(slot).chain(g.old_slots(slot)) {
                 match self.remove_from(open, &g, key, slot).await {
                     Some(h) => held |= h,
-                    None => {
-                        whole = false;
-                        break;
-                    }
+                    // The split changed under it: start again on the new one.
+                    None => continue 'again,
                 }
             }
-            if whole {
-                return held;
-            }
+            return held;
         }
     }
 
@@ -1571,16 +1559,11 @@ pub const FORMAT: &str =
 /// the file existed, which is this format) gets it.
 fn check_format(dir: &Path) -> std::io::Result<()> {
     let path = dir.join(FORMAT_FILE);
-    let read = match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() => Ok(resize::read_small_file(&path, 4096).unwrap_or_default()),
-        Ok(_) => {
-            // Not a file of ours (a FIFO, a link, a directory): replaced, the entries dropped.
-            if std::fs::remove_file(&path).is_err() {
-                std::fs::remove_dir_all(&path)?;
-            }
-            Ok(String::new())
-        }
-        Err(e) => Err(e),
+    // Not a file of ours (a FIFO, a link, a directory): replaced, the entries dropped.
+    let read = if resize::remove_unless_file(&path)? {
+        Ok(String::new())
+    } else {
+        std::fs::symlink_metadata(&path).map(|_| resize::read_small_file(&path, 4096).unwrap_or_default())
     };
     match read {
         Ok(found) if found.trim() == FORMAT => return Ok(()),

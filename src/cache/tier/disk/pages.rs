@@ -161,10 +161,7 @@ impl Pages {
 /// A page's checksum: FNV-1a of its index and its bucket's encoding (a page copied to another
 /// offset does not pass for that one's).
 fn checksum(i: u64, encoding: &[u8]) -> u32 {
-    let mut bytes = Vec::with_capacity(8 + encoding.len());
-    bytes.extend_from_slice(&i.to_le_bytes());
-    bytes.extend_from_slice(encoding);
-    let h = crate::cache::sketch::fnv1a(&bytes);
+    let h = crate::cache::sketch::fnv1a_of(&[&i.to_le_bytes(), encoding]);
     // Never the empty page's (0, 0): a bucket is never mistaken for an empty one.
     ((h ^ (h >> 32)) as u32).max(1)
 }

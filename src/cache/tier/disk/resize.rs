@@ -217,6 +217,17 @@ pub fn read_small(path: &Path, max: u64) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// Removes what is at `path` when it is there and not a regular file (a FIFO, a link, a
+/// directory put where a file of the tier's belongs: opened, a FIFO would block); whether it
+/// removed anything.
+pub fn remove_unless_file(path: &Path) -> std::io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map(|()| true),
+        Ok(m) if !m.is_file() => std::fs::remove_file(path).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
 /// The bucket in `0..buckets` of a key whose hash is `hash` (jump consistent hash, Lamping and
 /// Veach 2014): going from `n` to `m` buckets moves only the keys that must move.
 pub fn jump(hash: u64, buckets: u64) -> u64 {
@@ -270,9 +281,7 @@ pub const WIPE_FILE: &str = "cache-layer-engine-wipe";
 /// Removes every one of the engine's files (crash-safe: see [`WIPE_FILE`]); how many.
 fn wipe_engine(dir: &Path) -> std::io::Result<usize> {
     let marker = dir.join(WIPE_FILE);
-    if std::fs::symlink_metadata(&marker).is_ok_and(|m| m.is_dir()) {
-        std::fs::remove_dir_all(&marker)?;
-    }
+    remove_unless_file(&marker)?;
     std::fs::File::create(&marker)?.sync_all()?;
     std::fs::File::open(dir)?.sync_all()?;
     let removed = remove_files(dir, |name| name.starts_with("foyer"))?;
