@@ -210,6 +210,13 @@ def wait_ready(url, deadline=30):
     raise SystemExit(f"{url} not ready within {deadline} s")
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far (from /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Replica:
     """One cache-layer process (restartable on the same port), logging to LOG_DIR/<name>.log."""
 
@@ -467,6 +474,9 @@ def phase_huge():
     t0 = time.monotonic()
     loads = hot_loads([a, b], HUGE_SECS, t0)
     time.sleep(PURGE_AT)
+    procs = {"huge-a": a.proc.pid, "huge-b": b.proc.pid, "redis": redis.proc.pid}
+    redis.cli("config", "resetstat")
+    cpu0 = {n: cpu_seconds(pid) for n, pid in procs.items()}
     stop = threading.Event()
     watcher = threading.Thread(target=watch_b, args=(stop,), daemon=True)
     watcher.start()
@@ -481,6 +491,12 @@ def phase_huge():
                              [(a, sample[:HUGE_SAMPLE]), (b, sample[HUGE_SAMPLE:])]))
     watcher.join(timeout=30)
     stop.set()
+    cpu1 = {n: cpu_seconds(pid) for n, pid in procs.items()}
+    out["purge_cpu_s"] = {n: round(cpu1[n] - cpu0[n], 2) for n in procs}
+    base.log(f"huge: CPU seconds from the DELETE until B applied it and the read-back: {out['purge_cpu_s']}")
+    out["redis_commands"] = {l.split(":")[0][len("cmdstat_"):]: dict(kv.split("=") for kv in l.split(":", 1)[1].split(",")[:3])
+                             for l in redis.cli("info", "commandstats").splitlines() if l.startswith("cmdstat_")}
+    base.log(f"huge: Redis commands during the purge: {out['redis_commands']}")
     run = [l.result() for l in loads]
     b_done = b_applied.get("t")
     out["purge"] = {"status": status, "body": text[:500], "ms": round(ms, 1),

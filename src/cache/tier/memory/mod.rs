@@ -66,10 +66,54 @@ struct Inner {
     /// scan. Changed with the index (under the policy's lock); its own lock is held only for a
     /// set's update, or for taking a tag's whole set out at a purge.
     tags: Mutex<HashMap<Box<str>, HashSet<Arc<str>>>>,
+    /// Tag purges whose sweep has begun and not ended. A purge takes effect here at once: a
+    /// hit on an entry a sweep has still to reach is answered as the purge will leave it, so
+    /// however long a million-entry sweep takes (it yields between short steps, and another
+    /// replica may be busy), no purged entry is served from this tier after the purge began.
+    sweeps: Mutex<Vec<Sweep>>,
+    /// How many sweeps `sweeps` holds: hits and stores look at them only when this is not 0.
+    sweeping: AtomicUsize,
     /// Where evictions are counted.
     metrics: Arc<Metrics>,
     /// What "now" is for expiry.
     clock: Clock,
+}
+
+/// A tag purge's sweep in progress: the keys the tag's index held when the purge began, less
+/// those the sweep has done and those stored again since (a store made after the purge began
+/// is newer than it; the read-through does not store what a fetch begun before the purge
+/// brought back).
+struct Sweep {
+    /// Tells this sweep from another of the same tag.
+    id: u64,
+    tag: Box<str>,
+    /// A soft purge's time (its entries are stale from then); `None` for a hard purge.
+    stale_at_ms: Option<u64>,
+    /// Keys still to sweep, for a hit's look-up.
+    keys: HashSet<Arc<str>>,
+    /// The same keys in the order the sweep takes them (taking from a `HashSet` as it empties
+    /// would scan its empty slots again at every step).
+    order: Vec<Arc<str>>,
+}
+
+/// Ends a sweep when its purge ends, or is dropped half-way.
+struct Sweeping<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for Sweeping<'_> {
+    fn drop(&mut self) {
+        self.inner.end_sweep(self.id);
+    }
+}
+
+/// What a sweep in progress makes of an entry a hit found.
+enum Swept {
+    /// A hard purge: as if not there.
+    Gone,
+    /// A soft purge: stale from this time.
+    StaleAt(u64),
 }
 
 /// One entry of the read index.
@@ -308,6 +352,12 @@ impl Inner {
 
     /// Makes `entry` the index's entry for `key` (under the policy's lock).
     fn index(&self, hash: u64, key: Arc<str>, entry: Arc<Entry>) {
+        if self.sweeping.load(Ordering::Acquire) != 0 {
+            // Stored after the purge began: newer than it, so no sweep may take it.
+            for sweep in self.sweeps().iter_mut() {
+                sweep.keys.remove(&key);
+            }
+        }
         let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
         let tagged = !entry.tags().is_empty();
         let old = match shard.find_mut(hash, |s| s.key == key) {
@@ -349,6 +399,85 @@ impl Inner {
 
     fn tags(&self) -> MutexGuard<'_, HashMap<Box<str>, HashSet<Arc<str>>>> {
         self.tags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sweeps(&self) -> MutexGuard<'_, Vec<Sweep>> {
+        self.sweeps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a sweep in progress makes of `entry`, found for `key` by a hit; `None` when no
+    /// sweep has it still to do.
+    fn swept(&self, key: &str, entry: &Entry) -> Option<Swept> {
+        let sweeps = self.sweeps();
+        let sweep = sweeps
+            .iter()
+            .filter(|s| entry.has_tag(&s.tag) && s.keys.contains(key))
+            .min_by_key(|s| s.stale_at_ms.is_some())?;
+        Some(match sweep.stale_at_ms {
+            None => Swept::Gone,
+            Some(at) => Swept::StaleAt(at),
+        })
+    }
+
+    /// Begins the sweep of `tag`'s `keys` (a purge of `mode` at `now_ms`): its id.
+    fn begin_sweep(&self, tag: &str, keys: HashSet<Arc<str>>, mode: PurgeMode, now_ms: u64) -> u64 {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let order = keys.iter().cloned().collect();
+        let mut sweeps = self.sweeps();
+        sweeps.push(Sweep {
+            id,
+            tag: tag.into(),
+            stale_at_ms: (mode == PurgeMode::Soft).then_some(now_ms),
+            keys,
+            order,
+        });
+        self.sweeping.store(sweeps.len(), Ordering::Release);
+        id
+    }
+
+    /// Up to `n` keys the sweep `id` has still to do, taken out of it (their entries are
+    /// purged right after, under the policy's lock). Empty when it is done.
+    fn sweep_step(&self, id: u64, n: usize) -> Vec<Arc<str>> {
+        let mut sweeps = self.sweeps();
+        let Some(sweep) = sweeps.iter_mut().find(|s| s.id == id) else {
+            return Vec::new();
+        };
+        let mut step = Vec::with_capacity(n);
+        while step.len() < n {
+            let Some(key) = sweep.order.pop() else { break };
+            // Keys stored again since the purge began were taken out of `keys` only.
+            if sweep.keys.remove(&key) {
+                step.push(key);
+            }
+        }
+        step
+    }
+
+    /// Ends the sweep `id`. Keys it did not reach (its purge was cancelled) go back into the
+    /// tag's index when their entry still carries the tag, so that a retry of the purge finds
+    /// them; until then they are served again, as they were before the purge.
+    fn end_sweep(&self, id: u64) {
+        let locked = self.lock();
+        let mut sweeps = self.sweeps();
+        let Some(at) = sweeps.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let done = sweeps.swap_remove(at);
+        self.sweeping.store(sweeps.len(), Ordering::Release);
+        drop(sweeps);
+        if !done.keys.is_empty() {
+            // Under the policy's lock, so no store or removal changes the index meanwhile.
+            let mut tags = self.tags();
+            for key in &done.keys {
+                let hash = self.hasher.hash_one(&**key);
+                if self.find(hash, key).is_some_and(|e| e.has_tag(&done.tag)) {
+                    tags.entry(done.tag.clone()).or_default().insert(key.clone());
+                }
+            }
+        }
+        drop(locked);
+        drop(done);
     }
 
     /// Drops `gone` from the index if it is the entry the index holds (under the policy's lock).
@@ -455,6 +584,8 @@ impl MemoryTier {
                 reads: ReadBuffer::new(),
                 state: Mutex::new(state),
                 tags: Mutex::default(),
+                sweeps: Mutex::default(),
+                sweeping: AtomicUsize::new(0),
                 metrics,
                 clock,
             }),
@@ -586,6 +717,19 @@ impl Tier for MemoryTier {
     fn get_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
         let hash = self.inner.hasher.hash_one(key);
         let found = self.inner.find(hash, key);
+        let found = match found {
+            Some(e) if self.inner.sweeping.load(Ordering::Acquire) != 0 && !e.tags().is_empty() => {
+                match self.inner.swept(key, &e) {
+                    None => Some(e),
+                    Some(Swept::Gone) => {
+                        self.record(hash);
+                        return Some(None);
+                    }
+                    Some(Swept::StaleAt(at)) => Some(Arc::new(e.marked_stale(at))),
+                }
+            }
+            found => found,
+        };
         match found {
             Some(e) if self.inner.clock.now_ms() < e.stale_until_ms => {
                 self.record(hash);
@@ -667,20 +811,22 @@ impl Tier for MemoryTier {
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
-        // The tag's set is taken out whole (entries stored from now on start a new one), then
-        // its entries are purged PURGE_STEP at a time: no step holds the policy's lock long, and
-        // hits never take it.
+        // The tag's set is taken out whole (entries stored from now on start a new one) and
+        // becomes a sweep, which takes effect for hits at once; its entries are then purged
+        // PURGE_STEP at a time: no step holds the policy's lock long, and hits never take it.
         let Some(keys) = self.inner.tags().remove(tag) else {
             return Ok(0);
         };
-        // Taken out of the set a step at a time, and each step's keys dropped with it: the set
-        // may hold the last reference to a million keys, and freeing them all at the end
-        // stalled the worker for a third of a second; copying them all out first, for tens of
-        // milliseconds.
-        let mut keys = keys.into_iter();
+        let sweep = Sweeping {
+            inner: &self.inner,
+            id: self.inner.begin_sweep(tag, keys, mode, now_ms),
+        };
         let mut purged = 0;
         loop {
-            let step: Vec<Arc<str>> = keys.by_ref().take(PURGE_STEP).collect();
+            // Each step's keys are dropped with it: the sweep may hold the last reference to a
+            // million keys, and freeing them all at the end stalled the worker for a third of
+            // a second.
+            let step = self.inner.sweep_step(sweep.id, PURGE_STEP);
             if step.is_empty() {
                 break;
             }
@@ -688,6 +834,7 @@ impl Tier for MemoryTier {
             drop(step);
             tokio::task::yield_now().await;
         }
+        drop(sweep);
         Ok(purged)
     }
 }
@@ -1001,6 +1148,101 @@ mod tests {
         assert_eq!(tier.entries(), 0);
         tier.check();
         assert!(tier.inner.tags().is_empty(), "empty sets are dropped");
+    }
+
+    /// A purge takes effect for hits when it begins, not when its sweep reaches each entry: a
+    /// second replica (or this one) may take seconds to sweep a million entries.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tag_purge_is_in_effect_for_every_entry_before_its_sweep_reaches_it() {
+        let tier = MemoryTier::new(256 << 20, Arc::new(Metrics::detached()));
+        let now = now_ms();
+        let tagged = |key: &str, tags: &[&str], v: &[u8]| {
+            let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+            Arc::new(Entry::value(key, v, now, &life()).with_tags(&tags))
+        };
+        const N: usize = 20_000;
+        for i in 0..N {
+            let key = format!("k{i}");
+            tier.put(&key, tagged(&key, &["big"], b"1")).await.unwrap();
+        }
+        tier.put("other", tagged("other", &["small"], b"1"))
+            .await
+            .unwrap();
+        for mode in [PurgeMode::Soft, PurgeMode::Hard] {
+            let purge = tokio::spawn({
+                let tier = tier.clone();
+                async move { tier.purge_tag("big", mode, now).await.unwrap() }
+            });
+            // The purge has made one step of PURGE_STEP and yielded.
+            tokio::task::yield_now().await;
+            assert!(
+                tier.inner.sweeping.load(Ordering::Acquire) == 1,
+                "the sweep is under way"
+            );
+            assert!(
+                tier.entries() > (N - 2 * PURGE_STEP) as u64,
+                "most entries are not swept yet"
+            );
+            let mut served_fresh = 0;
+            for i in 0..N {
+                match (mode, tier.get_now(&format!("k{i}"))) {
+                    (PurgeMode::Hard, Some(None)) => {}
+                    (PurgeMode::Soft, Some(Some(e)))
+                        if matches!(e.freshness(now + 1), crate::cache::Freshness::Stale { .. }) => {}
+                    _ => served_fresh += 1,
+                }
+            }
+            assert_eq!(served_fresh, 0, "{mode:?}: no entry of the tag is served fresh");
+            assert!(
+                tier.get_now("other").unwrap().is_some(),
+                "other tags are untouched"
+            );
+            // Stored again after the purge began: newer than it, served and never swept.
+            tier.put("k7", tagged("k7", &["big"], b"2")).await.unwrap();
+            let again = tier.get_now("k7").unwrap().expect("stored after the purge");
+            assert!(matches!(
+                again.freshness(now),
+                crate::cache::Freshness::Fresh { .. }
+            ));
+            let purged = purge.await.unwrap();
+            assert_eq!(tier.inner.sweeping.load(Ordering::Acquire), 0);
+            let after = tier.get_now("k7").unwrap().expect("the sweep left it");
+            assert!(Arc::ptr_eq(&after, &again));
+            assert!(purged >= (N - 2 * PURGE_STEP) as u64, "{mode:?}: {purged}");
+            tier.check();
+        }
+        assert_eq!(tier.entries(), 2, "k7 and other");
+    }
+
+    /// A purge dropped half-way (its future cancelled) leaves the entries it did not reach as
+    /// they were, served and found by a retry, and no sweep behind.
+    #[tokio::test]
+    async fn a_tag_purge_dropped_half_way_leaves_the_rest_for_a_retry() {
+        let tier = MemoryTier::new(64 << 20, Arc::new(Metrics::detached()));
+        let now = now_ms();
+        for i in 0..1_000 {
+            let key = format!("k{i}");
+            let e = Entry::value(&key, b"1", now, &life()).with_tags(&["t".to_string()]);
+            tier.put(&key, Arc::new(e)).await.unwrap();
+        }
+        assert!(tier.purge_tag("t", PurgeMode::Hard, now).now_or_never().is_none());
+        assert_eq!(
+            tier.inner.sweeping.load(Ordering::Acquire),
+            0,
+            "the sweep ended with it"
+        );
+        assert_eq!(tier.entries(), 1_000 - PURGE_STEP as u64, "one step was made");
+        let served = (0..1_000)
+            .filter(|i| tier.get_now(&format!("k{i}")).unwrap().is_some())
+            .count();
+        assert_eq!(served, 1_000 - PURGE_STEP);
+        tier.check();
+        assert_eq!(
+            tier.purge_tag("t", PurgeMode::Hard, now).await.unwrap(),
+            (1_000 - PURGE_STEP) as u64
+        );
+        assert_eq!(tier.entries(), 0);
+        tier.check();
     }
 
     #[tokio::test]
