@@ -33,3 +33,7 @@ python3 -m unittest bench/test_report.py
 # The live part runs the binary the tests just built with the env the chart and compose file set.
 cargo build --bins
 scripts/check-packaging.sh --live target/debug/cache-layer
+
+# The transparent proxy (PROXY_ROUTES) through the independent cache-tests suite (tests/cache-tests,
+# node and npm), with floors on the tests it passes.
+scripts/cache-tests.sh target/debug/cache-layer

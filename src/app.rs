@@ -18,6 +18,7 @@ use crate::config::{Config, OriginSource, ServerLimits};
 use crate::http::server::{self, Phase, Server};
 use crate::http::{App, AppState, HeaderTables};
 use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin};
+use crate::proxy::Proxy;
 use crate::telemetry::Telemetry;
 
 /// An `ADMIN_TOKEN` shorter than this starts with a warning: it can be guessed.
@@ -83,12 +84,26 @@ impl Application {
         // Background tasks (Redis upkeep, the purge listener) end with the application.
         let tasks = CancellationToken::new();
         let mut tiers = Vec::new();
+        let mut proxy_memory = None;
         if let Some(m) = config.cache.memory {
             let memory = MemoryTier::new(m.max_bytes, metrics.clone());
             let (b, e) = (memory.clone(), memory.clone());
             metrics.watch_memory_tier(move || b.bytes(), move || e.entries());
+            proxy_memory = Some(memory.clone());
             tiers.push(AnyTier::Memory(memory));
         }
+        let proxy = if config.proxy.is_empty() {
+            None
+        } else {
+            let proxy = Proxy::new(
+                config.proxy.clone(),
+                proxy_memory,
+                config.origin.max_body_bytes,
+                config.origin.timeout,
+            )
+            .map_err(StartError::Setup)?;
+            Some(Arc::new(proxy))
+        };
         let origin_config = &config.origin;
         let redis = match (&config.redis, config.fleet) {
             (Some(rc), Some(lock)) => {
@@ -183,6 +198,7 @@ impl Application {
             body_timeout: config.server.body_timeout,
             headers: HeaderTables::new(),
             ready: AtomicBool::new(true),
+            proxy,
         });
         Ok(Application {
             listener,

@@ -56,6 +56,9 @@ pub struct Config {
     pub fleet: Option<FleetLock>,
     /// Where values come from on a miss, and how the origin is protected.
     pub origin: OriginConfig,
+    /// `PROXY_ROUTES`: path prefixes answered by the transparent caching proxy, each with its
+    /// origin; empty = no proxy (the service is the `/items` service only).
+    pub proxy: crate::proxy::Routes,
     /// What start-up must tell the operator at `warn` without refusing to start: deprecated
     /// names, names that look like misspelt settings, the simulated origin standing in.
     pub notices: Vec<String>,
@@ -232,6 +235,7 @@ mod vars {
 
     pub const ORIGIN_URL: &str = "ORIGIN_URL";
     pub const ORIGIN_AUTHORIZATION: &str = "ORIGIN_AUTHORIZATION";
+    pub const PROXY_ROUTES: &str = "PROXY_ROUTES";
     pub const ORIGIN_TAG_HEADER: Var<Text> = text("ORIGIN_TAG_HEADER", "Surrogate-Key");
     pub const TAGS_MAX_PER_ENTRY: Var<Count> = count("TAGS_MAX_PER_ENTRY", "32", 1, 1_000);
     pub const TAG_MAX_BYTES: Var<Count> = count("TAG_MAX_BYTES", "128", 1, 1_024);
@@ -313,6 +317,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (ORIGIN_MAX_CONCURRENCY.name, ORIGIN_MAX_CONCURRENCY.default),
     (ORIGIN_MAX_BODY_BYTES.name, ORIGIN_MAX_BODY_BYTES.default),
     (ORIGIN_AUTHORIZATION, "unset"),
+    (PROXY_ROUTES, "unset"),
     (
         ORIGIN_BREAKER_WINDOW_SECS.name,
         ORIGIN_BREAKER_WINDOW_SECS.default,
@@ -731,6 +736,16 @@ impl Env {
             write_timeout: HTTP_WRITE_TIMEOUT_SECS.read(env)?,
             max_connections: HTTP_MAX_CONNECTIONS.read(env)? as usize,
         };
+        let proxy = match env.get(PROXY_ROUTES) {
+            Some(text) => crate::proxy::Routes::parse(text).map_err(|why| {
+                invalid(
+                    PROXY_ROUTES,
+                    text,
+                    &format!("PATH_PREFIX=ORIGIN_BASE_URL[,…], e.g. /api=http://api.internal:8080 ({why})"),
+                )
+            })?,
+            None => crate::proxy::Routes::default(),
+        };
         Ok(Config {
             listen_addr,
             server,
@@ -745,6 +760,7 @@ impl Env {
             redis,
             fleet,
             origin,
+            proxy,
             notices,
         })
     }

@@ -17,6 +17,8 @@
 //! - [`origin`]: the `Origin` trait (the seam the cache is generic over), the simulated and HTTP
 //!   origins, what an origin's headers say about caching (`cache_headers`), and the guard every
 //!   fetch passes (concurrency limit, deadline, circuit breaker).
+//! - [`proxy`]: the transparent caching proxy (`PROXY_ROUTES`): route table, RFC 9111 rules,
+//!   and the flow that forwards, stores and reuses responses byte for byte.
 //! - [`telemetry`]: logs, metrics (Prometheus pull, OTLP push) and traces, set up once.
 //! - [`tls`]: the rustls crypto provider every TLS client uses, installed once.
 
@@ -26,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod origin;
+pub mod proxy;
 pub mod telemetry;
 pub mod tls;
 

@@ -41,8 +41,13 @@ struct Behaviour {
 /// One data request as received.
 #[derive(Clone, Debug, Serialize)]
 struct Seen {
+    /// The request's method.
+    method: String,
     /// The request target exactly as it arrived (path and query, still percent-encoded).
     target: String,
+    /// Every request header, lowercased name to value (values of a repeated name joined by
+    /// `, `): what a proxy in front forwarded.
+    headers: std::collections::BTreeMap<String, String>,
     traceparent: Option<String>,
     authorization: Option<String>,
     if_none_match: Option<String>,
@@ -146,7 +151,20 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let mut headers = std::collections::BTreeMap::<String, String>::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
     let seen = Seen {
+        method: parts.method.to_string(),
+        headers,
         target: target.clone(),
         traceparent: header_of("traceparent"),
         authorization: header_of("authorization"),

@@ -71,6 +71,49 @@ pub struct Entry {
     /// pointer: most entries are never asked for compressed, and then cost one; shared, so a
     /// compression on the blocking pool can fill it after the request that asked is answered).
     compressed: OnceLock<Arc<Compressions>>,
+    /// A proxied response's status and headers (`PROXY_ROUTES`); `None` for an `/items` entry,
+    /// whose body is the rendered JSON answer. Proxied entries live under keys no `/items` key
+    /// can spell (they start with a control character), so neither kind is read as the other.
+    head: Option<Arc<Head>>,
+}
+
+/// What a proxied response carries besides its body: status, headers (hop-by-hop ones already
+/// removed) and what RFC 9111's freshness and age rules need of the time it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The origin's status.
+    pub status: http::StatusCode,
+    /// The origin's end-to-end headers, as it sent them.
+    pub headers: http::HeaderMap,
+    /// When the response arrived (seconds since the epoch).
+    pub response_time: u64,
+    /// Its age on arrival (RFC 9111 §4.2.3's `corrected_initial_age`), in seconds.
+    pub initial_age: u64,
+    /// Its freshness lifetime (§4.2.1), in seconds.
+    pub lifetime: u64,
+    /// For a response that `Vary`s: the request's values of each header it names (the
+    /// variant this entry answers); for the marker stored under the plain key: the names only.
+    pub vary: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
+    /// The marker stored under a varying resource's plain key: names the headers its variants
+    /// vary on, and the generation their keys carry (a new marker hides every older variant).
+    pub marker: Option<u64>,
+}
+
+impl Head {
+    /// Heap bytes of the head, for the memory weight.
+    fn bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 48)
+            .sum();
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, HeaderValue::len) + 48)
+            .sum();
+        std::mem::size_of::<Head>() + headers + vary + 64
+    }
 }
 
 /// Where an entry stands at a given moment.
@@ -149,7 +192,29 @@ impl Entry {
             etag: None,
             tags: None,
             compressed: Default::default(),
+            head: None,
         }
+    }
+
+    /// A proxied response: `head` and its raw `body`, with `times` (fresh until, kept until).
+    pub fn proxied(head: Head, body: Bytes, times: Times) -> Self {
+        Entry {
+            value_end: body.len(),
+            body,
+            negative: false,
+            head: Some(Arc::new(head)),
+            ..Self::new_not_found(times)
+        }
+    }
+
+    /// A proxied response's status and headers; `None` for an `/items` entry.
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_deref()
+    }
+
+    /// A proxied response's body, as the origin sent it.
+    pub fn raw_body(&self) -> &Bytes {
+        &self.body
     }
 
     /// The same value with new times and validators: the origin answered `304 Not Modified`
@@ -318,7 +383,8 @@ impl Entry {
                 .map(|t| 32 + 2 * t.len() + TAG_INDEX_BYTES)
                 .sum::<usize>()
         });
-        (key.len() + self.body.len() + etag + validators + compressed + tags + ENTRY_OVERHEAD_BYTES)
+        let head = self.head.as_ref().map_or(0, |h| h.bytes());
+        (key.len() + self.body.len() + etag + validators + compressed + tags + head + ENTRY_OVERHEAD_BYTES)
             .min(u32::MAX as usize) as u32
     }
 

@@ -35,7 +35,7 @@ pub use answer::{
 pub use clock::Clock;
 pub use coalesce::{Abandoned, Coalescer, Role, Superseded};
 pub use encoding::{Coding, Compressions, INLINE_COMPRESS_BYTES};
-pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, now_ms};
+pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, Head, now_ms};
 pub use fleet::bus::{AnyBus, BusError, Channel, MemoryBus, MessageBus, RedisBus, Subscription};
 pub use fleet::listener::Invalidation;
 pub use fleet::{FleetLock, Replicas};

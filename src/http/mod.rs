@@ -61,6 +61,9 @@ pub struct AppState {
     pub headers: HeaderTables,
     /// False once shutdown has begun: `/readyz` fails so load balancers stop sending.
     pub ready: AtomicBool,
+    /// The transparent proxy (`PROXY_ROUTES`): what every path no endpoint takes goes to;
+    /// `None` without routes (such paths are then `404`).
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl AppState {
@@ -87,6 +90,8 @@ pub trait Handle<B> {
 #[derive(Clone)]
 pub struct App {
     stack: Arc<Counted<Guarded<FastHit>>>,
+    /// Routes are configured: requests carry the client's address (for `X-Forwarded-For`).
+    proxied: bool,
 }
 
 /// The future of [`App::handle`].
@@ -97,6 +102,7 @@ impl App {
     pub fn new(state: Arc<AppState>) -> Self {
         let metrics = state.metrics.clone();
         App {
+            proxied: state.proxy.is_some(),
             stack: Arc::new(Counted {
                 inner: Guarded(FastHit {
                     router: router(state.clone()),
@@ -105,6 +111,11 @@ impl App {
                 metrics,
             }),
         }
+    }
+
+    /// Whether requests should carry the client's address ([`crate::proxy::ClientAddr`]).
+    pub fn proxied(&self) -> bool {
+        self.proxied
     }
 
     /// Answers `request`.
@@ -233,7 +244,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(ops::livez))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .fallback(ops::not_found)
+        .fallback(ops::not_found_or_proxied)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .with_state(state)
 }
@@ -285,6 +296,7 @@ mod tests {
             body_timeout: Duration::from_secs(10),
             headers: HeaderTables::new(),
             ready: AtomicBool::new(true),
+            proxy: None,
         })
     }
 

@@ -328,12 +328,18 @@ async fn serve_connection(
     mut phase: watch::Receiver<Phase>,
     turn: Writer,
 ) {
+    let peer = if app.proxied() {
+        stream.peer_addr().ok()
+    } else {
+        None
+    };
     let io = TokioIo::new(Watched {
         stream,
         conn: conn.clone(),
         turn,
     });
     let service = Tracked {
+        peer,
         app,
         conn: conn.clone(),
     };
@@ -388,6 +394,8 @@ async fn serve_connection(
 /// The application as a hyper service that tells the connection when a request is in flight.
 #[derive(Clone)]
 struct Tracked {
+    /// The client's address, when the proxy wants it on every request.
+    peer: Option<std::net::SocketAddr>,
     app: App,
     conn: Arc<Conn>,
 }
@@ -397,8 +405,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     type Error = Infallible;
     type Future = TrackedFuture;
 
-    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         self.conn.begin_request();
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(crate::proxy::ClientAddr(peer));
+        }
         TrackedFuture {
             inner: self.app.handle(request),
             conn: Some(self.conn.clone()),

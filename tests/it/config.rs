@@ -42,6 +42,8 @@ fn bad_values_stop_start_up_with_one_line_naming_variable_value_and_expectation(
         ("ORIGIN_BREAKER_WINDOW", "65", "64"),
         ("ORIGIN_BREAKER_WINDOW_SECS", "0", "at least 1"),
         ("ORIGIN_BREAKER_FAILURE_RATE", "101", "100"),
+        ("PROXY_ROUTES", "/api=ftp://x", "PATH_PREFIX=ORIGIN_BASE_URL"),
+        ("PROXY_ROUTES", "api=http://x", "must start with /"),
         (
             "OTEL_EXPORTER_OTLP_PROTOCOL",
             "carrier-pigeon",

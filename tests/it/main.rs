@@ -15,6 +15,7 @@ mod observability;
 mod ops;
 mod origin;
 mod otlp;
+mod proxy;
 mod redis;
 mod resilience;
 mod rollout;

@@ -1,0 +1,884 @@
+//! The transparent caching proxy (`PROXY_ROUTES`): requests under a route's path prefix go to
+//! its origin unchanged, and answers come back byte for byte, stored and reused as RFC 9111
+//! lets a shared cache. The second way in beside `/items/{key}`, for clients that cannot change.
+//!
+//! - [`routes`]: the route table; only its origins are ever fetched.
+//! - [`rules`]: what RFC 9111 (and RFC 9213's targeted fields) say about storing and reusing.
+//! - this module: the request flow (look up, serve or validate, forward, store, invalidate).
+//!
+//! Stored responses are memory-tier entries ([`Entry::proxied`]) under keys that start with a
+//! control character, which no `/items` key may hold.
+
+pub mod routes;
+pub mod rules;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
+
+use crate::cache::{Entry, Head, MemoryTier, Tier, Times};
+use crate::error::AppError;
+
+pub use routes::{Route, Routes};
+use rules::{Directives, Storable};
+
+/// How long a stored response is kept past its freshness, to be served stale where allowed
+/// (`max-stale`, `stale-while-revalidate`, `stale-if-error`) or revalidated with its
+/// validators; the memory bound evicts it sooner when room is short.
+const KEEP_STALE_SECS: u64 = 3600;
+
+/// The proxy's name in `Via` and `Cache-Status`.
+const NAME: &str = "cache-layer";
+
+/// The client's address, put on the request by the server when routes are configured (for
+/// `X-Forwarded-For`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The proxy: routes, the origin client, and the memory tier its responses are stored in.
+pub struct Proxy {
+    routes: Routes,
+    client: reqwest::Client,
+    /// `None` when the memory tier is off: every request is then forwarded.
+    memory: Option<MemoryTier>,
+    /// A response body longer than this streams through and is not stored.
+    max_body_bytes: usize,
+    /// How long the origin has to answer.
+    timeout: Duration,
+}
+
+/// A response read from the origin.
+struct Fetched {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Fetch,
+    /// When the request went out and the response came back (seconds since the epoch).
+    request_time: u64,
+    response_time: u64,
+}
+
+/// A fetched body: whole, or too long to store and streaming through.
+enum Fetch {
+    Whole(Bytes),
+    Streaming(Body),
+}
+
+impl Proxy {
+    /// A proxy for `routes`, storing in `memory` (when there is one).
+    pub fn new(
+        routes: Routes,
+        memory: Option<MemoryTier>,
+        max_body_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_gzip()
+            .no_brotli()
+            .no_deflate()
+            .no_zstd()
+            .build()
+            .map_err(|e| format!("proxy HTTP client: {e}"))?;
+        Ok(Proxy {
+            routes,
+            client,
+            memory,
+            max_body_bytes,
+            timeout,
+        })
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Answers a request that no endpoint of the service took: through its route, or `404`.
+    pub async fn handle(&self, request: http::Request<Body>) -> Response {
+        let (parts, body) = request.into_parts();
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            return AppError::BadRequest(
+                "an absolute-form request target is not accepted: this is not a forward proxy".to_owned(),
+            )
+            .into_response();
+        }
+        let Some((route, rest)) = self.routes.find(parts.uri.path()) else {
+            return AppError::NotFound("no route or endpoint for this path".to_owned()).into_response();
+        };
+        let url = route.upstream(rest, parts.uri.query());
+        let key = cache_key(route, rest, parts.uri.query());
+        if parts.method == Method::GET || parts.method == Method::HEAD {
+            self.read(&parts, &url, &key).await
+        } else {
+            self.write(parts, body, route, &url, &key).await
+        }
+    }
+
+    /// `GET` and `HEAD`: served from the cache when RFC 9111 allows, else validated or fetched.
+    async fn read(&self, parts: &Parts, url: &str, key: &str) -> Response {
+        let req = rules::request_directives(&parts.headers);
+        let now = now_secs();
+        let stored = self.lookup(key, &parts.headers);
+        if let Some(entry) = &stored {
+            let head = entry.head().expect("proxied entries have a head");
+            let res = rules::response_directives(&head.headers);
+            let age = current_age(head, now);
+            let fresh = age < head.lifetime;
+            let always_validate = res.unqualified("no-cache") || req.has("no-cache");
+            let within_request = req.seconds("max-age").is_none_or(|m| age <= m)
+                && req
+                    .seconds("min-fresh")
+                    .is_none_or(|m| head.lifetime.saturating_sub(age) >= m);
+            if fresh && within_request && !always_validate {
+                return serve(parts, entry, age, "hit");
+            }
+            let no_stale = res.has("must-revalidate") || res.has("proxy-revalidate") || res.has("s-maxage");
+            let stale_by = age.saturating_sub(head.lifetime);
+            if !fresh && !always_validate && !no_stale && req.seconds("max-age").is_none_or(|m| age <= m) {
+                let max_stale = req
+                    .has("max-stale")
+                    .then(|| req.seconds("max-stale").unwrap_or(u64::MAX));
+                if max_stale.is_some_and(|m| stale_by <= m) {
+                    return serve(parts, entry, age, "hit; detail=stale");
+                }
+                if res
+                    .seconds("stale-while-revalidate")
+                    .is_some_and(|w| stale_by <= w)
+                {
+                    self.revalidate_later(parts, url, key, entry.clone());
+                    return serve(parts, entry, age, "hit; fwd=stale; detail=stale-while-revalidate");
+                }
+            }
+            if req.has("only-if-cached") {
+                return gateway_timeout(
+                    "only-if-cached, and the stored response may not be served without the origin",
+                );
+            }
+            return self
+                .validate(parts, url, key, entry.clone(), &req, &res, now)
+                .await;
+        }
+        if req.has("only-if-cached") {
+            return gateway_timeout("only-if-cached, and nothing is stored for this request");
+        }
+        match self.fetch(parts, url, None, None).await {
+            Ok(fetched) => self.forwarded(parts, key, &req, fetched, "uri-miss").await,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    /// A stored response that may not be served as it is: a conditional request with its
+    /// validators (or a plain one without), then the stored response updated by a `304`, the
+    /// new response, or the stale one where the origin failed and `stale-if-error` allows.
+    #[allow(clippy::too_many_arguments)]
+    async fn validate(
+        &self,
+        parts: &Parts,
+        url: &str,
+        key: &str,
+        entry: Arc<Entry>,
+        req: &Directives,
+        res: &Directives,
+        now: u64,
+    ) -> Response {
+        let head = entry.head().expect("proxied entries have a head");
+        let validators = validators(&head.headers);
+        let fetched = self.fetch(parts, url, None, validators.as_ref()).await;
+        let stale_by = current_age(head, now).saturating_sub(head.lifetime);
+        // Stale on error: within `stale-if-error` when given; else (RFC 9111 §4.2.4: a cache
+        // cut off from the origin may serve stale unless told not to) whenever the stored
+        // response may be served stale at all, as `/items` does within its stale window.
+        let prohibited = res.has("must-revalidate")
+            || res.has("proxy-revalidate")
+            || res.has("s-maxage")
+            || res.unqualified("no-cache")
+            || req.has("no-cache");
+        let if_error = |status: Option<StatusCode>| {
+            let gateway = status.is_none_or(|s| {
+                matches!(s.as_u16(), 502..=504) || (s.is_server_error() && res.has("stale-if-error"))
+            });
+            let window = res.seconds("stale-if-error").max(req.seconds("stale-if-error"));
+            gateway && !prohibited && window.is_none_or(|w| stale_by <= w)
+        };
+        match fetched {
+            Ok(f) if f.status == StatusCode::NOT_MODIFIED && validators.is_some() => {
+                let updated = self.freshened(key, &parts.headers, &entry, f).await;
+                let age = current_age(updated.head().expect("proxied"), now_secs());
+                serve(parts, &updated, age, "fwd=stale; fwd-status=304")
+            }
+            Ok(f) if f.status.is_server_error() && if_error(Some(f.status)) => serve(
+                parts,
+                &entry,
+                current_age(head, now),
+                "hit; fwd=stale; detail=stale-if-error",
+            ),
+            Ok(f) => self.forwarded(parts, key, req, f, "stale").await,
+            Err(_) if if_error(None) => serve(
+                parts,
+                &entry,
+                current_age(head, now),
+                "hit; fwd=stale; detail=stale-if-error",
+            ),
+            Err(e) => e.into_response(),
+        }
+    }
+
+    /// Validates a stale response in the background (`stale-while-revalidate`).
+    fn revalidate_later(&self, parts: &Parts, url: &str, key: &str, entry: Arc<Entry>) {
+        let Some(memory) = self.memory.clone() else { return };
+        let this = Proxy {
+            routes: Routes::default(),
+            client: self.client.clone(),
+            memory: Some(memory),
+            max_body_bytes: self.max_body_bytes,
+            timeout: self.timeout,
+        };
+        let (mut parts_copy, _) = http::Request::new(()).into_parts();
+        parts_copy.method = Method::GET;
+        parts_copy.uri = parts.uri.clone();
+        parts_copy.headers = parts.headers.clone();
+        for h in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::CACHE_CONTROL,
+            header::PRAGMA,
+        ] {
+            parts_copy.headers.remove(h);
+        }
+        let (url, key) = (url.to_owned(), key.to_owned());
+        tokio::spawn(async move {
+            let head = entry.head().expect("proxied");
+            let validators = validators(&head.headers);
+            if let Ok(f) = this.fetch(&parts_copy, &url, None, validators.as_ref()).await {
+                if f.status == StatusCode::NOT_MODIFIED && validators.is_some() {
+                    this.freshened(&key, &parts_copy.headers, &entry, f).await;
+                } else {
+                    let req = rules::request_directives(&parts_copy.headers);
+                    drop(this.forwarded(&parts_copy, &key, &req, f, "stale").await);
+                }
+            }
+        });
+    }
+
+    /// The stored response updated by a `304` (RFC 9111 §4.3.4): its headers replaced by the
+    /// 304's (less `Content-Length` and hop-by-hop ones), its age and freshness anew; stored again.
+    async fn freshened(&self, key: &str, request: &HeaderMap, entry: &Arc<Entry>, f: Fetched) -> Arc<Entry> {
+        let old = entry.head().expect("proxied");
+        let mut headers = old.headers.clone();
+        for name in f.headers.keys() {
+            if name == header::CONTENT_LENGTH
+                || name == header::CONTENT_ENCODING
+                || name == header::TRANSFER_ENCODING
+            {
+                continue;
+            }
+            headers.remove(name);
+            for v in f.headers.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        let updated = Arc::new(make_entry(
+            old.status,
+            headers,
+            entry.raw_body().clone(),
+            f.request_time,
+            f.response_time,
+        ));
+        if rules::vary_names(&updated.head().expect("proxied").headers).is_some() {
+            self.store(key, request, updated.clone()).await;
+        }
+        updated
+    }
+
+    /// A response from the origin on its way to the client: stored when RFC 9111 allows.
+    async fn forwarded(&self, parts: &Parts, key: &str, req: &Directives, f: Fetched, why: &str) -> Response {
+        let res = rules::response_directives(&f.headers);
+        let storable = match (&f.body, &self.memory) {
+            (Fetch::Streaming(_), _) => Storable::No("size"),
+            (_, None) => Storable::No("off"),
+            (Fetch::Whole(_), Some(_)) => {
+                rules::storable(&Method::GET, &parts.headers, req, f.status, &f.headers, &res)
+            }
+        };
+        let storable = if parts.method == Method::HEAD {
+            Storable::No("method")
+        } else {
+            storable
+        };
+        match (storable, f.body) {
+            (Storable::Yes, Fetch::Whole(body)) => {
+                let mut headers = f.headers;
+                // Fields a qualified no-cache or private names are not stored (§5.2.2.4, §5.2.2.7).
+                for d in ["no-cache", "private"] {
+                    for name in res.fields(d).unwrap_or_default() {
+                        headers.remove(name.as_str());
+                    }
+                }
+                let entry = Arc::new(make_entry(
+                    f.status,
+                    headers,
+                    body,
+                    f.request_time,
+                    f.response_time,
+                ));
+                let head = entry.head().expect("proxied");
+                let keep = head.lifetime > 0
+                    || validators(&head.headers).is_some()
+                    || res.has("stale-while-revalidate")
+                    || res.has("stale-if-error");
+                let detail = if keep {
+                    self.store(key, &parts.headers, entry.clone()).await;
+                    format!("fwd={why}; stored")
+                } else {
+                    format!("fwd={why}; detail=no-freshness")
+                };
+                let age = current_age(entry.head().expect("proxied"), now_secs());
+                serve(parts, &entry, age, &detail)
+            }
+            (Storable::No(reason), body) => {
+                let status = f.status;
+                let mut response = match body {
+                    Fetch::Whole(b) => Response::new(Body::from(b)),
+                    Fetch::Streaming(s) => Response::new(s),
+                };
+                *response.status_mut() = status;
+                let keep_length = parts.method == Method::HEAD || status == StatusCode::NOT_MODIFIED;
+                copy_headers(&f.headers, response.headers_mut(), keep_length);
+                finish(response.headers_mut(), &format!("fwd={why}; detail={reason}"));
+                response
+            }
+            (Storable::Yes, Fetch::Streaming(_)) => unreachable!("a streaming body is never storable"),
+        }
+    }
+
+    /// Methods other than `GET` and `HEAD`: forwarded, never stored; a non-error answer
+    /// invalidates the target and its `Location` / `Content-Location` on this origin (§4.4).
+    async fn write(&self, parts: Parts, body: Body, route: &Route, url: &str, key: &str) -> Response {
+        let body = match axum::body::to_bytes(body, self.max_body_bytes).await {
+            Ok(b) => b,
+            Err(_) => {
+                return AppError::TooLarge(format!(
+                    "a request body to a proxied route may be at most {} bytes (ORIGIN_MAX_BODY_BYTES)",
+                    self.max_body_bytes
+                ))
+                .into_response();
+            }
+        };
+        let fetched = match self.fetch(&parts, url, Some(body), None).await {
+            Ok(f) => f,
+            Err(e) => return e.into_response(),
+        };
+        if (fetched.status.is_success() || fetched.status.is_redirection())
+            && let Some(memory) = &self.memory
+        {
+            let _ = memory.remove(key).await;
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(path) = fetched
+                    .headers
+                    .get(&name)
+                    .and_then(|v| same_origin_path(v, &parts))
+                    && let Some((r, rest)) = self.routes.find(path.split('?').next().unwrap_or_default())
+                    && r.name == route.name
+                {
+                    let query = path.split_once('?').map(|(_, q)| q);
+                    let _ = memory.remove(&cache_key(r, rest, query)).await;
+                }
+            }
+        }
+        let mut response = match fetched.body {
+            Fetch::Whole(b) => Response::new(Body::from(b)),
+            Fetch::Streaming(s) => Response::new(s),
+        };
+        *response.status_mut() = fetched.status;
+        copy_headers(&fetched.headers, response.headers_mut(), false);
+        finish(response.headers_mut(), "fwd=method");
+        response
+    }
+
+    /// The stored response for `key` that matches the request's `Vary`-selected headers.
+    fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
+        let memory = self.memory.as_ref()?;
+        let entry = memory.get_now(key)??;
+        let head = entry.head()?;
+        match head.marker {
+            None => Some(entry),
+            Some(generation) => {
+                let names: Vec<HeaderName> = head.vary.iter().map(|(n, _)| n.clone()).collect();
+                memory.get_now(&variant_key(key, generation, &names, request))?
+            }
+        }
+    }
+
+    /// Stores `entry` for `key`: under the key itself, or, when it `Vary`s, as the variant for
+    /// the request's values, with a marker under the key naming the headers.
+    async fn store(&self, key: &str, request: &HeaderMap, entry: Arc<Entry>) {
+        let Some(memory) = &self.memory else { return };
+        let head = entry.head().expect("proxied");
+        let names = rules::vary_names(&head.headers).unwrap_or_default();
+        if names.is_empty() {
+            let _ = memory.put(key, entry).await;
+            return;
+        }
+        let existing = memory.get_now(key).flatten();
+        let generation = existing
+            .as_ref()
+            .and_then(|e| e.head())
+            .filter(|h| h.marker.is_some() && h.vary.iter().map(|(n, _)| n).eq(names.iter()))
+            .and_then(|h| h.marker)
+            .unwrap_or_else(rand::random);
+        let marker = Head {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            response_time: head.response_time,
+            initial_age: 0,
+            lifetime: 0,
+            vary: names.iter().map(|n| (n.clone(), None)).collect(),
+            marker: Some(generation),
+        };
+        let keep_until = entry.stale_until_ms.max(existing.map_or(0, |e| e.stale_until_ms));
+        let times = Times {
+            stored_at_ms: entry.stored_at_ms,
+            fresh_until_ms: entry.fresh_until_ms,
+            revalidate_until_ms: keep_until,
+            if_error_until_ms: keep_until,
+            stale_until_ms: keep_until,
+            must_revalidate: false,
+        };
+        let _ = memory
+            .put(key, Arc::new(Entry::proxied(marker, Bytes::new(), times)))
+            .await;
+        let _ = memory
+            .put(&variant_key(key, generation, &names, request), entry)
+            .await;
+    }
+
+    /// Sends the request to the origin: end-to-end headers, `Via` and `X-Forwarded-*`; with
+    /// `validators` (the stored response's `ETag` / `Last-Modified`) as a conditional request
+    /// of this cache's own instead of the client's conditionals.
+    async fn fetch(
+        &self,
+        parts: &Parts,
+        url: &str,
+        body: Option<Bytes>,
+        validators: Option<&(Option<HeaderValue>, Option<HeaderValue>)>,
+    ) -> Result<Fetched, AppError> {
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+        copy_headers(&parts.headers, &mut headers, true);
+        headers.remove(header::HOST);
+        if let Some(host) = parts.headers.get(header::HOST) {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        }
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        if let Some(ClientAddr(addr)) = parts.extensions.get::<ClientAddr>() {
+            let ip = addr.ip().to_string();
+            let value = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(before) => format!("{before}, {ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+        headers.append(header::VIA, HeaderValue::from_static("1.1 cache-layer"));
+        if let Some((etag, lm)) = validators {
+            for h in [
+                header::IF_NONE_MATCH,
+                header::IF_MODIFIED_SINCE,
+                header::IF_MATCH,
+                header::IF_UNMODIFIED_SINCE,
+                header::IF_RANGE,
+                header::RANGE,
+            ] {
+                headers.remove(h);
+            }
+            if let Some(etag) = etag {
+                headers.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = lm {
+                headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+        if body.is_none() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let mut builder = self
+            .client
+            .request(parts.method.clone(), url)
+            .headers(headers)
+            .timeout(self.timeout);
+        if let Some(body) = body {
+            builder = builder.body(body);
+        }
+        let request_time = now_secs();
+        let mut response = builder.send().await.map_err(|e| {
+            if e.is_timeout() {
+                AppError::OriginTimeout(format!("the origin did not answer within ORIGIN_TIMEOUT_MS: {e}"))
+            } else {
+                AppError::OriginError(format!("the origin could not be reached: {e}"))
+            }
+        })?;
+        let response_time = now_secs();
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        if parts.method == Method::HEAD
+            || status == StatusCode::NOT_MODIFIED
+            || status == StatusCode::NO_CONTENT
+        {
+            return Ok(Fetched {
+                status,
+                headers,
+                body: Fetch::Whole(Bytes::new()),
+                request_time,
+                response_time,
+            });
+        }
+        let mut buffer = BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if buffer.len() + chunk.len() > self.max_body_bytes {
+                        // Too long to store: what was read, then the rest as it comes.
+                        let head = futures_util::stream::iter([
+                            Ok::<Bytes, reqwest::Error>(buffer.freeze()),
+                            Ok(chunk),
+                        ]);
+                        let body =
+                            Body::from_stream(futures_util::StreamExt::chain(head, response.bytes_stream()));
+                        return Ok(Fetched {
+                            status,
+                            headers,
+                            body: Fetch::Streaming(body),
+                            request_time,
+                            response_time,
+                        });
+                    }
+                    buffer.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(AppError::OriginError(format!("the origin's body broke off: {e}"))),
+            }
+        }
+        Ok(Fetched {
+            status,
+            headers,
+            body: Fetch::Whole(buffer.freeze()),
+            request_time,
+            response_time,
+        })
+    }
+}
+
+/// Seconds since the epoch.
+fn now_secs() -> u64 {
+    crate::cache::now_ms() / 1000
+}
+
+/// The age of a stored response now (RFC 9111 §4.2.3).
+fn current_age(head: &Head, now: u64) -> u64 {
+    head.initial_age + now.saturating_sub(head.response_time)
+}
+
+/// The memory-tier key of a proxied resource: control characters no `/items` key can hold,
+/// the route's name, the path below it and the query.
+fn cache_key(route: &Route, rest: &str, query: Option<&str>) -> String {
+    let mut key = String::with_capacity(4 + route.name.len() + rest.len() + query.map_or(0, str::len));
+    key.push_str("\u{1}p\u{1}");
+    key.push_str(&route.name);
+    key.push('\u{1}');
+    key.push_str(rest);
+    if let Some(q) = query {
+        key.push('?');
+        key.push_str(q);
+    }
+    key
+}
+
+/// The key of the variant of `key` that a request with `request`'s values of `names` selects.
+fn variant_key(key: &str, generation: u64, names: &[HeaderName], request: &HeaderMap) -> String {
+    let mut out = format!("{key}\u{1}v{generation:x}");
+    for name in names {
+        out.push('\u{1}');
+        out.push_str(name.as_str());
+        out.push('=');
+        // Whitespace around list members does not select another variant.
+        let values: Vec<&str> = request
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        // Present-but-empty and absent are different selections.
+        if !values.is_empty() {
+            out.push('\u{2}');
+        }
+        out.push_str(&values.join(","));
+    }
+    out
+}
+
+/// An entry for a response: its age on arrival and lifetime from its headers.
+fn make_entry(
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    request_time: u64,
+    response_time: u64,
+) -> Entry {
+    let res = rules::response_directives(&headers);
+    let date = rules::date_secs(&headers, &header::DATE);
+    let initial_age = rules::initial_age(&headers, date, request_time, response_time);
+    let lifetime = rules::lifetime_secs(status, &headers, &res, date.unwrap_or(response_time));
+    let born = response_time.saturating_sub(initial_age);
+    let fresh_until = born.saturating_add(lifetime);
+    let keep = res
+        .seconds("stale-while-revalidate")
+        .unwrap_or(0)
+        .max(res.seconds("stale-if-error").unwrap_or(0))
+        .max(KEEP_STALE_SECS);
+    let times = Times {
+        stored_at_ms: born.saturating_mul(1000),
+        fresh_until_ms: fresh_until.saturating_mul(1000),
+        revalidate_until_ms: fresh_until.saturating_add(keep).saturating_mul(1000),
+        if_error_until_ms: fresh_until.saturating_add(keep).saturating_mul(1000),
+        stale_until_ms: fresh_until.saturating_add(keep).saturating_mul(1000),
+        must_revalidate: false,
+    };
+    let head = Head {
+        status,
+        headers,
+        response_time,
+        initial_age,
+        lifetime,
+        vary: Vec::new(),
+        marker: None,
+    };
+    Entry::proxied(head, body, times)
+}
+
+/// The stored response's validators (`ETag`, `Last-Modified`), when it has either.
+fn validators(headers: &HeaderMap) -> Option<(Option<HeaderValue>, Option<HeaderValue>)> {
+    let etag = headers.get(header::ETAG).cloned();
+    let lm = headers.get(header::LAST_MODIFIED).cloned();
+    (etag.is_some() || lm.is_some()).then_some((etag, lm))
+}
+
+/// Header names that belong to one connection, never forwarded (RFC 9110 §7.6.1).
+fn hop_by_hop(name: &HeaderName, listed: &[String]) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "proxy-connection"
+    ) || name.as_str().starts_with("proxy-")
+        || listed.iter().any(|l| l == name.as_str())
+}
+
+/// Copies the end-to-end headers of `from` into `to` (`Content-Length` only if `keep_length`).
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, keep_length: bool) {
+    let listed: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for (name, value) in from {
+        if hop_by_hop(name, &listed) || (!keep_length && name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+/// Adds `Via` and `Cache-Status` to an answer.
+fn finish(headers: &mut HeaderMap, status: &str) {
+    headers.append(header::VIA, HeaderValue::from_static("1.1 cache-layer"));
+    if let Ok(v) = HeaderValue::from_str(&format!("{NAME}; {status}")) {
+        headers.insert(HeaderName::from_static("cache-status"), v);
+    }
+}
+
+/// A stored response as the answer to `parts`: its status, headers and body (none for `HEAD`),
+/// `Age`, or `304` when the request's own conditionals match it (§4.3.2).
+fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str) -> Response {
+    let head = entry.head().expect("proxied");
+    if head.status == StatusCode::OK && not_modified(&parts.headers, head) {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = response.headers_mut();
+        for name in [
+            header::CACHE_CONTROL,
+            header::CONTENT_LOCATION,
+            header::DATE,
+            header::ETAG,
+            header::EXPIRES,
+            header::VARY,
+            header::LAST_MODIFIED,
+        ] {
+            for v in head.headers.get_all(&name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        h.insert(header::AGE, HeaderValue::from(age));
+        finish(h, status);
+        return response;
+    }
+    let full = entry.raw_body();
+    let range = (head.status == StatusCode::OK && parts.method == Method::GET)
+        .then(|| requested_range(&parts.headers, &head.headers, full.len()))
+        .flatten();
+    let (code, body) = match range {
+        Some(Some((first, last))) => (StatusCode::PARTIAL_CONTENT, full.slice(first..=last)),
+        Some(None) => (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new()),
+        None => (head.status, full.clone()),
+    };
+    let body = if parts.method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(body)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = code;
+    let h = response.headers_mut();
+    copy_headers(&head.headers, h, false);
+    match range {
+        Some(Some((first, last))) => {
+            let value = format!("bytes {first}-{last}/{}", full.len());
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&value).expect("digits"),
+            );
+        }
+        Some(None) => {
+            let value = format!("bytes */{}", full.len());
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&value).expect("digits"),
+            );
+        }
+        None => {}
+    }
+    if parts.method == Method::HEAD {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.raw_body().len()));
+    }
+    h.insert(header::AGE, HeaderValue::from(age));
+    finish(h, status);
+    response
+}
+
+/// The byte range a `Range` request asks of a stored complete body of `len` bytes (RFC 9110
+/// §14): `None` to send the whole body (no `Range`, several ranges, another unit, or an
+/// `If-Range` the stored response does not match); `Some(None)` when it cannot be satisfied
+/// (`416`); else the first and last byte.
+fn requested_range(request: &HeaderMap, stored: &HeaderMap, len: usize) -> Option<Option<(usize, usize)>> {
+    let spec = request.get(header::RANGE)?.to_str().ok()?.trim();
+    if let Some(if_range) = request.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        let strong_etag = stored
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .filter(|e| !e.starts_with("W/"));
+        let matches = if if_range.starts_with('"') {
+            strong_etag == Some(if_range)
+        } else {
+            stored.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()) == Some(if_range)
+        };
+        if !matches {
+            return None;
+        }
+    }
+    let spec = spec.strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    let parse = |t: &str| {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse::<u64>().unwrap_or(u64::MAX))
+    };
+    let len64 = len as u64;
+    let range = if first.is_empty() {
+        let suffix = parse(last)?;
+        if suffix == 0 || len == 0 {
+            return Some(None);
+        }
+        (len64.saturating_sub(suffix), len64 - 1)
+    } else {
+        let first = parse(first)?;
+        let last = if last.is_empty() { u64::MAX } else { parse(last)? };
+        if last < first {
+            return None;
+        }
+        if first >= len64 {
+            return Some(None);
+        }
+        (first, last.min(len64 - 1))
+    };
+    Some(Some((range.0 as usize, range.1 as usize)))
+}
+
+/// Whether the request's `If-None-Match` (or, without one, `If-Modified-Since`) says the
+/// client holds the stored response already.
+fn not_modified(request: &HeaderMap, head: &Head) -> bool {
+    let stored = &head.headers;
+    let inm: Vec<&str> = request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if !inm.is_empty() {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let weak = |t: &str| t.trim_start_matches("W/").to_owned();
+        return inm.iter().any(|t| *t == "*" || weak(t) == weak(etag));
+    }
+    let Some(since) = rules::date_secs(request, &header::IF_MODIFIED_SINCE) else {
+        return false;
+    };
+    // Without `Last-Modified`, the response was current when it was made: its `Date`, or when
+    // it arrived (RFC 9110 §13.1.3).
+    let modified = rules::date_secs(stored, &header::LAST_MODIFIED)
+        .or_else(|| rules::date_secs(stored, &header::DATE))
+        .unwrap_or(head.response_time);
+    modified <= since
+}
+
+/// The path and query of a `Location`-like value when it names the request's own origin.
+fn same_origin_path(value: &HeaderValue, parts: &Parts) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let base = url::Url::parse(&format!("http://{host}{}", parts.uri.path())).ok()?;
+    let target = base.join(text).ok()?;
+    if target.scheme() != "http"
+        || target.host_str() != base.host_str()
+        || target.port_or_known_default() != base.port_or_known_default()
+    {
+        return None;
+    }
+    Some(match target.query() {
+        Some(q) => format!("{}?{q}", target.path()),
+        None => target.path().to_owned(),
+    })
+}
+
+/// `504` for a request that cannot be answered without the origin but may not go there.
+fn gateway_timeout(message: &str) -> Response {
+    let mut response = AppError::OriginTimeout(message.to_owned()).into_response();
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    finish(response.headers_mut(), "detail=only-if-cached");
+    response
+}

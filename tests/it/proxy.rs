@@ -1,0 +1,243 @@
+//! The transparent caching proxy (`PROXY_ROUTES`): requests pass through to a real origin stub
+//! byte for byte, and answers are stored and reused as RFC 9111 lets a shared cache.
+
+use serde_json::Value;
+
+use crate::harness::{Origin, Service, cache_status, client, get_json, raw_get};
+
+/// The service with one route, `/api`, to the stub's `/items`.
+async fn proxy_to(origin: &Origin, env: &[(&str, &str)]) -> Service {
+    let route = format!("/api={}/items", origin.base);
+    let mut all = vec![("PROXY_ROUTES", route.as_str())];
+    all.extend_from_slice(env);
+    Service::start(&all).await
+}
+
+/// The data requests the stub saw, oldest first.
+async fn seen(origin: &Origin) -> Vec<Value> {
+    origin.stats().await["requests"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn answers_pass_through_and_are_stored_and_reused_as_rfc_9111_allows() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[
+            ("Cache-Control", "max-age=60"),
+            ("X-Custom", "a"),
+            ("ETag", "\"v1\""),
+        ])
+        .await;
+    let service = proxy_to(&origin, &[]).await;
+    let url = format!("{}/api/42?b=2&a=1", service.base);
+    let c = client();
+    let first = c
+        .get(&url)
+        .header("Connection", "X-Hop")
+        .header("X-Hop", "1")
+        .header("X-Kept", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-custom"], "a");
+    assert_eq!(first.headers()["etag"], "\"v1\"");
+    assert!(
+        cache_status(&first).contains("fwd=uri-miss; stored"),
+        "{}",
+        cache_status(&first)
+    );
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(
+        body["path"], "/items/42?b=2&a=1",
+        "the rest of the path and the query go to the origin"
+    );
+    assert_eq!(body["n"], 1);
+
+    let again = c.get(&url).send().await.unwrap();
+    assert!(cache_status(&again).ends_with("hit"), "{}", cache_status(&again));
+    assert!(again.headers().contains_key("age"));
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, body, "the stored answer, byte for byte");
+    assert_eq!(origin.served().await, 1);
+
+    // What went to the origin: end-to-end headers, Via and X-Forwarded-*; hop-by-hop ones not.
+    let req = &seen(&origin).await[0];
+    let h = &req["headers"];
+    assert_eq!(req["method"], "GET");
+    assert_eq!(h["x-kept"], "k");
+    assert!(
+        h.get("x-hop").is_none(),
+        "a header Connection names is hop-by-hop: {h}"
+    );
+    assert_eq!(h["via"], "1.1 cache-layer");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{}", service.port));
+
+    // HEAD from the stored GET; a client's own validator gets a 304 from the cache.
+    let head = c.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        body.to_string().len().to_string()
+    );
+    let cond = c
+        .get(&url)
+        .header("If-None-Match", "\"v1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cond.status(), 304);
+    assert_eq!(
+        origin.served().await,
+        1,
+        "HEAD and the conditional were answered here"
+    );
+
+    // Another query is another resource.
+    let other: Value = get_json(&format!("{}/api/42?a=1", service.base)).await;
+    assert_eq!(other["n"], 2);
+}
+
+#[tokio::test]
+async fn what_may_not_be_stored_is_fetched_every_time() {
+    let origin = Origin::start(&[]).await;
+    let service = proxy_to(&origin, &[]).await;
+    let c = client();
+    let cases: &[&[(&str, &str)]] = &[
+        &[("Cache-Control", "no-store")],
+        &[("Cache-Control", "private, max-age=60")],
+        &[("Cache-Control", "max-age=60"), ("Vary", "*")],
+        &[("Cache-Control", "max-age=60"), ("Set-Cookie", "session=1")],
+        &[("Cache-Control", "max-age=0")],
+    ];
+    for (i, headers) in cases.iter().enumerate() {
+        origin.headers(headers).await;
+        let before = origin.served().await;
+        let url = format!("{}/api/case-{i}", service.base);
+        for _ in 0..2 {
+            let r = c.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        assert_eq!(
+            origin.served().await - before,
+            2,
+            "{headers:?}: both went to the origin"
+        );
+    }
+    // A request with Authorization is not answered from a response that did not allow it.
+    origin.headers(&[("Cache-Control", "max-age=60")]).await;
+    let before = origin.served().await;
+    let url = format!("{}/api/private", service.base);
+    for _ in 0..2 {
+        c.get(&url)
+            .header("Authorization", "Bearer x")
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(origin.served().await - before, 2);
+}
+
+#[tokio::test]
+async fn vary_keeps_one_variant_per_selecting_value() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=60"), ("Vary", "X-Lang")])
+        .await;
+    let service = proxy_to(&origin, &[]).await;
+    let url = format!("{}/api/v", service.base);
+    let c = client();
+    let mut bodies = Vec::new();
+    for lang in ["a", "b", "a", "b"] {
+        let r = c.get(&url).header("X-Lang", lang).send().await.unwrap();
+        bodies.push(r.json::<Value>().await.unwrap()["n"].as_u64().unwrap());
+    }
+    assert_eq!(bodies, vec![1, 2, 1, 2], "each language its own stored variant");
+    assert_eq!(origin.served().await, 2);
+}
+
+#[tokio::test]
+async fn unsafe_methods_are_forwarded_and_invalidate_what_they_change() {
+    let origin = Origin::start(&[]).await;
+    origin.headers(&[("Cache-Control", "max-age=60")]).await;
+    let service = proxy_to(&origin, &[]).await;
+    let url = format!("{}/api/doc", service.base);
+    let c = client();
+    assert_eq!(get_json(&url).await["n"], 1);
+    assert_eq!(get_json(&url).await["n"], 1, "stored");
+    let post = c.post(&url).body("change").send().await.unwrap();
+    assert_eq!(post.status(), 200);
+    assert!(cache_status(&post).contains("fwd=method"));
+    let requests = seen(&origin).await;
+    assert_eq!(requests[1]["method"], "POST");
+    assert_eq!(requests[1]["headers"]["content-length"], "6");
+    assert_eq!(
+        get_json(&url).await["n"],
+        3,
+        "the POST invalidated the stored answer"
+    );
+    assert_eq!(get_json(&url).await["n"], 3);
+}
+
+#[tokio::test]
+async fn a_stale_answer_stands_in_when_the_origin_fails_and_stale_if_error_allows() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=0, stale-if-error=600")])
+        .await;
+    let service = proxy_to(&origin, &[]).await;
+    let url = format!("{}/api/s", service.base);
+    assert_eq!(get_json(&url).await["n"], 1);
+    origin.set("status:503", 0).await;
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        cache_status(&r).contains("stale-if-error"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(r.json::<Value>().await.unwrap()["n"], 1);
+}
+
+#[tokio::test]
+async fn a_body_too_long_to_store_streams_through_whole() {
+    let origin = Origin::start(&[("STUB_MODE", "bytes:3000000")]).await;
+    origin.headers(&[("Cache-Control", "max-age=60")]).await;
+    let service = proxy_to(&origin, &[("ORIGIN_MAX_BODY_BYTES", "1000000")]).await;
+    let url = format!("{}/api/big", service.base);
+    for _ in 0..2 {
+        let r = client().get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(cache_status(&r).contains("detail=size"), "{}", cache_status(&r));
+        let body = r.bytes().await.unwrap();
+        assert!(body.len() >= 3_000_000, "{}", body.len());
+        serde_json::from_slice::<Value>(&body).expect("the whole body, in order");
+    }
+    assert_eq!(origin.served().await, 2, "not stored");
+}
+
+#[tokio::test]
+async fn only_routes_reach_an_origin_and_the_service_keeps_its_own_paths() {
+    let origin = Origin::start(&[]).await;
+    let service = proxy_to(&origin, &[]).await;
+    // An absolute-form target never chooses an origin: not a forward proxy.
+    let (status, body) = raw_get(service.port, "http://example.com/api/x").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("absolute-form"), "{body}");
+    // A path no route and no endpoint takes.
+    let r = client()
+        .get(format!("{}/elsewhere", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+    // The service's own endpoints come first.
+    let health = get_json(&format!("{}/health", service.base)).await;
+    assert!(health.get("status").is_some(), "{health}");
+    let item = get_json(&format!("{}/items/7", service.base)).await;
+    assert_eq!(item["key"], "7");
+    assert_eq!(origin.served().await, 0, "nothing went to the proxied origin");
+}
