@@ -107,6 +107,13 @@ impl Proxy {
             )
             .into_response();
         }
+        if let Some(why) = ambiguous(&parts.headers) {
+            return AppError::BadRequest(why.to_owned()).into_response();
+        }
+        if parts.headers.get_all(header::HOST).iter().count() > 1 {
+            // RFC 9112 §3.2: which host was meant cannot be told, and two parties may disagree.
+            return AppError::BadRequest("a request may carry one Host header".to_owned()).into_response();
+        }
         let Some((route, rest)) = self.routes.find(parts.uri.path()) else {
             return AppError::NotFound("no route or endpoint for this path".to_owned()).into_response();
         };
@@ -574,6 +581,27 @@ impl Proxy {
             response_time,
         })
     }
+}
+
+/// Why a request's framing could be read two ways by the parties on its path (request
+/// smuggling, RFC 9112 §6.1 and §6.3), when it could: the HTTP server already refuses
+/// conflicting lengths, folded and malformed header lines and other transfer codings, and
+/// accepts `Content-Length` beside `Transfer-Encoding: chunked` (as the RFC lets it, reading the
+/// chunks); a proxy must not pass such a request on to an origin that may read the length.
+fn ambiguous(headers: &HeaderMap) -> Option<&'static str> {
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    if codings.is_empty() {
+        return None;
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Some("a request may carry Content-Length or Transfer-Encoding, not both");
+    }
+    (codings != ["chunked"]).then_some("the only transfer coding accepted is chunked, once")
 }
 
 /// Seconds since the epoch.

@@ -241,3 +241,87 @@ async fn only_routes_reach_an_origin_and_the_service_keeps_its_own_paths() {
     assert_eq!(item["key"], "7");
     assert_eq!(origin.served().await, 0, "nothing went to the proxied origin");
 }
+
+/// Requests two parties could read differently (request smuggling) are refused before anything
+/// reaches the origin: by the HTTP server (conflicting lengths, folded or malformed headers) or
+/// by the proxy (two `Host`s).
+#[tokio::test]
+async fn ambiguous_requests_are_refused_before_they_reach_the_origin() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start(&[]).await;
+    let service = proxy_to(&origin, &[]).await;
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "two CL",
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        ),
+        (
+            "CL list",
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\n\r\nabcd",
+        ),
+        (
+            "TE chunked twice",
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "TE not chunked",
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        ),
+        (
+            "TE in HTTP/1.0",
+            b"POST /api/x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+        ),
+        (
+            "control byte",
+            b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n",
+        ),
+        (
+            "space before colon",
+            b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n",
+        ),
+        ("two Host", b"GET /api/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+    ];
+    for (name, raw) in cases {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+            .await
+            .unwrap();
+        s.write_all(raw).await.unwrap();
+        // The status line is in the first bytes back (a refused request may keep the connection).
+        let mut out = vec![0; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut out))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        let head = String::from_utf8_lossy(&out[..n]);
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!((400..=501).contains(&status) && status != 404, "{name}: {head:?}");
+    }
+    assert_eq!(origin.served().await, 0, "nothing reached the origin");
+    // Content-Length beside chunked: the server reads the chunks (RFC 9112 §6.3 lets it), drops
+    // the length and closes the connection after answering; the origin gets one reading only,
+    // the body with its own length.
+    let raw = b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+        .await
+        .unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let head = String::from_utf8_lossy(&out);
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    let requests =
+        crate::harness::get_json(&format!("{}/_stub/stats", origin.base)).await["requests"].clone();
+    let requests = requests.as_array().unwrap();
+    assert_eq!(
+        requests.len(),
+        1,
+        "the request after the body was not read: {requests:?}"
+    );
+    assert_eq!(requests[0]["headers"]["content-length"], "3");
+    assert!(requests[0]["headers"].get("transfer-encoding").is_none());
+}
