@@ -92,18 +92,7 @@ impl Application {
             proxy_memory = Some(memory.clone());
             tiers.push(AnyTier::Memory(memory));
         }
-        let proxy = if config.proxy.is_empty() {
-            None
-        } else {
-            let proxy = Proxy::new(
-                config.proxy.clone(),
-                proxy_memory,
-                config.origin.max_body_bytes,
-                config.origin.timeout,
-            )
-            .map_err(StartError::Setup)?;
-            Some(Arc::new(proxy))
-        };
+
         let origin_config = &config.origin;
         let redis = match (&config.redis, config.fleet) {
             (Some(rc), Some(lock)) => {
@@ -172,6 +161,20 @@ impl Application {
             lock,
         });
         let cache = ReadThrough::new(tiers, origin, config.cache.life, replicas, metrics.clone());
+        let proxy = if config.proxy.is_empty() {
+            None
+        } else {
+            let proxy = Proxy::new(
+                config.proxy.clone(),
+                proxy_memory,
+                Some(cache.clone()),
+                Some(metrics.clone()),
+                config.origin.max_body_bytes,
+                config.origin.timeout,
+            )
+            .map_err(StartError::Setup)?;
+            Some(Arc::new(proxy))
+        };
         cache.spawn_listener(tasks.clone());
 
         let listener = TcpListener::bind(config.listen_addr)

@@ -235,8 +235,8 @@ pub async fn delete_item(State(state): State<Arc<AppState>>, request: Request) -
 }
 
 async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
-    let (mode, key) = purge_request(state, request, |path| {
-        key_of(path, state.max_key_bytes).map(Cow::into_owned)
+    let (mode, key) = purge_request(state, request, &[], |parts| {
+        key_of(parts.uri.path(), state.max_key_bytes).map(Cow::into_owned)
     })
     .await?;
     // A task of its own: past PURGE_TIMEOUT_SECS the client is told, and the purge goes on.
@@ -250,20 +250,22 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
     }
 }
 
-/// What every purge checks before anything is applied, in order: the admin token, `?soft=`,
-/// the name in the path (`name_of`: the key or the tag), and the whole body.
+/// What every purge checks before anything is applied, in order: the admin token, `?soft=`
+/// (and no query parameter but it and those `also` names), the name (`name_of`: the key or the
+/// tag in the path, the URL in the query), and the whole body.
 pub(super) async fn purge_request<T>(
     state: &AppState,
     request: Request,
-    name_of: impl FnOnce(&str) -> Result<T, AppError>,
+    also: &[&str],
+    name_of: impl FnOnce(&http::request::Parts) -> Result<T, AppError>,
 ) -> Result<(PurgeMode, T), AppError> {
     authorize(
         state.admin_token.as_deref(),
         request.headers().get(header::AUTHORIZATION),
     )?;
-    let mode = purge_mode(request.uri().query())?;
+    let mode = purge_mode(request.uri().query(), also)?;
     let (parts, body) = request.into_parts();
-    let name = name_of(parts.uri.path())?;
+    let name = name_of(&parts)?;
     // A purge takes no body, but one that was sent must arrive whole before anything is
     // applied: a request cut short or malformed is refused, not half-honoured.
     read_body(body, PURGE_MAX_BODY_BYTES, state.body_timeout).await?;
@@ -304,9 +306,12 @@ fn bearer_token(credentials: &[u8]) -> &[u8] {
 
 /// `?soft=true` marks stale; the default removes. Any other parameter, or `soft` twice, is
 /// `400`: a purge an operator meant as soft (`?mode=soft`) must not run as a hard one.
-fn purge_mode(query: Option<&str>) -> Result<PurgeMode, AppError> {
+pub(super) fn purge_mode(query: Option<&str>, also: &[&str]) -> Result<PurgeMode, AppError> {
     let mut soft = None;
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if also.contains(&name.as_ref()) {
+            continue;
+        }
         if name != "soft" {
             return Err(AppError::BadRequest(format!(
                 "unknown query parameter `{name}`: a purge takes only soft=true or soft=false"
@@ -376,17 +381,17 @@ mod tests {
             let given = HeaderValue::from_static(bad);
             assert!(authorize(Some("s3cret"), Some(&given)).is_err(), "{bad}");
         }
-        assert_eq!(purge_mode(Some("soft=true")).unwrap(), PurgeMode::Soft);
-        assert_eq!(purge_mode(None).unwrap(), PurgeMode::Hard);
-        assert!(purge_mode(Some("soft=maybe")).is_err());
+        assert_eq!(purge_mode(Some("soft=true"), &[]).unwrap(), PurgeMode::Soft);
+        assert_eq!(purge_mode(None, &[]).unwrap(), PurgeMode::Hard);
+        assert!(purge_mode(Some("soft=maybe"), &[]).is_err());
         assert!(
-            purge_mode(Some("mode=soft")).is_err(),
+            purge_mode(Some("mode=soft"), &[]).is_err(),
             "an unknown parameter is refused"
         );
         assert!(
-            purge_mode(Some("soft=true&soft=false")).is_err(),
+            purge_mode(Some("soft=true&soft=false"), &[]).is_err(),
             "soft twice is refused"
         );
-        assert_eq!(purge_mode(Some("soft=false")).unwrap(), PurgeMode::Hard);
+        assert_eq!(purge_mode(Some("soft=false"), &[]).unwrap(), PurgeMode::Hard);
     }
 }

@@ -18,13 +18,15 @@ pub enum Route {
     Readyz,
     /// `/metrics`.
     Metrics,
-    /// Anything else.
+    /// `/purge`: purge a proxied URL.
+    Purge,
+    /// Anything else (proxied requests included: `proxy_requests_total` counts those by route).
     Unmatched,
 }
 
 impl Route {
     /// Every route, for label sets registered at zero.
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Items,
         Route::Tags,
         Route::Batch,
@@ -32,6 +34,7 @@ impl Route {
         Route::Livez,
         Route::Readyz,
         Route::Metrics,
+        Route::Purge,
         Route::Unmatched,
     ];
 
@@ -45,6 +48,7 @@ impl Route {
             Route::Livez => "/livez",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::Purge => "/purge",
             Route::Unmatched => "unmatched",
         }
     }
@@ -73,6 +77,7 @@ impl Route {
             "/tags" => Route::Tags,
             "/items:batch" => Route::Batch,
             "/health" => Route::Health,
+            "/purge" => Route::Purge,
             "/livez" => Route::Livez,
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,

@@ -10,6 +10,7 @@ mod route;
 pub mod server;
 mod tags;
 mod turns;
+mod urls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,6 +239,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/items/", get(items::empty_key).delete(items::empty_key))
         .route("/items", get(items::empty_key).delete(items::empty_key))
         .route("/tags/{tag}", delete(tags::delete_tag))
+        .route("/purge", delete(urls::delete_url))
         .route("/tags/", delete(tags::empty_tag))
         .route("/tags", delete(tags::empty_tag))
         .route("/health", get(ops::health))

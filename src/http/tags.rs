@@ -27,7 +27,10 @@ pub async fn delete_tag(State(state): State<Arc<AppState>>, request: Request) ->
 
 async fn purge(state: &AppState, request: Request) -> Result<Response, AppError> {
     let max = state.tag_max_bytes;
-    let (mode, tag) = purge_request(state, request, |path| tag_of(path, max).map(Cow::into_owned)).await?;
+    let (mode, tag) = purge_request(state, request, &[], |parts| {
+        tag_of(parts.uri.path(), max).map(Cow::into_owned)
+    })
+    .await?;
     // A task of its own: past PURGE_TIMEOUT_SECS the client is told, and the purge goes on.
     let (cache, name) = (state.cache.clone(), tag.clone());
     let purge = state

@@ -50,6 +50,31 @@ pub struct Proxy {
     max_body_bytes: usize,
     /// How long the origin has to answer.
     timeout: Duration,
+    /// Where proxied requests are counted (`proxy_requests_total`); `None` in tests.
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
+    /// Misses in flight, by key: what later misses on the same key wait for.
+    inflight: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// The read-through whose purges reach every replica (invalidations after unsafe methods);
+    /// `None` in tests of the proxy alone.
+    purger: Option<crate::cache::ReadThrough>,
+}
+
+/// The first miss on a key, fetching: when dropped (answered, failed or cancelled), the misses
+/// waiting on it look again.
+struct Leading<'a> {
+    inflight: &'a std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    key: String,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        let _ = self.done.send(true);
+    }
 }
 
 /// A response read from the origin.
@@ -73,6 +98,8 @@ impl Proxy {
     pub fn new(
         routes: Routes,
         memory: Option<MemoryTier>,
+        purger: Option<crate::cache::ReadThrough>,
+        metrics: Option<Arc<crate::telemetry::Metrics>>,
         max_body_bytes: usize,
         timeout: Duration,
     ) -> Result<Self, String> {
@@ -90,12 +117,43 @@ impl Proxy {
             memory,
             max_body_bytes,
             timeout,
+            purger,
+            metrics,
+            inflight: Default::default(),
         })
     }
 
     /// The routes.
     pub fn routes(&self) -> &Routes {
         &self.routes
+    }
+
+    /// The key a proxied `path_and_query` is stored under (every variant of it hangs off it);
+    /// `None` when no route takes it.
+    pub fn key_for(&self, path_and_query: &str) -> Option<String> {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let (route, rest) = self.routes.find(path)?;
+        Some(cache_key(route, rest, query))
+    }
+
+    /// Purges (hard) the stored answers for `key` here and, through the read-through's purge
+    /// fan-out, on every replica (an unsafe method's invalidation, RFC 9111 §4.4).
+    async fn invalidate(&self, key: &str) {
+        match &self.purger {
+            Some(cache) => {
+                if let Err(e) = cache.purge(key, crate::cache::PurgeMode::Hard).await {
+                    tracing::debug!(error = %e, "proxy invalidation did not reach every replica");
+                }
+            }
+            None => {
+                if let Some(memory) = &self.memory {
+                    let _ = memory.remove(key).await;
+                }
+            }
+        }
     }
 
     /// Answers a request that no endpoint of the service took: through its route, or `404`.
@@ -119,11 +177,15 @@ impl Proxy {
         };
         let url = route.upstream(rest, parts.uri.query());
         let key = cache_key(route, rest, parts.uri.query());
-        if parts.method == Method::GET || parts.method == Method::HEAD {
+        let response = if parts.method == Method::GET || parts.method == Method::HEAD {
             self.read(&parts, &url, &key).await
         } else {
             self.write(parts, body, route, &url, &key).await
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.proxy_request(&route.name, outcome(&response), response.status().as_u16());
         }
+        response
     }
 
     /// `GET` and `HEAD`: served from the cache when RFC 9111 allows, else validated or fetched.
@@ -135,7 +197,8 @@ impl Proxy {
             let head = entry.head().expect("proxied entries have a head");
             let res = rules::response_directives(&head.headers);
             let age = current_age(head, now);
-            let fresh = age < head.lifetime;
+            // `fresh_until_ms` is the lifetime's end, or earlier after a soft purge.
+            let fresh = age < head.lifetime && crate::cache::now_ms() < entry.fresh_until_ms;
             let always_validate = res.unqualified("no-cache") || req.has("no-cache");
             let within_request = req.seconds("max-age").is_none_or(|m| age <= m)
                 && req
@@ -173,10 +236,52 @@ impl Proxy {
         if req.has("only-if-cached") {
             return gateway_timeout("only-if-cached, and nothing is stored for this request");
         }
+        // Concurrent misses on one resource: the first goes to the origin, the others wait for
+        // it (at most the origin's deadline) and look again, so a stampede is one fetch when the
+        // answer may be stored. What may not be stored, each fetches for itself.
+        let _leading = match self.lead_or_follow(key).await {
+            Ok(leading) => leading,
+            Err(()) => {
+                if let Some(entry) = self.lookup(key, &parts.headers) {
+                    let head = entry.head().expect("proxied");
+                    let age = current_age(head, now_secs());
+                    if age < head.lifetime
+                        && crate::cache::now_ms() < entry.fresh_until_ms
+                        && !req.has("no-cache")
+                    {
+                        return serve(parts, &entry, age, "hit; detail=coalesced");
+                    }
+                }
+                None
+            }
+        };
         match self.fetch(parts, url, None, None).await {
             Ok(fetched) => self.forwarded(parts, key, &req, fetched, "uri-miss").await,
             Err(e) => e.into_response(),
         }
+    }
+
+    /// The first miss on `key` leads (`Ok`: its guard lets the others go when dropped); a later
+    /// one waits for the leader to finish, at most the origin's deadline (`Err`).
+    async fn lead_or_follow(&self, key: &str) -> Result<Option<Leading<'_>>, ()> {
+        let waiting = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(false);
+                    inflight.insert(key.to_owned(), rx);
+                    return Ok(Some(Leading {
+                        inflight: &self.inflight,
+                        key: key.to_owned(),
+                        done: tx,
+                    }));
+                }
+            }
+        };
+        let mut waiting = waiting;
+        let _ = tokio::time::timeout(self.timeout, waiting.wait_for(|done| *done)).await;
+        Err(())
     }
 
     /// A stored response that may not be served as it is: a conditional request with its
@@ -244,6 +349,9 @@ impl Proxy {
             memory: Some(memory),
             max_body_bytes: self.max_body_bytes,
             timeout: self.timeout,
+            purger: None,
+            metrics: None,
+            inflight: Default::default(),
         };
         let (mut parts_copy, _) = http::Request::new(()).into_parts();
         parts_copy.method = Method::GET;
@@ -380,10 +488,8 @@ impl Proxy {
             Ok(f) => f,
             Err(e) => return e.into_response(),
         };
-        if (fetched.status.is_success() || fetched.status.is_redirection())
-            && let Some(memory) = &self.memory
-        {
-            let _ = memory.remove(key).await;
+        if (fetched.status.is_success() || fetched.status.is_redirection()) && self.memory.is_some() {
+            self.invalidate(key).await;
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(path) = fetched
                     .headers
@@ -393,7 +499,7 @@ impl Proxy {
                     && r.name == route.name
                 {
                     let query = path.split_once('?').map(|(_, q)| q);
-                    let _ = memory.remove(&cache_key(r, rest, query)).await;
+                    self.invalidate(&cache_key(r, rest, query)).await;
                 }
             }
         }
@@ -416,7 +522,13 @@ impl Proxy {
             None => Some(entry),
             Some(generation) => {
                 let names: Vec<HeaderName> = head.vary.iter().map(|(n, _)| n.clone()).collect();
-                memory.get_now(&variant_key(key, generation, &names, request))?
+                let variant = memory.get_now(&variant_key(key, generation, &names, request))??;
+                // A soft purge of the resource marks its marker stale: every variant under it
+                // is older than the purge (a store after it starts a new generation).
+                Some(match soft_purged(&entry) {
+                    Some(at) => Arc::new(variant.marked_stale(at)),
+                    None => variant,
+                })
             }
         }
     }
@@ -436,6 +548,7 @@ impl Proxy {
             .as_ref()
             .and_then(|e| e.head())
             .filter(|h| h.marker.is_some() && h.vary.iter().map(|(n, _)| n).eq(names.iter()))
+            .filter(|_| existing.as_ref().and_then(|e| soft_purged(e)).is_none())
             .and_then(|h| h.marker)
             .unwrap_or_else(rand::random);
         let marker = Head {
@@ -450,7 +563,8 @@ impl Proxy {
         let keep_until = entry.stale_until_ms.max(existing.map_or(0, |e| e.stale_until_ms));
         let times = Times {
             stored_at_ms: entry.stored_at_ms,
-            fresh_until_ms: entry.fresh_until_ms,
+            // Fresh for as long as it is kept: a soft purge is what ends it sooner.
+            fresh_until_ms: keep_until,
             revalidate_until_ms: keep_until,
             if_error_until_ms: keep_until,
             stale_until_ms: keep_until,
@@ -602,6 +716,34 @@ fn ambiguous(headers: &HeaderMap) -> Option<&'static str> {
         return Some("a request may carry Content-Length or Transfer-Encoding, not both");
     }
     (codings != ["chunked"]).then_some("the only transfer coding accepted is chunked, once")
+}
+
+/// What the cache did for an answer, from its `Cache-Status` (the `cache` label of
+/// `proxy_requests_total`).
+fn outcome(response: &Response) -> &'static str {
+    let Some(status) = response
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return "error";
+    };
+    if status.contains("fwd-status=304") {
+        "revalidated"
+    } else if status.contains("; hit") && status.contains("stale") {
+        "stale"
+    } else if status.contains("; hit") {
+        "hit"
+    } else if status.contains("stored") || status.contains("fwd=uri-miss") || status.contains("fwd=stale") {
+        "miss"
+    } else {
+        "pass"
+    }
+}
+
+/// When a soft purge marked a `Vary` marker stale, if one did.
+fn soft_purged(marker: &Entry) -> Option<u64> {
+    (marker.fresh_until_ms < marker.stale_until_ms).then_some(marker.fresh_until_ms)
 }
 
 /// Seconds since the epoch.

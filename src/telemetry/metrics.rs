@@ -89,6 +89,9 @@ pub struct Metrics {
     batch_latency: Histogram<f64>,
     /// `batch_keys`: keys per batch, as requested (duplicates included).
     batch_keys: Histogram<u64>,
+    /// `proxy_requests_total`: proxied requests by route (its prefix), what the cache did and
+    /// the status class; attributes made per request (the proxy's routes come from its settings).
+    proxy_requests: opentelemetry::metrics::Counter<u64>,
     /// Kept for the gauges registered by [`Metrics::watch_memory_tier`] and
     /// [`Metrics::watch_breaker`].
     meter: Meter,
@@ -372,6 +375,10 @@ impl Metrics {
                 .with_description("Keys per POST /items:batch request, duplicates included.")
                 .with_boundaries(BATCH_SIZE_BUCKETS.to_vec())
                 .build(),
+            proxy_requests: meter
+                .u64_counter("proxy_requests")
+                .with_description("Requests answered by the transparent proxy (PROXY_ROUTES), by route, cache outcome and status class.")
+                .build(),
             counters,
             meter,
         }
@@ -571,6 +578,21 @@ impl Metrics {
         {
             self.request_latency.record(took.as_secs_f64(), &[]);
         }
+    }
+}
+
+impl Metrics {
+    /// One proxied request of `route` (its prefix) answered with `status`: `cache` says how
+    /// (`hit`, `stale`, `miss`, `revalidated`, `pass`, `error`).
+    pub fn proxy_request(&self, route: &str, cache: &'static str, status: u16) {
+        self.proxy_requests.add(
+            1,
+            &[
+                KeyValue::new("route", route.to_owned()),
+                KeyValue::new("cache", cache),
+                KeyValue::new("status_class", StatusClass::of(status).as_str()),
+            ],
+        );
     }
 }
 

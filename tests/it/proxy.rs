@@ -98,6 +98,30 @@ async fn answers_pass_through_and_are_stored_and_reused_as_rfc_9111_allows() {
     // Another query is another resource.
     let other: Value = get_json(&format!("{}/api/42?a=1", service.base)).await;
     assert_eq!(other["n"], 2);
+
+    // Counted by route and what the cache did: 2 misses; the GET, the HEAD and the 304 hits.
+    let text = c
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |cache: &str, class: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("proxy_requests_total{")
+                    && l.contains("route=\"/api\"")
+                    && l.contains(&format!("cache=\"{cache}\""))
+                    && l.contains(&format!("status_class=\"{class}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(count("miss", "2xx"), 2.0, "{text}");
+    assert_eq!(count("hit", "2xx"), 2.0);
+    assert_eq!(count("hit", "3xx"), 1.0);
 }
 
 #[tokio::test]
@@ -324,4 +348,111 @@ async fn ambiguous_requests_are_refused_before_they_reach_the_origin() {
     );
     assert_eq!(requests[0]["headers"]["content-length"], "3");
     assert!(requests[0]["headers"].get("transfer-encoding").is_none());
+}
+
+/// `DELETE /purge?url=` purges a proxied resource, every variant of it, under the purge rules;
+/// `?soft=true` makes it stale instead (revalidated with the origin before it is served again).
+#[tokio::test]
+async fn purge_by_url_removes_every_variant_or_makes_them_stale() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=600"), ("Vary", "X-Lang")])
+        .await;
+    let token = "0123456789abcdef0123";
+    let service = proxy_to(&origin, &[("ADMIN_TOKEN", token)]).await;
+    let url = format!("{}/api/p?x=1", service.base);
+    let c = client();
+    let n = |lang: &'static str| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let r = c.get(&url).header("X-Lang", lang).send().await.unwrap();
+            r.json::<Value>().await.unwrap()["n"].as_u64().unwrap()
+        }
+    };
+    assert_eq!((n("a").await, n("b").await, n("a").await), (1, 2, 1));
+    let purge = |query: &'static str| {
+        let c = c.clone();
+        let base = service.base.clone();
+        async move {
+            c.delete(format!("{base}/purge?{query}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(purge("url=%2Fapi%2Fp%3Fx%3D1").await, 204);
+    assert_eq!((n("a").await, n("b").await), (3, 4), "both variants were purged");
+    // Soft: stale at once, so the next request goes to the origin (no validator: a new answer).
+    assert_eq!(purge("url=%2Fapi%2Fp%3Fx%3D1&soft=true").await, 204);
+    assert_eq!(n("a").await, 5);
+    assert_eq!(n("a").await, 5, "stored again");
+    // Refused: no token, no route, no url, an unknown parameter.
+    let no_token = c
+        .delete(format!("{}/purge?url=/api/p", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    assert_eq!(purge("url=%2Felsewhere").await, 400);
+    assert_eq!(purge("soft=true").await, 400);
+    assert_eq!(purge("url=%2Fapi%2Fp&mode=x").await, 400);
+}
+
+/// An unsafe method's invalidation and a purge by URL reach every replica (through Redis).
+#[tokio::test]
+async fn invalidations_reach_every_replica() {
+    let redis = crate::harness::Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    origin.headers(&[("Cache-Control", "max-age=600")]).await;
+    let route = format!("/api={}/items", origin.base);
+    let [a, b] = crate::harness::services_on::<2>(&redis.url(), &[("PROXY_ROUTES", route.as_str())]).await;
+    let c = client();
+    let n = |base: String| {
+        let c = c.clone();
+        async move {
+            let r = c.get(format!("{base}/api/doc")).send().await.unwrap();
+            r.json::<Value>().await.unwrap()["n"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(
+        (n(a.base.clone()).await, n(b.base.clone()).await),
+        (1, 2),
+        "each replica stores its own"
+    );
+    assert_eq!(n(b.base.clone()).await, 2);
+    let put = c
+        .put(format!("{}/api/doc", a.base))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    crate::harness::eventually("B to drop its stored answer", || {
+        let b = b.base.clone();
+        let n = &n;
+        async move { (n(b).await > 2).then_some(()) }
+    })
+    .await;
+}
+
+/// Concurrent misses on one resource are one origin fetch when its answer may be stored.
+#[tokio::test]
+async fn a_stampede_on_one_resource_is_one_fetch() {
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
+    origin.headers(&[("Cache-Control", "max-age=60")]).await;
+    let service = proxy_to(&origin, &[]).await;
+    let url = format!("{}/api/hot", service.base);
+    let c = client();
+    let answers = futures_util::future::join_all((0..20).map(|_| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let r = c.get(&url).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap()["n"].clone())
+        }
+    }))
+    .await;
+    assert!(answers.iter().all(|(s, n)| *s == 200 && n == 1), "{answers:?}");
+    assert_eq!(origin.served().await, 1);
 }
