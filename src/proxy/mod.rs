@@ -52,6 +52,13 @@ pub struct Proxy {
     timeout: Duration,
     /// Where proxied requests are counted (`proxy_requests_total`); `None` in tests.
     metrics: Option<Arc<crate::telemetry::Metrics>>,
+    /// Keys with a background revalidation running (`stale-while-revalidate`): one at a time
+    /// per key, however many requests are served the stale answer meanwhile.
+    refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Bytes of origin bodies being read into memory (to be stored) across every request: past
+    /// [`BUFFERED_MAX_BYTES`], a body streams through instead, unstored, so many concurrent
+    /// large answers cannot hold `ORIGIN_MAX_BODY_BYTES` each in memory.
+    buffered: Arc<std::sync::atomic::AtomicUsize>,
     /// Misses in flight, by key: what later misses on the same key wait for.
     inflight: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// The read-through whose purges reach every replica (invalidations after unsafe methods);
@@ -74,6 +81,50 @@ impl Drop for Leading<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.key);
         let _ = self.done.send(true);
+    }
+}
+
+/// Bytes of origin bodies held in memory at once while they are read to be stored; a body that
+/// would pass it streams through unstored (64 MiB: 64 answers of the default
+/// `ORIGIN_MAX_BODY_BYTES` at once).
+const BUFFERED_MAX_BYTES: usize = 64 << 20;
+
+/// An origin body being read into memory, counted in the proxy's total until it is handed on
+/// (`take`) or dropped.
+struct Buffered<'a> {
+    bytes: BytesMut,
+    total: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl Buffered<'_> {
+    /// The bytes read, no longer counted.
+    fn take(&mut self) -> Bytes {
+        let bytes = std::mem::take(&mut self.bytes);
+        self.total
+            .fetch_sub(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+        bytes.freeze()
+    }
+}
+
+impl Drop for Buffered<'_> {
+    fn drop(&mut self) {
+        self.total
+            .fetch_sub(self.bytes.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A background revalidation of a key: when it ends, the key may be revalidated again.
+struct Refreshing {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    key: String,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 
@@ -119,6 +170,8 @@ impl Proxy {
             timeout,
             purger,
             metrics,
+            refreshing: Default::default(),
+            buffered: Default::default(),
             inflight: Default::default(),
         })
     }
@@ -343,6 +396,14 @@ impl Proxy {
     /// Validates a stale response in the background (`stale-while-revalidate`).
     fn revalidate_later(&self, parts: &Parts, url: &str, key: &str, entry: Arc<Entry>) {
         let Some(memory) = self.memory.clone() else { return };
+        if !self
+            .refreshing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned())
+        {
+            return;
+        }
         let this = Proxy {
             routes: Routes::default(),
             client: self.client.clone(),
@@ -351,6 +412,8 @@ impl Proxy {
             timeout: self.timeout,
             purger: None,
             metrics: None,
+            refreshing: self.refreshing.clone(),
+            buffered: self.buffered.clone(),
             inflight: Default::default(),
         };
         let (mut parts_copy, _) = http::Request::new(()).into_parts();
@@ -367,6 +430,10 @@ impl Proxy {
         }
         let (url, key) = (url.to_owned(), key.to_owned());
         tokio::spawn(async move {
+            let _done = Refreshing {
+                set: this.refreshing.clone(),
+                key: key.clone(),
+            };
             let head = entry.head().expect("proxied");
             let validators = validators(&head.headers);
             if let Ok(f) = this.fetch(&parts_copy, &url, None, validators.as_ref()).await {
@@ -661,14 +728,24 @@ impl Proxy {
                 response_time,
             });
         }
-        let mut buffer = BytesMut::new();
+        let mut buffer = Buffered {
+            bytes: BytesMut::new(),
+            total: &self.buffered,
+        };
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    if buffer.len() + chunk.len() > self.max_body_bytes {
+                    let all = self
+                        .buffered
+                        .fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed)
+                        + chunk.len();
+                    let buffer_full = all > BUFFERED_MAX_BYTES;
+                    if buffer.bytes.len() + chunk.len() > self.max_body_bytes || buffer_full {
                         // Too long to store: what was read, then the rest as it comes.
+                        self.buffered
+                            .fetch_sub(chunk.len(), std::sync::atomic::Ordering::Relaxed);
                         let head = futures_util::stream::iter([
-                            Ok::<Bytes, reqwest::Error>(buffer.freeze()),
+                            Ok::<Bytes, reqwest::Error>(buffer.take()),
                             Ok(chunk),
                         ]);
                         let body =
@@ -681,7 +758,7 @@ impl Proxy {
                             response_time,
                         });
                     }
-                    buffer.extend_from_slice(&chunk);
+                    buffer.bytes.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) => return Err(AppError::OriginError(format!("the origin's body broke off: {e}"))),
@@ -690,7 +767,7 @@ impl Proxy {
         Ok(Fetched {
             status,
             headers,
-            body: Fetch::Whole(buffer.freeze()),
+            body: Fetch::Whole(buffer.take()),
             request_time,
             response_time,
         })

@@ -456,3 +456,42 @@ async fn a_stampede_on_one_resource_is_one_fetch() {
     assert!(answers.iter().all(|(s, n)| *s == 200 && n == 1), "{answers:?}");
     assert_eq!(origin.served().await, 1);
 }
+
+/// `stale-while-revalidate`: stale answers at once, and one background request per resource
+/// however many clients were served stale meanwhile.
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "300")]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=0, stale-while-revalidate=600")])
+        .await;
+    let service = proxy_to(&origin, &[]).await;
+    let url = format!("{}/api/swr", service.base);
+    assert_eq!(get_json(&url).await["n"], 1);
+    let c = client();
+    let answers = futures_util::future::join_all((0..10).map(|_| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let r = c.get(&url).send().await.unwrap();
+            let status = cache_status(&r);
+            (status, r.json::<Value>().await.unwrap()["n"].clone())
+        }
+    }))
+    .await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, n)| s.contains("stale-while-revalidate") && n == 1),
+        "{answers:?}"
+    );
+    origin.wait_served(2).await;
+    crate::harness::eventually("the refresh to be stored", || async {
+        (get_json(&url).await["n"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    assert!(
+        origin.served().await <= 3,
+        "one refresh at a time: {}",
+        origin.served().await
+    );
+}
