@@ -583,6 +583,32 @@ def check_ports(helm: str | None) -> str:
     return f"all agree on {port}"
 
 
+def check_admin_port(helm: str | None) -> str:
+    """adminPort: ADMIN_LISTEN_ADDR set, a named container port, probes and scraping on it, the
+    Service and the NetworkPolicy open to it; LISTEN_ADDR unchanged."""
+    assert helm, "helm not found"
+    admin = 9000
+    docs = render_chart(helm, "defaults", extra_args=(
+        "--set", f"adminPort={admin}", "--set", "serviceMonitor.enabled=true",
+        "--set", "networkPolicy.enabled=true"))
+    c = app_container(app_workload(docs))
+    assert {p["name"]: int(p["containerPort"]) for p in c["ports"]} == {"http": 5000, "admin": admin}
+    env = deployment_env(docs)
+    assert env.get("ADMIN_LISTEN_ADDR") == f"0.0.0.0:{admin}", env.get("ADMIN_LISTEN_ADDR")
+    assert listen_port(env) == 5000
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert resolve_port(c, c[probe]["httpGet"]["port"]) == admin, f"{probe} not on the admin port"
+    service = app_service(docs)
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"http": "http", "admin": "admin"}
+    monitor = find_doc(docs, "ServiceMonitor")
+    assert monitor and monitor["spec"]["endpoints"][0]["port"] == "admin"
+    policy = find_doc(docs, "NetworkPolicy")
+    assert policy and {"port": "admin", "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
+    off = render_chart(helm, "defaults")
+    assert "ADMIN_LISTEN_ADDR" not in deployment_env(off), "adminPort 0 sets no admin listener"
+    return f"probes, scraping, Service and NetworkPolicy on {admin}"
+
+
 def check_chart_deployment(helm: str | None) -> str:
     assert helm, "helm not found"
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -956,7 +982,8 @@ def check_chart_refuses_mistakes(helm: str | None) -> str:
 # README config variables the chart sets from other values than config (the values key that
 # sets each), so every README variable has a place in the chart's schema.
 CHART_ENV_FROM_VALUES = {
-    "LISTEN_ADDR": "containerPort", "SHUTDOWN_DELAY_SECS": "shutdown.delaySeconds",
+    "LISTEN_ADDR": "containerPort", "ADMIN_LISTEN_ADDR": "adminPort",
+    "SHUTDOWN_DELAY_SECS": "shutdown.delaySeconds",
     "SHUTDOWN_DRAIN_SECS": "shutdown.drainSeconds", "REDIS_URL": "externalRedis.url",
     "REDIS_HOST": "redis.enabled", "REDIS_PORT": "redis.service.port",
     "REDIS_PASSWORD": "externalRedis.password", "REDIS_CLUSTER": "externalRedis.cluster",
@@ -1083,6 +1110,7 @@ def main() -> int:
     c.run("contract: Dockerfile binary is a Cargo [[bin]] built at target/release/<name>", check_dockerfile_binary)
     c.run("contract: every path the Dockerfile copies exists and is in the build context", check_dockerfile_copies)
     c.run("contract: ports agree (EXPOSE, compose, LISTEN_ADDR, containerPort, Service, probes)", check_ports, helm)
+    c.run("contract: adminPort moves probes and scraping to ADMIN_LISTEN_ADDR", check_admin_port, helm)
     c.run("contract: compose services, pinned images, healthchecks, depends_on, port comments", check_compose)
     c.run("contract: compose env names are the service's settings", check_compose_env_names)
     c.run("contract: deploy/prometheus.yml scrapes the compose service", check_prometheus_config)

@@ -15,6 +15,7 @@ use crate::cache::{
     RedisTier, Replicas, Tier,
 };
 use crate::config::{Config, OriginSource, ServerLimits};
+use crate::http::Surface;
 use crate::http::server::{self, Phase, Server};
 use crate::http::{App, AppState, HeaderTables};
 use crate::origin::{AnyOrigin, Breaker, GuardedOrigin, HttpOrigin, SimulatedOrigin};
@@ -53,6 +54,8 @@ pub enum StartError {
 pub struct Application {
     /// Bound by `build`, so tests can bind port 0 and read the address before running.
     listener: TcpListener,
+    /// The admin listener (`ADMIN_LISTEN_ADDR`): health, probes, metrics, purges.
+    admin_listener: Option<TcpListener>,
     /// What every handler shares.
     state: Arc<AppState>,
     /// The settings it was built from (limits and shutdown timing are read when it runs).
@@ -183,6 +186,14 @@ impl Application {
                 addr: config.listen_addr,
                 source,
             })?;
+        let admin_listener = match config.admin_listen_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let state = Arc::new(AppState {
             cache,
             metrics,
@@ -205,6 +216,7 @@ impl Application {
         });
         Ok(Application {
             listener,
+            admin_listener,
             state,
             config,
             tasks: tasks.drop_guard(),
@@ -217,12 +229,18 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The admin listener's bound address, when `ADMIN_LISTEN_ADDR` is set.
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin_listener.as_ref().map(TcpListener::local_addr)
+    }
+
     /// Serves until `shutdown` resolves; then fails `/readyz`, waits `SHUTDOWN_DELAY_SECS`,
     /// closes the listener and the connections without a request in flight, and lets the
     /// requests in flight finish for up to `SHUTDOWN_DRAIN_SECS`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Application {
             listener,
+            admin_listener,
             state,
             config,
             tasks,
@@ -234,9 +252,21 @@ impl Application {
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let limits = connection_limits(&config);
         let server = Arc::new(Server::default());
+        let surface = if admin_listener.is_some() { Surface::Public } else { Surface::All };
         let accept = {
-            let (server, app) = (server.clone(), App::new(state.clone()));
+            let (server, app) = (server.clone(), App::serving(state.clone(), surface));
             tokio::spawn(async move { server.accept_loop(listener, app, limits).await })
+        };
+        // The admin listener: its own connections, drained with the others at shutdown.
+        let admin = match admin_listener {
+            Some(admin_listener) => {
+                tracing::info!(addr = %admin_listener.local_addr()?, "admin endpoints listening");
+                let admin_server = Arc::new(Server::default());
+                let (s, app) = (admin_server.clone(), App::serving(state.clone(), Surface::Admin));
+                let task = tokio::spawn(async move { s.accept_loop(admin_listener, app, limits).await });
+                Some((admin_server, task))
+            }
+            None => None,
         };
         shutdown.await;
         state.begin_shutdown();
@@ -244,6 +274,12 @@ impl Application {
         tokio::time::sleep(config.shutdown.delay).await;
         server.set_phase(Phase::Draining);
         let _ = accept.await;
+        if let Some((admin_server, task)) = &admin {
+            admin_server.set_phase(Phase::Draining);
+            let _ = tokio::time::timeout(Duration::from_secs(1), admin_server.drained()).await;
+            admin_server.set_phase(Phase::Closing);
+            task.abort();
+        }
         tracing::info!(
             drain = ?config.shutdown.drain,
             open = server.connections(),

@@ -39,6 +39,10 @@ pub struct ConfigError {
 pub struct Config {
     /// Where the HTTP server listens (`LISTEN_ADDR`).
     pub listen_addr: SocketAddr,
+    /// `ADMIN_LISTEN_ADDR`: a second listener for the service's own endpoints (health, probes,
+    /// metrics, purges), so that proxied routes may take any other path on the first; `None`:
+    /// everything on `LISTEN_ADDR`.
+    pub admin_listen_addr: Option<SocketAddr>,
     /// What a slow or idle client may hold of the HTTP server.
     pub server: ServerLimits,
     /// How a SIGTERM is turned into an orderly stop.
@@ -202,6 +206,7 @@ mod vars {
     use super::{Var, count, secs, millis, flag, text, Addr, LogFormat, Count, Secs, Millis, Flag, Text, SecsOrNone, OriginPolicy};
 
     pub const LISTEN_ADDR: Var<Addr> = Var { name: "LISTEN_ADDR", default: "0.0.0.0:5000", kind: Addr };
+    pub const ADMIN_LISTEN_ADDR: &str = "ADMIN_LISTEN_ADDR";
 
     pub const REDIS_URL: &str = "REDIS_URL";
     pub const REDIS_HOST: &str = "REDIS_HOST";
@@ -278,6 +283,7 @@ use vars::*;
 /// in the README's order: what `--help` prints, and the names the misspelling check knows.
 pub const SETTINGS: &[(&str, &str)] = &[
     (LISTEN_ADDR.name, LISTEN_ADDR.default),
+    (ADMIN_LISTEN_ADDR, "unset"),
     (REDIS_URL, "unset"),
     (REDIS_HOST, "unset"),
     (REDIS_PORT.name, REDIS_PORT.default),
@@ -584,10 +590,27 @@ impl Config {
         Ok(config)
     }
 
-    /// `LISTEN_ADDR` alone, read as the service reads it, for the `healthcheck` subcommand: it
-    /// probes the address the service listens on without needing the rest of the settings.
+    /// Where `/livez` answers, read as the service reads it, for the `healthcheck` subcommand:
+    /// `ADMIN_LISTEN_ADDR` when set, else `LISTEN_ADDR`, without needing the rest of the settings.
     pub fn listen_addr_from_env() -> Result<SocketAddr, ConfigError> {
-        LISTEN_ADDR.read(&Env::new(std::env::vars()))
+        let env = Env::new(std::env::vars());
+        let main = LISTEN_ADDR.read(&env)?;
+        Ok(admin_addr(&env, main)?.unwrap_or(main))
+    }
+}
+
+/// `ADMIN_LISTEN_ADDR`, when set: an address and port other than `LISTEN_ADDR`'s.
+fn admin_addr(env: &Env, main: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(text) = env.get(ADMIN_LISTEN_ADDR) else {
+        return Ok(None);
+    };
+    match Addr.parse(text) {
+        Some(addr) if addr.port() != main.port() || addr.port() == 0 => Ok(Some(addr)),
+        _ => Err(invalid(
+            ADMIN_LISTEN_ADDR,
+            text,
+            &format!("an address and port such as 0.0.0.0:9000, on another port than LISTEN_ADDR ({main})"),
+        )),
     }
 }
 
@@ -614,6 +637,7 @@ impl Env {
         let env = &self;
         let redis = redis_config(env)?;
         let listen_addr = LISTEN_ADDR.read(env)?;
+        let admin_listen_addr = admin_addr(env, listen_addr)?;
         let ttl = if env.is_set(CACHE_TTL_SECS.name) {
             CACHE_TTL_SECS
         } else {
@@ -748,6 +772,7 @@ impl Env {
         };
         Ok(Config {
             listen_addr,
+            admin_listen_addr,
             server,
             shutdown,
             items,

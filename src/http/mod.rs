@@ -84,6 +84,18 @@ pub trait Handle<B> {
     fn handle(&self, request: http::Request<B>) -> Self::Future;
 }
 
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything, on `LISTEN_ADDR` (no `ADMIN_LISTEN_ADDR`).
+    All,
+    /// `LISTEN_ADDR` beside an admin listener: reads of `/items` (`GET`, `HEAD`,
+    /// `POST /items:batch`) and the proxied routes, which may then take any other path.
+    Public,
+    /// `ADMIN_LISTEN_ADDR`: health, probes, metrics and the purge API.
+    Admin,
+}
+
 /// What the server hands each request to: one path for every request, outermost first: the
 /// count by route ([`Counted`]), the panic catcher ([`Guarded`]), then the hit path that answers
 /// a fresh in-process hit at once ([`FastHit`]) or hands the request to the router. A layer
@@ -99,14 +111,20 @@ pub struct App {
 pub type AppFuture = CountedFuture<GuardedFuture<FastFuture>>;
 
 impl App {
-    /// The application over `state`.
+    /// The application over `state`, every endpoint on one listener.
     pub fn new(state: Arc<AppState>) -> Self {
+        Self::serving(state, Surface::All)
+    }
+
+    /// The application over `state` for a listener that serves `surface`.
+    pub fn serving(state: Arc<AppState>, surface: Surface) -> Self {
         let metrics = state.metrics.clone();
         App {
-            proxied: state.proxy.is_some(),
+            proxied: state.proxy.is_some() && surface != Surface::Admin,
             stack: Arc::new(Counted {
                 inner: Guarded(FastHit {
-                    router: router(state.clone()),
+                    router: router_for(state.clone(), surface),
+                    fast: surface != Surface::Admin,
                     state,
                 }),
                 metrics,
@@ -180,6 +198,8 @@ pub struct FastHit {
     state: Arc<AppState>,
     /// Every route; see [`router`].
     router: Router,
+    /// Whether this listener answers `GET /items/{key}` (not the admin one).
+    fast: bool,
 }
 
 impl<B> Handle<B> for FastHit
@@ -190,7 +210,9 @@ where
     type Future = FastFuture;
 
     fn handle(&self, request: http::Request<B>) -> FastFuture {
-        if let Some(response) = items::answer_now(&self.state, &request) {
+        if self.fast
+            && let Some(response) = items::answer_now(&self.state, &request)
+        {
             return FastFuture::Now {
                 response: Some(response),
             };
@@ -232,6 +254,40 @@ impl Future for FastFuture {
 /// The router: every endpoint, and a JSON 404/405 for everything else. Counting and catching
 /// panics are [`App`]'s layers around it.
 pub fn router(state: Arc<AppState>) -> Router {
+    router_for(state, Surface::All)
+}
+
+/// The router of a listener that serves `surface`.
+pub fn router_for(state: Arc<AppState>, surface: Surface) -> Router {
+    match surface {
+        Surface::All => all_routes(state),
+        Surface::Public => Router::new()
+            .route("/items/{key}", get(items::get_item))
+            .route("/items:batch", post(batch::get_batch))
+            .route("/items/", get(items::empty_key))
+            .route("/items", get(items::empty_key))
+            .fallback(ops::not_found_or_proxied)
+            .method_not_allowed_fallback(ops::method_not_allowed)
+            .with_state(state),
+        Surface::Admin => Router::new()
+            .route("/items/{key}", delete(items::delete_item))
+            .route("/items/", delete(items::empty_key))
+            .route("/items", delete(items::empty_key))
+            .route("/tags/{tag}", delete(tags::delete_tag))
+            .route("/tags/", delete(tags::empty_tag))
+            .route("/tags", delete(tags::empty_tag))
+            .route("/purge", delete(urls::delete_url))
+            .route("/health", get(ops::health))
+            .route("/livez", get(ops::livez))
+            .route("/readyz", get(ops::readyz))
+            .route("/metrics", get(ops::metrics))
+            .fallback(ops::not_found)
+            .method_not_allowed_fallback(ops::method_not_allowed)
+            .with_state(state),
+    }
+}
+
+fn all_routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/items/{key}", get(items::get_item).delete(items::delete_item))
         // A colon, not a slash: `/items/batch` is the key `batch`.

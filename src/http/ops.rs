@@ -75,6 +75,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buffer).into_response()
 }
 
+/// Any other path of the admin listener.
+pub async fn not_found() -> Response {
+    AppError::NotFound("no such endpoint".to_owned()).into_response()
+}
+
 /// Any other path: to the proxy when routes are configured (`PROXY_ROUTES`), else `404`.
 pub async fn not_found_or_proxied(
     State(state): State<Arc<AppState>>,

@@ -495,3 +495,57 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
         origin.served().await
     );
 }
+
+/// With `ADMIN_LISTEN_ADDR`, the service's own endpoints move to that listener and the routes
+/// take every other path of the main one (`/items` reads stay there).
+#[tokio::test]
+async fn an_admin_listener_lets_routes_take_the_service_paths() {
+    let origin = Origin::start(&[]).await;
+    let admin_port = crate::harness::free_port();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let route = format!("/={}", origin.base);
+    let token = "0123456789abcdef0123";
+    let service = Service::start(&[
+        ("PROXY_ROUTES", route.as_str()),
+        ("ADMIN_LISTEN_ADDR", admin.as_str()),
+        ("ADMIN_TOKEN", token),
+    ])
+    .await;
+    let admin = format!("http://{admin}");
+    let c = client();
+    // Main listener: /health and /metrics are the origin's; /items reads are the service's.
+    for path in ["/health", "/metrics", "/livez", "/tags/x"] {
+        let body: Value = get_json(&format!("{}{path}", service.base)).await;
+        assert_eq!(body["path"], path, "{path} went to the origin");
+    }
+    assert_eq!(get_json(&format!("{}/items/7", service.base)).await["key"], "7");
+    let delete = c.delete(format!("{}/items/7", service.base)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(delete.status(), 405, "purges are on the admin listener");
+    // Admin listener: the service's endpoints, and nothing proxied.
+    assert!(get_json(&format!("{admin}/health")).await.get("tiers").is_some());
+    assert_eq!(c.get(format!("{admin}/readyz")).send().await.unwrap().status(), 200);
+    let metrics = c.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("http_requests_total"));
+    assert_eq!(c.get(format!("{admin}/items/7")).send().await.unwrap().status(), 405);
+    assert_eq!(c.get(format!("{admin}/elsewhere")).send().await.unwrap().status(), 404);
+    let purge = c.delete(format!("{admin}/items/7")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(purge.status(), 204);
+    let purge = c
+        .delete(format!("{admin}/purge?url=%2Fhealth"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 204);
+    // `healthcheck` probes the admin listener's /livez.
+    let status = crate::harness::service_command(&[
+        ("LISTEN_ADDR", &format!("127.0.0.1:{}", service.port)),
+        ("ADMIN_LISTEN_ADDR", &format!("127.0.0.1:{admin_port}")),
+    ])
+    .arg("healthcheck")
+    .status()
+    .unwrap();
+    assert!(status.success());
+    let n_before = origin.served().await;
+    assert!(n_before >= 4);
+}

@@ -46,6 +46,11 @@ spec:
         - name: http
           containerPort: {{ .Values.containerPort }}
           protocol: TCP
+        {{- if gt (int .Values.adminPort) 0 }}
+        - name: admin
+          containerPort: {{ .Values.adminPort }}
+          protocol: TCP
+        {{- end }}
       envFrom:
         - configMapRef:
             name: {{ $fullname }}
@@ -136,14 +141,14 @@ spec:
       startupProbe:
         httpGet:
           path: {{ .Values.probes.startup.path }}
-          port: http
+          port: {{ ternary "admin" "http" (gt (int .Values.adminPort) 0) }}
         periodSeconds: {{ .Values.probes.startup.periodSeconds }}
         timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
         failureThreshold: {{ .Values.probes.startup.failureThreshold }}
       livenessProbe:
         httpGet:
           path: {{ .Values.probes.liveness.path }}
-          port: http
+          port: {{ ternary "admin" "http" (gt (int .Values.adminPort) 0) }}
         initialDelaySeconds: {{ .Values.probes.liveness.initialDelaySeconds }}
         periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
         timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
@@ -151,7 +156,7 @@ spec:
       readinessProbe:
         httpGet:
           path: {{ .Values.probes.readiness.path }}
-          port: http
+          port: {{ ternary "admin" "http" (gt (int .Values.adminPort) 0) }}
         initialDelaySeconds: {{ .Values.probes.readiness.initialDelaySeconds }}
         periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
         timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
