@@ -164,6 +164,24 @@ impl Application {
             lock,
         });
         let cache = ReadThrough::new(tiers, origin, config.cache.life, replicas, metrics.clone());
+        if config.admin_listen_addr.is_none() {
+            // The service's endpoints keep their paths on a shared listener: say so at start-up
+            // rather than let a route look as if it took them.
+            for route in config.proxy.iter().filter(|r| !r.prefix.is_empty()) {
+                let shadowed = [
+                    "/items", "/tags", "/health", "/livez", "/readyz", "/metrics", "/purge",
+                ]
+                .into_iter()
+                .filter(|own| own.starts_with(route.prefix.as_str()) || route.prefix.starts_with(own));
+                for own in shadowed {
+                    tracing::warn!(
+                        route = %route.name,
+                        endpoint = own,
+                        "a PROXY_ROUTES prefix overlaps an endpoint of the service, which keeps its paths; set ADMIN_LISTEN_ADDR to give them to the route"
+                    );
+                }
+            }
+        }
         let proxy = if config.proxy.is_empty() {
             None
         } else {
@@ -174,6 +192,7 @@ impl Application {
                 Some(metrics.clone()),
                 config.origin.max_body_bytes,
                 config.origin.timeout,
+                config.server.body_timeout,
             )
             .map_err(StartError::Setup)?;
             Some(Arc::new(proxy))
@@ -252,7 +271,11 @@ impl Application {
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let limits = connection_limits(&config);
         let server = Arc::new(Server::default());
-        let surface = if admin_listener.is_some() { Surface::Public } else { Surface::All };
+        let surface = if admin_listener.is_some() {
+            Surface::Public
+        } else {
+            Surface::All
+        };
         let accept = {
             let (server, app) = (server.clone(), App::serving(state.clone(), surface));
             tokio::spawn(async move { server.accept_loop(listener, app, limits).await })

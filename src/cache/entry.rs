@@ -105,7 +105,8 @@ impl Head {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 48)
+            // The map's slot and index, the value's own allocation (and a custom name's).
+            .map(|(n, v)| n.as_str().len() + v.len() + 128)
             .sum();
         let vary: usize = self
             .vary

@@ -50,6 +50,8 @@ pub struct Proxy {
     max_body_bytes: usize,
     /// How long the origin has to answer.
     timeout: Duration,
+    /// How long a client has to send a request body (`HTTP_BODY_TIMEOUT_SECS`).
+    body_timeout: Duration,
     /// Where proxied requests are counted (`proxy_requests_total`); `None` in tests.
     metrics: Option<Arc<crate::telemetry::Metrics>>,
     /// Keys with a background revalidation running (`stale-while-revalidate`): one at a time
@@ -153,6 +155,7 @@ impl Proxy {
         metrics: Option<Arc<crate::telemetry::Metrics>>,
         max_body_bytes: usize,
         timeout: Duration,
+        body_timeout: Duration,
     ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -168,6 +171,7 @@ impl Proxy {
             memory,
             max_body_bytes,
             timeout,
+            body_timeout,
             purger,
             metrics,
             refreshing: Default::default(),
@@ -211,8 +215,11 @@ impl Proxy {
 
     /// Answers a request that no endpoint of the service took: through its route, or `404`.
     pub async fn handle(&self, request: http::Request<Body>) -> Response {
-        let (parts, body) = request.into_parts();
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let (mut parts, body) = request.into_parts();
+        // HTTP/2 carries the target's authority in every request; HTTP/1.1 only in the
+        // absolute form, which only a forward proxy takes.
+        let http1 = parts.version <= http::Version::HTTP_11;
+        if http1 && (parts.uri.scheme().is_some() || parts.uri.authority().is_some()) {
             return AppError::BadRequest(
                 "an absolute-form request target is not accepted: this is not a forward proxy".to_owned(),
             )
@@ -225,6 +232,24 @@ impl Proxy {
             // RFC 9112 §3.2: which host was meant cannot be told, and two parties may disagree.
             return AppError::BadRequest("a request may carry one Host header".to_owned()).into_response();
         }
+        if dot_segments(parts.uri.path()) {
+            // `..` resolved after routing would leave the route's base path (or pick another
+            // route); the same resource under another spelling would dodge invalidations.
+            return AppError::BadRequest(
+                "a path with `.` or `..` segments (percent-encoded or with backslashes too) is not accepted"
+                    .to_owned(),
+            )
+            .into_response();
+        }
+        if hops(&parts.headers) >= MAX_HOPS {
+            let mut response = AppError::BadRequest(format!(
+                "the request passed through {NAME} {MAX_HOPS} times: a route leads back to itself"
+            ))
+            .into_response();
+            *response.status_mut() = StatusCode::LOOP_DETECTED;
+            return response;
+        }
+        forwarding(&mut parts);
         let Some((route, rest)) = self.routes.find(parts.uri.path()) else {
             return AppError::NotFound("no route or endpoint for this path".to_owned()).into_response();
         };
@@ -292,7 +317,15 @@ impl Proxy {
         // Concurrent misses on one resource: the first goes to the origin, the others wait for
         // it (at most the origin's deadline) and look again, so a stampede is one fetch when the
         // answer may be stored. What may not be stored, each fetches for itself.
-        let _leading = match self.lead_or_follow(key).await {
+        // A request that came through this cache before (a route leading back to a replica) is
+        // never made to wait: it may be the leader's own fetch.
+        let relayed = hops(&parts.headers) > 1;
+        let lead = if relayed {
+            Ok(None)
+        } else {
+            self.lead_or_follow(key).await
+        };
+        let _leading = match lead {
             Ok(leading) => leading,
             Err(()) => {
                 if let Some(entry) = self.lookup(key, &parts.headers) {
@@ -410,6 +443,7 @@ impl Proxy {
             memory: Some(memory),
             max_body_bytes: self.max_body_bytes,
             timeout: self.timeout,
+            body_timeout: self.body_timeout,
             purger: None,
             metrics: None,
             refreshing: self.refreshing.clone(),
@@ -541,16 +575,30 @@ impl Proxy {
     /// Methods other than `GET` and `HEAD`: forwarded, never stored; a non-error answer
     /// invalidates the target and its `Location` / `Content-Location` on this origin (§4.4).
     async fn write(&self, parts: Parts, body: Body, route: &Route, url: &str, key: &str) -> Response {
-        let body = match axum::body::to_bytes(body, self.max_body_bytes).await {
-            Ok(b) => b,
-            Err(_) => {
-                return AppError::TooLarge(format!(
-                    "a request body to a proxied route may be at most {} bytes (ORIGIN_MAX_BODY_BYTES)",
-                    self.max_body_bytes
-                ))
-                .into_response();
-            }
+        let too_large = || {
+            AppError::TooLarge(format!(
+                "a request body to a proxied route may be at most {} bytes (ORIGIN_MAX_BODY_BYTES)",
+                self.max_body_bytes
+            ))
+            .into_response()
         };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return too_large();
+        }
+        // The whole body within HTTP_BODY_TIMEOUT_SECS, as for every other body this service reads.
+        let body =
+            match tokio::time::timeout(self.body_timeout, axum::body::to_bytes(body, self.max_body_bytes))
+                .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(_)) => return too_large(),
+                Err(_) => return AppError::RequestTimeout.into_response(),
+            };
         let fetched = match self.fetch(&parts, url, Some(body), None).await {
             Ok(f) => f,
             Err(e) => return e.into_response(),
@@ -605,7 +653,13 @@ impl Proxy {
     async fn store(&self, key: &str, request: &HeaderMap, entry: Arc<Entry>) {
         let Some(memory) = &self.memory else { return };
         let head = entry.head().expect("proxied");
-        let names = rules::vary_names(&head.headers).unwrap_or_default();
+        // `Host` always selects too: the origin is told it (`X-Forwarded-Host`), and one that
+        // builds its answer from it without saying `Vary` must not hand one client's to another.
+        let mut names = rules::vary_names(&head.headers).unwrap_or_default();
+        if !names.contains(&header::HOST) {
+            names.push(header::HOST);
+            names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        }
         if names.is_empty() {
             let _ = memory.put(key, entry).await;
             return;
@@ -655,27 +709,10 @@ impl Proxy {
         body: Option<Bytes>,
         validators: Option<&(Option<HeaderValue>, Option<HeaderValue>)>,
     ) -> Result<Fetched, AppError> {
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+        // The request's headers as `forwarding` set them, less hop-by-hop ones and `Host`.
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         copy_headers(&parts.headers, &mut headers, true);
         headers.remove(header::HOST);
-        if let Some(host) = parts.headers.get(header::HOST) {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-        }
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
-        if let Some(ClientAddr(addr)) = parts.extensions.get::<ClientAddr>() {
-            let ip = addr.ip().to_string();
-            let value = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(before) => format!("{before}, {ip}"),
-                None => ip,
-            };
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-            }
-        }
-        headers.append(header::VIA, HeaderValue::from_static("1.1 cache-layer"));
         if let Some((etag, lm)) = validators {
             for h in [
                 header::IF_NONE_MATCH,
@@ -706,7 +743,9 @@ impl Proxy {
             builder = builder.body(body);
         }
         let request_time = now_secs();
+        // The message names no URL (the origin's address is the operator's, not the client's).
         let mut response = builder.send().await.map_err(|e| {
+            let e = e.without_url();
             if e.is_timeout() {
                 AppError::OriginTimeout(format!("the origin did not answer within ORIGIN_TIMEOUT_MS: {e}"))
             } else {
@@ -715,7 +754,11 @@ impl Proxy {
         })?;
         let response_time = now_secs();
         let status = response.status();
-        let headers = std::mem::take(response.headers_mut());
+        if status.is_informational() {
+            // A `101 Switching Protocols` nobody asked for (upgrades are not passed on).
+            return Err(AppError::OriginError(format!("the origin answered {status}")));
+        }
+        let headers = compact(std::mem::take(response.headers_mut()));
         if parts.method == Method::HEAD
             || status == StatusCode::NOT_MODIFIED
             || status == StatusCode::NO_CONTENT
@@ -761,7 +804,12 @@ impl Proxy {
                     buffer.bytes.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(AppError::OriginError(format!("the origin's body broke off: {e}"))),
+                Err(e) => {
+                    return Err(AppError::OriginError(format!(
+                        "the origin's body broke off: {}",
+                        e.without_url()
+                    )));
+                }
             }
         }
         Ok(Fetched {
@@ -818,6 +866,91 @@ fn outcome(response: &Response) -> &'static str {
     }
 }
 
+/// `headers` in a map of their own size, each value copied: the client's parsed values share
+/// the connection's read buffer (kilobytes), which a stored response would otherwise hold.
+fn compact(headers: HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in &headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
+}
+
+/// How many times `Via` says the request passed through this cache.
+fn hops(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.matches(NAME).count())
+        .sum()
+}
+
+/// Times a request may have passed through this proxy before it is refused as a loop.
+const MAX_HOPS: usize = 8;
+
+/// Puts on the request what the origin is told of it (RFC 9110 §7.6.3 `Via`, and the
+/// `X-Forwarded-*` fields), so that `Vary` selects variants by the headers the origin saw.
+fn forwarding(parts: &mut Parts) {
+    let headers = &mut parts.headers;
+    match headers.get(header::HOST).cloned() {
+        Some(host) => headers.insert(HeaderName::from_static("x-forwarded-host"), host),
+        None => headers.remove("x-forwarded-host"),
+    };
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(ClientAddr(addr)) = parts.extensions.get::<ClientAddr>() {
+        let ip = addr.ip().to_string();
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(before) => format!("{before}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    headers.append(header::VIA, HeaderValue::from_static("1.1 cache-layer"));
+}
+
+/// Whether `path` has a `.` or `..` segment, once percent-decoded, with `\` taken as `/`.
+fn dot_segments(path: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    decoded
+        .split(['/', '\\'])
+        .any(|segment| segment == "." || segment == "..")
+}
+
+/// `text` with percent-escapes of unreserved characters decoded and other escapes in upper
+/// case (RFC 3986 §6.2.2): one resource, one key, however its URL is spelled.
+fn normalized(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('%') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() {
+            let v = u8::from_str_radix(&text[i + 1..i + 3], 16).expect("hex digits");
+            if v.is_ascii_alphanumeric() || b"-._~".contains(&v) {
+                out.push(v as char);
+            } else {
+                out.push('%');
+                out.push_str(&text[i + 1..i + 3].to_ascii_uppercase());
+            }
+            i += 3;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// When a soft purge marked a `Vary` marker stale, if one did.
 fn soft_purged(marker: &Entry) -> Option<u64> {
     (marker.fresh_until_ms < marker.stale_until_ms).then_some(marker.fresh_until_ms)
@@ -840,10 +973,10 @@ fn cache_key(route: &Route, rest: &str, query: Option<&str>) -> String {
     key.push_str("\u{1}p\u{1}");
     key.push_str(&route.name);
     key.push('\u{1}');
-    key.push_str(rest);
+    key.push_str(&normalized(rest));
     if let Some(q) = query {
         key.push('?');
-        key.push_str(q);
+        key.push_str(&normalized(q));
     }
     key
 }
@@ -855,13 +988,20 @@ fn variant_key(key: &str, generation: u64, names: &[HeaderName], request: &Heade
         out.push('\u{1}');
         out.push_str(name.as_str());
         out.push('=');
-        // Whitespace around list members does not select another variant.
-        let values: Vec<&str> = request
+        // Whitespace around list members does not select another variant, nor a host's case.
+        let host = name == header::HOST;
+        let values: Vec<String> = request
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .map(|v| {
+                if host {
+                    v.trim().to_ascii_lowercase()
+                } else {
+                    v.trim().to_owned()
+                }
+            })
             .collect();
         // Present-but-empty and absent are different selections.
         if !values.is_empty() {

@@ -30,10 +30,14 @@ impl Routes {
                 .split_once('=')
                 .ok_or_else(|| format!("`{item}` is not PATH_PREFIX=ORIGIN_BASE_URL"))?;
             let (prefix, url) = (prefix.trim(), url.trim());
-            if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
+            if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ', '%', '\\']) {
                 return Err(format!(
-                    "`{prefix}` is not a path prefix (it must start with /, without ? or #)"
+                    "`{prefix}` is not a path prefix (it must start with /, without ?, #, % or \\)"
                 ));
+            }
+            let segments: Vec<&str> = prefix.trim_end_matches('/').split('/').skip(1).collect();
+            if prefix != "/" && segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+                return Err(format!("`{prefix}` has an empty, `.` or `..` segment"));
             }
             let base = Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
             if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none_or(str::is_empty) {
@@ -53,6 +57,9 @@ impl Routes {
                 base,
                 name: prefix.to_owned(),
             });
+        }
+        if routes.is_empty() {
+            return Err("no route is given".to_owned());
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Routes(routes))
@@ -81,10 +88,16 @@ impl Routes {
 impl Route {
     /// The origin URL for `rest` of the path and `query`: the base's path joined to it.
     pub fn upstream(&self, rest: &str, query: Option<&str>) -> String {
-        let base = self.base.as_str().trim_end_matches('/');
+        // The base as given for the prefix itself (`/api` → `http://o/v1`, no slash added), the
+        // base joined to the rest below it.
+        let base = if rest.is_empty() {
+            self.base.as_str()
+        } else {
+            self.base.as_str().trim_end_matches('/')
+        };
         let mut url = String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
         url.push_str(base);
-        url.push_str(if rest.is_empty() { "/" } else { rest });
+        url.push_str(rest);
         if let Some(q) = query {
             url.push('?');
             url.push_str(q);
@@ -111,6 +124,13 @@ mod tests {
         assert_eq!(r.upstream(rest, None), "http://all:1/apix");
         let (r, rest) = routes.find("/api").unwrap();
         assert_eq!(r.upstream(rest, None), "http://api:2/v1/");
+        let bare = Routes::parse("/api=http://o:1/base").unwrap();
+        let (r, rest) = bare.find("/api").unwrap();
+        assert_eq!(
+            r.upstream(rest, Some("x=1")),
+            "http://o:1/base?x=1",
+            "no slash added"
+        );
     }
 
     #[test]
@@ -125,6 +145,15 @@ mod tests {
         ] {
             assert!(Routes::parse(bad).is_err(), "{bad}");
         }
-        assert!(Routes::parse("").unwrap().is_empty());
+        for bad in [
+            "",
+            ",",
+            " ",
+            "/../x=http://x",
+            "/api//v=http://x",
+            "/a%2e=http://x",
+        ] {
+            assert!(Routes::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -43,7 +43,11 @@ fn bad_values_stop_start_up_with_one_line_naming_variable_value_and_expectation(
         ("ORIGIN_BREAKER_WINDOW_SECS", "0", "at least 1"),
         ("ORIGIN_BREAKER_FAILURE_RATE", "101", "100"),
         ("PROXY_ROUTES", "/api=ftp://x", "PATH_PREFIX=ORIGIN_BASE_URL"),
-        ("ADMIN_LISTEN_ADDR", "127.0.0.1:5000", "another port than LISTEN_ADDR"),
+        (
+            "ADMIN_LISTEN_ADDR",
+            "127.0.0.1:5000",
+            "another port than LISTEN_ADDR",
+        ),
         ("PROXY_ROUTES", "api=http://x", "must start with /"),
         (
             "OTEL_EXPORTER_OTLP_PROTOCOL",

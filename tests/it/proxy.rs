@@ -519,16 +519,42 @@ async fn an_admin_listener_lets_routes_take_the_service_paths() {
         assert_eq!(body["path"], path, "{path} went to the origin");
     }
     assert_eq!(get_json(&format!("{}/items/7", service.base)).await["key"], "7");
-    let delete = c.delete(format!("{}/items/7", service.base)).bearer_auth(token).send().await.unwrap();
+    let delete = c
+        .delete(format!("{}/items/7", service.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(delete.status(), 405, "purges are on the admin listener");
     // Admin listener: the service's endpoints, and nothing proxied.
     assert!(get_json(&format!("{admin}/health")).await.get("tiers").is_some());
-    assert_eq!(c.get(format!("{admin}/readyz")).send().await.unwrap().status(), 200);
-    let metrics = c.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        c.get(format!("{admin}/readyz")).send().await.unwrap().status(),
+        200
+    );
+    let metrics = c
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("http_requests_total"));
-    assert_eq!(c.get(format!("{admin}/items/7")).send().await.unwrap().status(), 405);
-    assert_eq!(c.get(format!("{admin}/elsewhere")).send().await.unwrap().status(), 404);
-    let purge = c.delete(format!("{admin}/items/7")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(
+        c.get(format!("{admin}/items/7")).send().await.unwrap().status(),
+        405
+    );
+    assert_eq!(
+        c.get(format!("{admin}/elsewhere")).send().await.unwrap().status(),
+        404
+    );
+    let purge = c
+        .delete(format!("{admin}/items/7"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(purge.status(), 204);
     let purge = c
         .delete(format!("{admin}/purge?url=%2Fhealth"))
@@ -548,4 +574,92 @@ async fn an_admin_listener_lets_routes_take_the_service_paths() {
     assert!(status.success());
     let n_before = origin.served().await;
     assert!(n_before >= 4);
+}
+
+/// What an attack pass found, each kept out: paths that leave the route's base, hosts that
+/// share answers, bodies that never end, origins' addresses in errors, routes that loop.
+#[tokio::test]
+async fn hostile_requests_find_no_way_around_the_routes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start(&[]).await;
+    origin.headers(&[("Cache-Control", "max-age=60")]).await;
+    let service = proxy_to(&origin, &[("HTTP_BODY_TIMEOUT_SECS", "1")]).await;
+    for path in [
+        "/api/../x",
+        "/api/%2e%2e/x",
+        "/api/.%2E/x",
+        "/api/x/..%2f..%2fadmin",
+        "/api/x\\\\..\\\\..\\\\admin",
+        "/api/./x",
+    ] {
+        let (status, body) = raw_get(service.port, path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+    assert_eq!(origin.served().await, 0, "no dot segment reached the origin");
+    // The Host is part of what selects a stored answer (the origin is told it).
+    let c = client();
+    let with_host = |host: &'static str| {
+        let (c, url) = (c.clone(), format!("{}/api/h", service.base));
+        async move {
+            let r = c.get(&url).header("Host", host).send().await.unwrap();
+            r.json::<Value>().await.unwrap()["n"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(
+        (with_host("a.example").await, with_host("b.example").await),
+        (1, 2)
+    );
+    assert_eq!(with_host("A.example").await, 1, "hosts compare without case");
+    // One resource, however its URL is escaped: %68 is h.
+    assert_eq!(get_json(&format!("{}/api/%68", service.base)).await["n"], 3);
+    // Request bodies: a declared length over the limit at once, a body that stalls in time.
+    let big = c
+        .post(format!("{}/api/x", service.base))
+        .header("Content-Length", "2000000")
+        .body(vec![b'x'; 2_000_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+        .await
+        .unwrap();
+    s.write_all(b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut out = vec![0; 256];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut out))
+        .await
+        .expect("answered within the body timeout")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out[..n]).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&out[..n])
+    );
+    // An origin that cannot be reached: no address in the message.
+    let closed = crate::harness::free_port();
+    let route = format!("/down=http://127.0.0.1:{closed}/x");
+    let down = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
+    let r = c.get(format!("{}/down/y", down.base)).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("127.0.0.1"), "{text}");
+    // A route that leads back to the proxy itself ends, refused.
+    let port = crate::harness::free_port();
+    let looped = format!("/=http://127.0.0.1:{port}/");
+    let mut child = crate::harness::service_command(&[("PROXY_ROUTES", looped.as_str())])
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/loop");
+    let status = crate::harness::eventually("the looping service to answer", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move { c.get(&url).send().await.ok().map(|r| r.status()) }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 508);
 }
