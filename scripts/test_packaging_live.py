@@ -638,6 +638,7 @@ class FakeExporter:
         gauge("memory_cache_entries", 10 + n)
         gauge("memory_cache_bytes", 1000 + n)
         counter("cache_evictions_total", [{"cause": c} for c in ("size", "expired")])
+        counter("proxy_requests_total", [{"route": "/api", "cache": c, "status_class": "2xx"} for c in ("hit", "miss")])
         counter("cache_invalidations_total", [{"mode": m, "source": s, "scope": c} for m in ("hard", "soft")
                                               for s in ("local", "remote") for c in ("key", "tag")])
         counter("cache_invalidated_entries_total", [{"scope": c, "tier": t} for c in ("key", "tag")
@@ -715,10 +716,24 @@ def test_dashboard_queries_return_data(procs, workdir):
     # as the user would, so the purge panels get data.
     env = pc.compose_env()
     env["ADMIN_TOKEN"] = env.get("ADMIN_TOKEN") or "packaging-test-admin-token"
+    # A proxied route to a loopback origin, so the proxy's panel gets data too.
+    origin = loopback_server(lambda handler: (200, "application/json", b'{"proxied":true}'))
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    procs.cleanups.append(origin.shutdown)
+    env["PROXY_ROUTES"] = f"/proxied=http://127.0.0.1:{origin.server_address[1]}"
     svc = Service(procs, workdir, env, "dashboard")
     svc.wait_ready(["/livez", "/readyz"])
     url, job = start_prometheus(procs, workdir, f"127.0.0.1:{svc.listen_port}")
-    sent = bounded_load(svc.base, svc.env.get("ADMIN_TOKEN"))
+    def proxied(n: int) -> int:
+        for i in range(n):
+            status, _ = http("GET", f"{svc.base}/proxied/p{i % 2}")
+            assert status == 200, f"proxied request answered {status}"
+        return n
+
+    # Before and after the rest of the load, so the counter moves within the rate's window.
+    sent = proxied(3)
+    sent += bounded_load(svc.base, svc.env.get("ADMIN_TOKEN"))
+    sent += proxied(3)
     print(f"load: {sent} requests")
     wait_scrapes(url, job, after=time.time(), minimum=2)
     failures = dashboard_failures(url, job)

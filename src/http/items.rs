@@ -239,7 +239,12 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
         key_of(parts.uri.path(), state.max_key_bytes).map(Cow::into_owned)
     })
     .await?;
-    // A task of its own: past PURGE_TIMEOUT_SECS the client is told, and the purge goes on.
+    purge_key(state, key, mode).await
+}
+
+/// Purges `key` everywhere (an `/items` key, or a proxied resource's) in a task of its own:
+/// `204` once done; past `PURGE_TIMEOUT_SECS` the client is told, and the purge goes on.
+pub(super) async fn purge_key(state: &AppState, key: String, mode: PurgeMode) -> Result<Response, AppError> {
     let cache = state.cache.clone();
     let purge = state.cache.spawn(async move { cache.purge(&key, mode).await });
     match tokio::time::timeout(state.purge_timeout, purge).await {

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::items::{purge_request, still_running};
+use super::items::{purge_key, purge_request};
 use crate::error::AppError;
 
 /// `DELETE /purge?url=/api/items/42?lang=en`: `204` once purged here and published to the
@@ -41,13 +40,5 @@ async fn purge(state: &AppState, request: Request) -> Result<Response, AppError>
             .ok_or_else(|| AppError::BadRequest(format!("no route of PROXY_ROUTES takes `{url}`")))
     })
     .await?;
-    // A task of its own: past PURGE_TIMEOUT_SECS the client is told, and the purge goes on.
-    let cache = state.cache.clone();
-    let purge = state.cache.spawn(async move { cache.purge(&key, mode).await });
-    match tokio::time::timeout(state.purge_timeout, purge).await {
-        Ok(Ok(Ok(()))) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Ok(Ok(Err(incomplete))) => Err(AppError::PurgeIncomplete(format!("{incomplete}; retry"))),
-        Ok(Err(e)) => Err(AppError::Internal(format!("the purge task failed: {e}"))),
-        Err(_) => Err(AppError::PurgeIncomplete(still_running(state.purge_timeout))),
-    }
+    purge_key(state, key, mode).await
 }

@@ -648,8 +648,9 @@ impl Proxy {
         }
     }
 
-    /// Stores `entry` for `key`: under the key itself, or, when it `Vary`s, as the variant for
-    /// the request's values, with a marker under the key naming the headers.
+    /// Stores `entry` for `key` as the variant for the request's values of the headers it
+    /// `Vary`s on and `Host`, with a marker under the key naming those headers (a purge of the
+    /// key removes every variant with it).
     async fn store(&self, key: &str, request: &HeaderMap, entry: Arc<Entry>) {
         let Some(memory) = &self.memory else { return };
         let head = entry.head().expect("proxied");
@@ -659,10 +660,6 @@ impl Proxy {
         if !names.contains(&header::HOST) {
             names.push(header::HOST);
             names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        }
-        if names.is_empty() {
-            let _ = memory.put(key, entry).await;
-            return;
         }
         let existing = memory.get_now(key).flatten();
         let generation = existing
