@@ -62,6 +62,10 @@ pub enum AppError {
     /// `PURGE_TIMEOUT_SECS` (it goes on). The message says which. Retrying is safe.
     #[error("{0}")]
     PurgeIncomplete(String),
+    /// A proxied request came through this cache too many times (`Via`): a route leads back
+    /// to the service itself.
+    #[error("{0}")]
+    LoopDetected(String),
     /// A bug: a panic or a broken invariant.
     #[error("{0}")]
     Internal(String),
@@ -91,6 +95,7 @@ impl AppError {
             AppError::Forbidden(_) => "forbidden",
             AppError::PurgeIncomplete(_) => "purge_incomplete",
             AppError::RequestTimeout => "request_timeout",
+            AppError::LoopDetected(_) => "loop_detected",
             AppError::Internal(_) => "internal",
         }
     }
@@ -111,6 +116,7 @@ impl AppError {
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::LoopDetected(_) => StatusCode::LOOP_DETECTED,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -87,7 +87,7 @@ pub async fn not_found_or_proxied(
 ) -> Response {
     match &state.proxy {
         Some(proxy) => proxy.handle(request).await,
-        None => AppError::NotFound("no such endpoint".to_owned()).into_response(),
+        None => not_found().await,
     }
 }
 

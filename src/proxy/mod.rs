@@ -242,12 +242,10 @@ impl Proxy {
             .into_response();
         }
         if hops(&parts.headers) >= MAX_HOPS {
-            let mut response = AppError::BadRequest(format!(
+            return AppError::LoopDetected(format!(
                 "the request passed through {NAME} {MAX_HOPS} times: a route leads back to itself"
             ))
             .into_response();
-            *response.status_mut() = StatusCode::LOOP_DETECTED;
-            return response;
         }
         forwarding(&mut parts);
         let Some((route, rest)) = self.routes.find(parts.uri.path()) else {
@@ -632,20 +630,17 @@ impl Proxy {
     fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
         let memory = self.memory.as_ref()?;
         let entry = memory.get_now(key)??;
+        // Every stored answer is a variant under a marker (`Host` always selects).
         let head = entry.head()?;
-        match head.marker {
-            None => Some(entry),
-            Some(generation) => {
-                let names: Vec<HeaderName> = head.vary.iter().map(|(n, _)| n.clone()).collect();
-                let variant = memory.get_now(&variant_key(key, generation, &names, request))??;
-                // A soft purge of the resource marks its marker stale: every variant under it
-                // is older than the purge (a store after it starts a new generation).
-                Some(match soft_purged(&entry) {
-                    Some(at) => Arc::new(variant.marked_stale(at)),
-                    None => variant,
-                })
-            }
-        }
+        let generation = head.marker?;
+        let names: Vec<HeaderName> = head.vary.iter().map(|(n, _)| n.clone()).collect();
+        let variant = memory.get_now(&variant_key(key, generation, &names, request))??;
+        // A soft purge of the resource marks its marker stale: every variant under it is older
+        // than the purge (a store after it starts a new generation).
+        Some(match soft_purged(&entry) {
+            Some(at) => Arc::new(variant.marked_stale(at)),
+            None => variant,
+        })
     }
 
     /// Stores `entry` for `key` as the variant for the request's values of the headers it
@@ -1262,7 +1257,6 @@ fn same_origin_path(value: &HeaderValue, parts: &Parts) -> Option<String> {
 /// `504` for a request that cannot be answered without the origin but may not go there.
 fn gateway_timeout(message: &str) -> Response {
     let mut response = AppError::OriginTimeout(message.to_owned()).into_response();
-    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     finish(response.headers_mut(), "detail=only-if-cached");
     response
 }
