@@ -22,7 +22,7 @@ server_pid=$("$suite" server "$origin_port" | head -1)
 env -i PATH="$PATH" RUST_LOG=warn LISTEN_ADDR="127.0.0.1:$proxy_port" \
   PROXY_ROUTES="/=http://127.0.0.1:$origin_port" "$bin" &
 proxy_pid=$!
-trap 'kill "$proxy_pid" "$server_pid" 2>/dev/null || true; rm -f "$out"' EXIT
+trap 'kill "$proxy_pid" "$server_pid" 2>/dev/null || true; [[ -n ${KEEP_RESULTS:-} ]] && cp "$out" "$KEEP_RESULTS"; rm -f "$out"' EXIT
 for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:$proxy_port/livez" >/dev/null 2>&1 && break
   sleep 0.1

@@ -187,10 +187,11 @@ impl Application {
         } else {
             let proxy = Proxy::new(
                 config.proxy.clone(),
+                config.proxy_tags.clone(),
                 proxy_memory,
                 Some(cache.clone()),
                 Some(metrics.clone()),
-                config.origin.max_body_bytes,
+                (config.origin.max_body_bytes, config.items.compression_min_bytes),
                 config.origin.timeout,
                 config.server.body_timeout,
             )

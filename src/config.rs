@@ -63,6 +63,9 @@ pub struct Config {
     /// `PROXY_ROUTES`: path prefixes answered by the transparent caching proxy, each with its
     /// origin; empty = no proxy (the service is the `/items` service only).
     pub proxy: crate::proxy::Routes,
+    /// `ORIGIN_TAG_HEADER`, `TAGS_MAX_PER_ENTRY`, `TAG_MAX_BYTES`: how the proxied routes'
+    /// answers are tagged (for `DELETE /tags/{tag}`), as an HTTP origin's are.
+    pub proxy_tags: TagRules,
     /// What start-up must tell the operator at `warn` without refusing to start: deprecated
     /// names, names that look like misspelt settings, the simulated origin standing in.
     pub notices: Vec<String>,
@@ -761,13 +764,16 @@ impl Env {
             max_connections: HTTP_MAX_CONNECTIONS.read(env)? as usize,
         };
         let proxy = match env.get(PROXY_ROUTES) {
-            Some(text) => crate::proxy::Routes::parse(text).map_err(|why| {
-                invalid(
-                    PROXY_ROUTES,
-                    text,
-                    &format!("PATH_PREFIX=ORIGIN_BASE_URL[,…], e.g. /api=http://api.internal:8080 ({why})"),
-                )
-            })?,
+            Some(text) => crate::proxy::Routes::parse(text, |var| env.get(var).map(str::to_owned))
+                .map_err(|why| {
+                    invalid(
+                        PROXY_ROUTES,
+                        &crate::proxy::routes::redacted(text),
+                        &format!(
+                            "PATH_PREFIX=ORIGIN_BASE_URL[;option=value…][,…], e.g. /api=http://api.internal:8080;query=sort ({why})"
+                        ),
+                    )
+                })?,
             None => crate::proxy::Routes::default(),
         };
         Ok(Config {
@@ -786,6 +792,7 @@ impl Env {
             fleet,
             origin,
             proxy,
+            proxy_tags: tag_rules(env)?,
             notices,
         })
     }

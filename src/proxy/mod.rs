@@ -21,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
 
-use crate::cache::{Entry, Head, MemoryTier, Tier, Times};
+use crate::cache::{Coding, Entry, Head, INLINE_COMPRESS_BYTES, MemoryTier, Tier, Times};
 use crate::error::AppError;
 
-pub use routes::{Route, Routes};
+pub use routes::{Route, RouteOptions, Routes, SetCookie};
 use rules::{Directives, Storable};
 
 /// How long a stored response is kept past its freshness, to be served stale where allowed
@@ -46,8 +46,11 @@ pub struct Proxy {
     client: reqwest::Client,
     /// `None` when the memory tier is off: every request is then forwarded.
     memory: Option<MemoryTier>,
-    /// A response body longer than this streams through and is not stored.
+    /// A response body longer than this streams through and is not stored (decoded too).
     max_body_bytes: usize,
+    /// `COMPRESSION_MIN_BYTES`: stored identity bodies at least this long go compressed to
+    /// clients that accept it, where the origin says they vary by `Accept-Encoding`.
+    compression_min_bytes: Option<usize>,
     /// How long the origin has to answer.
     timeout: Duration,
     /// How long a client has to send a request body (`HTTP_BODY_TIMEOUT_SECS`).
@@ -66,6 +69,9 @@ pub struct Proxy {
     /// The read-through whose purges reach every replica (invalidations after unsafe methods);
     /// `None` in tests of the proxy alone.
     purger: Option<crate::cache::ReadThrough>,
+    /// How answers are tagged (`ORIGIN_TAG_HEADER`): stored answers carry their tags, so
+    /// `DELETE /tags/{tag}` purges them with the `/items` entries of that tag.
+    tags: crate::origin::TagRules,
 }
 
 /// The first miss on a key, fetching: when dropped (answered, failed or cancelled), the misses
@@ -148,12 +154,14 @@ enum Fetch {
 
 impl Proxy {
     /// A proxy for `routes`, storing in `memory` (when there is one).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         routes: Routes,
+        tags: crate::origin::TagRules,
         memory: Option<MemoryTier>,
         purger: Option<crate::cache::ReadThrough>,
         metrics: Option<Arc<crate::telemetry::Metrics>>,
-        max_body_bytes: usize,
+        (max_body_bytes, compression_min_bytes): (usize, Option<usize>),
         timeout: Duration,
         body_timeout: Duration,
     ) -> Result<Self, String> {
@@ -170,10 +178,12 @@ impl Proxy {
             client,
             memory,
             max_body_bytes,
+            compression_min_bytes,
             timeout,
             body_timeout,
             purger,
             metrics,
+            tags,
             refreshing: Default::default(),
             buffered: Default::default(),
             inflight: Default::default(),
@@ -193,7 +203,7 @@ impl Proxy {
             None => (path_and_query, None),
         };
         let (route, rest) = self.routes.find(path)?;
-        Some(cache_key(route, rest, query))
+        Some(cache_key(route, rest, route.options.query(query).as_deref()))
     }
 
     /// Purges (hard) the stored answers for `key` here and, through the read-through's purge
@@ -214,7 +224,7 @@ impl Proxy {
     }
 
     /// Answers a request that no endpoint of the service took: through its route, or `404`.
-    pub async fn handle(&self, request: http::Request<Body>) -> Response {
+    pub async fn handle(self: &Arc<Self>, request: http::Request<Body>) -> Response {
         let (mut parts, body) = request.into_parts();
         // HTTP/2 carries the target's authority in every request; HTTP/1.1 only in the
         // absolute form, which only a forward proxy takes.
@@ -251,10 +261,16 @@ impl Proxy {
         let Some((route, rest)) = self.routes.find(parts.uri.path()) else {
             return AppError::NotFound("no route or endpoint for this path".to_owned()).into_response();
         };
-        let url = route.upstream(rest, parts.uri.query());
-        let key = cache_key(route, rest, parts.uri.query());
+        // The route's own headers for the origin replace the client's: what the origin is sent
+        // (and what decides storing, `Authorization` above all) is the route's.
+        for (name, _) in &route.options.headers {
+            parts.headers.remove(name);
+        }
+        let query = route.options.query(parts.uri.query());
+        let url = route.upstream(rest, query.as_deref());
+        let key = cache_key(route, rest, query.as_deref());
         let response = if parts.method == Method::GET || parts.method == Method::HEAD {
-            self.read(&parts, &url, &key).await
+            self.read(&parts, route, &url, &key).await
         } else {
             self.write(parts, body, route, &url, &key).await
         };
@@ -265,11 +281,12 @@ impl Proxy {
     }
 
     /// `GET` and `HEAD`: served from the cache when RFC 9111 allows, else validated or fetched.
-    async fn read(&self, parts: &Parts, url: &str, key: &str) -> Response {
+    async fn read(self: &Arc<Self>, parts: &Parts, route: &Route, url: &str, key: &str) -> Response {
         let req = rules::request_directives(&parts.headers);
         let now = now_secs();
         let stored = self.lookup(key, &parts.headers);
-        if let Some(entry) = &stored {
+        if let Some((at, entry)) = &stored {
+            let at = Some(at.as_str());
             let head = entry.head().expect("proxied entries have a head");
             let res = rules::response_directives(&head.headers);
             let age = current_age(head, now);
@@ -281,7 +298,7 @@ impl Proxy {
                     .seconds("min-fresh")
                     .is_none_or(|m| head.lifetime.saturating_sub(age) >= m);
             if fresh && within_request && !always_validate {
-                return serve(parts, entry, age, "hit");
+                return self.serve(parts, at, entry, age, "hit");
             }
             let no_stale = res.has("must-revalidate") || res.has("proxy-revalidate") || res.has("s-maxage");
             let stale_by = age.saturating_sub(head.lifetime);
@@ -290,14 +307,22 @@ impl Proxy {
                     .has("max-stale")
                     .then(|| req.seconds("max-stale").unwrap_or(u64::MAX));
                 if max_stale.is_some_and(|m| stale_by <= m) {
-                    return serve(parts, entry, age, "hit; detail=stale");
+                    return self.serve(parts, at, entry, age, "hit; detail=stale");
                 }
-                if res
-                    .seconds("stale-while-revalidate")
+                if route
+                    .options
+                    .stale_while_revalidate
+                    .or_else(|| res.seconds("stale-while-revalidate"))
                     .is_some_and(|w| stale_by <= w)
                 {
-                    self.revalidate_later(parts, url, key, entry.clone());
-                    return serve(parts, entry, age, "hit; fwd=stale; detail=stale-while-revalidate");
+                    self.revalidate_later(parts, route, url, key, entry.clone());
+                    return self.serve(
+                        parts,
+                        at,
+                        entry,
+                        age,
+                        "hit; fwd=stale; detail=stale-while-revalidate",
+                    );
                 }
             }
             if req.has("only-if-cached") {
@@ -306,7 +331,7 @@ impl Proxy {
                 );
             }
             return self
-                .validate(parts, url, key, entry.clone(), &req, &res, now)
+                .validate(parts, route, (url, key), (at, entry.clone()), &req, &res, now)
                 .await;
         }
         if req.has("only-if-cached") {
@@ -326,21 +351,21 @@ impl Proxy {
         let _leading = match lead {
             Ok(leading) => leading,
             Err(()) => {
-                if let Some(entry) = self.lookup(key, &parts.headers) {
+                if let Some((at, entry)) = self.lookup(key, &parts.headers) {
                     let head = entry.head().expect("proxied");
                     let age = current_age(head, now_secs());
                     if age < head.lifetime
                         && crate::cache::now_ms() < entry.fresh_until_ms
                         && !req.has("no-cache")
                     {
-                        return serve(parts, &entry, age, "hit; detail=coalesced");
+                        return self.serve(parts, Some(&at), &entry, age, "hit; detail=coalesced");
                     }
                 }
                 None
             }
         };
-        match self.fetch(parts, url, None, None).await {
-            Ok(fetched) => self.forwarded(parts, key, &req, fetched, "uri-miss").await,
+        match self.fetch(parts, route, url, None, None).await {
+            Ok(fetched) => self.forwarded(parts, route, key, &req, fetched, "uri-miss").await,
             Err(e) => e.into_response(),
         }
     }
@@ -375,16 +400,16 @@ impl Proxy {
     async fn validate(
         &self,
         parts: &Parts,
-        url: &str,
-        key: &str,
-        entry: Arc<Entry>,
+        route: &Route,
+        (url, key): (&str, &str),
+        (at, entry): (Option<&str>, Arc<Entry>),
         req: &Directives,
         res: &Directives,
         now: u64,
     ) -> Response {
         let head = entry.head().expect("proxied entries have a head");
         let validators = validators(&head.headers);
-        let fetched = self.fetch(parts, url, None, validators.as_ref()).await;
+        let fetched = self.fetch(parts, route, url, None, validators.as_ref()).await;
         let stale_by = current_age(head, now).saturating_sub(head.lifetime);
         // Stale on error: within `stale-if-error` when given; else (RFC 9111 §4.2.4: a cache
         // cut off from the origin may serve stale unless told not to) whenever the stored
@@ -395,27 +420,33 @@ impl Proxy {
             || res.unqualified("no-cache")
             || req.has("no-cache");
         let if_error = |status: Option<StatusCode>| {
+            let route_window = route.options.stale_if_error;
             let gateway = status.is_none_or(|s| {
-                matches!(s.as_u16(), 502..=504) || (s.is_server_error() && res.has("stale-if-error"))
+                matches!(s.as_u16(), 502..=504)
+                    || (s.is_server_error() && (route_window.is_some() || res.has("stale-if-error")))
             });
-            let window = res.seconds("stale-if-error").max(req.seconds("stale-if-error"));
+            let window = route_window
+                .or_else(|| res.seconds("stale-if-error"))
+                .max(req.seconds("stale-if-error"));
             gateway && !prohibited && window.is_none_or(|w| stale_by <= w)
         };
         match fetched {
             Ok(f) if f.status == StatusCode::NOT_MODIFIED && validators.is_some() => {
-                let updated = self.freshened(key, &parts.headers, &entry, f).await;
+                let (at, updated) = self.freshened(route, key, &parts.headers, &entry, f).await;
                 let age = current_age(updated.head().expect("proxied"), now_secs());
-                serve(parts, &updated, age, "fwd=stale; fwd-status=304")
+                self.serve(parts, at.as_deref(), &updated, age, "fwd=stale; fwd-status=304")
             }
-            Ok(f) if f.status.is_server_error() && if_error(Some(f.status)) => serve(
+            Ok(f) if f.status.is_server_error() && if_error(Some(f.status)) => self.serve(
                 parts,
+                at,
                 &entry,
                 current_age(head, now),
                 "hit; fwd=stale; detail=stale-if-error",
             ),
-            Ok(f) => self.forwarded(parts, key, req, f, "stale").await,
-            Err(_) if if_error(None) => serve(
+            Ok(f) => self.forwarded(parts, route, key, req, f, "stale").await,
+            Err(_) if if_error(None) => self.serve(
                 parts,
+                at,
                 &entry,
                 current_age(head, now),
                 "hit; fwd=stale; detail=stale-if-error",
@@ -425,29 +456,23 @@ impl Proxy {
     }
 
     /// Validates a stale response in the background (`stale-while-revalidate`).
-    fn revalidate_later(&self, parts: &Parts, url: &str, key: &str, entry: Arc<Entry>) {
-        let Some(memory) = self.memory.clone() else { return };
-        if !self
-            .refreshing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned())
+    fn revalidate_later(
+        self: &Arc<Self>,
+        parts: &Parts,
+        route: &Route,
+        url: &str,
+        key: &str,
+        entry: Arc<Entry>,
+    ) {
+        if self.memory.is_none()
+            || !self
+                .refreshing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.to_owned())
         {
             return;
         }
-        let this = Proxy {
-            routes: Routes::default(),
-            client: self.client.clone(),
-            memory: Some(memory),
-            max_body_bytes: self.max_body_bytes,
-            timeout: self.timeout,
-            body_timeout: self.body_timeout,
-            purger: None,
-            metrics: None,
-            refreshing: self.refreshing.clone(),
-            buffered: self.buffered.clone(),
-            inflight: Default::default(),
-        };
         let (mut parts_copy, _) = http::Request::new(()).into_parts();
         parts_copy.method = Method::GET;
         parts_copy.uri = parts.uri.clone();
@@ -460,7 +485,7 @@ impl Proxy {
         ] {
             parts_copy.headers.remove(h);
         }
-        let (url, key) = (url.to_owned(), key.to_owned());
+        let (this, route, url, key) = (self.clone(), route.clone(), url.to_owned(), key.to_owned());
         tokio::spawn(async move {
             let _done = Refreshing {
                 set: this.refreshing.clone(),
@@ -468,12 +493,15 @@ impl Proxy {
             };
             let head = entry.head().expect("proxied");
             let validators = validators(&head.headers);
-            if let Ok(f) = this.fetch(&parts_copy, &url, None, validators.as_ref()).await {
+            if let Ok(f) = this
+                .fetch(&parts_copy, &route, &url, None, validators.as_ref())
+                .await
+            {
                 if f.status == StatusCode::NOT_MODIFIED && validators.is_some() {
-                    this.freshened(&key, &parts_copy.headers, &entry, f).await;
+                    this.freshened(&route, &key, &parts_copy.headers, &entry, f).await;
                 } else {
                     let req = rules::request_directives(&parts_copy.headers);
-                    drop(this.forwarded(&parts_copy, &key, &req, f, "stale").await);
+                    drop(this.forwarded(&parts_copy, &route, &key, &req, f, "stale").await);
                 }
             }
         });
@@ -481,13 +509,22 @@ impl Proxy {
 
     /// The stored response updated by a `304` (RFC 9111 §4.3.4): its headers replaced by the
     /// 304's (less `Content-Length` and hop-by-hop ones), its age and freshness anew; stored again.
-    async fn freshened(&self, key: &str, request: &HeaderMap, entry: &Arc<Entry>, f: Fetched) -> Arc<Entry> {
+    async fn freshened(
+        &self,
+        route: &Route,
+        key: &str,
+        request: &HeaderMap,
+        entry: &Arc<Entry>,
+        f: Fetched,
+    ) -> (Option<String>, Arc<Entry>) {
         let old = entry.head().expect("proxied");
         let mut headers = old.headers.clone();
         for name in f.headers.keys() {
+            // A cookie a 304 sets is stored only where the route stores cookies.
             if name == header::CONTENT_LENGTH
                 || name == header::CONTENT_ENCODING
                 || name == header::TRANSFER_ENCODING
+                || (name == header::SET_COOKIE && route.options.set_cookie != SetCookie::Store)
             {
                 continue;
             }
@@ -496,63 +533,162 @@ impl Proxy {
                 headers.append(name.clone(), v.clone());
             }
         }
-        let updated = Arc::new(make_entry(
-            old.status,
-            headers,
-            entry.raw_body().clone(),
-            f.request_time,
-            f.response_time,
-        ));
-        if rules::vary_names(&updated.head().expect("proxied").headers).is_some() {
-            self.store(key, request, updated.clone()).await;
-        }
-        updated
+        let tags: Vec<String> = entry.tags().iter().map(|t| t.to_string()).collect();
+        let updated = Arc::new(
+            make_entry(
+                &route.options,
+                old.status,
+                headers,
+                entry.raw_body().clone(),
+                f.request_time,
+                f.response_time,
+            )
+            .with_tags(&tags),
+        );
+        let at = match rules::vary_names(&updated.head().expect("proxied").headers) {
+            Some(_) => self.store(key, request, updated.clone()).await,
+            None => None,
+        };
+        (at, updated)
     }
 
     /// A response from the origin on its way to the client: stored when RFC 9111 allows.
-    async fn forwarded(&self, parts: &Parts, key: &str, req: &Directives, f: Fetched, why: &str) -> Response {
+    async fn forwarded(
+        &self,
+        parts: &Parts,
+        route: &Route,
+        key: &str,
+        req: &Directives,
+        f: Fetched,
+        why: &str,
+    ) -> Response {
         let res = rules::response_directives(&f.headers);
+        let cookies = route.options.set_cookie != SetCookie::Pass;
         let storable = match (&f.body, &self.memory) {
             (Fetch::Streaming(_), _) => Storable::No("size"),
             (_, None) => Storable::No("off"),
-            (Fetch::Whole(_), Some(_)) => {
-                rules::storable(&Method::GET, &parts.headers, req, f.status, &f.headers, &res)
-            }
+            (Fetch::Whole(_), Some(_)) => rules::storable(
+                &Method::GET,
+                &parts.headers,
+                req,
+                f.status,
+                &f.headers,
+                &res,
+                cookies,
+            ),
         };
         let storable = if parts.method == Method::HEAD {
             Storable::No("method")
         } else {
             storable
         };
-        match (storable, f.body) {
+        // A storable answer the origin compressed is stored decoded (one identity entry serves
+        // every `Accept-Encoding`, compressed per client); one that cannot be decoded within
+        // `ORIGIN_MAX_BODY_BYTES` (another coding, broken, a bomb) passes through unstored.
+        let (storable, body, headers) = match (storable, f.body) {
+            (Storable::Yes, Fetch::Whole(body)) if f.headers.contains_key(header::CONTENT_ENCODING) => {
+                let coding = f
+                    .headers
+                    .get_all(header::CONTENT_ENCODING)
+                    .iter()
+                    .collect::<Vec<_>>();
+                let coding = (coding.len() == 1).then(|| coding[0].to_str().ok()).flatten();
+                let limit = self.max_body_bytes;
+                let known = coding.is_some_and(|c| {
+                    matches!(
+                        c.trim().to_ascii_lowercase().as_str(),
+                        "gzip" | "x-gzip" | "deflate" | "br"
+                    )
+                });
+                let made = match coding.map(str::to_owned) {
+                    // Another coding (or several) is stored as it came, one variant per
+                    // `Accept-Encoding` where the origin varies by it.
+                    _ if !known => Some(None),
+                    None => None,
+                    Some(c) if body.len() < INLINE_COMPRESS_BYTES => decoded(&c, &body, limit).map(Some),
+                    Some(c) => {
+                        let input = body.clone();
+                        tokio::task::spawn_blocking(move || decoded(&c, &input, limit))
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(Some)
+                    }
+                };
+                match made {
+                    Some(None) => (Storable::Yes, Fetch::Whole(body), f.headers),
+                    Some(Some(identity)) => {
+                        let mut headers = f.headers;
+                        headers.remove(header::CONTENT_ENCODING);
+                        headers.remove(header::CONTENT_LENGTH);
+                        // The identity body is another representation: a strong `ETag` weakens.
+                        if let Some(etag) = headers
+                            .get(header::ETAG)
+                            .filter(|e| !e.as_bytes().starts_with(b"W/"))
+                            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+                        {
+                            headers.insert(header::ETAG, weak);
+                        }
+                        if !rules::vary_names(&headers).is_some_and(|n| n.contains(&header::ACCEPT_ENCODING))
+                        {
+                            headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+                        }
+                        (Storable::Yes, Fetch::Whole(identity), headers)
+                    }
+                    None => (Storable::No("encoding"), Fetch::Whole(body), f.headers),
+                }
+            }
+            (storable, body) => (storable, body, f.headers),
+        };
+        match (storable, body) {
             (Storable::Yes, Fetch::Whole(body)) => {
-                let mut headers = f.headers;
+                let mut headers = headers;
                 // Fields a qualified no-cache or private names are not stored (§5.2.2.4, §5.2.2.7).
                 for d in ["no-cache", "private"] {
                     for name in res.fields(d).unwrap_or_default() {
                         headers.remove(name.as_str());
                     }
                 }
-                let entry = Arc::new(make_entry(
-                    f.status,
-                    headers,
-                    body,
-                    f.request_time,
-                    f.response_time,
-                ));
+                // `set_cookie=strip`: the cookies go to this client only.
+                let cookies: Vec<HeaderValue> = match route.options.set_cookie {
+                    SetCookie::Strip => {
+                        let all = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+                        headers.remove(header::SET_COOKIE);
+                        all
+                    }
+                    _ => Vec::new(),
+                };
+                let (tags, _) = self.tags.read(&headers);
+                let entry = Arc::new(
+                    make_entry(
+                        &route.options,
+                        f.status,
+                        headers,
+                        body,
+                        f.request_time,
+                        f.response_time,
+                    )
+                    .with_tags(tags.as_deref().unwrap_or_default()),
+                );
                 let head = entry.head().expect("proxied");
                 let keep = head.lifetime > 0
                     || validators(&head.headers).is_some()
                     || res.has("stale-while-revalidate")
-                    || res.has("stale-if-error");
-                let detail = if keep {
-                    self.store(key, &parts.headers, entry.clone()).await;
-                    format!("fwd={why}; stored")
+                    || res.has("stale-if-error")
+                    || route.options.stale_while_revalidate.is_some_and(|w| w > 0)
+                    || route.options.stale_if_error.is_some_and(|w| w > 0);
+                let (at, detail) = if keep {
+                    let at = self.store(key, &parts.headers, entry.clone()).await;
+                    (at, format!("fwd={why}; stored"))
                 } else {
-                    format!("fwd={why}; detail=no-freshness")
+                    (None, format!("fwd={why}; detail=no-freshness"))
                 };
                 let age = current_age(entry.head().expect("proxied"), now_secs());
-                serve(parts, &entry, age, &detail)
+                let mut response = self.serve(parts, at.as_deref(), &entry, age, &detail);
+                for cookie in cookies {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                response
             }
             (Storable::No(reason), body) => {
                 let status = f.status;
@@ -562,7 +698,7 @@ impl Proxy {
                 };
                 *response.status_mut() = status;
                 let keep_length = parts.method == Method::HEAD || status == StatusCode::NOT_MODIFIED;
-                copy_headers(&f.headers, response.headers_mut(), keep_length);
+                copy_headers(&headers, response.headers_mut(), keep_length);
                 finish(response.headers_mut(), &format!("fwd={why}; detail={reason}"));
                 response
             }
@@ -597,7 +733,7 @@ impl Proxy {
                 Ok(Err(_)) => return too_large(),
                 Err(_) => return AppError::RequestTimeout.into_response(),
             };
-        let fetched = match self.fetch(&parts, url, Some(body), None).await {
+        let fetched = match self.fetch(&parts, route, url, Some(body), None).await {
             Ok(f) => f,
             Err(e) => return e.into_response(),
         };
@@ -611,8 +747,8 @@ impl Proxy {
                     && let Some((r, rest)) = self.routes.find(path.split('?').next().unwrap_or_default())
                     && r.name == route.name
                 {
-                    let query = path.split_once('?').map(|(_, q)| q);
-                    self.invalidate(&cache_key(r, rest, query)).await;
+                    let query = r.options.query(path.split_once('?').map(|(_, q)| q));
+                    self.invalidate(&cache_key(r, rest, query.as_deref())).await;
                 }
             }
         }
@@ -627,31 +763,37 @@ impl Proxy {
     }
 
     /// The stored response for `key` that matches the request's `Vary`-selected headers.
-    fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
+    fn lookup(&self, key: &str, request: &HeaderMap) -> Option<(String, Arc<Entry>)> {
         let memory = self.memory.as_ref()?;
         let entry = memory.get_now(key)??;
         // Every stored answer is a variant under a marker (`Host` always selects).
         let head = entry.head()?;
         let generation = head.marker?;
         let names: Vec<HeaderName> = head.vary.iter().map(|(n, _)| n.clone()).collect();
-        let variant = memory.get_now(&variant_key(key, generation, &names, request))??;
+        let at = variant_key(key, generation, &names, request);
+        let variant = memory.get_now(&at)??;
         // A soft purge of the resource marks its marker stale: every variant under it is older
         // than the purge (a store after it starts a new generation).
-        Some(match soft_purged(&entry) {
-            Some(at) => Arc::new(variant.marked_stale(at)),
+        let variant = match soft_purged(&entry) {
+            Some(when) => Arc::new(variant.marked_stale(when)),
             None => variant,
-        })
+        };
+        Some((at, variant))
     }
 
     /// Stores `entry` for `key` as the variant for the request's values of the headers it
     /// `Vary`s on and `Host`, with a marker under the key naming those headers (a purge of the
     /// key removes every variant with it).
-    async fn store(&self, key: &str, request: &HeaderMap, entry: Arc<Entry>) {
-        let Some(memory) = &self.memory else { return };
+    async fn store(&self, key: &str, request: &HeaderMap, entry: Arc<Entry>) -> Option<String> {
+        let memory = self.memory.as_ref()?;
         let head = entry.head().expect("proxied");
         // `Host` always selects too: the origin is told it (`X-Forwarded-Host`), and one that
         // builds its answer from it without saying `Vary` must not hand one client's to another.
         let mut names = rules::vary_names(&head.headers).unwrap_or_default();
+        // An identity body is one entry for every `Accept-Encoding`: compressed per client.
+        if !head.headers.contains_key(header::CONTENT_ENCODING) {
+            names.retain(|n| n != header::ACCEPT_ENCODING);
+        }
         if !names.contains(&header::HOST) {
             names.push(header::HOST);
             names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -686,9 +828,9 @@ impl Proxy {
         let _ = memory
             .put(key, Arc::new(Entry::proxied(marker, Bytes::new(), times)))
             .await;
-        let _ = memory
-            .put(&variant_key(key, generation, &names, request), entry)
-            .await;
+        let at = variant_key(key, generation, &names, request);
+        let _ = memory.put(&at, entry).await;
+        Some(at)
     }
 
     /// Sends the request to the origin: end-to-end headers, `Via` and `X-Forwarded-*`; with
@@ -697,6 +839,7 @@ impl Proxy {
     async fn fetch(
         &self,
         parts: &Parts,
+        route: &Route,
         url: &str,
         body: Option<Bytes>,
         validators: Option<&(Option<HeaderValue>, Option<HeaderValue>)>,
@@ -725,6 +868,9 @@ impl Proxy {
         }
         if body.is_none() {
             headers.remove(header::CONTENT_LENGTH);
+        }
+        for (name, value) in &route.options.headers {
+            headers.insert(name.clone(), value.clone());
         }
         let mut builder = self
             .client
@@ -1004,8 +1150,10 @@ fn variant_key(key: &str, generation: u64, names: &[HeaderName], request: &Heade
     out
 }
 
-/// An entry for a response: its age on arrival and lifetime from its headers.
+/// An entry for a response: its age on arrival and lifetime from its headers (within the
+/// route's TTL bounds), kept as long as its stale windows (or the route's) need.
 fn make_entry(
+    options: &RouteOptions,
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -1015,13 +1163,23 @@ fn make_entry(
     let res = rules::response_directives(&headers);
     let date = rules::date_secs(&headers, &header::DATE);
     let initial_age = rules::initial_age(&headers, date, request_time, response_time);
-    let lifetime = rules::lifetime_secs(status, &headers, &res, date.unwrap_or(response_time));
+    let lifetime = options.bound_lifetime(rules::lifetime_secs(
+        status,
+        &headers,
+        &res,
+        date.unwrap_or(response_time),
+    ));
     let born = response_time.saturating_sub(initial_age);
     let fresh_until = born.saturating_add(lifetime);
-    let keep = res
-        .seconds("stale-while-revalidate")
+    let keep = (options.stale_while_revalidate)
+        .or_else(|| res.seconds("stale-while-revalidate"))
         .unwrap_or(0)
-        .max(res.seconds("stale-if-error").unwrap_or(0))
+        .max(
+            options
+                .stale_if_error
+                .or_else(|| res.seconds("stale-if-error"))
+                .unwrap_or(0),
+        )
         .max(KEEP_STALE_SECS);
     let times = Times {
         stored_at_ms: born.saturating_mul(1000),
@@ -1085,9 +1243,77 @@ fn finish(headers: &mut HeaderMap, status: &str) {
     }
 }
 
-/// A stored response as the answer to `parts`: its status, headers and body (none for `HEAD`),
-/// `Age`, or `304` when the request's own conditionals match it (§4.3.2).
-fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str) -> Response {
+/// Whether a stored answer may go to this client compressed, and in which coding: a `GET` for a
+/// whole `200` whose identity body is at least `COMPRESSION_MIN_BYTES`, which the origin says
+/// varies by `Accept-Encoding` (or sent compressed), to a client that accepts a coding.
+fn coding_for(parts: &Parts, head: &Head, len: usize, min: Option<usize>) -> Option<Coding> {
+    if parts.method != Method::GET
+        || head.status != StatusCode::OK
+        || min.is_none_or(|m| len < m)
+        || parts.headers.contains_key(header::RANGE)
+        || head.headers.contains_key(header::CONTENT_ENCODING)
+        || !rules::vary_names(&head.headers).is_some_and(|n| n.contains(&header::ACCEPT_ENCODING))
+    {
+        return None;
+    }
+    Coding::negotiate(
+        parts
+            .headers
+            .get(header::ACCEPT_ENCODING)
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// `body` decoded from its one `Content-Encoding` (`gzip`, `br`, `deflate`), at most `limit`
+/// bytes of it; `None` for another coding, a broken body or one that decodes longer.
+fn decoded(coding: &str, body: &[u8], limit: usize) -> Option<Bytes> {
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match coding.trim().to_ascii_lowercase().as_str() {
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(body)),
+        "br" => Box::new(brotli::Decompressor::new(body, 4096)),
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    reader.take(limit as u64 + 1).read_to_end(&mut out).ok()?;
+    (out.len() <= limit).then(|| Bytes::from(out))
+}
+
+impl Proxy {
+    /// A stored response as the answer to `parts`: its status, headers and body (none for
+    /// `HEAD`), `Age`, or `304` when the request's own conditionals match it (§4.3.2). The body
+    /// goes compressed where [`coding_for`] says, made once per entry and coding as `/items`
+    /// does (a long body on the blocking pool, identity meanwhile); `at` is the entry's key, so
+    /// the memory tier weighs the compressed forms it keeps.
+    fn serve(&self, parts: &Parts, at: Option<&str>, entry: &Arc<Entry>, age: u64, status: &str) -> Response {
+        let head = entry.head().expect("proxied");
+        let coding =
+            coding_for(parts, head, entry.raw_body().len(), self.compression_min_bytes).and_then(|coding| {
+                let forms = entry.compressions();
+                if let Some(body) = forms.ready(coding) {
+                    return Some((coding, body));
+                }
+                if entry.raw_body().len() < INLINE_COMPRESS_BYTES {
+                    let body = forms.make_now(coding, entry.raw_body());
+                    if let (Some(memory), Some(at)) = (&self.memory, at) {
+                        memory.reweigh(at, entry);
+                    }
+                    return Some((coding, body));
+                }
+                if let (Some(memory), Some(at)) = (self.memory.clone(), at) {
+                    let (at, weighed) = (at.to_owned(), entry.clone());
+                    forms.start(coding, entry.raw_body().clone(), move || {
+                        memory.reweigh(&at, &weighed)
+                    });
+                }
+                None
+            });
+        serve(parts, entry, age, status, coding)
+    }
+}
+
+/// [`Proxy::serve`], with the body in `coding` when given.
+fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str, coding: Option<(Coding, Bytes)>) -> Response {
     let head = entry.head().expect("proxied");
     if head.status == StatusCode::OK && not_modified(&parts.headers, head) {
         let mut response = Response::new(Body::empty());
@@ -1114,10 +1340,11 @@ fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str) -> Response {
     let range = (head.status == StatusCode::OK && parts.method == Method::GET)
         .then(|| requested_range(&parts.headers, &head.headers, full.len()))
         .flatten();
-    let (code, body) = match range {
-        Some(Some((first, last))) => (StatusCode::PARTIAL_CONTENT, full.slice(first..=last)),
-        Some(None) => (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new()),
-        None => (head.status, full.clone()),
+    let (code, body) = match (range, &coding) {
+        (Some(Some((first, last))), _) => (StatusCode::PARTIAL_CONTENT, full.slice(first..=last)),
+        (Some(None), _) => (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new()),
+        (None, Some((_, compressed))) => (head.status, compressed.clone()),
+        (None, None) => (head.status, full.clone()),
     };
     let body = if parts.method == Method::HEAD {
         Body::empty()
@@ -1147,6 +1374,18 @@ fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str) -> Response {
     }
     if parts.method == Method::HEAD {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.raw_body().len()));
+    }
+    if let Some((coding, _)) = coding {
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(coding.as_str()),
+        );
+        // Another representation than the stored one: its `ETag` may only be weak.
+        if let Some(etag) = h.get(header::ETAG).filter(|e| !e.as_bytes().starts_with(b"W/"))
+            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+        {
+            h.insert(header::ETAG, weak);
+        }
     }
     h.insert(header::AGE, HeaderValue::from(age));
     finish(h, status);

@@ -428,7 +428,8 @@ pub enum Storable {
     No(&'static str),
 }
 
-/// Whether a shared cache may store the response to `method` with `request` headers (§3).
+/// Whether a shared cache may store the response to `method` with `request` headers (§3);
+/// one that sets a cookie only when `cookies` (the route's `set_cookie` stores them or strips).
 pub fn storable(
     method: &Method,
     request: &HeaderMap,
@@ -436,6 +437,7 @@ pub fn storable(
     status: StatusCode,
     response: &HeaderMap,
     res: &Directives,
+    cookies: bool,
 ) -> Storable {
     if method != Method::GET {
         return Storable::No("method");
@@ -458,7 +460,7 @@ pub fn storable(
     if vary_names(response).is_none() {
         return Storable::No("vary-star");
     }
-    if response.contains_key(header::SET_COOKIE) {
+    if response.contains_key(header::SET_COOKIE) && !cookies {
         // The RFC allows it; a shared cache handing one client's cookie to the next does not.
         return Storable::No("set-cookie");
     }
@@ -648,6 +650,7 @@ mod tests {
                 StatusCode::from_u16(status).unwrap(),
                 res,
                 &response_directives(res),
+                false,
             )
         };
         assert_eq!(check(&none, 200, &none), Storable::Yes);

@@ -663,3 +663,239 @@ async fn hostile_requests_find_no_way_around_the_routes() {
     let _ = child.wait();
     assert_eq!(status, 508);
 }
+
+#[tokio::test]
+async fn route_options_normalise_the_query_bound_lifetimes_and_send_the_routes_own_headers() {
+    let origin = Origin::start(&[]).await;
+    // No freshness from the origin at all: the route's ttl_min makes the answer fresh.
+    let routes = format!(
+        "/api={}/items; query=sort; query_drop=utm_*|fbclid; ttl_min=60; \
+         header_from_env=Authorization:TEST_API_TOKEN; header=X-Team:search",
+        origin.base
+    );
+    let service = Service::start(&[
+        ("PROXY_ROUTES", routes.as_str()),
+        ("TEST_API_TOKEN", "Bearer t0ken"),
+    ])
+    .await;
+    let c = client();
+    let first = c
+        .get(service.url("/api/1?b=2&utm_source=mail&a=1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(
+        body["path"], "/items/1?a=1&b=2",
+        "sorted, utm_* dropped, before the origin is asked"
+    );
+    let h = &seen(&origin).await[0]["headers"];
+    assert_eq!(h["authorization"], "Bearer t0ken");
+    assert_eq!(h["x-team"], "search");
+
+    // Another spelling of the same query, with the client's own Authorization (replaced by the
+    // route's, so it neither reaches the origin nor stops the answer from being reused).
+    let again = c
+        .get(service.url("/api/1?fbclid=9&a=1&b=2&utm_medium=x"))
+        .header("Authorization", "Bearer client")
+        .header("X-Team", "other")
+        .send()
+        .await
+        .unwrap();
+    assert!(cache_status(&again).ends_with("hit"), "{}", cache_status(&again));
+    assert_eq!(again.json::<Value>().await.unwrap()["n"], 1);
+    assert_eq!(origin.served().await, 1);
+
+    // A missing header_from_env variable stops start-up, naming it and never the values.
+    let out = crate::harness::service_command(&[(
+        "PROXY_ROUTES",
+        "/a=http://127.0.0.1:9/x;header=X-Key:s3cret;header_from_env=Authorization:NOT_SET_ANYWHERE",
+    )])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PROXY_ROUTES") && err.contains("NOT_SET_ANYWHERE"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[tokio::test]
+async fn a_route_may_strip_cookies_to_store_an_answer_and_stale_windows_of_its_own() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=0"), ("Set-Cookie", "id=1; Path=/")])
+        .await;
+    let routes = format!(
+        "/p={b}/items, /s={b}/items;set_cookie=strip;stale_while_revalidate=600",
+        b = origin.base
+    );
+    let service = Service::start(&[("PROXY_ROUTES", routes.as_str())]).await;
+    let c = client();
+    // The default: an answer that sets a cookie is not stored.
+    for n in 1..=2 {
+        let r = c.get(service.url("/p/1")).send().await.unwrap();
+        assert_eq!(r.headers()["set-cookie"], "id=1; Path=/");
+        assert!(cache_status(&r).contains("set-cookie"), "{}", cache_status(&r));
+        assert_eq!(r.json::<Value>().await.unwrap()["n"], n);
+    }
+    // strip: the client that fetched it gets the cookie; the stored answer has none. max-age=0,
+    // but the route's stale_while_revalidate serves it at once while one refresh runs.
+    let r = c.get(service.url("/s/1")).send().await.unwrap();
+    assert_eq!(r.headers()["set-cookie"], "id=1; Path=/");
+    assert!(cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    assert_eq!(r.json::<Value>().await.unwrap()["n"], 3);
+    let r = c.get(service.url("/s/1")).send().await.unwrap();
+    assert!(r.headers().get("set-cookie").is_none(), "{:?}", r.headers());
+    assert!(
+        cache_status(&r).contains("stale-while-revalidate"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(r.json::<Value>().await.unwrap()["n"], 3);
+    origin.wait_served(4).await;
+}
+
+#[tokio::test]
+async fn proxied_answers_are_purged_by_their_tags() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=600"), ("Surrogate-Key", "shelf item")])
+        .await;
+    let token = "0123456789abcdef0123";
+    let service = proxy_to(&origin, &[("ADMIN_TOKEN", token)]).await;
+    let c = client();
+    for path in ["/api/1", "/api/2", "/api/1"] {
+        c.get(service.url(path)).send().await.unwrap();
+    }
+    assert_eq!(origin.served().await, 2);
+    let purged = c
+        .delete(service.url("/tags/shelf"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    let purged: Value = purged.json().await.unwrap();
+    assert_eq!(purged["purged"]["memory"], 2, "{purged}");
+    let r = c.get(service.url("/api/1")).send().await.unwrap();
+    assert!(cache_status(&r).contains("fwd=uri-miss"), "{}", cache_status(&r));
+    assert_eq!(r.json::<Value>().await.unwrap()["n"], 3);
+    // Soft: stale at once, so the next request goes to the origin (no validators: a full fetch).
+    let soft = c
+        .delete(service.url("/tags/item?soft=true"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(soft.status(), 200);
+    let r = c.get(service.url("/api/1")).send().await.unwrap();
+    assert!(cache_status(&r).contains("fwd=stale"), "{}", cache_status(&r));
+    assert_eq!(r.json::<Value>().await.unwrap()["n"], 4);
+    assert_eq!(origin.served().await, 4);
+}
+
+#[tokio::test]
+async fn an_origin_compressed_answer_is_stored_once_as_identity_and_compressed_per_client() {
+    use std::io::Read;
+    let origin = Origin::start(&[]).await;
+    origin.set("encoded:gzip", 0).await;
+    origin
+        .headers(&[
+            ("Cache-Control", "max-age=600"),
+            ("Vary", "Accept-Encoding"),
+            ("ETag", "\"e1\""),
+        ])
+        .await;
+    let service = proxy_to(
+        &origin,
+        &[("COMPRESSION", "true"), ("COMPRESSION_MIN_BYTES", "8")],
+    )
+    .await;
+    let c = client();
+    let get = |coding: Option<&'static str>| {
+        let (c, url) = (c.clone(), service.url("/api/z"));
+        async move {
+            let mut r = c.get(url);
+            if let Some(coding) = coding {
+                r = r.header("Accept-Encoding", coding);
+            }
+            let r = r.send().await.unwrap();
+            let status = cache_status(&r);
+            let h = r.headers().clone();
+            let raw = r.bytes().await.unwrap();
+            let mut plain = Vec::new();
+            match h.get("content-encoding").map(|v| v.to_str().unwrap()) {
+                Some("gzip") => {
+                    flate2::read::GzDecoder::new(&raw[..])
+                        .read_to_end(&mut plain)
+                        .unwrap();
+                }
+                Some("br") => {
+                    brotli::Decompressor::new(&raw[..], 4096)
+                        .read_to_end(&mut plain)
+                        .unwrap();
+                }
+                None => plain = raw.to_vec(),
+                Some(other) => panic!("{other}"),
+            }
+            let body: Value = serde_json::from_slice(&plain).unwrap();
+            (status, h, body)
+        }
+    };
+    let (status, h, body) = get(Some("gzip")).await;
+    assert!(status.contains("stored"), "{status}");
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(h["etag"], "W/\"e1\"", "another representation: weak");
+    assert_eq!(body["n"], 1);
+    let (status, h, body) = get(None).await;
+    assert!(status.ends_with("hit"), "{status}");
+    assert!(h.get("content-encoding").is_none(), "{h:?}");
+    assert!(
+        h.get_all("vary").iter().any(|v| v
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("accept-encoding")),
+        "{h:?}"
+    );
+    assert_eq!(body["n"], 1);
+    let (status, h, body) = get(Some("br;q=1, gzip;q=0.5")).await;
+    assert!(status.ends_with("hit"), "{status}");
+    assert_eq!(h["content-encoding"], "br");
+    assert_eq!(body["n"], 1);
+    assert_eq!(
+        origin.served().await,
+        1,
+        "one identity entry for every Accept-Encoding"
+    );
+
+    // What cannot be decoded within ORIGIN_MAX_BODY_BYTES passes through as sent, unstored.
+    for mode in ["bomb", "badgzip"] {
+        origin.set(mode, 0).await;
+        let before = origin.served().await;
+        for _ in 0..2 {
+            let r = c
+                .get(service.url(&format!("/api/{mode}")))
+                .header("Accept-Encoding", "gzip")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["content-encoding"], "gzip");
+            assert!(
+                cache_status(&r).contains("detail=encoding"),
+                "{}",
+                cache_status(&r)
+            );
+        }
+        assert_eq!(origin.served().await, before + 2, "{mode}");
+    }
+}

@@ -94,6 +94,13 @@ spec:
               key: ORIGIN_AUTHORIZATION
         {{- end }}
         {{- end }}
+        {{- range .Values.secrets.proxyHeaderVars }}
+        - name: {{ . }}
+          valueFrom:
+            secretKeyRef:
+              name: {{ required "secrets.proxyHeaderVars needs secrets.existingSecret" $.Values.secrets.existingSecret }}
+              key: {{ . }}
+        {{- end }}
         {{- if .Values.redis.enabled }}
         {{- if .Values.redis.auth.enabled }}
         - name: REDIS_PASSWORD
