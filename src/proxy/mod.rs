@@ -23,6 +23,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, reque
 
 use crate::cache::{Coding, Entry, Head, INLINE_COMPRESS_BYTES, MemoryTier, Tier, Times};
 use crate::error::AppError;
+use crate::telemetry::TRACE_TARGET;
+use tracing::Instrument;
 
 pub use routes::{Route, RouteOptions, Routes, SetCookie};
 use rules::{Directives, Storable};
@@ -223,8 +225,30 @@ impl Proxy {
         }
     }
 
-    /// Answers a request that no endpoint of the service took: through its route, or `404`.
+    /// Answers a request that no endpoint of the service took: through its route, or `404`;
+    /// in a server span named by the method and the route (`GET /api`), with `http.route`
+    /// (the route's prefix) and `cache.outcome`, continuing the client's trace.
     pub async fn handle(self: &Arc<Self>, request: http::Request<Body>) -> Response {
+        let route = self
+            .routes
+            .find(request.uri().path())
+            .map(|(r, _)| r.name.as_str());
+        let span = tracing::info_span!(target: TRACE_TARGET, "proxy",
+            otel.name = format!("{} {}", request.method(), route.unwrap_or("unrouted")),
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+            cache.outcome = tracing::field::Empty);
+        crate::telemetry::continue_trace(&span, request.headers());
+        let response = self.handle_in_span(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        span.record("cache.outcome", outcome(&response));
+        response
+    }
+
+    /// [`Proxy::handle`], inside its span.
+    async fn handle_in_span(self: &Arc<Self>, request: http::Request<Body>) -> Response {
         let (mut parts, body) = request.into_parts();
         // HTTP/2 carries the target's authority in every request; HTTP/1.1 only in the
         // absolute form, which only a forward proxy takes.
@@ -872,6 +896,18 @@ impl Proxy {
         for (name, value) in &route.options.headers {
             headers.insert(name.clone(), value.clone());
         }
+        // A client span for the origin's request; the origin is told its trace context in place
+        // of the client's (which still parents the server span).
+        let span = tracing::info_span!(target: TRACE_TARGET, "origin.fetch",
+            otel.kind = "client",
+            http.request.method = %parts.method,
+            http.route = route.name.as_str(),
+            http.response.status_code = tracing::field::Empty);
+        if let Some(tp) = crate::telemetry::traceparent(&span)
+            && let Ok(v) = HeaderValue::from_str(&tp)
+        {
+            headers.insert(HeaderName::from_static("traceparent"), v);
+        }
         let mut builder = self
             .client
             .request(parts.method.clone(), url)
@@ -882,7 +918,11 @@ impl Proxy {
         }
         let request_time = now_secs();
         // The message names no URL (the origin's address is the operator's, not the client's).
-        let mut response = builder.send().await.map_err(|e| {
+        let sent = builder.send().instrument(span.clone()).await;
+        if let Ok(r) = &sent {
+            span.record("http.response.status_code", r.status().as_u16());
+        }
+        let mut response = sent.map_err(|e| {
             let e = e.without_url();
             if e.is_timeout() {
                 AppError::OriginTimeout(format!("the origin did not answer within ORIGIN_TIMEOUT_MS: {e}"))

@@ -448,3 +448,64 @@ async fn a_batch_is_one_server_span_with_one_lookup_per_tier_and_one_fetch_per_m
         assert_eq!(child.parent_span_id, server.span_id, "{}", child.name);
     }
 }
+
+#[tokio::test]
+async fn proxied_requests_are_traced_by_route() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start_grpc().await;
+    let origin = Origin::start(&[]).await;
+    let routes = format!("/api={}/items", origin.base);
+    let s = crate::harness::Service::start(&[
+        ("PROXY_ROUTES", routes.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let r = client()
+        .get(s.url("/api/traced"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = origin.stats().await["requests"][0]["headers"]["traceparent"]
+        .as_str()
+        .expect("the origin got a traceparent")
+        .to_owned();
+    assert_eq!(&sent[3..35], trace_id, "one trace");
+    assert_ne!(
+        &sent[36..52],
+        "00f067aa0ba902b7",
+        "the client's span is not the origin's parent"
+    );
+    let spans = eventually("the proxy's spans", || {
+        let receiver = receiver.clone();
+        async move {
+            let spans = receiver.spans();
+            let names: Vec<String> = spans.iter().map(|(_, s)| s.name.clone()).collect();
+            (names.iter().any(|n| n == "GET /api") && names.iter().any(|n| n == "origin.fetch"))
+                .then_some(spans)
+        }
+    })
+    .await;
+    let find = |name: &str| {
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == name)
+            .unwrap()
+            .clone()
+    };
+    let (server, fetch) = (find("GET /api"), find("origin.fetch"));
+    assert_eq!(hex(&server.trace_id), trace_id);
+    assert_eq!(hex(&server.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(server.kind, 2, "server span");
+    assert_eq!(attr(&server, "http.route"), Some("/api"));
+    assert_eq!(attr(&server, "cache.outcome"), Some("miss"));
+    assert_eq!(fetch.parent_span_id, server.span_id);
+    assert_eq!(fetch.kind, 3, "client span");
+    assert_eq!(attr(&fetch, "http.route"), Some("/api"));
+    assert_eq!(&sent[36..52], hex(&fetch.span_id));
+}
