@@ -191,9 +191,13 @@ impl Application {
                 proxy_memory,
                 Some(cache.clone()),
                 Some(metrics.clone()),
-                (config.origin.max_body_bytes, config.items.compression_min_bytes),
-                config.origin.timeout,
-                config.server.body_timeout,
+                crate::proxy::Limits {
+                    max_body_bytes: config.origin.max_body_bytes,
+                    compression_min_bytes: config.items.compression_min_bytes,
+                    timeout: config.origin.timeout,
+                    body_timeout: config.server.body_timeout,
+                    breaker: (config.origin.breaker.trip, config.origin.breaker.cooldown),
+                },
             )
             .map_err(StartError::Setup)?;
             Some(Arc::new(proxy))

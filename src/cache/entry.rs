@@ -389,7 +389,11 @@ impl Entry {
             .min(u32::MAX as usize) as u32
     }
 
-    /// The entry as stored in Redis (format version 1; the version is also in the key).
+    /// The entry as stored in Redis and on disk. Format 1 (`/items` entries): one JSON object,
+    /// the value inside it. Format 2 (a proxied response, [`Entry::proxied`]): the same object
+    /// with the status and headers in `p` and no `v`, followed by the body's raw bytes. A
+    /// reader of format 1 only refuses format 2 (trailing bytes, no value), and proxied keys
+    /// are a namespace it never reads.
     pub fn encode(&self) -> Vec<u8> {
         let stored = Stored {
             t: self.stored_at_ms,
@@ -402,13 +406,18 @@ impl Entry {
             lm: self.validators().last_modified.clone(),
             tg: self.tags().iter().map(|t| t.to_string()).collect(),
             n: self.negative,
-            v: (!self.negative).then(|| {
+            p: self.head.as_deref().map(StoredHead::from),
+            v: (!self.negative && self.head.is_none()).then(|| {
                 // The value is JSON by construction, so this cannot fail.
                 RawValue::from_string(String::from_utf8_lossy(self.value_json()).into_owned())
                     .expect("entry values are valid JSON")
             }),
         };
-        serde_json::to_vec(&stored).expect("an entry always serialises")
+        let mut out = serde_json::to_vec(&stored).expect("an entry always serialises");
+        if self.head.is_some() {
+            out.extend_from_slice(&self.body);
+        }
+        out
     }
 
     /// The largest encoding of an entry whose origin body was at most `max_body` bytes: a text
@@ -424,7 +433,9 @@ impl Entry {
     /// Reads an entry stored by [`Entry::encode`]; `None` when the bytes are not one. Entries
     /// written before the origin could set stale windows serve stale for their whole window.
     pub fn decode(key: &str, bytes: &[u8]) -> Option<Self> {
-        let s: Stored = serde_json::from_slice(bytes).ok()?;
+        let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<Stored>();
+        let s: Stored = values.next()?.ok()?;
+        let rest = &bytes[values.byte_offset()..];
         let times = Times {
             stored_at_ms: s.t,
             fresh_until_ms: s.f,
@@ -433,6 +444,13 @@ impl Entry {
             stale_until_ms: s.s,
             must_revalidate: s.m,
         };
+        if let Some(head) = s.p {
+            let head = head.into_head()?;
+            return Some(Self::proxied(head, Bytes::copy_from_slice(rest), times).with_tags(&s.tg));
+        }
+        if !rest.trim_ascii().is_empty() {
+            return None;
+        }
         if s.n {
             return Some(Self::new_not_found(times));
         }
@@ -475,8 +493,85 @@ struct Stored {
     /// The origin's tags; before `v`, so a purge script finds them without reading the value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     tg: Vec<String>,
+    /// Format 2: a proxied response's status and headers; its body follows the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<StoredHead>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     v: Option<Box<RawValue>>,
+}
+
+/// A proxied response's [`Head`] as stored. Header values are bytes, not always UTF-8: each is
+/// kept as a string of one char per byte (U+0000 to U+00FF), which reads back exactly.
+#[derive(Serialize, Deserialize)]
+struct StoredHead {
+    st: u16,
+    h: Vec<(String, String)>,
+    rt: u64,
+    ia: u64,
+    lt: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    vy: Vec<(String, Option<String>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mk: Option<u64>,
+}
+
+/// `bytes` as one char per byte.
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// A header value from [`latin1`]'s string; `None` when it is not one, or not a header value.
+fn header_value(text: &str) -> Option<HeaderValue> {
+    let bytes: Option<Vec<u8>> = text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+    HeaderValue::from_bytes(&bytes?).ok()
+}
+
+impl From<&Head> for StoredHead {
+    fn from(h: &Head) -> Self {
+        StoredHead {
+            st: h.status.as_u16(),
+            h: h.headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), latin1(v.as_bytes())))
+                .collect(),
+            rt: h.response_time,
+            ia: h.initial_age,
+            lt: h.lifetime,
+            vy: h
+                .vary
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_ref().map(|v| latin1(v.as_bytes()))))
+                .collect(),
+            mk: h.marker,
+        }
+    }
+}
+
+impl StoredHead {
+    /// The head again; `None` when anything in it is not what [`StoredHead::from`] writes.
+    fn into_head(self) -> Option<Head> {
+        let mut headers = http::HeaderMap::with_capacity(self.h.len());
+        for (n, v) in &self.h {
+            headers.append(http::HeaderName::from_bytes(n.as_bytes()).ok()?, header_value(v)?);
+        }
+        let mut vary = Vec::with_capacity(self.vy.len());
+        for (n, v) in &self.vy {
+            let value = match v {
+                Some(v) => Some(header_value(v)?),
+                None => None,
+            };
+            vary.push((http::HeaderName::from_bytes(n.as_bytes()).ok()?, value));
+        }
+        Some(Head {
+            status: http::StatusCode::from_u16(self.st).ok()?,
+            headers,
+            response_time: self.rt,
+            initial_age: self.ia,
+            lifetime: self.lt,
+            vary,
+            marker: self.mk,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -508,6 +603,68 @@ mod tests {
             br#"{"key":"a\"b","value":"v","source":"origin"}"#
         );
         assert_eq!(e.value_json(), br#""v""#);
+    }
+
+    #[test]
+    fn a_proxied_response_round_trips_in_format_2_and_format_1_readers_refuse_it() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-bytes", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
+        headers.append("set-thing", HeaderValue::from_static("a"));
+        headers.append("set-thing", HeaderValue::from_static("b"));
+        let head = Head {
+            status: http::StatusCode::NON_AUTHORITATIVE_INFORMATION,
+            headers,
+            response_time: 1_700_000_000,
+            initial_age: 3,
+            lifetime: 60,
+            vary: vec![
+                (http::header::HOST, Some(HeaderValue::from_static("h"))),
+                (http::header::ACCEPT, None),
+            ],
+            marker: Some(7),
+        };
+        let body = Bytes::from_static(b"}{\"v\":1} not json \x00\xff");
+        let times = Times {
+            stored_at_ms: 1,
+            fresh_until_ms: 2,
+            revalidate_until_ms: 3,
+            if_error_until_ms: 4,
+            stale_until_ms: 5,
+            must_revalidate: false,
+        };
+        let e = Entry::proxied(head, body.clone(), times).with_tags(&["t1".to_owned()]);
+        let bytes = e.encode();
+        let back = Entry::decode("k", &bytes).unwrap();
+        assert_eq!(back.raw_body(), &body);
+        assert_eq!(back.tags(), e.tags());
+        assert_eq!(back.fresh_until_ms, 2);
+        let (h, b) = (back.head().unwrap(), e.head().unwrap());
+        assert_eq!(
+            (h.status, &h.headers, &h.vary, h.marker),
+            (b.status, &b.headers, &b.vary, b.marker)
+        );
+        assert_eq!(
+            (h.response_time, h.initial_age, h.lifetime),
+            (b.response_time, b.initial_age, b.lifetime)
+        );
+        // What a format-1 reader did with it: parse one object, then want a value.
+        #[derive(Deserialize)]
+        struct Format1 {
+            #[allow(dead_code)]
+            v: Option<Box<RawValue>>,
+        }
+        assert!(
+            serde_json::from_slice::<Format1>(&bytes).is_err(),
+            "trailing body bytes"
+        );
+        let empty = Entry::proxied(e.head().unwrap().clone(), Bytes::new(), times).encode();
+        let old: Format1 = serde_json::from_slice(&empty).unwrap();
+        assert!(old.v.is_none(), "no value: a format-1 reader finds no entry");
+        // A format-1 entry with anything after it is not an entry.
+        let mut items = Entry::value("k", b"1", 0, &life(0)).encode();
+        assert!(Entry::decode("k", &items).is_some());
+        items.extend_from_slice(b"x");
+        assert!(Entry::decode("k", &items).is_none());
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl App {
                 inner: Guarded(FastHit {
                     router: router_for(state.clone(), surface),
                     fast: surface != Surface::Admin,
+                    surface,
                     state,
                 }),
                 metrics,
@@ -200,6 +201,25 @@ pub struct FastHit {
     router: Router,
     /// Whether this listener answers `GET /items/{key}` (not the admin one).
     fast: bool,
+    /// Which endpoints this listener serves (which paths a proxied fast hit may not take).
+    surface: Surface,
+}
+
+impl FastHit {
+    /// A proxied request answered at once ([`crate::proxy::Proxy::answer_now`]), when no
+    /// endpoint of this listener takes its path (the router would hand it to the proxy).
+    fn proxied_now<B>(&self, request: &http::Request<B>) -> Option<Response> {
+        let proxy = self.state.proxy.as_ref()?;
+        let own = match labels::Route::of_path(request.uri().path()) {
+            labels::Route::Unmatched => false,
+            labels::Route::Items | labels::Route::Batch => true,
+            _ => self.surface == Surface::All,
+        };
+        if own {
+            return None;
+        }
+        proxy.answer_now(request)
+    }
 }
 
 impl<B> Handle<B> for FastHit
@@ -211,7 +231,8 @@ where
 
     fn handle(&self, request: http::Request<B>) -> FastFuture {
         if self.fast
-            && let Some(response) = items::answer_now(&self.state, &request)
+            && let Some(response) =
+                items::answer_now(&self.state, &request).or_else(|| self.proxied_now(&request))
         {
             return FastFuture::Now {
                 response: Some(response),

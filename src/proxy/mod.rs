@@ -58,7 +58,7 @@ pub struct Proxy {
     /// How long a client has to send a request body (`HTTP_BODY_TIMEOUT_SECS`).
     body_timeout: Duration,
     /// Where proxied requests are counted (`proxy_requests_total`); `None` in tests.
-    metrics: Option<Arc<crate::telemetry::Metrics>>,
+    counts: Option<Arc<crate::telemetry::ProxyCounts>>,
     /// Keys with a background revalidation running (`stale-while-revalidate`): one at a time
     /// per key, however many requests are served the stale answer meanwhile.
     refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -68,12 +68,32 @@ pub struct Proxy {
     buffered: Arc<std::sync::atomic::AtomicUsize>,
     /// Misses in flight, by key: what later misses on the same key wait for.
     inflight: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
-    /// The read-through whose purges reach every replica (invalidations after unsafe methods);
-    /// `None` in tests of the proxy alone.
-    purger: Option<crate::cache::ReadThrough>,
+    /// The read-through over every tier (memory, disk, Redis): where responses are stored and
+    /// found behind the memory tier, and whose purges reach every replica (invalidations after
+    /// unsafe methods); `None`: the memory tier alone, here only.
+    cache: Option<crate::cache::ReadThrough>,
     /// How answers are tagged (`ORIGIN_TAG_HEADER`): stored answers carry their tags, so
     /// `DELETE /tags/{tag}` purges them with the `/items` entries of that tag.
     tags: crate::origin::TagRules,
+    /// One circuit breaker per route (by [`Route::index`]), with the `ORIGIN_BREAKER_*`
+    /// settings: one failing API does not open the circuit of another, nor of `/items`.
+    breakers: Vec<crate::origin::Breaker>,
+}
+
+/// What bounds the proxy's work, from the settings it shares with `/items`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `ORIGIN_MAX_BODY_BYTES`: a longer response streams through unstored; a longer request
+    /// body is `413`.
+    pub max_body_bytes: usize,
+    /// `COMPRESSION_MIN_BYTES` (when `COMPRESSION` is on).
+    pub compression_min_bytes: Option<usize>,
+    /// `ORIGIN_TIMEOUT_MS`.
+    pub timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT_SECS`.
+    pub body_timeout: Duration,
+    /// `ORIGIN_BREAKER_*`: when a route's circuit opens, and for how long.
+    pub breaker: (crate::origin::Trip, Duration),
 }
 
 /// The first miss on a key, fetching: when dropped (answered, failed or cancelled), the misses
@@ -146,6 +166,8 @@ struct Fetched {
     /// When the request went out and the response came back (seconds since the epoch).
     request_time: u64,
     response_time: u64,
+    /// When the request went out (ms since the epoch): a purge since then overtook it.
+    started_ms: u64,
 }
 
 /// A fetched body: whole, or too long to store and streaming through.
@@ -156,17 +178,21 @@ enum Fetch {
 
 impl Proxy {
     /// A proxy for `routes`, storing in `memory` (when there is one).
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         routes: Routes,
         tags: crate::origin::TagRules,
         memory: Option<MemoryTier>,
-        purger: Option<crate::cache::ReadThrough>,
+        cache: Option<crate::cache::ReadThrough>,
         metrics: Option<Arc<crate::telemetry::Metrics>>,
-        (max_body_bytes, compression_min_bytes): (usize, Option<usize>),
-        timeout: Duration,
-        body_timeout: Duration,
+        limits: Limits,
     ) -> Result<Self, String> {
+        let Limits {
+            max_body_bytes,
+            compression_min_bytes,
+            timeout,
+            body_timeout,
+            breaker: (trip, cooldown),
+        } = limits;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_gzip()
@@ -175,7 +201,16 @@ impl Proxy {
             .no_zstd()
             .build()
             .map_err(|e| format!("proxy HTTP client: {e}"))?;
+        let counts = metrics.map(|m| {
+            let names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+            m.watch_proxy(&names, OUTCOMES)
+        });
+        let breakers = routes
+            .iter()
+            .map(|_| crate::origin::Breaker::new(trip, cooldown))
+            .collect();
         Ok(Proxy {
+            breakers,
             routes,
             client,
             memory,
@@ -183,8 +218,8 @@ impl Proxy {
             compression_min_bytes,
             timeout,
             body_timeout,
-            purger,
-            metrics,
+            cache,
+            counts,
             tags,
             refreshing: Default::default(),
             buffered: Default::default(),
@@ -211,7 +246,7 @@ impl Proxy {
     /// Purges (hard) the stored answers for `key` here and, through the read-through's purge
     /// fan-out, on every replica (an unsafe method's invalidation, RFC 9111 §4.4).
     async fn invalidate(&self, key: &str) {
-        match &self.purger {
+        match &self.cache {
             Some(cache) => {
                 if let Err(e) = cache.purge(key, crate::cache::PurgeMode::Hard).await {
                     tracing::debug!(error = %e, "proxy invalidation did not reach every replica");
@@ -223,6 +258,70 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// A fresh stored answer to a plain `GET`, made at once, without the router, a span or an
+    /// await, as `/items` hits are (the caller has checked that no endpoint of the service
+    /// takes the path). `None` when [`Proxy::handle`] must run: another method, a traced
+    /// request, request directives (`Cache-Control`, `Pragma`), `Via` (a relayed request), a
+    /// transfer coding or two `Host`s, an absolute-form target, escapes, backslashes or dot
+    /// segments in the path, a resource that varies on what the flow sets (`X-Forwarded-*`,
+    /// `Via`) or on a header its route replaces, or anything short of a fresh hit in the memory
+    /// tier. What it answers is what `handle` would: the same [`Proxy::serve`].
+    pub fn answer_now<B>(&self, request: &http::Request<B>) -> Option<Response> {
+        if request.method() != Method::GET || tracing::enabled!(target: TRACE_TARGET, tracing::Level::INFO) {
+            return None;
+        }
+        let memory = self.memory.as_ref()?;
+        let uri = request.uri();
+        let path = uri.path();
+        if uri.scheme().is_some()
+            || uri.authority().is_some()
+            || path.bytes().any(|b| b == b'%' || b == b'\\')
+            || path.split('/').any(|s| s == "." || s == "..")
+        {
+            return None;
+        }
+        let headers = request.headers();
+        if headers.contains_key(header::CACHE_CONTROL)
+            || headers.contains_key(header::PRAGMA)
+            || headers.contains_key(header::VIA)
+            || headers.contains_key(header::TRANSFER_ENCODING)
+            || headers.get_all(header::HOST).iter().nth(1).is_some()
+        {
+            return None;
+        }
+        let (route, rest) = self.routes.find(path)?;
+        let key = cache_key(route, rest, route.options.query(uri.query()).as_deref());
+        let marker = memory.get_now(&key)??;
+        let head = marker.head()?;
+        let generation = head.marker?;
+        if soft_purged(&marker).is_some() {
+            return None;
+        }
+        let mut names = Vec::with_capacity(head.vary.len());
+        for (name, _) in &head.vary {
+            let set_here = name.as_str().starts_with("x-forwarded-")
+                || name == header::VIA
+                || route.options.headers.iter().any(|(n, _)| n == name);
+            if set_here {
+                return None;
+            }
+            names.push(name.clone());
+        }
+        let at = variant_key(&key, generation, &names, headers);
+        let entry = memory.get_now(&at)??;
+        let stored = entry.head()?;
+        let now = crate::cache::now_ms();
+        let age = current_age(stored, now / 1000);
+        if age >= stored.lifetime || now >= entry.fresh_until_ms {
+            return None;
+        }
+        let response = self.serve_to(&Method::GET, headers, Some(&at), &entry, age, "hit");
+        if let Some(counts) = &self.counts {
+            counts.add(route.index, HIT, response.status().as_u16());
+        }
+        Some(response)
     }
 
     /// Answers a request that no endpoint of the service took: through its route, or `404`;
@@ -243,7 +342,7 @@ impl Proxy {
         crate::telemetry::continue_trace(&span, request.headers());
         let response = self.handle_in_span(request).instrument(span.clone()).await;
         span.record("http.response.status_code", response.status().as_u16());
-        span.record("cache.outcome", outcome(&response));
+        span.record("cache.outcome", OUTCOMES[outcome(&response)]);
         response
     }
 
@@ -298,8 +397,8 @@ impl Proxy {
         } else {
             self.write(parts, body, route, &url, &key).await
         };
-        if let Some(metrics) = &self.metrics {
-            metrics.proxy_request(&route.name, outcome(&response), response.status().as_u16());
+        if let Some(counts) = &self.counts {
+            counts.add(route.index, outcome(&response), response.status().as_u16());
         }
         response
     }
@@ -308,7 +407,7 @@ impl Proxy {
     async fn read(self: &Arc<Self>, parts: &Parts, route: &Route, url: &str, key: &str) -> Response {
         let req = rules::request_directives(&parts.headers);
         let now = now_secs();
-        let stored = self.lookup(key, &parts.headers);
+        let stored = self.lookup(key, &parts.headers).await;
         if let Some((at, entry)) = &stored {
             let at = Some(at.as_str());
             let head = entry.head().expect("proxied entries have a head");
@@ -375,7 +474,7 @@ impl Proxy {
         let _leading = match lead {
             Ok(leading) => leading,
             Err(()) => {
-                if let Some((at, entry)) = self.lookup(key, &parts.headers) {
+                if let Some((at, entry)) = self.lookup(key, &parts.headers).await {
                     let head = entry.head().expect("proxied");
                     let age = current_age(head, now_secs());
                     if age < head.lifetime
@@ -488,7 +587,7 @@ impl Proxy {
         key: &str,
         entry: Arc<Entry>,
     ) {
-        if self.memory.is_none()
+        if !self.storing()
             || !self
                 .refreshing
                 .lock()
@@ -562,15 +661,14 @@ impl Proxy {
             make_entry(
                 &route.options,
                 old.status,
-                headers,
+                end_to_end(&headers),
                 entry.raw_body().clone(),
-                f.request_time,
-                f.response_time,
+                (f.request_time, f.response_time, f.started_ms),
             )
             .with_tags(&tags),
         );
         let at = match rules::vary_names(&updated.head().expect("proxied").headers) {
-            Some(_) => self.store(key, request, updated.clone()).await,
+            Some(_) => self.store(key, request, updated.clone(), f.started_ms).await,
             None => None,
         };
         (at, updated)
@@ -588,10 +686,10 @@ impl Proxy {
     ) -> Response {
         let res = rules::response_directives(&f.headers);
         let cookies = route.options.set_cookie != SetCookie::Pass;
-        let storable = match (&f.body, &self.memory) {
+        let storable = match (&f.body, self.storing()) {
             (Fetch::Streaming(_), _) => Storable::No("size"),
-            (_, None) => Storable::No("off"),
-            (Fetch::Whole(_), Some(_)) => rules::storable(
+            (_, false) => Storable::No("off"),
+            (Fetch::Whole(_), true) => rules::storable(
                 &Method::GET,
                 &parts.headers,
                 req,
@@ -666,7 +764,7 @@ impl Proxy {
         };
         match (storable, body) {
             (Storable::Yes, Fetch::Whole(body)) => {
-                let mut headers = headers;
+                let mut headers = end_to_end(&headers);
                 // Fields a qualified no-cache or private names are not stored (§5.2.2.4, §5.2.2.7).
                 for d in ["no-cache", "private"] {
                     for name in res.fields(d).unwrap_or_default() {
@@ -689,8 +787,7 @@ impl Proxy {
                         f.status,
                         headers,
                         body,
-                        f.request_time,
-                        f.response_time,
+                        (f.request_time, f.response_time, f.started_ms),
                     )
                     .with_tags(tags.as_deref().unwrap_or_default()),
                 );
@@ -702,7 +799,7 @@ impl Proxy {
                     || route.options.stale_while_revalidate.is_some_and(|w| w > 0)
                     || route.options.stale_if_error.is_some_and(|w| w > 0);
                 let (at, detail) = if keep {
-                    let at = self.store(key, &parts.headers, entry.clone()).await;
+                    let at = self.store(key, &parts.headers, entry.clone(), f.started_ms).await;
                     (at, format!("fwd={why}; stored"))
                 } else {
                     (None, format!("fwd={why}; detail=no-freshness"))
@@ -761,7 +858,7 @@ impl Proxy {
             Ok(f) => f,
             Err(e) => return e.into_response(),
         };
-        if (fetched.status.is_success() || fetched.status.is_redirection()) && self.memory.is_some() {
+        if (fetched.status.is_success() || fetched.status.is_redirection()) && self.storing() {
             self.invalidate(key).await;
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(path) = fetched
@@ -787,15 +884,14 @@ impl Proxy {
     }
 
     /// The stored response for `key` that matches the request's `Vary`-selected headers.
-    fn lookup(&self, key: &str, request: &HeaderMap) -> Option<(String, Arc<Entry>)> {
-        let memory = self.memory.as_ref()?;
-        let entry = memory.get_now(key)??;
+    async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<(String, Arc<Entry>)> {
+        let entry = self.entry(key).await?;
         // Every stored answer is a variant under a marker (`Host` always selects).
         let head = entry.head()?;
         let generation = head.marker?;
         let names: Vec<HeaderName> = head.vary.iter().map(|(n, _)| n.clone()).collect();
         let at = variant_key(key, generation, &names, request);
-        let variant = memory.get_now(&at)??;
+        let variant = self.entry(&at).await?;
         // A soft purge of the resource marks its marker stale: every variant under it is older
         // than the purge (a store after it starts a new generation).
         let variant = match soft_purged(&entry) {
@@ -808,8 +904,16 @@ impl Proxy {
     /// Stores `entry` for `key` as the variant for the request's values of the headers it
     /// `Vary`s on and `Host`, with a marker under the key naming those headers (a purge of the
     /// key removes every variant with it).
-    async fn store(&self, key: &str, request: &HeaderMap, entry: Arc<Entry>) -> Option<String> {
-        let memory = self.memory.as_ref()?;
+    async fn store(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        entry: Arc<Entry>,
+        started_ms: u64,
+    ) -> Option<String> {
+        if !self.storing() {
+            return None;
+        }
         let head = entry.head().expect("proxied");
         // `Host` always selects too: the origin is told it (`X-Forwarded-Host`), and one that
         // builds its answer from it without saying `Vary` must not hand one client's to another.
@@ -822,7 +926,7 @@ impl Proxy {
             names.push(header::HOST);
             names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         }
-        let existing = memory.get_now(key).flatten();
+        let existing = self.entry(key).await;
         let generation = existing
             .as_ref()
             .and_then(|e| e.head())
@@ -849,12 +953,33 @@ impl Proxy {
             stale_until_ms: keep_until,
             must_revalidate: false,
         };
-        let _ = memory
-            .put(key, Arc::new(Entry::proxied(marker, Bytes::new(), times)))
-            .await;
+        let marker = Arc::new(Entry::proxied(marker, Bytes::new(), times));
         let at = variant_key(key, generation, &names, request);
-        let _ = memory.put(&at, entry).await;
-        Some(at)
+        // The variant first: a marker never points at a variant not stored yet.
+        (self.put(&at, entry, started_ms).await && self.put(key, marker, started_ms).await).then_some(at)
+    }
+
+    /// Whether answers are stored at all (there is a tier).
+    fn storing(&self) -> bool {
+        self.memory.is_some() || self.cache.as_ref().is_some_and(|c| !c.tiers().is_empty())
+    }
+
+    /// The entry under `key`: from the memory tier at once, else from the tiers behind it.
+    async fn entry(&self, key: &str) -> Option<Arc<Entry>> {
+        if let Some(found) = self.memory.as_ref().and_then(|m| m.get_now(key)).flatten() {
+            return Some(found);
+        }
+        self.cache.as_ref()?.stored(key).await
+    }
+
+    /// Stores `entry` under `key` in every tier (a fetch started at `started_ms`: a purge since
+    /// stops it); `true` when a tier keeps it.
+    async fn put(&self, key: &str, entry: Arc<Entry>, started_ms: u64) -> bool {
+        match (&self.cache, &self.memory) {
+            (Some(cache), _) => cache.keep(key, entry, started_ms).await,
+            (None, Some(memory)) => matches!(memory.put(key, entry).await, Ok(true)),
+            (None, None) => false,
+        }
     }
 
     /// Sends the request to the origin: end-to-end headers, `Via` and `X-Forwarded-*`; with
@@ -916,11 +1041,34 @@ impl Proxy {
         if let Some(body) = body {
             builder = builder.body(body);
         }
-        let request_time = now_secs();
+        // The route's circuit: while it is open, nothing goes to its origin (a stored answer
+        // stands in where stale-on-error allows).
+        let breaker = &self.breakers[route.index];
+        if let Err(retry) = breaker.allow(std::time::Instant::now()) {
+            return Err(AppError::OriginUnavailable {
+                message: "the route's origin is failing: its circuit is open (ORIGIN_BREAKER_*)".to_owned(),
+                retry_after_secs: retry.as_secs_f64().ceil().max(1.0) as u64,
+            });
+        }
+        let target = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            url.hash(&mut h);
+            h.finish()
+        };
+        // A 5xx, a 429 or no answer counts against the route; any other answer is the origin's
+        // word about the resource.
+        let record = |ok: bool| breaker.record(ok, std::time::Instant::now(), None, target);
+        let started_ms = crate::cache::now_ms();
+        let request_time = started_ms / 1000;
         // The message names no URL (the origin's address is the operator's, not the client's).
         let sent = builder.send().instrument(span.clone()).await;
-        if let Ok(r) = &sent {
-            span.record("http.response.status_code", r.status().as_u16());
+        match &sent {
+            Ok(r) => {
+                span.record("http.response.status_code", r.status().as_u16());
+                record(!r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS);
+            }
+            Err(_) => record(false),
         }
         let mut response = sent.map_err(|e| {
             let e = e.without_url();
@@ -947,6 +1095,7 @@ impl Proxy {
                 body: Fetch::Whole(Bytes::new()),
                 request_time,
                 response_time,
+                started_ms,
             });
         }
         let mut buffer = Buffered {
@@ -977,6 +1126,7 @@ impl Proxy {
                             body: Fetch::Streaming(body),
                             request_time,
                             response_time,
+                            started_ms,
                         });
                     }
                     buffer.bytes.extend_from_slice(&chunk);
@@ -996,6 +1146,7 @@ impl Proxy {
             body: Fetch::Whole(buffer.take()),
             request_time,
             response_time,
+            started_ms,
         })
     }
 }
@@ -1021,26 +1172,31 @@ fn ambiguous(headers: &HeaderMap) -> Option<&'static str> {
     (codings != ["chunked"]).then_some("the only transfer coding accepted is chunked, once")
 }
 
-/// What the cache did for an answer, from its `Cache-Status` (the `cache` label of
-/// `proxy_requests_total`).
-fn outcome(response: &Response) -> &'static str {
+/// The `cache` label of `proxy_requests_total` (and the span's `cache.outcome`), by number.
+const OUTCOMES: &[&str] = &["hit", "stale", "revalidated", "miss", "pass", "error"];
+
+/// [`OUTCOMES`]' number of a plain hit.
+const HIT: usize = 0;
+
+/// What the cache did for an answer (a number in [`OUTCOMES`]), from its `Cache-Status`.
+fn outcome(response: &Response) -> usize {
     let Some(status) = response
         .headers()
         .get("cache-status")
         .and_then(|v| v.to_str().ok())
     else {
-        return "error";
+        return 5;
     };
     if status.contains("fwd-status=304") {
-        "revalidated"
+        2
     } else if status.contains("; hit") && status.contains("stale") {
-        "stale"
+        1
     } else if status.contains("; hit") {
-        "hit"
+        HIT
     } else if status.contains("stored") || status.contains("fwd=uri-miss") || status.contains("fwd=stale") {
-        "miss"
+        3
     } else {
-        "pass"
+        4
     }
 }
 
@@ -1161,31 +1317,33 @@ fn cache_key(route: &Route, rest: &str, query: Option<&str>) -> String {
 
 /// The key of the variant of `key` that a request with `request`'s values of `names` selects.
 fn variant_key(key: &str, generation: u64, names: &[HeaderName], request: &HeaderMap) -> String {
-    let mut out = format!("{key}\u{1}v{generation:x}");
+    use std::fmt::Write;
+    let mut out = String::with_capacity(key.len() + 24 + names.len() * 32);
+    out.push_str(key);
+    let _ = write!(out, "\u{1}v{generation:x}");
     for name in names {
         out.push('\u{1}');
         out.push_str(name.as_str());
         out.push('=');
         // Whitespace around list members does not select another variant, nor a host's case.
         let host = name == header::HOST;
-        let values: Vec<String> = request
+        let mut first = true;
+        for value in request
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|v| {
-                if host {
-                    v.trim().to_ascii_lowercase()
-                } else {
-                    v.trim().to_owned()
-                }
-            })
-            .collect();
-        // Present-but-empty and absent are different selections.
-        if !values.is_empty() {
-            out.push('\u{2}');
+        {
+            // Present-but-empty and absent are different selections.
+            out.push(if first { '\u{2}' } else { ',' });
+            first = false;
+            let value = value.trim();
+            if host {
+                out.extend(value.chars().map(|c| c.to_ascii_lowercase()));
+            } else {
+                out.push_str(value);
+            }
         }
-        out.push_str(&values.join(","));
     }
     out
 }
@@ -1197,8 +1355,7 @@ fn make_entry(
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
-    request_time: u64,
-    response_time: u64,
+    (request_time, response_time, started_ms): (u64, u64, u64),
 ) -> Entry {
     let res = rules::response_directives(&headers);
     let date = rules::date_secs(&headers, &header::DATE);
@@ -1221,9 +1378,18 @@ fn make_entry(
                 .unwrap_or(0),
         )
         .max(KEEP_STALE_SECS);
+    // An answer that must be validated before every reuse is never fresh by the entry's times,
+    // so no hit path (the fast one included) serves it without asking the origin.
+    let fresh_until_ms = if res.unqualified("no-cache") {
+        started_ms
+    } else {
+        fresh_until.saturating_mul(1000)
+    };
     let times = Times {
-        stored_at_ms: born.saturating_mul(1000),
-        fresh_until_ms: fresh_until.saturating_mul(1000),
+        // When this cache asked for it (not when the origin made it): a purge since then may
+        // have been meant for it, and purges are judged against this time in every tier.
+        stored_at_ms: started_ms,
+        fresh_until_ms,
         revalidate_until_ms: fresh_until.saturating_add(keep).saturating_mul(1000),
         if_error_until_ms: fresh_until.saturating_add(keep).saturating_mul(1000),
         stale_until_ms: fresh_until.saturating_add(keep).saturating_mul(1000),
@@ -1278,30 +1444,46 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, keep_length: bool) {
 /// Adds `Via` and `Cache-Status` to an answer.
 fn finish(headers: &mut HeaderMap, status: &str) {
     headers.append(header::VIA, HeaderValue::from_static("1.1 cache-layer"));
-    if let Ok(v) = HeaderValue::from_str(&format!("{NAME}; {status}")) {
-        headers.insert(HeaderName::from_static("cache-status"), v);
-    }
+    let value = if status == "hit" {
+        HeaderValue::from_static("cache-layer; hit")
+    } else {
+        match HeaderValue::from_str(&format!("{NAME}; {status}")) {
+            Ok(v) => v,
+            Err(_) => return,
+        }
+    };
+    headers.insert(HeaderName::from_static("cache-status"), value);
+}
+
+/// The fields of `headers` a stored response keeps: end-to-end ones, without `Content-Length`
+/// (every answer gets its own length), so a hit serves them as they are.
+fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    copy_headers(headers, &mut out, false);
+    out
 }
 
 /// Whether a stored answer may go to this client compressed, and in which coding: a `GET` for a
 /// whole `200` whose identity body is at least `COMPRESSION_MIN_BYTES`, which the origin says
 /// varies by `Accept-Encoding` (or sent compressed), to a client that accepts a coding.
-fn coding_for(parts: &Parts, head: &Head, len: usize, min: Option<usize>) -> Option<Coding> {
-    if parts.method != Method::GET
+fn coding_for(
+    method: &Method,
+    request: &HeaderMap,
+    head: &Head,
+    len: usize,
+    min: Option<usize>,
+) -> Option<Coding> {
+    let accepted = request.get(header::ACCEPT_ENCODING)?;
+    if method != Method::GET
         || head.status != StatusCode::OK
         || min.is_none_or(|m| len < m)
-        || parts.headers.contains_key(header::RANGE)
+        || request.contains_key(header::RANGE)
         || head.headers.contains_key(header::CONTENT_ENCODING)
         || !rules::vary_names(&head.headers).is_some_and(|n| n.contains(&header::ACCEPT_ENCODING))
     {
         return None;
     }
-    Coding::negotiate(
-        parts
-            .headers
-            .get(header::ACCEPT_ENCODING)
-            .map(HeaderValue::as_bytes),
-    )
+    Coding::negotiate(Some(accepted.as_bytes()))
 }
 
 /// `body` decoded from its one `Content-Encoding` (`gzip`, `br`, `deflate`), at most `limit`
@@ -1326,36 +1508,62 @@ impl Proxy {
     /// does (a long body on the blocking pool, identity meanwhile); `at` is the entry's key, so
     /// the memory tier weighs the compressed forms it keeps.
     fn serve(&self, parts: &Parts, at: Option<&str>, entry: &Arc<Entry>, age: u64, status: &str) -> Response {
+        self.serve_to(&parts.method, &parts.headers, at, entry, age, status)
+    }
+
+    /// [`Proxy::serve`] for a request's method and headers.
+    fn serve_to(
+        &self,
+        method: &Method,
+        request: &HeaderMap,
+        at: Option<&str>,
+        entry: &Arc<Entry>,
+        age: u64,
+        status: &str,
+    ) -> Response {
         let head = entry.head().expect("proxied");
-        let coding =
-            coding_for(parts, head, entry.raw_body().len(), self.compression_min_bytes).and_then(|coding| {
-                let forms = entry.compressions();
-                if let Some(body) = forms.ready(coding) {
-                    return Some((coding, body));
+        let coding = coding_for(
+            method,
+            request,
+            head,
+            entry.raw_body().len(),
+            self.compression_min_bytes,
+        )
+        .and_then(|coding| {
+            let forms = entry.compressions();
+            if let Some(body) = forms.ready(coding) {
+                return Some((coding, body));
+            }
+            if entry.raw_body().len() < INLINE_COMPRESS_BYTES {
+                let body = forms.make_now(coding, entry.raw_body());
+                if let (Some(memory), Some(at)) = (&self.memory, at) {
+                    memory.reweigh(at, entry);
                 }
-                if entry.raw_body().len() < INLINE_COMPRESS_BYTES {
-                    let body = forms.make_now(coding, entry.raw_body());
-                    if let (Some(memory), Some(at)) = (&self.memory, at) {
-                        memory.reweigh(at, entry);
-                    }
-                    return Some((coding, body));
-                }
-                if let (Some(memory), Some(at)) = (self.memory.clone(), at) {
-                    let (at, weighed) = (at.to_owned(), entry.clone());
-                    forms.start(coding, entry.raw_body().clone(), move || {
-                        memory.reweigh(&at, &weighed)
-                    });
-                }
-                None
-            });
-        serve(parts, entry, age, status, coding)
+                return Some((coding, body));
+            }
+            if let (Some(memory), Some(at)) = (self.memory.clone(), at) {
+                let (at, weighed) = (at.to_owned(), entry.clone());
+                forms.start(coding, entry.raw_body().clone(), move || {
+                    memory.reweigh(&at, &weighed)
+                });
+            }
+            None
+        });
+        serve(method, request, entry, age, status, coding)
     }
 }
 
 /// [`Proxy::serve`], with the body in `coding` when given.
-fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str, coding: Option<(Coding, Bytes)>) -> Response {
+fn serve(
+    method: &Method,
+    request: &HeaderMap,
+    entry: &Entry,
+    age: u64,
+    status: &str,
+    coding: Option<(Coding, Bytes)>,
+) -> Response {
     let head = entry.head().expect("proxied");
-    if head.status == StatusCode::OK && not_modified(&parts.headers, head) {
+    if head.status == StatusCode::OK && not_modified(request, head) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         let h = response.headers_mut();
@@ -1372,13 +1580,13 @@ fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str, coding: Option<(C
                 h.append(name.clone(), v.clone());
             }
         }
-        h.insert(header::AGE, HeaderValue::from(age));
+        h.insert(header::AGE, age_value(age));
         finish(h, status);
         return response;
     }
     let full = entry.raw_body();
-    let range = (head.status == StatusCode::OK && parts.method == Method::GET)
-        .then(|| requested_range(&parts.headers, &head.headers, full.len()))
+    let range = (head.status == StatusCode::OK && method == Method::GET)
+        .then(|| requested_range(request, &head.headers, full.len()))
         .flatten();
     let (code, body) = match (range, &coding) {
         (Some(Some((first, last))), _) => (StatusCode::PARTIAL_CONTENT, full.slice(first..=last)),
@@ -1386,15 +1594,16 @@ fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str, coding: Option<(C
         (None, Some((_, compressed))) => (head.status, compressed.clone()),
         (None, None) => (head.status, full.clone()),
     };
-    let body = if parts.method == Method::HEAD {
+    let body = if method == Method::HEAD {
         Body::empty()
     } else {
         Body::from(body)
     };
     let mut response = Response::new(body);
     *response.status_mut() = code;
+    // Stored without hop-by-hop fields or `Content-Length` ([`end_to_end`]): served as they are.
+    *response.headers_mut() = head.headers.clone();
     let h = response.headers_mut();
-    copy_headers(&head.headers, h, false);
     match range {
         Some(Some((first, last))) => {
             let value = format!("bytes {first}-{last}/{}", full.len());
@@ -1412,7 +1621,7 @@ fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str, coding: Option<(C
         }
         None => {}
     }
-    if parts.method == Method::HEAD {
+    if method == Method::HEAD {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.raw_body().len()));
     }
     if let Some((coding, _)) = coding {
@@ -1427,9 +1636,19 @@ fn serve(parts: &Parts, entry: &Entry, age: u64, status: &str, coding: Option<(C
             h.insert(header::ETAG, weak);
         }
     }
-    h.insert(header::AGE, HeaderValue::from(age));
+    h.insert(header::AGE, age_value(age));
     finish(h, status);
     response
+}
+
+/// `Age: age`: made once for the first ten minutes' values and shared (a hit's `Age` costs no
+/// allocation), made anew past them.
+fn age_value(age: u64) -> HeaderValue {
+    static AGES: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..=600u64).map(HeaderValue::from).collect());
+    AGES.get(age as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(age))
 }
 
 /// The byte range a `Range` request asks of a stored complete body of `len` bytes (RFC 9110

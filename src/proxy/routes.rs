@@ -20,6 +20,8 @@ pub struct Route {
     pub name: String,
     /// What the route's options (after `;`) change.
     pub options: RouteOptions,
+    /// The route's number (its place, longest prefix first): where it is counted.
+    pub index: usize,
 }
 
 /// A route's options: `;`-separated `name=value` after its base URL.
@@ -124,12 +126,16 @@ impl Routes {
                 base,
                 name: prefix.to_owned(),
                 options,
+                index: 0,
             });
         }
         if routes.is_empty() {
             return Err("no route is given".to_owned());
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.index = i;
+        }
         Ok(Routes(routes))
     }
 

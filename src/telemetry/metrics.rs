@@ -80,6 +80,23 @@ struct Counters {
     not_stored: Counts<{ NotStored::UNKEPT.len() }>,
 }
 
+/// `proxy_requests_total`'s counts, one per route, outcome and status class ([`Metrics::watch_proxy`]).
+pub struct ProxyCounts {
+    outcomes: usize,
+    counts: Vec<AtomicU64>,
+}
+
+impl ProxyCounts {
+    /// Counts a request of route number `route` the cache answered with outcome number
+    /// `outcome` and `status`.
+    pub fn add(&self, route: usize, outcome: usize, status: u16) {
+        let i = (route * self.outcomes + outcome) * StatusClass::ALL.len() + StatusClass::of(status) as usize;
+        if let Some(count) = self.counts.get(i) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The instruments; one per metric name, labels for the rest.
 pub struct Metrics {
     counters: Arc<Counters>,
@@ -89,9 +106,6 @@ pub struct Metrics {
     batch_latency: Histogram<f64>,
     /// `batch_keys`: keys per batch, as requested (duplicates included).
     batch_keys: Histogram<u64>,
-    /// `proxy_requests_total`: proxied requests by route (its prefix), what the cache did and
-    /// the status class; attributes made per request (the proxy's routes come from its settings).
-    proxy_requests: opentelemetry::metrics::Counter<u64>,
     /// Kept for the gauges registered by [`Metrics::watch_memory_tier`] and
     /// [`Metrics::watch_breaker`].
     meter: Meter,
@@ -375,10 +389,6 @@ impl Metrics {
                 .with_description("Keys per POST /items:batch request, duplicates included.")
                 .with_boundaries(BATCH_SIZE_BUCKETS.to_vec())
                 .build(),
-            proxy_requests: meter
-                .u64_counter("proxy_requests")
-                .with_description("Requests answered by the transparent proxy (PROXY_ROUTES), by route, cache outcome and status class.")
-                .build(),
             counters,
             meter,
         }
@@ -584,15 +594,44 @@ impl Metrics {
 impl Metrics {
     /// One proxied request of `route` (its prefix) answered with `status`: `cache` says how
     /// (`hit`, `stale`, `miss`, `revalidated`, `pass`, `error`).
-    pub fn proxy_request(&self, route: &str, cache: &'static str, status: u16) {
-        self.proxy_requests.add(
-            1,
-            &[
-                KeyValue::new("route", route.to_owned()),
-                KeyValue::new("cache", cache),
-                KeyValue::new("status_class", StatusClass::of(status).as_str()),
-            ],
-        );
+    /// Registers `proxy_requests_total` for the proxy's `routes` (their names, in the order
+    /// the proxy numbers them) and `outcomes` (the `cache` label's values, in the order of their
+    /// numbers): plain atomics, as every other counter here, so counting a proxied hit costs one
+    /// atomic add. A label set is reported once it has counted a request.
+    pub fn watch_proxy(&self, routes: &[String], outcomes: &'static [&'static str]) -> Arc<ProxyCounts> {
+        let counts = Arc::new(ProxyCounts {
+            outcomes: outcomes.len(),
+            counts: (0..routes.len() * outcomes.len() * StatusClass::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        });
+        let mut labels = Vec::with_capacity(counts.counts.len());
+        for route in routes {
+            for outcome in outcomes {
+                for class in StatusClass::ALL {
+                    labels.push(vec![
+                        KeyValue::new("route", route.clone()),
+                        KeyValue::new("cache", *outcome),
+                        KeyValue::new("status_class", class.as_str()),
+                    ]);
+                }
+            }
+        }
+        let read = counts.clone();
+        let _counter = self
+            .meter
+            .u64_observable_counter("proxy_requests")
+            .with_description("Requests answered by the transparent proxy (PROXY_ROUTES), by route, cache outcome and status class.")
+            .with_callback(move |observer| {
+                for (count, attributes) in read.counts.iter().zip(&labels) {
+                    let n = count.load(Ordering::Relaxed);
+                    if n > 0 {
+                        observer.observe(n, attributes);
+                    }
+                }
+            })
+            .build();
+        counts
     }
 }
 

@@ -25,7 +25,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-pub use metrics::Metrics;
+pub use metrics::{Metrics, ProxyCounts};
 
 /// The target of the request, tier and origin spans. Only the OpenTelemetry layer listens to it,
 /// so without an OTLP endpoint those spans are disabled at their call site and cost nothing.

@@ -401,27 +401,71 @@ async fn purge_by_url_removes_every_variant_or_makes_them_stale() {
 }
 
 /// An unsafe method's invalidation and a purge by URL reach every replica (through Redis).
+/// Stored answers live in Redis too (entry format 2: status, headers and body), so a replica
+/// that never fetched one answers it from there, variants included; invalidations and tag purges
+/// reach every replica and Redis.
 #[tokio::test]
-async fn invalidations_reach_every_replica() {
+async fn replicas_share_stored_answers_through_redis_and_invalidations_reach_every_one() {
     let redis = crate::harness::Redis::start().await;
     let origin = Origin::start(&[]).await;
-    origin.headers(&[("Cache-Control", "max-age=600")]).await;
+    origin
+        .headers(&[
+            ("Cache-Control", "max-age=600"),
+            ("Vary", "X-Lang"),
+            ("X-Custom", "caf\u{e9}"),
+            ("Surrogate-Key", "docs"),
+        ])
+        .await;
     let route = format!("/api={}/items", origin.base);
-    let [a, b] = crate::harness::services_on::<2>(&redis.url(), &[("PROXY_ROUTES", route.as_str())]).await;
+    let token = "0123456789abcdef0123";
+    let [a, b] = crate::harness::services_on::<2>(
+        &redis.url(),
+        &[("PROXY_ROUTES", route.as_str()), ("ADMIN_TOKEN", token)],
+    )
+    .await;
     let c = client();
-    let n = |base: String| {
+    let get = |base: String, lang: &'static str| {
         let c = c.clone();
         async move {
-            let r = c.get(format!("{base}/api/doc")).send().await.unwrap();
-            r.json::<Value>().await.unwrap()["n"].as_u64().unwrap()
+            // One Host for every replica, as behind a Service (`Host` always selects).
+            let r = c
+                .get(format!("{base}/api/doc"))
+                .header("Host", "api.example")
+                .header("X-Lang", lang)
+                .send()
+                .await
+                .unwrap();
+            let (status, custom) = (cache_status(&r), r.headers()["x-custom"].clone());
+            let n = r.json::<Value>().await.unwrap()["n"].as_u64().unwrap();
+            (n, status, custom)
         }
     };
+    let (n, status, _) = get(a.base.clone(), "en").await;
+    assert_eq!(n, 1);
+    assert!(status.contains("stored"), "{status}");
+    // Entries (variants and their marker) in Redis, written behind the answer.
+    let in_redis = |n: usize| {
+        let redis = &redis;
+        crate::harness::eventually("the entries in Redis", move || async move {
+            let keys = redis.cli(&["KEYS", "cache-layer:v1:k:\u{1}p\u{1}*"]);
+            (keys.lines().filter(|l| !l.is_empty()).count() == n).then_some(())
+        })
+    };
+    in_redis(2).await;
+    let (n, status, custom) = get(b.base.clone(), "en").await;
+    assert_eq!(n, 1, "B answers what A stored, from Redis");
+    assert!(status.ends_with("hit"), "{status}");
     assert_eq!(
-        (n(a.base.clone()).await, n(b.base.clone()).await),
-        (1, 2),
-        "each replica stores its own"
+        custom.as_bytes(),
+        "caf\u{e9}".as_bytes(),
+        "headers as the origin sent them"
     );
-    assert_eq!(n(b.base.clone()).await, 2);
+    assert_eq!(get(b.base.clone(), "fr").await.0, 2, "another variant: fetched");
+    in_redis(3).await;
+    assert_eq!(get(a.base.clone(), "fr").await.0, 2, "A finds B's variant");
+    assert_eq!(origin.served().await, 2);
+
+    // An unsafe method through A: every replica, and Redis, forget the resource.
     let put = c
         .put(format!("{}/api/doc", a.base))
         .body("x")
@@ -431,10 +475,29 @@ async fn invalidations_reach_every_replica() {
     assert_eq!(put.status(), 200);
     crate::harness::eventually("B to drop its stored answer", || {
         let b = b.base.clone();
-        let n = &n;
-        async move { (n(b).await > 2).then_some(()) }
+        let get = &get;
+        async move { (get(b, "en").await.0 > 2).then_some(()) }
     })
     .await;
+    let fetched = origin.served().await;
+    // The marker was purged; the old variants stay until they expire, unreachable.
+    in_redis(4).await;
+    assert_eq!(
+        get(a.base.clone(), "en").await.0,
+        fetched,
+        "A finds B's new answer"
+    );
+
+    // A tag purge through B: gone from A's memory and from Redis.
+    let purged = c
+        .delete(format!("{}/tags/docs", b.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    let (n, status, _) = get(a.base.clone(), "en").await;
+    assert!(n > fetched, "refetched after the tag purge: {status}");
 }
 
 /// Concurrent misses on one resource are one origin fetch when its answer may be stored.
@@ -898,4 +961,160 @@ async fn an_origin_compressed_answer_is_stored_once_as_identity_and_compressed_p
         }
         assert_eq!(origin.served().await, before + 2, "{mode}");
     }
+}
+
+/// Stored answers go to the disk tier too (format 2), outlive a restart, and are stored without
+/// a memory tier.
+#[tokio::test]
+async fn stored_answers_outlive_a_restart_on_the_disk_tier() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=600"), ("X-Custom", "kept")])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let route = format!("/api={}/items", origin.base);
+    let dir_text = dir.path().display().to_string();
+    for memory in ["true", "false"] {
+        let env = [
+            ("PROXY_ROUTES", route.as_str()),
+            ("DISK_CACHE_DIR", dir_text.as_str()),
+            ("DISK_CACHE_ADMIT_MIN_REQUESTS", "1"),
+            ("MEMORY_CACHE_ENABLED", memory),
+        ];
+        let path = format!("/api/disk-{memory}");
+        let mut s = Service::start(&env).await;
+        // One Host before and after (the restarted service listens on another port).
+        let get = |url: String| client().get(url).header("Host", "api.example").send();
+        let r = get(s.url(&path)).await.unwrap();
+        assert!(cache_status(&r).contains("stored"), "{}", cache_status(&r));
+        let n = r.json::<Value>().await.unwrap()["n"].clone();
+        s.terminate();
+        assert!(s.wait_exit().await.success());
+        let s = Service::start(&env).await;
+        let r = get(s.url(&path)).await.unwrap();
+        assert!(cache_status(&r).ends_with("hit"), "{}", cache_status(&r));
+        assert_eq!(r.headers()["x-custom"], "kept");
+        assert_eq!(r.json::<Value>().await.unwrap()["n"], n, "memory={memory}");
+    }
+    assert_eq!(origin.served().await, 2);
+}
+
+/// A fresh hit is answered by the fast path (no router, no span) exactly as by the full flow:
+/// same status, headers and body, counted the same; the service's own paths stay its own.
+#[tokio::test]
+async fn a_fast_hit_answers_exactly_as_the_full_flow_would() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[
+            ("Cache-Control", "max-age=600"),
+            ("ETag", "\"p1\""),
+            ("Vary", "Accept-Encoding, X-Lang"),
+            ("Connection", "X-Hop"),
+            ("X-Hop", "1"),
+        ])
+        .await;
+    let routes = format!("/={b}/items, /api={b}/items", b = origin.base);
+    let service = Service::start(&[("PROXY_ROUTES", routes.as_str()), ("COMPRESSION_MIN_BYTES", "8")]).await;
+    let c = client();
+    let url = service.url("/api/fast?x=1");
+    let first = c.get(&url).header("X-Lang", "en").send().await.unwrap();
+    assert!(cache_status(&first).contains("stored"));
+    let answer = |extra: Option<(&'static str, &'static str)>, coding: Option<&'static str>| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let mut r = c.get(&url).header("X-Lang", "en");
+            if let Some((k, v)) = extra {
+                r = r.header(k, v);
+            }
+            if let Some(coding) = coding {
+                r = r.header("Accept-Encoding", coding);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status();
+            let mut headers = r.headers().clone();
+            headers.remove("age");
+            headers.remove("date");
+            (status, headers, r.bytes().await.unwrap())
+        }
+    };
+    // `Pragma` with no directive in it sends a request through the full flow, to the same hit.
+    for coding in [None, Some("gzip"), Some("br")] {
+        let fast = answer(None, coding).await;
+        let full = answer(Some(("Pragma", "x-nothing")), coding).await;
+        assert_eq!(fast.0, 200);
+        assert_eq!(fast, full, "{coding:?}");
+        assert_eq!(fast.1["cache-status"], "cache-layer; hit");
+        assert!(fast.1.get("x-hop").is_none(), "hop-by-hop fields are not stored");
+    }
+    let fast = answer(Some(("If-None-Match", "\"p1\"")), None).await;
+    assert_eq!(fast.0, 304);
+    assert_eq!(origin.served().await, 1);
+    // Counted alike: 7 hits and the 304 (a hit too), 1 miss.
+    let text = service.metrics_text().await;
+    let hits: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("proxy_requests_total{") && l.contains("cache=\"hit\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(hits, 7.0, "{text}");
+    // The route `/` takes every other path, but not the service's own.
+    assert_eq!(c.get(service.url("/health")).send().await.unwrap().status(), 200);
+    let h: Value = get_json(&service.url("/health")).await;
+    assert!(h.get("tiers").is_some(), "{h}");
+}
+
+/// Each route has a circuit breaker of its own (`ORIGIN_BREAKER_*`): a failing origin stops
+/// being asked, a stored answer stands in where stale-if-error allows, and another route's
+/// origin is still asked.
+#[tokio::test]
+async fn a_failing_routes_circuit_opens_without_closing_the_others() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=0, stale-if-error=600")])
+        .await;
+    let routes = format!("/api={b}/items, /other={b}/items", b = origin.base);
+    let service = Service::start(&[
+        ("PROXY_ROUTES", routes.as_str()),
+        ("ORIGIN_BREAKER_MIN_REQUESTS", "4"),
+        ("ORIGIN_BREAKER_FAILURE_RATE", "50"),
+        ("ORIGIN_BREAKER_COOLDOWN_SECS", "600"),
+    ])
+    .await;
+    let c = client();
+    assert_eq!(get_json(&service.url("/api/kept")).await["n"], 1);
+    origin.set("status:503", 0).await;
+    for i in 0..3 {
+        let r = c.get(service.url(&format!("/api/f{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    // 3 of the window's 4 calls failed: the circuit is open, and the stored answer stands in
+    // without the origin being asked.
+    let stale = c.get(service.url("/api/kept")).send().await.unwrap();
+    assert_eq!(stale.status(), 200);
+    assert!(
+        cache_status(&stale).contains("stale-if-error"),
+        "{}",
+        cache_status(&stale)
+    );
+    let served = origin.served().await;
+    assert_eq!(served, 4);
+    let open = c.get(service.url("/api/f9")).send().await.unwrap();
+    assert_eq!(open.status(), 503);
+    assert!(open.headers().contains_key("retry-after"));
+    let body: Value = open.json().await.unwrap();
+    assert_eq!(body["error"], "origin_unavailable", "{body}");
+    let stale = c.get(service.url("/api/kept")).send().await.unwrap();
+    assert_eq!(
+        stale.status(),
+        200,
+        "the stored answer stands in while the circuit is open"
+    );
+    assert_eq!(
+        origin.served().await,
+        served,
+        "nothing reached the failing origin"
+    );
+    // Another route's circuit is its own.
+    origin.set("ok", 0).await;
+    assert_eq!(get_json(&service.url("/other/x")).await["n"], served + 1);
 }

@@ -18,7 +18,12 @@ impl<O: Origin> ReadThrough<O> {
     /// `found` as `tier` gave it for `key`, unless it comes from a shared tier (Redis) and was
     /// stored before a purge this replica knows of: a purge is published before Redis is
     /// purged, and such an entry must not be served or copied into the tiers in front.
-    fn unpurged(&self, tier: &AnyTier, key: &str, found: Option<Arc<Entry>>) -> Option<Arc<Entry>> {
+    pub(super) fn unpurged(
+        &self,
+        tier: &AnyTier,
+        key: &str,
+        found: Option<Arc<Entry>>,
+    ) -> Option<Arc<Entry>> {
         found.filter(|e| !(tier.shared() && self.inner.recent.purged(key, e)))
     }
 

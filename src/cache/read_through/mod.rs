@@ -6,11 +6,13 @@
 //!   other tiers' writes);
 //! - [`purge`]: purges by key and tag, fanned out to every tier and replica, and the ones that
 //!   come from other replicas;
-//! - [`writes`]: the stores in progress, which a purge that overtakes them waits for.
+//! - [`writes`]: the stores in progress, which a purge that overtakes them waits for;
+//! - [`kept`]: the tiers for callers that fetch for themselves (the proxy's stored responses).
 //!
 //! This file holds the `ReadThrough` itself, its shared state and the types the jobs share.
 
 mod fetch;
+mod kept;
 mod lookup;
 mod purge;
 mod writes;
