@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
 
-use crate::cache::{Coding, Entry, Head, INLINE_COMPRESS_BYTES, MemoryTier, Tier, Times};
+use crate::cache::{Coding, Entry, Head, Held, INLINE_COMPRESS_BYTES, MemoryTier, Tier, Times, Turn};
 use crate::error::AppError;
 use crate::telemetry::TRACE_TARGET;
 use tracing::Instrument;
@@ -474,23 +474,49 @@ impl Proxy {
         let _leading = match lead {
             Ok(leading) => leading,
             Err(()) => {
-                if let Some((at, entry)) = self.lookup(key, &parts.headers).await {
-                    let head = entry.head().expect("proxied");
-                    let age = current_age(head, now_secs());
-                    if age < head.lifetime
-                        && crate::cache::now_ms() < entry.fresh_until_ms
-                        && !req.has("no-cache")
-                    {
-                        return self.serve(parts, Some(&at), &entry, age, "hit; detail=coalesced");
-                    }
+                if let Some(response) = self.fresh_now(parts, key, &req, "hit; detail=coalesced").await {
+                    return response;
                 }
                 None
             }
         };
+        // Across replicas (with Redis): one fetches, the others wait for what it stores (at most
+        // FLEET_LOCK_WAIT_MS), as for `/items`.
+        let held = match (&self.cache, relayed) {
+            (Some(cache), false) => match cache.fleet_turn(key).await {
+                Some(Turn::Lead(held)) => Some(held),
+                Some(Turn::Filled(_)) => {
+                    if let Some(response) = self.fresh_now(parts, key, &req, "hit; detail=fleet").await {
+                        return response;
+                    }
+                    None
+                }
+                _ => None,
+            },
+            _ => None,
+        };
         match self.fetch(parts, route, url, None, None).await {
-            Ok(fetched) => self.forwarded(parts, route, key, &req, fetched, "uri-miss").await,
-            Err(e) => e.into_response(),
+            Ok(fetched) => {
+                self.forwarded(parts, route, key, &req, fetched, "uri-miss", held)
+                    .await
+            }
+            Err(e) => {
+                if let Some(held) = held {
+                    held.release(false).await;
+                }
+                e.into_response()
+            }
         }
+    }
+
+    /// The stored answer for the request, if one is fresh now (another request's or replica's
+    /// fetch stored it meanwhile), served with `status`.
+    async fn fresh_now(&self, parts: &Parts, key: &str, req: &Directives, status: &str) -> Option<Response> {
+        let (at, entry) = self.lookup(key, &parts.headers).await?;
+        let head = entry.head()?;
+        let age = current_age(head, now_secs());
+        (age < head.lifetime && crate::cache::now_ms() < entry.fresh_until_ms && !req.has("no-cache"))
+            .then(|| self.serve(parts, Some(&at), &entry, age, status))
     }
 
     /// The first miss on `key` leads (`Ok`: its guard lets the others go when dropped); a later
@@ -566,7 +592,7 @@ impl Proxy {
                 current_age(head, now),
                 "hit; fwd=stale; detail=stale-if-error",
             ),
-            Ok(f) => self.forwarded(parts, route, key, req, f, "stale").await,
+            Ok(f) => self.forwarded(parts, route, key, req, f, "stale", None).await,
             Err(_) if if_error(None) => self.serve(
                 parts,
                 at,
@@ -624,7 +650,10 @@ impl Proxy {
                     this.freshened(&route, &key, &parts_copy.headers, &entry, f).await;
                 } else {
                     let req = rules::request_directives(&parts_copy.headers);
-                    drop(this.forwarded(&parts_copy, &route, &key, &req, f, "stale").await);
+                    drop(
+                        this.forwarded(&parts_copy, &route, &key, &req, f, "stale", None)
+                            .await,
+                    );
                 }
             }
         });
@@ -668,7 +697,10 @@ impl Proxy {
             .with_tags(&tags),
         );
         let at = match rules::vary_names(&updated.head().expect("proxied").headers) {
-            Some(_) => self.store(key, request, updated.clone(), f.started_ms).await,
+            Some(_) => {
+                self.store(key, request, updated.clone(), f.started_ms, None)
+                    .await
+            }
             None => None,
         };
         (at, updated)
@@ -683,7 +715,9 @@ impl Proxy {
         req: &Directives,
         f: Fetched,
         why: &str,
+        held: Option<Held>,
     ) -> Response {
+        let mut held = held;
         let res = rules::response_directives(&f.headers);
         let cookies = route.options.set_cookie != SetCookie::Pass;
         let storable = match (&f.body, self.storing()) {
@@ -762,7 +796,7 @@ impl Proxy {
             }
             (storable, body) => (storable, body, f.headers),
         };
-        match (storable, body) {
+        let response = match (storable, body) {
             (Storable::Yes, Fetch::Whole(body)) => {
                 let mut headers = end_to_end(&headers);
                 // Fields a qualified no-cache or private names are not stored (§5.2.2.4, §5.2.2.7).
@@ -799,7 +833,9 @@ impl Proxy {
                     || route.options.stale_while_revalidate.is_some_and(|w| w > 0)
                     || route.options.stale_if_error.is_some_and(|w| w > 0);
                 let (at, detail) = if keep {
-                    let at = self.store(key, &parts.headers, entry.clone(), f.started_ms).await;
+                    let at = self
+                        .store(key, &parts.headers, entry.clone(), f.started_ms, held.take())
+                        .await;
                     (at, format!("fwd={why}; stored"))
                 } else {
                     (None, format!("fwd={why}; detail=no-freshness"))
@@ -824,7 +860,12 @@ impl Proxy {
                 response
             }
             (Storable::Yes, Fetch::Streaming(_)) => unreachable!("a streaming body is never storable"),
+        };
+        // Not stored: the replicas waiting on this fetch ask the origin themselves at once.
+        if let Some(held) = held {
+            held.release(false).await;
         }
+        response
     }
 
     /// Methods other than `GET` and `HEAD`: forwarded, never stored; a non-error answer
@@ -910,8 +951,12 @@ impl Proxy {
         request: &HeaderMap,
         entry: Arc<Entry>,
         started_ms: u64,
+        held: Option<Held>,
     ) -> Option<String> {
         if !self.storing() {
+            if let Some(held) = held {
+                held.release(false).await;
+            }
             return None;
         }
         let head = entry.head().expect("proxied");
@@ -956,7 +1001,14 @@ impl Proxy {
         let marker = Arc::new(Entry::proxied(marker, Bytes::new(), times));
         let at = variant_key(key, generation, &names, request);
         // The variant first: a marker never points at a variant not stored yet.
-        (self.put(&at, entry, started_ms).await && self.put(key, marker, started_ms).await).then_some(at)
+        if !self.put(&at, entry, started_ms, None).await {
+            if let Some(held) = held {
+                held.release(false).await;
+            }
+            return None;
+        }
+        // The fleet lock goes once the marker is written everywhere: waiting replicas find both.
+        self.put(key, marker, started_ms, held).await.then_some(at)
     }
 
     /// Whether answers are stored at all (there is a tier).
@@ -974,9 +1026,9 @@ impl Proxy {
 
     /// Stores `entry` under `key` in every tier (a fetch started at `started_ms`: a purge since
     /// stops it); `true` when a tier keeps it.
-    async fn put(&self, key: &str, entry: Arc<Entry>, started_ms: u64) -> bool {
+    async fn put(&self, key: &str, entry: Arc<Entry>, started_ms: u64, held: Option<Held>) -> bool {
         match (&self.cache, &self.memory) {
-            (Some(cache), _) => cache.keep(key, entry, started_ms).await,
+            (Some(cache), _) => cache.keep(key, entry, started_ms, held).await,
             (None, Some(memory)) => matches!(memory.put(key, entry).await, Ok(true)),
             (None, None) => false,
         }

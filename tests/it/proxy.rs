@@ -1118,3 +1118,31 @@ async fn a_failing_routes_circuit_opens_without_closing_the_others() {
     origin.set("ok", 0).await;
     assert_eq!(get_json(&service.url("/other/x")).await["n"], served + 1);
 }
+
+/// Concurrent misses on one resource across replicas sharing Redis are one origin fetch: one
+/// replica takes the fleet lock, the others wait for what it stores.
+#[tokio::test]
+async fn a_stampede_across_replicas_is_one_fetch() {
+    let redis = crate::harness::Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    origin.headers(&[("Cache-Control", "max-age=600")]).await;
+    origin.set("ok", 400).await;
+    let route = format!("/api={}/items", origin.base);
+    let replicas = crate::harness::services_on::<3>(&redis.url(), &[("PROXY_ROUTES", route.as_str())]).await;
+    let c = client();
+    let mut all = Vec::new();
+    for s in &replicas {
+        for _ in 0..6 {
+            let (c, url) = (c.clone(), s.url("/api/stampede"));
+            all.push(tokio::spawn(async move {
+                let r = c.get(url).header("Host", "api.example").send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap()["n"].clone())
+            }));
+        }
+    }
+    for task in all {
+        let (status, n) = task.await.unwrap();
+        assert_eq!((status, n), (200, Value::from(1)));
+    }
+    assert_eq!(origin.served().await, 1, "one fetch for the whole fleet");
+}

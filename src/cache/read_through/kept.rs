@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::cache::fleet::{Held, Turn};
 use crate::cache::{Entry, Superseded, Tier, TierName};
 use crate::origin::Origin;
 
@@ -43,16 +44,35 @@ impl<O: Origin> ReadThrough<O> {
     /// tier: the first that keeps it before this returns, the others in the background, tracked
     /// for shutdown. A purge of the key or of one of its tags recorded since `started_ms`
     /// stops the store or makes it undo its writes, as for a fetch. `true` when it was kept.
-    pub async fn keep(&self, key: &str, entry: Arc<Entry>, started_ms: u64) -> bool {
+    /// With `held` (this replica's fleet lock on the resource), the lock is let go once every
+    /// tier is written, so the replicas waiting on it find the entry in Redis.
+    pub async fn keep(&self, key: &str, entry: Arc<Entry>, started_ms: u64, held: Option<Held>) -> bool {
         let fence = Fence {
             superseded: Superseded::default(),
             started_ms,
             ticket: None,
         };
         let tiers = (0..self.inner.tiers.len()).collect();
-        self.inner
-            .store(key, &entry, &fence, tiers, &mut None)
+        let mut held = held;
+        let kept = self
+            .inner
+            .store(key, &entry, &fence, tiers, &mut held)
             .await
-            .is_none()
+            .is_none();
+        if let Some(held) = held {
+            held.release(kept).await;
+        }
+        kept
+    }
+
+    /// Fleet-wide coalescing for a caller that fetches for itself: with Redis, this replica's
+    /// turn to fetch `key` (its lock, to hand to [`ReadThrough::keep`] or let go), or what
+    /// another replica stored while this one waited (at most `FLEET_LOCK_WAIT_MS`); `None`
+    /// without Redis, or when this replica should fetch unguarded.
+    pub async fn fleet_turn(&self, key: &str) -> Option<Turn> {
+        match self.inner.fleet.as_ref()?.take_turn(key).await {
+            Turn::Alone => None,
+            turn => Some(turn),
+        }
     }
 }
