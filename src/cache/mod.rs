@@ -38,7 +38,7 @@ pub use encoding::{Coding, Compressions, INLINE_COMPRESS_BYTES};
 pub use entry::{ENTRY_OVERHEAD_BYTES, Entry, Freshness, Head, now_ms};
 pub use fleet::bus::{AnyBus, BusError, Channel, MemoryBus, MessageBus, RedisBus, Subscription};
 pub use fleet::listener::Invalidation;
-pub use fleet::{FleetLock, Held, Replicas, Turn};
+pub use fleet::{FleetLock, Replicas};
 pub use policy::{Lifetimes, Times, Uncacheable};
 pub use purge::{PurgeMode, PurgeRecords, PurgeScope, PurgeSource, RecordsUnavailable, Target};
 pub use redis::{CommandError, RedisClient, RedisConfig, RedisHealth, RedisOp, RedisSetupError, key_slot};
@@ -49,4 +49,4 @@ pub use tier::memory::{EvictionCause, MemoryTier};
 pub use tier::redis::RedisTier;
 pub use tier::{Tier, TierError, TierHealth, TierName};
 
-pub use read_through::{BATCH_WINDOW, BatchSink, PurgeIncomplete, ReadThrough};
+pub use read_through::{BATCH_WINDOW, BatchSink, FleetLease, FleetTurn, PurgeIncomplete, ReadThrough};

@@ -21,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
 
-use crate::cache::{Coding, Entry, Head, Held, INLINE_COMPRESS_BYTES, MemoryTier, Tier, Times, Turn};
+use crate::cache::{
+    Coding, Entry, FleetLease, FleetTurn, Head, INLINE_COMPRESS_BYTES, MemoryTier, Tier, Times,
+};
 use crate::error::AppError;
 use crate::telemetry::TRACE_TARGET;
 use tracing::Instrument;
@@ -484,8 +486,8 @@ impl Proxy {
         // FLEET_LOCK_WAIT_MS), as for `/items`.
         let held = match (&self.cache, relayed) {
             (Some(cache), false) => match cache.fleet_turn(key).await {
-                Some(Turn::Lead(held)) => Some(held),
-                Some(Turn::Filled(_)) => {
+                Some(FleetTurn::Lead(held)) => Some(held),
+                Some(FleetTurn::Filled) => {
                     if let Some(response) = self.fresh_now(parts, key, &req, "hit; detail=fleet").await {
                         return response;
                     }
@@ -706,7 +708,10 @@ impl Proxy {
         (at, updated)
     }
 
-    /// A response from the origin on its way to the client: stored when RFC 9111 allows.
+    /// A response from the origin on its way to the client: stored when RFC 9111 allows; with
+    /// `held` (this replica's fleet lock on the resource), the lock goes once it is stored or
+    /// known not to be.
+    #[allow(clippy::too_many_arguments)]
     async fn forwarded(
         &self,
         parts: &Parts,
@@ -715,7 +720,7 @@ impl Proxy {
         req: &Directives,
         f: Fetched,
         why: &str,
-        held: Option<Held>,
+        held: Option<FleetLease>,
     ) -> Response {
         let mut held = held;
         let res = rules::response_directives(&f.headers);
@@ -951,7 +956,7 @@ impl Proxy {
         request: &HeaderMap,
         entry: Arc<Entry>,
         started_ms: u64,
-        held: Option<Held>,
+        held: Option<FleetLease>,
     ) -> Option<String> {
         if !self.storing() {
             if let Some(held) = held {
@@ -1026,7 +1031,7 @@ impl Proxy {
 
     /// Stores `entry` under `key` in every tier (a fetch started at `started_ms`: a purge since
     /// stops it); `true` when a tier keeps it.
-    async fn put(&self, key: &str, entry: Arc<Entry>, started_ms: u64, held: Option<Held>) -> bool {
+    async fn put(&self, key: &str, entry: Arc<Entry>, started_ms: u64, held: Option<FleetLease>) -> bool {
         match (&self.cache, &self.memory) {
             (Some(cache), _) => cache.keep(key, entry, started_ms, held).await,
             (None, Some(memory)) => matches!(memory.put(key, entry).await, Ok(true)),

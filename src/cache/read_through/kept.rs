@@ -7,6 +7,26 @@
 use std::sync::Arc;
 
 use crate::cache::fleet::{Held, Turn};
+
+/// What a replica about to fetch a resource for itself should do ([`ReadThrough::fleet_turn`]).
+pub enum FleetTurn {
+    /// This replica holds the resource's fleet lock: fetch, then hand it to
+    /// [`ReadThrough::keep`] (or let it go).
+    Lead(FleetLease),
+    /// Another replica stored the resource while this one waited: look it up again.
+    Filled,
+}
+
+/// The fleet lock this replica holds on a resource.
+pub struct FleetLease(Held);
+
+impl FleetLease {
+    /// Lets the lock go; `stored` false tells the waiting replicas the answer may not be stored,
+    /// so they fetch at once.
+    pub async fn release(self, stored: bool) {
+        self.0.release(stored).await;
+    }
+}
 use crate::cache::{Entry, Superseded, Tier, TierName};
 use crate::origin::Origin;
 
@@ -46,14 +66,20 @@ impl<O: Origin> ReadThrough<O> {
     /// stops the store or makes it undo its writes, as for a fetch. `true` when it was kept.
     /// With `held` (this replica's fleet lock on the resource), the lock is let go once every
     /// tier is written, so the replicas waiting on it find the entry in Redis.
-    pub async fn keep(&self, key: &str, entry: Arc<Entry>, started_ms: u64, held: Option<Held>) -> bool {
+    pub async fn keep(
+        &self,
+        key: &str,
+        entry: Arc<Entry>,
+        started_ms: u64,
+        held: Option<FleetLease>,
+    ) -> bool {
         let fence = Fence {
             superseded: Superseded::default(),
             started_ms,
             ticket: None,
         };
         let tiers = (0..self.inner.tiers.len()).collect();
-        let mut held = held;
+        let mut held = held.map(|lease| lease.0);
         let kept = self
             .inner
             .store(key, &entry, &fence, tiers, &mut held)
@@ -69,10 +95,11 @@ impl<O: Origin> ReadThrough<O> {
     /// turn to fetch `key` (its lock, to hand to [`ReadThrough::keep`] or let go), or what
     /// another replica stored while this one waited (at most `FLEET_LOCK_WAIT_MS`); `None`
     /// without Redis, or when this replica should fetch unguarded.
-    pub async fn fleet_turn(&self, key: &str) -> Option<Turn> {
+    pub async fn fleet_turn(&self, key: &str) -> Option<FleetTurn> {
         match self.inner.fleet.as_ref()?.take_turn(key).await {
             Turn::Alone => None,
-            turn => Some(turn),
+            Turn::Lead(held) => Some(FleetTurn::Lead(FleetLease(held))),
+            Turn::Filled(_) => Some(FleetTurn::Filled),
         }
     }
 }

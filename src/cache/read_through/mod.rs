@@ -32,6 +32,7 @@ use crate::cache::{
 use crate::origin::{AnyOrigin, BreakerState, FailureTicket, GuardedOrigin, Origin};
 use crate::telemetry::Metrics;
 
+pub use self::kept::{FleetLease, FleetTurn};
 pub use self::purge::PurgeIncomplete;
 use self::purge::RecentPurges;
 
