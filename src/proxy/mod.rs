@@ -301,7 +301,6 @@ impl Proxy {
         if soft_purged(&marker).is_some() {
             return None;
         }
-        let mut names = Vec::with_capacity(head.vary.len());
         for (name, _) in &head.vary {
             let set_here = name.as_str().starts_with("x-forwarded-")
                 || name == header::VIA
@@ -309,9 +308,8 @@ impl Proxy {
             if set_here {
                 return None;
             }
-            names.push(name.clone());
         }
-        let at = variant_key(&key, generation, &names, headers);
+        let at = variant_key(&key, generation, head.vary.iter().map(|(n, _)| n), headers);
         let entry = memory.get_now(&at)??;
         let stored = entry.head()?;
         let now = crate::cache::now_ms();
@@ -1373,11 +1371,22 @@ fn cache_key(route: &Route, rest: &str, query: Option<&str>) -> String {
 }
 
 /// The key of the variant of `key` that a request with `request`'s values of `names` selects.
-fn variant_key(key: &str, generation: u64, names: &[HeaderName], request: &HeaderMap) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(key.len() + 24 + names.len() * 32);
+fn variant_key<'n>(
+    key: &str,
+    generation: u64,
+    names: impl IntoIterator<Item = &'n HeaderName>,
+    request: &HeaderMap,
+) -> String {
+    let mut out = String::with_capacity(key.len() + 96);
     out.push_str(key);
-    let _ = write!(out, "\u{1}v{generation:x}");
+    out.push_str("\u{1}v");
+    // The generation in hex, without leading zeros (as `{:x}` writes it).
+    let digits = (64 - generation.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(char::from(
+            b"0123456789abcdef"[((generation >> (i * 4)) & 0xf) as usize],
+        ));
+    }
     for name in names {
         out.push('\u{1}');
         out.push_str(name.as_str());
@@ -1814,4 +1823,40 @@ fn gateway_timeout(message: &str) -> Response {
     let mut response = AppError::OriginTimeout(message.to_owned()).into_response();
     finish(response.headers_mut(), "detail=only-if-cached");
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_keys_name_the_generation_in_hex_and_the_selecting_values() {
+        let mut request = HeaderMap::new();
+        request.append(header::HOST, HeaderValue::from_static("API.Example"));
+        request.append("x-lang", HeaderValue::from_static(" en , fr"));
+        request.append("x-lang", HeaderValue::from_static("de"));
+        let names = [
+            header::HOST,
+            HeaderName::from_static("x-lang"),
+            HeaderName::from_static("x-none"),
+        ];
+        for generation in [0, 1, 0xf, 0x10, 0xabc, u64::MAX, rand::random()] {
+            assert_eq!(
+                variant_key("k", generation, &names, &request),
+                format!(
+                    "k\u{1}v{generation:x}\u{1}host=\u{2}api.example\u{1}x-lang=\u{2}en,fr,de\u{1}x-none="
+                ),
+            );
+        }
+        let empty = {
+            let mut h = HeaderMap::new();
+            h.append("x-none", HeaderValue::from_static(""));
+            h
+        };
+        assert_ne!(
+            variant_key("k", 1, &names, &empty),
+            variant_key("k", 1, &names, &HeaderMap::new()),
+            "present-but-empty and absent select different variants"
+        );
+    }
 }
