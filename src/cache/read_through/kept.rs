@@ -27,7 +27,7 @@ impl FleetLease {
         self.0.release(stored).await;
     }
 }
-use crate::cache::{Entry, Superseded, Tier, TierName};
+use crate::cache::{Entry, Superseded, Tier};
 use crate::origin::Origin;
 
 use super::{Fence, ReadThrough};
@@ -45,16 +45,7 @@ impl<O: Origin> ReadThrough<O> {
             let Some(entry) = self.unpurged(tier, key, found).filter(|e| e.stale_until_ms > now) else {
                 continue;
             };
-            for (t, front) in tiers[..i].iter().enumerate() {
-                if front.name() == TierName::Memory {
-                    let _ = front.put(key, entry.clone()).await;
-                    continue;
-                }
-                let (inner, key, entry) = (self.inner.clone(), key.to_owned(), entry.clone());
-                self.inner.inflight.tasks().spawn(async move {
-                    let _ = inner.tiers[t].put(&key, entry).await;
-                });
-            }
+            self.fill_front(i, key, &entry).await;
             return Some(entry);
         }
         None

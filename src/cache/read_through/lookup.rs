@@ -217,8 +217,14 @@ impl<O: Origin> ReadThrough<O> {
         ttl_secs: u64,
         now: u64,
     ) -> Answer {
-        let tiers = &self.inner.tiers;
-        for (t, front) in tiers[..i].iter().enumerate() {
+        self.fill_front(i, key, &entry).await;
+        self.hit(self.inner.tiers[i].name(), entry, ttl_secs, now)
+    }
+
+    /// Copies `entry`, found in tier number `i`, into the tiers in front of it: the memory tier
+    /// before this returns, the others in the background (tracked for shutdown).
+    pub(super) async fn fill_front(&self, i: usize, key: &str, entry: &Arc<Entry>) {
+        for (t, front) in self.inner.tiers[..i].iter().enumerate() {
             if front.name() == TierName::Memory {
                 let _ = front.put(key, entry.clone()).await;
                 continue;
@@ -228,7 +234,6 @@ impl<O: Origin> ReadThrough<O> {
                 let _ = inner.tiers[t].put(&key, entry).await;
             });
         }
-        self.hit(tiers[i].name(), entry, ttl_secs, now)
     }
 
     /// A stale `entry` of `tier`, served at once if its windows allow: within its
