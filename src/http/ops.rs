@@ -31,11 +31,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         degraded |= status != "ok";
         tiers.insert(tier.name().as_str().to_owned(), json!(status));
     }
-    let circuit = match state.cache.breaker_state() {
-        BreakerState::Closed => "closed",
-        BreakerState::Open => "open",
-        BreakerState::HalfOpen => "half-open",
-    };
+    let circuit = state.cache.breaker_state().as_str();
     degraded |= circuit == "open";
     let mut body = json!({
         "status": if degraded { "degraded" } else { "ok" },
@@ -44,6 +40,18 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     });
     if let Some(nodes) = redis_nodes {
         body["redis_nodes"] = nodes;
+    }
+    if let Some(proxy) = &state.proxy {
+        // Each route's circuit (its own breaker): an open one degrades, as the origin's does.
+        let mut routes = serde_json::Map::new();
+        for (route, state) in proxy.circuits() {
+            degraded |= state == BreakerState::Open;
+            routes.insert(route.to_owned(), json!({ "circuit": state.as_str() }));
+        }
+        body["routes"] = serde_json::Value::Object(routes);
+        if degraded {
+            body["status"] = json!("degraded");
+        }
     }
     Json(body).into_response()
 }

@@ -55,6 +55,15 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    /// Its name in `/health`: `closed`, `open`, `half-open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+
     /// The gauge value: 0 closed, 1 open, 2 half-open.
     pub fn as_gauge(self) -> u64 {
         match self {

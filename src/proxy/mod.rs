@@ -234,6 +234,14 @@ impl Proxy {
         &self.routes
     }
 
+    /// Each route's name and the state of its circuit (for `/health`).
+    pub fn circuits(&self) -> impl Iterator<Item = (&str, crate::origin::BreakerState)> {
+        let now = std::time::Instant::now();
+        self.routes
+            .iter()
+            .map(move |r| (r.name.as_str(), self.breakers[r.index].state(now)))
+    }
+
     /// The key a proxied `path_and_query` is stored under (every variant of it hangs off it);
     /// `None` when no route takes it.
     pub fn key_for(&self, path_and_query: &str) -> Option<String> {
@@ -280,12 +288,19 @@ impl Proxy {
         if uri.scheme().is_some()
             || uri.authority().is_some()
             || path.bytes().any(|b| b == b'%' || b == b'\\')
-            || path.split('/').any(|s| s == "." || s == "..")
+            || path.split('/').any(dot_segment)
         {
             return None;
         }
         let headers = request.headers();
-        if headers.contains_key(header::CACHE_CONTROL)
+        let plain_connection = headers.get_all(header::CONNECTION).iter().all(|v| {
+            v.as_bytes().split(|b| *b == b',').all(|t| {
+                let t = t.trim_ascii();
+                t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close") || t.is_empty()
+            })
+        });
+        if !plain_connection
+            || headers.contains_key(header::CACHE_CONTROL)
             || headers.contains_key(header::PRAGMA)
             || headers.contains_key(header::VIA)
             || headers.contains_key(header::TRANSFER_ENCODING)
@@ -304,6 +319,7 @@ impl Proxy {
         for (name, _) in &head.vary {
             let set_here = name.as_str().starts_with("x-forwarded-")
                 || name == header::VIA
+                || hop_by_hop(name, &[])
                 || route.options.headers.iter().any(|(n, _)| n == name);
             if set_here {
                 return None;
@@ -380,6 +396,10 @@ impl Proxy {
             ))
             .into_response();
         }
+        // What the origin will not be sent (hop-by-hop fields, and those `Connection` lists) is
+        // dropped before anything looks at the request: variants are selected by what the
+        // origin was sent, and `Connection: via` must not remove the `Via` set below.
+        strip_hop_by_hop(&mut parts.headers);
         forwarding(&mut parts);
         let Some((route, rest)) = self.routes.find(parts.uri.path()) else {
             return AppError::NotFound("no route or endpoint for this path".to_owned()).into_response();
@@ -686,6 +706,20 @@ impl Proxy {
             }
         }
         let tags: Vec<String> = entry.tags().iter().map(|t| t.to_string()).collect();
+        // A stored body this cache decoded has a weakened `ETag`; the origin's 304 names the
+        // compressed representation's, strong: it stays weak here.
+        let old_weak = old
+            .headers
+            .get(header::ETAG)
+            .is_some_and(|e| e.as_bytes().starts_with(b"W/"));
+        if old_weak
+            && let Some(etag) = headers
+                .get(header::ETAG)
+                .filter(|e| !e.as_bytes().starts_with(b"W/"))
+            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+        {
+            headers.insert(header::ETAG, weak);
+        }
         let updated = Arc::new(
             make_entry(
                 &route.options,
@@ -1019,12 +1053,14 @@ impl Proxy {
         self.memory.is_some() || self.cache.as_ref().is_some_and(|c| !c.tiers().is_empty())
     }
 
-    /// The entry under `key`: from the memory tier at once, else from the tiers behind it.
+    /// The entry under `key`: from the memory tier at once, else from the tiers behind it. One
+    /// that is not what this proxy stores (a status it never stores, framing or hop-by-hop
+    /// fields: written into Redis by something else) is not one.
     async fn entry(&self, key: &str) -> Option<Arc<Entry>> {
         if let Some(found) = self.memory.as_ref().and_then(|m| m.get_now(key)).flatten() {
             return Some(found);
         }
-        self.cache.as_ref()?.stored(key).await
+        self.cache.as_ref()?.stored(key, sound).await
     }
 
     /// Stores `entry` under `key` in every tier (a fetch started at `started_ms`: a purge since
@@ -1108,7 +1144,7 @@ impl Proxy {
         let target = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            url.hash(&mut h);
+            parts.uri.path().hash(&mut h);
             h.finish()
         };
         // A 5xx, a 429 or no answer counts against the route; any other answer is the origin's
@@ -1308,9 +1344,13 @@ fn forwarding(parts: &mut Parts) {
 /// Whether `path` has a `.` or `..` segment, once percent-decoded, with `\` taken as `/`.
 fn dot_segments(path: &str) -> bool {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    decoded
-        .split(['/', '\\'])
-        .any(|segment| segment == "." || segment == "..")
+    decoded.split(['/', '\\']).any(dot_segment)
+}
+
+/// Whether `segment` is `.` or `..`, also with path parameters (`..;x`, which servlet
+/// containers read as `..`).
+fn dot_segment(segment: &str) -> bool {
+    matches!(segment.split(';').next(), Some("." | ".."))
 }
 
 /// `text` with percent-escapes of unreserved characters decoded and other escapes in upper
@@ -1338,6 +1378,19 @@ fn normalized(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// Whether `entry` is a response as this proxy stores them: a head, a final status other than
+/// `206` and `304`, no hop-by-hop fields and no `Content-Length` (each answer gets its own).
+fn sound(entry: &Entry) -> bool {
+    entry.head().is_some_and(|h| {
+        let code = h.status.as_u16();
+        (200..600).contains(&code)
+            && code != 206
+            && code != 304
+            && !h.headers.contains_key(header::CONTENT_LENGTH)
+            && !h.headers.keys().any(|n| hop_by_hop(n, &[]))
+    })
 }
 
 /// When a soft purge marked a `Vary` marker stale, if one did.
@@ -1394,21 +1447,22 @@ fn variant_key<'n>(
         // Whitespace around list members does not select another variant, nor a host's case.
         let host = name == header::HOST;
         let mut first = true;
+        // Bytes, not text: a value that is not UTF-8 selects a variant of its own (skipping it
+        // would make it select the variant of clients that sent nothing). Each byte is one char.
         for value in request
             .get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         {
             // Present-but-empty and absent are different selections.
             out.push(if first { '\u{2}' } else { ',' });
             first = false;
-            let value = value.trim();
-            if host {
-                out.extend(value.chars().map(|c| c.to_ascii_lowercase()));
-            } else {
-                out.push_str(value);
-            }
+            out.extend(
+                value
+                    .trim_ascii()
+                    .iter()
+                    .map(|&b| char::from(if host { b.to_ascii_lowercase() } else { b })),
+            );
         }
     }
     out
@@ -1480,6 +1534,32 @@ fn validators(headers: &HeaderMap) -> Option<(Option<HeaderValue>, Option<Header
     (etag.is_some() || lm.is_some()).then_some((etag, lm))
 }
 
+/// Removes from a request the fields that belong to its connection (RFC 9110 §7.6.1): the
+/// hop-by-hop ones and those its `Connection` lists (never `Host`).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    let drop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| *n != header::HOST && hop_by_hop(n, &listed))
+        .cloned()
+        .collect();
+    for name in drop {
+        headers.remove(name);
+    }
+}
+
+/// The field names a message's `Connection` lists, lowercased.
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 /// Header names that belong to one connection, never forwarded (RFC 9110 §7.6.1).
 fn hop_by_hop(name: &HeaderName, listed: &[String]) -> bool {
     matches!(
@@ -1491,14 +1571,7 @@ fn hop_by_hop(name: &HeaderName, listed: &[String]) -> bool {
 
 /// Copies the end-to-end headers of `from` into `to` (`Content-Length` only if `keep_length`).
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, keep_length: bool) {
-    let listed: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
+    let listed = connection_listed(from);
     for (name, value) in from {
         if hop_by_hop(name, &listed) || (!keep_length && name == header::CONTENT_LENGTH) {
             continue;
@@ -1540,7 +1613,7 @@ fn coding_for(
     min: Option<usize>,
 ) -> Option<Coding> {
     let accepted = request.get(header::ACCEPT_ENCODING)?;
-    if method != Method::GET
+    if (method != Method::GET && method != Method::HEAD)
         || head.status != StatusCode::OK
         || min.is_none_or(|m| len < m)
         || request.contains_key(header::RANGE)
@@ -1596,6 +1669,10 @@ impl Proxy {
             self.compression_min_bytes,
         )
         .and_then(|coding| {
+            // `HEAD` gets the fields `GET` would, and no body to make.
+            if method == Method::HEAD {
+                return Some((coding, Bytes::new()));
+            }
             let forms = entry.compressions();
             if let Some(body) = forms.ready(coding) {
                 return Some((coding, body));
@@ -1687,7 +1764,7 @@ fn serve(
         }
         None => {}
     }
-    if method == Method::HEAD {
+    if method == Method::HEAD && coding.is_none() {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.raw_body().len()));
     }
     if let Some((coding, _)) = coding {

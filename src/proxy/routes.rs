@@ -108,13 +108,18 @@ impl Routes {
             if prefix != "/" && segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
                 return Err(format!("`{prefix}` has an empty, `.` or `..` segment"));
             }
-            let base = Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+            let shown = without_user_info(url);
+            let base = Url::parse(url).map_err(|e| format!("`{shown}` is not a URL: {e}"))?;
             if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none_or(str::is_empty) {
-                return Err(format!("`{url}` is not an http:// or https:// URL with a host"));
+                return Err(format!("`{shown}` is not an http:// or https:// URL with a host"));
             }
-            if base.query().is_some() || base.fragment().is_some() || !base.username().is_empty() {
+            if base.query().is_some()
+                || base.fragment().is_some()
+                || !base.username().is_empty()
+                || base.password().is_some()
+            {
                 return Err(format!(
-                    "`{url}` has a query, fragment or user info; give a base URL only"
+                    "`{shown}` has a query, fragment or user info; give a base URL only (a credential goes in header_from_env)"
                 ));
             }
             let trimmed = prefix.trim_end_matches('/').to_owned();
@@ -159,23 +164,40 @@ impl Routes {
     }
 }
 
-/// `PROXY_ROUTES` with the values of its `header=` options hidden (they may be secrets), for
-/// messages that repeat it.
+/// `PROXY_ROUTES` with what may be a secret hidden, for messages that repeat it: the values of
+/// `header=` options and the user info of URLs. (A `header=` value holding `,` or `;` is cut
+/// there by the parser, so its tail cannot be told from the rest: secrets belong in
+/// `header_from_env`, which names a variable, never its value.)
 pub fn redacted(text: &str) -> String {
     text.split(',')
         .map(|item| {
             item.split(';')
-                .map(|piece| match piece.trim().split_once('=') {
-                    Some(("header", v)) => {
+                .map(|piece| match piece.split_once('=') {
+                    Some((name, v)) if name.trim() == "header" => {
                         format!("header={}:…", v.split(':').next().unwrap_or_default().trim())
                     }
-                    _ => piece.to_owned(),
+                    _ => without_user_info(piece),
                 })
                 .collect::<Vec<_>>()
                 .join(";")
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `text` with the user info of a URL in it (`//user:password@`) replaced by `…`.
+fn without_user_info(text: &str) -> String {
+    match text.find("//") {
+        Some(start) => {
+            let rest = &text[start + 2..];
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{}//…@{}", &text[..start], &rest[at + 1..]),
+                None => text.to_owned(),
+            }
+        }
+        None => text.to_owned(),
+    }
 }
 
 impl RouteOptions {
@@ -247,6 +269,9 @@ impl RouteOptions {
                         return Err(format!("`{name}`: `{h}` is not a header a route may set"));
                     }
                     let v = if name == "header" {
+                        if v.is_empty() {
+                            return Err(format!("`header`: the value for `{h}` is empty"));
+                        }
                         v.to_owned()
                     } else {
                         env(v).filter(|s| !s.is_empty()).ok_or_else(|| {
@@ -387,6 +412,27 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn what_may_be_a_secret_is_hidden_when_the_setting_is_repeated() {
+        for (text, secret) in [
+            ("/a=http://x; header = X-K:sekrit1;bogus=1", "sekrit1"),
+            ("/a=http://x;header=Authorization:Bearer sekrit2", "sekrit2"),
+            ("/a=http://u:sekrit3@x/v1", "sekrit3"),
+            ("/a=https://sekrit4@x", "sekrit4"),
+        ] {
+            let shown = redacted(text);
+            assert!(!shown.contains(secret), "{shown}");
+            if let Err(error) = Routes::parse(text, no_env) {
+                assert!(!error.contains(secret), "{error}");
+            }
+        }
+        assert_eq!(redacted("/a=http://x/v1;query=sort"), "/a=http://x/v1;query=sort");
+        assert!(
+            Routes::parse("/a=http://x;header=X-K:", no_env).is_err(),
+            "an empty value"
+        );
     }
 
     #[test]

@@ -1048,15 +1048,25 @@ async fn a_fast_hit_answers_exactly_as_the_full_flow_would() {
     }
     let fast = answer(Some(("If-None-Match", "\"p1\"")), None).await;
     assert_eq!(fast.0, 304);
+    // HEAD carries the fields GET would (the coding, the weak ETag), without a body.
+    let head = c
+        .head(&url)
+        .header("X-Lang", "en")
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.headers()["content-encoding"], "gzip");
+    assert_eq!(head.headers()["etag"], "W/\"p1\"");
     assert_eq!(origin.served().await, 1);
-    // Counted alike: 7 hits and the 304 (a hit too), 1 miss.
+    // Counted alike: 6 hits, the 304 and the HEAD (hits too), 1 miss.
     let text = service.metrics_text().await;
     let hits: f64 = text
         .lines()
         .filter(|l| l.starts_with("proxy_requests_total{") && l.contains("cache=\"hit\""))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
-    assert_eq!(hits, 7.0, "{text}");
+    assert_eq!(hits, 8.0, "{text}");
     // The route `/` takes every other path, but not the service's own.
     assert_eq!(c.get(service.url("/health")).send().await.unwrap().status(), 200);
     let h: Value = get_json(&service.url("/health")).await;
@@ -1083,12 +1093,30 @@ async fn a_failing_routes_circuit_opens_without_closing_the_others() {
     let c = client();
     assert_eq!(get_json(&service.url("/api/kept")).await["n"], 1);
     origin.set("status:503", 0).await;
-    for i in 0..3 {
+    // One path failing under many queries is one failure of the window (a client cannot open
+    // the circuit by varying a query string).
+    for i in 0..5 {
+        let r = c
+            .get(service.url(&format!("/api/q?cb={i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    assert_eq!(
+        service.json("/health").await["routes"]["/api"]["circuit"],
+        "closed"
+    );
+    for i in 0..2 {
         let r = c.get(service.url(&format!("/api/f{i}"))).send().await.unwrap();
         assert_eq!(r.status(), 503);
     }
     // 3 of the window's 4 calls failed: the circuit is open, and the stored answer stands in
     // without the origin being asked.
+    let health = service.json("/health").await;
+    assert_eq!(health["routes"]["/api"]["circuit"], "open", "{health}");
+    assert_eq!(health["routes"]["/other"]["circuit"], "closed");
+    assert_eq!(health["status"], "degraded");
     let stale = c.get(service.url("/api/kept")).send().await.unwrap();
     assert_eq!(stale.status(), 200);
     assert!(
@@ -1097,7 +1125,7 @@ async fn a_failing_routes_circuit_opens_without_closing_the_others() {
         cache_status(&stale)
     );
     let served = origin.served().await;
-    assert_eq!(served, 4);
+    assert_eq!(served, 8);
     let open = c.get(service.url("/api/f9")).send().await.unwrap();
     assert_eq!(open.status(), 503);
     assert!(open.headers().contains_key("retry-after"));
@@ -1145,4 +1173,102 @@ async fn a_stampede_across_replicas_is_one_fetch() {
         assert_eq!((status, n), (200, Value::from(1)));
     }
     assert_eq!(origin.served().await, 1, "one fetch for the whole fleet");
+}
+
+/// Attack pass (helper-16): variants are selected by exactly what the origin was sent. A value
+/// that is not UTF-8 selects a variant of its own, a header `Connection` lists is dropped before
+/// it can select one (and cannot remove this cache's `Via`), and `..;` is a dot segment.
+#[tokio::test]
+async fn variants_are_selected_by_what_the_origin_was_sent_whatever_the_client_spells() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=600"), ("Vary", "X-Lang")])
+        .await;
+    let service = proxy_to(&origin, &[]).await;
+    let raw = |request: Vec<u8>| {
+        let port = service.port;
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            s.write_all(&request).await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let n_of = |answer: &str| -> u64 {
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        serde_json::from_str::<Value>(body).unwrap()["n"]
+            .as_u64()
+            .unwrap()
+    };
+    // A value that is not UTF-8 is stored as its own variant...
+    let bad =
+        raw(b"GET /api/v HTTP/1.1\r\nHost: a\r\nX-Lang: \xff\xfe\r\nConnection: close\r\n\r\n".to_vec())
+            .await;
+    assert_eq!(n_of(&bad), 1);
+    // ...so a client that sends no X-Lang is not given it.
+    let none = raw(b"GET /api/v HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec()).await;
+    assert_eq!(n_of(&none), 2, "{none}");
+    // A header the client lists in Connection never reaches the origin, so it selects nothing:
+    // this request is the no-X-Lang variant, and an `fr` client gets its own.
+    let listed = raw(
+        b"GET /api/v HTTP/1.1\r\nHost: a\r\nX-Lang: fr\r\nConnection: x-lang, via, close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(n_of(&listed), 2, "{listed}");
+    let fr = raw(b"GET /api/v HTTP/1.1\r\nHost: a\r\nX-Lang: fr\r\nConnection: close\r\n\r\n".to_vec()).await;
+    assert_eq!(n_of(&fr), 3, "{fr}");
+    let seen = seen(&origin).await;
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2]["headers"]["x-lang"], "fr");
+    assert!(
+        seen.iter().all(|r| r["headers"]["via"] == "1.1 cache-layer"),
+        "{seen:?}"
+    );
+    // `..;` is a dot segment to servlet containers: refused like `..`.
+    let (status, _) = crate::harness::raw_get(service.port, "/api/..;/x").await;
+    assert_eq!(status, 400);
+    assert_eq!(origin.served().await, 3);
+}
+
+/// Attack pass (helper-16): an entry in Redis under a proxied key that this proxy would never
+/// store (a 1xx status, framing fields) is not served: the resource is fetched again.
+#[tokio::test]
+async fn a_foreign_value_in_redis_is_not_served() {
+    let redis = crate::harness::Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    origin.headers(&[("Cache-Control", "max-age=600")]).await;
+    let route = format!("/api={}/items", origin.base);
+    let env = [("PROXY_ROUTES", route.as_str())];
+    let [a] = crate::harness::services_on::<1>(&redis.url(), &env).await;
+    let c = client();
+    let get = |s: &Service| c.get(s.url("/api/f")).header("Host", "api.example").send();
+    assert_eq!(get(&a).await.unwrap().status(), 200);
+    let keys = crate::harness::eventually("the variant in Redis", || async {
+        let keys = redis.cli(&["KEYS", "cache-layer:v1:k:\u{1}p\u{1}*\u{1}v*"]);
+        (!keys.trim().is_empty()).then_some(keys)
+    })
+    .await;
+    let variant = keys.lines().next().unwrap().to_owned();
+    let stored = redis.cli(&["GET", &variant]);
+    for (from, to) in [
+        ("\"st\":200", "\"st\":101"),
+        ("\"h\":[", "\"h\":[[\"content-length\",\"99999\"],"),
+        ("\"h\":[", "\"h\":[[\"transfer-encoding\",\"chunked\"],"),
+    ] {
+        assert!(stored.contains(from), "{stored}");
+        redis.cli(&["SET", &variant, &stored.replacen(from, to, 1)]);
+        // A replica with nothing in memory reads Redis, refuses the forged entry, and fetches.
+        let [fresh] = crate::harness::services_on::<1>(&redis.url(), &env).await;
+        let before = origin.served().await;
+        let r = get(&fresh).await.unwrap();
+        assert_eq!(r.status(), 200, "{to}");
+        assert!(
+            r.headers().get("content-length").is_none_or(|v| v != "99999"),
+            "{to}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["n"].as_u64(), Some(before + 1), "{to}: fetched again");
+    }
 }

@@ -37,12 +37,18 @@ impl<O: Origin> ReadThrough<O> {
     /// found behind the memory tier is copied into the tiers in front. An entry of a shared tier
     /// (Redis) stored before a purge this replica knows of is not returned (the purge reached
     /// this replica before Redis was purged).
-    pub async fn stored(&self, key: &str) -> Option<Arc<Entry>> {
+    ///
+    /// `sound` says whether an entry is one the caller could have stored: one that is not (a
+    /// value something else wrote into Redis) is neither returned nor copied in front.
+    pub async fn stored(&self, key: &str, sound: impl Fn(&Entry) -> bool) -> Option<Arc<Entry>> {
         let now = self.now_ms();
         let tiers = &self.inner.tiers;
         for (i, tier) in tiers.iter().enumerate() {
             let found = tier.get(key).await.ok().flatten();
-            let Some(entry) = self.unpurged(tier, key, found).filter(|e| e.stale_until_ms > now) else {
+            let Some(entry) = self
+                .unpurged(tier, key, found)
+                .filter(|e| e.stale_until_ms > now && sound(e))
+            else {
                 continue;
             };
             self.fill_front(i, key, &entry).await;
