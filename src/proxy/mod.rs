@@ -288,7 +288,7 @@ impl Proxy {
         if uri.scheme().is_some()
             || uri.authority().is_some()
             || path.bytes().any(|b| b == b'%' || b == b'\\')
-            || path.split('/').any(dot_segment)
+            || (path.contains("/.") && path.split('/').any(dot_segment))
         {
             return None;
         }
@@ -1457,12 +1457,22 @@ fn variant_key<'n>(
             // Present-but-empty and absent are different selections.
             out.push(if first { '\u{2}' } else { ',' });
             first = false;
-            out.extend(
-                value
-                    .trim_ascii()
-                    .iter()
-                    .map(|&b| char::from(if host { b.to_ascii_lowercase() } else { b })),
-            );
+            let value = value.trim_ascii();
+            match std::str::from_utf8(value) {
+                // ASCII (nearly every value): as it is, a host in lower case.
+                Ok(text) if text.is_ascii() => {
+                    let at = out.len();
+                    out.push_str(text);
+                    if host {
+                        out[at..].make_ascii_lowercase();
+                    }
+                }
+                _ => out.extend(
+                    value
+                        .iter()
+                        .map(|&b| char::from(if host { b.to_ascii_lowercase() } else { b })),
+                ),
+            }
         }
     }
     out
