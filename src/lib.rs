@@ -17,8 +17,9 @@
 //! - [`origin`]: the `Origin` trait (the seam the cache is generic over), the simulated and HTTP
 //!   origins, what an origin's headers say about caching (`cache_headers`), and the guard every
 //!   fetch passes (concurrency limit, deadline, circuit breaker).
-//! - [`proxy`]: the transparent caching proxy (`PROXY_ROUTES`): route table, RFC 9111 rules,
-//!   and the flow that forwards, stores and reuses responses byte for byte.
+//! - [`proxy`]: the transparent caching proxy (`PROXY_ROUTES`): route table and route options,
+//!   RFC 9111 rules, and the flow that forwards, stores (in every tier) and reuses responses
+//!   byte for byte, with a fast path for fresh hits.
 //! - [`telemetry`]: logs, metrics (Prometheus pull, OTLP push) and traces, set up once.
 //! - [`tls`]: the rustls crypto provider every TLS client uses, installed once.
 

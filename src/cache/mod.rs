@@ -3,7 +3,9 @@
 //!
 //! # Map
 //! - `read_through`: the read-through, split by job: `lookup` (the hit path, one key or a
-//!   batch), `fetch` (fetch-and-store), `purge` (purges fanned out to tiers and replicas).
+//!   batch), `fetch` (fetch-and-store), `purge` (purges fanned out to tiers and replicas),
+//!   `writes` (stores a purge waits for), `kept` (the tiers for the proxy, which fetches for
+//!   itself).
 //! - `tier`: the seam every tier sits behind (`Tier`), and the tiers, each in a folder:
 //!   `memory` (with its policy, `eviction`), `disk` (with its buckets and purge log), `redis`.
 //! - `fleet`: what replicas share through Redis: the fleet-wide lock and the listener of

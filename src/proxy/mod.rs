@@ -2,11 +2,13 @@
 //! its origin unchanged, and answers come back byte for byte, stored and reused as RFC 9111
 //! lets a shared cache. The second way in beside `/items/{key}`, for clients that cannot change.
 //!
-//! - [`routes`]: the route table; only its origins are ever fetched.
+//! - [`routes`]: the route table and each route's options; only its origins are ever fetched.
 //! - [`rules`]: what RFC 9111 (and RFC 9213's targeted fields) say about storing and reusing.
-//! - this module: the request flow (look up, serve or validate, forward, store, invalidate).
+//! - this module: the request flow (look up, serve or validate, forward, store, invalidate),
+//!   the fast path for fresh hits ([`Proxy::answer_now`]), per-route breakers and counts.
 //!
-//! Stored responses are memory-tier entries ([`Entry::proxied`]) under keys that start with a
+//! Stored responses are entries ([`Entry::proxied`], format 2 in Redis and on disk) in every
+//! tier, through [`crate::cache::ReadThrough::stored`] and `keep`, under keys that start with a
 //! control character, which no `/items` key may hold.
 
 pub mod routes;
@@ -277,7 +279,7 @@ impl Proxy {
     /// transfer coding or two `Host`s, an absolute-form target, escapes, backslashes or dot
     /// segments in the path, a resource that varies on what the flow sets (`X-Forwarded-*`,
     /// `Via`) or on a header its route replaces, or anything short of a fresh hit in the memory
-    /// tier. What it answers is what `handle` would: the same [`Proxy::serve`].
+    /// tier. What it answers is what `handle` would: the same `serve`.
     pub fn answer_now<B>(&self, request: &http::Request<B>) -> Option<Response> {
         if request.method() != Method::GET || tracing::enabled!(target: TRACE_TARGET, tracing::Level::INFO) {
             return None;
