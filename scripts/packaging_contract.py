@@ -609,6 +609,24 @@ def check_admin_port(helm: str | None) -> str:
     return f"probes, scraping, Service and NetworkPolicy on {admin}"
 
 
+def check_proxy_header_vars(helm: str | None) -> str:
+    """secrets.proxyHeaderVars: each listed key of secrets.existingSecret becomes a variable of
+    the same name (what PROXY_ROUTES' header_from_env=Name:VAR reads); without existingSecret the
+    render fails and says why."""
+    assert helm, "helm not found"
+    docs = render_chart(helm, "defaults", extra_args=(
+        "--set", "secrets.existingSecret=api-keys", "--set", "secrets.proxyHeaderVars={WEATHER_TOKEN}",
+        "--set-string", "config.PROXY_ROUTES=/w=https://api.weather.example/v2;header_from_env=Authorization:WEATHER_TOKEN"))
+    c = app_container(app_workload(docs))
+    refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
+    assert refs.get("WEATHER_TOKEN") == {"name": "api-keys", "key": "WEATHER_TOKEN"}, refs.get("WEATHER_TOKEN")
+    bare = subprocess.run([helm, "template", "t", str(CHART), "--set", "origin.simulated=true",
+                           "--set", "secrets.proxyHeaderVars={WEATHER_TOKEN}"], capture_output=True, text=True)
+    assert bare.returncode != 0 and "secrets.proxyHeaderVars needs secrets.existingSecret" in bare.stderr, \
+        bare.stderr[-300:]
+    return "WEATHER_TOKEN from the Secret api-keys; refused without existingSecret"
+
+
 def check_chart_deployment(helm: str | None) -> str:
     assert helm, "helm not found"
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -1111,6 +1129,7 @@ def main() -> int:
     c.run("contract: every path the Dockerfile copies exists and is in the build context", check_dockerfile_copies)
     c.run("contract: ports agree (EXPOSE, compose, LISTEN_ADDR, containerPort, Service, probes)", check_ports, helm)
     c.run("contract: adminPort moves probes and scraping to ADMIN_LISTEN_ADDR", check_admin_port, helm)
+    c.run("contract: secrets.proxyHeaderVars gives header_from_env its variables", check_proxy_header_vars, helm)
     c.run("contract: compose services, pinned images, healthchecks, depends_on, port comments", check_compose)
     c.run("contract: compose env names are the service's settings", check_compose_env_names)
     c.run("contract: deploy/prometheus.yml scrapes the compose service", check_prometheus_config)
