@@ -192,24 +192,24 @@ impl CacheHeaders {
 /// ignored, and the first occurrence of a directive wins.
 fn directives(headers: &HeaderMap) -> Directives {
     let mut d = Directives::default();
-    let lines = headers.get_all(CACHE_CONTROL);
-    for part in lines
+    let mut pairs = Vec::new();
+    for line in headers
+        .get_all(CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(split_directives)
     {
-        let (name, value) = match part.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-            None => (part.trim(), None),
-        };
+        parse_directives(line, &mut pairs);
+    }
+    for (name, value) in &pairs {
         let secs = || {
             Some(
                 value
+                    .as_deref()
                     .and_then(delta_seconds)
                     .map_or(Stated::Invalid, Stated::Secs),
             )
         };
-        match name.to_ascii_lowercase().as_str() {
+        match name.as_str() {
             "no-store" => d.no_store = true,
             "no-cache" => d.no_cache = true,
             "private" => d.private = true,
@@ -227,24 +227,64 @@ fn directives(headers: &HeaderMap) -> Directives {
     d
 }
 
-/// Splits a `Cache-Control` value at the commas that are not inside a quoted string
-/// (`private="Set-Cookie, X-Id"` is one directive).
-fn split_directives(value: &str) -> impl Iterator<Item = &str> {
-    let mut quoted = false;
-    let mut start = 0;
-    let mut parts = Vec::new();
-    for (i, c) in value.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                parts.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+/// Splits a `Cache-Control` value (or a targeted field's: RFC 9213) into directives, names
+/// lowercased: `name`, `name=token`, `name="quoted"` (its escapes undone), whitespace around `=`
+/// allowed, anything after a directive up to the next comma ignored. The one tokenizer of the
+/// `/items` origin's rules and the proxy's.
+pub fn parse_directives(text: &str, out: &mut Vec<(String, Option<String>)>) {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && (bytes[i] == b',' || bytes[i] == b' ' || bytes[i] == b'\t') {
+            i += 1;
         }
+        let start = i;
+        while i < bytes.len() && !matches!(bytes[i], b',' | b'=' | b' ' | b'\t') {
+            i += 1;
+        }
+        if start == i {
+            // A stray `=` or similar: skip to the next comma.
+            while i < bytes.len() && bytes[i] != b',' {
+                i += 1;
+            }
+            continue;
+        }
+        let name = text[start..i].to_ascii_lowercase();
+        while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b'\t') {
+            i += 1;
+        }
+        let mut value = None;
+        if i < bytes.len() && bytes[i] == b'=' {
+            i += 1;
+            while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b'\t') {
+                i += 1;
+            }
+            if i < bytes.len() && bytes[i] == b'"' {
+                i += 1;
+                let mut v = String::new();
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                        i += 1;
+                    }
+                    v.push(bytes[i] as char);
+                    i += 1;
+                }
+                i += 1;
+                value = Some(v);
+            } else {
+                let vs = i;
+                while i < bytes.len() && bytes[i] != b',' && bytes[i] != b' ' && bytes[i] != b'\t' {
+                    i += 1;
+                }
+                value = Some(text[vs..i].to_owned());
+            }
+        }
+        // Anything after the directive up to the next comma is not part of it.
+        while i < bytes.len() && bytes[i] != b',' {
+            i += 1;
+        }
+        out.push((name, value));
     }
-    parts.push(&value[start..]);
-    parts.into_iter().filter(|p| !p.trim().is_empty())
 }
 
 /// The largest delta-seconds a cache must handle: a larger value, however many digits it has,

@@ -6,13 +6,13 @@
 
 use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 
+use crate::origin::{delta_seconds, parse_directives};
+
 /// Heuristic freshness is this share of the time since `Last-Modified` (§4.2.2's "typical
 /// setting" of 10 %), in tenths.
 const HEURISTIC_TENTHS: u64 = 1;
 /// …and never more than a day, so a file untouched for years is not held for months.
 const HEURISTIC_MAX_SECS: u64 = 24 * 3600;
-/// The largest delta-seconds value kept (RFC 9111 §1.2.2: 2^31 when larger).
-const DELTA_MAX: u64 = 1 << 31;
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1, "heuristically
 /// cacheable").
@@ -31,7 +31,7 @@ impl Directives {
         for value in all {
             // A value that is not visible ASCII is not a directive list this cache can read.
             let Ok(text) = value.to_str() else { continue };
-            parse_into(text, &mut out);
+            parse_directives(text, &mut out);
         }
         Some(Directives(out))
     }
@@ -77,69 +77,12 @@ impl Directives {
     }
 }
 
-/// Delta-seconds: digits only, capped at 2^31.
+/// Delta-seconds, digits only (no whitespace inside the token), capped at 2^31.
 fn delta(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.bytes().any(|b| b.is_ascii_whitespace()) {
         return None;
     }
-    Some(text.parse::<u64>().map_or(DELTA_MAX, |n| n.min(DELTA_MAX)))
-}
-
-/// Splits a `Cache-Control` value into directives: `name`, `name=token`, `name="quoted"`.
-fn parse_into(text: &str, out: &mut Vec<(String, Option<String>)>) {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        while i < bytes.len() && (bytes[i] == b',' || bytes[i] == b' ' || bytes[i] == b'\t') {
-            i += 1;
-        }
-        let start = i;
-        while i < bytes.len() && !matches!(bytes[i], b',' | b'=' | b' ' | b'\t') {
-            i += 1;
-        }
-        if start == i {
-            // A stray `=` or similar: skip to the next comma.
-            while i < bytes.len() && bytes[i] != b',' {
-                i += 1;
-            }
-            continue;
-        }
-        let name = text[start..i].to_ascii_lowercase();
-        while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b'\t') {
-            i += 1;
-        }
-        let mut value = None;
-        if i < bytes.len() && bytes[i] == b'=' {
-            i += 1;
-            while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b'\t') {
-                i += 1;
-            }
-            if i < bytes.len() && bytes[i] == b'"' {
-                i += 1;
-                let mut v = String::new();
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' && i + 1 < bytes.len() {
-                        i += 1;
-                    }
-                    v.push(bytes[i] as char);
-                    i += 1;
-                }
-                i += 1;
-                value = Some(v);
-            } else {
-                let vs = i;
-                while i < bytes.len() && bytes[i] != b',' && bytes[i] != b' ' && bytes[i] != b'\t' {
-                    i += 1;
-                }
-                value = Some(text[vs..i].to_owned());
-            }
-        }
-        // Anything after the directive up to the next comma is not part of it.
-        while i < bytes.len() && bytes[i] != b',' {
-            i += 1;
-        }
-        out.push((name, value));
-    }
+    delta_seconds(text)
 }
 
 /// `CDN-Cache-Control` (RFC 9213).
@@ -579,7 +522,7 @@ mod tests {
             Directives::of(&huge, &header::CACHE_CONTROL)
                 .unwrap()
                 .seconds("max-age"),
-            Some(DELTA_MAX)
+            Some(crate::origin::MAX_DELTA_SECONDS)
         );
     }
 
