@@ -118,6 +118,17 @@ fn attr<'a>(span: &'a opentelemetry_proto::tonic::trace::v1::Span, key: &str) ->
         })
 }
 
+/// `GET url` in the trace `trace_id` (a client span `00f067aa0ba902b7`), answered `200`.
+async fn traced_get(url: &str, trace_id: &str) {
+    let r = client()
+        .get(url)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 async fn traces_reach_the_receiver(protocol: &str) {
     let receiver = Receiver::default();
     let endpoint = if protocol == "grpc" {
@@ -136,13 +147,7 @@ async fn traces_reach_the_receiver(protocol: &str) {
         ])
         .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let r = client()
-        .get(s.item_url("traced"))
-        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    traced_get(&s.item_url("traced"), trace_id).await;
     // The origin received a traceparent in the same trace.
     let stats = origin.stats().await;
     let sent = stats["requests"][0]["traceparent"]
@@ -463,13 +468,7 @@ async fn proxied_requests_are_traced_by_route() {
     ])
     .await;
     let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
-    let r = client()
-        .get(s.url("/api/traced"))
-        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    traced_get(&s.url("/api/traced"), trace_id).await;
     let sent = origin.stats().await["requests"][0]["headers"]["traceparent"]
         .as_str()
         .expect("the origin got a traceparent")
