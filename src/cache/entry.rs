@@ -550,7 +550,8 @@ impl From<&Head> for StoredHead {
 impl StoredHead {
     /// The head again; `None` when anything in it is not what [`StoredHead::from`] writes.
     fn into_head(self) -> Option<Head> {
-        let mut headers = http::HeaderMap::with_capacity(self.h.len());
+        // Room for the fields a proxied answer adds to a copy (see the proxy's `end_to_end`).
+        let mut headers = http::HeaderMap::with_capacity(self.h.len() + 4);
         for (n, v) in &self.h {
             headers.append(http::HeaderName::from_bytes(n.as_bytes()).ok()?, header_value(v)?);
         }

@@ -1609,7 +1609,9 @@ fn finish(headers: &mut HeaderMap, status: &str) {
 /// The fields of `headers` a stored response keeps: end-to-end ones, without `Content-Length`
 /// (every answer gets its own length), so a hit serves them as they are.
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
+    // Room for the fields every answer adds (`Age`, `Via`, `Cache-Status`, a length): a copy
+    // keeps the table's size, so adding them does not grow and rehash it on every hit.
+    let mut out = HeaderMap::with_capacity(headers.len() + 4);
     copy_headers(headers, &mut out, false);
     out
 }
