@@ -556,7 +556,7 @@ fn rust_log_silences_warnings(spec: &str) -> Option<String> {
 impl Config {
     /// Reads the process environment: the service's only source of settings.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
+        Self::from_vars(process_env()?)
     }
 
     /// Reads the given variables, so tests need not touch the process environment; empty values
@@ -596,10 +596,30 @@ impl Config {
     /// Where `/livez` answers, read as the service reads it, for the `healthcheck` subcommand:
     /// `ADMIN_LISTEN_ADDR` when set, else `LISTEN_ADDR`, without needing the rest of the settings.
     pub fn listen_addr_from_env() -> Result<SocketAddr, ConfigError> {
-        let env = Env::new(std::env::vars());
+        let env = Env::new(process_env()?);
         let main = LISTEN_ADDR.read(&env)?;
         Ok(admin_addr(&env, main)?.unwrap_or(main))
     }
+}
+
+/// The process environment as text. A variable whose name or value is not UTF-8 cannot be a
+/// setting of this service and is left out (`std::env::vars` would panic on it, printing the
+/// value, which may be a secret); a setting's own name with such a value stops start-up, the
+/// value not shown.
+fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Ok(name) = name.into_string() else { continue };
+        match value.into_string() {
+            Ok(value) => vars.push((name, value)),
+            Err(_) => {
+                if let Some((setting, _)) = SETTINGS.iter().find(|(s, _)| *s == name) {
+                    return Err(invalid(setting, "(not UTF-8, not shown)", "valid UTF-8 text"));
+                }
+            }
+        }
+    }
+    Ok(vars)
 }
 
 /// `ADMIN_LISTEN_ADDR`, when set: an address and port other than `LISTEN_ADDR`'s.

@@ -306,7 +306,7 @@ impl Proxy {
             || headers.contains_key(header::PRAGMA)
             || headers.contains_key(header::VIA)
             || headers.contains_key(header::TRANSFER_ENCODING)
-            || headers.get_all(header::HOST).iter().nth(1).is_some()
+            || headers.get_all(header::HOST).iter().count() != 1
         {
             return None;
         }
@@ -378,6 +378,11 @@ impl Proxy {
         }
         if let Some(why) = ambiguous(&parts.headers) {
             return AppError::BadRequest(why.to_owned()).into_response();
+        }
+        if parts.version == http::Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
+            // RFC 9112 §3.2: an HTTP/1.1 request without `Host` is refused.
+            return AppError::BadRequest("an HTTP/1.1 request must carry a Host header".to_owned())
+                .into_response();
         }
         if parts.headers.get_all(header::HOST).iter().count() > 1 {
             // RFC 9112 §3.2: which host was meant cannot be told, and two parties may disagree.
@@ -493,6 +498,10 @@ impl Proxy {
         } else {
             self.lead_or_follow(key).await
         };
+        // A request that waited on another's fetch and found nothing it may use (another
+        // variant, or an answer that may not be stored) fetches at once: waiting again, for the
+        // fleet lock, would only line the waiters up one behind the other.
+        let waited = lead.is_err();
         let _leading = match lead {
             Ok(leading) => leading,
             Err(()) => {
@@ -504,7 +513,7 @@ impl Proxy {
         };
         // Across replicas (with Redis): one fetches, the others wait for what it stores (at most
         // FLEET_LOCK_WAIT_MS), as for `/items`.
-        let held = match (&self.cache, relayed) {
+        let held = match (&self.cache, relayed || waited) {
             (Some(cache), false) => match cache.fleet_turn(key).await {
                 Some(FleetTurn::Lead(held)) => Some(held),
                 Some(FleetTurn::Filled) => {
@@ -1352,7 +1361,10 @@ fn dot_segments(path: &str) -> bool {
 /// Whether `segment` is `.` or `..`, also with path parameters (`..;x`, which servlet
 /// containers read as `..`).
 fn dot_segment(segment: &str) -> bool {
-    matches!(segment.split(';').next(), Some("." | ".."))
+    let name = segment.split(';').next().unwrap_or_default();
+    // Also with what some servers trim from a segment (`..%20`, `..%00`, `...`): dots and
+    // nothing else that counts.
+    name.starts_with('.') && name.trim_end_matches(['.', ' ', '\t', '\0']).is_empty()
 }
 
 /// `text` with percent-escapes of unreserved characters decoded and other escapes in upper
@@ -1390,6 +1402,7 @@ fn sound(entry: &Entry) -> bool {
         (200..600).contains(&code)
             && code != 206
             && code != 304
+            && (code != 204 || entry.raw_body().is_empty())
             && !h.headers.contains_key(header::CONTENT_LENGTH)
             && !h.headers.keys().any(|n| hop_by_hop(n, &[]))
     })
@@ -1683,10 +1696,6 @@ impl Proxy {
             self.compression_min_bytes,
         )
         .and_then(|coding| {
-            // `HEAD` gets the fields `GET` would, and no body to make.
-            if method == Method::HEAD {
-                return Some((coding, Bytes::new()));
-            }
             let forms = entry.compressions();
             if let Some(body) = forms.ready(coding) {
                 return Some((coding, body));
@@ -1737,6 +1746,13 @@ fn serve(
                 h.append(name.clone(), v.clone());
             }
         }
+        if coding.is_some()
+            && let Some(etag) = h.get(header::ETAG).filter(|e| !e.as_bytes().starts_with(b"W/"))
+            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+        {
+            // The representation this client holds is the compressed one: its tag is weak.
+            h.insert(header::ETAG, weak);
+        }
         h.insert(header::AGE, age_value(age));
         finish(h, status);
         return response;
@@ -1778,8 +1794,10 @@ fn serve(
         }
         None => {}
     }
-    if method == Method::HEAD && coding.is_none() {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.raw_body().len()));
+    if method == Method::HEAD {
+        // The length `GET` would send: of the form this client gets.
+        let len = coding.as_ref().map_or(entry.raw_body().len(), |(_, b)| b.len());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     if let Some((coding, _)) = coding {
         h.insert(
@@ -1876,7 +1894,9 @@ fn not_modified(request: &HeaderMap, head: &Head) -> bool {
         let weak = |t: &str| t.trim_start_matches("W/").to_owned();
         return inm.iter().any(|t| *t == "*" || weak(t) == weak(etag));
     }
-    let Some(since) = rules::date_secs(request, &header::IF_MODIFIED_SINCE) else {
+    // A date later than now is not a valid `If-Modified-Since` (RFC 9110 §13.1.3).
+    let Some(since) = rules::date_secs(request, &header::IF_MODIFIED_SINCE).filter(|&s| s <= now_secs())
+    else {
         return false;
     };
     // Without `Last-Modified`, the response was current when it was made: its `Date`, or when

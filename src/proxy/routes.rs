@@ -173,7 +173,7 @@ pub fn redacted(text: &str) -> String {
         .map(|item| {
             item.split(';')
                 .map(|piece| match piece.split_once('=') {
-                    Some((name, v)) if name.trim() == "header" => {
+                    Some((name, v)) if name.trim().to_ascii_lowercase().contains("header") => {
                         format!("header={}:…", v.split(':').next().unwrap_or_default().trim())
                     }
                     _ => without_user_info(piece),
@@ -275,7 +275,9 @@ impl RouteOptions {
                         v.to_owned()
                     } else {
                         env(v).filter(|s| !s.is_empty()).ok_or_else(|| {
-                            format!("`header_from_env` names the variable `{v}`, which is not set")
+                            format!(
+                                "`header_from_env` names the variable `{v}`, which is not set (or not UTF-8)"
+                            )
                         })?
                     };
                     let mut v = HeaderValue::from_str(&v)

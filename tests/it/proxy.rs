@@ -788,6 +788,24 @@ async fn route_options_normalise_the_query_bound_lifetimes_and_send_the_routes_o
         "{err}"
     );
     assert!(!err.contains("s3cret"), "{err}");
+
+    // A variable that is not UTF-8 (the route's secret, or anything else) never panics the
+    // service or shows its value: the route names a variable that is not usable.
+    use std::os::unix::ffi::OsStrExt;
+    let out = crate::harness::service_command(&[(
+        "PROXY_ROUTES",
+        "/a=http://127.0.0.1:9/x;header_from_env=Authorization:NOT_UTF8_TOKEN",
+    )])
+    .env("NOT_UTF8_TOKEN", std::ffi::OsStr::from_bytes(b"Bearer s3cr\xfft"))
+    .env("SOMETHING_ELSE", std::ffi::OsStr::from_bytes(b"pw\xff"))
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("NOT_UTF8_TOKEN") && !err.contains("s3cr") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -1058,15 +1076,32 @@ async fn a_fast_hit_answers_exactly_as_the_full_flow_would() {
         .unwrap();
     assert_eq!(head.headers()["content-encoding"], "gzip");
     assert_eq!(head.headers()["etag"], "W/\"p1\"");
+    let gzipped = answer(None, Some("gzip")).await;
+    assert_eq!(
+        head.headers()["content-length"],
+        gzipped.2.len().to_string(),
+        "the length GET would send"
+    );
+    // A 304 to a client that takes gzip names the weak tag of the form it holds.
+    let not_modified = answer(Some(("If-None-Match", "W/\"p1\"")), Some("gzip")).await;
+    assert_eq!(
+        (not_modified.0.as_u16(), &not_modified.1["etag"]),
+        (304, &"W/\"p1\"".parse().unwrap())
+    );
+    let future = answer(Some(("If-Modified-Since", "Fri, 31 Dec 9999 23:59:59 GMT")), None).await;
+    assert_eq!(
+        future.0, 200,
+        "a date in the future is not a valid If-Modified-Since"
+    );
     assert_eq!(origin.served().await, 1);
-    // Counted alike: 6 hits, the 304 and the HEAD (hits too), 1 miss.
+    // Counted alike: 6 hits, the 304s, the HEAD and the rest (hits too), 1 miss.
     let text = service.metrics_text().await;
     let hits: f64 = text
         .lines()
         .filter(|l| l.starts_with("proxy_requests_total{") && l.contains("cache=\"hit\""))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
-    assert_eq!(hits, 8.0, "{text}");
+    assert_eq!(hits, 11.0, "{text}");
     // The route `/` takes every other path, but not the service's own.
     assert_eq!(c.get(service.url("/health")).send().await.unwrap().status(), 200);
     let h: Value = get_json(&service.url("/health")).await;
@@ -1226,9 +1261,15 @@ async fn variants_are_selected_by_what_the_origin_was_sent_whatever_the_client_s
         seen.iter().all(|r| r["headers"]["via"] == "1.1 cache-layer"),
         "{seen:?}"
     );
-    // `..;` is a dot segment to servlet containers: refused like `..`.
-    let (status, _) = crate::harness::raw_get(service.port, "/api/..;/x").await;
-    assert_eq!(status, 400);
+    // `..;` is a dot segment to servlet containers, `..%20` and `...` to servers that trim:
+    // refused like `..`.
+    for target in ["/api/..;/x", "/api/..%20/x", "/api/..%00/x", "/api/.../x"] {
+        let (status, _) = crate::harness::raw_get(service.port, target).await;
+        assert_eq!(status, 400, "{target}");
+    }
+    // An HTTP/1.1 request without Host is refused (RFC 9112 §3.2).
+    let no_host = raw(b"GET /api/v HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()).await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
     assert_eq!(origin.served().await, 3);
 }
 
