@@ -327,7 +327,7 @@ impl Proxy {
                 return None;
             }
         }
-        let at = variant_key(&key, generation, head.vary.iter().map(|(n, _)| n), headers);
+        let at = variant_key_from(key, generation, head.vary.iter().map(|(n, _)| n), headers);
         let entry = memory.get_now(&at)??;
         let stored = entry.head()?;
         let now = crate::cache::now_ms();
@@ -1426,7 +1426,8 @@ fn current_age(head: &Head, now: u64) -> u64 {
 /// The memory-tier key of a proxied resource: control characters no `/items` key can hold,
 /// the route's name, the path below it and the query.
 fn cache_key(route: &Route, rest: &str, query: Option<&str>) -> String {
-    let mut key = String::with_capacity(4 + route.name.len() + rest.len() + query.map_or(0, str::len));
+    // Room for a variant's part too ([`variant_key_from`] writes it on the end).
+    let mut key = String::with_capacity(100 + route.name.len() + rest.len() + query.map_or(0, str::len));
     key.push_str("\u{1}p\u{1}");
     key.push_str(&route.name);
     key.push('\u{1}');
@@ -1447,6 +1448,16 @@ fn variant_key<'n>(
 ) -> String {
     let mut out = String::with_capacity(key.len() + 96);
     out.push_str(key);
+    variant_key_from(out, generation, names, request)
+}
+
+/// [`variant_key`], written on the end of `key` (no second string for the hit path).
+fn variant_key_from<'n>(
+    mut out: String,
+    generation: u64,
+    names: impl IntoIterator<Item = &'n HeaderName>,
+    request: &HeaderMap,
+) -> String {
     out.push_str("\u{1}v");
     // The generation in hex, without leading zeros (as `{:x}` writes it).
     let digits = (64 - generation.leading_zeros()).div_ceil(4).max(1);
@@ -1616,8 +1627,11 @@ fn finish(headers: &mut HeaderMap, status: &str) {
             Err(_) => return,
         }
     };
-    headers.insert(HeaderName::from_static("cache-status"), value);
+    headers.insert(CACHE_STATUS.clone(), value);
 }
+
+/// `Cache-Status` (RFC 9211).
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// The fields of `headers` a stored response keeps: end-to-end ones, without `Content-Length`
 /// (every answer gets its own length), so a hit serves them as they are.
