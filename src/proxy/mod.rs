@@ -329,12 +329,7 @@ impl Proxy {
         }
         let at = variant_key_from(key, generation, head.vary.iter().map(|(n, _)| n), headers);
         let entry = memory.get_now(&at)??;
-        let stored = entry.head()?;
-        let now = crate::cache::now_ms();
-        let age = current_age(stored, now / 1000);
-        if age >= stored.lifetime || now >= entry.fresh_until_ms {
-            return None;
-        }
+        let age = fresh_age(&entry, crate::cache::now_ms())?;
         let response = self.serve_to(&Method::GET, headers, Some(&at), &entry, age, "hit");
         if let Some(counts) = &self.counts {
             counts.add(route.index, HIT, response.status().as_u16());
@@ -440,8 +435,7 @@ impl Proxy {
             let head = entry.head().expect("proxied entries have a head");
             let res = rules::response_directives(&head.headers);
             let age = current_age(head, now);
-            // `fresh_until_ms` is the lifetime's end, or earlier after a soft purge.
-            let fresh = age < head.lifetime && crate::cache::now_ms() < entry.fresh_until_ms;
+            let fresh = fresh_age(entry, crate::cache::now_ms()).is_some();
             let always_validate = res.unqualified("no-cache") || req.has("no-cache");
             let within_request = req.seconds("max-age").is_none_or(|m| age <= m)
                 && req
@@ -544,10 +538,8 @@ impl Proxy {
     /// fetch stored it meanwhile), served with `status`.
     async fn fresh_now(&self, parts: &Parts, key: &str, req: &Directives, status: &str) -> Option<Response> {
         let (at, entry) = self.lookup(key, &parts.headers).await?;
-        let head = entry.head()?;
-        let age = current_age(head, now_secs());
-        (age < head.lifetime && crate::cache::now_ms() < entry.fresh_until_ms && !req.has("no-cache"))
-            .then(|| self.serve(parts, Some(&at), &entry, age, status))
+        let age = fresh_age(&entry, crate::cache::now_ms()).filter(|_| !req.has("no-cache"))?;
+        Some(self.serve(parts, Some(&at), &entry, age, status))
     }
 
     /// The first miss on `key` leads (`Ok`: its guard lets the others go when dropped); a later
@@ -723,13 +715,8 @@ impl Proxy {
             .headers
             .get(header::ETAG)
             .is_some_and(|e| e.as_bytes().starts_with(b"W/"));
-        if old_weak
-            && let Some(etag) = headers
-                .get(header::ETAG)
-                .filter(|e| !e.as_bytes().starts_with(b"W/"))
-            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
-        {
-            headers.insert(header::ETAG, weak);
+        if old_weak {
+            weaken_etag(&mut headers);
         }
         let updated = Arc::new(
             make_entry(
@@ -825,14 +812,8 @@ impl Proxy {
                         let mut headers = f.headers;
                         headers.remove(header::CONTENT_ENCODING);
                         headers.remove(header::CONTENT_LENGTH);
-                        // The identity body is another representation: a strong `ETag` weakens.
-                        if let Some(etag) = headers
-                            .get(header::ETAG)
-                            .filter(|e| !e.as_bytes().starts_with(b"W/"))
-                            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
-                        {
-                            headers.insert(header::ETAG, weak);
-                        }
+                        // The identity body is another representation.
+                        weaken_etag(&mut headers);
                         if !rules::vary_names(&headers).is_some_and(|n| n.contains(&header::ACCEPT_ENCODING))
                         {
                             headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
@@ -1408,6 +1389,27 @@ fn sound(entry: &Entry) -> bool {
     })
 }
 
+/// Makes `headers`' `ETag` weak if it is strong: it then names another representation than
+/// the one its origin gave it to (a body this cache decoded, or compresses per client), which
+/// a strong validator may not (RFC 9110 §8.8.1).
+fn weaken_etag(headers: &mut HeaderMap) {
+    if let Some(etag) = headers
+        .get(header::ETAG)
+        .filter(|e| !e.as_bytes().starts_with(b"W/"))
+        && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+    {
+        headers.insert(header::ETAG, weak);
+    }
+}
+
+/// The age (s) of a stored answer at `now_ms` if it is fresh then: within its lifetime and not
+/// made stale by a soft purge (which lowers `fresh_until_ms`).
+fn fresh_age(entry: &Entry, now_ms: u64) -> Option<u64> {
+    let head = entry.head()?;
+    let age = current_age(head, now_ms / 1000);
+    (age < head.lifetime && now_ms < entry.fresh_until_ms).then_some(age)
+}
+
 /// When a soft purge marked a `Vary` marker stale, if one did.
 fn soft_purged(marker: &Entry) -> Option<u64> {
     (marker.fresh_until_ms < marker.stale_until_ms).then_some(marker.fresh_until_ms)
@@ -1760,12 +1762,9 @@ fn serve(
                 h.append(name.clone(), v.clone());
             }
         }
-        if coding.is_some()
-            && let Some(etag) = h.get(header::ETAG).filter(|e| !e.as_bytes().starts_with(b"W/"))
-            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
-        {
-            // The representation this client holds is the compressed one: its tag is weak.
-            h.insert(header::ETAG, weak);
+        if coding.is_some() {
+            // The representation this client holds is the compressed one.
+            weaken_etag(h);
         }
         h.insert(header::AGE, age_value(age));
         finish(h, status);
@@ -1818,12 +1817,8 @@ fn serve(
             header::CONTENT_ENCODING,
             HeaderValue::from_static(coding.as_str()),
         );
-        // Another representation than the stored one: its `ETag` may only be weak.
-        if let Some(etag) = h.get(header::ETAG).filter(|e| !e.as_bytes().starts_with(b"W/"))
-            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
-        {
-            h.insert(header::ETAG, weak);
-        }
+        // Another representation than the stored one.
+        weaken_etag(h);
     }
     h.insert(header::AGE, age_value(age));
     finish(h, status);
