@@ -202,7 +202,11 @@ async fn serve(State(stub): State<Arc<Stub>>, request: Request) -> Response {
     let in_flight = stub.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     stub.max_in_flight
         .fetch_max(in_flight, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    // No timer for no delay: a zero-length sleep still waits for the timer's next tick (about
+    // 1 ms), which every "origin latency" figure measured against this stub would carry.
+    if behaviour.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    }
     let mut response = answer(&behaviour, &target, n, unchanged).await;
     stub.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     // `{tags}` in a header value: the key's own tags, `key~tag1~tag2` (percent-decoded).
