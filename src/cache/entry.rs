@@ -97,9 +97,37 @@ pub struct Head {
     /// The marker stored under a varying resource's plain key: names the headers its variants
     /// vary on, and the generation their keys carry (a new marker hides every older variant).
     pub marker: Option<u64>,
+    /// The headers a plain hit on this head answers with, made on its first such hit.
+    pub served: Served,
 }
 
+/// A head's headers as a plain hit serves them (its own, and what the proxy adds to every
+/// answer), made once per head so that a hit copies one map instead of growing a copy by the
+/// fields it adds. A copy of a head starts without it: a head is copied to be changed.
+#[derive(Debug, Default)]
+pub struct Served(std::sync::OnceLock<http::HeaderMap>);
+
+impl Clone for Served {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// Made from the rest of the head, so two heads are equal whatever they have made of it yet.
+impl PartialEq for Served {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Served {}
+
 impl Head {
+    /// [`Head::served`]'s map, made by `make` from the head's headers the first time.
+    pub fn served(&self, make: impl FnOnce(&http::HeaderMap) -> http::HeaderMap) -> &http::HeaderMap {
+        self.served.0.get_or_init(|| make(&self.headers))
+    }
+
     /// Heap bytes of the head, for the memory weight.
     fn bytes(&self) -> usize {
         let headers: usize = self
@@ -113,7 +141,10 @@ impl Head {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, HeaderValue::len) + 48)
             .sum();
-        std::mem::size_of::<Head>() + headers + vary + 64
+        // The map a hit serves ([`Served`]): its slots, and a few fields more; the values are
+        // shared with `headers`.
+        let served = (self.headers.len() + 4) * 64;
+        std::mem::size_of::<Head>() + headers + vary + served + 64
     }
 }
 
@@ -571,6 +602,7 @@ impl StoredHead {
             lifetime: self.lt,
             vary,
             marker: self.mk,
+            served: Served::default(),
         })
     }
 }
@@ -623,6 +655,7 @@ mod tests {
                 (http::header::ACCEPT, None),
             ],
             marker: Some(7),
+            served: Served::default(),
         };
         let body = Bytes::from_static(b"}{\"v\":1} not json \x00\xff");
         let times = Times {

@@ -312,7 +312,8 @@ impl Proxy {
         }
         let (route, rest) = self.routes.find(path)?;
         let key = cache_key(route, rest, route.options.query(uri.query()).as_deref());
-        let marker = memory.get_now(&key)??;
+        let now = memory.now_ms();
+        let marker = memory.get_at(&key, now)??;
         let head = marker.head()?;
         let generation = head.marker?;
         if soft_purged(&marker).is_some() {
@@ -328,8 +329,8 @@ impl Proxy {
             }
         }
         let at = variant_key_from(key, generation, head.vary.iter().map(|(n, _)| n), headers);
-        let entry = memory.get_now(&at)??;
-        let age = fresh_age(&entry, crate::cache::now_ms())?;
+        let entry = memory.get_at(&at, now)??;
+        let age = fresh_age(&entry, now)?;
         let response = self.serve_to(&Method::GET, headers, Some(&at), &entry, age, "hit");
         if let Some(counts) = &self.counts {
             counts.add(route.index, HIT, response.status().as_u16());
@@ -1016,6 +1017,7 @@ impl Proxy {
             lifetime: 0,
             vary: names.iter().map(|n| (n.clone(), None)).collect(),
             marker: Some(generation),
+            served: Default::default(),
         };
         let keep_until = entry.stale_until_ms.max(existing.map_or(0, |e| e.stale_until_ms));
         let times = Times {
@@ -1561,6 +1563,7 @@ fn make_entry(
         lifetime,
         vary: Vec::new(),
         marker: None,
+        served: Default::default(),
     };
     Entry::proxied(head, body, times)
 }
@@ -1787,6 +1790,20 @@ fn serve(
     };
     let mut response = Response::new(body);
     *response.status_mut() = code;
+    if range.is_none() && coding.is_none() && method == Method::GET && status == "hit" {
+        // A plain hit: the head's headers with this proxy's as [`finish`] adds them, made
+        // once per stored head; only `Age` differs from one hit to the next.
+        let served = head.served(|stored| {
+            let mut h = stored.clone();
+            h.insert(header::AGE, age_value(0));
+            finish(&mut h, status);
+            h
+        });
+        let h = response.headers_mut();
+        *h = served.clone();
+        h.insert(header::AGE, age_value(age));
+        return response;
+    }
     // Stored without hop-by-hop fields or `Content-Length` ([`end_to_end`]): served as they are.
     *response.headers_mut() = head.headers.clone();
     let h = response.headers_mut();

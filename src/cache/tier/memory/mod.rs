@@ -684,6 +684,60 @@ impl MemoryTier {
             drop(self.inner.try_lock());
         }
     }
+
+    /// The tier's time now, for [`MemoryTier::get_at`]: a hit path that looks up more than one
+    /// key (the proxy's marker, then its variant) reads the clock once.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// [`Tier::get_now`] as of `now_ms` (the tier's clock, read by the caller).
+    pub fn get_at(&self, key: &str, now_ms: u64) -> Option<Option<Arc<Entry>>> {
+        let hash = self.inner.hasher.hash_one(key);
+        let found = self.inner.find(hash, key);
+        let found = match found {
+            Some(e) if self.inner.sweeping.load(Ordering::Acquire) != 0 && !e.tags().is_empty() => {
+                match self.inner.swept(key, &e) {
+                    None => Some(e),
+                    Some(Swept::Gone) => {
+                        self.record(hash);
+                        return Some(None);
+                    }
+                    Some(Swept::StaleAt(at)) => Some(Arc::new(e.marked_stale(at))),
+                }
+            }
+            found => found,
+        };
+        match found {
+            Some(e) if now_ms < e.stale_until_ms => {
+                self.record(hash);
+                Some(Some(e))
+            }
+            Some(e) => {
+                // Past its stale window: never served, and gone now if the policy is free
+                // (else the sweep frees it).
+                match self.inner.try_lock() {
+                    Some(mut locked) => {
+                        locked.policy.record_read(hash, None);
+                        if locked
+                            .policy
+                            .real
+                            .peek(hash, key)
+                            .is_some_and(|held| Arc::ptr_eq(held, &e))
+                        {
+                            locked.remove(hash, key, Removal::Size);
+                        }
+                    }
+                    None => self.record(hash),
+                }
+                Some(None)
+            }
+            None => {
+                self.record(hash);
+                Some(None)
+            }
+        }
+    }
 }
 
 impl Tier for MemoryTier {
@@ -715,50 +769,7 @@ impl Tier for MemoryTier {
     }
 
     fn get_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
-        let hash = self.inner.hasher.hash_one(key);
-        let found = self.inner.find(hash, key);
-        let found = match found {
-            Some(e) if self.inner.sweeping.load(Ordering::Acquire) != 0 && !e.tags().is_empty() => {
-                match self.inner.swept(key, &e) {
-                    None => Some(e),
-                    Some(Swept::Gone) => {
-                        self.record(hash);
-                        return Some(None);
-                    }
-                    Some(Swept::StaleAt(at)) => Some(Arc::new(e.marked_stale(at))),
-                }
-            }
-            found => found,
-        };
-        match found {
-            Some(e) if self.inner.clock.now_ms() < e.stale_until_ms => {
-                self.record(hash);
-                Some(Some(e))
-            }
-            Some(e) => {
-                // Past its stale window: never served, and gone now if the policy is free
-                // (else the sweep frees it).
-                match self.inner.try_lock() {
-                    Some(mut locked) => {
-                        locked.policy.record_read(hash, None);
-                        if locked
-                            .policy
-                            .real
-                            .peek(hash, key)
-                            .is_some_and(|held| Arc::ptr_eq(held, &e))
-                        {
-                            locked.remove(hash, key, Removal::Size);
-                        }
-                    }
-                    None => self.record(hash),
-                }
-                Some(None)
-            }
-            None => {
-                self.record(hash);
-                Some(None)
-            }
-        }
+        self.get_at(key, self.inner.clock.now_ms())
     }
 
     async fn put(&self, key: &str, entry: Arc<Entry>) -> Result<bool, TierError> {
