@@ -7,7 +7,7 @@ every replica, under load and under faults; only the release binaries on loopbac
 rerunnable command, can say whether they hold. Figures only: never asserted by a test.
 
 Servers (cache-layer replicas, one worker thread each unless said, and redis-server) run on core
-0; the load tests, the origin stub, the TCP proxy and this script on core 1. Every Redis is a
+0 (Redis on REDIS_CORE when set: a production Redis has a machine of its own); the load tests, the origin stub, the TCP proxy and this script on core 1. Every Redis is a
 fresh redis-server on a free port; all traffic is on 127.0.0.1; everything started is stopped.
 The origin stub tags each answer (`Surrogate-Key: {tags}`: what follows `~` in the key) and
 numbers it (`n` in the value), so a value fetched before a purge is told from one fetched after.
@@ -962,7 +962,8 @@ def render(res):
     L = ["<!-- purge-goals:begin -->", "## Purges that always land (issue 32): huge tag, storm, blackhole, thirty replicas, rolling restart", "",
          f"**Command:** `{res['command']}` ({knobs}). **Run:** {res['started']}–{res['finished']} UTC, "
          f"binaries of commit {res['bin_commit']} (release, `BIN_DIR={res['bin_dir']}`), script at {res['commit']}. "
-         "Replicas (one worker thread each) and Redis pinned to core 0; load tests, origin stub, the "
+         f"Replicas (one worker thread each) pinned to core 0, Redis to core {res.get('redis_core', '0')}; "
+         "load tests, origin stub, the "
          "blackhole proxy and the script on core 1; every Redis fresh on a free port. A \"purged value served\" is a "
          "read after the purge answered from cache with a value the origin stub numbered before the purge.", ""]
     L += ["| goal | figure | met |", "| --- | --- | --- |"]
@@ -1054,6 +1055,7 @@ def main():
            "bin_commit": bin_commit, "bin_dir": base.RELEASE, "log_dir": LOG_DIR,
            "command": f"{env_prefix}python3 bench/purge_goals.py",
            "settings": {k: globals()[k] if k != "PHASES" else " ".join(PHASES) for k in KNOBS},
+           "redis_core": os.getenv("REDIS_CORE", base.SERVER_CORE),
            "phases": {}, "notes": []}
     try:
         for phase in PHASES:

@@ -214,8 +214,11 @@ class Redis:
 
     def __init__(self, maxmemory_data=None):
         self.port = free_port()
+        # REDIS_CORE: where Redis runs (the servers' core unless said; a production Redis has
+        # a machine of its own, which a run can model by giving it the load tests' core).
         self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                           "--save", "", "--appendonly", "no"])
+                           "--save", "", "--appendonly", "no"],
+                          core=os.getenv("REDIS_CORE", SERVER_CORE))
         self.url = f"redis://127.0.0.1:{self.port}"
         self._wait()
         if maxmemory_data:

@@ -520,6 +520,34 @@ async fn a_stampede_on_one_resource_is_one_fetch() {
     assert_eq!(origin.served().await, 1);
 }
 
+/// Misses coalesced on a fetch whose body proves too long to store are not failed: each gets
+/// the whole body, streamed (the leader's from its fetch, the waiters' from their own).
+#[tokio::test]
+async fn waiters_on_a_fetch_too_long_to_store_get_the_whole_body_too() {
+    let origin = Origin::start(&[("STUB_MODE", "bytes:3000000"), ("STUB_LATENCY_MS", "300")]).await;
+    origin.headers(&[("Cache-Control", "max-age=60")]).await;
+    let service = proxy_to(&origin, &[("ORIGIN_MAX_BODY_BYTES", "1000000")]).await;
+    let url = format!("{}/api/big", service.base);
+    let c = client();
+    let answers = futures_util::future::join_all((0..8).map(|_| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let r = c.get(&url).send().await.unwrap();
+            let status = (r.status(), cache_status(&r));
+            let body = r.bytes().await.unwrap();
+            let whole = serde_json::from_slice::<Value>(&body).is_ok() && body.len() >= 3_000_000;
+            (status, whole)
+        }
+    }))
+    .await;
+    for ((status, cache), whole) in &answers {
+        assert_eq!(*status, 200, "{answers:?}");
+        assert!(cache.contains("detail=size"), "{cache}");
+        assert!(whole, "{answers:?}");
+    }
+    assert_eq!(origin.served().await, 8, "nothing stored, so every one fetched");
+}
+
 /// `stale-while-revalidate`: stale answers at once, and one background request per resource
 /// however many clients were served stale meanwhile.
 #[tokio::test]

@@ -779,6 +779,38 @@ async fn a_redis_tag_of_30000_entries_is_purged_whole_in_chunks() {
     shutdown.cancel();
 }
 
+/// On one server a hard tag purge takes its members out of the tag's set as it deletes them,
+/// and members whose entries are gone or no longer carry the tag with them; a soft purge keeps
+/// the members of the entries it made stale (they still carry the tag).
+#[tokio::test]
+async fn a_redis_tag_purge_leaves_the_tags_set_holding_only_live_members() {
+    let server = Redis::start().await;
+    let shutdown = CancellationToken::new();
+    let tier = AnyTier::Redis(redis_tier(&server, "sets", &shutdown).await);
+    put_tagged(&tier, "h", 2_500, "t", 32).await;
+    // Two members that no longer mean anything: an entry deleted behind the tier's back, and
+    // one stored again with another tag.
+    server.cli(&["DEL", "sets:v1:k:h7"]);
+    tier.put("h8", tagged("h8", &["other"])).await.unwrap();
+    assert_eq!(server.cli(&["SCARD", "sets:v1:t:t"]), "2500");
+    let soft = tier.purge_tag("t", PurgeMode::Soft, now_ms()).await.unwrap();
+    assert_eq!(soft, 2_498);
+    assert_eq!(
+        server.cli(&["SCARD", "sets:v1:t:t"]),
+        "2498",
+        "the two dead members went"
+    );
+    let hard = tier.purge_tag("t", PurgeMode::Hard, now_ms()).await.unwrap();
+    assert_eq!(hard, 2_498);
+    assert_eq!(server.cli(&["SCARD", "sets:v1:t:t"]), "0");
+    assert_eq!(
+        server.cli(&["EXISTS", "sets:v1:k:h8"]),
+        "1",
+        "h8 no longer carries t"
+    );
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn entries_stored_again_during_a_redis_tag_purge_stay_in_the_tags_set() {
     // A hard tag purge used to unlink the whole set at the end, taking with it the members of

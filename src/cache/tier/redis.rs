@@ -57,9 +57,18 @@ const TAG_PURGE_HEAD_BYTES: usize = 4096;
 /// its opening quote to its closing one. A soft purge writes the new freshness in place
 /// (`SETRANGE`) when it has as many digits as the old, which it always has between 2001 and
 /// 2286; else it rewrites the entry.
+///
+/// With ARGV[5] `1` (one server, where the tag's set may be touched in the same script), the
+/// last key is the tag's set, and the script takes out of it, in the same step, each member it
+/// deleted and each whose entry is gone or no longer carries the tag. A purge then costs no
+/// `SREM` and no `EXISTS` round of its own, and needs no check for entries stored again
+/// meanwhile: a store after the script adds its member again, one before it was purged by it.
 const PURGE_IF_TAGGED: &str = "local tag, tl, head = ARGV[1], #ARGV[1], tonumber(ARGV[4]) \
+local n, set = #KEYS, nil \
+if ARGV[5] == '1' then set = KEYS[n] n = n - 1 end \
 local out = {} \
-for i, k in ipairs(KEYS) do \
+for i = 1, n do \
+  local k = KEYS[i] \
   out[i] = 0 \
   local v = redis.pcall('getrange', k, 0, head - 1) \
   if type(v) ~= 'string' then v = '' end \
@@ -92,7 +101,9 @@ for i, k in ipairs(KEYS) do \
   end \
   if found then \
     out[i] = 1 \
-    if ARGV[2] == 'hard' then redis.call('del', k) \
+    if ARGV[2] == 'hard' then \
+      redis.call('del', k) \
+      if set then redis.call('srem', set, k) end \
     else \
       local fs, _, f = string.find(v, '\"f\":(%d+)') \
       if f and tonumber(f) > tonumber(ARGV[3]) then \
@@ -104,6 +115,8 @@ for i, k in ipairs(KEYS) do \
         end \
       end \
     end \
+  elseif set then \
+    redis.call('srem', set, k) \
   end \
 end \
 return out";
@@ -699,21 +712,25 @@ impl Tier for RedisTier {
             }
             let chunks = by_node.into_iter().map(|(addr, (node, groups))| {
                 let sha = shas[addr].clone();
-                let tag_json = tag_json.as_str();
+                let (tag_json, tag_key) = (tag_json.as_str(), &tag_key);
                 async move {
                     let groups: Vec<Vec<&String>> = groups.into_values().collect();
                     let mut pipe = redis::pipe();
                     let mut keys = 0;
                     for group in &groups {
                         keys += group.len();
-                        pipe.cmd("EVALSHA")
-                            .arg(&sha)
-                            .arg(group.len())
-                            .arg(group)
-                            .arg(tag_json)
+                        let call = pipe.cmd("EVALSHA").arg(&sha);
+                        if one_server {
+                            // The set last: its members are taken out by the script itself.
+                            call.arg(group.len() + 1).arg(group).arg(tag_key.as_str());
+                        } else {
+                            call.arg(group.len()).arg(group);
+                        }
+                        call.arg(tag_json)
                             .arg(mode_arg)
                             .arg(now_ms)
-                            .arg(TAG_PURGE_HEAD_BYTES);
+                            .arg(TAG_PURGE_HEAD_BYTES)
+                            .arg(if one_server { "1" } else { "0" });
                     }
                     // A script reads each entry's head and maybe rewrites it: allow for them.
                     let deadline = self.client.response_timeout() + Duration::from_millis(keys as u64 / 4);
@@ -721,23 +738,30 @@ impl Tier for RedisTier {
                         .client
                         .run_pipe_within(RedisOp::Del, &node, &pipe, deadline)
                         .await?;
-                    let hit: Vec<String> = groups
-                        .iter()
-                        .zip(&done)
-                        .flat_map(|(group, done)| group.iter().zip(done))
-                        .filter(|(_, n)| **n == 1)
-                        .map(|(k, _)| (*k).clone())
-                        .collect();
-                    Ok::<_, TierError>((node, hit))
+                    let purged = done.iter().flatten().filter(|n| **n == 1).count();
+                    // Cluster: the members to take out of the tag's set afterwards.
+                    let hit: Vec<String> = if one_server {
+                        Vec::new()
+                    } else {
+                        groups
+                            .iter()
+                            .zip(&done)
+                            .flat_map(|(group, done)| group.iter().zip(done))
+                            .filter(|(_, n)| **n == 1)
+                            .map(|(k, _)| (*k).clone())
+                            .collect()
+                    };
+                    Ok::<_, TierError>((node, purged, hit))
                 }
             });
             let mut gone = Vec::new();
             for done in futures_util::future::join_all(chunks).await {
-                let (node, hit) = done?;
-                purged += hit.len() as u64;
+                let (node, count, hit) = done?;
+                purged += count as u64;
                 gone.push((node, hit));
             }
-            if mode == PurgeMode::Hard {
+            // One server: the script took them out already (see PURGE_IF_TAGGED).
+            if mode == PurgeMode::Hard && !one_server {
                 self.forget_members(&tag_key, gone).await;
             }
             if next == 0 {
