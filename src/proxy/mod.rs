@@ -605,9 +605,17 @@ impl Proxy {
         };
         match fetched {
             Ok(f) if f.status == StatusCode::NOT_MODIFIED && validators.is_some() => {
-                let (at, updated) = self.freshened(route, key, &parts.headers, &entry, f).await;
-                let age = current_age(updated.head().expect("proxied"), now_secs());
-                self.serve(parts, at.as_deref(), &updated, age, "fwd=stale; fwd-status=304")
+                match self.freshened(route, key, &parts.headers, &entry, f).await {
+                    Some((at, updated)) => {
+                        let age = current_age(updated.head().expect("proxied"), now_secs());
+                        self.serve(parts, at.as_deref(), &updated, age, "fwd=stale; fwd-status=304")
+                    }
+                    // A 304 for another representation: the origin is asked again, plainly.
+                    None => match self.fetch(parts, route, url, None, None).await {
+                        Ok(f) => self.forwarded(parts, route, key, req, f, "stale", None).await,
+                        Err(e) => e.into_response(),
+                    },
+                }
             }
             Ok(f) if f.status.is_server_error() && if_error(Some(f.status)) => self.serve(
                 parts,
@@ -684,7 +692,10 @@ impl Proxy {
     }
 
     /// The stored response updated by a `304` (RFC 9111 §4.3.4): its headers replaced by the
-    /// 304's (less `Content-Length` and hop-by-hop ones), its age and freshness anew; stored again.
+    /// 304's (less `Content-Length` and hop-by-hop ones), its age and freshness anew; stored again,
+    /// unless the updated headers forbid it (`no-store`, `private`, …): then the stored response
+    /// is invalidated and the updated one only answers this request. `None` when the 304 may
+    /// not update it: its `ETag` names another representation than the stored one.
     async fn freshened(
         &self,
         route: &Route,
@@ -692,8 +703,11 @@ impl Proxy {
         request: &HeaderMap,
         entry: &Arc<Entry>,
         f: Fetched,
-    ) -> (Option<String>, Arc<Entry>) {
+    ) -> Option<(Option<String>, Arc<Entry>)> {
         let old = entry.head().expect("proxied");
+        if !same_representation(&old.headers, &f.headers) {
+            return None;
+        }
         let mut headers = old.headers.clone();
         for name in f.headers.keys() {
             // A cookie a 304 sets is stored only where the route stores cookies.
@@ -729,14 +743,23 @@ impl Proxy {
             )
             .with_tags(&tags),
         );
-        let at = match rules::vary_names(&updated.head().expect("proxied").headers) {
-            Some(_) => {
+        let merged = &updated.head().expect("proxied").headers;
+        let res = rules::response_directives(merged);
+        let req = rules::request_directives(request);
+        let cookies = route.options.set_cookie != SetCookie::Pass;
+        let storable = rules::storable(&Method::GET, request, &req, old.status, merged, &res, cookies);
+        let at = match rules::vary_names(merged) {
+            Some(_) if storable == Storable::Yes => {
                 self.store(key, request, updated.clone(), f.started_ms, None)
                     .await
             }
-            None => None,
+            _ => {
+                // What is stored says it may be shared; the origin now says otherwise.
+                self.invalidate(key).await;
+                None
+            }
         };
-        (at, updated)
+        Some((at, updated))
     }
 
     /// A response from the origin on its way to the client: stored when RFC 9111 allows; with
@@ -1265,10 +1288,14 @@ const HIT: usize = 0;
 
 /// What the cache did for an answer (a number in [`OUTCOMES`]), from its `Cache-Status`.
 fn outcome(response: &Response) -> usize {
+    // This cache's member: the last, after those of the caches before it.
     let Some(status) = response
         .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
+        .get_all(&CACHE_STATUS)
+        .iter()
+        .rev()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(NAME))
     else {
         return 5;
     };
@@ -1568,6 +1595,22 @@ fn make_entry(
     Entry::proxied(head, body, times)
 }
 
+/// Whether a `304`'s `ETag` (when it has one) names the stored representation (RFC 9111
+/// §4.3.4: a 304 whose strong validator no stored response has updates none). Opaque tags are
+/// compared, `W/` aside: a body this cache decoded carries the origin's tag weakened.
+fn same_representation(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let Some(new) = not_modified.get(header::ETAG) else {
+        return true;
+    };
+    let opaque = |v: &HeaderValue| {
+        let b = v.as_bytes().trim_ascii();
+        b.strip_prefix(b"W/").unwrap_or(b).to_vec()
+    };
+    stored
+        .get(header::ETAG)
+        .is_some_and(|old| opaque(old) == opaque(new))
+}
+
 /// The stored response's validators (`ETag`, `Last-Modified`), when it has either.
 fn validators(headers: &HeaderMap) -> Option<(Option<HeaderValue>, Option<HeaderValue>)> {
     let etag = headers.get(header::ETAG).cloned();
@@ -1632,7 +1675,8 @@ fn finish(headers: &mut HeaderMap, status: &str) {
             Err(_) => return,
         }
     };
-    headers.insert(CACHE_STATUS.clone(), value);
+    // After the members of the caches before this one, which keep theirs (RFC 9211 §2).
+    headers.append(CACHE_STATUS.clone(), value);
 }
 
 /// `Cache-Status` (RFC 9211).

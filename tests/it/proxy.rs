@@ -1341,3 +1341,166 @@ async fn a_foreign_value_in_redis_is_not_served() {
         assert_eq!(body["n"].as_u64(), Some(before + 1), "{to}: fetched again");
     }
 }
+
+/// One scripted answer: status, headers, body.
+type Scripted = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
+/// An origin that answers its n-th request with `answers[n]` (the last one again once they run
+/// out), and keeps each request's `If-None-Match`; for answers the origin stub cannot give
+/// (a `304` whose headers differ from the `200`'s).
+async fn scripted_origin(
+    answers: Vec<Scripted>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    use std::sync::{Arc, Mutex};
+    let asked: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let log = asked.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (answers, log) = (answers.clone(), log.clone());
+        async move {
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(
+                    request
+                        .headers()
+                        .get("if-none-match")
+                        .map(|v| v.to_str().unwrap().to_owned()),
+                );
+                log.len() - 1
+            };
+            let (status, headers, body) = answers[n.min(answers.len() - 1)].clone();
+            let mut response = axum::response::Response::new(axum::body::Body::from(body));
+            *response.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+            for (name, value) in headers {
+                response.headers_mut().append(name, value.parse().unwrap());
+            }
+            response
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, asked)
+}
+
+/// A `304` whose headers now say the response may not be shared (`private`) is not stored:
+/// the stored response is dropped, and the next request goes to the origin.
+#[tokio::test]
+async fn a_304_that_makes_the_response_private_ends_its_storage() {
+    let (origin, asked) = scripted_origin(vec![
+        (
+            200,
+            vec![("cache-control", "max-age=1"), ("etag", "\"a\"")],
+            "old",
+        ),
+        (
+            304,
+            vec![("cache-control", "private, max-age=60"), ("etag", "\"a\"")],
+            "",
+        ),
+        (
+            200,
+            vec![("cache-control", "max-age=60"), ("etag", "\"c\"")],
+            "new",
+        ),
+    ])
+    .await;
+    let route = format!("/api={origin}");
+    let service = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
+    let url = format!("{}/api/r", service.base);
+    let c = client();
+    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "old");
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "private, max-age=60");
+    assert!(
+        cache_status(&r).contains("fwd-status=304"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(r.text().await.unwrap(), "old", "this request's answer, updated");
+    let r = c.get(&url).send().await.unwrap();
+    assert!(!cache_status(&r).contains("hit"), "{}", cache_status(&r));
+    assert_eq!(r.text().await.unwrap(), "new");
+    assert_eq!(
+        asked.lock().unwrap().len(),
+        3,
+        "nothing private was served from the store"
+    );
+}
+
+/// A `304` naming another representation (a strong `ETag` the stored response lacks) updates
+/// nothing (RFC 9111 §4.3.4): the origin is asked again without conditions.
+#[tokio::test]
+async fn a_304_for_another_representation_updates_nothing() {
+    let (origin, asked) = scripted_origin(vec![
+        (
+            200,
+            vec![("cache-control", "max-age=1"), ("etag", "\"a\"")],
+            "old",
+        ),
+        (304, vec![("cache-control", "max-age=60"), ("etag", "\"b\"")], ""),
+        (
+            200,
+            vec![("cache-control", "max-age=60"), ("etag", "\"b\"")],
+            "new",
+        ),
+    ])
+    .await;
+    let route = format!("/api={origin}");
+    let service = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
+    let url = format!("{}/api/r", service.base);
+    let c = client();
+    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "old");
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["etag"], "\"b\"");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "new",
+        "never the old body under the new tag"
+    );
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![None, Some("\"a\"".to_owned()), None],
+        "stored, revalidated, then fetched plainly"
+    );
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(cache_status(&r), "cache-layer; hit");
+    assert_eq!(r.text().await.unwrap(), "new");
+}
+
+/// An origin's (or a cache's before this one) `Cache-Status` member is kept, this cache's
+/// added after it (RFC 9211 §2), on misses and hits alike.
+#[tokio::test]
+async fn cache_status_members_of_earlier_caches_are_kept() {
+    let origin = Origin::start(&[]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=60"), ("Cache-Status", "upstream; hit")])
+        .await;
+    let service = proxy_to(&origin, &[]).await;
+    let url = format!("{}/api/k", service.base);
+    let c = client();
+    let members = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("cache-status")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let miss = c.get(&url).send().await.unwrap();
+    assert_eq!(
+        members(&miss),
+        ["upstream; hit", "cache-layer; fwd=uri-miss; stored"]
+    );
+    for _ in 0..2 {
+        let hit = c.get(&url).send().await.unwrap();
+        assert_eq!(members(&hit), ["upstream; hit", "cache-layer; hit"]);
+    }
+    let m = service.metrics_text().await;
+    assert!(
+        m.lines().any(|l| l.starts_with("proxy_requests_total{")
+            && l.contains("cache=\"hit\"")
+            && l.ends_with(" 2")),
+        "the outcome label reads this cache's member: {m}"
+    );
+}
