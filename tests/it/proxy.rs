@@ -1385,6 +1385,19 @@ async fn scripted_origin(
     (base, asked)
 }
 
+/// A service routing `/api` to `origin`, whose `/api/r` is fetched once (the body `old`, fresh
+/// for one second) and again once stale: the service, the URL, the client and that second answer.
+async fn stored_then_revalidated(origin: &str) -> (Service, String, reqwest::Client, reqwest::Response) {
+    let route = format!("/api={origin}");
+    let service = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
+    let url = format!("{}/api/r", service.base);
+    let c = client();
+    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "old");
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let r = c.get(&url).send().await.unwrap();
+    (service, url, c, r)
+}
+
 /// A `304` whose headers now say the response may not be shared (`private`) is not stored:
 /// the stored response is dropped, and the next request goes to the origin.
 #[tokio::test]
@@ -1407,13 +1420,7 @@ async fn a_304_that_makes_the_response_private_ends_its_storage() {
         ),
     ])
     .await;
-    let route = format!("/api={origin}");
-    let service = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
-    let url = format!("{}/api/r", service.base);
-    let c = client();
-    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "old");
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    let r = c.get(&url).send().await.unwrap();
+    let (_service, url, c, r) = stored_then_revalidated(&origin).await;
     assert_eq!(r.headers()["cache-control"], "private, max-age=60");
     assert!(
         cache_status(&r).contains("fwd-status=304"),
@@ -1449,13 +1456,7 @@ async fn a_304_for_another_representation_updates_nothing() {
         ),
     ])
     .await;
-    let route = format!("/api={origin}");
-    let service = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
-    let url = format!("{}/api/r", service.base);
-    let c = client();
-    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "old");
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    let r = c.get(&url).send().await.unwrap();
+    let (_service, url, c, r) = stored_then_revalidated(&origin).await;
     assert_eq!(r.headers()["etag"], "\"b\"");
     assert_eq!(
         r.text().await.unwrap(),
