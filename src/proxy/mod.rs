@@ -1182,6 +1182,8 @@ impl Proxy {
             let e = e.without_url();
             if e.is_timeout() {
                 AppError::OriginTimeout(format!("the origin did not answer within ORIGIN_TIMEOUT_MS: {e}"))
+            } else if let Some(why) = unreadable_answer(&e) {
+                AppError::OriginError(format!("the origin's answer could not be read: {why}"))
             } else {
                 AppError::OriginError(format!("the origin could not be reached: {e}"))
             }
@@ -1593,6 +1595,24 @@ fn make_entry(
         served: Default::default(),
     };
     Entry::proxied(head, body, times)
+}
+
+/// Why the origin's answer, which did arrive, could not be read as HTTP, when that is what
+/// failed (reqwest says only "error sending request", as if the origin were unreachable).
+fn unreadable_answer(e: &reqwest::Error) -> Option<&'static str> {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some("its head is too large (more than 100 header fields, or too long)");
+            }
+            if h.is_parse() {
+                return Some("it is not valid HTTP/1.1");
+            }
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Whether a `304`'s `ETag` (when it has one) names the stored representation (RFC 9111

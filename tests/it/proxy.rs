@@ -1508,3 +1508,23 @@ async fn cache_status_members_of_earlier_caches_are_kept() {
         "the outcome label reads this cache's member: {m}"
     );
 }
+
+/// An answer whose head the proxy cannot take (more header fields than its client reads) is a
+/// `502` that says so, not "the origin could not be reached".
+#[tokio::test]
+async fn an_answer_with_too_many_header_fields_is_a_502_that_says_why() {
+    let (origin, asked) = scripted_origin(vec![(200, vec![("x-many", "v"); 150], "body")]).await;
+    let route = format!("/api={origin}");
+    let service = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
+    let r = client()
+        .get(format!("{}/api/r", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "origin_error", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("head is too large"), "{message}");
+    assert_eq!(asked.lock().unwrap().len(), 1);
+}
