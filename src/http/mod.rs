@@ -124,7 +124,6 @@ impl App {
             stack: Arc::new(Counted {
                 inner: Guarded(FastHit {
                     router: router_for(state.clone(), surface),
-                    fast: surface != Surface::Admin,
                     surface,
                     state,
                 }),
@@ -199,9 +198,8 @@ pub struct FastHit {
     state: Arc<AppState>,
     /// Every route; see [`router`].
     router: Router,
-    /// Whether this listener answers `GET /items/{key}` (not the admin one).
-    fast: bool,
-    /// Which endpoints this listener serves (which paths a proxied fast hit may not take).
+    /// Which endpoints this listener serves: whether it answers `GET /items/{key}` (not the
+    /// admin one), and which paths a proxied fast hit may not take.
     surface: Surface,
 }
 
@@ -230,7 +228,7 @@ where
     type Future = FastFuture;
 
     fn handle(&self, request: http::Request<B>) -> FastFuture {
-        if self.fast
+        if self.surface != Surface::Admin
             && let Some(response) =
                 items::answer_now(&self.state, &request).or_else(|| self.proxied_now(&request))
         {

@@ -33,6 +33,15 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     }
     let circuit = state.cache.breaker_state().as_str();
     degraded |= circuit == "open";
+    // Each route's circuit (its own breaker): an open one degrades, as the origin's does.
+    let routes = state.proxy.as_ref().map(|proxy| {
+        let mut routes = serde_json::Map::new();
+        for (route, state) in proxy.circuits() {
+            degraded |= state == BreakerState::Open;
+            routes.insert(route.to_owned(), json!({ "circuit": state.as_str() }));
+        }
+        serde_json::Value::Object(routes)
+    });
     let mut body = json!({
         "status": if degraded { "degraded" } else { "ok" },
         "tiers": tiers,
@@ -41,17 +50,8 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     if let Some(nodes) = redis_nodes {
         body["redis_nodes"] = nodes;
     }
-    if let Some(proxy) = &state.proxy {
-        // Each route's circuit (its own breaker): an open one degrades, as the origin's does.
-        let mut routes = serde_json::Map::new();
-        for (route, state) in proxy.circuits() {
-            degraded |= state == BreakerState::Open;
-            routes.insert(route.to_owned(), json!({ "circuit": state.as_str() }));
-        }
-        body["routes"] = serde_json::Value::Object(routes);
-        if degraded {
-            body["status"] = json!("degraded");
-        }
+    if let Some(routes) = routes {
+        body["routes"] = routes;
     }
     Json(body).into_response()
 }
