@@ -605,7 +605,7 @@ impl Proxy {
         };
         match fetched {
             Ok(f) if f.status == StatusCode::NOT_MODIFIED && validators.is_some() => {
-                match self.freshened(route, key, &parts.headers, &entry, f).await {
+                match self.freshened(route, key, (&parts.headers, req), &entry, f).await {
                     Some((at, updated)) => {
                         let age = current_age(updated.head().expect("proxied"), now_secs());
                         self.serve(parts, at.as_deref(), &updated, age, "fwd=stale; fwd-status=304")
@@ -678,10 +678,11 @@ impl Proxy {
                 .fetch(&parts_copy, &route, &url, None, validators.as_ref())
                 .await
             {
+                let req = rules::request_directives(&parts_copy.headers);
                 if f.status == StatusCode::NOT_MODIFIED && validators.is_some() {
-                    this.freshened(&route, &key, &parts_copy.headers, &entry, f).await;
+                    this.freshened(&route, &key, (&parts_copy.headers, &req), &entry, f)
+                        .await;
                 } else {
-                    let req = rules::request_directives(&parts_copy.headers);
                     drop(
                         this.forwarded(&parts_copy, &route, &key, &req, f, "stale", None)
                             .await,
@@ -700,7 +701,7 @@ impl Proxy {
         &self,
         route: &Route,
         key: &str,
-        request: &HeaderMap,
+        (request, req): (&HeaderMap, &Directives),
         entry: &Arc<Entry>,
         f: Fetched,
     ) -> Option<(Option<String>, Arc<Entry>)> {
@@ -745,9 +746,8 @@ impl Proxy {
         );
         let merged = &updated.head().expect("proxied").headers;
         let res = rules::response_directives(merged);
-        let req = rules::request_directives(request);
         let cookies = route.options.set_cookie != SetCookie::Pass;
-        let storable = rules::storable(&Method::GET, request, &req, old.status, merged, &res, cookies);
+        let storable = rules::storable(&Method::GET, request, req, old.status, merged, &res, cookies);
         let at = match rules::vary_names(merged) {
             Some(_) if storable == Storable::Yes => {
                 self.store(key, request, updated.clone(), f.started_ms, None)
@@ -1619,12 +1619,12 @@ fn unreadable_answer(e: &reqwest::Error) -> Option<&'static str> {
 /// §4.3.4: a 304 whose strong validator no stored response has updates none). Opaque tags are
 /// compared, `W/` aside: a body this cache decoded carries the origin's tag weakened.
 fn same_representation(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    fn opaque(v: &HeaderValue) -> &[u8] {
+        let b = v.as_bytes().trim_ascii();
+        b.strip_prefix(b"W/").unwrap_or(b)
+    }
     let Some(new) = not_modified.get(header::ETAG) else {
         return true;
-    };
-    let opaque = |v: &HeaderValue| {
-        let b = v.as_bytes().trim_ascii();
-        b.strip_prefix(b"W/").unwrap_or(b).to_vec()
     };
     stored
         .get(header::ETAG)
