@@ -8,9 +8,12 @@
 //! its own lock, takes the buffered reads when a stripe fills (`try_lock`: a hit never waits for
 //! it) and before every write. Whole-tier work is done in bounded steps under that lock (window
 //! resizes, the expiry sweep), so no hit and no write waits long for it. With one thread the
-//! policy sees every read, in order, as before.
+//! policy sees every read, in order, as before. A tag purge's entries are found through a tag
+//! index and purged a step at a time by the sweeper (`sweeper.rs`), a low-priority thread of
+//! its own, off the async workers.
 
 mod eviction;
+mod sweeper;
 
 pub use crate::cache::labels::EvictionCause;
 
@@ -95,18 +98,6 @@ struct Sweep {
     /// `IndexSet` pops in O(1); a `HashSet` emptied from the front would scan its empty slots
     /// again at every step, and copying its keys out first stalled hits for 20 ms).
     keys: IndexSet<Arc<str>>,
-}
-
-/// Ends a sweep when its purge ends, or is dropped half-way.
-struct Sweeping<'a> {
-    inner: &'a Inner,
-    id: u64,
-}
-
-impl Drop for Sweeping<'_> {
-    fn drop(&mut self) {
-        self.inner.end_sweep(self.id);
-    }
 }
 
 /// What a sweep in progress makes of an entry a hit found.
@@ -435,20 +426,15 @@ impl Inner {
         id
     }
 
-    /// Up to `n` keys the sweep `id` has still to do, taken out of it (their entries are
-    /// purged right after, under the policy's lock). Empty when it is done.
-    fn sweep_step(&self, id: u64, n: usize) -> Vec<Arc<str>> {
-        let mut sweeps = self.sweeps();
-        let Some(sweep) = sweeps.iter_mut().find(|s| s.id == id) else {
+    /// Up to `n` keys the sweep `id` has still to do, from its end, left in it (a key leaves
+    /// the sweep only once its entry is purged, so a hit never finds it in neither). Empty
+    /// when it is done.
+    fn sweep_keys(&self, id: u64, n: usize) -> Vec<Arc<str>> {
+        let sweeps = self.sweeps();
+        let Some(sweep) = sweeps.iter().find(|s| s.id == id) else {
             return Vec::new();
         };
-        let mut step = Vec::with_capacity(n);
-        // Keys stored again since the purge began were taken out of `keys` already.
-        while step.len() < n {
-            let Some(key) = sweep.keys.pop() else { break };
-            step.push(key);
-        }
-        step
+        sweep.keys.iter().rev().take(n).cloned().collect()
     }
 
     /// Ends the sweep `id`. Keys it did not reach (its purge was cancelled) go back into the
@@ -819,23 +805,21 @@ impl Tier for MemoryTier {
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
-        // The tag's set is taken out whole (entries stored from now on start a new one) and
-        // becomes a sweep, which takes effect for hits at once; its entries are then purged
-        // PURGE_STEP at a time: no step holds the policy's lock long, and hits never take it.
-        let Some(keys) = self.inner.tags().remove(tag) else {
+        let Some((mut job, count)) = self.begin_tag_purge(tag, mode, now_ms) else {
             return Ok(0);
         };
-        let count = keys.len() as u64;
-        let id = self.inner.begin_sweep(tag, keys, mode, now_ms);
-        if count <= SWEEP_INLINE_MAX {
-            return Ok(self.sweep(id, tag, mode, now_ms, None).await);
+        if count > SWEEP_INLINE_MAX {
+            // A large tag: in effect now, swept in the background at a pace that leaves the
+            // cores to hits and to the rest of the purge. The count is the entries it applies
+            // to: every one the tag's index held.
+            sweeper::submit(job);
+            return Ok(count);
         }
-        // A large tag: in effect now, swept in the background at a pace that leaves the
-        // worker (and a core shared with Redis and other replicas) to hits and to the rest of
-        // the purge. The count is the entries it applies to: every one the tag's index held.
-        let (tier, tag) = (self.clone(), Box::<str>::from(tag));
-        tokio::spawn(async move { tier.sweep(id, &tag, mode, now_ms, Some(SWEEP_PAUSE)).await });
-        Ok(count)
+        let (done, swept) = tokio::sync::oneshot::channel();
+        job.done = Some(done);
+        sweeper::submit(job);
+        // The job always reports (its drop does), even if a step panicked.
+        Ok(swept.await.unwrap_or(0))
     }
 }
 
@@ -843,48 +827,37 @@ impl Tier for MemoryTier {
 /// one answers once it is in effect (see [`Sweep`]) and is swept in the background.
 const SWEEP_INLINE_MAX: u64 = 10_000;
 
-/// The pause between two steps of a background sweep (a step is a few tenths of a millisecond):
-/// a million entries are swept in about 20 s at a fifth of a core or less, instead of in five
-/// seconds of a whole one.
-const SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
-
 impl MemoryTier {
-    /// Purges the sweep `id`'s entries a step at a time, yielding (or pausing `pause`) between
-    /// steps: how many it purged.
-    async fn sweep(
-        &self,
-        id: u64,
-        tag: &str,
-        mode: PurgeMode,
-        now_ms: u64,
-        pause: Option<std::time::Duration>,
-    ) -> u64 {
-        let sweep = Sweeping {
-            inner: &self.inner,
+    /// Puts a tag purge in effect: the tag's set is taken out whole (entries stored from now on
+    /// start a new one) and becomes a sweep, which takes effect for hits at once. Its entries
+    /// are then purged by the returned job, PURGE_STEP at a time on the sweeper thread: no step
+    /// holds the policy's lock long, and hits never take it. With the job, how many entries
+    /// it applies to; `None`: no entry carries the tag.
+    fn begin_tag_purge(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Option<(sweeper::Job, u64)> {
+        let keys = self.inner.tags().remove(tag)?;
+        let count = keys.len() as u64;
+        let id = self.inner.begin_sweep(tag, keys, mode, now_ms);
+        let job = sweeper::Job {
+            tier: self.clone(),
             id,
+            tag: tag.into(),
+            mode,
+            now_ms,
+            done: None,
+            purged: 0,
         };
-        let mut purged = 0;
-        loop {
-            // Each step's keys are dropped with it: the sweep may hold the last reference to a
-            // million keys, and freeing them all at the end stalled the worker for a third of
-            // a second.
-            let step = self.inner.sweep_step(sweep.id, PURGE_STEP);
-            if step.is_empty() {
-                break;
-            }
-            purged += self.purge_step(&step, tag, mode, now_ms);
-            drop(step);
-            match pause {
-                Some(pause) => tokio::time::sleep(pause).await,
-                None => tokio::task::yield_now().await,
-            }
-        }
-        purged
+        Some((job, count))
     }
 
-    /// Purges the entries of `keys` that carry `tag` now, under one taking of the policy's
-    /// lock (their stale copies made before it): how many.
-    fn purge_step(&self, keys: &[Arc<str>], tag: &str, mode: PurgeMode, now_ms: u64) -> u64 {
+    /// One step of the sweep `id` (a `tag` purge of `mode` at `now_ms`): up to PURGE_STEP of
+    /// its keys whose entry it still applies to are purged, under one taking of the policy's
+    /// lock (their stale copies made before it), and leave the sweep. How many entries it
+    /// purged; `None` once the sweep is done.
+    fn sweep_step(&self, id: u64, tag: &str, mode: PurgeMode, now_ms: u64) -> Option<u64> {
+        let keys = self.inner.sweep_keys(id, PURGE_STEP);
+        if keys.is_empty() {
+            return None;
+        }
         // (hash, key, the entry looked at, its stale copy for a soft purge)
         type Found<'k> = (u64, &'k Arc<str>, Arc<Entry>, Option<Arc<Entry>>);
         let found: Vec<Found<'_>> = keys
@@ -896,18 +869,26 @@ impl MemoryTier {
                 Some((hash, key, entry, stale))
             })
             .collect();
-        if found.is_empty() {
-            return 0;
-        }
         let mut purged = 0;
         let mut locked = self.inner.lock();
-        for (hash, key, entry, stale) in found {
-            // Only the very entry looked at: never a newer one stored meanwhile.
-            if !locked
-                .policy
-                .real
-                .peek(hash, &**key)
-                .is_some_and(|held| Arc::ptr_eq(held, &entry))
+        // Under the policy's lock no store comes between: a key still in the sweep now was
+        // not stored again since the purge began (a store takes it out, see `Inner::index`).
+        let pending: Vec<bool> = {
+            let sweeps = self.inner.sweeps();
+            let sweep = sweeps.iter().find(|s| s.id == id);
+            found
+                .iter()
+                .map(|(_, key, ..)| sweep.is_some_and(|s| s.keys.contains(&***key)))
+                .collect()
+        };
+        for ((hash, key, entry, stale), pending) in found.into_iter().zip(pending) {
+            // Only the very entry looked at, and only if the sweep still has it to do.
+            if !pending
+                || !locked
+                    .policy
+                    .real
+                    .peek(hash, &**key)
+                    .is_some_and(|held| Arc::ptr_eq(held, &entry))
             {
                 continue;
             }
@@ -922,7 +903,16 @@ impl MemoryTier {
             }
             purged += 1;
         }
-        purged
+        // Only now, with their entries purged, do the keys leave the sweep.
+        let mut sweeps = self.inner.sweeps();
+        if let Some(sweep) = sweeps.iter_mut().find(|s| s.id == id) {
+            for key in &keys {
+                sweep.keys.swap_remove(key);
+            }
+        }
+        drop(sweeps);
+        drop(locked);
+        Some(purged)
     }
 
     /// Removes (or marks stale) each of `keys` whose entry passes `check` now: how many.
@@ -1154,6 +1144,12 @@ mod tests {
                 });
             }
         });
+        // The purges' sweeps outlive the calls that began them (a purge, once begun, lands).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while tier.inner.sweeping.load(Ordering::Acquire) != 0 {
+            assert!(std::time::Instant::now() < deadline, "the sweeps end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         tier.check();
         tier.settle();
         tier.check();
@@ -1193,16 +1189,10 @@ mod tests {
     }
 
     /// A purge takes effect for hits when it begins, not when its sweep reaches each entry: a
-    /// second replica (or this one) may take seconds to sweep a million entries. A small tag is
-    /// swept before the purge answers; a large one after, in the background.
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    /// second replica (or this one) may take seconds to sweep a million entries.
+    #[tokio::test]
     async fn a_tag_purge_is_in_effect_for_every_entry_before_its_sweep_reaches_it() {
-        for n in [SWEEP_INLINE_MAX as usize, 3 * SWEEP_INLINE_MAX as usize] {
-            in_effect_before_swept(n).await;
-        }
-    }
-
-    async fn in_effect_before_swept(n: usize) {
+        let n = 3 * SWEEP_INLINE_MAX as usize;
         let tier = MemoryTier::new(256 << 20, Arc::new(Metrics::detached()));
         let now = now_ms();
         let tagged = |key: &str, tags: &[&str], v: &[u8]| {
@@ -1216,19 +1206,12 @@ mod tests {
         tier.put("other", tagged("other", &["small"], b"1"))
             .await
             .unwrap();
-        let background = n as u64 > SWEEP_INLINE_MAX;
         for mode in [PurgeMode::Soft, PurgeMode::Hard] {
-            let purge = tokio::spawn({
-                let tier = tier.clone();
-                async move { tier.purge_tag("big", mode, now).await.unwrap() }
-            });
-            // The purge has made one step of PURGE_STEP (or answered, leaving the sweep to run
-            // in the background) and yielded.
-            tokio::task::yield_now().await;
-            assert!(
-                tier.inner.sweeping.load(Ordering::Acquire) == 1,
-                "the sweep is under way"
-            );
+            // Begun, and one step made, as the sweeper would.
+            let (mut job, count) = tier.begin_tag_purge("big", mode, now).expect("tagged");
+            assert_eq!(count, n as u64, "{mode:?}: the entries it applies to");
+            assert!(job.step());
+            assert_eq!(tier.inner.sweeping.load(Ordering::Acquire), 1);
             assert!(
                 tier.entries() > (n - 2 * PURGE_STEP) as u64,
                 "most entries are not swept yet"
@@ -1254,15 +1237,7 @@ mod tests {
                 again.freshness(now),
                 crate::cache::Freshness::Fresh { .. }
             ));
-            let purged = purge.await.unwrap();
-            if background {
-                assert_eq!(purged, n as u64, "{mode:?}: the entries it applies to");
-                while tier.inner.sweeping.load(Ordering::Acquire) != 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            } else {
-                assert!(purged >= (n - 2 * PURGE_STEP) as u64, "{mode:?}: {purged}");
-            }
+            job.run_here();
             assert_eq!(tier.inner.sweeping.load(Ordering::Acquire), 0);
             let after = tier.get_now("k7").unwrap().expect("the sweep left it");
             assert!(Arc::ptr_eq(&after, &again));
@@ -1271,10 +1246,51 @@ mod tests {
         assert_eq!(tier.entries(), 2, "k7 and other");
     }
 
-    /// A purge dropped half-way (its future cancelled) leaves the entries it did not reach as
-    /// they were, served and found by a retry, and no sweep behind.
+    /// Through the sweeper thread: a small tag is swept before the purge answers, with the
+    /// count it purged; a large one answers at once with the count it applies to and is swept
+    /// in the background; a purge whose caller went away lands all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tag_purges_are_swept_on_the_sweeper_thread_and_always_land() {
+        let tier = MemoryTier::new(256 << 20, Arc::new(Metrics::detached()));
+        let now = now_ms();
+        let fill = |tag: &'static str, n: usize| {
+            let tier = tier.clone();
+            async move {
+                for i in 0..n {
+                    let key = format!("{tag}-{i}");
+                    let e = Entry::value(&key, b"1", now, &life()).with_tags(&[tag.to_string()]);
+                    tier.put(&key, Arc::new(e)).await.unwrap();
+                }
+            }
+        };
+        fill("small", 1_000).await;
+        fill("large", 2 * SWEEP_INLINE_MAX as usize).await;
+        fill("dropped", 5_000).await;
+        fill("kept", 10).await;
+        assert_eq!(
+            tier.purge_tag("small", PurgeMode::Hard, now).await.unwrap(),
+            1_000
+        );
+        assert!((0..1_000).all(|i| tier.get_now(&format!("small-{i}")).unwrap().is_none()));
+        assert_eq!(
+            tier.purge_tag("large", PurgeMode::Hard, now).await.unwrap(),
+            2 * SWEEP_INLINE_MAX
+        );
+        let _ = tier.purge_tag("dropped", PurgeMode::Hard, now).now_or_never();
+        assert!((0..5_000).all(|i| tier.get_now(&format!("dropped-{i}")).unwrap().is_none()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while tier.inner.sweeping.load(Ordering::Acquire) != 0 || tier.entries() != 10 {
+            assert!(std::time::Instant::now() < deadline, "swept: {}", tier.entries());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!((0..10).all(|i| tier.get_now(&format!("kept-{i}")).unwrap().is_some()));
+        tier.check();
+    }
+
+    /// A sweep that ends before it is done (its step panicked) gives the entries it did not
+    /// reach back, served as before and found by a retry, and leaves no sweep behind.
     #[tokio::test]
-    async fn a_tag_purge_dropped_half_way_leaves_the_rest_for_a_retry() {
+    async fn a_sweep_ended_half_way_leaves_the_rest_for_a_retry() {
         let tier = MemoryTier::new(64 << 20, Arc::new(Metrics::detached()));
         let now = now_ms();
         for i in 0..1_000 {
@@ -1282,7 +1298,9 @@ mod tests {
             let e = Entry::value(&key, b"1", now, &life()).with_tags(&["t".to_string()]);
             tier.put(&key, Arc::new(e)).await.unwrap();
         }
-        assert!(tier.purge_tag("t", PurgeMode::Hard, now).now_or_never().is_none());
+        let (mut job, _) = tier.begin_tag_purge("t", PurgeMode::Hard, now).unwrap();
+        assert!(job.step());
+        drop(job);
         assert_eq!(
             tier.inner.sweeping.load(Ordering::Acquire),
             0,
