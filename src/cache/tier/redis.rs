@@ -29,8 +29,12 @@ if f and tonumber(f) > tonumber(ARGV[2]) then \
 end \
 return 1";
 
-/// Members of a tag's set read (`SSCAN … COUNT`) and purged per step of a tag purge.
-const TAG_PURGE_CHUNK: usize = 1_000;
+/// Members of a tag's set read (`SSCAN … COUNT`) and purged per step of a tag purge. Small,
+/// because a script holds Redis's one thread: at about 5 µs a key, a step of 1,000 kept every
+/// other client of that Redis waiting 5 ms (and, on a core shared with replicas, a hit that
+/// could not preempt it waited as long); a step of 200 is about a millisecond, and a
+/// million-entry tag still finishes within its time.
+const TAG_PURGE_CHUNK: usize = 64;
 
 /// A tag's index is trimmed of members whose entries are gone once it holds more than this.
 const TAG_INDEX_TRIM_FROM: i64 = 64;
@@ -63,12 +67,24 @@ const TAG_PURGE_HEAD_BYTES: usize = 4096;
 /// deleted and each whose entry is gone or no longer carries the tag. A purge then costs no
 /// `SREM` and no `EXISTS` round of its own, and needs no check for entries stored again
 /// meanwhile: a store after the script adds its member again, one before it was purged by it.
+///
+/// With ARGV[5] `2` (one server), KEYS is the tag's set alone: the script reads the step's
+/// members itself (`SSCAN` from cursor ARGV[6], `COUNT` ARGV[7]), purges them as with `1`, and
+/// answers `{next cursor, how many it purged}`. A step is then one round trip, and no member
+/// crosses the network. (The members are keys the script was not given; Redis checks that only
+/// in a cluster, where this form is never used.)
 const PURGE_IF_TAGGED: &str = "local tag, tl, head = ARGV[1], #ARGV[1], tonumber(ARGV[4]) \
-local n, set = #KEYS, nil \
+local keys, n, set, cursor = KEYS, #KEYS, nil, nil \
 if ARGV[5] == '1' then set = KEYS[n] n = n - 1 end \
+if ARGV[5] == '2' then \
+  set = KEYS[1] \
+  local page = redis.call('sscan', set, ARGV[6], 'COUNT', ARGV[7]) \
+  cursor, keys = page[1], page[2] \
+  n = #keys \
+end \
 local out = {} \
 for i = 1, n do \
-  local k = KEYS[i] \
+  local k = keys[i] \
   out[i] = 0 \
   local v = redis.pcall('getrange', k, 0, head - 1) \
   if type(v) ~= 'string' then v = '' end \
@@ -118,6 +134,11 @@ for i = 1, n do \
   elseif set then \
     redis.call('srem', set, k) \
   end \
+end \
+if cursor then \
+  local purged = 0 \
+  for i = 1, n do purged = purged + out[i] end \
+  return {cursor, purged} \
 end \
 return out";
 
@@ -671,6 +692,11 @@ impl Tier for RedisTier {
             PurgeMode::Hard => "hard",
             PurgeMode::Soft => "soft",
         };
+        if self.client.topology().slots.is_empty() {
+            return self
+                .purge_tag_on_one_server(&tag_key, &tag_json, mode_arg, now_ms)
+                .await;
+        }
         let mut shas: HashMap<String, String> = HashMap::new();
         let mut cursor: u64 = 0;
         let mut purged = 0;
@@ -800,5 +826,54 @@ impl Tier for RedisTier {
             .await
             .map(drop)
             .map_err(TierError::from)
+    }
+}
+
+impl RedisTier {
+    /// A tag purge on one server: steps of `TAG_PURGE_CHUNK` members, each one script that reads
+    /// them from the tag's set and purges them (`PURGE_IF_TAGGED`'s form `2`), one round trip a
+    /// step under a deadline of its own. Cut short, it leaves the rest to a retry.
+    async fn purge_tag_on_one_server(
+        &self,
+        tag_key: &str,
+        tag_json: &str,
+        mode_arg: &str,
+        now_ms: u64,
+    ) -> Result<u64, TierError> {
+        let node = self.client.node_up_for(tag_key.as_bytes())?;
+        let load = redis::cmd("SCRIPT").arg("LOAD").arg(PURGE_IF_TAGGED).to_owned();
+        let sha: String = self.client.run_on(RedisOp::Del, &node, &load).await?;
+        // A script reads each entry's head and maybe rewrites it: allow for them.
+        let deadline = self.client.response_timeout() + Duration::from_millis(TAG_PURGE_CHUNK as u64 / 4);
+        let mut cursor = String::from("0");
+        let mut purged = 0;
+        loop {
+            let mut step = redis::pipe();
+            step.cmd("EVALSHA")
+                .arg(&sha)
+                .arg(1)
+                .arg(tag_key)
+                .arg(tag_json)
+                .arg(mode_arg)
+                .arg(now_ms)
+                .arg(TAG_PURGE_HEAD_BYTES)
+                .arg("2")
+                .arg(&cursor)
+                .arg(TAG_PURGE_CHUNK);
+            let done: Vec<(String, u64)> = self
+                .client
+                .run_pipe_within(RedisOp::Del, &node, &step, deadline)
+                .await?;
+            let Some((next, n)) = done.into_iter().next() else {
+                return Err(TierError::from(CommandError::Failed(
+                    "a tag purge step answered nothing".into(),
+                )));
+            };
+            purged += n;
+            if next == "0" {
+                return Ok(purged);
+            }
+            cursor = next;
+        }
     }
 }
