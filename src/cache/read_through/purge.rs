@@ -16,7 +16,9 @@ use super::ReadThrough;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PurgeIncomplete {
     /// Applied here, but Redis or the other replicas were not reached (or a tier failed).
-    #[error("the purge was applied here only: Redis and the other replicas still hold the key")]
+    #[error(
+        "the purge was applied here, but not everywhere: Redis or other replicas may still hold what it purges"
+    )]
     Unreached,
     /// Applied, but recorded nowhere that outlives a restart: the disk tier is down and there
     /// is no Redis to record it (the disk would serve the purged entries after a restart).
@@ -109,7 +111,7 @@ impl<O: Origin> ReadThrough<O> {
             .invalidated(mode, PurgeSource::Local, target.scope());
         if !reached_all {
             tracing::warn!(
-                "the purge was applied here only: Redis and the other replicas still hold the key"
+                "the purge was applied here, but not everywhere: Redis or other replicas may still hold what it purges"
             );
             Err(PurgeIncomplete::Unreached)
         } else if !undone {

@@ -297,8 +297,10 @@ impl Locked<'_> {
 
     /// Stores `entry` (of `weight`, servable and no heavier than the tier) under `key` in the
     /// index and the policy; whether the policy kept it (it may lose its admission duel).
-    fn insert(&mut self, hash: u64, key: Arc<str>, entry: Arc<Entry>, weight: u64) -> bool {
-        self.inner.index(hash, key.clone(), entry.clone());
+    /// `newer`: a value stored now, newer than any purge begun before it (a store), not a
+    /// purge's stale copy of the value held.
+    fn insert(&mut self, hash: u64, key: Arc<str>, entry: Arc<Entry>, weight: u64, newer: bool) -> bool {
+        self.inner.index(hash, key.clone(), entry.clone(), newer);
         let mut gone = Vec::new();
         let until = self.until(entry.stale_until_ms);
         let state = self.state.as_mut().expect("held");
@@ -313,6 +315,29 @@ impl Locked<'_> {
             .real
             .peek(hash, &*key)
             .is_some_and(|held| Arc::ptr_eq(held, &entry))
+    }
+
+    /// Purges `held`, the entry held for `key` now: removes it (hard), or puts its stale copy
+    /// in its place (soft): `stale` when made unlocked beforehand, else made here.
+    fn purge_held(
+        &mut self,
+        hash: u64,
+        key: &Arc<str>,
+        held: &Arc<Entry>,
+        stale: Option<Arc<Entry>>,
+        mode: PurgeMode,
+        now_ms: u64,
+    ) {
+        match mode {
+            PurgeMode::Hard => self.remove(hash, key, Removal::Replaced),
+            PurgeMode::Soft => {
+                let stale = stale.unwrap_or_else(|| Arc::new(held.marked_stale(now_ms)));
+                let weight = u64::from(stale.weight(key));
+                if weight <= self.policy.real.maximum() {
+                    self.insert(hash, key.clone(), stale, weight, false);
+                }
+            }
+        }
     }
 
     /// Removes `key` from the policy and the index; `Replaced` is not counted as an eviction.
@@ -343,9 +368,10 @@ impl Inner {
     }
 
     /// Makes `entry` the index's entry for `key` (under the policy's lock).
-    fn index(&self, hash: u64, key: Arc<str>, entry: Arc<Entry>) {
-        if self.sweeping.load(Ordering::Acquire) != 0 {
-            // Stored after the purge began: newer than it, so no sweep may take it.
+    fn index(&self, hash: u64, key: Arc<str>, entry: Arc<Entry>, newer: bool) {
+        if newer && self.sweeping.load(Ordering::Acquire) != 0 {
+            // Stored after the purge began: newer than it, so no sweep may take it. (A purge's
+            // stale copy is not newer: a hard sweep under way still removes it.)
             for sweep in self.sweeps().iter_mut() {
                 sweep.keys.swap_remove(&key);
             }
@@ -766,7 +792,7 @@ impl Tier for MemoryTier {
             locked.remove(hash, key, Removal::Replaced);
             return Ok(false);
         }
-        let kept = locked.insert(hash, Arc::from(key), entry, weight);
+        let kept = locked.insert(hash, Arc::from(key), entry, weight, true);
         Ok(kept)
     }
 
@@ -799,9 +825,15 @@ impl Tier for MemoryTier {
     }
 
     async fn purge(&self, key: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
-        Ok(self
-            .purge_where(vec![Arc::from(key)], |_| true, mode, now_ms)
-            .await)
+        // Under one taking of the policy's lock, on the entry held then: a store cannot come
+        // between the look and the act (and be overwritten by a stale copy of an older value).
+        let hash = self.inner.hasher.hash_one(key);
+        let mut locked = self.inner.lock();
+        let Some(held) = locked.policy.real.peek(hash, key).cloned() else {
+            return Ok(0);
+        };
+        locked.purge_held(hash, &Arc::from(key), &held, None, mode, now_ms);
+        Ok(1)
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
@@ -858,15 +890,18 @@ impl MemoryTier {
         if keys.is_empty() {
             return None;
         }
-        // (hash, key, the entry looked at, its stale copy for a soft purge)
-        type Found<'k> = (u64, &'k Arc<str>, Arc<Entry>, Option<Arc<Entry>>);
-        let found: Vec<Found<'_>> = keys
+        // The entries looked at, with their stale copies for a soft purge, made unlocked.
+        type Found = (u64, Option<(Arc<Entry>, Option<Arc<Entry>>)>);
+        let found: Vec<Found> = keys
             .iter()
-            .filter_map(|key| {
+            .map(|key| {
                 let hash = self.inner.hasher.hash_one(&**key);
-                let entry = self.inner.find(hash, key).filter(|e| e.has_tag(tag))?;
-                let stale = (mode == PurgeMode::Soft).then(|| Arc::new(entry.marked_stale(now_ms)));
-                Some((hash, key, entry, stale))
+                let entry = self.inner.find(hash, key).filter(|e| e.has_tag(tag));
+                let looked = entry.map(|entry| {
+                    let stale = (mode == PurgeMode::Soft).then(|| Arc::new(entry.marked_stale(now_ms)));
+                    (entry, stale)
+                });
+                (hash, looked)
             })
             .collect();
         let mut purged = 0;
@@ -876,31 +911,25 @@ impl MemoryTier {
         let pending: Vec<bool> = {
             let sweeps = self.inner.sweeps();
             let sweep = sweeps.iter().find(|s| s.id == id);
-            found
-                .iter()
-                .map(|(_, key, ..)| sweep.is_some_and(|s| s.keys.contains(&***key)))
+            keys.iter()
+                .map(|key| sweep.is_some_and(|s| s.keys.contains(&**key)))
                 .collect()
         };
-        for ((hash, key, entry, stale), pending) in found.into_iter().zip(pending) {
-            // Only the very entry looked at, and only if the sweep still has it to do.
-            if !pending
-                || !locked
-                    .policy
-                    .real
-                    .peek(hash, &**key)
-                    .is_some_and(|held| Arc::ptr_eq(held, &entry))
-            {
+        for ((key, (hash, found)), pending) in keys.iter().zip(found).zip(pending) {
+            if !pending {
                 continue;
             }
-            match stale {
-                None => locked.remove(hash, key, Removal::Replaced),
-                Some(stale) => {
-                    let weight = u64::from(stale.weight(key));
-                    if weight <= locked.policy.real.maximum() {
-                        locked.insert(hash, key.clone(), stale, weight);
-                    }
-                }
+            // The entry held now: the one looked at, or, if another purge has put its stale
+            // copy in its place meanwhile (no store has, or the key would not be pending), that
+            // copy, which is no newer than the purge and is purged all the same.
+            let Some(held) = locked.policy.real.peek(hash, &**key).cloned() else {
+                continue;
+            };
+            if !held.has_tag(tag) {
+                continue;
             }
+            let stale = found.and_then(|(entry, stale)| stale.filter(|_| Arc::ptr_eq(&entry, &held)));
+            locked.purge_held(hash, key, &held, stale, mode, now_ms);
             purged += 1;
         }
         // Only now, with their entries purged, do the keys leave the sweep.
@@ -913,32 +942,6 @@ impl MemoryTier {
         drop(sweeps);
         drop(locked);
         Some(purged)
-    }
-
-    /// Removes (or marks stale) each of `keys` whose entry passes `check` now: how many.
-    async fn purge_where(
-        &self,
-        keys: Vec<Arc<str>>,
-        check: impl Fn(&Entry) -> bool,
-        mode: PurgeMode,
-        now_ms: u64,
-    ) -> u64 {
-        let mut purged = 0;
-        for key in keys {
-            let hash = self.inner.hasher.hash_one(&*key);
-            let Some(entry) = self.inner.find(hash, &key).filter(|e| check(e)) else {
-                continue;
-            };
-            let _ = match mode {
-                PurgeMode::Hard => self.remove(&key).await,
-                PurgeMode::Soft => self
-                    .put(&key, Arc::new(entry.marked_stale(now_ms)))
-                    .await
-                    .map(drop),
-            };
-            purged += 1;
-        }
-        purged
     }
 }
 
@@ -1285,6 +1288,49 @@ mod tests {
         }
         assert!((0..10).all(|i| tier.get_now(&format!("kept-{i}")).unwrap().is_some()));
         tier.check();
+    }
+
+    /// A soft purge's stale copy is not a store: a hard purge under way at the same time, of
+    /// another tag the entries carry (or of the key), still removes them, whichever goes first.
+    #[tokio::test]
+    async fn a_soft_purge_does_not_rescue_entries_from_a_hard_purge_under_way() {
+        let tier = MemoryTier::new(64 << 20, Arc::new(Metrics::detached()));
+        let now = now_ms();
+        let both = || ["soft".to_string(), "hard".to_string()];
+        for order in ["soft first", "hard first", "soft key purges"] {
+            for i in 0..1_000 {
+                let key = format!("k{i}");
+                let e = Entry::value(&key, b"1", now, &life()).with_tags(&both());
+                tier.put(&key, Arc::new(e)).await.unwrap();
+            }
+            let (mut hard, _) = tier.begin_tag_purge("hard", PurgeMode::Hard, now).unwrap();
+            assert!(hard.step(), "{order}: the hard sweep has begun");
+            match order {
+                "soft first" => {
+                    let (soft, _) = tier.begin_tag_purge("soft", PurgeMode::Soft, now).unwrap();
+                    soft.run_here();
+                    hard.run_here();
+                }
+                "hard first" => {
+                    let (mut soft, _) = tier.begin_tag_purge("soft", PurgeMode::Soft, now).unwrap();
+                    assert!(soft.step());
+                    hard.run_here();
+                    soft.run_here();
+                }
+                _ => {
+                    for i in 0..1_000 {
+                        tier.purge(&format!("k{i}"), PurgeMode::Soft, now).await.unwrap();
+                    }
+                    hard.run_here();
+                }
+            }
+            let served = (0..1_000)
+                .filter(|i| tier.get_now(&format!("k{i}")).unwrap().is_some())
+                .count();
+            assert_eq!(served, 0, "{order}: every entry was hard-purged");
+            assert_eq!(tier.entries(), 0, "{order}");
+            tier.check();
+        }
     }
 
     /// A sweep that ends before it is done (its step panicked) gives the entries it did not
