@@ -9,8 +9,8 @@
 //! it) and before every write. Whole-tier work is done in bounded steps under that lock (window
 //! resizes, the expiry sweep), so no hit and no write waits long for it. With one thread the
 //! policy sees every read, in order, as before. A tag purge's entries are found through a tag
-//! index and purged a step at a time by the sweeper (`sweeper.rs`), a low-priority thread of
-//! its own, off the async workers.
+//! index and purged a step at a time by the sweeper (`sweeper.rs`), a thread of its own, off
+//! the async workers.
 
 mod eviction;
 mod sweeper;
@@ -828,6 +828,10 @@ impl Tier for MemoryTier {
         // Under one taking of the policy's lock, on the entry held then: a store cannot come
         // between the look and the act (and be overwritten by a stale copy of an older value).
         let hash = self.inner.hasher.hash_one(key);
+        // Most keys a purge names are not here: looked up in the index, without the lock.
+        if self.inner.find(hash, key).is_none() {
+            return Ok(0);
+        }
         let mut locked = self.inner.lock();
         let Some(held) = locked.policy.real.peek(hash, key).cloned() else {
             return Ok(0);
@@ -890,18 +894,15 @@ impl MemoryTier {
         if keys.is_empty() {
             return None;
         }
-        // The entries looked at, with their stale copies for a soft purge, made unlocked.
-        type Found = (u64, Option<(Arc<Entry>, Option<Arc<Entry>>)>);
-        let found: Vec<Found> = keys
+        // (hash, key, the entry looked at, its stale copy for a soft purge)
+        type Found<'k> = (u64, &'k Arc<str>, Arc<Entry>, Option<Arc<Entry>>);
+        let found: Vec<Found<'_>> = keys
             .iter()
-            .map(|key| {
+            .filter_map(|key| {
                 let hash = self.inner.hasher.hash_one(&**key);
-                let entry = self.inner.find(hash, key).filter(|e| e.has_tag(tag));
-                let looked = entry.map(|entry| {
-                    let stale = (mode == PurgeMode::Soft).then(|| Arc::new(entry.marked_stale(now_ms)));
-                    (entry, stale)
-                });
-                (hash, looked)
+                let entry = self.inner.find(hash, key).filter(|e| e.has_tag(tag))?;
+                let stale = (mode == PurgeMode::Soft).then(|| Arc::new(entry.marked_stale(now_ms)));
+                Some((hash, key, entry, stale))
             })
             .collect();
         let mut purged = 0;
@@ -911,26 +912,35 @@ impl MemoryTier {
         let pending: Vec<bool> = {
             let sweeps = self.inner.sweeps();
             let sweep = sweeps.iter().find(|s| s.id == id);
-            keys.iter()
-                .map(|key| sweep.is_some_and(|s| s.keys.contains(&**key)))
+            found
+                .iter()
+                .map(|(_, key, ..)| sweep.is_some_and(|s| s.keys.contains(&***key)))
                 .collect()
         };
-        for ((key, (hash, found)), pending) in keys.iter().zip(found).zip(pending) {
+        for ((hash, key, entry, stale), pending) in found.into_iter().zip(pending) {
             if !pending {
                 continue;
             }
-            // The entry held now: the one looked at, or, if another purge has put its stale
-            // copy in its place meanwhile (no store has, or the key would not be pending), that
-            // copy, which is no newer than the purge and is purged all the same.
+            let same = locked
+                .policy
+                .real
+                .peek(hash, &**key)
+                .is_some_and(|held| Arc::ptr_eq(held, &entry));
+            if same {
+                locked.purge_held(hash, key, &entry, stale, mode, now_ms);
+                purged += 1;
+                continue;
+            }
+            // Another purge has put its stale copy in place of the entry looked at (no store
+            // has, or the key would not be pending): that copy is no newer than this purge
+            // and is purged all the same.
             let Some(held) = locked.policy.real.peek(hash, &**key).cloned() else {
                 continue;
             };
-            if !held.has_tag(tag) {
-                continue;
+            if held.has_tag(tag) {
+                locked.purge_held(hash, key, &held, None, mode, now_ms);
+                purged += 1;
             }
-            let stale = found.and_then(|(entry, stale)| stale.filter(|_| Arc::ptr_eq(&entry, &held)));
-            locked.purge_held(hash, key, &held, stale, mode, now_ms);
-            purged += 1;
         }
         // Only now, with their entries purged, do the keys leave the sweep.
         let mut sweeps = self.inner.sweeps();
