@@ -6,10 +6,9 @@
 //! step in progress). Here it runs beside them, and hits never take the lock a step holds (see
 //! the tier's module doc). The thread is `SCHED_BATCH`: it does not preempt a worker when it
 //! wakes for its next step, and keeps a full share of the CPU, so a step descheduled while it
-//! holds the policy's lock is back within a time slice. (At nice 19 it was not: on a busy core a
-//! step holding the lock waited tens of milliseconds for the CPU, and a worker storing a value or
-//! reading `/metrics` waited with it; a million-entry purge's hot-key p99 on the other replica
-//! went to 26 ms.)
+//! holds the policy's lock is back within a time slice. (Not nice 19: hits never take that lock,
+//! but stores and `/metrics` do, and at nice 19 on a busy core a step holding it could wait
+//! long for the CPU with a worker blocked behind it.)
 //!
 //! Its jobs take turns a step each, so a small purge is not queued behind a huge one. A job
 //! whose purge waits for it (a small tag, see `SWEEP_INLINE_MAX`) runs without pause; a purge
