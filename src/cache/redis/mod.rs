@@ -995,6 +995,12 @@ impl RedisClient {
             .await
     }
 
+    /// Whether this is a Redis Cluster (as configured: until the first `CLUSTER SLOTS` its
+    /// topology looks like one server's).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.shared.seeds.cluster
+    }
+
     /// Whether messages go by sharded pub/sub: a Redis Cluster whose every master knows
     /// `SPUBLISH` (Redis ≥ 7). With classic `PUBLISH` every message crosses the cluster bus to
     /// every node; a sharded one goes to the nodes of one shard only.

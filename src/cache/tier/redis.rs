@@ -32,8 +32,8 @@ return 1";
 /// Members of a tag's set read (`SSCAN … COUNT`) and purged per step of a tag purge. Small,
 /// because a script holds Redis's one thread: at about 5 µs a key, a step of 1,000 kept every
 /// other client of that Redis waiting 5 ms (and, on a core shared with replicas, a hit that
-/// could not preempt it waited as long); a step of 200 is about a millisecond, and a
-/// million-entry tag still finishes within its time.
+/// could not preempt it waited as long); a step of 64 is about 0.3 ms, and a million-entry tag
+/// still finishes within its time (docs/architecture.md, "Redis").
 const TAG_PURGE_CHUNK: usize = 64;
 
 /// A tag's index is trimmed of members whose entries are gone once it holds more than this.
@@ -62,20 +62,17 @@ const TAG_PURGE_HEAD_BYTES: usize = 4096;
 /// (`SETRANGE`) when it has as many digits as the old, which it always has between 2001 and
 /// 2286; else it rewrites the entry.
 ///
-/// With ARGV[5] `1` (one server, where the tag's set may be touched in the same script), the
-/// last key is the tag's set, and the script takes out of it, in the same step, each member it
-/// deleted and each whose entry is gone or no longer carries the tag. A purge then costs no
-/// `SREM` and no `EXISTS` round of its own, and needs no check for entries stored again
-/// meanwhile: a store after the script adds its member again, one before it was purged by it.
-///
-/// With ARGV[5] `2` (one server), KEYS is the tag's set alone: the script reads the step's
-/// members itself (`SSCAN` from cursor ARGV[6], `COUNT` ARGV[7]), purges them as with `1`, and
-/// answers `{next cursor, how many it purged}`. A step is then one round trip, and no member
-/// crosses the network. (The members are keys the script was not given; Redis checks that only
-/// in a cluster, where this form is never used.)
+/// With ARGV[5] `2` (one server, where the tag's set may be touched in the same script), KEYS
+/// is the tag's set alone: the script reads the step's members itself (`SSCAN` from cursor
+/// ARGV[6], `COUNT` ARGV[7]), purges them, takes out of the set, in the same step, each member
+/// it deleted and each whose entry is gone or no longer carries the tag, and answers `{next
+/// cursor, how many it purged}`. A step is then one round trip, no member crosses the network,
+/// and a purge costs no `SREM` and no `EXISTS` round of its own, and needs no check for entries
+/// stored again meanwhile: a store after the script adds its member again, one before it was
+/// purged by it. (The members are keys the script was not given; Redis checks that only in a
+/// cluster, where this form is never used.)
 const PURGE_IF_TAGGED: &str = "local tag, tl, head = ARGV[1], #ARGV[1], tonumber(ARGV[4]) \
 local keys, n, set, cursor = KEYS, #KEYS, nil, nil \
-if ARGV[5] == '1' then set = KEYS[n] n = n - 1 end \
 if ARGV[5] == '2' then \
   set = KEYS[1] \
   local page = redis.call('sscan', set, ARGV[6], 'COUNT', ARGV[7]) \
@@ -681,18 +678,18 @@ impl Tier for RedisTier {
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Result<u64, TierError> {
-        // The tag's set is read in chunks (SSCAN) and each chunk's entries purged by a script
-        // per hash slot (by its SHA, loaded once per node; one server has one group), a
-        // pipeline per node under a deadline of its own: a tag of any size finishes, and no
-        // command waits long behind one. A purge cut short leaves the rest to a retry (a purged
-        // entry's script answers 0 at once).
+        // A cluster: the tag's set is read in chunks (SSCAN) and each chunk's entries purged by
+        // a script per hash slot (by its SHA, loaded once per node), a pipeline per node under
+        // a deadline of its own: a tag of any size finishes, and no command waits long behind
+        // one. A purge cut short leaves the rest to a retry (a purged entry's script answers 0
+        // at once). One server: see `purge_tag_on_one_server`.
         let tag_key = self.tag_key(tag);
         let tag_json = serde_json::to_string(tag).expect("a str always serialises");
         let mode_arg = match mode {
             PurgeMode::Hard => "hard",
             PurgeMode::Soft => "soft",
         };
-        if self.client.topology().slots.is_empty() {
+        if !self.client.is_cluster() {
             return self
                 .purge_tag_on_one_server(&tag_key, &tag_json, mode_arg, now_ms)
                 .await;
@@ -710,17 +707,12 @@ impl Tier for RedisTier {
             let (next, members): (u64, Vec<String>) =
                 self.client.run(RedisOp::Get, tag_key.as_bytes(), &scan).await?;
             let topology = self.client.topology();
-            let one_server = topology.slots.is_empty();
             // node -> (node, slot -> members)
             type Groups<'m> = HashMap<u16, Vec<&'m String>>;
             let mut by_node: HashMap<&str, (Arc<Node>, Groups)> = HashMap::new();
             for member in &members {
                 let node = topology.node_for(member.as_bytes());
-                let slot = if one_server {
-                    0
-                } else {
-                    key_slot(member.as_bytes())
-                };
+                let slot = key_slot(member.as_bytes());
                 by_node
                     .entry(node.addr.as_str())
                     .or_insert_with(|| (node.clone(), HashMap::new()))
@@ -738,25 +730,22 @@ impl Tier for RedisTier {
             }
             let chunks = by_node.into_iter().map(|(addr, (node, groups))| {
                 let sha = shas[addr].clone();
-                let (tag_json, tag_key) = (tag_json.as_str(), &tag_key);
+                let tag_json = tag_json.as_str();
                 async move {
                     let groups: Vec<Vec<&String>> = groups.into_values().collect();
                     let mut pipe = redis::pipe();
                     let mut keys = 0;
                     for group in &groups {
                         keys += group.len();
-                        let call = pipe.cmd("EVALSHA").arg(&sha);
-                        if one_server {
-                            // The set last: its members are taken out by the script itself.
-                            call.arg(group.len() + 1).arg(group).arg(tag_key.as_str());
-                        } else {
-                            call.arg(group.len()).arg(group);
-                        }
-                        call.arg(tag_json)
+                        pipe.cmd("EVALSHA")
+                            .arg(&sha)
+                            .arg(group.len())
+                            .arg(group)
+                            .arg(tag_json)
                             .arg(mode_arg)
                             .arg(now_ms)
                             .arg(TAG_PURGE_HEAD_BYTES)
-                            .arg(if one_server { "1" } else { "0" });
+                            .arg("0");
                     }
                     // A script reads each entry's head and maybe rewrites it: allow for them.
                     let deadline = self.client.response_timeout() + Duration::from_millis(keys as u64 / 4);
@@ -765,18 +754,15 @@ impl Tier for RedisTier {
                         .run_pipe_within(RedisOp::Del, &node, &pipe, deadline)
                         .await?;
                     let purged = done.iter().flatten().filter(|n| **n == 1).count();
-                    // Cluster: the members to take out of the tag's set afterwards.
-                    let hit: Vec<String> = if one_server {
-                        Vec::new()
-                    } else {
-                        groups
-                            .iter()
-                            .zip(&done)
-                            .flat_map(|(group, done)| group.iter().zip(done))
-                            .filter(|(_, n)| **n == 1)
-                            .map(|(k, _)| (*k).clone())
-                            .collect()
-                    };
+                    // The members to take out of the tag's set afterwards (it lives in another
+                    // slot than they do).
+                    let hit: Vec<String> = groups
+                        .iter()
+                        .zip(&done)
+                        .flat_map(|(group, done)| group.iter().zip(done))
+                        .filter(|(_, n)| **n == 1)
+                        .map(|(k, _)| (*k).clone())
+                        .collect();
                     Ok::<_, TierError>((node, purged, hit))
                 }
             });
@@ -786,8 +772,7 @@ impl Tier for RedisTier {
                 purged += count as u64;
                 gone.push((node, hit));
             }
-            // One server: the script took them out already (see PURGE_IF_TAGGED).
-            if mode == PurgeMode::Hard && !one_server {
+            if mode == PurgeMode::Hard {
                 self.forget_members(&tag_key, gone).await;
             }
             if next == 0 {
