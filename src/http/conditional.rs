@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
-use crate::origin::http_date_ms;
+use crate::origin::{http_date_ms, opaque_tag as opaque};
 
 /// Whether a `GET`/`HEAD` with these headers may be answered `304` for a representation with
 /// `etag` (weak, as every `ETag` this service sends) and the origin's `last_modified`.
@@ -27,12 +27,6 @@ pub fn not_modified(request: &HeaderMap, etag: &HeaderValue, last_modified: Opti
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }
-}
-
-/// An entity tag without its weakness indicator: weak comparison (RFC 9110 §8.8.3.2) compares
-/// the opaque tags only.
-fn opaque(tag: &[u8]) -> &[u8] {
-    tag.strip_prefix(b"W/").unwrap_or(tag)
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {

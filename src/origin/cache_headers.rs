@@ -12,6 +12,12 @@ use http::header::{AGE, CACHE_CONTROL, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY}
 /// not worth a Redis entry's bytes), so an entry's encoding stays bounded.
 pub const MAX_VALIDATOR_BYTES: usize = 256;
 
+/// An entity tag without its weakness indicator: weak comparison (RFC 9110 §8.8.3.2), and
+/// telling whether a `304` names a stored representation, compare the opaque tags only.
+pub fn opaque_tag(tag: &[u8]) -> &[u8] {
+    tag.strip_prefix(b"W/").unwrap_or(tag)
+}
+
 /// A lifetime as the origin stated it: a number of seconds, or present but unreadable (which
 /// RFC 9111 §4.2.1 asks a cache to treat as stale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

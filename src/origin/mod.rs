@@ -16,7 +16,7 @@ use bytes::Bytes;
 pub use breaker::{Breaker, FailureTicket, Trip};
 pub use cache_headers::{
     CacheHeaders, Directives, MAX_DELTA_SECONDS, MAX_VALIDATOR_BYTES, Stated, TagRules, Validators,
-    delta_seconds, http_date_ms, parse_directives,
+    delta_seconds, http_date_ms, opaque_tag, parse_directives,
 };
 pub use guard::GuardedOrigin;
 pub use http::{HttpOrigin, UrlTemplate};

@@ -1620,8 +1620,7 @@ fn unreadable_answer(e: &reqwest::Error) -> Option<&'static str> {
 /// compared, `W/` aside: a body this cache decoded carries the origin's tag weakened.
 fn same_representation(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
     fn opaque(v: &HeaderValue) -> &[u8] {
-        let b = v.as_bytes().trim_ascii();
-        b.strip_prefix(b"W/").unwrap_or(b)
+        crate::origin::opaque_tag(v.as_bytes().trim_ascii())
     }
     let Some(new) = not_modified.get(header::ETAG) else {
         return true;
