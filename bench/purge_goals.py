@@ -69,7 +69,9 @@ Usage: python3 bench/purge_goals.py   (BIN_DIR: the release binaries, default ta
        env knobs above). Writes its section of docs/benchmarks.md (and
        bench/sections/purge-goals.md) and bench/results-purge-goals.json, unless NO_WRITE=1;
        `--render` writes the section again from the JSON. Service logs go to LOG_DIR (default
-       a new /tmp/purge-goals-* directory).
+       a new /tmp/purge-goals-* directory). DUMP_LINES=path writes the hot-key requests of the
+       huge tag's or the storm's run (due time, ms) and the purge window to `path` as JSON, for
+       a timeline of where the slow ones fall.
 """
 
 import asyncio
@@ -389,6 +391,13 @@ def lat(lines, t_from=None, t_to=None):
             "p999": round(pct(ms, 99.9), 3), "max": round(max(ms), 3)}
 
 
+def dump_lines(runs, s0, s1):
+    """With DUMP_LINES set, writes the runs' requests and the purge window [s0, s1] there."""
+    if os.getenv("DUMP_LINES"):
+        with open(os.getenv("DUMP_LINES"), "w") as f:
+            json.dump({"s0": s0, "s1": s1, "lines": [x["lines"] for x in runs]}, f)
+
+
 def hot_loads(replicas, secs, t0):
     return [Load(r.base, HOT_RATE, "--pattern", "single", "--key", "hot", "-c", HOT_CONNS,
                  "--duration", f"{secs}s", "--threads", 1, t0=t0) for r in replicas]
@@ -498,6 +507,7 @@ def phase_huge():
                              for l in redis.cli("info", "commandstats").splitlines() if l.startswith("cmdstat_")}
     base.log(f"huge: Redis commands during the purge: {out['redis_commands']}")
     run = [l.result() for l in loads]
+    dump_lines(run, sent - t0, answered - t0)
     b_done = b_applied.get("t")
     out["purge"] = {"status": status, "body": text[:500], "ms": round(ms, 1),
                     "b_applied_after_sent_ms": round((b_done - sent) * 1000, 1) if b_done else None,
@@ -568,6 +578,7 @@ def phase_storm():
         answers = list(ex.map(lambda ip: delete((a, b)[ip[0] % 2].base, ip[1]), enumerate(purges)))
     s1 = time.monotonic()
     run = [l.result() for l in loads]
+    dump_lines(run, s0 - t0, s1 - t0)
     time.sleep(0.5)  # the other replica's messages
     entries_after = {r.name: int(r.metric("memory_cache_entries")) for r in (a, b)}
     statuses = {}
