@@ -868,8 +868,20 @@ impl RedisClient {
         node: &Arc<Node>,
         cmd: &Cmd,
     ) -> Result<T, CommandError> {
-        let mut conn = node.command_connection();
         let timeout = self.shared.settings.response_timeout;
+        self.run_on_within(op, node, cmd, timeout).await
+    }
+
+    /// Runs `cmd` on `node` over its command connection within `timeout` (a bulk command's own
+    /// deadline, longer than one command's).
+    pub(crate) async fn run_on_within<T: FromRedisValue>(
+        &self,
+        op: RedisOp,
+        node: &Arc<Node>,
+        cmd: &Cmd,
+        timeout: Duration,
+    ) -> Result<T, CommandError> {
+        let mut conn = node.command_connection();
         self.finish(
             op,
             node,

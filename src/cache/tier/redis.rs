@@ -833,9 +833,8 @@ impl RedisTier {
         let mut cursor = String::from("0");
         let mut purged = 0;
         loop {
-            let mut step = redis::pipe();
-            step.cmd("EVALSHA")
-                .arg(&sha)
+            let mut step = redis::cmd("EVALSHA");
+            step.arg(&sha)
                 .arg(1)
                 .arg(tag_key)
                 .arg(tag_json)
@@ -845,15 +844,10 @@ impl RedisTier {
                 .arg("2")
                 .arg(&cursor)
                 .arg(TAG_PURGE_CHUNK);
-            let done: Vec<(String, u64)> = self
+            let (next, n): (String, u64) = self
                 .client
-                .run_pipe_within(RedisOp::Del, &node, &step, deadline)
+                .run_on_within(RedisOp::Del, &node, &step, deadline)
                 .await?;
-            let Some((next, n)) = done.into_iter().next() else {
-                return Err(TierError::from(CommandError::Failed(
-                    "a tag purge step answered nothing".into(),
-                )));
-            };
             purged += n;
             if next == "0" {
                 return Ok(purged);

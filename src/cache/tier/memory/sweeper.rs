@@ -16,8 +16,8 @@
 //! spent on it at once. A job always finishes, whether or not its purge still waits for it: a
 //! purge, once begun, lands.
 
+use std::sync::OnceLock;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -76,14 +76,15 @@ impl Drop for Job {
 /// Hands `job` to the sweeper thread (started at first use), or, if no thread can be started,
 /// runs it on the calling thread.
 pub(super) fn submit(job: Job) {
-    static SWEEPER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+    // `mpsc::Sender` is `Sync`: every worker sends on the one sender, no lock needed.
+    static SWEEPER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     let sender = SWEEPER.get_or_init(|| {
         let (tx, rx) = mpsc::channel();
         match std::thread::Builder::new()
             .name("cache-sweeper".into())
             .spawn(move || run(rx))
         {
-            Ok(_) => Some(Mutex::new(tx)),
+            Ok(_) => Some(tx),
             Err(e) => {
                 tracing::warn!(error = %e, "no sweeper thread: tag purges are swept on the workers");
                 None
@@ -91,7 +92,7 @@ pub(super) fn submit(job: Job) {
         }
     });
     let job = match sender {
-        Some(tx) => match tx.lock().unwrap_or_else(|p| p.into_inner()).send(job) {
+        Some(tx) => match tx.send(job) {
             Ok(()) => return,
             Err(mpsc::SendError(job)) => job,
         },
