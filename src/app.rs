@@ -341,7 +341,8 @@ impl Application {
 }
 
 /// The server's limits, with `HTTP_MAX_CONNECTIONS` lowered to what the open-file limit allows
-/// after descriptors for the origin's connections, Redis and the process itself.
+/// after descriptors for the origin's connections, Redis and the process itself; the descriptor
+/// table is grown for all of them now, so that no `accept` under load has to grow it.
 fn connection_limits(config: &Config) -> ServerLimits {
     let mut limits = config.server;
     let reserve = 64 + config.origin.max_concurrency as u64 + if config.redis.is_some() { 32 } else { 0 };
@@ -356,6 +357,10 @@ fn connection_limits(config: &Config) -> ServerLimits {
             "HTTP_MAX_CONNECTIONS lowered to fit under the open-file limit (RLIMIT_NOFILE)"
         );
         limits.max_connections = lowered;
+    }
+    let wanted = limits.max_connections as u64 + reserve;
+    if let Some(size) = server::presize_descriptor_table(wanted) {
+        tracing::debug!(wanted, size, "descriptor table grown at start-up");
     }
     limits
 }

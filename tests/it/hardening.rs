@@ -248,6 +248,33 @@ async fn the_connection_cap_is_lowered_to_fit_the_open_file_limit() {
 }
 
 #[tokio::test]
+async fn the_descriptor_table_is_grown_for_every_connection_at_start_up() {
+    // Growing it later makes the accept that crosses each power of two wait for an RCU grace
+    // period (10-20 ms) on an async worker, and every hit on that worker with it.
+    let s = Service::start(&[("HTTP_MAX_CONNECTIONS", "3000")]).await;
+    let proc_field = |file: &str, name: &str| -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", s.pid())).unwrap();
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap().to_owned();
+        line[name.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let soft_limit = proc_field("limits", "Max open files");
+    let table = proc_field("status", "FDSize:");
+    // 3000 connections and 128 descriptors for the rest (64 + ORIGIN_MAX_CONCURRENCY 64).
+    let wanted = 3000u64.min(soft_limit.saturating_sub(128)) + 128;
+    assert!(
+        table >= wanted.min(soft_limit),
+        "descriptor table of {table} for {wanted} descriptors (open-file limit {soft_limit})"
+    );
+    // Far more than the handful the service has open before its first connection.
+    assert!(table >= 1024.min(soft_limit), "{table}");
+}
+
+#[tokio::test]
 async fn sigterm_is_not_held_by_a_connection_without_a_complete_request() {
     let mut s = Service::start(&[("SHUTDOWN_DRAIN_SECS", "600")]).await;
     let mut half = connect(&s).await;
