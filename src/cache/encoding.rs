@@ -16,11 +16,86 @@ static MADE: [std::sync::atomic::AtomicU64; Coding::ALL.len()] = [
 ];
 
 /// Bodies shorter than this are compressed where they are asked for (tens of microseconds:
-/// less than handing them to another thread); longer ones on the blocking pool.
+/// less than handing them to another thread); longer ones on the compression threads.
 pub const INLINE_COMPRESS_BYTES: usize = 16 * 1024;
 
+/// Threads that compress long bodies: a pool of their own, at `nice` [`POOL_NICE`].
+///
+/// Why not tokio's blocking pool: a compression (a 1 MiB body: brotli ~40 ms) shares its core
+/// with the async workers, and at the same priority the scheduler gives it half the core in
+/// slices of milliseconds, so every hit due meanwhile waited for one (issue 31's burst). At a
+/// lower priority a worker that wakes takes the core at once, and the compression runs on what
+/// the workers leave. A thread cannot take back a priority it gave up (unprivileged), so these
+/// threads do nothing else; one per core (at most [`POOL_MAX`]), so compressions of different
+/// bodies still run side by side.
+struct Pool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The compression threads' `nice`: far below the workers' 0 (a weight of 110 against 1024).
+const POOL_NICE: libc::c_int = 10;
+
+/// At most this many compression threads.
+const POOL_MAX: usize = 8;
+
+impl Pool {
+    /// The process's pool, started on first use; `None` when no thread could be started.
+    fn get() -> Option<&'static Pool> {
+        static POOL: std::sync::OnceLock<Option<Pool>> = std::sync::OnceLock::new();
+        POOL.get_or_init(Pool::start).as_ref()
+    }
+
+    fn start() -> Option<Pool> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(POOL_MAX);
+        let mut started = 0;
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("compress-{i}"))
+                .spawn(move || {
+                    #[cfg(target_os = "linux")]
+                    // SAFETY: setpriority on this thread's own id; it only lowers its priority.
+                    unsafe {
+                        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, POOL_NICE);
+                    }
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(job) = job else { return };
+                        job();
+                    }
+                });
+            started += usize::from(spawned.is_ok());
+        }
+        (started > 0).then_some(Pool { jobs })
+    }
+}
+
+/// `body` in `coding`, made on the compression threads (tokio's blocking pool if they could not
+/// be started); an empty body only if the compression panicked, which it cannot.
+async fn compress_aside(coding: Coding, body: Bytes) -> Bytes {
+    let Some(pool) = Pool::get() else {
+        let made = tokio::task::spawn_blocking(move || coding.compress(&body)).await;
+        return made.unwrap_or_default();
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let made = std::panic::catch_unwind(|| coding.compress(&body));
+        let _ = tx.send(made.unwrap_or_default());
+    });
+    if pool.jobs.send(job).is_err() {
+        return Bytes::new();
+    }
+    rx.await.unwrap_or_default()
+}
+
 /// One body's compressed forms, each made once and shared: concurrent askers wait on the one
-/// compression under way (on the blocking pool for long bodies), none makes its own.
+/// compression under way (on the compression threads for long bodies), none makes its own.
 #[derive(Debug, Default)]
 pub struct Compressions {
     /// The body in each [`Coding`], once made.
@@ -54,8 +129,8 @@ impl Compressions {
         self.forms[coding as usize].get().cloned()
     }
 
-    /// The body in `coding`: made now from `body()` when it is short, else on the blocking
-    /// pool, once; every concurrent caller waits on the same compression.
+    /// The body in `coding`: made now from `body()` when it is short, else on the compression
+    /// threads, once; every concurrent caller waits on the same compression.
     pub async fn get(&self, coding: Coding, body: impl FnOnce() -> Bytes) -> Bytes {
         let cell = &self.forms[coding as usize];
         cell.get_or_init(|| async move {
@@ -63,9 +138,7 @@ impl Compressions {
             if body.len() < INLINE_COMPRESS_BYTES {
                 return coding.compress(&body);
             }
-            let made = tokio::task::spawn_blocking(move || coding.compress(&body)).await;
-            // The blocking pool is gone only while the runtime shuts down.
-            made.unwrap_or_default()
+            compress_aside(coding, body).await
         })
         .await
         .clone()
@@ -83,7 +156,7 @@ impl Compressions {
         made
     }
 
-    /// Starts making the body in `coding` on the blocking pool, unless it is made or under way;
+    /// Starts making the body in `coding` on the compression threads, unless it is made or under way;
     /// `then` runs once it is made (the memory tier weighs the entry again). A request that
     /// finds it not made yet answers identity meanwhile rather than wait.
     pub fn start(self: &Arc<Self>, coding: Coding, body: Bytes, then: impl FnOnce() + Send + 'static) {

@@ -69,7 +69,7 @@ pub struct Entry {
     tags: Option<Box<[Box<str>]>>,
     /// The hit body compressed in each [`Coding`], made on first use and kept (behind a
     /// pointer: most entries are never asked for compressed, and then cost one; shared, so a
-    /// compression on the blocking pool can fill it after the request that asked is answered).
+    /// compression on the compression threads can fill it after the request that asked is answered).
     compressed: OnceLock<Arc<Compressions>>,
     /// A proxied response's status and headers (`PROXY_ROUTES`); `None` for an `/items` entry,
     /// whose body is the rendered JSON answer. Proxied entries live under keys no `/items` key

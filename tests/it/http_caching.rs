@@ -371,7 +371,19 @@ async fn a_long_body_is_compressed_once_for_a_stampede_and_once_for_later_hits()
         1.0,
         "one for 50 coalesced requests"
     );
-    // Hits: identity until the hit body's form is made on the blocking pool, then brotli.
+    // Long bodies were compressed on the service's own threads, below the workers' priority
+    // (nice 10), so a worker sharing their core preempts them.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", s.pid())).unwrap();
+    let nices: Vec<i64> = tasks
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (name, rest) = stat.split_once(") ")?;
+            name.ends_with("(compress-0")
+                .then(|| rest.split(' ').nth(16)?.parse().ok())?
+        })
+        .collect();
+    assert_eq!(nices, [10], "one compress-0 thread at nice 10");
+    // Hits: identity until the hit body's form is made on those threads, then brotli.
     eventually("a hit to be answered in brotli", || async {
         let (_, _, headers, _) = get_with(&url, &[("Accept-Encoding", "br")]).await;
         (header(&headers, "content-encoding").as_deref() == Some("br")).then_some(())
