@@ -76,22 +76,54 @@ impl Pool {
     }
 }
 
-/// `body` in `coding`, made on the compression threads (tokio's blocking pool if they could not
-/// be started); an empty body only if the compression panicked, which it cannot.
-async fn compress_aside(coding: Coding, body: Bytes) -> Bytes {
-    let Some(pool) = Pool::get() else {
-        let made = tokio::task::spawn_blocking(move || coding.compress(&body)).await;
-        return made.unwrap_or_default();
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
+/// Makes `body` in `coding` on the compression threads (tokio's blocking pool if they could not
+/// be started) and puts it in `form`, whether or not anyone still waits for it.
+fn compress_aside(coding: Coding, body: Bytes, form: Arc<Form>) {
     let job: Job = Box::new(move || {
+        // Compressing into memory cannot fail; were it to panic, the waiters get an empty
+        // body rather than wait for ever.
         let made = std::panic::catch_unwind(|| coding.compress(&body));
-        let _ = tx.send(made.unwrap_or_default());
+        form.fill(made.unwrap_or_default());
     });
-    if pool.jobs.send(job).is_err() {
-        return Bytes::new();
+    let job = match Pool::get() {
+        Some(pool) => match pool.jobs.send(job) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::SendError(job)) => job,
+        },
+        None => job,
+    };
+    drop(tokio::task::spawn_blocking(job));
+}
+
+/// One compressed form: empty until made, then set once; the compression under way holds it
+/// too, so it lands even when every request that asked for it has gone.
+#[derive(Debug, Default)]
+struct Form {
+    made: std::sync::OnceLock<Bytes>,
+    /// Woken when `made` is set.
+    done: tokio::sync::Notify,
+}
+
+impl Form {
+    fn fill(&self, made: Bytes) {
+        // A form is made once ([`Compressions::started`]); a second would be the same bytes.
+        let _ = self.made.set(made);
+        self.done.notify_waiters();
     }
-    rx.await.unwrap_or_default()
+
+    /// The form, once made.
+    async fn wait(&self) -> Bytes {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            // Registered before looking, so a fill in between is not missed.
+            done.as_mut().enable();
+            if let Some(made) = self.made.get() {
+                return made.clone();
+            }
+            done.await;
+        }
+    }
 }
 
 /// One body's compressed forms, each made once and shared: concurrent askers wait on the one
@@ -99,18 +131,25 @@ async fn compress_aside(coding: Coding, body: Bytes) -> Bytes {
 #[derive(Debug, Default)]
 pub struct Compressions {
     /// The body in each [`Coding`], once made.
-    forms: [tokio::sync::OnceCell<Bytes>; Coding::ALL.len()],
-    /// Whether a background compression of each coding was started ([`Compressions::start`]).
+    forms: [Arc<Form>; Coding::ALL.len()],
+    /// Whether the compression of each coding was started: once per body and coding, whoever
+    /// asks, however many of them go away before it is made.
     started: [AtomicBool; Coding::ALL.len()],
 }
 
 impl Clone for Compressions {
     /// The forms made so far (a renewed entry with the same body keeps them).
     fn clone(&self) -> Self {
-        Compressions {
-            forms: self.forms.clone(),
-            started: Default::default(),
-        }
+        let form = |f: &Arc<Form>| {
+            let copy = Form::default();
+            if let Some(made) = f.made.get() {
+                let _ = copy.made.set(made.clone());
+            }
+            Arc::new(copy)
+        };
+        let forms = self.forms.each_ref().map(form);
+        let started = forms.each_ref().map(|f| AtomicBool::new(f.made.get().is_some()));
+        Compressions { forms, started }
     }
 }
 
@@ -126,55 +165,64 @@ impl Eq for Compressions {}
 impl Compressions {
     /// The body in `coding`, if made already.
     pub fn ready(&self, coding: Coding) -> Option<Bytes> {
-        self.forms[coding as usize].get().cloned()
+        self.forms[coding as usize].made.get().cloned()
     }
 
     /// The body in `coding`: made now from `body()` when it is short, else on the compression
-    /// threads, once; every concurrent caller waits on the same compression.
+    /// threads, once; every caller waits on the same compression, and a caller that goes away
+    /// does not stop it (the next one finds it made or under way).
     pub async fn get(&self, coding: Coding, body: impl FnOnce() -> Bytes) -> Bytes {
-        let cell = &self.forms[coding as usize];
-        cell.get_or_init(|| async move {
+        let form = &self.forms[coding as usize];
+        if let Some(made) = form.made.get() {
+            return made.clone();
+        }
+        if !self.started[coding as usize].swap(true, Ordering::AcqRel) {
             let body = body();
             if body.len() < INLINE_COMPRESS_BYTES {
-                return coding.compress(&body);
+                form.fill(coding.compress(&body));
+            } else {
+                compress_aside(coding, body, form.clone());
             }
-            compress_aside(coding, body).await
-        })
-        .await
-        .clone()
+        }
+        form.wait().await
     }
 
     /// The body in `coding`, made here and now if it is not made yet (for short bodies).
     pub fn make_now(&self, coding: Coding, body: &[u8]) -> Bytes {
-        let cell = &self.forms[coding as usize];
-        if let Some(made) = cell.get() {
+        let form = &self.forms[coding as usize];
+        if let Some(made) = form.made.get() {
             return made.clone();
         }
-        let made = coding.compress(body);
-        // Another caller may have set it meanwhile: either form is the same bytes.
-        let _ = cell.set(made.clone());
-        made
+        self.started[coding as usize].store(true, Ordering::Release);
+        // Another caller may have made it meanwhile: either form is the same bytes.
+        form.fill(coding.compress(body));
+        form.made.get().cloned().unwrap_or_default()
     }
 
-    /// Starts making the body in `coding` on the compression threads, unless it is made or under way;
-    /// `then` runs once it is made (the memory tier weighs the entry again). A request that
-    /// finds it not made yet answers identity meanwhile rather than wait.
+    /// Starts making the body in `coding` on the compression threads, unless it is made or
+    /// under way; `then` runs once it is made (the memory tier weighs the entry again). A request
+    /// that finds it not made yet answers identity meanwhile rather than wait.
     pub fn start(self: &Arc<Self>, coding: Coding, body: Bytes, then: impl FnOnce() + Send + 'static) {
-        if self.forms[coding as usize].initialized()
+        if self.forms[coding as usize].made.get().is_some()
             || self.started[coding as usize].swap(true, Ordering::AcqRel)
         {
             return;
         }
-        let forms = self.clone();
+        let form = self.forms[coding as usize].clone();
+        compress_aside(coding, body, form.clone());
         tokio::spawn(async move {
-            forms.get(coding, || body).await;
+            form.wait().await;
             then();
         });
     }
 
     /// Bytes held by the forms made so far.
     pub fn bytes(&self) -> usize {
-        self.forms.iter().filter_map(|f| f.get()).map(Bytes::len).sum()
+        self.forms
+            .iter()
+            .filter_map(|f| f.made.get())
+            .map(Bytes::len)
+            .sum()
     }
 }
 
@@ -273,6 +321,43 @@ impl Coding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_compression_whose_asker_went_away_lands_once_for_the_next() {
+        // ~2 MiB of words brotli takes tens of milliseconds over.
+        let (mut x, mut text) = (7u64, String::new());
+        while text.len() < 2 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.push_str(&format!("w{} ", x % 50_000));
+        }
+        let body = Bytes::from(text);
+        let forms = Arc::new(Compressions::default());
+        let before = Coding::Br.made();
+        let (f, b) = (forms.clone(), body.clone());
+        let asker = tokio::spawn(async move { f.get(Coding::Br, || b).await });
+        while !forms.started[Coding::Br as usize].load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+        }
+        // The client went away while its compression was under way.
+        asker.abort();
+        let made = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            forms.get(Coding::Br, || unreachable!("the body is not asked for again")),
+        )
+        .await
+        .expect("the compression lands");
+        assert_eq!(
+            Coding::Br.made() - before,
+            1,
+            "made once, not again for the next asker"
+        );
+        let mut back = Vec::new();
+        brotli::BrotliDecompress(&mut &made[..], &mut back).unwrap();
+        assert_eq!(back, body);
+        assert_eq!(forms.ready(Coding::Br), Some(made));
+    }
 
     fn pick(header: &str) -> Option<Coding> {
         Coding::negotiate(Some(header.as_bytes()))

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use super::{AppState, conditional};
-use crate::cache::{Answer, Coding, Entry, INLINE_COMPRESS_BYTES, PurgeMode};
+use crate::cache::{Answer, Coding, Entry, FetchedBody, INLINE_COMPRESS_BYTES, PurgeMode};
 use crate::error::AppError;
 use crate::telemetry::{self, TRACE_TARGET};
 
@@ -30,6 +30,7 @@ pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> R
     // The body is not `Sync`: keep only the head across the awaits.
     let (request, _body) = request.into_parts();
     telemetry::continue_trace(&span, &request.headers);
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
     let response = async {
         let key = key_of(request.uri.path(), state.max_key_bytes)?;
         let answer = state.cache.get(&key, state.request_timeout).await?;
@@ -40,7 +41,7 @@ pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> R
         let fetched = match (&answer.fetched, coding) {
             // A fetched 404 has no body of its own: the error answer says it.
             _ if answer.entry.negative => None,
-            (Some(body), Some(coding)) => Some((body.compressed(&answer.entry, coding).await, Some(coding))),
+            (Some(body), Some(coding)) => Some(fetched_in(body, &answer.entry, coding, deadline).await),
             (Some(body), None) => Some((body.identity(&answer.entry), None)),
             (None, _) => None,
         };
@@ -51,6 +52,22 @@ pub async fn get_item(State(state): State<Arc<AppState>>, request: Request) -> R
     .unwrap_or_else(IntoResponse::into_response);
     span.record("http.response.status_code", response.status().as_u16());
     response
+}
+
+/// A fetch's body in `coding`, or as it is if the compressed form is not made by `deadline`
+/// (`REQUEST_TIMEOUT_SECS` from the request's start): compressions queue on a few threads, and a
+/// client that accepts a coding takes identity too, so it gets its answer rather than a `504`
+/// or a wait behind other keys' compressions. The form is still made for whoever waits on.
+async fn fetched_in(
+    body: &FetchedBody,
+    entry: &Entry,
+    coding: Coding,
+    deadline: tokio::time::Instant,
+) -> (Bytes, Option<Coding>) {
+    match tokio::time::timeout_at(deadline, body.compressed(entry, coding)).await {
+        Ok(made) => (made, Some(coding)),
+        Err(_) => (body.identity(entry), None),
+    }
 }
 
 /// `GET /items/{key}` answered at once when the key is fresh in the tier in front (memory),
@@ -350,6 +367,39 @@ pub(super) fn still_running(timeout: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long JSON value that takes brotli a while: words from a seeded generator.
+    fn long_value() -> Vec<u8> {
+        let mut x = 7u64;
+        let mut out = b"\"".to_vec();
+        while out.len() < 2 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(format!("w{} ", x % 50_000).as_bytes());
+        }
+        out.push(b'"');
+        out
+    }
+
+    #[tokio::test]
+    async fn a_fetched_body_not_compressed_by_the_deadline_goes_as_it_is() {
+        let life = crate::cache::Lifetimes::fixed(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(300),
+            std::time::Duration::from_secs(5),
+        );
+        let entry = Entry::value("k", &long_value(), 60, &life);
+        let body = FetchedBody::default();
+        let past = tokio::time::Instant::now();
+        let (bytes, coding) = fetched_in(&body, &entry, Coding::Br, past).await;
+        assert_eq!((bytes, coding), (body.identity(&entry), None));
+        // The form is still made, once, for the requests that wait on.
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+        let (bytes, coding) = fetched_in(&body, &entry, Coding::Br, far).await;
+        assert_eq!(coding, Some(Coding::Br));
+        assert!(bytes.len() < entry.origin_body().len() / 2);
+    }
 
     #[test]
     fn keys_are_checked() {

@@ -568,6 +568,7 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.turn.flushed();
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
