@@ -29,29 +29,24 @@ bench/report.py). About 15 s a run.
 """
 
 import os
-import re
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from datetime import datetime, timezone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import hotkey  # noqa: E402
+
 RATE = int(os.getenv("RATE", "5000"))
 SECS = int(os.getenv("SECS", "12"))
 CONNS = int(os.getenv("CONNS", "1000"))
 OPEN_AT = float(os.getenv("OPEN_AT", "4"))
 SLOW_MS = float(os.getenv("SLOW_MS", "3"))
 RUNS = int(os.getenv("RUNS", "3"))
-LINE = re.compile(r"^\[(\d+)\] key=\S+\s*\| (\w+)\s*\|\s*([\d.]+) ms$")
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def table_size(pid):
@@ -60,27 +55,16 @@ def table_size(pid):
 
 
 def one_run(bin_dir):
-    port = free_port()
+    port = hotkey.free_port()
     env = dict(os.environ, LISTEN_ADDR=f"127.0.0.1:{port}", RUST_LOG="warn", TOKIO_WORKER_THREADS="1",
                CACHE_TTL_SECS="600")
     svc = subprocess.Popen(["taskset", "-c", "0", f"{bin_dir}/cache-layer"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/items/hot", timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the service did not answer within 30 s")
-                time.sleep(0.1)
+        hotkey.wait_answer(f"http://127.0.0.1:{port}/items/hot")
         table_before = table_size(svc.pid)
         t0 = time.monotonic() + 1  # after the load test's 1 s warm-up
-        load = subprocess.Popen(["taskset", "-c", "1", f"{bin_dir}/cache-layer-loadtest", "--url",
-                                 f"http://127.0.0.1:{port}", "--pattern", "single", "--key", "hot",
-                                 "--rate", str(RATE), "-c", "32", "--duration", f"{SECS}s", "--warmup", "1s",
-                                 "--per-request"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        load = hotkey.start_load(bin_dir, port, RATE, SECS)
         socks, opened = [], {}
 
         def opener():
@@ -102,45 +86,26 @@ def one_run(bin_dir):
     finally:
         svc.terminate()
         svc.wait()
-    lines = [((int(m.group(1)) - 1) / RATE, float(m.group(3)))
-             for line in out.splitlines() if (m := LINE.match(line))]
-    if len(lines) < RATE * SECS * 0.95:
-        raise SystemExit(f"the load test answered {len(lines)} of {RATE * SECS} requests")
-    lat = sorted(ms for _, ms in lines)
-
-    def q(p):
-        return lat[min(len(lat) - 1, int(len(lat) * p))]
+    lines = hotkey.lines(out, RATE, SECS)
 
     def slow(a, b):
         return sum(1 for t, ms in lines if a <= t < b and ms > SLOW_MS)
 
     burst = [ms for t, ms in lines if OPEN_AT <= t < OPEN_AT + 1]
-    return {"p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": lat[-1],
+    return {**hotkey.quantiles(lines),
             "slow_burst": slow(OPEN_AT, OPEN_AT + 1), "slow_before": slow(OPEN_AT - 1, OPEN_AT),
             "burst_max": max(burst), "opened_in_ms": opened.get("in_ms"),
             "table_before": table_before, "table_after": table_after}
 
 
-def label_of(name, bin_dir):
-    """What build `bin_dir` holds: OLD_LABEL / NEW_LABEL when given, else its directory."""
-    given = os.getenv("OLD_LABEL" if name.startswith("before") else "NEW_LABEL")
-    return given or bin_dir
-
-
 def main():
-    builds = {"this build": os.getenv("BIN_DIR", os.path.join(os.path.dirname(HERE), "target/release"))}
-    if os.getenv("OLD_BIN_DIR"):
-        builds = {"before (OLD_BIN_DIR)": os.environ["OLD_BIN_DIR"], **builds}
+    builds = hotkey.builds_from_env(os.path.join(os.path.dirname(HERE), "target/release"))
     started = datetime.now(timezone.utc)
-    results = {name: [] for name in builds}
-    for i in range(RUNS):
-        for name, bin_dir in builds.items():
-            r = one_run(bin_dir)
-            results[name].append(r)
-            print(f"{name} run {i + 1}: p99.9 {r['p999']:.2f} ms, max {r['max']:.2f} ms, over {SLOW_MS} ms in "
-                  f"the burst's second {r['slow_burst']} (the second before: {r['slow_before']}), "
-                  f"{CONNS} opened in {r['opened_in_ms']:.0f} ms, descriptor table {r['table_before']} -> "
-                  f"{r['table_after']}", flush=True)
+    results = hotkey.alternate(builds, RUNS, one_run, lambda name, i, r: (
+        f"{name} run {i}: p99.9 {r['p999']:.2f} ms, max {r['max']:.2f} ms, over {SLOW_MS} ms in "
+        f"the burst's second {r['slow_burst']} (the second before: {r['slow_before']}), "
+        f"{CONNS} opened in {r['opened_in_ms']:.0f} ms, descriptor table {r['table_before']} -> "
+        f"{r['table_after']}"))
     rows = ["| build | run | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | requests over "
             f"{SLOW_MS:g} ms: burst second / second before | slowest in the burst second (ms) | "
             "connections opened in (ms) | descriptor table before → after |",
@@ -151,15 +116,14 @@ def main():
                         f"{r['slow_burst']} / {r['slow_before']} | {r['burst_max']:.2f} | {r['opened_in_ms']:.0f} | "
                         f"{r['table_before']} → {r['table_after']} |")
     when = started.strftime("%Y-%m-%d %H:%M UTC")
-    env = " ".join(f"{k}={v}" for k, v in (("OLD_BIN_DIR", os.getenv("OLD_BIN_DIR")),
-                                           ("BIN_DIR", os.getenv("BIN_DIR"))) if v)
+    env = hotkey.command_env()
     text = "\n".join([
         "### A hot key while 1,000 connections arrive at once (descriptor table grown at start-up)",
         "",
         f"`{env + ' ' if env else ''}python3 bench/accept_burst.py`, {when}. The hot key at {RATE:,} req/s "
         f"over 32 connections (open loop, {SECS} s, one worker on core 0); {OPEN_AT:g} s in, {CONNS:,} new "
         "connections opened back to back from core 1 and held idle. Builds: "
-        + ", ".join(f"{name} `{label_of(name, b)}`" for name, b in builds.items()) + ".",
+        + ", ".join(f"{name} `{label}`" for name, (_, label) in builds.items()) + ".",
         "",
         *rows,
         "",

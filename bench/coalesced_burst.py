@@ -27,18 +27,16 @@ with bench/report.py). About 20 s a run.
 """
 
 import os
-import re
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from datetime import datetime, timezone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import core_goals  # noqa: E402  (the origin and the burst client)
+import hotkey  # noqa: E402
 
 RATE = int(os.getenv("RATE", "5000"))
 SECS = int(os.getenv("SECS", "10"))
@@ -46,28 +44,12 @@ CLIENTS = int(os.getenv("CLIENTS", "1000"))
 BURST_AT = float(os.getenv("BURST_AT", "4"))
 SLOW_MS = float(os.getenv("SLOW_MS", "3"))
 RUNS = int(os.getenv("RUNS", "3"))
-LINE = re.compile(r"^\[(\d+)\] key=\S+\s*\| (\w+)\s*\|\s*([\d.]+) ms$")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_answer(url):
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return urllib.request.urlopen(url, timeout=5).read()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{url} did not answer within 30 s")
-            time.sleep(0.1)
 
 
 def one_run(bin_dir):
-    port, oport = free_port(), free_port()
+    port, oport = hotkey.free_port(), hotkey.free_port()
     origin = subprocess.Popen(["taskset", "-c", "1", sys.executable, os.path.join(HERE, "core_goals.py"),
                                "--origin", str(oport), str(1 << 20), "300", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -77,12 +59,9 @@ def one_run(bin_dir):
     svc = subprocess.Popen(["taskset", "-c", "0", f"{bin_dir}/cache-layer"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_answer(f"http://127.0.0.1:{port}/items/hot")
+        hotkey.wait_answer(f"http://127.0.0.1:{port}/items/hot")
         t0 = time.monotonic() + 1  # after the load test's 1 s warm-up
-        load = subprocess.Popen(["taskset", "-c", "1", f"{bin_dir}/cache-layer-loadtest", "--url",
-                                 f"http://127.0.0.1:{port}", "--pattern", "single", "--key", "hot",
-                                 "--rate", str(RATE), "-c", "32", "--duration", f"{SECS}s", "--warmup", "1s",
-                                 "--per-request"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        load = hotkey.start_load(bin_dir, port, RATE, SECS)
         burst = {}
 
         def client():
@@ -100,44 +79,22 @@ def one_run(bin_dir):
         svc.wait()
         origin.terminate()
         origin.wait()
-    lines = [((int(m.group(1)) - 1) / RATE, float(m.group(3)))
-             for line in out.splitlines() if (m := LINE.match(line))]
-    if len(lines) < RATE * SECS * 0.95:
-        raise SystemExit(f"the load test answered {len(lines)} of {RATE * SECS} requests")
+    lines = hotkey.lines(out, RATE, SECS)
     if burst.get("statuses", {}).get("200") != CLIENTS or burst.get("content_encoding", {}).get("br") != CLIENTS:
         raise SystemExit(f"the burst was not answered {CLIENTS} x 200 in br: {burst}")
-    lat = sorted(ms for _, ms in lines)
-
-    def q(p):
-        return lat[min(len(lat) - 1, int(len(lat) * p))]
-
     second = [ms for t, ms in lines if BURST_AT <= t < BURST_AT + 1]
-    return {"p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": lat[-1],
+    return {**hotkey.quantiles(lines),
             "slow": sum(1 for ms in second if ms > SLOW_MS), "second_max": max(second),
             "first_ms": burst.get("first_ms"), "last_ms": burst.get("last_ms"),
             "mib": burst.get("bytes_on_wire", 0) / (1 << 20)}
 
 
 def main():
-    if os.getenv("BUILDS"):
-        # `name=dir` pairs separated by `;`, compared in that order.
-        builds = dict(b.split("=", 1) for b in os.environ["BUILDS"].split(";") if b)
-        labels = {name: name for name in builds}
-    else:
-        builds = {"this build": os.getenv("BIN_DIR", os.path.join(os.path.dirname(HERE), "target/release"))}
-        labels = {"this build": os.getenv("NEW_LABEL", builds["this build"])}
-        if os.getenv("OLD_BIN_DIR"):
-            builds = {"before": os.environ["OLD_BIN_DIR"], **builds}
-            labels["before"] = os.getenv("OLD_LABEL", os.environ["OLD_BIN_DIR"])
+    builds = hotkey.builds_from_env(os.path.join(os.path.dirname(HERE), "target/release"))
     started = datetime.now(timezone.utc)
-    results = {name: [] for name in builds}
-    for i in range(RUNS):
-        for name, bin_dir in builds.items():
-            r = one_run(bin_dir)
-            results[name].append(r)
-            print(f"{name} run {i + 1}: p99.9 {r['p999']:.2f} ms, over {SLOW_MS:g} ms in the burst's second "
-                  f"{r['slow']} (slowest {r['second_max']:.1f} ms), answers {r['first_ms']}-{r['last_ms']} ms",
-                  flush=True)
+    results = hotkey.alternate(builds, RUNS, one_run, lambda name, i, r: (
+        f"{name} run {i}: p99.9 {r['p999']:.2f} ms, over {SLOW_MS:g} ms in the burst's second "
+        f"{r['slow']} (slowest {r['second_max']:.1f} ms), answers {r['first_ms']}-{r['last_ms']} ms"))
     rows = ["| build | run | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | requests over "
             f"{SLOW_MS:g} ms in the burst's second | slowest in it (ms) | burst answers, first / last (ms after "
             "sending) |",
@@ -146,9 +103,7 @@ def main():
         for i, r in enumerate(runs, 1):
             rows.append(f"| {name} | {i} | {r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.2f} | {r['max']:.2f} | "
                         f"{r['slow']} | {r['second_max']:.1f} | {r['first_ms']:.0f} / {r['last_ms']:.0f} |")
-    env = " ".join(f"{k}='{v}'" if ";" in v or " " in v else f"{k}={v}"
-                   for k, v in (("BUILDS", os.getenv("BUILDS")), ("OLD_BIN_DIR", os.getenv("OLD_BIN_DIR")),
-                                ("BIN_DIR", os.getenv("BIN_DIR"))) if v)
+    env = hotkey.command_env()
     mib = next(iter(results.values()))[0]["mib"]
     text = "\n".join([
         "### A hot key while 1,000 coalesced clients are answered 1 MiB in brotli (the burst alone)",
@@ -158,7 +113,7 @@ def main():
         f"(open loop, {SECS} s, one worker on core 0); {BURST_AT:g} s in, {CLIENTS:,} clients ask for a "
         f"1 MiB value with `Accept-Encoding: br` at once: one origin fetch (300 ms), one compression, "
         f"{mib:.0f} MiB of answers. Builds: "
-        + ", ".join(name if labels[name] == name else f"{name} `{labels[name]}`" for name in builds) + ".",
+        + ", ".join(name if label == name else f"{name} `{label}`" for name, (_, label) in builds.items()) + ".",
         "",
         *rows,
         ""])
