@@ -359,8 +359,8 @@ fn connection_limits(config: &Config) -> ServerLimits {
         limits.max_connections = lowered;
     }
     let wanted = limits.max_connections as u64 + reserve;
-    if let Some(size) = server::presize_descriptor_table(wanted) {
-        tracing::debug!(wanted, size, "descriptor table grown at start-up");
+    if let Some(grown) = server::presize_descriptor_table(wanted) {
+        tracing::debug!(wanted, grown, "descriptor table grown at start-up");
     }
     limits
 }

@@ -100,13 +100,31 @@ fn compress_aside(coding: Coding, body: Bytes, form: Arc<Form>) {
 #[derive(Debug, Default)]
 struct Form {
     made: std::sync::OnceLock<Bytes>,
+    /// Whether its compression was started: once per body and coding, whoever asks, however
+    /// many of them go away before it is made.
+    started: AtomicBool,
     /// Woken when `made` is set.
     done: tokio::sync::Notify,
 }
 
 impl Form {
+    /// A form already made as `made` (a copy's), or not made yet.
+    fn made(made: Option<&Bytes>) -> Form {
+        let form = Form::default();
+        if let Some(made) = made {
+            let _ = form.made.set(made.clone());
+            form.started.store(true, Ordering::Relaxed);
+        }
+        form
+    }
+
+    /// Whether the caller is the first to start it (it then must make it).
+    fn start(&self) -> bool {
+        !self.started.swap(true, Ordering::AcqRel)
+    }
+
     fn fill(&self, made: Bytes) {
-        // A form is made once ([`Compressions::started`]); a second would be the same bytes.
+        // A form is made once (`started`); a second would be the same bytes.
         let _ = self.made.set(made);
         self.done.notify_waiters();
     }
@@ -132,24 +150,14 @@ impl Form {
 pub struct Compressions {
     /// The body in each [`Coding`], once made.
     forms: [Arc<Form>; Coding::ALL.len()],
-    /// Whether the compression of each coding was started: once per body and coding, whoever
-    /// asks, however many of them go away before it is made.
-    started: [AtomicBool; Coding::ALL.len()],
 }
 
 impl Clone for Compressions {
     /// The forms made so far (a renewed entry with the same body keeps them).
     fn clone(&self) -> Self {
-        let form = |f: &Arc<Form>| {
-            let copy = Form::default();
-            if let Some(made) = f.made.get() {
-                let _ = copy.made.set(made.clone());
-            }
-            Arc::new(copy)
-        };
-        let forms = self.forms.each_ref().map(form);
-        let started = forms.each_ref().map(|f| AtomicBool::new(f.made.get().is_some()));
-        Compressions { forms, started }
+        Compressions {
+            forms: self.forms.each_ref().map(|f| Arc::new(Form::made(f.made.get()))),
+        }
     }
 }
 
@@ -176,7 +184,7 @@ impl Compressions {
         if let Some(made) = form.made.get() {
             return made.clone();
         }
-        if !self.started[coding as usize].swap(true, Ordering::AcqRel) {
+        if form.start() {
             let body = body();
             if body.len() < INLINE_COMPRESS_BYTES {
                 form.fill(coding.compress(&body));
@@ -193,7 +201,7 @@ impl Compressions {
         if let Some(made) = form.made.get() {
             return made.clone();
         }
-        self.started[coding as usize].store(true, Ordering::Release);
+        form.start();
         // Another caller may have made it meanwhile: either form is the same bytes.
         form.fill(coding.compress(body));
         form.made.get().cloned().unwrap_or_default()
@@ -203,12 +211,11 @@ impl Compressions {
     /// under way; `then` runs once it is made (the memory tier weighs the entry again). A request
     /// that finds it not made yet answers identity meanwhile rather than wait.
     pub fn start(self: &Arc<Self>, coding: Coding, body: Bytes, then: impl FnOnce() + Send + 'static) {
-        if self.forms[coding as usize].made.get().is_some()
-            || self.started[coding as usize].swap(true, Ordering::AcqRel)
-        {
+        let form = &self.forms[coding as usize];
+        if form.made.get().is_some() || !form.start() {
             return;
         }
-        let form = self.forms[coding as usize].clone();
+        let form = form.clone();
         compress_aside(coding, body, form.clone());
         tokio::spawn(async move {
             form.wait().await;
@@ -318,26 +325,32 @@ impl Coding {
     }
 }
 
+/// About `len` bytes of words from a seeded generator: text that brotli takes tens of
+/// milliseconds over at 2 MiB, for tests that need a compression to be under way a while.
+#[cfg(test)]
+pub(crate) fn slow_words(len: usize) -> String {
+    let (mut x, mut text) = (7u64, String::with_capacity(len + 8));
+    while text.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        text.push_str(&format!("w{} ", x % 50_000));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn a_compression_whose_asker_went_away_lands_once_for_the_next() {
-        // ~2 MiB of words brotli takes tens of milliseconds over.
-        let (mut x, mut text) = (7u64, String::new());
-        while text.len() < 2 << 20 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            text.push_str(&format!("w{} ", x % 50_000));
-        }
-        let body = Bytes::from(text);
+        let body = Bytes::from(slow_words(2 << 20));
         let forms = Arc::new(Compressions::default());
         let before = Coding::Br.made();
         let (f, b) = (forms.clone(), body.clone());
         let asker = tokio::spawn(async move { f.get(Coding::Br, || b).await });
-        while !forms.started[Coding::Br as usize].load(Ordering::Acquire) {
+        while !forms.forms[Coding::Br as usize].started.load(Ordering::Acquire) {
             tokio::task::yield_now().await;
         }
         // The client went away while its compression was under way.

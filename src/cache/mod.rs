@@ -52,3 +52,6 @@ pub use tier::redis::RedisTier;
 pub use tier::{Tier, TierError, TierHealth, TierName};
 
 pub use read_through::{BATCH_WINDOW, BatchSink, FleetLease, FleetTurn, PurgeIncomplete, ReadThrough};
+
+#[cfg(test)]
+pub(crate) use encoding::slow_words;

@@ -368,20 +368,6 @@ pub(super) fn still_running(timeout: std::time::Duration) -> String {
 mod tests {
     use super::*;
 
-    /// A long JSON value that takes brotli a while: words from a seeded generator.
-    fn long_value() -> Vec<u8> {
-        let mut x = 7u64;
-        let mut out = b"\"".to_vec();
-        while out.len() < 2 << 20 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.extend_from_slice(format!("w{} ", x % 50_000).as_bytes());
-        }
-        out.push(b'"');
-        out
-    }
-
     #[tokio::test]
     async fn a_fetched_body_not_compressed_by_the_deadline_goes_as_it_is() {
         let life = crate::cache::Lifetimes::fixed(
@@ -389,7 +375,9 @@ mod tests {
             std::time::Duration::from_secs(300),
             std::time::Duration::from_secs(5),
         );
-        let entry = Entry::value("k", &long_value(), 60, &life);
+        // A JSON string brotli takes a while over.
+        let value = format!("\"{}\"", crate::cache::slow_words(2 << 20));
+        let entry = Entry::value("k", value.as_bytes(), 60, &life);
         let body = FetchedBody::default();
         let past = tokio::time::Instant::now();
         let (bytes, coding) = fetched_in(&body, &entry, Coding::Br, past).await;

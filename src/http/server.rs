@@ -642,8 +642,8 @@ pub fn connection_budget(reserve: u64) -> Option<u64> {
 /// descriptors with an `accept` that slept that long each time, and every hit on that worker
 /// waited with it (1,000 connections opened at once: three stalls of 11–20 ms). Grown once at
 /// start-up, the table costs 8 bytes per descriptor (a 4,096-connection cap: ~64 KiB). Returns
-/// the table's size afterwards as the kernel reports it, or `None` where that cannot be done.
-pub fn presize_descriptor_table(count: u64) -> Option<u64> {
+/// whether it now covers them (`None` where that cannot be done).
+pub fn presize_descriptor_table(count: u64) -> Option<bool> {
     #[cfg(target_os = "linux")]
     {
         let mut lim = libc::rlimit {
@@ -659,28 +659,21 @@ pub fn presize_descriptor_table(count: u64) -> Option<u64> {
         let probe = std::fs::File::open("/dev/null").ok()?;
         // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own onto the lowest free number at
         // or above `highest` (growing the table to cover it); the copy is closed at once.
-        unsafe {
+        let copy = unsafe {
             use std::os::fd::AsRawFd;
-            let copy = libc::fcntl(probe.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest);
-            if copy >= 0 {
-                libc::close(copy);
-            }
+            libc::fcntl(probe.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest)
+        };
+        if copy >= 0 {
+            // SAFETY: `copy` is the descriptor just made, owned by nothing else.
+            unsafe { libc::close(copy) };
         }
-        descriptor_table_size()
+        Some(copy >= 0)
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = count;
         None
     }
-}
-
-/// The size of this process's descriptor table (`FDSize` in `/proc/self/status`).
-#[cfg(target_os = "linux")]
-fn descriptor_table_size() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("FDSize:"))?;
-    line["FDSize:".len()..].trim().parse().ok()
 }
 
 #[cfg(test)]
