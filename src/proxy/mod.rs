@@ -172,6 +172,9 @@ struct Fetched {
     response_time: u64,
     /// When the request went out (ms since the epoch): a purge since then overtook it.
     started_ms: u64,
+    /// When the response came back (ms since the epoch): the answer made from it counts its
+    /// time since then in whole seconds of ms, not by seconds' boundaries.
+    received_ms: u64,
 }
 
 /// A fetched body: whole, or too long to store and streaming through.
@@ -893,7 +896,8 @@ impl Proxy {
                 } else {
                     (None, format!("fwd={why}; detail=no-freshness"))
                 };
-                let age = current_age(entry.head().expect("proxied"), now_secs());
+                let age = entry.head().expect("proxied").initial_age
+                    + crate::cache::now_ms().saturating_sub(f.received_ms) / 1000;
                 let mut response = self.serve(parts, at.as_deref(), &entry, age, &detail);
                 for cookie in cookies {
                     response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -1168,7 +1172,6 @@ impl Proxy {
         // word about the resource.
         let record = |ok: bool| breaker.record(ok, std::time::Instant::now(), None, target);
         let started_ms = crate::cache::now_ms();
-        let request_time = started_ms / 1000;
         // The message names no URL (the origin's address is the operator's, not the client's).
         let sent = builder.send().instrument(span.clone()).await;
         match &sent {
@@ -1188,7 +1191,8 @@ impl Proxy {
                 AppError::OriginError(format!("the origin could not be reached: {e}"))
             }
         })?;
-        let response_time = now_secs();
+        let received_ms = crate::cache::now_ms();
+        let (request_time, response_time) = exchange_secs(started_ms, received_ms);
         let status = response.status();
         if status.is_informational() {
             // A `101 Switching Protocols` nobody asked for (upgrades are not passed on).
@@ -1206,6 +1210,7 @@ impl Proxy {
                 request_time,
                 response_time,
                 started_ms,
+                received_ms,
             });
         }
         let mut buffer = Buffered {
@@ -1237,6 +1242,7 @@ impl Proxy {
                             request_time,
                             response_time,
                             started_ms,
+                            received_ms,
                         });
                     }
                     buffer.bytes.extend_from_slice(&chunk);
@@ -1257,6 +1263,7 @@ impl Proxy {
             request_time,
             response_time,
             started_ms,
+            received_ms,
         })
     }
 }
@@ -1444,6 +1451,18 @@ fn fresh_age(entry: &Entry, now_ms: u64) -> Option<u64> {
 /// When a soft purge marked a `Vary` marker stale, if one did.
 fn soft_purged(marker: &Entry) -> Option<u64> {
     (marker.fresh_until_ms < marker.stale_until_ms).then_some(marker.fresh_until_ms)
+}
+
+/// The request and response times of an exchange in whole seconds (§4.2.3's `request_time` and
+/// `response_time`), from its times in ms: the response's second, and that less the whole
+/// seconds it took. Flooring each time on its own would count a 2 ms exchange across a second's
+/// boundary as a second of `response_delay` and add it to the origin's `Age`.
+fn exchange_secs(sent_ms: u64, received_ms: u64) -> (u64, u64) {
+    let response_time = received_ms / 1000;
+    (
+        response_time.saturating_sub(received_ms.saturating_sub(sent_ms) / 1000),
+        response_time,
+    )
 }
 
 /// Seconds since the epoch.
@@ -2028,6 +2047,30 @@ fn gateway_timeout(message: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exchange_across_a_second_boundary_adds_no_second_to_the_age() {
+        let h = {
+            let mut h = HeaderMap::new();
+            h.insert(header::AGE, HeaderValue::from_static("7200"));
+            h
+        };
+        for (sent, received, delay) in [
+            (999, 1_001, 0),
+            (1_000, 1_999, 0),
+            (1_500, 2_499, 0),
+            (1_500, 2_500, 1),
+            (10_999, 13_000, 2),
+        ] {
+            let (request_time, response_time) = exchange_secs(sent, received);
+            assert_eq!(response_time, received / 1000);
+            assert_eq!(
+                rules::initial_age(&h, None, request_time, response_time),
+                7200 + delay,
+                "{sent}..{received}"
+            );
+        }
+    }
 
     #[test]
     fn variant_keys_name_the_generation_in_hex_and_the_selecting_values() {
