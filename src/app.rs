@@ -58,8 +58,10 @@ pub struct Application {
     admin_listener: Option<TcpListener>,
     /// What every handler shares.
     state: Arc<AppState>,
-    /// The settings it was built from (limits and shutdown timing are read when it runs).
+    /// The settings it was built from (shutdown timing is read when it runs).
     config: Config,
+    /// The connection limits, `HTTP_MAX_CONNECTIONS` lowered to fit the open-file limit.
+    limits: ServerLimits,
     /// Cancels the background tasks when the application ends, run or not.
     tasks: DropGuard,
     /// The disk tier's directory, held for as long as the process runs.
@@ -84,6 +86,8 @@ impl Application {
                 "ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_BYTES} bytes: purges are easy to guess; use e.g. `openssl rand -hex 16`"
             );
         }
+        // Before anything is started: a limit too low to serve with stops start-up here.
+        let limits = connection_limits(&config)?;
         // Background tasks (Redis upkeep, the purge listener) end with the application.
         let tasks = CancellationToken::new();
         let mut tiers = Vec::new();
@@ -243,6 +247,7 @@ impl Application {
             admin_listener,
             state,
             config,
+            limits,
             tasks: tasks.drop_guard(),
             _disk_lock: disk_lock,
         })
@@ -267,6 +272,7 @@ impl Application {
             admin_listener,
             state,
             config,
+            limits,
             tasks,
             _disk_lock,
         } = self;
@@ -274,7 +280,6 @@ impl Application {
         // disk's directory is let go last.
         let _tasks = tasks;
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        let limits = connection_limits(&config);
         let server = Arc::new(Server::default());
         let surface = if admin_listener.is_some() {
             Surface::Public
@@ -342,28 +347,44 @@ impl Application {
 
 /// The server's limits, with `HTTP_MAX_CONNECTIONS` lowered to what the open-file limit allows
 /// after descriptors for the origin's connections, Redis and the process itself; the descriptor
-/// table is grown for all of them now, so that no `accept` under load has to grow it.
-fn connection_limits(config: &Config) -> ServerLimits {
+/// table is grown for all of them now, so that no `accept` under load has to grow it. An
+/// open-file limit that leaves room for fewer than [`MIN_CONNECTIONS`] is refused.
+fn connection_limits(config: &Config) -> Result<ServerLimits, StartError> {
     let mut limits = config.server;
     let reserve = 64 + config.origin.max_concurrency as u64 + if config.redis.is_some() { 32 } else { 0 };
-    if let Some(budget) = server::connection_budget(reserve)
+    if let Some(limit) = server::open_file_limit()
+        && let budget = limit.saturating_sub(reserve)
         && (budget as usize) < limits.max_connections
     {
-        let lowered = (budget as usize).max(1);
+        // Too few to serve with: a pod that passes its probes but answers one client at a time
+        // is worse than one that does not start and says why.
+        if (budget as usize) < MIN_CONNECTIONS {
+            return Err(StartError::Setting(format!(
+                "the open-file limit (RLIMIT_NOFILE, {limit} here) leaves room for {budget} connection(s) after \
+                 {reserve} descriptors kept for the origin (ORIGIN_MAX_CONCURRENCY={}), Redis and files; at \
+                 least {MIN_CONNECTIONS} are needed: raise the limit (`ulimit -n`, the container's `nofile`) \
+                 or lower ORIGIN_MAX_CONCURRENCY",
+                config.origin.max_concurrency,
+            )));
+        }
         tracing::warn!(
             configured = limits.max_connections,
-            lowered,
+            lowered = budget,
             reserved = reserve,
             "HTTP_MAX_CONNECTIONS lowered to fit under the open-file limit (RLIMIT_NOFILE)"
         );
-        limits.max_connections = lowered;
+        limits.max_connections = budget as usize;
     }
     let wanted = limits.max_connections as u64 + reserve;
     if let Some(grown) = server::presize_descriptor_table(wanted) {
         tracing::debug!(wanted, grown, "descriptor table grown at start-up");
     }
-    limits
+    Ok(limits)
 }
+
+/// Connections the open-file limit must leave room for, unless `HTTP_MAX_CONNECTIONS` asks for
+/// fewer: under it start-up fails rather than serve a handful of clients at a time.
+const MIN_CONNECTIONS: usize = 16;
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -599,9 +599,9 @@ impl RateLimitedLog {
     }
 }
 
-/// Raises the soft limit of open files to the hard limit, and returns how many connections fit
-/// under it after `reserve` descriptors for everything else (Redis, the origin, logs, files).
-pub fn connection_budget(reserve: u64) -> Option<u64> {
+/// Raises the soft limit of open files to the hard limit, and returns it: connections must fit
+/// under it beside the descriptors for everything else (Redis, the origin, logs, files).
+pub fn open_file_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         let mut lim = libc::rlimit {
@@ -623,11 +623,10 @@ pub fn connection_budget(reserve: u64) -> Option<u64> {
                 }
             }
         }
-        Some(lim.rlim_cur.saturating_sub(reserve))
+        Some(lim.rlim_cur)
     }
     #[cfg(not(unix))]
     {
-        let _ = reserve;
         None
     }
 }

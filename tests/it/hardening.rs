@@ -201,17 +201,15 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
     assert_eq!(n, 0);
 }
 
-#[tokio::test]
-async fn the_connection_cap_is_lowered_to_fit_the_open_file_limit() {
-    let port = free_port();
-    let mut cmd = service_command(&[("LISTEN_ADDR", &format!("127.0.0.1:{port}"))]);
+/// Runs `cmd`'s child under an open-file limit of `n` (soft and hard).
+fn limit_open_files(cmd: &mut std::process::Command, n: libc::rlim_t) {
     // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
     unsafe {
         use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let lim = libc::rlimit {
-                rlim_cur: 400,
-                rlim_max: 400,
+                rlim_cur: n,
+                rlim_max: n,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -219,6 +217,44 @@ async fn the_connection_cap_is_lowered_to_fit_the_open_file_limit() {
             Ok(())
         });
     }
+}
+
+#[test]
+fn an_open_file_limit_too_low_to_serve_with_stops_start_up_and_says_why() {
+    // 100 - 64 - 64 (ORIGIN_MAX_CONCURRENCY) leaves no descriptor for a connection.
+    let mut cmd = service_command(&[("LISTEN_ADDR", &format!("127.0.0.1:{}", free_port()))]);
+    limit_open_files(&mut cmd, 100);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the open-file limit (RLIMIT_NOFILE, 100 here) leaves room for 0 connection(s)")
+            && stderr.contains("ORIGIN_MAX_CONCURRENCY=64"),
+        "{stderr}"
+    );
+    // Lowering ORIGIN_MAX_CONCURRENCY, as the message says, lets it start: 100 - 64 - 8 = 28.
+    let port = free_port();
+    let mut cmd = service_command(&[
+        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ("ORIGIN_MAX_CONCURRENCY", "8"),
+    ]);
+    limit_open_files(&mut cmd, 100);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "exited");
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn the_connection_cap_is_lowered_to_fit_the_open_file_limit() {
+    let port = free_port();
+    let mut cmd = service_command(&[("LISTEN_ADDR", &format!("127.0.0.1:{port}"))]);
+    limit_open_files(&mut cmd, 400);
     // Logs go to stdout.
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut stderr = child.stdout.take().unwrap();
