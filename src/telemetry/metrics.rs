@@ -400,14 +400,26 @@ impl Metrics {
         Self::new(provider.meter("cache-layer"))
     }
 
-    /// Reports the memory tier's size as `memory_cache_bytes` and `memory_cache_entries`, read
-    /// through `bytes` and `entries` at each collection (closures, so that the registry need not
-    /// know the tier).
+    /// Reports the memory tier's size as `memory_cache_bytes` and `memory_cache_entries`, and its
+    /// policy's window share as `memory_cache_window_ratio`, read through `bytes`, `entries` and
+    /// `window` at each collection (closures, so that the registry need not know the tier).
     pub fn watch_memory_tier(
         &self,
         bytes: impl Fn() -> u64 + Send + Sync + 'static,
         entries: impl Fn() -> u64 + Send + Sync + 'static,
+        window: impl Fn() -> f64 + Send + Sync + 'static,
     ) {
+        // The SDK keeps the callback for the life of the provider; the handle may be dropped.
+        let _gauge = self
+            .meter
+            .f64_observable_gauge("memory_cache_window_ratio")
+            .with_description(
+                "Share of the memory tier's bytes its admission window may take, as the adaptive \
+                 policy chose it last (0.01 leans on frequency, 1 is a plain LRU); it changes only \
+                 when a policy epoch ends, about every ten tier-fulls of reads.",
+            )
+            .with_callback(move |observer| observer.observe(window(), &[]))
+            .build();
         self.gauge(
             "memory_cache_bytes",
             "Bytes held by the memory tier (keys, values, overhead).",

@@ -66,6 +66,35 @@ impl Drop for Prometheus {
 }
 
 #[tokio::test]
+async fn the_memory_tier_reports_its_window_share_and_moves_it_where_recency_pays() {
+    // 512 KiB hold about 950 entries; the policy's small simulations see about one key in seven,
+    // so an epoch (after which the share may change) is about ten thousand reads.
+    let s = Service::start(&[("ORIGIN_LATENCY_MS", "0"), ("MEMORY_CACHE_MAX_BYTES", "524288")]).await;
+    assert_eq!(s.metric("memory_cache_window_ratio").await, 0.25);
+    // Every key is read twice, 600 reads apart, and never again: only recency pays, and a window
+    // of a quarter (about 240 entries) is too small to keep the 300 keys read in between.
+    let reads: Vec<String> = (0..40_000u64)
+        .map(|t| {
+            format!(
+                "r{}",
+                if t % 2 == 0 {
+                    t / 2
+                } else {
+                    (t / 2).saturating_sub(300)
+                }
+            )
+        })
+        .collect();
+    // 500 at a time: a key's two reads are never in one batch (a batch reads a key once).
+    for chunk in reads.chunks(500) {
+        let (status, body) = s.batch(chunk).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let share = s.metric("memory_cache_window_ratio").await;
+    assert!(share >= 0.5, "window share {share} after a recency-only workload");
+}
+
+#[tokio::test]
 async fn prometheus_scrapes_exact_counts_and_the_seed_dashboard_queries_return_data() {
     let s = Service::start(&[("ORIGIN_LATENCY_MS", "5")]).await;
     let c = client();

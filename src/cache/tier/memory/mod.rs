@@ -642,7 +642,8 @@ impl MemoryTier {
         }
     }
 
-    /// The window share the adaptive policy uses now (1.0: a plain LRU), for the replay report.
+    /// The window share the adaptive policy uses now (1.0: a plain LRU): for the replay report
+    /// and the `memory_cache_window_ratio` gauge (read at each scrape, under the policy's lock).
     pub fn window_share(&self) -> f64 {
         self.inner.lock().policy.window_share()
     }
