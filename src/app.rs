@@ -201,6 +201,7 @@ impl Application {
                     timeout: config.origin.timeout,
                     body_timeout: config.server.body_timeout,
                     breaker: (config.origin.breaker.trip, config.origin.breaker.cooldown),
+                    max_concurrency: config.origin.max_concurrency,
                 },
             )
             .map_err(StartError::Setup)?;
@@ -296,7 +297,13 @@ impl Application {
                 tracing::info!(addr = %admin_listener.local_addr()?, "admin endpoints listening");
                 let admin_server = Arc::new(Server::default());
                 let (s, app) = (admin_server.clone(), App::serving(state.clone(), Surface::Admin));
-                let task = tokio::spawn(async move { s.accept_loop(admin_listener, app, limits).await });
+                // A cap of its own, inside the descriptors kept for it (`connection_limits`).
+                let admin_limits = ServerLimits {
+                    max_connections: ADMIN_MAX_CONNECTIONS.min(limits.max_connections),
+                    ..limits
+                };
+                let task =
+                    tokio::spawn(async move { s.accept_loop(admin_listener, app, admin_limits).await });
                 Some((admin_server, task))
             }
             None => None,
@@ -351,7 +358,18 @@ impl Application {
 /// open-file limit that leaves room for fewer than [`MIN_CONNECTIONS`] is refused.
 fn connection_limits(config: &Config) -> Result<ServerLimits, StartError> {
     let mut limits = config.server;
-    let reserve = 64 + config.origin.max_concurrency as u64 + if config.redis.is_some() { 32 } else { 0 };
+    // The process's own files and logs; the origin's connections (`/items` and the proxy's
+    // routes each hold up to ORIGIN_MAX_CONCURRENCY); Redis's; the admin listener's.
+    let origin = config.origin.max_concurrency as u64;
+    let reserve = 64
+        + origin
+        + if config.proxy.is_empty() { 0 } else { origin }
+        + if config.redis.is_some() { 32 } else { 0 }
+        + if config.admin_listen_addr.is_some() {
+            ADMIN_MAX_CONNECTIONS as u64
+        } else {
+            0
+        };
     if let Some(limit) = server::open_file_limit()
         && let budget = limit.saturating_sub(reserve)
         && (budget as usize) < limits.max_connections
@@ -361,7 +379,8 @@ fn connection_limits(config: &Config) -> Result<ServerLimits, StartError> {
         if (budget as usize) < MIN_CONNECTIONS {
             return Err(StartError::Setting(format!(
                 "the open-file limit (RLIMIT_NOFILE, {limit} here) leaves room for {budget} connection(s) after \
-                 {reserve} descriptors kept for the origin (ORIGIN_MAX_CONCURRENCY={}), Redis and files; at \
+                 {reserve} descriptors kept for the origins' connections (ORIGIN_MAX_CONCURRENCY={} each for \
+                 `/items` and the proxy's routes), Redis, the admin listener and files; at \
                  least {MIN_CONNECTIONS} are needed: raise the limit (`ulimit -n`, the container's `nofile`) \
                  or lower ORIGIN_MAX_CONCURRENCY",
                 config.origin.max_concurrency,
@@ -382,8 +401,12 @@ fn connection_limits(config: &Config) -> Result<ServerLimits, StartError> {
     Ok(limits)
 }
 
-/// Connections the open-file limit must leave room for, unless `HTTP_MAX_CONNECTIONS` asks for
-/// fewer: under it start-up fails rather than serve a handful of clients at a time.
+/// Connections the admin listener (`ADMIN_LISTEN_ADDR`) takes at most: probes, scrapes and
+/// purges, from a few clients; its descriptors are kept apart from `HTTP_MAX_CONNECTIONS`'.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Connections the open-file limit must leave room for when it lowers `HTTP_MAX_CONNECTIONS`:
+/// under it start-up fails rather than serve a handful of clients at a time.
 const MIN_CONNECTIONS: usize = 16;
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -100,8 +100,9 @@ impl FetchedBody {
         self.identity.get_or_init(|| entry.origin_body()).clone()
     }
 
-    /// The body in `coding`, made once (off the async workers when long).
-    pub async fn compressed(&self, entry: &Entry, coding: super::encoding::Coding) -> Bytes {
+    /// The body in `coding`, made once (off the async workers when long); `None` when the
+    /// compression queue had no room for it (answer identity).
+    pub async fn compressed(&self, entry: &Entry, coding: super::encoding::Coding) -> Option<Bytes> {
         self.compressed.get(coding, || self.identity(entry)).await
     }
 }

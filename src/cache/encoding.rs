@@ -67,7 +67,8 @@ impl Pool {
                     loop {
                         let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok(job) = job else { return };
-                        job();
+                        // A job that panics (its `then`) must not take the thread with it.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     }
                 });
             started += usize::from(spawned.is_ok());
@@ -76,23 +77,77 @@ impl Pool {
     }
 }
 
-/// Makes `body` in `coding` on the compression threads (tokio's blocking pool if they could not
-/// be started) and puts it in `form`, whether or not anyone still waits for it.
-fn compress_aside(coding: Coding, body: Bytes, form: Arc<Form>) {
+/// Body bytes the compression threads may have waiting (or under way) at once. A job holds its
+/// body until it is made, and the threads run at a low priority, so without a bound a flood of
+/// long bodies wanted compressed (each hit on a form not yet made asks) would hold bodies the
+/// memory bound does not see, and keep the threads busy long after the flood: past it, a hit
+/// answers identity and a later one asks again. About a second of brotli on two cores.
+pub const QUEUE_MAX_BYTES: usize = 32 << 20;
+
+/// Body bytes of the jobs now waiting or under way (see [`QUEUE_MAX_BYTES`]).
+static QUEUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A place in the compression queue for `len` body bytes, given back when dropped (when its job
+/// is done, or dropped undone).
+struct Queued(usize);
+
+impl Queued {
+    /// A place for `len` bytes, unless the queue is full; a body longer than the whole queue
+    /// still gets one when the queue is empty.
+    fn take(len: usize) -> Option<Queued> {
+        let before = QUEUED.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > QUEUE_MAX_BYTES {
+            QUEUED.fetch_sub(len, Ordering::AcqRel);
+            return None;
+        }
+        Some(Queued(len))
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        QUEUED.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
+
+/// Makes the body that `body` gives (`len` bytes) in `coding` on the compression threads
+/// (tokio's blocking pool if they could not be started) and puts it in `form`, whether or not
+/// anyone still waits for it; then runs `then` on the async runtime (not on a low-priority
+/// thread, where it could be preempted holding a lock others wait on). `body` answers `None`
+/// when the form is no longer wanted (its entry is gone): then nothing is made and `then` does
+/// not run. `false`, and nothing queued, when the queue is full ([`QUEUE_MAX_BYTES`]).
+fn compress_aside(
+    coding: Coding,
+    len: usize,
+    body: impl FnOnce() -> Option<Bytes> + Send + 'static,
+    form: Arc<Form>,
+    then: impl FnOnce() + Send + 'static,
+) -> bool {
+    let Some(place) = Queued::take(len) else {
+        return false;
+    };
+    let runtime = tokio::runtime::Handle::try_current().ok();
     let job: Job = Box::new(move || {
+        let _place = place;
+        let Some(body) = body() else { return };
         // Compressing into memory cannot fail; were it to panic, the waiters get an empty
         // body rather than wait for ever.
         let made = std::panic::catch_unwind(|| coding.compress(&body));
         form.fill(made.unwrap_or_default());
+        match runtime {
+            Some(runtime) => drop(runtime.spawn(async move { then() })),
+            None => then(),
+        }
     });
     let job = match Pool::get() {
         Some(pool) => match pool.jobs.send(job) {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(std::sync::mpsc::SendError(job)) => job,
         },
         None => job,
     };
     drop(tokio::task::spawn_blocking(job));
+    true
 }
 
 /// One compressed form: empty until made, then set once; the compression under way holds it
@@ -129,15 +184,25 @@ impl Form {
         self.done.notify_waiters();
     }
 
-    /// The form, once made.
-    async fn wait(&self) -> Bytes {
+    /// Gives up a start the queue had no room for: whoever waits answers without the form, and
+    /// a later asker may start it again.
+    fn refuse(&self) {
+        self.started.store(false, Ordering::Release);
+        self.done.notify_waiters();
+    }
+
+    /// The form once made; `None` when its compression was refused (the queue was full).
+    async fn wait(&self) -> Option<Bytes> {
         loop {
             let done = self.done.notified();
             tokio::pin!(done);
             // Registered before looking, so a fill in between is not missed.
             done.as_mut().enable();
             if let Some(made) = self.made.get() {
-                return made.clone();
+                return Some(made.clone());
+            }
+            if !self.started.load(Ordering::Acquire) {
+                return None;
             }
             done.await;
         }
@@ -178,49 +243,58 @@ impl Compressions {
 
     /// The body in `coding`: made now from `body()` when it is short, else on the compression
     /// threads, once; every caller waits on the same compression, and a caller that goes away
-    /// does not stop it (the next one finds it made or under way).
-    pub async fn get(&self, coding: Coding, body: impl FnOnce() -> Bytes) -> Bytes {
+    /// does not stop it (the next one finds it made or under way). `None` when the compression
+    /// queue has no room for it ([`QUEUE_MAX_BYTES`]): the caller answers identity.
+    pub async fn get(&self, coding: Coding, body: impl FnOnce() -> Bytes) -> Option<Bytes> {
         let form = &self.forms[coding as usize];
         if let Some(made) = form.made.get() {
-            return made.clone();
+            return Some(made.clone());
         }
         if form.start() {
             let body = body();
             if body.len() < INLINE_COMPRESS_BYTES {
                 form.fill(coding.compress(&body));
-            } else {
-                compress_aside(coding, body, form.clone());
+            } else if !compress_aside(coding, body.len(), move || Some(body), form.clone(), || ()) {
+                form.refuse();
             }
         }
         form.wait().await
     }
 
-    /// The body in `coding`, made here and now if it is not made yet (for short bodies).
-    pub fn make_now(&self, coding: Coding, body: &[u8]) -> Bytes {
+    /// The body in `coding`, made here and now if it is not made yet (for short bodies); `None`
+    /// while another caller is making it (tens of microseconds: this one answers identity rather
+    /// than make it a second time).
+    pub fn make_now(&self, coding: Coding, body: &[u8]) -> Option<Bytes> {
         let form = &self.forms[coding as usize];
         if let Some(made) = form.made.get() {
-            return made.clone();
+            return Some(made.clone());
         }
-        form.start();
-        // Another caller may have made it meanwhile: either form is the same bytes.
+        if !form.start() {
+            return form.made.get().cloned();
+        }
         form.fill(coding.compress(body));
-        form.made.get().cloned().unwrap_or_default()
+        form.made.get().cloned()
     }
 
-    /// Starts making the body in `coding` on the compression threads, unless it is made or
-    /// under way; `then` runs once it is made (the memory tier weighs the entry again). A request
-    /// that finds it not made yet answers identity meanwhile rather than wait.
-    pub fn start(self: &Arc<Self>, coding: Coding, body: Bytes, then: impl FnOnce() + Send + 'static) {
+    /// Starts making the body in `coding` on the compression threads, unless it is made, under
+    /// way, or the queue is full; `body` gives it (`len` bytes) when a thread takes the job, or
+    /// `None` if it is no longer wanted (its entry gone: then nothing is made), and `then` runs
+    /// once it is made (the memory tier weighs the entry again). A request that finds it not
+    /// made yet answers identity meanwhile rather than wait.
+    pub fn start(
+        &self,
+        coding: Coding,
+        len: usize,
+        body: impl FnOnce() -> Option<Bytes> + Send + 'static,
+        then: impl FnOnce() + Send + 'static,
+    ) {
         let form = &self.forms[coding as usize];
         if form.made.get().is_some() || !form.start() {
             return;
         }
-        let form = form.clone();
-        compress_aside(coding, body, form.clone());
-        tokio::spawn(async move {
-            form.wait().await;
-            then();
-        });
+        if !compress_aside(coding, len, body, form.clone(), then) {
+            form.refuse();
+        }
     }
 
     /// Bytes held by the forms made so far.
@@ -287,14 +361,19 @@ impl Coding {
         Bytes::from(out)
     }
 
-    /// The coding to answer in for an `Accept-Encoding` value: the acceptable one (q > 0, named
+    /// The coding to answer in for a request's `Accept-Encoding` lines (read as one list, as
+    /// RFC 9110 §5.3 combines a field sent on several lines): the acceptable one (q > 0, named
     /// or through `*`) with the highest weight, brotli on a tie; `None` for identity (no header,
-    /// only `identity`, unknown codings, or everything refused with `q=0`).
-    pub fn negotiate(accept_encoding: Option<&[u8]>) -> Option<Coding> {
-        let accept = std::str::from_utf8(accept_encoding?).ok()?;
+    /// only `identity`, unknown codings, or everything refused with `q=0`). A line that is not
+    /// UTF-8 is skipped.
+    pub fn negotiate<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Option<Coding> {
         let mut named = [None::<f32>; Coding::ALL.len()];
         let mut any = None::<f32>;
-        for item in accept.split(',') {
+        let items = lines
+            .into_iter()
+            .filter_map(|line| std::str::from_utf8(line).ok())
+            .flat_map(|line| line.split(','));
+        for item in items {
             let mut parts = item.split(';');
             let token = parts.next().unwrap_or("").trim().to_ascii_lowercase();
             let q = parts
@@ -360,7 +439,8 @@ mod tests {
             forms.get(Coding::Br, || unreachable!("the body is not asked for again")),
         )
         .await
-        .expect("the compression lands");
+        .expect("the compression lands")
+        .expect("the queue had room");
         assert_eq!(
             Coding::Br.made() - before,
             1,
@@ -372,13 +452,112 @@ mod tests {
         assert_eq!(forms.ready(Coding::Br), Some(made));
     }
 
+    /// Polls `done` until it holds (a minute at most: the machine may be busy).
+    async fn until(done: impl Fn() -> bool, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within a minute"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_refuses_what_it_has_no_room_for_and_skips_entries_gone() {
+        // Jobs whose bodies are held back by a gate stay queued, so the count is exact.
+        const LEN: usize = 4 << 20;
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let forms: Vec<Compressions> = (0..12).map(|_| Compressions::default()).collect();
+        let before = Coding::Gzip.made();
+        for f in &forms {
+            let (gate, ran) = (gate.clone(), ran.clone());
+            f.start(
+                Coding::Gzip,
+                LEN,
+                move || {
+                    let (open, wake) = &*gate;
+                    let mut open = open.lock().unwrap();
+                    while !*open {
+                        open = wake.wait(open).unwrap();
+                    }
+                    Some(Bytes::from(vec![b'x'; LEN]))
+                },
+                move || {
+                    ran.fetch_add(1, Ordering::AcqRel);
+                },
+            );
+        }
+        let started = |forms: &[Compressions]| {
+            forms
+                .iter()
+                .filter(|f| f.forms[Coding::Gzip as usize].started.load(Ordering::Acquire))
+                .count()
+        };
+        assert_eq!(started(&forms), QUEUE_MAX_BYTES / LEN, "8 queued, 4 refused");
+        assert_eq!(QUEUED.load(Ordering::Acquire), QUEUE_MAX_BYTES);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        until(|| ran.load(Ordering::Acquire) == 8, "the queued ones made").await;
+        assert_eq!(Coding::Gzip.made() - before, 8);
+        until(|| QUEUED.load(Ordering::Acquire) == 0, "the queue emptied").await;
+        // A refused form may be started again, now that there is room.
+        let refused = forms
+            .iter()
+            .find(|f| f.ready(Coding::Gzip).is_none())
+            .expect("a refused form");
+        let again = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let a = again.clone();
+        refused.start(
+            Coding::Gzip,
+            LEN,
+            || Some(Bytes::from(vec![b'y'; LEN])),
+            move || a.store(true, Ordering::Release),
+        );
+        until(|| again.load(Ordering::Acquire), "the retried one made").await;
+        // An entry gone before its turn: nothing made, nothing run, its place given back.
+        let gone = Compressions::default();
+        gone.start(Coding::Gzip, LEN, || None, || panic!("not for an entry gone"));
+        until(|| QUEUED.load(Ordering::Acquire) == 0, "the place given back").await;
+        assert!(gone.ready(Coding::Gzip).is_none());
+        assert_eq!(Coding::Gzip.made() - before, 9);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_a_refused_compression_answers_without_it() {
+        let forms = Compressions::default();
+        let form = &forms.forms[Coding::Br as usize];
+        assert!(form.start());
+        let waiter = forms.get(Coding::Br, || unreachable!("started already"));
+        tokio::pin!(waiter);
+        assert!(futures_util::poll!(waiter.as_mut()).is_pending());
+        form.refuse();
+        assert_eq!(waiter.await, None);
+    }
+
+    #[test]
+    fn a_short_body_being_made_is_not_made_twice() {
+        let forms = Compressions::default();
+        let before = Coding::Gzip.made();
+        // Another caller is making it now.
+        assert!(forms.forms[Coding::Gzip as usize].start());
+        assert_eq!(forms.make_now(Coding::Gzip, b"some body"), None);
+        assert_eq!(Coding::Gzip.made(), before);
+    }
+
     fn pick(header: &str) -> Option<Coding> {
-        Coding::negotiate(Some(header.as_bytes()))
+        Coding::negotiate([header.as_bytes()])
     }
 
     #[test]
     fn negotiation_follows_weights_and_refusals() {
-        assert_eq!(Coding::negotiate(None), None);
+        assert_eq!(Coding::negotiate([]), None);
+        // One field on two lines is one list.
+        assert_eq!(Coding::negotiate([&b"br;q=0"[..], b"gzip"]), Some(Coding::Gzip));
+        assert_eq!(Coding::negotiate([&b"identity"[..], b"br"]), Some(Coding::Br));
+        assert_eq!(Coding::negotiate([&b"\xff"[..], b"gzip"]), Some(Coding::Gzip));
         assert_eq!(pick("gzip, deflate, br"), Some(Coding::Br));
         assert_eq!(pick("gzip"), Some(Coding::Gzip));
         assert_eq!(pick("br;q=0.5, gzip;q=0.8"), Some(Coding::Gzip));

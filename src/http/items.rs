@@ -65,8 +65,8 @@ async fn fetched_in(
     deadline: tokio::time::Instant,
 ) -> (Bytes, Option<Coding>) {
     match tokio::time::timeout_at(deadline, body.compressed(entry, coding)).await {
-        Ok(made) => (made, Some(coding)),
-        Err(_) => (body.identity(entry), None),
+        Ok(Some(made)) => (made, Some(coding)),
+        Ok(None) | Err(_) => (body.identity(entry), None),
     }
 }
 
@@ -96,7 +96,12 @@ fn coding_for(state: &AppState, entry: &Entry, request: &HeaderMap) -> Option<Co
     if !compressible(state, entry) {
         return None;
     }
-    Coding::negotiate(request.get(header::ACCEPT_ENCODING).map(HeaderValue::as_bytes))
+    Coding::negotiate(
+        request
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
 }
 
 /// Whether `entry`'s body is long enough to go compressed (`COMPRESSION_MIN_BYTES`): then caches
@@ -124,13 +129,27 @@ fn hit_body(
         return (body, Some(coding));
     }
     if entry.body_len() < INLINE_COMPRESS_BYTES {
-        let body = forms.make_now(coding, &entry.cache_body());
+        let Some(body) = forms.make_now(coding, &entry.cache_body()) else {
+            return (entry.cache_body(), None);
+        };
         // The memory bound weighs what the entry holds.
         state.cache.reweigh(key, entry);
         return (body, Some(coding));
     }
-    let (cache, key, weighed) = (state.cache.clone(), key.to_owned(), entry.clone());
-    forms.start(coding, entry.cache_body(), move || cache.reweigh(&key, &weighed));
+    // The job holds the entry weakly: one evicted before a thread takes the job is not
+    // compressed, and the queue does not keep it alive beside the memory bound.
+    let (cache, key, weighed) = (state.cache.clone(), key.to_owned(), Arc::downgrade(entry));
+    let source = weighed.clone();
+    forms.start(
+        coding,
+        entry.body_len(),
+        move || source.upgrade().map(|e| e.cache_body()),
+        move || {
+            if let Some(entry) = weighed.upgrade() {
+                cache.reweigh(&key, &entry);
+            }
+        },
+    );
     (entry.cache_body(), None)
 }
 

@@ -207,16 +207,31 @@ impl Registry {
     /// `None` when every open connection has a request in flight.
     fn admit(&self, id: u64, max: usize) -> Option<Arc<Conn>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.len() >= max {
-            let victim = conns.iter().find(|(_, c)| c.is_idle()).map(|(id, _)| *id)?;
-            if let Some(c) = conns.remove(&victim) {
-                c.evicted.store(true, Ordering::Release);
-                c.wake.notify_one();
-            }
+        if conns.len() >= max && !Self::evict_oldest_idle(&mut conns) {
+            return None;
         }
         let conn = Arc::new(Conn::new());
         conns.insert(id, conn.clone());
         Some(conn)
+    }
+
+    /// Closes the oldest connection without a request in flight, to free its descriptor when
+    /// `accept` found none left (the open-file limit reached below `HTTP_MAX_CONNECTIONS`: the
+    /// limit is shared with the origins' connections, Redis and files); `false` when every
+    /// connection is busy.
+    fn make_room(&self) -> bool {
+        Self::evict_oldest_idle(&mut self.conns.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn evict_oldest_idle(conns: &mut std::collections::BTreeMap<u64, Arc<Conn>>) -> bool {
+        let Some(victim) = conns.iter().find(|(_, c)| c.is_idle()).map(|(id, _)| *id) else {
+            return false;
+        };
+        if let Some(c) = conns.remove(&victim) {
+            c.evicted.store(true, Ordering::Release);
+            c.wake.notify_one();
+        }
+        true
     }
 
     fn remove(&self, id: u64) {
@@ -277,6 +292,7 @@ impl Server {
         let mut next_id = 0u64;
         let mut refused = RateLimitedLog::new("connection refused: every connection has a request in flight");
         let mut accept_errors = RateLimitedLog::new("accept failed");
+        let mut out_of_files = RateLimitedLog::new("an idle connection closed to accept a new one");
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -286,8 +302,15 @@ impl Server {
             let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    // Out of file descriptors or similar: back off briefly, keep accepting.
-                    accept_errors.note(&e.to_string());
+                    // Out of file descriptors: an idle connection gives its up, so that the
+                    // client waiting in the backlog gets in (its close takes a moment: the
+                    // back-off). Anything else: back off briefly, keep accepting.
+                    let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    if out_of_descriptors && self.registry.make_room() {
+                        out_of_files.note("no descriptor left under the open-file limit (RLIMIT_NOFILE)");
+                    } else {
+                        accept_errors.note(&e.to_string());
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }

@@ -72,6 +72,10 @@ pub struct Proxy {
     buffered: Arc<std::sync::atomic::AtomicUsize>,
     /// Misses in flight, by key: what later misses on the same key wait for.
     inflight: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// One permit per request to an origin in flight (`ORIGIN_MAX_CONCURRENCY`), held until its
+    /// body is read or, streamed through, ends: past it a request answers `503` at once rather
+    /// than open connections until the process runs out of descriptors.
+    slots: Arc<tokio::sync::Semaphore>,
     /// The read-through over every tier (memory, disk, Redis): where responses are stored and
     /// found behind the memory tier, and whose purges reach every replica (invalidations after
     /// unsafe methods); `None`: the memory tier alone, here only.
@@ -98,6 +102,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// `ORIGIN_BREAKER_*`: when a route's circuit opens, and for how long.
     pub breaker: (crate::origin::Trip, Duration),
+    /// `ORIGIN_MAX_CONCURRENCY`: requests to the routes' origins in flight at most (each holds
+    /// a connection, a descriptor the open-file limit must leave room for).
+    pub max_concurrency: usize,
 }
 
 /// The first miss on a key, fetching: when dropped (answered, failed or cancelled), the misses
@@ -199,9 +206,12 @@ impl Proxy {
             timeout,
             body_timeout,
             breaker: (trip, cooldown),
+            max_concurrency,
         } = limits;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Idle connections are descriptors too: no more kept than may be in use.
+            .pool_max_idle_per_host(max_concurrency)
             .no_gzip()
             .no_brotli()
             .no_deflate()
@@ -231,6 +241,7 @@ impl Proxy {
             refreshing: Default::default(),
             buffered: Default::default(),
             inflight: Default::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
         })
     }
 
@@ -727,6 +738,18 @@ impl Proxy {
                 headers.append(name.clone(), v.clone());
             }
         }
+        // The updated response's age is the 304's, not the stored one's: an old `Age` left in
+        // place, or an old `Date` (a 304 without one, which RFC 9110 §6.6.1 lets a recipient
+        // add as the time it arrived), would make it as old as the first response for ever.
+        if !f.headers.contains_key(header::AGE) {
+            headers.remove(header::AGE);
+        }
+        if !f.headers.contains_key(header::DATE) {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(f.response_time);
+            if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+                headers.insert(header::DATE, date);
+            }
+        }
         let tags: Vec<String> = entry.tags().iter().map(|t| t.to_string()).collect();
         // A stored body this cache decoded has a weakened `ETag`; the origin's 304 names the
         // compressed representation's, strong: it stays weak here.
@@ -1171,6 +1194,12 @@ impl Proxy {
         // A 5xx, a 429 or no answer counts against the route; any other answer is the origin's
         // word about the resource.
         let record = |ok: bool| breaker.record(ok, std::time::Instant::now(), None, target);
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(AppError::OriginUnavailable {
+                message: "ORIGIN_MAX_CONCURRENCY requests to the origins are in flight already".to_owned(),
+                retry_after_secs: 1,
+            });
+        };
         let started_ms = crate::cache::now_ms();
         // The message names no URL (the origin's address is the operator's, not the client's).
         let sent = builder.send().instrument(span.clone()).await;
@@ -1233,8 +1262,13 @@ impl Proxy {
                             Ok::<Bytes, reqwest::Error>(buffer.take()),
                             Ok(chunk),
                         ]);
-                        let body =
-                            Body::from_stream(futures_util::StreamExt::chain(head, response.bytes_stream()));
+                        // The slot goes with the stream: the origin's connection is in use
+                        // until the rest has gone through.
+                        let rest = futures_util::StreamExt::map(response.bytes_stream(), move |chunk| {
+                            let _slot = &slot;
+                            chunk
+                        });
+                        let body = Body::from_stream(futures_util::StreamExt::chain(head, rest));
                         return Ok(Fetched {
                             status,
                             headers,
@@ -1740,8 +1774,9 @@ fn coding_for(
     len: usize,
     min: Option<usize>,
 ) -> Option<Coding> {
-    let accepted = request.get(header::ACCEPT_ENCODING)?;
-    if (method != Method::GET && method != Method::HEAD)
+    let accepted = request.get_all(header::ACCEPT_ENCODING);
+    if accepted.iter().next().is_none()
+        || (method != Method::GET && method != Method::HEAD)
         || head.status != StatusCode::OK
         || min.is_none_or(|m| len < m)
         || request.contains_key(header::RANGE)
@@ -1750,7 +1785,7 @@ fn coding_for(
     {
         return None;
     }
-    Coding::negotiate(Some(accepted.as_bytes()))
+    Coding::negotiate(accepted.iter().map(HeaderValue::as_bytes))
 }
 
 /// `body` decoded from its one `Content-Encoding` (`gzip`, `br`, `deflate`), at most `limit`
@@ -1802,17 +1837,26 @@ impl Proxy {
                 return Some((coding, body));
             }
             if entry.raw_body().len() < INLINE_COMPRESS_BYTES {
-                let body = forms.make_now(coding, entry.raw_body());
+                let body = forms.make_now(coding, entry.raw_body())?;
                 if let (Some(memory), Some(at)) = (&self.memory, at) {
                     memory.reweigh(at, entry);
                 }
                 return Some((coding, body));
             }
             if let (Some(memory), Some(at)) = (self.memory.clone(), at) {
-                let (at, weighed) = (at.to_owned(), entry.clone());
-                forms.start(coding, entry.raw_body().clone(), move || {
-                    memory.reweigh(&at, &weighed)
-                });
+                // Held weakly, as `/items` does: an entry gone before its turn is not made.
+                let (at, weighed) = (at.to_owned(), Arc::downgrade(entry));
+                let source = weighed.clone();
+                forms.start(
+                    coding,
+                    entry.raw_body().len(),
+                    move || source.upgrade().map(|e| e.raw_body().clone()),
+                    move || {
+                        if let Some(entry) = weighed.upgrade() {
+                            memory.reweigh(&at, &entry);
+                        }
+                    },
+                );
             }
             None
         });

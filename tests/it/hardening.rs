@@ -201,6 +201,94 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
     assert_eq!(n, 0);
 }
 
+#[tokio::test]
+async fn out_of_descriptors_below_the_cap_an_idle_connection_makes_room() {
+    // The cap is not reached, but the process has no descriptor left (here its limit is
+    // lowered under it while it runs; in production the origins' connections, Redis and files
+    // share the limit): accept fails with EMFILE, and the oldest idle connection gives its up.
+    let s = Service::start(&[]).await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        let mut conn = connect(&s).await;
+        conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+        idle.push(conn);
+    }
+    let open = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .unwrap()
+        .count() as libc::rlim_t;
+    let lim = libc::rlimit {
+        rlim_cur: open,
+        rlim_max: open,
+    };
+    // SAFETY: prlimit reads `lim` and writes nothing (no old limit asked for).
+    let set = unsafe {
+        libc::prlimit(
+            s.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    // A new client is answered, and it was the oldest idle connection that made room.
+    s.wait_status("/livez", 200).await;
+    let mut first = idle.remove(0);
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(crate::harness::DEADLINE, first.read(&mut buf))
+        .await
+        .expect("the oldest idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn the_admin_listener_has_descriptors_of_its_own_under_the_open_file_limit() {
+    // 300 - 64 - 64 (ORIGIN_MAX_CONCURRENCY) - 64 (the admin listener's own cap) = 108 for
+    // HTTP_MAX_CONNECTIONS; both listeners flooded with idle connections, a new client of each
+    // is still answered.
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = service_command(&[
+        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ("ADMIN_LISTEN_ADDR", &format!("127.0.0.1:{admin}")),
+    ]);
+    limit_open_files(&mut cmd, 300);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // `/livez` is the admin listener's alone; the public one serves items.
+    let up = |p: u16| async move {
+        let path = if p == admin { "/livez" } else { "/items/k" };
+        let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+        loop {
+            if let Ok(r) = client().get(format!("http://127.0.0.1:{p}{path}")).send().await {
+                return r.status().as_u16();
+            }
+            assert!(std::time::Instant::now() < deadline, "port {p} never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(up(port).await, 200);
+    assert_eq!(up(admin).await, 200);
+    let mut idle = Vec::new();
+    for p in [port, admin] {
+        for _ in 0..160 {
+            let Ok(mut conn) = TcpStream::connect(("127.0.0.1", p)).await else {
+                continue;
+            };
+            let _ = conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let mut buf = [0u8; 512];
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+            idle.push(conn);
+        }
+    }
+    assert_eq!(up(port).await, 200);
+    assert_eq!(up(admin).await, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Runs `cmd`'s child under an open-file limit of `n` (soft and hard).
 fn limit_open_files(cmd: &mut std::process::Command, n: libc::rlim_t) {
     // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.

@@ -526,6 +526,42 @@ async fn a_stampede_on_one_resource_is_one_fetch() {
     assert_eq!(origin.served().await, 1);
 }
 
+/// Past `ORIGIN_MAX_CONCURRENCY` requests to the origins in flight, a request answers `503`
+/// at once (each holds a connection, a descriptor), and one that streams a long body through
+/// holds its place until the body has gone through.
+#[tokio::test]
+async fn requests_to_the_origin_past_origin_max_concurrency_answer_503_at_once() {
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    let service = proxy_to(&origin, &[("ORIGIN_MAX_CONCURRENCY", "3")]).await;
+    let c = client();
+    // Distinct resources (no coalescing), none storable before it is answered.
+    let slow = futures_util::future::join_all((0..3).map(|i| {
+        let (c, url) = (c.clone(), format!("{}/api/slow-{i}", service.base));
+        async move { c.get(&url).send().await.unwrap().status().as_u16() }
+    }));
+    let late = async {
+        // Sent once the three are in flight at the origin.
+        crate::harness::eventually("three requests at the origin", || async {
+            (origin.stats().await["max_in_flight"].as_u64() >= Some(3)).then_some(())
+        })
+        .await;
+        let r = c.get(format!("{}/api/late", service.base)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, retry, r.json::<Value>().await.unwrap())
+    };
+    let (slow, (status, retry, body)) = tokio::join!(slow, late);
+    assert_eq!(slow, [200, 200, 200]);
+    assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+    assert_eq!(body["error"], "origin_unavailable", "{body}");
+    // The places are given back: the next one goes through.
+    let r = c.get(format!("{}/api/after", service.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// Misses coalesced on a fetch whose body proves too long to store are not failed: each gets
 /// the whole body, streamed (the leader's from its fetch, the waiters' from their own).
 #[tokio::test]
@@ -1402,6 +1438,67 @@ async fn stored_then_revalidated(origin: &str) -> (Service, String, reqwest::Cli
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     let r = c.get(&url).send().await.unwrap();
     (service, url, c, r)
+}
+
+/// A `304` without `Date` or `Age` (which an origin should not send, and hyper-based origins
+/// cannot) still freshens the stored response: its age starts again from the 304, so it is
+/// fresh for its `max-age` once more, not as old as the first response for ever.
+#[tokio::test]
+async fn a_304_without_date_makes_the_stored_response_fresh_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let conditional = String::from_utf8_lossy(&head)
+                .to_ascii_lowercase()
+                .contains("if-none-match");
+            let answer = if conditional {
+                // No `Date`, no `Age`.
+                "HTTP/1.1 304 Not Modified\r\ncache-control: max-age=2\r\netag: \"v1\"\r\nconnection: close\r\n\r\n"
+                    .to_owned()
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\ndate: {}\r\nage: 1\r\ncache-control: max-age=2\r\netag: \"v1\"\r\ncontent-length: 3\r\nconnection: close\r\n\r\nold",
+                    httpdate::fmt_http_date(std::time::SystemTime::now())
+                )
+            };
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    let route = format!("/api={origin}");
+    let service = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
+    let url = format!("{}/api/r", service.base);
+    let c = client();
+    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "old");
+    // Stale (an age of at least 2 s); revalidated by the 304.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let r = c.get(&url).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("fwd-status=304"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Fresh again from the 304: a hit, with the 304's age (0 or 1 s), not the first one's.
+    let r = c.get(&url).send().await.unwrap();
+    assert!(cache_status(&r).contains("hit"), "{}", cache_status(&r));
+    let age: u64 = r.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!(age <= 1, "age {age}");
+    assert_eq!(r.text().await.unwrap(), "old");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 /// A `304` whose headers now say the response may not be shared (`private`) is not stored:
