@@ -178,10 +178,18 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout() {
 #[tokio::test]
 async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
     let s = Service::start(&[("HTTP_MAX_CONNECTIONS", "20")]).await;
-    let mut idle = Vec::new();
-    for _ in 0..100 {
-        let mut conn = connect(&s).await;
-        // A kept-alive client that asked once and went quiet.
+    let mut idle = idle_clients(s.port, 100).await;
+    // A fresh client (the liveness probe) is answered while the flood stays connected.
+    s.wait_status("/livez", 200).await;
+    // The first of the flood were closed to make room.
+    assert_closed(idle.remove(0)).await;
+}
+
+/// `n` kept-alive clients of the listener on `port` that asked once (`/livez`) and went quiet.
+async fn idle_clients(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
@@ -189,14 +197,15 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
         idle.push(conn);
     }
-    // A fresh client (the liveness probe) is answered while the flood stays connected.
-    s.wait_status("/livez", 200).await;
-    // The first of the flood were closed to make room.
-    let mut first = idle.remove(0);
+    idle
+}
+
+/// Waits until the server has closed `conn` (the end of its stream, or a reset).
+async fn assert_closed(mut conn: TcpStream) {
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+    let n = tokio::time::timeout(crate::harness::DEADLINE, conn.read(&mut buf))
         .await
-        .expect("the oldest idle connection is closed")
+        .expect("the connection is closed")
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
@@ -207,16 +216,7 @@ async fn out_of_descriptors_below_the_cap_an_idle_connection_makes_room() {
     // lowered under it while it runs; in production the origins' connections, Redis and files
     // share the limit): accept fails with EMFILE, and the oldest idle connection gives its up.
     let s = Service::start(&[]).await;
-    let mut idle = Vec::new();
-    for _ in 0..40 {
-        let mut conn = connect(&s).await;
-        conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
-        idle.push(conn);
-    }
+    let mut idle = idle_clients(s.port, 40).await;
     let open = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
         .unwrap()
         .count() as libc::rlim_t;
@@ -236,13 +236,7 @@ async fn out_of_descriptors_below_the_cap_an_idle_connection_makes_room() {
     assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
     // A new client is answered, and it was the oldest idle connection that made room.
     s.wait_status("/livez", 200).await;
-    let mut first = idle.remove(0);
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(crate::harness::DEADLINE, first.read(&mut buf))
-        .await
-        .expect("the oldest idle connection is closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_closed(idle.remove(0)).await;
 }
 
 #[tokio::test]
@@ -271,18 +265,7 @@ async fn the_admin_listener_has_descriptors_of_its_own_under_the_open_file_limit
     };
     assert_eq!(up(port).await, 200);
     assert_eq!(up(admin).await, 200);
-    let mut idle = Vec::new();
-    for p in [port, admin] {
-        for _ in 0..160 {
-            let Ok(mut conn) = TcpStream::connect(("127.0.0.1", p)).await else {
-                continue;
-            };
-            let _ = conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await;
-            let mut buf = [0u8; 512];
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
-            idle.push(conn);
-        }
-    }
+    let _idle = (idle_clients(port, 160).await, idle_clients(admin, 160).await);
     assert_eq!(up(port).await, 200);
     assert_eq!(up(admin).await, 200);
     let _ = child.kill();

@@ -1478,14 +1478,8 @@ async fn a_304_without_date_makes_the_stored_response_fresh_again() {
             let _ = conn.write_all(answer.as_bytes()).await;
         }
     });
-    let route = format!("/api={origin}");
-    let service = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
-    let url = format!("{}/api/r", service.base);
-    let c = client();
-    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "old");
-    // Stale (an age of at least 2 s); revalidated by the 304.
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    let r = c.get(&url).send().await.unwrap();
+    // Stale after 2.1 s (an age of at least 2 s); revalidated by the 304.
+    let (_service, url, c, r) = stored_then_revalidated(&origin).await;
     assert!(
         cache_status(&r).contains("fwd-status=304"),
         "{}",
