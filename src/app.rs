@@ -202,6 +202,7 @@ impl Application {
                     body_timeout: config.server.body_timeout,
                     breaker: (config.origin.breaker.trip, config.origin.breaker.cooldown),
                     max_concurrency: config.origin.max_concurrency,
+                    max_streams: limits.max_connections,
                 },
             )
             .map_err(StartError::Setup)?;
@@ -370,8 +371,11 @@ fn connection_limits(config: &Config) -> Result<ServerLimits, StartError> {
         } else {
             0
         };
+    // With proxy routes, each connection may hold an origin connection too: a body too long
+    // to store streams through for as long as its client takes to read it.
+    let per_connection = if config.proxy.is_empty() { 1 } else { 2 };
     if let Some(limit) = server::open_file_limit()
-        && let budget = limit.saturating_sub(reserve)
+        && let budget = limit.saturating_sub(reserve) / per_connection
         && (budget as usize) < limits.max_connections
     {
         // Too few to serve with: a pod that passes its probes but answers one client at a time
@@ -380,7 +384,8 @@ fn connection_limits(config: &Config) -> Result<ServerLimits, StartError> {
             return Err(StartError::Setting(format!(
                 "the open-file limit (RLIMIT_NOFILE, {limit} here) leaves room for {budget} connection(s) after \
                  {reserve} descriptors kept for the origins' connections (ORIGIN_MAX_CONCURRENCY={} each for \
-                 `/items` and the proxy's routes), Redis, the admin listener and files; at \
+                 `/items` and the proxy's routes), Redis, the admin listener and files (and, with \
+                 proxy routes, two per connection); at \
                  least {MIN_CONNECTIONS} are needed: raise the limit (`ulimit -n`, the container's `nofile`) \
                  or lower ORIGIN_MAX_CONCURRENCY",
                 config.origin.max_concurrency,

@@ -115,7 +115,8 @@ impl Drop for Queued {
 /// anyone still waits for it; then runs `then` on the async runtime (not on a low-priority
 /// thread, where it could be preempted holding a lock others wait on). `body` answers `None`
 /// when the form is no longer wanted (its entry is gone): then nothing is made and `then` does
-/// not run. `false`, and nothing queued, when the queue is full ([`QUEUE_MAX_BYTES`]).
+/// not run, and the form goes back to not started. `false`, and nothing queued, when the queue
+/// is full ([`QUEUE_MAX_BYTES`]).
 fn compress_aside(
     coding: Coding,
     len: usize,
@@ -129,7 +130,12 @@ fn compress_aside(
     let runtime = tokio::runtime::Handle::try_current().ok();
     let job: Job = Box::new(move || {
         let _place = place;
-        let Some(body) = body() else { return };
+        let Some(body) = body() else {
+            // Not wanted where it was asked for; but a copy of the entry (a soft purge's, a
+            // 304's renewal) shares its forms: not started again, it would never be made.
+            form.refuse();
+            return;
+        };
         // Compressing into memory cannot fail; were it to panic, the waiters get an empty
         // body rather than wait for ever.
         let made = std::panic::catch_unwind(|| coding.compress(&body));
@@ -522,6 +528,12 @@ mod tests {
         gone.start(Coding::Gzip, LEN, || None, || panic!("not for an entry gone"));
         until(|| QUEUED.load(Ordering::Acquire) == 0, "the place given back").await;
         assert!(gone.ready(Coding::Gzip).is_none());
+        // A copy sharing the forms (a soft purge's) may start it again.
+        until(
+            || !gone.forms[Coding::Gzip as usize].started.load(Ordering::Acquire),
+            "the form not started again",
+        )
+        .await;
         assert_eq!(Coding::Gzip.made() - before, 9);
     }
 

@@ -32,8 +32,13 @@ struct Slice {
 #[derive(Debug, Clone, Copy)]
 enum Phase {
     Closed,
-    Open { until: Instant },
-    HalfOpen,
+    Open {
+        until: Instant,
+    },
+    /// A probe went out at `since`.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// Keys whose failure was counted, remembered at most this many at once (their slice index):
@@ -124,12 +129,19 @@ impl Breaker {
         match inner.phase {
             Phase::Closed => Ok(()),
             Phase::Open { until } if now >= until => {
-                inner.phase = Phase::HalfOpen;
+                inner.phase = Phase::HalfOpen { since: now };
                 Ok(())
             }
             Phase::Open { until } => Err(until - now),
+            // A probe that never told how it ended (its request cancelled, a path that forgot
+            // to record) would hold the circuit half-open for ever: after a cool-down without
+            // word, another probe goes out.
+            Phase::HalfOpen { since } if now >= since + self.cooldown => {
+                inner.phase = Phase::HalfOpen { since: now };
+                Ok(())
+            }
             // The probe decides soon; callers retry in a second.
-            Phase::HalfOpen => Err(Duration::from_secs(1)),
+            Phase::HalfOpen { .. } => Err(Duration::from_secs(1)),
         }
     }
 
@@ -201,7 +213,7 @@ impl Breaker {
             Phase::Closed => BreakerState::Closed,
             Phase::Open { until } if now >= until => BreakerState::HalfOpen,
             Phase::Open { .. } => BreakerState::Open,
-            Phase::HalfOpen => BreakerState::HalfOpen,
+            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
 }
@@ -327,5 +339,22 @@ mod tests {
         assert_eq!(b.state(t0 + Duration::from_secs(21)), BreakerState::Closed);
         b.record(false, t0 + Duration::from_secs(21), None, key());
         assert_eq!(b.state(t0 + Duration::from_secs(21)), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_lets_another_go_after_a_cooldown() {
+        let b = breaker(10, 3, 100);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record(false, t0, None, key());
+        }
+        // The probe goes out and is never heard of again (its request was cancelled).
+        assert_eq!(b.allow(t0 + Duration::from_secs(10)), Ok(()));
+        assert!(b.allow(t0 + Duration::from_secs(19)).is_err());
+        assert_eq!(b.state(t0 + Duration::from_secs(19)), BreakerState::HalfOpen);
+        assert_eq!(b.allow(t0 + Duration::from_secs(20)), Ok(()), "another probe");
+        assert!(b.allow(t0 + Duration::from_secs(20)).is_err(), "one at a time");
+        b.record(true, t0 + Duration::from_secs(20), None, key());
+        assert_eq!(b.state(t0 + Duration::from_secs(20)), BreakerState::Closed);
     }
 }

@@ -76,6 +76,11 @@ pub struct Proxy {
     /// body is read or, streamed through, ends: past it a request answers `503` at once rather
     /// than open connections until the process runs out of descriptors.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Bodies streamed through from an origin (too long to store) in flight: as many as client
+    /// connections (`HTTP_MAX_CONNECTIONS`), each also an origin connection.
+    streams: Arc<tokio::sync::Semaphore>,
+    /// Background refreshes (`stale-while-revalidate`) in flight: at most half of `slots`.
+    refresh_slots: Arc<tokio::sync::Semaphore>,
     /// The read-through over every tier (memory, disk, Redis): where responses are stored and
     /// found behind the memory tier, and whose purges reach every replica (invalidations after
     /// unsafe methods); `None`: the memory tier alone, here only.
@@ -105,6 +110,9 @@ pub struct Limits {
     /// `ORIGIN_MAX_CONCURRENCY`: requests to the routes' origins in flight at most (each holds
     /// a connection, a descriptor the open-file limit must leave room for).
     pub max_concurrency: usize,
+    /// `HTTP_MAX_CONNECTIONS` (as lowered to fit the open-file limit): bodies streamed through
+    /// at once at most, each holding an origin connection beside its client's.
+    pub max_streams: usize,
 }
 
 /// The first miss on a key, fetching: when dropped (answered, failed or cancelled), the misses
@@ -207,6 +215,7 @@ impl Proxy {
             body_timeout,
             breaker: (trip, cooldown),
             max_concurrency,
+            max_streams,
         } = limits;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -242,6 +251,8 @@ impl Proxy {
             buffered: Default::default(),
             inflight: Default::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
+            refresh_slots: Arc::new(tokio::sync::Semaphore::new((max_concurrency / 2).max(1))),
+            streams: Arc::new(tokio::sync::Semaphore::new(max_streams.max(1))),
         })
     }
 
@@ -680,8 +691,19 @@ impl Proxy {
         ] {
             parts_copy.headers.remove(h);
         }
+        // Background refreshes take at most half the places (as `/items`'s do), so clients'
+        // misses always have the other half; one that finds none is not made (the stale answer
+        // was served, and the next stale hit asks again).
+        let Ok(refresh_slot) = self.refresh_slots.clone().try_acquire_owned() else {
+            self.refreshing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
+            return;
+        };
         let (this, route, url, key) = (self.clone(), route.clone(), url.to_owned(), key.to_owned());
         tokio::spawn(async move {
+            let _slot = refresh_slot;
             let _done = Refreshing {
                 set: this.refreshing.clone(),
                 key: key.clone(),
@@ -1168,14 +1190,18 @@ impl Proxy {
         {
             headers.insert(HeaderName::from_static("traceparent"), v);
         }
-        let mut builder = self
-            .client
-            .request(parts.method.clone(), url)
-            .headers(headers)
-            .timeout(self.timeout);
+        let mut builder = self.client.request(parts.method.clone(), url).headers(headers);
         if let Some(body) = body {
             builder = builder.body(body);
         }
+        // A place first: a half-open circuit's probe taken and then refused a place would be
+        // a probe that never goes out.
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(AppError::OriginUnavailable {
+                message: "ORIGIN_MAX_CONCURRENCY requests to the origins are in flight already".to_owned(),
+                retry_after_secs: 1,
+            });
+        };
         // The route's circuit: while it is open, nothing goes to its origin (a stored answer
         // stands in where stale-on-error allows).
         let breaker = &self.breakers[route.index];
@@ -1194,22 +1220,25 @@ impl Proxy {
         // A 5xx, a 429 or no answer counts against the route; any other answer is the origin's
         // word about the resource.
         let record = |ok: bool| breaker.record(ok, std::time::Instant::now(), None, target);
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return Err(AppError::OriginUnavailable {
-                message: "ORIGIN_MAX_CONCURRENCY requests to the origins are in flight already".to_owned(),
-                retry_after_secs: 1,
-            });
-        };
         let started_ms = crate::cache::now_ms();
+        // `ORIGIN_TIMEOUT_MS` bounds the head and a body read to be stored; a body streamed
+        // through may take as long as it flows (its client may read slowly), and is cut only
+        // when the origin sends nothing for that long (see below).
+        let deadline = tokio::time::Instant::now() + self.timeout;
         // The message names no URL (the origin's address is the operator's, not the client's).
-        let sent = builder.send().instrument(span.clone()).await;
+        let sent = tokio::time::timeout_at(deadline, builder.send().instrument(span.clone())).await;
         match &sent {
-            Ok(r) => {
+            Ok(Ok(r)) => {
                 span.record("http.response.status_code", r.status().as_u16());
                 record(!r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS);
             }
-            Err(_) => record(false),
+            _ => record(false),
         }
+        let Ok(sent) = sent else {
+            return Err(AppError::OriginTimeout(
+                "the origin did not answer within ORIGIN_TIMEOUT_MS".to_owned(),
+            ));
+        };
         let mut response = sent.map_err(|e| {
             let e = e.without_url();
             if e.is_timeout() {
@@ -1247,7 +1276,12 @@ impl Proxy {
             total: &self.buffered,
         };
         loop {
-            match response.chunk().await {
+            let Ok(next) = tokio::time::timeout_at(deadline, response.chunk()).await else {
+                return Err(AppError::OriginTimeout(
+                    "the origin's body did not arrive within ORIGIN_TIMEOUT_MS".to_owned(),
+                ));
+            };
+            match next {
                 Ok(Some(chunk)) => {
                     let all = self
                         .buffered
@@ -1259,15 +1293,23 @@ impl Proxy {
                         self.buffered
                             .fetch_sub(chunk.len(), std::sync::atomic::Ordering::Relaxed);
                         let head = futures_util::stream::iter([
-                            Ok::<Bytes, reqwest::Error>(buffer.take()),
+                            Ok::<Bytes, std::io::Error>(buffer.take()),
                             Ok(chunk),
                         ]);
-                        // The slot goes with the stream: the origin's connection is in use
-                        // until the rest has gone through.
-                        let rest = futures_util::StreamExt::map(response.bytes_stream(), move |chunk| {
-                            let _slot = &slot;
-                            chunk
-                        });
+                        // The origin's connection is in use until the rest has gone through,
+                        // as long as its client takes to read it: it holds a place among the
+                        // streams (as many as client connections) and gives back its place
+                        // among the requests to origins, so that clients that read slowly
+                        // cannot keep other clients' misses from their origins. Without a
+                        // stream's place it keeps its own.
+                        let held = match self.streams.clone().try_acquire_owned() {
+                            Ok(stream) => {
+                                drop(slot);
+                                stream
+                            }
+                            Err(_) => slot,
+                        };
+                        let rest = streamed_rest(response, held, self.timeout);
                         let body = Body::from_stream(futures_util::StreamExt::chain(head, rest));
                         return Ok(Fetched {
                             status,
@@ -1497,6 +1539,32 @@ fn exchange_secs(sent_ms: u64, received_ms: u64) -> (u64, u64) {
         response_time.saturating_sub(received_ms.saturating_sub(sent_ms) / 1000),
         response_time,
     )
+}
+
+/// The rest of an origin's body, streamed through as it comes, holding `held` (its place) until
+/// it ends. It is cut (the client's answer then ends short, as an interrupted transfer does) when
+/// the origin sends nothing for `idle`, or its body breaks off; how long the whole takes is the
+/// client's pace, not bounded.
+fn streamed_rest(
+    response: reqwest::Response,
+    held: tokio::sync::OwnedSemaphorePermit,
+    idle: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures_util::stream::unfold(Some((response, held)), move |state| async move {
+        let (mut response, held) = state?;
+        match tokio::time::timeout(idle, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some((response, held)))),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some((Err(std::io::Error::other(e.without_url())), None)),
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the origin sent nothing for ORIGIN_TIMEOUT_MS",
+                )),
+                None,
+            )),
+        }
+    })
 }
 
 /// Seconds since the epoch.

@@ -562,6 +562,133 @@ async fn requests_to_the_origin_past_origin_max_concurrency_answer_503_at_once()
     assert_eq!(r.status(), 200);
 }
 
+/// An origin on a raw socket that answers every request `200` with `chunks` pieces of 1,000
+/// bytes, `gap` apart, then (unless `stall`) ends; with `stall`, it stops sending after them and
+/// holds the connection. Its base URL.
+async fn trickling_origin(chunks: usize, gap: std::time::Duration, stall: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let len = if stall { chunks * 1000 + 1 } else { chunks * 1000 };
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..chunks {
+                    if conn.write_all(&[b'x'; 1000]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            });
+        }
+    });
+    base
+}
+
+/// `ORIGIN_TIMEOUT_MS` bounds the origin's head and a body read to be stored, not a body
+/// streamed through for as long as it flows: it cuts one only when the origin falls silent.
+#[tokio::test]
+async fn a_long_streamed_body_is_not_cut_at_origin_timeout_ms_while_it_flows() {
+    let flowing = trickling_origin(30, std::time::Duration::from_millis(100), false).await;
+    let stalled = trickling_origin(3, std::time::Duration::from_millis(10), true).await;
+    let routes = format!("/f={flowing}, /s={stalled}");
+    let service = Service::start(&[
+        ("PROXY_ROUTES", routes.as_str()),
+        ("ORIGIN_TIMEOUT_MS", "1000"),
+        ("ORIGIN_MAX_BODY_BYTES", "1500"),
+    ])
+    .await;
+    // 30 pieces over 3 s, none more than 100 ms after the last: all of it.
+    let r = client()
+        .get(format!("{}/f/x", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 30_000);
+    // Silent for over ORIGIN_TIMEOUT_MS after 3,000 bytes: the answer ends short, as an
+    // interrupted transfer does (its length said more).
+    let r = client()
+        .get(format!("{}/s/x", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    assert!(r.bytes().await.is_err(), "a body cut short");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// A client that stops reading a long streamed body keeps its origin connection, but not a
+/// place among the `ORIGIN_MAX_CONCURRENCY` requests to origins: other clients' misses go on.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_streamed_body_does_not_hold_others_misses() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start(&[("STUB_MODE", "bytes:3000000")]).await;
+    let service = proxy_to(
+        &origin,
+        &[("ORIGIN_MAX_CONCURRENCY", "1"), ("ORIGIN_MAX_BODY_BYTES", "1000")],
+    )
+    .await;
+    // Two clients ask for a 3 MB body, read the start of the answer (it is streaming) and
+    // never read more.
+    let mut stalled = Vec::new();
+    for i in 0..2 {
+        use tokio::io::AsyncReadExt;
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+            .await
+            .unwrap();
+        let ask = format!("GET /api/stalled-{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        conn.write_all(ask.as_bytes()).await.unwrap();
+        let mut start = [0u8; 12];
+        conn.read_exact(&mut start).await.unwrap();
+        assert_eq!(&start, b"HTTP/1.1 200");
+        stalled.push(conn);
+    }
+    // Another client's miss still gets its whole answer.
+    let r = client()
+        .get(format!("{}/api/other", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().len() > 3_000_000);
+    assert_eq!(seen(&origin).await.len(), 3);
+}
+
+/// Background refreshes (`stale-while-revalidate`) take at most half of the
+/// `ORIGIN_MAX_CONCURRENCY` places: a client's miss still finds one while they run.
+#[tokio::test]
+async fn background_refreshes_leave_clients_half_the_places() {
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=1, stale-while-revalidate=60")])
+        .await;
+    let service = proxy_to(&origin, &[("ORIGIN_MAX_CONCURRENCY", "2")]).await;
+    let c = client();
+    for key in ["a", "b"] {
+        let r = c.get(format!("{}/api/{key}", service.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    // Both stale: each is served at once and asks for a refresh; one place is for refreshes.
+    for key in ["a", "b"] {
+        let r = c.get(format!("{}/api/{key}", service.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(cache_status(&r).contains("hit"), "{}", cache_status(&r));
+    }
+    let r = c.get(format!("{}/api/new", service.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a client's miss while the refreshes run");
+}
+
 /// Misses coalesced on a fetch whose body proves too long to store are not failed: each gets
 /// the whole body, streamed (the leader's from its fetch, the waiters' from their own).
 #[tokio::test]
