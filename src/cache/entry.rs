@@ -58,6 +58,11 @@ pub struct Entry {
     pub negative: bool,
     /// Never served stale; revalidated with the origin before reuse once not fresh.
     pub must_revalidate: bool,
+    /// The fresh lifetime it was stored with, in whole seconds (floored): a soft purge lowers
+    /// `fresh_until_ms` and not this, so a `304` that restates no freshness renews the real
+    /// lifetime ([`Entry::times_again`]), not the entry's age at the purge (which made every
+    /// later hit a refresh). A `u32` beside the flags: it costs the entry no byte.
+    lifetime_s: u32,
     /// The origin's `ETag` and `Last-Modified`, for conditional refreshes and clients; boxed,
     /// since most origins send neither and every entry would pay for two empty strings.
     validators: Option<Box<Validators>>,
@@ -220,6 +225,7 @@ impl Entry {
             stale_until_ms: times.stale_until_ms,
             negative: true,
             must_revalidate: times.must_revalidate,
+            lifetime_s: lifetime_secs(&times),
             validators: None,
             etag: None,
             tags: None,
@@ -259,6 +265,7 @@ impl Entry {
             if_error_until_ms: times.if_error_until_ms,
             stale_until_ms: times.stale_until_ms.max(times.fresh_until_ms),
             must_revalidate: times.must_revalidate,
+            lifetime_s: lifetime_secs(&times),
             validators: {
                 let kept = self.validators();
                 let merged = Validators {
@@ -276,9 +283,14 @@ impl Entry {
     /// stored answer's own (RFC 9111 §4.3.4 keeps the stored headers the 304 does not replace).
     pub fn times_again(&self, now_ms: u64) -> Times {
         let from = |until: u64| now_ms + until.saturating_sub(self.stored_at_ms);
+        // A soft purge cut `fresh_until_ms`; the lifetime it was stored with is kept apart.
+        let fresh = self
+            .fresh_until_ms
+            .saturating_sub(self.stored_at_ms)
+            .max(u64::from(self.lifetime_s) * 1000);
         Times {
             stored_at_ms: now_ms,
-            fresh_until_ms: from(self.fresh_until_ms),
+            fresh_until_ms: now_ms + fresh,
             revalidate_until_ms: from(self.revalidate_until_ms),
             if_error_until_ms: from(self.if_error_until_ms),
             stale_until_ms: from(self.stale_until_ms),
@@ -433,6 +445,7 @@ impl Entry {
             r: Some(self.revalidate_until_ms),
             e: Some(self.if_error_until_ms),
             m: self.must_revalidate,
+            l: Some(self.lifetime_s),
             et: self.validators().etag.clone(),
             lm: self.validators().last_modified.clone(),
             tg: self.tags().iter().map(|t| t.to_string()).collect(),
@@ -475,22 +488,38 @@ impl Entry {
             stale_until_ms: s.s,
             must_revalidate: s.m,
         };
+        // Written since soft purges keep the lifetime apart (a purge in Redis lowers `f` only);
+        // older entries: their `f` then.
+        let lifetime = |mut e: Entry| {
+            e.lifetime_s = s.l.unwrap_or(e.lifetime_s);
+            e
+        };
         if let Some(head) = s.p {
             let head = head.into_head()?;
-            return Some(Self::proxied(head, Bytes::copy_from_slice(rest), times).with_tags(&s.tg));
+            return Some(lifetime(
+                Self::proxied(head, Bytes::copy_from_slice(rest), times).with_tags(&s.tg),
+            ));
         }
         if !rest.trim_ascii().is_empty() {
             return None;
         }
         if s.n {
-            return Some(Self::new_not_found(times));
+            return Some(lifetime(Self::new_not_found(times)));
         }
         let validators = Validators {
             etag: s.et,
             last_modified: s.lm,
         };
-        Some(Self::new(key, s.v?.get().as_bytes(), times, validators).with_tags(&s.tg))
+        Some(lifetime(
+            Self::new(key, s.v?.get().as_bytes(), times, validators).with_tags(&s.tg),
+        ))
     }
+}
+
+/// The fresh lifetime of `times` in whole seconds, floored (so that it never lengthens an
+/// entry's own), at most `u32::MAX`.
+fn lifetime_secs(times: &Times) -> u32 {
+    (times.fresh_until_ms.saturating_sub(times.stored_at_ms) / 1000).min(u64::from(u32::MAX)) as u32
 }
 
 /// Bytes of a weak `ETag`: `W/"` + 16 hex digits + `"`.
@@ -517,6 +546,9 @@ struct Stored {
     e: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     m: bool,
+    /// The fresh lifetime it was stored with (s): absent in older entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    l: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     et: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -744,6 +776,46 @@ mod tests {
         };
         let e = Entry::new("k", b"[1]", times, validators);
         assert_eq!(Entry::decode("k", &e.encode()), Some(e));
+    }
+
+    #[test]
+    fn a_soft_purge_keeps_the_lifetime_a_304_renews() {
+        let times = Times {
+            stored_at_ms: 10_000,
+            fresh_until_ms: 70_000,
+            revalidate_until_ms: 70_000,
+            if_error_until_ms: 70_000,
+            stale_until_ms: 100_000,
+            must_revalidate: false,
+        };
+        let e = Entry::new("k", b"1", times, Validators::default());
+        // Soft-purged 200 ms after it was stored.
+        let purged = e.marked_stale(10_200);
+        assert_eq!(purged.fresh_until_ms, 10_200);
+        assert_eq!(
+            purged.times_again(20_000).fresh_until_ms,
+            80_000,
+            "its 60 s again, not the 0.2 s it had lived"
+        );
+        // The lifetime travels through Redis and the disk; a purge made in Redis (the script
+        // lowers `f` in place) keeps it too.
+        let back = Entry::decode("k", &purged.encode()).unwrap();
+        assert_eq!(back.times_again(20_000).fresh_until_ms, 80_000);
+        let lowered = String::from_utf8(e.encode())
+            .unwrap()
+            .replace("\"f\":70000", "\"f\":10200");
+        let back = Entry::decode("k", lowered.as_bytes()).unwrap();
+        assert_eq!(back.fresh_until_ms, 10_200);
+        assert_eq!(back.times_again(20_000).fresh_until_ms, 80_000);
+        // Entries written before the lifetime was kept: their `f`.
+        let old = br#"{"t":1000,"f":3000,"s":9000,"n":false,"v":"x"}"#;
+        assert_eq!(
+            Entry::decode("k", old)
+                .unwrap()
+                .times_again(10_000)
+                .fresh_until_ms,
+            12_000
+        );
     }
 
     #[test]

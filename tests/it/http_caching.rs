@@ -131,6 +131,52 @@ async fn a_replica_waiting_on_an_unstorable_fetch_is_told_and_fetches_at_once() 
 }
 
 #[tokio::test]
+async fn after_a_soft_purge_a_304_renews_the_entrys_whole_lifetime() {
+    // Soft-purged 0.2 s after it was fetched: the 304 that refreshes it restates no freshness,
+    // so its lifetime (CACHE_TTL_SECS) runs again, not the 0.2 s it had lived (which made every
+    // later hit a refresh, for ever).
+    let origin = Origin::start(&[("STUB_MODE", "fixed")]).await;
+    origin.headers(&[("ETag", "\"v1\"")]).await;
+    let token = "0123456789abcdef0123";
+    let s = origin
+        .service(&[
+            ("ADMIN_TOKEN", token),
+            ("CACHE_TTL_SECS", "600"),
+            ("CACHE_TTL_JITTER_PERCENT", "0"),
+        ])
+        .await;
+    assert_eq!(s.get("k").await.1, "cache-layer; fwd=miss; stored");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let purged = client()
+        .delete(s.url("/items/k?soft=true"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 204);
+    let conditional = || async { origin.stats().await["conditional"].as_u64().unwrap_or(0) };
+    // The first hit after it refreshes (served stale meanwhile, or after the 304).
+    assert_eq!(s.get("k").await.0, 200);
+    eventually("the refresh to reach the origin", || async {
+        (conditional().await == 1).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, cache, _) = s.get("k").await;
+        assert_eq!(status, 200);
+        // A fresh hit with most of its 600 s ahead (`ttl=599`), not a stale one.
+        let ttl: u64 = cache
+            .strip_prefix("cache-layer; hit; ttl=")
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("not a fresh hit: {cache}"));
+        assert!(ttl > 590, "{cache}");
+    }
+    assert_eq!(conditional().await, 1, "one refresh, then fresh for its 600 s");
+}
+
+#[tokio::test]
 async fn no_cache_is_revalidated_with_the_origins_etag_and_a_304_renews_it() {
     let origin = Origin::start(&[("STUB_MODE", "fixed")]).await;
     origin
