@@ -144,10 +144,12 @@ impl From<CacheError> for AppError {
                 message: e.to_string(),
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             },
-            CacheError::Origin(OriginError::Saturated) => AppError::OriginUnavailable {
-                message: e.to_string(),
-                retry_after_secs: 1,
-            },
+            CacheError::Origin(OriginError::Saturated | OriginError::OutOfDescriptors) => {
+                AppError::OriginUnavailable {
+                    message: e.to_string(),
+                    retry_after_secs: 1,
+                }
+            }
             CacheError::Origin(_) => AppError::OriginError(e.to_string()),
             CacheError::TimedOut => AppError::OriginTimeout(e.to_string()),
             CacheError::Abandoned(_) => {

@@ -103,8 +103,12 @@ impl<O: Origin> GuardedOrigin<O> {
             Err(_) => Err(OriginError::Timeout(self.timeout)),
         };
         let failed = result.as_ref().err().is_some_and(OriginError::is_origin_failure);
-        self.breaker
-            .record(!failed, Instant::now(), ticket, self.key_hasher.hash_one(key));
+        // A fetch that could not even connect for want of a descriptor says nothing about the
+        // origin either way (a half-open circuit's probe then goes again after a cool-down).
+        if !matches!(result, Err(OriginError::OutOfDescriptors)) {
+            self.breaker
+                .record(!failed, Instant::now(), ticket, self.key_hasher.hash_one(key));
+        }
         if let Err(e) = &result {
             // Once per failed fetch, with the detail a client never sees (a redirect's
             // `Location` is not logged either: only its status).

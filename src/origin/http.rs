@@ -207,6 +207,9 @@ impl Decode {
 
 /// A transport error with its whole chain of causes, for the log.
 fn transport(e: reqwest::Error) -> OriginError {
+    if super::out_of_descriptors(&e) {
+        return OriginError::OutOfDescriptors;
+    }
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {

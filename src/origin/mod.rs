@@ -69,6 +69,25 @@ pub enum OriginError {
     /// `ORIGIN_MAX_CONCURRENCY` fetches are already in flight.
     #[error("too many origin requests are in flight")]
     Saturated,
+    /// This process could not open a connection to the origin: it has no file descriptor left
+    /// (`EMFILE`/`ENFILE`). Its own trouble, not the origin's: the circuit does not count it.
+    #[error("this service has no file descriptor left to reach the origin with")]
+    OutOfDescriptors,
+}
+
+/// Whether `error` (or one of its causes) is a process or system out of file descriptors:
+/// then a connection could not even be attempted, and the origin is not to blame.
+pub fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 impl OriginError {
@@ -94,7 +113,8 @@ impl OriginError {
             | OriginError::BadJson
             | OriginError::BadEncoding
             | OriginError::CircuitOpen { .. }
-            | OriginError::Saturated => false,
+            | OriginError::Saturated
+            | OriginError::OutOfDescriptors => false,
         }
     }
 
@@ -102,7 +122,9 @@ impl OriginError {
     pub fn outcome(&self) -> OriginOutcome {
         match self {
             OriginError::Timeout(_) => OriginOutcome::Timeout,
-            OriginError::CircuitOpen { .. } | OriginError::Saturated => OriginOutcome::Rejected,
+            OriginError::CircuitOpen { .. } | OriginError::Saturated | OriginError::OutOfDescriptors => {
+                OriginOutcome::Rejected
+            }
             _ => OriginOutcome::Error,
         }
     }

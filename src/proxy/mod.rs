@@ -1232,6 +1232,14 @@ impl Proxy {
                 span.record("http.response.status_code", r.status().as_u16());
                 record(!r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS);
             }
+            // No descriptor to connect with: this process's trouble, not the origin's, so not
+            // recorded (a half-open circuit's probe then goes again after a cool-down).
+            Ok(Err(e)) if crate::origin::out_of_descriptors(e) => {
+                return Err(AppError::OriginUnavailable {
+                    message: crate::origin::OriginError::OutOfDescriptors.to_string(),
+                    retry_after_secs: 1,
+                });
+            }
             _ => record(false),
         }
         let Ok(sent) = sent else {

@@ -220,23 +220,82 @@ async fn out_of_descriptors_below_the_cap_an_idle_connection_makes_room() {
     let open = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
         .unwrap()
         .count() as libc::rlim_t;
-    let lim = libc::rlimit {
-        rlim_cur: open,
-        rlim_max: open,
-    };
-    // SAFETY: prlimit reads `lim` and writes nothing (no old limit asked for).
-    let set = unsafe {
-        libc::prlimit(
-            s.pid() as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &lim,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    set_open_file_limit(s.pid(), open);
     // A new client is answered, and it was the oldest idle connection that made room.
     s.wait_status("/livez", 200).await;
     assert_closed(idle.remove(0)).await;
+}
+
+/// Asks `conn` for `/items/{key}`; the whole answer.
+async fn ask(conn: &mut TcpStream, key: &str) -> String {
+    conn.write_all(format!("GET /items/{key} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_response(conn).await
+}
+
+/// Sets the running service's open-file soft limit to `n` (the hard one is left: raising the
+/// soft one back needs no privilege).
+fn set_open_file_limit(pid: u32, n: libc::rlim_t) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit writes the old limit into `old` and reads `lim`; both live on this stack.
+    let set = unsafe {
+        let pid = pid as libc::pid_t;
+        if libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) != 0 {
+            -1
+        } else {
+            let lim = libc::rlimit {
+                rlim_cur: n.min(old.rlim_max),
+                rlim_max: old.rlim_max,
+            };
+            libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut())
+        }
+    };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[tokio::test]
+async fn a_miss_without_a_descriptor_for_the_origin_answers_503_and_opens_no_circuit() {
+    // Out of descriptors, the origin cannot even be tried: the service's trouble, not the
+    // origin's. It answers 503 (retry in a second), and the circuit (which one failure would
+    // open here) stays closed, so the origin is asked as soon as descriptors are back.
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "500")]).await;
+    let s = origin
+        .service(&[
+            ("ORIGIN_BREAKER_MIN_REQUESTS", "1"),
+            ("ORIGIN_BREAKER_COOLDOWN_SECS", "600"),
+        ])
+        .await;
+    // Two kept-alive clients, then no descriptor left: a connection the origin client may
+    // hold idle serves one miss at most, the other needs a new one.
+    let mut conns = [connect(&s).await, connect(&s).await];
+    let open = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .unwrap()
+        .count() as libc::rlim_t;
+    set_open_file_limit(s.pid(), open);
+    let [c1, c2] = &mut conns;
+    let (a, b) = tokio::join!(ask(c1, "a"), ask(c2, "b"));
+    let refused: Vec<&String> = [&a, &b]
+        .into_iter()
+        .filter(|r| r.starts_with("HTTP/1.1 503"))
+        .collect();
+    assert!(!refused.is_empty(), "{a}\n{b}");
+    for answer in &refused {
+        assert!(
+            answer.contains("origin_unavailable") && answer.contains("no file descriptor left"),
+            "{answer}"
+        );
+        assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    }
+    let fetched = 2 - refused.len() as u64;
+    // Descriptors back: the circuit did not open (one failure would have opened it).
+    set_open_file_limit(s.pid(), 4096);
+    let (status, cache, _) = s.get("c").await;
+    assert_eq!((status, cache.as_str()), (200, "cache-layer; fwd=miss; stored"));
+    assert_eq!(origin.served().await, fetched + 1);
 }
 
 #[tokio::test]
