@@ -362,9 +362,10 @@ fn connection_limits(config: &Config) -> Result<ServerLimits, StartError> {
     // The process's own files and logs; the origin's connections (`/items` and the proxy's
     // routes each hold up to ORIGIN_MAX_CONCURRENCY); Redis's; the admin listener's.
     let origin = config.origin.max_concurrency as u64;
+    let proxied = !config.proxy.is_empty();
     let reserve = 64
         + origin
-        + if config.proxy.is_empty() { 0 } else { origin }
+        + if proxied { origin } else { 0 }
         + if config.redis.is_some() { 32 } else { 0 }
         + if config.admin_listen_addr.is_some() {
             ADMIN_MAX_CONNECTIONS as u64
@@ -373,7 +374,7 @@ fn connection_limits(config: &Config) -> Result<ServerLimits, StartError> {
         };
     // With proxy routes, each connection may hold an origin connection too: a body too long
     // to store streams through for as long as its client takes to read it.
-    let per_connection = if config.proxy.is_empty() { 1 } else { 2 };
+    let per_connection = if proxied { 2 } else { 1 };
     if let Some(limit) = server::open_file_limit()
         && let budget = limit.saturating_sub(reserve) / per_connection
         && (budget as usize) < limits.max_connections

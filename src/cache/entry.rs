@@ -7,7 +7,7 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::encoding::Compressions;
+use super::encoding::{Coding, Compressions};
 use super::policy::{Lifetimes, Times};
 use crate::origin::{MAX_VALIDATOR_BYTES, Validators};
 
@@ -346,6 +346,28 @@ impl Entry {
     /// The hit body's compressed forms, made on first use (see [`Compressions`]).
     pub fn compressions(&self) -> &Arc<Compressions> {
         self.compressed.get_or_init(Arc::default)
+    }
+
+    /// Starts making the body in `coding` on the compression threads ([`Compressions::start`]),
+    /// the job holding this entry weakly: one evicted before a thread takes the job is not
+    /// compressed, and the queue never keeps an entry alive beside the memory bound. `reweigh`
+    /// gets the entry once its form is made (the memory tier weighs it again).
+    pub fn start_compression(
+        self: &Arc<Self>,
+        coding: Coding,
+        reweigh: impl FnOnce(&Arc<Entry>) + Send + 'static,
+    ) {
+        let (source, weighed) = (Arc::downgrade(self), Arc::downgrade(self));
+        self.compressions().start(
+            coding,
+            self.body.len(),
+            move || source.upgrade().map(|e| e.body.clone()),
+            move || {
+                if let Some(entry) = weighed.upgrade() {
+                    reweigh(&entry);
+                }
+            },
+        );
     }
 
     /// The length of the hit body, uncompressed.

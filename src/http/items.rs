@@ -136,20 +136,8 @@ fn hit_body(
         state.cache.reweigh(key, entry);
         return (body, Some(coding));
     }
-    // The job holds the entry weakly: one evicted before a thread takes the job is not
-    // compressed, and the queue does not keep it alive beside the memory bound.
-    let (cache, key, weighed) = (state.cache.clone(), key.to_owned(), Arc::downgrade(entry));
-    let source = weighed.clone();
-    forms.start(
-        coding,
-        entry.body_len(),
-        move || source.upgrade().map(|e| e.cache_body()),
-        move || {
-            if let Some(entry) = weighed.upgrade() {
-                cache.reweigh(&key, &entry);
-            }
-        },
-    );
+    let (cache, key) = (state.cache.clone(), key.to_owned());
+    entry.start_compression(coding, move |entry| cache.reweigh(&key, entry));
     (entry.cache_body(), None)
 }
 

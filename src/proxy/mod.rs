@@ -1920,19 +1920,8 @@ impl Proxy {
                 return Some((coding, body));
             }
             if let (Some(memory), Some(at)) = (self.memory.clone(), at) {
-                // Held weakly, as `/items` does: an entry gone before its turn is not made.
-                let (at, weighed) = (at.to_owned(), Arc::downgrade(entry));
-                let source = weighed.clone();
-                forms.start(
-                    coding,
-                    entry.raw_body().len(),
-                    move || source.upgrade().map(|e| e.raw_body().clone()),
-                    move || {
-                        if let Some(entry) = weighed.upgrade() {
-                            memory.reweigh(&at, &entry);
-                        }
-                    },
-                );
+                let at = at.to_owned();
+                entry.start_compression(coding, move |entry| memory.reweigh(&at, entry));
             }
             None
         });

@@ -217,10 +217,7 @@ async fn out_of_descriptors_below_the_cap_an_idle_connection_makes_room() {
     // share the limit): accept fails with EMFILE, and the oldest idle connection gives its up.
     let s = Service::start(&[]).await;
     let mut idle = idle_clients(s.port, 40).await;
-    let open = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
-        .unwrap()
-        .count() as libc::rlim_t;
-    set_open_file_limit(s.pid(), open);
+    leave_no_descriptor(s.pid());
     // A new client is answered, and it was the oldest idle connection that made room.
     s.wait_status("/livez", 200).await;
     assert_closed(idle.remove(0)).await;
@@ -232,6 +229,12 @@ async fn ask(conn: &mut TcpStream, key: &str) -> String {
         .await
         .unwrap();
     read_response(conn).await
+}
+
+/// Lowers the running service's open-file soft limit to what it has open: none left.
+fn leave_no_descriptor(pid: u32) {
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as libc::rlim_t;
+    set_open_file_limit(pid, open);
 }
 
 /// Sets the running service's open-file soft limit to `n` (the hard one is left: raising the
@@ -272,10 +275,7 @@ async fn a_miss_without_a_descriptor_for_the_origin_answers_503_and_opens_no_cir
     // Two kept-alive clients, then no descriptor left: a connection the origin client may
     // hold idle serves one miss at most, the other needs a new one.
     let mut conns = [connect(&s).await, connect(&s).await];
-    let open = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
-        .unwrap()
-        .count() as libc::rlim_t;
-    set_open_file_limit(s.pid(), open);
+    leave_no_descriptor(s.pid());
     let [c1, c2] = &mut conns;
     let (a, b) = tokio::join!(ask(c1, "a"), ask(c2, "b"));
     let refused: Vec<&String> = [&a, &b]
