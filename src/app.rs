@@ -15,6 +15,7 @@ use crate::cache::{
     RedisTier, Replicas, Tier,
 };
 use crate::config::{Config, OriginSource, ServerLimits};
+use crate::descriptors::Relief;
 use crate::http::Surface;
 use crate::http::server::{self, Phase, Server};
 use crate::http::{App, AppState, HeaderTables};
@@ -64,6 +65,8 @@ pub struct Application {
     limits: ServerLimits,
     /// Cancels the background tasks when the application ends, run or not.
     tasks: DropGuard,
+    /// Where the servers register their idle connections for the origins' clients.
+    relief: Relief,
     /// The disk tier's directory, held for as long as the process runs.
     _disk_lock: Option<DirLock>,
 }
@@ -90,6 +93,9 @@ impl Application {
         let limits = connection_limits(&config)?;
         // Background tasks (Redis upkeep, the purge listener) end with the application.
         let tasks = CancellationToken::new();
+        // The servers (started by `run_until_stopped`) give the origins' clients a descriptor
+        // back through it when a connect finds none left.
+        let relief = Relief::default();
         let mut tiers = Vec::new();
         let mut proxy_memory = None;
         if let Some(m) = config.cache.memory {
@@ -145,6 +151,7 @@ impl Application {
                     authorization.clone(),
                     origin_config.max_body_bytes,
                     tags.clone(),
+                    relief.clone(),
                 )
                 .map_err(StartError::Setup)?,
             ),
@@ -204,6 +211,7 @@ impl Application {
                     max_concurrency: config.origin.max_concurrency,
                     max_streams: limits.max_connections,
                 },
+                relief.clone(),
             )
             .map_err(StartError::Setup)?;
             Some(Arc::new(proxy))
@@ -251,6 +259,7 @@ impl Application {
             config,
             limits,
             tasks: tasks.drop_guard(),
+            relief,
             _disk_lock: disk_lock,
         })
     }
@@ -276,6 +285,7 @@ impl Application {
             config,
             limits,
             tasks,
+            relief,
             _disk_lock,
         } = self;
         // Whichever way this returns, the Redis upkeep and the listener stop with it; the
@@ -283,6 +293,7 @@ impl Application {
         let _tasks = tasks;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let server = Arc::new(Server::default());
+        relief.add(server.idle_connections());
         let surface = if admin_listener.is_some() {
             Surface::Public
         } else {
@@ -297,6 +308,7 @@ impl Application {
             Some(admin_listener) => {
                 tracing::info!(addr = %admin_listener.local_addr()?, "admin endpoints listening");
                 let admin_server = Arc::new(Server::default());
+                relief.add(admin_server.idle_connections());
                 let (s, app) = (admin_server.clone(), App::serving(state.clone(), Surface::Admin));
                 // A cap of its own, inside the descriptors kept for it (`connection_limits`).
                 let admin_limits = ServerLimits {

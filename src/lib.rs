@@ -22,10 +22,13 @@
 //!   byte for byte, with a fast path for fresh hits.
 //! - [`telemetry`]: logs, metrics (Prometheus pull, OTLP push) and traces, set up once.
 //! - [`tls`]: the rustls crypto provider every TLS client uses, installed once.
+//! - [`descriptors`]: out of file descriptors: telling it, and the hand-over by which an
+//!   origin's connect gets one back from an idle client connection.
 
 pub mod app;
 pub mod cache;
 pub mod config;
+pub mod descriptors;
 pub mod error;
 pub mod http;
 pub mod origin;

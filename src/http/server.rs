@@ -244,6 +244,12 @@ impl Registry {
     }
 }
 
+impl crate::descriptors::IdleConnections for Registry {
+    fn close_oldest_idle(&self) -> bool {
+        self.make_room()
+    }
+}
+
 /// The server: an accept loop over `listener` serving `router` within `limits`.
 pub struct Server {
     registry: Arc<Registry>,
@@ -260,6 +266,13 @@ impl Default for Server {
 }
 
 impl Server {
+    /// Its connections, for the origins' clients to free a descriptor from when a connect
+    /// finds none left (held weakly: a server that ended is skipped).
+    pub fn idle_connections(&self) -> std::sync::Weak<dyn crate::descriptors::IdleConnections> {
+        let registry: Arc<dyn crate::descriptors::IdleConnections> = self.registry.clone();
+        Arc::downgrade(&registry)
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.registry.len()
@@ -305,8 +318,7 @@ impl Server {
                     // Out of file descriptors: an idle connection gives its up, so that the
                     // client waiting in the backlog gets in (its close takes a moment: the
                     // back-off). Anything else: back off briefly, keep accepting.
-                    let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-                    if out_of_descriptors && self.registry.make_room() {
+                    if crate::descriptors::is_exhaustion(&e) && self.registry.make_room() {
                         out_of_files.note("no descriptor left under the open-file limit (RLIMIT_NOFILE)");
                     } else {
                         accept_errors.note(&e.to_string());

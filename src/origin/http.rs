@@ -7,6 +7,7 @@ use reqwest::header::{
 };
 
 use super::{CacheHeaders, Fetched, Origin, OriginError, TagRules, Validators};
+use crate::descriptors::Relief;
 
 /// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) is percent-encoded.
 const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -58,6 +59,8 @@ pub struct HttpOrigin {
     max_body_bytes: usize,
     /// Where the origin's tags are read from, and their limits.
     tags: TagRules,
+    /// Frees a descriptor (an idle client connection) when a connect finds none left.
+    relief: Relief,
 }
 
 impl HttpOrigin {
@@ -68,6 +71,7 @@ impl HttpOrigin {
         authorization: Option<HeaderValue>,
         max_body_bytes: usize,
         tags: TagRules,
+        relief: Relief,
     ) -> Result<Self, String> {
         // Never follow redirects: a read-through cache fetches exactly the URL its template
         // names, so a 3xx cannot send it (with ORIGIN_AUTHORIZATION) to another address.
@@ -83,6 +87,7 @@ impl HttpOrigin {
             client,
             max_body_bytes,
             tags,
+            relief,
         })
     }
 }
@@ -109,7 +114,7 @@ impl Origin for HttpOrigin {
         if let Some(tp) = traceparent {
             request = request.header("traceparent", tp);
         }
-        let mut response = request.send().await.map_err(transport)?;
+        let mut response = self.relief.send(request).await.map_err(transport)?;
         let status = response.status().as_u16();
         let mut caching = CacheHeaders::read(status, response.headers());
         (caching.tags, caching.tags_ignored) = self.tags.read(response.headers());
@@ -207,7 +212,7 @@ impl Decode {
 
 /// A transport error with its whole chain of causes, for the log.
 fn transport(e: reqwest::Error) -> OriginError {
-    if super::out_of_descriptors(&e) {
+    if crate::descriptors::caused_by_exhaustion(&e) {
         return OriginError::OutOfDescriptors;
     }
     let mut detail = e.to_string();

@@ -75,21 +75,6 @@ pub enum OriginError {
     OutOfDescriptors,
 }
 
-/// Whether `error` (or one of its causes) is a process or system out of file descriptors:
-/// then a connection could not even be attempted, and the origin is not to blame.
-pub fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
-
 impl OriginError {
     /// What the log says about this error: the client-facing sentence plus, for a transport
     /// error, the client library's detail (which may name the origin's address).

@@ -50,6 +50,8 @@ pub struct ClientAddr(pub SocketAddr);
 pub struct Proxy {
     routes: Routes,
     client: reqwest::Client,
+    /// Frees a descriptor (an idle client connection) when a connect to an origin finds none.
+    relief: crate::descriptors::Relief,
     /// `None` when the memory tier is off: every request is then forwarded.
     memory: Option<MemoryTier>,
     /// A response body longer than this streams through and is not stored (decoded too).
@@ -207,6 +209,7 @@ impl Proxy {
         cache: Option<crate::cache::ReadThrough>,
         metrics: Option<Arc<crate::telemetry::Metrics>>,
         limits: Limits,
+        relief: crate::descriptors::Relief,
     ) -> Result<Self, String> {
         let Limits {
             max_body_bytes,
@@ -239,6 +242,7 @@ impl Proxy {
             breakers,
             routes,
             client,
+            relief,
             memory,
             max_body_bytes,
             compression_min_bytes,
@@ -1226,7 +1230,8 @@ impl Proxy {
         // when the origin sends nothing for that long (see below).
         let deadline = tokio::time::Instant::now() + self.timeout;
         // The message names no URL (the origin's address is the operator's, not the client's).
-        let sent = tokio::time::timeout_at(deadline, builder.send().instrument(span.clone())).await;
+        let sent =
+            tokio::time::timeout_at(deadline, self.relief.send(builder).instrument(span.clone())).await;
         match &sent {
             Ok(Ok(r)) => {
                 span.record("http.response.status_code", r.status().as_u16());
@@ -1234,7 +1239,7 @@ impl Proxy {
             }
             // No descriptor to connect with: this process's trouble, not the origin's, so not
             // recorded (a half-open circuit's probe then goes again after a cool-down).
-            Ok(Err(e)) if crate::origin::out_of_descriptors(e) => {
+            Ok(Err(e)) if crate::descriptors::caused_by_exhaustion(e) => {
                 return Err(AppError::OriginUnavailable {
                     message: crate::origin::OriginError::OutOfDescriptors.to_string(),
                     retry_after_secs: 1,

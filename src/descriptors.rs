@@ -1,0 +1,149 @@
+//! Running out of file descriptors: telling it from other failures, and getting one back.
+//!
+//! Why a module of its own: the open-file limit (`RLIMIT_NOFILE`) is shared by the client
+//! connections the server accepts and the connections the origins' clients open. When it is
+//! reached, the one descriptor that can be given back at once is an idle client connection's,
+//! and the server owns those. The server answers an `accept` that failed this way by closing
+//! its oldest idle connection; an origin's connect that failed this way asks the same through
+//! [`Relief`], so a miss is fetched rather than refused while kept-alive clients sit idle. This
+//! leaf lets both sides share the test and the hand-over without the origin side depending on
+//! the server.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// How many times a fetch that found no descriptor asks for one and tries again.
+const RETRIES: usize = 3;
+
+/// How long a closed idle connection's task is given to let its socket go before the retry
+/// (the close is that task's next step; under load it may wait for a worker).
+const CLOSE_WAIT: Duration = Duration::from_millis(5);
+
+/// Whether `error` is the process or the system out of file descriptors (`EMFILE`/`ENFILE`).
+pub fn is_exhaustion(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Whether `error` or one of its causes is [`is_exhaustion`]: then a connection could not even
+/// be attempted, and whoever was to be reached is not to blame.
+pub fn caused_by_exhaustion(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>().is_some_and(is_exhaustion) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// What holds client connections that can be closed to free a descriptor (the server's
+/// connection registry).
+pub trait IdleConnections: Send + Sync {
+    /// Closes the oldest connection without a request in flight; `false` when every
+    /// connection is busy.
+    fn close_oldest_idle(&self) -> bool;
+}
+
+/// The hand-over between the origins' clients and the servers: the servers register their
+/// connections, a fetch that found no descriptor asks for one. Cheap to clone; a server that
+/// ended is skipped (held weakly).
+#[derive(Clone, Default)]
+pub struct Relief {
+    holders: Arc<Mutex<Vec<Weak<dyn IdleConnections>>>>,
+}
+
+impl Relief {
+    /// Registers `holder`'s idle connections as descriptors that may be given back.
+    pub fn add(&self, holder: Weak<dyn IdleConnections>) {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        holders.retain(|h| h.strong_count() > 0);
+        holders.push(holder);
+    }
+
+    /// Closes one idle client connection (the first holder's with one) and gives its task a
+    /// moment to let the socket go; whether one was closed.
+    pub async fn free_one(&self) -> bool {
+        let closed = {
+            let holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+            holders
+                .iter()
+                .filter_map(Weak::upgrade)
+                .any(|h| h.close_oldest_idle())
+        };
+        if closed {
+            tracing::debug!(
+                "an idle client connection closed to free a descriptor for an origin's connection"
+            );
+            tokio::time::sleep(CLOSE_WAIT).await;
+        }
+        closed
+    }
+
+    /// Sends `request`; when no descriptor was left to connect with, frees one (an idle
+    /// client connection) and sends again, up to `RETRIES` times. Only a request that can be
+    /// sent twice is retried (a streamed body cannot); what is still an exhaustion is the
+    /// caller's to answer.
+    pub async fn send(&self, mut request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        let mut retries = RETRIES;
+        loop {
+            let again = if retries > 0 { request.try_clone() } else { None };
+            match request.send().await {
+                Err(e) if caused_by_exhaustion(&e) => match again {
+                    Some(next) if self.free_one().await => {
+                        request = next;
+                        retries -= 1;
+                    }
+                    _ => return Err(e),
+                },
+                answered => return answered,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Idle(AtomicUsize);
+
+    impl IdleConnections for Idle {
+        fn close_oldest_idle(&self) -> bool {
+            self.0
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        }
+    }
+
+    #[test]
+    fn exhaustion_is_told_through_a_chain_of_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("wrapped")]
+        struct Wrapped(#[source] std::io::Error);
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_exhaustion(&emfile));
+        assert!(caused_by_exhaustion(&Wrapped(emfile)));
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(!caused_by_exhaustion(&Wrapped(refused)));
+    }
+
+    #[tokio::test]
+    async fn relief_closes_idle_connections_while_there_are_some_and_skips_ended_servers() {
+        let relief = Relief::default();
+        let ended: Arc<dyn IdleConnections> = Arc::new(Idle(AtomicUsize::new(5)));
+        relief.add(Arc::downgrade(&ended));
+        drop(ended);
+        let live: Arc<dyn IdleConnections> = Arc::new(Idle(AtomicUsize::new(2)));
+        relief.add(Arc::downgrade(&live));
+        assert!(relief.free_one().await);
+        assert!(relief.free_one().await);
+        assert!(!relief.free_one().await, "no idle connection is left");
+        assert_eq!(
+            relief.holders.lock().unwrap().len(),
+            1,
+            "the ended server was let go"
+        );
+    }
+}
