@@ -37,6 +37,26 @@ pub fn caused_by_exhaustion(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether this process is out of descriptors right now: a socket is opened and closed at once.
+/// For a failure whose causes do not say why (a host name's lookup under `EMFILE` fails as
+/// "name or service not known": the resolver could not open its socket either).
+pub fn exhausted_now() -> bool {
+    // SAFETY: socket() takes no pointer; a descriptor it returns is closed at once, here.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just opened by this function and is closed once.
+        unsafe { libc::close(fd) };
+        return false;
+    }
+    is_exhaustion(&std::io::Error::last_os_error())
+}
+
+/// Whether a request to an origin failed for want of a descriptor: its causes say so, or it
+/// failed to connect (a lookup included) while none is left.
+pub fn failed_for_want(error: &reqwest::Error) -> bool {
+    caused_by_exhaustion(error) || (error.is_connect() && exhausted_now())
+}
+
 /// What holds client connections that can be closed to free a descriptor (the server's
 /// connection registry).
 pub trait IdleConnections: Send + Sync {
@@ -89,7 +109,7 @@ impl Relief {
         loop {
             let again = if retries > 0 { request.try_clone() } else { None };
             match request.send().await {
-                Err(e) if caused_by_exhaustion(&e) => match again {
+                Err(e) if failed_for_want(&e) => match again {
                     Some(next) if self.free_one().await => {
                         request = next;
                         retries -= 1;

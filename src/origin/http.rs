@@ -212,7 +212,7 @@ impl Decode {
 
 /// A transport error with its whole chain of causes, for the log.
 fn transport(e: reqwest::Error) -> OriginError {
-    if crate::descriptors::caused_by_exhaustion(&e) {
+    if crate::descriptors::failed_for_want(&e) {
         return OriginError::OutOfDescriptors;
     }
     let mut detail = e.to_string();

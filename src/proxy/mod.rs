@@ -1239,7 +1239,7 @@ impl Proxy {
             }
             // No descriptor to connect with: this process's trouble, not the origin's, so not
             // recorded (a half-open circuit's probe then goes again after a cool-down).
-            Ok(Err(e)) if crate::descriptors::caused_by_exhaustion(e) => {
+            Ok(Err(e)) if crate::descriptors::failed_for_want(e) => {
                 return Err(AppError::OriginUnavailable {
                     message: crate::origin::OriginError::OutOfDescriptors.to_string(),
                     retry_after_secs: 1,

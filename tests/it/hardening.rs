@@ -271,13 +271,16 @@ async fn a_miss_without_a_descriptor_for_the_origin_answers_503_and_opens_no_cir
     // Out of descriptors, the origin cannot even be tried: the service's trouble, not the
     // origin's. It answers 503 (retry in a second), and the circuit (which one failure would
     // open here) stays closed, so the origin is asked as soon as descriptors are back.
+    // The origin by host name: out of descriptors, its lookup fails first, and says only
+    // "name or service not known".
     let origin = Origin::start(&[("STUB_LATENCY_MS", "500")]).await;
-    let s = origin
-        .service(&[
-            ("ORIGIN_BREAKER_MIN_REQUESTS", "1"),
-            ("ORIGIN_BREAKER_COOLDOWN_SECS", "600"),
-        ])
-        .await;
+    let template = origin.template().replace("127.0.0.1", "localhost");
+    let s = Service::start(&[
+        ("ORIGIN_URL", template.as_str()),
+        ("ORIGIN_BREAKER_MIN_REQUESTS", "1"),
+        ("ORIGIN_BREAKER_COOLDOWN_SECS", "600"),
+    ])
+    .await;
     // Every client connection busy, so none can be closed for a descriptor: one holds a
     // request that needs none (a body still to come, its head taken: `100 Continue` says so).
     let mut holder = connect(&s).await;
@@ -341,9 +344,10 @@ async fn a_miss_without_a_descriptor_for_the_origin_closes_an_idle_client_and_is
 
 #[tokio::test]
 async fn a_proxied_miss_without_a_descriptor_closes_an_idle_client_and_is_fetched() {
-    // The same for the transparent proxy's connect to a route's origin.
+    // The same for the transparent proxy's connect to a route's origin (by host name: its
+    // lookup needs a descriptor too).
     let origin = Origin::start(&[]).await;
-    let route = format!("/api={}/items", origin.base);
+    let route = format!("/api={}/items", origin.base.replace("127.0.0.1", "localhost"));
     let s = Service::start(&[("PROXY_ROUTES", route.as_str())]).await;
     let mut busy = connect(&s).await;
     let _idle = idle_clients(s.port, 3).await;
