@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use cache_layer::{Application, Config, StartError, shutdown_signal, telemetry};
 
+/// The fewest open files the process needs to start at all (the runtime, its signal handling,
+/// the listeners, the log): below it start-up stops with a message naming the limit.
+const MIN_OPEN_FILES_TO_START: u64 = 32;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -42,8 +46,24 @@ fn main() -> ExitCode {
     for notice in config.notices.iter().filter(|n| n.starts_with("`RUST_LOG=")) {
         eprintln!("cache-layer: {notice}");
     }
+    // Below this the runtime itself cannot start (its I/O driver and signal pipe); the full
+    // check, with what the connections need, is `Application::build`'s.
+    if let Some(limit) = cache_layer::http::server::open_file_limit()
+        && limit < MIN_OPEN_FILES_TO_START
+    {
+        eprintln!(
+            "the open-file limit (RLIMIT_NOFILE, {limit} here) is too low to start; raise it (`ulimit -n`, the container's `nofile`) to a few hundred at least"
+        );
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
+        Err(e) if cache_layer::descriptors::is_exhaustion(&e) => {
+            eprintln!(
+                "cannot start the async runtime: no file descriptor left under the open-file limit (RLIMIT_NOFILE); raise it (`ulimit -n`, the container's `nofile`)"
+            );
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;

@@ -255,7 +255,9 @@ impl Proxy {
             buffered: Default::default(),
             inflight: Default::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
-            refresh_slots: Arc::new(tokio::sync::Semaphore::new((max_concurrency / 2).max(1))),
+            // Half, rounded down: with one place, none is for refreshes (a stale answer is
+            // served until its window ends; the client's miss after it has the place).
+            refresh_slots: Arc::new(tokio::sync::Semaphore::new(max_concurrency / 2)),
             streams: Arc::new(tokio::sync::Semaphore::new(max_streams.max(1))),
         })
     }

@@ -424,6 +424,20 @@ fn an_open_file_limit_too_low_to_serve_with_stops_start_up_and_says_why() {
             && stderr.contains("ORIGIN_MAX_CONCURRENCY=64"),
         "{stderr}"
     );
+    // Too low for the runtime itself: the same exit and the limit named, not a panic.
+    for n in [6, 8] {
+        let mut cmd = service_command(&[("LISTEN_ADDR", &format!("127.0.0.1:{}", free_port()))]);
+        limit_open_files(&mut cmd, n);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{n}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the open-file limit (RLIMIT_NOFILE, {n} here) is too low to start"
+            )),
+            "{stderr}"
+        );
+    }
     // Lowering ORIGIN_MAX_CONCURRENCY, as the message says, lets it start: 100 - 64 - 8 = 28.
     let port = free_port();
     let mut cmd = service_command(&[

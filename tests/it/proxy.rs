@@ -689,6 +689,27 @@ async fn background_refreshes_leave_clients_half_the_places() {
     assert_eq!(r.status(), 200, "a client's miss while the refreshes run");
 }
 
+/// With one place, none is for refreshes: a stale hit is served and refreshes nothing, and a
+/// client's miss right after it has the place (it was 503 while the refresh held it).
+#[tokio::test]
+async fn with_one_origin_place_a_refresh_never_takes_it() {
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;
+    origin
+        .headers(&[("Cache-Control", "max-age=1, stale-while-revalidate=60")])
+        .await;
+    let service = proxy_to(&origin, &[("ORIGIN_MAX_CONCURRENCY", "1")]).await;
+    let c = client();
+    let url = |key: &str| format!("{}/api/{key}", service.base);
+    assert_eq!(c.get(url("a")).send().await.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let r = c.get(url("a")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(cache_status(&r).contains("hit"), "{}", cache_status(&r));
+    let r = c.get(url("new")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a client's miss after the stale hit");
+    assert_eq!(origin.served().await, 2, "no refresh went out");
+}
+
 /// Misses coalesced on a fetch whose body proves too long to store are not failed: each gets
 /// the whole body, streamed (the leader's from its fetch, the waiters' from their own).
 #[tokio::test]
