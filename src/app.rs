@@ -210,6 +210,7 @@ impl Application {
                     breaker: (config.origin.breaker.trip, config.origin.breaker.cooldown),
                     max_concurrency: config.origin.max_concurrency,
                     max_streams: limits.max_connections,
+                    write_timeout: config.server.write_timeout,
                 },
                 relief.clone(),
             )

@@ -374,6 +374,7 @@ async fn serve_connection(
         turn,
     });
     let service = Tracked {
+        streams: peer.map(|_| crate::proxy::ConnectionStreams::default()),
         peer,
         app,
         conn: conn.clone(),
@@ -431,6 +432,8 @@ async fn serve_connection(
 struct Tracked {
     /// The client's address, when the proxy wants it on every request.
     peer: Option<std::net::SocketAddr>,
+    /// The connection's places among the proxy's streamed bodies (with `peer`: proxy routes).
+    streams: Option<crate::proxy::ConnectionStreams>,
     app: App,
     conn: Arc<Conn>,
 }
@@ -444,6 +447,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
         self.conn.begin_request();
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(crate::proxy::ClientAddr(peer));
+        }
+        if let Some(streams) = &self.streams {
+            request.extensions_mut().insert(streams.clone());
         }
         TrackedFuture {
             inner: self.app.handle(request),

@@ -81,6 +81,8 @@ pub struct Proxy {
     /// Bodies streamed through from an origin (too long to store) in flight: as many as client
     /// connections (`HTTP_MAX_CONNECTIONS`), each also an origin connection.
     streams: Arc<tokio::sync::Semaphore>,
+    /// `HTTP_WRITE_TIMEOUT_SECS`: how long a streamed body waits for its client to take a chunk.
+    write_timeout: Duration,
     /// Background refreshes (`stale-while-revalidate`) in flight: at most half of `slots`.
     refresh_slots: Arc<tokio::sync::Semaphore>,
     /// The read-through over every tier (memory, disk, Redis): where responses are stored and
@@ -115,6 +117,24 @@ pub struct Limits {
     /// `HTTP_MAX_CONNECTIONS` (as lowered to fit the open-file limit): bodies streamed through
     /// at once at most, each holding an origin connection beside its client's.
     pub max_streams: usize,
+    /// `HTTP_WRITE_TIMEOUT_SECS`: a body streamed through is cut when its client takes nothing
+    /// for this long (its places are let go).
+    pub write_timeout: Duration,
+}
+
+/// Bodies too long to store that one client connection may stream through at once (HTTP/1.1
+/// carries one request at a time; HTTP/2 many, and one connection must not take every place).
+pub const STREAMS_PER_CONNECTION: usize = 8;
+
+/// One client connection's places among the streams ([`STREAMS_PER_CONNECTION`]), put on each
+/// of its requests by the server.
+#[derive(Clone)]
+pub struct ConnectionStreams(pub Arc<tokio::sync::Semaphore>);
+
+impl Default for ConnectionStreams {
+    fn default() -> Self {
+        ConnectionStreams(Arc::new(tokio::sync::Semaphore::new(STREAMS_PER_CONNECTION)))
+    }
 }
 
 /// The first miss on a key, fetching: when dropped (answered, failed or cancelled), the misses
@@ -197,7 +217,9 @@ struct Fetched {
 /// A fetched body: whole, or too long to store and streaming through.
 enum Fetch {
     Whole(Bytes),
-    Streaming(Body),
+    /// Streamed through unstored, and why: `size` (too long to store) or `slow` (flowing, but
+    /// not whole within `ORIGIN_TIMEOUT_MS`), for `Cache-Status`'s detail.
+    Streaming(Body, &'static str),
 }
 
 impl Proxy {
@@ -219,6 +241,7 @@ impl Proxy {
             breaker: (trip, cooldown),
             max_concurrency,
             max_streams,
+            write_timeout,
         } = limits;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -259,6 +282,7 @@ impl Proxy {
             // served until its window ends; the client's miss after it has the place).
             refresh_slots: Arc::new(tokio::sync::Semaphore::new(max_concurrency / 2)),
             streams: Arc::new(tokio::sync::Semaphore::new(max_streams.max(1))),
+            write_timeout,
         })
     }
 
@@ -834,7 +858,7 @@ impl Proxy {
         let res = rules::response_directives(&f.headers);
         let cookies = route.options.set_cookie != SetCookie::Pass;
         let storable = match (&f.body, self.storing()) {
-            (Fetch::Streaming(_), _) => Storable::No("size"),
+            (Fetch::Streaming(_, why), _) => Storable::No(why),
             (_, false) => Storable::No("off"),
             (Fetch::Whole(_), true) => rules::storable(
                 &Method::GET,
@@ -959,7 +983,7 @@ impl Proxy {
                 let status = f.status;
                 let mut response = match body {
                     Fetch::Whole(b) => Response::new(Body::from(b)),
-                    Fetch::Streaming(s) => Response::new(s),
+                    Fetch::Streaming(s, _) => Response::new(s),
                 };
                 *response.status_mut() = status;
                 let keep_length = parts.method == Method::HEAD || status == StatusCode::NOT_MODIFIED;
@@ -967,7 +991,7 @@ impl Proxy {
                 finish(response.headers_mut(), &format!("fwd={why}; detail={reason}"));
                 response
             }
-            (Storable::Yes, Fetch::Streaming(_)) => unreachable!("a streaming body is never storable"),
+            (Storable::Yes, Fetch::Streaming(..)) => unreachable!("a streaming body is never storable"),
         };
         // Not stored: the replicas waiting on this fetch ask the origin themselves at once.
         if let Some(held) = held {
@@ -1024,7 +1048,7 @@ impl Proxy {
         }
         let mut response = match fetched.body {
             Fetch::Whole(b) => Response::new(Body::from(b)),
-            Fetch::Streaming(s) => Response::new(s),
+            Fetch::Streaming(s, _) => Response::new(s),
         };
         *response.status_mut() = fetched.status;
         copy_headers(&fetched.headers, response.headers_mut(), false);
@@ -1290,11 +1314,41 @@ impl Proxy {
             bytes: BytesMut::new(),
             total: &self.buffered,
         };
+        // A body said to be too long to store streams through from its first byte.
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_body_bytes as u64)
+        {
+            let body = self.stream_through(parts, Vec::new(), response, slot, "size")?;
+            return Ok(Fetched {
+                status,
+                headers,
+                body,
+                request_time,
+                response_time,
+                started_ms,
+                received_ms,
+            });
+        }
         loop {
             let Ok(next) = tokio::time::timeout_at(deadline, response.chunk()).await else {
-                return Err(AppError::OriginTimeout(
-                    "the origin's body did not arrive within ORIGIN_TIMEOUT_MS".to_owned(),
-                ));
+                if buffer.bytes.is_empty() {
+                    return Err(AppError::OriginTimeout(
+                        "the origin's body did not arrive within ORIGIN_TIMEOUT_MS".to_owned(),
+                    ));
+                }
+                // Flowing, but too slowly to be stored within ORIGIN_TIMEOUT_MS: what came,
+                // then the rest as it comes, unstored.
+                let body = self.stream_through(parts, vec![buffer.take()], response, slot, "slow")?;
+                return Ok(Fetched {
+                    status,
+                    headers,
+                    body,
+                    request_time,
+                    response_time,
+                    started_ms,
+                    received_ms,
+                });
             };
             match next {
                 Ok(Some(chunk)) => {
@@ -1307,29 +1361,12 @@ impl Proxy {
                         // Too long to store: what was read, then the rest as it comes.
                         self.buffered
                             .fetch_sub(chunk.len(), std::sync::atomic::Ordering::Relaxed);
-                        let head = futures_util::stream::iter([
-                            Ok::<Bytes, std::io::Error>(buffer.take()),
-                            Ok(chunk),
-                        ]);
-                        // The origin's connection is in use until the rest has gone through,
-                        // as long as its client takes to read it: it holds a place among the
-                        // streams (as many as client connections) and gives back its place
-                        // among the requests to origins, so that clients that read slowly
-                        // cannot keep other clients' misses from their origins. Without a
-                        // stream's place it keeps its own.
-                        let held = match self.streams.clone().try_acquire_owned() {
-                            Ok(stream) => {
-                                drop(slot);
-                                stream
-                            }
-                            Err(_) => slot,
-                        };
-                        let rest = streamed_rest(response, held, self.timeout);
-                        let body = Body::from_stream(futures_util::StreamExt::chain(head, rest));
+                        let read = vec![buffer.take(), chunk];
+                        let body = self.stream_through(parts, read, response, slot, "size")?;
                         return Ok(Fetched {
                             status,
                             headers,
-                            body: Fetch::Streaming(body),
+                            body,
                             request_time,
                             response_time,
                             started_ms,
@@ -1356,6 +1393,49 @@ impl Proxy {
             started_ms,
             received_ms,
         })
+    }
+}
+
+impl Proxy {
+    /// A body that is not stored: `read` (what came already, in pieces), then the rest of `response` as it
+    /// comes. The origin's connection is in use until the rest has gone through, as long as its
+    /// client takes to read it: it holds a place among the streams (as many as client
+    /// connections, at most [`STREAMS_PER_CONNECTION`] of them for one client connection, which
+    /// over HTTP/2 may carry many requests) and gives back `slot`, its place among the requests
+    /// to origins, so that clients that read slowly cannot keep other clients' misses from
+    /// their origins. Without a stream's place: `503`, rather than hold `slot`.
+    fn stream_through(
+        &self,
+        parts: &Parts,
+        read: Vec<Bytes>,
+        response: reqwest::Response,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        why: &'static str,
+    ) -> Result<Fetch, AppError> {
+        let busy = |message: &str| AppError::OriginUnavailable {
+            message: message.to_owned(),
+            retry_after_secs: 1,
+        };
+        let connection = match parts.extensions.get::<ConnectionStreams>() {
+            Some(ConnectionStreams(places)) => Some(places.clone().try_acquire_owned().map_err(|_| {
+                busy("this connection streams as many bodies too long to store as one connection may")
+            })?),
+            None => None,
+        };
+        let stream = self.streams.clone().try_acquire_owned().map_err(|_| {
+            busy("as many bodies too long to store as HTTP_MAX_CONNECTIONS are streaming through already")
+        })?;
+        drop(slot);
+        let rest = streamed_rest(response, (stream, connection), self.timeout, self.write_timeout);
+        let head = futures_util::stream::iter(
+            read.into_iter()
+                .filter(|b| !b.is_empty())
+                .map(Ok::<Bytes, std::io::Error>),
+        );
+        Ok(Fetch::Streaming(
+            Body::from_stream(futures_util::StreamExt::chain(head, rest)),
+            why,
+        ))
     }
 }
 
@@ -1556,28 +1636,62 @@ fn exchange_secs(sent_ms: u64, received_ms: u64) -> (u64, u64) {
     )
 }
 
-/// The rest of an origin's body, streamed through as it comes, holding `held` (its place) until
-/// it ends. It is cut (the client's answer then ends short, as an interrupted transfer does) when
-/// the origin sends nothing for `idle`, or its body breaks off; how long the whole takes is the
-/// client's pace, not bounded.
+/// The rest of an origin's body, streamed through as it comes, holding `held` (its places)
+/// until it ends. A task of its own reads the origin and hands each chunk over as the client
+/// takes it, so the places are let go whether or not the client's side polls the body: over
+/// HTTP/2 a client that grants no window is never polled, and no socket write blocks to trip
+/// `HTTP_WRITE_TIMEOUT_SECS`. It is cut (the client's answer then ends short, as an interrupted
+/// transfer does) when the origin sends nothing for `idle`, its body breaks off, or the client
+/// takes nothing for `stall`; how long the whole takes is the client's pace, not bounded.
 fn streamed_rest(
-    response: reqwest::Response,
-    held: tokio::sync::OwnedSemaphorePermit,
+    mut response: reqwest::Response,
+    held: impl Send + 'static,
     idle: Duration,
+    stall: Duration,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    futures_util::stream::unfold(Some((response, held)), move |state| async move {
-        let (mut response, held) = state?;
-        match tokio::time::timeout(idle, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some((response, held)))),
-            Ok(Ok(None)) => None,
-            Ok(Err(e)) => Some((Err(std::io::Error::other(e.without_url())), None)),
-            Err(_) => Some((
-                Err(std::io::Error::new(
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stalled.clone();
+    tokio::spawn(async move {
+        let _held = held;
+        loop {
+            let item = match tokio::time::timeout(idle, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => Ok(chunk),
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => Err(std::io::Error::other(e.without_url())),
+                Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "the origin sent nothing for ORIGIN_TIMEOUT_MS",
                 )),
-                None,
-            )),
+            };
+            let last = item.is_err();
+            match tokio::time::timeout(stall, tx.send(item)).await {
+                Ok(Ok(())) if !last => {}
+                // Ended, or the client went away.
+                Ok(_) => return,
+                Err(_) => {
+                    flag.store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(Some(rx), move |rx| {
+        let stalled = stalled.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(item) => Some((item, Some(rx))),
+                // Given up on: an error, so the answer ends short rather than look whole.
+                None if stalled.load(std::sync::atomic::Ordering::Acquire) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took nothing for HTTP_WRITE_TIMEOUT_SECS",
+                    )),
+                    None,
+                )),
+                None => None,
+            }
         }
     })
 }

@@ -576,7 +576,7 @@ async fn trickling_origin(chunks: usize, gap: std::time::Duration, stall: bool) 
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf).await;
                 let len = if stall { chunks * 1000 + 1 } else { chunks * 1000 };
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n");
                 if conn.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
@@ -625,6 +625,125 @@ async fn a_long_streamed_body_is_not_cut_at_origin_timeout_ms_while_it_flows() {
     let started = std::time::Instant::now();
     assert!(r.bytes().await.is_err(), "a body cut short");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// A body that flows, but too slowly to be read whole within `ORIGIN_TIMEOUT_MS` to be stored,
+/// streams through unstored (it was `504` before a byte went out); a body said to be too long
+/// to store streams from its first byte.
+#[tokio::test]
+async fn a_body_too_slow_to_store_streams_through_whole() {
+    let flowing = trickling_origin(30, std::time::Duration::from_millis(100), false).await;
+    let routes = format!("/f={flowing}");
+    let service = Service::start(&[
+        ("PROXY_ROUTES", routes.as_str()),
+        ("ORIGIN_TIMEOUT_MS", "1000"),
+        ("ORIGIN_MAX_BODY_BYTES", "100000"),
+    ])
+    .await;
+    for _ in 0..2 {
+        let r = client()
+            .get(format!("{}/f/x", service.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            cache_status(&r),
+            "cache-layer; fwd=uri-miss; detail=slow",
+            "not stored"
+        );
+        assert_eq!(r.bytes().await.unwrap().len(), 30_000);
+    }
+}
+
+/// Opens an HTTP/2 (prior knowledge) connection to `port` that grants each stream its first
+/// 64 KiB of window and no more (its bodies are never read), with room on the connection for
+/// small answers.
+async fn h2_connect(port: u16) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(65_535)
+        .initial_connection_window_size(16 << 20)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// `GET` over `client`: the answer's head, and its body unread.
+async fn h2_get(client: &h2::client::SendRequest<bytes::Bytes>, url: &str) -> http::Response<h2::RecvStream> {
+    let mut client = client.clone().ready().await.unwrap();
+    let request = http::Request::get(url).body(()).unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    answer.await.unwrap()
+}
+
+/// Over HTTP/2 one connection carries many requests: it streams at most 8 bodies too long to
+/// store at once (a 9th is `503`), and a stream whose client takes nothing (grants no window,
+/// so no socket write blocks) lets its places go after `HTTP_WRITE_TIMEOUT_SECS`. Before, one
+/// connection held every stream place and every origin place for as long as it stayed open.
+#[tokio::test]
+async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
+    let origin = Origin::start(&[("STUB_MODE", "bytes:3000000")]).await;
+    let small = Origin::start(&[]).await;
+    let routes = format!("/api={}/items, /small={}/items", origin.base, small.base);
+    let service = Service::start(&[
+        ("PROXY_ROUTES", routes.as_str()),
+        ("ORIGIN_MAX_BODY_BYTES", "100000"),
+        ("HTTP_MAX_CONNECTIONS", "16"),
+        ("ORIGIN_MAX_CONCURRENCY", "4"),
+        ("HTTP_WRITE_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    let url = |conn: &str, i: usize| format!("{}/api/{conn}{i}", service.base);
+    let mut held = Vec::new();
+    let a = h2_connect(service.port).await;
+    for i in 0..8 {
+        let r = h2_get(&a, &url("a", i)).await;
+        assert_eq!(r.status(), 200, "a{i}");
+        held.push(r);
+    }
+    let mut r = h2_get(&a, &url("a", 8)).await;
+    assert_eq!(r.status(), 503, "a 9th stream on one connection");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body = r.body_mut().data().await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("this connection streams as many bodies"),
+        "{body:?}"
+    );
+    // Other clients' misses still reach the origin: the streams gave their places back.
+    let c = client();
+    let r = c.get(format!("{}/small/k", service.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A second connection takes the other 8 of the 16 stream places (HTTP_MAX_CONNECTIONS)...
+    let b = h2_connect(service.port).await;
+    for i in 0..8 {
+        let r = h2_get(&b, &url("b", i)).await;
+        assert_eq!(r.status(), 200, "b{i}");
+        held.push(r);
+    }
+    // ...and once they have stalled for HTTP_WRITE_TIMEOUT_SECS, the places are free again,
+    // though both connections stay open.
+    let third = h2_connect(service.port).await;
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    let mut refused = 0;
+    loop {
+        let r = h2_get(&third, &url("c", refused)).await;
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        refused += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled streams kept their places"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(held);
 }
 
 /// A client that stops reading a long streamed body keeps its origin connection, but not a
