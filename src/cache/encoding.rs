@@ -393,6 +393,8 @@ impl Coding {
             match token.as_str() {
                 "*" => any = Some(q),
                 t => {
+                    // RFC 9110 §8.4.1.3: a recipient should take "x-gzip" as "gzip".
+                    let t = if t == "x-gzip" { "gzip" } else { t };
                     if let Some(i) = Coding::ALL.iter().position(|c| c.as_str() == t) {
                         named[i].get_or_insert(q);
                     }
@@ -572,6 +574,8 @@ mod tests {
         assert_eq!(Coding::negotiate([&b"\xff"[..], b"gzip"]), Some(Coding::Gzip));
         assert_eq!(pick("gzip, deflate, br"), Some(Coding::Br));
         assert_eq!(pick("gzip"), Some(Coding::Gzip));
+        assert_eq!(pick("x-gzip"), Some(Coding::Gzip));
+        assert_eq!(pick("X-GZIP;q=0.9, br;q=0.5"), Some(Coding::Gzip));
         assert_eq!(pick("br;q=0.5, gzip;q=0.8"), Some(Coding::Gzip));
         assert_eq!(pick("br;q=0, gzip;q=0"), None);
         assert_eq!(pick("identity"), None);
