@@ -1296,19 +1296,21 @@ impl Proxy {
             return Err(AppError::OriginError(format!("the origin answered {status}")));
         }
         let headers = compact(std::mem::take(response.headers_mut()));
+        // What the fetch returns, once its body is settled (each path below returns it once).
+        let fetched = move |body| Fetched {
+            status,
+            headers,
+            body,
+            request_time,
+            response_time,
+            started_ms,
+            received_ms,
+        };
         if parts.method == Method::HEAD
             || status == StatusCode::NOT_MODIFIED
             || status == StatusCode::NO_CONTENT
         {
-            return Ok(Fetched {
-                status,
-                headers,
-                body: Fetch::Whole(Bytes::new()),
-                request_time,
-                response_time,
-                started_ms,
-                received_ms,
-            });
+            return Ok(fetched(Fetch::Whole(Bytes::new())));
         }
         let mut buffer = Buffered {
             bytes: BytesMut::new(),
@@ -1319,16 +1321,13 @@ impl Proxy {
             .content_length()
             .is_some_and(|n| n > self.max_body_bytes as u64)
         {
-            let body = self.stream_through(parts, Vec::new(), response, slot, "size")?;
-            return Ok(Fetched {
-                status,
-                headers,
-                body,
-                request_time,
-                response_time,
-                started_ms,
-                received_ms,
-            });
+            return Ok(fetched(self.stream_through(
+                parts,
+                Vec::new(),
+                response,
+                slot,
+                "size",
+            )?));
         }
         loop {
             let Ok(next) = tokio::time::timeout_at(deadline, response.chunk()).await else {
@@ -1340,15 +1339,7 @@ impl Proxy {
                 // Flowing, but too slowly to be stored within ORIGIN_TIMEOUT_MS: what came,
                 // then the rest as it comes, unstored.
                 let body = self.stream_through(parts, vec![buffer.take()], response, slot, "slow")?;
-                return Ok(Fetched {
-                    status,
-                    headers,
-                    body,
-                    request_time,
-                    response_time,
-                    started_ms,
-                    received_ms,
-                });
+                return Ok(fetched(body));
             };
             match next {
                 Ok(Some(chunk)) => {
@@ -1362,16 +1353,7 @@ impl Proxy {
                         self.buffered
                             .fetch_sub(chunk.len(), std::sync::atomic::Ordering::Relaxed);
                         let read = vec![buffer.take(), chunk];
-                        let body = self.stream_through(parts, read, response, slot, "size")?;
-                        return Ok(Fetched {
-                            status,
-                            headers,
-                            body,
-                            request_time,
-                            response_time,
-                            started_ms,
-                            received_ms,
-                        });
+                        return Ok(fetched(self.stream_through(parts, read, response, slot, "size")?));
                     }
                     buffer.bytes.extend_from_slice(&chunk);
                 }
@@ -1384,15 +1366,7 @@ impl Proxy {
                 }
             }
         }
-        Ok(Fetched {
-            status,
-            headers,
-            body: Fetch::Whole(buffer.take()),
-            request_time,
-            response_time,
-            started_ms,
-            received_ms,
-        })
+        Ok(fetched(Fetch::Whole(buffer.take())))
     }
 }
 
