@@ -10,9 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/debug/cache-layer}
-# This build passes 157 and 90; a few tests time pauses, so the floors leave one and two.
+# This build passes 157 and 92; a few tests time pauses, so the floors leave one and two.
 required_floor=${REQUIRED_FLOOR:-156}
-optimal_floor=${OPTIMAL_FLOOR:-88}
+optimal_floor=${OPTIMAL_FLOOR:-90}
 suite=tests/cache-tests/run.sh
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 origin_port=$(free_port)

@@ -85,7 +85,9 @@ impl Lifetimes {
             return Ok(self.heuristic(negative, now_ms));
         }
         let d = &headers.directives;
-        if d.no_store {
+        // `must-understand`: the statuses stored here (values, 404, 410) are understood, so
+        // the `no-store` beside it is for other caches (RFC 9111 §5.2.2.3).
+        if d.no_store && !d.must_understand {
             return Err(Uncacheable::NoStore);
         }
         if d.private {
@@ -280,6 +282,8 @@ mod tests {
             decide(&[("cache-control", "no-store")]),
             Err(Uncacheable::NoStore)
         );
+        // The no-store beside must-understand is for caches that do not know the status.
+        assert!(decide(&[("cache-control", "max-age=60, no-store, must-understand")]).is_ok());
         assert_eq!(
             decide(&[("cache-control", "private, max-age=0")]),
             Err(Uncacheable::Private)

@@ -32,8 +32,11 @@ pub enum Stated {
 /// directive given twice the first occurrence wins (RFC 9111 §4.2.1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Directives {
-    /// `no-store`: not stored anywhere.
+    /// `no-store`: not stored anywhere (unless `must_understand`).
     pub no_store: bool,
+    /// `must-understand` (RFC 9111 §5.2.2.3): a cache that knows the status code's caching
+    /// rules ignores `no-store` (which the origin sends beside it for caches that do not).
+    pub must_understand: bool,
     /// `no-cache` (qualified or not): stored, but validated with the origin before every reuse.
     pub no_cache: bool,
     /// `private` (qualified or not): meant for one user; a shared cache does not store it.
@@ -217,6 +220,7 @@ fn directives(headers: &HeaderMap) -> Directives {
         };
         match name.as_str() {
             "no-store" => d.no_store = true,
+            "must-understand" => d.must_understand = true,
             "no-cache" => d.no_cache = true,
             "private" => d.private = true,
             "must-revalidate" => d.must_revalidate = true,

@@ -1727,8 +1727,9 @@ fn variant_key_from<'n>(
         out.push('\u{1}');
         out.push_str(name.as_str());
         out.push('=');
-        // Whitespace around list members does not select another variant, nor a host's case.
-        let host = name == header::HOST;
+        // Whitespace around list members does not select another variant, nor the case of a
+        // host or of language tags (RFC 5646 §2.1.1: tags are case-insensitive).
+        let caseless = name == header::HOST || name == header::ACCEPT_LANGUAGE;
         let mut first = true;
         // Bytes, not text: a value that is not UTF-8 selects a variant of its own (skipping it
         // would make it select the variant of clients that sent nothing). Each byte is one char.
@@ -1746,14 +1747,14 @@ fn variant_key_from<'n>(
                 Ok(text) if text.is_ascii() => {
                     let at = out.len();
                     out.push_str(text);
-                    if host {
+                    if caseless {
                         out[at..].make_ascii_lowercase();
                     }
                 }
                 _ => out.extend(
                     value
                         .iter()
-                        .map(|&b| char::from(if host { b.to_ascii_lowercase() } else { b })),
+                        .map(|&b| char::from(if caseless { b.to_ascii_lowercase() } else { b })),
                 ),
             }
         }
@@ -2305,5 +2306,14 @@ mod tests {
             variant_key("k", 1, &names, &HeaderMap::new()),
             "present-but-empty and absent select different variants"
         );
+        // Language tags are case-insensitive; their order still selects (an origin may pick
+        // the first of equal preferences).
+        let lang = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.append(header::ACCEPT_LANGUAGE, HeaderValue::from_static(v));
+            variant_key("k", 1, &[header::ACCEPT_LANGUAGE], &h)
+        };
+        assert_eq!(lang("en, de"), lang("eN, De"));
+        assert_ne!(lang("en, de"), lang("de, en"));
     }
 }

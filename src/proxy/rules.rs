@@ -389,7 +389,14 @@ pub fn storable(
     if !(200..600).contains(&code) || code == 206 || code == 304 {
         return Storable::No("status");
     }
-    if req.has("no-store") || res.has("no-store") {
+    // `must-understand` (§5.2.2.3): a status whose caching rules this cache does not know
+    // (not a registered code) is never stored; for one it knows, the `no-store` beside the
+    // directive is meant for caches that do not understand it, and is ignored.
+    let must_understand = res.has("must-understand");
+    if must_understand && status.canonical_reason().is_none() {
+        return Storable::No("must-understand");
+    }
+    if req.has("no-store") || (res.has("no-store") && !must_understand) {
         return Storable::No("no-store");
     }
     if res.unqualified("private") {
@@ -621,6 +628,15 @@ mod tests {
         );
         assert_eq!(
             check(&headers(&[("cache-control", "no-store")]), 200, &none),
+            Storable::No("no-store")
+        );
+        // must-understand: no-store is for caches that do not know the status; an unknown
+        // status is never stored; a request's no-store still holds.
+        let understand = headers(&[("cache-control", "max-age=60, no-store, must-understand")]);
+        assert_eq!(check(&none, 200, &understand), Storable::Yes);
+        assert_eq!(check(&none, 299, &understand), Storable::No("must-understand"));
+        assert_eq!(
+            check(&headers(&[("cache-control", "no-store")]), 200, &understand),
             Storable::No("no-store")
         );
     }
