@@ -1629,7 +1629,12 @@ fn streamed_rest(
     tokio::spawn(async move {
         let _held = held;
         loop {
-            let item = match tokio::time::timeout(idle, response.chunk()).await {
+            let next = tokio::select! {
+                // A client gone lets the places go at once, not at the origin's next chunk.
+                () = tx.closed() => return,
+                next = tokio::time::timeout(idle, response.chunk()) => next,
+            };
+            let item = match next {
                 Ok(Ok(Some(chunk))) => Ok(chunk),
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => Err(std::io::Error::other(e.without_url())),
