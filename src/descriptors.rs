@@ -37,18 +37,34 @@ pub fn caused_by_exhaustion(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Whether this process is out of descriptors right now: a socket is opened and closed at once.
-/// For a failure whose causes do not say why (a host name's lookup under `EMFILE` fails as
-/// "name or service not known": the resolver could not open its socket either).
+/// How close to the open-file limit counts as out of descriptors for a failure whose causes do
+/// not say (other requests may free a few between the failure and the look).
+const NEAR_LIMIT: usize = 16;
+
+/// Whether this process is out of descriptors, or within [`NEAR_LIMIT`] of its limit, now. For
+/// a failure whose causes do not say why: a host name's lookup under `EMFILE` fails as "name or
+/// service not known" (the resolver could not open its files or socket either), and by the time
+/// it is looked at, other requests may have given back a descriptor or two.
 pub fn exhausted_now() -> bool {
-    // SAFETY: socket() takes no pointer; a descriptor it returns is closed at once, here.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd >= 0 {
-        // SAFETY: `fd` was just opened by this function and is closed once.
-        unsafe { libc::close(fd) };
+    let Some(limit) = soft_limit() else {
         return false;
+    };
+    match std::fs::read_dir("/proc/self/fd") {
+        Ok(open) => open.count() + NEAR_LIMIT >= limit,
+        Err(e) => is_exhaustion(&e),
     }
-    is_exhaustion(&std::io::Error::last_os_error())
+}
+
+/// The open-file soft limit, if it can be read and is finite.
+fn soft_limit() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (read == 0 && lim.rlim_cur != libc::RLIM_INFINITY)
+        .then(|| usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
 }
 
 /// Whether a request to an origin failed for want of a descriptor: its causes say so, or it
@@ -57,11 +73,21 @@ pub fn failed_for_want(error: &reqwest::Error) -> bool {
     caused_by_exhaustion(error) || (error.is_connect() && exhausted_now())
 }
 
+/// A request to an origin that got no answer: the error, and whether it was for want of a
+/// descriptor (judged once, when it failed: a second look later may see another state).
+#[derive(Debug)]
+pub struct SendFailed {
+    /// The client's error.
+    pub error: reqwest::Error,
+    /// No descriptor was left to connect with (or to look the host up with).
+    pub out_of_descriptors: bool,
+}
+
 /// What holds client connections that can be closed to free a descriptor (the server's
 /// connection registry).
 pub trait IdleConnections: Send + Sync {
-    /// Closes the oldest connection without a request in flight; `false` when every
-    /// connection is busy.
+    /// Closes the oldest connection with no request in flight nor on its way; `false` when
+    /// there is none.
     fn close_oldest_idle(&self) -> bool;
 }
 
@@ -103,20 +129,27 @@ impl Relief {
     /// Sends `request`; when no descriptor was left to connect with, frees one (an idle
     /// client connection) and sends again, up to `RETRIES` times. Only a request that can be
     /// sent twice is retried (a streamed body cannot); what is still an exhaustion is the
-    /// caller's to answer.
-    pub async fn send(&self, mut request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+    /// caller's to answer, as the error says.
+    pub async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::Response, SendFailed> {
         let mut retries = RETRIES;
         loop {
             let again = if retries > 0 { request.try_clone() } else { None };
-            match request.send().await {
-                Err(e) if failed_for_want(&e) => match again {
-                    Some(next) if self.free_one().await => {
-                        request = next;
-                        retries -= 1;
-                    }
-                    _ => return Err(e),
-                },
-                answered => return answered,
+            let error = match request.send().await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => e,
+            };
+            let out_of_descriptors = failed_for_want(&error);
+            match again {
+                Some(next) if out_of_descriptors && self.free_one().await => {
+                    request = next;
+                    retries -= 1;
+                }
+                _ => {
+                    return Err(SendFailed {
+                        error,
+                        out_of_descriptors,
+                    });
+                }
             }
         }
     }

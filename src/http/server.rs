@@ -76,6 +76,8 @@ struct Conn {
     wake: Notify,
     /// Set by the cap: close at the next wake-up.
     evicted: std::sync::atomic::AtomicBool,
+    /// Set when a body streamed through was given up on this client: close at once.
+    cut: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
@@ -89,6 +91,7 @@ impl Conn {
             head_since_ms: AtomicU64::new(NONE),
             wake: Notify::new(),
             evicted: std::sync::atomic::AtomicBool::new(false),
+            cut: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -99,6 +102,11 @@ impl Conn {
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
             && self.write_blocked_since_ms.load(Ordering::Relaxed) == NONE
+    }
+
+    /// Idle, and no byte of a next request has arrived.
+    fn is_quiet(&self) -> bool {
+        self.is_idle() && self.head_since_ms.load(Ordering::Relaxed) == NONE
     }
 
     /// Called after every write attempt: `progress` when bytes went out. The first write that
@@ -223,8 +231,18 @@ impl Registry {
         Self::evict_oldest_idle(&mut self.conns.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The oldest connection with no request in flight is told to close; one whose next request
+    /// has not begun to arrive first, so that a request on its way is not lost when a quiet
+    /// connection can go instead (but a flood of heads that never finish cannot hold the cap).
     fn evict_oldest_idle(conns: &mut std::collections::BTreeMap<u64, Arc<Conn>>) -> bool {
-        let Some(victim) = conns.iter().find(|(_, c)| c.is_idle()).map(|(id, _)| *id) else {
+        Self::evict_oldest(conns, Conn::is_quiet) || Self::evict_oldest(conns, Conn::is_idle)
+    }
+
+    fn evict_oldest(
+        conns: &mut std::collections::BTreeMap<u64, Arc<Conn>>,
+        which: impl Fn(&Conn) -> bool,
+    ) -> bool {
+        let Some(victim) = conns.iter().find(|(_, c)| which(c)).map(|(id, _)| *id) else {
             return false;
         };
         if let Some(c) = conns.remove(&victim) {
@@ -245,8 +263,12 @@ impl Registry {
 }
 
 impl crate::descriptors::IdleConnections for Registry {
+    /// Only a quiet connection: a miss is not worth a request already on its way.
     fn close_oldest_idle(&self) -> bool {
-        self.make_room()
+        Self::evict_oldest(
+            &mut self.conns.lock().unwrap_or_else(|p| p.into_inner()),
+            Conn::is_quiet,
+        )
     }
 }
 
@@ -373,8 +395,17 @@ async fn serve_connection(
         conn: conn.clone(),
         turn,
     });
+    let streams = peer.map(|_| {
+        let conn = Arc::downgrade(&conn);
+        crate::proxy::ConnectionStreams::new(move || {
+            if let Some(conn) = conn.upgrade() {
+                conn.cut.store(true, Ordering::Release);
+                conn.wake.notify_one();
+            }
+        })
+    });
     let service = Tracked {
-        streams: peer.map(|_| crate::proxy::ConnectionStreams::default()),
+        streams,
         peer,
         app,
         conn: conn.clone(),
@@ -399,6 +430,10 @@ async fn serve_connection(
                 }
             }
             () = conn.wake.notified() => {
+                if conn.cut.load(Ordering::Acquire) {
+                    tracing::debug!("connection closed: a streamed body it took nothing of was given up");
+                    break;
+                }
                 if conn.evicted.load(Ordering::Acquire) {
                     if conn.is_idle() {
                         break;

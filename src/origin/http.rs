@@ -114,7 +114,13 @@ impl Origin for HttpOrigin {
         if let Some(tp) = traceparent {
             request = request.header("traceparent", tp);
         }
-        let mut response = self.relief.send(request).await.map_err(transport)?;
+        let mut response = self.relief.send(request).await.map_err(|failed| {
+            if failed.out_of_descriptors {
+                OriginError::OutOfDescriptors
+            } else {
+                transport(failed.error)
+            }
+        })?;
         let status = response.status().as_u16();
         let mut caching = CacheHeaders::read(status, response.headers());
         (caching.tags, caching.tags_ignored) = self.tags.read(response.headers());
@@ -212,7 +218,7 @@ impl Decode {
 
 /// A transport error with its whole chain of causes, for the log.
 fn transport(e: reqwest::Error) -> OriginError {
-    if crate::descriptors::failed_for_want(&e) {
+    if crate::descriptors::caused_by_exhaustion(&e) {
         return OriginError::OutOfDescriptors;
     }
     let mut detail = e.to_string();

@@ -126,14 +126,24 @@ pub struct Limits {
 /// carries one request at a time; HTTP/2 many, and one connection must not take every place).
 pub const STREAMS_PER_CONNECTION: usize = 8;
 
-/// One client connection's places among the streams ([`STREAMS_PER_CONNECTION`]), put on each
-/// of its requests by the server.
+/// One client connection's places among the streams ([`STREAMS_PER_CONNECTION`]) and the way
+/// to close it, put on each of its requests by the server.
 #[derive(Clone)]
-pub struct ConnectionStreams(pub Arc<tokio::sync::Semaphore>);
+pub struct ConnectionStreams {
+    places: Arc<tokio::sync::Semaphore>,
+    /// Closes the client's connection: a body it took nothing of for `HTTP_WRITE_TIMEOUT_SECS`
+    /// is given up, and over HTTP/2 nothing else would ever tell the client (hyper polls no body
+    /// whose stream has no window, so the error that ends it is never read).
+    cut: Arc<dyn Fn() + Send + Sync>,
+}
 
-impl Default for ConnectionStreams {
-    fn default() -> Self {
-        ConnectionStreams(Arc::new(tokio::sync::Semaphore::new(STREAMS_PER_CONNECTION)))
+impl ConnectionStreams {
+    /// Places for one connection; `cut` closes it.
+    pub fn new(cut: impl Fn() + Send + Sync + 'static) -> Self {
+        ConnectionStreams {
+            places: Arc::new(tokio::sync::Semaphore::new(STREAMS_PER_CONNECTION)),
+            cut: Arc::new(cut),
+        }
     }
 }
 
@@ -981,12 +991,16 @@ impl Proxy {
             }
             (Storable::No(reason), body) => {
                 let status = f.status;
+                // A body streamed through keeps the origin's length (its bytes pass as they
+                // came): a client reading until the close (HTTP/1.0) can then tell a cut one.
+                let streamed = matches!(body, Fetch::Streaming(..));
                 let mut response = match body {
                     Fetch::Whole(b) => Response::new(Body::from(b)),
                     Fetch::Streaming(s, _) => Response::new(s),
                 };
                 *response.status_mut() = status;
-                let keep_length = parts.method == Method::HEAD || status == StatusCode::NOT_MODIFIED;
+                let keep_length =
+                    parts.method == Method::HEAD || status == StatusCode::NOT_MODIFIED || streamed;
                 copy_headers(&headers, response.headers_mut(), keep_length);
                 finish(response.headers_mut(), &format!("fwd={why}; detail={reason}"));
                 response
@@ -1046,12 +1060,13 @@ impl Proxy {
                 }
             }
         }
+        let streamed = matches!(fetched.body, Fetch::Streaming(..));
         let mut response = match fetched.body {
             Fetch::Whole(b) => Response::new(Body::from(b)),
             Fetch::Streaming(s, _) => Response::new(s),
         };
         *response.status_mut() = fetched.status;
-        copy_headers(&fetched.headers, response.headers_mut(), false);
+        copy_headers(&fetched.headers, response.headers_mut(), streamed);
         finish(response.headers_mut(), "fwd=method");
         response
     }
@@ -1265,7 +1280,7 @@ impl Proxy {
             }
             // No descriptor to connect with: this process's trouble, not the origin's, so not
             // recorded (a half-open circuit's probe then goes again after a cool-down).
-            Ok(Err(e)) if crate::descriptors::failed_for_want(e) => {
+            Ok(Err(failed)) if failed.out_of_descriptors => {
                 return Err(AppError::OriginUnavailable {
                     message: crate::origin::OriginError::OutOfDescriptors.to_string(),
                     retry_after_secs: 1,
@@ -1278,8 +1293,8 @@ impl Proxy {
                 "the origin did not answer within ORIGIN_TIMEOUT_MS".to_owned(),
             ));
         };
-        let mut response = sent.map_err(|e| {
-            let e = e.without_url();
+        let mut response = sent.map_err(|failed| {
+            let e = failed.error.without_url();
             if e.is_timeout() {
                 AppError::OriginTimeout(format!("the origin did not answer within ORIGIN_TIMEOUT_MS: {e}"))
             } else if let Some(why) = unreadable_answer(&e) {
@@ -1390,8 +1405,9 @@ impl Proxy {
             message: message.to_owned(),
             retry_after_secs: 1,
         };
-        let connection = match parts.extensions.get::<ConnectionStreams>() {
-            Some(ConnectionStreams(places)) => Some(places.clone().try_acquire_owned().map_err(|_| {
+        let client = parts.extensions.get::<ConnectionStreams>();
+        let connection = match client {
+            Some(c) => Some(c.places.clone().try_acquire_owned().map_err(|_| {
                 busy("this connection streams as many bodies too long to store as one connection may")
             })?),
             None => None,
@@ -1400,7 +1416,14 @@ impl Proxy {
             busy("as many bodies too long to store as HTTP_MAX_CONNECTIONS are streaming through already")
         })?;
         drop(slot);
-        let rest = streamed_rest(response, (stream, connection), self.timeout, self.write_timeout);
+        let cut = client.map(|c| c.cut.clone());
+        let rest = streamed_rest(
+            response,
+            (stream, connection),
+            self.timeout,
+            self.write_timeout,
+            cut,
+        );
         let head = futures_util::stream::iter(
             read.into_iter()
                 .filter(|b| !b.is_empty())
@@ -1616,12 +1639,14 @@ fn exchange_secs(sent_ms: u64, received_ms: u64) -> (u64, u64) {
 /// HTTP/2 a client that grants no window is never polled, and no socket write blocks to trip
 /// `HTTP_WRITE_TIMEOUT_SECS`. It is cut (the client's answer then ends short, as an interrupted
 /// transfer does) when the origin sends nothing for `idle`, its body breaks off, or the client
-/// takes nothing for `stall`; how long the whole takes is the client's pace, not bounded.
+/// takes nothing for `stall` (its connection is then closed with `cut`); how long the whole
+/// takes is the client's pace, not bounded.
 fn streamed_rest(
     mut response: reqwest::Response,
     held: impl Send + 'static,
     idle: Duration,
     stall: Duration,
+    cut: Option<Arc<dyn Fn() + Send + Sync>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1650,6 +1675,9 @@ fn streamed_rest(
                 Ok(_) => return,
                 Err(_) => {
                     flag.store(true, std::sync::atomic::Ordering::Release);
+                    if let Some(cut) = cut {
+                        cut();
+                    }
                     return;
                 }
             }

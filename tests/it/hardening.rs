@@ -283,6 +283,15 @@ async fn a_miss_without_a_descriptor_for_the_origin_answers_503_and_opens_no_cir
     .await;
     // Every client connection busy, so none can be closed for a descriptor: one holds a
     // request that needs none (a body still to come, its head taken: `100 Continue` says so).
+    // And one whose next request has begun to arrive: not closed for a descriptor either (its
+    // request would be lost). Sent first, so that it has been read by the time the miss asks.
+    let mut arriving = connect(&s).await;
+    arriving
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut arriving).await;
+    arriving.write_all(b"GET /items/b HTTP/1.1\r\nHo").await.unwrap();
     let mut holder = connect(&s).await;
     holder
         .write_all(
@@ -321,6 +330,10 @@ async fn a_miss_without_a_descriptor_for_the_origin_answers_503_and_opens_no_cir
     let (status, cache, _) = s.get("c").await;
     assert_eq!((status, cache.as_str()), (200, "cache-layer; fwd=miss; stored"));
     assert_eq!(origin.served().await, 1);
+    // The request that was on its way is answered.
+    arriving.write_all(b"st: x\r\n\r\n").await.unwrap();
+    let answer = read_response(&mut arriving).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[tokio::test]

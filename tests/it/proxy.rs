@@ -630,12 +630,30 @@ async fn a_long_streamed_body_is_not_cut_at_origin_timeout_ms_while_it_flows() {
     let started = std::time::Instant::now();
     assert!(r.bytes().await.is_err(), "a body cut short");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // An HTTP/1.0 client reads to the close: the origin's length, kept, shows it was cut.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /s/y HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(crate::harness::DEADLINE, conn.read(&mut buf)).await {
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 3001"),
+        "{head}"
+    );
+    assert_eq!(body.len(), 3000);
 }
 
 /// Opens an HTTP/2 (prior knowledge) connection to `port` that grants each stream its first
 /// 64 KiB of window and no more (its bodies are never read), with room on the connection for
-/// small answers.
-async fn h2_connect(port: u16) -> h2::client::SendRequest<bytes::Bytes> {
+/// small answers; and the task that drives it, which ends when the connection is closed.
+async fn h2_connect(port: u16) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<()>) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(65_535)
@@ -643,10 +661,10 @@ async fn h2_connect(port: u16) -> h2::client::SendRequest<bytes::Bytes> {
         .handshake(tcp)
         .await
         .unwrap();
-    tokio::spawn(async move {
+    let driven = tokio::spawn(async move {
         let _ = connection.await;
     });
-    client
+    (client, driven)
 }
 
 /// `GET` over `client`: the answer's head, and its body unread.
@@ -659,7 +677,8 @@ async fn h2_get(client: &h2::client::SendRequest<bytes::Bytes>, url: &str) -> ht
 
 /// Over HTTP/2 one connection carries many requests: it streams at most 8 bodies too long to
 /// store at once (a 9th is `503`), and a stream whose client takes nothing (grants no window,
-/// so no socket write blocks) lets its places go after `HTTP_WRITE_TIMEOUT_SECS`. Before, one
+/// so no socket write blocks) lets its places go after `HTTP_WRITE_TIMEOUT_SECS`, and its
+/// connection is closed (as an HTTP/1.1 one whose write waits that long). Before, one
 /// connection held every stream place and every origin place for as long as it stayed open.
 #[tokio::test]
 async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
@@ -676,7 +695,7 @@ async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
     .await;
     let url = |conn: &str, i: usize| format!("{}/api/{conn}{i}", service.base);
     let mut held = Vec::new();
-    let a = h2_connect(service.port).await;
+    let (a, a_driven) = h2_connect(service.port).await;
     for i in 0..8 {
         let r = h2_get(&a, &url("a", i)).await;
         assert_eq!(r.status(), 200, "a{i}");
@@ -695,7 +714,7 @@ async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
     let r = c.get(format!("{}/small/k", service.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // A second connection takes the other 8 of the 16 stream places (HTTP_MAX_CONNECTIONS)...
-    let b = h2_connect(service.port).await;
+    let (b, b_driven) = h2_connect(service.port).await;
     for i in 0..8 {
         let r = h2_get(&b, &url("b", i)).await;
         assert_eq!(r.status(), 200, "b{i}");
@@ -703,7 +722,7 @@ async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
     }
     // ...and once they have stalled for HTTP_WRITE_TIMEOUT_SECS, the places are free again,
     // though both connections stay open.
-    let third = h2_connect(service.port).await;
+    let (third, _) = h2_connect(service.port).await;
     let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
     let mut refused = 0;
     loop {
@@ -718,6 +737,13 @@ async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
             "the stalled streams kept their places"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The clients that took nothing were disconnected (so they hold no connection either).
+    for driven in [a_driven, b_driven] {
+        tokio::time::timeout(crate::harness::DEADLINE, driven)
+            .await
+            .expect("the connection is closed")
+            .unwrap();
     }
     drop(held);
 }
