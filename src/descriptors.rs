@@ -68,9 +68,25 @@ fn soft_limit() -> Option<usize> {
 }
 
 /// Whether a request to an origin failed for want of a descriptor: its causes say so, or it
-/// failed to connect (a lookup included) while none is left.
+/// failed to connect (a lookup included) without a system error of its own (a refused or reset
+/// connection says what it is) while none, or nearly none, is left.
 pub fn failed_for_want(error: &reqwest::Error) -> bool {
-    caused_by_exhaustion(error) || (error.is_connect() && exhausted_now())
+    caused_by_exhaustion(error)
+        || (error.is_connect() && !system_error_among_causes(error) && exhausted_now())
+}
+
+/// Whether `error` or one of its causes is an operating system error (`ECONNREFUSED`, …).
+fn system_error_among_causes(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error().is_some())
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A request to an origin that got no answer: the error, and whether it was for want of a

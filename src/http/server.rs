@@ -76,12 +76,16 @@ struct Conn {
     wake: Notify,
     /// Set by the cap: close at the next wake-up.
     evicted: std::sync::atomic::AtomicBool,
-    /// Set when a body streamed through was given up on this client: close at once.
-    cut: std::sync::atomic::AtomicBool,
+    /// Requests in flight whose streamed body was given up (its client took nothing for
+    /// `HTTP_WRITE_TIMEOUT_SECS`; over HTTP/2 hyper may never poll it again to end it): they do
+    /// not keep the connection busy. Signed: its two updates may land in either order.
+    given_up: std::sync::atomic::AtomicI64,
+    /// The socket, to see whether a next request waits in it unread (see `is_quiet`).
+    fd: std::os::fd::RawFd,
 }
 
 impl Conn {
-    fn new() -> Self {
+    fn new(fd: std::os::fd::RawFd) -> Self {
         Conn {
             accepted: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -91,7 +95,8 @@ impl Conn {
             head_since_ms: AtomicU64::new(NONE),
             wake: Notify::new(),
             evicted: std::sync::atomic::AtomicBool::new(false),
-            cut: std::sync::atomic::AtomicBool::new(false),
+            given_up: std::sync::atomic::AtomicI64::new(0),
+            fd,
         }
     }
 
@@ -100,13 +105,21 @@ impl Conn {
     }
 
     fn is_idle(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
+        i64::from(self.in_flight.load(Ordering::Acquire)) <= self.given_up.load(Ordering::Acquire)
             && self.write_blocked_since_ms.load(Ordering::Relaxed) == NONE
     }
 
-    /// Idle, and no byte of a next request has arrived.
+    /// Idle, and no byte of a next request has arrived, read or waiting in the socket.
     fn is_quiet(&self) -> bool {
-        self.is_idle() && self.head_since_ms.load(Ordering::Relaxed) == NONE
+        self.is_idle() && self.head_since_ms.load(Ordering::Relaxed) == NONE && !pending_input(self.fd)
+    }
+
+    /// A streamed body of this connection given up (`true`), or that body's end (`false`).
+    fn give_up(&self, up: bool) {
+        self.given_up.fetch_add(if up { 1 } else { -1 }, Ordering::AcqRel);
+        if up {
+            self.wake.notify_one();
+        }
     }
 
     /// Called after every write attempt: `progress` when bytes went out. The first write that
@@ -155,6 +168,10 @@ impl Conn {
         self.head_since_ms.store(NONE, Ordering::Relaxed);
         self.answered.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The watchdog looks whether only given-up bodies are left.
+        if self.given_up.load(Ordering::Relaxed) > 0 {
+            self.wake.notify_one();
+        }
     }
 
     /// When the connection must be closed if nothing changes; `None` while a request is in
@@ -202,6 +219,19 @@ impl Conn {
     }
 }
 
+/// Whether bytes wait unread in the socket `fd` (a request on its way that the server has not
+/// read yet); `false` for an invalid descriptor or on any error.
+fn pending_input(fd: std::os::fd::RawFd) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into `byte`; `fd` is the connection's socket, open
+    // while the connection is registered (the registry is left before the socket is closed).
+    let n = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n > 0
+}
+
 /// The open connections, oldest first, for the cap.
 #[derive(Default)]
 struct Registry {
@@ -213,12 +243,12 @@ struct Registry {
 impl Registry {
     /// Registers a new connection, making room at the cap by evicting the oldest idle one;
     /// `None` when every open connection has a request in flight.
-    fn admit(&self, id: u64, max: usize) -> Option<Arc<Conn>> {
+    fn admit(&self, id: u64, max: usize, fd: std::os::fd::RawFd) -> Option<Arc<Conn>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if conns.len() >= max && !Self::evict_oldest_idle(&mut conns) {
             return None;
         }
-        let conn = Arc::new(Conn::new());
+        let conn = Arc::new(Conn::new(fd));
         conns.insert(id, conn.clone());
         Some(conn)
     }
@@ -350,7 +380,8 @@ impl Server {
                 }
             };
             next_id += 1;
-            let Some(conn) = self.registry.admit(next_id, limits.max_connections) else {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let Some(conn) = self.registry.admit(next_id, limits.max_connections, fd) else {
                 refused.note("HTTP_MAX_CONNECTIONS reached");
                 drop(stream);
                 continue;
@@ -397,10 +428,9 @@ async fn serve_connection(
     });
     let streams = peer.map(|_| {
         let conn = Arc::downgrade(&conn);
-        crate::proxy::ConnectionStreams::new(move || {
+        crate::proxy::ConnectionStreams::new(move |up| {
             if let Some(conn) = conn.upgrade() {
-                conn.cut.store(true, Ordering::Release);
-                conn.wake.notify_one();
+                conn.give_up(up);
             }
         })
     });
@@ -430,8 +460,10 @@ async fn serve_connection(
                 }
             }
             () = conn.wake.notified() => {
-                if conn.cut.load(Ordering::Acquire) {
-                    tracing::debug!("connection closed: a streamed body it took nothing of was given up");
+                if conn.given_up.load(Ordering::Acquire) > 0 && conn.is_idle() {
+                    // Nothing in flight but bodies given up: over HTTP/2 their streams would
+                    // stay open for ever (their client grants no window), so the connection goes.
+                    tracing::debug!("connection closed: its only requests were streamed bodies given up");
                     break;
                 }
                 if conn.evicted.load(Ordering::Acquire) {
@@ -770,7 +802,7 @@ mod tests {
         // Idle since its first answer, longer than QUIET_MS + the header timeout: the quiet
         // look is in the past, and the watchdog must sleep until the keep-alive deadline (a
         // wake-up in the past made it spin at 100 % of a core until then).
-        let conn = Conn::new();
+        let conn = Conn::new(-1);
         conn.begin_request();
         conn.end_request();
         std::thread::sleep(Duration::from_millis(QUIET_MS + 100));

@@ -126,23 +126,26 @@ pub struct Limits {
 /// carries one request at a time; HTTP/2 many, and one connection must not take every place).
 pub const STREAMS_PER_CONNECTION: usize = 8;
 
-/// One client connection's places among the streams ([`STREAMS_PER_CONNECTION`]) and the way
-/// to close it, put on each of its requests by the server.
+/// One client connection's places among the streams ([`STREAMS_PER_CONNECTION`]), and how it
+/// is told of a body given up, put on each of its requests by the server.
 #[derive(Clone)]
 pub struct ConnectionStreams {
     places: Arc<tokio::sync::Semaphore>,
-    /// Closes the client's connection: a body it took nothing of for `HTTP_WRITE_TIMEOUT_SECS`
-    /// is given up, and over HTTP/2 nothing else would ever tell the client (hyper polls no body
-    /// whose stream has no window, so the error that ends it is never read).
-    cut: Arc<dyn Fn() + Send + Sync>,
+    /// `given_up(true)`: a body of this connection was given up (its client took nothing for
+    /// `HTTP_WRITE_TIMEOUT_SECS`); over HTTP/2 hyper polls no body whose stream has no window,
+    /// so its request would count as in flight for ever. `given_up(false)`: that body ended.
+    given_up: GivenUp,
 }
 
+/// See [`ConnectionStreams`].
+type GivenUp = Arc<dyn Fn(bool) + Send + Sync>;
+
 impl ConnectionStreams {
-    /// Places for one connection; `cut` closes it.
-    pub fn new(cut: impl Fn() + Send + Sync + 'static) -> Self {
+    /// Places for one connection; `given_up` tells it of a body given up and of its end.
+    pub fn new(given_up: impl Fn(bool) + Send + Sync + 'static) -> Self {
         ConnectionStreams {
             places: Arc::new(tokio::sync::Semaphore::new(STREAMS_PER_CONNECTION)),
-            cut: Arc::new(cut),
+            given_up: Arc::new(given_up),
         }
     }
 }
@@ -993,7 +996,7 @@ impl Proxy {
                 let status = f.status;
                 // A body streamed through keeps the origin's length (its bytes pass as they
                 // came): a client reading until the close (HTTP/1.0) can then tell a cut one.
-                let streamed = matches!(body, Fetch::Streaming(..));
+                let streamed = matches!(body, Fetch::Streaming(..)) && framed_by_length(&headers);
                 let mut response = match body {
                     Fetch::Whole(b) => Response::new(Body::from(b)),
                     Fetch::Streaming(s, _) => Response::new(s),
@@ -1060,7 +1063,7 @@ impl Proxy {
                 }
             }
         }
-        let streamed = matches!(fetched.body, Fetch::Streaming(..));
+        let streamed = matches!(fetched.body, Fetch::Streaming(..)) && framed_by_length(&fetched.headers);
         let mut response = match fetched.body {
             Fetch::Whole(b) => Response::new(Body::from(b)),
             Fetch::Streaming(s, _) => Response::new(s),
@@ -1416,13 +1419,13 @@ impl Proxy {
             busy("as many bodies too long to store as HTTP_MAX_CONNECTIONS are streaming through already")
         })?;
         drop(slot);
-        let cut = client.map(|c| c.cut.clone());
+        let given_up = client.map(|c| c.given_up.clone());
         let rest = streamed_rest(
             response,
             (stream, connection),
             self.timeout,
             self.write_timeout,
-            cut,
+            given_up,
         );
         let head = futures_util::stream::iter(
             read.into_iter()
@@ -1634,23 +1637,25 @@ fn exchange_secs(sent_ms: u64, received_ms: u64) -> (u64, u64) {
 }
 
 /// The rest of an origin's body, streamed through as it comes, holding `held` (its places)
-/// until it ends. A task of its own reads the origin and hands each chunk over as the client
-/// takes it, so the places are let go whether or not the client's side polls the body: over
-/// HTTP/2 a client that grants no window is never polled, and no socket write blocks to trip
-/// `HTTP_WRITE_TIMEOUT_SECS`. It is cut (the client's answer then ends short, as an interrupted
-/// transfer does) when the origin sends nothing for `idle`, its body breaks off, or the client
-/// takes nothing for `stall` (its connection is then closed with `cut`); how long the whole
+/// until it ends. A task of its own reads the origin and hands the body over in pieces of at most
+/// [`STREAM_PIECE`] as the client takes them, so the places are let go whether or not the
+/// client's side polls the body: over HTTP/2 a client that grants no window is never polled, and
+/// no socket write blocks to trip `HTTP_WRITE_TIMEOUT_SECS`. It is cut (the client's answer then
+/// ends short, as an interrupted transfer does) when the origin sends nothing for `idle`, its
+/// body breaks off, or the client takes no piece for `stall`; then the connection is told
+/// (`given_up`), so that a stream its client abandoned does not keep it busy. How long the whole
 /// takes is the client's pace, not bounded.
 fn streamed_rest(
     mut response: reqwest::Response,
     held: impl Send + 'static,
     idle: Duration,
     stall: Duration,
-    cut: Option<Arc<dyn Fn() + Send + Sync>>,
+    given_up: Option<GivenUp>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    use std::sync::atomic::{AtomicU8, Ordering};
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stalled.clone();
+    let state = Arc::new(AtomicU8::new(FLOWING));
+    let (pump_state, pump_given_up) = (state.clone(), given_up.clone());
     tokio::spawn(async move {
         let _held = held;
         loop {
@@ -1659,48 +1664,87 @@ fn streamed_rest(
                 () = tx.closed() => return,
                 next = tokio::time::timeout(idle, response.chunk()) => next,
             };
-            let item = match next {
-                Ok(Ok(Some(chunk))) => Ok(chunk),
+            let mut chunk = match next {
+                Ok(Ok(Some(chunk))) => chunk,
                 Ok(Ok(None)) => return,
-                Ok(Err(e)) => Err(std::io::Error::other(e.without_url())),
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the origin sent nothing for ORIGIN_TIMEOUT_MS",
-                )),
-            };
-            let last = item.is_err();
-            match tokio::time::timeout(stall, tx.send(item)).await {
-                Ok(Ok(())) if !last => {}
-                // Ended, or the client went away.
-                Ok(_) => return,
-                Err(_) => {
-                    flag.store(true, std::sync::atomic::Ordering::Release);
-                    if let Some(cut) = cut {
-                        cut();
-                    }
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.without_url()))).await;
                     return;
+                }
+                Err(_) => {
+                    let _ = tx
+                        .send(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the origin sent nothing for ORIGIN_TIMEOUT_MS",
+                        )))
+                        .await;
+                    return;
+                }
+            };
+            // In pieces: the client's pace is seen a piece at a time (over HTTP/2 the next is
+            // taken once the last has mostly gone), so a slow but steady reader is not cut.
+            while !chunk.is_empty() {
+                let piece = chunk.split_to(chunk.len().min(STREAM_PIECE));
+                match tokio::time::timeout(stall, tx.send(Ok(piece))).await {
+                    Ok(Ok(())) => {}
+                    // The client went away.
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        if pump_state
+                            .compare_exchange(FLOWING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                            && let Some(given_up) = &pump_given_up
+                        {
+                            given_up(true);
+                        }
+                        return;
+                    }
                 }
             }
         }
     });
-    futures_util::stream::unfold(Some(rx), move |rx| {
-        let stalled = stalled.clone();
-        async move {
-            let mut rx = rx?;
-            match rx.recv().await {
-                Some(item) => Some((item, Some(rx))),
-                // Given up on: an error, so the answer ends short rather than look whole.
-                None if stalled.load(std::sync::atomic::Ordering::Acquire) => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client took nothing for HTTP_WRITE_TIMEOUT_SECS",
-                    )),
-                    None,
+    futures_util::stream::unfold(Some(Receiving { rx, state, given_up }), |receiving| async move {
+        let mut receiving = receiving?;
+        match receiving.rx.recv().await {
+            Some(item) => Some((item, Some(receiving))),
+            // Given up on: an error, so the answer ends short rather than look whole.
+            None if receiving.state.load(std::sync::atomic::Ordering::Acquire) == GIVEN_UP => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took nothing for HTTP_WRITE_TIMEOUT_SECS",
                 )),
-                None => None,
-            }
+                None,
+            )),
+            None => None,
         }
     })
+}
+
+/// The most of a streamed body handed to the client's side at once (see [`streamed_rest`]).
+const STREAM_PIECE: usize = 16 * 1024;
+
+/// A streamed body's state, shared by its task and its receiving side: flowing, given up by its
+/// task, or ended on the receiving side.
+const FLOWING: u8 = 0;
+const GIVEN_UP: u8 = 1;
+const ENDED: u8 = 2;
+
+/// The receiving side of a streamed body: when it ends after its task gave it up, the
+/// connection is told the given-up body is gone.
+struct Receiving {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    state: Arc<std::sync::atomic::AtomicU8>,
+    given_up: Option<GivenUp>,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        if self.state.swap(ENDED, std::sync::atomic::Ordering::AcqRel) == GIVEN_UP
+            && let Some(given_up) = &self.given_up
+        {
+            given_up(false);
+        }
+    }
 }
 
 /// Seconds since the epoch.
@@ -1939,6 +1983,13 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, keep_length: bool) {
         }
         to.append(name.clone(), value.clone());
     }
+}
+
+/// Whether the origin's answer was framed by its `Content-Length`: one that came with
+/// `Transfer-Encoding` was framed by that (RFC 9112 §6.3), whatever length it also claimed, and
+/// its length must not be passed on over the bytes streamed through.
+fn framed_by_length(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::CONTENT_LENGTH) && !headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// Adds `Via` and `Cache-Status` to an answer.

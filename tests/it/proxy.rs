@@ -650,6 +650,48 @@ async fn a_long_streamed_body_is_not_cut_at_origin_timeout_ms_while_it_flows() {
     assert_eq!(body.len(), 3000);
 }
 
+/// A streamed body keeps the origin's `Content-Length` only when that framed it: one that came
+/// chunked, with a length beside it (RFC 9112 §6.3: the chunks win), passes on whole without the
+/// length (it was passed on, and the client read 5,000 of 100,000 bytes as if whole).
+#[tokio::test]
+async fn a_length_the_origins_chunks_overrule_is_not_passed_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5000\r\n\
+                    connection: close\r\n\r\n"
+                    .to_vec();
+                for _ in 0..10 {
+                    answer.extend_from_slice(b"2710\r\n");
+                    answer.extend_from_slice(&[b'x'; 10_000]);
+                    answer.extend_from_slice(b"\r\n");
+                }
+                answer.extend_from_slice(b"0\r\n\r\n");
+                let _ = conn.write_all(&answer).await;
+            });
+        }
+    });
+    let routes = format!("/c={base}");
+    let service = Service::start(&[
+        ("PROXY_ROUTES", routes.as_str()),
+        ("ORIGIN_MAX_BODY_BYTES", "1000"),
+    ])
+    .await;
+    let r = client()
+        .get(format!("{}/c/x", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("content-length"), None);
+    assert_eq!(r.bytes().await.unwrap().len(), 100_000);
+}
+
 /// Opens an HTTP/2 (prior knowledge) connection to `port` that grants each stream its first
 /// 64 KiB of window and no more (its bodies are never read), with room on the connection for
 /// small answers; and the task that drives it, which ends when the connection is closed.
@@ -677,19 +719,21 @@ async fn h2_get(client: &h2::client::SendRequest<bytes::Bytes>, url: &str) -> ht
 
 /// Over HTTP/2 one connection carries many requests: it streams at most 8 bodies too long to
 /// store at once (a 9th is `503`), and a stream whose client takes nothing (grants no window,
-/// so no socket write blocks) lets its places go after `HTTP_WRITE_TIMEOUT_SECS`, and its
-/// connection is closed (as an HTTP/1.1 one whose write waits that long). Before, one
-/// connection held every stream place and every origin place for as long as it stayed open.
+/// so no socket write blocks) lets its places go after `HTTP_WRITE_TIMEOUT_SECS`; a connection
+/// left with nothing but such streams is closed, one with other requests in flight is not.
+/// Before, one connection held every stream place and every origin place for as long as it
+/// stayed open.
 #[tokio::test]
 async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
     let origin = Origin::start(&[("STUB_MODE", "bytes:3000000")]).await;
-    let small = Origin::start(&[]).await;
+    let small = Origin::start(&[("STUB_LATENCY_MS", "2500")]).await;
     let routes = format!("/api={}/items, /small={}/items", origin.base, small.base);
     let service = Service::start(&[
         ("PROXY_ROUTES", routes.as_str()),
         ("ORIGIN_MAX_BODY_BYTES", "100000"),
         ("HTTP_MAX_CONNECTIONS", "16"),
         ("ORIGIN_MAX_CONCURRENCY", "4"),
+        ("ORIGIN_TIMEOUT_MS", "5000"),
         ("HTTP_WRITE_TIMEOUT_SECS", "1"),
     ])
     .await;
@@ -709,6 +753,12 @@ async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
         String::from_utf8_lossy(&body).contains("this connection streams as many bodies"),
         "{body:?}"
     );
+    // A request of its own in flight on that connection while its streams are given up: the
+    // connection stays open for it (only a connection left with nothing else is closed).
+    let innocent = {
+        let (a, url) = (a.clone(), format!("{}/small/a", service.base));
+        tokio::spawn(async move { h2_get(&a, &url).await })
+    };
     // Other clients' misses still reach the origin: the streams gave their places back.
     let c = client();
     let r = c.get(format!("{}/small/k", service.base)).send().await.unwrap();
@@ -738,6 +788,11 @@ async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        innocent.await.unwrap().status(),
+        200,
+        "answered on the same connection"
+    );
     // The clients that took nothing were disconnected (so they hold no connection either).
     for driven in [a_driven, b_driven] {
         tokio::time::timeout(crate::harness::DEADLINE, driven)
