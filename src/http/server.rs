@@ -293,11 +293,13 @@ impl Registry {
 }
 
 impl crate::descriptors::IdleConnections for Registry {
-    /// Only a quiet connection: a miss is not worth a request already on its way.
+    /// Only a quiet connection that has answered before: a miss is not worth a request already
+    /// on its way, nor a new connection's first request (a client retries a request on a
+    /// kept-alive connection closed under it, not on a new one).
     fn close_oldest_idle(&self) -> bool {
         Self::evict_oldest(
             &mut self.conns.lock().unwrap_or_else(|p| p.into_inner()),
-            Conn::is_quiet,
+            |c: &Conn| c.answered.load(Ordering::Relaxed) > 0 && c.is_quiet(),
         )
     }
 }
