@@ -219,6 +219,11 @@ impl Conn {
     }
 }
 
+/// Given-up bodies a connection may leave open beside requests still in flight before it is
+/// closed: twice as many as it may stream at once (each holds up to two 16 KiB pieces until
+/// its stream ends; a client that keeps abandoning streams is not kept).
+const GIVEN_UP_MAX: i64 = 2 * crate::proxy::STREAMS_PER_CONNECTION as i64;
+
 /// Whether bytes wait unread in the socket `fd` (a request on its way that the server has not
 /// read yet); `false` for an invalid descriptor or on any error.
 fn pending_input(fd: std::os::fd::RawFd) -> bool {
@@ -462,9 +467,11 @@ async fn serve_connection(
                 }
             }
             () = conn.wake.notified() => {
-                if conn.given_up.load(Ordering::Acquire) > 0 && conn.is_idle() {
+                let given_up = conn.given_up.load(Ordering::Acquire);
+                if given_up > 0 && (conn.is_idle() || given_up >= GIVEN_UP_MAX) {
                     // Nothing in flight but bodies given up: over HTTP/2 their streams would
                     // stay open for ever (their client grants no window), so the connection goes.
+                    // So does one that keeps abandoning them (see `GIVEN_UP_MAX`).
                     tracing::debug!("connection closed: its only requests were streamed bodies given up");
                     break;
                 }

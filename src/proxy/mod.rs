@@ -1420,22 +1420,15 @@ impl Proxy {
         })?;
         drop(slot);
         let given_up = client.map(|c| c.given_up.clone());
-        let rest = streamed_rest(
+        let body = streamed_rest(
+            read,
             response,
             (stream, connection),
             self.timeout,
             self.write_timeout,
             given_up,
         );
-        let head = futures_util::stream::iter(
-            read.into_iter()
-                .filter(|b| !b.is_empty())
-                .map(Ok::<Bytes, std::io::Error>),
-        );
-        Ok(Fetch::Streaming(
-            Body::from_stream(futures_util::StreamExt::chain(head, rest)),
-            why,
-        ))
+        Ok(Fetch::Streaming(Body::from_stream(body), why))
     }
 }
 
@@ -1636,9 +1629,11 @@ fn exchange_secs(sent_ms: u64, received_ms: u64) -> (u64, u64) {
     )
 }
 
-/// The rest of an origin's body, streamed through as it comes, holding `held` (its places)
-/// until it ends. A task of its own reads the origin and hands the body over in pieces of at most
-/// [`STREAM_PIECE`] as the client takes them, so the places are let go whether or not the
+/// An origin's body, streamed through as it comes (`read`, what came already, first), holding
+/// `held` (its places) until it ends. A task of its own reads the origin and hands the body over
+/// in pieces of at most
+/// [`STREAM_PIECE`] as the client takes them, so the places, and what was read ahead, are let
+/// go whether or not the
 /// client's side polls the body: over HTTP/2 a client that grants no window is never polled, and
 /// no socket write blocks to trip `HTTP_WRITE_TIMEOUT_SECS`. It is cut (the client's answer then
 /// ends short, as an interrupted transfer does) when the origin sends nothing for `idle`, its
@@ -1646,19 +1641,31 @@ fn exchange_secs(sent_ms: u64, received_ms: u64) -> (u64, u64) {
 /// (`given_up`), so that a stream its client abandoned does not keep it busy. How long the whole
 /// takes is the client's pace, not bounded.
 fn streamed_rest(
+    read: Vec<Bytes>,
     mut response: reqwest::Response,
     held: impl Send + 'static,
     idle: Duration,
     stall: Duration,
     given_up: Option<GivenUp>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::atomic::AtomicU8;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let state = Arc::new(AtomicU8::new(FLOWING));
     let (pump_state, pump_given_up) = (state.clone(), given_up.clone());
     tokio::spawn(async move {
         let _held = held;
+        let mut read = read.into_iter();
         loop {
+            if let Some(mut chunk) = read.next() {
+                // What came before the body went streaming, through the same pieces.
+                while !chunk.is_empty() {
+                    let piece = chunk.split_to(chunk.len().min(STREAM_PIECE));
+                    if !hand_over(&tx, piece, stall, &pump_state, pump_given_up.as_ref()).await {
+                        return;
+                    }
+                }
+                continue;
+            }
             let next = tokio::select! {
                 // A client gone lets the places go at once, not at the origin's next chunk.
                 () = tx.closed() => return,
@@ -1685,20 +1692,8 @@ fn streamed_rest(
             // taken once the last has mostly gone), so a slow but steady reader is not cut.
             while !chunk.is_empty() {
                 let piece = chunk.split_to(chunk.len().min(STREAM_PIECE));
-                match tokio::time::timeout(stall, tx.send(Ok(piece))).await {
-                    Ok(Ok(())) => {}
-                    // The client went away.
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        if pump_state
-                            .compare_exchange(FLOWING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok()
-                            && let Some(given_up) = &pump_given_up
-                        {
-                            given_up(true);
-                        }
-                        return;
-                    }
+                if !hand_over(&tx, piece, stall, &pump_state, pump_given_up.as_ref()).await {
+                    return;
                 }
             }
         }
@@ -1718,6 +1713,32 @@ fn streamed_rest(
             None => None,
         }
     })
+}
+
+/// Hands `piece` to the client's side within `stall`; `false` when the body ends here: its client
+/// went away, or took nothing for `stall` (then the body is given up, and its connection told).
+async fn hand_over(
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    piece: Bytes,
+    stall: Duration,
+    state: &std::sync::atomic::AtomicU8,
+    given_up: Option<&GivenUp>,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    match tokio::time::timeout(stall, tx.send(Ok(piece))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            if state
+                .compare_exchange(FLOWING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+                && let Some(given_up) = given_up
+            {
+                given_up(true);
+            }
+            false
+        }
+    }
 }
 
 /// The most of a streamed body handed to the client's side at once (see [`streamed_rest`]).

@@ -650,6 +650,59 @@ async fn a_long_streamed_body_is_not_cut_at_origin_timeout_ms_while_it_flows() {
     assert_eq!(body.len(), 3000);
 }
 
+/// A connection that keeps abandoning streamed bodies (each given up frees its places, so it
+/// may open more) is closed once it has left 16 of them open, though a request of its own is in
+/// flight: each holds a little of the server for as long as its stream stays open.
+#[tokio::test]
+async fn an_http2_client_that_keeps_abandoning_streams_is_disconnected() {
+    let origin = Origin::start(&[("STUB_MODE", "bytes:3000000")]).await;
+    let slow = Origin::start(&[("STUB_LATENCY_MS", "8000")]).await;
+    let routes = format!("/api={}/items, /slow={}/items", origin.base, slow.base);
+    let service = Service::start(&[
+        ("PROXY_ROUTES", routes.as_str()),
+        ("ORIGIN_MAX_BODY_BYTES", "100000"),
+        ("ORIGIN_TIMEOUT_MS", "15000"),
+        ("HTTP_WRITE_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    let (conn, driven) = h2_connect(service.port).await;
+    let innocent = {
+        let (conn, url) = (conn.clone(), format!("{}/slow/k", service.base));
+        tokio::spawn(async move {
+            let mut client = conn.ready().await?;
+            let (answer, _) = client.send_request(http::Request::get(url).body(()).unwrap(), true)?;
+            answer.await.map(|r| r.status())
+        })
+    };
+    // Long bodies, never read, opened whenever a place is free, until the connection goes.
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    let (mut held, mut i) = (Vec::new(), 0);
+    while !driven.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection was never closed"
+        );
+        i += 1;
+        let url = format!("{}/api/x{i}", service.base);
+        let Ok(mut client) = conn.clone().ready().await else {
+            break;
+        };
+        let Ok((answer, _)) = client.send_request(http::Request::get(url).body(()).unwrap(), true) else {
+            break;
+        };
+        match answer.await {
+            Ok(r) if r.status() == 200 => held.push(r),
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(_) => break,
+        }
+    }
+    assert!(held.len() >= 16, "{} streams opened", held.len());
+    assert!(
+        !matches!(innocent.await.unwrap(), Ok(s) if s == 200),
+        "closed before its own request was answered"
+    );
+}
+
 /// A streamed body keeps the origin's `Content-Length` only when that framed it: one that came
 /// chunked, with a length beside it (RFC 9112 §6.3: the chunks win), passes on whole without the
 /// length (it was passed on, and the client read 5,000 of 100,000 bytes as if whole).
