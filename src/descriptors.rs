@@ -27,9 +27,14 @@ pub fn is_exhaustion(error: &std::io::Error) -> bool {
 /// Whether `error` or one of its causes is [`is_exhaustion`]: then a connection could not even
 /// be attempted, and whoever was to be reached is not to blame.
 pub fn caused_by_exhaustion(error: &(dyn std::error::Error + 'static)) -> bool {
+    any_io_cause(error, is_exhaustion)
+}
+
+/// Whether `error` or one of its causes is an I/O error that `which` picks.
+fn any_io_cause(error: &(dyn std::error::Error + 'static), which: impl Fn(&std::io::Error) -> bool) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>().is_some_and(is_exhaustion) {
+        if e.downcast_ref::<std::io::Error>().is_some_and(&which) {
             return true;
         }
         cause = e.source();
@@ -71,22 +76,9 @@ fn soft_limit() -> Option<usize> {
 /// failed to connect (a lookup included) without a system error of its own (a refused or reset
 /// connection says what it is) while none, or nearly none, is left.
 pub fn failed_for_want(error: &reqwest::Error) -> bool {
+    // A system error among the causes (`ECONNREFUSED`, …) says what the failure was.
     caused_by_exhaustion(error)
-        || (error.is_connect() && !system_error_among_causes(error) && exhausted_now())
-}
-
-/// Whether `error` or one of its causes is an operating system error (`ECONNREFUSED`, …).
-fn system_error_among_causes(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error().is_some())
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+        || (error.is_connect() && !any_io_cause(error, |io| io.raw_os_error().is_some()) && exhausted_now())
 }
 
 /// A request to an origin that got no answer: the error, and whether it was for want of a

@@ -472,7 +472,7 @@ async fn serve_connection(
                     // Nothing in flight but bodies given up: over HTTP/2 their streams would
                     // stay open for ever (their client grants no window), so the connection goes.
                     // So does one that keeps abandoning them (see `GIVEN_UP_MAX`).
-                    tracing::debug!("connection closed: its only requests were streamed bodies given up");
+                    tracing::debug!(given_up, "connection closed: it left streamed bodies given up");
                     break;
                 }
                 if conn.evicted.load(Ordering::Acquire) {

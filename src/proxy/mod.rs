@@ -1386,11 +1386,9 @@ impl Proxy {
         }
         Ok(fetched(Fetch::Whole(buffer.take())))
     }
-}
 
-impl Proxy {
-    /// A body that is not stored: `read` (what came already, in pieces), then the rest of `response` as it
-    /// comes. The origin's connection is in use until the rest has gone through, as long as its
+    /// A body that is not stored: `read` (what came already, in pieces), then the rest of
+    /// `response` as it comes. The origin's connection is in use until the rest has gone through, as long as its
     /// client takes to read it: it holds a place among the streams (as many as client
     /// connections, at most [`STREAMS_PER_CONNECTION`] of them for one client connection, which
     /// over HTTP/2 may carry many requests) and gives back `slot`, its place among the requests
@@ -1631,11 +1629,10 @@ fn exchange_secs(sent_ms: u64, received_ms: u64) -> (u64, u64) {
 
 /// An origin's body, streamed through as it comes (`read`, what came already, first), holding
 /// `held` (its places) until it ends. A task of its own reads the origin and hands the body over
-/// in pieces of at most
-/// [`STREAM_PIECE`] as the client takes them, so the places, and what was read ahead, are let
-/// go whether or not the
-/// client's side polls the body: over HTTP/2 a client that grants no window is never polled, and
-/// no socket write blocks to trip `HTTP_WRITE_TIMEOUT_SECS`. It is cut (the client's answer then
+/// in pieces of at most [`STREAM_PIECE`] as the client takes them, so the places, and what was
+/// read ahead, are let go whether or not the client's side polls the body: over HTTP/2 a client
+/// that grants no window is never polled, and no socket write blocks to trip
+/// `HTTP_WRITE_TIMEOUT_SECS`. It is cut (the client's answer then
 /// ends short, as an interrupted transfer does) when the origin sends nothing for `idle`, its
 /// body breaks off, or the client takes no piece for `stall`; then the connection is told
 /// (`given_up`), so that a stream its client abandoned does not keep it busy. How long the whole
@@ -1654,22 +1651,16 @@ fn streamed_rest(
     let (pump_state, pump_given_up) = (state.clone(), given_up.clone());
     tokio::spawn(async move {
         let _held = held;
+        // What came before the body went streaming first, through the same pieces.
         let mut read = read.into_iter();
         loop {
-            if let Some(mut chunk) = read.next() {
-                // What came before the body went streaming, through the same pieces.
-                while !chunk.is_empty() {
-                    let piece = chunk.split_to(chunk.len().min(STREAM_PIECE));
-                    if !hand_over(&tx, piece, stall, &pump_state, pump_given_up.as_ref()).await {
-                        return;
-                    }
-                }
-                continue;
-            }
-            let next = tokio::select! {
-                // A client gone lets the places go at once, not at the origin's next chunk.
-                () = tx.closed() => return,
-                next = tokio::time::timeout(idle, response.chunk()) => next,
+            let next = match read.next() {
+                Some(chunk) => Ok(Ok(Some(chunk))),
+                None => tokio::select! {
+                    // A client gone lets the places go at once, not at the origin's next chunk.
+                    () = tx.closed() => return,
+                    next = tokio::time::timeout(idle, response.chunk()) => next,
+                },
             };
             let mut chunk = match next {
                 Ok(Ok(Some(chunk))) => chunk,

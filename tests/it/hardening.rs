@@ -223,6 +223,16 @@ async fn out_of_descriptors_below_the_cap_an_idle_connection_makes_room() {
     assert_closed(idle.remove(0)).await;
 }
 
+/// A connection to `s` that has had one answer (`/livez`), read whole: accepted, and kept alive.
+async fn kept_alive(s: &Service) -> TcpStream {
+    let mut conn = connect(s).await;
+    conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut conn).await;
+    conn
+}
+
 /// Asks `conn` for `/items/{key}`; the whole answer.
 async fn ask(conn: &mut TcpStream, key: &str) -> String {
     conn.write_all(format!("GET /items/{key} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -285,12 +295,7 @@ async fn a_miss_without_a_descriptor_for_the_origin_answers_503_and_opens_no_cir
     // request that needs none (a body still to come, its head taken: `100 Continue` says so).
     // And one whose next request has begun to arrive: not closed for a descriptor either (its
     // request would be lost). Sent first, so that it has been read by the time the miss asks.
-    let mut arriving = connect(&s).await;
-    arriving
-        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    read_response(&mut arriving).await;
+    let mut arriving = kept_alive(&s).await;
     arriving.write_all(b"GET /items/b HTTP/1.1\r\nHo").await.unwrap();
     let mut holder = connect(&s).await;
     holder
@@ -311,12 +316,7 @@ async fn a_miss_without_a_descriptor_for_the_origin_answers_503_and_opens_no_cir
         String::from_utf8_lossy(&buf[..n])
     );
     // Accepted (a request answered on it) before no descriptor is left.
-    let mut asking = connect(&s).await;
-    asking
-        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    read_response(&mut asking).await;
+    let mut asking = kept_alive(&s).await;
     leave_no_descriptor(s.pid());
     let answer = ask(&mut asking, "a").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
