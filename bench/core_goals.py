@@ -22,8 +22,10 @@ only: never asserted by a test.
                 service takes an origin's `Expires`, and no jitter applies to it); keys `big*`
                 get a 1 MiB JSON value (BIG_BYTES, a catalogue of made-up records, as
                 compressible as real JSON) after BIG_ORIGIN_MS, so every client of the burst
-                arrives while its one fetch is in flight; every other key has no caching
-                header (CACHE_TTL_SECS 600 applies). It counts what it served per kind.
+                arrives while its one fetch is in flight; keys `zipf-*` get values of about
+                ZIPF_BYTES (1,500) and, while priming, `Cache-Control: max-age=PRIME_MAX_AGE`
+                (1); every other key, and `zipf-*` in the stress run, has no caching header
+                (CACHE_TTL_SECS 600 applies). It counts what it served per kind.
   cache-layer   memory tier only (no Redis), MEMORY_CACHE_MAX_BYTES = BOUND (1 GiB: a million
                 entries of ~600 B weigh ~0.6 GiB, so nothing is evicted for size),
                 CACHE_STALE_SECS = STALE_SECS (5), TOKIO_WORKER_THREADS=1, pinned to core 0.
@@ -33,26 +35,33 @@ Phases:
   quiet      waits (up to QUIET_WAIT, 600 s) until processes other than the benchmark's use
              under 10 % of a core: a build beside it would be in its figures.
   pilot      PILOT_KEYS (20,000) keys filled the way the fill goes, to time it: the fill keys'
-             `Expires` is set from it, so that they pass their stale window EXPIRE_AT (3) s into
-             the stress run, after the fill and the baseline (the script waits for that moment).
+             `Expires` is set from it, so that they pass their stale window EXPIRE_AT (8) s into
+             the stress run, after the fill, the baseline and the priming at its longest (the
+             script waits for that moment).
   fill       FILL_KEYS (1,000,000) distinct keys `fill-1`… (`--pattern cycle`, `--batch
              FILL_BATCH` (100) keys per POST /items:batch over FILL_CONNS (8) connections, or
              one GET per key with FILL_BATCH=0); about 40 s here.
   baseline   the hot key alone: `--pattern single --key hot --rate HOT_RATE (5000) -c HOT_CONNS
              (32) --duration SECS (30) --warmup 1s`, open loop, one line per request
              (`--per-request`: request i was due i/rate s in, so each slow one has a time).
+  priming    (PRIME=1, the default) the stress run's Zipf traffic in `POST /items:batch`
+             chunks, until the adaptive policy's epoch (after which its window share may
+             change; about ten tier-fulls of reads) is so far on, by
+             `memory_cache_window_epoch_progress`, that the stress run's own Zipf reads end it
+             about RESIZE_AT (3) s in: see `prime`. At most PRIME_MAX_SECS (300).
   stress     the same hot-key run and, at the same time:
-             (a) Zipf traffic `--pattern zipf --key-space ZIPF_KEYS (2,000,000) --zipf-exponent
-                 ZIPF_EXPONENT (0.9) --rate ZIPF_RATE (3000) -c ZIPF_CONNS (32)` on keys no
-                 other phase uses, so about half of it misses and writes;
+             (a) Zipf traffic `--pattern zipf --key-prefix zipf- --key-space ZIPF_KEYS
+                 (4,000,000) --zipf-exponent ZIPF_EXPONENT (0.9) --rate ZIPF_RATE (3000) -c
+                 ZIPF_CONNS (32)`, so about half of it misses and writes, and the policy's
+                 epoch ends in it: a window resize over the million-entry tier;
              (b) the million fill entries pass their stale window EXPIRE_AT s in and leave by
                  the clock-hand sweep (`cache_evictions_total{cause="expired"}`);
-             (c) BURST_AT (20) s in, BIG_CLIENTS (1,000) connections opened 4 s beforehand each
+             (c) BURST_AT (22) s in, BIG_CLIENTS (1,000) connections opened 4 s beforehand each
                  send `GET /items/big` with `Accept-Encoding: br` at once: one origin fetch, one
                  brotli compression of the fetched body shared by every coalesced client; each
                  answer is read whole and its status, `Content-Encoding` and `Cache-Status`
-                 counted. (b) and (c) are apart in time, so that each slow hot-key request can
-                 be put down to what was under way when it was due.
+                 counted. The resize, (b) and (c) are apart in time, so that each slow hot-key
+                 request can be put down to what was under way when it was due.
   again      the baseline once more: a run's p99.9 is its 0.1 % worst, so one stall of the
              machine moves it, and a second baseline shows how far.
   Every measured run samples /metrics and /proc every 0.5 s (entries held, entries expired,
@@ -67,13 +76,13 @@ results (`bench/results-core-goals.json` keeps one run per setting, "defaults" w
 the section shows every run kept. HTTP_HEADER_TIMEOUT_SECS=60 is the run without the idle
 keep-alive busy loop that the defaults run finds (see the section).
 
-Window resizes: the adaptive policy's window share is sampled from `memory_cache_window_ratio`;
-the report also computes from the code's constants how many of its epochs (after which
-the share may change) the run's reads can complete: over a tier this large, next to none.
+Window resizes: the adaptive policy's window share is sampled from `memory_cache_window_ratio`
+every 0.5 s; each change inside the stress run is reported with the hot key's latency from
+0.5 s before it was seen to 3 s after.
 
 Usage: python3 bench/core_goals.py   (BIN_DIR: the release binaries, default target/release;
-       env knobs above, with their defaults). About 2.5 minutes with a million keys on a quiet
-       machine. Writes its section of docs/benchmarks.md (and bench/sections/core-goals.md)
+       env knobs above, with their defaults). About 8 minutes with a million keys on a quiet
+       machine (most of it priming, and waiting for the fill's entries to expire). Writes its section of docs/benchmarks.md (and bench/sections/core-goals.md)
        and bench/results-core-goals.json, unless NO_WRITE=1. Exit status 1 when the set-up
        failed (the fill did not store every key, the expiry did not land inside the stress
        run, a load test saw errors, the machine was busy); the goal itself is reported, not
@@ -106,16 +115,24 @@ HOT_RATE = int(os.getenv("HOT_RATE", "5000"))
 HOT_CONNS = int(os.getenv("HOT_CONNS", "32"))
 SECS = int(os.getenv("SECS", "30"))
 ZIPF_RATE = int(os.getenv("ZIPF_RATE", "3000"))
-ZIPF_KEYS = int(os.getenv("ZIPF_KEYS", "2000000"))
+ZIPF_KEYS = int(os.getenv("ZIPF_KEYS", "4000000"))
 ZIPF_EXPONENT = float(os.getenv("ZIPF_EXPONENT", "0.9"))
 ZIPF_CONNS = int(os.getenv("ZIPF_CONNS", "32"))
+ZIPF_BYTES = int(os.getenv("ZIPF_BYTES", "1500"))
+PRIME = os.getenv("PRIME", "1") == "1"
+PRIME_MAX_AGE = int(os.getenv("PRIME_MAX_AGE", "1"))
+PRIME_BATCH = int(os.getenv("PRIME_BATCH", "100"))
+PRIME_CONNS = int(os.getenv("PRIME_CONNS", "8"))
+PRIME_MAX_SECS = int(os.getenv("PRIME_MAX_SECS", "360"))
+PRIME_CHUNK_KEYS = int(os.getenv("PRIME_CHUNK_KEYS", "300000"))
+RESIZE_AT = float(os.getenv("RESIZE_AT", "3"))
 BIG_CLIENTS = int(os.getenv("BIG_CLIENTS", "1000"))
 BIG_BYTES = int(os.getenv("BIG_BYTES", str(MIB)))
 BIG_ORIGIN_MS = int(os.getenv("BIG_ORIGIN_MS", "300"))
 ORIGIN_MS = float(os.getenv("ORIGIN_MS", "1"))
-STALE_SECS = int(os.getenv("STALE_SECS", "5"))
-EXPIRE_AT = float(os.getenv("EXPIRE_AT", "3"))
-BURST_AT = float(os.getenv("BURST_AT", "20"))
+STALE_SECS = int(os.getenv("STALE_SECS", "3"))
+EXPIRE_AT = float(os.getenv("EXPIRE_AT", "8"))
+BURST_AT = float(os.getenv("BURST_AT", "22"))
 BOUND = int(os.getenv("BOUND", str(1 << 30)))
 # Settings of the service beyond this file's, `NAME=value` separated by spaces; each setting
 # is its own run in the results (the defaults: "defaults").
@@ -124,7 +141,8 @@ STALL_MS = 20  # a canary this late (ms) means its core was held up, whatever th
 BUSY_PCT = 20  # other processes' CPU (% of a core) in a measured run beyond which it is refused
 SERVICE_ENV = dict(kv.split("=", 1) for kv in os.getenv("SERVICE_ENV", "").split())
 GOAL_RATIO = 1.5
-HOT_KEY, BIG_KEY, FILL_PREFIX = "hot", "big", "fill-"
+HOT_KEY, BIG_KEY, FILL_PREFIX, ZIPF_PREFIX = "hot", "big", "fill-", "zipf-"
+PROGRESS = "memory_cache_window_epoch_progress"
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,13 +170,15 @@ def big_value(size):
     return (head + "x" * (size - len(head) - 2) + '"}').encode()
 
 
-async def origin_main(port, big_bytes, big_ms, origin_ms):
+async def origin_main(port, big_bytes, big_ms, origin_ms, zipf_bytes):
     """Serves `/items/<key>` on `port` (see the module's doc); `/_origin/expires?at=<unix s>`
-    sets the fill keys' `Expires`, `/_origin/stats` answers the counts."""
+    sets the fill keys' `Expires`, `/_origin/zipf?max_age=<s>` the Zipf keys' `max-age` (`none`:
+    no header), `/_origin/stats` answers the counts."""
     loop = asyncio.get_running_loop()
     big = big_value(big_bytes)
     stats = {"served": 0, "fill": 0, "fill_with_expires": 0, "big": 0, "other": 0, "max_in_flight": 0}
-    state = {"expires": None, "in_flight": 0}
+    state = {"expires": None, "in_flight": 0, "zipf_max_age": None}
+    pad = b"x" * max(0, zipf_bytes - 60)
     delay = origin_ms / 1000
 
     def response(body, extra=b""):
@@ -186,6 +206,9 @@ async def origin_main(port, big_bytes, big_ms, origin_ms):
             if target.startswith(b"/_origin/"):
                 if target.startswith(b"/_origin/expires?at="):
                     state["expires"] = int(target.split(b"=", 1)[1])
+                if target.startswith(b"/_origin/zipf?max_age="):
+                    value = target.split(b"=", 1)[1]
+                    state["zipf_max_age"] = None if value == b"none" else int(value)
                 self.t.write(response(json.dumps(stats).encode()))
                 return
             stats["served"] += 1
@@ -207,6 +230,12 @@ async def origin_main(port, big_bytes, big_ms, origin_ms):
                     extra = b"Expires: " + formatdate(state["expires"], usegmt=True).encode() + b"\r\n"
             else:
                 stats["other"] += 1
+                if key.startswith(ZIPF_PREFIX.encode()):
+                    # Entries of about the weight of real values (ZIPF_BYTES), so that the
+                    # policy's simulations fill up; while priming, with a lifetime of a second.
+                    body = body[:-1] + b',"pad":"' + pad + b'"}'
+                    if state["zipf_max_age"] is not None:
+                        extra = b"Cache-Control: max-age=" + str(state["zipf_max_age"]).encode() + b"\r\n"
             if delay:
                 loop.call_later(delay, self.send, response(body, extra))
             else:
@@ -245,7 +274,8 @@ def metrics(base, url):
     for line in text.splitlines():
         if line.startswith("#"):
             continue
-        for name in ("memory_cache_entries", "memory_cache_bytes", "memory_cache_window_ratio", "cache_evictions_total",
+        for name in ("memory_cache_entries", "memory_cache_bytes", "memory_cache_window_ratio", PROGRESS,
+                     "cache_evictions_total",
                      "cache_compressions_total", "cache_coalesced_total", "cache_misses_total",
                      "origin_requests_total", "cache_hits_total"):
             if line.startswith(name + " ") or line.startswith(name + "{"):
@@ -460,7 +490,7 @@ class Sampler(threading.Thread):
             now, ticks, per_core = time.monotonic(), cpu_ticks(self.pid)[0], cores()
             row = {"t": round(now - self.t0, 2), "entries": int(m.get("memory_cache_entries", 0)),
                    "expired": int(m.get("cache_evictions_total{cause=expired}", 0)),
-                   "window": m.get("memory_cache_window_ratio")}
+                   "window": m.get("memory_cache_window_ratio"), "epoch": m.get(PROGRESS)}
             if last:
                 # Since the last sample, % of one core (10 ms ticks): the service's CPU, and each
                 # core's busy time, softirq time and time stolen by the hypervisor.
@@ -603,6 +633,75 @@ def resize_estimate(root, bound, mean_weight, sampled_keys_seen, reads):
             "epochs": reads * rate / epoch_sampled}
 
 
+def prime(base, url, origin_url):
+    """Zipf traffic (the stress run's keys, ZIPF_KEYS at ZIPF_EXPONENT) before the stress run,
+    until the adaptive policy's epoch is so far on that the stress run's own Zipf reads end it
+    about RESIZE_AT s in: an epoch is about ten tier-fulls of reads, minutes of traffic, which no
+    30 s run holds. Its entries live PRIME_MAX_AGE s (and the stale window), so they are gone
+    before the stress run and the tier never evicts for size: the fill's million entries stay
+    until they expire. The policy's small simulations do not see lifetimes, only reuse, so they
+    fill up and score the shares as they would under a real Zipf load.
+
+    In chunks of `POST /items:batch` (at most PRIME_CHUNK_KEYS, a few seconds, so that the
+    estimate follows the epoch's length, which changes as the simulations' entries do), reading
+    `memory_cache_window_epoch_progress` after each: the progress each Zipf read adds is
+    measured on the chunks of 50,000 reads or more, and the chunks shrink as the target nears.
+    An epoch that ends while priming, whether or not it moves the share, starts the count
+    again: the next one is aimed at."""
+    base.http("GET", f"{origin_url}/_origin/zipf?max_age={PRIME_MAX_AGE}")
+    m = metrics(base, url)
+    share0, progress = m.get("memory_cache_window_ratio"), m.get(PROGRESS, 0.0)
+    out = {"share_before": share0, "progress_before": progress, "chunks": [], "epochs_ended": 0,
+           "resizes": [], "keys": 0}
+    started = time.monotonic()
+    per_key, batches, seed = None, PRIME_CHUNK_KEYS // PRIME_BATCH, 100
+    # The stress run's Zipf load starts about 1 s before its measured part (no warm-up of its
+    # own): the epoch should end RESIZE_AT s into the measured part, give or take.
+    aim, early, late = RESIZE_AT + 1, max(1.5, RESIZE_AT - 1), RESIZE_AT + 3
+    while True:
+        left = PRIME_MAX_SECS - (time.monotonic() - started)
+        if left < 5:
+            out["stopped"] = "time"
+            break
+        r = loadtest(base, url, "--pattern", "zipf", "--key-prefix", ZIPF_PREFIX, "--key-space", ZIPF_KEYS,
+                     "--zipf-exponent", ZIPF_EXPONENT, "--seed", seed, "--batch", PRIME_BATCH,
+                     "--requests", batches, "-c", PRIME_CONNS, "--duration", f"{int(left)}s")
+        seed += 1
+        keys = (r.get("hits") or 0) + (r.get("misses") or 0)
+        out["keys"] += keys
+        m = metrics(base, url)
+        now, share = m.get(PROGRESS, 0.0), m.get("memory_cache_window_ratio")
+        out["chunks"].append({"keys": keys, "misses": r.get("misses"), "errors": r.get("errors"),
+                              "progress": now, "share": share, "t": round(time.monotonic() - started, 1)})
+        if share != share0:
+            out["resizes"].append({"from": share0, "to": share, "after_keys": out["keys"]})
+            share0 = share
+        if now < progress:
+            out["epochs_ended"] += 1
+        elif keys >= 50_000 or per_key is None:
+            per_key = (now - progress) / keys if keys else None
+        progress = now
+        base.log(f"priming: {out['keys']:,} keys, progress {now:.5f}, share {share:g}")
+        if not per_key:
+            batches = PRIME_CHUNK_KEYS // PRIME_BATCH
+            continue
+        # Seconds of the stress run's Zipf load until the epoch ends.
+        secs = (1 - progress) / (per_key * ZIPF_RATE)
+        if early <= secs <= late:
+            out["stopped"] = "target"
+            break
+        if secs < early:
+            out["stopped"] = "overshot"
+            break
+        want = (secs - aim) * ZIPF_RATE  # Zipf reads of priming left
+        batches = max(10, min(PRIME_CHUNK_KEYS // PRIME_BATCH, int(0.6 * want / PRIME_BATCH)))
+    base.http("GET", f"{origin_url}/_origin/zipf?max_age=none")
+    out.update({"seconds": round(time.monotonic() - started, 1), "progress_after": progress,
+                "progress_per_key": per_key,
+                "stress_seconds_to_epoch_end": round((1 - progress) / (per_key * ZIPF_RATE), 1) if per_key else None})
+    return out
+
+
 def one_hot_run(base, url, svc, origin_proc, extra=None):
     """The hot-key run (with `extra(t0)` started beside it when given, which answers
     {"zipf": Loadtest, ...}): its report, the /metrics timeline, CPU, and the CPU that processes
@@ -660,14 +759,16 @@ def main():
                "settings": {k: globals()[k] for k in (
                    "FILL_KEYS", "FILL_CONNS", "FILL_BATCH", "PILOT_KEYS", "HOT_RATE", "HOT_CONNS", "SECS",
                    "ZIPF_RATE", "ZIPF_KEYS", "ZIPF_EXPONENT", "ZIPF_CONNS", "BIG_CLIENTS", "BIG_BYTES",
-                   "BIG_ORIGIN_MS", "ORIGIN_MS", "STALE_SECS", "EXPIRE_AT", "BURST_AT", "BOUND")}}
+                   "BIG_ORIGIN_MS", "ORIGIN_MS", "STALE_SECS", "EXPIRE_AT", "BURST_AT", "BOUND", "ZIPF_BYTES",
+                   "PRIME", "PRIME_MAX_AGE", "PRIME_BATCH", "PRIME_CONNS", "PRIME_MAX_SECS", "PRIME_CHUNK_KEYS",
+                   "RESIZE_AT")}}
     problems = []
     quiet = wait_quiet(base, QUIET_WAIT)
     results["other_processes_pct_at_start"] = round(quiet, 1)
     try:
         oport = base.free_port()
         origin = base.spawn([sys.executable, os.path.abspath(__file__), "--origin", str(oport), str(BIG_BYTES),
-                             str(BIG_ORIGIN_MS), str(ORIGIN_MS)], core=base.CLIENT_CORE)
+                             str(BIG_ORIGIN_MS), str(ORIGIN_MS), str(ZIPF_BYTES)], core=base.CLIENT_CORE)
         origin_url = f"http://127.0.0.1:{oport}"
         base.wait_http(origin_url + "/_origin/stats")
         port = base.free_port()
@@ -700,7 +801,9 @@ def main():
         # The fill keys' Expires: after the fill (a quarter longer than the pilot's pace says),
         # the baseline and a margin; the stress run then starts so that they pass their stale
         # window EXPIRE_AT s into it.
-        expires = int(time.time() + 1.25 * FILL_KEYS / rate + SECS + 15) + 1
+        # With priming, its longest and the time its entries take to leave besides.
+        settle = PRIME_MAX_AGE + STALE_SECS + 10
+        expires = int(time.time() + 1.25 * FILL_KEYS / rate + SECS + 15 + (PRIME_MAX_SECS + settle if PRIME else 0)) + 1
         base.http("GET", f"{origin_url}/_origin/expires?at={expires}")
         expired_at = expires + STALE_SECS
         base.log(f"pilot: {rate:.0f} keys/s; fill of {FILL_KEYS}: entries fresh until {expires}, "
@@ -734,8 +837,22 @@ def main():
                                "achieved_rps": baseline.get("throughput_rps"), "errors": baseline["errors"],
                                "loadtest_cpu_pct": baseline["cpu_pct_of_wall"], "cpu": bcpu, "timeline": btimeline,
                                "expired": int(m1.get("cache_evictions_total{cause=expired}", 0)
-                                              - m0.get("cache_evictions_total{cause=expired}", 0))}
+                                              - m0.get("cache_evictions_total{cause=expired}", 0)),
+                               # The hot key's reads move the policy's epoch only if its key is
+                               # in the simulations' sample (a 1-in-1,000 chance per process).
+                               "epoch_progress": [m0.get(PROGRESS), m1.get(PROGRESS)]}
         base.log(f"baseline: {results['baseline']}")
+
+        if PRIME:
+            base.log(f"priming: Zipf over {ZIPF_KEYS} keys until the policy's epoch ends ~{RESIZE_AT:g} s "
+                     "into the stress run")
+            results["priming"] = prime(base, url, origin_url)
+            base.log(f"priming: {results['priming']}")
+            if results["priming"]["stopped"] != "target":
+                problems.append(f"priming stopped on {results['priming']['stopped']}: the resize will not "
+                                f"land {RESIZE_AT:g} s into the stress run")
+        if int(time.time()) + settle > expires + STALE_SECS - EXPIRE_AT - 1:
+            problems.append("priming left its entries too little time to leave before the stress run")
 
         # The stress run's measured part starts 1 s after launch (the warm-up): launch so that
         # the fill entries leave EXPIRE_AT s into it.
@@ -755,9 +872,9 @@ def main():
         burst_result = {}
 
         def extra(t0):
-            zipf = Loadtest(base, url, "--pattern", "zipf", "--key-space", ZIPF_KEYS, "--zipf-exponent",
-                            ZIPF_EXPONENT, "--rate", ZIPF_RATE, "-c", ZIPF_CONNS, "--duration", f"{SECS + 1}s",
-                            "--seed", 7, "--suffix", "zipf")
+            zipf = Loadtest(base, url, "--pattern", "zipf", "--key-prefix", ZIPF_PREFIX, "--key-space", ZIPF_KEYS,
+                            "--zipf-exponent", ZIPF_EXPONENT, "--rate", ZIPF_RATE, "-c", ZIPF_CONNS,
+                            "--duration", f"{SECS + 1}s", "--seed", 7)
             thread = threading.Thread(target=burst, args=(port, BIG_CLIENTS, t0 + BURST_AT, burst_result),
                                       daemon=True)
             # Open the connections a few seconds before the burst (well within
@@ -816,9 +933,27 @@ def main():
         # baseline's p99.9), by what else was going on when they were due.
         threshold = GOAL_RATIO * results["baseline"]["latency_ms"]["p999"]
         connect_from = BURST_AT - burst_result.get("connect_s", 0) - max(0, burst_result.get("connected_before_s", 0))
+        # The window's resizes, from the 0.5 s samples of its share (the first sample of the run
+        # against the share before it).
+        resizes, last = [], m0.get("memory_cache_window_ratio")
+        for row in timeline:
+            if row.get("window") is not None and last is not None and row["window"] != last:
+                resizes.append({"t": row["t"], "from": last, "to": row["window"], "entries": row["entries"]})
+            if row.get("window") is not None:
+                last = row["window"]
+        results["stress"]["resizes"] = resizes
         spans = {"expiry sweep": (gone_t, done_t if done_t is not None else SECS),
                  "burst connections opening": (connect_from, BURST_AT),
                  "burst answers": (BURST_AT, BURST_AT + (burst_result.get("last_ms") or 0) / 1000)}
+        for z in resizes:
+            # Sampled every 0.5 s: the resize fell in the half-second before the sample that saw
+            # it; its moves are spread over the writes that follow it.
+            spans[f"window resize to {z['to']:g}"] = (z["t"] - 0.5, z["t"] + 3)
+            after = sorted(ms for due, ms, _ in stress["lines"] if z["t"] - 0.5 <= due <= z["t"] + 3)
+            z["hot_after"] = {"requests": len(after),
+                              "p99_ms": after[max(0, -(-len(after) * 99 // 100) - 1)] if after else None,
+                              "p999_ms": after[max(0, -(-len(after) * 999 // 1000) - 1)] if after else None,
+                              "max_ms": after[-1] if after else None}
         phases = {}
         for due, ms, _ in stress["lines"]:
             if ms > threshold:
@@ -909,7 +1044,6 @@ def verdicts(r):
     burst = s["burst"]
     ok = burst.get("statuses", {}).get("200", 0)
     br = burst.get("content_encoding", {}).get("br", 0)
-    est = s["resize_estimate"]
     again = r.get("baseline_again")
     other = ""
     if again and again["latency_ms"]["p999"]:
@@ -929,11 +1063,30 @@ def verdicts(r):
          s["origin"]["big"] == 1 and ok == st["BIG_CLIENTS"]),
         ("`cache_compressions_total{coding=\"br\"}` rises by exactly 1", f"+{s['compressions_br']}",
          s["compressions_br"] == 1),
-        ("Zipf traffic drives window resizes",
-         (f"`memory_cache_window_ratio` {' → '.join(f'{w:g}' for w in s['window_shares'])} all run (0 resizes); "
-          if s.get("window_shares") else "window share not sampled; ")
-         + f"~{est['epochs']:.3f} of a policy epoch in the run (see below)", None),
+        resize_verdict(r),
     ]
+
+
+def resize_verdict(r):
+    """The goal row of the window's resizes: one made by the stress run's Zipf reads, over the
+    tier while it still held the fill's entries."""
+    st, s, pr = r["settings"], r["stress"], r.get("priming")
+    goal = f"Zipf traffic drives window resizes over a {st['FILL_KEYS']:,}-entry memory tier"
+    if s.get("resizes") is None or not pr:
+        est = s["resize_estimate"]
+        return (goal, (f"`memory_cache_window_ratio` {' → '.join(f'{w:g}' for w in s['window_shares'])} all run "
+                       "(0 resizes); " if s.get("window_shares") else "window share not sampled; ")
+                + f"~{est['epochs']:.3f} of a policy epoch in the run, no priming", None)
+    inside = [z for z in s["resizes"] if 0 <= z["t"] <= st["SECS"]]
+    figure = "; ".join(
+        f"`memory_cache_window_ratio` {z['from']:g} → {z['to']:g} seen at {z['t']:.1f} s, the tier holding "
+        f"{z['entries']:,} entries; the hot key from 0.5 s before it to 3 s after: "
+        f"p99.9 {z['hot_after']['p999_ms']:.3f} ms, max {z['hot_after']['max_ms']:.3f} ms "
+        f"({z['hot_after']['requests']:,} requests)" for z in inside) or "no resize in the run"
+    moved = "; ".join(f"{z['from']:g} → {z['to']:g} after {z['after_keys'] / 1e6:.1f} M" for z in pr["resizes"])
+    figure += (f" (priming: {pr['keys'] / 1e6:.1f} M Zipf reads in {pr['seconds']:.0f} s brought the epoch to "
+               f"{pr['progress_after']:.4f}; the share moved while priming: {moved or 'never'})")
+    return goal, figure, any(z["entries"] >= st["FILL_KEYS"] for z in inside)
 
 
 def mean_cpu(timeline, a, b):
@@ -998,6 +1151,19 @@ def tail_note(r):
     return lines
 
 
+def lingering(r):
+    """The priming's entries still held when the stress run began, past their lifetime: the
+    expiry sweep's hand moves with the tier's own reads and writes, not on a timer, and the tier
+    was idle while the script waited for the fill's expiry."""
+    extra = r["stress"]["entries_before"] - r["fill"]["entries_after"]
+    if not r.get("priming") or extra <= 0:
+        return ""
+    return (f" (of them {extra:,} priming entries past their lifetime, not yet reached by the expiry sweep, "
+            "whose hand moves with the tier's reads and writes, not on a timer: the tier was idle while the "
+            "script waited for the fill's expiry; they left in the run's first seconds and are among the "
+            "expired)")
+
+
 def run_block(r):
     """One run's part of the section."""
     st, f, b, s = r["settings"], r["fill"], r["baseline"], r["stress"]
@@ -1030,7 +1196,7 @@ def run_block(r):
     lines += ["",
               f"In the stress run: Zipf {z['requests']:,} requests at {z['achieved_rps']:.0f} req/s, {z['misses']:,} "
               f"misses (each a write), p50 {zl['p50']:.3f} ms, p99 {zl['p99']:.3f} ms, {z['errors']} errors. "
-              f"Memory-tier entries {s['entries_before']:,} before, {s['entries_after']:,} after; "
+              f"Memory-tier entries {s['entries_before']:,} before{lingering(r)}, {s['entries_after']:,} after; "
               f"{s['expired']:,} expired, the fill's entries past their stale window at {sweep[0]:.1f} s and all "
               f"swept out by {sweep[1]:.1f} s; {s['size_evictions']:,} evicted for size. The burst: "
               f"{burst.get('clients', 0):,} connections opened from {opening[0]:.1f} s (in {burst.get('connect_s', 0):.1f} s: "
@@ -1063,6 +1229,65 @@ def run_block(r):
     return lines + [""]
 
 
+def moved_note(r):
+    """Which way the share moved in the run, and the likely reason."""
+    inside = [z for z in r["stress"].get("resizes", []) if 0 <= z["t"] <= r["settings"]["SECS"]]
+    if not inside:
+        return ""
+    z = inside[0]
+    if z["to"] > z["from"]:
+        return (f"The share moved from {z['from']:g} to {z['to']:g}, towards recency: in that epoch the small "
+                "simulations with the larger windows hit more of the Zipf reads. The likely reason is the fill: "
+                f"its {r['settings']['FILL_KEYS']:,} entries, each read once, were still in the simulations' main "
+                "segments, which TinyLFU opens to a newcomer only over a victim read less often than it, while a "
+                "large window takes every newcomer in. In-process, the same Zipf traffic over a tier without the "
+                "fill moved it to 0.01 instead (a run of `MemoryTier` alone, not kept in `bench/`: 4,000,000 keys, "
+                "exponent 0.9, 1,500 B values: 0.25 → 0.01 after 7.4 M reads). ")
+    return f"The share moved from {z['from']:g} to {z['to']:g}, towards frequency. "
+
+
+def resize_note(r):
+    """How the run gets a window resize inside it, and what the policy's epoch is."""
+    st, s, pr = r["settings"], r["stress"], r.get("priming")
+    est = s["resize_estimate"]
+    if not pr:
+        return ["**Window resizes.** This run had no priming (PRIME=0): a stress run makes "
+                f"{est['run_reads']:,} reads, ~{est['epochs']:.3f} of a policy epoch, so no resize can happen in "
+                "it.", ""]
+    chunks = pr["chunks"]
+    ep = r["baseline"].get("epoch_progress") or [0, 0]
+    hot_sampled = ep[0] != ep[1]
+    return [
+        "**Window resizes.** The window share may change only when the adaptive policy's epoch ends "
+        "(`Adaptive::record_read`): after ten times its small simulations' entries in sampled reads, a key "
+        f"being sampled with probability {est['sample_rate']:.5f} (1 MiB of simulation over a "
+        f"{st['BOUND'] // MIB} MiB tier). With entries of ~{st['ZIPF_BYTES'] + 560:,} B that is about "
+        "five million reads, with the fill's ~600 B entries about ten million: minutes of traffic, which "
+        "no 30 s run holds. So the script primes: between the baseline and the stress run it sends the "
+        f"stress run's Zipf traffic (same keys, other seeds) as `POST /items:batch` requests of "
+        f"{st['PRIME_BATCH']} keys, in chunks of at most {st['PRIME_CHUNK_KEYS']:,} keys, reading "
+        "`memory_cache_window_epoch_progress` after each, and stops when "
+        f"the stress run's {st['ZIPF_RATE']:,} Zipf reads a second will end the epoch about "
+        f"{st['RESIZE_AT']:g} s in. The priming entries carry `Cache-Control: max-age={st['PRIME_MAX_AGE']}`: "
+        "they leave within seconds, so the tier never evicts for size and the fill's million entries stay "
+        "until they expire, while the policy's simulations, which see reuse and not lifetimes, fill up "
+        "and score the shares as under a Zipf load of that size. The stress run's Zipf entries have no "
+        "caching header (600 s).",
+        "",
+        f"This run's priming: {pr['keys']:,} Zipf reads in {pr['seconds']:.0f} s, {len(chunks)} chunks; the "
+        f"epoch's progress went from {pr['progress_before']:.4f} to {pr['progress_after']:.4f} "
+        f"({pr['epochs_ended']} epoch(s) ended on the way), each Zipf read adding "
+        f"{(pr['progress_per_key'] or 0):.2e}, so the stress run's Zipf load would end it after "
+        f"~{pr['stress_seconds_to_epoch_end']} s; the hot key's 150,000 baseline reads moved it from "
+        f"{(r['baseline'].get('epoch_progress') or [0, 0])[0] or 0:.4f} to "
+        f"{(r['baseline'].get('epoch_progress') or [0, 0])[1] or 0:.4f} "
+        f"({'its key is in the sample' if hot_sampled else 'it is not in the sample'}). "
+        + moved_note(r) + "What a "
+        "resize costs a hot key's reads alone, in-process and without HTTP, is measured in \"Window resizes "
+        "over a million-entry tier\" (`bench-tier --workloads resize`).",
+        ""]
+
+
 def markdown(runs):
     """The section: every run recorded (the defaults first), then what they share."""
     ordered = sorted(runs.values(), key=lambda r: (r["label"] != "defaults", r["label"]))
@@ -1082,9 +1307,12 @@ def markdown(runs):
              f"{st['EXPIRE_AT']:g} s into the stress run (no jitter applies to an origin's lifetime: they all go "
              "at once, the hardest case for the sweep). **Baseline:** the hot key alone, `--pattern single "
              f"--rate {st['HOT_RATE']} -c {st['HOT_CONNS']} --duration {st['SECS']}s --warmup 1s` (open loop). "
-             "**Stress:** the same, while (a) Zipf traffic over "
-             f"{st['ZIPF_KEYS']:,} keys no other phase uses (exponent {st['ZIPF_EXPONENT']:g}) runs at "
-             f"{st['ZIPF_RATE']:,} req/s, about half of it misses that write; (b) the {st['FILL_KEYS']:,} fill "
+             "**Priming** (between the baseline and the stress run): Zipf traffic over the stress run's keys "
+             "until the adaptive policy's epoch is so far on that the stress run's own Zipf reads end it "
+             f"about {st.get('RESIZE_AT', 3):g} s in (see \"Window resizes\" below). "
+             "**Stress:** the same hot-key run, while (a) Zipf traffic over "
+             f"{st['ZIPF_KEYS']:,} keys (exponent {st['ZIPF_EXPONENT']:g}, values of {st.get('ZIPF_BYTES', 0):,} B) "
+             f"runs at {st['ZIPF_RATE']:,} req/s, about half of it misses that write; (b) the {st['FILL_KEYS']:,} fill "
              f"entries leave; (c) {st['BURST_AT']:g} s in, {st['BIG_CLIENTS']:,} connections opened beforehand each "
              "send `GET /items/big` with `Accept-Encoding: br` at once (a "
              f"{st['BIG_BYTES']:,}-byte JSON catalogue, about as compressible as real JSON; the origin answers it "
@@ -1093,39 +1321,7 @@ def markdown(runs):
              "so request i was due i/rate s in).", ""]
     for r in ordered:
         lines += run_block(r)
-    est = ordered[0]["stress"]["resize_estimate"]
-    shares = [r["stress"].get("window_shares") for r in ordered]
-    if all(shares) and all(len(w) == 1 for w in shares):
-        seen = "it did not change in any run, as the code's constants say it cannot"
-    elif all(shares):
-        seen = "it changed in a run (see the goal table), against what the code's constants say"
-    else:
-        seen = "these runs predate the gauge, and the code's constants say it cannot change in them"
-    lines += ["**Window resizes.** The window share is exported (`memory_cache_window_ratio`) and sampled every "
-              f"0.5 s; {seen} (`Adaptive::new`, "
-              "`record_read`): a key is sampled for the mini-simulations with probability "
-              f"{est['sample_rate']:.5f} (1 MiB of small cache over a {st['BOUND'] // MIB} MiB tier), and the "
-              f"share may change only when an epoch ends, after {est['epoch_sampled_reads']:,} sampled reads "
-              f"(10 × ~{est['mini_entries']:,} small-cache entries), that is about {est['epoch_reads']:,} reads "
-              "(ten tier-fulls, as Caffeine's climber samples ten times its maximum). A stress run makes "
-              f"{est['run_reads']:,}: ~{est['epochs']:.3f} of an epoch, so no resize can happen in it (unless the hot "
-              f"key itself is sampled, a 1-in-{round(1 / est['sample_rate']):,} chance per process, as the hasher "
-              "is seeded per process).",
-              "",
-              "Reaching one in the same run would take more than reads. The shares' mini-simulations score "
-              "differently only when they evict, and they are the tier at scale: they evict when the tier "
-              "does. The goal's million expiries need the tier to keep every fill entry until it expires, so "
-              "nothing may be evicted for size; and under size pressure W-TinyLFU evicts exactly those entries "
-              "first (each was read once). With no pressure every share scores the same and the policy keeps "
-              "its share, however many epochs end. So a resize needs a second, pressured workload of about ten "
-              "million reads (misses among them fetched from the origin), beside a million entries that must "
-              "not be touched: minutes of priming, not this 30 s run, or a knob that shortens the epoch below "
-              "what its hit counts can be trusted at. Neither was built. What a resize costs the hit path is "
-              "measured where one can be made: `bench-tier --workloads resize` (section \"Window resizes over a "
-              "million-entry tier\") makes two over a 1,000,000-entry tier in about 30 M reads while a hot key "
-              "is read 5,000 times a second, none of whose reads in the second after a resize took over "
-              "12 µs; and `observability::the_memory_tier_reports_its_window_share_and_moves_it_where_recency_"
-              "pays` shows a resize through the gauge (512 KiB tier, 40,000 reads).", ""]
+    lines += resize_note(ordered[0])
     defaults = runs.get("defaults")
     if defaults and mean_cpu(defaults["baseline"]["timeline"], 0, defaults["settings"]["SECS"]) > 50:
         d = defaults
@@ -1161,7 +1357,7 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "--canary":
         canary_main(float(sys.argv[2]), float(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--origin":
-        port, big_bytes, big_ms, origin_ms = sys.argv[2:6]
-        asyncio.run(origin_main(int(port), int(big_bytes), int(big_ms), float(origin_ms)))
+        port, big_bytes, big_ms, origin_ms, zipf_bytes = sys.argv[2:7]
+        asyncio.run(origin_main(int(port), int(big_bytes), int(big_ms), float(origin_ms), int(zipf_bytes)))
     else:
         main()

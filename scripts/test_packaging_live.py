@@ -638,6 +638,7 @@ class FakeExporter:
         gauge("memory_cache_entries", 10 + n)
         gauge("memory_cache_bytes", 1000 + n)
         gauge("memory_cache_window_ratio", 0.25)
+        gauge("memory_cache_window_epoch_progress", 0.5)
         counter("cache_evictions_total", [{"cause": c} for c in ("size", "expired")])
         counter("proxy_requests_total", [{"route": "/api", "cache": c, "status_class": "2xx"} for c in ("hit", "miss")])
         counter("cache_invalidations_total", [{"mode": m, "source": s, "scope": c} for m in ("hard", "soft")

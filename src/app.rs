@@ -100,8 +100,13 @@ impl Application {
         let mut proxy_memory = None;
         if let Some(m) = config.cache.memory {
             let memory = MemoryTier::new(m.max_bytes, metrics.clone());
-            let (b, e, w) = (memory.clone(), memory.clone(), memory.clone());
-            metrics.watch_memory_tier(move || b.bytes(), move || e.entries(), move || w.window_share());
+            let (b, e, w, p) = (memory.clone(), memory.clone(), memory.clone(), memory.clone());
+            metrics.watch_memory_tier(
+                move || b.bytes(),
+                move || e.entries(),
+                move || w.window_share(),
+                move || p.window_epoch_progress(),
+            );
             proxy_memory = Some(memory.clone());
             tiers.push(AnyTier::Memory(memory));
         }

@@ -400,14 +400,16 @@ impl Metrics {
         Self::new(provider.meter("cache-layer"))
     }
 
-    /// Reports the memory tier's size as `memory_cache_bytes` and `memory_cache_entries`, and its
-    /// policy's window share as `memory_cache_window_ratio`, read through `bytes`, `entries` and
-    /// `window` at each collection (closures, so that the registry need not know the tier).
+    /// Reports the memory tier's size as `memory_cache_bytes` and `memory_cache_entries`, its
+    /// policy's window share as `memory_cache_window_ratio` and how far the policy's epoch has run
+    /// as `memory_cache_window_epoch_progress`, read through `bytes`, `entries`, `window` and
+    /// `epoch` at each collection (closures, so that the registry need not know the tier).
     pub fn watch_memory_tier(
         &self,
         bytes: impl Fn() -> u64 + Send + Sync + 'static,
         entries: impl Fn() -> u64 + Send + Sync + 'static,
         window: impl Fn() -> f64 + Send + Sync + 'static,
+        epoch: impl Fn() -> f64 + Send + Sync + 'static,
     ) {
         // The SDK keeps the callback for the life of the provider; the handle may be dropped.
         let _gauge = self
@@ -419,6 +421,15 @@ impl Metrics {
                  when a policy epoch ends, about every ten tier-fulls of reads.",
             )
             .with_callback(move |observer| observer.observe(window(), &[]))
+            .build();
+        let _gauge = self
+            .meter
+            .f64_observable_gauge("memory_cache_window_epoch_progress")
+            .with_description(
+                "How far the memory tier's adaptive policy is into its current epoch, from 0 to 1: \
+                 the window share may change when it reaches 1 (then it starts again at 0).",
+            )
+            .with_callback(move |observer| observer.observe(epoch(), &[]))
             .build();
         self.gauge(
             "memory_cache_bytes",

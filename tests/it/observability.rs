@@ -71,6 +71,7 @@ async fn the_memory_tier_reports_its_window_share_and_moves_it_where_recency_pay
     // so an epoch (after which the share may change) is about ten thousand reads.
     let s = Service::start(&[("ORIGIN_LATENCY_MS", "0"), ("MEMORY_CACHE_MAX_BYTES", "524288")]).await;
     assert_eq!(s.metric("memory_cache_window_ratio").await, 0.25);
+    assert_eq!(s.metric("memory_cache_window_epoch_progress").await, 0.0);
     // Every key is read twice, 600 reads apart, and never again: only recency pays, and a window
     // of a quarter (about 240 entries) is too small to keep the 300 keys read in between.
     let reads: Vec<String> = (0..40_000u64)
@@ -86,12 +87,26 @@ async fn the_memory_tier_reports_its_window_share_and_moves_it_where_recency_pay
         })
         .collect();
     // 500 at a time: a key's two reads are never in one batch (a batch reads a key once).
+    // The epoch's progress climbs with the reads and starts again from 0 when an epoch ends.
+    let (mut progress, mut rises, mut restarts) = (0.0, 0, 0);
     for chunk in reads.chunks(500) {
         let (status, body) = s.batch(chunk).await;
         assert_eq!(status, 200, "{body}");
+        let now = s.metric("memory_cache_window_epoch_progress").await;
+        assert!((0.0..1.0).contains(&now), "epoch progress {now}");
+        if now > progress {
+            rises += 1;
+        } else if now < progress {
+            restarts += 1;
+        }
+        progress = now;
     }
     let share = s.metric("memory_cache_window_ratio").await;
     assert!(share >= 0.5, "window share {share} after a recency-only workload");
+    assert!(
+        rises > 20 && restarts >= 1,
+        "epoch progress rose {rises} times and restarted {restarts} times over 80 batches"
+    );
 }
 
 #[tokio::test]

@@ -739,6 +739,20 @@ impl<K: Hash + Eq, V> Adaptive<K, V> {
         SHARES[self.current]
     }
 
+    /// How far the current epoch has run, from 0 to 1: the share may next change when it ends.
+    /// An epoch on a big tier takes millions of reads, so without this an operator (or a
+    /// benchmark) cannot tell a policy that weighed the traffic and kept its share from one that
+    /// has not yet weighed it.
+    pub(crate) fn epoch_progress(&self) -> f64 {
+        (self.in_epoch as f64 / self.epoch_length() as f64).min(1.0)
+    }
+
+    /// Sampled reads in an epoch: `EPOCH_ENTRIES` times the entries the current share's small
+    /// cache holds (at least 16, so that a cold start ends its first epoch soon).
+    fn epoch_length(&self) -> u64 {
+        EPOCH_ENTRIES * self.minis[self.current].len().max(16) as u64
+    }
+
     fn sampled(&self, hash: u64) -> bool {
         spread(hash ^ 0x5eed_5eed_5eed_5eed) <= self.threshold
     }
@@ -760,7 +774,7 @@ impl<K: Hash + Eq, V> Adaptive<K, V> {
             }
         }
         self.in_epoch += 1;
-        if self.in_epoch >= EPOCH_ENTRIES * self.minis[self.current].len().max(16) as u64 {
+        if self.in_epoch >= self.epoch_length() {
             self.in_epoch = 0;
             for (score, hits) in self.scores.iter_mut().zip(self.epoch_hits.iter_mut()) {
                 *score = DECAY * *score + *hits as f64;

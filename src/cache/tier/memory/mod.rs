@@ -648,6 +648,12 @@ impl MemoryTier {
         self.inner.lock().policy.window_share()
     }
 
+    /// How far the adaptive policy's current epoch has run (0 to 1; the share may change when it
+    /// ends): the `memory_cache_window_epoch_progress` gauge, read at each scrape.
+    pub fn window_epoch_progress(&self) -> f64 {
+        self.inner.lock().policy.epoch_progress()
+    }
+
     /// Checks that the index and the policy hold the same entries (tests).
     #[cfg(test)]
     fn check(&self) {
