@@ -7,7 +7,9 @@ every replica, under load and under faults; only the release binaries on loopbac
 rerunnable command, can say whether they hold. Figures only: never asserted by a test.
 
 Servers (cache-layer replicas, one worker thread each unless said, and redis-server) run on core
-0 (Redis on REDIS_CORE when set: a production Redis has a machine of its own); the load tests, the origin stub, the TCP proxy and this script on core 1. Every Redis is a
+0 (Redis on REDIS_CORE when set: a production Redis has a machine of its own; with
+REDIS_SCHED=idle, under SCHED_IDLE, taking only what the replicas leave of its core); the load
+tests, the origin stub, the TCP proxy and this script on core 1. Every Redis is a
 fresh redis-server on a free port; all traffic is on 127.0.0.1; everything started is stopped.
 The origin stub tags each answer (`Surrogate-Key: {tags}`: what follows `~` in the key) and
 numbers it (`n` in the value), so a value fetched before a purge is told from one fetched after.
@@ -973,7 +975,11 @@ def render(res):
     L = ["<!-- purge-goals:begin -->", "## Purges that always land (issue 32): huge tag, storm, blackhole, thirty replicas, rolling restart", "",
          f"**Command:** `{res['command']}` ({knobs}). **Run:** {res['started']}–{res['finished']} UTC, "
          f"binaries of commit {res['bin_commit']} (release, `BIN_DIR={res['bin_dir']}`), script at {res['commit']}. "
-         f"Replicas (one worker thread each) pinned to core 0, Redis to core {res.get('redis_core', '0')}; "
+         f"Replicas (one worker thread each) pinned to core 0, Redis to core {res.get('redis_core', '0')}"
+         + (" under `SCHED_IDLE` (`REDIS_SCHED=idle`: it takes only the CPU the replicas and their sweepers leave "
+            "of that core and never delays them, as a Redis on a machine of its own would not; see \"Redis under "
+            "SCHED_IDLE\" below for the same phases with Redis at equal priority)"
+            if res.get("redis_sched") == "idle" else "") + "; "
          "load tests, origin stub, the "
          "blackhole proxy and the script on core 1; every Redis fresh on a free port. A \"purged value served\" is a "
          "read after the purge answered from cache with a value the origin stub numbered before the purge.", ""]
@@ -1061,12 +1067,13 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=base.ROOT,
                             capture_output=True, text=True).stdout.strip()
     bin_commit = os.environ.get("BIN_COMMIT", commit)
-    env_prefix = "".join(f"{k}={os.environ[k]} " for k in ("BIN_DIR", "PHASES") if k in os.environ)
+    env_prefix = "".join(f"{k}={os.environ[k]} " for k in ("BIN_DIR", "PHASES", "REDIS_CORE", "REDIS_SCHED") if k in os.environ)
     res = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": commit,
            "bin_commit": bin_commit, "bin_dir": base.RELEASE, "log_dir": LOG_DIR,
            "command": f"{env_prefix}python3 bench/purge_goals.py",
            "settings": {k: globals()[k] if k != "PHASES" else " ".join(PHASES) for k in KNOBS},
            "redis_core": os.getenv("REDIS_CORE", base.SERVER_CORE),
+           "redis_sched": os.getenv("REDIS_SCHED", "other"),
            "phases": {}, "notes": []}
     try:
         for phase in PHASES:

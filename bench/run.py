@@ -134,6 +134,8 @@ def free_port():
 def spawn(cmd, env=None, core=SERVER_CORE, cwd=None):
     """Starts a process pinned to `core`, killed when the script ends."""
     full_env = dict(os.environ, **(env or {}))
+    for name in ("REDIS_CORE", "REDIS_SCHED"):  # the benchmarks' own, not the service's settings
+        full_env.pop(name, None)
     p = subprocess.Popen(["taskset", "-c", core, *cmd], env=full_env, cwd=cwd,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
@@ -217,7 +219,10 @@ class Redis:
         self.port = free_port()
         # REDIS_CORE: where Redis runs (the servers' core unless said; a production Redis has
         # a machine of its own, which a run can model by giving it the load tests' core).
-        self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        # REDIS_SCHED=idle: Redis under SCHED_IDLE, so that it takes only the CPU its core's
+        # other processes leave and never delays them (as on a machine of its own, on this one).
+        sched = ["chrt", "--idle", "0"] if os.getenv("REDIS_SCHED") == "idle" else []
+        self.proc = spawn([*sched, "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                            "--save", "", "--appendonly", "no"],
                           core=os.getenv("REDIS_CORE", SERVER_CORE))
         self.url = f"redis://127.0.0.1:{self.port}"

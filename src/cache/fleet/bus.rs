@@ -351,6 +351,10 @@ struct MemoryBusInner {
     /// The most records kept (the oldest go first, leaving the trim mark), as Redis keeps
     /// at most `PURGE_RECORDS_MAX`.
     records_max: std::sync::atomic::AtomicUsize,
+    /// Run once, the next time a lock is refused, before the refusal is returned (tests: what
+    /// lands between Redis refusing a lock and the refusal reaching the replica).
+    #[cfg(test)]
+    on_refused: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// Messages a subscriber may fall behind by before its subscription is lost (as a Redis
@@ -368,6 +372,8 @@ impl Default for MemoryBus {
                 epoch: Mutex::new(format!("{:016x}", rand::random::<u64>())),
                 deaf_until: Mutex::new(None),
                 records_max: std::sync::atomic::AtomicUsize::new(usize::MAX),
+                #[cfg(test)]
+                on_refused: Mutex::default(),
             }),
         }
     }
@@ -432,6 +438,12 @@ impl MemoryBus {
         self.inner.down.load(Ordering::SeqCst)
     }
 
+    /// Runs `f` once, the next time a lock is refused, before the refusal is returned.
+    #[cfg(test)]
+    pub(crate) fn on_refused(&self, f: impl FnOnce() + Send + 'static) {
+        *self.inner.on_refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
     fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
         self.inner.locks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -447,14 +459,29 @@ impl MessageBus for MemoryBus {
             return None;
         }
         let now = Instant::now();
-        let mut locks = self.locks();
-        match locks.get(key) {
-            Some((_, until)) if *until > now => Some(false),
-            _ => {
-                locks.insert(key.to_owned(), (token.to_owned(), now + ttl));
-                Some(true)
+        let refused = {
+            let mut locks = self.locks();
+            match locks.get(key) {
+                Some((_, until)) if *until > now => true,
+                _ => {
+                    locks.insert(key.to_owned(), (token.to_owned(), now + ttl));
+                    false
+                }
+            }
+        };
+        #[cfg(test)]
+        if refused {
+            let hook = self
+                .inner
+                .on_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(hook) = hook {
+                hook();
             }
         }
+        Some(!refused)
     }
 
     async fn is_locked(&self, key: &str) -> Option<bool> {

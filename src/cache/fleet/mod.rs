@@ -114,6 +114,10 @@ impl Fleet {
         }
         let token = format!("{}-{:x}", self.instance, rand::random::<u32>());
         let deadline = Instant::now() + self.settings.wait;
+        // Registered before the lock is tried: the holder's message may come in on the
+        // subscription before the refusal comes back on the command connection, and a wake
+        // with no waiter registered is lost (the waiter then sat out a whole poll interval).
+        let woken = self.waiters.register(key);
         while Instant::now() < deadline {
             match self.try_lock(key, &token).await {
                 Some(true) => {
@@ -123,7 +127,7 @@ impl Fleet {
                         token: Some(token),
                     });
                 }
-                Some(false) => match self.wait(key, deadline).await {
+                Some(false) => match self.wait(&woken, key, deadline).await {
                     Wait::Value(entry) => return Turn::Filled(entry),
                     // The holder let go without a value (its fetch failed): compete again, so
                     // a failure does not turn every waiting replica loose on the origin.
@@ -159,8 +163,7 @@ impl Fleet {
 
     /// Waits while another replica holds `key`'s lock: woken by its fill message, or looking
     /// every `FLEET_LOCK_POLL_MS` in case a message is lost.
-    async fn wait(&self, key: &str, deadline: Instant) -> Wait {
-        let woken = self.waiters.register(key);
+    async fn wait(&self, woken: &Registration, key: &str, deadline: Instant) -> Wait {
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if woken.wait(self.settings.poll.min(left)).await {
@@ -326,6 +329,49 @@ mod tests {
         let r = waiters.register("k");
         waiters.wake("k", true);
         assert!(r.wait(Duration::from_millis(500)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_lands_before_the_refusal_does_still_wakes_the_waiter() {
+        use futures_util::FutureExt;
+
+        use crate::cache::MemoryTier;
+        use crate::cache::policy::Lifetimes;
+        use crate::telemetry::Metrics;
+
+        let bus = bus::MemoryBus::new();
+        let shared = AnyTier::Memory(MemoryTier::new(1 << 20, Arc::new(Metrics::detached())));
+        let poll = Duration::from_millis(500);
+        let replicas = Replicas {
+            bus: AnyBus::Memory(bus.clone()),
+            shared: shared.clone(),
+            lock: FleetLock {
+                ttl: Duration::from_secs(10),
+                wait: Duration::from_secs(5),
+                poll,
+            },
+        };
+        let clock = Clock::system();
+        let fleet = Fleet::new(&replicas, Arc::from("b"), clock.clone());
+        // Replica "a" holds the lock. Once it has refused this replica's attempt, "a" stores its
+        // value, lets go and publishes, and its message is taken in before the refusal is: as
+        // with Redis, where the two come back on different connections.
+        assert_eq!(
+            bus.try_lock("k", "a-1", Duration::from_secs(10)).await,
+            Some(true)
+        );
+        let (b, f) = (bus.clone(), fleet.clone());
+        bus.on_refused(move || {
+            let life = Lifetimes::fixed(Duration::from_secs(60), Duration::from_secs(60), Duration::ZERO);
+            let entry = Arc::new(Entry::value("k", b"\"v\"", clock.now_ms(), &life));
+            assert!(shared.put("k", entry).now_or_never().expect("memory").is_ok());
+            b.unlock("k", "a-1").now_or_never().expect("in process");
+            f.wake("k");
+        });
+        let started = Instant::now();
+        assert!(matches!(fleet.take_turn("k").await, Turn::Filled(_)));
+        // Woken by the message, not by the poll that looks for a lost one.
+        assert!(started.elapsed() < poll, "waited {:?}", started.elapsed());
     }
 
     #[tokio::test]
