@@ -196,7 +196,7 @@ async def proxy_main(listen_port, upstream_port):
 def spawn_log(cmd, env, core, path):
     """base.spawn, with stdout and stderr to `path`."""
     f = open(path, "a")
-    p = subprocess.Popen(["taskset", "-c", core, *cmd], env=dict(os.environ, **env), stdout=f,
+    p = subprocess.Popen(["taskset", "-c", core, *cmd], env=base.child_env(env), stdout=f,
                          stderr=subprocess.STDOUT, start_new_session=True)
     base.PROCS.append(p)
     return p

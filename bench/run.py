@@ -131,11 +131,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def child_env(env=None):
+    """This script's environment and `env`, less the benchmarks' own variables that look like
+    the service's settings (REDIS_CORE, REDIS_SCHED: the service would warn about them)."""
+    full_env = dict(os.environ, **(env or {}))
+    for name in ("REDIS_CORE", "REDIS_SCHED"):
+        full_env.pop(name, None)
+    return full_env
+
+
 def spawn(cmd, env=None, core=SERVER_CORE, cwd=None):
     """Starts a process pinned to `core`, killed when the script ends."""
-    full_env = dict(os.environ, **(env or {}))
-    for name in ("REDIS_CORE", "REDIS_SCHED"):  # the benchmarks' own, not the service's settings
-        full_env.pop(name, None)
+    full_env = child_env(env)
     p = subprocess.Popen(["taskset", "-c", core, *cmd], env=full_env, cwd=cwd,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
