@@ -147,6 +147,12 @@ impl<K: Hash + Eq, V> WTinyLfu<K, V> {
     }
 
     /// Entries held.
+    /// Arena slots the expiry sweep's hand goes round (entries and free slots): a full pass of
+    /// the sweep is this many divided by `STEP`, rounded up.
+    pub(crate) fn slots(&self) -> usize {
+        self.nodes.len()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }

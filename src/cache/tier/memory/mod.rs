@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use indexmap::IndexSet;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
 use hashbrown::HashTable;
@@ -78,6 +78,10 @@ struct Inner {
     sweeps: Mutex<Vec<Sweep>>,
     /// How many sweeps `sweeps` holds: hits and stores look at them only when this is not 0.
     sweeping: AtomicUsize,
+    /// Rounds the expiry sweep's hand has gone: the sweeper passes over a tier whose own work
+    /// has not moved it round lately (an idle tier otherwise kept its expired entries, and
+    /// counted them in `memory_cache_entries`, until traffic came back).
+    laps: AtomicU64,
     /// Where evictions are counted.
     metrics: Arc<Metrics>,
     /// What "now" is for expiry.
@@ -279,17 +283,25 @@ impl Locked<'_> {
     /// Applies the buffered reads, then one step of whole-tier work: moving entries towards the
     /// queues' shares, and the expiry sweep.
     fn maintain(&mut self) {
-        let now = self.now;
         let state = self.state.as_mut().expect("held");
         self.inner.reads.drain(|hash| {
             let weight = state.policy.real.touch(hash);
             state.policy.record_read(hash, weight);
         });
         state.policy.real.rebalance();
-        let now = state.until(now);
+        self.sweep_step();
+    }
+
+    /// One step of the expiry sweep: frees what is past its stale window among the next `STEP`
+    /// arena slots.
+    fn sweep_step(&mut self) {
+        let state = self.state.as_mut().expect("held");
+        let now = state.until(self.now);
         let State { policy, hand, .. } = &mut **state;
         let from = self.gone.len();
-        policy.real.sweep(hand, now, &mut self.gone);
+        if policy.real.sweep(hand, now, &mut self.gone) {
+            self.inner.laps.fetch_add(1, Ordering::Relaxed);
+        }
         for e in &self.gone[from..] {
             self.inner.unindex(e);
         }
@@ -586,7 +598,7 @@ impl MemoryTier {
             hand: 0,
             epoch_ms: clock.now_ms(),
         };
-        MemoryTier {
+        let tier = MemoryTier {
             inner: Arc::new(Inner {
                 hasher: RandomState::new(),
                 shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
@@ -595,10 +607,13 @@ impl MemoryTier {
                 tags: Mutex::default(),
                 sweeps: Mutex::default(),
                 sweeping: AtomicUsize::new(0),
+                laps: AtomicU64::new(0),
                 metrics,
                 clock,
             }),
-        }
+        };
+        sweeper::watch(&tier);
+        tier
     }
 
     /// The bound (`MEMORY_CACHE_MAX_BYTES`) that leaves at least `entry_bytes` for entries once
@@ -624,22 +639,26 @@ impl MemoryTier {
     }
 
     /// Removes every entry past its stale window now (the sweep otherwise frees them a step at
-    /// a time), so `bytes` and the eviction counts are exact. One pass, a step per lock taken.
+    /// a time), so `bytes` and the eviction counts are exact. One whole round of the sweep's
+    /// hand from wherever it stands, a step per lock taken.
     pub fn settle(&self) {
-        loop {
-            let mut locked = self.inner.lock();
-            let now = locked.until(locked.now);
-            let State { policy, hand, .. } = &mut *locked;
-            let mut gone = Vec::new();
-            let done = policy.real.sweep(hand, now, &mut gone);
-            for e in &gone {
-                self.inner.unindex(e);
-            }
-            locked.gone.extend(gone);
-            if done {
-                break;
-            }
+        self.sweep_round(|| {});
+    }
+
+    /// A whole round of the expiry sweep, a step per taking of the policy's lock, calling
+    /// `between` between steps (the sweeper yields its core there).
+    fn sweep_round(&self, between: impl Fn()) {
+        let steps = self.inner.lock().policy.real.slots().div_ceil(eviction::STEP);
+        // `lock` does a step of its own: two a taking.
+        for _ in 0..steps.div_ceil(2) {
+            self.inner.lock().sweep_step();
+            between();
         }
+    }
+
+    /// Rounds the expiry sweep's hand has gone since the tier began.
+    fn laps(&self) -> u64 {
+        self.inner.laps.load(Ordering::Relaxed)
     }
 
     /// The window share the adaptive policy uses now (1.0: a plain LRU): for the replay report
@@ -1048,6 +1067,36 @@ mod tests {
         assert_eq!(tier.entries(), 2);
         assert_eq!(metrics.evictions(EvictionCause::Size), 0);
         assert!(tier.get("long").await.unwrap().is_some());
+    }
+
+    #[test]
+    fn a_quiet_tier_frees_its_expired_entries_with_no_traffic() {
+        let metrics = Arc::new(Metrics::detached());
+        let clock = Clock::manual(1_700_000_000_000);
+        let tier = MemoryTier::with_clock(1 << 24, metrics.clone(), clock.clone());
+        let short = Lifetimes {
+            ttl: Duration::from_secs(10),
+            stale: Duration::from_secs(10),
+            ..life()
+        };
+        for i in 0..10_000 {
+            let key = format!("k{i}");
+            let e = entry(&key, clock.now_ms(), &short);
+            tier.put(&key, e).now_or_never().expect("in memory").unwrap();
+        }
+        clock.advance(Duration::from_secs(60));
+        // From now on nothing reads or writes the tier (nor looks at it: that takes its lock and
+        // moves the sweep): the sweeper finds its sweep standing still and frees them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while metrics.evictions(EvictionCause::Expired) < 10_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of 10,000 expired entries freed after 60 s",
+                metrics.evictions(EvictionCause::Expired)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(tier.entries(), 0);
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The memory tier's sweeper: one thread per process that purges tag purges' entries a step at
-//! a time.
+//! a time, and frees the expired entries of tiers that have gone quiet.
 //!
 //! Why a thread of its own and not a task: a million-entry sweep is seconds of CPU. On the async
 //! workers it sat in the run queue in front of hits (with one worker, every hit waited for the
@@ -15,10 +15,17 @@
 //! that answered already is paced (`SWEEP_PAUSE` between steps), so that a pod's CPU quota is not
 //! spent on it at once. A job always finishes, whether or not its purge still waits for it: a
 //! purge, once begun, lands.
+//!
+//! The expiry sweep's hand moves a step each time a tier's policy lock is taken (a write, a
+//! drain of buffered reads), so a tier that has gone quiet kept its expired entries, their
+//! memory and their count in `memory_cache_entries`, until traffic came back. Every
+//! `QUIET_PASS_EVERY` the sweeper looks at each tier, and one whose hand has not gone a whole
+//! round since the last look gets a round from the sweeper (a step per taking of the lock,
+//! yielding between steps: a million slots are about 16,000 short steps).
 
-use std::sync::OnceLock;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -29,6 +36,21 @@ use crate::cache::purge::PurgeMode;
 /// a millisecond): a million entries are swept in about 20 s at a fifth of a core or less,
 /// instead of in five seconds of a whole one.
 const SWEEP_PAUSE: Duration = Duration::from_millis(1);
+
+/// How often the sweeper looks for tiers whose expiry sweep has stood still: an expired entry
+/// of a quiet tier is freed within about twice this. (A second in unit tests, so that theirs
+/// need not wait.)
+const QUIET_PASS_EVERY: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 10 });
+
+/// Tiers made since the sweeper last looked (it takes them into its own list).
+static NEW_TIERS: Mutex<Vec<Weak<super::Inner>>> = Mutex::new(Vec::new());
+
+/// A tier the sweeper watches: gone when its last clone is dropped.
+struct Watched {
+    tier: Weak<super::Inner>,
+    /// Its sweep's rounds at the last look.
+    laps: u64,
+}
 
 /// One tag purge's sweep, handed to the sweeper.
 pub(super) struct Job {
@@ -73,12 +95,11 @@ impl Drop for Job {
     }
 }
 
-/// Hands `job` to the sweeper thread (started at first use), or, if no thread can be started,
-/// runs it on the calling thread.
-pub(super) fn submit(job: Job) {
+/// The sweeper thread's inbox, the thread started at first use; `None` if no thread could be.
+fn sweeper() -> &'static Option<mpsc::Sender<Job>> {
     // `mpsc::Sender` is `Sync`: every worker sends on the one sender, no lock needed.
     static SWEEPER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
-    let sender = SWEEPER.get_or_init(|| {
+    SWEEPER.get_or_init(|| {
         let (tx, rx) = mpsc::channel();
         match std::thread::Builder::new()
             .name("cache-sweeper".into())
@@ -86,12 +107,30 @@ pub(super) fn submit(job: Job) {
         {
             Ok(_) => Some(tx),
             Err(e) => {
-                tracing::warn!(error = %e, "no sweeper thread: tag purges are swept on the workers");
+                tracing::warn!(
+                    error = %e,
+                    "no sweeper thread: tag purges are swept on the workers, and a quiet tier keeps its expired entries until traffic comes back"
+                );
                 None
             }
         }
-    });
-    let job = match sender {
+    })
+}
+
+/// Has the sweeper watch `tier` for as long as it lives (see the module's doc).
+pub(super) fn watch(tier: &MemoryTier) {
+    if sweeper().is_some() {
+        NEW_TIERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::sync::Arc::downgrade(&tier.inner));
+    }
+}
+
+/// Hands `job` to the sweeper thread (started at first use), or, if no thread can be started,
+/// runs it on the calling thread.
+pub(super) fn submit(job: Job) {
+    let job = match sweeper() {
         Some(tx) => match tx.send(job) {
             Ok(()) => return,
             Err(mpsc::SendError(job)) => job,
@@ -101,16 +140,23 @@ pub(super) fn submit(job: Job) {
     job.run_here();
 }
 
-/// The sweeper thread: sets its scheduling policy, then runs its jobs a step each in turn, for
-/// the life of the process.
+/// The sweeper thread: sets its scheduling policy, then runs its jobs a step each in turn, and
+/// looks at the tiers every `QUIET_PASS_EVERY`, for the life of the process.
 fn run(jobs: mpsc::Receiver<Job>) {
     batch_policy();
     let mut active: Vec<Job> = Vec::new();
+    let mut watched: Vec<Watched> = Vec::new();
+    let mut next_look = Instant::now() + QUIET_PASS_EVERY;
     loop {
+        if Instant::now() >= next_look {
+            sweep_quiet_tiers(&mut watched);
+            next_look = Instant::now() + QUIET_PASS_EVERY;
+        }
         if active.is_empty() {
-            match jobs.recv() {
+            match jobs.recv_timeout(next_look.saturating_duration_since(Instant::now())) {
                 Ok(job) => active.push(job),
-                Err(mpsc::RecvError) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
         active.extend(jobs.try_iter());
@@ -126,6 +172,27 @@ fn run(jobs: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// Gives each watched tier whose sweep has not gone a whole round since the last look a round
+/// of its own, and forgets the tiers that are gone.
+fn sweep_quiet_tiers(watched: &mut Vec<Watched>) {
+    let new = std::mem::take(&mut *NEW_TIERS.lock().unwrap_or_else(|p| p.into_inner()));
+    watched.extend(new.into_iter().map(|tier| Watched { tier, laps: 0 }));
+    watched.retain_mut(|w| {
+        let Some(inner) = w.tier.upgrade() else {
+            return false;
+        };
+        let tier = MemoryTier { inner };
+        if tier.laps() == w.laps {
+            // A round that panics is given up, never the thread.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tier.sweep_round(std::thread::yield_now)
+            }));
+        }
+        w.laps = tier.laps();
+        true
+    });
 }
 
 /// Puts the calling thread under `SCHED_BATCH` (Linux keeps a policy per thread; any thread may
