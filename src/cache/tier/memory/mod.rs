@@ -274,8 +274,11 @@ impl DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        self.state.take();
+        // Counted under the policy's lock: a tag sweep's keys are judged as they stood when the
+        // entries left (a sweep's step, which takes that lock, could otherwise take a key out of
+        // its sweep in between, and an entry its purge counted would be counted again).
         self.inner.count(&self.gone, self.now);
+        self.state.take();
     }
 }
 
@@ -555,11 +558,17 @@ impl Inner {
         locked
     }
 
-    /// Counts what left on its own (dropping `gone` afterwards frees the values, unlocked).
+    /// Counts what left on its own, but not what a hard tag purge under way counted already
+    /// (dropping `gone` afterwards frees the values, unlocked).
     fn count(&self, gone: &[Evicted<Arc<str>, Arc<Entry>>], now: u64) {
         for e in gone {
             match e.cause {
                 Removal::Replaced => {}
+                // A hard tag purge counted it when it began, though its sweep had yet to
+                // reach it: not counted twice.
+                Removal::Size
+                    if self.sweeping.load(Ordering::Acquire) > 0
+                        && matches!(self.swept(&e.key, &e.value), Some(Swept::Gone)) => {}
                 // An entry past its stale window left because it expired, whatever made room.
                 Removal::Size if e.value.stale_until_ms <= now => {
                     self.metrics.evicted(EvictionCause::Expired)
@@ -567,6 +576,26 @@ impl Inner {
                 Removal::Size => self.metrics.evicted(EvictionCause::Size),
             }
         }
+    }
+}
+
+/// A round of a tier's expiry sweep under way (see [`MemoryTier::round`]): the sweeper runs
+/// a quiet tier's a slice at a time between its purge jobs' steps.
+struct Round {
+    tier: MemoryTier,
+    /// Takings of the policy's lock left.
+    left: usize,
+}
+
+impl Round {
+    /// Takes the policy's lock up to `n` more times, two steps of the sweep each; whether the
+    /// round has more to do.
+    fn run(&mut self, n: usize) -> bool {
+        for _ in 0..n.min(self.left) {
+            self.tier.inner.lock().sweep_step();
+            self.left -= 1;
+        }
+        self.left > 0
     }
 }
 
@@ -642,17 +671,18 @@ impl MemoryTier {
     /// a time), so `bytes` and the eviction counts are exact. One whole round of the sweep's
     /// hand from wherever it stands, a step per lock taken.
     pub fn settle(&self) {
-        self.sweep_round(|| {});
+        let mut round = self.round();
+        while round.run(usize::MAX) {}
     }
 
-    /// A whole round of the expiry sweep, a step per taking of the policy's lock, calling
-    /// `between` between steps (the sweeper yields its core there).
-    fn sweep_round(&self, between: impl Fn()) {
+    /// A whole round of the expiry sweep from wherever its hand stands, to be run a few takings
+    /// of the policy's lock at a time.
+    fn round(&self) -> Round {
         let steps = self.inner.lock().policy.real.slots().div_ceil(eviction::STEP);
-        // `lock` does a step of its own: two a taking.
-        for _ in 0..steps.div_ceil(2) {
-            self.inner.lock().sweep_step();
-            between();
+        Round {
+            tier: self.clone(),
+            // `lock` does a step of its own: two a taking.
+            left: steps.div_ceil(2),
         }
     }
 
@@ -1313,6 +1343,45 @@ mod tests {
             tier.check();
         }
         assert_eq!(tier.entries(), 2, "k7 and other");
+    }
+
+    /// An entry a hard tag purge counted when it began leaves, if it expires before the purge's
+    /// sweep reaches it, uncounted: not as purged and expired both.
+    #[tokio::test]
+    async fn an_entry_a_tag_purge_counted_is_not_counted_again_when_it_expires() {
+        let metrics = Arc::new(Metrics::detached());
+        let clock = Clock::manual(1_700_000_000_000);
+        let tier = MemoryTier::with_clock(256 << 20, metrics.clone(), clock.clone());
+        let short = Lifetimes {
+            ttl: Duration::from_secs(10),
+            stale: Duration::from_secs(10),
+            ..life()
+        };
+        let n = 3 * SWEEP_INLINE_MAX;
+        for i in 0..n {
+            let key = format!("big-{i}");
+            let e = Entry::value(&key, b"1", clock.now_ms(), &short).with_tags(&["big".to_string()]);
+            tier.put(&key, Arc::new(e)).await.unwrap();
+        }
+        // A large tag: answered at once with its count, swept in the background, paced.
+        let purged = tier
+            .purge_tag("big", PurgeMode::Hard, clock.now_ms())
+            .await
+            .unwrap();
+        assert_eq!(purged, n);
+        // Before the sweep is done, the entries expire and the expiry sweep takes them.
+        clock.advance(Duration::from_secs(60));
+        tier.settle();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while tier.inner.sweeping.load(Ordering::Acquire) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tag's sweep never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(tier.entries(), 0);
+        assert_eq!(metrics.evictions(EvictionCause::Expired), 0);
     }
 
     /// Through the sweeper thread: a small tag is swept before the purge answers, with the

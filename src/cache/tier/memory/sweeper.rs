@@ -20,8 +20,9 @@
 //! drain of buffered reads), so a tier that has gone quiet kept its expired entries, their
 //! memory and their count in `memory_cache_entries`, until traffic came back. Every
 //! `QUIET_PASS_EVERY` the sweeper looks at each tier, and one whose hand has not gone a whole
-//! round since the last look gets a round from the sweeper (a step per taking of the lock,
-//! yielding between steps: a million slots are about 16,000 short steps).
+//! round since the last look gets a round from the sweeper: `ROUND_SLICE` takings of the lock at
+//! a time, between its jobs' steps, so a purge that waits for its sweep is not kept waiting (a
+//! round over a million entries is about 2 ms of work in all).
 
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock, Weak};
@@ -45,11 +46,17 @@ const QUIET_PASS_EVERY: Duration = Duration::from_secs(if cfg!(test) { 1 } else 
 /// Tiers made since the sweeper last looked (it takes them into its own list).
 static NEW_TIERS: Mutex<Vec<Weak<super::Inner>>> = Mutex::new(Vec::new());
 
+/// Takings of a tier's policy lock a quiet round makes between two turns of the jobs (two steps
+/// of 64 slots each).
+const ROUND_SLICE: usize = 64;
+
 /// A tier the sweeper watches: gone when its last clone is dropped.
 struct Watched {
     tier: Weak<super::Inner>,
-    /// Its sweep's rounds at the last look.
+    /// Its sweep's rounds at the last look (or when the sweeper's own round ended).
     laps: u64,
+    /// The sweeper's round of it under way.
+    round: Option<super::Round>,
 }
 
 /// One tag purge's sweep, handed to the sweeper.
@@ -149,10 +156,11 @@ fn run(jobs: mpsc::Receiver<Job>) {
     let mut next_look = Instant::now() + QUIET_PASS_EVERY;
     loop {
         if Instant::now() >= next_look {
-            sweep_quiet_tiers(&mut watched);
+            look_for_quiet_tiers(&mut watched);
             next_look = Instant::now() + QUIET_PASS_EVERY;
         }
-        if active.is_empty() {
+        let rounds = run_rounds(&mut watched);
+        if active.is_empty() && !rounds {
             match jobs.recv_timeout(next_look.saturating_duration_since(Instant::now())) {
                 Ok(job) => active.push(job),
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -164,7 +172,7 @@ fn run(jobs: mpsc::Receiver<Job>) {
         active.retain_mut(|job| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.step())).unwrap_or(false)
         });
-        if !active.is_empty() && active.iter().all(|job| job.done.is_none()) {
+        if !rounds && !active.is_empty() && active.iter().all(|job| job.done.is_none()) {
             // Only paced jobs: pause, unless a new job comes in meanwhile.
             match jobs.recv_timeout(SWEEP_PAUSE) {
                 Ok(job) => active.push(job),
@@ -174,25 +182,49 @@ fn run(jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// Gives each watched tier whose sweep has not gone a whole round since the last look a round
-/// of its own, and forgets the tiers that are gone.
-fn sweep_quiet_tiers(watched: &mut Vec<Watched>) {
+/// Starts a round of each watched tier whose sweep has not gone a whole round since the last
+/// look, and forgets the tiers that are gone.
+fn look_for_quiet_tiers(watched: &mut Vec<Watched>) {
     let new = std::mem::take(&mut *NEW_TIERS.lock().unwrap_or_else(|p| p.into_inner()));
-    watched.extend(new.into_iter().map(|tier| Watched { tier, laps: 0 }));
+    watched.extend(new.into_iter().map(|tier| Watched {
+        tier,
+        laps: 0,
+        round: None,
+    }));
     watched.retain_mut(|w| {
         let Some(inner) = w.tier.upgrade() else {
             return false;
         };
         let tier = MemoryTier { inner };
-        if tier.laps() == w.laps {
-            // A round that panics is given up, never the thread.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                tier.sweep_round(std::thread::yield_now)
-            }));
+        if w.round.is_none() {
+            if tier.laps() == w.laps {
+                w.round = Some(tier.round());
+            } else {
+                w.laps = tier.laps();
+            }
         }
-        w.laps = tier.laps();
         true
     });
+}
+
+/// A slice of each round under way; whether any is left.
+fn run_rounds(watched: &mut [Watched]) -> bool {
+    let mut more = false;
+    for w in watched.iter_mut() {
+        let Some(round) = &mut w.round else {
+            continue;
+        };
+        // A round that panics is given up, never the thread.
+        let go_on = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| round.run(ROUND_SLICE)))
+            .unwrap_or(false);
+        if go_on {
+            more = true;
+        } else {
+            w.laps = round.tier.laps();
+            w.round = None;
+        }
+    }
+    more
 }
 
 /// Puts the calling thread under `SCHED_BATCH` (Linux keeps a policy per thread; any thread may
