@@ -1070,16 +1070,30 @@ mod tests {
         Arc::new(Entry::value(key, br#""v""#, now, life))
     }
 
-    #[tokio::test]
-    async fn entries_past_their_stale_window_are_never_served_and_counted_as_expired() {
+    /// Fresh for `ttl`, then stale for as long, then gone.
+    fn short(ttl: Duration) -> Lifetimes {
+        Lifetimes {
+            ttl,
+            stale: ttl,
+            ..life()
+        }
+    }
+
+    /// A tier of `bound` bytes on a manual clock, with its metrics.
+    fn manual_tier(bound: u64) -> (MemoryTier, Arc<Metrics>, Clock) {
         let metrics = Arc::new(Metrics::detached());
         let clock = Clock::manual(1_700_000_000_000);
-        let tier = MemoryTier::with_clock(1 << 20, metrics.clone(), clock.clone());
-        let short = Lifetimes {
-            ttl: Duration::from_secs(20),
-            stale: Duration::from_secs(20),
-            ..life()
-        };
+        (
+            MemoryTier::with_clock(bound, metrics.clone(), clock.clone()),
+            metrics,
+            clock,
+        )
+    }
+
+    #[tokio::test]
+    async fn entries_past_their_stale_window_are_never_served_and_counted_as_expired() {
+        let (tier, metrics, clock) = manual_tier(1 << 20);
+        let short = short(Duration::from_secs(20));
         let now = clock.now_ms();
         tier.put("read", entry("read", now, &short)).await.unwrap();
         tier.put("unread", entry("unread", now, &short)).await.unwrap();
@@ -1101,14 +1115,8 @@ mod tests {
 
     #[test]
     fn a_quiet_tier_frees_its_expired_entries_with_no_traffic() {
-        let metrics = Arc::new(Metrics::detached());
-        let clock = Clock::manual(1_700_000_000_000);
-        let tier = MemoryTier::with_clock(1 << 24, metrics.clone(), clock.clone());
-        let short = Lifetimes {
-            ttl: Duration::from_secs(10),
-            stale: Duration::from_secs(10),
-            ..life()
-        };
+        let (tier, metrics, clock) = manual_tier(1 << 24);
+        let short = short(Duration::from_secs(10));
         for i in 0..10_000 {
             let key = format!("k{i}");
             let e = entry(&key, clock.now_ms(), &short);
@@ -1131,14 +1139,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_entry_keeps_its_newer_expiry() {
-        let metrics = Arc::new(Metrics::detached());
-        let clock = Clock::manual(1_700_000_000_000);
-        let tier = MemoryTier::with_clock(1 << 20, metrics.clone(), clock.clone());
-        let short = Lifetimes {
-            ttl: Duration::from_secs(10),
-            stale: Duration::from_secs(10),
-            ..life()
-        };
+        let (tier, metrics, clock) = manual_tier(1 << 20);
+        let short = short(Duration::from_secs(10));
         tier.put("k", entry("k", clock.now_ms(), &short)).await.unwrap();
         tier.put("k", entry("k", clock.now_ms(), &life())).await.unwrap();
         clock.advance(Duration::from_secs(40));
@@ -1204,11 +1206,7 @@ mod tests {
     fn hits_writes_purges_and_expiries_from_many_threads_keep_index_and_policy_in_step() {
         let weight = u64::from(entry("k-0000", now_ms(), &life()).weight("k-0000"));
         let tier = MemoryTier::new(MemoryTier::bound_for(500 * weight), Arc::new(Metrics::detached()));
-        let short = Lifetimes {
-            ttl: Duration::from_millis(1),
-            stale: Duration::from_millis(1),
-            ..life()
-        };
+        let short = short(Duration::from_millis(1));
         std::thread::scope(|s| {
             for t in 0..6u64 {
                 let tier = tier.clone();
@@ -1349,14 +1347,8 @@ mod tests {
     /// sweep reaches it, uncounted: not as purged and expired both.
     #[tokio::test]
     async fn an_entry_a_tag_purge_counted_is_not_counted_again_when_it_expires() {
-        let metrics = Arc::new(Metrics::detached());
-        let clock = Clock::manual(1_700_000_000_000);
-        let tier = MemoryTier::with_clock(256 << 20, metrics.clone(), clock.clone());
-        let short = Lifetimes {
-            ttl: Duration::from_secs(10),
-            stale: Duration::from_secs(10),
-            ..life()
-        };
+        let (tier, metrics, clock) = manual_tier(256 << 20);
+        let short = short(Duration::from_secs(10));
         let n = 3 * SWEEP_INLINE_MAX;
         for i in 0..n {
             let key = format!("big-{i}");
