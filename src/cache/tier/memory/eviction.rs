@@ -146,13 +146,13 @@ impl<K: Hash + Eq, V> WTinyLfu<K, V> {
         c
     }
 
-    /// Entries held.
     /// Arena slots the expiry sweep's hand goes round (entries and free slots): a full pass of
     /// the sweep is this many divided by `STEP`, rounded up.
     pub(crate) fn slots(&self) -> usize {
         self.nodes.len()
     }
 
+    /// Entries held.
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }

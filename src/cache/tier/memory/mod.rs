@@ -671,8 +671,7 @@ impl MemoryTier {
     /// a time), so `bytes` and the eviction counts are exact. One whole round of the sweep's
     /// hand from wherever it stands, a step per lock taken.
     pub fn settle(&self) {
-        let mut round = self.round();
-        while round.run(usize::MAX) {}
+        self.round().run(usize::MAX);
     }
 
     /// A whole round of the expiry sweep from wherever its hand stands, to be run a few takings
