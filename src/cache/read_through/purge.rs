@@ -242,7 +242,7 @@ struct Recent {
     tags: std::collections::HashMap<Box<str>, u64>,
     /// Keys this replica wrote to a shared tier lately (noted as the write begins), with their
     /// tags and when: a purge heard within [`WRITE_RACE_MS`] of the write undoes it there.
-    wrote: std::collections::HashMap<Box<str>, Written>,
+    wrote: Wrote,
     /// Size at which the maps are next trimmed of what is past the horizon (twice the size
     /// left by the last trim, so trimming is O(1) per purge however many come).
     trim_at: usize,
@@ -253,6 +253,73 @@ const PURGE_HORIZON_MS: u64 = 10 * 60 * 1000;
 
 /// When a key was written to a shared tier, and the tags its entry carried.
 type Written = (u64, Box<[Box<str>]>);
+
+/// The keys written lately, and for each tag the keys among them whose entry carried it: a tag
+/// purge heard in a storm looks up its own keys, not all 4,096 (it scanned them, comparing
+/// tags, on every remote tag purge).
+#[derive(Default)]
+struct Wrote {
+    keys: std::collections::HashMap<Box<str>, Written>,
+    by_tag: std::collections::HashMap<Box<str>, std::collections::HashSet<Box<str>>>,
+}
+
+impl Wrote {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// `key`, carrying `tags`, was written at `at_ms` (the tags of an earlier write no longer
+    /// name it).
+    fn insert(&mut self, key: &str, tags: &[Box<str>], at_ms: u64) {
+        if let Some((_, old)) = self.keys.insert(Box::from(key), (at_ms, tags.into())) {
+            unlink(&mut self.by_tag, key, &old);
+        }
+        for tag in tags {
+            self.by_tag.entry(tag.clone()).or_default().insert(Box::from(key));
+        }
+    }
+
+    /// Keeps the writes whose time `keep` accepts.
+    fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        let by_tag = &mut self.by_tag;
+        self.keys.retain(|key, (at, tags)| {
+            let kept = keep(*at);
+            if !kept {
+                unlink(by_tag, key, tags);
+            }
+            kept
+        });
+    }
+
+    /// When `key` was written, if it was lately.
+    fn at(&self, key: &str) -> Option<u64> {
+        self.keys.get(key).map(|(at, _)| *at)
+    }
+
+    /// The keys written lately whose entry carried `tag`, with when.
+    fn with_tag<'a>(&'a self, tag: &str) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+        let keys = self.by_tag.get(tag);
+        keys.into_iter()
+            .flatten()
+            .filter_map(|key| Some((&**key, self.at(key)?)))
+    }
+}
+
+/// Takes `key` out of the sets of its `tags` (and a set it leaves empty out of the index).
+fn unlink(
+    by_tag: &mut std::collections::HashMap<Box<str>, std::collections::HashSet<Box<str>>>,
+    key: &str,
+    tags: &[Box<str>],
+) {
+    for tag in tags {
+        if let Some(keys) = by_tag.get_mut(tag) {
+            keys.remove(key);
+            if keys.is_empty() {
+                by_tag.remove(tag);
+            }
+        }
+    }
+}
 
 /// How long after its write a key stays exposed to a purge published by another replica whose
 /// delete reached Redis first (a message, a delete and a write racing on three connections).
@@ -290,16 +357,16 @@ impl RecentPurges {
     pub(super) fn wrote(&self, key: &str, tags: &[Box<str>], at_ms: u64) {
         let mut recent = self.lock();
         if recent.wrote.len() >= 4096 {
-            recent.wrote.retain(|_, (t, _)| *t + WRITE_RACE_MS > at_ms);
+            recent.wrote.retain(|t| t + WRITE_RACE_MS > at_ms);
             if recent.wrote.len() >= 4096 {
                 // A burst of writes: the oldest half is let go (a purge of those may race).
-                let mut times: Vec<u64> = recent.wrote.values().map(|(t, _)| *t).collect();
+                let mut times: Vec<u64> = recent.wrote.keys.values().map(|(t, _)| *t).collect();
                 times.sort_unstable();
                 let cut = times[times.len() / 2];
-                recent.wrote.retain(|_, (t, _)| *t > cut);
+                recent.wrote.retain(|t| t > cut);
             }
         }
-        recent.wrote.insert(Box::from(key), (at_ms, tags.into()));
+        recent.wrote.insert(key, tags, at_ms);
     }
 
     /// The keys this replica wrote to a shared tier within [`WRITE_RACE_MS`] before `now_ms`
@@ -310,15 +377,15 @@ impl RecentPurges {
         match target {
             Target::Key(key) => recent
                 .wrote
-                .get(key.as_str())
-                .filter(|(t, _)| lately(t))
+                .at(key)
+                .filter(lately)
                 .map(|_| vec![key.clone()])
                 .unwrap_or_default(),
             Target::Tag(tag) => recent
                 .wrote
-                .iter()
-                .filter(|(_, (t, tags))| lately(t) && tags.iter().any(|x| **x == **tag))
-                .map(|(k, _)| k.to_string())
+                .with_tag(tag)
+                .filter(|(_, t)| lately(t))
+                .map(|(k, _)| k.to_owned())
                 .collect(),
         }
     }
@@ -380,5 +447,57 @@ impl<O: Origin> RemotePurges for ReadThrough<O> {
             }
             inner.metrics.invalidated(mode, PurgeSource::Remote, scope);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(names: &[&str]) -> Vec<Box<str>> {
+        names.iter().map(|&t| Box::from(t)).collect()
+    }
+
+    fn lately(recent: &RecentPurges, tag: &str, now_ms: u64) -> Vec<String> {
+        let mut keys = recent.written_lately(&Target::Tag(tag.to_owned()), now_ms);
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn a_tag_purge_finds_the_keys_written_lately_with_that_tag_and_only_those() {
+        let recent = RecentPurges::default();
+        recent.wrote("a", &tags(&["red", "blue"]), 1_000);
+        recent.wrote("b", &tags(&["blue"]), 1_000);
+        recent.wrote("c", &tags(&[]), 1_000);
+        assert_eq!(lately(&recent, "blue", 2_000), ["a", "b"]);
+        assert_eq!(lately(&recent, "red", 2_000), ["a"]);
+        assert!(lately(&recent, "green", 2_000).is_empty());
+        // Written again without the tag: the tag no longer names it.
+        recent.wrote("a", &tags(&["green"]), 3_000);
+        assert_eq!(lately(&recent, "blue", 4_000), ["b"]);
+        assert!(lately(&recent, "red", 4_000).is_empty());
+        assert_eq!(lately(&recent, "green", 4_000), ["a"]);
+        // Past the race window a write is not named at all.
+        assert_eq!(
+            lately(&recent, "blue", 1_000 + WRITE_RACE_MS + 1),
+            Vec::<String>::new()
+        );
+        assert_eq!(recent.written_lately(&Target::Key("b".to_owned()), 2_000), ["b"]);
+    }
+
+    #[test]
+    fn writes_let_go_in_a_burst_leave_the_tag_index_too() {
+        let recent = RecentPurges::default();
+        for i in 0..10_000u64 {
+            recent.wrote(&format!("k{i}"), &tags(&["t", &format!("own{i}")]), i);
+        }
+        let r = recent.lock();
+        assert!(r.wrote.len() < 4096 + 1);
+        // The index holds exactly the keys still kept, no tag set left empty.
+        let indexed: usize = r.wrote.by_tag.get("t").map_or(0, |s| s.len());
+        assert_eq!(indexed, r.wrote.len());
+        assert_eq!(r.wrote.by_tag.len(), r.wrote.len() + 1);
+        assert!(r.wrote.by_tag.values().all(|s| !s.is_empty()));
     }
 }
