@@ -103,6 +103,44 @@ impl OriginError {
         }
     }
 
+    /// This error in a word another replica reads back with [`OriginError::from_shared`], when
+    /// it is the origin's own failure and so the same for every replica that would fetch now
+    /// (a status, a redirect, no answer in time, no connection, a body too large or that does
+    /// not decode): the fleet lock's waiters answer with it instead of fetching in turn. `None`
+    /// for a failure of this replica's own (its circuit, its concurrency limit, its file
+    /// descriptors): the next replica to fetch may well succeed.
+    pub fn shared(&self) -> Option<String> {
+        Some(match self {
+            OriginError::Status(code) => format!("status {code}"),
+            OriginError::Redirect(code) => format!("redirect {code}"),
+            OriginError::Transport(_) => "transport".to_owned(),
+            OriginError::TooLarge(limit) => format!("too-large {limit}"),
+            OriginError::BadEncoding => "bad-encoding".to_owned(),
+            OriginError::BadJson => "bad-json".to_owned(),
+            OriginError::Timeout(after) => format!("timeout {}", after.as_millis()),
+            OriginError::CircuitOpen { .. } | OriginError::Saturated | OriginError::OutOfDescriptors => {
+                return None;
+            }
+        })
+    }
+
+    /// The error another replica named with [`OriginError::shared`]; `None` for a word this
+    /// version does not know.
+    pub fn from_shared(word: &str) -> Option<Self> {
+        let (kind, arg) = word.split_once(' ').unwrap_or((word, ""));
+        let number = || arg.parse::<u64>().ok();
+        Some(match kind {
+            "status" => OriginError::Status(u16::try_from(number()?).ok()?),
+            "redirect" => OriginError::Redirect(u16::try_from(number()?).ok()?),
+            "transport" => OriginError::Transport("told by the replica that fetched it".to_owned()),
+            "too-large" => OriginError::TooLarge(usize::try_from(number()?).ok()?),
+            "bad-encoding" => OriginError::BadEncoding,
+            "bad-json" => OriginError::BadJson,
+            "timeout" => OriginError::Timeout(Duration::from_millis(number()?)),
+            _ => return None,
+        })
+    }
+
     /// The outcome this error counts as.
     pub fn outcome(&self) -> OriginOutcome {
         match self {
@@ -161,5 +199,47 @@ impl OriginOutcome {
             Ok(Fetched::NotModified(_)) => OriginOutcome::NotModified,
             Err(e) => e.outcome(),
         }
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    #[test]
+    fn failures_of_the_origin_are_shared_and_a_replicas_own_are_not() {
+        for e in [
+            OriginError::Status(500),
+            OriginError::Redirect(302),
+            OriginError::TooLarge(1 << 20),
+            OriginError::BadEncoding,
+            OriginError::BadJson,
+            OriginError::Timeout(Duration::from_millis(2500)),
+        ] {
+            let word = e.shared().expect("the origin's failure");
+            assert!(!word.contains('\n'), "{word:?}");
+            assert_eq!(OriginError::from_shared(&word), Some(e));
+        }
+        let transport = OriginError::Transport("dns: no such host origin.internal".into());
+        assert_eq!(
+            transport.shared().as_deref(),
+            Some("transport"),
+            "the detail stays here"
+        );
+        assert!(matches!(
+            OriginError::from_shared("transport"),
+            Some(OriginError::Transport(_))
+        ));
+        for e in [
+            OriginError::Saturated,
+            OriginError::OutOfDescriptors,
+            OriginError::CircuitOpen {
+                retry_after: Duration::from_secs(1),
+            },
+        ] {
+            assert_eq!(e.shared(), None, "{e:?}");
+        }
+        assert_eq!(OriginError::from_shared("status 99999"), None);
+        assert_eq!(OriginError::from_shared("a word from the future"), None);
     }
 }

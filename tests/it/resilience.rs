@@ -290,6 +290,47 @@ async fn three_replicas_sharing_redis_fetch_a_cold_key_from_the_origin_once() {
 }
 
 #[tokio::test]
+async fn when_the_fetch_a_fleet_waits_for_fails_every_replica_answers_that_failure_without_fetching() {
+    // The origin answers 500 after 400 ms. Five replicas miss the same cold key at once: one
+    // takes the fleet lock and fetches, the others wait for it. Its failure is theirs too,
+    // told in its fill message: one fetch in all, not one replica after another (each waiting
+    // out the one before and then calling the failing origin itself).
+    let env = [
+        ("ORIGIN_BREAKER_MIN_REQUESTS", "1000"),
+        ("FLEET_LOCK_POLL_MS", "60000"),
+    ];
+    let (_redis, origin, replicas) = with_redis_and_origin::<5>(&[], &env).await;
+    origin.set("status:500", 400).await;
+    let barrier = Arc::new(Barrier::new(replicas.len()));
+    let mut tasks = Vec::new();
+    for r in &replicas {
+        let (c, url, barrier) = (client(), r.item_url("failing"), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (code, body) = t.await.unwrap();
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (502, Some("origin_error")),
+            "{body}"
+        );
+    }
+    assert_eq!(origin.served().await, 1, "one fetch for the fleet");
+    let mut fleet = 0.0;
+    for r in &replicas {
+        fleet += r.metric("cache_coalesced_total{scope=\"fleet\"").await;
+    }
+    assert_eq!(fleet, 0.0, "a failure is not a fill");
+    // The next request after the failure fetches again (a failure is not cached).
+    assert_eq!(replicas[0].get("failing").await.0, 502);
+    assert_eq!(origin.served().await, 2);
+}
+
+#[tokio::test]
 async fn a_replica_waiting_on_another_is_woken_by_a_message_not_by_polling_redis() {
     // B would look in Redis on its own only after a minute, and gives up waiting after 10 s
     // (then it would fetch itself): only A's message can end its wait with A's value.

@@ -3,8 +3,10 @@
 //! The replica that misses first takes the key's lock in Redis (`SET NX PX`) and fetches; the
 //! others wait for its value instead of fetching too. When the holder lets go it publishes the key
 //! on the fill channel; each replica's listener wakes its waiter for that key, which then reads
-//! the value (or competes for the lock again, when the fetch failed). Waiters also look on their
-//! own every `FLEET_LOCK_POLL_MS`, in case a message is lost, and give up after
+//! the value. When the origin failed the holder says how, and its waiters answer with that
+//! failure at once (or a stale copy, as for a failure of their own): one fetch for the fleet,
+//! failed or not, rather than one replica after another calling a failing origin. Waiters also
+//! look on their own every `FLEET_LOCK_POLL_MS`, in case a message is lost, and give up after
 //! `FLEET_LOCK_WAIT_MS`, fetching themselves. Redis failing never blocks a fetch: the replica
 //! fetches on its own.
 
@@ -12,7 +14,6 @@ pub mod bus;
 pub(crate) mod listener;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ use crate::cache::tier::any::AnyTier;
 /// no key starts with it; a release that does not know it finds no waiter for such a "key" and
 /// its waiters fall back to polling, as for a lost message.
 const NOT_STORED: &str = "\nnot-stored\n";
+
+/// Marks a fill message whose fetch failed at the origin: `FAILED`, the failure (a word of the
+/// caller's, `status 503`, with no newline), a newline, the key. An older replica finds no
+/// waiter for it and polls.
+const FAILED: &str = "\nfailed\n";
 
 /// Fleet-wide coalescing settings (`FLEET_LOCK_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +82,9 @@ pub enum Turn {
     Lead(Held),
     /// Another replica fetched the key while this one waited.
     Filled(Arc<Entry>),
+    /// Another replica's fetch, which this one waited for, failed at the origin, in the words
+    /// it gave [`Held::fail`]: the answer is that failure, not a fetch of this replica's own.
+    Failed(Box<str>),
     /// No lock in time, or Redis is failing: fetch here, unguarded.
     Alone,
 }
@@ -89,6 +98,8 @@ enum Wait {
     /// Its answer may not be stored (`no-store`, `private`): nothing will ever arrive, so this
     /// replica fetches at once instead of waiting out `FLEET_LOCK_WAIT_MS`.
     NotStored,
+    /// Its fetch failed at the origin, this way.
+    Failed(Box<str>),
     /// `FLEET_LOCK_WAIT_MS` ran out.
     TimedOut,
 }
@@ -129,8 +140,10 @@ impl Fleet {
                 }
                 Some(false) => match self.wait(&woken, key, deadline).await {
                     Wait::Value(entry) => return Turn::Filled(entry),
-                    // The holder let go without a value (its fetch failed): compete again, so
-                    // a failure does not turn every waiting replica loose on the origin.
+                    Wait::Failed(error) => return Turn::Failed(error),
+                    // The holder let go without a value or word of a failure (a failure of its
+                    // own, or a lost message): compete again, so that it does not turn every
+                    // waiting replica loose on the origin.
                     Wait::Released => continue,
                     Wait::NotStored | Wait::TimedOut => break,
                 },
@@ -155,9 +168,14 @@ impl Fleet {
     /// Wakes this process's waiter for the key of a message on the fill channel: the replica
     /// holding its lock let go (having stored a value, failed, or fetched one it may not store).
     pub fn wake(&self, message: &str) {
-        match message.strip_prefix(NOT_STORED) {
-            Some(key) => self.waiters.wake(key, true),
-            None => self.waiters.wake(message, false),
+        if let Some(key) = message.strip_prefix(NOT_STORED) {
+            self.waiters.wake(key, Some(Woken::NotStored));
+        } else if let Some(rest) = message.strip_prefix(FAILED) {
+            if let Some((failure, key)) = rest.split_once('\n') {
+                self.waiters.wake(key, Some(Woken::Failed(failure.into())));
+            }
+        } else {
+            self.waiters.wake(message, None);
         }
     }
 
@@ -166,8 +184,10 @@ impl Fleet {
     async fn wait(&self, woken: &Registration, key: &str, deadline: Instant) -> Wait {
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            if woken.wait(self.settings.poll.min(left)).await {
-                return Wait::NotStored;
+            match woken.wait(self.settings.poll.min(left)).await {
+                Some(Woken::NotStored) => return Wait::NotStored,
+                Some(Woken::Failed(error)) => return Wait::Failed(error),
+                None => {}
             }
             if let Some(entry) = self.fresh(key).await {
                 return Wait::Value(entry);
@@ -194,15 +214,32 @@ impl Fleet {
     /// Releases the lock for `key` if `token` still holds it, and wakes the replicas waiting on
     /// it: they read the value, compete for the lock again if the fetch failed, or fetch at
     /// once if its answer may not be stored (`stored` false).
-    async fn unlock(&self, key: &str, token: &str, stored: bool) {
+    async fn unlock(&self, key: &str, token: &str, how: Released<'_>) {
         self.bus.unlock(key, token).await;
-        let message = if stored {
-            key.to_owned()
-        } else {
-            format!("{NOT_STORED}{key}")
+        let message = match how {
+            Released::Stored => key.to_owned(),
+            Released::NotStored => format!("{NOT_STORED}{key}"),
+            Released::Failed(code) => format!("{FAILED}{code}\n{key}"),
         };
         let _ = self.bus.publish(Channel::Fill, &message).await;
     }
+}
+
+/// How a holder lets go of a key's lock: what its fill message tells the waiters.
+enum Released<'a> {
+    /// The value is in the shared tier (or nothing is: the waiters look).
+    Stored,
+    /// The answer may not be stored: the waiters fetch at once.
+    NotStored,
+    /// The origin failed this way: the waiters answer with it.
+    Failed(&'a str),
+}
+
+/// What a waiter is told besides "let go" (a plain fill message tells it nothing more).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Woken {
+    NotStored,
+    Failed(Box<str>),
 }
 
 /// A fleet lock this replica holds. Released by [`Held::release`] once the value is stored; a
@@ -220,7 +257,27 @@ impl Held {
     /// answer may not be stored, so they fetch at once.
     pub async fn release(mut self, stored: bool) {
         if let Some(token) = self.token.take() {
-            self.fleet.unlock(&self.key, &token, stored).await;
+            let how = if stored {
+                Released::Stored
+            } else {
+                Released::NotStored
+            };
+            self.fleet.unlock(&self.key, &token, how).await;
+        }
+    }
+
+    /// Lets go of the lock after the origin failed, as `failure` says (one line): the waiting
+    /// replicas are told, and answer with that failure at once (see [`Turn::Failed`]). A
+    /// failure of this replica's own is a plain [`Held::release`]: the waiters compete for
+    /// the lock again.
+    pub async fn fail(mut self, failure: &str) {
+        if let Some(token) = self.token.take() {
+            let how = if failure.contains('\n') {
+                Released::Stored
+            } else {
+                Released::Failed(failure)
+            };
+            self.fleet.unlock(&self.key, &token, how).await;
         }
     }
 }
@@ -231,7 +288,7 @@ impl Drop for Held {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let (fleet, key) = (self.fleet.clone(), self.key.clone());
-            runtime.spawn(async move { fleet.unlock(&key, &token, true).await });
+            runtime.spawn(async move { fleet.unlock(&key, &token, Released::Stored).await });
         }
     }
 }
@@ -242,11 +299,12 @@ struct FleetWaiters {
     waiting: Mutex<HashMap<Arc<str>, Arc<Waiter>>>,
 }
 
-/// One key's waiter: woken by the holder's message, told whether its answer may be stored.
+/// One key's waiter: woken by the holder's message, told whether its answer may be stored or
+/// how its fetch failed.
 #[derive(Default)]
 struct Waiter {
     notify: Notify,
-    not_stored: AtomicBool,
+    told: Mutex<Option<Woken>>,
 }
 
 impl FleetWaiters {
@@ -261,11 +319,12 @@ impl FleetWaiters {
         }
     }
 
-    /// Wakes the waiter for `key`, if any. A wake before the waiter sleeps is kept for it.
-    fn wake(&self, key: &str, not_stored: bool) {
+    /// Wakes the waiter for `key`, if any, telling it `what`. A wake before the waiter sleeps
+    /// is kept for it.
+    fn wake(&self, key: &str, what: Option<Woken>) {
         if let Some(waiter) = self.lock().get(key) {
-            if not_stored {
-                waiter.not_stored.store(true, Ordering::Relaxed);
+            if what.is_some() {
+                *waiter.told.lock().unwrap_or_else(|p| p.into_inner()) = what;
             }
             waiter.notify.notify_one();
         }
@@ -284,11 +343,11 @@ struct Registration {
 }
 
 impl Registration {
-    /// Returns when the key's holder has let go (a message), or after `poll`; `true` when the
-    /// holder said its answer may not be stored.
-    async fn wait(&self, poll: Duration) -> bool {
+    /// Returns when the key's holder has let go (a message), or after `poll`: what the holder
+    /// said besides letting go (its answer may not be stored, or its fetch failed).
+    async fn wait(&self, poll: Duration) -> Option<Woken> {
         let _ = tokio::time::timeout(poll, self.waiter.notify.notified()).await;
-        self.waiter.not_stored.load(Ordering::Relaxed)
+        self.waiter.told.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -313,10 +372,10 @@ mod tests {
     async fn a_wake_ends_the_wait_at_once_and_is_kept_if_early() {
         let waiters = Arc::new(FleetWaiters::default());
         let r = waiters.register("k");
-        waiters.wake("k", false); // before the waiter sleeps
+        waiters.wake("k", None); // before the waiter sleeps
         let started = tokio::time::Instant::now();
         let poll = Duration::from_millis(500);
-        assert!(!r.wait(poll).await);
+        assert_eq!(r.wait(poll).await, None);
         assert_eq!(started.elapsed(), Duration::ZERO);
         // No message: the wait ends after the poll interval.
         r.wait(poll).await;
@@ -327,8 +386,8 @@ mod tests {
     async fn a_holder_whose_answer_may_not_be_stored_says_so() {
         let waiters = Arc::new(FleetWaiters::default());
         let r = waiters.register("k");
-        waiters.wake("k", true);
-        assert!(r.wait(Duration::from_millis(500)).await);
+        waiters.wake("k", Some(Woken::NotStored));
+        assert_eq!(r.wait(Duration::from_millis(500)).await, Some(Woken::NotStored));
     }
 
     #[tokio::test(start_paused = true)]
@@ -374,11 +433,86 @@ mod tests {
         assert!(started.elapsed() < poll, "waited {:?}", started.elapsed());
     }
 
+    /// A fleet of one replica ("b") on an in-process bus, with `a-1` holding `k`'s lock.
+    async fn waiting_on_a(poll: Duration) -> (bus::MemoryBus, Fleet) {
+        use crate::cache::MemoryTier;
+        use crate::telemetry::Metrics;
+
+        let bus = bus::MemoryBus::new();
+        let replicas = Replicas {
+            bus: AnyBus::Memory(bus.clone()),
+            shared: AnyTier::Memory(MemoryTier::new(1 << 20, Arc::new(Metrics::detached()))),
+            lock: FleetLock {
+                ttl: Duration::from_secs(10),
+                wait: Duration::from_secs(5),
+                poll,
+            },
+        };
+        let fleet = Fleet::new(&replicas, Arc::from("b"), Clock::system());
+        assert_eq!(
+            bus.try_lock("k", "a-1", Duration::from_secs(10)).await,
+            Some(true)
+        );
+        (bus, fleet)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_origin_failure_of_the_holder_is_the_waiters_answer_at_once() {
+        use futures_util::StreamExt;
+
+        let poll = Duration::from_millis(500);
+        let (bus, fleet) = waiting_on_a(poll).await;
+        let a = Held {
+            fleet: Fleet::new(
+                &Replicas {
+                    bus: fleet.bus.clone(),
+                    shared: fleet.shared.clone(),
+                    lock: fleet.settings,
+                },
+                Arc::from("a"),
+                Clock::system(),
+            ),
+            key: Arc::from("k"),
+            token: Some("a-1".to_owned()),
+        };
+        let waiting = tokio::spawn({
+            let fleet = fleet.clone();
+            async move { fleet.take_turn("k").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // What the listener does with the message the holder publishes.
+        let mut sub = bus.subscribe().await.expect("in process");
+        a.fail("status 503").await;
+        let (channel, message) = sub.messages.next().await.expect("a fill message");
+        assert!(matches!(channel, Channel::Fill));
+        fleet.wake(&message);
+        let started = Instant::now();
+        match waiting.await.expect("no panic") {
+            Turn::Failed(failure) => assert_eq!(&*failure, "status 503"),
+            _ => panic!("the waiter did not take the holder's failure"),
+        }
+        assert!(started.elapsed() < poll, "waited {:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_of_the_holders_own_sends_the_waiter_to_compete_for_the_lock() {
+        let (bus, fleet) = waiting_on_a(Duration::from_millis(500)).await;
+        let waiting = tokio::spawn({
+            let fleet = fleet.clone();
+            async move { fleet.take_turn("k").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The holder's own concurrency limit: a plain release; the waiter takes the lock.
+        bus.unlock("k", "a-1").await;
+        fleet.wake("k");
+        assert!(matches!(waiting.await.expect("no panic"), Turn::Lead(_)));
+    }
+
     #[tokio::test]
     async fn a_dropped_registration_is_forgotten() {
         let waiters = Arc::new(FleetWaiters::default());
         drop(waiters.register("k"));
         assert!(waiters.lock().is_empty());
-        waiters.wake("k", false); // nobody waits: nothing happens
+        waiters.wake("k", None); // nobody waits: nothing happens
     }
 }

@@ -135,11 +135,24 @@ impl<O: Origin> Inner<O> {
                     None => self.fetch_from_origin(key, fence, previous, &mut held).await,
                 };
                 if let Some(held) = held {
-                    let not_stored = matches!(&result, Ok(f) if matches!(f.outcome, Outcome::NotStored(_)));
-                    held.release(!not_stored).await;
+                    match &result {
+                        Err(CacheError::Origin(error)) => match error.shared() {
+                            Some(failure) => held.fail(&failure).await,
+                            None => held.release(true).await,
+                        },
+                        Ok(f) => held.release(!matches!(f.outcome, Outcome::NotStored(_))).await,
+                        Err(_) => held.release(true).await,
+                    }
                 }
                 result
             }
+            // The fetch this replica waited for failed at the origin: so does this request
+            // (or it is answered stale, as for a failure of its own), without a fetch here. A
+            // failure this version cannot read: fetch here.
+            Turn::Failed(failure) => match OriginError::from_shared(&failure) {
+                Some(error) => Err(error.into()),
+                None => self.fetch_from_origin(key, fence, previous, &mut None).await,
+            },
             // A value stored before a purge this replica knows of is not taken: Redis may still
             // hold it for a moment after the purge was published.
             Turn::Filled(entry) if !self.recent.purged(key, &entry) => {

@@ -97,6 +97,9 @@ impl<O: Origin> ReadThrough<O> {
             Turn::Alone => None,
             Turn::Lead(held) => Some(FleetTurn::Lead(FleetLease(held))),
             Turn::Filled(_) => Some(FleetTurn::Filled),
+            // Only an `/items` fetch tells its failure (a proxied one lets go plainly): should
+            // one share a key with this caller, it fetches for itself.
+            Turn::Failed(_) => None,
         }
     }
 }
