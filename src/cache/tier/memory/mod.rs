@@ -98,6 +98,9 @@ struct Sweep {
     tag: Box<str>,
     /// A soft purge's time (its entries are stale from then); `None` for a hard purge.
     stale_at_ms: Option<u64>,
+    /// Whether its purge counted every key when it began (a large tag, answered before its
+    /// sweep), so a smaller purge whose sweep reaches a key first does not count it again.
+    counted: bool,
     /// Keys still to sweep: for a hit's look-up, and taken from the end a step at a time (an
     /// `IndexSet` pops in O(1); a `HashSet` emptied from the front would scan its empty slots
     /// again at every step, and copying its keys out first stalled hits for 20 ms).
@@ -453,7 +456,14 @@ impl Inner {
     }
 
     /// Begins the sweep of `tag`'s `keys` (a purge of `mode` at `now_ms`): its id.
-    fn begin_sweep(&self, tag: &str, keys: IndexSet<Arc<str>>, mode: PurgeMode, now_ms: u64) -> u64 {
+    fn begin_sweep(
+        &self,
+        tag: &str,
+        keys: IndexSet<Arc<str>>,
+        mode: PurgeMode,
+        now_ms: u64,
+        counted: bool,
+    ) -> u64 {
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         let mut sweeps = self.sweeps();
@@ -461,6 +471,7 @@ impl Inner {
             id,
             tag: tag.into(),
             stale_at_ms: (mode == PurgeMode::Soft).then_some(now_ms),
+            counted,
             keys,
         });
         self.sweeping.store(sweeps.len(), Ordering::Release);
@@ -927,7 +938,9 @@ impl MemoryTier {
     fn begin_tag_purge(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Option<(sweeper::Job, u64)> {
         let keys = self.inner.tags().remove(tag)?;
         let count = keys.len() as u64;
-        let id = self.inner.begin_sweep(tag, keys, mode, now_ms);
+        let id = self
+            .inner
+            .begin_sweep(tag, keys, mode, now_ms, count > SWEEP_INLINE_MAX);
         let job = sweeper::Job {
             tier: self.clone(),
             id,
@@ -964,15 +977,25 @@ impl MemoryTier {
         let mut locked = self.inner.lock();
         // Under the policy's lock no store comes between: a key still in the sweep now was
         // not stored again since the purge began (a store takes it out, see `Inner::index`).
-        let pending: Vec<bool> = {
+        // (still in this sweep, counted already by a large hard purge under way that has yet
+        // to reach it: purged here all the same, but not counted twice)
+        let pending: Vec<(bool, bool)> = {
             let sweeps = self.inner.sweeps();
             let sweep = sweeps.iter().find(|s| s.id == id);
+            let counted = |key: &str| {
+                sweeps
+                    .iter()
+                    .any(|s| s.id != id && s.counted && s.stale_at_ms.is_none() && s.keys.contains(key))
+            };
             found
                 .iter()
-                .map(|(_, key, ..)| sweep.is_some_and(|s| s.keys.contains(&***key)))
+                .map(|(_, key, ..)| {
+                    let pending = sweep.is_some_and(|s| s.keys.contains(&***key));
+                    (pending, pending && counted(key))
+                })
                 .collect()
         };
-        for ((hash, key, entry, stale), pending) in found.into_iter().zip(pending) {
+        for ((hash, key, entry, stale), (pending, counted)) in found.into_iter().zip(pending) {
             if !pending {
                 continue;
             }
@@ -983,7 +1006,7 @@ impl MemoryTier {
                 .is_some_and(|held| Arc::ptr_eq(held, &entry));
             if same {
                 locked.purge_held(hash, key, &entry, stale, mode, now_ms);
-                purged += 1;
+                purged += u64::from(!counted);
                 continue;
             }
             // Another purge has put its stale copy in place of the entry looked at (no store
@@ -994,7 +1017,7 @@ impl MemoryTier {
             };
             if held.has_tag(tag) {
                 locked.purge_held(hash, key, &held, None, mode, now_ms);
-                purged += 1;
+                purged += u64::from(!counted);
             }
         }
         // Only now, with their entries purged, do the keys leave the sweep.
@@ -1340,6 +1363,55 @@ mod tests {
             tier.check();
         }
         assert_eq!(tier.entries(), 2, "k7 and other");
+    }
+
+    /// Two tag purges under way at once that share entries count each entry once: a small
+    /// purge whose sweep reaches an entry before the large purge that counted it when it began
+    /// (and answered with that count) purges it, and does not count it again.
+    #[tokio::test]
+    async fn overlapping_tag_purges_count_each_shared_entry_once() {
+        let tier = MemoryTier::new(256 << 20, Arc::new(Metrics::detached()));
+        let now = now_ms();
+        let n = 3 * SWEEP_INLINE_MAX as usize;
+        for i in 0..n {
+            let key = format!("k{i}");
+            // Every tenth entry also carries "tenth".
+            let tags: Vec<String> = if i % 10 == 0 {
+                vec!["all".into(), "tenth".into()]
+            } else {
+                vec!["all".into()]
+            };
+            let e = Entry::value(&key, b"1", now, &life()).with_tags(&tags);
+            tier.put(&key, Arc::new(e)).await.unwrap();
+        }
+        tier.put(
+            "alone",
+            Arc::new(Entry::value("alone", b"1", now, &life()).with_tags(&["tenth".to_string()])),
+        )
+        .await
+        .unwrap();
+        // The large purge counts all it applies to when it begins, and has swept one step.
+        let (mut all, counted) = tier.begin_tag_purge("all", PurgeMode::Hard, now).expect("tagged");
+        assert_eq!(counted, n as u64);
+        assert!(all.step());
+        // The small one, swept whole meanwhile: it counts only what the large one did not.
+        let (mut tenth, _) = tier
+            .begin_tag_purge("tenth", PurgeMode::Hard, now)
+            .expect("tagged");
+        while tenth.step() {}
+        assert_eq!(
+            tenth.purged, 1,
+            "only `alone`: the rest were counted by the large purge"
+        );
+        drop(tenth);
+        assert!(
+            (0..n)
+                .step_by(10)
+                .all(|i| tier.get_now(&format!("k{i}")).unwrap().is_none())
+        );
+        all.run_here();
+        assert_eq!(tier.entries(), 0);
+        tier.check();
     }
 
     /// An entry a hard tag purge counted when it began leaves, if it expires before the purge's
