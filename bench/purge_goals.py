@@ -30,7 +30,7 @@ Phases (PHASES, default `huge storm blackhole thirty rolling`):
   storm      2 replicas, STORM_KEYS (100,000) keys `s<i>~g<i/50>` (tags of 50) in both memory
              tiers; hot-key baseline, then the same run with STORM_PURGES (200) purges, half of
              keys and half of tags, STORM_PARALLEL (8) at a time, alternately on A and B, from
-             STORM_AT (3) s in. Goal: every purge 200; hot-key p99 during the storm <= 2x
+             STORM_AT (3) s in, sent by `curl --parallel` (see `curl_purges`). Goal: every purge 200; hot-key p99 during the storm <= 2x
              baseline; `memory_cache_entries` drops by exactly the purged keys, and STORM_SAMPLE
              (5,000) unpurged keys are still memory hits on each replica.
   blackhole  replica A on Redis, replica B on Redis through a TCP proxy (this file run as
@@ -1042,7 +1042,7 @@ def render(res):
             f"(read from {s['read_from_answer_ms']} ms after the answer, took {s['read_took_ms']} ms)" for n, s in h["sample"].items()) + ".", ""]
     if "storm" in p:
         s = p["storm"]
-        L += [f"**Storm.** {s['purges']['count']} purges ({s['purges']['keys_purged']} keys) in {s['purges']['seconds']} s, "
+        L += [f"**Storm.** {s['purges']['count']} purges ({s['purges']['keys_purged']} keys, sent by `curl --parallel`) in {s['purges']['seconds']} s, "
               f"each answered in p50 {s['purges']['ms_p50']} / p99 {s['purges']['ms_p99']} / max {s['purges']['ms_max']} ms. "
               "Purged keys read back afterwards: " + "; ".join(f"{n}: {c['purged_served']} purged values served of {c['keys']}"
                                                           for n, c in s["purged_check"].items()) + ".", ""]

@@ -261,11 +261,25 @@ async fn a_soft_purge_serves_the_old_value_once_and_refreshes_in_the_background(
 #[tokio::test]
 async fn three_replicas_sharing_redis_fetch_a_cold_key_from_the_origin_once() {
     let (_redis, origin, replicas) = with_redis_and_origin::<3>(&[("STUB_LATENCY_MS", "500")], &[]).await;
-    let barrier = Arc::new(Barrier::new(300));
+    for (code, body) in all_at_once(&replicas, "cold", 100).await {
+        assert_eq!(code, 200);
+        assert_eq!(body["value"]["n"], 1);
+    }
+    assert_eq!(origin.served().await, 1);
+    assert_eq!(
+        fleet_coalesced(&replicas).await,
+        2.0,
+        "the two replicas that did not fetch waited on the fleet lock"
+    );
+}
+
+/// `GET /items/{key}` sent `each` times to every replica, all at once: (status, body) of each.
+async fn all_at_once(replicas: &[Service], key: &str, each: usize) -> Vec<(u16, Value)> {
+    let barrier = Arc::new(Barrier::new(replicas.len() * each));
     let mut tasks = Vec::new();
-    for r in &replicas {
-        for _ in 0..100 {
-            let (c, url, barrier) = (client(), r.item_url("cold"), barrier.clone());
+    for r in replicas {
+        for _ in 0..each {
+            let (c, url, barrier) = (client(), r.item_url(key), barrier.clone());
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
                 let r = c.get(url).send().await.unwrap();
@@ -273,20 +287,20 @@ async fn three_replicas_sharing_redis_fetch_a_cold_key_from_the_origin_once() {
             }));
         }
     }
+    let mut answers = Vec::new();
     for t in tasks {
-        let (code, body) = t.await.unwrap();
-        assert_eq!(code, 200);
-        assert_eq!(body["value"]["n"], 1);
+        answers.push(t.await.unwrap());
     }
-    assert_eq!(origin.served().await, 1);
+    answers
+}
+
+/// Misses the replicas answered with another replica's fetch, in all.
+async fn fleet_coalesced(replicas: &[Service]) -> f64 {
     let mut fleet = 0.0;
-    for r in &replicas {
+    for r in replicas {
         fleet += r.metric("cache_coalesced_total{scope=\"fleet\"").await;
     }
-    assert_eq!(
-        fleet, 2.0,
-        "the two replicas that did not fetch waited on the fleet lock"
-    );
+    fleet
 }
 
 #[tokio::test]
@@ -301,18 +315,7 @@ async fn when_the_fetch_a_fleet_waits_for_fails_every_replica_answers_that_failu
     ];
     let (_redis, origin, replicas) = with_redis_and_origin::<5>(&[], &env).await;
     origin.set("status:500", 400).await;
-    let barrier = Arc::new(Barrier::new(replicas.len()));
-    let mut tasks = Vec::new();
-    for r in &replicas {
-        let (c, url, barrier) = (client(), r.item_url("failing"), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let r = c.get(url).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }));
-    }
-    for t in tasks {
-        let (code, body) = t.await.unwrap();
+    for (code, body) in all_at_once(&replicas, "failing", 1).await {
         assert_eq!(
             (code, body["error"].as_str()),
             (502, Some("origin_error")),
@@ -320,11 +323,7 @@ async fn when_the_fetch_a_fleet_waits_for_fails_every_replica_answers_that_failu
         );
     }
     assert_eq!(origin.served().await, 1, "one fetch for the fleet");
-    let mut fleet = 0.0;
-    for r in &replicas {
-        fleet += r.metric("cache_coalesced_total{scope=\"fleet\"").await;
-    }
-    assert_eq!(fleet, 0.0, "a failure is not a fill");
+    assert_eq!(fleet_coalesced(&replicas).await, 0.0, "a failure is not a fill");
     // The next request after the failure fetches again (a failure is not cached).
     assert_eq!(replicas[0].get("failing").await.0, 502);
     assert_eq!(origin.served().await, 2);
