@@ -104,23 +104,28 @@ impl OriginError {
     }
 
     /// This error in a word another replica reads back with [`OriginError::from_shared`], when
-    /// it is the origin's own failure and so the same for every replica that would fetch now
-    /// (a status, a redirect, no answer in time, no connection, a body too large or that does
-    /// not decode): the fleet lock's waiters answer with it instead of fetching in turn. `None`
-    /// for a failure of this replica's own (its circuit, its concurrency limit, its file
-    /// descriptors): the next replica to fetch may well succeed.
+    /// it is what the origin itself answered about the key, and so what every replica would get
+    /// now: a status (but 429, 502, 503 and 504), a redirect, a body that does not decode or
+    /// does not parse. The fleet lock's waiters answer with it instead of fetching in turn.
+    /// `None` when the failure may lie between this replica and the origin, or in this
+    /// replica's own settings or state: no connection, no answer in time (a partition, a wrong
+    /// `ORIGIN_URL`, an overloaded holder), a 429 (a limit on this client), a 502/503/504 (a
+    /// gateway or sidecar on the way may have said it), a body over this replica's
+    /// `ORIGIN_MAX_BODY_BYTES`, its circuit, its concurrency limit, its file descriptors. Then
+    /// the next replica to fetch may well succeed: one replica's fault must not fail the fleet.
     pub fn shared(&self) -> Option<String> {
         Some(match self {
+            OriginError::Status(429 | 502 | 503 | 504) => return None,
             OriginError::Status(code) => format!("status {code}"),
             OriginError::Redirect(code) => format!("redirect {code}"),
-            OriginError::Transport(_) => "transport".to_owned(),
-            OriginError::TooLarge(limit) => format!("too-large {limit}"),
             OriginError::BadEncoding => "bad-encoding".to_owned(),
             OriginError::BadJson => "bad-json".to_owned(),
-            OriginError::Timeout(after) => format!("timeout {}", after.as_millis()),
-            OriginError::CircuitOpen { .. } | OriginError::Saturated | OriginError::OutOfDescriptors => {
-                return None;
-            }
+            OriginError::Transport(_)
+            | OriginError::Timeout(_)
+            | OriginError::TooLarge(_)
+            | OriginError::CircuitOpen { .. }
+            | OriginError::Saturated
+            | OriginError::OutOfDescriptors => return None,
         })
     }
 
@@ -132,11 +137,8 @@ impl OriginError {
         Some(match kind {
             "status" => OriginError::Status(u16::try_from(number()?).ok()?),
             "redirect" => OriginError::Redirect(u16::try_from(number()?).ok()?),
-            "transport" => OriginError::Transport("told by the replica that fetched it".to_owned()),
-            "too-large" => OriginError::TooLarge(usize::try_from(number()?).ok()?),
             "bad-encoding" => OriginError::BadEncoding,
             "bad-json" => OriginError::BadJson,
-            "timeout" => OriginError::Timeout(Duration::from_millis(number()?)),
             _ => return None,
         })
     }
@@ -207,30 +209,27 @@ mod shared_tests {
     use super::*;
 
     #[test]
-    fn failures_of_the_origin_are_shared_and_a_replicas_own_are_not() {
+    fn what_the_origin_answered_is_shared_and_what_may_be_this_replicas_own_is_not() {
         for e in [
             OriginError::Status(500),
+            OriginError::Status(501),
+            OriginError::Status(403),
             OriginError::Redirect(302),
-            OriginError::TooLarge(1 << 20),
             OriginError::BadEncoding,
             OriginError::BadJson,
-            OriginError::Timeout(Duration::from_millis(2500)),
         ] {
-            let word = e.shared().expect("the origin's failure");
+            let word = e.shared().expect("the origin's answer");
             assert!(!word.contains('\n'), "{word:?}");
             assert_eq!(OriginError::from_shared(&word), Some(e));
         }
-        let transport = OriginError::Transport("dns: no such host origin.internal".into());
-        assert_eq!(
-            transport.shared().as_deref(),
-            Some("transport"),
-            "the detail stays here"
-        );
-        assert!(matches!(
-            OriginError::from_shared("transport"),
-            Some(OriginError::Transport(_))
-        ));
         for e in [
+            OriginError::Status(429),
+            OriginError::Status(502),
+            OriginError::Status(503),
+            OriginError::Status(504),
+            OriginError::Transport("dns: no such host origin.internal".into()),
+            OriginError::Timeout(Duration::from_millis(2500)),
+            OriginError::TooLarge(1 << 20),
             OriginError::Saturated,
             OriginError::OutOfDescriptors,
             OriginError::CircuitOpen {
@@ -240,6 +239,7 @@ mod shared_tests {
             assert_eq!(e.shared(), None, "{e:?}");
         }
         assert_eq!(OriginError::from_shared("status 99999"), None);
+        assert_eq!(OriginError::from_shared("timeout 2500"), None);
         assert_eq!(OriginError::from_shared("a word from the future"), None);
     }
 }

@@ -330,6 +330,56 @@ async fn when_the_fetch_a_fleet_waits_for_fails_every_replica_answers_that_failu
 }
 
 #[tokio::test]
+async fn a_replica_that_cannot_reach_the_origin_does_not_fail_the_replicas_waiting_on_it() {
+    // A's ORIGIN_URL leads to a listener that takes connections and never answers (a
+    // partition, a wrong address): its fetch times out. B and C, waiting on A's fleet lock, do
+    // not take A's timeout for theirs: they compete for the lock again, and one of them
+    // fetches from the origin for both.
+    let redis = crate::harness::Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/items/{{key}}", silent.local_addr().unwrap());
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let _silent = tokio::spawn({
+        let taken = taken.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+                taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let common = [("ORIGIN_TIMEOUT_MS", "800"), ("FLEET_LOCK_POLL_MS", "60000")];
+    let [a] = services_on(
+        &redis.url(),
+        &[&common[..], &[("ORIGIN_URL", silent_url.as_str())]].concat(),
+    )
+    .await;
+    let template = origin.template();
+    let [b, c] = services_on(
+        &redis.url(),
+        &[&common[..], &[("ORIGIN_URL", template.as_str())]].concat(),
+    )
+    .await;
+    let a_answer = tokio::spawn({
+        let url = a.item_url("k");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    });
+    // A holds the lock once its fetch is under way.
+    eventually("A's fetch to reach its silent origin", || async {
+        (taken.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    let (b_answer, c_answer) = tokio::join!(b.get("k"), c.get("k"));
+    assert_eq!(a_answer.await.unwrap(), 504, "A's own fetch timed out");
+    for (code, _, body) in [b_answer, c_answer] {
+        assert_eq!((code, body["value"]["n"].as_u64()), (200, Some(1)), "{body}");
+    }
+    assert_eq!(origin.served().await, 1, "B and C fetched once for both");
+}
+
+#[tokio::test]
 async fn a_replica_waiting_on_another_is_woken_by_a_message_not_by_polling_redis() {
     // B would look in Redis on its own only after a minute, and gives up waiting after 10 s
     // (then it would fetch itself): only A's message can end its wait with A's value.
@@ -539,12 +589,8 @@ async fn a_flood_of_unique_keys_keeps_the_memory_tier_within_its_byte_bound() {
     );
     assert!(bytes > (bound / 2) as f64, "the tier is used: {bytes}");
     assert!(s.metric("cache_evictions_total{cause=\"size\"").await > 0.0);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS"))
-        .unwrap_or("VmRSS: ?");
-    println!("after 5000 unique keys with MEMORY_CACHE_MAX_BYTES={bound}: {rss}");
+    let rss = crate::harness::rss_bytes(s.pid()) >> 20;
+    println!("after 5000 unique keys with MEMORY_CACHE_MAX_BYTES={bound}: RSS {rss} MiB");
 }
 
 #[tokio::test]

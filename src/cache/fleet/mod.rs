@@ -3,9 +3,11 @@
 //! The replica that misses first takes the key's lock in Redis (`SET NX PX`) and fetches; the
 //! others wait for its value instead of fetching too. When the holder lets go it publishes the key
 //! on the fill channel; each replica's listener wakes its waiter for that key, which then reads
-//! the value. When the origin failed the holder says how, and its waiters answer with that
-//! failure at once (or a stale copy, as for a failure of their own): one fetch for the fleet,
-//! failed or not, rather than one replica after another calling a failing origin. Waiters also
+//! the value. When the origin answered with an error about the key the holder says which, and
+//! its waiters answer with it at once (or a stale copy, as for a failure of their own): one
+//! fetch for the fleet, failed or not, rather than one replica after another calling a failing
+//! origin. (What the failure is, and whether it is the origin's rather than the holder's own,
+//! the caller decides: see `OriginError::shared`.) Waiters also
 //! look on their own every `FLEET_LOCK_POLL_MS`, in case a message is lost, and give up after
 //! `FLEET_LOCK_WAIT_MS`, fetching themselves. Redis failing never blocks a fetch: the replica
 //! fetches on its own.
@@ -193,7 +195,9 @@ impl Fleet {
                 return Wait::Value(entry);
             }
             if !self.is_locked(key).await.unwrap_or(false) {
-                // Released: the value may have landed just before the lock went.
+                // Released: the value may have landed just before the lock went. Whatever a
+                // message said of that holder is forgotten: the next one's is awaited.
+                woken.forget();
                 return self.fresh(key).await.map_or(Wait::Released, Wait::Value);
             }
         }
@@ -215,12 +219,20 @@ impl Fleet {
     /// it: they read the value, compete for the lock again if the fetch failed, or fetch at
     /// once if its answer may not be stored (`stored` false).
     async fn unlock(&self, key: &str, token: &str, how: Released<'_>) {
-        self.bus.unlock(key, token).await;
         let message = match how {
+            // Told before the lock goes: a waiter that looked in between would find it free,
+            // take it and call the failing origin again.
+            Released::Failed(failure) => {
+                let _ = (self.bus)
+                    .publish(Channel::Fill, &format!("{FAILED}{failure}\n{key}"))
+                    .await;
+                self.bus.unlock(key, token).await;
+                return;
+            }
             Released::Stored => key.to_owned(),
             Released::NotStored => format!("{NOT_STORED}{key}"),
-            Released::Failed(code) => format!("{FAILED}{code}\n{key}"),
         };
+        self.bus.unlock(key, token).await;
         let _ = self.bus.publish(Channel::Fill, &message).await;
     }
 }
@@ -343,6 +355,11 @@ struct Registration {
 }
 
 impl Registration {
+    /// Forgets what the last holder's message said (its waiter competes for the lock again).
+    fn forget(&self) {
+        *self.waiter.told.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Returns when the key's holder has let go (a message), or after `poll`: what the holder
     /// said besides letting go (its answer may not be stored, or its fetch failed).
     async fn wait(&self, poll: Duration) -> Option<Woken> {
