@@ -56,6 +56,17 @@ where
     }
 }
 
+/// The resident set of `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 /// `GET url` as JSON.
 pub async fn get_json(url: &str) -> Value {
     client().get(url).send().await.unwrap().json().await.unwrap()

@@ -10,17 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
-/// The resident set of `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// Sends `POST /items:batch` with `keys` on a raw connection and returns it unread.
 async fn unread_batch(port: u16, keys: &[String], accept: &str) -> tokio::net::TcpStream {
     let body = serde_json::to_vec(&json!({ "keys": keys })).unwrap();

@@ -82,6 +82,9 @@ struct Inner {
     /// has not moved it round lately (an idle tier otherwise kept its expired entries, and
     /// counted them in `memory_cache_entries`, until traffic came back).
     laps: AtomicU64,
+    /// The most bytes held since the sweeper last looked (raised by stores): a tier filled and
+    /// purged between two looks still tells the sweeper how much it freed (see its trim).
+    peak_bytes: AtomicU64,
     /// Where evictions are counted.
     metrics: Arc<Metrics>,
     /// What "now" is for expiry.
@@ -648,6 +651,7 @@ impl MemoryTier {
                 sweeps: Mutex::default(),
                 sweeping: AtomicUsize::new(0),
                 laps: AtomicU64::new(0),
+                peak_bytes: AtomicU64::new(0),
                 metrics,
                 clock,
             }),
@@ -699,6 +703,18 @@ impl MemoryTier {
     /// Rounds the expiry sweep's hand has gone since the tier began.
     fn laps(&self) -> u64 {
         self.inner.laps.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes held since the last call, and the bytes held now (from which the next
+    /// peak is measured).
+    fn take_peak_bytes(&self) -> (u64, u64) {
+        // The lock alone, without the upkeep `lock` does (a drain, a step of the expiry
+        // sweep): a look by the sweeper is not a use of the tier.
+        let now = {
+            let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.policy.real.weighted_size()
+        };
+        (self.inner.peak_bytes.swap(now, Ordering::Relaxed).max(now), now)
     }
 
     /// The window share the adaptive policy uses now (1.0: a plain LRU): for the replay report
@@ -859,6 +875,8 @@ impl Tier for MemoryTier {
             return Ok(false);
         }
         let kept = locked.insert(hash, Arc::from(key), entry, weight, true);
+        let held = locked.policy.real.weighted_size();
+        self.inner.peak_bytes.fetch_max(held, Ordering::Relaxed);
         Ok(kept)
     }
 
@@ -975,6 +993,12 @@ impl MemoryTier {
             .collect();
         let mut purged = 0;
         let mut locked = self.inner.lock();
+        // What the lock's upkeep freed (a step of the expiry sweep) is counted now, while this
+        // step's keys are still in the sweep: an expired entry among them is this purge's, which
+        // counted it when it began (counted at the unlock, after the keys left, it was counted
+        // again as expired).
+        let upkeep = std::mem::take(&mut locked.gone);
+        self.inner.count(&upkeep, locked.now);
         // Under the policy's lock no store comes between: a key still in the sweep now was
         // not stored again since the purge began (a store takes it out, see `Inner::index`).
         // (still in this sweep, counted already by a large hard purge under way that has yet
