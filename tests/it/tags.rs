@@ -53,41 +53,6 @@ async fn tagging_origin() -> Origin {
     origin
 }
 
-/// What a tag purge frees goes back to the system: RSS falls, not only `memory_cache_bytes`
-/// (glibc kept the pages, and a pod looked as full after the purge as before it).
-#[tokio::test]
-async fn the_memory_a_large_tag_purge_frees_goes_back_to_the_system() {
-    let origin = tagging_origin().await;
-    origin.set("bytes:4000", 0).await;
-    let s = origin
-        .service(&[("ADMIN_TOKEN", TOKEN), ("MEMORY_CACHE_MAX_BYTES", "1073741824")])
-        .await;
-    let n = 40_000;
-    for chunk in 0..n / 1000 {
-        let keys: Vec<String> = (0..1000).map(|i| format!("k{}~bulk", chunk * 1000 + i)).collect();
-        assert_eq!(s.batch(&keys).await.0, 200);
-    }
-    let held = s.metric("memory_cache_bytes").await;
-    assert!(held > 150e6, "the tier holds {held} bytes");
-    let peak = crate::harness::rss_bytes(s.pid());
-    let (code, body) = purge_tag(&s, "bulk", false).await;
-    assert_eq!(
-        (code, body["purged"]["memory"].as_u64()),
-        (200, Some(n)),
-        "{body}"
-    );
-    // Swept in the background; the sweeper trims at its next look (every 10 s).
-    eventually("the sweep to end", || async {
-        (s.metric("memory_cache_bytes").await == 0.0).then_some(())
-    })
-    .await;
-    eventually("RSS to fall by most of what the purge freed", || async {
-        let rss = crate::harness::rss_bytes(s.pid());
-        (rss + 100_000_000 < peak).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_tag_purge_removes_exactly_the_tagged_entries_on_every_replica() {
     let (redis, origin, [a, b]) = with_redis_and_origin(&[], &env()).await;

@@ -23,14 +23,6 @@
 //! round since the last look gets a round from the sweeper: `ROUND_SLICE` takings of the lock at
 //! a time, between its jobs' steps, so a purge that waits for its sweep is not kept waiting (a
 //! round over a million entries is about 2 ms of work in all).
-//!
-//! Freed entries go back to the allocator, not to the system: glibc keeps the pages, so after a
-//! tag purge or an expiry of a million entries the process's RSS stayed at its peak (274 MB with
-//! `memory_cache_bytes` at 0), and a pod looked full to its memory limit and its dashboards. At
-//! each look the sweeper notes what the tiers hold and the most they held since (stores keep a
-//! peak); once what they hold has fallen by `TRIM_AFTER_FREED` below its high-water mark since
-//! the last trim, it asks glibc to hand free pages back (`malloc_trim`). A tier that churns at a
-//! steady size never falls that far, and is not trimmed.
 
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock, Weak};
@@ -57,11 +49,6 @@ static NEW_TIERS: Mutex<Vec<Weak<super::Inner>>> = Mutex::new(Vec::new());
 /// Takings of a tier's policy lock a quiet round makes between two turns of the jobs (two steps
 /// of 64 slots each).
 const ROUND_SLICE: usize = 64;
-
-/// How far the tiers' bytes must fall below their high-water mark since the last trim before
-/// the sweeper returns free memory to the system: a trim walks every arena's free chunks (a few
-/// milliseconds on a large heap), worth it only for memory that will not soon be taken again.
-const TRIM_AFTER_FREED: u64 = 64 << 20;
 
 /// A tier the sweeper watches: gone when its last clone is dropped.
 struct Watched {
@@ -166,16 +153,10 @@ fn run(jobs: mpsc::Receiver<Job>) {
     batch_policy();
     let mut active: Vec<Job> = Vec::new();
     let mut watched: Vec<Watched> = Vec::new();
-    let mut high_water = 0;
     let mut next_look = Instant::now() + QUIET_PASS_EVERY;
     loop {
         if Instant::now() >= next_look {
-            let (peak, held) = look_for_quiet_tiers(&mut watched);
-            high_water = high_water.max(peak);
-            if high_water - held >= TRIM_AFTER_FREED {
-                trim(high_water - held);
-                high_water = held;
-            }
+            look_for_quiet_tiers(&mut watched);
             next_look = Instant::now() + QUIET_PASS_EVERY;
         }
         let rounds = run_rounds(&mut watched);
@@ -202,10 +183,8 @@ fn run(jobs: mpsc::Receiver<Job>) {
 }
 
 /// Starts a round of each watched tier whose sweep has not gone a whole round since the last
-/// look, and forgets the tiers that are gone; the most bytes the tiers held since the last
-/// look, and the bytes they hold now.
-fn look_for_quiet_tiers(watched: &mut Vec<Watched>) -> (u64, u64) {
-    let (mut peak, mut held) = (0, 0);
+/// look, and forgets the tiers that are gone.
+fn look_for_quiet_tiers(watched: &mut Vec<Watched>) {
     let new = std::mem::take(&mut *NEW_TIERS.lock().unwrap_or_else(|p| p.into_inner()));
     watched.extend(new.into_iter().map(|tier| Watched {
         tier,
@@ -217,9 +196,6 @@ fn look_for_quiet_tiers(watched: &mut Vec<Watched>) -> (u64, u64) {
             return false;
         };
         let tier = MemoryTier { inner };
-        let (was, is) = tier.take_peak_bytes();
-        peak += was;
-        held += is;
         if w.round.is_none() {
             if tier.laps() == w.laps {
                 w.round = Some(tier.round());
@@ -229,27 +205,7 @@ fn look_for_quiet_tiers(watched: &mut Vec<Watched>) -> (u64, u64) {
         }
         true
     });
-    (peak, held)
 }
-
-/// Hands the allocator's free pages back to the system, after the tiers freed about `freed`
-/// bytes.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim(freed: u64) {
-    let started = Instant::now();
-    // SAFETY: malloc_trim only walks glibc's own arenas, under their locks; 0 keeps no pad.
-    let released = unsafe { libc::malloc_trim(0) } == 1;
-    tracing::debug!(
-        freed_mib = freed >> 20,
-        released,
-        took_ms = started.elapsed().as_secs_f64() * 1e3,
-        "returned memory the memory tier freed to the system"
-    );
-}
-
-/// Other allocators return memory on their own (or cannot be asked).
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim(_freed: u64) {}
 
 /// A slice of each round under way; whether any is left.
 fn run_rounds(watched: &mut [Watched]) -> bool {
