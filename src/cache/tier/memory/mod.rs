@@ -769,9 +769,12 @@ impl MemoryTier {
     /// [`Tier::get_now`] as of `now_ms` (the tier's clock, read by the caller).
     pub fn get_at(&self, key: &str, now_ms: u64) -> Option<Option<Arc<Entry>>> {
         let hash = self.inner.hasher.hash_one(key);
+        // Read before the index: a sweep that ends between the look in the index and this
+        // read (its last step purging the entry found) would otherwise go unseen.
+        let sweeping = self.inner.sweeping.load(Ordering::Acquire) != 0;
         let found = self.inner.find(hash, key);
         let found = match found {
-            Some(e) if self.inner.sweeping.load(Ordering::Acquire) != 0 && !e.tags().is_empty() => {
+            Some(e) if sweeping && !e.tags().is_empty() => {
                 match self.inner.swept(key, &e) {
                     // In no sweep now. A sweep's step takes the entry out of the index before
                     // the key out of the sweep, so a step that purged it between the two looks
@@ -945,8 +948,29 @@ impl MemoryTier {
     /// holds the policy's lock long, and hits never take it. With the job, how many entries
     /// it applies to; `None`: no entry carries the tag.
     fn begin_tag_purge(&self, tag: &str, mode: PurgeMode, now_ms: u64) -> Option<(sweeper::Job, u64)> {
-        let keys = self.inner.tags().remove(tag)?;
-        let count = keys.len() as u64;
+        // Under the policy's lock, so that no step of a sweep of the tag comes between.
+        let _locked = self.inner.lock();
+        let keys = self.inner.tags().remove(tag);
+        // A soft purge of the tag still sweeping took its keys out of the index: the ones it
+        // has yet to reach would get stale copies after this hard purge began, and be served
+        // (stale) after it answered. The soft sweep becomes hard: they are removed instead,
+        // and gone for hits from now on.
+        let mut hardened = 0;
+        if mode == PurgeMode::Hard {
+            let mut sweeps = self.inner.sweeps();
+            for sweep in sweeps
+                .iter_mut()
+                .filter(|s| s.stale_at_ms.is_some() && *s.tag == *tag)
+            {
+                sweep.stale_at_ms = None;
+                hardened += sweep.keys.len() as u64;
+            }
+        }
+        if keys.is_none() && hardened == 0 {
+            return None;
+        }
+        let keys = keys.unwrap_or_default();
+        let count = keys.len() as u64 + hardened;
         let id = self
             .inner
             .begin_sweep(tag, keys, mode, now_ms, count > SWEEP_INLINE_MAX);
@@ -994,23 +1018,28 @@ impl MemoryTier {
         // not stored again since the purge began (a store takes it out, see `Inner::index`).
         // (still in this sweep, counted already by a large hard purge under way that has yet
         // to reach it: purged here all the same, but not counted twice)
-        let pending: Vec<(bool, bool)> = {
+        let (pending, hardened): (Vec<(bool, bool)>, bool) = {
             let sweeps = self.inner.sweeps();
             let sweep = sweeps.iter().find(|s| s.id == id);
+            // A soft sweep a hard purge of its tag has made hard (see `begin_tag_purge`).
+            let hardened = mode == PurgeMode::Soft && sweep.is_some_and(|s| s.stale_at_ms.is_none());
             let counted = |key: &str| {
                 sweeps
                     .iter()
                     .any(|s| s.id != id && s.counted && s.stale_at_ms.is_none() && s.keys.contains(key))
             };
-            found
+            let pending = found
                 .iter()
                 .map(|(_, key, ..)| {
                     let pending = sweep.is_some_and(|s| s.keys.contains(&***key));
                     (pending, pending && counted(key))
                 })
-                .collect()
+                .collect();
+            (pending, hardened)
         };
+        let mode = if hardened { PurgeMode::Hard } else { mode };
         for ((hash, key, entry, stale), (pending, counted)) in found.into_iter().zip(pending) {
+            let stale = stale.filter(|_| !hardened);
             if !pending {
                 continue;
             }
@@ -1460,6 +1489,34 @@ mod tests {
         }
         assert_eq!(tier.entries(), 0);
         assert_eq!(metrics.evictions(EvictionCause::Expired), 0);
+    }
+
+    /// A hard purge of a tag whose soft purge is still sweeping removes every entry of the tag,
+    /// the ones the soft sweep has yet to reach included: they were left to get stale copies
+    /// after the hard purge began, and were served (stale) after it answered.
+    #[tokio::test]
+    async fn a_hard_purge_during_a_soft_sweep_of_the_same_tag_removes_every_entry() {
+        let tier = MemoryTier::new(256 << 20, Arc::new(Metrics::detached()));
+        let now = now_ms();
+        let n = 3 * SWEEP_INLINE_MAX as usize;
+        for i in 0..n {
+            let key = format!("k{i}");
+            let e = Entry::value(&key, b"1", now, &life()).with_tags(&["x".to_string()]);
+            tier.put(&key, Arc::new(e)).await.unwrap();
+        }
+        let (mut soft, _) = tier.begin_tag_purge("x", PurgeMode::Soft, now).expect("tagged");
+        assert!(soft.step());
+        // The hard purge begins after one soft step: it applies to every entry.
+        let (hard, count) = tier
+            .begin_tag_purge("x", PurgeMode::Hard, now + 1)
+            .expect("tagged");
+        assert_eq!(count, n as u64);
+        assert!((0..n).all(|i| tier.get_now(&format!("k{i}")).unwrap().is_none()));
+        hard.run_here();
+        soft.run_here();
+        assert_eq!(tier.entries(), 0, "no stale copy left");
+        assert!(tier.inner.tags().is_empty());
+        tier.check();
     }
 
     /// A hit that races a sweep's step over the very entry it found never serves it: the step
