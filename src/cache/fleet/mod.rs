@@ -219,21 +219,21 @@ impl Fleet {
     /// it: they read the value, compete for the lock again if the fetch failed, or fetch at
     /// once if its answer may not be stored (`stored` false).
     async fn unlock(&self, key: &str, token: &str, how: Released<'_>) {
-        let message = match how {
+        let (message, told_first) = match how {
+            Released::Stored => (key.to_owned(), false),
+            Released::NotStored => (format!("{NOT_STORED}{key}"), false),
             // Told before the lock goes: a waiter that looked in between would find it free,
-            // take it and call the failing origin again.
-            Released::Failed(failure) => {
-                let _ = (self.bus)
-                    .publish(Channel::Fill, &format!("{FAILED}{failure}\n{key}"))
-                    .await;
-                self.bus.unlock(key, token).await;
-                return;
-            }
-            Released::Stored => key.to_owned(),
-            Released::NotStored => format!("{NOT_STORED}{key}"),
+            // take it and call the failing origin again. (A plain release is told after: its
+            // waiters look for the lock, and would find it still held.)
+            Released::Failed(failure) => (format!("{FAILED}{failure}\n{key}"), true),
         };
+        if told_first {
+            let _ = self.bus.publish(Channel::Fill, &message).await;
+        }
         self.bus.unlock(key, token).await;
-        let _ = self.bus.publish(Channel::Fill, &message).await;
+        if !told_first {
+            let _ = self.bus.publish(Channel::Fill, &message).await;
+        }
     }
 }
 
@@ -278,10 +278,10 @@ impl Held {
         }
     }
 
-    /// Lets go of the lock after the origin failed, as `failure` says (one line): the waiting
-    /// replicas are told, and answer with that failure at once (see [`Turn::Failed`]). A
-    /// failure of this replica's own is a plain [`Held::release`]: the waiters compete for
-    /// the lock again.
+    /// Lets go of the lock after the origin failed, as `failure` says (one line; a word with a
+    /// newline in it cannot be told and is sent as a plain release): the waiting replicas
+    /// answer with that failure at once (see [`Turn::Failed`]). For a failure that may be this
+    /// replica's own, call [`Held::release`] instead: the waiters compete for the lock again.
     pub async fn fail(mut self, failure: &str) {
         if let Some(token) = self.token.take() {
             let how = if failure.contains('\n') {

@@ -1145,6 +1145,12 @@ mod tests {
         }
     }
 
+    /// An entry of `key` stored at `now` that carries `tags`.
+    fn tagged(key: &str, tags: &[&str], now: u64, life: &Lifetimes) -> Arc<Entry> {
+        let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        Arc::new(Entry::value(key, b"1", now, life).with_tags(&tags))
+    }
+
     /// A tier of `bound` bytes on a manual clock, with its metrics.
     fn manual_tier(bound: u64) -> (MemoryTier, Arc<Metrics>, Clock) {
         let metrics = Arc::new(Metrics::detached());
@@ -1323,17 +1329,15 @@ mod tests {
     async fn a_tag_purge_finds_its_entries_through_the_index_and_spares_the_rest() {
         let tier = MemoryTier::new(64 << 20, Arc::new(Metrics::detached()));
         let now = now_ms();
-        let tagged = |key: &str, tags: &[&str]| {
-            let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
-            Arc::new(Entry::value(key, b"1", now, &life()).with_tags(&tags))
-        };
         for i in 0..10_000 {
             let key = format!("k{i}");
             let tags: &[&str] = if i % 2 == 0 { &["even"] } else { &["odd", "all"] };
-            tier.put(&key, tagged(&key, tags)).await.unwrap();
+            tier.put(&key, tagged(&key, tags, now, &life())).await.unwrap();
         }
         // A key that changed tags is purged by its new tag only.
-        tier.put("k1", tagged("k1", &["even"])).await.unwrap();
+        tier.put("k1", tagged("k1", &["even"], now, &life()))
+            .await
+            .unwrap();
         tier.check();
         assert_eq!(tier.purge_tag("odd", PurgeMode::Hard, now).await.unwrap(), 4_999);
         assert!(tier.get_now("k3").unwrap().is_none());
@@ -1420,20 +1424,12 @@ mod tests {
         for i in 0..n {
             let key = format!("k{i}");
             // Every tenth entry also carries "tenth".
-            let tags: Vec<String> = if i % 10 == 0 {
-                vec!["all".into(), "tenth".into()]
-            } else {
-                vec!["all".into()]
-            };
-            let e = Entry::value(&key, b"1", now, &life()).with_tags(&tags);
-            tier.put(&key, Arc::new(e)).await.unwrap();
+            let tags: &[&str] = if i % 10 == 0 { &["all", "tenth"] } else { &["all"] };
+            tier.put(&key, tagged(&key, tags, now, &life())).await.unwrap();
         }
-        tier.put(
-            "alone",
-            Arc::new(Entry::value("alone", b"1", now, &life()).with_tags(&["tenth".to_string()])),
-        )
-        .await
-        .unwrap();
+        tier.put("alone", tagged("alone", &["tenth"], now, &life()))
+            .await
+            .unwrap();
         // The large purge counts all it applies to when it begins, and has swept one step.
         let (mut all, counted) = tier.begin_tag_purge("all", PurgeMode::Hard, now).expect("tagged");
         assert_eq!(counted, n as u64);
@@ -1467,8 +1463,9 @@ mod tests {
         let n = 3 * SWEEP_INLINE_MAX;
         for i in 0..n {
             let key = format!("big-{i}");
-            let e = Entry::value(&key, b"1", clock.now_ms(), &short).with_tags(&["big".to_string()]);
-            tier.put(&key, Arc::new(e)).await.unwrap();
+            tier.put(&key, tagged(&key, &["big"], clock.now_ms(), &short))
+                .await
+                .unwrap();
         }
         // A large tag: answered at once with its count, swept in the background, paced.
         let purged = tier
@@ -1501,8 +1498,7 @@ mod tests {
         let n = 3 * SWEEP_INLINE_MAX as usize;
         for i in 0..n {
             let key = format!("k{i}");
-            let e = Entry::value(&key, b"1", now, &life()).with_tags(&["x".to_string()]);
-            tier.put(&key, Arc::new(e)).await.unwrap();
+            tier.put(&key, tagged(&key, &["x"], now, &life())).await.unwrap();
         }
         let (mut soft, _) = tier.begin_tag_purge("x", PurgeMode::Soft, now).expect("tagged");
         assert!(soft.step());
@@ -1529,8 +1525,7 @@ mod tests {
         let n = 2 * SWEEP_INLINE_MAX as usize;
         let keys: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("r{i}")).collect());
         for key in keys.iter() {
-            let e = Entry::value(key, b"1", now, &life()).with_tags(&["race".to_string()]);
-            tier.put(key, Arc::new(e)).await.unwrap();
+            tier.put(key, tagged(key, &["race"], now, &life())).await.unwrap();
         }
         assert_eq!(
             tier.purge_tag("race", PurgeMode::Hard, now).await.unwrap(),
