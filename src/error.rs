@@ -150,7 +150,7 @@ impl From<CacheError> for AppError {
                     retry_after_secs: 1,
                 }
             }
-            CacheError::Origin(_) => AppError::OriginError(e.to_string()),
+            CacheError::Origin(_) | CacheError::Shared(_) => AppError::OriginError(e.to_string()),
             CacheError::TimedOut => AppError::OriginTimeout(e.to_string()),
             CacheError::Abandoned(_) => {
                 AppError::Internal("the origin fetch ended without a result".to_owned())

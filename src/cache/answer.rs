@@ -113,6 +113,12 @@ pub enum CacheError {
     /// The origin failed and nothing servable was cached.
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// The fetch another replica made of the key, which this one waited for through the fleet
+    /// lock, failed at the origin (an answer about the key, see [`OriginError::shared`]): this
+    /// request answers with that failure, as if it were its own, without a fetch of its own.
+    /// Kept apart from `Origin` so it is counted as a wait on the fleet, not as a fetch.
+    #[error("{0} (to the fetch another replica made, which this one waited for)")]
+    Shared(OriginError),
     /// The fetch task ended without a result.
     #[error(transparent)]
     Abandoned(#[from] Abandoned),

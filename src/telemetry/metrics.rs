@@ -521,6 +521,12 @@ impl Metrics {
         }
     }
 
+    /// A request that waited on another request's (or replica's) fetch, which failed: it
+    /// answers that failure, and is no miss.
+    pub fn coalesced(&self, scope: CoalesceScope) {
+        self.counters.coalesced.add(scope as usize);
+    }
+
     /// A stale answer, by reason.
     pub fn stale(&self, reason: StaleReason) {
         self.counters.stale.add(reason as usize);

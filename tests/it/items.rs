@@ -156,6 +156,38 @@ async fn two_hundred_concurrent_misses_share_one_origin_fetch() {
 }
 
 #[tokio::test]
+async fn requests_that_waited_on_a_failed_fetch_answer_its_failure_and_count_as_coalesced() {
+    // Fifty requests for a cold key whose origin answers 500 after 300 ms: one fetch, fifty
+    // 502s; the forty-nine that waited on it are coalesced (the calls coalescing saved), and
+    // none is a miss (no answer came from the origin).
+    let origin = Origin::start(&[("STUB_LATENCY_MS", "300"), ("STUB_MODE", "status:500")]).await;
+    let s = origin.service(&[("ORIGIN_BREAKER_MIN_REQUESTS", "1000")]).await;
+    let c = client();
+    let barrier = Arc::new(Barrier::new(50));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (c, url, barrier) = (c.clone(), s.item_url("failing"), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (code, body) = t.await.unwrap();
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (502, Some("origin_error")),
+            "{body}"
+        );
+    }
+    assert_eq!(origin.served().await, 1);
+    assert_eq!(s.metric("cache_coalesced_total{scope=\"process\"").await, 49.0);
+    assert_eq!(s.metric("cache_misses_total").await, 0.0);
+    assert_eq!(s.metric("origin_requests_total{outcome=\"error\"").await, 1.0);
+}
+
+#[tokio::test]
 async fn a_failed_fetch_is_not_cached_and_does_not_wedge_the_key() {
     let origin = Origin::start(&[("STUB_MODE", "status:500")]).await;
     let s = origin.service(&[]).await;

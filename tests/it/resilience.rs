@@ -323,7 +323,14 @@ async fn when_the_fetch_a_fleet_waits_for_fails_every_replica_answers_that_failu
         );
     }
     assert_eq!(origin.served().await, 1, "one fetch for the fleet");
-    assert_eq!(fleet_coalesced(&replicas).await, 0.0, "a failure is not a fill");
+    // The four that waited count as waits on the fleet, not as misses nor origin requests.
+    assert_eq!(fleet_coalesced(&replicas).await, 4.0);
+    let (mut misses, mut fetches) = (0.0, 0.0);
+    for r in &replicas {
+        misses += r.metric("cache_misses_total").await;
+        fetches += r.metric("origin_requests_total{outcome=\"error\"").await;
+    }
+    assert_eq!((misses, fetches), (0.0, 1.0));
     // The next request after the failure fetches again (a failure is not cached).
     assert_eq!(replicas[0].get("failing").await.0, 502);
     assert_eq!(origin.served().await, 2);

@@ -29,9 +29,25 @@ impl<O: Origin> ReadThrough<O> {
     ) -> Result<Answer, CacheError> {
         let refreshed_tier = previous.as_ref().map(|(_, tier)| *tier);
         let (role, waiter) = self.start_fetch(key, previous, false, share);
-        let fetch = tokio::time::timeout_at(deadline, waiter.wait())
+        let fetch = match tokio::time::timeout_at(deadline, waiter.wait())
             .await
-            .map_err(|_| CacheError::TimedOut)???;
+            .map_err(|_| CacheError::TimedOut)??
+        {
+            Ok(fetch) => fetch,
+            Err(error) => {
+                // A fetch this request waited for failed: counted as the wait it was (another
+                // request's fetch, or another replica's), with no miss and no origin request.
+                let waited = match (role, &error) {
+                    (Role::Follower, _) => Some(CoalesceScope::Process),
+                    (Role::Leader, CacheError::Shared(_)) => Some(CoalesceScope::Fleet),
+                    (Role::Leader, _) => None,
+                };
+                if let Some(scope) = waited {
+                    self.inner.metrics.coalesced(scope);
+                }
+                return Err(error);
+            }
+        };
         let collapsed = match (role, fetch.by_fleet) {
             (Role::Follower, _) => Some(CoalesceScope::Process),
             (Role::Leader, true) => Some(CoalesceScope::Fleet),
@@ -150,7 +166,7 @@ impl<O: Origin> Inner<O> {
             // (or it is answered stale, as for a failure of its own), without a fetch here. A
             // failure this version cannot read: fetch here.
             Turn::Failed(failure) => match OriginError::from_shared(&failure) {
-                Some(error) => Err(error.into()),
+                Some(error) => Err(CacheError::Shared(error)),
                 None => self.fetch_from_origin(key, fence, previous, &mut None).await,
             },
             // A value stored before a purge this replica knows of is not taken: Redis may still

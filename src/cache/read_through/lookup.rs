@@ -275,7 +275,7 @@ impl<O: Origin> ReadThrough<O> {
             .fetched(key, Some((entry.clone(), tier)), deadline, share)
             .await
         {
-            Err(CacheError::Origin(_)) if entry.may_serve_if_error(self.now_ms()) => {
+            Err(CacheError::Origin(_) | CacheError::Shared(_)) if entry.may_serve_if_error(self.now_ms()) => {
                 Ok(self.stale(entry, tier, StaleReason::IfError, self.now_ms()))
             }
             answered => answered,
