@@ -699,3 +699,72 @@ async fn a_purge_from_another_replica_stops_a_redis_only_fetch_in_flight() {
 async fn a_purge_from_another_replica_stops_a_fetch_in_flight_with_a_memory_tier() {
     purge_from_another_replica_stops_a_fetch_in_flight("true").await;
 }
+
+#[tokio::test]
+async fn a_replica_that_stood_still_while_redis_dropped_its_subscription_catches_up_on_the_whole_gap() {
+    // B stands still (SIGSTOP: a paused VM, a throttled pod). Messages pile up for it until
+    // Redis's output buffer for its subscription is full (made small here) and Redis closes
+    // it; the purges made after that never reach B's socket. When B runs again it reads what
+    // its socket still held, then the end, and catches up from the purge records: from before
+    // it stopped, not from when it noticed (a check that came late must not count as heard).
+    let redis =
+        crate::harness::Redis::start_with(&["--client-output-buffer-limit", "pubsub 256kb 64kb 1"]).await;
+    let origin = Origin::start(&[("STUB_HEADERS", "Surrogate-Key: {tags}")]).await;
+    let template = origin.template();
+    let env = [
+        ("ORIGIN_URL", template.as_str()),
+        ("ADMIN_TOKEN", "0123456789abcdef"),
+    ];
+    let [a, b] = services_on(&redis.url(), &env).await;
+    let tagged: Vec<String> = (0..100).map(|i| format!("g{i}~gap")).collect();
+    let plain: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    let all = [tagged.clone(), plain.clone()].concat();
+    for s in [&a, &b] {
+        assert_eq!(s.batch(&all).await.0, 200);
+        for key in &all {
+            assert!(s.get(key).await.1.ends_with("detail=memory"), "{key} in memory");
+        }
+    }
+    let fetched = origin.served().await;
+    crate::harness::signal(b.pid(), "STOP");
+    // More than Redis and the sockets between them hold for B: its subscription is closed. (The
+    // channel's other readers ignore what they cannot parse, as B would.)
+    let junk = "x".repeat(100 * 1024);
+    for _ in 0..300 {
+        redis.cli(&["PUBLISH", "cache-layer:invalidate", &junk]);
+    }
+    let c = client();
+    let purge = |path: String| {
+        let c = c.clone();
+        async move {
+            let r = c
+                .delete(path)
+                .bearer_auth("0123456789abcdef")
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(purge(a.url("/tags/gap")).await, 200);
+    for key in &plain {
+        assert_eq!(purge(a.item_url(key)).await, 204);
+    }
+    // Longer ago than the catch-up's allowance for replicas' clocks (5 s) when B runs again.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    crate::harness::signal(b.pid(), "CONT");
+    // B applies every purge of the gap: each key is fetched anew, none served from before.
+    eventually("b to have caught up on the gap's purges", || async {
+        let (_, status, _) = b.get("g0~gap").await;
+        (!status.contains("hit")).then_some(())
+    })
+    .await;
+    for key in &all {
+        let (code, status, body) = b.get(key).await;
+        assert_eq!(code, 200);
+        assert!(
+            body["value"]["n"].as_u64().unwrap() > fetched as u64,
+            "{key}: served from before the purge ({status}): {body}"
+        );
+    }
+}

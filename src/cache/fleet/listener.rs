@@ -16,6 +16,9 @@ use crate::cache::purge::{PurgeMode, PurgeRecords, Target};
 /// How far before a gap the records are read from: replicas' clocks differ by up to this.
 const CLOCK_SLACK_MS: u64 = 5_000;
 
+/// How often the listener checks that its subscription is alive (and notes it heard it).
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
 /// How far back a replica that has just started reads the purge records: as long as a
 /// replica keeps a purge in mind for its shared-tier reads (longer than any purge's sweep).
 const REMEMBER_MS: u64 = 10 * 60 * 1000;
@@ -183,9 +186,14 @@ async fn listen<R: RemotePurges>(
         tracing::info!("listening for purges and fills from other replicas");
         // A hung node keeps the socket open but delivers nothing: move when the pings say it
         // is down.
-        let mut check = tokio::time::interval(Duration::from_millis(500));
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        // After a stall, one check, not one for every check missed.
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
+                // Messages first: a check runs only once nothing more is there to be read.
+                biased;
                 msg = subscription.messages.next() => {
                     let Some((channel, text)) = msg else { break };
                     match channel {
@@ -205,8 +213,19 @@ async fn listen<R: RemotePurges>(
                     if (subscription.lost)() {
                         break;
                     }
-                    if let Some(epoch) = &epoch {
-                        heard = Some((now_ms(), epoch.clone()));
+                    // The subscription counts as heard up to the check before this one, and only
+                    // when this one came on time. A late check means this process stood still
+                    // (stopped, paused, starved of CPU): Redis may have closed the subscription
+                    // meanwhile (its output buffer for this replica full), its end still queued
+                    // behind the messages sent before it. Moving `heard` then would start the
+                    // catch-up after the gap, and the purges of the gap would be lost here.
+                    // (The time it ran, not the one it was due at: a late tick is due on time.)
+                    let at = tokio::time::Instant::now();
+                    let on_time = at.saturating_duration_since(last_check) <= 2 * CHECK_EVERY;
+                    last_check = at;
+                    if let (true, Some(epoch)) = (on_time, &epoch) {
+                        let at_ms = now_ms().saturating_sub(CHECK_EVERY.as_millis() as u64);
+                        heard = Some((at_ms, epoch.clone()));
                     }
                 }
             }
