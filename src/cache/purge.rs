@@ -133,8 +133,9 @@ pub trait PurgeRecords: Send + Sync {
     /// An id of the records as they are kept: it changes when they are lost (Redis restarted
     /// empty), so a replica that was away knows whether they cover its gap.
     fn epoch(&self) -> futures_util::future::BoxFuture<'_, Result<String, RecordsUnavailable>>;
-    /// The purges recorded since `since_ms`: `(member, time)`, oldest first; an error when some
-    /// of them are lost (dropped for the count), so that they cannot cover a gap.
+    /// The purges recorded since `since_ms`: `(member, time)`, oldest first, with
+    /// [`TRIMMED_MEMBER`] among them when records made since were dropped for the count (see
+    /// [`covering`] and [`after_trim`]); an error when they cannot be read.
     fn since(
         &self,
         since_ms: u64,
@@ -159,6 +160,22 @@ pub fn covering(
         Some(_) => Ok(records.into_iter().filter(|(m, _)| m != TRIMMED_MEMBER).collect()),
         None => Ok(records),
     }
+}
+
+/// `records` (as [`PurgeRecords::since`] reads them) split at the newest trim mark: the records
+/// made after it, which are whole, and the mark's time (the newest record dropped), before
+/// which some are missing; `None` when nothing was dropped.
+pub fn after_trim(records: Vec<(String, u64)>) -> (Vec<(String, u64)>, Option<u64>) {
+    let trimmed = records
+        .iter()
+        .filter(|(m, _)| m == TRIMMED_MEMBER)
+        .map(|&(_, at)| at)
+        .max();
+    let kept = records
+        .into_iter()
+        .filter(|(m, at)| m != TRIMMED_MEMBER && trimmed.is_none_or(|t| *at > t))
+        .collect();
+    (kept, trimmed)
 }
 
 /// Purge records are kept at least this long (ms), a day: an origin may give entries longer

@@ -420,6 +420,118 @@ async fn a_replica_back_from_away_drops_what_was_purged_while_it_was_down() {
     assert_eq!(recorded.trim(), "2", "both purges recorded in Redis");
 }
 
+/// What Redis goes through while b is down, in [`back_after`].
+enum Meanwhile {
+    /// Nothing.
+    Nothing,
+    /// This script (`EVAL script 1 <the purge records' key> <now, ms>`) runs before the tag
+    /// purge.
+    Before(&'static str),
+    /// This script runs after it.
+    After(&'static str),
+    /// Redis restarts empty after it.
+    Restart,
+}
+
+/// What a replica with a disk finds after it was down while another purged a tag: 50 keys
+/// `d<i>~gone` and 50 keys `kept<i>`, filled on b (disk, memory off) before it went down; `env`
+/// added to b's. The origin fetches b made after the restart, and the keys it answered from
+/// its disk.
+async fn back_after(meanwhile: Meanwhile, env_more: &[(&'static str, &'static str)]) -> (u64, Vec<String>) {
+    let mut redis = Redis::start().await;
+    let origin = Origin::start(&[]).await;
+    origin.headers(&[("Surrogate-Key", "{tags}")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let template = origin.template();
+    let disk_env = env(dir.path(), false);
+    let mut with_disk = refs(&disk_env);
+    with_disk.push(("ORIGIN_URL", &template));
+    with_disk.extend_from_slice(env_more);
+    let keys: Vec<String> = (0..50)
+        .map(|i| format!("d{i}~gone"))
+        .chain((0..50).map(|i| format!("kept{i}")))
+        .collect();
+    let [b] = services_on(&redis.url(), &with_disk).await;
+    for key in &keys {
+        assert_eq!(b.get(key).await.1, "cache-layer; fwd=miss; stored");
+    }
+    stop(b).await;
+    let eval = |redis: &Redis, script: &str| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        redis.cli(&["EVAL", script, "1", "cache-layer:v1:purges", &now_ms.to_string()]);
+    };
+    if let Meanwhile::Before(script) = meanwhile {
+        eval(&redis, script);
+    }
+    let plain = [("ORIGIN_URL", template.as_str()), ("ADMIN_TOKEN", TOKEN)];
+    let [a] = services_on(&redis.url(), &plain).await;
+    assert_eq!(purge(&a, "/tags/gone").await, 200);
+    drop(a);
+    match meanwhile {
+        Meanwhile::After(script) => eval(&redis, script),
+        Meanwhile::Restart => redis.restart().await,
+        Meanwhile::Nothing | Meanwhile::Before(_) => {}
+    }
+    let [b] = services_on(&redis.url(), &with_disk).await;
+    let served = origin.served().await;
+    let mut from_disk = Vec::new();
+    for key in &keys {
+        let (code, status, _) = b.get(key).await;
+        assert_eq!(code, 200);
+        if status.ends_with("detail=disk") {
+            from_disk.push(key.clone());
+        }
+    }
+    (origin.served().await - served, from_disk)
+}
+
+/// The keys [`back_after`] fills that the tag purge spares.
+fn spared() -> Vec<String> {
+    (0..50).map(|i| format!("kept{i}")).collect()
+}
+
+#[tokio::test]
+async fn a_disk_back_from_away_keeps_what_the_purges_it_missed_spare() {
+    assert_eq!(back_after(Meanwhile::Nothing, &[]).await, (50, spared()));
+}
+
+#[tokio::test]
+async fn a_disk_whose_purge_records_redis_lost_serves_nothing_they_could_have_purged() {
+    // Redis restarts empty while b is down (the chart's Redis without persistence, on a pod
+    // restart): the record of the tag purge is gone with it. b cannot tell what was purged, so
+    // nothing from before is served from its disk.
+    let (fetched, from_disk) = back_after(Meanwhile::Restart, &[]).await;
+    assert_eq!((fetched, from_disk.len()), (100, 0), "{from_disk:?}");
+}
+
+#[tokio::test]
+async fn a_disk_whose_purge_records_were_trimmed_drops_what_was_stored_before_the_cut() {
+    // More purges were made than Redis keeps records of (100,000): the oldest were dropped,
+    // the tag purge among them, and the cut is marked just before now. b drops what was stored
+    // before the cut (before, it read no record at all and served every purged entry).
+    let fill = "for i = 0, 99999 do redis.call('zadd', KEYS[1], ARGV[1] - 1000 + i % 1000, 'hard\\nkey\\nother' .. i) end \
+                redis.call('zrem', KEYS[1], 'hard\\ntag\\ngone') \
+                redis.call('zadd', KEYS[1], ARGV[1] - 1, '!trimmed') return 1";
+    let (fetched, from_disk) = back_after(Meanwhile::After(fill), &[]).await;
+    // The purged ones fetched again, the others read from Redis (which holds them still).
+    assert_eq!((fetched, from_disk.len()), (50, 0), "{from_disk:?}");
+}
+
+#[tokio::test]
+async fn a_disk_reads_every_purge_record_however_long_and_keeps_what_they_spare() {
+    // 15,000 records of 1,000-byte keys (15 MB, three to a score) before the tag purge's: one
+    // command reading them all outlasted the response timeout (here 100 ms), and b then served
+    // every purged entry. Read a page at a time, the tag purge is found, and the entries it
+    // spares stay on the disk.
+    let fill = "local pad = string.rep('k', 990) \
+                for i = 0, 14999 do redis.call('zadd', KEYS[1], ARGV[1] - 60000 + math.floor(i / 3), 'hard\\nkey\\n' .. pad .. i) end return 1";
+    let slow = [("REDIS_RESPONSE_TIMEOUT_MS", "100")];
+    assert_eq!(back_after(Meanwhile::Before(fill), &slow).await, (50, spared()));
+}
+
 #[tokio::test]
 async fn a_fetch_overtaken_by_a_purge_stays_out_of_the_disk() {
     let origin = Origin::start(&[("STUB_LATENCY_MS", "1500")]).await;

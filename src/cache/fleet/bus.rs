@@ -14,7 +14,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::cache::purge::{PurgeRecords, RecordsUnavailable, TRIMMED_MEMBER, covering};
+use crate::cache::purge::{PurgeRecords, RecordsUnavailable, TRIMMED_MEMBER};
 use crate::cache::redis::{CommandError, RedisClient, RedisOp};
 
 /// The channels replicas publish on.
@@ -317,10 +317,7 @@ impl PurgeRecords for RedisBus {
         Box::pin(async move { Ok(self.client.record_purge(member, at_ms, keep_ms).await?) })
     }
     fn since(&self, since_ms: u64) -> BoxFuture<'_, Result<Vec<(String, u64)>, RecordsUnavailable>> {
-        Box::pin(async move {
-            let records = self.client.purge_records(since_ms).await?;
-            covering(records, since_ms)
-        })
+        Box::pin(async move { Ok(self.client.purge_records(since_ms).await?) })
     }
     fn epoch(&self) -> BoxFuture<'_, Result<String, RecordsUnavailable>> {
         Box::pin(async move { Ok(self.client.purge_epoch().await?) })
@@ -563,12 +560,11 @@ impl PurgeRecords for MemoryBus {
         Box::pin(async move {
             self.records_up()?;
             let records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
-            let since = records
+            Ok(records
                 .iter()
                 .filter(|(_, at)| *at >= since_ms)
                 .cloned()
-                .collect();
-            covering(since, since_ms)
+                .collect())
         })
     }
     fn epoch(&self) -> BoxFuture<'_, Result<String, RecordsUnavailable>> {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::Fleet;
 use super::bus::{AnyBus, Channel, MessageBus};
 use crate::cache::entry::now_ms;
-use crate::cache::purge::{PurgeMode, PurgeRecords, Target};
+use crate::cache::purge::{PurgeMode, PurgeRecords, Target, covering};
 
 /// How far before a gap the records are read from: replicas' clocks differ by up to this.
 const CLOCK_SLACK_MS: u64 = 5_000;
@@ -146,7 +146,12 @@ async fn listen<R: RemotePurges>(
         }
         match (&heard, &epoch) {
             (Some((alive_ms, then)), Some(now)) if then == now => {
-                match bus.since(alive_ms.saturating_sub(CLOCK_SLACK_MS)).await {
+                let since = alive_ms.saturating_sub(CLOCK_SLACK_MS);
+                match bus
+                    .since(since)
+                    .await
+                    .and_then(|records| covering(records, since))
+                {
                     Ok(records) => {
                         tracing::info!(
                             purges = records.len(),

@@ -40,6 +40,14 @@ const SLOTS: usize = 16384;
 /// purges drops what it cannot check, see `cache::tier::disk::purge_log`).
 const PURGE_RECORDS_MAX: u64 = 100_000;
 
+/// Purge records read per command (see `RedisClient::purge_records`): with keys of a
+/// kilobyte, 5 MB, read well within a response timeout.
+const PURGE_RECORDS_PAGE: usize = 5_000;
+
+/// Pages read at most: the records Redis keeps, twice over (records are added while they are
+/// read).
+const PURGE_RECORDS_PAGES_MAX: usize = 2 * PURGE_RECORDS_MAX as usize / PURGE_RECORDS_PAGE;
+
 /// Adds a purge record, drops those past the horizon and beyond the count, and lets the set
 /// expire when no purge came for a whole horizon. Records dropped for the count leave a mark
 /// ([`TRIMMED_MEMBER`], scored with the newest one dropped): a replica catching up from before
@@ -994,17 +1002,49 @@ impl RedisClient {
 
     /// The purges recorded since `since_ms`: `(member, time)`, oldest first. They include
     /// [`TRIMMED_MEMBER`] when records made since were dropped for the count.
+    ///
+    /// Read a page at a time, each under its own response timeout: all of a day's records (up
+    /// to [`PURGE_RECORDS_MAX`], tens of megabytes with long keys) in one command outlasted the
+    /// timeout, and a replica then could not read them at all. Pages go by score, so records
+    /// dropped from the front meanwhile move nothing; records sharing a score are counted off.
     pub(crate) async fn purge_records(&self, since_ms: u64) -> Result<Vec<(String, u64)>, CommandError> {
         let key = self.purges_key();
-        let cmd = redis::cmd("ZRANGE")
-            .arg(&key)
-            .arg(since_ms)
-            .arg("+inf")
-            .arg("BYSCORE")
-            .arg("WITHSCORES")
-            .to_owned();
-        self.run::<Vec<(String, u64)>>(RedisOp::Get, key.as_bytes(), &cmd)
-            .await
+        let mut records: Vec<(String, u64)> = Vec::new();
+        // The score to read from, and how many records of that score were read already.
+        let (mut from, mut skip) = (since_ms, 0usize);
+        for _ in 0..PURGE_RECORDS_PAGES_MAX {
+            let cmd = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(from)
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(skip)
+                .arg(PURGE_RECORDS_PAGE)
+                .arg("WITHSCORES")
+                .to_owned();
+            let page = self
+                .run::<Vec<(String, u64)>>(RedisOp::Get, key.as_bytes(), &cmd)
+                .await?;
+            let Some(&(_, last)) = page.last() else {
+                return Ok(records);
+            };
+            let at_last = page.iter().rev().take_while(|(_, at)| *at == last).count();
+            (from, skip) = if last == from {
+                (from, skip + page.len())
+            } else {
+                (last, at_last)
+            };
+            let full = page.len() == PURGE_RECORDS_PAGE;
+            records.extend(page);
+            if !full {
+                return Ok(records);
+            }
+        }
+        Err(CommandError::Failed(format!(
+            "more than {} purge records to read",
+            PURGE_RECORDS_PAGES_MAX * PURGE_RECORDS_PAGE
+        )))
     }
 
     /// Whether this is a Redis Cluster (as configured: until the first `CLUSTER SLOTS` its

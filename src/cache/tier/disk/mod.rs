@@ -56,8 +56,8 @@ use self::pages::{PageError, Pages};
 use self::purge_log::{PurgeLog, RECORD_BYTES, Verdict};
 use self::resize::{Saved, Transition, jump};
 use crate::cache::entry::{Entry, now_ms};
-use crate::cache::purge::PurgeRecords;
 use crate::cache::purge::{MIN_HORIZON_MS, PurgeMode, PurgeScope, Target, decode_record};
+use crate::cache::purge::{PurgeRecords, RecordsUnavailable, after_trim};
 use crate::cache::sketch::{self, Sketch};
 use crate::cache::tier::{Tier, TierError, TierHealth, TierName};
 use crate::telemetry::{Metrics, disk_engine};
@@ -113,6 +113,15 @@ const PROBE_FILE: &str = ".cache-layer-probe";
 
 /// The file purges are appended to, beside foyer's files: one JSON array per line.
 const PURGE_FILE: &str = "cache-layer-purges.jsonl";
+
+/// The id of the purge records (`PurgeRecords::epoch`) this directory's entries were last
+/// checked against, beside foyer's files: records of another id (Redis restarted empty) cannot
+/// vouch for them.
+const EPOCH_FILE: &str = "cache-layer-purge-epoch";
+
+/// The scope word of a purge-file line that is a floor (`[at, "hard", "floor", ""]`): every
+/// entry fetched before `at` counts as purged. Releases before it skip the line.
+const FLOOR_SCOPE: &str = "floor";
 
 /// foyer's hybrid cache, used for its disk store only.
 type Store = HybridCache<String, Vec<u8>>;
@@ -775,7 +784,7 @@ impl DiskTier {
             return;
         }
         self.load_purge_file().await;
-        self.load_purge_records().await;
+        self.load_purge_records(false).await;
         let g = self.geo();
         match self.open_files(&g).await {
             Ok(store) if inner.closed.load(Ordering::Acquire) => {
@@ -1020,28 +1029,118 @@ impl DiskTier {
             .ok_or(TierError::Unavailable)
     }
 
-    /// Merges the purges Redis recorded within the horizon into the log. Without Redis, or
-    /// when it cannot be read, the log keeps what this process saw.
-    async fn load_purge_records(&self) {
+    /// Merges the purges Redis recorded within the horizon into the log, at the start and
+    /// after a gap in the purge feed (`after_gap`). What the records cannot vouch for is
+    /// dropped when read, by a floor kept in the purge file: entries fetched before the newest
+    /// record dropped for the count (more purges than Redis keeps were made), or before now
+    /// when the records are not the ones this directory was last checked against (Redis
+    /// restarted empty, or a directory an older release filled) or, after a gap, cannot be
+    /// read. At the start, records that cannot be read (Redis down) leave the entries checked
+    /// against the purge file only, until the first subscription reads them again.
+    async fn load_purge_records(&self, after_gap: bool) {
         let inner = &self.inner;
         let Some(records) = &inner.records else {
             return;
         };
-        let since = now_ms().saturating_sub(inner.log.horizon_ms());
-        match records.since(since).await {
-            Ok(records) => {
-                for (member, at) in &records {
-                    if let Some((scope, mode, name)) = decode_record(member) {
-                        inner.log.record(scope, name, mode, *at);
-                    }
-                }
-                tracing::debug!(
-                    records = records.len(),
-                    "disk tier: purge records loaded from Redis"
-                );
+        let now = now_ms();
+        let since = now.saturating_sub(inner.log.horizon_ms());
+        let read =
+            async { Ok::<_, RecordsUnavailable>((records.epoch().await?, records.since(since).await?)) };
+        let (epoch, read) = match read.await {
+            Ok(read) => read,
+            Err(e) if after_gap => {
+                tracing::warn!(error = %e, "disk tier: cannot read the purges made while not listening; its entries fetched before now are dropped when read");
+                self.raise_floor(now).await;
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "disk tier: cannot read the purge records from Redis"),
+            Err(e) => {
+                tracing::warn!(error = %e, "disk tier: cannot read the purge records from Redis; until they can be, its entries are checked against its own purge file only");
+                return;
+            }
+        };
+        let (read, trimmed) = after_trim(read);
+        for (member, at) in &read {
+            if let Some((scope, mode, name)) = decode_record(member) {
+                inner.log.record(scope, name, mode, *at);
+            }
         }
+        tracing::debug!(records = read.len(), "disk tier: purge records loaded from Redis");
+        let dir = inner.dir.clone();
+        let saved = resize::read_small_file(&dir.join(EPOCH_FILE), 256).map(|s| s.trim().to_owned());
+        let floor = match saved {
+            Some(saved) if saved == epoch => {
+                if let Some(at) = trimmed {
+                    tracing::warn!(
+                        trimmed_at_ms = at,
+                        "disk tier: more purges were made than Redis keeps records of; its entries fetched before the oldest kept are dropped when read"
+                    );
+                }
+                trimmed.map(|at| at + 1)
+            }
+            Some(_) => {
+                tracing::warn!(
+                    "disk tier: the purge records were lost since it last read them (Redis restarted empty?); its entries fetched before now are dropped when read"
+                );
+                Some(now)
+            }
+            None if resize::has_blocks(&dir) => {
+                tracing::warn!(
+                    "disk tier: no record of which purge records its entries were checked against (a directory of an older release); its entries fetched before now are dropped when read"
+                );
+                Some(now)
+            }
+            None => None,
+        };
+        // The floor is in the purge file before the id is saved: a crash between the two finds
+        // the old id, and drops as much again.
+        if let Some(floor) = floor
+            && !self.raise_floor(floor).await
+        {
+            return;
+        }
+        let written = tokio::task::spawn_blocking(move || {
+            let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{epoch}\n"))?;
+            std::fs::rename(&tmp, dir.join(EPOCH_FILE))
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(
+                "disk tier: cannot save the id of the purge records it read; the next start drops its entries"
+            );
+        }
+    }
+
+    /// Drops (when read) every entry fetched before `at_ms`, from now and after a restart:
+    /// the floor goes into the purge file as a line of its own. Whether the file took it.
+    async fn raise_floor(&self, at_ms: u64) -> bool {
+        let inner = &self.inner;
+        inner.log.raise_floor(at_ms);
+        // Written at once, even while the store opens (the directory was just probed): a line
+        // that waits for the next opening would be lost by a restart before it.
+        let (path, tier, line) = (inner.dir.join(PURGE_FILE), self.clone(), floor_line(at_ms));
+        let written = tokio::task::spawn_blocking(move || {
+            let _file = tier.inner.purge_file.lock().unwrap_or_else(|p| p.into_inner());
+            match append_line(&path, &line) {
+                Ok(()) => true,
+                Err(_) => {
+                    // Written before the tier serves again, if it goes down and comes back.
+                    tier.inner
+                        .pending_purges
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(line);
+                    false
+                }
+            }
+        })
+        .await;
+        if !matches!(written, Ok(true)) {
+            inner.metrics.disk_error(DiskOp::Write);
+            tracing::warn!("disk tier: cannot write a purge floor to its purge file");
+            return false;
+        }
+        true
     }
 
     /// Notes a purge applied to this replica: entries it names that were fetched before
@@ -1116,6 +1215,13 @@ impl DiskTier {
             }
             let mut n = 0;
             for line in text.lines() {
+                // A floor past the horizon is below every entry that can still be served.
+                if let Some(at) = parse_floor_line(line).filter(|&at| at >= oldest) {
+                    inner.log.raise_floor(at);
+                    kept.push_str(line);
+                    kept.push('\n');
+                    continue;
+                }
                 let Some((scope, mode, name, at)) = parse_purge_line(line) else {
                     continue;
                 };
@@ -1506,6 +1612,17 @@ fn purge_line(scope: PurgeScope, mode: PurgeMode, name: &str, at_ms: u64) -> Str
     serde_json::json!([at_ms, mode.as_str(), scope.as_str(), name]).to_string()
 }
 
+/// The purge file's line for a floor at `at_ms` (see [`FLOOR_SCOPE`]).
+fn floor_line(at_ms: u64) -> String {
+    serde_json::json!([at_ms, PurgeMode::Hard.as_str(), FLOOR_SCOPE, ""]).to_string()
+}
+
+/// The time of a floor line of the purge file.
+fn parse_floor_line(line: &str) -> Option<u64> {
+    let (at, _, scope, _): (u64, String, String, String) = serde_json::from_str(line).ok()?;
+    (scope == FLOOR_SCOPE).then_some(at)
+}
+
 /// A line of the purge file; `None` for one this release cannot read (or a torn last line).
 fn parse_purge_line(line: &str) -> Option<(PurgeScope, PurgeMode, String, u64)> {
     let (at, mode, scope, name): (u64, String, String, String) = serde_json::from_str(line).ok()?;
@@ -1806,7 +1923,7 @@ impl Tier for DiskTier {
         // The disk is not cleared after a gap in the purge feed: the purges missed are read
         // from Redis's record instead.
         let tier = self.clone();
-        tokio::spawn(async move { tier.load_purge_records().await });
+        tokio::spawn(async move { tier.load_purge_records(true).await });
     }
 }
 
