@@ -779,15 +779,18 @@ async fn h2_get(client: &h2::client::SendRequest<bytes::Bytes>, url: &str) -> ht
 #[tokio::test]
 async fn an_http2_client_that_takes_nothing_holds_no_place_for_long() {
     let origin = Origin::start(&[("STUB_MODE", "bytes:3000000")]).await;
-    let small = Origin::start(&[("STUB_LATENCY_MS", "2500")]).await;
+    // (A write timeout of 3 s, not 1: on a slow machine the first of 8 streams gave its
+    // places up before the 9th was asked for. The small origin answers after twice that, so
+    // its request is still in flight when the streams are given up.)
+    let small = Origin::start(&[("STUB_LATENCY_MS", "6000")]).await;
     let routes = format!("/api={}/items, /small={}/items", origin.base, small.base);
     let service = Service::start(&[
         ("PROXY_ROUTES", routes.as_str()),
         ("ORIGIN_MAX_BODY_BYTES", "100000"),
         ("HTTP_MAX_CONNECTIONS", "16"),
         ("ORIGIN_MAX_CONCURRENCY", "4"),
-        ("ORIGIN_TIMEOUT_MS", "5000"),
-        ("HTTP_WRITE_TIMEOUT_SECS", "1"),
+        ("ORIGIN_TIMEOUT_MS", "10000"),
+        ("HTTP_WRITE_TIMEOUT_SECS", "3"),
     ])
     .await;
     let url = |conn: &str, i: usize| format!("{}/api/{conn}{i}", service.base);

@@ -1114,17 +1114,23 @@ impl DiskTier {
     /// Drops (when read) every entry fetched before `at_ms`, from now and after a restart:
     /// the floor goes into the purge file as a line of its own. Whether the file took it.
     async fn raise_floor(&self, at_ms: u64) -> bool {
-        let inner = &self.inner;
-        inner.log.raise_floor(at_ms);
+        self.inner.log.raise_floor(at_ms);
         // Written at once, even while the store opens (the directory was just probed): a line
         // that waits for the next opening would be lost by a restart before it.
-        let (path, tier, line) = (inner.dir.join(PURGE_FILE), self.clone(), floor_line(at_ms));
+        self.append_purge_line(floor_line(at_ms)).await
+    }
+
+    /// Appends `line` to the purge file; whether it took it. A line it did not take waits in
+    /// memory and is written before the tier serves again (`reopen`).
+    async fn append_purge_line(&self, line: String) -> bool {
+        let (path, tier) = (self.inner.dir.join(PURGE_FILE), self.clone());
         let written = tokio::task::spawn_blocking(move || {
             let _file = tier.inner.purge_file.lock().unwrap_or_else(|p| p.into_inner());
             match append_line(&path, &line) {
                 Ok(()) => true,
-                Err(_) => {
-                    // Written before the tier serves again, if it goes down and comes back.
+                Err(e) => {
+                    tier.inner.metrics.disk_error(DiskOp::Write);
+                    tracing::warn!(error = %e, "disk tier: cannot record a purge in its purge file");
                     tier.inner
                         .pending_purges
                         .lock()
@@ -1135,12 +1141,7 @@ impl DiskTier {
             }
         })
         .await;
-        if !matches!(written, Ok(true)) {
-            inner.metrics.disk_error(DiskOp::Write);
-            tracing::warn!("disk tier: cannot write a purge floor to its purge file");
-            return false;
-        }
-        true
+        written.unwrap_or(false)
     }
 
     /// Notes a purge applied to this replica: entries it names that were fetched before
@@ -1164,25 +1165,7 @@ impl DiskTier {
                 .push(line);
             return false;
         }
-        let (path, tier) = (inner.dir.join(PURGE_FILE), self.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            let _file = tier.inner.purge_file.lock().unwrap_or_else(|p| p.into_inner());
-            match append_line(&path, &line) {
-                Ok(()) => true,
-                Err(e) => {
-                    tier.inner.metrics.disk_error(DiskOp::Write);
-                    tracing::warn!(error = %e, "disk tier: cannot record a purge in its purge file");
-                    tier.inner
-                        .pending_purges
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(line);
-                    false
-                }
-            }
-        })
-        .await;
-        written.unwrap_or(false)
+        self.append_purge_line(line).await
     }
 
     /// Loads the purge file's records within the horizon into the log, and rewrites the file
