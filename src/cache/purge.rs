@@ -153,12 +153,12 @@ pub fn covering(
     records: Vec<(String, u64)>,
     since_ms: u64,
 ) -> Result<Vec<(String, u64)>, RecordsUnavailable> {
-    match records.iter().find(|(m, _)| m == TRIMMED_MEMBER) {
-        Some((_, at)) if *at >= since_ms => Err(RecordsUnavailable(format!(
+    match after_trim(records) {
+        (_, Some(at)) if at >= since_ms => Err(RecordsUnavailable(format!(
             "more purges were made since then than the records keep (the oldest dropped was made at {at} ms)"
         ))),
-        Some(_) => Ok(records.into_iter().filter(|(m, _)| m != TRIMMED_MEMBER).collect()),
-        None => Ok(records),
+        // A mark older than `since_ms`: every record read is after it, so all are kept.
+        (records, _) => Ok(records),
     }
 }
 

@@ -29,29 +29,29 @@ impl<O: Origin> ReadThrough<O> {
     ) -> Result<Answer, CacheError> {
         let refreshed_tier = previous.as_ref().map(|(_, tier)| *tier);
         let (role, waiter) = self.start_fetch(key, previous, false, share);
-        let fetch = match tokio::time::timeout_at(deadline, waiter.wait())
+        let fetched = tokio::time::timeout_at(deadline, waiter.wait())
             .await
-            .map_err(|_| CacheError::TimedOut)??
-        {
+            .map_err(|_| CacheError::TimedOut)??;
+        // Another replica's fetch, answered or failed (its failure is this one's).
+        let by_fleet = match &fetched {
+            Ok(fetch) => fetch.by_fleet,
+            Err(error) => matches!(error, CacheError::Shared(_)),
+        };
+        let collapsed = match (role, by_fleet) {
+            (Role::Follower, _) => Some(CoalesceScope::Process),
+            (Role::Leader, true) => Some(CoalesceScope::Fleet),
+            (Role::Leader, false) => None,
+        };
+        let fetch = match fetched {
             Ok(fetch) => fetch,
             Err(error) => {
-                // A fetch this request waited for failed: counted as the wait it was (another
-                // request's fetch, or another replica's), with no miss and no origin request.
-                let waited = match (role, &error) {
-                    (Role::Follower, _) => Some(CoalesceScope::Process),
-                    (Role::Leader, CacheError::Shared(_)) => Some(CoalesceScope::Fleet),
-                    (Role::Leader, _) => None,
-                };
-                if let Some(scope) = waited {
+                // A fetch this request waited for failed: counted as the wait it was, with no
+                // miss and no origin request.
+                if let Some(scope) = collapsed {
                     self.inner.metrics.coalesced(scope);
                 }
                 return Err(error);
             }
-        };
-        let collapsed = match (role, fetch.by_fleet) {
-            (Role::Follower, _) => Some(CoalesceScope::Process),
-            (Role::Leader, true) => Some(CoalesceScope::Fleet),
-            (Role::Leader, false) => None,
         };
         let kind = match (fetch.outcome, refreshed_tier) {
             (Outcome::NotModified, Some(tier)) => {

@@ -1029,11 +1029,10 @@ impl RedisClient {
             let Some(&(_, last)) = page.last() else {
                 return Ok(records);
             };
-            let at_last = page.iter().rev().take_while(|(_, at)| *at == last).count();
             (from, skip) = if last == from {
                 (from, skip + page.len())
             } else {
-                (last, at_last)
+                (last, page.iter().rev().take_while(|(_, at)| *at == last).count())
             };
             let full = page.len() == PURGE_RECORDS_PAGE;
             records.extend(page);

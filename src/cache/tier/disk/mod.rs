@@ -1098,12 +1098,9 @@ impl DiskTier {
         {
             return;
         }
-        let written = tokio::task::spawn_blocking(move || {
-            let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{epoch}\n"))?;
-            std::fs::rename(&tmp, dir.join(EPOCH_FILE))
-        })
-        .await;
+        let written =
+            tokio::task::spawn_blocking(move || resize::replace_file(&dir, EPOCH_FILE, format!("{epoch}\n")))
+                .await;
         if !matches!(written, Ok(Ok(()))) {
             tracing::warn!(
                 "disk tier: cannot save the id of the purge records it read; the next start drops its entries"
@@ -1244,12 +1241,8 @@ impl DiskTier {
         self.inner.closed.store(true, Ordering::Release);
         if self.inner.admission.min_requests > 1 {
             let (bytes, dir) = (self.inner.admission.to_bytes(), self.inner.dir.clone());
-            let saved = tokio::task::spawn_blocking(move || {
-                let tmp = dir.join(format!("{ADMISSION_FILE}.tmp"));
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, dir.join(ADMISSION_FILE))
-            })
-            .await;
+            let saved =
+                tokio::task::spawn_blocking(move || resize::replace_file(&dir, ADMISSION_FILE, bytes)).await;
             if let Ok(Err(e)) = saved {
                 tracing::warn!(error = %e, "disk tier: cannot save its admission counts");
             }

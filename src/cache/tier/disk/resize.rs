@@ -100,7 +100,6 @@ impl Saved {
 
     /// Saves it in `dir` (written aside, then renamed over the old file).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
         let previous: Vec<String> = self.previous.iter().map(u64::to_string).collect();
         let fields = format!(
             "block={} buckets={} previous={} share={} seed={},{}",
@@ -112,8 +111,7 @@ impl Saved {
             self.seed.1
         );
         let text = format!("{fields} sum={:016x}\n", checksum(&fields));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, dir.join(LAYOUT_FILE))
+        replace_file(dir, LAYOUT_FILE, text)
     }
 }
 
@@ -190,6 +188,14 @@ impl Transition {
 /// device or a huge file put there is not read (it would block start-up or fill the memory).
 pub fn read_small_file(path: &Path, max: u64) -> Option<String> {
     String::from_utf8(read_small(path, max)?).ok()
+}
+
+/// Replaces the file `name` in `dir` with `contents`: written aside (`<name>.tmp`), then renamed
+/// over it, so a crash leaves the old file or the new one, never half of one.
+pub fn replace_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 /// The bytes of `path` when it is a regular file of at most `max` bytes (see
